@@ -1,0 +1,33 @@
+import type { Device, DType, Tensor } from "@ldm/tensor";
+
+/** The WGSL scalar type that stores `dtype`. */
+export function wgslType(dtype: DType): string {
+  return dtype;
+}
+
+/** `enable f16;` when any of the dtypes is f16 (and the device can). */
+export function wgslEnables(device: Device, ...dtypes: DType[]): string {
+  if (!dtypes.includes("f16")) return "";
+  if (!device.features.shaderF16) {
+    throw new Error("this device has no shader-f16 feature: use f32 tensors (dtype 'f32') on it");
+  }
+  return "enable f16;\n";
+}
+
+/** Throws unless every tensor fits one storage binding (for kernels that do not split work). */
+export function assertBindable(op: string, tensors: Record<string, Tensor>): void {
+  for (const [name, t] of Object.entries(tensors)) {
+    const max = t.device.limits.maxStorageBufferBindingSize;
+    if (t.byteLength > max) {
+      throw new Error(
+        `${op}: ${name} ${t.toString()} is ${t.byteLength} bytes, over this device's maxStorageBufferBindingSize ${max}`,
+      );
+    }
+  }
+}
+
+export function assertDType(op: string, name: string, t: Tensor, allowed: readonly DType[]): void {
+  if (!allowed.includes(t.dtype)) {
+    throw new Error(`${op}: ${name} has dtype ${t.dtype}; expected ${allowed.join(" or ")}`);
+  }
+}

@@ -1,0 +1,67 @@
+/** Helpers shared by kernel tests and benchmarks: seeded random data and closeness checks. */
+
+/** Deterministic uniform [-scale, scale) values from a 32-bit xorshift seed. */
+export function randomArray(n: number, seed = 1, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 0x9e3779b9;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = ((s / 0x100000000) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+export interface Closeness {
+  maxAbs: number;
+  maxRel: number;
+  worstIndex: number;
+  nonFinite: number;
+}
+
+export function compare(actual: ArrayLike<number>, expected: ArrayLike<number>): Closeness {
+  if (actual.length !== expected.length) {
+    throw new Error(`compare: lengths differ (${actual.length} vs ${expected.length})`);
+  }
+  let maxAbs = 0;
+  let maxRef = 0;
+  let worstIndex = -1;
+  let nonFinite = 0;
+  for (let i = 0; i < actual.length; i++) {
+    if (!Number.isFinite(actual[i])) nonFinite++;
+    const d = Math.abs(actual[i] - expected[i]);
+    if (d > maxAbs || Number.isNaN(d)) {
+      maxAbs = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
+      worstIndex = i;
+    }
+    maxRef = Math.max(maxRef, Math.abs(expected[i]));
+  }
+  return { maxAbs, maxRel: maxRef > 0 ? maxAbs / maxRef : maxAbs, worstIndex, nonFinite };
+}
+
+/**
+ * Throws when any element differs by more than atol + rtol·|expected|, naming the worst index.
+ * Callers state why their tolerance is what it is.
+ */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: { atol: number; rtol?: number },
+  label = "result",
+): Closeness {
+  const c = compare(actual, expected);
+  const rtol = tol.rtol ?? 0;
+  for (let i = 0; i < actual.length; i++) {
+    const bound = tol.atol + rtol * Math.abs(expected[i]);
+    const d = Math.abs(actual[i] - expected[i]);
+    if (!(d <= bound)) {
+      throw new Error(
+        `${label}: element ${i} is ${actual[i]}, expected ${expected[i]} (|diff| ${d} > ${bound}); max abs error ${c.maxAbs}`,
+      );
+    }
+  }
+  return c;
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env node
+// Runs the TypeScript CLI directly (tsx), so `pnpm ldm …` needs no build step.
+import { register } from "tsx/esm/api";
+
+register();
+process.env.XDG_RUNTIME_DIR ??= "/tmp";
+const { main } = await import("../src/cli/main.ts");
+process.exitCode = await main(process.argv);

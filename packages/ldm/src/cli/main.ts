@@ -1,0 +1,33 @@
+import { Command, CommanderError } from "commander";
+import { registerDevice } from "./commands/device.ts";
+import { UserError } from "./errors.ts";
+
+export function buildProgram(): Command {
+  const program = new Command("ldm")
+    .description("Latent diffusion (Stable Diffusion v1/v2) on WebGPU")
+    .option("--verbose", "print stack traces and extra detail")
+    .exitOverride()
+    .configureOutput({ outputError: (s, write) => write(s) });
+  registerDevice(program);
+  for (const cmd of program.commands) cmd.exitOverride();
+  return program;
+}
+
+/** Runs the CLI; returns the exit code (0 ok, 1 user or runtime error, 2 bad usage). */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0) return 0;
+      return 2;
+    }
+    const verbose = argv.includes("--verbose");
+    const err = e as Error;
+    if (verbose) console.error(err.stack ?? String(err));
+    else console.error(`ldm: ${err instanceof UserError ? "" : "error: "}${err.message.split("\n")[0]}`);
+    return 1;
+  }
+}

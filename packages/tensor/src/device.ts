@@ -1,0 +1,480 @@
+import { acquireGpu, NO_ADAPTER_HELP } from "./gpu.ts";
+import { BufferPool, type PoolStats } from "./pool.ts";
+
+export interface DeviceOptions {
+  /** Node only: toggles passed to Dawn's create(), e.g. "enable-dawn-features=...". */
+  dawnFlags?: string[];
+  powerPreference?: GPUPowerPreference;
+  /** Do not enable shader-f16 even where the adapter has it (exercises the f32 path). */
+  disableF16?: boolean;
+  /** Use this GPU instead of acquiring one (a browser page passing navigator.gpu, a test double). */
+  gpu?: GPU;
+}
+
+export interface DeviceFeatures {
+  shaderF16: boolean;
+  timestampQuery: boolean;
+  subgroups: boolean;
+}
+
+export interface DeviceLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupSizeX: number;
+  maxComputeWorkgroupSizeY: number;
+  maxComputeWorkgroupSizeZ: number;
+  maxComputeWorkgroupsPerDimension: number;
+  maxStorageBuffersPerShaderStage: number;
+  minStorageBufferOffsetAlignment: number;
+  minUniformBufferOffsetAlignment: number;
+}
+
+export interface AdapterSummary {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  /** Whether the adapter is a CPU rasteriser (lavapipe, SwiftShader): tile strategies differ. */
+  isCpu: boolean;
+}
+
+/** A buffer (or part of one) bound to a storage slot of a kernel. */
+export interface BufferSlice {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+export interface Dispatch {
+  pipeline: GPUComputePipeline;
+  /** Storage buffers at bindings 1..n (binding 0 is the uniform block when `uniforms` is given). */
+  buffers: readonly (GPUBuffer | BufferSlice)[];
+  uniforms?: Uint8Array;
+  workgroups: readonly [number, number?, number?];
+}
+
+export class DeviceLostError extends Error {}
+export class GpuOutOfMemoryError extends Error {}
+
+const LIMIT_NAMES: (keyof DeviceLimits)[] = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxStorageBuffersPerShaderStage",
+  "minStorageBufferOffsetAlignment",
+  "minUniformBufferOffsetAlignment",
+];
+
+const UNIFORM_RING_BYTES = 256 * 1024;
+const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x04 /* COPY_SRC */ | 0x08; /* COPY_DST */
+
+type TrackedDisposable = { dispose(): void; readonly disposed: boolean };
+
+/**
+ * One WebGPU device with its command recorder, pipeline cache and buffer pool.
+ *
+ * Dispatches are recorded into a single open compute pass and submitted together on
+ * flush()/sync()/readback, so a model forward is one submit. The GPU object and the adapter
+ * are held here for the device's whole life: dawn.node crashes at random when either is
+ * garbage-collected while the device lives.
+ */
+export class Device {
+  readonly pool: BufferPool;
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private passTimestamps: { querySet: GPUQuerySet } | null = null;
+  private dispatchesInBatch = 0;
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly uniformRing: GPUBuffer;
+  private readonly uniformStaging = new Uint8Array(UNIFORM_RING_BYTES);
+  private uniformUsed = 0;
+  private readonly errors: Error[] = [];
+  private lostMessage: string | null = null;
+  private readonly lostPromise: Promise<never>;
+  private readonly scopes: Set<TrackedDisposable>[] = [];
+  private destroyed = false;
+
+  private constructor(
+    readonly gpu: GPU,
+    readonly adapter: GPUAdapter,
+    readonly gpuDevice: GPUDevice,
+    readonly runtime: "browser" | "node",
+    readonly info: AdapterSummary,
+    readonly limits: DeviceLimits,
+    readonly features: DeviceFeatures,
+  ) {
+    this.pool = new BufferPool((bytes) => this.createStorageBuffer(bytes));
+    this.uniformRing = gpuDevice.createBuffer({
+      size: UNIFORM_RING_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      label: "ldm uniform ring",
+    });
+    this.lostPromise = gpuDevice.lost.then((info) => {
+      this.lostMessage = `WebGPU device lost (${info.reason}): ${info.message}`;
+      throw new DeviceLostError(this.lostMessage);
+    });
+    this.lostPromise.catch(() => {});
+    gpuDevice.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
+      this.errors.push(asError(ev.error));
+    };
+  }
+
+  static async create(options: DeviceOptions = {}): Promise<Device> {
+    let gpu: GPU;
+    let runtime: "browser" | "node";
+    if (options.gpu) {
+      gpu = options.gpu;
+      runtime = typeof process !== "undefined" && process.versions?.node ? "node" : "browser";
+    } else {
+      ({ gpu, runtime } = await acquireGpu(options.dawnFlags));
+    }
+    const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
+    if (!adapter) throw new Error(NO_ADAPTER_HELP);
+
+    const wanted: GPUFeatureName[] = [];
+    const has = (f: string) => adapter.features.has(f);
+    if (has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
+    if (has("timestamp-query")) wanted.push("timestamp-query");
+    if (has("subgroups")) wanted.push("subgroups" as GPUFeatureName);
+
+    const requiredLimits: Record<string, number> = {};
+    for (const name of LIMIT_NAMES) {
+      const v = (adapter.limits as unknown as Record<string, number>)[name];
+      if (typeof v === "number") requiredLimits[name] = v;
+    }
+    const gpuDevice = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits, label: "ldm" });
+
+    const limits = {} as DeviceLimits;
+    for (const name of LIMIT_NAMES) limits[name] = (gpuDevice.limits as unknown as Record<string, number>)[name];
+
+    const ai = adapter.info ?? ({} as GPUAdapterInfo);
+    const text = `${ai.vendor ?? ""} ${ai.architecture ?? ""} ${ai.device ?? ""} ${ai.description ?? ""}`.toLowerCase();
+    const info: AdapterSummary = {
+      vendor: ai.vendor ?? "",
+      architecture: ai.architecture ?? "",
+      device: ai.device ?? "",
+      description: ai.description ?? "",
+      isCpu: /llvmpipe|lavapipe|swiftshader|software|cpu/.test(text),
+    };
+    const features: DeviceFeatures = {
+      shaderF16: gpuDevice.features.has("shader-f16"),
+      timestampQuery: gpuDevice.features.has("timestamp-query"),
+      subgroups: gpuDevice.features.has("subgroups"),
+    };
+    return new Device(gpu, adapter, gpuDevice, runtime, info, limits, features);
+  }
+
+  get lost(): boolean {
+    return this.lostMessage !== null;
+  }
+
+  describe(): string {
+    const i = this.info;
+    const f = Object.entries(this.features)
+      .filter(([, v]) => v)
+      .map(([k]) => k)
+      .join(", ");
+    return `${i.vendor || "?"} / ${i.architecture || "?"} / ${i.description || i.device || "?"} (${this.runtime}); features: ${f || "none"}; max storage binding ${this.limits.maxStorageBufferBindingSize} B, max buffer ${this.limits.maxBufferSize} B`;
+  }
+
+  private assertUsable(): void {
+    if (this.destroyed) throw new Error("Device was destroyed");
+    if (this.lostMessage) throw new DeviceLostError(this.lostMessage);
+  }
+
+  private createStorageBuffer(bytes: number): GPUBuffer {
+    this.assertUsable();
+    if (bytes > this.limits.maxBufferSize) {
+      throw new GpuOutOfMemoryError(
+        `cannot allocate a ${bytes}-byte GPU buffer: the device's maxBufferSize is ${this.limits.maxBufferSize} bytes`,
+      );
+    }
+    this.gpuDevice.pushErrorScope("out-of-memory");
+    const buffer = this.gpuDevice.createBuffer({ size: bytes, usage: STORAGE_USAGE });
+    this.gpuDevice.popErrorScope().then((e) => {
+      if (e) this.errors.push(new GpuOutOfMemoryError(`out of GPU memory allocating ${bytes} bytes: ${e.message}`));
+    });
+    return buffer;
+  }
+
+  // ---- pipelines ---------------------------------------------------------------------
+
+  /** The compute pipeline for `key`, compiled from `wgsl()` the first time the key is seen. */
+  pipeline(key: string, wgsl: () => string, entryPoint = "main"): GPUComputePipeline {
+    const cached = this.pipelines.get(key);
+    if (cached) return cached;
+    this.assertUsable();
+    const code = wgsl();
+    const dev = this.gpuDevice;
+    dev.pushErrorScope("validation");
+    const module = dev.createShaderModule({ code, label: key });
+    const pipeline = dev.createComputePipeline({ layout: "auto", compute: { module, entryPoint }, label: key });
+    dev.popErrorScope().then(async (e) => {
+      if (!e) return;
+      const info = await module.getCompilationInfo();
+      const msgs = info.messages.map((m) => `  ${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join("\n");
+      this.errors.push(new Error(`kernel '${key}' failed to compile: ${e.message}\n${msgs}`));
+    });
+    this.pipelines.set(key, pipeline);
+    return pipeline;
+  }
+
+  get pipelineCount(): number {
+    return this.pipelines.size;
+  }
+
+  // ---- recording ---------------------------------------------------------------------
+
+  private openPass(): GPUComputePassEncoder {
+    if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
+    if (!this.pass) {
+      const desc: GPUComputePassDescriptor = {};
+      if (this.passTimestamps) {
+        desc.timestampWrites = {
+          querySet: this.passTimestamps.querySet,
+          beginningOfPassWriteIndex: 0,
+          endOfPassWriteIndex: 1,
+        };
+      }
+      this.pass = this.encoder.beginComputePass(desc);
+    }
+    return this.pass;
+  }
+
+  private closePass(): void {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+  }
+
+  dispatch(d: Dispatch): void {
+    this.assertUsable();
+    const [x, y = 1, z = 1] = d.workgroups;
+    const maxDim = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > maxDim || y > maxDim || z > maxDim) {
+      throw new Error(
+        `dispatch of ${d.pipeline.label}: workgroups [${x}, ${y}, ${z}] exceed maxComputeWorkgroupsPerDimension ${maxDim}; the kernel must fold its grid`,
+      );
+    }
+    if (x === 0 || y === 0 || z === 0) return;
+    const entries: GPUBindGroupEntry[] = [];
+    if (d.uniforms) {
+      const align = this.limits.minUniformBufferOffsetAlignment;
+      const size = d.uniforms.byteLength;
+      if (this.uniformUsed + size > UNIFORM_RING_BYTES) this.flush();
+      const offset = this.uniformUsed;
+      this.uniformStaging.set(d.uniforms, offset);
+      this.uniformUsed = Math.ceil((offset + size) / align) * align;
+      entries.push({ binding: 0, resource: { buffer: this.uniformRing, offset, size } });
+    }
+    d.buffers.forEach((b, i) => {
+      const slice = "buffer" in b ? b : { buffer: b };
+      entries.push({ binding: i + 1, resource: { buffer: slice.buffer, offset: slice.offset ?? 0, size: slice.size } });
+    });
+    const bindGroup = this.gpuDevice.createBindGroup({ layout: d.pipeline.getBindGroupLayout(0), entries });
+    const pass = this.openPass();
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(x, y, z);
+    this.dispatchesInBatch++;
+  }
+
+  /** Records a buffer-to-buffer copy (offsets and size must be multiples of 4). */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number): void {
+    this.assertUsable();
+    if (size === 0) return;
+    if (srcOffset % 4 || dstOffset % 4 || size % 4) {
+      throw new Error(`copy: offsets (${srcOffset}, ${dstOffset}) and size ${size} must be multiples of 4 bytes`);
+    }
+    this.closePass();
+    if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
+    this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    if (!this.encoder) return;
+    this.closePass();
+    if (this.uniformUsed > 0) {
+      this.gpuDevice.queue.writeBuffer(this.uniformRing, 0, this.uniformStaging, 0, this.uniformUsed);
+      this.uniformUsed = 0;
+    }
+    this.gpuDevice.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.dispatchesInBatch = 0;
+  }
+
+  get pendingDispatches(): number {
+    return this.dispatchesInBatch;
+  }
+
+  /** Writes host data into a buffer, after everything recorded before it (the buffer may be a reused one). */
+  write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    this.assertUsable();
+    // queue.writeBuffer runs ahead of unsubmitted commands: submit them first so a recycled
+    // buffer is not overwritten before earlier recorded reads of it.
+    this.flush();
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    const aligned = bytes.byteLength & ~3;
+    if (aligned > 0) this.gpuDevice.queue.writeBuffer(buffer, offset, bytes, 0, aligned);
+    if (aligned < bytes.byteLength) {
+      const tail = new Uint8Array(4);
+      tail.set(bytes.subarray(aligned));
+      this.gpuDevice.queue.writeBuffer(buffer, offset + aligned, tail);
+    }
+  }
+
+  /** Reads `size` bytes of `buffer` from `offset` after all recorded work. */
+  async read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
+    this.assertUsable();
+    const padded = Math.ceil(size / 4) * 4;
+    if (offset % 4) throw new Error(`read: offset ${offset} must be a multiple of 4 bytes`);
+    const staging = this.gpuDevice.createBuffer({
+      size: Math.max(4, padded),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    try {
+      if (padded > 0) this.copy(buffer, offset, staging, 0, padded);
+      this.flush();
+      await this.raceLost(staging.mapAsync(GPUMapMode.READ));
+      const out = staging.getMappedRange(0, padded).slice(0, size);
+      staging.unmap();
+      this.throwPendingErrors();
+      return out;
+    } finally {
+      staging.destroy();
+    }
+  }
+
+  /** Submits recorded work and waits for the GPU to finish it; throws any GPU error seen meanwhile. */
+  async sync(): Promise<void> {
+    this.assertUsable();
+    this.flush();
+    await this.raceLost(this.gpuDevice.queue.onSubmittedWorkDone());
+    // Error scopes resolve asynchronously; give pending pops a turn before checking.
+    await new Promise((r) => setTimeout(r, 0));
+    this.throwPendingErrors();
+  }
+
+  private async raceLost<T>(p: Promise<T>): Promise<T> {
+    return Promise.race([p, this.lostPromise]);
+  }
+
+  private throwPendingErrors(): void {
+    if (this.errors.length) {
+      const [first, ...rest] = this.errors.splice(0);
+      if (rest.length) first.message += ` (and ${rest.length} more GPU error(s))`;
+      throw first;
+    }
+  }
+
+  /**
+   * GPU time in milliseconds of the work `record` records, from timestamp queries
+   * (null when the adapter has no timestamp-query feature).
+   */
+  async timeGpu(record: () => void): Promise<number | null> {
+    if (!this.features.timestampQuery) {
+      record();
+      await this.sync();
+      return null;
+    }
+    this.flush();
+    const querySet = this.gpuDevice.createQuerySet({ type: "timestamp", count: 2 });
+    const resolve = this.gpuDevice.createBuffer({
+      size: 16,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    this.passTimestamps = { querySet };
+    try {
+      record();
+      this.openPass();
+      this.closePass();
+    } finally {
+      this.passTimestamps = null;
+    }
+    this.encoder?.resolveQuerySet(querySet, 0, 2, resolve, 0);
+    const bytes = await this.read(resolve, 0, 16);
+    querySet.destroy();
+    resolve.destroy();
+    const [t0, t1] = new BigUint64Array(bytes);
+    return Number(t1 - t0) / 1e6;
+  }
+
+  // ---- scopes --------------------------------------------------------------------------
+
+  /** Called by Tensor on creation: registers it with the innermost open scope. */
+  track(t: TrackedDisposable): void {
+    this.scopes.at(-1)?.add(t);
+  }
+
+  /** Removes `t` from the innermost scope so it survives the scope's end. */
+  untrack(t: TrackedDisposable): void {
+    this.scopes.at(-1)?.delete(t);
+  }
+
+  /**
+   * Runs `fn` and disposes every tensor created inside it except those it returns
+   * (a tensor, or an array/object of tensors), which move to the enclosing scope.
+   */
+  tidy<T>(fn: () => T): T {
+    const scope = new Set<TrackedDisposable>();
+    this.scopes.push(scope);
+    let result: T;
+    try {
+      result = fn();
+    } catch (e) {
+      this.scopes.pop();
+      for (const t of scope) if (!t.disposed) t.dispose();
+      throw e;
+    }
+    this.scopes.pop();
+    if (result instanceof Promise) {
+      throw new Error("tidy() takes a synchronous function: record GPU work inside it and await readbacks outside");
+    }
+    const kept = new Set<TrackedDisposable>();
+    collectDisposables(result, kept);
+    for (const t of scope) {
+      if (kept.has(t)) this.scopes.at(-1)?.add(t);
+      else if (!t.disposed) t.dispose();
+    }
+    return result;
+  }
+
+  memory(): PoolStats {
+    return this.pool.stats();
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.flush();
+    this.pool.trim();
+    this.uniformRing.destroy();
+    this.gpuDevice.destroy();
+    this.destroyed = true;
+  }
+}
+
+function collectDisposables(value: unknown, out: Set<TrackedDisposable>, depth = 0): void {
+  if (value === null || typeof value !== "object" || depth > 3) return;
+  if ("dispose" in value && "disposed" in value) {
+    out.add(value as TrackedDisposable);
+    return;
+  }
+  const items = Array.isArray(value) ? value : value instanceof Map ? [...value.values()] : Object.values(value);
+  for (const v of items) collectDisposables(v, out, depth + 1);
+}
+
+function asError(e: GPUError): Error {
+  if (e instanceof Error) return e;
+  const kind = e.constructor?.name ?? "GPUError";
+  if (kind === "GPUOutOfMemoryError") return new GpuOutOfMemoryError(`out of GPU memory: ${e.message}`);
+  return new Error(`${kind}: ${e.message}`);
+}

@@ -1,0 +1,8 @@
+export * from "./device.ts";
+export * from "./dtype.ts";
+export { acquireGpu, NO_ADAPTER_HELP } from "./gpu.ts";
+export * from "./pool.ts";
+export { selfTest } from "./selftest.ts";
+export * from "./shape.ts";
+export * from "./tensor.ts";
+export * from "./uniforms.ts";

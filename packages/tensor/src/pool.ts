@@ -1,0 +1,95 @@
+/**
+ * Size classes for pooled buffers: exact multiples of 256 bytes up to 64 KiB, then four
+ * classes per power of two (2^k · {1, 1.25, 1.5, 1.75}), so reuse across nearby sizes
+ * wastes at most 25% and typically far less.
+ */
+export function bucketSize(bytes: number): number {
+  if (!(bytes >= 0) || !Number.isFinite(bytes)) throw new Error(`invalid buffer size ${bytes}`);
+  const min = 256;
+  if (bytes <= 64 * 1024) return Math.max(min, Math.ceil(bytes / min) * min);
+  const pow = 2 ** Math.floor(Math.log2(bytes));
+  const quarter = pow / 4;
+  return pow + Math.ceil((bytes - pow) / quarter) * quarter;
+}
+
+export interface PoolStats {
+  /** Bytes held by live tensors (bucket sizes). */
+  liveBytes: number;
+  /** Highest liveBytes since creation or the last resetPeak(). */
+  peakLiveBytes: number;
+  /** Bytes sitting free in the pool, ready for reuse. */
+  pooledBytes: number;
+  /** liveBytes + pooledBytes: what the pool holds on the GPU. */
+  totalBytes: number;
+  peakTotalBytes: number;
+  allocations: number;
+  reuses: number;
+}
+
+export type BufferFactory = (bytes: number) => GPUBuffer;
+
+/** Reuses GPU storage buffers by size class. */
+export class BufferPool {
+  private readonly free = new Map<number, GPUBuffer[]>();
+  private live = 0;
+  private pooled = 0;
+  private peakLive = 0;
+  private peakTotal = 0;
+  private allocations = 0;
+  private reuses = 0;
+
+  constructor(private readonly create: BufferFactory) {}
+
+  acquire(bytes: number): GPUBuffer {
+    const size = bucketSize(bytes);
+    const list = this.free.get(size);
+    let buffer = list?.pop();
+    if (buffer) {
+      this.pooled -= size;
+      this.reuses++;
+    } else {
+      buffer = this.create(size);
+      this.allocations++;
+    }
+    this.live += size;
+    this.peakLive = Math.max(this.peakLive, this.live);
+    this.peakTotal = Math.max(this.peakTotal, this.live + this.pooled);
+    return buffer;
+  }
+
+  release(buffer: GPUBuffer): void {
+    const size = buffer.size;
+    this.live -= size;
+    this.pooled += size;
+    let list = this.free.get(size);
+    if (!list) {
+      list = [];
+      this.free.set(size, list);
+    }
+    list.push(buffer);
+  }
+
+  /** Destroys every free buffer. GPU work still queued keeps its buffers alive until it finishes. */
+  trim(): void {
+    for (const list of this.free.values()) for (const b of list) b.destroy();
+    this.free.clear();
+    this.pooled = 0;
+  }
+
+  resetPeak(): void {
+    this.peakLive = this.live;
+    this.peakTotal = this.live + this.pooled;
+  }
+
+  stats(): PoolStats {
+    return {
+      liveBytes: this.live,
+      peakLiveBytes: this.peakLive,
+      pooledBytes: this.pooled,
+      totalBytes: this.live + this.pooled,
+      peakTotalBytes: this.peakTotal,
+      allocations: this.allocations,
+      reuses: this.reuses,
+    };
+  }
+}

@@ -1,0 +1,179 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Device, f16BitsToF32, f32ToF16Bits, Tensor, Uniforms } from "../src/index.ts";
+
+let device: Device;
+beforeAll(async () => {
+  device = await Device.create();
+});
+afterAll(() => device?.destroy());
+
+describe("Device", () => {
+  it("reports the adapter, limits and features it got", () => {
+    expect(device.limits.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(128 * 1024 * 1024);
+    expect(device.limits.maxBufferSize).toBeGreaterThanOrEqual(256 * 1024 * 1024);
+    // lavapipe grants more than the spec default of 16 KiB when asked (field notes: 32 KiB).
+    expect(device.limits.maxComputeWorkgroupStorageSize).toBeGreaterThanOrEqual(16384);
+    expect(device.describe()).toContain("features");
+  });
+});
+
+describe("Tensor upload and readback", () => {
+  it("round-trips f32 exactly, including odd sizes", async () => {
+    const data = Float32Array.from({ length: 7 * 3 }, (_, i) => Math.sin(i) * 1e3);
+    const t = Tensor.from(device, data, [7, 3]);
+    expect(await t.read()).toEqual(data);
+    t.dispose();
+  });
+
+  it("round-trips i32 and u32", async () => {
+    const i = Tensor.from(device, Int32Array.from([-5, 0, 49406, 2 ** 31 - 1, -(2 ** 31)]), [5], "i32");
+    expect(Array.from(await i.read())).toEqual([-5, 0, 49406, 2 ** 31 - 1, -(2 ** 31)]);
+    const u = Tensor.from(device, [0, 1, 0xffffffff], [3], "u32");
+    expect(Array.from(await u.read())).toEqual([0, 1, 0xffffffff]);
+    i.dispose();
+    u.dispose();
+  });
+
+  it("round-trips f16 with an odd element count (buffer padded to 4 bytes)", async () => {
+    if (!device.features.shaderF16) return;
+    const values = [1, -2.5, 65504, 6.103515625e-5, 0.333251953125];
+    const t = Tensor.from(device, values, [5], "f16");
+    expect(t.byteLength).toBe(10);
+    expect(Array.from(await t.toFloat32())).toEqual(values);
+  });
+
+  it("reshape shares storage and frees it once the last view is disposed", async () => {
+    const before = device.memory().liveBytes;
+    const t = Tensor.from(device, [1, 2, 3, 4, 5, 6], [2, 3]);
+    const v = t.reshape([3, -1]);
+    expect(v.shape).toEqual([3, 2]);
+    t.dispose();
+    expect(Array.from(await v.read())).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(device.memory().liveBytes).toBeGreaterThan(before);
+    v.dispose();
+    expect(device.memory().liveBytes).toBe(before);
+  });
+});
+
+describe("errors", () => {
+  it("rejects data that does not fill the shape, naming both", () => {
+    expect(() => Tensor.from(device, [1, 2, 3], [2, 2])).toThrow(/3 values do not fill shape \[2, 2\]/);
+  });
+
+  it("rejects an invalid reshape naming both shapes", () => {
+    const t = Tensor.zeros(device, [2, 3]);
+    expect(() => t.reshape([4, 2])).toThrow(/\[2, 3\].*\[4, 2\]/);
+    t.dispose();
+  });
+
+  it("rejects negative or fractional dimensions", () => {
+    expect(() => Tensor.empty(device, [2, -1])).toThrow(/invalid dimension -1/);
+    expect(() => Tensor.empty(device, [1.5])).toThrow(/invalid dimension 1.5/);
+  });
+
+  it("rejects use after dispose", async () => {
+    const t = Tensor.from(device, [1, 2], [2]);
+    t.dispose();
+    expect(() => t.buffer).toThrow(/tensor \[2\] f32 was used after dispose/);
+    await expect(t.read()).rejects.toThrow(/after dispose/);
+  });
+
+  it("rejects a buffer larger than maxBufferSize with the sizes", () => {
+    expect(() => Tensor.empty(device, [Math.floor(device.limits.maxBufferSize / 4) + 1024])).toThrow(/maxBufferSize/);
+  });
+
+  it("surfaces a WGSL compile error at sync, naming the kernel", async () => {
+    device.pipeline("broken-kernel", () => "@compute @workgroup_size(1) fn main() { let x: f32 = undefined_name; }");
+    await expect(device.sync()).rejects.toThrow(/broken-kernel/);
+  });
+
+  it("refuses a dispatch grid over the per-dimension cap", () => {
+    const p = device.pipeline("noop", () => "@compute @workgroup_size(1) fn main() {}");
+    expect(() => device.dispatch({ pipeline: p, buffers: [], workgroups: [70000] })).toThrow(/must fold its grid/);
+  });
+});
+
+describe("f16 conversion", () => {
+  it("rounds to nearest even and handles subnormals, overflow and NaN", () => {
+    expect(f32ToF16Bits(1)).toBe(0x3c00);
+    expect(f32ToF16Bits(65504)).toBe(0x7bff);
+    expect(f32ToF16Bits(65520)).toBe(0x7c00); // halfway to the next binade rounds to Inf
+    expect(f32ToF16Bits(-0)).toBe(0x8000);
+    expect(f32ToF16Bits(2 ** -24)).toBe(0x0001);
+    expect(f32ToF16Bits(2 ** -25)).toBe(0x0000); // tie rounds to even (0)
+    expect(f32ToF16Bits(3 * 2 ** -25)).toBe(0x0002); // tie rounds to even (2)
+    expect(f32ToF16Bits(1 + 2 ** -11)).toBe(0x3c00); // tie → even
+    expect(f32ToF16Bits(1 + 3 * 2 ** -11)).toBe(0x3c02);
+    expect(Number.isNaN(f16BitsToF32(f32ToF16Bits(Number.NaN)))).toBe(true);
+    for (let h = 0; h < 0x7c00; h += 37) expect(f32ToF16Bits(f16BitsToF32(h))).toBe(h);
+  });
+});
+
+describe("recording", () => {
+  const addOne = () => `
+    struct Params { n: u32, delta: f32 }
+    @group(0) @binding(0) var<uniform> p: Params;
+    @group(0) @binding(1) var<storage, read_write> x: array<f32>;
+    @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
+      if (id.x < p.n) { x[id.x] = x[id.x] + p.delta; }
+    }`;
+
+  it("batches many dispatches into one submit and applies them in order", async () => {
+    const t = Tensor.from(device, new Float32Array(100), [100]);
+    const pipeline = device.pipeline("test-add", addOne);
+    for (let i = 0; i < 50; i++) {
+      device.dispatch({
+        pipeline,
+        buffers: [t.buffer],
+        uniforms: new Uniforms().u32(100).f32(i).bytes(),
+        workgroups: [2],
+      });
+    }
+    expect(device.pendingDispatches).toBe(50);
+    const out = await t.read();
+    expect(out[0]).toBe((49 * 50) / 2);
+    expect(out[99]).toBe((49 * 50) / 2);
+    expect(device.pipeline("test-add", addOne)).toBe(pipeline);
+    t.dispose();
+  });
+
+  it("does not let an upload into a recycled buffer overtake earlier recorded reads", async () => {
+    const pipeline = device.pipeline("test-add", addOne);
+    const a = Tensor.from(device, new Float32Array(64).fill(1), [64]);
+    const copyDst = Tensor.empty(device, [64]);
+    device.dispatch({
+      pipeline,
+      buffers: [a.buffer],
+      uniforms: new Uniforms().u32(64).f32(1).bytes(),
+      workgroups: [1],
+    });
+    device.copy(a.buffer, 0, copyDst.buffer, 0, 256);
+    a.dispose();
+    const b = Tensor.from(device, new Float32Array(64).fill(100), [64]); // reuses a's buffer
+    expect(b.buffer).toBe(copyDst.buffer === b.buffer ? null : b.buffer);
+    expect((await copyDst.read())[0]).toBe(2);
+    b.dispose();
+    copyDst.dispose();
+  });
+
+  it("times GPU work with timestamp queries where available", async () => {
+    const pipeline = device.pipeline("test-add", addOne);
+    const t = Tensor.zeros(device, [1 << 16]);
+    const ms = await device.timeGpu(() => {
+      for (let i = 0; i < 4; i++) {
+        device.dispatch({
+          pipeline,
+          buffers: [t.buffer],
+          uniforms: new Uniforms()
+            .u32(1 << 16)
+            .f32(1)
+            .bytes(),
+          workgroups: [1024],
+        });
+      }
+    });
+    if (device.features.timestampQuery) expect(ms).toBeGreaterThan(0);
+    expect((await t.read())[12345]).toBe(4);
+    t.dispose();
+  });
+});
