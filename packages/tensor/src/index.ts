@@ -6,3 +6,4 @@ export { selfTest } from "./selftest.ts";
 export * from "./shape.ts";
 export * from "./tensor.ts";
 export * from "./uniforms.ts";
+export * from "./weights.ts";

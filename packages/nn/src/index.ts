@@ -1,0 +1,1 @@
+export { VarBuilder } from "./var-builder.ts";
