@@ -33,5 +33,9 @@ export async function acquireGpu(dawnFlags: string[] = []): Promise<GpuHandle> {
   for (const [name, value] of Object.entries(mod.globals)) {
     if (!(name in globalThis)) (globalThis as Record<string, unknown>)[name] = value;
   }
-  return { gpu: mod.create(dawnFlags), runtime: "node" };
+  // Unquantised timestamps: Dawn rounds them to 65.5 µs otherwise, too coarse for kernel timings.
+  const flags = dawnFlags.some((f) => f.includes("timestamp_quantization"))
+    ? dawnFlags
+    : [...dawnFlags, "disable-dawn-features=timestamp_quantization"];
+  return { gpu: mod.create(flags), runtime: "node" };
 }

@@ -1,0 +1,6 @@
+// Prints vitest's JSON report as one plain closing line ("N passed, N failed, N skipped") for CI logs.
+import { readFileSync } from "node:fs";
+
+const report = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const skipped = report.numPendingTests + (report.numTodoTests ?? 0);
+console.log(`tests: ${report.numPassedTests} passed, ${report.numFailedTests} failed, ${skipped} skipped`);
