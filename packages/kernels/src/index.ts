@@ -1,2 +1,18 @@
+export { bf16ToFloat, cast, type FloatDType, packBf16 } from "./cast/index.ts";
 export { foldGrid, LINEAR_WORKGROUP_ID } from "./common/grid.ts";
 export { assertBindable, assertDType, wgslEnables, wgslType } from "./common/wgsl.ts";
+export {
+  add,
+  affine,
+  broadcastShapes,
+  broadcastStrides,
+  geglu,
+  gelu,
+  geluTanh,
+  mul,
+  quickGelu,
+  silu,
+  sub,
+} from "./elementwise/index.ts";
+export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
+export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";
