@@ -14,5 +14,6 @@ export {
   silu,
   sub,
 } from "./elementwise/index.ts";
+export { type GroupNormOptions, groupNorm } from "./groupnorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
 export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";

@@ -1,0 +1,93 @@
+import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { assertClose, randomArray } from "../testing.ts";
+import { groupNorm } from "./index.ts";
+import { groupNormRef } from "./reference.ts";
+
+let device: Device;
+beforeAll(async () => {
+  device = await Device.create();
+});
+afterAll(() => device?.destroy());
+
+const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
+
+// Outputs are O(1)·gamma + beta (|·| ≲ 10 here). f32: the group sums are tree reductions (relative error
+// ~log2(n)·2^-24 ≈ 1e-6 on mean and variance), which moves outputs by ~1e-6·|y|; 1e-5 leaves room.
+const F32_TOL = { atol: 1e-5, rtol: 1e-5 };
+// f16 output: one rounding to half precision (2^-11 relative) on top.
+const F16_TOL = { atol: 2e-3, rtol: 1.2e-3 };
+
+interface Case {
+  shape: number[];
+  groups: number;
+  eps: number;
+  silu?: boolean;
+  dtype?: "f32" | "f16";
+  mean?: number;
+}
+
+const cases: Case[] = [
+  { shape: [2, 6, 5, 3], groups: 3, eps: 1e-5 }, // odd spatial: scalar path
+  { shape: [1, 64, 8, 8], groups: 32, eps: 1e-6, silu: true }, // vec4 path, SD's 32 groups
+  { shape: [1, 32, 7, 9], groups: 32, eps: 1e-6 }, // one channel per group
+  { shape: [3, 4], groups: 2, eps: 1e-5, silu: true }, // no spatial dims
+  { shape: [1, 8, 1, 1], groups: 4, eps: 1e-5 }, // 2 elements per group
+  { shape: [2, 6, 4, 2], groups: 1, eps: 1e-6 }, // one group (LayerNorm-over-CHW)
+  { shape: [1, 64, 16, 16], groups: 32, eps: 1e-6, silu: true, dtype: "f16" },
+  { shape: [2, 12, 3, 5], groups: 4, eps: 1e-5, dtype: "f16" },
+  // |mean| ≫ std: E[x²] − E[x]² in f32 would lose every digit of the variance; two-pass keeps them.
+  { shape: [1, 4, 16, 16], groups: 2, eps: 1e-6, mean: 300 },
+];
+
+describe("groupNorm", () => {
+  for (const c of cases) {
+    const dtype = c.dtype ?? "f32";
+    it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
+      if (dtype === "f16" && !device.features.shaderF16) return;
+      const channels = c.shape[1];
+      let x = randomArray(size(c.shape), 31, 2).map(
+        (v, i) => v * (1 + (i % 7)) * (c.mean ? 0.05 : 1) + (c.mean ?? 0.5),
+      );
+      const gamma = randomArray(channels, 32, 1.5);
+      const beta = randomArray(channels, 33, 0.5);
+      if (dtype === "f16") x = roundF16(x);
+      const tx = Tensor.from(device, x, c.shape, dtype);
+      const tg = Tensor.from(device, gamma, [channels]);
+      const tb = Tensor.from(device, beta, [channels]);
+      const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu });
+      expect(out.shape).toEqual(c.shape);
+      expect(out.dtype).toBe(dtype);
+      const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu);
+      // mean 300 with std 0.05·…: inputs carry 300·2^-24 ≈ 2e-5 absolute rounding, ~1e-4 of the std.
+      const tol = dtype === "f16" ? F16_TOL : c.mean ? { atol: 2e-4, rtol: 2e-4 } : F32_TOL;
+      assertClose(await out.toFloat32(), ref, tol, "groupNorm");
+      for (const t of [tx, tg, tb, out]) t.dispose();
+    });
+  }
+
+  it("takes f16 gamma and beta with f16 x", async () => {
+    if (!device.features.shaderF16) return;
+    const shape = [1, 8, 4, 4];
+    const x = roundF16(randomArray(size(shape), 34, 3));
+    const gamma = roundF16(randomArray(8, 35));
+    const beta = roundF16(randomArray(8, 36));
+    const out = groupNorm(
+      Tensor.from(device, x, shape, "f16"),
+      Tensor.from(device, gamma, [8], "f16"),
+      Tensor.from(device, beta, [8], "f16"),
+      { groups: 4, eps: 1e-5 },
+    );
+    assertClose(await out.toFloat32(), groupNormRef(x, shape, gamma, beta, 4, 1e-5), F16_TOL);
+  });
+
+  it("rejects channels that do not split into the groups, and wrong gamma/beta", () => {
+    const x = Tensor.zeros(device, [1, 6, 2, 2]);
+    const g = Tensor.zeros(device, [6]);
+    const wrong = Tensor.zeros(device, [5]);
+    expect(() => groupNorm(x, g, g, { groups: 4, eps: 1e-5 })).toThrow(/6 channels of x .* do not split into 4 groups/);
+    expect(() => groupNorm(x, wrong, g, { groups: 3, eps: 1e-5 })).toThrow(/gamma Tensor\(\[5\], f32\) must be \[6\]/);
+    expect(() => groupNorm(g, g, g, { groups: 3, eps: 1e-5 })).toThrow(/must be \[B, C, \.\.\.spatial\]/);
+  });
+});

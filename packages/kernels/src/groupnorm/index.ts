@@ -1,0 +1,170 @@
+/**
+ * GroupNorm over x [B, C, ...spatial] with per-channel affine and optional fused SiLU, as torch.nn.GroupNorm
+ * (biased variance, eps inside the square root).
+ *
+ * One workgroup per (batch, group): the group's elements are contiguous, so it reads them three times —
+ * mean, then the sum of squared deviations (two-pass: no cancellation when |mean| ≫ std), then normalise —
+ * and on a CPU adapter the group stays in cache between passes. Tensors over one storage binding are walked
+ * in pieces of whole groups.
+ */
+import { DTYPE_BYTES, type DType, shapeSize, Tensor, Uniforms } from "@ldm/tensor";
+import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import { assertDType, wgslEnables } from "../common/wgsl.ts";
+import { splitForBindings } from "../strided/plan.ts";
+
+export interface GroupNormOptions {
+  groups: number;
+  /** 1e-6 in the VAE and SpatialTransformer, 1e-5 in UNet ResBlocks (torch's default). */
+  eps: number;
+  /** Apply SiLU to the result (GroupNorm → SiLU as in ResBlocks). */
+  silu?: boolean;
+}
+
+const WORKGROUP = 256;
+const FLOATS: readonly DType[] = ["f32", "f16"];
+
+export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: GroupNormOptions): Tensor {
+  const { groups, eps, silu = false } = options;
+  if (x.shape.length < 2) throw new Error(`groupNorm: x ${x} must be [B, C, ...spatial]`);
+  const [batch, channels] = x.shape;
+  if (!Number.isInteger(groups) || groups <= 0 || channels % groups) {
+    throw new Error(`groupNorm: ${channels} channels of x ${x} do not split into ${groups} groups`);
+  }
+  if (!(eps >= 0)) throw new Error(`groupNorm: eps must be a non-negative number, got ${eps}`);
+  for (const [name, t] of [
+    ["gamma", gamma],
+    ["beta", beta],
+  ] as const) {
+    assertDType("groupNorm", name, t, FLOATS);
+    if (t.size !== channels || t.shape.length !== 1) {
+      throw new Error(`groupNorm: ${name} ${t} must be [${channels}] (one per channel of x ${x})`);
+    }
+  }
+  assertDType("groupNorm", "x", x, FLOATS);
+  const device = x.device;
+  const out = Tensor.empty(device, x.shape, x.dtype);
+  const spatial = shapeSize(x.shape.slice(2));
+  const channelsPerGroup = channels / groups;
+  const groupElements = channelsPerGroup * spatial;
+  const totalGroups = batch * groups;
+  if (totalGroups === 0 || groupElements === 0) return out;
+
+  const width = spatial % 4 === 0 ? 4 : 1;
+  const pieces = splitForBindings(
+    "groupNorm",
+    [totalGroups, groupElements],
+    [
+      { name: "x", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] },
+      { name: "out", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] },
+    ],
+    groupElements,
+    {
+      maxBindingBytes: device.limits.maxStorageBufferBindingSize,
+      offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
+    },
+  );
+  const spec: GroupNormWgsl = { dtype: x.dtype, gammaType: gamma.dtype, betaType: beta.dtype, width, silu };
+  const pipeline = device.pipeline(`groupnorm|${Object.values(spec).join("|")}`, () =>
+    groupNormWgsl(spec, wgslEnables(device, x.dtype, gamma.dtype, beta.dtype)),
+  );
+  for (const piece of pieces) {
+    const firstGroup = piece.start / groupElements;
+    const count = (piece.end - piece.start) / groupElements;
+    const [xb, ob] = piece.bindings;
+    device.dispatch({
+      pipeline,
+      uniforms: new Uniforms()
+        .u32(count)
+        .u32(firstGroup)
+        .u32((piece.start - xb.baseElement) / width)
+        .u32((piece.start - ob.baseElement) / width)
+        .u32(groups)
+        .u32(channelsPerGroup)
+        .u32(spatial / width)
+        .f32(1 / groupElements)
+        .f32(eps)
+        .bytes(),
+      buffers: [
+        { buffer: x.buffer, offset: xb.byteOffset, size: xb.byteSize },
+        gamma.slice(),
+        beta.slice(),
+        { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize },
+      ],
+      workgroups: foldGrid(count, device.limits.maxComputeWorkgroupsPerDimension),
+    });
+  }
+  return out;
+}
+
+interface GroupNormWgsl {
+  dtype: DType;
+  gammaType: DType;
+  betaType: DType;
+  width: number;
+  silu: boolean;
+}
+
+/** WGSL that sums one f32 per invocation over the workgroup (tree reduction in workgroup memory). */
+export function workgroupSumWgsl(size: number): string {
+  return `var<workgroup> partial: array<f32, ${size}>;
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+  partial[lid] = v;
+  workgroupBarrier();
+  for (var s = ${size / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { partial[lid] += partial[lid + s]; }
+    workgroupBarrier();
+  }
+  let total = partial[0];
+  workgroupBarrier();
+  return total;
+}`;
+}
+
+function groupNormWgsl(g: GroupNormWgsl, enables: string): string {
+  const vec = g.width === 4;
+  const V = vec ? "vec4<f32>" : "f32";
+  const stored = vec ? `vec4<${g.dtype}>` : g.dtype;
+  const total = vec ? "dot(v, vec4<f32>(1.0))" : "v";
+  const squares = vec ? "dot(d, d)" : "d * d";
+  const activation = g.silu ? "y = y / (1.0 + exp(-y));" : "";
+  return `${enables}
+struct Params { count: u32, first: u32, xOff: u32, outOff: u32, groups: u32, cpg: u32, spatial: u32, invN: f32, eps: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<${stored}>;
+@group(0) @binding(2) var<storage, read> gamma: array<${g.gammaType}>;
+@group(0) @binding(3) var<storage, read> beta: array<${g.betaType}>;
+@group(0) @binding(4) var<storage, read_write> out: array<${stored}>;
+${workgroupSumWgsl(WORKGROUP)}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let local = ${LINEAR_WORKGROUP_ID};
+  if (local >= p.count) { return; }
+  let n = p.cpg * p.spatial;
+  let xBase = p.xOff + local * n;
+  let outBase = p.outOff + local * n;
+  var s = 0.0;
+  for (var i = lid; i < n; i += ${WORKGROUP}u) {
+    let v = ${V}(x[xBase + i]);
+    s += ${total};
+  }
+  let mean = workgroup_sum(s, lid) * p.invN;
+  s = 0.0;
+  for (var i = lid; i < n; i += ${WORKGROUP}u) {
+    let d = ${V}(x[xBase + i]) - mean;
+    s += ${squares};
+  }
+  let rstd = inverseSqrt(workgroup_sum(s, lid) * p.invN + p.eps);
+  let firstChannel = ((p.first + local) % p.groups) * p.cpg;
+  for (var c = 0u; c < p.cpg; c++) {
+    let scale = rstd * f32(gamma[firstChannel + c]);
+    let shift = f32(beta[firstChannel + c]);
+    let row = c * p.spatial;
+    for (var i = lid; i < p.spatial; i += ${WORKGROUP}u) {
+      var y = (${V}(x[xBase + row + i]) - mean) * scale + shift;
+      ${activation}
+      out[outBase + row + i] = ${stored}(y);
+    }
+  }
+}
+`;
+}
