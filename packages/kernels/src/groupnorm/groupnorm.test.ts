@@ -47,7 +47,7 @@ describe("groupNorm", () => {
     it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
       if (dtype === "f16" && !device.features.shaderF16) return;
       const channels = c.shape[1];
-      let x = randomArray(size(c.shape), 31, 2).map(
+      let x: Float32Array = randomArray(size(c.shape), 31, 2).map(
         (v, i) => v * (1 + (i % 7)) * (c.mean ? 0.05 : 1) + (c.mean ?? 0.5),
       );
       const gamma = randomArray(channels, 32, 1.5);
