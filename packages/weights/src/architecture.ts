@@ -1,0 +1,206 @@
+import type { ClipTextConfig, ModelConfig, UNetConfig, VaeConfig } from "./config.ts";
+
+/**
+ * Every parameter key and shape of the original modules for a config, in canonical names: the keys a
+ * single-file checkpoint of that model holds. Follows the constructors of `openaimodel.UNetModel`
+ * (SpatialTransformer variant), `diffusionmodules.model.Encoder/Decoder` + `AutoencoderKL`, and Hugging
+ * Face's `CLIPTextModel`. Used to generate synthetic checkpoints and to check layouts.
+ */
+
+export const UNET_PREFIX = "model.diffusion_model.";
+export const VAE_PREFIX = "first_stage_model.";
+export const TEXT_PREFIX = "cond_stage_model.transformer.text_model.";
+
+export type ParamShapes = Map<string, number[]>;
+
+export function modelParamShapes(config: ModelConfig): ParamShapes {
+  return new Map([...unetParamShapes(config.unet), ...vaeParamShapes(config.vae), ...clipTextParamShapes(config.text)]);
+}
+
+/** Heads and head width of a UNet transformer over `channels` channels (UNetModel's rule). */
+export function unetHeads(cfg: UNetConfig, channels: number): { heads: number; headDim: number } {
+  if (cfg.num_head_channels === -1) return { heads: cfg.num_heads, headDim: Math.floor(channels / cfg.num_heads) };
+  return { heads: Math.floor(channels / cfg.num_head_channels), headDim: cfg.num_head_channels };
+}
+
+class ShapeList {
+  readonly shapes: ParamShapes = new Map();
+  constructor(private readonly prefix: string) {}
+
+  add(name: string, shape: number[]): void {
+    this.shapes.set(this.prefix + name, shape);
+  }
+  linear(name: string, inF: number, outF: number, bias = true): void {
+    this.add(`${name}.weight`, [outF, inF]);
+    if (bias) this.add(`${name}.bias`, [outF]);
+  }
+  conv(name: string, inC: number, outC: number, kernel: number): void {
+    this.add(`${name}.weight`, [outC, inC, kernel, kernel]);
+    this.add(`${name}.bias`, [outC]);
+  }
+  /** GroupNorm or LayerNorm: an affine weight and bias per channel. */
+  norm(name: string, channels: number): void {
+    this.add(`${name}.weight`, [channels]);
+    this.add(`${name}.bias`, [channels]);
+  }
+}
+
+export function unetParamShapes(cfg: UNetConfig): ParamShapes {
+  const s = new ShapeList(UNET_PREFIX);
+  const mc = cfg.model_channels;
+  const emb = mc * 4;
+  const resBlock = (name: string, inC: number, outC: number) => {
+    s.norm(`${name}.in_layers.0`, inC);
+    s.conv(`${name}.in_layers.2`, inC, outC, 3);
+    s.linear(`${name}.emb_layers.1`, emb, outC);
+    s.norm(`${name}.out_layers.0`, outC);
+    s.conv(`${name}.out_layers.3`, outC, outC, 3);
+    if (inC !== outC) s.conv(`${name}.skip_connection`, inC, outC, 1);
+  };
+  const transformer = (name: string, channels: number) => {
+    const { heads, headDim } = unetHeads(cfg, channels);
+    const inner = heads * headDim;
+    s.norm(`${name}.norm`, channels);
+    const project = (p: string, inC: number, outC: number) =>
+      cfg.use_linear_in_transformer ? s.linear(p, inC, outC) : s.conv(p, inC, outC, 1);
+    project(`${name}.proj_in`, channels, inner);
+    for (let d = 0; d < cfg.transformer_depth; d++) {
+      const b = `${name}.transformer_blocks.${d}`;
+      for (const [attn, contextDim] of [
+        ["attn1", inner],
+        ["attn2", cfg.context_dim],
+      ] as const) {
+        s.linear(`${b}.${attn}.to_q`, inner, inner, false);
+        s.linear(`${b}.${attn}.to_k`, contextDim, inner, false);
+        s.linear(`${b}.${attn}.to_v`, contextDim, inner, false);
+        s.linear(`${b}.${attn}.to_out.0`, inner, inner);
+      }
+      s.linear(`${b}.ff.net.0.proj`, inner, inner * 8); // GEGLU: value and gate of the 4× hidden layer
+      s.linear(`${b}.ff.net.2`, inner * 4, inner);
+      for (const n of ["norm1", "norm2", "norm3"]) s.norm(`${b}.${n}`, inner);
+    }
+    project(`${name}.proj_out`, inner, channels);
+  };
+
+  s.linear("time_embed.0", mc, emb);
+  s.linear("time_embed.2", emb, emb);
+  s.conv("input_blocks.0.0", cfg.in_channels, mc, 3);
+  const skipChannels = [mc];
+  let ch = mc;
+  let ds = 1;
+  let index = 1;
+  const levels = cfg.channel_mult.length;
+  cfg.channel_mult.forEach((mult, level) => {
+    for (let r = 0; r < cfg.num_res_blocks; r++, index++) {
+      resBlock(`input_blocks.${index}.0`, ch, mult * mc);
+      ch = mult * mc;
+      if (cfg.attention_resolutions.includes(ds)) transformer(`input_blocks.${index}.1`, ch);
+      skipChannels.push(ch);
+    }
+    if (level !== levels - 1) {
+      s.conv(`input_blocks.${index++}.0.op`, ch, ch, 3);
+      skipChannels.push(ch);
+      ds *= 2;
+    }
+  });
+  resBlock("middle_block.0", ch, ch);
+  transformer("middle_block.1", ch);
+  resBlock("middle_block.2", ch, ch);
+  index = 0;
+  for (let level = levels - 1; level >= 0; level--) {
+    const mult = cfg.channel_mult[level];
+    for (let r = 0; r <= cfg.num_res_blocks; r++, index++) {
+      resBlock(`output_blocks.${index}.0`, ch + skipChannels.pop()!, mc * mult);
+      ch = mc * mult;
+      let layer = 1;
+      if (cfg.attention_resolutions.includes(ds)) transformer(`output_blocks.${index}.${layer++}`, ch);
+      if (level > 0 && r === cfg.num_res_blocks) {
+        s.conv(`output_blocks.${index}.${layer}.conv`, ch, ch, 3);
+        ds /= 2;
+      }
+    }
+  }
+  s.norm("out.0", ch);
+  s.conv("out.2", mc, cfg.out_channels, 3);
+  return s.shapes;
+}
+
+export function vaeParamShapes(cfg: VaeConfig): ParamShapes {
+  const s = new ShapeList(VAE_PREFIX);
+  const dd = cfg.ddconfig;
+  const levels = dd.ch_mult.length;
+  const resBlock = (name: string, inC: number, outC: number) => {
+    s.norm(`${name}.norm1`, inC);
+    s.conv(`${name}.conv1`, inC, outC, 3);
+    s.norm(`${name}.norm2`, outC);
+    s.conv(`${name}.conv2`, outC, outC, 3);
+    if (inC !== outC) s.conv(`${name}.nin_shortcut`, inC, outC, 1);
+  };
+  const attention = (name: string, channels: number) => {
+    s.norm(`${name}.norm`, channels);
+    for (const p of ["q", "k", "v", "proj_out"]) s.conv(`${name}.${p}`, channels, channels, 1);
+  };
+  const middle = (name: string, channels: number) => {
+    resBlock(`${name}.mid.block_1`, channels, channels);
+    attention(`${name}.mid.attn_1`, channels);
+    resBlock(`${name}.mid.block_2`, channels, channels);
+  };
+
+  s.conv("encoder.conv_in", dd.in_channels, dd.ch, 3);
+  let res = dd.resolution;
+  let blockIn = dd.ch;
+  for (let level = 0; level < levels; level++) {
+    const blockOut = dd.ch * dd.ch_mult[level];
+    for (let b = 0; b < dd.num_res_blocks; b++) {
+      resBlock(`encoder.down.${level}.block.${b}`, blockIn, blockOut);
+      blockIn = blockOut;
+      if (dd.attn_resolutions.includes(res)) attention(`encoder.down.${level}.attn.${b}`, blockIn);
+    }
+    if (level !== levels - 1) {
+      s.conv(`encoder.down.${level}.downsample.conv`, blockIn, blockIn, 3);
+      res = Math.floor(res / 2);
+    }
+  }
+  middle("encoder", blockIn);
+  s.norm("encoder.norm_out", blockIn);
+  s.conv("encoder.conv_out", blockIn, dd.double_z ? 2 * dd.z_channels : dd.z_channels, 3);
+
+  blockIn = dd.ch * dd.ch_mult[levels - 1];
+  res = Math.floor(dd.resolution / 2 ** (levels - 1));
+  s.conv("decoder.conv_in", dd.z_channels, blockIn, 3);
+  middle("decoder", blockIn);
+  for (let level = levels - 1; level >= 0; level--) {
+    const blockOut = dd.ch * dd.ch_mult[level];
+    for (let b = 0; b <= dd.num_res_blocks; b++) {
+      resBlock(`decoder.up.${level}.block.${b}`, blockIn, blockOut);
+      blockIn = blockOut;
+      if (dd.attn_resolutions.includes(res)) attention(`decoder.up.${level}.attn.${b}`, blockIn);
+    }
+    if (level !== 0) {
+      s.conv(`decoder.up.${level}.upsample.conv`, blockIn, blockIn, 3);
+      res *= 2;
+    }
+  }
+  s.norm("decoder.norm_out", blockIn);
+  s.conv("decoder.conv_out", blockIn, dd.out_ch, 3);
+  s.conv("quant_conv", 2 * dd.z_channels, 2 * cfg.embed_dim, 1);
+  s.conv("post_quant_conv", cfg.embed_dim, dd.z_channels, 1);
+  return s.shapes;
+}
+
+export function clipTextParamShapes(cfg: ClipTextConfig): ParamShapes {
+  const s = new ShapeList(TEXT_PREFIX);
+  const h = cfg.hidden_size;
+  s.add("embeddings.token_embedding.weight", [cfg.vocab_size, h]);
+  s.add("embeddings.position_embedding.weight", [cfg.max_position_embeddings, h]);
+  for (let n = 0; n < cfg.num_hidden_layers; n++) {
+    const layer = `encoder.layers.${n}`;
+    for (const p of ["q_proj", "k_proj", "v_proj", "out_proj"]) s.linear(`${layer}.self_attn.${p}`, h, h);
+    s.norm(`${layer}.layer_norm1`, h);
+    s.linear(`${layer}.mlp.fc1`, h, cfg.intermediate_size);
+    s.linear(`${layer}.mlp.fc2`, cfg.intermediate_size, h);
+    s.norm(`${layer}.layer_norm2`, h);
+  }
+  s.norm("final_layer_norm", h);
+  return s.shapes;
+}

@@ -1,0 +1,7 @@
+export * from "./architecture.ts";
+export * from "./config.ts";
+export * from "./detect.ts";
+export * from "./dtype.ts";
+export * from "./layouts.ts";
+export * from "./safetensors.ts";
+export * from "./source.ts";

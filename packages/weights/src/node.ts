@@ -1,0 +1,3 @@
+/** Node-only entry: files on disk, checkpoints, the hub cache. Everything else is in "@ldm/weights". */
+export * from "./node/checkpoint.ts";
+export * from "./node/file.ts";

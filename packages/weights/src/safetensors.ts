@@ -1,0 +1,269 @@
+import { formatShape } from "@ldm/tensor";
+import { isStoredDType, STORED_DTYPE_BYTES, type StoredDType } from "./dtype.ts";
+
+/**
+ * The safetensors container, independent of where the bytes live: an 8-byte little-endian header length, a
+ * JSON header `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__"?: {string: string}}`, then
+ * the data, with offsets relative to the end of the header.
+ */
+
+/** The largest header accepted: real checkpoints have headers of a few hundred KiB. */
+export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+/** Random access to the bytes of a file, a Blob or anything else that can serve byte ranges. */
+export interface ByteReader {
+  /** Shown in errors: a path or a name. */
+  readonly name: string;
+  readonly size: number;
+  /** Fills all of `target` with the bytes starting at `position`, or throws. */
+  readInto(position: number, target: Uint8Array): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class SafetensorsError extends Error {}
+
+export interface TensorEntry {
+  readonly name: string;
+  readonly dtype: StoredDType;
+  readonly shape: readonly number[];
+  /** Element count. */
+  readonly size: number;
+  /** Absolute byte range in the file. */
+  readonly begin: number;
+  readonly end: number;
+}
+
+export interface SafetensorsHeader {
+  readonly tensors: ReadonlyMap<string, TensorEntry>;
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Absolute offset of the data section. */
+  readonly dataStart: number;
+}
+
+/** Reads the header length from the first 8 bytes and checks it against the limit and the file size. */
+export function headerLength(first8: Uint8Array, fileSize: number, origin: string): number {
+  if (fileSize < 8) {
+    throw new SafetensorsError(
+      `${origin}: not a safetensors file: ${fileSize} bytes, too short for the 8-byte header length`,
+    );
+  }
+  const view = new DataView(first8.buffer, first8.byteOffset, 8);
+  const low = view.getUint32(0, true);
+  const high = view.getUint32(4, true);
+  const length = high * 2 ** 32 + low;
+  if (length > MAX_HEADER_BYTES) {
+    throw new SafetensorsError(
+      `${origin}: not a safetensors file, or a corrupt one: header length ${length} bytes exceeds the ${MAX_HEADER_BYTES}-byte limit`,
+    );
+  }
+  if (length > fileSize - 8) {
+    throw new SafetensorsError(
+      `${origin}: truncated or not a safetensors file: header length ${length} bytes runs past the end of the file (${fileSize} bytes)`,
+    );
+  }
+  if (length < 2) throw new SafetensorsError(`${origin}: header length ${length} is too short for a JSON object`);
+  return length;
+}
+
+/** Parses and validates the JSON header; `fileSize` bounds every tensor's byte range. */
+export function parseHeader(json: Uint8Array, fileSize: number, origin: string): SafetensorsHeader {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(json);
+  } catch {
+    throw new SafetensorsError(`${origin}: the header is not valid UTF-8`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new SafetensorsError(`${origin}: the header is not valid JSON (${(e as Error).message})`);
+  }
+  if (!isPlainObject(parsed)) throw new SafetensorsError(`${origin}: the header is not a JSON object`);
+
+  const dataStart = 8 + json.byteLength;
+  const dataSize = fileSize - dataStart;
+  let metadata: Record<string, string> = {};
+  const tensors = new Map<string, TensorEntry>();
+  for (const [name, value] of Object.entries(parsed)) {
+    if (name === "__metadata__") {
+      metadata = parseMetadata(value, origin);
+      continue;
+    }
+    const entry = parseEntry(name, value, dataSize, origin);
+    tensors.set(name, { ...entry, begin: entry.begin + dataStart, end: entry.end + dataStart });
+  }
+  assertNoOverlaps([...tensors.values()], origin);
+  return { tensors, metadata, dataStart };
+}
+
+function parseMetadata(value: unknown, origin: string): Record<string, string> {
+  if (!isPlainObject(value)) throw new SafetensorsError(`${origin}: "__metadata__" must be an object of strings`);
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v !== "string") {
+      throw new SafetensorsError(`${origin}: "__metadata__" entry "${k}" is a ${typeof v}, not a string`);
+    }
+  }
+  return value as Record<string, string>;
+}
+
+function parseEntry(name: string, value: unknown, dataSize: number, origin: string): TensorEntry {
+  const where = `${origin}: tensor "${name}"`;
+  if (!isPlainObject(value)) throw new SafetensorsError(`${where}: entry is not an object`);
+  const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
+  if (typeof dtype !== "string" || !isStoredDType(dtype)) {
+    throw new SafetensorsError(
+      `${where}: unknown dtype ${JSON.stringify(dtype)} (known: ${Object.keys(STORED_DTYPE_BYTES).join(", ")})`,
+    );
+  }
+  if (!Array.isArray(shape) || !shape.every(isIndex)) {
+    throw new SafetensorsError(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isIndex)) {
+    throw new SafetensorsError(`${where}: data_offsets ${JSON.stringify(offsets)} is not a pair of byte offsets`);
+  }
+  const [begin, end] = offsets as number[];
+  if (begin > end) throw new SafetensorsError(`${where}: data_offsets [${begin}, ${end}] run backwards`);
+  if (end > dataSize) {
+    throw new SafetensorsError(
+      `${where}: data_offsets [${begin}, ${end}] run past the end of the data (${dataSize} bytes): the file is truncated or corrupt`,
+    );
+  }
+  let size = 1;
+  for (const d of shape as number[]) size *= d;
+  const expected = size * STORED_DTYPE_BYTES[dtype];
+  if (!Number.isSafeInteger(expected) || expected !== end - begin) {
+    throw new SafetensorsError(
+      `${where}: ${dtype} ${formatShape(shape as number[])} needs ${expected} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`,
+    );
+  }
+  return { name, dtype, shape: Object.freeze([...(shape as number[])]), size, begin, end };
+}
+
+function assertNoOverlaps(entries: TensorEntry[], origin: string): void {
+  const sorted = entries.filter((e) => e.end > e.begin).sort((a, b) => a.begin - b.begin);
+  for (let i = 1; i < sorted.length; i++) {
+    const [a, b] = [sorted[i - 1], sorted[i]];
+    if (b.begin < a.end) {
+      throw new SafetensorsError(
+        `${origin}: tensors "${a.name}" and "${b.name}" overlap (bytes ${a.begin}–${a.end} and ${b.begin}–${b.end})`,
+      );
+    }
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function isIndex(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** A safetensors container whose header has been read and validated; data is read on demand. */
+export class SafetensorsFile {
+  private constructor(
+    readonly reader: ByteReader,
+    readonly header: SafetensorsHeader,
+  ) {}
+
+  static async open(reader: ByteReader): Promise<SafetensorsFile> {
+    const first8 = new Uint8Array(8);
+    if (reader.size < 8) headerLength(first8, reader.size, reader.name);
+    await reader.readInto(0, first8);
+    const length = headerLength(first8, reader.size, reader.name);
+    const json = new Uint8Array(length);
+    await reader.readInto(8, json);
+    return new SafetensorsFile(reader, parseHeader(json, reader.size, reader.name));
+  }
+
+  get name(): string {
+    return this.reader.name;
+  }
+
+  get tensors(): ReadonlyMap<string, TensorEntry> {
+    return this.header.tensors;
+  }
+
+  get metadata(): Readonly<Record<string, string>> {
+    return this.header.metadata;
+  }
+
+  /** The entry for `name`, or an error naming the file and the tensor. */
+  entry(name: string): TensorEntry {
+    const e = this.header.tensors.get(name);
+    if (!e) throw new SafetensorsError(`${this.name}: no tensor "${name}"`);
+    return e;
+  }
+
+  /** The raw bytes of a (small) tensor, in a fresh buffer aligned for any typed-array view. */
+  async readBytes(name: string): Promise<Uint8Array> {
+    const e = this.entry(name);
+    const bytes = new Uint8Array(e.end - e.begin);
+    await this.reader.readInto(e.begin, bytes);
+    return bytes;
+  }
+
+  close(): Promise<void> {
+    return this.reader.close();
+  }
+}
+
+/** A reader over a Blob (a browser File, or a Node Blob): each read slices the range it needs. */
+export function blobReader(blob: Blob, name: string): ByteReader {
+  return {
+    name,
+    size: blob.size,
+    async readInto(position, target) {
+      const end = position + target.byteLength;
+      if (end > blob.size) throw new SafetensorsError(`${name}: read of bytes ${position}–${end} past the end`);
+      target.set(new Uint8Array(await blob.slice(position, end).arrayBuffer()));
+    },
+    async close() {},
+  };
+}
+
+export interface TensorToWrite {
+  dtype: StoredDType;
+  shape: readonly number[];
+  /** The elements in row-major order, or a function producing them when the writer gets to this tensor. */
+  data: ArrayBufferView | (() => ArrayBufferView);
+}
+
+export interface EncodedLayout {
+  /** Length prefix and JSON header, padded with spaces to a multiple of 8 bytes. */
+  header: Uint8Array;
+  /** Tensor names in the order their data follows the header. */
+  order: string[];
+}
+
+/** Builds the header for `tensors` (data follows in `order`); checks every shape against the data size. */
+export function encodeHeader(
+  tensors: Readonly<Record<string, TensorToWrite>>,
+  metadata?: Readonly<Record<string, string>>,
+): EncodedLayout {
+  const json: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length) json.__metadata__ = metadata;
+  const order = Object.keys(tensors).sort();
+  let offset = 0;
+  for (const name of order) {
+    const t = tensors[name];
+    if (!isStoredDType(t.dtype)) throw new SafetensorsError(`tensor "${name}": unknown dtype ${t.dtype}`);
+    let size = 1;
+    for (const d of t.shape) size *= d;
+    const bytes = size * STORED_DTYPE_BYTES[t.dtype];
+    if (typeof t.data !== "function" && t.data.byteLength !== bytes) {
+      throw new SafetensorsError(
+        `tensor "${name}": ${t.dtype} ${formatShape(t.shape)} needs ${bytes} bytes, the data has ${t.data.byteLength}`,
+      );
+    }
+    json[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  const text = new TextEncoder().encode(JSON.stringify(json));
+  const padded = Math.ceil(text.byteLength / 8) * 8;
+  const header = new Uint8Array(8 + padded).fill(0x20, 8 + text.byteLength);
+  new DataView(header.buffer).setBigUint64(0, BigInt(padded), true);
+  header.set(text, 8);
+  return { header, order };
+}

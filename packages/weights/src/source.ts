@@ -1,0 +1,191 @@
+import {
+  type Device,
+  formatShape,
+  type ParamDType,
+  type StoredTensorInfo,
+  shapeSize,
+  type WeightRequest,
+  type WeightSource,
+} from "@ldm/tensor";
+import { convertElements, isFloatStoredDType, PARAM_DTYPE_BYTES, STORED_DTYPE_BYTES } from "./dtype.ts";
+import type { SafetensorsFile, TensorEntry } from "./safetensors.ts";
+
+/**
+ * How a canonical key is read from a stored tensor: as is; as the row range [start, end) of its first
+ * dimension (OpenCLIP's fused q/k/v projections); or as is under another shape of the same size
+ * (diffusers' linear VAE attention weights, which the original stores as 1×1 convolutions).
+ */
+export type Transform = { kind: "none" } | { kind: "rows"; start: number; end: number } | { kind: "reshape" };
+
+export interface Mapping {
+  file: SafetensorsFile;
+  /** The key inside `file`. */
+  stored: string;
+  /** The canonical shape, as the model asks for it. */
+  shape: readonly number[];
+  transform: Transform;
+}
+
+export interface LoadOptions {
+  /** Bytes read from the file per step (default 32 MiB); the host holds about three times this. */
+  chunkBytes?: number;
+  /** Uploaded bytes after which to wait for the GPU queue, so upload staging cannot pile up (default 256 MiB). */
+  syncBytes?: number;
+}
+
+const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
+const DEFAULT_SYNC_BYTES = 256 * 1024 * 1024;
+
+/** A canonical key's data: a byte range of one file and how to turn it into the requested tensor. */
+interface Job {
+  key: string;
+  request: WeightRequest;
+  file: SafetensorsFile;
+  entry: TensorEntry;
+  begin: number;
+  end: number;
+}
+
+/**
+ * A WeightSource over safetensors files through a table from canonical keys to stored tensors. Describing
+ * reads only the table; `load` checks every request first, then streams each tensor's bytes in bounded
+ * chunks, converting dtype chunk by chunk, straight into its GPU buffer.
+ */
+export class MappedWeightSource implements WeightSource {
+  constructor(
+    readonly origin: string,
+    private readonly table: ReadonlyMap<string, Mapping>,
+    private readonly options: LoadOptions = {},
+  ) {
+    for (const [key, m] of table) checkMapping(key, m);
+  }
+
+  describe(key: string): StoredTensorInfo | undefined {
+    const m = this.table.get(key);
+    return m && { shape: m.shape, dtype: m.file.entry(m.stored).dtype };
+  }
+
+  keys(): IterableIterator<string> {
+    return this.table.keys();
+  }
+
+  mapping(key: string): Mapping | undefined {
+    return this.table.get(key);
+  }
+
+  get size(): number {
+    return this.table.size;
+  }
+
+  /** The files the table reads from. */
+  files(): SafetensorsFile[] {
+    return [...new Set([...this.table.values()].map((m) => m.file))];
+  }
+
+  async load(requests: readonly WeightRequest[]): Promise<void> {
+    const jobs = this.plan(requests);
+    if (!jobs.length) return;
+    const device = requests[0].tensor.device;
+    const chunkBytes = Math.max(64, this.options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
+    const syncBytes = this.options.syncBytes ?? DEFAULT_SYNC_BYTES;
+    // One pair of buffers for the whole load: reads land in `raw`, conversions in `converted`.
+    const raw = new Uint8Array(chunkBytes);
+    const converted = new Uint8Array(chunkBytes);
+    let sinceSync = 0;
+    for (const job of jobs) {
+      sinceSync += await streamJob(device, job, raw, converted);
+      if (sinceSync >= syncBytes) {
+        await device.sync();
+        sinceSync = 0;
+      }
+    }
+    await device.sync();
+  }
+
+  /** Checks every request against the table (all problems in one error), then orders reads by file offset. */
+  private plan(requests: readonly WeightRequest[]): Job[] {
+    const problems: string[] = [];
+    const jobs: Job[] = [];
+    for (const request of requests) {
+      const { key, tensor } = request;
+      const m = this.table.get(key);
+      if (!m) {
+        problems.push(`  ${key}: not in the checkpoint`);
+        continue;
+      }
+      const entry = m.file.entry(m.stored);
+      const where = m.stored === key ? `${key}` : `${key} (stored as ${m.stored} in ${m.file.name})`;
+      if (tensor.size !== shapeSize(m.shape)) {
+        problems.push(
+          `  ${where}: the tensor is ${formatShape(tensor.shape)}, the checkpoint holds ${formatShape(m.shape)}`,
+        );
+      } else if (tensor.dtype !== "f32" && tensor.dtype !== "f16") {
+        problems.push(`  ${where}: cannot load into a ${tensor.dtype} tensor (only f32 and f16 parameters)`);
+      } else if (!isFloatStoredDType(entry.dtype)) {
+        problems.push(`  ${where}: stored as ${entry.dtype}, not a floating-point type (F64, F32, F16, BF16)`);
+      } else {
+        const [begin, end] = byteRange(entry, m.transform);
+        jobs.push({ key, request, file: m.file, entry, begin, end });
+      }
+    }
+    if (problems.length) {
+      throw new Error(`cannot load ${problems.length} tensor(s) from ${this.origin}:\n${problems.join("\n")}`);
+    }
+    const fileOrder = new Map(this.files().map((f, i) => [f, i]));
+    return jobs.sort((a, b) => fileOrder.get(a.file)! - fileOrder.get(b.file)! || a.begin - b.begin);
+  }
+
+  close(): Promise<void> {
+    return Promise.all(this.files().map((f) => f.close())).then(() => {});
+  }
+}
+
+function checkMapping(key: string, m: Mapping): void {
+  const entry = m.file.entry(m.stored);
+  const where = `${m.file.name}: ${key} (stored as "${m.stored}" ${formatShape(entry.shape)})`;
+  const t = m.transform;
+  if (t.kind === "rows") {
+    const rows = entry.shape[0] ?? 0;
+    if (!(t.start >= 0 && t.start <= t.end && t.end <= rows)) {
+      throw new Error(`${where}: rows [${t.start}, ${t.end}) are outside its ${rows} rows`);
+    }
+    const rowSize = shapeSize(entry.shape.slice(1));
+    if (shapeSize(m.shape) !== (t.end - t.start) * rowSize) {
+      throw new Error(`${where}: rows [${t.start}, ${t.end}) do not make ${formatShape(m.shape)}`);
+    }
+  } else if (shapeSize(m.shape) !== entry.size) {
+    throw new Error(`${where}: cannot be read as ${formatShape(m.shape)}`);
+  }
+}
+
+function byteRange(entry: TensorEntry, t: Transform): [number, number] {
+  if (t.kind !== "rows") return [entry.begin, entry.end];
+  const rowBytes = shapeSize(entry.shape.slice(1)) * STORED_DTYPE_BYTES[entry.dtype];
+  return [entry.begin + t.start * rowBytes, entry.begin + t.end * rowBytes];
+}
+
+/** Streams one tensor: read a chunk, convert it, upload it at its offset. Returns the bytes uploaded. */
+async function streamJob(device: Device, job: Job, raw: Uint8Array, converted: Uint8Array): Promise<number> {
+  const from = job.entry.dtype;
+  if (!isFloatStoredDType(from)) throw new Error(`unreachable: ${from} passed planning`);
+  const to = job.request.tensor.dtype as ParamDType;
+  const inBytes = STORED_DTYPE_BYTES[from];
+  const outBytes = PARAM_DTYPE_BYTES[to];
+  // Elements per chunk: a multiple of 4 keeps every upload offset a multiple of 4 bytes (writeBuffer's rule).
+  const perChunk = Math.floor(raw.byteLength / Math.max(inBytes, outBytes) / 4) * 4;
+  const total = (job.end - job.begin) / inBytes;
+  const buffer = job.request.tensor.buffer;
+  const passthrough = (from === "F32" && to === "f32") || (from === "F16" && to === "f16");
+  for (let done = 0; done < total; done += perChunk) {
+    const count = Math.min(perChunk, total - done);
+    const input = raw.subarray(0, count * inBytes);
+    try {
+      await job.file.reader.readInto(job.begin + done * inBytes, input);
+    } catch (e) {
+      throw new Error(`reading ${job.key} from ${job.file.name}: ${(e as Error).message}`);
+    }
+    const output = passthrough ? input : converted.subarray(0, convertElements(from, to, input, converted, count));
+    device.write(buffer, done * outBytes, output);
+  }
+  return total * outBytes;
+}
