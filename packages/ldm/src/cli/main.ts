@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { registerDevice } from "./commands/device.ts";
+import { registerTokenize } from "./commands/tokenize.ts";
 import { UserError } from "./errors.ts";
 
 export function buildProgram(): Command {
@@ -9,6 +10,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ outputError: (s, write) => write(s) });
   registerDevice(program);
+  registerTokenize(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return program;
 }

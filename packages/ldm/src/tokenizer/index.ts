@@ -1,0 +1,11 @@
+export {
+  CLIP_CONTEXT_LENGTH,
+  ClipTokenizer,
+  cleanText,
+  END_OF_TEXT,
+  type PadWith,
+  START_OF_TEXT,
+  type Tokenized,
+  type TokenizeOptions,
+} from "./clip-tokenizer.ts";
+export { clipTokenizerFromGzip, gunzipText } from "./vocab-bytes.ts";

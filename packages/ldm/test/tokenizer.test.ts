@@ -1,0 +1,140 @@
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { afterAll, describe, expect, it, vi } from "vitest";
+import { main } from "../src/cli/main.ts";
+import { CLIP_CONTEXT_LENGTH, ClipTokenizer, cleanText, gunzipText } from "../src/tokenizer/index.ts";
+import { loadClipTokenizer } from "../src/tokenizer/vocab-files.ts";
+
+// The vocabulary lives in shared/ beside the repository (never committed): see shared/clip/README.md.
+const VOCAB_PATH = new URL("../../../../shared/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
+if (!existsSync(VOCAB_PATH)) throw new Error(`CLIP vocabulary not found at ${VOCAB_PATH} (shared/clip/)`);
+const gzipped = readFileSync(VOCAB_PATH);
+const tokenizer = ClipTokenizer.fromBpeMerges(gunzipSync(gzipped).toString("utf8"));
+
+// Fixture: reference/tokenizer/clip_tokenizer_fixtures.py, openai/CLIP's own tokenizer (see fixtures/README.md).
+interface PromptCase {
+  prompt: string;
+  bpe: number[];
+  tokenize_zero_padded: number[];
+  decoded: string;
+}
+const cases: PromptCase[] = JSON.parse(
+  readFileSync(new URL("./fixtures/tokenizer/clip-prompts.json", import.meta.url), "utf8"),
+).cases;
+
+const scratch = mkdtempSync(join(tmpdir(), "ldm-tokenizer-"));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+const preview = (prompt: string) => JSON.stringify(prompt.length > 50 ? `${prompt.slice(0, 47)}...` : prompt);
+
+describe("ClipTokenizer against openai/CLIP", () => {
+  it("knows CLIP's special tokens", () => {
+    expect([tokenizer.startId, tokenizer.endId]).toEqual([49406, 49407]);
+  });
+  for (const c of cases) {
+    it(`tokenizes ${preview(c.prompt)}`, () => {
+      expect(tokenizer.encode(c.prompt)).toEqual(c.bpe);
+      // clip.tokenize pads with 0 and truncates to 77, overwriting the last kept token with the end token.
+      const zero = tokenizer.tokenize(c.prompt, { padWith: "zero" });
+      expect(zero.padded).toEqual(c.tokenize_zero_padded);
+      expect(zero.truncated).toBe(Math.max(0, c.bpe.length - (CLIP_CONTEXT_LENGTH - 2)));
+      // The same ids padded with the end token (HF CLIPTokenizer's pad_token for SD1).
+      const end = tokenizer.tokenize(c.prompt);
+      expect(end.ids).toEqual(zero.ids);
+      expect(end.padded).toEqual([...end.ids, ...new Array(CLIP_CONTEXT_LENGTH - end.ids.length).fill(49407)]);
+      expect(tokenizer.decode(c.bpe)).toBe(c.decoded);
+    });
+  }
+  it("covers truncation: some fixture prompts are longer than 75 BPE tokens", () => {
+    expect(cases.filter((c) => c.bpe.length > CLIP_CONTEXT_LENGTH - 2).length).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe("cleanText", () => {
+  it("unescapes HTML twice, collapses Python whitespace, strips, lowercases", () => {
+    expect(cleanText(" &amp;amp; A\u0085\u00a0B\u2003 ")).toBe("& a b");
+    // U+001C is whitespace to str.strip() but not to the regex module's \s; U+FEFF is the reverse in JS.
+    expect(cleanText("\u001cX\u001cY\u001c")).toBe("x\u001cy");
+    expect(cleanText("a\ufeffb")).toBe("a\ufeffb");
+  });
+});
+
+describe("vocabulary sources", () => {
+  it("DecompressionStream (browser path) and zlib read the same merges", async () => {
+    expect(await gunzipText(new Uint8Array(gzipped))).toBe(gunzipSync(gzipped).toString("utf8"));
+  });
+
+  it("a HF folder (vocab.json + merges.txt) written from the merges gives identical ids", () => {
+    const { vocabJson, mergesText } = tokenizer.toVocabAndMerges();
+    const vocab = JSON.parse(vocabJson);
+    // Facts of HF's openai/clip-vit-large-patch14 vocab.json.
+    expect(Object.keys(vocab).length).toBe(49408);
+    expect([vocab["!"], vocab["!</w>"], vocab["<|startoftext|>"], vocab["<|endoftext|>"]]).toEqual([
+      0, 256, 49406, 49407,
+    ]);
+    const folder = join(scratch, "hf", "tokenizer");
+    mkdirSync(folder, { recursive: true });
+    writeFileSync(join(folder, "vocab.json"), vocabJson);
+    writeFileSync(join(folder, "merges.txt"), mergesText);
+    writeFileSync(join(folder, "special_tokens_map.json"), JSON.stringify({ pad_token: "!" }));
+    const fromModel = loadClipTokenizer({ model: join(scratch, "hf") });
+    expect(fromModel.padWith).toBe("zero");
+    const fromFolder = loadClipTokenizer({ vocab: folder }).tokenizer;
+    for (const c of cases) {
+      expect(fromModel.tokenizer.encode(c.prompt), c.prompt).toEqual(c.bpe);
+      expect(fromFolder.encode(c.prompt), c.prompt).toEqual(c.bpe);
+    }
+  });
+
+  it("errors name the file and say what to pass", () => {
+    expect(() => loadClipTokenizer({})).toThrow(/pass --vocab/);
+    expect(() => loadClipTokenizer({ model: scratch })).toThrow(/has no tokenizer\/ folder; pass --vocab/);
+    expect(() => loadClipTokenizer({ vocab: join(scratch, "nope.gz") })).toThrow(/nope.gz does not exist/);
+    const truncated = join(scratch, "short.txt");
+    writeFileSync(truncated, "#version\ni n\nt h\n");
+    expect(() => loadClipTokenizer({ vocab: truncated })).toThrow(/short.txt: BPE merges file has 3 merges/);
+    const badJson = join(scratch, "bad");
+    mkdirSync(badJson);
+    writeFileSync(join(badJson, "vocab.json"), "{");
+    writeFileSync(join(badJson, "merges.txt"), "#version: 0.2\n");
+    expect(() => loadClipTokenizer({ vocab: badJson })).toThrow(/vocab.json is not valid JSON/);
+  });
+});
+
+describe("ldm tokenize", () => {
+  async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+    const out: string[] = [];
+    const err: string[] = [];
+    const log = vi.spyOn(console, "log").mockImplementation((s) => void out.push(String(s)));
+    const error = vi.spyOn(console, "error").mockImplementation((s) => void err.push(String(s)));
+    try {
+      const code = await main(["node", "ldm", "tokenize", ...args]);
+      return { code, out: out.join("\n"), err: err.join("\n") };
+    } finally {
+      log.mockRestore();
+      error.mockRestore();
+    }
+  }
+
+  it("prints ids and the padded form as JSON", async () => {
+    const r = await run("a photograph of an astronaut riding a horse", "--vocab", VOCAB_PATH);
+    expect(r.code).toBe(0);
+    const printed = JSON.parse(r.out);
+    expect(printed.ids).toEqual([49406, ...cases[0].bpe, 49407]);
+    expect(printed.padded.length).toBe(77);
+    expect(printed.padded.slice(printed.ids.length)).toEqual(new Array(77 - printed.ids.length).fill(49407));
+    const zero = JSON.parse((await run("a photograph", "--vocab", VOCAB_PATH, "--pad-with", "zero")).out);
+    expect(zero.padded.at(-1)).toBe(0);
+  });
+
+  it("exits 1 with what to pass when no vocabulary is found, 1 on a bad --pad-with", async () => {
+    const missing = await run("hello", "--model", scratch);
+    expect(missing.code).toBe(1);
+    expect(missing.err).toMatch(/has no tokenizer\/ folder; pass --vocab/);
+    const bad = await run("hello", "--vocab", VOCAB_PATH, "--pad-with", "left");
+    expect(bad.code).toBe(1);
+    expect(bad.err).toMatch(/--pad-with must be "end" or "zero"/);
+  });
+});
