@@ -15,7 +15,7 @@ export {
   sub,
 } from "./elementwise/index.ts";
 export { type GroupNormOptions, groupNorm } from "./groupnorm/index.ts";
-export { layerNorm } from "./layernorm/index.ts";
+export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";

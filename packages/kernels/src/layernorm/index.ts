@@ -5,11 +5,18 @@ import { type RowStrategy, runRowKernel } from "../rowwise/kernel.ts";
 
 const FLOATS: readonly DType[] = ["f32", "f16"];
 
+export interface LayerNormOptions {
+  /** 1e-5 in CLIP and the SpatialTransformer (torch's default). */
+  eps: number;
+  /** Overrides the adapter-based choice of invocations per row (tests, tuning). */
+  strategy?: RowStrategy;
+}
+
 /**
  * (x − mean) / √(var + eps) · gamma + beta over the last dimension D of x [..., D]; gamma and beta are [D].
- * `strategy` overrides the adapter-based choice of invocations per row (tests, tuning).
  */
-export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps: number, strategy?: RowStrategy): Tensor {
+export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: LayerNormOptions): Tensor {
+  const { eps, strategy } = options;
   const d = x.shape.at(-1);
   if (d === undefined) throw new Error(`layerNorm: x ${x} has no dimension to normalise`);
   assertDType("layerNorm", "x", x, FLOATS);

@@ -57,7 +57,7 @@ describe("layerNorm", () => {
       const tol = dtype === "f16" ? F16_TOL : { atol: 1e-5, rtol: 1e-5 };
       const ref = layerNormRef(x, d, gamma, beta, 1e-5);
       for (const strategy of STRATEGIES) {
-        const out = layerNorm(t, tg, tb, 1e-5, strategy);
+        const out = layerNorm(t, tg, tb, { eps: 1e-5, strategy });
         assertClose(await out.toFloat32(), ref, tol, `layerNorm ${JSON.stringify(strategy)}`);
       }
     });
@@ -66,7 +66,7 @@ describe("layerNorm", () => {
   it("rejects gamma of the wrong length", () => {
     const x = Tensor.zeros(device, [2, 4]);
     const g = Tensor.zeros(device, [3]);
-    expect(() => layerNorm(x, g, g, 1e-5)).toThrow(/layerNorm: gamma Tensor\(\[3\], f32\) must be \[4\]/);
+    expect(() => layerNorm(x, g, g, { eps: 1e-5 })).toThrow(/layerNorm: gamma Tensor\(\[3\], f32\) must be \[4\]/);
   });
 });
 
