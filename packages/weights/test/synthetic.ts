@@ -199,7 +199,7 @@ function toOpenClip(text: Renamed[]): Renamed[] {
       // torch.cat([q, k, v]) along rows, as convert_text_enc_state_dict_v20 does.
       const parts = ["q_proj", "k_proj", "v_proj"].map((q) => byKey.get(name.replace("q_proj", q))![2]);
       const joined = new Float32Array(parts.reduce((n, x) => n + x.length, 0));
-      parts.forEach((x, i) => joined.set(x, i * x.length));
+      for (const [i, x] of parts.entries()) joined.set(x, i * x.length);
       out.push([
         `${p}transformer.resblocks.${fused[1]}.attn.in_proj_${fused[2]}`,
         [3 * shape[0], ...shape.slice(1)],
