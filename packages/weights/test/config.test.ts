@@ -1,0 +1,190 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, configFromYaml, standardConfig } from "../src/index.ts";
+
+// The model parts of CompVis' configs/stable-diffusion/v1-inference.yaml and Stability's
+// configs/stable-diffusion/v2-inference-v.yaml (training-only entries left out), with their values.
+const V1 = `
+model:
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    linear_start: 0.00085
+    linear_end: 0.0120
+    timesteps: 1000
+    scale_factor: 0.18215
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params:
+        image_size: 32 # unused
+        in_channels: 4
+        out_channels: 4
+        model_channels: 320
+        attention_resolutions: [ 4, 2, 1 ]
+        num_res_blocks: 2
+        channel_mult: [ 1, 2, 4, 4 ]
+        num_heads: 8
+        use_spatial_transformer: True
+        transformer_depth: 1
+        context_dim: 768
+        use_checkpoint: True
+        legacy: False
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        ddconfig:
+          double_z: true
+          z_channels: 4
+          resolution: 512
+          in_channels: 3
+          out_ch: 3
+          ch: 128
+          ch_mult: [1, 2, 4, 4]
+          num_res_blocks: 2
+          attn_resolutions: []
+          dropout: 0.0
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder
+`;
+
+const V2_V = `
+model:
+  params:
+    parameterization: "v"
+    linear_start: 0.00085
+    linear_end: 0.0120
+    timesteps: 1000
+    scale_factor: 0.18215
+    unet_config:
+      params:
+        use_fp16: True
+        in_channels: 4
+        out_channels: 4
+        model_channels: 320
+        attention_resolutions: [ 4, 2, 1 ]
+        num_res_blocks: 2
+        channel_mult: [ 1, 2, 4, 4 ]
+        num_head_channels: 64
+        use_spatial_transformer: True
+        use_linear_in_transformer: True
+        transformer_depth: 1
+        context_dim: 1024
+        legacy: False
+    first_stage_config:
+      params:
+        embed_dim: 4
+        ddconfig:
+          double_z: true
+          z_channels: 4
+          resolution: 256
+          in_channels: 3
+          out_ch: 3
+          ch: 128
+          ch_mult: [1, 2, 4, 4]
+          num_res_blocks: 2
+          attn_resolutions: []
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder
+      params:
+        freeze: True
+        layer: "penultimate"
+`;
+
+describe("original-style YAML configs", () => {
+  it("v1-inference.yaml is the standard SD 1.x config", () => {
+    expect(configFromYaml(V1, "v1-inference.yaml")).toEqual(standardConfig("sd1"));
+  });
+
+  it("v2-inference-v.yaml is the standard SD 2.x config with v-prediction", () => {
+    expect(configFromYaml(V2_V, "v2-inference-v.yaml")).toEqual(standardConfig("sd2", { parameterization: "v" }));
+  });
+
+  it("an inpainting UNet (9 input channels) is flagged", () => {
+    const config = configFromYaml(V1.replace("in_channels: 4", "in_channels: 9"));
+    expect(config.inpainting).toBe(true);
+    expect(config.unet.in_channels).toBe(9);
+  });
+
+  it("a small custom model, with a text_config in HF CLIPTextConfig terms", () => {
+    const custom = V1.replace("model_channels: 320", "model_channels: 32")
+      .replace("context_dim: 768", "context_dim: 64")
+      .replace(
+        "target: ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+        `target: ldm.modules.encoders.modules.FrozenCLIPEmbedder
+      params:
+        text_config:
+          hidden_size: 64
+          num_hidden_layers: 2
+          num_attention_heads: 4
+          intermediate_size: 128
+          max_position_embeddings: 16
+          vocab_size: 1000
+          hidden_act: gelu`,
+      );
+    const config = configFromYaml(custom);
+    expect(config.unet.model_channels).toBe(32);
+    expect(config.text).toEqual({
+      vocab_size: 1000,
+      hidden_size: 64,
+      intermediate_size: 128,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      max_position_embeddings: 16,
+      hidden_act: "gelu",
+      layer_norm_eps: 1e-5,
+      layer: "last",
+      pad_token_id: 49407,
+    });
+  });
+
+  it("omitted parameters take the original constructors' defaults", () => {
+    const config = configFromYaml(V1.replace(/\n {4}(linear_start|linear_end|timesteps|scale_factor):.*/g, ""));
+    expect(config).toMatchObject({ linear_start: 1e-4, linear_end: 2e-2, timesteps: 1000, scale_factor: 1 });
+  });
+
+  const errors: [string, string, RegExp][] = [
+    ["missing model.params", "model: {}", /cfg\.yaml: missing model\.params/],
+    ["not YAML", "model: [", /cfg\.yaml: not valid YAML/],
+    ["empty", "", /cfg\.yaml: missing a top-level mapping/],
+    [
+      "missing a required size",
+      V1.replace("        model_channels: 320\n", ""),
+      /missing unet_config\.params\.model_channels/,
+    ],
+    [
+      "a wrong type",
+      V1.replace("num_res_blocks: 2\n        channel_mult", 'num_res_blocks: "two"\n        channel_mult'),
+      /unet_config\.params\.num_res_blocks must be an integer, not "two"/,
+    ],
+    [
+      "an unsupported architecture option",
+      V1.replace("legacy: False", "legacy: False\n        use_scale_shift_norm: True"),
+      /unet_config\.params\.use_scale_shift_norm: true is not supported/,
+    ],
+    [
+      "no spatial transformer",
+      V1.replace("use_spatial_transformer: True", "use_spatial_transformer: False"),
+      /use_spatial_transformer must be true/,
+    ],
+    [
+      "an unknown text encoder",
+      V1.replace("FrozenCLIPEmbedder", "FrozenT5Embedder"),
+      /cond_stage_config\.target ".*FrozenT5Embedder" is not supported/,
+    ],
+    [
+      "an unknown parameterization",
+      V2_V.replace('parameterization: "v"', 'parameterization: "x0"'),
+      /parameterization "x0" is not supported/,
+    ],
+    [
+      "a hidden layer index",
+      V2_V.replace('layer: "penultimate"', 'layer: "hidden"'),
+      /cond_stage_config\.params\.layer "hidden" is not supported/,
+    ],
+  ];
+  for (const [what, text, message] of errors) {
+    it(`names the problem: ${what}`, () => {
+      expect(() => configFromYaml(text, "cfg.yaml")).toThrow(ConfigError);
+      expect(() => configFromYaml(text, "cfg.yaml")).toThrow(message);
+    });
+  }
+});
