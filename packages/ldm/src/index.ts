@@ -1,1 +1,5 @@
 export { main as runCli } from "./cli/main.ts";
+export * from "./diffusion/index.ts";
+export * from "./random/index.ts";
+export * from "./tokenizer/index.ts";
+export { type LoadedTokenizer, loadClipTokenizer, type TokenizerSource } from "./tokenizer/vocab-files.ts";
