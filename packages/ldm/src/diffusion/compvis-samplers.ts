@@ -98,63 +98,68 @@ async function predictEps(
   return epsAndDenoised(x, await run.predict(x, t), alpha, parameterization).eps;
 }
 
-/** DDIM as the original ddim.py (p_sample_ddim), with v-prediction converted to ε first. */
-export async function sampleDdim(
+/** Turns a step's ε into the ε the DDIM update uses (identity for DDIM, the multistep estimate for PLMS). */
+type EpsEstimator = (
+  eps: Float32Array,
+  x: Float32Array,
+  p: DdimStepParameters,
+  next: DdimStepParameters,
+) => Promise<Float32Array>;
+
+async function ddimLoop(
   run: SamplingRun,
   schedule: NoiseSchedule,
   xT: Float32Array,
   timesteps: number[],
   options: DdimOptions,
+  estimate: EpsEstimator,
 ): Promise<Float32Array> {
   let x: Float32Array = xT;
   const parameters = ddimParameters(schedule, timesteps, options);
   for (const [step, p] of parameters.entries()) {
     const eps = await predictEps(run, x, p.t, p.alpha, options.parameterization);
-    const { xPrev, denoised } = ddimUpdate(run, x, eps, p);
+    // The next timestep, or this one again at the last step (plms.py's time_range[min(i + 1, len − 1)]).
+    const next = parameters[Math.min(step + 1, parameters.length - 1)];
+    const { xPrev, denoised } = ddimUpdate(run, x, await estimate(eps, x, p, next), p);
     x = xPrev;
     run.report(step, p.t, x, denoised);
   }
   return x;
 }
 
-/**
- * PLMS as the original plms.py: Adams–Bashforth combinations of up to 4 past ε, the first step a pseudo improved
- * Euler step (a DDIM step, the model again at the next timestep, the mean of both ε). eta must be 0.
- */
-export async function samplePlms(
+type DdimFamilySampler = (
   run: SamplingRun,
   schedule: NoiseSchedule,
   xT: Float32Array,
   timesteps: number[],
   options: DdimOptions,
-): Promise<Float32Array> {
+) => Promise<Float32Array>;
+
+/** DDIM as the original ddim.py (p_sample_ddim), with v-prediction converted to ε first. */
+export const sampleDdim: DdimFamilySampler = (run, schedule, xT, timesteps, options) =>
+  ddimLoop(run, schedule, xT, timesteps, options, async (eps) => eps);
+
+/**
+ * PLMS as the original plms.py: Adams–Bashforth combinations of up to 4 past ε, the first step a pseudo improved
+ * Euler step (a DDIM step, the model again at the next timestep, the mean of both ε). eta must be 0.
+ */
+export const samplePlms: DdimFamilySampler = (run, schedule, xT, timesteps, options) => {
   if (options.eta !== 0) throw new RangeError(`PLMS needs eta 0, got ${options.eta}`);
-  let x: Float32Array = xT;
-  const parameters = ddimParameters(schedule, timesteps, options);
   const pastEps: Float32Array[] = [];
-  for (const [step, p] of parameters.entries()) {
-    const eps = await predictEps(run, x, p.t, p.alpha, options.parameterization);
-    let combined: Float32Array;
-    if (pastEps.length === 0) {
-      // The next timestep, or this one again at the last step (time_range[min(i + 1, len − 1)]).
-      const next = parameters[Math.min(step + 1, parameters.length - 1)];
-      const { xPrev } = ddimUpdate(run, x, eps, p);
-      const epsNext = await predictEps(run, xPrev, next.t, next.alpha, options.parameterization);
-      combined = eps.map((e, i) => (e + epsNext[i]) / 2);
-    } else {
-      const [e1, e2, e3] = [pastEps.at(-1)!, pastEps.at(-2), pastEps.at(-3)];
-      if (pastEps.length === 1) combined = eps.map((e, i) => (3 * e - e1[i]) / 2);
-      else if (pastEps.length === 2) combined = eps.map((e, i) => (23 * e - 16 * e1[i] + 5 * e2![i]) / 12);
-      else combined = eps.map((e, i) => (55 * e - 59 * e1[i] + 37 * e2![i] - 9 * e3![i]) / 24);
-    }
-    const { xPrev, denoised } = ddimUpdate(run, x, combined, p);
+  return ddimLoop(run, schedule, xT, timesteps, options, async (eps, x, p, next) => {
+    const [e1, e2, e3] = [pastEps.at(-1), pastEps.at(-2), pastEps.at(-3)];
     pastEps.push(eps);
     if (pastEps.length > 3) pastEps.shift();
-    x = xPrev;
-    run.report(step, p.t, x, denoised);
-  }
-  return x;
-}
+    if (!e1) {
+      const { xPrev } = ddimUpdate(run, x, eps, p);
+      const epsNext = await predictEps(run, xPrev, next.t, next.alpha, options.parameterization);
+      return eps.map((e, i) => (e + epsNext[i]) / 2);
+    }
+    if (!e2) return eps.map((e, i) => (3 * e - e1[i]) / 2);
+    if (!e3) return eps.map((e, i) => (23 * e - 16 * e1[i] + 5 * e2[i]) / 12);
+    return eps.map((e, i) => (55 * e - 59 * e1[i] + 37 * e2[i] - 9 * e3[i]) / 24);
+  });
+};
 
 /**
  * Ancestral DDPM over all T timesteps (the original LatentDiffusion.p_sample): x̂₀ from the prediction, the
