@@ -139,9 +139,8 @@ function familyOf(s: Shapes, contextDim: number, hints: DetectionHints): Family 
     : "sd1";
 }
 
-type UNetShapes = Omit<UNetConfig, "num_heads" | "num_head_channels">;
-
-function detectUNetShapes(s: Shapes): UNetShapes {
+/** Everything but the heads, which shapes do not determine (left at -1 for the caller to fill). */
+function detectUNetShapes(s: Shapes): UNetConfig {
   const p = (k: string) => `${UNET_PREFIX}${k}`;
   const [mc, inChannels] = s.get(p("input_blocks.0.0.weight"), 4);
   // Input blocks: conv_in, then per level num_res_blocks blocks and (except the last level) a downsampler.
@@ -168,6 +167,8 @@ function detectUNetShapes(s: Shapes): UNetShapes {
     num_res_blocks: numRes,
     attention_resolutions: attention,
     channel_mult: channelMult,
+    num_heads: -1,
+    num_head_channels: -1,
     transformer_depth: s.count((d) => `${mid}.transformer_blocks.${d}.norm1.weight`),
     context_dim: s.get(`${mid}.transformer_blocks.0.attn2.to_k.weight`, 2)[1],
     use_linear_in_transformer: projIn.length === 2,

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { registerDevice } from "./commands/device.ts";
+import { registerInfo } from "./commands/info.ts";
 import { registerTokenize } from "./commands/tokenize.ts";
 import { UserError } from "./errors.ts";
 
@@ -10,6 +11,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ outputError: (s, write) => write(s) });
   registerDevice(program);
+  registerInfo(program);
   registerTokenize(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return program;

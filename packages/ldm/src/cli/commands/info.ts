@@ -1,0 +1,167 @@
+import { readFile } from "node:fs/promises";
+import {
+  ConfigError,
+  DetectionError,
+  LayoutError,
+  type MappedWeightSource,
+  SafetensorsError,
+  TEXT_PREFIX,
+  UNET_PREFIX,
+  VAE_PREFIX,
+} from "@ldm/weights";
+import { type Checkpoint, CheckpointError, openCheckpoint } from "@ldm/weights/node";
+import type { Command } from "commander";
+import { Document, visit } from "yaml";
+import { UserError } from "../errors.ts";
+
+interface InfoFlags {
+  config?: string;
+  ema?: boolean;
+  variant?: string;
+  json?: boolean;
+}
+
+const COMPONENTS = [
+  ["UNet", UNET_PREFIX],
+  ["VAE", VAE_PREFIX],
+  ["text encoder", TEXT_PREFIX],
+] as const;
+
+/** Errors caused by the file or the flags the user gave: one line, exit 1. */
+const INPUT_ERRORS = [CheckpointError, SafetensorsError, LayoutError, ConfigError];
+
+export function registerInfo(program: Command): void {
+  program
+    .command("info")
+    .description("describe a checkpoint: family, configuration, parameters and dtypes per component")
+    .argument("<checkpoint>", "a .safetensors file (original layout) or a diffusers folder")
+    .option("--config <yaml>", "an original-style YAML config (v1-inference.yaml shape) instead of detection")
+    .option("--ema", "use the EMA copy of the UNet in a full training checkpoint")
+    .option("--variant <fp16>", "diffusers folders: read the fp16 variant files")
+    .option("--json", "print one JSON object instead of text")
+    .action(async (path: string, flags: InfoFlags) => {
+      if (flags.variant !== undefined && flags.variant !== "fp16") {
+        throw new UserError(`--variant must be "fp16", got "${flags.variant}"`);
+      }
+      const checkpoint = await asUserError(() =>
+        openCheckpoint(path, { ema: flags.ema, variant: flags.variant as "fp16" | undefined }),
+      );
+      try {
+        const yaml = flags.config && {
+          text: await readFile(flags.config, "utf8").catch(() => {
+            throw new UserError(`${flags.config}: cannot read the config file`);
+          }),
+          origin: flags.config,
+        };
+        const report = await asUserError(async () => describe(checkpoint, flags.ema === true, yaml || undefined));
+        console.log(flags.json ? JSON.stringify(report, null, 2) : format(report));
+      } finally {
+        await checkpoint.close();
+      }
+    });
+}
+
+async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (INPUT_ERRORS.some((kind) => e instanceof kind)) throw new UserError((e as Error).message);
+    throw e;
+  }
+}
+
+interface ComponentReport {
+  name: string;
+  tensors: number;
+  parameters: number;
+  /** Stored dtype → tensor count. */
+  dtypes: Record<string, number>;
+}
+
+function components(source: MappedWeightSource): ComponentReport[] {
+  return COMPONENTS.map(([name, prefix]) => {
+    const report: ComponentReport = { name, tensors: 0, parameters: 0, dtypes: {} };
+    for (const key of source.keys()) {
+      if (!key.startsWith(prefix)) continue;
+      const { shape, dtype } = source.describe(key)!;
+      report.tensors++;
+      report.parameters += shape.reduce((a, b) => a * b, 1);
+      report.dtypes[dtype] = (report.dtypes[dtype] ?? 0) + 1;
+    }
+    return report;
+  }).filter((c) => c.tensors > 0);
+}
+
+function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: string; origin: string }) {
+  let detection: ReturnType<Checkpoint["config"]> | undefined;
+  let problem: string | undefined;
+  try {
+    detection = checkpoint.config(yaml);
+  } catch (e) {
+    if (!(e instanceof DetectionError)) throw e;
+    problem = e.message;
+  }
+  const config = detection?.config;
+  return {
+    path: checkpoint.path,
+    layout: checkpoint.layout,
+    family: config && `${config.family === "sd1" ? "SD 1.x" : "SD 2.x"}${config.inpainting ? " inpainting" : ""}`,
+    configFrom: yaml ? yaml.origin : "detected from the weights",
+    config,
+    assumptions: detection?.assumptions ?? [],
+    problem,
+    components: components(checkpoint.source),
+    ema: checkpoint.hasEma ? (emaUsed ? "used for the UNet" : "present, not used (--ema uses them)") : undefined,
+    scheduleBuffers: [...checkpoint.scheduleKeys],
+    ignored: [...countBy(checkpoint.ignored.map((i) => i.reason))].map(([reason, count]) => ({ reason, count })),
+  };
+}
+
+function format(r: ReturnType<typeof describe>): string {
+  const lines = [`checkpoint: ${r.path} (${r.layout === "diffusers" ? "diffusers folder" : "single file"})`];
+  if (r.family) lines.push(`family: ${r.family}`);
+  if (r.problem) lines.push(`model: not detected: ${r.problem}`);
+  lines.push("components:");
+  const width = Math.max(...r.components.map((c) => c.name.length));
+  for (const c of r.components) {
+    const dtypes = Object.entries(c.dtypes)
+      .map(([d, n]) => `${d} × ${n}`)
+      .join(", ");
+    lines.push(
+      `  ${c.name.padEnd(width)}  ${c.parameters.toLocaleString("en-US").padStart(13)} parameters in ${c.tensors} tensors (${dtypes})`,
+    );
+  }
+  const total = r.components.reduce((n, c) => n + c.parameters, 0);
+  lines.push(`  ${"total".padEnd(width)}  ${total.toLocaleString("en-US").padStart(13)} parameters`);
+  if (r.ema) lines.push(`EMA weights: ${r.ema}`);
+  if (r.scheduleBuffers.length) lines.push(`schedule buffers: ${r.scheduleBuffers.join(", ")}`);
+  if (r.ignored.length) lines.push("ignored stored tensors:", ...r.ignored.map((i) => `  ${i.count} × ${i.reason}`));
+  if (r.config) {
+    lines.push(`config (${r.configFrom}):`);
+    lines.push(
+      ...yamlWithFlowLists(r.config)
+        .trimEnd()
+        .split("\n")
+        .map((l) => `  ${l}`),
+    );
+  }
+  if (r.assumptions.length) lines.push("not in the weights, assumed:", ...r.assumptions.map((a) => `  ${a}`));
+  return lines.join("\n");
+}
+
+/** YAML with lists on one line ([1, 2, 4, 4]), as the original configs write them. */
+function yamlWithFlowLists(value: unknown): string {
+  const doc = new Document(value);
+  visit(doc, {
+    Seq(_, node) {
+      node.flow = true;
+    },
+  });
+  return doc.toString();
+}
+
+function countBy(items: string[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const item of items) counts.set(item, (counts.get(item) ?? 0) + 1);
+  return counts;
+}
