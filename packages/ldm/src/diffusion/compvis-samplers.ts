@@ -1,5 +1,5 @@
 import { epsAndDenoised, type Parameterization } from "./model.ts";
-import type { SamplingRun } from "./run.ts";
+import type { NoiseLevel, SamplingRun } from "./run.ts";
 import type { NoiseSchedule } from "./schedule.ts";
 
 /** How DDIM/PLMS pick their timesteps from the T training steps. */
@@ -51,6 +51,8 @@ export interface DdimOptions {
   /** ᾱ before the first timestep: ᾱ₀ of the schedule as the original (default), or 1 (diffusers set_alpha_to_one). */
   finalAlphaCumprod: "first" | "one";
   parameterization: Parameterization;
+  /** Steps of the schedule skipped (img2img): the run starts at the timestep after them. */
+  startStep: number;
 }
 
 interface DdimStepParameters {
@@ -106,6 +108,11 @@ type EpsEstimator = (
   next: DdimStepParameters,
 ) => Promise<Float32Array>;
 
+/** x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε. */
+function discreteLevel(alphaCumprod: number): NoiseLevel {
+  return { signal: Math.sqrt(alphaCumprod), noise: Math.sqrt(1 - alphaCumprod) };
+}
+
 async function ddimLoop(
   run: SamplingRun,
   schedule: NoiseSchedule,
@@ -114,15 +121,15 @@ async function ddimLoop(
   options: DdimOptions,
   estimate: EpsEstimator,
 ): Promise<Float32Array> {
-  let x: Float32Array = xT;
-  const parameters = ddimParameters(schedule, timesteps, options);
+  const parameters = ddimParameters(schedule, timesteps, options).slice(options.startStep);
+  let x = run.start(xT, discreteLevel(parameters[0].alpha), 1);
   for (const [step, p] of parameters.entries()) {
+    x = run.blend(x, discreteLevel(p.alpha));
     const eps = await predictEps(run, x, p.t, p.alpha, options.parameterization);
     // The next timestep, or this one again at the last step (plms.py's time_range[min(i + 1, len − 1)]).
     const next = parameters[Math.min(step + 1, parameters.length - 1)];
     const { xPrev, denoised } = ddimUpdate(run, x, await estimate(eps, x, p, next), p);
-    x = xPrev;
-    run.report(step, p.t, x, denoised);
+    x = run.report(step, p.t, xPrev, denoised);
   }
   return x;
 }
@@ -173,11 +180,13 @@ export async function sampleDdpm(
   xT: Float32Array,
   parameterization: Parameterization,
   clipDenoised: boolean,
+  startStep: number,
 ): Promise<Float32Array> {
-  let x: Float32Array = xT;
-  const steps = schedule.numTimesteps;
-  for (let t = steps - 1; t >= 0; t--) {
+  const first = schedule.numTimesteps - 1 - startStep;
+  let x = run.start(xT, discreteLevel(schedule.alphasCumprod[first]), 1);
+  for (let t = first; t >= 0; t--) {
     const alpha = schedule.alphasCumprod[t];
+    x = run.blend(x, discreteLevel(alpha));
     const alphaPrev = t > 0 ? schedule.alphasCumprod[t - 1] : 1;
     const beta = schedule.betas[t];
     const predicted = epsAndDenoised(x, await run.predict(x, t), alpha, parameterization).denoised;
@@ -187,8 +196,10 @@ export async function sampleDdpm(
     const variance = (beta * (1 - alphaPrev)) / (1 - alpha);
     const noise = run.noise(t > 0);
     const std = t > 0 ? Math.sqrt(variance) : 0;
-    x = x.map((xi, i) => denoisedCoefficient * denoised[i] + xCoefficient * xi + (noise ? std * noise[i] : 0));
-    run.report(steps - 1 - t, t, x, denoised);
+    const xPrev = x.map(
+      (xi, i) => denoisedCoefficient * denoised[i] + xCoefficient * xi + (noise ? std * noise[i] : 0),
+    );
+    x = run.report(first - t, t, xPrev, denoised);
   }
   return x;
 }

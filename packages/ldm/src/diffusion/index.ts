@@ -1,7 +1,7 @@
 export { ddimTimesteps, type TimestepSpacing } from "./compvis-samplers.ts";
 export { discreteSigmas, karrasSigmas, sigmaToT } from "./k-samplers.ts";
 export { cfg, type DiffusionModel, epsAndDenoised, guided, type Parameterization } from "./model.ts";
-export type { StepInfo } from "./run.ts";
+export type { InitLatents, NoiseLevel, StepInfo } from "./run.ts";
 export { SAMPLER_NAMES, type SampleOptions, type SamplerName, sample } from "./sample.ts";
 export {
   type BetaScheduleKind,

@@ -94,7 +94,7 @@ function eulerStep(x: Float32Array, denoised: Float32Array, sigma: number, dt: n
 
 /**
  * Runs a k-sampler from unit-variance noise xT (scaled by σ_max here, as k-diffusion's scripts do) over `sigmas`
- * (descending, ending in 0). Noise is drawn where k-diffusion draws it: Euler and Heun draw their (unused, churn
+ * (descending, ending in 0; an img2img run passes the tail of the full list, its init noised by σ of its start). Noise is drawn where k-diffusion draws it: Euler and Heun draw their (unused, churn
  * 0) noise first in every step, Euler ancestral after the step's update while σ_next > 0.
  */
 export async function sampleK(
@@ -106,11 +106,12 @@ export async function sampleK(
   options: KSamplerOptions,
 ): Promise<Float32Array> {
   const denoiser = new Denoiser(run, schedule, options.parameterization);
-  let x: Float32Array = xT.map((v) => v * sigmas[0]);
+  let x = run.start(xT, { signal: 1, noise: sigmas[0] }, sigmas[0]);
   let previousDenoised: Float32Array | undefined;
   for (let i = 0; i + 1 < sigmas.length; i++) {
     const sigma = sigmas[i];
     const next = sigmas[i + 1];
+    x = run.blend(x, { signal: 1, noise: sigma });
     if (name === "euler" || name === "heun") run.noise(false);
     const denoised = await denoiser.denoise(x, sigma);
     if (name === "euler") {
@@ -145,7 +146,7 @@ export async function sampleK(
       x = x.map((xi, j) => decay * xi + weight * target[j]);
       previousDenoised = denoised;
     }
-    run.report(i, sigmaToT(schedule, sigma), x, denoised);
+    x = run.report(i, sigmaToT(schedule, sigma), x, denoised);
   }
   return x;
 }

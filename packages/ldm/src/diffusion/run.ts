@@ -20,7 +20,28 @@ export interface RunHooks {
   signal?: AbortSignal;
 }
 
-/** One sampling run: validated model calls, cancellation, progress and the noise stream. */
+/**
+ * Clean latents a run starts from instead of pure noise (img2img, inpainting with an ordinary model): the run
+ * begins at them noised to its first step's level. With `keep` (per latent element, 1 = keep the init, 0 =
+ * generate, fractions blend) every step first replaces the kept part by the init noised to that step's level
+ * with fresh noise, as the original DDIM/PLMS samplers do with their `mask` and `x0`; the result's kept part
+ * is the init itself.
+ */
+export interface InitLatents {
+  latents: Float32Array;
+  keep?: Float32Array;
+}
+
+/**
+ * A noise level as the sampler's latents carry it: x = signal·x₀ + noise·ε. DDPM/DDIM/PLMS: signal √ᾱ_t, noise
+ * √(1−ᾱ_t); the k-samplers: signal 1, noise σ.
+ */
+export interface NoiseLevel {
+  signal: number;
+  noise: number;
+}
+
+/** One sampling run: validated model calls, cancellation, progress, the noise stream and the init latents. */
 export class SamplingRun {
   constructor(
     private readonly model: DiffusionModel,
@@ -28,6 +49,7 @@ export class SamplingRun {
     readonly steps: number,
     private readonly generator: Generator | undefined,
     private readonly hooks: RunHooks,
+    private readonly init?: InitLatents,
   ) {}
 
   async predict(x: Float32Array, t: number): Promise<Float32Array> {
@@ -51,7 +73,30 @@ export class SamplingRun {
     return undefined;
   }
 
-  report(step: number, t: number, x: Float32Array, denoised: Float32Array): void {
-    this.hooks.onStep?.({ step, steps: this.steps, t, x, denoised });
+  /** The first latents: noise xT times `pureNoiseScale`, or the init latents noised to `level` with xT. */
+  start(xT: Float32Array, level: NoiseLevel, pureNoiseScale: number): Float32Array {
+    const init = this.init?.latents;
+    if (!init) return pureNoiseScale === 1 ? xT : xT.map((v) => v * pureNoiseScale);
+    return init.map((z, i) => level.signal * z + level.noise * xT[i]);
+  }
+
+  /** Before a step's model call: the kept part replaced by the init noised to the step's level (fresh noise). */
+  blend(x: Float32Array, level: NoiseLevel): Float32Array {
+    const { latents, keep } = this.init ?? {};
+    if (!latents || !keep) return x;
+    const noise = this.noise(true) as Float32Array;
+    return x.map((xi, i) => keep[i] * (level.signal * latents[i] + level.noise * noise[i]) + (1 - keep[i]) * xi);
+  }
+
+  /**
+   * Reports a finished step and returns the latents to continue from: x itself, except after the last step of
+   * a run with `keep`, where the kept part becomes the init itself.
+   */
+  report(step: number, t: number, x: Float32Array, denoised: Float32Array): Float32Array {
+    const { latents, keep } = this.init ?? {};
+    const done =
+      latents && keep && step === this.steps - 1 ? x.map((xi, i) => keep[i] * latents[i] + (1 - keep[i]) * xi) : x;
+    this.hooks.onStep?.({ step, steps: this.steps, t, x: done, denoised });
+    return done;
   }
 }

@@ -2,7 +2,7 @@ import type { Generator } from "../random/generator.ts";
 import { ddimTimesteps, sampleDdim, sampleDdpm, samplePlms, type TimestepSpacing } from "./compvis-samplers.ts";
 import { discreteSigmas, type KSamplerName, karrasSigmas, sampleK } from "./k-samplers.ts";
 import type { DiffusionModel, Parameterization } from "./model.ts";
-import { type RunHooks, SamplingRun } from "./run.ts";
+import { type InitLatents, type RunHooks, SamplingRun } from "./run.ts";
 import { NoiseSchedule } from "./schedule.ts";
 
 export const SAMPLER_NAMES = [
@@ -42,6 +42,14 @@ export interface SampleOptions extends RunHooks {
   sigmaSchedule?: "discrete" | "karras";
   /** DDPM: clamp x̂₀ to [−1, 1] (default false: latents are not bounded). */
   clipDenoised?: boolean;
+  /** img2img / inpainting: the clean latents to start from (and keep), with xT as the noise added to them. */
+  init?: InitLatents;
+  /**
+   * img2img: with `init`, run only the last ⌊strength·steps⌋ steps of the schedule (int(strength·steps) in both
+   * the original img2img.py and diffusers), the init noised to the level of the first step run — diffusers'
+   * choice; the original noises one DDIM step higher than it starts denoising. Default 1.
+   */
+  strength?: number;
 }
 
 const K_SAMPLERS: Readonly<Record<string, KSamplerName>> = {
@@ -76,31 +84,59 @@ export async function sample(model: DiffusionModel, xT: Float32Array, options: S
   if (needsNoise && !options.generator)
     throw new Error(`sampler ${sampler}${eta ? ` with eta ${eta}` : ""} adds noise: pass a generator`);
 
+  const init = checkInit(options.init, xT.length);
+  const strength = options.strength ?? 1;
+  if (!(strength > 0 && strength <= 1)) throw new RangeError(`strength ${strength}: must be in (0, 1]`);
+  if (strength < 1 && !init) throw new RangeError(`strength ${strength} < 1 needs init latents to start from`);
+  if (init?.keep && !options.generator) throw new Error("keeping init latents draws fresh noise: pass a generator");
+  /** Steps skipped at the start of a schedule of `length` steps, and the steps run. */
+  const plan = (length: number) => {
+    const runSteps = Math.min(Math.floor(strength * steps), length);
+    if (runSteps < 1) {
+      throw new RangeError(`strength ${strength} with ${steps} steps runs no step: raise the strength or the steps`);
+    }
+    return { startStep: length - runSteps, runSteps };
+  };
+  const newRun = (runSteps: number) => new SamplingRun(model, xT.length, runSteps, options.generator, options, init);
+
   const kName = K_SAMPLERS[sampler];
   if (kName) {
     const karras = sampler === "dpmpp_2m_karras" || options.sigmaSchedule === "karras";
     if (steps > schedule.numTimesteps) throw new RangeError(`steps ${steps}: at most ${schedule.numTimesteps}`);
     const sigmas = karras ? karrasSigmas(schedule, steps) : discreteSigmas(schedule, steps);
-    const run = new SamplingRun(model, xT.length, steps, options.generator, options);
-    return sampleK(kName, run, schedule, xT, sigmas, { parameterization, eta });
+    const { startStep, runSteps } = plan(steps);
+    return sampleK(kName, newRun(runSteps), schedule, xT, sigmas.slice(startStep), { parameterization, eta });
   }
   if (sampler === "ddpm") {
     if (steps !== schedule.numTimesteps) {
       throw new RangeError(`ddpm runs every training timestep: steps must be ${schedule.numTimesteps}, got ${steps}`);
     }
-    const run = new SamplingRun(model, xT.length, steps, options.generator, options);
-    return sampleDdpm(run, schedule, xT, parameterization, options.clipDenoised ?? false);
+    const { startStep, runSteps } = plan(steps);
+    return sampleDdpm(newRun(runSteps), schedule, xT, parameterization, options.clipDenoised ?? false, startStep);
   }
   const timesteps = ddimTimesteps(schedule.numTimesteps, steps, options.spacing, options.stepsOffset);
-  const run = new SamplingRun(model, xT.length, timesteps.length, options.generator, options);
+  const { startStep, runSteps } = plan(timesteps.length);
+  const run = newRun(runSteps);
   const ddimOptions = {
     eta,
     spacing: options.spacing ?? "uniform",
     stepsOffset: options.stepsOffset ?? 0,
     finalAlphaCumprod: options.finalAlphaCumprod ?? "first",
     parameterization,
+    startStep,
   };
   return sampler === "ddim"
     ? sampleDdim(run, schedule, xT, timesteps, ddimOptions)
     : samplePlms(run, schedule, xT, timesteps, ddimOptions);
+}
+
+function checkInit(init: InitLatents | undefined, size: number): InitLatents | undefined {
+  if (!init) return undefined;
+  if (init.latents.length !== size) {
+    throw new RangeError(`init latents have ${init.latents.length} values, xT has ${size}`);
+  }
+  if (init.keep && init.keep.length !== size) {
+    throw new RangeError(`the keep mask has ${init.keep.length} values, the latents ${size}`);
+  }
+  return init;
 }
