@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
+from ldm_ref.clip import CLIP_VIT_L14_TEXT, OPENCLIP_VIT_H14_TEXT  # noqa: E402
 from ldm_ref.safetensors_io import load_file  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packages", "ldm", "test", "fixtures", "dumps")
@@ -244,6 +245,7 @@ def main():
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--ldm", default="stablediffusion", help="folder under --upstream holding the ldm package")
     parser.add_argument("--fixtures", default=FIXTURES)
+    parser.add_argument("--names", nargs="+", default=CONFIGS, help="configs in --fixtures to check")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -309,7 +311,7 @@ def main():
             return ddpm_methods["predict_eps_from_z_and_v"](self, x_t, t, v)
 
     report = Report()
-    for name in CONFIGS:
+    for name in args.names:
         config_path = os.path.join(args.fixtures, f"{name}.yaml")
         config = yaml.safe_load(open(config_path))
         params = config["model"]["params"]
@@ -341,8 +343,10 @@ def main():
             report.compare(name, "unet.out.eps", eps, dump["unet.out.eps"])
 
             cond_config = params["cond_stage_config"]
-            text = cond_config["params"]["text_config"]
-            if cond_config["target"].endswith("FrozenOpenCLIPEmbedder"):
+            openclip = cond_config["target"].endswith("FrozenOpenCLIPEmbedder")
+            implied_text = OPENCLIP_VIT_H14_TEXT if openclip else CLIP_VIT_L14_TEXT  # real configs name none
+            text = cond_config.get("params", {}).get("text_config", implied_text)
+            if openclip:
                 from ldm.modules.encoders import modules as encoders  # SD2 code only
                 clip = open_clip_model.CLIP(
                     embed_dim=text["projection_dim"],

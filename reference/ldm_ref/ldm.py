@@ -157,7 +157,7 @@ class LatentDiffusion(nn.Module):
             state.update({f"cond_stage_model.model.{k}": v for k, v in converted.items()})
         else:
             state.update({f"cond_stage_model.transformer.{k}": v for k, v in text_state.items()})
-        return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+        return {name: tensor.detach().contiguous() for name, tensor in state.items()}
 
     def load_checkpoint_state_dict(self, state):
         own = {k: v for k, v in state.items() if not k.startswith("cond_stage_model.")}

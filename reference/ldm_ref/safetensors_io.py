@@ -40,53 +40,55 @@ def _tensor_bytes(tensor):
 
 
 def save_file(tensors, path, metadata=None):
-    """Write `tensors` (name -> torch.Tensor) to `path`; `metadata` values must be strings."""
+    """Write `tensors` (name -> torch.Tensor) to `path`; `metadata` values must be strings.
+    Tensors are converted and written one at a time, so a multi-GB checkpoint needs no
+    second copy in memory."""
     header = {}
     if metadata:
         for key, value in metadata.items():
             if not isinstance(value, str):
                 raise TypeError(f"safetensors metadata value for {key!r} must be a string, got {type(value).__name__}")
         header["__metadata__"] = dict(metadata)
-    chunks = []
+    names = sorted(tensors)
     offset = 0
-    for name in sorted(tensors):
+    for name in names:
         tensor = tensors[name]
         if tensor.dtype not in _TORCH_TO_ST:
             raise TypeError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
-        data = _tensor_bytes(tensor)
+        size = tensor.numel() * tensor.element_size()
         header[name] = {
             "dtype": _TORCH_TO_ST[tensor.dtype],
             "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(data)],
+            "data_offsets": [offset, offset + size],
         }
-        chunks.append(data)
-        offset += len(data)
+        offset += size
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % _HEADER_ALIGNMENT)
     with open(path, "wb") as file:
         file.write(struct.pack("<Q", len(header_bytes)))
         file.write(header_bytes)
-        for chunk in chunks:
-            file.write(chunk)
+        for name in names:
+            file.write(_tensor_bytes(tensors[name]))
 
 
 def load_file(path):
-    """Read a safetensors file; returns (tensors: name -> torch.Tensor, metadata: dict)."""
+    """Read a safetensors file; returns (tensors: name -> torch.Tensor, metadata: dict).
+    The file is memory-mapped and each tensor copied out once, so multi-GB checkpoints
+    cost their size in memory, not twice that."""
     with open(path, "rb") as file:
-        raw = file.read()
-    (header_length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + header_length].decode("utf-8"))
+        (header_length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(header_length).decode("utf-8"))
     metadata = header.pop("__metadata__", {})
-    data = raw[8 + header_length :]
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_length)
     tensors = {}
     for name, info in header.items():
         begin, end = info["data_offsets"]
         dtype = _ST_TO_TORCH[info["dtype"]]
-        chunk = bytearray(data[begin:end])
+        chunk = data[begin:end]
         if dtype == torch.bfloat16:
-            tensor = torch.from_numpy(np.frombuffer(chunk, dtype="<i2").copy()).view(torch.bfloat16)
+            tensor = torch.from_numpy(chunk.view("<i2").astype(np.int16)).view(torch.bfloat16)
         else:
-            numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<")
-            tensor = torch.from_numpy(np.frombuffer(chunk, dtype=numpy_dtype).astype(numpy_dtype.newbyteorder("=")))
+            numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+            tensor = torch.from_numpy(chunk.view(numpy_dtype.newbyteorder("<")).astype(numpy_dtype))
         tensors[name] = tensor.reshape(info["shape"])
     return tensors, metadata
