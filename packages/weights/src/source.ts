@@ -7,7 +7,13 @@ import {
   type WeightRequest,
   type WeightSource,
 } from "@ldm/tensor";
-import { convertElements, isFloatStoredDType, PARAM_DTYPE_BYTES, STORED_DTYPE_BYTES } from "./dtype.ts";
+import {
+  convertElements,
+  type FloatStoredDType,
+  isFloatStoredDType,
+  PARAM_DTYPE_BYTES,
+  STORED_DTYPE_BYTES,
+} from "./dtype.ts";
 import type { SafetensorsFile, TensorEntry } from "./safetensors.ts";
 
 /**
@@ -27,14 +33,14 @@ export interface Mapping {
 }
 
 export interface LoadOptions {
-  /** Bytes read from the file per step (default 32 MiB); the host holds about three times this. */
+  /** Bytes read from the file per step (default 16 MiB); the loader holds three buffers of this size. */
   chunkBytes?: number;
-  /** Uploaded bytes after which to wait for the GPU queue, so upload staging cannot pile up (default 256 MiB). */
+  /** Uploaded bytes after which to wait for the GPU queue, so upload staging cannot pile up (default 64 MiB). */
   syncBytes?: number;
 }
 
-const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
-const DEFAULT_SYNC_BYTES = 256 * 1024 * 1024;
+const DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024;
+const DEFAULT_SYNC_BYTES = 64 * 1024 * 1024;
 
 /** A canonical key's data: a byte range of one file and how to turn it into the requested tensor. */
 interface Job {
@@ -84,16 +90,24 @@ export class MappedWeightSource implements WeightSource {
 
   async load(requests: readonly WeightRequest[]): Promise<void> {
     const jobs = this.plan(requests);
-    if (!jobs.length) return;
-    const device = requests[0].tensor.device;
     const chunkBytes = Math.max(64, this.options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
     const syncBytes = this.options.syncBytes ?? DEFAULT_SYNC_BYTES;
-    // One pair of buffers for the whole load: reads land in `raw`, conversions in `converted`.
-    const raw = new Uint8Array(chunkBytes);
+    const chunks = jobs.flatMap((job) => chunksOf(job, chunkBytes));
+    if (!chunks.length) return;
+    const device = chunks[0].job.request.tensor.device;
+    // Three buffers for the whole load: the next chunk is read into one while the current one, read into
+    // the other, is converted into the third and uploaded.
+    const raw = [new Uint8Array(chunkBytes), new Uint8Array(chunkBytes)];
     const converted = new Uint8Array(chunkBytes);
+    let next = readChunk(chunks[0], raw[0]);
     let sinceSync = 0;
-    for (const job of jobs) {
-      sinceSync += await streamJob(device, job, raw, converted);
+    for (let i = 0; i < chunks.length; i++) {
+      const input = await next;
+      if (i + 1 < chunks.length) {
+        next = readChunk(chunks[i + 1], raw[(i + 1) % 2]);
+        next.catch(() => {}); // observed when awaited; an upload error must not leave it unhandled
+      }
+      sinceSync += upload(device, chunks[i], input, converted);
       if (sinceSync >= syncBytes) {
         await device.sync();
         sinceSync = 0;
@@ -164,28 +178,46 @@ function byteRange(entry: TensorEntry, t: Transform): [number, number] {
   return [entry.begin + t.start * rowBytes, entry.begin + t.end * rowBytes];
 }
 
-/** Streams one tensor: read a chunk, convert it, upload it at its offset. Returns the bytes uploaded. */
-async function streamJob(device: Device, job: Job, raw: Uint8Array, converted: Uint8Array): Promise<number> {
-  const from = job.entry.dtype;
-  if (!isFloatStoredDType(from)) throw new Error(`unreachable: ${from} passed planning`);
+/** A run of one tensor's elements, small enough for the chunk buffers. */
+interface Chunk {
+  job: Job;
+  from: FloatStoredDType;
+  to: ParamDType;
+  /** First element and element count. */
+  first: number;
+  count: number;
+}
+
+function chunksOf(job: Job, chunkBytes: number): Chunk[] {
+  const from = job.entry.dtype as FloatStoredDType;
   const to = job.request.tensor.dtype as ParamDType;
   const inBytes = STORED_DTYPE_BYTES[from];
-  const outBytes = PARAM_DTYPE_BYTES[to];
-  // Elements per chunk: a multiple of 4 keeps every upload offset a multiple of 4 bytes (writeBuffer's rule).
-  const perChunk = Math.floor(raw.byteLength / Math.max(inBytes, outBytes) / 4) * 4;
+  // A multiple of 4 elements keeps every upload offset a multiple of 4 bytes (writeBuffer's rule).
+  const perChunk = Math.floor(chunkBytes / Math.max(inBytes, PARAM_DTYPE_BYTES[to]) / 4) * 4;
   const total = (job.end - job.begin) / inBytes;
-  const buffer = job.request.tensor.buffer;
-  const passthrough = (from === "F32" && to === "f32") || (from === "F16" && to === "f16");
-  for (let done = 0; done < total; done += perChunk) {
-    const count = Math.min(perChunk, total - done);
-    const input = raw.subarray(0, count * inBytes);
-    try {
-      await job.file.reader.readInto(job.begin + done * inBytes, input);
-    } catch (e) {
-      throw new Error(`reading ${job.key} from ${job.file.name}: ${(e as Error).message}`);
-    }
-    const output = passthrough ? input : converted.subarray(0, convertElements(from, to, input, converted, count));
-    device.write(buffer, done * outBytes, output);
+  const chunks: Chunk[] = [];
+  for (let first = 0; first < total; first += perChunk) {
+    chunks.push({ job, from, to, first, count: Math.min(perChunk, total - first) });
   }
-  return total * outBytes;
+  return chunks;
+}
+
+async function readChunk(chunk: Chunk, raw: Uint8Array): Promise<Uint8Array> {
+  const inBytes = STORED_DTYPE_BYTES[chunk.from];
+  const input = raw.subarray(0, chunk.count * inBytes);
+  try {
+    await chunk.job.file.reader.readInto(chunk.job.begin + chunk.first * inBytes, input);
+  } catch (e) {
+    throw new Error(`reading ${chunk.job.key} from ${chunk.job.file.name}: ${(e as Error).message}`);
+  }
+  return input;
+}
+
+/** Converts a chunk (unless it is already in the tensor's dtype) and writes it at its offset; returns its bytes. */
+function upload(device: Device, chunk: Chunk, input: Uint8Array, converted: Uint8Array): number {
+  const { from, to } = chunk;
+  const passthrough = (from === "F32" && to === "f32") || (from === "F16" && to === "f16");
+  const output = passthrough ? input : converted.subarray(0, convertElements(from, to, input, converted, chunk.count));
+  device.write(chunk.job.request.tensor.buffer, chunk.first * PARAM_DTYPE_BYTES[to], output);
+  return output.byteLength;
 }
