@@ -154,30 +154,43 @@ class CLIPTextModel(nn.Module):
         return {"last_hidden_state": norm(states[-1]), "penultimate_hidden_state": norm(states[-2])}
 
 
+# HF CLIPTextModel key (below `transformer.`) -> OpenCLIP key (below `model.`), apart from
+# the fused attention projection.
+_OPENCLIP_TOP_LEVEL = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+}
+_OPENCLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "self_attn.out_proj": "attn.out_proj",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_HF_LAYER = "text_model.encoder.layers.{}."
+_OPENCLIP_BLOCK = "transformer.resblocks.{}."
+
+
+def _layer_renames(layer):
+    hf, openclip = _HF_LAYER.format(layer), _OPENCLIP_BLOCK.format(layer)
+    return {
+        f"{hf}{src}.{kind}": f"{openclip}{dst}.{kind}" for src, dst in _OPENCLIP_LAYER.items() for kind in ("weight", "bias")
+    }
+
+
 def to_openclip_state_dict(hf_state, text_projection, logit_scale):
     """HF CLIPTextModel keys (below `transformer.`) -> OpenCLIP text keys (below `model.`).
     `text_projection` and `logit_scale` are carried by an OpenCLIP model (and SD2 checkpoints)
     although the diffusion model never uses them."""
-    prefix = "text_model."
-    out = {
-        "token_embedding.weight": hf_state[prefix + "embeddings.token_embedding.weight"],
-        "positional_embedding": hf_state[prefix + "embeddings.position_embedding.weight"],
-        "ln_final.weight": hf_state[prefix + "final_layer_norm.weight"],
-        "ln_final.bias": hf_state[prefix + "final_layer_norm.bias"],
-    }
+    out = {dst: hf_state[src] for src, dst in _OPENCLIP_TOP_LEVEL.items()}
     layer = 0
-    while f"{prefix}encoder.layers.{layer}.layer_norm1.weight" in hf_state:
-        src = f"{prefix}encoder.layers.{layer}."
-        dst = f"transformer.resblocks.{layer}."
+    while f"{_HF_LAYER.format(layer)}layer_norm1.weight" in hf_state:
+        out.update({dst: hf_state[src] for src, dst in _layer_renames(layer).items()})
         for kind in ("weight", "bias"):
-            out[dst + "ln_1." + kind] = hf_state[src + "layer_norm1." + kind]
-            out[dst + "ln_2." + kind] = hf_state[src + "layer_norm2." + kind]
-            out[dst + "attn.in_proj_" + kind] = torch.cat(
-                [hf_state[src + f"self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")], dim=0
-            )
-            out[dst + "attn.out_proj." + kind] = hf_state[src + "self_attn.out_proj." + kind]
-            out[dst + "mlp.c_fc." + kind] = hf_state[src + "mlp.fc1." + kind]
-            out[dst + "mlp.c_proj." + kind] = hf_state[src + "mlp.fc2." + kind]
+            parts = [hf_state[f"{_HF_LAYER.format(layer)}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            out[f"{_OPENCLIP_BLOCK.format(layer)}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
         layer += 1
     out["text_projection"] = text_projection
     out["logit_scale"] = logit_scale
@@ -186,24 +199,14 @@ def to_openclip_state_dict(hf_state, text_projection, logit_scale):
 
 def from_openclip_state_dict(openclip_state):
     """Inverse of `to_openclip_state_dict` (drops text_projection and logit_scale)."""
-    out = {
-        "text_model.embeddings.token_embedding.weight": openclip_state["token_embedding.weight"],
-        "text_model.embeddings.position_embedding.weight": openclip_state["positional_embedding"],
-        "text_model.embeddings.position_ids": torch.arange(openclip_state["positional_embedding"].shape[0])[None],
-        "text_model.final_layer_norm.weight": openclip_state["ln_final.weight"],
-        "text_model.final_layer_norm.bias": openclip_state["ln_final.bias"],
-    }
+    out = {src: openclip_state[dst] for src, dst in _OPENCLIP_TOP_LEVEL.items()}
+    out["text_model.embeddings.position_ids"] = torch.arange(openclip_state["positional_embedding"].shape[0])[None]
     layer = 0
-    while f"transformer.resblocks.{layer}.ln_1.weight" in openclip_state:
-        src = f"transformer.resblocks.{layer}."
-        dst = f"text_model.encoder.layers.{layer}."
+    while f"{_OPENCLIP_BLOCK.format(layer)}ln_1.weight" in openclip_state:
+        out.update({src: openclip_state[dst] for src, dst in _layer_renames(layer).items()})
         for kind in ("weight", "bias"):
-            out[dst + "layer_norm1." + kind] = openclip_state[src + "ln_1." + kind]
-            out[dst + "layer_norm2." + kind] = openclip_state[src + "ln_2." + kind]
-            for name, part in zip(("q", "k", "v"), openclip_state[src + "attn.in_proj_" + kind].chunk(3, dim=0)):
-                out[dst + f"self_attn.{name}_proj." + kind] = part
-            out[dst + "self_attn.out_proj." + kind] = openclip_state[src + "attn.out_proj." + kind]
-            out[dst + "mlp.fc1." + kind] = openclip_state[src + "mlp.c_fc." + kind]
-            out[dst + "mlp.fc2." + kind] = openclip_state[src + "mlp.c_proj." + kind]
+            fused = openclip_state[f"{_OPENCLIP_BLOCK.format(layer)}attn.in_proj_{kind}"]
+            for name, part in zip(("q", "k", "v"), fused.chunk(3, dim=0)):
+                out[f"{_HF_LAYER.format(layer)}self_attn.{name}_proj.{kind}"] = part
         layer += 1
     return out

@@ -88,6 +88,40 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h_)
 
 
+def resolution_level(block_in, block_out, num_blocks, with_attention):
+    """One entry of `down` / `up`: `block` (ResnetBlocks) and `attn` (an AttnBlock after each
+    block, or empty); the caller adds `downsample` / `upsample`."""
+    level = nn.Module()
+    level.block = nn.ModuleList()
+    level.attn = nn.ModuleList()
+    for _ in range(num_blocks):
+        level.block.append(ResnetBlock(block_in, block_out))
+        block_in = block_out
+        if with_attention:
+            level.attn.append(AttnBlock(block_in))
+    return level
+
+
+def run_level_block(level, index, h):
+    h = level.block[index](h)
+    if len(level.attn) > 0:
+        h = level.attn[index](h)
+    return h
+
+
+def mid_block(channels):
+    """`mid`: ResnetBlock, AttnBlock, ResnetBlock at the lowest resolution (encoder and decoder)."""
+    mid = nn.Module()
+    mid.block_1 = ResnetBlock(channels, channels)
+    mid.attn_1 = AttnBlock(channels)
+    mid.block_2 = ResnetBlock(channels, channels)
+    return mid
+
+
+def run_mid_block(mid, h):
+    return mid.block_2(mid.attn_1(mid.block_1(h)))
+
+
 class Encoder(nn.Module):
     def __init__(self, *, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, resolution, z_channels,
                  double_z=True, **_unused):
@@ -99,26 +133,13 @@ class Encoder(nn.Module):
         in_ch_mult = (1,) + tuple(ch_mult)
         self.down = nn.ModuleList()
         for i_level in range(self.num_resolutions):
-            block = nn.ModuleList()
-            attn = nn.ModuleList()
-            block_in = ch * in_ch_mult[i_level]
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks):
-                block.append(ResnetBlock(block_in, block_out))
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(AttnBlock(block_in))
-            down = nn.Module()
-            down.block = block
-            down.attn = attn
+            block_in = ch * ch_mult[i_level]
+            down = resolution_level(ch * in_ch_mult[i_level], block_in, num_res_blocks, curr_res in attn_resolutions)
             if i_level != self.num_resolutions - 1:
                 down.downsample = Downsample(block_in)
                 curr_res = curr_res // 2
             self.down.append(down)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.mid = mid_block(block_in)
         self.norm_out = normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, stride=1, padding=1)
 
@@ -126,16 +147,10 @@ class Encoder(nn.Module):
         hs = [self.conv_in(x)]
         for i_level in range(self.num_resolutions):
             for i_block in range(self.num_res_blocks):
-                h = self.down[i_level].block[i_block](hs[-1])
-                if len(self.down[i_level].attn) > 0:
-                    h = self.down[i_level].attn[i_block](h)
-                hs.append(h)
+                hs.append(run_level_block(self.down[i_level], i_block, hs[-1]))
             if i_level != self.num_resolutions - 1:
                 hs.append(self.down[i_level].downsample(hs[-1]))
-        h = hs[-1]
-        h = self.mid.block_1(h)
-        h = self.mid.attn_1(h)
-        h = self.mid.block_2(h)
+        h = run_mid_block(self.mid, hs[-1])
         return self.conv_out(nonlinearity(self.norm_out(h)))
 
 
@@ -148,23 +163,11 @@ class Decoder(nn.Module):
         block_in = ch * ch_mult[self.num_resolutions - 1]
         curr_res = resolution // 2 ** (self.num_resolutions - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.mid = mid_block(block_in)
         self.up = nn.ModuleList()
         for i_level in reversed(range(self.num_resolutions)):
-            block = nn.ModuleList()
-            attn = nn.ModuleList()
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks + 1):
-                block.append(ResnetBlock(block_in, block_out))
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(AttnBlock(block_in))
-            up = nn.Module()
-            up.block = block
-            up.attn = attn
+            up = resolution_level(block_in, ch * ch_mult[i_level], num_res_blocks + 1, curr_res in attn_resolutions)
+            block_in = ch * ch_mult[i_level]
             if i_level != 0:
                 up.upsample = Upsample(block_in)
                 curr_res = curr_res * 2
@@ -173,15 +176,10 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z):
-        h = self.conv_in(z)
-        h = self.mid.block_1(h)
-        h = self.mid.attn_1(h)
-        h = self.mid.block_2(h)
+        h = run_mid_block(self.mid, self.conv_in(z))
         for i_level in reversed(range(self.num_resolutions)):
             for i_block in range(self.num_res_blocks + 1):
-                h = self.up[i_level].block[i_block](h)
-                if len(self.up[i_level].attn) > 0:
-                    h = self.up[i_level].attn[i_block](h)
+                h = run_level_block(self.up[i_level], i_block, h)
             if i_level != 0:
                 h = self.up[i_level].upsample(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))
