@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
 import { modelParamShapes, SD_SCHEDULE, standardConfig, type TensorToWrite } from "../packages/weights/src/index.ts";
 import { openCheckpoint, writeSafetensors } from "../packages/weights/src/node.ts";
+import { xorshift } from "../packages/weights/test/synthetic.ts";
 
 const MiB = 2 ** 20;
 
@@ -27,15 +28,11 @@ function arg(name: string, fallback: string): string {
 
 /** Random half-precision values in ±[2^-6, 2^2): finite, normal, and cheap to make in bulk. */
 function randomHalves(count: number, seed: number): Uint16Array {
+  const next = xorshift(seed);
   const out = new Uint16Array(count);
-  let s = seed >>> 0 || 1;
   for (let i = 0; i < count; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = (s & 0x83ff) | ((9 + ((s >>> 10) & 7)) << 10);
+    const bits = next();
+    out[i] = (bits & 0x83ff) | ((9 + ((bits >>> 10) & 7)) << 10);
   }
   return out;
 }

@@ -12,6 +12,7 @@ import {
   SafetensorsFile,
 } from "../src/index.ts";
 import { openSafetensors, writeSafetensors } from "../src/node.ts";
+import { xorshift } from "./synthetic.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "ldm-safetensors-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -205,17 +206,10 @@ describe("validation: every malformed file gets an error naming the file (and th
   });
 });
 
-/** xorshift32: deterministic fuzz inputs, so a failure reproduces. */
+/** Uniform [0, 1) from a seed: deterministic fuzz inputs, so a failure reproduces. */
 function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
+  const next = xorshift(seed);
+  return () => next() / 2 ** 32;
 }
 
 /** Parses, and when the parse succeeds checks what the reader promises: every range inside the file, no overlaps. */

@@ -2,10 +2,10 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { f32ToF16Bits } from "@ldm/tensor";
 import {
-  CLIP_VIT_L_TEXT,
   type ModelConfig,
   modelParamShapes,
   type StoredDType,
+  standardConfig,
   TEXT_PREFIX,
   type TensorToWrite,
   UNET_PREFIX,
@@ -22,43 +22,13 @@ import { writeSafetensors } from "../src/node.ts";
 
 /** A small model with SD 1.x structure: four levels, two residual blocks, attention on the top three. */
 export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
+  const standard = standardConfig("sd1");
   return {
-    family: "sd1",
-    inpainting: false,
-    parameterization: "eps",
-    scale_factor: 0.18215,
-    linear_start: 0.00085,
-    linear_end: 0.012,
-    timesteps: 1000,
-    unet: {
-      in_channels: 4,
-      out_channels: 4,
-      model_channels: 8,
-      num_res_blocks: 2,
-      attention_resolutions: [1, 2, 4],
-      channel_mult: [1, 2, 2, 2],
-      num_heads: 8,
-      num_head_channels: -1,
-      transformer_depth: 1,
-      context_dim: 128,
-      use_linear_in_transformer: false,
-    },
-    vae: {
-      embed_dim: 4,
-      ddconfig: {
-        double_z: true,
-        z_channels: 4,
-        resolution: 512,
-        in_channels: 3,
-        out_ch: 3,
-        ch: 8,
-        ch_mult: [1, 1, 2, 2],
-        num_res_blocks: 2,
-        attn_resolutions: [],
-      },
-    },
+    ...standard,
+    unet: { ...standard.unet, model_channels: 8, channel_mult: [1, 2, 2, 2], context_dim: 128 },
+    vae: { ...standard.vae, ddconfig: { ...standard.vae.ddconfig, ch: 8, ch_mult: [1, 1, 2, 2] } },
     text: {
-      ...CLIP_VIT_L_TEXT,
+      ...standard.text,
       vocab_size: 50,
       hidden_size: 128,
       intermediate_size: 40,
@@ -66,6 +36,18 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
       num_attention_heads: 2,
     },
     ...overrides,
+  };
+}
+
+/** xorshift32: a deterministic stream of 32-bit values from a seed, for reproducible test data. */
+export function xorshift(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>>= 0);
   };
 }
 
@@ -77,17 +59,8 @@ function hash(text: string): number {
 
 /** Deterministic values for a canonical key: multiples of 1/16 in [-8, 8), exact in f16 and bf16 alike. */
 export function valuesFor(key: string, size: number): Float32Array {
-  const out = new Float32Array(size);
-  let s = hash(key) || 1;
-  for (let i = 0; i < size; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = (Math.floor((s / 2 ** 32) * 256) - 128) / 16;
-  }
-  return out;
+  const next = xorshift(hash(key));
+  return Float32Array.from({ length: size }, () => ((next() >>> 24) - 128) / 16);
 }
 
 export function encode(values: Float32Array, dtype: StoredDType): ArrayBufferView {
