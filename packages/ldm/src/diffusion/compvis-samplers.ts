@@ -129,7 +129,7 @@ async function ddimLoop(
     // The next timestep, or this one again at the last step (plms.py's time_range[min(i + 1, len − 1)]).
     const next = parameters[Math.min(step + 1, parameters.length - 1)];
     const { xPrev, denoised } = ddimUpdate(run, x, await estimate(eps, x, p, next), p);
-    x = run.report(step, p.t, xPrev, denoised);
+    x = await run.report(step, p.t, xPrev, denoised);
   }
   return x;
 }
@@ -199,7 +199,7 @@ export async function sampleDdpm(
     const xPrev = x.map(
       (xi, i) => denoisedCoefficient * denoised[i] + xCoefficient * xi + (noise ? std * noise[i] : 0),
     );
-    x = run.report(first - t, t, xPrev, denoised);
+    x = await run.report(first - t, t, xPrev, denoised);
   }
   return x;
 }

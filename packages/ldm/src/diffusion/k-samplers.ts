@@ -146,7 +146,7 @@ export async function sampleK(
       x = x.map((xi, j) => decay * xi + weight * target[j]);
       previousDenoised = denoised;
     }
-    x = run.report(i, sigmaToT(schedule, sigma), x, denoised);
+    x = await run.report(i, sigmaToT(schedule, sigma), x, denoised);
   }
   return x;
 }

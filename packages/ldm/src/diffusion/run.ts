@@ -16,7 +16,8 @@ export interface StepInfo {
 }
 
 export interface RunHooks {
-  onStep?: (info: StepInfo) => void;
+  /** Awaited before the next model call (a caller may decode a preview here). */
+  onStep?: (info: StepInfo) => void | Promise<void>;
   signal?: AbortSignal;
 }
 
@@ -92,11 +93,11 @@ export class SamplingRun {
    * Reports a finished step and returns the latents to continue from: x itself, except after the last step of
    * a run with `keep`, where the kept part becomes the init itself.
    */
-  report(step: number, t: number, x: Float32Array, denoised: Float32Array): Float32Array {
+  async report(step: number, t: number, x: Float32Array, denoised: Float32Array): Promise<Float32Array> {
     const { latents, keep } = this.init ?? {};
     const done =
       latents && keep && step === this.steps - 1 ? x.map((xi, i) => keep[i] * latents[i] + (1 - keep[i]) * xi) : x;
-    this.hooks.onStep?.({ step, steps: this.steps, t, x: done, denoised });
+    await this.hooks.onStep?.({ step, steps: this.steps, t, x: done, denoised });
     return done;
   }
 }

@@ -1,0 +1,83 @@
+/**
+ * Generation parameters as written into a PNG's tEXt chunk, so an image can be regenerated from itself
+ * (`ldm generate --params-from image.png`).
+ */
+import { SAMPLER_NAMES, type SamplerName } from "../diffusion/index.ts";
+
+/** The tEXt keyword our parameters are stored under. */
+export const PARAMETERS_KEYWORD = "ldm-parameters";
+
+export interface GenerationParameters {
+  prompt: string;
+  negativePrompt: string;
+  /** The run's torch seed, in decimal (seeds reach 2⁶⁴). */
+  seed: string;
+  sampler: SamplerName;
+  steps: number;
+  guidanceScale: number;
+  eta: number;
+  width: number;
+  height: number;
+  /** Images generated together from the seed, and this image's place among them (noise is drawn per batch). */
+  batchSize: number;
+  batchIndex: number;
+  /** The checkpoint's file or folder name. */
+  model: string;
+  dtype: "f32" | "f16";
+  /** img2img / inpaint: the strength and the file names of the init image and mask (not their pixels). */
+  strength?: number;
+  initImage?: string;
+  mask?: string;
+}
+
+/** JSON with every character outside ASCII escaped as \uXXXX: tEXt chunks hold Latin-1 only. */
+export function parametersText(parameters: GenerationParameters): string {
+  return JSON.stringify(parameters).replace(
+    /[\u007f-\uffff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/** Parses and checks parameters read back from a PNG; `origin` names the image in errors. */
+export function parseParameters(text: string, origin: string): GenerationParameters {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${origin}: the ${PARAMETERS_KEYWORD} text is not JSON (${(e as Error).message})`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Error(`${origin}: the ${PARAMETERS_KEYWORD} text is not a JSON object`);
+  }
+  const record = value as Record<string, unknown>;
+  const field = <T>(key: string, type: "string" | "number", optional = false): T => {
+    const v = record[key];
+    if (v === undefined && optional) return undefined as T;
+    if (typeof v !== type) throw new Error(`${origin}: parameter "${key}" is ${JSON.stringify(v)}, not a ${type}`);
+    return v as T;
+  };
+  const sampler = field<string>("sampler", "string");
+  if (!(SAMPLER_NAMES as readonly string[]).includes(sampler)) {
+    throw new Error(`${origin}: unknown sampler "${sampler}"; known: ${SAMPLER_NAMES.join(", ")}`);
+  }
+  const dtype = field<string>("dtype", "string");
+  if (dtype !== "f32" && dtype !== "f16") throw new Error(`${origin}: dtype "${dtype}" is neither f32 nor f16`);
+  return {
+    prompt: field("prompt", "string"),
+    negativePrompt: field("negativePrompt", "string"),
+    seed: field("seed", "string"),
+    sampler: sampler as SamplerName,
+    steps: field("steps", "number"),
+    guidanceScale: field("guidanceScale", "number"),
+    eta: field("eta", "number"),
+    width: field("width", "number"),
+    height: field("height", "number"),
+    batchSize: field("batchSize", "number"),
+    batchIndex: field("batchIndex", "number"),
+    model: field("model", "string"),
+    dtype,
+    strength: field("strength", "number", true),
+    initImage: field("initImage", "string", true),
+    mask: field("mask", "string", true),
+  };
+}
