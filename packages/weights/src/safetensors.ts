@@ -209,20 +209,6 @@ export class SafetensorsFile {
   }
 }
 
-/** A reader over a Blob (a browser File, or a Node Blob): each read slices the range it needs. */
-export function blobReader(blob: Blob, name: string): ByteReader {
-  return {
-    name,
-    size: blob.size,
-    async readInto(position, target) {
-      const end = position + target.byteLength;
-      if (end > blob.size) throw new SafetensorsError(`${name}: read of bytes ${position}–${end} past the end`);
-      target.set(new Uint8Array(await blob.slice(position, end).arrayBuffer()));
-    },
-    async close() {},
-  };
-}
-
 export interface TensorToWrite {
   dtype: StoredDType;
   shape: readonly number[];

@@ -3,8 +3,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Device, type ParamDType, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { MappedWeightSource, modelParamShapes, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "../src/index.ts";
-import { type Checkpoint, openCheckpoint } from "../src/node.ts";
+import {
+  MappedWeightSource,
+  modelParamShapes,
+  TEXT_PREFIX,
+  type TensorToWrite,
+  UNET_PREFIX,
+  VAE_PREFIX,
+} from "../src/index.ts";
+import { type Checkpoint, openCheckpoint, openSafetensors, writeSafetensors } from "../src/node.ts";
 import {
   canonicalTensors,
   scheduleBuffers,
@@ -198,7 +205,6 @@ describe("single file, other namings and dtypes", () => {
 
   it("says which components a partial checkpoint lacks", async () => {
     const path = join(dir, "vae-only.safetensors");
-    const { writeSafetensors } = await import("../src/node.ts");
     const vae = canonicalTensors(config).filter(([k]) => k.startsWith(VAE_PREFIX));
     await writeSafetensors(path, Object.fromEntries(vae.map(([k, shape, v]) => [k, { dtype: "F32", shape, data: v }])));
     await withCheckpoint(path, async (c) => {
@@ -233,7 +239,6 @@ describe("load requests are checked all at once", () => {
   });
 
   it("reports integer data under a parameter key", async () => {
-    const { writeSafetensors, openSafetensors } = await import("../src/node.ts");
     const path = join(dir, "int.safetensors");
     await writeSafetensors(path, { w: { dtype: "I32", shape: [3], data: Int32Array.of(1, 2, 3) } });
     const file = await openSafetensors(path);
@@ -301,6 +306,35 @@ describe("diffusers folder", () => {
     await expect(openCheckpoint(plain, { variant: "fp16" })).rejects.toThrow(
       /unet: no .*diffusion_pytorch_model\.fp16\.safetensors/,
     );
+  });
+
+  it("reads a component sharded over several files through its .safetensors.index.json", async () => {
+    const sharded = join(dir, "diffusers-sharded");
+    await writeDiffusers(sharded, config);
+    const whole = join(sharded, "unet", "diffusion_pytorch_model.safetensors");
+    const file = await openSafetensors(whole);
+    const names = [...file.tensors.keys()];
+    const weightMap: Record<string, string> = {};
+    for (const [shard, part] of [names.slice(0, 100), names.slice(100)].entries()) {
+      const shardName = `diffusion_pytorch_model-0000${shard + 1}-of-00002.safetensors`;
+      const tensors: Record<string, TensorToWrite> = {};
+      for (const name of part) {
+        const e = file.entry(name);
+        tensors[name] = { dtype: e.dtype, shape: e.shape, data: await file.readBytes(name) };
+        weightMap[name] = shardName;
+      }
+      await writeSafetensors(join(sharded, "unet", shardName), tensors);
+    }
+    await file.close();
+    rmSync(whole);
+    writeFileSync(`${whole}.index.json`, JSON.stringify({ metadata: {}, weight_map: weightMap }));
+    await withCheckpoint(sharded, async (c) => {
+      expect(c.files.length).toBe(4);
+      expect([...c.source.keys()].sort()).toEqual([...canonical.keys()].sort());
+      const keys = keysUnder(c.source, UNET_PREFIX).filter((_, i) => i % 40 === 0);
+      expect(new Set(keys.map((k) => c.source.mapping(k)!.file.name)).size).toBe(2);
+      await expectCanonicalValues(await loadAll(c.source, "f32", keys));
+    });
   });
 
   it("names what is missing: model_index.json, weights, and .bin-only components", async () => {

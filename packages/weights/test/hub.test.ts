@@ -5,7 +5,17 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { hubCacheDir, hubDownload, hubSnapshot, openCheckpoint, pipelineFiles, repoCacheDir } from "../src/node.ts";
+import { httpReader, SafetensorsFile } from "../src/index.ts";
+import {
+  hubCacheDir,
+  hubDownload,
+  hubSnapshot,
+  openCheckpoint,
+  openSafetensors,
+  pipelineFiles,
+  repoCacheDir,
+} from "../src/node.ts";
+import { tinyConfig, writeDiffusers } from "./synthetic.ts";
 
 /**
  * A local stand-in for the Hugging Face hub on 127.0.0.1, with the hub's protocol as huggingface_hub relies
@@ -71,15 +81,16 @@ function serve(req: IncomingMessage, res: ServerResponse): void {
   const file = lfs && files.get(lfs[1]);
   if (!lfs || !file) return void res.writeHead(404).end();
   let data = corrupt.has(lfs[1]) ? Buffer.from(file.data).fill(7, 0, 16) : file.data;
-  const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? "");
+  const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
   if (range) {
     const start = Number(range[1]);
+    const end = range[2] ? Math.min(Number(range[2]) + 1, data.byteLength) : data.byteLength;
     if (start >= data.byteLength) return void res.writeHead(416).end();
     res.writeHead(206, {
-      "content-range": `bytes ${start}-${data.byteLength - 1}/${data.byteLength}`,
-      "content-length": String(data.byteLength - start),
+      "content-range": `bytes ${start}-${end - 1}/${data.byteLength}`,
+      "content-length": String(end - start),
     });
-    data = data.subarray(start);
+    data = data.subarray(start, end);
   } else res.writeHead(200, { "content-length": String(data.byteLength) });
   const cut = interruptAfter.get(lfs[1]);
   if (cut !== undefined) {
@@ -215,7 +226,6 @@ describe("hub cache", () => {
   });
 
   it("a downloaded snapshot opens as a checkpoint folder", async () => {
-    const { writeDiffusers, tinyConfig } = await import("./synthetic.ts");
     const source = join(root, "served");
     await writeDiffusers(source, tinyConfig());
     files.clear();
@@ -237,5 +247,28 @@ describe("hub cache", () => {
     expect(checkpoint.layout).toBe("diffusers");
     expect(checkpoint.config().config.unet.model_channels).toBe(8);
     await checkpoint.close();
+  });
+});
+
+describe("reading over HTTP range requests", () => {
+  it("streams a safetensors file from a URL, fetching only the ranges it reads", async () => {
+    const fixture = join(import.meta.dirname, "fixtures", "conversions.safetensors");
+    files.set("conversions.safetensors", { data: readFileSync(fixture), lfs: true });
+    const remote = await SafetensorsFile.open(await httpReader(`${endpoint}/lfs/conversions.safetensors`));
+    const local = await openSafetensors(fixture);
+    expect([...remote.tensors.keys()]).toEqual([...local.tensors.keys()]);
+    log.length = 0;
+    expect(await remote.readBytes("odd.f16")).toEqual(await local.readBytes("odd.f16"));
+    const e = remote.entry("odd.f16");
+    expect(log).toEqual([
+      { method: "GET", url: "/lfs/conversions.safetensors", range: `bytes=${e.begin}-${e.end - 1}` },
+    ]);
+    await local.close();
+  });
+
+  it("names a server without the file", async () => {
+    await expect(httpReader(`${endpoint}/lfs/absent.safetensors`)).rejects.toThrow(
+      /absent\.safetensors: no size \(HTTP 404/,
+    );
   });
 });
