@@ -2,9 +2,10 @@
  * Loads a synthetic checkpoint with the exact keys and shapes of SD 1.5 (random fp16, ~2.1 GB) onto the GPU
  * through @ldm/weights, and measures load time and peak RSS growth beyond the GPU copies.
  *
- *   npx tsx benchmarks/weights-load.ts [--dir /tmp] [--dtype f16|f32|both] [--chunk-mib 16]
+ *   npx tsx benchmarks/weights-load.ts [--dir /tmp] [--dtype f16|f32|both] [--chunk-mib 16] [--checkpoint file]
  *
- * The checkpoint is generated once into --dir (never committed) and reused. Each load runs in a fresh child
+ * The checkpoint is generated once into --dir (never committed) and reused; --checkpoint loads another file
+ * instead (e.g. a float32 one, to time the f32 → f16 conversion). Each load runs in a fresh child
  * process so the generator's memory does not count. Peak RSS comes from the kernel (VmHWM, reset through
  * /proc/self/clear_refs just before the load). On lavapipe the "GPU" buffers live in this process, so their
  * bytes are subtracted: what is left is what the loader itself holds (file chunks, conversion buffers, upload
@@ -104,7 +105,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(result));
     return;
   }
-  const path = join(arg("dir", tmpdir()), "ldm-bench-sd15-synthetic.safetensors");
+  const path = arg("checkpoint", join(arg("dir", tmpdir()), "ldm-bench-sd15-synthetic.safetensors"));
   if (!existsSync(path)) {
     console.log(`generating ${path} …`);
     const started = performance.now();

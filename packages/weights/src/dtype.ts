@@ -1,4 +1,4 @@
-import { f32ToF16Bits, type ParamDType } from "@ldm/tensor";
+import type { ParamDType } from "@ldm/tensor";
 
 /** Element types of the safetensors format, with their sizes in bytes. */
 export const STORED_DTYPE_BYTES = {
@@ -75,8 +75,7 @@ export function convertElements(
   }
   const out = new Uint16Array(dst.buffer, dst.byteOffset, count);
   if (from === "F32") {
-    const values = new Float32Array(src.buffer, src.byteOffset, count);
-    for (let i = 0; i < count; i++) out[i] = f32ToF16Bits(values[i]);
+    float32BitsToHalf(new Uint32Array(src.buffer, src.byteOffset, count), out, count);
     return outBytes;
   }
   // BF16 and F64 reach half precision through float32, which holds both exactly enough: bf16 exactly,
@@ -84,8 +83,41 @@ export function convertElements(
   // the two can differ only on values within 2^-29 relative of a half-way point).
   const values = new Float32Array(count);
   toFloat32(from, src, values, count);
-  for (let i = 0; i < count; i++) out[i] = f32ToF16Bits(values[i]);
+  float32BitsToHalf(new Uint32Array(values.buffer), out, count);
   return outBytes;
+}
+
+const scratch = new Float32Array(1);
+const scratchBits = new Uint32Array(scratch.buffer);
+const HALF_MIN_NORMAL = 113 << 23; // 2^-14 as float32 bits
+const HALF_OVERFLOW = 143 << 23; // 2^16: from here on (after rounding) only infinity
+const F32_INFINITY = 255 << 23;
+// Adding 0.5 (as float32 bits: 126 << 23) shifts a value below 2^-14 so that float32's own round-to-nearest-even
+// leaves the half subnormal's bits in the low mantissa bits.
+const SUBNORMAL_MAGIC = 126 << 23;
+
+/**
+ * Float32 bits → half bits, rounding to nearest even, overflow to ±Inf, NaN to 0x7e00 (sign kept) as PyTorch's
+ * `.half()` does — the same results as @ldm/tensor's f32ToF16Bits for every non-NaN input, with integer
+ * arithmetic on whole arrays (float32 checkpoints loaded as f16 convert a billion values).
+ */
+export function float32BitsToHalf(bits: Uint32Array, out: Uint16Array, count: number): void {
+  for (let i = 0; i < count; i++) {
+    let f = bits[i];
+    const sign = (f >>> 16) & 0x8000;
+    f &= 0x7fffffff;
+    let h: number;
+    if (f >= HALF_OVERFLOW) h = f > F32_INFINITY ? 0x7e00 : 0x7c00;
+    else if (f < HALF_MIN_NORMAL) {
+      scratchBits[0] = f;
+      scratch[0] += 0.5;
+      h = scratchBits[0] - SUBNORMAL_MAGIC;
+    } else {
+      // Rebias the exponent, add just under half an ulp of the result plus its lowest kept bit (ties to even).
+      h = (f + ((15 - 127) << 23) + 0xfff + ((f >>> 13) & 1)) >>> 13;
+    }
+    out[i] = sign | h;
+  }
 }
 
 function toFloat32(from: FloatStoredDType, src: Uint8Array, out: Float32Array, count: number): void {
