@@ -7,6 +7,7 @@ import {
   sample,
 } from "../src/diffusion/index.ts";
 import { Generator, randn } from "../src/random/index.ts";
+import { maxRelativeError } from "./helpers/compare.ts";
 
 // img2img (strength) and kept init latents (inpainting with an ordinary model) on a toy network.
 
@@ -21,16 +22,6 @@ function toyModel(calls: { t: number; x: Float32Array }[] = []): DiffusionModel 
     calls.push({ t, x: x.slice() });
     return x.map((v) => Math.tanh(0.3 * v) * (t / 1000) + 0.1 * v);
   };
-}
-
-function maxRelative(actual: Float32Array, expected: Float32Array): number {
-  let err = 0;
-  let scale = 0;
-  expected.forEach((e, i) => {
-    err = Math.max(err, Math.abs(actual[i] - e));
-    scale = Math.max(scale, Math.abs(e));
-  });
-  return err / scale;
 }
 
 describe("strength: a run over the tail of the schedule", () => {
@@ -58,7 +49,7 @@ describe("strength: a run over the tail of the schedule", () => {
       expect(calls[0].t).toBe(full[4].t);
       expect(calls.map((c) => c.t)).toEqual(fullCalls.slice(fullCalls.length - calls.length).map((c) => c.t));
       expect(steps).toEqual([6, 6, 6, 6, 6, 6]);
-      expect(maxRelative(resumed, reference)).toBeLessThan(1e-6);
+      expect(maxRelativeError(resumed, reference)).toBeLessThan(1e-6);
     },
   );
 
@@ -101,7 +92,7 @@ describe("kept init latents (mask blending)", () => {
     const a = schedule.alphasCumprod[calls[0].t];
     const fresh = new Generator(5).randn(SHAPE);
     const expected = init.map((z, i) => Math.sqrt(a) * z + Math.sqrt(1 - a) * (keep[i] ? fresh[i] : xT[i]));
-    expect(maxRelative(calls[0].x, expected)).toBeLessThan(1e-7);
+    expect(maxRelativeError(calls[0].x, expected)).toBeLessThan(1e-7);
   });
 
   it("keep = 0 everywhere is plain img2img", async () => {

@@ -16,8 +16,8 @@ export interface StepInfo {
 }
 
 export interface RunHooks {
-  /** Awaited before the next model call (a caller may decode a preview here). */
-  onStep?: (info: StepInfo) => void | Promise<void>;
+  /** A promise it returns is awaited before the next model call (a caller may decode a preview there). */
+  onStep?: (info: StepInfo) => unknown;
   signal?: AbortSignal;
 }
 
