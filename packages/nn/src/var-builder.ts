@@ -21,6 +21,8 @@ class Registry {
   readonly requests: WeightRequest[] = [];
   readonly issues: Issue[] = [];
   readonly requested = new Set<string>();
+  /** Every parameter handed out, so the model's memory can be given back. */
+  readonly allocated: Tensor[] = [];
 
   constructor(
     readonly device: Device,
@@ -74,7 +76,8 @@ export class VarBuilder {
     if (!info) r.issues.push({ kind: "missing", key, expected: shape });
     else if (!shapesEqual(info.shape, shape))
       r.issues.push({ kind: "shape", key, expected: shape, stored: info.shape });
-    const tensor = Tensor.empty(r.device, shape, dtype).keep();
+    const tensor = Tensor.empty(r.device, shape, dtype, { exactSize: true }).keep();
+    r.allocated.push(tensor);
     if (info && shapesEqual(info.shape, shape)) r.requests.push({ key, tensor });
     return tensor;
   }
@@ -101,5 +104,10 @@ export class VarBuilder {
       throw new Error(`weights from ${r.source.origin} do not fit the model (${counts}):\n${lines.join("\n")}`);
     }
     await r.source.load(r.requests);
+  }
+
+  /** Frees every parameter this builder (or any builder derived from it by pp) handed out. */
+  dispose(): void {
+    for (const t of this.registry.allocated.splice(0)) t.dispose();
   }
 }

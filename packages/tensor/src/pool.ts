@@ -40,8 +40,12 @@ export class BufferPool {
 
   constructor(private readonly create: BufferFactory) {}
 
-  acquire(bytes: number): GPUBuffer {
-    const size = bucketSize(bytes);
+  /**
+   * A buffer of at least `bytes`. `exact` skips the size classes (rounding to 256 bytes only): for
+   * long-lived tensors such as weights, where the class rounding would be resident memory for nothing.
+   */
+  acquire(bytes: number, exact = false): GPUBuffer {
+    const size = exact ? Math.max(256, Math.ceil(bytes / 256) * 256) : bucketSize(bytes);
     const list = this.free.get(size);
     let buffer = list?.pop();
     if (buffer) {

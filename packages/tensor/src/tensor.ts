@@ -33,11 +33,14 @@ export class Tensor {
     device.track(this);
   }
 
-  /** An uninitialised tensor (contents are whatever the pooled buffer held). */
-  static empty(device: Device, shape: Shape, dtype: DType = "f32"): Tensor {
+  /**
+   * An uninitialised tensor (contents are whatever the pooled buffer held). `exactSize` allocates the
+   * buffer without pool size-class rounding — for long-lived tensors like weights.
+   */
+  static empty(device: Device, shape: Shape, dtype: DType = "f32", opts: { exactSize?: boolean } = {}): Tensor {
     assertValidShape(shape);
     const bytes = Math.max(4, Math.ceil((shapeSize(shape) * DTYPE_BYTES[dtype]) / 4) * 4);
-    return new Tensor(device, new Storage(device, device.pool.acquire(bytes)), shape, dtype);
+    return new Tensor(device, new Storage(device, device.pool.acquire(bytes, opts.exactSize)), shape, dtype);
   }
 
   /**

@@ -38,6 +38,8 @@ describe("BufferPool (fake buffers)", () => {
     expect(pool.stats().peakLiveBytes).toBe(0);
     pool.trim();
     expect(pool.stats().pooledBytes).toBe(0);
+    expect(pool.acquire(70_001, true).size).toBe(70_144); // exact: 256-byte multiple, no size class
+    expect(pool.acquire(70_001).size).toBe(81_920);
   });
 });
 
