@@ -17,6 +17,7 @@ export {
 export { type GroupNormOptions, groupNorm } from "./groupnorm/index.ts";
 export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
+export { type Activation, type LinearOptions, linear, type MatmulOptions, matmul } from "./matmul/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";
 export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";

@@ -1,0 +1,277 @@
+/**
+ * Batched matrix multiply with a fused epilogue, and `linear` on top of it.
+ *
+ * out[..., m, n] = act(alpha · Σ_k a[..., m, k] · b[..., k, n] + bias[n]) + residual[..., m, n]
+ *
+ * Epilogue order: alpha · acc + bias → activation → + residual. Storage may be f32 or f16 (f16 needs the
+ * shader-f16 feature); accumulation is always f32. Operands larger than one storage binding are split over
+ * batch items, rows and the reduction (see plan.ts).
+ */
+import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor, Uniforms } from "@ldm/tensor";
+import { foldGrid } from "../common/grid.ts";
+import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { type Activation, assertActivation } from "./activation.ts";
+import { type Binding, type BindingLimits, planGemm } from "./plan.ts";
+import { chooseTiles, type TileConfig, workgroupTile } from "./tiles.ts";
+import { GEMM_PARAMS, type GemmKernelSpec, gemmKey, gemmVectorReads, gemmWgsl } from "./wgsl.ts";
+
+export type { Activation } from "./activation.ts";
+
+export interface MatmulOptions {
+  /** a is [..., K, M]. */
+  transposeA?: boolean;
+  /** b is [..., N, K] (a Linear weight [out, in]). */
+  transposeB?: boolean;
+  /** [N], added to every row. */
+  bias?: Tensor;
+  activation?: Activation;
+  /** Same shape as the output, added after the activation. */
+  residual?: Tensor;
+  /** Scales the product before the bias. */
+  alpha?: number;
+  /** Default: a's dtype. */
+  outDtype?: DType;
+}
+
+const FLOATS: readonly DType[] = ["f32", "f16"];
+
+/**
+ * a [..., M, K] × b [K, N] or [..., K, N] → [..., M, N]. A 2-D operand is shared by every batch item of the
+ * other; batch dimensions otherwise must be equal.
+ */
+export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
+  const { transposeA = false, transposeB = false, bias, residual, alpha = 1, activation = "none" } = options;
+  const op = "matmul";
+  assertActivation(op, activation);
+  if (a.shape.length < 2 || b.shape.length < 2) {
+    throw new Error(`${op}: a ${a} and b ${b} must have at least 2 dimensions`);
+  }
+  const [aRows, aCols] = a.shape.slice(-2);
+  const [bRows, bCols] = b.shape.slice(-2);
+  const [M, K] = transposeA ? [aCols, aRows] : [aRows, aCols];
+  const [kB, N] = transposeB ? [bCols, bRows] : [bRows, bCols];
+  if (K !== kB) {
+    throw new Error(
+      `${op}: inner dimensions differ: a ${a}${transposeA ? " (transposed)" : ""} has K = ${K}, b ${b}${transposeB ? " (transposed)" : ""} has K = ${kB}`,
+    );
+  }
+  const aBatchShape = a.shape.slice(0, -2);
+  const bBatchShape = b.shape.slice(0, -2);
+  if (aBatchShape.length > 0 && bBatchShape.length > 0 && !shapesEqual(aBatchShape, bBatchShape)) {
+    throw new Error(
+      `${op}: batch dimensions ${formatShape(aBatchShape)} of a and ${formatShape(bBatchShape)} of b differ (they must be equal, or one operand 2-D)`,
+    );
+  }
+  const batchShape = aBatchShape.length > 0 ? aBatchShape : bBatchShape;
+  const batch = batchShape.reduce((x, y) => x * y, 1);
+  const outShape = [...batchShape, M, N];
+  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== N)) {
+    throw new Error(`${op}: bias ${bias} must be [${N}] (one per output column)`);
+  }
+  if (residual && !shapesEqual(residual.shape, outShape)) {
+    throw new Error(`${op}: residual ${residual} must have the output's shape ${formatShape(outShape)}`);
+  }
+  const out = Tensor.empty(a.device, outShape, options.outDtype ?? a.dtype);
+  gemm({
+    op,
+    a,
+    b,
+    out,
+    batch,
+    M,
+    N,
+    K,
+    transposeA,
+    transposeB,
+    aBatchStride: aBatchShape.length > 0 ? M * K : 0,
+    bBatchStride: bBatchShape.length > 0 ? K * N : 0,
+    bias: bias ? { tensor: bias, axis: "n" } : undefined,
+    residual,
+    activation,
+    alpha,
+  });
+  return out;
+}
+
+export type LinearOptions = Omit<MatmulOptions, "transposeA" | "transposeB">;
+
+/**
+ * torch.nn.functional.linear: x [..., in] · weight [out, in]ᵀ + bias [out] → [..., out], with matmul's
+ * epilogue. The bias may come third or inside the options: `linear(x, w, b)`, `linear(x, w, { bias: b })`.
+ */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | LinearOptions, options: LinearOptions = {}): Tensor {
+  const opts = bias instanceof Tensor ? { ...options, bias } : { ...(bias ?? {}), ...options };
+  if (weight.shape.length !== 2) throw new Error(`linear: weight ${weight} must be [out, in]`);
+  if (x.shape.length < 1) throw new Error(`linear: input ${x} must have at least one dimension`);
+  const rows = x.shape.slice(0, -1);
+  const outShape = [...rows, weight.shape[0]];
+  if (opts.residual && !shapesEqual(opts.residual.shape, outShape)) {
+    throw new Error(`linear: residual ${opts.residual} must have the output's shape ${formatShape(outShape)}`);
+  }
+  const flat = x.reshape([rows.reduce((p, q) => p * q, 1), x.shape[x.shape.length - 1]]);
+  const residual = opts.residual?.reshape([flat.shape[0], weight.shape[0]]);
+  try {
+    const y = matmul(flat, weight, { ...opts, residual, transposeB: true });
+    const shaped = y.reshape([...rows, weight.shape[0]]);
+    y.dispose();
+    return shaped;
+  } finally {
+    flat.dispose();
+    residual?.dispose();
+  }
+}
+
+/** One (batched) GEMM into an existing output tensor: the engine under matmul, linear and 1×1 conv2d. */
+export interface GemmCall {
+  op: string;
+  a: Tensor;
+  b: Tensor;
+  out: Tensor;
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+  transposeA: boolean;
+  transposeB: boolean;
+  /** Elements between batch items (0: shared by all). The output and residual are [batch, M, N]. */
+  aBatchStride: number;
+  bBatchStride: number;
+  bias?: { tensor: Tensor; axis: "m" | "n" };
+  residual?: Tensor;
+  activation: Activation;
+  alpha: number;
+  /** Forces a tile strategy (tests exercise both on one adapter). */
+  tiles?: TileConfig;
+  /** Overrides the device's binding limits (tests exercise splitting on small tensors). */
+  bindingLimits?: BindingLimits;
+}
+
+export function deviceTiles(device: Device, call: Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">) {
+  const info = device.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+  const fixed = info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
+  return chooseTiles({
+    isCpu: device.info.isCpu,
+    subgroupSize: device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null,
+    maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
+    maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
+    ...call,
+  });
+}
+
+function slice(t: Tensor, b: Binding) {
+  return { buffer: t.buffer, offset: b.byteOffset, size: Math.min(b.byteSize, t.buffer.size - b.byteOffset) };
+}
+
+export function gemm(call: GemmCall): void {
+  const { op, a, b, out, batch, M, N, K, transposeA, transposeB, bias, residual } = call;
+  const device = out.device;
+  const named: [string, Tensor | undefined][] = [
+    ["a", a],
+    ["b", b],
+    ["out", out],
+    ["bias", bias?.tensor],
+    ["residual", residual],
+  ];
+  for (const [name, t] of named) {
+    if (!t) continue;
+    assertDType(op, name, t, FLOATS);
+    if (t.device !== device) throw new Error(`${op}: ${name} ${t} lives on another device`);
+  }
+  wgslEnables(device, ...named.flatMap(([, t]) => (t ? [t.dtype] : [])));
+  if (!Number.isFinite(call.alpha)) throw new Error(`${op}: alpha must be a finite number, got ${call.alpha}`);
+  if (bias) assertBindable(op, { bias: bias.tensor });
+
+  const pieces = planGemm(
+    op,
+    {
+      batch,
+      M,
+      N,
+      K,
+      transposeA,
+      transposeB,
+      aBatchStride: call.aBatchStride,
+      bBatchStride: call.bBatchStride,
+      bytes: {
+        a: DTYPE_BYTES[a.dtype],
+        b: DTYPE_BYTES[b.dtype],
+        c: DTYPE_BYTES[out.dtype],
+        residual: residual ? DTYPE_BYTES[residual.dtype] : undefined,
+      },
+    },
+    call.bindingLimits ?? {
+      maxBindingBytes: device.limits.maxStorageBufferBindingSize,
+      offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
+    },
+  );
+  if (pieces.length === 0) return;
+
+  const tiles = call.tiles ?? deviceTiles(device, call);
+  const { vecA, vecB } = gemmVectorReads(
+    tiles,
+    transposeA,
+    transposeB,
+    (transposeA ? M : K) % 4 === 0,
+    (transposeB ? K : N) % 4 === 0,
+  );
+  const tile = workgroupTile(tiles);
+  const laneOwnsM = tiles.kind === "subgroup" && tiles.laneOwns === "m";
+
+  for (const piece of pieces) {
+    const rows = piece.m1 - piece.m0;
+    const depth = piece.k1 - piece.k0;
+    const spec: GemmKernelSpec = {
+      tiles,
+      transposeA,
+      transposeB,
+      a: a.dtype,
+      b: b.dtype,
+      c: out.dtype,
+      bias: bias ? { axis: bias.axis, dtype: bias.tensor.dtype } : null,
+      residual: residual?.dtype ?? null,
+      activation: call.activation,
+      vecA,
+      vecB,
+      vecC: N % 4 === 0,
+      kTail: depth % 4 !== 0,
+    };
+    const pipeline = device.pipeline(gemmKey(spec), () => gemmWgsl(spec));
+    const batches = piece.b1 - piece.b0;
+    const tilesM = Math.ceil(rows / tile.m);
+    const tilesN = Math.ceil(N / tile.n);
+    const [tilesX, tilesY] = laneOwnsM ? [tilesN, tilesM] : [tilesM, tilesN];
+    const values: Record<(typeof GEMM_PARAMS)[number], number> = {
+      batch: batches,
+      M: rows,
+      N,
+      K: depth,
+      tilesX,
+      tilesY,
+      aRow: transposeA ? M : K,
+      aBatch: call.aBatchStride,
+      aOff: piece.a.elementOffset,
+      bRow: transposeB ? K : N,
+      bBatch: call.bBatchStride,
+      bOff: piece.b.elementOffset,
+      cBatch: M * N,
+      cOff: piece.c.elementOffset,
+      rOff: piece.residual?.elementOffset ?? 0,
+      biasOff: bias?.axis === "m" ? piece.m0 : 0,
+      accumulate: piece.accumulate ? 1 : 0,
+      finalize: piece.finalize ? 1 : 0,
+      tileRows: tiles.kind === "subgroup" ? tiles.rows : tiles.threadM,
+    };
+    const uniforms = new Uniforms();
+    for (const name of GEMM_PARAMS) uniforms.u32(values[name]);
+    uniforms.f32(call.alpha);
+    const buffers = [slice(a, piece.a), slice(b, piece.b), slice(out, piece.c)];
+    if (bias) buffers.push({ buffer: bias.tensor.buffer, offset: 0, size: bias.tensor.buffer.size });
+    if (residual && piece.residual) buffers.push(slice(residual, piece.residual));
+    device.dispatch({
+      pipeline,
+      buffers,
+      uniforms: uniforms.bytes(),
+      workgroups: foldGrid(batches * tilesX * tilesY, device.limits.maxComputeWorkgroupsPerDimension),
+    });
+  }
+}

@@ -1,0 +1,357 @@
+import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { assertClose, randomArray } from "../testing.ts";
+import type { Activation } from "./activation.ts";
+import { deviceTiles, type GemmCall, gemm, linear, matmul } from "./index.ts";
+import { planGemm } from "./plan.ts";
+import { matmulRef } from "./reference.ts";
+import { chooseTiles, type TileConfig } from "./tiles.ts";
+
+let device: Device;
+beforeAll(async () => {
+  device = await Device.create();
+});
+afterAll(() => device?.destroy());
+
+/** f32 sums of K products in a different order than the float64 reference: error grows like √K·ulp·|terms|. */
+const f32Tol = (K: number) => ({ atol: 2e-6 * Math.sqrt(K + 1) + 1e-6, rtol: 1e-5 });
+
+const lavapipeLike = {
+  isCpu: true,
+  subgroupSize: 8,
+  maxInvocations: 1024,
+  maxWorkgroupStorageBytes: 32768,
+  transposeA: false,
+  transposeB: false,
+};
+
+describe("chooseTiles", () => {
+  it("uses subgroup-broadcast tiles on a CPU adapter with a fixed subgroup size", () => {
+    const t = chooseTiles({ ...lavapipeLike, M: 4096, N: 320, K: 320 });
+    expect(t).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16, laneOwns: "n" });
+  });
+
+  it("shrinks the workgroup for few rows, and broadcasts B's rows when only A is transposed away from K", () => {
+    expect(chooseTiles({ ...lavapipeLike, M: 20, N: 320, K: 320 })).toMatchObject({ subgroups: 2 });
+    expect(chooseTiles({ ...lavapipeLike, M: 1, N: 3, K: 7 })).toMatchObject({ subgroups: 1 });
+    expect(chooseTiles({ ...lavapipeLike, M: 64, N: 64, K: 64, transposeA: true, transposeB: true })).toMatchObject({
+      laneOwns: "m",
+    });
+  });
+
+  it("uses workgroup-memory tiles on GPUs and where the subgroup size is not fixed", () => {
+    const gpu = { ...lavapipeLike, isCpu: false, subgroupSize: 32, M: 4096, N: 320, K: 320 };
+    expect(chooseTiles(gpu)).toMatchObject({ kind: "workgroup", tileM: 64, tileN: 64 });
+    expect(chooseTiles({ ...gpu, isCpu: true, subgroupSize: null })).toMatchObject({ kind: "workgroup" });
+    expect(chooseTiles({ ...gpu, maxInvocations: 128 })).toMatchObject({ kind: "workgroup", tileM: 32 });
+  });
+});
+
+describe("planGemm", () => {
+  const base = {
+    batch: 1,
+    M: 100,
+    N: 64,
+    K: 48,
+    transposeA: false,
+    transposeB: false,
+    aBatchStride: 0,
+    bBatchStride: 0,
+    bytes: { a: 4, b: 4, c: 4 },
+  };
+  const limits = { maxBindingBytes: 1 << 27, offsetAlignment: 256 };
+
+  it("keeps a problem that fits in one piece", () => {
+    const pieces = planGemm("t", { ...base, batch: 3, aBatchStride: 100 * 48 }, limits);
+    expect(pieces).toHaveLength(1);
+    expect(pieces[0]).toMatchObject({ b0: 0, b1: 3, m0: 0, m1: 100, k0: 0, k1: 48, accumulate: false, finalize: true });
+  });
+
+  it("splits over batch items first, binding each from an aligned offset", () => {
+    const g = { ...base, batch: 5, aBatchStride: 100 * 48 };
+    const pieces = planGemm("t", g, { maxBindingBytes: 2 * 100 * 64 * 4 + 256, offsetAlignment: 256 });
+    expect(pieces.map((p) => [p.b0, p.b1])).toEqual([
+      [0, 2],
+      [2, 4],
+      [4, 5],
+    ]);
+    for (const p of pieces) {
+      for (const b of [p.a, p.b, p.c]) {
+        expect(b.byteOffset % 256).toBe(0);
+        expect(b.byteSize).toBeLessThanOrEqual(2 * 100 * 64 * 4 + 256);
+      }
+      // The kernel's base index points at the piece's first element.
+      expect(p.c.byteOffset / 4 + p.c.elementOffset).toBe(p.b0 * 100 * 64);
+      expect(p.a.byteOffset / 4 + p.a.elementOffset).toBe(p.b0 * 100 * 48);
+    }
+  });
+
+  it("splits rows when one batch item is too big, then the reduction (accumulating in k order)", () => {
+    // B (12 KiB) fits 16 KiB; A (19 KiB) and C (25 KiB) need row chunks.
+    const rows = planGemm("t", base, { maxBindingBytes: 16384, offsetAlignment: 256 });
+    expect(rows.length).toBeGreaterThan(1);
+    expect(rows.every((p) => p.k0 === 0 && p.k1 === 48 && !p.accumulate && p.finalize)).toBe(true);
+    expect(rows.every((p) => p.a.byteSize <= 16384 && p.c.byteSize <= 16384)).toBe(true);
+    expect(rows.map((p) => p.m1 - p.m0).reduce((x, y) => x + y)).toBe(100);
+
+    const deep = planGemm("t", { ...base, M: 8, N: 4, K: 4000 }, { maxBindingBytes: 4096, offsetAlignment: 256 });
+    const first = deep.filter((p) => p.m0 === 0);
+    expect(first.length).toBeGreaterThan(1);
+    expect(first.map((p) => [p.accumulate, p.finalize])).toEqual(first.map((_, i) => [i > 0, i === first.length - 1]));
+    expect(first.every((p) => p.k0 % 4 === 0)).toBe(true);
+    expect(deep.every((p) => p.a.byteSize <= 4096 && p.b.byteSize <= 4096)).toBe(true);
+  });
+
+  it("names the operand that cannot be split", () => {
+    // A transposed with huge M: even 4 rows × 4 reduction steps span 3 whole columns of Aᵀ.
+    expect(() =>
+      planGemm("t", { ...base, M: 4000, K: 8, transposeA: true }, { maxBindingBytes: 1024, offsetAlignment: 256 }),
+    ).toThrow(/'a' fits/);
+    // A transposed B is split along neither rows nor the reduction: every column chunk spans all of it.
+    expect(() =>
+      planGemm("t", { ...base, N: 8, K: 700, transposeB: true }, { maxBindingBytes: 2048, offsetAlignment: 256 }),
+    ).toThrow(/'b' fits/);
+  });
+});
+
+type Strategy = "device" | "subgroup-m" | "workgroup";
+
+function tilesFor(
+  s: Strategy,
+  call: Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">,
+): TileConfig | undefined {
+  if (s === "device") return undefined;
+  if (s === "workgroup") return { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 };
+  const t = deviceTiles(device, call);
+  if (t.kind !== "subgroup") throw new Error("this adapter has no fixed subgroup size; the test needs lavapipe");
+  return { ...t, laneOwns: "m" };
+}
+
+interface Case {
+  batch?: number;
+  M: number;
+  N: number;
+  K: number;
+  transposeA?: boolean;
+  transposeB?: boolean;
+  shareA?: boolean;
+  shareB?: boolean;
+  bias?: boolean;
+  residual?: boolean;
+  activation?: Activation;
+  alpha?: number;
+  dtype?: "f32" | "f16";
+}
+
+async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: number }, seed = 1) {
+  const { batch = 1, M, N, K, transposeA = false, transposeB = false, dtype = "f32" } = c;
+  const aBatch = c.shareA ? 1 : batch;
+  const bBatch = c.shareB ? 1 : batch;
+  const round = (x: Float32Array) => (dtype === "f16" ? f16ArrayToF32(f32ArrayToF16(x)) : x);
+  const a = round(randomArray(aBatch * M * K, seed));
+  const b = round(randomArray(bBatch * K * N, seed + 1));
+  const bias = c.bias ? round(randomArray(N, seed + 2)) : undefined;
+  const residual = c.residual ? round(randomArray(batch * M * N, seed + 3)) : undefined;
+  const ta = Tensor.from(device, a, [aBatch, ...(transposeA ? [K, M] : [M, K])], dtype);
+  const tb = Tensor.from(device, b, [bBatch, ...(transposeB ? [N, K] : [K, N])], dtype);
+  const tbias = bias && Tensor.from(device, bias, [N], dtype);
+  const tres = residual && Tensor.from(device, residual, [batch, M, N], dtype);
+  const out = Tensor.empty(device, [batch, M, N], dtype);
+  const call: GemmCall = {
+    op: "test",
+    a: ta,
+    b: tb,
+    out,
+    batch,
+    M,
+    N,
+    K,
+    transposeA,
+    transposeB,
+    aBatchStride: c.shareA ? 0 : M * K,
+    bBatchStride: c.shareB ? 0 : K * N,
+    bias: tbias ? { tensor: tbias, axis: "n" } : undefined,
+    residual: tres,
+    activation: c.activation ?? "none",
+    alpha: c.alpha ?? 1,
+  };
+  gemm({ ...call, tiles: tilesFor(strategy, call) });
+  const got = await out.toFloat32();
+  const want = matmulRef(a, b, {
+    batch,
+    M,
+    N,
+    K,
+    transposeA,
+    transposeB,
+    aBatchStride: c.shareA ? 0 : M * K,
+    bBatchStride: c.shareB ? 0 : K * N,
+    bias,
+    residual,
+    activation: c.activation,
+    alpha: c.alpha,
+  });
+  for (const t of [ta, tb, tbias, tres, out]) t?.dispose();
+  assertClose(got, want, tol, `${strategy} ${JSON.stringify(c)}`);
+}
+
+const TRANSPOSES = [
+  [false, false],
+  [false, true],
+  [true, false],
+  [true, true],
+] as const;
+
+// Each distinct layout compiles its own pipeline (about a second on lavapipe), so the shapes are chosen
+// to cover the kernel variants — vector or scalar reads of A, B and C, a K tail, size-1 dimensions, rows
+// and columns that are not multiples of any tile — with few pipelines.
+describe("gemm with the device's tiles", () => {
+  it("matches the reference on odd shapes, every transpose combination", async () => {
+    for (const shape of [
+      { M: 1, N: 3, K: 7 },
+      { M: 37, N: 40, K: 20 },
+      { M: 130, N: 36, K: 1 },
+      { M: 2, N: 1, K: 300 },
+      { M: 33, N: 17, K: 13 },
+    ]) {
+      for (const [transposeA, transposeB] of TRANSPOSES) {
+        await check({ ...shape, transposeA, transposeB }, "device", f32Tol(shape.K));
+      }
+    }
+  });
+
+  it("batches, sharing either operand", async () => {
+    await check({ batch: 3, M: 9, N: 12, K: 8 }, "device", f32Tol(8));
+    await check({ batch: 3, M: 9, N: 12, K: 8, shareB: true, transposeB: true }, "device", f32Tol(8));
+    await check({ batch: 2, M: 20, N: 5, K: 11, shareA: true }, "device", f32Tol(11));
+  });
+
+  it("applies alpha, bias, every activation and the residual in that order", async () => {
+    for (const activation of ["silu", "gelu", "gelu_tanh", "quick_gelu"] as const) {
+      await check(
+        { M: 19, N: 24, K: 30, bias: true, residual: true, activation, alpha: 0.7, transposeB: true },
+        "device",
+        // The activations add ~1e-7 relative (erf, exp in f32) on top of the product's rounding.
+        { atol: f32Tol(30).atol + 1e-6, rtol: 1e-5 },
+      );
+    }
+  });
+});
+
+describe.each(["subgroup-m", "workgroup"] as const)("gemm with %s tiles", (strategy) => {
+  it("matches the reference on odd and aligned shapes", async () => {
+    await check({ M: 33, N: 17, K: 13 }, strategy, f32Tol(13));
+    await check({ M: 16, N: 32, K: 64, transposeB: true }, strategy, f32Tol(64));
+    await check({ M: 6, N: 9, K: 7, transposeA: true, transposeB: true }, strategy, f32Tol(7));
+    await check({ batch: 2, M: 20, N: 12, K: 8, shareA: true, transposeA: true }, strategy, f32Tol(8));
+  });
+
+  it("applies the epilogue", async () => {
+    await check({ M: 19, N: 24, K: 30, bias: true, residual: true, activation: "gelu", alpha: 0.7 }, strategy, {
+      atol: f32Tol(30).atol + 1e-6,
+      rtol: 1e-5,
+    });
+  });
+});
+
+describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tiles in f16", (strategy) => {
+  it("stores and reads f16 (f32 accumulation)", async () => {
+    if (!device.features.shaderF16) return;
+    // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
+    const tol = { atol: 1e-3, rtol: 2 ** -10 };
+    await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
+    await check({ M: 6, N: 9, K: 7, dtype: "f16", transposeA: true, transposeB: true }, strategy, tol);
+  });
+});
+
+describe("gemm split over small bindings", () => {
+  it("splits batches, rows and the reduction and still matches", async () => {
+    const limits = { maxBindingBytes: 2048, offsetAlignment: 256 };
+    const K = 700;
+    const M = 6;
+    const N = 8;
+    for (const [strategy, transposeA] of [
+      ["device", false],
+      ["device", true],
+      ["workgroup", false],
+    ] as const) {
+      const a = randomArray(2 * M * K, 5);
+      const b = randomArray(K * N, 6);
+      const bias = randomArray(N, 7);
+      const ta = Tensor.from(device, a, [2, ...(transposeA ? [K, M] : [M, K])]);
+      const tb = Tensor.from(device, b, [K, N]);
+      const tbias = Tensor.from(device, bias, [N]);
+      const out = Tensor.empty(device, [2, M, N]);
+      const call: GemmCall = {
+        op: "test",
+        a: ta,
+        b: tb,
+        out,
+        batch: 2,
+        M,
+        N,
+        K,
+        transposeA,
+        transposeB: false,
+        aBatchStride: M * K,
+        bBatchStride: 0,
+        bias: { tensor: tbias, axis: "n" },
+        activation: "silu",
+        alpha: 1,
+        bindingLimits: limits,
+      };
+      gemm({ ...call, tiles: tilesFor(strategy, call) });
+      const want = matmulRef(a, b, { batch: 2, M, N, K, transposeA, bBatchStride: 0, bias, activation: "silu" });
+      // Split sums add the chunks' partial sums in a different order: same √K growth.
+      assertClose(await out.toFloat32(), want, f32Tol(K), `${strategy} transposeA=${transposeA}`);
+      for (const t of [ta, tb, tbias, out]) t.dispose();
+    }
+  });
+});
+
+describe("matmul and linear", () => {
+  it("broadcast a 2-D b over a's batch, and reject mismatched shapes by name", async () => {
+    const a = Tensor.from(device, randomArray(2 * 3 * 5 * 4, 9), [2, 3, 5, 4]);
+    const b = Tensor.from(device, randomArray(4 * 6, 10), [4, 6]);
+    const y = matmul(a, b);
+    expect(y.shape).toEqual([2, 3, 5, 6]);
+    assertClose(
+      await y.toFloat32(),
+      matmulRef(await a.toFloat32(), await b.toFloat32(), { batch: 6, M: 5, N: 6, K: 4, bBatchStride: 0 }),
+      f32Tol(4),
+    );
+    expect(() => matmul(a, Tensor.zeros(device, [5, 6]))).toThrow(/inner dimensions differ.*K = 4.*K = 5/);
+    expect(() => matmul(a, Tensor.zeros(device, [3, 4, 6]))).toThrow(/batch dimensions \[2, 3\] of a and \[3\] of b/);
+    expect(() => matmul(a, b, { bias: Tensor.zeros(device, [5]) })).toThrow(/bias .* must be \[6\]/);
+    expect(() => matmul(a, b, { activation: "relu" as Activation })).toThrow(/unknown activation 'relu'/);
+    expect(() => matmul(Tensor.zeros(device, [4]), b)).toThrow(/at least 2 dimensions/);
+  });
+
+  it("linear = x·Wᵀ + b over the last dimension, bias positional or in the options", async () => {
+    const x = randomArray(2 * 3 * 10, 11);
+    const w = randomArray(7 * 10, 12);
+    const bias = randomArray(7, 13);
+    const tx = Tensor.from(device, x, [2, 3, 10]);
+    const tw = Tensor.from(device, w, [7, 10]);
+    const tb = Tensor.from(device, bias, [7]);
+    const want = matmulRef(x, w, { batch: 1, M: 6, N: 7, K: 10, transposeB: true, bias, activation: "gelu" });
+    const y1 = linear(tx, tw, tb, { activation: "gelu" });
+    const y2 = linear(tx, tw, { bias: tb, activation: "gelu" });
+    expect(y1.shape).toEqual([2, 3, 7]);
+    assertClose(await y1.toFloat32(), want, { atol: 1e-5, rtol: 1e-5 });
+    assertClose(await y2.toFloat32(), want, { atol: 1e-5, rtol: 1e-5 });
+    expect(() => linear(tx, tw, { residual: Tensor.zeros(device, [6, 7]) })).toThrow(/residual .* \[2, 3, 7\]/);
+  });
+
+  it("K = 0 gives activation(bias)", async () => {
+    const bias = Tensor.from(device, [1, -2, 3], [3]);
+    const y = matmul(Tensor.zeros(device, [2, 0]), Tensor.zeros(device, [0, 3]), { bias, activation: "silu" });
+    assertClose(
+      await y.toFloat32(),
+      matmulRef([], [], { batch: 1, M: 2, N: 3, K: 0, bias: [1, -2, 3], activation: "silu" }),
+      {
+        atol: 1e-6,
+      },
+    );
+  });
+});

@@ -1,0 +1,98 @@
+/**
+ * Tile strategy for the GEMM kernels: a pure function of the adapter and the problem, so it is unit-tested
+ * and the WGSL is a function of its result.
+ *
+ * CPU adapters (lavapipe) run an invocation as one SIMD lane, and Mesa 25's llvmpipe turns every storage or
+ * workgroup-memory load whose address differs per lane into a per-lane scalar loop with a bounds check per
+ * component, while a broadcast between lanes of a subgroup is one register shuffle. So the "subgroup" tiles
+ * load each element once per subgroup and share it with `subgroupBroadcast`: the lanes of a subgroup own
+ * 4 consecutive indices each along one output dimension, and every lane loads a few rows of the other
+ * operand, which are then broadcast to all lanes. Barriers (coroutine switches on llvmpipe) are avoided.
+ *
+ * GPUs get the classic workgroup-memory tiling.
+ */
+
+export interface TileInputs {
+  /** The adapter is a CPU rasteriser (lavapipe, SwiftShader). */
+  isCpu: boolean;
+  /** The subgroup size when the device has the subgroups feature and a fixed size (min = max), else null. */
+  subgroupSize: number | null;
+  maxInvocations: number;
+  maxWorkgroupStorageBytes: number;
+  M: number;
+  N: number;
+  K: number;
+  transposeA: boolean;
+  transposeB: boolean;
+}
+
+/** Subgroup-broadcast register tiles (CPU adapters). */
+export interface SubgroupTiles {
+  kind: "subgroup";
+  /** The subgroup size the WGSL is written for. */
+  lanes: number;
+  /** Subgroups per workgroup, stacked along the broadcast dimension. */
+  subgroups: number;
+  /** Broadcast rows per subgroup (a multiple of `lanes` and of 4); each lane keeps rows × 4 accumulators. */
+  rows: number;
+  /** The output dimension whose indices lanes own (4 consecutive each); the other one is broadcast. */
+  laneOwns: "m" | "n";
+}
+
+/** Workgroup-memory tiles (GPUs, and any adapter without a fixed subgroup size). */
+export interface WorkgroupTiles {
+  kind: "workgroup";
+  tileM: number;
+  tileN: number;
+  tileK: number;
+  /** Outputs per invocation along M and N; the workgroup is (tileN / threadN) × (tileM / threadM). */
+  threadM: number;
+  threadN: number;
+}
+
+export type TileConfig = SubgroupTiles | WorkgroupTiles;
+
+/** Subgroup sizes the broadcast tiles are written for (lavapipe has 8; 16 with LP_NATIVE_VECTOR_WIDTH=512). */
+const BROADCAST_LANES = [4, 8, 16];
+
+export function chooseTiles(inp: TileInputs): TileConfig {
+  const lanes = inp.subgroupSize;
+  if (inp.isCpu && lanes !== null && BROADCAST_LANES.includes(lanes)) {
+    // The broadcast operand is read as 4 consecutive k per lane, so it should be the one whose rows run
+    // along k: A unless A is transposed and B is not.
+    const laneOwns = !inp.transposeA ? "n" : inp.transposeB ? "m" : "n";
+    // 16 broadcast rows × 4 owned columns = 64 accumulators per lane: more spills than it saves (measured).
+    const rows = Math.max(16, lanes);
+    const broadcastExtent = laneOwns === "n" ? inp.M : inp.N;
+    const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
+    const subgroups = Math.min(maxSubgroups, nextPowerOfTwo(Math.ceil(broadcastExtent / rows)));
+    return { kind: "subgroup", lanes, subgroups, rows, laneOwns };
+  }
+  const big = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= 2 * 16 * 64 * 4;
+  return big
+    ? { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 }
+    : { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 };
+}
+
+export function tileKey(t: TileConfig): string {
+  return t.kind === "subgroup"
+    ? `sg${t.lanes}x${t.subgroups}r${t.rows}${t.laneOwns}`
+    : `wg${t.tileM}x${t.tileN}x${t.tileK}t${t.threadM}x${t.threadN}`;
+}
+
+/** Invocations per workgroup. */
+export function workgroupSize(t: TileConfig): number {
+  return t.kind === "subgroup" ? t.lanes * t.subgroups : (t.tileM / t.threadM) * (t.tileN / t.threadN);
+}
+
+/** Output extent (rows along M, columns along N) one workgroup covers. */
+export function workgroupTile(t: TileConfig): { m: number; n: number } {
+  if (t.kind === "workgroup") return { m: t.tileM, n: t.tileN };
+  const broadcast = t.subgroups * t.rows;
+  const owned = t.lanes * 4;
+  return t.laneOwns === "n" ? { m: broadcast, n: owned } : { m: owned, n: broadcast };
+}
+
+function nextPowerOfTwo(n: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+}

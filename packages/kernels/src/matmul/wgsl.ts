@@ -1,0 +1,375 @@
+/**
+ * WGSL for the GEMM kernels, generated from a tile config and the operands' layouts.
+ *
+ * Problem: C[b, m, n] = epilogue(alpha · Σ_k A[b, m, k] · B[b, k, n]) for one piece (see plan.ts); A is
+ * [M, K] or, transposed, [K, M] (likewise B), every operand bound from an element offset with a row and a
+ * batch stride given as uniforms. Epilogue order: alpha · acc (+ the partial sum already in C when a k range
+ * continues) + bias → activation → + residual, then stored in C's dtype.
+ */
+import type { DType } from "@ldm/tensor";
+import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import { type Activation, activationWgsl } from "./activation.ts";
+import { type SubgroupTiles, type TileConfig, tileKey, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
+
+export interface GemmKernelSpec {
+  tiles: TileConfig;
+  transposeA: boolean;
+  transposeB: boolean;
+  a: DType;
+  b: DType;
+  c: DType;
+  /** Bias per output column (n, the Linear case) or per output row (m, a convolution's channel). */
+  bias: { axis: "m" | "n"; dtype: DType } | null;
+  residual: DType | null;
+  activation: Activation;
+  /** A is declared and read as vec4 along its contiguous dimension (see gemmVectorReads). */
+  vecA: boolean;
+  vecB: boolean;
+  /** N is a multiple of 4: C, the residual and a per-column bias are read and written as vec4. */
+  vecC: boolean;
+  /** K is not a multiple of 4: the last block of 4 reduction steps reads guarded. */
+  kTail: boolean;
+}
+
+export function gemmKey(s: GemmKernelSpec): string {
+  const flags = `${s.transposeA ? "T" : "N"}${s.transposeB ? "T" : "N"}${s.vecA ? "v" : "s"}${s.vecB ? "v" : "s"}${s.vecC ? "v" : "s"}${s.kTail ? "t" : ""}`;
+  const bias = s.bias ? `${s.bias.axis}${s.bias.dtype}` : "-";
+  return `gemm:${tileKey(s.tiles)}:${flags}:${s.a}${s.b}${s.c}:${bias}:${s.residual ?? "-"}:${s.activation}`;
+}
+
+/**
+ * Which operands the kernel reads as vec4: those read along their contiguous dimension (K, or M / N when
+ * transposed) where that dimension is a multiple of 4 (`aligned*`), so every row starts 16-byte aligned.
+ */
+export function gemmVectorReads(
+  tiles: TileConfig,
+  transposeA: boolean,
+  transposeB: boolean,
+  alignedA: boolean,
+  alignedB: boolean,
+): { vecA: boolean; vecB: boolean } {
+  if (tiles.kind === "workgroup") return { vecA: false, vecB: false };
+  // The broadcast operand is only read as vectors along k; the owned one along k or along its own index.
+  return tiles.laneOwns === "n"
+    ? { vecA: alignedA && !transposeA, vecB: alignedB }
+    : { vecA: alignedA, vecB: alignedB && transposeB };
+}
+
+/** Uniform block; the dispatcher writes the fields in this order. */
+export const GEMM_PARAMS = [
+  "batch",
+  "M",
+  "N",
+  "K",
+  "tilesX",
+  "tilesY",
+  "aRow",
+  "aBatch",
+  "aOff",
+  "bRow",
+  "bBatch",
+  "bOff",
+  "cBatch",
+  "cOff",
+  "rOff",
+  "biasOff",
+  "accumulate",
+  "finalize",
+  "tileRows",
+] as const;
+
+function storageArray(name: string, binding: number, dtype: DType, vec: boolean, access: "read" | "read_write") {
+  const t = vec ? `vec4<${dtype}>` : dtype;
+  return `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${t}>;`;
+}
+
+/** `fn <name>_at(i) -> f32`: element i of an operand, whether it is declared as scalars or vec4. */
+function elementReader(name: string, vec: boolean): string {
+  const body = vec ? `${name}[i >> 2u][i & 3u]` : `${name}[i]`;
+  return `fn ${name}_at(i: u32) -> f32 { return f32(${body}); }`;
+}
+
+/** Index expressions of A[b, m, k] and B[b, k, n] (b relative to the piece). */
+function aIndex(s: GemmKernelSpec, b: string, m: string, k: string): string {
+  return `p.aOff + ${b} * p.aBatch + ${s.transposeA ? `(${k}) * p.aRow + (${m})` : `(${m}) * p.aRow + (${k})`}`;
+}
+function bIndex(s: GemmKernelSpec, b: string, k: string, n: string): string {
+  return `p.bOff + ${b} * p.bBatch + ${s.transposeB ? `(${n}) * p.bRow + (${k})` : `(${k}) * p.bRow + (${n})`}`;
+}
+
+function paramsStruct(): string {
+  return `struct Params { ${GEMM_PARAMS.map((f) => `${f}: u32,`).join(" ")} alpha: f32, }`;
+}
+
+function bindings(s: GemmKernelSpec): string {
+  const lines = [
+    "@group(0) @binding(0) var<uniform> p: Params;",
+    storageArray("A", 1, s.a, s.vecA, "read"),
+    storageArray("B", 2, s.b, s.vecB, "read"),
+    storageArray("C", 3, s.c, s.vecC, "read_write"),
+  ];
+  let next = 4;
+  if (s.bias) lines.push(storageArray("Bias", next++, s.bias.dtype, s.bias.axis === "n" && s.vecC, "read"));
+  if (s.residual) lines.push(storageArray("R", next++, s.residual, s.vecC, "read"));
+  return lines.join("\n");
+}
+
+/**
+ * `fn finish4(bi, m, n, v)`: the epilogue for outputs (m, n..n+3) and their store; columns ≥ N and rows ≥ M
+ * are dropped.
+ */
+function epilogue(s: GemmKernelSpec): string {
+  const c = s.c;
+  const lines: string[] = [];
+  lines.push(activationWgsl(s.activation).replaceAll("V", "vec4f"));
+  lines.push("fn finish4(bi: u32, m: u32, n: u32, acc: vec4f) {");
+  lines.push("  if (m >= p.M || n >= p.N) { return; }");
+  lines.push("  let at = p.cOff + bi * p.cBatch + m * p.N + n;");
+  lines.push("  let rat = p.rOff + bi * p.cBatch + m * p.N + n;");
+  lines.push("  var v = p.alpha * acc;");
+  if (s.vecC) {
+    lines.push("  if (p.accumulate != 0u) { v += vec4f(C[at >> 2u]); }");
+  } else {
+    lines.push("  if (p.accumulate != 0u) {");
+    lines.push("    for (var j = 0u; j < 4u; j++) { if (n + j < p.N) { v[j] += f32(C[at + j]); } }");
+    lines.push("  }");
+  }
+  lines.push("  if (p.finalize != 0u) {");
+  if (s.bias?.axis === "m") lines.push("    v += vec4f(f32(Bias[p.biasOff + m]));");
+  if (s.bias?.axis === "n") {
+    lines.push(
+      s.vecC
+        ? "    v += vec4f(Bias[(p.biasOff + n) >> 2u]);"
+        : "    for (var j = 0u; j < 4u; j++) { v[j] += f32(Bias[p.biasOff + min(n + j, p.N - 1u)]); }",
+    );
+  }
+  lines.push("    v = activate(v);");
+  if (s.residual) {
+    lines.push(
+      s.vecC
+        ? "    v += vec4f(R[rat >> 2u]);"
+        : "    for (var j = 0u; j < 4u; j++) { v[j] += f32(R[rat + min(j, p.N - 1u - n)]); }",
+    );
+  }
+  lines.push("  }");
+  if (s.vecC) {
+    lines.push(`  C[at >> 2u] = vec4<${c}>(v);`);
+  } else {
+    lines.push(`  for (var j = 0u; j < 4u; j++) { if (n + j < p.N) { C[at + j] = ${c}(v[j]); } }`);
+  }
+  lines.push("}");
+  return lines.join("\n");
+}
+
+function header(s: GemmKernelSpec, extraEnables: string[]): string {
+  const dtypes = [s.a, s.b, s.c, s.bias?.dtype, s.residual].filter((d): d is DType => !!d);
+  const enables = [...(dtypes.includes("f16") ? ["f16"] : []), ...extraEnables];
+  return `${enables.map((e) => `enable ${e};`).join("\n")}\n${paramsStruct()}\n${bindings(s)}\n${elementReader("A", s.vecA)}\n${elementReader("B", s.vecB)}`;
+}
+
+/** WGSL of the kernel and its workgroup size. */
+export function gemmWgsl(s: GemmKernelSpec): string {
+  return s.tiles.kind === "subgroup" ? subgroupKernel(s, s.tiles) : workgroupKernel(s, s.tiles);
+}
+
+// ---- subgroup-broadcast tiles (CPU adapters) -------------------------------------------------------
+
+/**
+ * Operand roles: the lanes own 4 consecutive indices y of the "owned" operand (B's columns when
+ * laneOwns = n), and the rows x of the "broadcast" operand are each loaded by one lane and shared.
+ * Both are read as elements (x or y, k) through these helpers.
+ */
+function roles(s: GemmKernelSpec, t: SubgroupTiles) {
+  const aAt = (b: string, m: string, k: string) => aIndex(s, b, m, k);
+  const bAt = (b: string, k: string, n: string) => bIndex(s, b, k, n);
+  if (t.laneOwns === "n") {
+    return {
+      xName: "A",
+      xExtent: "p.M",
+      yExtent: "p.N",
+      xAt: (b: string, x: string, k: string) => aAt(b, x, k),
+      yAt: (b: string, y: string, k: string) => bAt(b, k, y),
+      xAlongK: !s.transposeA,
+      xVec: s.vecA,
+      yName: "B",
+      yAlongK: s.transposeB,
+      yVec: s.vecB,
+    };
+  }
+  return {
+    xName: "B",
+    xExtent: "p.N",
+    yExtent: "p.M",
+    xAt: (b: string, x: string, k: string) => bAt(b, k, x),
+    yAt: (b: string, y: string, k: string) => aAt(b, y, k),
+    xAlongK: s.transposeB,
+    xVec: s.vecB,
+    yName: "A",
+    yAlongK: !s.transposeA,
+    yVec: s.vecA,
+  };
+}
+
+function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
+  const r = roles(s, t);
+  const loadsPerLane = t.rows / t.lanes;
+  const out: string[] = [];
+  out.push(header(s, ["subgroups"]));
+  out.push(epilogue(s));
+
+  // Reads of step k + j. With a K tail the last block reads past K: such reads are clamped to the last
+  // step and zeroed (one loop serves all blocks; a separate tail block would double the compile time).
+  const guarded = (k: string, read: (k: string) => string, zero: string) =>
+    s.kTail ? `select(${zero}, ${read(`min(${k}, p.K - 1u)`)}, ${k} < p.K)` : read(k);
+
+  // X(x, k..k+3) for one broadcast row x.
+  out.push("fn x4(bi: u32, x: u32, k: u32) -> vec4f {");
+  if (r.xAlongK && r.xVec) out.push(`  return vec4f(${r.xName}[(${r.xAt("bi", "x", "k")}) >> 2u]);`);
+  else {
+    const el = (j: number) => guarded(`k + ${j}u`, (kk) => `${r.xName}_at(${r.xAt("bi", "x", kk)})`, "0.0");
+    out.push(`  return vec4f(${[0, 1, 2, 3].map(el).join(", ")});`);
+  }
+  out.push("}");
+
+  // Y block: column t holds Y(y[j], k + t) for the lane's 4 owned indices j.
+  const yVec4 = (y: string, k: string) => `vec4f(${r.yName}[(${r.yAt("bi", y, k)}) >> 2u])`;
+  out.push("fn yblock(bi: u32, y: vec4u, k: u32) -> mat4x4f {");
+  if (r.yVec && r.yAlongK) {
+    out.push(`  let r0 = ${yVec4("y[0]", "k")}; let r1 = ${yVec4("y[1]", "k")};`);
+    out.push(`  let r2 = ${yVec4("y[2]", "k")}; let r3 = ${yVec4("y[3]", "k")};`);
+    out.push(
+      "  return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));",
+    );
+  } else if (r.yVec) {
+    // The owned indices are 4 consecutive ones starting 4-aligned: one vector per step.
+    const col = (t: number) => guarded(`k + ${t}u`, (kk) => yVec4("y[0]", kk), "vec4f(0.0)");
+    out.push(`  return mat4x4f(${[0, 1, 2, 3].map(col).join(", ")});`);
+  } else {
+    const col = (t: number) =>
+      `vec4f(${[0, 1, 2, 3].map((j) => guarded(`k + ${t}u`, (kk) => `${r.yName}_at(${r.yAt("bi", `y[${j}]`, kk)})`, "0.0")).join(", ")})`;
+    out.push(`  return mat4x4f(${[0, 1, 2, 3].map(col).join(", ")});`);
+  }
+  out.push("}");
+
+  const step = () => {
+    const body: string[] = [];
+    for (let i = 0; i < loadsPerLane; i++) body.push(`let xa${i} = x4(bi, xr${i}, k);`);
+    body.push("let yb = yblock(bi, yc, k);");
+    for (let row = 0; row < t.rows; row++) {
+      const src = `xa${Math.floor(row / t.lanes)}`;
+      body.push(`{ let a = subgroupBroadcast(${src}, ${row % t.lanes}u);`);
+      body.push(
+        `  acc[${row}] = fma(vec4f(a.x), yb[0], fma(vec4f(a.y), yb[1], fma(vec4f(a.z), yb[2], fma(vec4f(a.w), yb[3], acc[${row}])))); }`,
+      );
+    }
+    return body.map((l) => `    ${l}`).join("\n");
+  };
+
+  out.push(`@compute @workgroup_size(${workgroupSize(t)})`);
+  out.push(
+    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32, @builtin(subgroup_invocation_id) lane: u32) {",
+  );
+  out.push(`  let id = ${LINEAR_WORKGROUP_ID};`);
+  out.push("  let perBatch = p.tilesX * p.tilesY;");
+  out.push("  if (id >= p.batch * perBatch) { return; }");
+  out.push("  let bi = id / perBatch;");
+  out.push("  let tile = id % perBatch;");
+  out.push(`  let sg = lidx / ${t.lanes}u;`);
+  out.push(`  let x0 = (tile / p.tilesY) * ${t.subgroups * t.rows}u + sg * ${t.rows}u;`);
+  out.push(`  let y0 = (tile % p.tilesY) * ${t.lanes * 4}u + lane * 4u;`);
+  out.push(`  let xLast = ${r.xExtent} - 1u;`);
+  out.push(`  let yLast = ${r.yExtent} - 1u;`);
+  for (let i = 0; i < loadsPerLane; i++) out.push(`  let xr${i} = min(x0 + lane + ${i * t.lanes}u, xLast);`);
+  // Vector reads along y need a 4-aligned start: a lane past the end reads the last aligned group.
+  out.push(
+    r.yVec && !r.yAlongK
+      ? "  let yv = min(y0, yLast & ~3u); let yc = vec4u(yv, yv + 1u, yv + 2u, yv + 3u);"
+      : "  let yc = min(vec4u(y0, y0 + 1u, y0 + 2u, y0 + 3u), vec4u(yLast));",
+  );
+  out.push(`  var acc: array<vec4f, ${t.rows}>;`);
+  out.push("  for (var k = 0u; k < p.K; k += 4u) {");
+  out.push(step());
+  out.push("  }");
+  // The epilogue loops up to a uniform (= rows) so that the compiler cannot unroll it: its memory
+  // accesses, a per-lane loop each on llvmpipe, would otherwise be compiled once per row (seconds).
+  if (t.laneOwns === "n") {
+    out.push("  for (var row = 0u; row < p.tileRows; row++) { finish4(bi, x0 + row, y0, acc[row]); }");
+  } else {
+    out.push("  for (var q = 0u; q < p.tileRows; q += 4u) {");
+    out.push("    for (var j = 0u; j < 4u; j++) {");
+    out.push("      finish4(bi, y0 + j, x0 + q, vec4f(acc[q][j], acc[q + 1u][j], acc[q + 2u][j], acc[q + 3u][j]));");
+    out.push("    }");
+    out.push("  }");
+  }
+  out.push("}");
+  return out.join("\n");
+}
+
+// ---- workgroup-memory tiles (GPUs) -----------------------------------------------------------------
+
+function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
+  const threadsN = t.tileN / t.threadN;
+  const threads = workgroupSize(t);
+  const out: string[] = [];
+  out.push(header(s, []));
+  out.push(epilogue(s));
+  out.push(`var<workgroup> As: array<f32, ${t.tileK * t.tileM}>;`);
+  out.push(`var<workgroup> Bs: array<f32, ${t.tileK * t.tileN}>;`);
+  out.push(`@compute @workgroup_size(${threads})`);
+  out.push(
+    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32) {",
+  );
+  out.push(`  let id = ${LINEAR_WORKGROUP_ID};`);
+  out.push("  let perBatch = p.tilesX * p.tilesY;");
+  out.push("  if (id >= p.batch * perBatch) { return; }");
+  out.push("  let bi = id / perBatch;");
+  out.push("  let tile = id % perBatch;");
+  out.push(`  let m0 = (tile / p.tilesY) * ${t.tileM}u;`);
+  out.push(`  let n0 = (tile % p.tilesY) * ${t.tileN}u;`);
+  out.push(`  let tm = (lidx / ${threadsN}u) * ${t.threadM}u;`);
+  out.push(`  let tn = (lidx % ${threadsN}u) * ${t.threadN}u;`);
+  out.push(`  var acc: array<array<f32, ${t.threadN}>, ${t.threadM}>;`);
+  out.push(`  for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {`);
+  // Neighbouring invocations read neighbouring addresses: walk the tile along the operand's contiguous axis.
+  const fill = (tile: string, rows: number, along: "k" | "x", load: (x: string, k: string) => string) => {
+    const count = t.tileK * rows;
+    out.push(`    for (var e = lidx; e < ${count}u; e += ${threads}u) {`);
+    out.push(
+      along === "k"
+        ? `      let kk = e % ${t.tileK}u; let xx = e / ${t.tileK}u;`
+        : `      let kk = e / ${rows}u; let xx = e % ${rows}u;`,
+    );
+    out.push(`      ${tile}[kk * ${rows}u + xx] = ${load("xx", "kk")};`);
+    out.push("    }");
+  };
+  fill("As", t.tileM, s.transposeA ? "x" : "k", (x, k) => {
+    const m = `m0 + ${x}`;
+    const kk = `k0 + ${k}`;
+    return `select(0.0, A_at(${aIndex(s, "bi", `min(${m}, p.M - 1u)`, `min(${kk}, p.K - 1u)`)}), ${m} < p.M && ${kk} < p.K)`;
+  });
+  fill("Bs", t.tileN, s.transposeB ? "k" : "x", (x, k) => {
+    const n = `n0 + ${x}`;
+    const kk = `k0 + ${k}`;
+    return `select(0.0, B_at(${bIndex(s, "bi", `min(${kk}, p.K - 1u)`, `min(${n}, p.N - 1u)`)}), ${n} < p.N && ${kk} < p.K)`;
+  });
+  out.push("    workgroupBarrier();");
+  out.push(`    for (var kk = 0u; kk < ${t.tileK}u; kk++) {`);
+  out.push(`      for (var i = 0u; i < ${t.threadM}u; i++) {`);
+  out.push(`        let a = As[kk * ${t.tileM}u + tm + i];`);
+  out.push(
+    `        for (var j = 0u; j < ${t.threadN}u; j++) { acc[i][j] = fma(a, Bs[kk * ${t.tileN}u + tn + j], acc[i][j]); }`,
+  );
+  out.push("      }");
+  out.push("    }");
+  out.push("    workgroupBarrier();");
+  out.push("  }");
+  out.push("  for (var i = 0u; i < p.tileRows; i++) {");
+  out.push(`    for (var j = 0u; j < ${t.threadN}u; j += 4u) {`);
+  out.push(
+    "      finish4(bi, m0 + tm + i, n0 + tn + j, vec4f(acc[i][j], acc[i][j + 1u], acc[i][j + 2u], acc[i][j + 3u]));",
+  );
+  out.push("    }");
+  out.push("  }");
+  out.push("}");
+  return out.join("\n");
+}
