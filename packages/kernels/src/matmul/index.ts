@@ -146,12 +146,17 @@ export interface GemmCall {
   bindingLimits?: BindingLimits;
 }
 
-export function deviceTiles(device: Device, call: Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">) {
+/** The device's subgroup size when it has subgroups of one fixed size (the broadcast tiles need it), else null. */
+export function fixedSubgroupSize(device: Device): number | null {
   const info = device.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
   const fixed = info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
+  return device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null;
+}
+
+export function deviceTiles(device: Device, call: Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">) {
   return chooseTiles({
     isCpu: device.info.isCpu,
-    subgroupSize: device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null,
+    subgroupSize: fixedSubgroupSize(device),
     maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
     maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
     ...call,

@@ -309,6 +309,38 @@ describe("gemm split over small bindings", () => {
   });
 });
 
+describe("matmul over maxStorageBufferBindingSize", () => {
+  it("splits rows of an activation and an output larger than one binding", async () => {
+    const max = device.limits.maxStorageBufferBindingSize;
+    const K = 4;
+    const N = 4;
+    const M = Math.ceil(max / (K * 4)) + 37; // a [M, K] and out [M, N] f32 are each just over one binding
+    const a = randomArray(M * K, 21);
+    const b = randomArray(K * N, 22);
+    const ta = Tensor.from(device, a, [M, K]);
+    const tb = Tensor.from(device, b, [K, N]);
+    const y = matmul(ta, tb);
+    expect(ta.byteLength).toBeGreaterThan(max);
+    expect(y.byteLength).toBeGreaterThan(max);
+    const got = await y.toFloat32();
+    ta.dispose();
+    tb.dispose();
+    y.dispose();
+    // Checked against the reference on the first and last 100k rows (the split falls in between) plus
+    // a sparse sample: the full reference would take seconds.
+    const rows = [...Array(100_000).keys(), ...Array.from({ length: 100_000 }, (_, i) => M - 1 - i)];
+    for (let m = 100_000; m < M - 100_000; m += 997) rows.push(m);
+    const pick = (src: Float32Array, m: number, width: number) => src.subarray(m * width, (m + 1) * width);
+    const gotRows = new Float32Array(rows.length * N);
+    const wantRows = new Float32Array(rows.length * N);
+    rows.forEach((m, i) => {
+      gotRows.set(pick(got, m, N), i * N);
+      wantRows.set(matmulRef(pick(a, m, K), b, { batch: 1, M: 1, N, K }), i * N);
+    });
+    assertClose(gotRows, wantRows, f32Tol(K));
+  });
+});
+
 describe("matmul and linear", () => {
   it("broadcast a 2-D b over a's batch, and reject mismatched shapes by name", async () => {
     const a = Tensor.from(device, randomArray(2 * 3 * 5 * 4, 9), [2, 3, 5, 4]);

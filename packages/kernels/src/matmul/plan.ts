@@ -83,7 +83,8 @@ function spans(g: GemmGeometry, blk: Block): Record<"a" | "b" | "c", [number, nu
   };
 }
 
-function bindingOf([lo, hi]: [number, number], bytesPerElement: number, align: number): Binding {
+/** The binding of elements [lo, hi] of an operand: from the aligned offset at or below lo, in whole vectors. */
+export function bindingOf([lo, hi]: [number, number], bytesPerElement: number, align: number): Binding {
   const byteOffset = Math.floor((lo * bytesPerElement) / align) * align;
   const byteEnd = Math.ceil(((hi + 1) * bytesPerElement) / VECTOR_BYTES) * VECTOR_BYTES;
   return { byteOffset, byteSize: byteEnd - byteOffset, elementOffset: lo - byteOffset / bytesPerElement };
@@ -109,7 +110,7 @@ function overflow(g: GemmGeometry, blk: Block, limits: BindingLimits): string | 
 }
 
 /** The largest n in [1, max] with fits(n), given fits is monotone (true up to some n, then false). */
-function largest(max: number, fits: (n: number) => boolean): number {
+export function largest(max: number, fits: (n: number) => boolean): number {
   if (fits(max)) return max;
   let good = 1;
   let bad = max;
@@ -127,7 +128,8 @@ function alignedLargest(total: number, align: number, fits: (n: number) => boole
   return largest(Math.floor(total / align), (n) => fits(n * align)) * align;
 }
 
-function chunks(total: number, size: number): [number, number][] {
+/** [start, end) ranges of `size` covering [0, total). */
+export function chunks(total: number, size: number): [number, number][] {
   const out: [number, number][] = [];
   for (let s = 0; s < total; s += size) out.push([s, Math.min(total, s + size)]);
   return out;

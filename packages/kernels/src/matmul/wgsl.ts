@@ -8,7 +8,8 @@
  */
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { type Activation, activationWgsl } from "./activation.ts";
+import type { Activation } from "./activation.ts";
+import { epilogueWgsl } from "./epilogue.ts";
 import { type SubgroupTiles, type TileConfig, tileKey, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
 
 export interface GemmKernelSpec {
@@ -114,51 +115,29 @@ function bindings(s: GemmKernelSpec): string {
   return lines.join("\n");
 }
 
-/**
- * `fn finish4(bi, m, n, v)`: the epilogue for outputs (m, n..n+3) and their store; columns ≥ N and rows ≥ M
- * are dropped.
- */
 function epilogue(s: GemmKernelSpec): string {
-  const c = s.c;
-  const lines: string[] = [];
-  lines.push(activationWgsl(s.activation).replaceAll("V", "vec4f"));
-  lines.push("fn finish4(bi: u32, m: u32, n: u32, acc: vec4f) {");
-  lines.push("  if (m >= p.M || n >= p.N) { return; }");
-  lines.push("  let at = p.cOff + bi * p.cBatch + m * p.N + n;");
-  lines.push("  let rat = p.rOff + bi * p.cBatch + m * p.N + n;");
-  lines.push("  var v = p.alpha * acc;");
-  if (s.vecC) {
-    lines.push("  if (p.accumulate != 0u) { v += vec4f(C[at >> 2u]); }");
-  } else {
-    lines.push("  if (p.accumulate != 0u) {");
-    lines.push("    for (var j = 0u; j < 4u; j++) { if (n + j < p.N) { v[j] += f32(C[at + j]); } }");
-    lines.push("  }");
-  }
-  lines.push("  if (p.finalize != 0u) {");
-  if (s.bias?.axis === "m") lines.push("    v += vec4f(f32(Bias[p.biasOff + m]));");
-  if (s.bias?.axis === "n") {
-    lines.push(
-      s.vecC
-        ? "    v += vec4f(Bias[(p.biasOff + n) >> 2u]);"
-        : "    for (var j = 0u; j < 4u; j++) { v[j] += f32(Bias[p.biasOff + min(n + j, p.N - 1u)]); }",
-    );
-  }
-  lines.push("    v = activate(v);");
-  if (s.residual) {
-    lines.push(
-      s.vecC
-        ? "    v += vec4f(R[rat >> 2u]);"
-        : "    for (var j = 0u; j < 4u; j++) { v[j] += f32(R[rat + min(j, p.N - 1u - n)]); }",
-    );
-  }
-  lines.push("  }");
-  if (s.vecC) {
-    lines.push(`  C[at >> 2u] = vec4<${c}>(v);`);
-  } else {
-    lines.push(`  for (var j = 0u; j < 4u; j++) { if (n + j < p.N) { C[at + j] = ${c}(v[j]); } }`);
-  }
-  lines.push("}");
-  return lines.join("\n");
+  const bias =
+    s.bias?.axis === "m"
+      ? "vec4f(f32(Bias[p.biasOff + m]))"
+      : s.bias?.axis === "n"
+        ? s.vecC
+          ? "vec4f(Bias[(p.biasOff + n) >> 2u])"
+          : `vec4f(${[0, 1, 2, 3].map((j) => `f32(Bias[p.biasOff + min(n + ${j}u, p.N - 1u)])`).join(", ")})`
+        : null;
+  return epilogueWgsl({
+    out: s.c,
+    residual: s.residual,
+    activation: s.activation,
+    alpha: true,
+    vec: s.vecC,
+    params: "bi: u32, m: u32, n: u32",
+    locate: [
+      "  let live = select(min(p.N - min(n, p.N), 4u), 0u, m >= p.M);",
+      "  let at = p.cOff + bi * p.cBatch + m * p.N + n;",
+      "  let rat = p.rOff + bi * p.cBatch + m * p.N + n;",
+    ].join("\n"),
+    bias,
+  });
 }
 
 function header(s: GemmKernelSpec, extraEnables: string[]): string {

@@ -1,0 +1,185 @@
+import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Activation } from "../matmul/activation.ts";
+import { fixedSubgroupSize } from "../matmul/index.ts";
+import { assertClose, randomArray } from "../testing.ts";
+import { type Conv2dInternals, type Conv2dOptions, conv2d } from "./index.ts";
+import { planConv } from "./plan.ts";
+import { conv2dRef } from "./reference.ts";
+import { chooseConvTiles } from "./wgsl.ts";
+
+let device: Device;
+beforeAll(async () => {
+  device = await Device.create();
+});
+afterAll(() => device?.destroy());
+
+/** f32 sums of `terms` products, ordered differently from the float64 reference. */
+const f32Tol = (terms: number) => ({ atol: 2e-6 * Math.sqrt(terms + 1) + 1e-6, rtol: 1e-5 });
+
+interface Case {
+  x: [number, number, number, number];
+  w: [number, number, number, number];
+  stride?: number | [number, number];
+  padding?: number | [number, number, number, number];
+  bias?: boolean;
+  residual?: boolean;
+  activation?: Activation;
+  dtype?: "f32" | "f16";
+}
+
+async function check(c: Case, tol: { atol: number; rtol?: number }, internals: Conv2dInternals = {}, seed = 1) {
+  const dtype = c.dtype ?? "f32";
+  const round = (v: Float32Array) => (dtype === "f16" ? f16ArrayToF32(f32ArrayToF16(v)) : v);
+  const x = round(
+    randomArray(
+      c.x.reduce((p, q) => p * q),
+      seed,
+    ),
+  );
+  const w = round(
+    randomArray(
+      c.w.reduce((p, q) => p * q),
+      seed + 1,
+      0.5,
+    ),
+  );
+  const bias = c.bias ? round(randomArray(c.w[0], seed + 2)) : undefined;
+  const opts = { stride: c.stride, padding: c.padding, activation: c.activation };
+  const shape = conv2dRef(new Float32Array(c.x.reduce((p, q) => p * q)), c.x, w, c.w, opts).length;
+  const want0 = conv2dRef(x, c.x, w, c.w, { ...opts, bias });
+  const residual = c.residual ? round(randomArray(shape, seed + 3)) : undefined;
+  const want = residual ? want0.map((v, i) => v + residual[i]) : want0;
+  const tx = Tensor.from(device, x, c.x, dtype);
+  const tw = Tensor.from(device, w, c.w, dtype);
+  const tb = bias && Tensor.from(device, bias, [c.w[0]], dtype);
+  const out0 = conv2d(tx, tw, { ...opts, bias: tb } as Conv2dOptions, internals);
+  const tr = residual && Tensor.from(device, residual, out0.shape, dtype);
+  const out = tr ? conv2d(tx, tw, { ...opts, bias: tb, residual: tr } as Conv2dOptions, internals) : out0;
+  const got = await out.toFloat32();
+  for (const t of [tx, tw, tb, tr, out0, out]) t?.dispose();
+  assertClose(got, want, tol, JSON.stringify(c));
+}
+
+describe("chooseConvTiles", () => {
+  it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
+    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320 };
+    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16 });
+    expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
+    expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
+    expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
+  });
+});
+
+describe("planConv", () => {
+  const g = { batch: 2, cin: 6, cout: 5, inPlane: 100, outPlane: 64, taps: 9, bytes: { x: 4, w: 4, out: 4 } };
+  it("is one piece when everything fits, else splits input and output channels", () => {
+    expect(planConv("t", g, { maxBindingBytes: 1 << 20, offsetAlignment: 256 })).toHaveLength(1);
+    const pieces = planConv("t", g, { maxBindingBytes: 1024, offsetAlignment: 256 });
+    expect(pieces.every((p) => p.x.byteSize <= 1024 && p.w.byteSize <= 1024 && p.out.byteSize <= 1024)).toBe(true);
+    const first = pieces.filter((p) => p.b0 === 0 && p.co0 === 0);
+    expect(first.map((p) => [p.ci0, p.accumulate, p.finalize])).toEqual(
+      first.map((p, i) => [p.ci0, i > 0, i === first.length - 1]),
+    );
+    expect(first.map((p) => p.ci1 - p.ci0).reduce((a, b) => a + b)).toBe(6);
+  });
+  it("names an operand that does not fit even one channel", () => {
+    expect(() => planConv("t", { ...g, inPlane: 1000 }, { maxBindingBytes: 1024, offsetAlignment: 256 })).toThrow(
+      /'x' does not fit/,
+    );
+  });
+});
+
+const plain: Conv2dInternals = { tiles: { kind: "plain", rows: 4, pixelLanes: 16, channelGroups: 4 } };
+
+// Each geometry compiles its own pipeline (about a second on lavapipe): few, chosen to cover odd sizes,
+// both strides, asymmetric padding, size-1 dimensions and vector or scalar output access.
+describe("conv2d with the device's kernel", () => {
+  it("matches the reference on odd shapes, strides and paddings", async () => {
+    await check({ x: [2, 3, 5, 7], w: [5, 3, 3, 3], padding: 1 }, f32Tol(27));
+    await check({ x: [1, 4, 9, 11], w: [1, 4, 3, 3], stride: 2, padding: 1 }, f32Tol(36));
+    // The VAE Downsample: pad (0, 1, 0, 1), 3×3, stride 2, no other padding.
+    await check({ x: [1, 3, 8, 6], w: [2, 3, 3, 3], stride: 2, padding: [0, 1, 0, 1] }, f32Tol(27));
+    await check({ x: [1, 2, 6, 9], w: [17, 2, 1, 3], stride: [1, 2], padding: [0, 0, 2, 1] }, f32Tol(6));
+    // 1×1: through the matmul, and on the direct kernel.
+    await check({ x: [2, 5, 3, 7], w: [6, 5, 1, 1] }, f32Tol(5));
+    await check({ x: [2, 5, 3, 7], w: [6, 5, 1, 1] }, f32Tol(5), { direct: true });
+  });
+
+  it("fuses bias, activation and residual, with vector output rows", async () => {
+    await check(
+      { x: [1, 6, 8, 8], w: [20, 6, 3, 3], padding: 1, bias: true, residual: true, activation: "silu" },
+      { atol: f32Tol(54).atol + 1e-6, rtol: 1e-5 },
+    );
+    await check({ x: [2, 5, 4, 8], w: [6, 5, 1, 1], bias: true, residual: true, activation: "gelu" }, f32Tol(5));
+  });
+
+  it("stores and reads f16", async () => {
+    if (!device.features.shaderF16) return;
+    // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
+    await check(
+      { x: [1, 3, 7, 5], w: [4, 3, 3, 3], padding: 1, bias: true, dtype: "f16" },
+      { atol: 2e-3, rtol: 2 ** -10 },
+    );
+  });
+
+  it("rejects bad geometry by name", () => {
+    const x = Tensor.zeros(device, [1, 3, 4, 4]);
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 4, 3, 3]))).toThrow(/4 input channels but x .* has 3/);
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 3, 5, 5]))).toThrow(/5×5 kernel does not fit/);
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 3, 3, 3]), { stride: 0 })).toThrow(/stride must be an integer ≥ 1/);
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 3, 3, 3]), { padding: [1, 1] as never })).toThrow(/padding/);
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 3, 3, 3]), { bias: Tensor.zeros(device, [3]) })).toThrow(
+      /bias .* \[2\]/,
+    );
+    x.dispose();
+  });
+});
+
+describe("conv2d with per-invocation weights (GPUs)", () => {
+  it("matches the reference", async () => {
+    await check({ x: [2, 3, 5, 7], w: [5, 3, 3, 3], padding: 1, bias: true, residual: true }, f32Tol(27), plain);
+  });
+});
+
+describe("conv2d over split bindings", () => {
+  it("splits input channels (accumulating), output channels and batch items", async () => {
+    const limits = { maxBindingBytes: 1024, offsetAlignment: 256 };
+    if (fixedSubgroupSize(device) !== null) {
+      await check({ x: [2, 5, 7, 6], w: [6, 5, 3, 3], padding: 1, bias: true, residual: true }, f32Tol(45), {
+        bindingLimits: limits,
+      });
+    }
+    // The 1×1 path splits as a matmul.
+    await check({ x: [2, 5, 7, 6], w: [6, 5, 1, 1], bias: true }, f32Tol(5), { bindingLimits: limits });
+  });
+
+  it("convolves an input larger than maxStorageBufferBindingSize", async () => {
+    const max = device.limits.maxStorageBufferBindingSize;
+    const cin = 5;
+    const side = Math.ceil(Math.sqrt(max / (cin * 4))) + 3; // x [1, 5, side, side] f32 just over one binding
+    const x = randomArray(cin * side * side, 31);
+    const w = randomArray(cin * 9, 32, 0.5);
+    const tx = Tensor.from(device, x, [1, cin, side, side]);
+    const tw = Tensor.from(device, w, [1, cin, 3, 3]);
+    expect(tx.byteLength).toBeGreaterThan(max);
+    const y = conv2d(tx, tw, { padding: 1 });
+    const got = await y.toFloat32();
+    for (const t of [tx, tw, y]) t.dispose();
+    // The reference on a band of rows at the top, the middle and the bottom (the whole would take seconds).
+    for (const r0 of [0, Math.floor(side / 2), side - 6]) {
+      const band = new Float32Array(cin * 8 * side);
+      const lo = Math.max(0, r0 - 1);
+      const hi = Math.min(side, r0 + 7);
+      for (let ci = 0; ci < cin; ci++) {
+        band.set(x.subarray((ci * side + lo) * side, (ci * side + hi) * side), ci * (hi - lo) * side);
+      }
+      // Padding the band like the image: zero rows only at the image's own edges.
+      const want = conv2dRef(band.subarray(0, cin * (hi - lo) * side), [1, cin, hi - lo, side], w, [1, cin, 3, 3], {
+        padding: [r0 === 0 ? 1 : 0, hi === side ? 1 : 0, 1, 1],
+      });
+      const rows = want.length / side;
+      assertClose(got.subarray(r0 * side, (r0 + rows) * side), want, f32Tol(45), `rows from ${r0}`);
+    }
+  });
+});

@@ -1,0 +1,258 @@
+/**
+ * 2-D convolution on NCHW: out[b, co] = act(Σ_{ci,dy,dx} w[co, ci, dy, dx] · x[b, ci, oh·sh + dy − top,
+ * ow·sw + dx − left] + bias[co]) + residual[b, co], with zero padding that may differ per side (the VAE's
+ * Downsample pads only bottom and right). 1×1 convolutions with stride 1 and no padding are matmuls
+ * (weight [Cout, Cin] × x[b] [Cin, H·W]); every other one runs the direct kernel. Either way, tensors
+ * larger than one storage binding are split over batch items and channels.
+ */
+import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor, Uniforms } from "@ldm/tensor";
+import { foldGrid } from "../common/grid.ts";
+import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { type Activation, assertActivation } from "../matmul/activation.ts";
+import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
+import type { Binding, BindingLimits } from "../matmul/plan.ts";
+import type { TileConfig } from "../matmul/tiles.ts";
+import { planConv } from "./plan.ts";
+import { CONV_PARAMS, type ConvTiles, chooseConvTiles, convKey, convWgsl, convWorkgroup } from "./wgsl.ts";
+
+export interface Conv2dOptions {
+  /** [Cout]. */
+  bias?: Tensor;
+  /** One stride for both axes, or [vertical, horizontal]. */
+  stride?: number | readonly [number, number];
+  /** Zeros on every side, or [top, bottom, left, right]. */
+  padding?: number | readonly [number, number, number, number];
+  /** [B, Cout, Ho, Wo], added after the bias and activation. */
+  residual?: Tensor;
+  activation?: Activation;
+}
+
+/** Strategy overrides for tests. */
+export interface Conv2dInternals {
+  tiles?: ConvTiles;
+  gemmTiles?: TileConfig;
+  bindingLimits?: BindingLimits;
+  /** Run 1×1 convolutions on the direct kernel too. */
+  direct?: boolean;
+}
+
+const FLOATS: readonly DType[] = ["f32", "f16"];
+
+function pair(op: string, name: string, v: number | readonly number[], count: 2 | 4, min: number): number[] {
+  const values = typeof v === "number" ? new Array<number>(count).fill(v) : [...v];
+  if (values.length !== count || values.some((s) => !Number.isInteger(s) || s < min)) {
+    throw new Error(`${op}: ${name} must be an integer ≥ ${min} or ${count} of them, got ${JSON.stringify(v)}`);
+  }
+  return values;
+}
+
+export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, internals: Conv2dInternals = {}): Tensor {
+  const op = "conv2d";
+  const { bias, residual, activation = "none" } = options;
+  assertActivation(op, activation);
+  if (x.shape.length !== 4) throw new Error(`${op}: x ${x} must be [B, Cin, H, W]`);
+  if (w.shape.length !== 4) throw new Error(`${op}: weight ${w} must be [Cout, Cin, kh, kw]`);
+  const [batch, cin, H, W] = x.shape;
+  const [cout, wCin, kh, kw] = w.shape;
+  if (wCin !== cin) throw new Error(`${op}: weight ${w} expects ${wCin} input channels but x ${x} has ${cin}`);
+  const [strideH, strideW] = pair(op, "stride", options.stride ?? 1, 2, 1);
+  const [padTop, padBottom, padLeft, padRight] = pair(op, "padding", options.padding ?? 0, 4, 0);
+  const Ho = Math.floor((H + padTop + padBottom - kh) / strideH) + 1;
+  const Wo = Math.floor((W + padLeft + padRight - kw) / strideW) + 1;
+  if (kh === 0 || kw === 0 || Ho < 1 || Wo < 1) {
+    throw new Error(
+      `${op}: a ${kh}×${kw} kernel does not fit x ${x} padded by [${padTop}, ${padBottom}, ${padLeft}, ${padRight}]`,
+    );
+  }
+  const outShape = [batch, cout, Ho, Wo];
+  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== cout)) {
+    throw new Error(`${op}: bias ${bias} must be [${cout}] (one per output channel)`);
+  }
+  if (residual && !shapesEqual(residual.shape, outShape)) {
+    throw new Error(`${op}: residual ${residual} must have the output's shape ${formatShape(outShape)}`);
+  }
+  const named: [string, Tensor | undefined][] = [
+    ["x", x],
+    ["weight", w],
+    ["bias", bias],
+    ["residual", residual],
+  ];
+  for (const [name, t] of named) {
+    if (!t) continue;
+    assertDType(op, name, t, FLOATS);
+    if (t.device !== x.device) throw new Error(`${op}: ${name} ${t} lives on another device`);
+  }
+  const device = x.device;
+  const out = Tensor.empty(device, outShape, x.dtype);
+
+  const pointwise =
+    kh === 1 && kw === 1 && strideH === 1 && strideW === 1 && padTop + padBottom + padLeft + padRight === 0;
+  if (pointwise && !internals.direct) {
+    gemm({
+      op,
+      a: w,
+      b: x,
+      out,
+      batch,
+      M: cout,
+      N: H * W,
+      K: cin,
+      transposeA: false,
+      transposeB: false,
+      aBatchStride: 0,
+      bBatchStride: cin * H * W,
+      bias: bias ? { tensor: bias, axis: "m" } : undefined,
+      residual,
+      activation,
+      alpha: 1,
+      tiles: internals.gemmTiles,
+      bindingLimits: internals.bindingLimits,
+    });
+    return out;
+  }
+  direct(device, {
+    x,
+    w,
+    out,
+    bias,
+    residual,
+    activation,
+    geometry: { batch, cin, cout, H, W, Ho, Wo, kh, kw, strideH, strideW, padTop, padLeft },
+    internals,
+  });
+  return out;
+}
+
+interface DirectCall {
+  x: Tensor;
+  w: Tensor;
+  out: Tensor;
+  bias?: Tensor;
+  residual?: Tensor;
+  activation: Activation;
+  geometry: {
+    batch: number;
+    cin: number;
+    cout: number;
+    H: number;
+    W: number;
+    Ho: number;
+    Wo: number;
+    kh: number;
+    kw: number;
+    strideH: number;
+    strideW: number;
+    padTop: number;
+    padLeft: number;
+  };
+  internals: Conv2dInternals;
+}
+
+function slice(t: Tensor, b: Binding) {
+  return { buffer: t.buffer, offset: b.byteOffset, size: Math.min(b.byteSize, t.buffer.size - b.byteOffset) };
+}
+
+function direct(device: Device, call: DirectCall): void {
+  const { x, w, out, bias, residual, activation, internals } = call;
+  const g = call.geometry;
+  wgslEnables(
+    device,
+    x.dtype,
+    w.dtype,
+    out.dtype,
+    ...(bias ? [bias.dtype] : []),
+    ...(residual ? [residual.dtype] : []),
+  );
+  if (bias) assertBindable("conv2d", { bias });
+  const taps = g.kh * g.kw;
+  const inPlane = g.H * g.W;
+  const outPlane = g.Ho * g.Wo;
+  const pieces = planConv(
+    "conv2d",
+    {
+      batch: g.batch,
+      cin: g.cin,
+      cout: g.cout,
+      inPlane,
+      outPlane,
+      taps,
+      bytes: {
+        x: DTYPE_BYTES[x.dtype],
+        w: DTYPE_BYTES[w.dtype],
+        out: DTYPE_BYTES[out.dtype],
+        residual: residual ? DTYPE_BYTES[residual.dtype] : undefined,
+      },
+    },
+    internals.bindingLimits ?? {
+      maxBindingBytes: device.limits.maxStorageBufferBindingSize,
+      offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
+    },
+  );
+  const tiles =
+    internals.tiles ??
+    chooseConvTiles({
+      isCpu: device.info.isCpu,
+      subgroupSize: fixedSubgroupSize(device),
+      maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
+      cout: g.cout,
+    });
+  const spec = {
+    tiles,
+    kh: g.kh,
+    kw: g.kw,
+    strideH: g.strideH,
+    strideW: g.strideW,
+    padTop: g.padTop,
+    padLeft: g.padLeft,
+    x: x.dtype,
+    w: w.dtype,
+    out: out.dtype,
+    bias: bias?.dtype ?? null,
+    residual: residual?.dtype ?? null,
+    activation,
+    vecOut: g.Wo % 4 === 0,
+  };
+  const pipeline = device.pipeline(convKey(spec), () => convWgsl(spec));
+  const wg = convWorkgroup(tiles);
+  const blocksPerRow = Math.ceil(g.Wo / 4);
+  for (const piece of pieces) {
+    const batches = piece.b1 - piece.b0;
+    const channels = piece.co1 - piece.co0;
+    const tilesX = Math.ceil(channels / wg.channels);
+    const tilesY = Math.ceil((g.Ho * blocksPerRow) / wg.blocks);
+    const values: Record<(typeof CONV_PARAMS)[number], number> = {
+      batch: batches,
+      cin: piece.ci1 - piece.ci0,
+      cout: channels,
+      H: g.H,
+      W: g.W,
+      Ho: g.Ho,
+      Wo: g.Wo,
+      blocksPerRow,
+      xBatch: g.cin * inPlane,
+      xOff: piece.x.elementOffset,
+      wCo: g.cin * taps,
+      wOff: piece.w.elementOffset,
+      cBatch: g.cout * outPlane,
+      cOff: piece.out.elementOffset,
+      rOff: piece.residual?.elementOffset ?? 0,
+      biasOff: piece.co0,
+      accumulate: piece.accumulate ? 1 : 0,
+      finalize: piece.finalize ? 1 : 0,
+      tilesX,
+      tilesY,
+      tileRows: tiles.rows,
+    };
+    const uniforms = new Uniforms();
+    for (const name of CONV_PARAMS) uniforms.u32(values[name]);
+    const buffers = [slice(x, piece.x), slice(w, piece.w), slice(out, piece.out)];
+    if (bias) buffers.push({ buffer: bias.buffer, offset: 0, size: bias.buffer.size });
+    if (residual && piece.residual) buffers.push(slice(residual, piece.residual));
+    device.dispatch({
+      pipeline,
+      buffers,
+      uniforms: uniforms.bytes(),
+      workgroups: foldGrid(batches * tilesX * tilesY, device.limits.maxComputeWorkgroupsPerDimension),
+    });
+  }
+}

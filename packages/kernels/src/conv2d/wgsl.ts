@@ -1,0 +1,205 @@
+/**
+ * WGSL for the direct (implicit-GEMM) convolution kernel on NCHW.
+ *
+ * Each invocation computes `rows` output channels × 4 consecutive output pixels of one output row. Per
+ * input channel and kernel row it reads the input row window those 4 pixels see (3·stride + kw values,
+ * shared by all kw taps) and one weight per tap and channel, and accumulates outer products. On CPU
+ * adapters the channels' weights are read once per subgroup and shared with subgroupBroadcast (see
+ * matmul/tiles.ts for why); elsewhere each invocation reads its own.
+ */
+import type { DType } from "@ldm/tensor";
+import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import type { Activation } from "../matmul/activation.ts";
+import { epilogueWgsl } from "../matmul/epilogue.ts";
+
+export type ConvTiles =
+  | { kind: "subgroup"; lanes: number; subgroups: number; rows: number }
+  | { kind: "plain"; rows: number; pixelLanes: number; channelGroups: number };
+
+export interface ConvTileInputs {
+  isCpu: boolean;
+  subgroupSize: number | null;
+  maxInvocations: number;
+  cout: number;
+}
+
+export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
+  const lanes = inp.subgroupSize;
+  if (inp.isCpu && lanes !== null && [4, 8, 16].includes(lanes)) {
+    const rows = Math.max(16, lanes);
+    const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
+    const subgroups = Math.min(maxSubgroups, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(inp.cout / rows)))));
+    return { kind: "subgroup", lanes, subgroups, rows };
+  }
+  return { kind: "plain", rows: 4, pixelLanes: 16, channelGroups: Math.min(4, Math.floor(inp.maxInvocations / 16)) };
+}
+
+/** Output channels and 4-pixel blocks one workgroup covers, and its invocation count. */
+export function convWorkgroup(t: ConvTiles): { channels: number; blocks: number; size: number } {
+  return t.kind === "subgroup"
+    ? { channels: t.subgroups * t.rows, blocks: t.lanes, size: t.lanes * t.subgroups }
+    : { channels: t.channelGroups * t.rows, blocks: t.pixelLanes, size: t.pixelLanes * t.channelGroups };
+}
+
+export interface ConvKernelSpec {
+  tiles: ConvTiles;
+  kh: number;
+  kw: number;
+  strideH: number;
+  strideW: number;
+  padTop: number;
+  padLeft: number;
+  x: DType;
+  w: DType;
+  out: DType;
+  bias: DType | null;
+  residual: DType | null;
+  activation: Activation;
+  /** Wo is a multiple of 4: the output and residual are accessed as vec4. */
+  vecOut: boolean;
+}
+
+export const CONV_PARAMS = [
+  "batch",
+  "cin",
+  "cout",
+  "H",
+  "W",
+  "Ho",
+  "Wo",
+  "blocksPerRow",
+  "xBatch",
+  "xOff",
+  "wCo",
+  "wOff",
+  "cBatch",
+  "cOff",
+  "rOff",
+  "biasOff",
+  "accumulate",
+  "finalize",
+  "tilesX",
+  "tilesY",
+  "tileRows",
+] as const;
+
+export function convKey(s: ConvKernelSpec): string {
+  const t = s.tiles;
+  const tiles =
+    t.kind === "subgroup" ? `sg${t.lanes}x${t.subgroups}r${t.rows}` : `pl${t.rows}x${t.pixelLanes}x${t.channelGroups}`;
+  const geometry = `${s.kh}x${s.kw}s${s.strideH}x${s.strideW}p${s.padTop}x${s.padLeft}`;
+  return `conv2d:${tiles}:${geometry}:${s.x}${s.w}${s.out}:${s.bias ?? "-"}:${s.residual ?? "-"}:${s.activation}:${s.vecOut ? "v" : "s"}`;
+}
+
+/** Kernel taps up to this many are unrolled over kernel rows too (one loop iteration per input channel). */
+const UNROLL_TAPS = 16;
+
+export function convWgsl(s: ConvKernelSpec): string {
+  const t = s.tiles;
+  const shared = t.kind === "subgroup";
+  const dtypes = [s.x, s.w, s.out, s.bias, s.residual];
+  const enables = [...(dtypes.includes("f16") ? ["f16"] : []), ...(shared ? ["subgroups"] : [])];
+  const outType = s.vecOut ? `vec4<${s.out}>` : s.out;
+  const out: string[] = [];
+  out.push(enables.map((e) => `enable ${e};`).join("\n"));
+  out.push(`struct Params { ${CONV_PARAMS.map((f) => `${f}: u32,`).join(" ")} }`);
+  out.push("@group(0) @binding(0) var<uniform> p: Params;");
+  out.push(`@group(0) @binding(1) var<storage, read> X: array<${s.x}>;`);
+  out.push(`@group(0) @binding(2) var<storage, read> Wt: array<${s.w}>;`);
+  out.push(`@group(0) @binding(3) var<storage, read_write> C: array<${outType}>;`);
+  let binding = 4;
+  if (s.bias) out.push(`@group(0) @binding(${binding++}) var<storage, read> Bias: array<${s.bias}>;`);
+  if (s.residual) {
+    out.push(
+      `@group(0) @binding(${binding++}) var<storage, read> R: array<${s.vecOut ? `vec4<${s.residual}>` : s.residual}>;`,
+    );
+  }
+  out.push(
+    epilogueWgsl({
+      out: s.out,
+      residual: s.residual,
+      activation: s.activation,
+      alpha: false,
+      vec: s.vecOut,
+      params: "bi: u32, co: u32, oh: u32, ow0: u32, valid: bool",
+      locate: [
+        "  let live = select(min(p.Wo - ow0, 4u), 0u, !valid || co >= p.cout);",
+        "  let at = p.cOff + bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;",
+        "  let rat = p.rOff + bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;",
+      ].join("\n"),
+      bias: s.bias ? "vec4f(f32(Bias[p.biasOff + co]))" : null,
+    }),
+  );
+  // Input value at column iw of a row starting at `row`, zero outside the image (padding).
+  out.push("fn xin(row: u32, iw: i32, rowOk: bool) -> f32 {");
+  out.push("  let inside = rowOk && iw >= 0 && iw < i32(p.W);");
+  out.push("  return select(0.0, f32(X[row + u32(clamp(iw, 0, i32(p.W) - 1))]), inside);");
+  out.push("}");
+
+  const wg = convWorkgroup(t);
+  const rows = t.rows;
+  out.push(`@compute @workgroup_size(${wg.size})`);
+  out.push(
+    `fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32${shared ? ", @builtin(subgroup_invocation_id) lane: u32" : ""}) {`,
+  );
+  out.push(`  let id = ${LINEAR_WORKGROUP_ID};`);
+  out.push("  let perBatch = p.tilesX * p.tilesY;");
+  out.push("  if (id >= p.batch * perBatch) { return; }");
+  out.push("  let bi = id / perBatch;");
+  out.push("  let tile = id % perBatch;");
+  if (shared) {
+    out.push(`  let co0 = (tile / p.tilesY) * ${wg.channels}u + (lidx / ${t.lanes}u) * ${rows}u;`);
+    out.push(`  let blk = (tile % p.tilesY) * ${t.lanes}u + lane;`);
+  } else {
+    out.push(`  let co0 = (tile / p.tilesY) * ${wg.channels}u + (lidx / ${t.pixelLanes}u) * ${rows}u;`);
+    out.push(`  let blk = (tile % p.tilesY) * ${t.pixelLanes}u + lidx % ${t.pixelLanes}u;`);
+  }
+  out.push("  let blocks = p.Ho * p.blocksPerRow;");
+  out.push("  let valid = blk < blocks;");
+  out.push("  let b = min(blk, blocks - 1u);");
+  out.push("  let oh = b / p.blocksPerRow;");
+  out.push("  let ow0 = (b % p.blocksPerRow) * 4u;");
+  out.push(`  let ihBase = i32(oh * ${s.strideH}u) - ${s.padTop};`);
+  out.push(`  let iwBase = i32(ow0 * ${s.strideW}u) - ${s.padLeft};`);
+  out.push("  let xBase = p.xOff + bi * p.xBatch;");
+  // Weight rows read by this invocation: one per `lanes` channels when shared, else its own channels.
+  const loaders = shared ? rows / t.lanes : rows;
+  for (let i = 0; i < loaders; i++) {
+    const co = shared ? `co0 + lane + ${i * t.lanes}u` : `co0 + ${i}u`;
+    out.push(`  let wr${i} = p.wOff + min(${co}, p.cout - 1u) * p.wCo;`);
+  }
+  out.push(`  var acc: array<vec4f, ${rows}>;`);
+  out.push("  for (var ci = 0u; ci < p.cin; ci++) {");
+  out.push("    let plane = xBase + ci * p.H * p.W;");
+  out.push(`    let wci = ci * ${s.kh * s.kw}u;`);
+  const used = new Set<number>();
+  for (let j = 0; j < 4; j++) for (let dx = 0; dx < s.kw; dx++) used.add(j * s.strideW + dx);
+  const tapRow = (dy: string, indent: string) => {
+    const b: string[] = [];
+    b.push(`let ih = ihBase + i32(${dy});`);
+    b.push("let rowOk = ih >= 0 && ih < i32(p.H);");
+    b.push("let row = plane + u32(clamp(ih, 0, i32(p.H) - 1)) * p.W;");
+    for (const c of [...used].sort((x, y) => x - y)) b.push(`let v${c} = xin(row, iwBase + ${c}, rowOk);`);
+    for (let i = 0; i < loaders; i++) {
+      for (let dx = 0; dx < s.kw; dx++) b.push(`let w${i}_${dx} = f32(Wt[wr${i} + wci + ${dy} * ${s.kw}u + ${dx}u]);`);
+    }
+    for (let r = 0; r < rows; r++) {
+      for (let dx = 0; dx < s.kw; dx++) {
+        const w = shared ? `subgroupBroadcast(w${Math.floor(r / t.lanes)}_${dx}, ${r % t.lanes}u)` : `w${r}_${dx}`;
+        const xs = [0, 1, 2, 3].map((j) => `v${j * s.strideW + dx}`).join(", ");
+        b.push(`acc[${r}] = fma(vec4f(${w}), vec4f(${xs}), acc[${r}]);`);
+      }
+    }
+    return b.map((l) => indent + l).join("\n");
+  };
+  if (s.kh * s.kw <= UNROLL_TAPS) {
+    for (let dy = 0; dy < s.kh; dy++) out.push(`    {\n${tapRow(`${dy}u`, "      ")}\n    }`);
+  } else {
+    out.push(`    for (var dy = 0u; dy < ${s.kh}u; dy++) {\n${tapRow("dy", "      ")}\n    }`);
+  }
+  out.push("  }");
+  // A uniform bound keeps the compiler from unrolling the epilogue (see matmul/wgsl.ts).
+  out.push("  for (var r = 0u; r < p.tileRows; r++) { finish4(bi, co0 + r, oh, ow0, valid, acc[r]); }");
+  out.push("}");
+  return out.join("\n");
+}

@@ -1,0 +1,58 @@
+/**
+ * The fused epilogue shared by the GEMM and convolution kernels, as one WGSL function
+ * `finish4(<coordinates>, acc: vec4f)` that finishes and stores four consecutive outputs:
+ *
+ *   v = alpha · acc (+ the partial sum already stored, when a split reduction continues)
+ *   on the last part of the reduction: v = activation(v + bias) + residual
+ *
+ * It reads the uniforms `p.accumulate`, `p.finalize` (and `p.alpha` when enabled), the output `C` and the
+ * residual `R`.
+ */
+import type { DType } from "@ldm/tensor";
+import { type Activation, activationWgsl } from "./activation.ts";
+
+export interface EpilogueSpec {
+  out: DType;
+  residual: DType | null;
+  activation: Activation;
+  /** Scale the accumulator by the uniform `p.alpha`. */
+  alpha: boolean;
+  /** The four outputs start 4-aligned and all exist: C and R are declared and accessed as vec4. */
+  vec: boolean;
+  /** finish4's coordinate parameters, e.g. "bi: u32, m: u32, n: u32". */
+  params: string;
+  /**
+   * Statements defining `at` and `rat` (element index in C and in R of the first output) and `live`
+   * (how many of the four exist, 0–4); they may return early.
+   */
+  locate: string;
+  /** A vec4f expression of the bias for the four outputs, or null. */
+  bias: string | null;
+}
+
+export function epilogueWgsl(e: EpilogueSpec): string {
+  const lines = [activationWgsl(e.activation).replaceAll("V", "vec4f")];
+  lines.push(`fn finish4(${e.params}, acc: vec4f) {`);
+  lines.push(e.locate);
+  lines.push("  if (live == 0u) { return; }");
+  lines.push(e.alpha ? "  var v = p.alpha * acc;" : "  var v = acc;");
+  lines.push(
+    e.vec
+      ? "  if (p.accumulate != 0u) { v += vec4f(C[at >> 2u]); }"
+      : "  if (p.accumulate != 0u) { for (var j = 0u; j < live; j++) { v[j] += f32(C[at + j]); } }",
+  );
+  lines.push("  if (p.finalize != 0u) {");
+  if (e.bias) lines.push(`    v += ${e.bias};`);
+  lines.push("    v = activate(v);");
+  if (e.residual) {
+    lines.push(
+      e.vec ? "    v += vec4f(R[rat >> 2u]);" : "    for (var j = 0u; j < live; j++) { v[j] += f32(R[rat + j]); }",
+    );
+  }
+  lines.push("  }");
+  lines.push(
+    e.vec ? `  C[at >> 2u] = vec4<${e.out}>(v);` : `  for (var j = 0u; j < live; j++) { C[at + j] = ${e.out}(v[j]); }`,
+  );
+  lines.push("}");
+  return lines.join("\n");
+}
