@@ -1,0 +1,175 @@
+/**
+ * Kernel microbenchmark harness: a registry of rows, each timing one op of ours and, where it has one, the
+ * same op on the peer runtime (tfjs-backend-webgpu) in the same process on the same WebGPU adapter.
+ *
+ * Timing, both sides: GPU timestamp queries, median of several samples after a warm-up call (which
+ * compiles pipelines). Ours: `device.timeGpu` around the recorded calls of a sample (one compute pass).
+ * The peer: `tf.time(...).kernelMs`, which tfjs-backend-webgpu measures with timestamp queries too.
+ * A sample repeats the call until it covers ~50 ms and reports the mean per call.
+ *
+ * Other benchmark files (benchmarks/kernels-*.ts) add rows with `registerBench` at import time;
+ * benchmarks/kernels.ts imports them all and runs every row.
+ */
+import type { Device, DType, Tensor } from "../packages/tensor/src/index.ts";
+
+export type Tfjs = typeof import("@tensorflow/tfjs-core");
+type TfTensor = import("@tensorflow/tfjs-core").Tensor;
+
+export interface KernelBench {
+  /** Row name, also the key in results.json, e.g. "matmul 4096×320×320". */
+  name: string;
+  dtype: DType;
+  /** Floating-point operations of one call (GFLOP/s column). */
+  flops?: number;
+  /** Bytes one call must move at least (GB/s column), for memory-bound ops. */
+  bytes?: number;
+  /** Creates the inputs; `run` records one call and returns its output(s), which the harness disposes. */
+  ours(device: Device): { run: () => Tensor | Tensor[]; dispose: () => void };
+  /** The same op on tfjs; `run` returns its output, which the harness disposes. */
+  peer?(tf: Tfjs): { run: () => TfTensor; dispose: () => void };
+  /** How the peer's op differs from ours (layout etc.), printed under the table. */
+  peerNote?: string;
+}
+
+export interface BenchResult {
+  name: string;
+  dtype: DType;
+  ours_ms: number;
+  peer: string | null;
+  peer_ms: number | null;
+  /** peer_ms / ours_ms: above 1, ours is faster. */
+  ratio: number | null;
+  gflops: number | null;
+  gbps: number | null;
+  peer_gflops: number | null;
+}
+
+const rows: KernelBench[] = [];
+
+/** A `dispose` for a row's inputs. */
+export function disposer(...tensors: Tensor[]): () => void {
+  return () => {
+    for (const t of tensors) t.dispose();
+  };
+}
+
+export function registerBench(row: KernelBench): void {
+  if (rows.some((r) => r.name === row.name)) throw new Error(`benchmark row '${row.name}' is registered twice`);
+  rows.push(row);
+}
+
+export function registeredBenches(): readonly KernelBench[] {
+  return rows;
+}
+
+const SAMPLE_MS = 50;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Mean GPU ms per call over samples of `reps` calls, median over samples. */
+async function timeSamples(once: (reps: number) => Promise<number>, samples: number): Promise<number> {
+  const first = await once(1);
+  const reps = Math.max(1, Math.min(20, Math.ceil(SAMPLE_MS / Math.max(first, 1e-3))));
+  const times = [first];
+  for (let s = 1; s < samples; s++) times.push(await once(reps));
+  return median(times);
+}
+
+async function timeOurs(device: Device, row: KernelBench, samples: number): Promise<number> {
+  const { run, dispose } = row.ours(device);
+  const disposeAll = (out: Tensor | Tensor[]) => {
+    for (const t of Array.isArray(out) ? out : [out]) t.dispose();
+  };
+  try {
+    disposeAll(run()); // warm-up: compiles the pipelines
+    await device.sync();
+    return await timeSamples(async (reps) => {
+      const ms = await device.timeGpu(() => {
+        for (let r = 0; r < reps; r++) disposeAll(run());
+      });
+      if (ms === null) throw new Error("this adapter has no timestamp-query feature: GPU times are unavailable");
+      return ms / reps;
+    }, samples);
+  } finally {
+    dispose();
+  }
+}
+
+async function timePeer(tf: Tfjs, row: KernelBench, samples: number): Promise<number> {
+  const peer = row.peer?.(tf);
+  if (!peer) throw new Error(`row '${row.name}' has no peer`);
+  try {
+    const warm = peer.run();
+    await warm.data();
+    warm.dispose();
+    return await timeSamples(async (reps) => {
+      const info = await tf.time(() => {
+        for (let r = 0; r < reps; r++) peer.run().dispose();
+      });
+      if (typeof info.kernelMs !== "number") throw new Error(`tfjs reported no kernel time: ${JSON.stringify(info)}`);
+      return info.kernelMs / reps;
+    }, samples);
+  } finally {
+    peer.dispose();
+  }
+}
+
+/** Loads tfjs with the WebGPU backend on our device's GPU object (it creates its own GPUDevice from it). */
+export async function loadPeer(device: Device): Promise<Tfjs> {
+  (globalThis as { navigator?: unknown }).navigator = { gpu: device.gpu };
+  const tf = await import("@tensorflow/tfjs-core");
+  await import("@tensorflow/tfjs-backend-webgpu");
+  if (!(await tf.setBackend("webgpu"))) throw new Error("tfjs could not start its WebGPU backend");
+  await tf.ready();
+  return tf;
+}
+
+export interface RunOptions {
+  samples?: number;
+  peerSamples?: number;
+  /** Only rows whose name contains one of these. */
+  filter?: string[];
+  log?: (line: string) => void;
+}
+
+export async function runBenches(device: Device, tf: Tfjs | null, opts: RunOptions = {}): Promise<BenchResult[]> {
+  const { samples = 5, peerSamples = 3, filter, log = console.log } = opts;
+  const selected = rows.filter((r) => !filter?.length || filter.some((f) => r.name.includes(f)));
+  const results: BenchResult[] = [];
+  for (const row of selected) {
+    const oursMs = await timeOurs(device, row, samples);
+    const peerMs = tf && row.peer ? await timePeer(tf, row, peerSamples) : null;
+    const result: BenchResult = {
+      name: row.name,
+      dtype: row.dtype,
+      ours_ms: round(oursMs),
+      peer: peerMs === null ? null : "tfjs-backend-webgpu",
+      peer_ms: peerMs === null ? null : round(peerMs),
+      ratio: peerMs === null ? null : round(peerMs / oursMs),
+      gflops: row.flops ? round(row.flops / oursMs / 1e6) : null,
+      gbps: row.bytes ? round(row.bytes / oursMs / 1e6) : null,
+      peer_gflops: row.flops && peerMs !== null ? round(row.flops / peerMs / 1e6) : null,
+    };
+    results.push(result);
+    log(formatRow(result));
+  }
+  return results;
+}
+
+function round(x: number): number {
+  return Number(x.toPrecision(4));
+}
+
+export const TABLE_HEADER =
+  "| op | dtype | ours ms | GFLOP/s or GB/s | tfjs ms | tfjs GFLOP/s | speed-up (tfjs / ours) |\n|---|---|---|---|---|---|---|";
+
+export function formatRow(r: BenchResult): string {
+  const rate = r.gflops !== null ? `${r.gflops} GFLOP/s` : r.gbps !== null ? `${r.gbps} GB/s` : "";
+  const peer = r.peer_ms === null ? "—" : String(r.peer_ms);
+  const peerRate = r.peer_gflops === null ? "—" : String(r.peer_gflops);
+  const ratio = r.ratio === null ? "—" : `${r.ratio}×`;
+  return `| ${r.name} | ${r.dtype} | ${r.ours_ms} | ${rate} | ${peer} | ${peerRate} | ${ratio} |`;
+}
