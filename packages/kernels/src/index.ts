@@ -15,6 +15,7 @@ export {
   silu,
   sub,
 } from "./elementwise/index.ts";
+export { assertIdsInRange, embedding } from "./embedding/index.ts";
 export { type GroupNormOptions, groupNorm } from "./groupnorm/index.ts";
 export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
@@ -22,3 +23,4 @@ export { type Activation, type LinearOptions, linear, type MatmulOptions, matmul
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";
 export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";
+export { type TimestepEmbeddingOptions, timestepEmbedding, timestepFrequencies } from "./timestep/index.ts";
