@@ -64,8 +64,9 @@ async function check(c: Case, tol: { atol: number; rtol?: number }, internals: C
 describe("chooseConvTiles", () => {
   it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
     const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320 };
-    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16 });
+    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
+    expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 4 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
   });
@@ -101,6 +102,9 @@ describe("conv2d with the device's kernel", () => {
     // The VAE Downsample: pad (0, 1, 0, 1), 3×3, stride 2, no other padding.
     await check({ x: [1, 3, 8, 6], w: [2, 3, 3, 3], stride: 2, padding: [0, 1, 0, 1] }, f32Tol(27));
     await check({ x: [1, 2, 6, 9], w: [17, 2, 1, 3], stride: [1, 2], padding: [0, 0, 2, 1] }, f32Tol(6));
+    // W a multiple of 4 with stride 1 reads the input columns under 4 pixels as one vector; no padding
+    // leaves Wo = 6 (scalar stores), and the last block's vector still lies inside the row.
+    await check({ x: [1, 3, 5, 8], w: [3, 3, 3, 3] }, f32Tol(27));
     // 1×1: through the matmul, and on the direct kernel.
     await check({ x: [2, 5, 3, 7], w: [6, 5, 1, 1] }, f32Tol(5));
     await check({ x: [2, 5, 3, 7], w: [6, 5, 1, 1] }, f32Tol(5), { direct: true });

@@ -13,7 +13,15 @@ import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
 import type { Binding, BindingLimits } from "../matmul/plan.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { planConv } from "./plan.ts";
-import { CONV_PARAMS, type ConvTiles, chooseConvTiles, convKey, convWgsl, convWorkgroup } from "./wgsl.ts";
+import {
+  CONV_PARAMS,
+  type ConvTiles,
+  chooseConvTiles,
+  convKey,
+  convWgsl,
+  convWorkgroup,
+  rowVectorizable,
+} from "./wgsl.ts";
 
 export interface Conv2dOptions {
   /** [Cout]. */
@@ -211,6 +219,7 @@ function direct(device: Device, call: DirectCall): void {
     residual: residual?.dtype ?? null,
     activation,
     vecOut: g.Wo % 4 === 0,
+    vecRow: rowVectorizable(g.strideW, g.W, g.Wo, g.padLeft, g.kw),
   };
   const pipeline = device.pipeline(convKey(spec), () => convWgsl(spec));
   const wg = convWorkgroup(tiles);
@@ -248,6 +257,7 @@ function direct(device: Device, call: DirectCall): void {
     const buffers = [slice(x, piece.x), slice(w, piece.w), slice(out, piece.out)];
     if (bias) buffers.push({ buffer: bias.buffer, offset: 0, size: bias.buffer.size });
     if (residual && piece.residual) buffers.push(slice(residual, piece.residual));
+    if (spec.vecRow) buffers.push(slice(x, piece.x));
     device.dispatch({
       pipeline,
       buffers,

@@ -26,7 +26,8 @@ export interface ConvTileInputs {
 export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
   const lanes = inp.subgroupSize;
   if (inp.isCpu && lanes !== null && [4, 8, 16].includes(lanes)) {
-    const rows = Math.max(16, lanes);
+    // 8 channels × 4 pixels per lane: 16 channels ran 25% slower on lavapipe (accumulators spill).
+    const rows = Math.max(8, lanes);
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
     const subgroups = Math.min(maxSubgroups, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(inp.cout / rows)))));
     return { kind: "subgroup", lanes, subgroups, rows };
@@ -57,6 +58,16 @@ export interface ConvKernelSpec {
   activation: Activation;
   /** Wo is a multiple of 4: the output and residual are accessed as vec4. */
   vecOut: boolean;
+  /**
+   * Stride 1, W a multiple of 4 and Wo ≤ W: the 4 input columns under the 4 pixels (iw = ow0 .. ow0+3)
+   * are one aligned vector inside the row, read through a second vec4 binding of x.
+   */
+  vecRow: boolean;
+}
+
+/** Whether the row-vector read of `vecRow` applies to a geometry. */
+export function rowVectorizable(strideW: number, W: number, Wo: number, padLeft: number, kw: number): boolean {
+  return strideW === 1 && W % 4 === 0 && Wo <= W && padLeft < kw;
 }
 
 export const CONV_PARAMS = [
@@ -88,7 +99,7 @@ export function convKey(s: ConvKernelSpec): string {
   const tiles =
     t.kind === "subgroup" ? `sg${t.lanes}x${t.subgroups}r${t.rows}` : `pl${t.rows}x${t.pixelLanes}x${t.channelGroups}`;
   const geometry = `${s.kh}x${s.kw}s${s.strideH}x${s.strideW}p${s.padTop}x${s.padLeft}`;
-  return `conv2d:${tiles}:${geometry}:${s.x}${s.w}${s.out}:${s.bias ?? "-"}:${s.residual ?? "-"}:${s.activation}:${s.vecOut ? "v" : "s"}`;
+  return `conv2d:${tiles}:${geometry}:${s.x}${s.w}${s.out}:${s.bias ?? "-"}:${s.residual ?? "-"}:${s.activation}:${s.vecOut ? "v" : "s"}${s.vecRow ? "v" : "s"}`;
 }
 
 /** Kernel taps up to this many are unrolled over kernel rows too (one loop iteration per input channel). */
@@ -114,6 +125,7 @@ export function convWgsl(s: ConvKernelSpec): string {
       `@group(0) @binding(${binding++}) var<storage, read> R: array<${s.vecOut ? `vec4<${s.residual}>` : s.residual}>;`,
     );
   }
+  if (s.vecRow) out.push(`@group(0) @binding(${binding++}) var<storage, read> X4: array<vec4<${s.x}>>;`);
   out.push(
     epilogueWgsl({
       out: s.out,
@@ -179,7 +191,13 @@ export function convWgsl(s: ConvKernelSpec): string {
     b.push(`let ih = ihBase + i32(${dy});`);
     b.push("let rowOk = ih >= 0 && ih < i32(p.H);");
     b.push("let row = plane + u32(clamp(ih, 0, i32(p.H) - 1)) * p.W;");
-    for (const c of [...used].sort((x, y) => x - y)) b.push(`let v${c} = xin(row, iwBase + ${c}, rowOk);`);
+    // Column c of the window is input column iwBase + c = ow0 − padLeft + c.
+    const vectorCols = s.vecRow ? [0, 1, 2, 3].map((j) => s.padLeft + j) : [];
+    if (s.vecRow) b.push("let mid = select(vec4f(0.0), vec4f(X4[(row + ow0) >> 2u]), rowOk);");
+    for (const c of [...used].sort((x, y) => x - y)) {
+      const j = vectorCols.indexOf(c);
+      b.push(j >= 0 ? `let v${c} = mid[${j}];` : `let v${c} = xin(row, iwBase + ${c}, rowOk);`);
+    }
     for (let i = 0; i < loaders; i++) {
       for (let dx = 0; dx < s.kw; dx++) b.push(`let w${i}_${dx} = f32(Wt[wr${i} + wci + ${dy} * ${s.kw}u + ${dx}u]);`);
     }
