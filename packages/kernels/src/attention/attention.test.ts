@@ -1,0 +1,198 @@
+import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { assertClose, randomArray } from "../testing.ts";
+import { adapterTraits, attention } from "./index.ts";
+import { attentionRef } from "./reference.ts";
+import { type AttentionTiling, attentionTiling } from "./tiling.ts";
+
+let device: Device;
+beforeAll(async () => {
+  device = await Device.create();
+});
+afterAll(() => device?.destroy());
+
+const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
+const lavapipe = { isCpu: true, subgroupSize: 8 };
+const gpu = { isCpu: false, subgroupSize: 32 };
+
+describe("attentionTiling", () => {
+  it("on a CPU adapter with subgroups: shared loads, rows per lane by head width, q chunks for wide heads", () => {
+    expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
+      kind: "subgroup",
+      subgroupSize: 8,
+      rowsPerInvocation: 2,
+      dChunk: 40,
+      keyBlock: 2,
+      qChunk: 40,
+      workgroupSize: 64,
+    });
+    expect(attentionTiling(lavapipe, 16, 4096, 4096).rowsPerInvocation).toBe(4);
+    expect(attentionTiling(lavapipe, 64, 1, 77).rowsPerInvocation).toBe(1);
+    expect(attentionTiling(lavapipe, 160, 1024, 77)).toMatchObject({ rowsPerInvocation: 1, dChunk: 160, qChunk: 160 });
+    expect(attentionTiling(lavapipe, 512, 4096, 4096)).toMatchObject({
+      rowsPerInvocation: 1,
+      dChunk: 128,
+      qChunk: 32,
+      keyBlock: 8,
+    });
+  });
+
+  it("elsewhere: one row per invocation, vector loads, at most 64 columns each", () => {
+    expect(attentionTiling(gpu, 40, 4096, 4096)).toMatchObject({ kind: "lanes", rowsPerInvocation: 1, dChunk: 40 });
+    expect(attentionTiling(gpu, 160, 4096, 4096)).toMatchObject({ dChunk: 40 });
+    expect(attentionTiling(gpu, 512, 4096, 4096)).toMatchObject({ dChunk: 64 });
+    expect(attentionTiling(gpu, 70, 9, 9)).toMatchObject({ dChunk: 35 });
+    expect(attentionTiling({ isCpu: true, subgroupSize: null }, 40, 9, 9)).toMatchObject({ kind: "lanes" });
+  });
+});
+
+interface Case {
+  name: string;
+  batch: number;
+  nq: number;
+  nk: number;
+  heads: number;
+  d: number;
+  causal?: boolean;
+  scale?: number;
+  dtype?: "f32" | "f16";
+  /** Tilings run besides the adapter's own choice (subgroup ones only where the device has subgroups). */
+  tilings?: (AttentionTiling | { subgroup: Partial<AttentionTiling> })[];
+}
+
+const lanes = (t: Partial<AttentionTiling>): AttentionTiling => ({
+  kind: "lanes",
+  subgroupSize: 1,
+  rowsPerInvocation: 1,
+  dChunk: 8,
+  keyBlock: 2,
+  qChunk: 8,
+  workgroupSize: 64,
+  ...t,
+});
+
+/** The tilings of a case that this device can run. */
+function tilingsFor(c: Case): AttentionTiling[] {
+  const sg = adapterTraits(device).subgroupSize;
+  return (c.tilings ?? []).flatMap((t) => {
+    if (!("subgroup" in t)) return [t];
+    return sg === null ? [] : [{ ...lanes({}), kind: "subgroup" as const, subgroupSize: sg, ...t.subgroup }];
+  });
+}
+
+// Besides each adapter's own choice, the cases run both kernels (subgroup and lanes), ragged row groups,
+// split columns, q loaded in chunks and key blocks that do not divide Nk. Every distinct tiling is another
+// pipeline, and lavapipe takes seconds to compile one, so the list is short.
+const cases: Case[] = [
+  {
+    name: "self-attention, odd N",
+    batch: 2,
+    nq: 13,
+    nk: 13,
+    heads: 2,
+    d: 16,
+    tilings: [
+      lanes({ rowsPerInvocation: 3, dChunk: 8, keyBlock: 5, qChunk: 16 }),
+      { subgroup: { rowsPerInvocation: 2, dChunk: 8, keyBlock: 3, qChunk: 8 } },
+    ],
+  },
+  { name: "cross-attention onto 77 tokens (SD1 head width 40)", batch: 2, nq: 33, nk: 77, heads: 3, d: 40 },
+  {
+    name: "CLIP causal self-attention (d 64)",
+    batch: 1,
+    nq: 77,
+    nk: 77,
+    heads: 2,
+    d: 64,
+    causal: true,
+  },
+  {
+    name: "causal with Nq < Nk and ragged rows",
+    batch: 1,
+    nq: 7,
+    nk: 12,
+    heads: 1,
+    d: 8,
+    causal: true,
+    tilings: [
+      lanes({ dChunk: 4, keyBlock: 3, qChunk: 8 }),
+      { subgroup: { rowsPerInvocation: 3, dChunk: 4, keyBlock: 5, qChunk: 8 } },
+    ],
+  },
+  { name: "VAE mid-block: one 512-wide head", batch: 1, nq: 37, nk: 37, heads: 1, d: 512 },
+  { name: "head width 160 (SD1 deepest level)", batch: 1, nq: 9, nk: 20, heads: 2, d: 160 },
+  {
+    name: "head width not a multiple of 4 or 8",
+    batch: 2,
+    nq: 5,
+    nk: 6,
+    heads: 3,
+    d: 5,
+    tilings: [lanes({ dChunk: 5, qChunk: 5 })],
+  },
+  { name: "single query, single key, explicit scale", batch: 1, nq: 1, nk: 1, heads: 1, d: 8, scale: 0.7 },
+  { name: "f16 storage", batch: 2, nq: 19, nk: 77, heads: 2, d: 24, dtype: "f16" },
+];
+
+describe("attention", () => {
+  for (const c of cases) {
+    it(`${c.name}: B ${c.batch}, Nq ${c.nq}, Nk ${c.nk}, ${c.heads}×${c.d}${c.causal ? ", causal" : ""} ${c.dtype ?? "f32"}`, async () => {
+      const dtype = c.dtype ?? "f32";
+      if (dtype === "f16" && !device.features.shaderF16) return;
+      const width = c.heads * c.d;
+      // q scaled up so that softmax is peaked and the online rescaling is exercised.
+      let q = randomArray(c.batch * c.nq * width, 71, 3);
+      let k = randomArray(c.batch * c.nk * width, 72, 1);
+      let v = randomArray(c.batch * c.nk * width, 73, 1);
+      if (dtype === "f16") [q, k, v] = [roundF16(q), roundF16(k), roundF16(v)];
+      const tq = Tensor.from(device, q, [c.batch, c.nq, width], dtype);
+      const tk = Tensor.from(device, k, [c.batch, c.nk, width], dtype);
+      const tv = Tensor.from(device, v, [c.batch, c.nk, width], dtype);
+      const ref = attentionRef(q, k, v, c, { scale: c.scale, causal: c.causal });
+      // Outputs are convex combinations of v (|v| ≤ 1): f32 scores over d ≤ 512 terms and f32 exp/sums
+      // give ~1e-6; f16 adds one rounding of the output (2^-11 of |out| ≤ 1).
+      const tol = dtype === "f16" ? { atol: 1e-3 } : { atol: 1e-5 };
+      for (const tiling of [undefined, ...tilingsFor(c)]) {
+        const out = attention(tq, tk, tv, { heads: c.heads, scale: c.scale, causal: c.causal, tiling });
+        expect(out.shape).toEqual([c.batch, c.nq, width]);
+        assertClose(await out.toFloat32(), ref, tol, `attention ${JSON.stringify(tiling ?? "default")}`);
+        out.dispose();
+      }
+      for (const t of [tq, tk, tv]) t.dispose();
+    });
+  }
+
+  it("4096 tokens (UNet self-attention at 64×64 latents), spot-checked rows", async () => {
+    const dims = { batch: 1, nq: 4096, nk: 4096, heads: 1, d: 40 };
+    const q = randomArray(4096 * 40, 81, 3);
+    const k = randomArray(4096 * 40, 82);
+    const v = randomArray(4096 * 40, 83);
+    const out = attention(
+      Tensor.from(device, q, [1, 4096, 40]),
+      Tensor.from(device, k, [1, 4096, 40]),
+      Tensor.from(device, v, [1, 4096, 40]),
+      { heads: 1 },
+    );
+    const rows = [0, 1, 7, 1000, 2047, 4094, 4095];
+    const ref = attentionRef(q, k, v, dims, { rows });
+    const got = await out.toFloat32();
+    const pick = (a: ArrayLike<number>) => rows.flatMap((r) => Array.from({ length: 40 }, (_, t) => a[r * 40 + t]));
+    // Sums over 4096 keys: f32 accumulation error grows to a few 1e-6.
+    assertClose(pick(got), pick(ref), { atol: 1e-5 }, "attention N=4096");
+  });
+
+  it("rejects inconsistent shapes, dtypes and head counts, naming them", () => {
+    const q = Tensor.zeros(device, [1, 4, 8]);
+    const k = Tensor.zeros(device, [1, 5, 8]);
+    const bad = Tensor.zeros(device, [1, 5, 6]);
+    expect(() => attention(q, k, bad, { heads: 2 })).toThrow(
+      /attention: q .* must be \[B, Nq, W\], \[B, Nk, W\], \[B, Nk, W\]/,
+    );
+    expect(() => attention(q, k, k, { heads: 3 })).toThrow(/width 8 of q .* does not split into 3 heads/);
+    expect(() => attention(q, k, k, { heads: 2, tiling: lanes({ dChunk: 3, qChunk: 4 }) })).toThrow(
+      /tiling .* does not fit head width d = 4/,
+    );
+    const oddSubgroup: AttentionTiling = { ...lanes({ dChunk: 4, qChunk: 4 }), kind: "subgroup", subgroupSize: 5 };
+    expect(() => attention(q, k, k, { heads: 2, tiling: oddSubgroup })).toThrow(/needs subgroups of exactly 5 lanes/);
+  });
+});

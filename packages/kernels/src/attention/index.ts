@@ -1,0 +1,124 @@
+/**
+ * Fused multi-head attention, softmax(q·kᵀ·scale)·v, flash style: each invocation walks the keys in blocks
+ * with an online softmax (running max and sum, rescaling its accumulator), so the Nq×Nk score matrix never
+ * exists. Layouts are those of the q/k/v projections — q [B, Nq, H·d], k and v [B, Nk, H·d], out [B, Nq, H·d]
+ * — so no transposes are needed around it. Scores, softmax and accumulation are f32 for f16 storage too.
+ *
+ * An invocation owns `rowsPerInvocation` query rows of one head and `dChunk` columns of their output; every
+ * key it loads serves all its rows. Heads wider than `dChunk` (the VAE's single 512-wide head) are split
+ * across invocations that each recompute the scores but accumulate only their columns. See tiling.ts for
+ * how the tiles are chosen per adapter.
+ */
+import { type Device, type DType, Tensor, Uniforms } from "@ldm/tensor";
+import { foldGrid } from "../common/grid.ts";
+import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { type AdapterTraits, type AttentionTiling, attentionTiling } from "./tiling.ts";
+import { type AttentionWgsl, lanesWgsl, subgroupWgsl } from "./wgsl.ts";
+
+export interface AttentionOptions {
+  heads: number;
+  /** Multiplies q·kᵀ; default 1/√d. */
+  scale?: number;
+  /** Key j is hidden from query i when j > i (CLIP's causal mask; top-left aligned like torch's is_causal). */
+  causal?: boolean;
+  /** Overrides attentionTiling(adapter, d, Nq, Nk), for tests and tuning. */
+  tiling?: AttentionTiling;
+}
+
+const FLOATS: readonly DType[] = ["f32", "f16"];
+
+/** What attentionTiling needs to know about a device. */
+export function adapterTraits(device: Device): AdapterTraits {
+  const info = device.adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+  const fixed = info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
+  return {
+    isCpu: device.info.isCpu,
+    subgroupSize: device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null,
+  };
+}
+
+export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions): Tensor {
+  const { heads, causal = false } = options;
+  for (const [name, t] of [
+    ["q", q],
+    ["k", k],
+    ["v", v],
+  ] as const) {
+    assertDType("attention", name, t, FLOATS);
+    if (t.shape.length !== 3) throw new Error(`attention: ${name} ${t} must be [B, N, heads·d]`);
+  }
+  const [batch, nq, width] = q.shape;
+  const nk = k.shape[1];
+  if (
+    k.shape[0] !== batch ||
+    v.shape[0] !== batch ||
+    k.shape[2] !== width ||
+    v.shape[2] !== width ||
+    v.shape[1] !== nk
+  ) {
+    throw new Error(`attention: q ${q}, k ${k} and v ${v} must be [B, Nq, W], [B, Nk, W], [B, Nk, W]`);
+  }
+  if (k.dtype !== q.dtype || v.dtype !== q.dtype) {
+    throw new Error(`attention: q, k and v must share a dtype (got ${q.dtype}, ${k.dtype}, ${v.dtype})`);
+  }
+  if (!Number.isInteger(heads) || heads <= 0 || width % heads) {
+    throw new Error(`attention: width ${width} of q ${q} does not split into ${heads} heads`);
+  }
+  const d = width / heads;
+  const scale = options.scale ?? 1 / Math.sqrt(d);
+  const device = q.device;
+  const out = Tensor.empty(device, q.shape, q.dtype);
+  assertBindable("attention", { q, k, v, out });
+  if (out.size === 0) return out;
+  if (nk === 0) throw new Error(`attention: k ${k} has no keys; softmax over an empty set is undefined`);
+
+  const tiling = options.tiling ?? attentionTiling(adapterTraits(device), d, nq, nk);
+  checkTiling(tiling, d, device);
+  // The lanes kernel loads vec4s when the head width allows; its indices are then in vec4 units.
+  const unit = tiling.kind === "lanes" && d % 4 === 0 ? 4 : 1;
+  const rowGroups = Math.ceil(nq / tiling.rowsPerInvocation);
+  const chunks = d / tiling.dChunk;
+  const tiles = batch * heads * chunks * Math.ceil(rowGroups / tiling.workgroupSize);
+  const spec: AttentionWgsl = { dtype: q.dtype, d, causal, ...tiling };
+  const pipeline = device.pipeline(`attention|${Object.values(spec).join("|")}`, () => {
+    const enables = wgslEnables(device, q.dtype);
+    return tiling.kind === "subgroup" ? subgroupWgsl(spec, enables) : lanesWgsl(spec, enables);
+  });
+  device.dispatch({
+    pipeline,
+    uniforms: new Uniforms()
+      .u32(tiles)
+      .u32(heads)
+      .u32(nq)
+      .u32(nk)
+      .u32(rowGroups)
+      .u32(chunks)
+      .u32(width / unit)
+      .f32(scale)
+      .bytes(),
+    buffers: [q.slice(), k.slice(), v.slice(), out.slice()],
+    workgroups: foldGrid(tiles, device.limits.maxComputeWorkgroupsPerDimension),
+  });
+  return out;
+}
+
+function checkTiling(t: AttentionTiling, d: number, device: Device): void {
+  const unit = t.kind === "lanes" && d % 4 === 0 ? 4 : 1;
+  const fits =
+    d % t.dChunk === 0 &&
+    t.dChunk % unit === 0 &&
+    t.rowsPerInvocation >= 1 &&
+    t.keyBlock >= 1 &&
+    d % t.qChunk === 0 &&
+    t.workgroupSize >= 1 &&
+    t.workgroupSize <= device.limits.maxComputeInvocationsPerWorkgroup;
+  if (!fits) throw new Error(`attention: tiling ${JSON.stringify(t)} does not fit head width d = ${d}`);
+  if (t.kind === "subgroup") {
+    const traits = adapterTraits(device);
+    if (traits.subgroupSize !== t.subgroupSize || t.workgroupSize % t.subgroupSize) {
+      throw new Error(
+        `attention: tiling ${JSON.stringify(t)} needs subgroups of exactly ${t.subgroupSize} lanes filling the workgroup; this device has ${traits.subgroupSize ?? "no fixed subgroup size"}`,
+      );
+    }
+  }
+}

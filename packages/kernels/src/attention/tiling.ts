@@ -1,0 +1,91 @@
+/**
+ * How the attention kernel is tiled: a pure function of the adapter and the problem, unit-tested.
+ *
+ * Measured on lavapipe (2-core EPYC, 2026-11): a storage load inside a loop costs on the order of a hundred
+ * cycles per SIMD lane group whether or not every lane reads the same address (no broadcast), while
+ * arithmetic runs at ~20 GFLOP/s. Loading a key row cooperatively — lane i of a subgroup loads element i,
+ * then `subgroupBroadcast` hands each element to all lanes — cut the cost of q·kᵀ by 4×; giving each lane
+ * four query rows amortised it 4× more (QK alone: 1 → 16 GFLOP/s). GPUs broadcast uniform loads in
+ * hardware, so there each invocation takes one row and vectorised loads.
+ */
+
+export interface AdapterTraits {
+  isCpu: boolean;
+  /** The subgroup size when the device has subgroups and the adapter reports one fixed size, else null. */
+  subgroupSize: number | null;
+}
+
+export interface AttentionTiling {
+  /**
+   * "subgroup": lanes load key/value rows cooperatively and broadcast them (CPU adapters);
+   * "lanes": every invocation loads whole rows itself (GPUs).
+   */
+  kind: "subgroup" | "lanes";
+  /** Lanes that share loads in the "subgroup" kind (the adapter's subgroup size); 1 for "lanes". */
+  subgroupSize: number;
+  /** Query rows per invocation: every loaded key and value serves this many rows. */
+  rowsPerInvocation: number;
+  /** Output columns per invocation; divides d. Below d, invocations split a head's columns and each recomputes the scores. */
+  dChunk: number;
+  /** Keys scored per online-softmax step (one rescale of the accumulator per block). */
+  keyBlock: number;
+  /**
+   * "subgroup" kind: elements of d per step of the score loop. d keeps the q rows in registers; a divisor
+   * of d (a multiple of subgroupSize) reloads q in chunks each key block, bounding code size for wide heads.
+   */
+  qChunk: number;
+  workgroupSize: number;
+}
+
+/** The largest divisor of d that is a multiple of `unit` and at most `limit` (d itself when it fits). */
+export function columnChunk(d: number, unit: number, limit: number): number {
+  if (d <= limit) return d;
+  for (let c = limit - (limit % unit); c >= unit; c -= unit) if (d % c === 0) return c;
+  return unit;
+}
+
+/** Columns one GPU invocation accumulates: registers, so wide heads are split over invocations. */
+const GPU_MAX_COLUMNS = 64;
+/**
+ * Columns one CPU lane accumulates. Its q row and accumulator are private variables (spilled to the stack
+ * when they outgrow registers, which is cheap); the limit bounds the unrolled code and so compile time.
+ */
+const CPU_MAX_COLUMNS = 160;
+
+/**
+ * q values one CPU lane keeps in registers across the key loop (rows · d). Compile time grows faster than
+ * linearly with the unrolled body: for d = 40, two rows per lane compiled in ~8 s and ran at 9 GFLOP/s,
+ * four rows took ~24 s for 10 GFLOP/s (2026-11, busy machine).
+ */
+const CPU_ROW_BUDGET = 80;
+/** Heads wider than this reload q in chunks instead of keeping it in registers. */
+const CPU_RESIDENT_D = 160;
+/** Elements of d per step when q is reloaded. */
+const CPU_Q_CHUNK = 32;
+
+export function attentionTiling(adapter: AdapterTraits, d: number, nq: number, _nk: number): AttentionTiling {
+  const sg = adapter.subgroupSize;
+  if (!adapter.isCpu || sg === null) {
+    const unit = d % 4 === 0 ? 4 : 1;
+    return {
+      kind: "lanes",
+      subgroupSize: 1,
+      rowsPerInvocation: 1,
+      dChunk: columnChunk(d, unit, GPU_MAX_COLUMNS),
+      keyBlock: adapter.isCpu ? 2 : 8,
+      qChunk: d,
+      workgroupSize: 64,
+    };
+  }
+  const rows = Math.max(1, Math.min(Math.floor(CPU_ROW_BUDGET / d), 4, nq));
+  const qChunk = d <= CPU_RESIDENT_D ? d : columnChunk(d, sg, CPU_Q_CHUNK);
+  return {
+    kind: "subgroup",
+    subgroupSize: sg,
+    rowsPerInvocation: rows,
+    dChunk: columnChunk(d, 1, CPU_MAX_COLUMNS),
+    keyBlock: qChunk === d ? 2 : 8,
+    qChunk: d % qChunk === 0 ? qChunk : d,
+    workgroupSize: 64,
+  };
+}
