@@ -375,6 +375,24 @@ describe("matmul and linear", () => {
     expect(() => linear(tx, tw, { residual: Tensor.zeros(device, [6, 7]) })).toThrow(/residual .* \[2, 3, 7\]/);
   });
 
+  it("writes another output dtype than its inputs", async () => {
+    if (!device.features.shaderF16) return;
+    const a = f16ArrayToF32(f32ArrayToF16(randomArray(5 * 8, 41)));
+    const b = f16ArrayToF32(f32ArrayToF16(randomArray(8 * 4, 42)));
+    const y = matmul(Tensor.from(device, a, [5, 8], "f16"), Tensor.from(device, b, [8, 4], "f16"), { outDtype: "f32" });
+    expect(y.dtype).toBe("f32");
+    // f16 inputs, f32 accumulation and output: only the product's f32 rounding remains.
+    assertClose(await y.toFloat32(), matmulRef(a, b, { batch: 1, M: 5, N: 4, K: 8 }), f32Tol(8));
+  });
+
+  it("folds a grid of more than 65,535 workgroups", async () => {
+    const batch = 70_000; // one workgroup per batch item
+    const a = randomArray(batch * 2, 43);
+    const b = randomArray(batch * 2, 44);
+    const y = matmul(Tensor.from(device, a, [batch, 1, 2]), Tensor.from(device, b, [batch, 2, 1]));
+    assertClose(await y.toFloat32(), matmulRef(a, b, { batch, M: 1, N: 1, K: 2 }), f32Tol(2));
+  });
+
   it("K = 0 gives activation(bias)", async () => {
     const bias = Tensor.from(device, [1, -2, 3], [3]);
     const y = matmul(Tensor.zeros(device, [2, 0]), Tensor.zeros(device, [0, 3]), { bias, activation: "silu" });
