@@ -1,6 +1,9 @@
 import { Command, CommanderError } from "commander";
+import { registerBench } from "./commands/bench.ts";
 import { registerDevice } from "./commands/device.ts";
+import { registerGenerate } from "./commands/generate.ts";
 import { registerInfo } from "./commands/info.ts";
+import { registerLoss } from "./commands/loss.ts";
 import { registerTokenize } from "./commands/tokenize.ts";
 import { UserError } from "./errors.ts";
 
@@ -13,6 +16,9 @@ export function buildProgram(): Command {
   registerDevice(program);
   registerInfo(program);
   registerTokenize(program);
+  registerGenerate(program);
+  registerLoss(program);
+  registerBench(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return program;
 }

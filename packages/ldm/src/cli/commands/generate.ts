@@ -1,0 +1,205 @@
+import { mkdirSync } from "node:fs";
+import { basename, join } from "node:path";
+import { SingleBar } from "cli-progress";
+import type { Command } from "commander";
+import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
+import { writePngFile } from "../../image/node.ts";
+import {
+  type GenerationParameters,
+  PARAMETERS_KEYWORD,
+  parametersText,
+  parseParameters,
+} from "../../pipeline/parameters.ts";
+import type { GenerateOptions, Progress } from "../../pipeline/stable-diffusion.ts";
+import type { Seed } from "../../random/index.ts";
+import { UserError } from "../errors.ts";
+import {
+  addModelOptions,
+  asUserError,
+  integerFlag,
+  loadPipeline,
+  type ModelFlags,
+  numberFlag,
+  readImageFlag,
+  seedFlag,
+  sizeFlag,
+  withInterrupt,
+} from "./pipeline-flags.ts";
+
+interface GenerateFlags extends ModelFlags {
+  negative?: string;
+  sampler?: string;
+  steps?: string;
+  cfg?: string;
+  eta?: string;
+  seed?: string;
+  width?: string;
+  height?: string;
+  batchSize?: string;
+  initImage?: string;
+  strength?: string;
+  mask?: string;
+  out?: string;
+  paramsFrom?: string;
+}
+
+/** What to run, from the flags over the parameters of --params-from over the defaults. */
+interface Request {
+  prompt: string;
+  negativePrompt: string;
+  sampler: SamplerName;
+  steps: number;
+  guidanceScale: number;
+  eta?: number;
+  seed?: Seed;
+  width?: number;
+  height?: number;
+  batchSize: number;
+  strength?: number;
+}
+
+export function registerGenerate(program: Command): void {
+  const command = program
+    .command("generate")
+    .description("generate images from a prompt (txt2img; img2img with --init-image; inpainting with --mask)")
+    .argument("[prompt]", "the prompt (may come from --params-from instead)")
+    .option("--negative <text>", 'negative prompt: the unconditional half of guidance (default "")')
+    .option("--sampler <name>", `${SAMPLER_NAMES.join(", ")} (default ddim)`)
+    .option("--steps <n>", "sampling steps (default 50)")
+    .option("--cfg <scale>", "classifier-free guidance scale (default 7.5; 1 skips the unconditional pass)")
+    .option("--eta <eta>", "DDIM / Euler ancestral η (defaults 0 / 1)")
+    .option("--seed <n>", "torch seed of the CPU noise (default: random, printed)")
+    .option("--width <px>", "multiple of 8 (default 512, or the init image's width)")
+    .option("--height <px>", "multiple of 8 (default 512, or the init image's height)")
+    .option("-n, --batch-size <n>", "images generated together from the seed (default 1)")
+    .option("--init-image <png>", "img2img: start from this image")
+    .option("--strength <s>", "img2img: how much of the schedule runs, in (0, 1] (default 0.75; 1 with --mask)")
+    .option("--mask <png>", "inpaint: white is repainted, black kept; the size of --init-image")
+    .option("--out <file|dir>", "a .png file, or a folder for ldm-<seed>-<i>.png (default: the current folder)")
+    .option("--params-from <png>", "reuse the generation parameters stored in an image we wrote");
+  addModelOptions(command).action(async (promptArgument: string | undefined, flags: GenerateFlags) => {
+    const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
+    const request = requestFrom(promptArgument, flags, stored);
+    if (flags.mask && !flags.initImage) throw new UserError("--mask needs --init-image (the image to inpaint)");
+    if (flags.strength !== undefined && !flags.initImage) throw new UserError("--strength needs --init-image");
+    const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
+    const mask = flags.mask ? await readImageFlag(flags.mask, "mask") : undefined;
+    if (initImage && mask && (mask.width !== initImage.width || mask.height !== initImage.height)) {
+      throw new UserError(
+        `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
+      );
+    }
+    const pipe = await loadPipeline(flags);
+    try {
+      const reporter = new ProgressReporter();
+      const result = await withInterrupt((signal) =>
+        asUserError(() => {
+          const options: GenerateOptions = {
+            ...request,
+            onProgress: (p) => reporter.update(p),
+            signal,
+          };
+          if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
+          if (initImage) return pipe.img2img({ ...options, initImage });
+          return pipe.txt2img(options);
+        }).finally(() => reporter.stop()),
+      );
+      const paths = outputPaths(flags.out, result.seed, result.images.length);
+      for (const [i, image] of result.images.entries()) {
+        const parameters: GenerationParameters = {
+          ...result.parameters[i],
+          ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
+          ...(flags.mask ? { mask: basename(flags.mask) } : {}),
+        };
+        await writePngFile(paths[i], image, {
+          [PARAMETERS_KEYWORD]: parametersText(parameters),
+          Software: "ldm.ts",
+        });
+        console.log(paths[i]);
+      }
+      const { samplingMs, decodeMs } = result.timings;
+      console.error(
+        `seed ${result.seed}: sampled in ${(samplingMs / 1000).toFixed(1)} s, decoded in ${(decodeMs / 1000).toFixed(1)} s`,
+      );
+    } finally {
+      pipe.dispose();
+    }
+  });
+}
+
+async function storedParameters(path: string): Promise<GenerationParameters> {
+  const image = await readImageFlag(path, "--params-from image");
+  const text = image.text[PARAMETERS_KEYWORD];
+  if (text === undefined) throw new UserError(`${path} holds no ${PARAMETERS_KEYWORD} text: it was not written by ldm`);
+  try {
+    return parseParameters(text, path);
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+}
+
+function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: GenerationParameters): Request {
+  const text = prompt ?? stored?.prompt;
+  if (text === undefined) throw new UserError("no prompt: give one, or --params-from an image we generated");
+  const sampler = flags.sampler ?? stored?.sampler ?? "ddim";
+  if (!(SAMPLER_NAMES as readonly string[]).includes(sampler)) {
+    throw new UserError(`unknown sampler "${sampler}"; one of ${SAMPLER_NAMES.join(", ")}`);
+  }
+  const size = (flag: string, value: string | undefined, fallback?: number) =>
+    value === undefined ? fallback : sizeFlag(flag, value);
+  return {
+    prompt: text,
+    negativePrompt: flags.negative ?? stored?.negativePrompt ?? "",
+    sampler: sampler as SamplerName,
+    steps: flags.steps === undefined ? (stored?.steps ?? 50) : integerFlag("--steps", flags.steps, 1),
+    guidanceScale: flags.cfg === undefined ? (stored?.guidanceScale ?? 7.5) : numberFlag("--cfg", flags.cfg),
+    eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0),
+    seed: flags.seed === undefined ? stored && seedFlag(stored.seed) : seedFlag(flags.seed),
+    width: size("--width", flags.width, stored?.width),
+    height: size("--height", flags.height, stored?.height),
+    batchSize:
+      flags.batchSize === undefined ? (stored?.batchSize ?? 1) : integerFlag("--batch-size", flags.batchSize, 1),
+    strength: flags.strength === undefined ? stored?.strength : numberFlag("--strength", flags.strength, 0, 1),
+  };
+}
+
+/** --out: a .png file (numbered -0, -1, … for several images), else a folder (created) for ldm-<seed>-<i>.png. */
+function outputPaths(out: string | undefined, seed: Seed, count: number): string[] {
+  const target = out ?? ".";
+  if (target.toLowerCase().endsWith(".png")) {
+    if (count === 1) return [target];
+    const stem = target.slice(0, -4);
+    return Array.from({ length: count }, (_, i) => `${stem}-${i}.png`);
+  }
+  mkdirSync(target, { recursive: true });
+  return Array.from({ length: count }, (_, i) => join(target, `ldm-${seed}-${i}.png`));
+}
+
+/** A bar (step, it/s, ETA) on a terminal; one plain line per step otherwise (logs, pipes). */
+class ProgressReporter {
+  private bar?: SingleBar;
+  private readonly tty = process.stderr.isTTY === true;
+
+  update(p: Progress): void {
+    const done = p.step + 1;
+    const rate = done / (p.elapsedMs / 1000);
+    const eta = (p.steps - done) / rate;
+    if (!this.tty) {
+      console.error(`step ${done}/${p.steps}  ${rate.toFixed(2)} it/s  ETA ${eta.toFixed(1)} s`);
+      return;
+    }
+    if (!this.bar) {
+      this.bar = new SingleBar({
+        format: "sampling {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}",
+        stream: process.stderr,
+        hideCursor: true,
+      });
+      this.bar.start(p.steps, 0, { rate: "-" });
+    }
+    this.bar.update(done, { rate: rate.toFixed(2) });
+  }
+
+  stop(): void {
+    this.bar?.stop();
+  }
+}

@@ -1,0 +1,112 @@
+/** Flags and helpers shared by the commands that run a whole model (generate, loss, bench). */
+import type { Command } from "commander";
+import { readPngFile } from "../../image/node.ts";
+import type { DecodedImage } from "../../image/png.ts";
+import { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
+import type { Seed } from "../../random/index.ts";
+import { UserError } from "../errors.ts";
+
+export interface ModelFlags {
+  model?: string;
+  config?: string;
+  vocab?: string;
+  f16?: boolean;
+}
+
+export function addModelOptions(command: Command): Command {
+  return command
+    .option("--model <path>", "checkpoint: a .safetensors file (original layout) or a diffusers folder")
+    .option("--config <yaml>", "an original-style YAML config (default: detected from the weights)")
+    .option(
+      "--vocab <path>",
+      "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the model folder's tokenizer/)",
+    )
+    .option("--f16", "run in half precision (needs shader-f16)");
+}
+
+/** Loads the pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
+export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
+  if (!flags.model) {
+    throw new UserError(
+      "no model given: pass --model <checkpoint.safetensors | diffusers folder> (there is no built-in model yet)",
+    );
+  }
+  try {
+    return await StableDiffusion.load(flags.model, {
+      config: flags.config,
+      vocab: flags.vocab,
+      dtype: flags.f16 ? "f16" : "f32",
+    });
+  } catch (e) {
+    // One line on the error path; a key mismatch lists every key below its first line.
+    const [first, ...details] = (e as Error).message.split("\n");
+    if (details.length) console.error(details.join("\n"));
+    throw new UserError(first);
+  }
+}
+
+/** An integer flag ≥ min. */
+export function integerFlag(flag: string, text: string, min: number): number {
+  const value = Number(text);
+  if (!/^-?\d+$/.test(text.trim()) || !Number.isSafeInteger(value) || value < min) {
+    throw new UserError(`${flag} must be an integer ≥ ${min}, got "${text}"`);
+  }
+  return value;
+}
+
+/** A finite number flag within [min, max]. */
+export function numberFlag(flag: string, text: string, min = -Infinity, max = Infinity): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || value < min || value > max) {
+    const range =
+      Number.isFinite(min) && Number.isFinite(max) ? ` in [${min}, ${max}]` : min > -Infinity ? ` ≥ ${min}` : "";
+    throw new UserError(`${flag} must be a number${range}, got "${text}"`);
+  }
+  return value;
+}
+
+/** A torch seed: an integer in [−2⁶³, 2⁶⁴), a bigint beyond the safe range. */
+export function seedFlag(text: string): Seed {
+  if (!/^-?\d+$/.test(text.trim())) throw new UserError(`--seed must be an integer, got "${text}"`);
+  const big = BigInt(text.trim());
+  if (big < -(2n ** 63n) || big >= 2n ** 64n) throw new UserError(`--seed ${text} is outside [-2^63, 2^64)`);
+  return Number.isSafeInteger(Number(big)) ? Number(big) : big;
+}
+
+/** A pixel size flag: a positive multiple of 8 (the model may need a larger multiple; it says so). */
+export function sizeFlag(flag: string, text: string): number {
+  const value = integerFlag(flag, text, 1);
+  if (value % 8) throw new UserError(`${flag} ${value} is not a multiple of 8`);
+  return value;
+}
+
+/** Runs `fn` with an AbortSignal that Ctrl-C fires. */
+export async function withInterrupt<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onInterrupt = () => controller.abort(new UserError("interrupted"));
+  process.once("SIGINT", onInterrupt);
+  try {
+    return await fn(controller.signal);
+  } finally {
+    process.off("SIGINT", onInterrupt);
+  }
+}
+
+/** Pipeline option errors (bad size for this model, strength too small) become one-line user errors. */
+export async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof RangeError) throw new UserError(e.message);
+    throw e;
+  }
+}
+
+/** A PNG named by a flag; unreadable or not a PNG is the user's error. */
+export async function readImageFlag(path: string, what: string): Promise<DecodedImage> {
+  try {
+    return await readPngFile(path, what);
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+}

@@ -1,0 +1,138 @@
+import { concat, slice } from "@ldm/kernels";
+import { type Device, Tensor } from "@ldm/tensor";
+import type { ModelConfig } from "@ldm/weights";
+import {
+  type DiffusionModel,
+  guided,
+  type InitLatents,
+  type NoiseSchedule,
+  type SamplerName,
+  type StepInfo,
+  sample,
+} from "../diffusion/index.ts";
+import type { CLIPTextModel, UNetModel } from "../models/index.ts";
+import type { Generator } from "../random/index.ts";
+
+/**
+ * The UNet as the samplers call it: host latents of the whole batch [N, C, h, w] in, its prediction out, with
+ * the context (and the inpainting channels) bound for the whole run. Every call's intermediates are freed
+ * before it returns.
+ */
+export function unetDenoiser(
+  unet: UNetModel,
+  context: Tensor,
+  cConcat: Tensor | undefined,
+  latentShape: readonly number[],
+): DiffusionModel {
+  const device = context.device;
+  const batch = latentShape[0];
+  return async (x, t) => {
+    const out = device.tidy(() =>
+      unet.forward({
+        x: Tensor.from(device, x, latentShape),
+        timesteps: Tensor.from(device, new Float32Array(batch).fill(t), [batch]),
+        context,
+        cConcat,
+      }),
+    );
+    try {
+      return await out.toFloat32();
+    } finally {
+      out.dispose();
+    }
+  };
+}
+
+/**
+ * The text encoder's conditioning for token id rows (one per batch item), [rows, L, D]: identical rows (a
+ * prompt repeated over the batch) are encoded once.
+ */
+export function encodeTokenRows(device: Device, clip: CLIPTextModel, rows: readonly Int32Array[]): Tensor {
+  const keys = rows.map((r) => r.join(","));
+  const unique = [...new Set(keys)];
+  const length = rows[0].length;
+  const ids = new Int32Array(unique.length * length);
+  unique.forEach((key, i) => {
+    ids.set(rows[keys.indexOf(key)], i * length);
+  });
+  return device.tidy(() => {
+    const encoded = clip.encode(Tensor.from(device, ids, [unique.length, length], "i32"));
+    if (unique.length === rows.length) return encoded;
+    return concat(
+      keys.map((key) => {
+        const at = unique.indexOf(key);
+        return slice(encoded, 0, at, at + 1);
+      }),
+      0,
+    );
+  });
+}
+
+/** The sampling path every generation shares (and what `sample` reference dumps exercise). */
+export interface LatentRequest {
+  /** Padded token ids, one row per batch item. */
+  condIds: readonly Int32Array[];
+  /** Rows of the unconditional half; required unless guidanceScale is 1. */
+  uncondIds?: readonly Int32Array[];
+  /** Unit-variance noise [B, C, h, w]. */
+  xT: Float32Array;
+  latentShape: readonly number[];
+  sampler: SamplerName;
+  steps: number;
+  guidanceScale: number;
+  eta?: number;
+  generator?: Generator;
+  init?: InitLatents;
+  strength?: number;
+  /** Inpainting UNets: [B, in_channels − C, h, w] (mask, masked-image latents), the same for both CFG halves. */
+  cConcat?: Float32Array;
+  onStep?: (info: StepInfo) => unknown;
+  signal?: AbortSignal;
+}
+
+/**
+ * Classifier-free guided sampling from token ids and noise to clean latents: the context of [uncond; cond]
+ * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1), the config's
+ * parameterization. What every pipeline method runs, and what `sample` reference dumps check.
+ */
+export async function sampleFromTokens(
+  networks: { config: ModelConfig; unet: UNetModel; clip: CLIPTextModel },
+  schedule: NoiseSchedule,
+  request: LatentRequest,
+): Promise<Float32Array> {
+  const { unet, clip, config } = networks;
+  const { latentShape, guidanceScale } = request;
+  const guide = guidanceScale !== 1;
+  if (guide && !request.uncondIds) throw new RangeError("guidance needs the unconditional token ids");
+  const rows = guide ? [...(request.uncondIds ?? []), ...request.condIds] : request.condIds;
+  if (rows.length !== (guide ? 2 : 1) * latentShape[0]) {
+    throw new RangeError(`${rows.length} token rows for a batch of ${latentShape[0]}${guide ? " with guidance" : ""}`);
+  }
+  const device = unet.vb.device;
+  const context = encodeTokenRows(device, clip, rows);
+  let cConcat: Tensor | undefined;
+  try {
+    if (request.cConcat) {
+      const [b, , h, w] = latentShape;
+      const channels = request.cConcat.length / (b * h * w);
+      const both = guide ? new Float32Array([...request.cConcat, ...request.cConcat]) : request.cConcat;
+      cConcat = Tensor.from(device, both, [rows.length, channels, h, w]);
+    }
+    const network = unetDenoiser(unet, context, cConcat, [rows.length, ...latentShape.slice(1)]);
+    return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
+      sampler: request.sampler,
+      steps: request.steps,
+      schedule,
+      parameterization: config.parameterization,
+      generator: request.generator,
+      eta: request.eta,
+      init: request.init,
+      strength: request.strength,
+      onStep: request.onStep,
+      signal: request.signal,
+    });
+  } finally {
+    context.dispose();
+    cConcat?.dispose();
+  }
+}

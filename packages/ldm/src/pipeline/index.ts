@@ -1,0 +1,15 @@
+export { encodeTokenRows, type LatentRequest, sampleFromTokens, unetDenoiser } from "./denoiser.ts";
+export { type GenerationParameters, PARAMETERS_KEYWORD, parametersText, parseParameters } from "./parameters.ts";
+export {
+  type GenerateOptions,
+  type GenerationResult,
+  type Img2ImgOptions,
+  type InpaintOptions,
+  type LoadOptions,
+  type LossOptions,
+  type LossResult,
+  type PipelineNetworks,
+  PipelineOptionError,
+  type Progress,
+  StableDiffusion,
+} from "./stable-diffusion.ts";

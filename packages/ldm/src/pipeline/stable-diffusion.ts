@@ -1,0 +1,555 @@
+/**
+ * Text-to-image, image-to-image and inpainting with a loaded Stable Diffusion checkpoint, in the shape of
+ * diffusers' pipelines: token ids → CLIP context, torch-compatible CPU noise, a guided sampling loop over the
+ * UNet, the VAE decode. The latent scale factor and the parameterization come from the model's config.
+ */
+import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import type { ModelConfig } from "@ldm/weights";
+import {
+  type InitLatents,
+  NoiseSchedule,
+  qSample,
+  SAMPLER_NAMES,
+  type SamplerName,
+  type StepInfo,
+} from "../diffusion/index.ts";
+import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../image/pixels.ts";
+import type { RgbaImage } from "../image/png.ts";
+import type { AutoencoderKL, CLIPTextModel, UNetModel } from "../models/index.ts";
+import { Generator, type Seed } from "../random/index.ts";
+import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
+import { encodeTokenRows, type LatentRequest, sampleFromTokens, unetDenoiser } from "./denoiser.ts";
+import type { GenerationParameters } from "./parameters.ts";
+
+export interface LoadOptions {
+  /** The device to run on; one is created (and destroyed by dispose()) when absent. */
+  device?: Device;
+  /** Parameter and activation dtype; f16 needs shader-f16. Default f32. */
+  dtype?: ParamDType;
+  /** An original-style YAML config; detected from the weights when absent. */
+  config?: string;
+  /** CLIP's vocabulary (see loadClipTokenizer); default: the model folder's tokenizer/. */
+  vocab?: string;
+}
+
+/** Reported after every sampler step. */
+export interface Progress {
+  step: number;
+  steps: number;
+  /** The step's model timestep. */
+  t: number;
+  /** Since sampling began. */
+  elapsedMs: number;
+  /** The step's x̂₀ decoded, when `preview` asked for it at this step. */
+  preview?: RgbaImage[];
+}
+
+export interface GenerateOptions {
+  prompt: string;
+  /** What the unconditional half of classifier-free guidance is conditioned on (default ""). */
+  negativePrompt?: string;
+  /** Default 50. */
+  steps?: number;
+  /** Classifier-free guidance scale (default 7.5); 1 skips the unconditional pass. */
+  guidanceScale?: number;
+  /** Default "ddim". */
+  sampler?: SamplerName;
+  /** DDIM's or Euler ancestral's η (defaults 0 and 1). */
+  eta?: number;
+  /** torch seed of the run's one CPU generator; random when absent (the result says which). */
+  seed?: Seed;
+  /** Pixels, multiples of 8 (default 512, or the init image's size). */
+  width?: number;
+  height?: number;
+  /** Images generated together (default 1). */
+  batchSize?: number;
+  onProgress?: (progress: Progress) => unknown;
+  signal?: AbortSignal;
+  /** Decode the step's x̂₀ every this many steps into `Progress.preview` (a full VAE decode each time). */
+  preview?: number;
+}
+
+export interface Img2ImgOptions extends GenerateOptions {
+  initImage: RgbaImage;
+  /** How much of the schedule runs: 1 = from pure noise; int(strength·steps) steps run. Default 0.75. */
+  strength?: number;
+}
+
+export interface InpaintOptions extends GenerateOptions {
+  initImage: RgbaImage;
+  /** Same size as the image; white (luma ≥ 128) is repainted, black kept. */
+  mask: RgbaImage;
+  /** Default 1 (the masked part from pure noise). */
+  strength?: number;
+}
+
+export interface LossOptions {
+  image: RgbaImage;
+  prompt: string;
+  /** The training timestep, an integer in [0, T). */
+  t: number;
+  /** Seeds the latent sample and ε (default 0). */
+  seed?: Seed;
+}
+
+export interface LossResult {
+  /** Mean squared error of the prediction against the target. */
+  mse: number;
+  t: number;
+  /** What the prediction was compared with: ε or v, as the model predicts. */
+  target: "eps" | "v";
+  seed: Seed;
+}
+
+export interface GenerationResult {
+  images: RgbaImage[];
+  /** The clean latents z₀ (scaled by the config's scale_factor, as the UNet sees them), [B, C, h, w]. */
+  latents: Float32Array;
+  latentShape: number[];
+  seed: Seed;
+  /** Per image: what regenerates it. */
+  parameters: GenerationParameters[];
+  /** Sampling includes the text encoder; decoding is the VAE and the conversion to RGBA. */
+  timings: { samplingMs: number; decodeMs: number };
+}
+
+export interface PipelineNetworks {
+  config: ModelConfig;
+  unet: UNetModel;
+  vae: AutoencoderKL;
+  clip: CLIPTextModel;
+}
+
+/** Thrown for options the pipeline cannot run with (bad size, unknown sampler, …). */
+export class PipelineOptionError extends RangeError {}
+
+const DEFAULTS = { steps: 50, guidanceScale: 7.5, sampler: "ddim" as SamplerName, size: 512, strength: 0.75 };
+
+export class StableDiffusion {
+  readonly schedule: NoiseSchedule;
+  private readonly padWith: PadWith;
+
+  private constructor(
+    readonly device: Device,
+    readonly networks: PipelineNetworks,
+    readonly tokenizer: ClipTokenizer,
+    /** The checkpoint's file or folder name, recorded in the parameters. */
+    readonly name: string,
+    private readonly ownsDevice: boolean,
+  ) {
+    const { config } = networks;
+    this.schedule = NoiseSchedule.create({
+      timesteps: config.timesteps,
+      linearStart: config.linear_start,
+      linearEnd: config.linear_end,
+    });
+    // SD1's CLIP pads with its end token, SD2's OpenCLIP with id 0; the tokenizer knows the end token's id.
+    this.padWith = config.text.pad_token_id === 0 ? "zero" : "end";
+    const vocabulary = config.text.vocab_size;
+    if (tokenizer.endId >= vocabulary || tokenizer.startId >= vocabulary) {
+      throw new Error(
+        `the tokenizer's start/end ids (${tokenizer.startId}/${tokenizer.endId}) are outside the text encoder's vocabulary of ${vocabulary}: pass the model's own vocab`,
+      );
+    }
+  }
+
+  /**
+   * A checkpoint (single .safetensors file or diffusers folder) with its tokenizer, in Node. The file loaders
+   * are imported here, so browsers can import this module and build a pipeline with fromNetworks().
+   */
+  static async load(path: string, options: LoadOptions = {}): Promise<StableDiffusion> {
+    const dtype = options.dtype ?? "f32";
+    const { loadClipTokenizer } = await import("../tokenizer/vocab-files.ts");
+    const { loadModel } = await import("../models/load-node.ts");
+    const tokenizer = loadClipTokenizer({ vocab: options.vocab, model: options.vocab ? undefined : path }).tokenizer;
+    const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
+    try {
+      const { config, unet, vae, clip } = await loadModel(path, { device, dtype, config: options.config });
+      if (!unet || !vae || !clip) throw new Error("internal: loadModel did not build every network");
+      const name =
+        path
+          .replace(/[\\/]+$/, "")
+          .split(/[\\/]/)
+          .pop() ?? path;
+      return new StableDiffusion(device, { config, unet, vae, clip }, tokenizer, name, !options.device);
+    } catch (e) {
+      if (!options.device) device.destroy();
+      throw e;
+    }
+  }
+
+  /** A pipeline over networks loaded elsewhere (a browser's loader); the caller keeps the device. */
+  static fromNetworks(networks: PipelineNetworks, tokenizer: ClipTokenizer, name: string): StableDiffusion {
+    return new StableDiffusion(networks.unet.vb.device, networks, tokenizer, name, false);
+  }
+
+  get config(): ModelConfig {
+    return this.networks.config;
+  }
+
+  get dtype(): ParamDType {
+    return this.networks.unet.vb.dtype;
+  }
+
+  /** Whether the UNet takes a mask and masked-image latents besides the latents (9 input channels). */
+  get isInpainting(): boolean {
+    return this.config.unet.in_channels > this.latentChannels;
+  }
+
+  private get latentChannels(): number {
+    return this.config.vae.embed_dim;
+  }
+
+  /** Padded ids of a prompt, checked against the text encoder's vocabulary. */
+  tokenize(prompt: string): Int32Array {
+    const { max_position_embeddings: maxLength, vocab_size: vocabulary } = this.config.text;
+    const { padded } = this.tokenizer.tokenize(prompt, { maxLength, padWith: this.padWith });
+    const outside = padded.find((id) => id >= vocabulary);
+    if (outside !== undefined) {
+      throw new Error(
+        `prompt ${JSON.stringify(prompt)} has token id ${outside}, outside the text encoder's vocabulary of ${vocabulary}: the tokenizer does not belong to this model`,
+      );
+    }
+    return Int32Array.from(padded);
+  }
+
+  async txt2img(options: GenerateOptions): Promise<GenerationResult> {
+    if (this.isInpainting) {
+      throw new PipelineOptionError(
+        "this is an inpainting model (its UNet takes a mask): use inpaint with an image and a mask",
+      );
+    }
+    const job = this.prepare(options, options.width ?? DEFAULTS.size, options.height ?? DEFAULTS.size);
+    const xT = job.generator.randn(job.latentShape);
+    return this.run(job, options, { xT });
+  }
+
+  /**
+   * Diffusers' StableDiffusionImg2ImgPipeline order: the image is encoded once and its latent sampled with the
+   * run's generator (as diffusers' retrieve_latents and the original get_first_stage_encoding do), repeated
+   * over the batch and scaled, then the noise is drawn; the last int(strength·steps) steps run from it.
+   */
+  async img2img(options: Img2ImgOptions): Promise<GenerationResult> {
+    if (this.isInpainting) {
+      throw new PipelineOptionError("this is an inpainting model (its UNet takes a mask): use inpaint with a mask");
+    }
+    const { width, height } = options.initImage;
+    const job = this.prepare(options, options.width ?? width, options.height ?? height, options.initImage);
+    const strength = options.strength ?? DEFAULTS.strength;
+    const latents = await this.encodeLatents(rgbaToPixels([options.initImage]), job, job.batchSize);
+    const xT = job.generator.randn(job.latentShape);
+    return this.run(job, options, { xT, init: { latents }, strength });
+  }
+
+  /**
+   * Inpainting UNets (9 channels) as diffusers' StableDiffusionInpaintPipeline and Stability's scripts: the
+   * mask binarised at 0.5, c_concat = [mask resized nearest to the latent, latents of image·(mask < 0.5)]
+   * (mask first), the same for both guidance halves. Draw order: init latents when strength < 1, the noise, the
+   * masked-image latent. Ordinary UNets: the init latents kept outside the mask at every step (the original
+   * DDIM's x0/mask blending).
+   */
+  async inpaint(options: InpaintOptions): Promise<GenerationResult> {
+    const { initImage, mask } = options;
+    if (mask.width !== initImage.width || mask.height !== initImage.height) {
+      throw new PipelineOptionError(
+        `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
+      );
+    }
+    const job = this.prepare(options, options.width ?? initImage.width, options.height ?? initImage.height, initImage);
+    const strength = options.strength ?? 1;
+    const repaint = maskFromImage(mask);
+    const [, , h, w] = job.latentShape;
+    const latentMask = resizeNearest(repaint, job.height, job.width, h, w);
+    const pixels = rgbaToPixels([initImage]);
+    const needInit = !this.isInpainting || strength < 1;
+    const latents = needInit ? await this.encodeLatents(pixels, job, job.batchSize) : undefined;
+    const xT = job.generator.randn(job.latentShape);
+    if (!this.isInpainting) {
+      const keep = repeatPlane(
+        latentMask.map((m) => 1 - m),
+        job.latentShape,
+      );
+      return this.run(job, options, { xT, init: { latents: latents as Float32Array, keep }, strength });
+    }
+    const plane = job.width * job.height;
+    const masked = pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : 0));
+    const maskedLatents = await this.encodeLatents(masked, job, 1);
+    const cConcat = concatChannels([latentMask, maskedLatents], [1, this.latentChannels], job.latentShape);
+    return this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
+  }
+
+  /**
+   * Classifier-free guided sampling from token ids and noise to clean latents: the context of [uncond; cond]
+   * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1).
+   */
+  async sampleLatents(request: LatentRequest): Promise<Float32Array> {
+    return sampleFromTokens(this.networks, this.schedule, request);
+  }
+
+  /** The text encoder's context for prompts, [N, L, D] (the caller disposes it). */
+  encodeText(prompts: readonly string[]): Tensor {
+    return encodeTokenRows(
+      this.device,
+      this.networks.clip,
+      prompts.map((p) => this.tokenize(p)),
+    );
+  }
+
+  /**
+   * L_simple of the original training objective at one timestep, without gradients: the image encoded (latent
+   * sampled, as get_first_stage_encoding), noised by q_sample with ε from the generator, the UNet's prediction
+   * compared by mean squared error with ε — or with v = √ᾱ·ε − √(1−ᾱ)·z₀ for v-models (the original get_v).
+   */
+  async loss(options: LossOptions): Promise<LossResult> {
+    if (this.isInpainting)
+      throw new PipelineOptionError("loss needs an ordinary UNet; this one inpaints (takes a mask)");
+    const { image, t } = options;
+    this.checkSize(image.width, image.height);
+    const T = this.schedule.numTimesteps;
+    if (!Number.isInteger(t) || t < 0 || t >= T)
+      throw new PipelineOptionError(`t ${t}: must be an integer in [0, ${T})`);
+    const seed = options.seed ?? 0;
+    const generator = new Generator(seed);
+    const z0 = await this.encodeLatents(
+      rgbaToPixels([image]),
+      { width: image.width, height: image.height, generator },
+      1,
+    );
+    const f = this.networks.vae.downscale;
+    const shape = [1, this.latentChannels, image.height / f, image.width / f];
+    const eps = generator.randn(shape);
+    const zt = qSample(this.schedule, z0, t, eps);
+    const context = this.encodeText([options.prompt]);
+    let prediction: Float32Array;
+    try {
+      prediction = await unetDenoiser(this.networks.unet, context, undefined, shape)(zt, t);
+    } finally {
+      context.dispose();
+    }
+    const parameterization = this.config.parameterization;
+    const a = this.schedule.alphasCumprod[t];
+    const target = parameterization === "eps" ? eps : eps.map((e, i) => Math.sqrt(a) * e - Math.sqrt(1 - a) * z0[i]);
+    let sum = 0;
+    prediction.forEach((p, i) => {
+      sum += (p - target[i]) ** 2;
+    });
+    return { mse: sum / prediction.length, t, target: parameterization, seed };
+  }
+
+  /** Scaled latents [B, C, h, w] → float pixels [B, 3, H, W] (nominally [−1, 1]). */
+  async decodePixels(latents: Float32Array, latentShape: readonly number[]): Promise<Float32Array> {
+    const scale = this.config.scale_factor;
+    const image = this.device.tidy(() =>
+      this.networks.vae.decode(
+        Tensor.from(
+          this.device,
+          latents.map((v) => v / scale),
+          latentShape,
+        ),
+      ),
+    );
+    try {
+      return await image.toFloat32();
+    } finally {
+      image.dispose();
+    }
+  }
+
+  /** Scaled latents → images. */
+  async decode(latents: Float32Array, latentShape: readonly number[]): Promise<RgbaImage[]> {
+    const [b, , h, w] = latentShape;
+    const f = this.networks.vae.downscale;
+    return pixelsToRgba(await this.decodePixels(latents, latentShape), [b, 3, h * f, w * f]);
+  }
+
+  /**
+   * Destroys the device when load() created it, freeing everything. The weights on a device passed in stay
+   * until that device is destroyed (VarBuilder has no way to free them yet).
+   */
+  dispose(): void {
+    if (this.ownsDevice) this.device.destroy();
+  }
+
+  /** Validates the options common to every method; makes the run's generator. */
+  private prepare(options: GenerateOptions, width: number, height: number, initImage?: RgbaImage): Job {
+    const steps = options.steps ?? DEFAULTS.steps;
+    const sampler = options.sampler ?? DEFAULTS.sampler;
+    const guidanceScale = options.guidanceScale ?? DEFAULTS.guidanceScale;
+    const batchSize = options.batchSize ?? 1;
+    if (!SAMPLER_NAMES.includes(sampler)) {
+      throw new PipelineOptionError(`unknown sampler "${sampler}"; one of ${SAMPLER_NAMES.join(", ")}`);
+    }
+    if (!Number.isInteger(steps) || steps < 1) throw new PipelineOptionError(`steps ${steps}: must be an integer ≥ 1`);
+    if (!Number.isFinite(guidanceScale))
+      throw new PipelineOptionError(`guidance scale ${guidanceScale} is not a number`);
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new PipelineOptionError(`batch size ${batchSize}: must be an integer ≥ 1`);
+    }
+    if (options.preview !== undefined && !(Number.isInteger(options.preview) && options.preview >= 1)) {
+      throw new PipelineOptionError(`preview ${options.preview}: must be an integer ≥ 1 (every n steps)`);
+    }
+    this.checkSize(width, height);
+    if (initImage && (initImage.width !== width || initImage.height !== height)) {
+      throw new PipelineOptionError(
+        `the init image is ${initImage.width}×${initImage.height}, the requested size ${width}×${height}: resize the image`,
+      );
+    }
+    const f = this.networks.vae.downscale;
+    const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
+    return {
+      steps,
+      sampler,
+      guidanceScale,
+      batchSize,
+      width,
+      height,
+      seed,
+      generator: new Generator(seed),
+      latentShape: [batchSize, this.latentChannels, height / f, width / f],
+    };
+  }
+
+  /** Multiples of 8 (the VAE's factor) and of what the UNet's downsampling needs. */
+  private checkSize(width: number, height: number): void {
+    const f = this.networks.vae.downscale;
+    const unetFactor = 2 ** (this.config.unet.channel_mult.length - 1);
+    for (const [name, value] of [
+      ["width", width],
+      ["height", height],
+    ] as const) {
+      if (!Number.isInteger(value) || value < f || value % f) {
+        throw new PipelineOptionError(`${name} ${value} must be a positive multiple of ${f}`);
+      }
+      if ((value / f) % unetFactor) {
+        throw new PipelineOptionError(
+          `${name} ${value}: this UNet halves the latent ${Math.log2(unetFactor)} times, so ${name} must be a multiple of ${f * unetFactor}`,
+        );
+      }
+    }
+  }
+
+  /** Pixels [1, 3, H, W] → a latent sampled with the run's generator, scaled, repeated `copies` times. */
+  private async encodeLatents(
+    pixels: Float32Array,
+    job: Pick<Job, "width" | "height" | "generator">,
+    copies: number,
+  ): Promise<Float32Array> {
+    const input = Tensor.from(this.device, pixels, [1, 3, job.height, job.width]);
+    try {
+      const distribution = await this.networks.vae.encode(input);
+      const scale = this.config.scale_factor;
+      const latent = distribution.sample(job.generator).map((v) => v * scale);
+      const out = new Float32Array(latent.length * copies);
+      for (let i = 0; i < copies; i++) out.set(latent, i * latent.length);
+      return out;
+    } finally {
+      input.dispose();
+    }
+  }
+
+  private async run(
+    job: Job,
+    options: GenerateOptions,
+    start: { xT: Float32Array; init?: InitLatents; strength?: number; cConcat?: Float32Array },
+  ): Promise<GenerationResult> {
+    const negativePrompt = options.negativePrompt ?? "";
+    const cond = this.tokenize(options.prompt);
+    const uncond = job.guidanceScale !== 1 ? this.tokenize(negativePrompt) : undefined;
+    const samplingStart = performance.now();
+    const latents = await this.sampleLatents({
+      condIds: Array(job.batchSize).fill(cond),
+      uncondIds: uncond && Array(job.batchSize).fill(uncond),
+      xT: start.xT,
+      latentShape: job.latentShape,
+      sampler: job.sampler,
+      steps: job.steps,
+      guidanceScale: job.guidanceScale,
+      eta: options.eta,
+      generator: job.generator,
+      init: start.init,
+      strength: start.strength,
+      cConcat: start.cConcat,
+      signal: options.signal,
+      onStep: options.onProgress && (async (info) => this.progress(info, options, job, samplingStart)),
+    });
+    const decodeStart = performance.now();
+    const images = await this.decode(latents, job.latentShape);
+    const done = performance.now();
+    const parameters = images.map(
+      (_, batchIndex): GenerationParameters => ({
+        prompt: options.prompt,
+        negativePrompt,
+        seed: String(job.generator.initialSeed()),
+        sampler: job.sampler,
+        steps: job.steps,
+        guidanceScale: job.guidanceScale,
+        eta: options.eta ?? (job.sampler === "euler_ancestral" ? 1 : 0),
+        width: job.width,
+        height: job.height,
+        batchSize: job.batchSize,
+        batchIndex,
+        model: this.name,
+        dtype: this.dtype,
+        ...(start.init || start.cConcat ? { strength: start.strength } : {}),
+      }),
+    );
+    return {
+      images,
+      latents,
+      latentShape: [...job.latentShape],
+      seed: job.seed,
+      parameters,
+      timings: {
+        samplingMs: decodeStart - samplingStart,
+        decodeMs: done - decodeStart,
+      },
+    };
+  }
+
+  private async progress(info: StepInfo, options: GenerateOptions, job: Job, start: number): Promise<void> {
+    const every = options.preview;
+    const wantPreview = every !== undefined && ((info.step + 1) % every === 0 || info.step === info.steps - 1);
+    const preview = wantPreview ? await this.decode(info.denoised, job.latentShape) : undefined;
+    await options.onProgress?.({
+      step: info.step,
+      steps: info.steps,
+      t: info.t,
+      elapsedMs: performance.now() - start,
+      preview,
+    });
+  }
+}
+
+interface Job {
+  steps: number;
+  sampler: SamplerName;
+  guidanceScale: number;
+  batchSize: number;
+  width: number;
+  height: number;
+  seed: Seed;
+  generator: Generator;
+  latentShape: number[];
+}
+
+/** One [h, w] plane repeated over [B, C, h, w]. */
+function repeatPlane(plane: Float32Array, shape: readonly number[]): Float32Array {
+  const [b, c] = shape;
+  const out = new Float32Array(b * c * plane.length);
+  for (let i = 0; i < b * c; i++) out.set(plane, i * plane.length);
+  return out;
+}
+
+/** Per-item tensors [1, c_k, h, w] (host) joined along channels and repeated over the batch of `shape`. */
+function concatChannels(parts: Float32Array[], channels: number[], shape: readonly number[]): Float32Array {
+  const [b, , h, w] = shape;
+  const item = new Float32Array(channels.reduce((a, c) => a + c, 0) * h * w);
+  let at = 0;
+  parts.forEach((part, k) => {
+    item.set(part.subarray(0, channels[k] * h * w), at);
+    at += channels[k] * h * w;
+  });
+  const out = new Float32Array(b * item.length);
+  for (let i = 0; i < b; i++) out.set(item, i * item.length);
+  return out;
+}

@@ -1,0 +1,200 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { main } from "../src/cli/main.ts";
+import { decodePng, encodePng } from "../src/image/png.ts";
+import { PARAMETERS_KEYWORD, parseParameters } from "../src/pipeline/parameters.ts";
+import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
+
+const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
+const MODEL = ["--model", join(DUMPS, "tiny-sd1.safetensors"), "--config", join(DUMPS, "tiny-sd1.yaml")];
+
+let dir: string;
+let vocab: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "ldm-generate-"));
+  vocab = writeTinyVocab(join(dir, "tokenizer"), 1000);
+  const png = (width: number, height: number) =>
+    encodePng({ width, height, data: new Uint8ClampedArray(width * height * 4).fill(200) });
+  writeFileSync(join(dir, "init.png"), png(32, 32));
+  writeFileSync(join(dir, "mask16.png"), png(16, 16));
+  writeFileSync(join(dir, "photo.jpg"), Uint8Array.from([0xff, 0xd8, 0xff, 0xe0, 0, 16]));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Runs the CLI in-process: exit code and what it printed on stdout and stderr. */
+async function ldm(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const log = vi.spyOn(console, "log").mockImplementation((...a) => void out.push(a.join(" ")));
+  const error = vi.spyOn(console, "error").mockImplementation((...a) => void err.push(a.join(" ")));
+  const write = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
+    err.push(String(s));
+    return true;
+  });
+  try {
+    const code = await main(["node", "ldm", ...args]);
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    log.mockRestore();
+    error.mockRestore();
+    write.mockRestore();
+  }
+}
+
+describe("ldm generate: errors before any model work", () => {
+  it.each([
+    [["a cat", "--sampler", "lms"], /unknown sampler "lms"; one of ddpm, ddim, plms, euler, euler_ancestral, heun/],
+    [["a cat", "--width", "100"], /--width 100 is not a multiple of 8/],
+    [["a cat", "--steps", "0"], /--steps must be an integer ≥ 1, got "0"/],
+    [["a cat", "--cfg", "x"], /--cfg must be a number, got "x"/],
+    [["a cat", "--seed", "1.5"], /--seed must be an integer, got "1.5"/],
+    [["a cat"], /no model given: pass --model/],
+    [["--steps", "3"], /no prompt: give one, or --params-from/],
+  ])("%j", async (args, message) => {
+    const { code, err } = await ldm("generate", ...args);
+    expect(code).toBe(1);
+    expect(err).toMatch(message);
+  });
+
+  it("init image and mask problems", async () => {
+    const mask = await ldm("generate", "a cat", ...MODEL, "--mask", join(dir, "mask16.png"));
+    expect(mask.err).toMatch(/--mask needs --init-image/);
+    const jpeg = await ldm("generate", "a cat", ...MODEL, "--init-image", join(dir, "photo.jpg"));
+    expect(jpeg.err).toMatch(/init image .*photo.jpg is not a PNG \(it looks like a JPEG\)/);
+    const missing = await ldm("generate", "a cat", ...MODEL, "--init-image", join(dir, "nope.png"));
+    expect(missing.err).toMatch(/cannot read init image .*nope.png: ENOENT/);
+    const sizes = await ldm(
+      "generate",
+      "a cat",
+      ...MODEL,
+      "--init-image",
+      join(dir, "init.png"),
+      "--mask",
+      join(dir, "mask16.png"),
+    );
+    expect(sizes.err).toMatch(/the mask is 16×16, the init image 32×32: they must match/);
+    for (const result of [mask, jpeg, missing, sizes]) expect(result.code).toBe(1);
+  });
+
+  it("a missing vocabulary or model file", async () => {
+    const noVocab = await ldm("generate", "a cat", ...MODEL);
+    expect(noVocab.code).toBe(1);
+    expect(noVocab.err).toMatch(/has no tokenizer\/ folder; pass --vocab/);
+    const noModel = await ldm("generate", "a cat", "--model", join(dir, "absent.safetensors"), "--vocab", vocab);
+    expect(noModel.code).toBe(1);
+    expect(noModel.err).toMatch(/absent.safetensors/);
+  });
+});
+
+describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
+  it("writes a PNG with its parameters, and --params-from regenerates it exactly", async () => {
+    const first = join(dir, "out", "first.png");
+    const run = await ldm(
+      "generate",
+      "a photograph of an astronaut",
+      ...MODEL,
+      "--vocab",
+      vocab,
+      "--width",
+      "32",
+      "--height",
+      "48",
+      "--steps",
+      "3",
+      "--seed",
+      "7",
+      "--sampler",
+      "euler",
+      "--out",
+      join(dir, "out") + "/",
+    );
+    expect(run.code, run.err).toBe(0);
+    const written = run.out.trim();
+    expect(written).toBe(join(dir, "out", "ldm-7-0.png"));
+    expect(run.err).toMatch(/step 3\/3 +[\d.]+ it\/s +ETA 0\.0 s/);
+    const image = decodePng(readFileSync(written), "output");
+    expect([image.width, image.height]).toEqual([32, 48]);
+    const parameters = parseParameters(image.text[PARAMETERS_KEYWORD], written);
+    expect(parameters).toMatchObject({
+      prompt: "a photograph of an astronaut",
+      negativePrompt: "",
+      seed: "7",
+      sampler: "euler",
+      steps: 3,
+      guidanceScale: 7.5,
+      width: 32,
+      height: 48,
+      model: "tiny-sd1.safetensors",
+      dtype: "f32",
+    });
+    const again = await ldm("generate", "--params-from", written, ...MODEL, "--vocab", vocab, "--out", first);
+    expect(again.code, again.err).toBe(0);
+    expect(decodePng(readFileSync(first), "again").data).toEqual(image.data);
+  });
+
+  it("img2img with --cfg 1 and a batch of 2 numbers its files", async () => {
+    const out = join(dir, "i2i.png");
+    const run = await ldm(
+      "generate",
+      "a cat",
+      ...MODEL,
+      "--vocab",
+      vocab,
+      "--init-image",
+      join(dir, "init.png"),
+      "--strength",
+      "0.5",
+      "--steps",
+      "4",
+      "--cfg",
+      "1",
+      "-n",
+      "2",
+      "--out",
+      out,
+    );
+    expect(run.code, run.err).toBe(0);
+    expect(run.out.split("\n")).toEqual([join(dir, "i2i-0.png"), join(dir, "i2i-1.png")]);
+    expect(existsSync(join(dir, "i2i-1.png"))).toBe(true);
+    expect(run.err.match(/step \d\/2/g)).toEqual(["step 1/2", "step 2/2"]);
+  });
+
+  it("ldm loss prints the MSE; ldm bench reports steps, decode and peak memory", async () => {
+    const loss = await ldm(
+      "loss",
+      ...MODEL,
+      "--vocab",
+      vocab,
+      "--image",
+      join(dir, "init.png"),
+      "--prompt",
+      "a cat",
+      "--t",
+      "250",
+    );
+    expect(loss.code, loss.err).toBe(0);
+    expect(loss.out).toMatch(/^t 250 {2}seed 0 {2}MSE against ε: \d+\.\d+/);
+    const bench = await ldm(
+      "bench",
+      ...MODEL,
+      "--vocab",
+      vocab,
+      "--width",
+      "32",
+      "--height",
+      "32",
+      "--steps",
+      "2",
+      "--json",
+    );
+    expect(bench.code, bench.err).toBe(0);
+    const report = JSON.parse(bench.out);
+    expect(report.steps).toBe(2);
+    expect(report.step.meanMs).toBeGreaterThan(0);
+    expect(report.vaeDecode.warmMs).toBeGreaterThan(0);
+    expect(report.peakTotalBytes).toBeGreaterThan(2e6);
+  });
+});
