@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   type DiffusionModel,
+  ddimTimesteps,
   NoiseSchedule,
   type SampleOptions,
   type StepInfo,
@@ -68,6 +69,14 @@ describe("strength: a run over the tail of the schedule", () => {
     const a = schedule.alphasCumprod[601];
     const expected = init.map((z, i) => Math.sqrt(a) * z + Math.sqrt(1 - a) * xT[i]);
     expect(calls[0].x).toEqual(expected);
+  });
+});
+
+describe("uniform DDIM timesteps", () => {
+  it("drop the timestep T the original would index ᾱ with (and fail on), keep the original's extra steps", () => {
+    expect(ddimTimesteps(1000, 3)).toEqual([1, 334, 667]);
+    expect(ddimTimesteps(1000, 7)).toEqual([1, 143, 285, 427, 569, 711, 853, 995]);
+    expect(ddimTimesteps(1000, 1000)).toEqual(Array.from({ length: 999 }, (_, i) => i + 1));
   });
 });
 

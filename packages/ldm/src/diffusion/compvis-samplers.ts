@@ -8,7 +8,7 @@ export type TimestepSpacing = "uniform" | "leading" | "trailing";
 /**
  * DDIM/PLMS timesteps, ascending.
  * - "uniform" (the original make_ddim_timesteps): range(0, T, T // steps) + 1. Like the original, when steps does
- *   not divide T this can give more than `steps` timesteps (e.g. 7 → 8).
+ *   not divide T this can give more than `steps` timesteps (e.g. 7 → 8); a timestep of T is dropped (steps 3).
  * - "leading" (diffusers): i · (T // steps) + stepsOffset.
  * - "trailing" (diffusers): round(T − i · T / steps) − 1.
  */
@@ -25,7 +25,9 @@ export function ddimTimesteps(
   if (spacing === "uniform") {
     const stride = Math.floor(numTimesteps / steps);
     timesteps = [];
-    for (let t = 0; t < numTimesteps; t += stride) timesteps.push(t + 1);
+    // The original's last timestep can be T itself (steps 3: 1, 334, 667, 1000), where it then fails indexing
+    // ᾱ[T]; we drop that one instead.
+    for (let t = 0; t + 1 < numTimesteps; t += stride) timesteps.push(t + 1);
   } else if (spacing === "leading") {
     const stride = Math.floor(numTimesteps / steps);
     timesteps = Array.from({ length: steps }, (_, i) => i * stride + stepsOffset);
