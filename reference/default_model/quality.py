@@ -13,6 +13,9 @@ its image is closer to its own emoji than to at least 90% of the other emojis of
 Usage:
   /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm [--grid out.png]
   /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm --random-weights
+  /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm --vae-only
+(--vae-only scores the VAE's reconstructions of the 20 emojis instead of generated images: what
+the check gives when the diffusion model is perfect, i.e. the ceiling set by the autoencoder.)
 (--model is the stem of <stem>.safetensors and <stem>.yaml; the tokenizer folder is the config's
 cond_stage_config.params.tokenizer, relative to the config.) Exit status 0 when the check passes.
 """
@@ -85,6 +88,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint stem: <stem>.safetensors, <stem>.yaml")
     parser.add_argument("--random-weights", action="store_true", help="the same architecture with random weights")
+    parser.add_argument("--vae-only", action="store_true", help="score VAE reconstructions (posterior mean) instead")
     parser.add_argument("--data", default=DEFAULT_DATA, help="dataset stem: <stem>.npy, <stem>.json")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
@@ -105,7 +109,12 @@ def main():
         sys.exit(f"{args.data}: images are {dataset.shape[-1]} px, the model makes {resolution} px")
     chosen = chosen_items(items)
     captions = [items[i]["captions"][0] for i in chosen]
-    images = generate(model, tokenizer, config, captions, args)
+    if args.vae_only:
+        with torch.no_grad():
+            mean = model.first_stage_model.encode(dataset[chosen] * 2 - 1).mode()
+            images = (model.first_stage_model.decode(mean).clamp(-1, 1) + 1) / 2
+    else:
+        images = generate(model, tokenizer, config, captions, args)
 
     reference = downsampled(dataset)
     distances = torch.cdist(downsampled(images), reference)  # [20, N]
@@ -120,7 +129,7 @@ def main():
         passed += fraction >= PASS_FRACTION
         print(f"{'pass' if fraction >= PASS_FRACTION else 'FAIL'} {fraction:6.1%} closer than own: "
               f"{caption!r} (own distance {own:.2f}; nearest emoji {nearest!r})")
-    what = "random weights" if args.random_weights else args.model
+    what = "random weights" if args.random_weights else args.model + (" (VAE reconstructions)" if args.vae_only else "")
     print(f"{what}: {passed}/{len(chosen)} captions pass (need all); "
           f"mean fraction {np.mean(fractions):.1%}, median {np.median(fractions):.1%}")
     if args.grid:
