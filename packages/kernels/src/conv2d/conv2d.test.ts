@@ -64,7 +64,7 @@ async function check(c: Case, tol: { atol: number; rtol?: number }, internals: C
 describe("chooseConvTiles", () => {
   it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
     const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320 };
-    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8 });
+    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8, groups: 2 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 4 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
@@ -91,7 +91,7 @@ describe("planConv", () => {
   });
 });
 
-const plain: Conv2dInternals = { tiles: { kind: "plain", rows: 4, pixelLanes: 16, channelGroups: 4 } };
+const plain: Conv2dInternals = { tiles: { kind: "plain", rows: 4, groups: 1, pixelLanes: 16, channelGroups: 4 } };
 
 // Each geometry compiles its own pipeline (about a second on lavapipe): few, chosen to cover odd sizes,
 // both strides, asymmetric padding, size-1 dimensions and vector or scalar output access.

@@ -223,7 +223,7 @@ function direct(device: Device, call: DirectCall): void {
   };
   const pipeline = device.pipeline(convKey(spec), () => convWgsl(spec));
   const wg = convWorkgroup(tiles);
-  const blocksPerRow = Math.ceil(g.Wo / 4);
+  const blocksPerRow = Math.ceil(g.Wo / (4 * tiles.groups));
   for (const piece of pieces) {
     const batches = piece.b1 - piece.b0;
     const channels = piece.co1 - piece.co0;
@@ -250,7 +250,7 @@ function direct(device: Device, call: DirectCall): void {
       finalize: piece.finalize ? 1 : 0,
       tilesX,
       tilesY,
-      tileRows: tiles.rows,
+      tileRows: tiles.rows * tiles.groups,
     };
     const uniforms = new Uniforms();
     for (const name of CONV_PARAMS) uniforms.u32(values[name]);
