@@ -245,7 +245,8 @@ def check(args):
         mismatched = [t for t in texts if upstream.encode(t) != mine.encode(t)]
         failures += len(mismatched)
         print(f"{name} merges ({path}): vocab {len(mine.vocab)}, start {mine.start_id}, end {mine.end_id}; "
-              f"{len(texts) - len(mismatched)}/{len(texts)} texts tokenize as simple_tokenizer; first mismatches: {mismatched[:3]}")
+              f"{len(texts) - len(mismatched)}/{len(texts)} texts tokenize as simple_tokenizer; "
+              f"first mismatches: {mismatched[:3]}")
     if args.ts_fixture:
         mine = Tokenizer.from_file(args.bpe)
         cases = [{"text": t, "ids": mine.tokenize(t)} for t in texts]

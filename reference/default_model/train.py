@@ -11,8 +11,9 @@ Stages (each resumes from its own state file in --run when it exists; state is s
           first start), L_simple (eps MSE), uniform t over the 1000 "linear" (scaled_linear)
           steps, 10% of captions dropped to "" for classifier-free guidance, EMA of the weights.
           State: <run>/ldm.pt.
-  export  <out>/<name>.safetensors (original single-file layout, weights float16 from the EMA,
-          schedule buffers float32, position_ids int64), <out>/<name>.yaml, <out>/tokenizer/.
+  export  <out>/<name>.safetensors (original single-file layout, weights float16 (or --float32)
+          from the EMA, schedule buffers float32, position_ids int64), <out>/<name>.yaml,
+          <out>/tokenizer/.
   bench   seconds per training step of candidate sizes (nothing saved).
 
 Randomness comes from one torch.Generator per stage, saved with the state, so a resumed run
@@ -25,7 +26,6 @@ Usage: see reference/default_model/README.md ("Training").
 import argparse
 import copy
 import json
-import math
 import os
 import shutil
 import signal
@@ -337,7 +337,8 @@ def evaluate_vae(vae, images, every=16):
     reconstruction = torch.cat([vae.decode(vae.encode(subset[i : i + 64]).mode()) for i in range(0, len(subset), 64)])
     error = (reconstruction.clamp(-1, 1) - subset) / 2
     mse = error.pow(2).flatten(1).mean(1)
-    return {"psnr_db": round((-10 * torch.log10(mse)).mean().item(), 2), "mae_8bit": round(255 * error.abs().mean().item(), 2)}
+    psnr = (-10 * torch.log10(mse)).mean().item()
+    return {"psnr_db": round(psnr, 2), "mae_8bit": round(255 * error.abs().mean().item(), 2)}
 
 
 def crop(images, size, generator):
@@ -412,8 +413,9 @@ def export(args):
     trainer.load_state_dict({**trainer.state_dict(), **weights})
     config["model"]["params"]["scale_factor"] = round(state["extra"]["scale_factor"], 5)
     schedule = {name for name, _ in ldm.named_buffers(recurse=False)}
+    weights_dtype = torch.float32 if args.float32 else torch.float16
     tensors = {
-        name: tensor.half() if tensor.is_floating_point() and name not in schedule else tensor
+        name: tensor.to(weights_dtype) if tensor.is_floating_point() and name not in schedule else tensor
         for name, tensor in ldm.checkpoint_state_dict().items()
     }
     os.makedirs(args.out, exist_ok=True)
@@ -448,7 +450,6 @@ def init(args):
 def bench(args):
     """Seconds per training step of each size preset, for the plan in README.md."""
     data = Dataset(args.data)
-    results = []
     for name in args.presets:
         preset = argparse.Namespace(**{**vars(args), **PRESETS[name]})
         config = build_config(preset)
@@ -461,14 +462,16 @@ def bench(args):
         text_params = sum(p.numel() for p in ldm.cond_stage_model.parameters())
         row = {"preset": name, "vae_M": vae_params / 1e6, "unet_M": unet_params / 1e6, "text_M": text_params / 1e6}
         if "vae" in args.parts:
-            row["vae_s_per_step"] = time_steps(vae.parameters(), lambda: vae_loss(vae, crop(images, preset.crop, generator), generator)[0], args.bench_steps)
+            batch = crop(images, preset.crop, generator)
+            loss = lambda: vae_loss(vae, batch, generator)[0]  # noqa: E731
+            row["vae_s_per_step"] = time_steps(vae.parameters(), loss, args.bench_steps)
         if "ldm" in args.parts:
             trainer = DiffusionTrainer(ldm)
             latent = config["model"]["params"]["image_size"]
             z0 = torch.randn(preset.batch, 4, latent, latent, generator=generator)
             ids = torch.randint(0, preset.vocab_size, (preset.batch, 77), generator=generator)
-            row["ldm_s_per_step"] = time_steps(trainer.parameters(), lambda: trainer.loss(z0, ids, generator), args.bench_steps)
-        results.append(row)
+            loss = lambda: trainer.loss(z0, ids, generator)  # noqa: E731
+            row["ldm_s_per_step"] = time_steps(trainer.parameters(), loss, args.bench_steps)
         print(json.dumps({**row, "batch": preset.batch, "threads": args.threads}), flush=True)
 
 
@@ -512,7 +515,8 @@ def add_size_flags(parser):
     parser.add_argument("--unet-channels", type=int, default=64)
     parser.add_argument("--unet-channel-mult", type=int, nargs="+", default=[1, 2, 2])
     parser.add_argument("--unet-res-blocks", type=int, default=1)
-    parser.add_argument("--unet-attention", type=int, nargs="+", default=[2, 4], help="downsampling factors with a SpatialTransformer")
+    parser.add_argument("--unet-attention", type=int, nargs="+", default=[2, 4],
+                        help="downsampling factors with a SpatialTransformer")
     parser.add_argument("--unet-heads", type=int, default=4)
     parser.add_argument("--text-width", type=int, default=256)
     parser.add_argument("--text-layers", type=int, default=4)
@@ -525,7 +529,8 @@ def add_loop_flags(parser, batch, lr, steps):
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--warmup", type=int, default=500, help="steps of linear learning-rate warm-up")
     parser.add_argument("--steps", type=int, default=steps, help="train until this step (total, across resumes)")
-    parser.add_argument("--minutes", type=float, default=0, help="stop after this many minutes of this invocation (0: no limit)")
+    parser.add_argument("--minutes", type=float, default=0,
+                        help="stop after this many minutes of this invocation (0: no limit)")
     parser.add_argument("--save-minutes", type=float, default=10)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -551,6 +556,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="emoji-ldm")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--float32", action="store_true", help="float32 weights (to measure what float16 changes)")
     p = commands.add_parser("bench")
     add_size_flags(p)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
