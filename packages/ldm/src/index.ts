@@ -1,7 +1,9 @@
 export { main as runCli } from "./cli/main.ts";
 export * from "./diffusion/index.ts";
 export * from "./image/index.ts";
+export * from "./models/index.ts";
 export * from "./pipeline/index.ts";
 export * from "./random/index.ts";
 export * from "./tokenizer/index.ts";
+export * from "./validate/index.ts";
 export { type LoadedTokenizer, loadClipTokenizer, type TokenizerSource } from "./tokenizer/vocab-files.ts";

@@ -5,6 +5,7 @@ import { registerGenerate } from "./commands/generate.ts";
 import { registerInfo } from "./commands/info.ts";
 import { registerLoss } from "./commands/loss.ts";
 import { registerTokenize } from "./commands/tokenize.ts";
+import { registerValidate } from "./commands/validate.ts";
 import { UserError } from "./errors.ts";
 
 export function buildProgram(): Command {
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
   registerDevice(program);
   registerInfo(program);
   registerTokenize(program);
+  registerValidate(program);
   registerGenerate(program);
   registerLoss(program);
   registerBench(program);

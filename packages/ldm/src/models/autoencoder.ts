@@ -1,0 +1,133 @@
+/**
+ * AutoencoderKL of CompVis `ldm/models/autoencoder.py`: Encoder → quant_conv gives the moments (mean and
+ * log-variance) of a diagonal Gaussian; post_quant_conv → Decoder maps a latent back to an image. The
+ * latent scale factor (0.18215 for SD 1.x/2.x) belongs to the pipeline, as in the original.
+ */
+import { slice } from "@ldm/kernels";
+import type { Conv2d, VarBuilder } from "@ldm/nn";
+import { formatShape, Tensor } from "@ldm/tensor";
+import type { VaeConfig } from "@ldm/weights";
+import type { Generator } from "../random/index.ts";
+import { asDType } from "./dtype.ts";
+import { conv1x1 } from "./layers.ts";
+import { blendTiles, planTiles, type TileOptions } from "./tiles.ts";
+import { Decoder, Encoder } from "./vae.ts";
+
+/**
+ * `DiagonalGaussianDistribution(moments)`: mean and log-variance are the two channel halves, the
+ * log-variance clamped to [−30, 20]. Held on the host: the latent is small, and sampling draws its noise
+ * from a host generator (torch's CPU randn) anyway.
+ */
+export class DiagonalGaussianDistribution {
+  readonly mean: Float32Array;
+  readonly logvar: Float32Array;
+  readonly std: Float32Array;
+  /** [B, z, h, w] of the mean, log-variance, std and of a sample. */
+  readonly shape: readonly number[];
+
+  constructor(moments: Float32Array, momentsShape: readonly number[]) {
+    const [b, c2, h, w] = momentsShape;
+    const c = c2 / 2;
+    this.shape = [b, c, h, w];
+    const plane = c * h * w;
+    this.mean = new Float32Array(b * plane);
+    this.logvar = new Float32Array(b * plane);
+    for (let i = 0; i < b; i++) {
+      this.mean.set(moments.subarray(2 * i * plane, (2 * i + 1) * plane), i * plane);
+      this.logvar.set(moments.subarray((2 * i + 1) * plane, (2 * i + 2) * plane), i * plane);
+    }
+    this.logvar = this.logvar.map((v) => Math.min(Math.max(v, -30), 20));
+    this.std = this.logvar.map((v) => Math.exp(0.5 * v));
+  }
+
+  static async fromMoments(moments: Tensor): Promise<DiagonalGaussianDistribution> {
+    return new DiagonalGaussianDistribution(await moments.toFloat32(), moments.shape);
+  }
+
+  /** mean + std · ε with ε = torch.randn(mean.shape, generator) (float32). */
+  sample(generator: Generator): Float32Array {
+    const noise = generator.randn(this.shape);
+    return this.mean.map((m, i) => m + this.std[i] * noise[i]);
+  }
+
+  mode(): Float32Array {
+    return this.mean;
+  }
+}
+
+export class AutoencoderKL {
+  readonly encoder: Encoder;
+  readonly decoder: Decoder;
+  readonly quant_conv: Conv2d;
+  readonly post_quant_conv: Conv2d;
+
+  /** `vb` points at the VAE (canonical prefix `first_stage_model`). */
+  constructor(
+    readonly vb: VarBuilder,
+    readonly cfg: VaeConfig,
+  ) {
+    const { ddconfig: dd, embed_dim: embed } = cfg;
+    this.encoder = new Encoder(vb.pp("encoder"), dd);
+    this.decoder = new Decoder(vb.pp("decoder"), dd);
+    this.quant_conv = conv1x1(vb.pp("quant_conv"), 2 * dd.z_channels, 2 * embed);
+    this.post_quant_conv = conv1x1(vb.pp("post_quant_conv"), embed, dd.z_channels);
+  }
+
+  /** Pixels per latent cell along each axis (8 for every SD VAE). */
+  get downscale(): number {
+    return 2 ** (this.cfg.ddconfig.ch_mult.length - 1);
+  }
+
+  /** x [B, in_channels, H, W] in [−1, 1] → moments [B, 2·embed_dim, H/f, W/f] (mean, then log-variance). */
+  encodeMoments(x: Tensor): Tensor {
+    const { in_channels } = this.cfg.ddconfig;
+    const f = this.downscale;
+    if (x.shape.length !== 4 || x.shape[1] !== in_channels || x.shape[2] % f || x.shape[3] % f) {
+      throw new Error(
+        `VAE encode: image ${formatShape(x.shape)} must be [B, ${in_channels}, H, W] with H and W multiples of ${f}`,
+      );
+    }
+    return x.device.tidy(() => this.quant_conv.forward(this.encoder.forward(asDType(x, this.vb.dtype))));
+  }
+
+  async encode(x: Tensor): Promise<DiagonalGaussianDistribution> {
+    const moments = this.encodeMoments(x);
+    try {
+      return await DiagonalGaussianDistribution.fromMoments(moments);
+    } finally {
+      moments.dispose();
+    }
+  }
+
+  /** z [B, embed_dim, h, w], unscaled (the pipeline divides by scale_factor first) → image [B, out_ch, f·h, f·w]. */
+  decode(z: Tensor): Tensor {
+    const { embed_dim } = this.cfg;
+    if (z.shape.length !== 4 || z.shape[1] !== embed_dim) {
+      throw new Error(`VAE decode: latent ${formatShape(z.shape)} must be [B, ${embed_dim}, h, w]`);
+    }
+    return z.device.tidy(() => this.decoder.forward(this.post_quant_conv.forward(asDType(z, this.vb.dtype))));
+  }
+
+  /**
+   * decode() in overlapping latent tiles, blended with linear ramps across each overlap, so memory is
+   * bounded by the tile size. Each tile normalises with its own GroupNorm statistics (as every tiled VAE
+   * decoder does), so the result differs slightly from decode(); the ramps keep tile borders invisible.
+   */
+  async decodeTiled(z: Tensor, options: TileOptions): Promise<Tensor> {
+    const [b, , h, w] = z.shape;
+    const f = this.downscale;
+    const tiles = planTiles(h, w, options);
+    const decoded: Float32Array[] = [];
+    for (const tile of tiles) {
+      const image = z.device.tidy(() => {
+        const rows = slice(z, 2, tile.y, tile.y + tile.height);
+        return this.decode(slice(rows, 3, tile.x, tile.x + tile.width));
+      });
+      decoded.push(await image.toFloat32());
+      image.dispose();
+    }
+    const channels = this.cfg.ddconfig.out_ch;
+    const out = blendTiles(decoded, tiles, { batch: b, channels, height: h, width: w, scale: f });
+    return Tensor.from(z.device, out, [b, channels, h * f, w * f], this.vb.dtype);
+  }
+}

@@ -1,0 +1,49 @@
+import { readFile } from "node:fs/promises";
+import { VarBuilder } from "@ldm/nn";
+import type { Device, ParamDType } from "@ldm/tensor";
+import { openCheckpoint } from "@ldm/weights/node";
+import { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "./load.ts";
+
+export interface LoadModelOptions {
+  device: Device;
+  /** Parameter and activation dtype (f16 needs the device's shader-f16). Default f32. */
+  dtype?: ParamDType;
+  /** An original-style YAML config; without it the configuration is detected from the weights. */
+  config?: string;
+  /** Which networks to build and load (default all three). */
+  components?: readonly Component[];
+}
+
+export interface LoadedModel extends Networks {
+  /** Configuration values detection had to assume (empty when a YAML config was given). */
+  assumptions: string[];
+  /** Frees every parameter of the loaded networks (they must not be used afterwards). */
+  dispose(): void;
+}
+
+/**
+ * Opens a checkpoint (single .safetensors file or diffusers folder), builds the requested networks and loads
+ * their weights. Every missing, unexpected or mis-shaped key is reported in one error before any data moves.
+ */
+export async function loadModel(path: string, options: LoadModelOptions): Promise<LoadedModel> {
+  const { device, dtype = "f32", components = ["unet", "vae", "clip"] } = options;
+  if (dtype === "f16" && !device.features.shaderF16) {
+    throw new Error("f16 was asked for, but this device has no shader-f16 feature: use f32");
+  }
+  const yaml = options.config ? { text: await readFile(options.config, "utf8"), origin: options.config } : undefined;
+  const checkpoint = await openCheckpoint(path);
+  try {
+    const { config, assumptions } = checkpoint.config(yaml);
+    const vb = VarBuilder.from(device, checkpoint.source, dtype);
+    const networks = buildModel(vb, config, components);
+    try {
+      await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
+    } catch (e) {
+      vb.dispose();
+      throw e;
+    }
+    return { ...networks, assumptions, dispose: () => vb.dispose() };
+  } finally {
+    await checkpoint.close();
+  }
+}

@@ -1,0 +1,247 @@
+/**
+ * UNetModel of CompVis/Stability `ldm/modules/diffusionmodules/openaimodel.py` (the SpatialTransformer
+ * variant every Stable Diffusion model uses), with the original module names so parameter keys are those
+ * under `model.diffusion_model`. Inference only: dropout is the identity.
+ */
+import { add, concat, silu, timestepEmbedding } from "@ldm/kernels";
+import { Conv2d, GroupNorm, Linear, type VarBuilder } from "@ldm/nn";
+import { formatShape, type Tensor } from "@ldm/tensor";
+import { type UNetConfig, unetHeads } from "@ldm/weights";
+import { SpatialTransformer } from "./attention.ts";
+import { asDType } from "./dtype.ts";
+import { conv1x1, conv3x3, Upsample } from "./layers.ts";
+
+/** openaimodel's normalization(): GroupNorm32 with torch's default eps 1e-5 (unlike the 1e-6 of the VAE). */
+function normalization(vb: VarBuilder, channels: number): GroupNorm {
+  return new GroupNorm(vb, { groups: 32, channels, eps: 1e-5 });
+}
+
+export class ResBlock {
+  /** in_layers = [GroupNorm, SiLU, conv3×3]: keys in_layers.0 and in_layers.2. */
+  readonly in_norm: GroupNorm;
+  readonly in_conv: Conv2d;
+  /** emb_layers = [SiLU, Linear]: key emb_layers.1. */
+  readonly emb_proj: Linear;
+  /** out_layers = [GroupNorm, SiLU, Dropout, conv3×3]: keys out_layers.0 and out_layers.3. */
+  readonly out_norm: GroupNorm;
+  readonly out_conv: Conv2d;
+  /** A 1×1 convolution when the channel count changes, else the identity. */
+  readonly skip_connection?: Conv2d;
+
+  constructor(vb: VarBuilder, channels: number, embChannels: number, outChannels: number) {
+    this.in_norm = normalization(vb.pp("in_layers").pp(0), channels);
+    this.in_conv = conv3x3(vb.pp("in_layers").pp(2), channels, outChannels);
+    this.emb_proj = new Linear(vb.pp("emb_layers").pp(1), { inFeatures: embChannels, outFeatures: outChannels });
+    this.out_norm = normalization(vb.pp("out_layers").pp(0), outChannels);
+    this.out_conv = conv3x3(vb.pp("out_layers").pp(3), outChannels, outChannels);
+    if (outChannels !== channels) {
+      this.skip_connection = conv1x1(vb.pp("skip_connection"), channels, outChannels);
+    }
+  }
+
+  /** `embSilu` is SiLU(emb), the same for every ResBlock of a forward, so the UNet computes it once. */
+  forward(x: Tensor, embSilu: Tensor): Tensor {
+    return x.device.tidy(() => {
+      const h = this.in_conv.forward(this.in_norm.forward(x, { silu: true }));
+      const embOut = this.emb_proj.forward(embSilu);
+      const withEmb = add(h, embOut.reshape([embOut.shape[0], embOut.shape[1], 1, 1]));
+      const skip = this.skip_connection ? this.skip_connection.forward(x) : x;
+      return this.out_conv.forward(this.out_norm.forward(withEmb, { silu: true }), { residual: skip });
+    });
+  }
+}
+
+/** Stride-2 3×3 convolution with padding 1 (openaimodel's Downsample with use_conv=True), key `op`. */
+export class Downsample {
+  readonly op: Conv2d;
+
+  constructor(vb: VarBuilder, channels: number) {
+    this.op = new Conv2d(vb.pp("op"), {
+      inChannels: channels,
+      outChannels: channels,
+      kernelSize: 3,
+      stride: 2,
+      padding: 1,
+    });
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.op.forward(x);
+  }
+}
+
+type Layer = Conv2d | ResBlock | SpatialTransformer | Downsample | Upsample;
+
+/** openaimodel's TimestepEmbedSequential: hands each layer what it takes (emb to ResBlocks, context to transformers). */
+export class TimestepEmbedSequential {
+  constructor(readonly layers: Layer[]) {}
+
+  forward(x: Tensor, embSilu: Tensor, context: Tensor): Tensor {
+    return x.device.tidy(() => {
+      let h = x;
+      for (const layer of this.layers) {
+        if (layer instanceof ResBlock) h = layer.forward(h, embSilu);
+        else if (layer instanceof SpatialTransformer) h = layer.forward(h, context);
+        else h = layer.forward(h);
+      }
+      return h;
+    });
+  }
+}
+
+export interface UNetInputs {
+  /** Noisy latents [B, C, H, W]. */
+  x: Tensor;
+  /** Timesteps [B] (f32; fractional values allowed, as k-diffusion samplers produce). */
+  timesteps: Tensor;
+  /** Cross-attention context [B, L, context_dim]. */
+  context: Tensor;
+  /** Inpainting: [B, in_channels − C, H, W] concatenated to x along channels (mask, masked-image latent). */
+  cConcat?: Tensor;
+}
+
+export class UNetModel {
+  readonly time_embed_0: Linear;
+  readonly time_embed_2: Linear;
+  readonly input_blocks: TimestepEmbedSequential[] = [];
+  readonly middle_block: TimestepEmbedSequential;
+  readonly output_blocks: TimestepEmbedSequential[] = [];
+  /** out = [GroupNorm, SiLU, conv3×3]: keys out.0 and out.2. */
+  readonly out_norm: GroupNorm;
+  readonly out_conv: Conv2d;
+
+  constructor(
+    readonly vb: VarBuilder,
+    readonly cfg: UNetConfig,
+  ) {
+    const mc = cfg.model_channels;
+    const embDim = mc * 4;
+    this.time_embed_0 = new Linear(vb.pp("time_embed").pp(0), { inFeatures: mc, outFeatures: embDim });
+    this.time_embed_2 = new Linear(vb.pp("time_embed").pp(2), { inFeatures: embDim, outFeatures: embDim });
+
+    const transformer = (block: VarBuilder, channels: number) =>
+      new SpatialTransformer(block, {
+        inChannels: channels,
+        ...headsOf(cfg, channels),
+        depth: cfg.transformer_depth,
+        contextDim: cfg.context_dim,
+        useLinear: cfg.use_linear_in_transformer,
+      });
+
+    const input = vb.pp("input_blocks");
+    this.input_blocks.push(new TimestepEmbedSequential([conv3x3(input.pp(0).pp(0), cfg.in_channels, mc)]));
+    const skipChannels = [mc];
+    let ch = mc;
+    let ds = 1;
+    cfg.channel_mult.forEach((mult, level) => {
+      for (let i = 0; i < cfg.num_res_blocks; i++) {
+        const block = input.pp(this.input_blocks.length);
+        const layers: Layer[] = [new ResBlock(block.pp(0), ch, embDim, mult * mc)];
+        ch = mult * mc;
+        if (cfg.attention_resolutions.includes(ds)) layers.push(transformer(block.pp(1), ch));
+        this.input_blocks.push(new TimestepEmbedSequential(layers));
+        skipChannels.push(ch);
+      }
+      if (level !== cfg.channel_mult.length - 1) {
+        const block = input.pp(this.input_blocks.length);
+        this.input_blocks.push(new TimestepEmbedSequential([new Downsample(block.pp(0), ch)]));
+        skipChannels.push(ch);
+        ds *= 2;
+      }
+    });
+
+    const middle = vb.pp("middle_block");
+    this.middle_block = new TimestepEmbedSequential([
+      new ResBlock(middle.pp(0), ch, embDim, ch),
+      transformer(middle.pp(1), ch),
+      new ResBlock(middle.pp(2), ch, embDim, ch),
+    ]);
+
+    const output = vb.pp("output_blocks");
+    [...cfg.channel_mult.entries()].reverse().forEach(([level, mult]) => {
+      for (let i = 0; i < cfg.num_res_blocks + 1; i++) {
+        const block = output.pp(this.output_blocks.length);
+        const skip = skipChannels.pop() as number;
+        const layers: Layer[] = [new ResBlock(block.pp(0), ch + skip, embDim, mc * mult)];
+        ch = mc * mult;
+        if (cfg.attention_resolutions.includes(ds)) layers.push(transformer(block.pp(layers.length), ch));
+        if (level && i === cfg.num_res_blocks) {
+          layers.push(new Upsample(block.pp(layers.length), ch));
+          ds = Math.floor(ds / 2);
+        }
+        this.output_blocks.push(new TimestepEmbedSequential(layers));
+      }
+    });
+
+    this.out_norm = normalization(vb.pp("out").pp(0), ch);
+    this.out_conv = conv3x3(vb.pp("out").pp(2), mc, cfg.out_channels);
+  }
+
+  /** The model output (ε or v, as the model was trained) [B, out_channels, H, W], in the model's dtype. */
+  forward(inputs: UNetInputs): Tensor {
+    this.checkInputs(inputs);
+    const { timesteps, cConcat } = inputs;
+    const dtype = this.vb.dtype;
+    const device = inputs.x.device;
+    return device.tidy(() => {
+      const x = asDType(inputs.x, dtype);
+      const context = asDType(inputs.context, dtype);
+      const tEmb = timestepEmbedding(asDType(timesteps, "f32"), this.cfg.model_channels, { dtype });
+      const emb = this.time_embed_2.forward(this.time_embed_0.forward(tEmb, { activation: "silu" }));
+      const embSilu = silu(emb);
+
+      const hs: Tensor[] = [];
+      let h = cConcat ? concat([x, asDType(cConcat, dtype)], 1) : x;
+      for (const block of this.input_blocks) {
+        h = block.forward(h, embSilu, context);
+        hs.push(h);
+      }
+      h = this.middle_block.forward(h, embSilu, context);
+      for (const block of this.output_blocks) {
+        const skip = hs.pop() as Tensor;
+        const joined = concat([h, skip], 1);
+        h.dispose();
+        skip.dispose();
+        h = block.forward(joined, embSilu, context);
+        joined.dispose();
+      }
+      return this.out_conv.forward(this.out_norm.forward(h, { silu: true }));
+    });
+  }
+
+  private checkInputs({ x, timesteps, context, cConcat }: UNetInputs): void {
+    const cfg = this.cfg;
+    const fail = (what: string) => {
+      throw new Error(`UNet (${this.vb.prefix || "unet"}): ${what}`);
+    };
+    if (x.shape.length !== 4) fail(`x ${formatShape(x.shape)} must be [B, C, H, W]`);
+    const [b, c, h, w] = x.shape;
+    const extra = cConcat?.shape[1] ?? 0;
+    if (c + extra !== cfg.in_channels) {
+      fail(
+        cConcat
+          ? `x has ${c} channels and c_concat ${extra}: the model takes ${cfg.in_channels} in all`
+          : `x has ${c} channels, the model takes ${cfg.in_channels}${cfg.in_channels > c ? " (an inpainting model needs c_concat)" : ""}`,
+      );
+    }
+    if (
+      cConcat &&
+      (cConcat.shape.length !== 4 || cConcat.shape[0] !== b || cConcat.shape[2] !== h || cConcat.shape[3] !== w)
+    ) {
+      fail(`c_concat ${formatShape(cConcat.shape)} does not match x ${formatShape(x.shape)} outside channels`);
+    }
+    const factor = 2 ** (cfg.channel_mult.length - 1);
+    if (h % factor || w % factor) fail(`latent size ${h}×${w} must be a multiple of ${factor} (one halving per level)`);
+    if (timesteps.shape.length !== 1 || timesteps.shape[0] !== b) {
+      fail(`timesteps ${formatShape(timesteps.shape)} must be [${b}] (one per batch item)`);
+    }
+    if (context.shape.length !== 3 || context.shape[0] !== b || context.shape[2] !== cfg.context_dim) {
+      fail(`context ${formatShape(context.shape)} must be [${b}, L, ${cfg.context_dim}]`);
+    }
+  }
+}
+
+function headsOf(cfg: UNetConfig, channels: number): { heads: number; dimHead: number } {
+  const { heads, headDim } = unetHeads(cfg, channels);
+  return { heads, dimHead: headDim };
+}

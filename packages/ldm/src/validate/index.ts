@@ -1,0 +1,222 @@
+/**
+ * `validate`: runs our networks on the inputs of a reference dump (see dump.ts) and compares every output
+ * with the reference, reporting max abs error and that error relative to max|reference|.
+ */
+import { Device, type ParamDType, type Tensor } from "@ldm/tensor";
+import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
+import { Dump, type DumpComponent, KNOWN_COMPONENTS } from "./dump.ts";
+import { type Outputs, readOutputs, uploadFloats, uploadIds } from "./io.ts";
+import { runSample } from "./sample.ts";
+
+export { Dump, type DumpComponent, KNOWN_COMPONENTS } from "./dump.ts";
+
+export interface Tolerance {
+  /** Absolute part of the bound. */
+  atol: number;
+  /** Part of the bound relative to max|reference| of the output. */
+  rtol: number;
+}
+
+/**
+ * An output passes when max|ours − ref| ≤ atol + rtol · max|ref| and it has no NaN or Inf. Measured on the
+ * tiny configs (the table in this folder's README.md), the bounds leave several times the observed error:
+ * - f32 components, 1e-4: our errors are ≤ 4e-6 relative, the same order as float32's own error against
+ *   float64 (reference/README.md), from summation order (GEMM tiles, online softmax, norm reductions).
+ *   Every classic mistake (a wrong eps, GEGLU halves, sin/cos order, padding side, activation, heads,
+ *   a missing final norm) moves an output by ≥ 1.2e-2 (reference/README.md, sensitivity), 100× the bound.
+ * - f32 sample loops, 1e-4: 10–20 guided steps amplify per-call rounding 3–10× (observed ≤ 1.1e-5).
+ * - f16 components, 1e-2: activations are stored in half precision (unit roundoff 2^-11 ≈ 4.9e-4) at every
+ *   op boundary, with f32 accumulation and f32 softmax/norm statistics; after ~50 layers the error is a few
+ *   1e-3 (observed ≤ 4.8e-3). f16 checks precision and overflow; semantics are pinned by the f32 checks.
+ * - f16 sample loops, 5e-2: guidance scale 7.5 multiplies the error of cond − uncond, steps compound it and
+ *   the decoder (on z / 0.18215) amplifies it again (observed ≤ 6.3e-3 on z_0, ≤ 2.0e-2 on the image).
+ */
+export const DEFAULT_TOLERANCE: Readonly<Record<ParamDType, { components: Tolerance; sample: Tolerance }>> = {
+  f32: { components: { atol: 0, rtol: 1e-4 }, sample: { atol: 0, rtol: 1e-4 } },
+  f16: { components: { atol: 0, rtol: 1e-2 }, sample: { atol: 0, rtol: 5e-2 } },
+};
+
+export interface ValidateOptions {
+  checkpoint: string;
+  /** Original-style YAML config; detected from the weights when absent. */
+  config?: string;
+  dump: string;
+  /** Run in f16 (parameters and activations; accumulation stays f32). */
+  f16?: boolean;
+  /** Override the default bounds (DEFAULT_TOLERANCE) for every output. */
+  atol?: number;
+  rtol?: number;
+  /** A device to use; one is created (and destroyed) otherwise. */
+  device?: Device;
+}
+
+export interface OutputCheck {
+  /** The dump key, e.g. `unet.out.eps`. */
+  key: string;
+  maxAbs: number;
+  maxRef: number;
+  /** maxAbs / maxRef. */
+  relative: number;
+  /** NaN and ±Inf values in our output. */
+  nonFinite: number;
+  bound: number;
+  pass: boolean;
+  /** Why the output could not be compared (shape mismatch, not produced). */
+  problem?: string;
+}
+
+export interface ValidationReport {
+  dtype: ParamDType;
+  components: DumpComponent[];
+  checks: OutputCheck[];
+  /** Dump entries that were not checked, with the reason. */
+  skipped: string[];
+  pass: boolean;
+}
+
+/** The networks a dump component runs. */
+const NEEDS: Readonly<Record<DumpComponent, readonly Component[]>> = {
+  "vae.encode": ["vae"],
+  "vae.decode": ["vae"],
+  unet: ["unet"],
+  clip: ["clip"],
+  sample: ["unet", "vae", "clip"],
+};
+
+export async function validate(options: ValidateOptions): Promise<ValidationReport> {
+  const dtype: ParamDType = options.f16 ? "f16" : "f32";
+  const tolerance = (component: DumpComponent): Tolerance => {
+    const defaults = DEFAULT_TOLERANCE[dtype][component === "sample" ? "sample" : "components"];
+    return { atol: options.atol ?? defaults.atol, rtol: options.rtol ?? defaults.rtol };
+  };
+  const dump = await Dump.open(options.dump);
+  try {
+    const components = dump.known();
+    const skipped = [...dump.components.keys()]
+      .filter((c) => !(KNOWN_COMPONENTS as readonly string[]).includes(c))
+      .map((c) => `${c}: unknown component`);
+    skipped.push(...dump.unparsed.map((k) => `${k}: not named <component>.in.<name> or <component>.out.<name>`));
+    if (!components.length) {
+      const found = [...dump.components.keys(), ...dump.unparsed].slice(0, 8).join(", ") || "no tensors";
+      throw new Error(
+        `${dump.path}: no known components in the dump (found: ${found}); expected tensors named <component>.in.<name> and <component>.out.<name> with component one of ${KNOWN_COMPONENTS.join(", ")}`,
+      );
+    }
+    const device = options.device ?? (await Device.create({ disableF16: !options.f16 }));
+    try {
+      const networks = [...new Set(components.flatMap((c) => NEEDS[c]))];
+      const model = await loadModel(options.checkpoint, {
+        device,
+        dtype,
+        config: options.config,
+        components: networks,
+      });
+      const checks: OutputCheck[] = [];
+      try {
+        for (const component of components) {
+          const outputs = await run(component, model, dump, device);
+          for (const name of dump.components.get(component)?.outputs ?? []) {
+            const reference = await dump.floats(component, "out", name);
+            checks.push(compare(`${component}.out.${name}`, outputs.get(name), reference, tolerance(component)));
+          }
+        }
+      } finally {
+        model.dispose();
+      }
+      return { dtype, components, checks, skipped, pass: checks.every((c) => c.pass) };
+    } finally {
+      if (!options.device) device.destroy();
+    }
+  } finally {
+    await dump.close();
+  }
+}
+
+/** What a component runner reads from the dump: its inputs, uploaded; the names present. */
+interface ComponentInputs {
+  floats(name: string): Promise<Tensor>;
+  ids(name: string): Promise<Tensor>;
+  has(direction: "in" | "out", name: string): boolean;
+}
+
+const RUNNERS: Readonly<
+  Record<DumpComponent, (model: LoadedModel, io: ComponentInputs, dump: Dump) => Promise<Outputs>>
+> = {
+  "vae.encode": async (model, io) => readOutputs({ moments: need(model.vae).encodeMoments(await io.floats("x")) }),
+  "vae.decode": async (model, io) => readOutputs({ x: need(model.vae).decode(await io.floats("z")) }),
+  unet: async (model, io) => {
+    const eps = need(model.unet).forward({
+      x: await io.floats("x"),
+      timesteps: await io.floats("timesteps"),
+      context: await io.floats("context"),
+      cConcat: io.has("in", "c_concat") ? await io.floats("c_concat") : undefined,
+    });
+    return readOutputs({ eps });
+  },
+  clip: async (model, io) => {
+    const out = need(model.clip).forward(await io.ids("input_ids"), {
+      last: io.has("out", "last_hidden_state"),
+      penultimate: io.has("out", "penultimate_hidden_state"),
+    });
+    return readOutputs({
+      last_hidden_state: out.lastHiddenState,
+      penultimate_hidden_state: out.penultimateHiddenState,
+    });
+  },
+  sample: (model, _io, dump) => runSample(model, dump),
+};
+
+async function run(component: DumpComponent, model: LoadedModel, dump: Dump, device: Device): Promise<Outputs> {
+  const uploaded: Tensor[] = [];
+  const keep = (t: Tensor) => {
+    uploaded.push(t);
+    return t;
+  };
+  const io: ComponentInputs = {
+    floats: async (name) => keep(await uploadFloats(device, dump, component, name)),
+    ids: async (name) => keep(await uploadIds(device, dump, component, name)),
+    has: (direction, name) => dump.has(component, direction, name),
+  };
+  try {
+    return await RUNNERS[component](model, io, dump);
+  } finally {
+    for (const t of uploaded) t.dispose();
+  }
+}
+
+function need<T>(network: T | undefined): T {
+  if (!network) throw new Error("internal: a network the dump needs was not loaded");
+  return network;
+}
+
+function compare(
+  key: string,
+  actual: { data: Float32Array; shape: readonly number[] } | undefined,
+  reference: { data: Float32Array; shape: readonly number[] },
+  tol: Tolerance,
+): OutputCheck {
+  let maxRef = 0;
+  for (const v of reference.data) maxRef = Math.max(maxRef, Math.abs(v));
+  const bound = tol.atol + tol.rtol * maxRef;
+  const failed = (problem: string): OutputCheck => ({
+    key,
+    maxAbs: Number.NaN,
+    maxRef,
+    relative: Number.NaN,
+    nonFinite: 0,
+    bound,
+    pass: false,
+    problem,
+  });
+  if (!actual) return failed("not produced by this component (unknown output name)");
+  const same = actual.shape.length === reference.shape.length && actual.shape.every((d, i) => d === reference.shape[i]);
+  if (!same) return failed(`our output is [${actual.shape.join(", ")}], the reference [${reference.shape.join(", ")}]`);
+  let maxAbs = 0;
+  let nonFinite = 0;
+  actual.data.forEach((v, i) => {
+    if (!Number.isFinite(v)) nonFinite++;
+    else maxAbs = Math.max(maxAbs, Math.abs(v - reference.data[i]));
+  });
+  const relative = maxRef > 0 ? maxAbs / maxRef : maxAbs;
+  return { key, maxAbs, maxRef, relative, nonFinite, bound, pass: nonFinite === 0 && maxAbs <= bound };
+}

@@ -1,0 +1,47 @@
+import { attention } from "@ldm/kernels";
+import type { Tensor } from "@ldm/tensor";
+import { Linear } from "./linear.ts";
+import type { VarBuilder } from "./var-builder.ts";
+
+export interface CrossAttentionConfig {
+  queryDim: number;
+  /** Width of the context; the query's width when absent (self-attention). */
+  contextDim?: number;
+  heads: number;
+  dimHead: number;
+}
+
+/**
+ * CompVis `ldm.modules.attention.CrossAttention`: to_q/to_k/to_v without bias, to_out.0 with bias,
+ * softmax(q·kᵀ / √dim_head)·v per head. Attends to `context` when given, else to x itself.
+ */
+export class CrossAttention {
+  readonly to_q: Linear;
+  readonly to_k: Linear;
+  readonly to_v: Linear;
+  readonly to_out: Linear;
+
+  constructor(
+    vb: VarBuilder,
+    readonly cfg: CrossAttentionConfig,
+  ) {
+    const inner = cfg.heads * cfg.dimHead;
+    const contextDim = cfg.contextDim ?? cfg.queryDim;
+    this.to_q = new Linear(vb.pp("to_q"), { inFeatures: cfg.queryDim, outFeatures: inner, bias: false });
+    this.to_k = new Linear(vb.pp("to_k"), { inFeatures: contextDim, outFeatures: inner, bias: false });
+    this.to_v = new Linear(vb.pp("to_v"), { inFeatures: contextDim, outFeatures: inner, bias: false });
+    this.to_out = new Linear(vb.pp("to_out").pp(0), { inFeatures: inner, outFeatures: cfg.queryDim });
+  }
+
+  /** x [B, N, queryDim], context [B, L, contextDim] → [B, N, queryDim] (+ residual, fused into to_out). */
+  forward(x: Tensor, options: { context?: Tensor; residual?: Tensor } = {}): Tensor {
+    return x.device.tidy(() => {
+      const context = options.context ?? x;
+      const q = this.to_q.forward(x);
+      const k = this.to_k.forward(context);
+      const v = this.to_v.forward(context);
+      const heads = attention(q, k, v, { heads: this.cfg.heads });
+      return this.to_out.forward(heads, { residual: options.residual });
+    });
+  }
+}

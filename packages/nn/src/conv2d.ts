@@ -1,0 +1,35 @@
+import { conv2d } from "@ldm/kernels";
+import type { Tensor } from "@ldm/tensor";
+import type { Epilogue } from "./linear.ts";
+import type { VarBuilder } from "./var-builder.ts";
+
+export interface Conv2dConfig {
+  inChannels: number;
+  outChannels: number;
+  kernelSize: number;
+  stride?: number;
+  /** Zero padding on every side (torch's `padding`). */
+  padding?: number;
+}
+
+/** torch.nn.Conv2d on NCHW, weight [out, in, k, k] and a bias. */
+export class Conv2d {
+  readonly weight: Tensor;
+  readonly bias: Tensor;
+
+  constructor(
+    vb: VarBuilder,
+    readonly cfg: Conv2dConfig,
+  ) {
+    const k = cfg.kernelSize;
+    this.weight = vb.get("weight", [cfg.outChannels, cfg.inChannels, k, k]);
+    this.bias = vb.get("bias", [cfg.outChannels]);
+  }
+
+  /** `padding` overrides the configured symmetric padding, as [top, bottom, left, right]. */
+  forward(x: Tensor, epilogue: Epilogue & { padding?: readonly [number, number, number, number] } = {}): Tensor {
+    const p = this.cfg.padding ?? 0;
+    const { padding = [p, p, p, p], ...fused } = epilogue;
+    return conv2d(x, this.weight, { bias: this.bias, stride: this.cfg.stride ?? 1, padding, ...fused });
+  }
+}

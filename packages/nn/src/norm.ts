@@ -1,0 +1,53 @@
+import { groupNorm, layerNorm } from "@ldm/kernels";
+import type { Tensor } from "@ldm/tensor";
+import type { VarBuilder } from "./var-builder.ts";
+
+export interface GroupNormConfig {
+  groups: number;
+  channels: number;
+  /** No default on purpose: 1e-6 in the VAE and SpatialTransformer, 1e-5 in the UNet's ResBlocks. */
+  eps: number;
+}
+
+/** torch.nn.GroupNorm (affine) over [B, C, ...spatial]; statistics in f32 whatever the storage dtype. */
+export class GroupNorm {
+  readonly weight: Tensor;
+  readonly bias: Tensor;
+
+  constructor(
+    vb: VarBuilder,
+    readonly cfg: GroupNormConfig,
+  ) {
+    this.weight = vb.get("weight", [cfg.channels]);
+    this.bias = vb.get("bias", [cfg.channels]);
+  }
+
+  /** `silu` fuses the SiLU that follows every GroupNorm in the ResBlocks and before conv_out. */
+  forward(x: Tensor, options: { silu?: boolean } = {}): Tensor {
+    return groupNorm(x, this.weight, this.bias, { groups: this.cfg.groups, eps: this.cfg.eps, silu: options.silu });
+  }
+}
+
+export interface LayerNormConfig {
+  dim: number;
+  /** torch.nn.LayerNorm's default is 1e-5 (BasicTransformerBlock and CLIP both use it). */
+  eps?: number;
+}
+
+/** torch.nn.LayerNorm over the last dimension (affine). */
+export class LayerNorm {
+  readonly weight: Tensor;
+  readonly bias: Tensor;
+
+  constructor(
+    vb: VarBuilder,
+    readonly cfg: LayerNormConfig,
+  ) {
+    this.weight = vb.get("weight", [cfg.dim]);
+    this.bias = vb.get("bias", [cfg.dim]);
+  }
+
+  forward(x: Tensor): Tensor {
+    return layerNorm(x, this.weight, this.bias, { eps: this.cfg.eps ?? 1e-5 });
+  }
+}
