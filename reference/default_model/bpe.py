@@ -74,6 +74,19 @@ def initial_symbols(word):
     return (*word[:-1], word[-1] + END_OF_WORD)
 
 
+def merge_pair(symbols, first, second):
+    """Every non-overlapping occurrence of (first, second), left to right, as one symbol."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+            merged.append(first + second)
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
 def learn_merges(texts, max_merges, min_count=2):
     """Up to `max_merges` merges, stopping early when no pair occurs `min_count` times."""
     word_counts = collections.Counter(word for text in texts for word in words_of(text))
@@ -99,14 +112,7 @@ def learn_merges(texts, max_merges, min_count=2):
                 pair_counts[pair] -= counts[index]
                 if pair_counts[pair] == 0:
                     del pair_counts[pair]
-            merged, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
+            merged = merge_pair(symbols, first, second)
             words[index] = merged
             for pair in zip(merged, merged[1:]):
                 pair_counts[pair] += counts[index]
@@ -157,16 +163,7 @@ class Tokenizer:
             pairs = [p for p in zip(symbols, symbols[1:]) if p in self.ranks]
             if not pairs:
                 break
-            first, second = min(pairs, key=self.ranks.__getitem__)
-            merged, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+            symbols = merge_pair(symbols, *min(pairs, key=self.ranks.__getitem__))
         self.cache[word] = symbols
         return symbols
 
