@@ -92,9 +92,11 @@ describe("vocabulary sources", () => {
     expect(() => loadClipTokenizer({})).toThrow(/pass --vocab/);
     expect(() => loadClipTokenizer({ model: scratch })).toThrow(/has no tokenizer\/ folder; pass --vocab/);
     expect(() => loadClipTokenizer({ vocab: join(scratch, "nope.gz") })).toThrow(/nope.gz does not exist/);
+    // A merges file cut mid-line (here: after a newline) has an empty merge, which simple_tokenizer would
+    // silently turn into a token; we name the file and the line instead.
     const truncated = join(scratch, "short.txt");
     writeFileSync(truncated, "#version\ni n\nt h\n");
-    expect(() => loadClipTokenizer({ vocab: truncated })).toThrow(/short.txt: BPE merges file has 3 merges/);
+    expect(() => loadClipTokenizer({ vocab: truncated })).toThrow(/short.txt: BPE merges file: merge 3 is ""/);
     const badJson = join(scratch, "bad");
     mkdirSync(badJson);
     writeFileSync(join(badJson, "vocab.json"), "{");

@@ -110,13 +110,15 @@ export class ClipTokenizer {
     this.cache.set(END_OF_TEXT, [END_OF_TEXT]);
   }
 
-  /** From the text of CLIP's `bpe_simple_vocab_16e6.txt` (one header line, then one merge per line). */
+  /**
+   * From the text of a merges file in the format of CLIP's `bpe_simple_vocab_16e6.txt` (one header line, then one
+   * merge per line). Like simple_tokenizer, uses at most CLIP's 48,894 merges; smaller vocabularies trained in the
+   * same format (the built-in model's) use all of theirs.
+   */
   static fromBpeMerges(text: string): ClipTokenizer {
     const lines = text.split("\n").slice(1, 1 + CLIP_MERGE_COUNT);
-    if (lines.length < CLIP_MERGE_COUNT) {
-      throw new Error(
-        `BPE merges file has ${lines.length} merges, CLIP needs ${CLIP_MERGE_COUNT}: truncated or not CLIP's`,
-      );
+    if (lines.length === 0 || (lines.length === 1 && lines[0] === "")) {
+      throw new Error("BPE merges file has no merges after its header line");
     }
     const merges = parseMergeLines(lines, "BPE merges file");
     return new ClipTokenizer(new Map(vocabFromMerges(merges).map((token, id) => [token, id])), merges);
