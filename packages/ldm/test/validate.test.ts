@@ -5,9 +5,9 @@ import { fileURLToPath } from "node:url";
 import { Device } from "@ldm/tensor";
 import type { TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { main } from "../src/cli/main.ts";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ValidationReport, validate } from "../src/validate/index.ts";
+import { runCli } from "./helpers/run-cli.ts";
 
 // The committed tiny checkpoints, configs and dumps of reference/make_dumps.py (see fixtures/dumps/README.md).
 const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
@@ -164,26 +164,12 @@ async function perturbedClipDump(): Promise<string> {
 }
 
 describe("ldm validate", () => {
-  async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-    const out: string[] = [];
-    const err: string[] = [];
-    const log = vi.spyOn(console, "log").mockImplementation((...a) => void out.push(a.join(" ")));
-    const error = vi.spyOn(console, "error").mockImplementation((...a) => void err.push(a.join(" ")));
-    try {
-      const code = await main(["node", "ldm", ...args]);
-      return { code, out: out.join("\n"), err: err.join("\n") };
-    } finally {
-      log.mockRestore();
-      error.mockRestore();
-    }
-  }
-
   it("prints each output's errors and PASS, exit code 0", async () => {
     const f = files("tiny-sd2");
     const dump = await rewrite(f.dump, join(scratch, "clip-only.safetensors"), (name, t) =>
       name.startsWith("clip.") ? [name, t] : null,
     );
-    const { code, out } = await cli(["validate", "--checkpoint", f.checkpoint, "--config", f.config, "--dump", dump]);
+    const { code, out } = await runCli("validate", "--checkpoint", f.checkpoint, "--config", f.config, "--dump", dump);
     expect(code).toBe(0);
     expect(out).toMatch(
       /clip\.out\.last_hidden_state\s+max abs err \S+ {2}max\|ref\| \S+ {2}rel \S+ {2}\(bound \S+\) {2}PASS/,
@@ -193,29 +179,15 @@ describe("ldm validate", () => {
 
   it("exits 1 on a failing output, and on a checkpoint that does not fit, listing the keys", async () => {
     const f = files("tiny-sd1");
-    const failing = await cli([
-      "validate",
-      "--checkpoint",
-      f.checkpoint,
-      "--config",
-      f.config,
-      "--dump",
-      await perturbedClipDump(),
-    ]);
+    const dump = await perturbedClipDump();
+    const failing = await runCli("validate", "--checkpoint", f.checkpoint, "--config", f.config, "--dump", dump);
     expect(failing.code).toBe(1);
     expect(failing.out).toMatch(/clip\.out\.last_hidden_state .* FAIL/);
     expect(failing.out).toMatch(/clip\.out\.pooled_output +FAIL {2}not produced/);
     expect(failing.err).toContain("2 of 3 outputs failed");
 
-    const wrongConfig = await cli([
-      "validate",
-      "--checkpoint",
-      f.checkpoint,
-      "--config",
-      files("tiny-sd2").config,
-      "--dump",
-      f.dump,
-    ]);
+    const sd2 = files("tiny-sd2").config;
+    const wrongConfig = await runCli("validate", "--checkpoint", f.checkpoint, "--config", sd2, "--dump", f.dump);
     expect(wrongConfig.code).toBe(1);
     expect(wrongConfig.err).toMatch(/do not fit the model/);
     expect(wrongConfig.err).toMatch(/wrong shape: model\.diffusion_model\./);
@@ -223,7 +195,7 @@ describe("ldm validate", () => {
 
   it("rejects a bad tolerance flag", async () => {
     const f = files("tiny-sd1");
-    const { code, err } = await cli(["validate", "--checkpoint", f.checkpoint, "--dump", f.dump, "--atol", "-1"]);
+    const { code, err } = await runCli("validate", "--checkpoint", f.checkpoint, "--dump", f.dump, "--atol", "-1");
     expect(code).toBe(1);
     expect(err).toContain("--atol must be a non-negative number");
   });
