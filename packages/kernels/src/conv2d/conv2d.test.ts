@@ -6,7 +6,7 @@ import { assertClose, randomArray } from "../testing.ts";
 import { type Conv2dInternals, type Conv2dOptions, conv2d } from "./index.ts";
 import { planConv } from "./plan.ts";
 import { conv2dRef } from "./reference.ts";
-import { chooseConvTiles } from "./wgsl.ts";
+import { type ConvKernelSpec, chooseConvTiles, convKey } from "./wgsl.ts";
 
 let device: Device;
 beforeAll(async () => {
@@ -63,12 +63,60 @@ async function check(c: Case, tol: { atol: number; rtol?: number }, internals: C
 
 describe("chooseConvTiles", () => {
   it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
-    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320 };
-    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8, groups: 2 });
+    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320, wo: 64 };
+    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8, groups: 4 });
+    expect(chooseConvTiles({ ...cpu, wo: 5 })).toMatchObject({ groups: 2 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 4 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
+  });
+});
+
+describe("convKey", () => {
+  it("changes with every field of the kernel spec (the pipeline cache key)", () => {
+    const base: ConvKernelSpec = {
+      tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 8, groups: 2 },
+      kh: 3,
+      kw: 3,
+      strideH: 1,
+      strideW: 1,
+      padTop: 1,
+      padLeft: 1,
+      x: "f32",
+      w: "f32",
+      out: "f32",
+      bias: null,
+      residual: null,
+      activation: "none",
+      vecOut: false,
+      vecRow: false,
+    };
+    const variants: ConvKernelSpec[] = [
+      base,
+      { ...base, tiles: { kind: "subgroup", lanes: 4, subgroups: 2, rows: 8, groups: 2 } },
+      { ...base, tiles: { kind: "subgroup", lanes: 8, subgroups: 4, rows: 8, groups: 2 } },
+      { ...base, tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, groups: 2 } },
+      { ...base, tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 8, groups: 4 } },
+      { ...base, tiles: { kind: "plain", rows: 8, groups: 2, pixelLanes: 8, channelGroups: 2 } },
+      { ...base, tiles: { kind: "plain", rows: 8, groups: 2, pixelLanes: 16, channelGroups: 2 } },
+      { ...base, tiles: { kind: "plain", rows: 8, groups: 2, pixelLanes: 8, channelGroups: 4 } },
+      { ...base, kh: 1 },
+      { ...base, kw: 1 },
+      { ...base, strideH: 2 },
+      { ...base, strideW: 2 },
+      { ...base, padTop: 0 },
+      { ...base, padLeft: 0 },
+      { ...base, x: "f16" },
+      { ...base, w: "f16" },
+      { ...base, out: "f16" },
+      { ...base, bias: "f32" },
+      { ...base, residual: "f32" },
+      { ...base, activation: "silu" },
+      { ...base, vecOut: true },
+      { ...base, vecRow: true },
+    ];
+    expect(new Set(variants.map(convKey)).size).toBe(variants.length);
   });
 });
 

@@ -203,6 +203,7 @@ function direct(device: Device, call: DirectCall): void {
       subgroupSize: fixedSubgroupSize(device),
       maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
       cout: g.cout,
+      wo: g.Wo,
     });
   const spec = {
     tiles,

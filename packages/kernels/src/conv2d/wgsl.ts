@@ -22,17 +22,21 @@ export interface ConvTileInputs {
   subgroupSize: number | null;
   maxInvocations: number;
   cout: number;
+  /** Output width: a lane's pixels stay within one output row. */
+  wo: number;
 }
 
 export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
   const lanes = inp.subgroupSize;
   if (inp.isCpu && lanes !== null && [4, 8, 16].includes(lanes)) {
-    // 8 channels × 8 pixels per lane: 16 × 4 ran 25% slower than 8 × 4 on lavapipe, and 8 × 8 1.8× faster
-    // than 8 × 4 (the input row window and the weights are read once for twice the pixels).
+    // 8 channels × 16 pixels per lane. On lavapipe 16 channels × 4 pixels ran 25% slower than 8 × 4
+    // (spills), while 8 × 8 ran 1.8× and 8 × 16 about 2–3× faster than 8 × 4 (the row window and the
+    // weights serve more pixels per load); 8 × 32 was no better than 8 × 16 (timings under heavy load).
     const rows = Math.max(8, lanes);
+    const groups = Math.min(4, Math.ceil(inp.wo / 4));
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
     const subgroups = Math.min(maxSubgroups, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(inp.cout / rows)))));
-    return { kind: "subgroup", lanes, subgroups, rows, groups: 2 };
+    return { kind: "subgroup", lanes, subgroups, rows, groups };
   }
   return {
     kind: "plain",
@@ -105,9 +109,12 @@ export const CONV_PARAMS = [
 export function convKey(s: ConvKernelSpec): string {
   const t = s.tiles;
   const tiles =
-    t.kind === "subgroup" ? `sg${t.lanes}x${t.subgroups}r${t.rows}` : `pl${t.rows}x${t.pixelLanes}x${t.channelGroups}`;
+    t.kind === "subgroup"
+      ? `sg${t.lanes}x${t.subgroups}r${t.rows}g${t.groups}`
+      : `pl${t.rows}g${t.groups}x${t.pixelLanes}x${t.channelGroups}`;
   const geometry = `${s.kh}x${s.kw}s${s.strideH}x${s.strideW}p${s.padTop}x${s.padLeft}`;
-  return `conv2d:${tiles}:${geometry}:${s.x}${s.w}${s.out}:${s.bias ?? "-"}:${s.residual ?? "-"}:${s.activation}:${s.vecOut ? "v" : "s"}${s.vecRow ? "v" : "s"}`;
+  const access = `${s.vecOut ? "v" : "s"}${s.vecRow ? "v" : "s"}`;
+  return `conv2d:${tiles}:${geometry}:${s.x}${s.w}${s.out}:${s.bias ?? "-"}:${s.residual ?? "-"}:${s.activation}:${access}`;
 }
 
 /** Kernel taps up to this many are unrolled over kernel rows too (one loop iteration per input channel). */

@@ -6,6 +6,7 @@ import { deviceTiles, type GemmCall, gemm, linear, matmul } from "./index.ts";
 import { planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
 import { chooseTiles, type TileConfig } from "./tiles.ts";
+import { type GemmKernelSpec, gemmKey } from "./wgsl.ts";
 
 let device: Device;
 beforeAll(async () => {
@@ -44,6 +45,55 @@ describe("chooseTiles", () => {
     expect(chooseTiles(gpu)).toMatchObject({ kind: "workgroup", tileM: 64, tileN: 64 });
     expect(chooseTiles({ ...gpu, isCpu: true, subgroupSize: null })).toMatchObject({ kind: "workgroup" });
     expect(chooseTiles({ ...gpu, maxInvocations: 128 })).toMatchObject({ kind: "workgroup", tileM: 32 });
+  });
+});
+
+describe("gemmKey", () => {
+  it("changes with every field of the kernel spec (the pipeline cache key)", () => {
+    const base: GemmKernelSpec = {
+      tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n" },
+      transposeA: false,
+      transposeB: false,
+      a: "f32",
+      b: "f32",
+      c: "f32",
+      bias: null,
+      residual: null,
+      activation: "none",
+      vecA: false,
+      vecB: false,
+      vecC: false,
+      kTail: false,
+    };
+    const wg = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 } as const;
+    const variants: GemmKernelSpec[] = [
+      base,
+      { ...base, tiles: { ...base.tiles, lanes: 4 } as TileConfig },
+      { ...base, tiles: { ...base.tiles, subgroups: 4 } as TileConfig },
+      { ...base, tiles: { ...base.tiles, rows: 24 } as TileConfig },
+      { ...base, tiles: { ...base.tiles, laneOwns: "m" } as TileConfig },
+      { ...base, tiles: wg },
+      { ...base, tiles: { ...wg, tileM: 32 } },
+      { ...base, tiles: { ...wg, tileN: 32 } },
+      { ...base, tiles: { ...wg, tileK: 8 } },
+      { ...base, tiles: { ...wg, threadM: 2 } },
+      { ...base, tiles: { ...wg, threadN: 8 } },
+      { ...base, transposeA: true },
+      { ...base, transposeB: true },
+      { ...base, a: "f16" },
+      { ...base, b: "f16" },
+      { ...base, c: "f16" },
+      { ...base, bias: { axis: "n", dtype: "f32" } },
+      { ...base, bias: { axis: "m", dtype: "f32" } },
+      { ...base, bias: { axis: "n", dtype: "f16" } },
+      { ...base, residual: "f32" },
+      { ...base, activation: "gelu" },
+      { ...base, vecA: true },
+      { ...base, vecB: true },
+      { ...base, vecC: true },
+      { ...base, kTail: true },
+    ];
+    expect(new Set(variants.map(gemmKey)).size).toBe(variants.length);
   });
 });
 
