@@ -2,10 +2,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { main } from "../src/cli/main.ts";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodePng, encodePng } from "../src/image/png.ts";
 import { PARAMETERS_KEYWORD, parseParameters } from "../src/pipeline/parameters.ts";
+import { runCli } from "./helpers/run-cli.ts";
 import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
 
 const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
@@ -24,25 +24,7 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Runs the CLI in-process: exit code and what it printed on stdout and stderr. */
-async function ldm(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = vi.spyOn(console, "log").mockImplementation((...a) => void out.push(a.join(" ")));
-  const error = vi.spyOn(console, "error").mockImplementation((...a) => void err.push(a.join(" ")));
-  const write = vi.spyOn(process.stderr, "write").mockImplementation((s) => {
-    err.push(String(s));
-    return true;
-  });
-  try {
-    const code = await main(["node", "ldm", ...args]);
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    log.mockRestore();
-    error.mockRestore();
-    write.mockRestore();
-  }
-}
+const ldm = runCli;
 
 describe("ldm generate: errors before any model work", () => {
   it.each([
