@@ -1,5 +1,6 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { adapterTraits, attention } from "./index.ts";
 import { attentionRef } from "./reference.ts";
@@ -11,7 +12,6 @@ beforeAll(async () => {
 });
 afterAll(() => device?.destroy());
 
-const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
 const lavapipe = { isCpu: true, subgroupSize: 8 };
 const gpu = { isCpu: false, subgroupSize: 32 };
 

@@ -1,5 +1,6 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { add, affine, broadcastShapes, geglu, gelu, geluTanh, mul, quickGelu, silu, sub } from "./index.ts";
 import {
@@ -18,10 +19,6 @@ beforeAll(async () => {
   device = await Device.create();
 });
 afterAll(() => device?.destroy());
-
-const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
-/** Values as an f16 tensor stores them, so references see the same inputs as the kernel. */
-const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
 
 // f32 results: the kernel computes in f32 what the reference computes in f64; a few ulps of the
 // largest magnitude (≤ ~30 here) cover the rounding of up to ~10 f32 operations.
@@ -64,8 +61,8 @@ describe("broadcasting binary ops", () => {
     for (const [as, bs] of cases) {
       it(`add/sub/mul ${dtype} ${JSON.stringify(as)} with ${JSON.stringify(bs)}`, async () => {
         if (dtype === "f16" && !device.features.shaderF16) return;
-        let a = randomArray(size(as), 11, 3);
-        let b = randomArray(size(bs), 12, 3);
+        let a = randomArray(elementCount(as), 11, 3);
+        let b = randomArray(elementCount(bs), 12, 3);
         if (dtype === "f16") {
           a = roundF16(a);
           b = roundF16(b);
@@ -162,7 +159,7 @@ describe("geglu", () => {
   ] as const) {
     it(`${JSON.stringify(shape)} ${dtype}`, async () => {
       if (dtype === "f16" && !device.features.shaderF16) return;
-      let x = randomArray(size([...shape]), 21, 4);
+      let x = randomArray(elementCount([...shape]), 21, 4);
       if (dtype === "f16") x = roundF16(x);
       const t = Tensor.from(device, x, shape, dtype);
       const out = geglu(t);

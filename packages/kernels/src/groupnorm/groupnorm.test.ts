@@ -1,5 +1,6 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { groupNorm } from "./index.ts";
 import { groupNormRef } from "./reference.ts";
@@ -9,9 +10,6 @@ beforeAll(async () => {
   device = await Device.create();
 });
 afterAll(() => device?.destroy());
-
-const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
 
 // Outputs are O(1)·gamma + beta (|·| ≲ 10 here). f32: the group sums are tree reductions (relative error
 // ~log2(n)·2^-24 ≈ 1e-6 on mean and variance), which moves outputs by ~1e-6·|y|; 1e-5 leaves room.
@@ -47,7 +45,7 @@ describe("groupNorm", () => {
     it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
       if (dtype === "f16" && !device.features.shaderF16) return;
       const channels = c.shape[1];
-      let x: Float32Array = randomArray(size(c.shape), 31, 2).map(
+      let x: Float32Array = randomArray(elementCount(c.shape), 31, 2).map(
         (v, i) => v * (1 + (i % 7)) * (c.mean ? 0.05 : 1) + (c.mean ?? 0.5),
       );
       const gamma = randomArray(channels, 32, 1.5);
@@ -70,7 +68,7 @@ describe("groupNorm", () => {
   it("takes f16 gamma and beta with f16 x", async () => {
     if (!device.features.shaderF16) return;
     const shape = [1, 8, 4, 4];
-    const x = roundF16(randomArray(size(shape), 34, 3));
+    const x = roundF16(randomArray(elementCount(shape), 34, 3));
     const gamma = roundF16(randomArray(8, 35));
     const beta = roundF16(randomArray(8, 36));
     const out = groupNorm(

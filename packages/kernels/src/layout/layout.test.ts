@@ -1,5 +1,6 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { elementCount, roundF16 } from "../test-values.ts";
 import { randomArray } from "../testing.ts";
 import { chunk, concat, permute, slice, upsampleNearest2x } from "./index.ts";
 import { concatRef, permuteRef, sliceRef, upsampleNearest2xRef } from "./reference.ts";
@@ -10,8 +11,6 @@ beforeAll(async () => {
 });
 afterAll(() => device?.destroy());
 
-const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
 const dtypes = () => (device.features.shaderF16 ? (["f32", "f16"] as const) : (["f32"] as const));
 
 // Copies move values unchanged (f16 data is f16-representable), so every test expects exact equality.
@@ -25,7 +24,7 @@ describe("upsampleNearest2x", () => {
   ]) {
     it(`${JSON.stringify(shape)}`, async () => {
       for (const dtype of dtypes()) {
-        const x = roundF16(randomArray(size(shape), 3));
+        const x = roundF16(randomArray(elementCount(shape), 3));
         const t = Tensor.from(device, x, shape, dtype);
         const out = upsampleNearest2x(t);
         expect(out.shape).toEqual([...shape.slice(0, -2), 2 * shape.at(-2)!, 2 * shape.at(-1)!]);
@@ -72,7 +71,7 @@ describe("concat", () => {
   for (const { shapes, dim } of cases) {
     it(`${JSON.stringify(shapes)} along ${dim}`, async () => {
       for (const dtype of dtypes()) {
-        const parts = shapes.map((s, i) => ({ data: roundF16(randomArray(size(s), 40 + i)), shape: s }));
+        const parts = shapes.map((s, i) => ({ data: roundF16(randomArray(elementCount(s), 40 + i)), shape: s }));
         const ts = parts.map((p) => Tensor.from(device, p.data, p.shape, dtype));
         const out = concat(ts, dim);
         const d = dim < 0 ? dim + shapes[0].length : dim;
@@ -104,7 +103,7 @@ describe("permute", () => {
   ]) {
     it(`${JSON.stringify(shape)} by ${JSON.stringify(perm)}`, async () => {
       for (const dtype of dtypes()) {
-        const x = roundF16(randomArray(size(shape), 8));
+        const x = roundF16(randomArray(elementCount(shape), 8));
         const t = Tensor.from(device, x, shape, dtype);
         const out = permute(t, perm);
         expect(out.shape).toEqual(perm.map((p) => shape[p]));
@@ -125,7 +124,7 @@ describe("permute", () => {
 describe("slice and chunk", () => {
   it("slices any dimension, including the last and empty ranges", async () => {
     const shape = [3, 4, 9];
-    const x = randomArray(size(shape), 9);
+    const x = randomArray(elementCount(shape), 9);
     const t = Tensor.from(device, x, shape);
     for (const [dim, s, e] of [
       [0, 1, 3],
@@ -144,7 +143,7 @@ describe("slice and chunk", () => {
 
   it("chunks the CFG batch and a GEGLU-style last dimension", async () => {
     const shape = [2, 3, 6];
-    const x = randomArray(size(shape), 10);
+    const x = randomArray(elementCount(shape), 10);
     const t = Tensor.from(device, x, shape);
     const [uncond, cond] = chunk(t, 2, 0);
     expect(await uncond.toFloat32()).toEqual(x.slice(0, 18));

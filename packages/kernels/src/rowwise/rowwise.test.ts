@@ -1,9 +1,10 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { layerNorm } from "../layernorm/index.ts";
 import { layerNormRef } from "../layernorm/reference.ts";
 import { softmax } from "../softmax/index.ts";
 import { softmaxRef } from "../softmax/reference.ts";
+import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { rowStrategy } from "./kernel.ts";
 
@@ -13,8 +14,6 @@ beforeAll(async () => {
 });
 afterAll(() => device?.destroy());
 
-const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
 // f16 output: one rounding to half precision (2^-11 relative) on top of the f32 error.
 const F16_TOL = { atol: 2e-3, rtol: 1.2e-3 };
 
@@ -47,7 +46,7 @@ describe("layerNorm", () => {
     it(`${JSON.stringify(shape)} ${dtype}`, async () => {
       if (dtype === "f16" && !device.features.shaderF16) return;
       const d = shape.at(-1)!;
-      let x: Float32Array = randomArray(size(shape), 51, 3).map((v, i) => v + (i % 5));
+      let x: Float32Array = randomArray(elementCount(shape), 51, 3).map((v, i) => v + (i % 5));
       if (dtype === "f16") x = roundF16(x);
       const gamma = randomArray(d, 52, 2);
       const beta = randomArray(d, 53);
@@ -81,7 +80,7 @@ describe("softmax", () => {
   ] as const) {
     it(`${JSON.stringify(shape)} scale ${scale}${causal ? " causal" : ""} ${dtype}`, async () => {
       if (dtype === "f16" && !device.features.shaderF16) return;
-      let x = randomArray(size(shape), 61, 8);
+      let x = randomArray(elementCount(shape), 61, 8);
       if (dtype === "f16") x = roundF16(x);
       const t = Tensor.from(device, x, shape, dtype);
       // Probabilities ≤ 1: f32 exp (a few ulps) and a sum over ≤ 77 terms give ~1e-6 absolute error.

@@ -1,0 +1,85 @@
+/**
+ * Benchmark rows for the non-GEMM kernels: group norm and fused attention at SD 1.x shapes (64×64 latents).
+ * Registered into the harness by benchmarks/kernels.ts, which imports every benchmarks/kernels-*.ts.
+ */
+import { attention, groupNorm } from "../packages/kernels/src/index.ts";
+import { randomArray } from "../packages/kernels/src/testing.ts";
+import { Tensor } from "../packages/tensor/src/index.ts";
+import { disposer, registerBench, type Tfjs } from "./harness.ts";
+
+type TfTensor = import("@tensorflow/tfjs-core").Tensor;
+
+function groupNormRow(channels: number, size: number, groups: number) {
+  const n = channels * size * size;
+  registerBench({
+    name: `group norm [1, ${channels}, ${size}, ${size}] / ${groups} groups`,
+    dtype: "f32",
+    // At least one read of x and one write of the result.
+    bytes: 2 * 4 * n,
+    ours(device) {
+      const x = Tensor.from(device, randomArray(n, 1), [1, channels, size, size]);
+      const gamma = Tensor.from(device, randomArray(channels, 2), [channels]);
+      const beta = Tensor.from(device, randomArray(channels, 3), [channels]);
+      return { run: () => groupNorm(x, gamma, beta, { groups, eps: 1e-5 }), dispose: disposer(x, gamma, beta) };
+    },
+    peer(tf) {
+      const x = tf.tensor4d(randomArray(n, 1), [1, channels, size, size]);
+      const gamma = tf.tensor4d(randomArray(channels, 2), [1, channels, 1, 1]);
+      const beta = tf.tensor4d(randomArray(channels, 3), [1, channels, 1, 1]);
+      const run = () =>
+        tf.tidy(() => {
+          const grouped = tf.reshape(x, [1, groups, n / groups]);
+          const { mean, variance } = tf.moments(grouped, 2, true);
+          const normed = tf.mul(tf.sub(grouped, mean), tf.rsqrt(tf.add(variance, 1e-5)));
+          return tf.add(tf.mul(tf.reshape(normed, [1, channels, size, size]), gamma), beta);
+        });
+      return { run, dispose: () => tf.dispose([x, gamma, beta]) };
+    },
+    peerNote: "tfjs has no group norm: reshape to groups, tf.moments, normalise, scale and shift.",
+  });
+}
+
+/**
+ * tfjs peer: per head, softmax(q·kᵀ·scale)·v as matMul, softmax, matMul on [N, d] slices, then concat.
+ * One head at a time because all heads' scores at once ([8, 4096, 4096] f32, 512 MiB) exceed the 128 MiB
+ * storage binding tfjs gets on lavapipe.
+ */
+function attentionPeer(tf: Tfjs, nq: number, nk: number, heads: number, d: number) {
+  const width = heads * d;
+  const q = tf.tensor2d(randomArray(nq * width, 1), [nq, width]);
+  const k = tf.tensor2d(randomArray(nk * width, 2), [nk, width]);
+  const v = tf.tensor2d(randomArray(nk * width, 3), [nk, width]);
+  const split = (t: TfTensor, n: number) => Array.from({ length: heads }, (_, h) => tf.slice(t, [0, h * d], [n, d]));
+  const [qs, ks, vs] = [split(q, nq), split(k, nk), split(v, nk)];
+  const scale = 1 / Math.sqrt(d);
+  const run = () =>
+    tf.tidy(() =>
+      tf.concat(
+        qs.map((qh, h) => tf.matMul(tf.softmax(tf.mul(tf.matMul(qh, ks[h], false, true), scale)), vs[h])),
+        1,
+      ),
+    );
+  return { run, dispose: () => tf.dispose([q, k, v, ...qs, ...ks, ...vs]) };
+}
+
+function attentionRow(name: string, nq: number, nk: number, heads: number, d: number) {
+  const width = heads * d;
+  registerBench({
+    name,
+    dtype: "f32",
+    flops: 4 * heads * nq * nk * d,
+    ours(device) {
+      const q = Tensor.from(device, randomArray(nq * width, 1), [1, nq, width]);
+      const k = Tensor.from(device, randomArray(nk * width, 2), [1, nk, width]);
+      const v = Tensor.from(device, randomArray(nk * width, 3), [1, nk, width]);
+      return { run: () => attention(q, k, v, { heads }), dispose: disposer(q, k, v) };
+    },
+    peer: (tf) => attentionPeer(tf, nq, nk, heads, d),
+    peerNote:
+      "tfjs: per head matMul(q, k, false, true)·scale, softmax, matMul(·, v), concat (all heads' scores at once exceed tfjs's 128 MiB binding).",
+  });
+}
+
+groupNormRow(320, 64, 32);
+attentionRow("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40);
+attentionRow("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
