@@ -5,5 +5,5 @@ export * from "./models/index.ts";
 export * from "./pipeline/index.ts";
 export * from "./random/index.ts";
 export * from "./tokenizer/index.ts";
-export * from "./validate/index.ts";
 export { type LoadedTokenizer, loadClipTokenizer, type TokenizerSource } from "./tokenizer/vocab-files.ts";
+export * from "./validate/index.ts";
