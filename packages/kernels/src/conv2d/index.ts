@@ -10,12 +10,13 @@ import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
-import type { Binding, BindingLimits } from "../matmul/plan.ts";
+import { type BindingLimits, bindingLimits, bindingSlice } from "../matmul/plan.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { planConv } from "./plan.ts";
 import {
   CONV_PARAMS,
   type ConvTiles,
+  type ConvWindow,
   chooseConvTiles,
   convKey,
   convWgsl,
@@ -138,26 +139,8 @@ interface DirectCall {
   bias?: Tensor;
   residual?: Tensor;
   activation: Activation;
-  geometry: {
-    batch: number;
-    cin: number;
-    cout: number;
-    H: number;
-    W: number;
-    Ho: number;
-    Wo: number;
-    kh: number;
-    kw: number;
-    strideH: number;
-    strideW: number;
-    padTop: number;
-    padLeft: number;
-  };
+  geometry: ConvWindow & { batch: number; cin: number; cout: number; H: number; W: number; Ho: number; Wo: number };
   internals: Conv2dInternals;
-}
-
-function slice(t: Tensor, b: Binding) {
-  return { buffer: t.buffer, offset: b.byteOffset, size: Math.min(b.byteSize, t.buffer.size - b.byteOffset) };
 }
 
 function direct(device: Device, call: DirectCall): void {
@@ -191,10 +174,7 @@ function direct(device: Device, call: DirectCall): void {
         residual: residual ? DTYPE_BYTES[residual.dtype] : undefined,
       },
     },
-    internals.bindingLimits ?? {
-      maxBindingBytes: device.limits.maxStorageBufferBindingSize,
-      offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
-    },
+    bindingLimits(device, internals.bindingLimits),
   );
   const tiles =
     internals.tiles ??
@@ -255,10 +235,10 @@ function direct(device: Device, call: DirectCall): void {
     };
     const uniforms = new Uniforms();
     for (const name of CONV_PARAMS) uniforms.u32(values[name]);
-    const buffers = [slice(x, piece.x), slice(w, piece.w), slice(out, piece.out)];
+    const buffers = [bindingSlice(x, piece.x), bindingSlice(w, piece.w), bindingSlice(out, piece.out)];
     if (bias) buffers.push({ buffer: bias.buffer, offset: 0, size: bias.buffer.size });
-    if (residual && piece.residual) buffers.push(slice(residual, piece.residual));
-    if (spec.vecRow) buffers.push(slice(x, piece.x));
+    if (residual && piece.residual) buffers.push(bindingSlice(residual, piece.residual));
+    if (spec.vecRow) buffers.push(bindingSlice(x, piece.x));
     device.dispatch({
       pipeline,
       buffers,

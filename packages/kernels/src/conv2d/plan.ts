@@ -19,21 +19,7 @@ export interface ConvGeometry {
   bytes: { x: number; w: number; out: number; residual?: number };
 }
 
-export interface ConvPiece {
-  b0: number;
-  b1: number;
-  co0: number;
-  co1: number;
-  ci0: number;
-  ci1: number;
-  accumulate: boolean;
-  finalize: boolean;
-  x: Binding;
-  w: Binding;
-  out: Binding;
-  residual?: Binding;
-}
-
+/** Batch items [b0, b1) × output channels [co0, co1) × input channels [ci0, ci1). */
 interface Block {
   b0: number;
   b1: number;
@@ -41,6 +27,15 @@ interface Block {
   co1: number;
   ci0: number;
   ci1: number;
+}
+
+export interface ConvPiece extends Block {
+  accumulate: boolean;
+  finalize: boolean;
+  x: Binding;
+  w: Binding;
+  out: Binding;
+  residual?: Binding;
 }
 
 function bindingsOf(g: ConvGeometry, k: Block, align: number) {
@@ -101,17 +96,10 @@ export function planConv(op: string, g: ConvGeometry, limits: BindingLimits): Co
   for (const [b0, b1] of chunks(batch, batchChunk)) {
     for (const [co0, co1] of chunks(cout, coChunk)) {
       ciRanges.forEach(([ci0, ci1], i) => {
-        pieces.push({
-          b0,
-          b1,
-          co0,
-          co1,
-          ci0,
-          ci1,
-          accumulate: i > 0,
-          finalize: i === ciRanges.length - 1,
-          ...bindingsOf(g, blk(b0, b1, co0, co1, ci0, Math.max(ci1, ci0 + 1)), limits.offsetAlignment),
-        });
+        const range = blk(b0, b1, co0, co1, ci0, ci1);
+        const bound = { ...range, ci1: Math.max(ci1, ci0 + 1) };
+        const last = i === ciRanges.length - 1;
+        pieces.push({ ...range, accumulate: i > 0, finalize: last, ...bindingsOf(g, bound, limits.offsetAlignment) });
       });
     }
   }

@@ -54,14 +54,18 @@ export function convWorkgroup(t: ConvTiles): { channels: number; blocks: number;
     : { channels: t.channelGroups * t.rows, blocks: t.pixelLanes, size: t.pixelLanes * t.channelGroups };
 }
 
-export interface ConvKernelSpec {
-  tiles: ConvTiles;
+/** The kernel window and how it steps; the bottom and right padding only bound the output size. */
+export interface ConvWindow {
   kh: number;
   kw: number;
   strideH: number;
   strideW: number;
   padTop: number;
   padLeft: number;
+}
+
+export interface ConvKernelSpec extends ConvWindow {
+  tiles: ConvTiles;
   x: DType;
   w: DType;
   out: DType;

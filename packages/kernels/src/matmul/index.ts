@@ -11,7 +11,7 @@ import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor,
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "./activation.ts";
-import { type Binding, type BindingLimits, planGemm } from "./plan.ts";
+import { type BindingLimits, bindingLimits, bindingSlice, type GemmGeometry, planGemm } from "./plan.ts";
 import { chooseTiles, type TileConfig, workgroupTile } from "./tiles.ts";
 import { GEMM_PARAMS, type GemmKernelSpec, gemmKey, gemmVectorReads, gemmWgsl } from "./wgsl.ts";
 
@@ -122,20 +122,12 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | LinearOptions,
 }
 
 /** One (batched) GEMM into an existing output tensor: the engine under matmul, linear and 1×1 conv2d. */
-export interface GemmCall {
+export interface GemmCall extends Omit<GemmGeometry, "bytes"> {
   op: string;
   a: Tensor;
   b: Tensor;
+  /** [batch, M, N] (any shape with those elements), like the residual. */
   out: Tensor;
-  batch: number;
-  M: number;
-  N: number;
-  K: number;
-  transposeA: boolean;
-  transposeB: boolean;
-  /** Elements between batch items (0: shared by all). The output and residual are [batch, M, N]. */
-  aBatchStride: number;
-  bBatchStride: number;
   bias?: { tensor: Tensor; axis: "m" | "n" };
   residual?: Tensor;
   activation: Activation;
@@ -161,10 +153,6 @@ export function deviceTiles(device: Device, call: Pick<GemmCall, "M" | "N" | "K"
     maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
     ...call,
   });
-}
-
-function slice(t: Tensor, b: Binding) {
-  return { buffer: t.buffer, offset: b.byteOffset, size: Math.min(b.byteSize, t.buffer.size - b.byteOffset) };
 }
 
 export function gemm(call: GemmCall): void {
@@ -204,10 +192,7 @@ export function gemm(call: GemmCall): void {
         residual: residual ? DTYPE_BYTES[residual.dtype] : undefined,
       },
     },
-    call.bindingLimits ?? {
-      maxBindingBytes: device.limits.maxStorageBufferBindingSize,
-      offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
-    },
+    bindingLimits(device, call.bindingLimits),
   );
   if (pieces.length === 0) return;
 
@@ -269,9 +254,9 @@ export function gemm(call: GemmCall): void {
     const uniforms = new Uniforms();
     for (const name of GEMM_PARAMS) uniforms.u32(values[name]);
     uniforms.f32(call.alpha);
-    const buffers = [slice(a, piece.a), slice(b, piece.b), slice(out, piece.c)];
+    const buffers = [bindingSlice(a, piece.a), bindingSlice(b, piece.b), bindingSlice(out, piece.c)];
     if (bias) buffers.push({ buffer: bias.tensor.buffer, offset: 0, size: bias.tensor.buffer.size });
-    if (residual && piece.residual) buffers.push(slice(residual, piece.residual));
+    if (residual && piece.residual) buffers.push(bindingSlice(residual, piece.residual));
     device.dispatch({
       pipeline,
       buffers,

@@ -7,6 +7,7 @@
  * different k ranges accumulate into the output in k order (the first overwrites, the last applies the
  * epilogue). Usually there is one piece.
  */
+import type { BufferSlice, Device, Tensor } from "@ldm/tensor";
 
 export interface GemmGeometry {
   batch: number;
@@ -28,13 +29,17 @@ export interface Binding {
   elementOffset: number;
 }
 
-export interface GemmPiece {
+/** A block of the problem: batch items [b0, b1) × rows [m0, m1) × reduction steps [k0, k1). */
+interface Block {
   b0: number;
   b1: number;
   m0: number;
   m1: number;
   k0: number;
   k1: number;
+}
+
+export interface GemmPiece extends Block {
   /** The output already holds a partial sum of earlier k ranges. */
   accumulate: boolean;
   /** The last k range: apply bias, activation and residual. */
@@ -50,6 +55,21 @@ export interface BindingLimits {
   offsetAlignment: number;
 }
 
+/** The device's storage binding limits, unless a test overrides them. */
+export function bindingLimits(device: Device, override?: BindingLimits): BindingLimits {
+  return (
+    override ?? {
+      maxBindingBytes: device.limits.maxStorageBufferBindingSize,
+      offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
+    }
+  );
+}
+
+/** A binding of `t`'s buffer (clamped to the buffer, whose size may not be a multiple of 16 bytes). */
+export function bindingSlice(t: Tensor, b: Binding): BufferSlice {
+  return { buffer: t.buffer, offset: b.byteOffset, size: Math.min(b.byteSize, t.buffer.size - b.byteOffset) };
+}
+
 /**
  * Reduction chunks, and row chunks of a transposed A (whose rows run along M), stay multiples of this so
  * that 4-wide vector loads stay aligned.
@@ -57,15 +77,6 @@ export interface BindingLimits {
 const CHUNK_ALIGN = 4;
 /** Bound sizes are rounded up to whole 16-byte vectors (pool buffers are multiples of 256 bytes). */
 const VECTOR_BYTES = 16;
-
-interface Block {
-  b0: number;
-  b1: number;
-  m0: number;
-  m1: number;
-  k0: number;
-  k1: number;
-}
 
 /** First and last element an operand touches over a block. */
 function spans(g: GemmGeometry, blk: Block): Record<"a" | "b" | "c", [number, number]> {
@@ -176,18 +187,10 @@ export function planGemm(op: string, g: GemmGeometry, limits: BindingLimits): Ge
   for (const [b0, b1] of chunks(batch, batchChunk)) {
     for (const [m0, m1] of chunks(M, rowChunk)) {
       kRanges.forEach(([k0, k1], i) => {
-        const bs = bindingsOf(g, block(b0, b1, m0, m1, k0, Math.max(k1, k0 + 1)), limits.offsetAlignment);
-        pieces.push({
-          b0,
-          b1,
-          m0,
-          m1,
-          k0,
-          k1,
-          accumulate: i > 0,
-          finalize: i === kRanges.length - 1,
-          ...bs,
-        });
+        const range = block(b0, b1, m0, m1, k0, k1);
+        const bound = { ...range, k1: Math.max(k1, k0 + 1) };
+        const last = i === kRanges.length - 1;
+        pieces.push({ ...range, accumulate: i > 0, finalize: last, ...bindingsOf(g, bound, limits.offsetAlignment) });
       });
     }
   }
