@@ -146,13 +146,16 @@ const plain: Conv2dInternals = { tiles: { kind: "plain", rows: 4, groups: 1, pix
 describe("conv2d with the device's kernel", () => {
   it("matches the reference on odd shapes, strides and paddings", async () => {
     await check({ x: [2, 3, 5, 7], w: [5, 3, 3, 3], padding: 1 }, f32Tol(27));
-    await check({ x: [1, 4, 9, 11], w: [1, 4, 3, 3], stride: 2, padding: 1 }, f32Tol(36));
-    // The VAE Downsample: pad (0, 1, 0, 1), 3×3, stride 2, no other padding.
-    await check({ x: [1, 3, 8, 6], w: [2, 3, 3, 3], stride: 2, padding: [0, 1, 0, 1] }, f32Tol(27));
+    // The VAE Downsample: pad (0, 1, 0, 1), 3×3, stride 2, no other padding; one output channel.
+    await check({ x: [1, 4, 9, 11], w: [1, 4, 3, 3], stride: 2, padding: [0, 1, 0, 1] }, f32Tol(36));
     await check({ x: [1, 2, 6, 9], w: [17, 2, 1, 3], stride: [1, 2], padding: [0, 0, 2, 1] }, f32Tol(6));
     // W a multiple of 4 with stride 1 reads the input columns under 4 pixels as one vector; no padding
     // leaves Wo = 6 (scalar stores), and the last block's vector still lies inside the row.
     await check({ x: [1, 3, 5, 8], w: [3, 3, 3, 3] }, f32Tol(27));
+    // Row-vector reads with a last pixel block that runs past the row (W = 40, 20: not multiples of the
+    // 16 pixels a lane covers): the right padding column must read as zero, not as clamped data.
+    await check({ x: [1, 3, 6, 40], w: [4, 3, 3, 3], padding: 1 }, f32Tol(27));
+    await check({ x: [1, 2, 3, 20], w: [9, 2, 3, 3], padding: 1, bias: true }, f32Tol(18));
     // 1×1: through the matmul, and on the direct kernel.
     await check({ x: [2, 5, 3, 7], w: [6, 5, 1, 1] }, f32Tol(5));
     await check({ x: [2, 5, 3, 7], w: [6, 5, 1, 1] }, f32Tol(5), { direct: true });

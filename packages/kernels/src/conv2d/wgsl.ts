@@ -212,12 +212,14 @@ export function convWgsl(s: ConvKernelSpec): string {
     b.push("let rowOk = ih >= 0 && ih < i32(p.H);");
     b.push("let row = plane + u32(clamp(ih, 0, i32(p.H) - 1)) * p.W;");
     // Column c of the window is input column iwBase + c = ow0 − padLeft + c.
-    // Group g's vector holds columns padLeft + 4g .. +3; past the row's end (pixels ≥ Wo, never stored)
-    // it is clamped back inside.
+    // Group g's vector holds columns padLeft + 4g .. +3. W is a multiple of 4, so a vector lies wholly inside
+    // the row or wholly past its end, where it is right padding (zeros): the last pixels' taps read it.
     const vectorCol = (c: number) => (s.vecRow && c >= s.padLeft && c < s.padLeft + 4 * G ? c - s.padLeft : -1);
     if (s.vecRow) {
       for (let g = 0; g < G; g++) {
-        b.push(`let mid${g} = select(vec4f(0.0), vec4f(X4[(row + min(ow0 + ${4 * g}u, p.W - 4u)) >> 2u]), rowOk);`);
+        b.push(
+          `let mid${g} = select(vec4f(0.0), vec4f(X4[(row + min(ow0 + ${4 * g}u, p.W - 4u)) >> 2u]), rowOk && ow0 + ${4 * g}u < p.W);`,
+        );
       }
     }
     for (const c of [...used].sort((x, y) => x - y)) {
