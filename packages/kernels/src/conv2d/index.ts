@@ -41,8 +41,6 @@ export interface Conv2dInternals {
   tiles?: ConvTiles;
   gemmTiles?: TileConfig;
   bindingLimits?: BindingLimits;
-  /** Run 1×1 convolutions on the direct kernel too. */
-  direct?: boolean;
 }
 
 const FLOATS: readonly DType[] = ["f32", "f16"];
@@ -96,7 +94,7 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
 
   const pointwise =
     kh === 1 && kw === 1 && strideH === 1 && strideW === 1 && padTop + padBottom + padLeft + padRight === 0;
-  if (pointwise && !internals.direct) {
+  if (pointwise) {
     gemm({
       op,
       a: w,
