@@ -193,6 +193,7 @@ describe("conv2d with the device's kernel", () => {
 describe("conv2d with per-invocation weights (GPUs)", () => {
   it("matches the reference", async () => {
     await check({ x: [2, 3, 5, 7], w: [5, 3, 3, 3], padding: 1, bias: true, residual: true }, f32Tol(27), plain);
+    await check({ x: [1, 4, 9, 11], w: [1, 4, 3, 3], stride: 2, padding: [0, 1, 0, 1] }, f32Tol(36), plain);
   });
 });
 
