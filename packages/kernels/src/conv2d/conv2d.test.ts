@@ -67,7 +67,7 @@ describe("chooseConvTiles", () => {
     expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8, groups: 4 });
     expect(chooseConvTiles({ ...cpu, wo: 5 })).toMatchObject({ groups: 2 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
-    expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 4 });
+    expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 3 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
   });

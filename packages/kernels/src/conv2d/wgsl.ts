@@ -35,7 +35,7 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
     const rows = Math.max(8, lanes);
     const groups = Math.min(4, Math.ceil(inp.wo / 4));
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
-    const subgroups = Math.min(maxSubgroups, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(inp.cout / rows)))));
+    const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(inp.cout / rows)));
     return { kind: "subgroup", lanes, subgroups, rows, groups };
   }
   return {

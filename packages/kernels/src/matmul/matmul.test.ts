@@ -34,6 +34,7 @@ describe("chooseTiles", () => {
 
   it("shrinks the workgroup for few rows, and broadcasts B's rows when only A is transposed away from K", () => {
     expect(chooseTiles({ ...lavapipeLike, M: 20, N: 320, K: 320 })).toMatchObject({ subgroups: 2 });
+    expect(chooseTiles({ ...lavapipeLike, M: 77, N: 320, K: 768 })).toMatchObject({ subgroups: 5 });
     expect(chooseTiles({ ...lavapipeLike, M: 1, N: 3, K: 7 })).toMatchObject({ subgroups: 1 });
     expect(chooseTiles({ ...lavapipeLike, M: 64, N: 64, K: 64, transposeA: true, transposeB: true })).toMatchObject({
       laneOwns: "m",

@@ -65,7 +65,8 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     const rows = Math.max(16, lanes);
     const broadcastExtent = laneOwns === "n" ? inp.M : inp.N;
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
-    const subgroups = Math.min(maxSubgroups, nextPowerOfTwo(Math.ceil(broadcastExtent / rows)));
+    // As many subgroups as the broadcast extent fills (M = 77 takes 5 × 16 rows, not 8).
+    const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(broadcastExtent / rows)));
     return { kind: "subgroup", lanes, subgroups, rows, laneOwns };
   }
   const big = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= 2 * 16 * 64 * 4;
@@ -91,8 +92,4 @@ export function workgroupTile(t: TileConfig): { m: number; n: number } {
   const broadcast = t.subgroups * t.rows;
   const owned = t.lanes * 4;
   return t.laneOwns === "n" ? { m: broadcast, n: owned } : { m: owned, n: broadcast };
-}
-
-function nextPowerOfTwo(n: number): number {
-  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 }
