@@ -13,7 +13,7 @@ import { type Device, type DType, Tensor, Uniforms } from "@ldm/tensor";
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type AdapterTraits, type AttentionTiling, attentionTiling } from "./tiling.ts";
-import { type AttentionWgsl, columnsWgsl, lanesPerRowGroup, lanesWgsl, subgroupWgsl } from "./wgsl.ts";
+import { type AttentionWgsl, lanesWgsl, subgroupWgsl } from "./wgsl.ts";
 
 export interface AttentionOptions {
   heads: number;
@@ -78,12 +78,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   const unit = tiling.kind === "lanes" && d % 4 === 0 ? 4 : 1;
   const rowGroups = Math.ceil(nq / tiling.rowsPerInvocation);
   const chunks = d / tiling.dChunk;
-  const tiles = batch * heads * chunks * Math.ceil(rowGroups / (tiling.workgroupSize / lanesPerRowGroup(tiling)));
+  const tiles = batch * heads * chunks * Math.ceil(rowGroups / tiling.workgroupSize);
   const spec: AttentionWgsl = { dtype: q.dtype, d, causal, ...tiling };
   const pipeline = device.pipeline(`attention|${Object.values(spec).join("|")}`, () => {
     const enables = wgslEnables(device, q.dtype);
-    const generate = { subgroup: subgroupWgsl, columns: columnsWgsl, lanes: lanesWgsl }[tiling.kind];
-    return generate(spec, enables);
+    return tiling.kind === "subgroup" ? subgroupWgsl(spec, enables) : lanesWgsl(spec, enables);
   });
   device.dispatch({
     pipeline,
@@ -114,12 +113,7 @@ function checkTiling(t: AttentionTiling, d: number, device: Device): void {
     t.workgroupSize >= 1 &&
     t.workgroupSize <= device.limits.maxComputeInvocationsPerWorkgroup;
   if (!fits) throw new Error(`attention: tiling ${JSON.stringify(t)} does not fit head width d = ${d}`);
-  if (t.kind === "columns" && (d % t.subgroupSize || t.dChunk !== d)) {
-    throw new Error(
-      `attention: tiling ${JSON.stringify(t)} needs d = ${d} to split evenly over its subgroup, in one column chunk`,
-    );
-  }
-  if (t.kind !== "lanes") {
+  if (t.kind === "subgroup") {
     const traits = adapterTraits(device);
     if (traits.subgroupSize !== t.subgroupSize || t.workgroupSize % t.subgroupSize) {
       throw new Error(

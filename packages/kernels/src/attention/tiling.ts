@@ -17,11 +17,10 @@ export interface AdapterTraits {
 
 export interface AttentionTiling {
   /**
-   * "subgroup": each lane owns rows; lanes load key/value rows cooperatively and broadcast them (CPU adapters).
-   * "columns": a subgroup owns rows together, each lane a slice of d; scores by subgroupAdd (CPU, wide heads).
+   * "subgroup": lanes load key/value rows cooperatively and broadcast them (CPU adapters);
    * "lanes": every invocation loads whole rows itself (GPUs).
    */
-  kind: "subgroup" | "columns" | "lanes";
+  kind: "subgroup" | "lanes";
   /** Lanes that share loads in the "subgroup" kind (the adapter's subgroup size); 1 for "lanes". */
   subgroupSize: number;
   /** Query rows per invocation: every loaded key and value serves this many rows. */
@@ -60,9 +59,11 @@ const CPU_MAX_COLUMNS = 160;
  */
 const CPU_ROW_BUDGET = 80;
 /**
- * Heads wider than this are served a subgroup per row ("columns"), or, when d does not split over the
- * subgroup, reload q in chunks. For d = 512 on lavapipe (busy machine, 2026-11): whole rows per lane did not
- * finish compiling in 12 minutes; q reloaded in chunks of 32 ran 0.4–0.9 GFLOP/s; "columns" 0.8.
+ * Heads wider than this reload q in chunks instead of keeping it in registers. For the VAE's d = 512 on
+ * lavapipe (busy machine, 2026-11): whole rows per lane did not finish compiling in 12 minutes; chunks of 32
+ * ran 0.4–0.9 GFLOP/s. A subgroup per row with the lanes splitting d (scores by subgroupAdd) looked 2× faster
+ * at N = 1024 but took 107 s against 67 s at N = 4096: each key load then serves one row, not eight, and K/V
+ * no longer fit in cache.
  */
 const CPU_RESIDENT_D = 160;
 /** Elements of d per step when q is reloaded. */
@@ -78,17 +79,6 @@ export function attentionTiling(adapter: AdapterTraits, d: number, nq: number, _
       rowsPerInvocation: 1,
       dChunk: columnChunk(d, unit, GPU_MAX_COLUMNS),
       keyBlock: adapter.isCpu ? 2 : 8,
-      qChunk: d,
-      workgroupSize: 64,
-    };
-  }
-  if (d > CPU_RESIDENT_D && d % sg === 0) {
-    return {
-      kind: "columns",
-      subgroupSize: sg,
-      rowsPerInvocation: 1,
-      dChunk: d,
-      keyBlock: 2,
       qChunk: d,
       workgroupSize: 64,
     };

@@ -36,8 +36,6 @@ function lines(f: (...i: number[]) => string, ...dims: number[][]): string {
 function prologue(g: AttentionWgsl, enables: string, unit: number, extraBuiltins = ""): string {
   const S = unit === 4 ? `vec4<${g.dtype}>` : g.dtype;
   const rows = g.rowsPerInvocation;
-  const lanesPerGroup = lanesPerRowGroup(g);
-  const groupsPerWorkgroup = g.workgroupSize / lanesPerGroup;
   return `${enables}
 struct Params { tiles: u32, heads: u32, nq: u32, nk: u32, rowGroups: u32, chunks: u32, rowStride: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,23 +50,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   // uniform across it, as the subgroup operations and the shared key loop need.
   let tile = ${LINEAR_WORKGROUP_ID};
   if (tile >= p.tiles) { return; }
-  let tilesPerHead = (p.rowGroups + ${groupsPerWorkgroup - 1}u) / ${groupsPerWorkgroup}u;
+  let tilesPerHead = (p.rowGroups + ${g.workgroupSize - 1}u) / ${g.workgroupSize}u;
   var rest = tile / tilesPerHead;
   let chunk = rest % p.chunks;
   rest = rest / p.chunks;
   let head = rest % p.heads;
   let batch = rest / p.heads;
-  let firstRow = (tile % tilesPerHead) * ${groupsPerWorkgroup * rows}u;
-  let row0 = firstRow + lid / ${lanesPerGroup}u * ${rows}u;
+  let firstRow = (tile % tilesPerHead) * ${g.workgroupSize * rows}u;
+  let row0 = firstRow + lid * ${rows}u;
   let headOffset = head * ${g.d / unit}u;
   let columnOffset = headOffset + chunk * ${g.dChunk / unit}u;
   // Keys past the workgroup's last row are masked for all its rows under the causal mask.
-  let keyEnd = ${g.causal ? `min(p.nk, firstRow + ${groupsPerWorkgroup * rows}u)` : "p.nk"};`;
-}
-
-/** Invocations that serve one group of rows: a whole subgroup in the "columns" kind, else one. */
-export function lanesPerRowGroup(t: AttentionTiling): number {
-  return t.kind === "columns" ? t.subgroupSize : 1;
+  let keyEnd = ${g.causal ? `min(p.nk, firstRow + ${g.workgroupSize * rows}u)` : "p.nk"};`;
 }
 
 function visible(g: AttentionWgsl, r: number, kk: number): string {
@@ -186,50 +179,6 @@ ${lines(
 )}
   }
 ${epilogue(R, C, T)}
-}
-`;
-}
-
-/**
- * A subgroup serves `rowsPerInvocation` rows together, lane i owning elements i, i+SG, … of d: its slices of
- * q and of the accumulator stay in registers (d/SG each per row, not d), each key or value element is loaded
- * once per subgroup, and a score is the subgroupAdd of the lanes' partial dots. For wide heads (the VAE's
- * 512) on CPU adapters, where whole rows per lane would not fit in registers.
- */
-export function columnsWgsl(g: AttentionWgsl, enables: string): string {
-  const SG = g.subgroupSize;
-  const R = range(g.rowsPerInvocation);
-  const KB = range(g.keyBlock);
-  const E = range(g.d / SG);
-  const T = g.dtype;
-  return `enable subgroups;
-${prologue(g, enables, 1, ", @builtin(subgroup_invocation_id) lane: u32")}
-${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset + lane;`, R)}
-${lines((r, e) => `  let q${r}_${e} = f32(q[qBase${r} + ${e * SG}u]);`, R, E)}
-${lines((r) => `  var m${r} = ${MASKED};\n  var l${r} = 0.0;`, R)}
-${lines((r, e) => `  var acc${r}_${e} = 0.0;`, R, E)}
-  for (var key0 = 0u; key0 < keyEnd; key0 += ${KB.length}u) {
-${lines((kk) => `    let kBase${kk} = (batch * p.nk + min(key0 + ${kk}u, p.nk - 1u)) * p.rowStride + headOffset + lane;`, KB)}
-${lines((kk, e) => `    let k${kk}_${e} = f32(k[kBase${kk} + ${e * SG}u]);`, KB, E)}
-${lines(
-  (r, kk) =>
-    `    let s${r}_${kk} = select(${MASKED}, subgroupAdd(${E.map((e) => `q${r}_${e} * k${kk}_${e}`).join(" + ")}) * p.scale, ${visible(g, r, kk)});`,
-  R,
-  KB,
-)}
-${softmaxUpdate(R, KB)}
-${lines((r, e) => `    acc${r}_${e} *= correction${r};`, R, E)}
-${lines((kk, e) => `    let v${kk}_${e} = f32(v[kBase${kk} + ${e * SG}u]);`, KB, E)}
-${lines((r, e) => `    acc${r}_${e} += ${KB.map((kk) => `p${r}_${kk} * v${kk}_${e}`).join(" + ")};`, R, E)}
-  }
-${lines(
-  (r) => `  if (row0 + ${r}u < p.nq) {
-    let outBase = (batch * p.nq + row0 + ${r}u) * p.rowStride + headOffset + lane;
-    let norm = 1.0 / l${r};
-${E.map((e) => `    out[outBase + ${e * SG}u] = ${T}(acc${r}_${e} * norm);`).join("\n")}
-  }`,
-  R,
-)}
 }
 `;
 }
