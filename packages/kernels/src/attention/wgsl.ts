@@ -32,17 +32,21 @@ function lines(f: (...i: number[]) => string, ...dims: number[][]): string {
   return out.join("\n");
 }
 
-/** Declarations, tile decoding and bounds shared by both variants. `unit` is the element width of loads. */
-function prologue(g: AttentionWgsl, enables: string, unit: number, extraBuiltins = ""): string {
+/**
+ * Declarations, tile decoding and bounds shared by both variants. `unit` is the element width that indices
+ * count in; q and out may be declared as vec4 arrays while indices count elements (`vectorQOut`).
+ */
+function prologue(g: AttentionWgsl, enables: string, unit: number, extraBuiltins = "", vectorQOut = false): string {
   const S = unit === 4 ? `vec4<${g.dtype}>` : g.dtype;
+  const QO = vectorQOut ? `vec4<${g.dtype}>` : S;
   const rows = g.rowsPerInvocation;
   return `${enables}
 struct Params { tiles: u32, heads: u32, nq: u32, nk: u32, rowGroups: u32, chunks: u32, rowStride: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<${S}>;
+@group(0) @binding(1) var<storage, read> q: array<${QO}>;
 @group(0) @binding(2) var<storage, read> k: array<${S}>;
 @group(0) @binding(3) var<storage, read> v: array<${S}>;
-@group(0) @binding(4) var<storage, read_write> out: array<${S}>;
+@group(0) @binding(4) var<storage, read_write> out: array<${QO}>;
 
 @compute @workgroup_size(${g.workgroupSize})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32${extraBuiltins}) {
@@ -143,13 +147,27 @@ export function subgroupWgsl(g: AttentionWgsl, enables: string): string {
   const T = g.dtype;
   const resident = g.qChunk === g.d;
   const Q = range(g.qChunk);
+  const vectorQOut = subgroupVectorQOut(g);
   const slices = (n: number) => range(Math.ceil(n / SG));
   // Lane `lane` loads element slice·SG + lane of a run of n elements (clamped inside it when n % SG ≠ 0).
   const laneElement = (slice: number, n: number) =>
     (slice + 1) * SG <= n ? `${slice * SG}u + lane` : `min(${slice * SG}u + lane, ${n - 1}u)`;
   const broadcast = (name: string, i: number) => `subgroupBroadcast(${name}_${Math.floor(i / SG)}, ${i % SG}u)`;
   const at = resident ? "" : "d0 + ";
-  const loadQ = lines((r, t) => `  ${resident ? "" : "  "}let q${r}_${t} = f32(q[qBase${r} + ${at}${t}u]);`, R, Q);
+  const indent = resident ? "  " : "    ";
+  // Every per-lane load or store is a long scalar loop in lavapipe's code, so q and out move as vec4s
+  // (a quarter of the accesses, and of the compile time they cost) when the widths allow.
+  const loadQ = vectorQOut
+    ? lines(
+        (r, t) =>
+          `${indent}let q${r}_v${t} = vec4<f32>(q[(qBase${r} + ${at}${4 * t}u) / 4u]);\n` +
+          range(4)
+            .map((i) => `${indent}let q${r}_${4 * t + i} = q${r}_v${t}.${"xyzw"[i]};`)
+            .join("\n"),
+        R,
+        range(g.qChunk / 4),
+      )
+    : lines((r, t) => `${indent}let q${r}_${t} = f32(q[qBase${r} + ${at}${t}u]);`, R, Q);
   const scores = `${lines((kk, s) => `    let k${kk}_${s} = f32(k[kBase${kk} + headOffset + ${at}${laneElement(s, g.qChunk)}]);`, KB, slices(g.qChunk))}
 ${lines(
   (kk, t) =>
@@ -158,7 +176,7 @@ ${lines(
   Q,
 )}`;
   return `enable subgroups;
-${prologue(g, enables, 1, ", @builtin(subgroup_invocation_id) lane: u32")}
+${prologue(g, enables, 1, ", @builtin(subgroup_invocation_id) lane: u32", vectorQOut)}
 ${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset;`, R)}
 ${resident ? loadQ : ""}
 ${lines((r) => `  var m${r} = ${MASKED};\n  var l${r} = 0.0;`, R)}
@@ -178,7 +196,30 @@ ${lines(
   C,
 )}
   }
-${epilogue(R, C, T)}
+${vectorQOut ? vectorEpilogue(R, C.length, T) : epilogue(R, C, T)}
 }
 `;
+}
+
+/** Whether the subgroup kernel reads q and writes out as vec4s (every row, q chunk and column chunk in 4s). */
+export function subgroupVectorQOut(t: { d: number; dChunk: number; qChunk: number }): boolean {
+  return t.d % 4 === 0 && t.dChunk % 4 === 0 && t.qChunk % 4 === 0;
+}
+
+function vectorEpilogue(R: number[], columns: number, T: string): string {
+  return lines(
+    (r) => `  if (row0 + ${r}u < p.nq) {
+    let outBase = ((batch * p.nq + row0 + ${r}u) * p.rowStride + columnOffset) / 4u;
+    let norm = 1.0 / l${r};
+${range(columns / 4)
+  .map(
+    (t) =>
+      `    out[outBase + ${t}u] = vec4<${T}>(vec4<f32>(${range(4)
+        .map((i) => `acc${r}_${4 * t + i}`)
+        .join(", ")}) * norm);`,
+  )
+  .join("\n")}
+  }`,
+    R,
+  );
 }
