@@ -193,6 +193,34 @@ describe("ldm validate", () => {
     expect(wrongConfig.err).toMatch(/wrong shape: model\.diffusion_model\./);
   });
 
+  it("says what detection assumed when no config is given (tiny-sd1 has 4 heads, detection assumes SD 1.x's 8)", async () => {
+    const f = files("tiny-sd1");
+    const dump = await rewrite(f.dump, join(scratch, "unet-only.safetensors"), (name, t) =>
+      name.startsWith("unet.") ? [name, t] : null,
+    );
+    const { code, out } = await runCli("validate", "--checkpoint", f.checkpoint, "--dump", dump);
+    expect(code).toBe(1);
+    expect(out).toContain(
+      "config detected from the weights (pass --config to set it), assuming: UNet num_heads 8 (SD 1.x)",
+    );
+    expect(out).toMatch(/unet\.out\.eps .* FAIL/);
+  });
+
+  it("names a dump that is not a safetensors file", async () => {
+    const f = files("tiny-sd1");
+    const { code, err } = await runCli(
+      "validate",
+      "--checkpoint",
+      f.checkpoint,
+      "--config",
+      f.config,
+      "--dump",
+      f.config,
+    );
+    expect(code).toBe(1);
+    expect(err).toContain(`${f.config}: not a safetensors file`);
+  });
+
   it("rejects a bad tolerance flag", async () => {
     const f = files("tiny-sd1");
     const { code, err } = await runCli("validate", "--checkpoint", f.checkpoint, "--dump", f.dump, "--atol", "-1");

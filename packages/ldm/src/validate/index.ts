@@ -71,6 +71,8 @@ export interface ValidationReport {
   checks: OutputCheck[];
   /** Dump entries that were not checked, with the reason. */
   skipped: string[];
+  /** Configuration values that detection assumed (no --config): wrong ones make outputs fail. */
+  assumptions: string[];
   pass: boolean;
 }
 
@@ -123,7 +125,14 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
       } finally {
         model.dispose();
       }
-      return { dtype, components, checks, skipped, pass: checks.every((c) => c.pass) };
+      return {
+        dtype,
+        components,
+        checks,
+        skipped,
+        assumptions: model.assumptions,
+        pass: checks.every((c) => c.pass),
+      };
     } finally {
       if (!options.device) device.destroy();
     }

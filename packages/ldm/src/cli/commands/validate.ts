@@ -55,6 +55,11 @@ export function registerValidate(program: Command): void {
         if (details.length) console.error(details.join("\n"));
         throw new UserError(first);
       }
+      if (report.assumptions.length) {
+        console.log(
+          `config detected from the weights (pass --config to set it), assuming: ${report.assumptions.join("; ")}`,
+        );
+      }
       console.log(`${report.dtype}: an output passes when max abs err ≤ bound = atol + rtol·max|ref|, with no NaN/Inf`);
       for (const check of report.checks) console.log(line(check));
       for (const note of report.skipped) console.log(`skipped ${note}`);
