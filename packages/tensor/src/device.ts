@@ -96,6 +96,8 @@ export class Device {
   private readonly uniformStaging = new Uint8Array(UNIFORM_RING_BYTES);
   private uniformUsed = 0;
   private readonly errors: Error[] = [];
+  /** Error-scope checks still in flight; sync() and reads wait for them so no error arrives late. */
+  private readonly pendingChecks = new Set<Promise<void>>();
   private lostMessage: string | null = null;
   private readonly lostPromise: Promise<never>;
   private readonly scopes: Set<TrackedDisposable>[] = [];
@@ -198,9 +200,11 @@ export class Device {
     }
     this.gpuDevice.pushErrorScope("out-of-memory");
     const buffer = this.gpuDevice.createBuffer({ size: bytes, usage: STORAGE_USAGE });
-    this.gpuDevice.popErrorScope().then((e) => {
-      if (e) this.errors.push(new GpuOutOfMemoryError(`out of GPU memory allocating ${bytes} bytes: ${e.message}`));
-    });
+    this.check(
+      this.gpuDevice.popErrorScope().then((e) => {
+        if (e) this.errors.push(new GpuOutOfMemoryError(`out of GPU memory allocating ${bytes} bytes: ${e.message}`));
+      }),
+    );
     return buffer;
   }
 
@@ -216,12 +220,14 @@ export class Device {
     dev.pushErrorScope("validation");
     const module = dev.createShaderModule({ code, label: key });
     const pipeline = dev.createComputePipeline({ layout: "auto", compute: { module, entryPoint }, label: key });
-    dev.popErrorScope().then(async (e) => {
-      if (!e) return;
-      const info = await module.getCompilationInfo();
-      const msgs = info.messages.map((m) => `  ${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join("\n");
-      this.errors.push(new Error(`kernel '${key}' failed to compile: ${e.message}\n${msgs}`));
-    });
+    this.check(
+      dev.popErrorScope().then(async (e) => {
+        if (!e) return;
+        const info = await module.getCompilationInfo();
+        const msgs = info.messages.map((m) => `  ${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join("\n");
+        this.errors.push(new Error(`kernel '${key}' failed to compile: ${e.message}\n${msgs}`));
+      }),
+    );
     this.pipelines.set(key, pipeline);
     return pipeline;
   }
@@ -347,6 +353,7 @@ export class Device {
       await this.raceLost(staging.mapAsync(GPUMapMode.READ));
       const out = staging.getMappedRange(0, padded).slice(0, size);
       staging.unmap();
+      await this.settleChecks();
       this.throwPendingErrors();
       return out;
     } finally {
@@ -359,9 +366,21 @@ export class Device {
     this.assertUsable();
     this.flush();
     await this.raceLost(this.gpuDevice.queue.onSubmittedWorkDone());
-    // Error scopes resolve asynchronously; give pending pops a turn before checking.
-    await new Promise((r) => setTimeout(r, 0));
+    await this.settleChecks();
     this.throwPendingErrors();
+  }
+
+  private check(p: Promise<void>): void {
+    const tracked = p
+      .catch((e) => {
+        if (!this.lostMessage) this.errors.push(e instanceof Error ? e : new Error(String(e)));
+      })
+      .finally(() => this.pendingChecks.delete(tracked));
+    this.pendingChecks.add(tracked);
+  }
+
+  private async settleChecks(): Promise<void> {
+    while (this.pendingChecks.size) await this.raceLost(Promise.all(this.pendingChecks));
   }
 
   private async raceLost<T>(p: Promise<T>): Promise<T> {
