@@ -26,3 +26,4 @@ export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";
 export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";
 export { type TimestepEmbeddingOptions, timestepEmbedding, timestepFrequencies } from "./timestep/index.ts";
+export { nearestScale, resizeNearest } from "./resize/index.ts";
