@@ -1,20 +1,13 @@
 /**
- * The `sample` dump component: a whole classifier-free-guided sampling loop from x_T and token ids, as
- * the original txt2img does it (context = [uncond; cond] in one doubled UNet batch), then optionally decoded.
+ * The `sample` dump component: a whole classifier-free-guided sampling loop from x_T and token ids, run by the
+ * pipeline's own sampling path (sampleFromTokens), then optionally decoded.
  */
-import { concat } from "@ldm/kernels";
 import { Tensor } from "@ldm/tensor";
-import {
-  type DiffusionModel,
-  guided,
-  NoiseSchedule,
-  SAMPLER_NAMES,
-  type SamplerName,
-  sample,
-} from "../diffusion/index.ts";
+import { NoiseSchedule, SAMPLER_NAMES, type SamplerName } from "../diffusion/index.ts";
 import type { LoadedModel } from "../models/index.ts";
-import type { Dump } from "./dump.ts";
-import { type Outputs, uploadFloats, uploadIds } from "./io.ts";
+import { sampleFromTokens } from "../pipeline/denoiser.ts";
+import type { Dump, HostTensor } from "./dump.ts";
+import type { Outputs } from "./io.ts";
 
 interface SampleSettings {
   sampler: SamplerName;
@@ -48,58 +41,38 @@ export async function runSample(model: LoadedModel, dump: Dump): Promise<Outputs
   if (!unet || !vae || !clip) throw new Error("internal: the sample component needs all three networks");
   const options = settings(dump);
   const xT = await dump.floats("sample", "in", "x_T");
-  const [batch, channels, h, w] = xT.shape;
-  const device = unet.vb.device;
-  const held: Tensor[] = [];
-  const hold = (t: Tensor) => {
-    held.push(t);
-    return t;
-  };
-  try {
-    const cond = hold(await uploadIds(device, dump, "sample", "cond_ids"));
-    const uncond = hold(await uploadIds(device, dump, "sample", "uncond_ids"));
-    const context = hold(device.tidy(() => concat([clip.encode(uncond), clip.encode(cond)], 0)));
-    const cConcat = dump.has("sample", "in", "c_concat")
-      ? hold(await uploadFloats(device, dump, "sample", "c_concat"))
-      : undefined;
-    const doubledConcat = cConcat && hold(concat([cConcat, cConcat], 0));
-
-    const network: DiffusionModel = async (x, t) => {
-      const out = device.tidy(() =>
-        unet.forward({
-          x: Tensor.from(device, x, [2 * batch, channels, h, w]),
-          timesteps: Tensor.from(device, new Float32Array(2 * batch).fill(t), [2 * batch]),
-          context,
-          cConcat: doubledConcat,
-        }),
-      );
-      try {
-        return await out.toFloat32();
-      } finally {
-        out.dispose();
-      }
-    };
-    const schedule = NoiseSchedule.create({
-      timesteps: config.timesteps,
-      linearStart: config.linear_start,
-      linearEnd: config.linear_end,
-    });
-    const z0 = await sample(guided(network, options.guidanceScale), xT.data, {
-      sampler: options.sampler,
-      steps: options.steps,
-      eta: options.eta,
-      schedule,
-      parameterization: config.parameterization,
-    });
-    const outputs: Outputs = new Map([["z_0", { data: z0, shape: xT.shape }]]);
-    if (dump.has("sample", "out", "image")) {
-      const unscaled = z0.map((v) => v / config.scale_factor);
-      const image = device.tidy(() => vae.decode(Tensor.from(device, unscaled, xT.shape)));
-      outputs.set("image", { data: await image.toFloat32(), shape: image.shape });
-      image.dispose();
-    }
-    return outputs;
-  } finally {
-    for (const t of held) t.dispose();
+  const cond = await dump.ints("sample", "in", "cond_ids");
+  const uncond = await dump.ints("sample", "in", "uncond_ids");
+  const cConcat = dump.has("sample", "in", "c_concat") ? await dump.floats("sample", "in", "c_concat") : undefined;
+  const schedule = NoiseSchedule.create({
+    timesteps: config.timesteps,
+    linearStart: config.linear_start,
+    linearEnd: config.linear_end,
+  });
+  const z0 = await sampleFromTokens({ config, unet, clip }, schedule, {
+    condIds: idRows(cond),
+    uncondIds: idRows(uncond),
+    xT: xT.data,
+    latentShape: xT.shape,
+    sampler: options.sampler,
+    steps: options.steps,
+    guidanceScale: options.guidanceScale,
+    eta: options.eta,
+    cConcat: cConcat?.data,
+  });
+  const outputs: Outputs = new Map([["z_0", { data: z0, shape: xT.shape }]]);
+  if (dump.has("sample", "out", "image")) {
+    const device = unet.vb.device;
+    const unscaled = z0.map((v) => v / config.scale_factor);
+    const image = device.tidy(() => vae.decode(Tensor.from(device, unscaled, xT.shape)));
+    outputs.set("image", { data: await image.toFloat32(), shape: image.shape });
+    image.dispose();
   }
+  return outputs;
+}
+
+/** A [B, L] id tensor of the dump as the B token rows sampleFromTokens takes. */
+function idRows({ data, shape }: HostTensor<Int32Array>): Int32Array[] {
+  const length = shape[1];
+  return Array.from({ length: shape[0] }, (_, i) => data.subarray(i * length, (i + 1) * length));
 }
