@@ -12,6 +12,7 @@ import {
   sample,
 } from "../src/diffusion/index.ts";
 import { Generator, randn } from "../src/random/index.ts";
+import { maxRelativeError } from "./helpers/compare.ts";
 
 // Fixture: reference/sampling/sampler_fixtures.py — the original CompVis DDPM/DDIM/PLMS and k-diffusion samplers
 // run by PyTorch 1.13 on a toy model (see fixtures/README.md).
@@ -43,17 +44,6 @@ function toyModel(calls: number[] = []): DiffusionModel {
   };
 }
 
-/** max |a − b| / max |b|. */
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let err = 0;
-  let scale = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i] - expected[i]));
-    scale = Math.max(scale, Math.abs(expected[i]));
-  }
-  return err / scale;
-}
-
 function samplerOf(run: Run): SamplerName {
   return (run.name === "dpmpp_2m" && run.options.karras ? "dpmpp_2m" : run.name) as SamplerName;
 }
@@ -77,7 +67,7 @@ describe("schedules against the original make_beta_schedule", () => {
 
   it("q_sample matches the original (float32 coefficients there, float64 here: ≤ 1e-6 relative)", () => {
     const z = qSample(NoiseSchedule.create(), xT, fixture.q_sample.t, randn(fixture.q_sample.noise_seed, SHAPE));
-    expect(relativeError(z, fixture.q_sample.z_t)).toBeLessThan(1e-6);
+    expect(maxRelativeError(z, fixture.q_sample.z_t)).toBeLessThan(1e-6);
   });
 
   it("rejects bad schedules and timesteps by name", () => {
@@ -127,7 +117,7 @@ describe("samplers against the original implementations", () => {
       expect(calls.length).toBe(run.calls.length);
       const tError = Math.max(...calls.map((t, i) => Math.abs(t - run.calls[i])));
       expect(tError).toBeLessThanOrEqual(isK ? T_TOLERANCE.k : T_TOLERANCE.exact);
-      expect(relativeError(x0, run.x0)).toBeLessThan(TOLERANCE[run.name]);
+      expect(maxRelativeError(x0, run.x0)).toBeLessThan(TOLERANCE[run.name]);
     });
   }
 
@@ -165,7 +155,7 @@ describe("v-prediction", () => {
         parameterization: "v",
         generator: new Generator(5),
       });
-      expect(relativeError(fromV, fromEps)).toBeLessThan(1e-5);
+      expect(maxRelativeError(fromV, fromEps)).toBeLessThan(1e-5);
     });
   }
 });
