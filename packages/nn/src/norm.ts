@@ -9,17 +9,24 @@ export interface GroupNormConfig {
   eps: number;
 }
 
-/** torch.nn.GroupNorm (affine) over [B, C, ...spatial]; statistics in f32 whatever the storage dtype. */
-export class GroupNorm {
+/** The learned per-channel scale and shift both torch norms keep (elementwise_affine / affine). */
+abstract class AffineNorm {
   readonly weight: Tensor;
   readonly bias: Tensor;
 
+  constructor(vb: VarBuilder, channels: number) {
+    this.weight = vb.get("weight", [channels]);
+    this.bias = vb.get("bias", [channels]);
+  }
+}
+
+/** torch.nn.GroupNorm (affine) over [B, C, ...spatial]; statistics in f32 whatever the storage dtype. */
+export class GroupNorm extends AffineNorm {
   constructor(
     vb: VarBuilder,
     readonly cfg: GroupNormConfig,
   ) {
-    this.weight = vb.get("weight", [cfg.channels]);
-    this.bias = vb.get("bias", [cfg.channels]);
+    super(vb, cfg.channels);
   }
 
   /** `silu` fuses the SiLU that follows every GroupNorm in the ResBlocks and before conv_out. */
@@ -35,16 +42,12 @@ export interface LayerNormConfig {
 }
 
 /** torch.nn.LayerNorm over the last dimension (affine). */
-export class LayerNorm {
-  readonly weight: Tensor;
-  readonly bias: Tensor;
-
+export class LayerNorm extends AffineNorm {
   constructor(
     vb: VarBuilder,
     readonly cfg: LayerNormConfig,
   ) {
-    this.weight = vb.get("weight", [cfg.dim]);
-    this.bias = vb.get("bias", [cfg.dim]);
+    super(vb, cfg.dim);
   }
 
   forward(x: Tensor): Tensor {
