@@ -149,13 +149,18 @@ async function perturbedClipDump(): Promise<string> {
   );
 }
 
+/** `ldm validate` of a fixture checkpoint with its own config (or `config`) against `dump`. */
+function validateCli(name: string, dump: string, config = files(name).config) {
+  return runCli("validate", "--checkpoint", files(name).checkpoint, "--config", config, "--dump", dump);
+}
+
 describe("ldm validate", () => {
   it("prints each output's errors and PASS, exit code 0", async () => {
     const f = files("tiny-sd2");
     const dump = await rewrite(f.dump, join(scratch, "clip-only.safetensors"), (name, t) =>
       name.startsWith("clip.") ? [name, t] : null,
     );
-    const { code, out } = await runCli("validate", "--checkpoint", f.checkpoint, "--config", f.config, "--dump", dump);
+    const { code, out } = await validateCli("tiny-sd2", dump);
     expect(code).toBe(0);
     expect(out).toMatch(
       /clip\.out\.last_hidden_state\s+max abs err \S+ {2}max\|ref\| \S+ {2}rel \S+ {2}\(bound \S+\) {2}PASS/,
@@ -166,17 +171,8 @@ describe("ldm validate", () => {
   // Every sample dump is checked against its tolerance in pipeline.test.ts (the same sampleFromTokens path);
   // this one checks validate's sample component end to end: metadata, c_concat, decoding and the report.
   it("checks a sample dump's z_0 and decoded image (tiny-inpaint ddim: with c_concat)", async () => {
-    const f = files("tiny-inpaint");
     const dump = join(DUMPS, "tiny-inpaint.sample-ddim.safetensors");
-    const { code, out, err } = await runCli(
-      "validate",
-      "--checkpoint",
-      f.checkpoint,
-      "--config",
-      f.config,
-      "--dump",
-      dump,
-    );
+    const { code, out, err } = await validateCli("tiny-inpaint", dump);
     expect(code, err).toBe(0);
     expect(out).toMatch(/sample\.out\.z_0\s+max abs err .* PASS/);
     expect(out).toMatch(/sample\.out\.image\s+max abs err .* PASS/);
@@ -184,16 +180,13 @@ describe("ldm validate", () => {
   });
 
   it("exits 1 on a failing output, and on a checkpoint that does not fit, listing the keys", async () => {
-    const f = files("tiny-sd1");
-    const dump = await perturbedClipDump();
-    const failing = await runCli("validate", "--checkpoint", f.checkpoint, "--config", f.config, "--dump", dump);
+    const failing = await validateCli("tiny-sd1", await perturbedClipDump());
     expect(failing.code).toBe(1);
     expect(failing.out).toMatch(/clip\.out\.last_hidden_state .* FAIL/);
     expect(failing.out).toMatch(/clip\.out\.pooled_output +FAIL {2}not produced/);
     expect(failing.err).toContain("2 of 3 outputs failed");
 
-    const sd2 = files("tiny-sd2").config;
-    const wrongConfig = await runCli("validate", "--checkpoint", f.checkpoint, "--config", sd2, "--dump", f.dump);
+    const wrongConfig = await validateCli("tiny-sd1", files("tiny-sd1").dump, files("tiny-sd2").config);
     expect(wrongConfig.code).toBe(1);
     expect(wrongConfig.err).toMatch(/do not fit the model/);
     expect(wrongConfig.err).toMatch(/wrong shape: model\.diffusion_model\./);
@@ -213,18 +206,10 @@ describe("ldm validate", () => {
   });
 
   it("names a dump that is not a safetensors file", async () => {
-    const f = files("tiny-sd1");
-    const { code, err } = await runCli(
-      "validate",
-      "--checkpoint",
-      f.checkpoint,
-      "--config",
-      f.config,
-      "--dump",
-      f.config,
-    );
+    const notSafetensors = files("tiny-sd1").config;
+    const { code, err } = await validateCli("tiny-sd1", notSafetensors);
     expect(code).toBe(1);
-    expect(err).toContain(`${f.config}: not a safetensors file`);
+    expect(err).toContain(`${notSafetensors}: not a safetensors file`);
   });
 
   it("rejects a bad tolerance flag", async () => {
