@@ -57,6 +57,8 @@ export interface Dispatch {
 
 export class DeviceLostError extends Error {}
 export class GpuOutOfMemoryError extends Error {}
+/** A kernel's WGSL failed to compile; the message has the compiler's messages with line numbers. */
+export class KernelCompileError extends Error {}
 
 const LIMIT_NAMES: (keyof DeviceLimits)[] = [
   "maxStorageBufferBindingSize",
@@ -225,7 +227,7 @@ export class Device {
         if (!e) return;
         const info = await module.getCompilationInfo();
         const msgs = info.messages.map((m) => `  ${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join("\n");
-        this.errors.push(new Error(`kernel '${key}' failed to compile: ${e.message}\n${msgs}`));
+        this.errors.push(new KernelCompileError(`kernel '${key}' failed to compile: ${e.message}\n${msgs}`));
       }),
     );
     this.pipelines.set(key, pipeline);
@@ -389,7 +391,10 @@ export class Device {
 
   private throwPendingErrors(): void {
     if (this.errors.length) {
-      const [first, ...rest] = this.errors.splice(0);
+      // A compile error is the cause of the "Invalid ComputePipeline" errors its dispatches raise: report it first.
+      const all = this.errors.splice(0);
+      const cause = all.findIndex((e) => e instanceof KernelCompileError);
+      const [first, ...rest] = cause > 0 ? [all[cause], ...all.filter((_, i) => i !== cause)] : all;
       if (rest.length) first.message += ` (and ${rest.length} more GPU error(s))`;
       throw first;
     }

@@ -83,8 +83,13 @@ describe("errors", () => {
   });
 
   it("surfaces a WGSL compile error at sync, naming the kernel", async () => {
-    device.pipeline("broken-kernel", () => "@compute @workgroup_size(1) fn main() { let x: f32 = undefined_name; }");
-    await expect(device.sync()).rejects.toThrow(/broken-kernel/);
+    const broken = device.pipeline(
+      "broken-kernel",
+      () => "@compute @workgroup_size(1) fn main() { let x: f32 = undefined_name; }",
+    );
+    // Dispatching the invalid pipeline raises its own error; the compile error (the cause) must be the one reported.
+    device.dispatch({ pipeline: broken, buffers: [], workgroups: [1] });
+    await expect(device.sync()).rejects.toThrow(/kernel 'broken-kernel' failed to compile[\s\S]*undefined_name/);
   });
 
   it("refuses a dispatch grid over the per-dimension cap", () => {
