@@ -39,12 +39,14 @@ class GroupNorm32(nn.GroupNorm):
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    def forward(self, x, emb, context=None):
+    def forward(self, x, emb, context=None, upsample_size=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         return x
@@ -56,8 +58,13 @@ class Upsample(nn.Module):
         self.channels = channels
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
-    def forward(self, x):
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+    def forward(self, x, size=None):
+        # `size` (diffusers' Upsample2D `output_size`): the skip connection's size, for latents that
+        # did not halve cleanly; the original always doubles.
+        if size is None:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        else:
+            x = F.interpolate(x, size=size, mode="nearest")
         return self.conv(x)
 
 
@@ -182,7 +189,9 @@ class UNetModel(nn.Module):
             nn.Conv2d(model_channels, out_channels, 3, padding=1),
         )
 
-    def forward(self, x, timesteps, context):
+    def forward(self, x, timesteps, context, upsample_to_skip=False):
+        """upsample_to_skip: upsample to each next skip connection's size rather than ×2 (diffusers'
+        forward_upsample_size), so latents that do not halve cleanly work; the original fails on them."""
         skips = []
         t_emb = timestep_embedding(timesteps, self.model_channels)
         # The embedding is float32 by construction; follow the weights when the model is not.
@@ -194,5 +203,6 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = module(h, emb, context)
+            upsample_size = tuple(skips[-1].shape[-2:]) if upsample_to_skip and skips else None
+            h = module(h, emb, context, upsample_size)
         return self.out(h)

@@ -1,4 +1,4 @@
-import { upsampleNearest2x } from "@ldm/kernels";
+import { resizeNearest, upsampleNearest2x } from "@ldm/kernels";
 import { Conv2d, type VarBuilder } from "@ldm/nn";
 import type { Tensor } from "@ldm/tensor";
 
@@ -13,7 +13,8 @@ export function conv1x1(vb: VarBuilder, inChannels: number, outChannels: number)
 
 /**
  * Nearest-neighbour ×2 then a 3×3 convolution: `Upsample(channels, with_conv=True)` of both the VAE
- * (model.py) and the UNet (openaimodel.py), which agree on it, parameters under `conv`.
+ * (model.py) and the UNet (openaimodel.py), which agree on it, parameters under `conv`. A UNet latent that
+ * did not halve cleanly is upsampled to its skip connection's size instead (diffusers' `output_size`).
  */
 export class Upsample {
   readonly conv: Conv2d;
@@ -22,7 +23,10 @@ export class Upsample {
     this.conv = conv3x3(vb.pp("conv"), channels, outChannels);
   }
 
-  forward(x: Tensor): Tensor {
-    return x.device.tidy(() => this.conv.forward(upsampleNearest2x(x)));
+  /** `size`: the spatial size to reach, default twice the input's. */
+  forward(x: Tensor, size?: readonly [number, number]): Tensor {
+    const [h, w] = x.shape.slice(-2);
+    const doubles = !size || (size[0] === 2 * h && size[1] === 2 * w);
+    return x.device.tidy(() => this.conv.forward(doubles ? upsampleNearest2x(x) : resizeNearest(x, size)));
   }
 }

@@ -76,12 +76,14 @@ type Layer = Conv2d | ResBlock | SpatialTransformer | Downsample | Upsample;
 export class TimestepEmbedSequential {
   constructor(readonly layers: Layer[]) {}
 
-  forward(x: Tensor, embSilu: Tensor, context: Tensor): Tensor {
+  /** `upsampleSize`: the spatial size an Upsample layer must reach (that of the skip connection it meets next). */
+  forward(x: Tensor, embSilu: Tensor, context: Tensor, upsampleSize?: readonly [number, number]): Tensor {
     return x.device.tidy(() => {
       let h = x;
       for (const layer of this.layers) {
         if (layer instanceof ResBlock) h = layer.forward(h, embSilu);
         else if (layer instanceof SpatialTransformer) h = layer.forward(h, context);
+        else if (layer instanceof Upsample) h = layer.forward(h, upsampleSize);
         else h = layer.forward(h);
       }
       return h;
@@ -202,7 +204,9 @@ export class UNetModel {
         const joined = concat([h, skip], 1);
         h.dispose();
         skip.dispose();
-        h = block.forward(joined, embSilu, context);
+        // The stride-2 Downsample rounds odd sizes up, so ×2 can overshoot the skip the Upsample meets next.
+        const next = hs.at(-1)?.shape;
+        h = block.forward(joined, embSilu, context, next && [next[2], next[3]]);
         joined.dispose();
       }
       return this.out_conv.forward(this.out_norm.forward(h, { silu: true }));
@@ -230,8 +234,6 @@ export class UNetModel {
     ) {
       fail(`c_concat ${formatShape(cConcat.shape)} does not match x ${formatShape(x.shape)} outside channels`);
     }
-    const factor = 2 ** (cfg.channel_mult.length - 1);
-    if (h % factor || w % factor) fail(`latent size ${h}×${w} must be a multiple of ${factor} (one halving per level)`);
     if (timesteps.shape.length !== 1 || timesteps.shape[0] !== b) {
       fail(`timesteps ${formatShape(timesteps.shape)} must be [${b}] (one per batch item)`);
     }

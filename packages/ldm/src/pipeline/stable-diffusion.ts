@@ -409,21 +409,15 @@ export class StableDiffusion {
     };
   }
 
-  /** Multiples of 8 (the VAE's factor) and of what the UNet's downsampling needs. */
+  /** Multiples of the VAE's factor (8); the UNet upsamples to its skip connections, so any latent size works. */
   private checkSize(width: number, height: number): void {
     const f = this.networks.vae.downscale;
-    const unetFactor = 2 ** (this.config.unet.channel_mult.length - 1);
     for (const [name, value] of [
       ["width", width],
       ["height", height],
     ] as const) {
       if (!Number.isInteger(value) || value < f || value % f) {
         throw new PipelineOptionError(`${name} ${value} must be a positive multiple of ${f}`);
-      }
-      if ((value / f) % unetFactor) {
-        throw new PipelineOptionError(
-          `${name} ${value}: this UNet halves the latent ${Math.log2(unetFactor)} times, so ${name} must be a multiple of ${f * unetFactor}`,
-        );
       }
     }
   }
