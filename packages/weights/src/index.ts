@@ -6,3 +6,4 @@ export * from "./layouts.ts";
 export * from "./readers.ts";
 export * from "./safetensors.ts";
 export * from "./source.ts";
+export * from "./stream.ts";

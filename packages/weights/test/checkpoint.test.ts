@@ -1,8 +1,7 @@
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Device, type ParamDType, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ParamDType, Tensor } from "@ldm/tensor";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   MappedWeightSource,
   modelParamShapes,
@@ -14,6 +13,7 @@ import {
 import { type Checkpoint, openCheckpoint, openSafetensors, writeSafetensors } from "../src/node.ts";
 import {
   canonicalTensors,
+  checkpointTestEnvironment,
   scheduleBuffers,
   tinyConfig,
   valuesFor,
@@ -21,22 +21,14 @@ import {
   writeSingleFile,
 } from "./synthetic.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "ldm-checkpoint-"));
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => {
-  device?.destroy();
-  rmSync(dir, { recursive: true, force: true });
-});
+const { dir, device } = checkpointTestEnvironment("ldm-checkpoint-");
 
 const config = tinyConfig();
 const canonical = modelParamShapes(config);
 
 /** Loads every canonical key the source has into fresh tensors and returns them by key. */
 async function loadAll(source: MappedWeightSource, dtype: ParamDType, keys = [...source.keys()]) {
-  const tensors = new Map(keys.map((k) => [k, Tensor.empty(device, source.describe(k)!.shape, dtype)]));
+  const tensors = new Map(keys.map((k) => [k, Tensor.empty(device(), source.describe(k)!.shape, dtype)]));
   await source.load([...tensors].map(([key, tensor]) => ({ key, tensor })));
   return tensors;
 }
@@ -94,7 +86,7 @@ describe("single file, SD 1.x naming", () => {
   it("streams f16 into f32 and f16 tensors exactly", () =>
     withCheckpoint(path, async (c) => {
       await expectCanonicalValues(await loadAll(c.source, "f32"));
-      if (device.features.shaderF16) await expectCanonicalValues(await loadAll(c.source, "f16", sample(c.source)));
+      if (device().features.shaderF16) await expectCanonicalValues(await loadAll(c.source, "f16", sample(c.source)));
     }));
 
   it("streams in chunks far smaller than a tensor, odd element counts included", () =>
@@ -104,7 +96,7 @@ describe("single file, SD 1.x naming", () => {
         const keys = sample(c.source);
         expect(keys.some((k) => c.source.describe(k)!.shape.reduce((a, b) => a * b, 1) % 2 === 1)).toBe(true);
         await expectCanonicalValues(await loadAll(c.source, "f32", keys));
-        if (device.features.shaderF16) await expectCanonicalValues(await loadAll(c.source, "f16", keys));
+        if (device().features.shaderF16) await expectCanonicalValues(await loadAll(c.source, "f16", keys));
       },
       { chunkBytes: 64, syncBytes: 4096 },
     ));
@@ -222,9 +214,9 @@ describe("load requests are checked all at once", () => {
     await withCheckpoint(path, async (c) => {
       const conv = `${UNET_PREFIX}input_blocks.0.0.weight`;
       const requests = [
-        { key: "model.diffusion_model.nope.weight", tensor: Tensor.empty(device, [2]) },
-        { key: conv, tensor: Tensor.empty(device, [8, 4, 3, 2]) },
-        { key: `${UNET_PREFIX}out.2.bias`, tensor: Tensor.empty(device, [4], "i32") },
+        { key: "model.diffusion_model.nope.weight", tensor: Tensor.empty(device(), [2]) },
+        { key: conv, tensor: Tensor.empty(device(), [8, 4, 3, 2]) },
+        { key: `${UNET_PREFIX}out.2.bias`, tensor: Tensor.empty(device(), [4], "i32") },
       ];
       const error = await c.source.load(requests).catch((e: Error) => e);
       expect(error).toBeInstanceOf(Error);
@@ -246,7 +238,7 @@ describe("load requests are checked all at once", () => {
       path,
       new Map([["w", { file, stored: "w", shape: [3], transform: { kind: "none" } }]]),
     );
-    const t = Tensor.empty(device, [3]);
+    const t = Tensor.empty(device(), [3]);
     await expect(source.load([{ key: "w", tensor: t }])).rejects.toThrow(/w: stored as I32, not a floating-point type/);
     t.dispose();
     await file.close();

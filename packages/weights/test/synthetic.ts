@@ -1,6 +1,8 @@
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { f32ToF16Bits } from "@ldm/tensor";
+import { Device, f32ToF16Bits } from "@ldm/tensor";
+import { afterAll, beforeAll } from "vitest";
 import {
   type ModelConfig,
   modelParamShapes,
@@ -36,6 +38,29 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
       num_attention_heads: 2,
     },
     ...overrides,
+  };
+}
+
+/**
+ * For a test file that writes checkpoints and loads them: a temporary folder, removed after its tests, and a
+ * Device, created before them (`device()` is valid inside tests only).
+ */
+export function checkpointTestEnvironment(prefix: string): { dir: string; device: () => Device } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  let device: Device | undefined;
+  beforeAll(async () => {
+    device = await Device.create();
+  });
+  afterAll(() => {
+    device?.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    dir,
+    device: () => {
+      if (!device) throw new Error("checkpointTestEnvironment: the Device exists only while tests run");
+      return device;
+    },
   };
 }
 
