@@ -4,7 +4,7 @@ import { roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { adapterTraits, attention } from "./index.ts";
 import { attentionRef } from "./reference.ts";
-import { type AttentionTiling, attentionTiling } from "./tiling.ts";
+import { type AttentionTiling, attentionTiling, type FusedTiling, queryBlockRows } from "./tiling.ts";
 
 let device: Device;
 beforeAll(async () => {
@@ -17,6 +17,7 @@ const gpu = { isCpu: false, subgroupSize: 32 };
 
 describe("attentionTiling", () => {
   it("on a CPU adapter with subgroups: shared loads, rows per lane by head width, q chunks for wide heads", () => {
+    const twoHeads = { heads: 2, causal: false };
     expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
       kind: "subgroup",
       subgroupSize: 8,
@@ -26,15 +27,34 @@ describe("attentionTiling", () => {
       qChunk: 40,
       workgroupSize: 64,
     });
-    expect(attentionTiling(lavapipe, 16, 4096, 4096).rowsPerInvocation).toBe(4);
-    expect(attentionTiling(lavapipe, 64, 1, 77).rowsPerInvocation).toBe(1);
+    expect(attentionTiling(lavapipe, 16, 4096, 4096)).toMatchObject({ rowsPerInvocation: 4 });
+    expect(attentionTiling(lavapipe, 64, 1, 77)).toMatchObject({ rowsPerInvocation: 1 });
     expect(attentionTiling(lavapipe, 160, 1024, 77)).toMatchObject({ rowsPerInvocation: 1, dChunk: 160, qChunk: 160 });
-    expect(attentionTiling(lavapipe, 512, 4096, 4096)).toMatchObject({
+    expect(attentionTiling(lavapipe, 512, 4096, 4096, twoHeads)).toMatchObject({
+      kind: "subgroup",
       rowsPerInvocation: 1,
       dChunk: 128,
       qChunk: 32,
       keyBlock: 8,
     });
+  });
+
+  it("on a CPU adapter: single non-causal heads of width ≥ 256 run as blocked GEMMs", () => {
+    expect(attentionTiling(lavapipe, 512, 4096, 4096)).toEqual({ kind: "blocked", queryBlock: 512 });
+    expect(attentionTiling(lavapipe, 256, 300, 300)).toEqual({ kind: "blocked", queryBlock: 300 });
+    expect(attentionTiling({ isCpu: true, subgroupSize: null }, 512, 9, 9)).toMatchObject({ kind: "blocked" });
+    expect(attentionTiling(lavapipe, 160, 4096, 4096)).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(lavapipe, 512, 4096, 4096, { heads: 1, causal: true })).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(lavapipe, 257, 64, 64)).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(gpu, 512, 4096, 4096)).toMatchObject({ kind: "lanes" });
+  });
+
+  it("query blocks: an 8 MiB f32 score block, in multiples of 64 rows, at most Nq", () => {
+    expect(queryBlockRows(4096, 4096)).toBe(512);
+    expect(queryBlockRows(4096, 3000)).toBe(640);
+    expect(queryBlockRows(100, 4096)).toBe(100);
+    expect(queryBlockRows(10, 1 << 22)).toBe(1);
+    expect(queryBlockRows(8, 40000)).toBe(8);
   });
 
   it("elsewhere: one row per invocation, vector loads, at most 64 columns each", () => {
@@ -57,10 +77,10 @@ interface Case {
   scale?: number;
   dtype?: "f32" | "f16";
   /** Tilings run besides the adapter's own choice (subgroup ones only where the device has subgroups). */
-  tilings?: (AttentionTiling | { subgroup: Partial<AttentionTiling> })[];
+  tilings?: (AttentionTiling | { subgroup: Partial<FusedTiling> })[];
 }
 
-const lanes = (t: Partial<AttentionTiling>): AttentionTiling => ({
+const lanes = (t: Partial<FusedTiling>): FusedTiling => ({
   kind: "lanes",
   subgroupSize: 1,
   rowsPerInvocation: 1,
@@ -119,7 +139,34 @@ const cases: Case[] = [
       { subgroup: { rowsPerInvocation: 3, dChunk: 4, keyBlock: 5, qChunk: 8 } },
     ],
   },
-  { name: "VAE mid-block: one 512-wide head", batch: 1, nq: 37, nk: 37, heads: 1, d: 512 },
+  {
+    name: "VAE mid-block: one 512-wide head",
+    batch: 1,
+    nq: 37,
+    nk: 37,
+    heads: 1,
+    d: 512,
+    tilings: [{ subgroup: { rowsPerInvocation: 1, dChunk: 128, qChunk: 32, keyBlock: 8 } }],
+  },
+  {
+    name: "blocked GEMMs, Nq not a multiple of the block",
+    batch: 2,
+    nq: 300,
+    nk: 300,
+    heads: 1,
+    d: 512,
+    tilings: [{ kind: "blocked", queryBlock: 128 }],
+  },
+  {
+    name: "blocked GEMMs, f16",
+    batch: 2,
+    nq: 300,
+    nk: 300,
+    heads: 1,
+    d: 512,
+    dtype: "f16",
+    tilings: [{ kind: "blocked", queryBlock: 128 }],
+  },
   { name: "head width 160 (SD1 deepest level)", batch: 1, nq: 9, nk: 20, heads: 2, d: 160 },
   {
     name: "head width not a multiple of 4 or 8",
@@ -192,7 +239,10 @@ describe("attention", () => {
     expect(() => attention(q, k, k, { heads: 2, tiling: lanes({ dChunk: 3, qChunk: 4 }) })).toThrow(
       /tiling .* does not fit head width d = 4/,
     );
-    const oddSubgroup: AttentionTiling = { ...lanes({ dChunk: 4, qChunk: 4 }), kind: "subgroup", subgroupSize: 5 };
+    const oddSubgroup: FusedTiling = { ...lanes({ dChunk: 4, qChunk: 4 }), kind: "subgroup", subgroupSize: 5 };
     expect(() => attention(q, k, k, { heads: 2, tiling: oddSubgroup })).toThrow(/needs subgroups of exactly 5 lanes/);
+    const blocked: AttentionTiling = { kind: "blocked", queryBlock: 2 };
+    expect(() => attention(q, k, k, { heads: 2, tiling: blocked })).toThrow(/needs one head .*got 2 heads/);
+    expect(() => attention(q, k, k, { heads: 1, causal: true, tiling: blocked })).toThrow(/got 1 heads, causal/);
   });
 });

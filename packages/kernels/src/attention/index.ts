@@ -8,11 +8,23 @@
  * key it loads serves all its rows. Heads wider than `dChunk` (the VAE's single 512-wide head) are split
  * across invocations that each recompute the scores but accumulate only their columns. See tiling.ts for
  * how the tiles are chosen per adapter.
+ *
+ * Wide single heads on CPU adapters take another path ("blocked" tiling): per block of query rows, scores by
+ * matmul, a row softmax and the output by matmul, which lavapipe runs an order of magnitude faster than the
+ * fused kernel at d = 512. Only that block's scores exist at a time.
  */
-import { type Device, type DType, Tensor, Uniforms } from "@ldm/tensor";
+import { type Device, DTYPE_BYTES, type DType, Tensor, Uniforms } from "@ldm/tensor";
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
-import { type AdapterTraits, type AttentionTiling, attentionTiling } from "./tiling.ts";
+import { matmul } from "../matmul/index.ts";
+import { softmax } from "../softmax/index.ts";
+import {
+  type AdapterTraits,
+  type AttentionTiling,
+  attentionTiling,
+  type BlockedTiling,
+  type FusedTiling,
+} from "./tiling.ts";
 import { type AttentionWgsl, lanesWgsl, subgroupWgsl } from "./wgsl.ts";
 
 export interface AttentionOptions {
@@ -21,7 +33,7 @@ export interface AttentionOptions {
   scale?: number;
   /** Key j is hidden from query i when j > i (CLIP's causal mask; top-left aligned like torch's is_causal). */
   causal?: boolean;
-  /** Overrides attentionTiling(adapter, d, Nq, Nk), for tests and tuning. */
+  /** Overrides attentionTiling(adapter, d, Nq, Nk, { heads, causal }), for tests and tuning. */
   tiling?: AttentionTiling;
 }
 
@@ -72,7 +84,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   if (out.size === 0) return out;
   if (nk === 0) throw new Error(`attention: k ${k} has no keys; softmax over an empty set is undefined`);
 
-  const tiling = options.tiling ?? attentionTiling(adapterTraits(device), d, nq, nk);
+  const tiling = options.tiling ?? attentionTiling(adapterTraits(device), d, nq, nk, { heads, causal });
+  if (tiling.kind === "blocked") {
+    blockedAttention(q, k, v, out, scale, tiling, { heads, causal });
+    return out;
+  }
   checkTiling(tiling, d, device);
   // The lanes kernel loads vec4s when the head width allows; its indices are then in vec4 units.
   const unit = tiling.kind === "lanes" && d % 4 === 0 ? 4 : 1;
@@ -102,7 +118,49 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   return out;
 }
 
-function checkTiling(t: AttentionTiling, d: number, device: Device): void {
+/**
+ * out[b, rows] = softmax(scale · q[b, rows] · k[b]ᵀ) · v[b] for blocks of query rows: the q rows of every batch
+ * item are copied into one [B, rows, d] block, the f32 scores [B, rows, Nk] go through softmax, and the
+ * product with v is copied into out's rows. Heads of one: q's rows are then contiguous and k, v are the
+ * matmul's batched [B, Nk, d] operands as they are.
+ */
+function blockedAttention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  out: Tensor,
+  scale: number,
+  tiling: BlockedTiling,
+  { heads, causal }: { heads: number; causal: boolean },
+): void {
+  const [batch, nq, d] = q.shape;
+  const rowBytes = d * DTYPE_BYTES[q.dtype];
+  if (heads !== 1 || causal || rowBytes % 4 || !Number.isInteger(tiling.queryBlock) || tiling.queryBlock < 1) {
+    throw new Error(
+      `attention: tiling ${JSON.stringify(tiling)} needs one head without a causal mask, a positive integer block and rows of a multiple of 4 bytes (got ${heads} heads${causal ? ", causal" : ""}, ${rowBytes}-byte rows)`,
+    );
+  }
+  const device = q.device;
+  const rows = Math.max(1, Math.floor(tiling.queryBlock / batch));
+  for (let r0 = 0; r0 < nq; r0 += rows) {
+    const n = Math.min(rows, nq - r0);
+    device.tidy(() => {
+      const qBlock = Tensor.empty(device, [batch, n, d], q.dtype);
+      for (let b = 0; b < batch; b++) {
+        device.copy(q.buffer, (b * nq + r0) * rowBytes, qBlock.buffer, b * n * rowBytes, n * rowBytes);
+      }
+      // Scores and probabilities stay f32 for f16 storage, as in the fused kernel.
+      const scores = matmul(qBlock, k, { transposeB: true, alpha: scale, outDtype: "f32" });
+      const probabilities = softmax(scores);
+      const outBlock = matmul(probabilities, v, { outDtype: q.dtype });
+      for (let b = 0; b < batch; b++) {
+        device.copy(outBlock.buffer, b * n * rowBytes, out.buffer, (b * nq + r0) * rowBytes, n * rowBytes);
+      }
+    });
+  }
+}
+
+function checkTiling(t: FusedTiling, d: number, device: Device): void {
   const unit = t.kind === "lanes" && d % 4 === 0 ? 4 : 1;
   const fits =
     d % t.dChunk === 0 &&

@@ -15,7 +15,8 @@ export interface AdapterTraits {
   subgroupSize: number | null;
 }
 
-export interface AttentionTiling {
+/** Tiles of the fused (flash) kernel. */
+export interface FusedTiling {
   /**
    * "subgroup": lanes load key/value rows cooperatively and broadcast them (CPU adapters);
    * "lanes": every invocation loads whole rows itself (GPUs).
@@ -35,6 +36,24 @@ export interface AttentionTiling {
    */
   qChunk: number;
   workgroupSize: number;
+}
+
+/**
+ * Wide heads on CPU adapters: blocks of query rows run as GEMM (scores), row softmax and GEMM (output), so
+ * the score block of one query block is materialised. Single heads without a causal mask only.
+ */
+export interface BlockedTiling {
+  kind: "blocked";
+  /** Query rows per block, summed over the batch (each batch item takes ⌊queryBlock / B⌋ rows, at least 1). */
+  queryBlock: number;
+}
+
+export type AttentionTiling = FusedTiling | BlockedTiling;
+
+/** What else decides between the fused kernel and blocked GEMMs. */
+export interface AttentionShape {
+  heads: number;
+  causal: boolean;
 }
 
 /** The largest divisor of d that is a multiple of `unit` and at most `limit` (d itself when it fits). */
@@ -69,8 +88,39 @@ const CPU_RESIDENT_D = 160;
 /** Elements of d per step when q is reloaded. */
 const CPU_Q_CHUNK = 32;
 
-export function attentionTiling(adapter: AdapterTraits, d: number, nq: number, _nk: number): AttentionTiling {
+/**
+ * From this head width on, CPU adapters run single non-causal heads as blocked GEMMs: matmul reaches
+ * 10–24 GFLOP/s on lavapipe where the fused kernel's q reloads and column splits held d = 512 to 0.5.
+ */
+export const CPU_BLOCKED_MIN_D = 256;
+/**
+ * Bytes of one f32 score block; the probabilities are a second block of the same size. Bounds the extra
+ * memory (2 × 8 MiB) while keeping blocks large enough (512 rows at Nk = 4096) that GEMM tiles stay full.
+ */
+const SCORE_BLOCK_BYTES = 8 << 20;
+
+/**
+ * Query rows per blocked step: as many as the score budget allows for one batch item, in multiples of 64
+ * (a GEMM tile height) when more than 64 fit.
+ */
+export function queryBlockRows(nq: number, nk: number): number {
+  const fit = Math.max(1, Math.floor(SCORE_BLOCK_BYTES / (4 * nk)));
+  const rows = fit > 64 ? fit - (fit % 64) : fit;
+  return Math.min(rows, Math.max(nq, 1));
+}
+
+export function attentionTiling(
+  adapter: AdapterTraits,
+  d: number,
+  nq: number,
+  nk: number,
+  shape: AttentionShape = { heads: 1, causal: false },
+): AttentionTiling {
   const sg = adapter.subgroupSize;
+  // f16 rows of odd width would not start on the 4-byte boundaries the block copies need.
+  if (adapter.isCpu && d >= CPU_BLOCKED_MIN_D && d % 2 === 0 && shape.heads === 1 && !shape.causal) {
+    return { kind: "blocked", queryBlock: queryBlockRows(nq, nk) };
+  }
   if (!adapter.isCpu || sg === null) {
     const unit = d % 4 === 0 ? 4 : 1;
     return {

@@ -8,9 +8,9 @@
  */
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import type { AttentionTiling } from "./tiling.ts";
+import type { FusedTiling } from "./tiling.ts";
 
-export interface AttentionWgsl extends AttentionTiling {
+export interface AttentionWgsl extends FusedTiling {
   dtype: DType;
   d: number;
   causal: boolean;
