@@ -1,0 +1,220 @@
+/**
+ * End-to-end benchmark: `pnpm bench:e2e <checkpoint.safetensors> [config.yaml] [--latent S] [--repeats N] [--threads N]`.
+ *
+ * Loads a single-file checkpoint (made for SD 1.5) through @ldm/ldm's loadModel and times, in f32 and (where the adapter has
+ * shader-f16) f16: the UNet forward at batch 2 (classifier-free guidance) on an S×S latent, the VAE decode
+ * of one S×S latent, and the CLIP text encoder on batch 2. The peer, reference/bench_torch.py (PyTorch CPU,
+ * our reference port), runs the same three in a child process first, so the two never share the cores.
+ * Times are wall clock to a device.sync() after one warm-up call (which compiles the pipelines), median of
+ * the repeats — the same clock the peer uses. Each dtype gets a fresh Device, so its peak GPU bytes
+ * (device.memory().peakLiveBytes: weights plus activations) are its own. Rows merge into benchmarks/results.json.
+ * Benchmarks are not tests: nothing here asserts a time.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command } from "commander";
+import { loadModel } from "../packages/ldm/src/models/index.ts";
+import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const CLIP_TOKENS = 77;
+const PEER_SCRIPT = join(here, "..", "reference", "bench_torch.py");
+const MAKE_CHECKPOINT = "/usr/bin/python3 reference/full_size.py";
+
+interface Timings {
+  unet_ms: number;
+  vae_decode_ms: number;
+  clip_ms: number;
+}
+
+interface PeerReport extends Timings {
+  peer: string;
+  latent: number;
+  load_ms: number;
+}
+
+interface E2eRow {
+  name: string;
+  dtype: ParamDType;
+  ours_ms: number;
+  peer: string;
+  peer_ms: number;
+  /** peer_ms / ours_ms: above 1, ours is faster. */
+  ratio: number;
+  peak_bytes: number;
+}
+
+function positiveInt(flag: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${value}'`);
+  return n;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+function round(x: number): number {
+  return Number(x.toPrecision(4));
+}
+
+/** Median wall-clock ms of `record` (GPU work recorded, then awaited), after one warm-up call. */
+async function medianMs(device: Device, repeats: number, record: () => Tensor): Promise<number> {
+  const once = async () => {
+    const start = performance.now();
+    const out = record();
+    await device.sync();
+    out.dispose();
+    return performance.now() - start;
+  };
+  await once();
+  const times: number[] = [];
+  for (let r = 0; r < repeats; r++) times.push(await once());
+  return median(times);
+}
+
+/** Deterministic inputs in [-1, 1) (values do not change the work done; seeded so runs are alike). */
+function pseudoRandom(count: number, seed: number): Float32Array {
+  const out = new Float32Array(count);
+  let state = seed >>> 0 || 1;
+  for (let i = 0; i < count; i++) {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    out[i] = ((state >>> 0) / 2 ** 32) * 2 - 1;
+  }
+  return out;
+}
+
+async function timeOurs(
+  checkpoint: string,
+  config: string | undefined,
+  dtype: ParamDType,
+  latent: number,
+  repeats: number,
+): Promise<{ timings: Timings; peakBytes: number; adapter: string }> {
+  const device = await Device.create();
+  const model = await loadModel(checkpoint, { device, dtype, config });
+  try {
+    const { unet, vae, clip } = model;
+    if (!unet || !vae || !clip) throw new Error(`${checkpoint}: the checkpoint lacks one of unet, vae, clip`);
+    const contextDim = model.config.unet.context_dim;
+    const x = Tensor.from(device, pseudoRandom(2 * 4 * latent * latent, 1), [2, 4, latent, latent]);
+    const timesteps = Tensor.from(device, [500, 500], [2]);
+    const context = Tensor.from(device, pseudoRandom(2 * CLIP_TOKENS * contextDim, 2), [2, CLIP_TOKENS, contextDim]);
+    const z = Tensor.from(device, pseudoRandom(4 * latent * latent, 3), [1, 4, latent, latent]);
+    const ids = Tensor.from(
+      device,
+      Int32Array.from({ length: 2 * CLIP_TOKENS }, (_, i) => (i * 7919) % model.config.text.vocab_size),
+      [2, CLIP_TOKENS],
+      "i32",
+    );
+    const timings: Timings = {
+      unet_ms: await medianMs(device, repeats, () => unet.forward({ x, timesteps, context })),
+      vae_decode_ms: await medianMs(device, repeats, () => vae.decode(z)),
+      clip_ms: await medianMs(device, repeats, () => {
+        const out = clip.forward(ids, { last: true }).lastHiddenState;
+        if (!out) throw new Error("CLIP returned no last hidden state");
+        return out;
+      }),
+    };
+    for (const t of [x, timesteps, context, z, ids]) t.dispose();
+    return { timings, peakBytes: device.memory().peakLiveBytes, adapter: device.describe() };
+  } finally {
+    model.dispose();
+    device.destroy();
+  }
+}
+
+function runPeer(checkpoint: string, config: string, latent: number, repeats: number, threads: number): PeerReport {
+  const stdout = execFileSync(
+    "/usr/bin/python3",
+    [
+      PEER_SCRIPT,
+      checkpoint,
+      config,
+      "--latent",
+      String(latent),
+      "--repeats",
+      String(repeats),
+      "--threads",
+      String(threads),
+    ],
+    { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+  );
+  return JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as PeerReport;
+}
+
+const program = new Command()
+  .argument("<checkpoint>", "SD 1.5 single-file .safetensors checkpoint")
+  .argument("[config]", "its original-style YAML config (default: the checkpoint's path with .yaml)")
+  .option("--latent <S>", "latent side (64 = a 512×512 image)", "16")
+  .option("--repeats <n>", "timed runs after the warm-up, median reported", "2")
+  .option("--threads <n>", "torch CPU threads for the peer", "2")
+  .option("--no-f16", "skip the f16 rows");
+program.parse();
+const [checkpointArg, configArg] = program.args;
+const opts = program.opts<{ latent: string; repeats: string; threads: string; f16: boolean }>();
+const latent = positiveInt("--latent", opts.latent);
+const repeats = positiveInt("--repeats", opts.repeats);
+const threads = positiveInt("--threads", opts.threads);
+// `pnpm bench:e2e` runs from benchmarks/: paths are relative to where pnpm was started.
+const cwd = process.env.INIT_CWD ?? process.cwd();
+const checkpoint = resolve(cwd, checkpointArg);
+const config = configArg ? resolve(cwd, configArg) : checkpoint.replace(/\.safetensors$/, ".yaml");
+const modelName = basename(checkpoint, ".safetensors");
+for (const path of [checkpoint, config]) {
+  if (!existsSync(path)) {
+    console.error(`${path} does not exist. The random-weight SD 1.5 checkpoint is made by \`${MAKE_CHECKPOINT}\``);
+    process.exit(1);
+  }
+}
+
+const peer = runPeer(checkpoint, config, latent, repeats, threads);
+console.log(`peer: ${peer.peer}, load ${(peer.load_ms / 1000).toFixed(1)} s`);
+
+const rows: E2eRow[] = [];
+const probe = await Device.create();
+const dtypes: ParamDType[] = opts.f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
+probe.destroy();
+let adapter = "";
+for (const dtype of dtypes) {
+  const ours = await timeOurs(checkpoint, config, dtype, latent, repeats);
+  adapter = ours.adapter;
+  const parts: [keyof Timings, string][] = [
+    ["unet_ms", `${modelName} UNet batch 2 @ ${latent}×${latent} latent`],
+    ["vae_decode_ms", `${modelName} VAE decode @ ${latent}×${latent} latent`],
+    ["clip_ms", `${modelName} CLIP text encoder batch 2`],
+  ];
+  for (const [key, name] of parts) {
+    rows.push({
+      name,
+      dtype,
+      ours_ms: round(ours.timings[key]),
+      peer: peer.peer,
+      peer_ms: round(peer[key]),
+      ratio: round(peer[key] / ours.timings[key]),
+      peak_bytes: ours.peakBytes,
+    });
+  }
+}
+
+console.log(`\nadapter: ${adapter}\n`);
+console.log(
+  "| part | dtype | ours ms | torch ms | ratio (torch / ours) | our peak GPU MiB |\n|---|---|---|---|---|---|",
+);
+for (const r of rows) {
+  console.log(
+    `| ${r.name} | ${r.dtype} | ${r.ours_ms} | ${r.peer_ms} | ${r.ratio}× | ${(r.peak_bytes / 2 ** 20).toFixed(0)} |`,
+  );
+}
+
+const file = join(here, "results.json");
+const previous: { name: string; dtype: string }[] = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : [];
+const merged = [...previous.filter((p) => !rows.some((r) => r.name === p.name && r.dtype === p.dtype)), ...rows];
+writeFileSync(file, `${JSON.stringify(merged, null, 2)}\n`);
+console.log(`wrote ${rows.length} rows to ${file}`);
+process.exit(0);
