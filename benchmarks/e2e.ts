@@ -14,7 +14,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Command } from "commander";
+import { Command, InvalidArgumentError } from "commander";
 import { loadModel } from "../packages/ldm/src/models/index.ts";
 import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
 
@@ -46,9 +46,9 @@ interface E2eRow {
   peak_bytes: number;
 }
 
-function positiveInt(flag: string, value: string): number {
+function positiveInt(value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${value}'`);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`must be a positive integer, got '${value}'`);
   return n;
 }
 
@@ -151,16 +151,18 @@ function runPeer(checkpoint: string, config: string, latent: number, repeats: nu
 const program = new Command()
   .argument("<checkpoint>", "SD 1.5 single-file .safetensors checkpoint")
   .argument("[config]", "its original-style YAML config (default: the checkpoint's path with .yaml)")
-  .option("--latent <S>", "latent side (64 = a 512×512 image)", "16")
-  .option("--repeats <n>", "timed runs after the warm-up, median reported", "2")
-  .option("--threads <n>", "torch CPU threads for the peer", "2")
+  .option("--latent <S>", "latent side (64 = a 512×512 image)", positiveInt, 16)
+  .option("--repeats <n>", "timed runs after the warm-up, median reported", positiveInt, 2)
+  .option("--threads <n>", "torch CPU threads for the peer", positiveInt, 2)
   .option("--no-f16", "skip the f16 rows");
 program.parse();
 const [checkpointArg, configArg] = program.args;
-const opts = program.opts<{ latent: string; repeats: string; threads: string; f16: boolean }>();
-const latent = positiveInt("--latent", opts.latent);
-const repeats = positiveInt("--repeats", opts.repeats);
-const threads = positiveInt("--threads", opts.threads);
+const { latent, repeats, threads, f16 } = program.opts<{
+  latent: number;
+  repeats: number;
+  threads: number;
+  f16: boolean;
+}>();
 // `pnpm bench:e2e` runs from benchmarks/: paths are relative to where pnpm was started.
 const cwd = process.env.INIT_CWD ?? process.cwd();
 const checkpoint = resolve(cwd, checkpointArg);
@@ -173,12 +175,18 @@ for (const path of [checkpoint, config]) {
   }
 }
 
-const peer = runPeer(checkpoint, config, latent, repeats, threads);
+let peer: PeerReport;
+try {
+  peer = runPeer(checkpoint, config, latent, repeats, threads);
+} catch {
+  console.error(`the peer, ${PEER_SCRIPT}, failed: its error is above`);
+  process.exit(1);
+}
 console.log(`peer: ${peer.peer}, load ${(peer.load_ms / 1000).toFixed(1)} s`);
 
 const rows: E2eRow[] = [];
 const probe = await Device.create();
-const dtypes: ParamDType[] = opts.f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
+const dtypes: ParamDType[] = f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
 probe.destroy();
 let adapter = "";
 for (const dtype of dtypes) {
