@@ -1,5 +1,5 @@
 /**
- * End-to-end benchmark: `pnpm bench:e2e <checkpoint.safetensors> [config.yaml] [--latent S] [--repeats N] [--threads N]`.
+ * End-to-end benchmark: `pnpm bench:e2e <checkpoint.safetensors> [config.yaml] [--latent S] [--repeats N] [--threads N] [--out file]`.
  *
  * Loads a single-file checkpoint (made for SD 1.5) through @ldm/ldm's loadModel and times, in f32 and (where the adapter has
  * shader-f16) f16: the UNet forward at batch 2 (classifier-free guidance) on an S×S latent, the VAE decode
@@ -7,16 +7,19 @@
  * our reference port), runs the same three in a child process first, so the two never share the cores.
  * Times are wall clock to a device.sync() after one warm-up call (which compiles the pipelines), median of
  * the repeats — the same clock the peer uses. Each dtype gets a fresh Device, so its peak GPU bytes
- * (device.memory().peakLiveBytes: weights plus activations) are its own. Rows merge into benchmarks/results.json.
+ * (device.memory().peakLiveBytes: weights plus activations) are its own. Rows merge into the results file
+ * (benchmarks/results.json by default).
  * Benchmarks are not tests: nothing here asserts a time.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
 import { loadModel } from "../packages/ldm/src/models/index.ts";
 import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
+import { median, positiveInt } from "./common.ts";
+import { makeRow, type ResultRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CLIP_TOKENS = 77;
@@ -33,32 +36,6 @@ interface PeerReport extends Timings {
   peer: string;
   latent: number;
   load_ms: number;
-}
-
-interface E2eRow {
-  name: string;
-  dtype: ParamDType;
-  ours_ms: number;
-  peer: string;
-  peer_ms: number;
-  /** peer_ms / ours_ms: above 1, ours is faster. */
-  ratio: number;
-  peak_bytes: number;
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`must be a positive integer, got '${value}'`);
-  return n;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
-function round(x: number): number {
-  return Number(x.toPrecision(4));
 }
 
 /** Median wall-clock ms of `record` (GPU work recorded, then awaited), after one warm-up call. */
@@ -154,14 +131,16 @@ const program = new Command()
   .option("--latent <S>", "latent side (64 = a 512×512 image)", positiveInt, 16)
   .option("--repeats <n>", "timed runs after the warm-up, median reported", positiveInt, 2)
   .option("--threads <n>", "torch CPU threads for the peer", positiveInt, 2)
-  .option("--no-f16", "skip the f16 rows");
+  .option("--no-f16", "skip the f16 rows")
+  .option("--out <file>", "results file the rows merge into", join(here, "results.json"));
 program.parse();
 const [checkpointArg, configArg] = program.args;
-const { latent, repeats, threads, f16 } = program.opts<{
+const { latent, repeats, threads, f16, out } = program.opts<{
   latent: number;
   repeats: number;
   threads: number;
   f16: boolean;
+  out: string;
 }>();
 // `pnpm bench:e2e` runs from benchmarks/: paths are relative to where pnpm was started.
 const cwd = process.env.INIT_CWD ?? process.cwd();
@@ -184,7 +163,7 @@ try {
 }
 console.log(`peer: ${peer.peer}, load ${(peer.load_ms / 1000).toFixed(1)} s`);
 
-const rows: E2eRow[] = [];
+const rows: ResultRow[] = [];
 const probe = await Device.create();
 const dtypes: ParamDType[] = f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
 probe.destroy();
@@ -198,31 +177,27 @@ for (const dtype of dtypes) {
     ["clip_ms", `${modelName} CLIP text encoder batch 2`],
   ];
   for (const [key, name] of parts) {
-    rows.push({
-      name,
-      dtype,
-      ours_ms: round(ours.timings[key]),
-      peer: peer.peer,
-      peer_ms: round(peer[key]),
-      ratio: round(peer[key] / ours.timings[key]),
-      peak_bytes: ours.peakBytes,
-    });
+    rows.push(
+      makeRow({
+        name: `${name} (${dtype})`,
+        oursMs: ours.timings[key],
+        peer: peer.peer,
+        peerMs: peer[key],
+        peakBytes: ours.peakBytes,
+      }),
+    );
   }
 }
 
 console.log(`\nadapter: ${adapter}\n`);
-console.log(
-  "| part | dtype | ours ms | torch ms | ratio (torch / ours) | our peak GPU MiB |\n|---|---|---|---|---|---|",
-);
+console.log("| part (dtype) | ours ms | torch ms | ratio (torch / ours) | our peak GPU MiB |\n|---|---|---|---|---|");
 for (const r of rows) {
   console.log(
-    `| ${r.name} | ${r.dtype} | ${r.ours_ms} | ${r.peer_ms} | ${r.ratio}× | ${(r.peak_bytes / 2 ** 20).toFixed(0)} |`,
+    `| ${r.name} | ${r.ours_ms} | ${r.peer_ms} | ${r.ratio}× | ${((r.peak_bytes ?? 0) / 2 ** 20).toFixed(0)} |`,
   );
 }
 
-const file = join(here, "results.json");
-const previous: { name: string; dtype: string }[] = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : [];
-const merged = [...previous.filter((p) => !rows.some((r) => r.name === p.name && r.dtype === p.dtype)), ...rows];
-writeFileSync(file, `${JSON.stringify(merged, null, 2)}\n`);
+const file = resolve(cwd, out);
+writeResults(file, rows, adapter);
 console.log(`wrote ${rows.length} rows to ${file}`);
 process.exit(0);

@@ -7,10 +7,15 @@
  * The peer: `tf.time(...).kernelMs`, which tfjs-backend-webgpu measures with timestamp queries too.
  * A sample repeats the call until it covers ~50 ms and reports the mean per call.
  *
- * Other benchmark files (benchmarks/kernels-*.ts) add rows with `registerBench` at import time;
- * benchmarks/kernels.ts imports them all and runs every row.
+ * The benchmark files benchmarks/kernels-*.ts add rows with `registerBench` at import time (SD 1.x shapes, or
+ * small ones after `useQuickSizes()`); `registerKernelRows` imports them all.
  */
+import { readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import type { Device, DType, Tensor } from "../packages/tensor/src/index.ts";
+import { median } from "./common.ts";
+import type { ResultRow } from "./results.ts";
 
 export type Tfjs = typeof import("@tensorflow/tfjs-core");
 type TfTensor = import("@tensorflow/tfjs-core").Tensor;
@@ -45,6 +50,26 @@ export interface BenchResult {
 }
 
 const rows: KernelBench[] = [];
+let quick = false;
+
+/** Rows registered from now on use small shapes: a smoke test of the benchmark, not a measurement. */
+export function useQuickSizes(): void {
+  quick = true;
+}
+
+export function quickSizes(): boolean {
+  return quick;
+}
+
+/** Imports every benchmarks/kernels-*.ts, which register their rows. */
+export async function registerKernelRows(): Promise<void> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const file of readdirSync(here)
+    .filter((f) => /^kernels-.+\.ts$/.test(f))
+    .sort()) {
+    await import(pathToFileURL(join(here, file)).href);
+  }
+}
 
 /** A `dispose` for a row's inputs. */
 export function disposer(...tensors: Tensor[]): () => void {
@@ -65,11 +90,6 @@ export function registeredBenches(): readonly KernelBench[] {
 const SAMPLE_MS = 50;
 /** Calls slower than this get fewer samples, to keep the whole run within a few minutes. */
 const SLOW_MS = 1000;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** Mean GPU ms per call over samples of `reps` calls, median over samples. */
 async function timeSamples(once: (reps: number) => Promise<number>, samples: number): Promise<number> {
@@ -164,6 +184,12 @@ export async function runBenches(device: Device, tf: Tfjs | null, opts: RunOptio
 
 function round(x: number): number {
   return Number(x.toPrecision(4));
+}
+
+/** The results.json row of a kernel result: the dtype goes into the name, GB/s and the peer's GFLOP/s stay in the table. */
+export function toResultRow(r: BenchResult): ResultRow {
+  const { ours_ms, peer, peer_ms, ratio, gflops } = r;
+  return { name: `${r.name} (${r.dtype})`, ours_ms, peer, peer_ms, ratio, gflops, peak_bytes: null };
 }
 
 export const TABLE_HEADER =

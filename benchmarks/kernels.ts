@@ -1,110 +1,37 @@
 /**
- * Kernel microbenchmarks: `pnpm bench:kernels [name filters…] [--no-peer]`.
+ * Kernel microbenchmarks: `pnpm bench:kernels [name filters…] [--no-peer] [--quick] [--out file]`.
  *
- * Registers the GEMM rows (matmul, conv2d), imports every benchmarks/kernels-*.ts (which register their
- * own rows), runs them against tfjs-backend-webgpu on the same adapter, prints a Markdown table and
- * merges the rows into benchmarks/results.json. Benchmarks are not tests: nothing here asserts a time.
+ * Imports every benchmarks/kernels-*.ts (each registers its rows: GEMM, group norm, attention), runs them
+ * against tfjs-backend-webgpu on the same adapter, prints a Markdown table and merges the rows into the
+ * results file (benchmarks/results.json by default). Benchmarks are not tests: nothing here asserts a time.
  */
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { conv2d, linear, matmul } from "../packages/kernels/src/index.ts";
-import { randomArray } from "../packages/kernels/src/testing.ts";
-import { Device, type DType, Tensor } from "../packages/tensor/src/index.ts";
-import { type BenchResult, disposer, loadPeer, registerBench, runBenches, TABLE_HEADER } from "./harness.ts";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command } from "commander";
+import { Device } from "../packages/tensor/src/index.ts";
+import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow, useQuickSizes } from "./harness.ts";
+import { writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
-  registerBench({
-    name: `matmul ${M}×${N}×${K}`,
-    dtype,
-    flops: 2 * M * N * K,
-    ours(device) {
-      const a = Tensor.from(device, randomArray(M * K, 1), [M, K], dtype);
-      const b = Tensor.from(device, randomArray(K * N, 2), [K, N], dtype);
-      return { run: () => matmul(a, b), dispose: disposer(a, b) };
-    },
-    peer(tf) {
-      const a = tf.tensor2d(randomArray(M * K, 1), [M, K]);
-      const b = tf.tensor2d(randomArray(K * N, 2), [K, N]);
-      return { run: () => tf.matMul(a, b), dispose: () => tf.dispose([a, b]) };
-    },
-  });
-}
-
-/** x [M, K] · W [N, K]ᵀ + bias: the SD Linear layer. */
-function linearRow(M: number, N: number, K: number) {
-  registerBench({
-    name: `linear ${M}×${N}×${K} (+bias)`,
-    dtype: "f32",
-    flops: 2 * M * N * K,
-    ours(device) {
-      const x = Tensor.from(device, randomArray(M * K, 1), [M, K]);
-      const w = Tensor.from(device, randomArray(N * K, 2), [N, K]);
-      const b = Tensor.from(device, randomArray(N, 3), [N]);
-      return { run: () => linear(x, w, b), dispose: disposer(x, w, b) };
-    },
-    peer(tf) {
-      const x = tf.tensor2d(randomArray(M * K, 1), [M, K]);
-      const w = tf.tensor2d(randomArray(N * K, 2), [N, K]);
-      const b = tf.tensor1d(randomArray(N, 3));
-      return { run: () => tf.add(tf.matMul(x, w, false, true), b), dispose: () => tf.dispose([x, w, b]) };
-    },
-    peerNote: "tfjs: matMul(x, w, false, true) then add (tfjs fuses bias only in its layers API).",
-  });
-}
-
-/** 3×3, padding 1, stride 1, with bias: the SD ResBlock convolution. */
-function convRow(C: number, S: number) {
-  registerBench({
-    name: `conv2d 3×3 ${C}→${C} @ ${S}×${S}`,
-    dtype: "f32",
-    flops: 2 * C * C * 9 * S * S,
-    ours(device) {
-      const x = Tensor.from(device, randomArray(C * S * S, 1), [1, C, S, S]);
-      const w = Tensor.from(device, randomArray(C * C * 9, 2, 0.05), [C, C, 3, 3]);
-      const b = Tensor.from(device, randomArray(C, 3), [C]);
-      return { run: () => conv2d(x, w, { bias: b, padding: 1 }), dispose: disposer(x, w, b) };
-    },
-    peer(tf) {
-      const x = tf.tensor4d(randomArray(C * S * S, 1), [1, S, S, C]);
-      const w = tf.tensor4d(randomArray(C * C * 9, 2, 0.05), [3, 3, C, C]);
-      const b = tf.tensor1d(randomArray(C, 3));
-      return { run: () => tf.add(tf.conv2d(x, w, 1, "same"), b), dispose: () => tf.dispose([x, w, b]) };
-    },
-    peerNote: "tfjs: conv2d in its native NHWC layout with an HWIO filter, then add the bias.",
-  });
-}
-
-matmulRow(1024, 1024, 1024);
-matmulRow(4096, 320, 320);
-matmulRow(4096, 1280, 320);
-linearRow(4096, 320, 320);
-convRow(320, 64);
-convRow(640, 32);
-convRow(1280, 16);
-convRow(128, 256);
-
-const args = process.argv.slice(2);
-const filter = args.filter((a) => !a.startsWith("--"));
-for (const file of readdirSync(here)
-  .filter((f) => /^kernels-.+\.ts$/.test(f))
-  .sort()) {
-  await import(pathToFileURL(join(here, file)).href);
-}
+const program = new Command()
+  .argument("[filters...]", "only rows whose name contains one of these")
+  .option("--no-peer", "skip the tfjs-backend-webgpu peer")
+  .option("--quick", "small shapes: a smoke test of the benchmark, not a measurement")
+  .option("--out <file>", "results file the rows merge into", join(here, "results.json"));
+program.parse();
+const { peer, quick, out } = program.opts<{ peer: boolean; quick?: boolean; out: string }>();
+if (quick) useQuickSizes();
+await registerKernelRows();
 
 const device = await Device.create();
-const tf = args.includes("--no-peer") ? null : await loadPeer(device);
+const tf = peer ? await loadPeer(device) : null;
 console.log(`adapter: ${device.describe()}`);
 console.log(`date: ${new Date().toISOString()}, node ${process.version}`);
 console.log(TABLE_HEADER);
-const results = await runBenches(device, tf, { filter });
-
-const file = join(here, "results.json");
-const previous: BenchResult[] = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : [];
-const merged = [...previous.filter((p) => !results.some((r) => r.name === p.name)), ...results];
-writeFileSync(file, `${JSON.stringify(merged, null, 2)}\n`);
+const results = await runBenches(device, tf, { filter: program.args });
+const file = resolve(process.env.INIT_CWD ?? process.cwd(), out);
+writeResults(file, results.map(toResultRow), device.describe());
 console.log(`wrote ${results.length} rows to ${file}`);
 device.destroy();
 process.exit(0);
