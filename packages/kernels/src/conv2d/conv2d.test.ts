@@ -64,10 +64,10 @@ async function check(c: Case, tol: { atol: number; rtol?: number }, internals: C
 describe("chooseConvTiles", () => {
   it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
     const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320, wo: 64 };
-    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 8, groups: 4 });
-    expect(chooseConvTiles({ ...cpu, wo: 5 })).toMatchObject({ groups: 2 });
+    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16, groups: 2 });
+    expect(chooseConvTiles({ ...cpu, wo: 3 })).toMatchObject({ groups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
-    expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 3 });
+    expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 2 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
   });

@@ -10,7 +10,7 @@
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
 import type { Activation } from "../matmul/activation.ts";
-import { epilogueWgsl } from "../matmul/epilogue.ts";
+import { accumulatorsWgsl, epilogueWgsl } from "../matmul/epilogue.ts";
 
 /** `rows` output channels × `groups` blocks of 4 consecutive pixels per invocation. */
 export type ConvTiles =
@@ -29,11 +29,12 @@ export interface ConvTileInputs {
 export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
   const lanes = inp.subgroupSize;
   if (inp.isCpu && lanes !== null && [4, 8, 16].includes(lanes)) {
-    // 8 channels × 16 pixels per lane. On lavapipe 16 channels × 4 pixels ran 25% slower than 8 × 4
-    // (spills), while 8 × 8 ran 1.8× and 8 × 16 about 2–3× faster than 8 × 4 (the row window and the
-    // weights serve more pixels per load); 8 × 32 was no better than 8 × 16 (timings under heavy load).
-    const rows = Math.max(8, lanes);
-    const groups = Math.min(4, Math.ceil(inp.wo / 4));
+    // 16 channels × 8 pixels per lane, with register accumulators (matmul/epilogue.ts). CPU time per
+    // convolution on lavapipe, interleaved runs (320→320 @ 64², 1280→1280 @ 16²): 16 × 8 took 18.4 and
+    // 23.4 GFLOP per CPU-second, 8 × 8 18.9 / 19.8, 16 × 16 17.2 / 22.1, 8 × 16 15.7 / 16.9, 32 × 4–8
+    // 10–13 / 19–22; the array accumulators used before ran 8 × 8 at 16.1 / 16.0.
+    const rows = Math.max(16, lanes);
+    const groups = Math.min(2, Math.ceil(inp.wo / 4));
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
     const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(inp.cout / rows)));
     return { kind: "subgroup", lanes, subgroups, rows, groups };
@@ -200,7 +201,8 @@ export function convWgsl(s: ConvKernelSpec): string {
     out.push(`  let wr${i} = p.wOff + min(${co}, p.cout - 1u) * p.wCo;`);
   }
   const G = t.groups;
-  out.push(`  var acc: array<vec4f, ${rows * G}>;`);
+  const acc = accumulatorsWgsl(rows * G);
+  out.push(acc.declare);
   out.push("  for (var ci = 0u; ci < p.cin; ci++) {");
   out.push("    let plane = xBase + ci * p.H * p.W;");
   out.push(`    let wci = ci * ${s.kh * s.kw}u;`);
@@ -235,7 +237,8 @@ export function convWgsl(s: ConvKernelSpec): string {
         b.push(`{ let wv = vec4f(${w});`);
         for (let g = 0; g < G; g++) {
           const xs = [0, 1, 2, 3].map((j) => `v${(4 * g + j) * s.strideW + dx}`).join(", ");
-          b.push(`  acc[${r * G + g}] = fma(wv, vec4f(${xs}), acc[${r * G + g}]);`);
+          const sum = acc.name(r * G + g);
+          b.push(`  ${sum} = fma(wv, vec4f(${xs}), ${sum});`);
         }
         b.push("}");
       }
@@ -248,6 +251,7 @@ export function convWgsl(s: ConvKernelSpec): string {
     out.push(`    for (var dy = 0u; dy < ${s.kh}u; dy++) {\n${tapRow("dy", "      ")}\n    }`);
   }
   out.push("  }");
+  out.push(acc.collect);
   // A uniform bound keeps the compiler from unrolling the epilogue (see matmul/wgsl.ts).
   out.push(
     `  for (var i = 0u; i < p.tileRows; i++) { finish4(bi, co0 + i / ${G}u, oh, ow0 + (i % ${G}u) * 4u, valid, acc[i]); }`,

@@ -56,3 +56,18 @@ export function epilogueWgsl(e: EpilogueSpec): string {
   lines.push("}");
   return lines.join("\n");
 }
+
+/**
+ * Register accumulators `acc0 … acc{n-1}` (vec4f) and, after the main loop, their copy into the array
+ * `acc` that the epilogue loop indexes. A private array indexed at run time stays in memory on llvmpipe,
+ * so accumulating into it directly costs a load and a store per update (measured: 12–40% more CPU time
+ * per GEMM or convolution than separate variables, which LLVM keeps in registers or spills only as needed).
+ */
+export function accumulatorsWgsl(count: number): { declare: string; collect: string; name: (i: number) => string } {
+  const names = Array.from({ length: count }, (_, i) => `acc${i}`);
+  return {
+    declare: `  var ${names.join(": vec4f; var ")}: vec4f;`,
+    collect: `  var acc = array<vec4f, ${count}>(${names.join(", ")});`,
+    name: (i) => names[i],
+  };
+}

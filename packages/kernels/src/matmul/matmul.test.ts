@@ -29,12 +29,14 @@ const lavapipeLike = {
 describe("chooseTiles", () => {
   it("uses subgroup-broadcast tiles on a CPU adapter with a fixed subgroup size", () => {
     const t = chooseTiles({ ...lavapipeLike, M: 4096, N: 320, K: 320 });
-    expect(t).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16, laneOwns: "n" });
+    expect(t).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 24, laneOwns: "n" });
   });
 
   it("shrinks the workgroup for few rows, and broadcasts B's rows when only A is transposed away from K", () => {
-    expect(chooseTiles({ ...lavapipeLike, M: 20, N: 320, K: 320 })).toMatchObject({ subgroups: 2 });
-    expect(chooseTiles({ ...lavapipeLike, M: 77, N: 320, K: 768 })).toMatchObject({ subgroups: 5 });
+    expect(chooseTiles({ ...lavapipeLike, M: 40, N: 320, K: 320 })).toMatchObject({ subgroups: 2, rows: 24 });
+    // 5 × 16 rows pad M = 77 less than 4 × 24.
+    expect(chooseTiles({ ...lavapipeLike, M: 77, N: 320, K: 768 })).toMatchObject({ subgroups: 5, rows: 16 });
+    expect(chooseTiles({ ...lavapipeLike, subgroupSize: 16, M: 4096, N: 320, K: 320 })).toMatchObject({ rows: 32 });
     expect(chooseTiles({ ...lavapipeLike, M: 1, N: 3, K: 7 })).toMatchObject({ subgroups: 1 });
     expect(chooseTiles({ ...lavapipeLike, M: 64, N: 64, K: 64, transposeA: true, transposeB: true })).toMatchObject({
       laneOwns: "m",

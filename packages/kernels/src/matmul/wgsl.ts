@@ -9,7 +9,7 @@
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
 import type { Activation } from "./activation.ts";
-import { epilogueWgsl } from "./epilogue.ts";
+import { accumulatorsWgsl, epilogueWgsl } from "./epilogue.ts";
 import { type SubgroupTiles, type TileConfig, tileKey, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
 
 export interface GemmKernelSpec {
@@ -192,6 +192,7 @@ function roles(s: GemmKernelSpec, t: SubgroupTiles) {
 function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
   const r = roles(s, t);
   const loadsPerLane = t.rows / t.lanes;
+  const acc = accumulatorsWgsl(t.rows);
   const out: string[] = [];
   out.push(header(s, ["subgroups"]));
   out.push(epilogue(s));
@@ -237,8 +238,9 @@ function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
     for (let row = 0; row < t.rows; row++) {
       const src = `xa${Math.floor(row / t.lanes)}`;
       body.push(`{ let a = subgroupBroadcast(${src}, ${row % t.lanes}u);`);
+      const sum = acc.name(row);
       body.push(
-        `  acc[${row}] = fma(vec4f(a.x), yb[0], fma(vec4f(a.y), yb[1], fma(vec4f(a.z), yb[2], fma(vec4f(a.w), yb[3], acc[${row}])))); }`,
+        `  ${sum} = fma(vec4f(a.x), yb[0], fma(vec4f(a.y), yb[1], fma(vec4f(a.z), yb[2], fma(vec4f(a.w), yb[3], ${sum})))); }`,
       );
     }
     return body.map((l) => `    ${l}`).join("\n");
@@ -265,10 +267,11 @@ function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
       ? "  let yv = min(y0, yLast & ~3u); let yc = vec4u(yv, yv + 1u, yv + 2u, yv + 3u);"
       : "  let yc = min(vec4u(y0, y0 + 1u, y0 + 2u, y0 + 3u), vec4u(yLast));",
   );
-  out.push(`  var acc: array<vec4f, ${t.rows}>;`);
+  out.push(acc.declare);
   out.push("  for (var k = 0u; k < p.K; k += 4u) {");
   out.push(step());
   out.push("  }");
+  out.push(acc.collect);
   // The epilogue loops up to a uniform (= rows) so that the compiler cannot unroll it: its memory
   // accesses, a per-lane loop each on llvmpipe, would otherwise be compiled once per row (seconds).
   if (t.laneOwns === "n") {
