@@ -7,8 +7,8 @@
  * The peer: `tf.time(...).kernelMs`, which tfjs-backend-webgpu measures with timestamp queries too.
  * A sample repeats the call until it covers ~50 ms and reports the mean per call.
  *
- * The benchmark files benchmarks/kernels-*.ts add rows with `registerBench` at import time (SD 1.x shapes, or
- * small ones after `useQuickSizes()`); `registerKernelRows` imports them all.
+ * The benchmark files benchmarks/kernels-*.ts define their rows with `defineRows`; `registerKernelRows` imports
+ * them all and registers the rows (SD 1.x shapes, or small ones for a smoke test).
  */
 import { readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -50,25 +50,26 @@ export interface BenchResult {
 }
 
 const rows: KernelBench[] = [];
-let quick = false;
+/** Each benchmarks/kernels-*.ts defines its rows as a function of the size set, called by registerKernelRows. */
+const definers: ((quick: boolean) => void)[] = [];
 
-/** Rows registered from now on use small shapes: a smoke test of the benchmark, not a measurement. */
-export function useQuickSizes(): void {
-  quick = true;
+/** Registers the rows of a benchmark file: `define(quick)` calls registerBench for SD 1.x shapes, or small ones. */
+export function defineRows(define: (quick: boolean) => void): void {
+  definers.push(define);
 }
 
-export function quickSizes(): boolean {
-  return quick;
-}
-
-/** Imports every benchmarks/kernels-*.ts, which register their rows. */
-export async function registerKernelRows(): Promise<void> {
+/**
+ * Imports every benchmarks/kernels-*.ts beside this file (a bundle imports them statically instead, and finds
+ * none here) and registers their rows at the chosen sizes: `quick` = small shapes, a smoke test of the benchmark.
+ */
+export async function registerKernelRows(quick: boolean): Promise<void> {
   const here = dirname(fileURLToPath(import.meta.url));
   for (const file of readdirSync(here)
     .filter((f) => /^kernels-.+\.ts$/.test(f))
     .sort()) {
     await import(pathToFileURL(join(here, file)).href);
   }
+  for (const define of definers.splice(0)) define(quick);
 }
 
 /** A `dispose` for a row's inputs. */

@@ -1,11 +1,11 @@
 /**
  * Benchmark rows for the GEMM kernels (matmul, linear, conv2d) at SD 1.x shapes, or small shapes with --quick.
- * Registered into the harness by benchmarks/kernel-rows.ts, which imports every benchmarks/kernels-*.ts.
+ * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
 import { conv2d, linear, matmul } from "../packages/kernels/src/index.ts";
 import { randomArray } from "../packages/kernels/src/testing.ts";
 import { type DType, Tensor } from "../packages/tensor/src/index.ts";
-import { disposer, quickSizes, registerBench } from "./harness.ts";
+import { defineRows, disposer, registerBench } from "./harness.ts";
 
 function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
   registerBench({
@@ -69,17 +69,19 @@ function convRow(C: number, S: number) {
   });
 }
 
-if (quickSizes()) {
-  matmulRow(128, 96, 80);
-  linearRow(200, 96, 64);
-  convRow(16, 16);
-} else {
-  matmulRow(1024, 1024, 1024);
-  matmulRow(4096, 320, 320);
-  matmulRow(4096, 1280, 320);
-  linearRow(4096, 320, 320);
-  convRow(320, 64);
-  convRow(640, 32);
-  convRow(1280, 16);
-  convRow(128, 256);
-}
+defineRows((quick) => {
+  if (quick) {
+    matmulRow(128, 96, 80);
+    linearRow(200, 96, 64);
+    convRow(16, 16);
+  } else {
+    matmulRow(1024, 1024, 1024);
+    matmulRow(4096, 320, 320);
+    matmulRow(4096, 1280, 320);
+    linearRow(4096, 320, 320);
+    convRow(320, 64);
+    convRow(640, 32);
+    convRow(1280, 16);
+    convRow(128, 256);
+  }
+});

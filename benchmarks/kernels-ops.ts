@@ -1,11 +1,11 @@
 /**
  * Benchmark rows for the non-GEMM kernels: group norm and fused attention at SD 1.x shapes (64×64 latents).
- * Registered into the harness by benchmarks/kernel-rows.ts, which imports every benchmarks/kernels-*.ts.
+ * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
 import { attention, groupNorm } from "../packages/kernels/src/index.ts";
 import { randomArray } from "../packages/kernels/src/testing.ts";
 import { Tensor } from "../packages/tensor/src/index.ts";
-import { disposer, quickSizes, registerBench, type Tfjs } from "./harness.ts";
+import { defineRows, disposer, registerBench, type Tfjs } from "./harness.ts";
 
 type TfTensor = import("@tensorflow/tfjs-core").Tensor;
 
@@ -80,11 +80,13 @@ function attentionRow(name: string, nq: number, nk: number, heads: number, d: nu
   });
 }
 
-if (quickSizes()) {
-  groupNormRow(32, 16, 8);
-  attentionRow("self-attention 256 tokens × 2 heads × 40", 256, 256, 2, 40);
-} else {
-  groupNormRow(320, 64, 32);
-  attentionRow("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40);
-  attentionRow("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
-}
+defineRows((quick) => {
+  if (quick) {
+    groupNormRow(32, 16, 8);
+    attentionRow("self-attention 256 tokens × 2 heads × 40", 256, 256, 2, 40);
+  } else {
+    groupNormRow(320, 64, 32);
+    attentionRow("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40);
+    attentionRow("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
+  }
+});

@@ -9,7 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { Device } from "../packages/tensor/src/index.ts";
-import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow, useQuickSizes } from "./harness.ts";
+import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
 import { writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,8 +21,7 @@ const program = new Command()
   .option("--out <file>", "results file the rows merge into", join(here, "results.json"));
 program.parse();
 const { peer, quick, out } = program.opts<{ peer: boolean; quick?: boolean; out: string }>();
-if (quick) useQuickSizes();
-await registerKernelRows();
+await registerKernelRows(quick ?? false);
 
 const device = await Device.create();
 const tf = peer ? await loadPeer(device) : null;

@@ -1,0 +1,157 @@
+/**
+ * The GPU benchmark, for sessions lent a real GPU: `bash benchmarks/gpu.sh [--quick] [--only kernels,unet] [--out file]`.
+ *
+ * 1. The kernel table (every benchmarks/kernels-*.ts row) against tfjs-backend-webgpu on the same adapter.
+ * 2. SD 1.5's UNet forward at batch 2 (classifier-free guidance) on a 64×64 latent (a 512×512 image), f32 and,
+ *    where the adapter has shader-f16, f16: random weights made here (benchmarks/random-weights.ts), so no
+ *    checkpoint is needed. Wall clock to a device.sync() after one warm-up call (which compiles the pipelines),
+ *    median of --repeats; peak GPU bytes = device.memory().peakLiveBytes (weights plus activations), one fresh
+ *    Device per dtype.
+ *
+ * Rows carry the device they ran on and merge into benchmarks/results-gpu.json (or --out). --quick: small kernel
+ * shapes and a small UNet of SD 1.5's layout on an 8×8 latent, to check the script runs (lavapipe: ~1 minute).
+ * Benchmarks are not tests: nothing here asserts a time.
+ */
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command, InvalidArgumentError } from "commander";
+import { buildModel, COMPONENT_PREFIX } from "../packages/ldm/src/models/load.ts";
+import { VarBuilder } from "../packages/nn/src/index.ts";
+import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
+import { type ModelConfig, standardConfig, unetParamShapes } from "../packages/weights/src/index.ts";
+import { median, positiveInt } from "./common.ts";
+import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
+import { RandomWeightSource } from "./random-weights.ts";
+import { DEVICE_ROW_KEYS, type DeviceRow, makeRow, writeResults } from "./results.ts";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const PARTS = ["kernels", "unet"] as const;
+type Part = (typeof PARTS)[number];
+const CLIP_TOKENS = 77;
+
+function parts(value: string): Part[] {
+  const list = value.split(",").map((p) => p.trim());
+  const unknown = list.filter((p) => !(PARTS as readonly string[]).includes(p));
+  if (unknown.length) throw new InvalidArgumentError(`unknown part ${unknown.join(", ")}; parts: ${PARTS.join(", ")}`);
+  return list as Part[];
+}
+
+/** The adapter, without the feature and limit list: what the rows say they ran on. */
+function deviceName(device: Device): string {
+  return device.describe().split("; features")[0];
+}
+
+/** SD 1.5, or for --quick the same layout shrunk (fewer channels, two levels), small enough for a CPU adapter. */
+function unetConfig(quick: boolean): ModelConfig {
+  const config = standardConfig("sd1");
+  if (quick) {
+    config.unet = {
+      ...config.unet,
+      model_channels: 32,
+      channel_mult: [1, 2],
+      attention_resolutions: [1, 2],
+      context_dim: 64,
+    };
+  }
+  return config;
+}
+
+async function timeUnet(
+  dtype: ParamDType,
+  config: ModelConfig,
+  latent: number,
+  repeats: number,
+): Promise<{ ms: number; peakBytes: number; device: string; nonFinite: number }> {
+  const device = await Device.create({ disableF16: dtype !== "f16" });
+  try {
+    const vb = VarBuilder.from(device, new RandomWeightSource(unetParamShapes(config.unet)), dtype);
+    const { unet } = buildModel(vb, config, ["unet"]);
+    if (!unet) throw new Error("internal: buildModel made no UNet");
+    await vb.load([COMPONENT_PREFIX.unet]);
+    const contextDim = config.unet.context_dim;
+    const x = Tensor.from(device, new Float32Array(2 * 4 * latent * latent).fill(0.5), [2, 4, latent, latent]);
+    const timesteps = Tensor.from(device, [500, 500], [2]);
+    const context = Tensor.from(device, new Float32Array(2 * CLIP_TOKENS * contextDim).fill(0.1), [
+      2,
+      CLIP_TOKENS,
+      contextDim,
+    ]);
+    const once = async () => {
+      const start = performance.now();
+      const out = unet.forward({ x, timesteps, context });
+      await device.sync();
+      out.dispose();
+      return performance.now() - start;
+    };
+    const first = unet.forward({ x, timesteps, context });
+    const nonFinite = (await first.toFloat32()).filter((v) => !Number.isFinite(v)).length;
+    first.dispose();
+    const times: number[] = [];
+    for (let r = 0; r < repeats; r++) times.push(await once());
+    const peakBytes = device.memory().peakLiveBytes;
+    for (const t of [x, timesteps, context]) t.dispose();
+    vb.dispose();
+    return { ms: median(times), peakBytes, device: deviceName(device), nonFinite };
+  } finally {
+    device.destroy();
+  }
+}
+
+const program = new Command()
+  .option("--only <parts>", `comma-separated subset of ${PARTS.join(", ")}`, parts, [...PARTS])
+  .option("--quick", "small sizes: checks that the script runs (e.g. on lavapipe), not a measurement")
+  .option("--repeats <n>", "timed UNet calls after the warm-up, median reported", positiveInt, 3)
+  .option("--latent <S>", "UNet latent side (default 64, a 512×512 image; 8 with --quick)", positiveInt)
+  .option("--no-peer", "kernels without the tfjs peer")
+  .option("--out <file>", "results file the rows merge into", join(here, "results-gpu.json"));
+program.parse();
+const opts = program.opts<{
+  only: Part[];
+  quick?: boolean;
+  repeats: number;
+  latent?: number;
+  peer: boolean;
+  out: string;
+}>();
+const quick = opts.quick ?? false;
+const out = resolve(process.env.INIT_CWD ?? process.cwd(), opts.out);
+const rows: DeviceRow[] = [];
+let adapter = "";
+
+if (opts.only.includes("kernels")) {
+  await registerKernelRows(quick);
+  const device = await Device.create();
+  adapter = device.describe();
+  console.log(`adapter: ${adapter}\n${TABLE_HEADER}`);
+  const tf = opts.peer ? await loadPeer(device) : null;
+  const results = await runBenches(device, tf);
+  rows.push(...results.map((r) => ({ ...toResultRow(r), device: deviceName(device) })));
+  device.destroy();
+}
+
+if (opts.only.includes("unet")) {
+  const config = unetConfig(quick);
+  const latent = opts.latent ?? (quick ? 8 : 64);
+  const probe = await Device.create();
+  const dtypes: ParamDType[] = probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
+  adapter ||= probe.describe();
+  probe.destroy();
+  const model = quick ? "small UNet of SD 1.5's layout" : "SD 1.5 UNet";
+  console.log(`\n${model}, random weights, batch 2 @ ${latent}×${latent} latent`);
+  console.log(`\n| part | ms | peak GPU MiB |\n|---|---|---|`);
+  for (const dtype of dtypes) {
+    const result = await timeUnet(dtype, config, latent, quick ? 1 : opts.repeats);
+    if (result.nonFinite) console.warn(`warning: the ${dtype} UNet output has ${result.nonFinite} NaN/Inf values`);
+    const row = makeRow({
+      name: `${model} (random weights) batch 2 @ ${latent}×${latent} latent (${dtype})`,
+      oursMs: result.ms,
+      peakBytes: result.peakBytes,
+    });
+    rows.push({ ...row, device: result.device });
+    console.log(`| ${row.name} | ${row.ours_ms} | ${(result.peakBytes / 2 ** 20).toFixed(0)} |`);
+  }
+}
+
+writeResults(out, rows, adapter, DEVICE_ROW_KEYS);
+console.log(`wrote ${rows.length} rows to ${out}`);
+process.exit(0);
