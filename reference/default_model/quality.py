@@ -3,7 +3,8 @@
 For 20 training captions (the primary captions of 20 emojis drawn with a fixed seed among those
 without skin-tone modifiers), one image each is generated from the same x_T (torch.randn of the
 latent shape from torch.Generator().manual_seed(--seed), what `ldm generate --seed` draws), with
-DDIM and classifier-free guidance against "" (the defaults of `ldm generate`: 50 steps, scale 7.5).
+DDIM, 20 steps (what CI affords: the TypeScript test replays this run), classifier-free guidance
+against "" at scale 7.5 (the default of `ldm generate`).
 
 Distance: both images as RGB in [0, 1] (dataset images are composited on white), averaged down
 to 16x16 (area), then the Euclidean (L2) distance over the 16*16*3 values. A caption passes when
@@ -11,7 +12,7 @@ its image is closer to its own emoji than to at least 90% of the other emojis of
 (strictly closer: ties count against it). The check passes when all 20 captions pass.
 
 Usage:
-  /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm [--grid out.png]
+  /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm [--grid out.png] [--dump run.safetensors]
   /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm --random-weights
   /usr/bin/python3 reference/default_model/quality.py --model DIR/emoji-ldm --vae-only
 (--vae-only scores the VAE's reconstructions of the 20 emojis instead of generated images: what
@@ -21,6 +22,7 @@ cond_stage_config.params.tokenizer, relative to the config.) Exit status 0 when 
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -37,7 +39,7 @@ from PIL import Image  # noqa: E402
 from default_model.bpe import BPE_FILE, Tokenizer  # noqa: E402
 from ldm_ref.init import randomize_  # noqa: E402
 from ldm_ref.ldm import LatentDiffusion  # noqa: E402
-from ldm_ref.safetensors_io import load_file  # noqa: E402
+from ldm_ref.safetensors_io import load_file, save_file  # noqa: E402
 from ldm_ref.samplers import SAMPLERS  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "out", "emoji", "emoji-64")
@@ -75,13 +77,44 @@ def downsampled(images):
 
 @torch.no_grad()
 def generate(model, tokenizer, config, captions, args):
+    """The sampling run as a `sample` dump's tensors (README's dump format): x_T, ids, z_0, raw image."""
     params = config["model"]["params"]
     shape = (1, params["channels"], params["image_size"], params["image_size"])
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed)).repeat(len(captions), 1, 1, 1)
-    context = model.get_learned_conditioning(torch.tensor([tokenizer.tokenize(c) for c in captions]))
-    uncond = model.get_learned_conditioning(torch.tensor([tokenizer.tokenize("")] * len(captions)))
+    cond_ids = torch.tensor([tokenizer.tokenize(c) for c in captions])
+    uncond_ids = torch.tensor([tokenizer.tokenize("")] * len(captions))
+    context = model.get_learned_conditioning(cond_ids)
+    uncond = model.get_learned_conditioning(uncond_ids)
     z = SAMPLERS[args.sampler](model, x_T, context, uncond, args.steps, args.scale)
-    return ((model.decode_first_stage(z).clamp(-1, 1) + 1) / 2).float()
+    return {
+        "sample.in.x_T": x_T,
+        "sample.in.cond_ids": cond_ids,
+        "sample.in.uncond_ids": uncond_ids,
+        "sample.out.z_0": z.float(),
+        "sample.out.image": model.decode_first_stage(z).float(),
+    }
+
+
+def write_dump(path, tensors, args, chosen, items):
+    """The run as a `sample` dump that `ldm validate` and the TypeScript quality test replay."""
+    with open(args.model + ".safetensors", "rb") as file:
+        checkpoint_sha256 = hashlib.sha256(file.read()).hexdigest()
+    metadata = {
+        "sampler": args.sampler,
+        "steps": str(args.steps),
+        "guidance_scale": str(args.scale),
+        "eta": "0",
+        "seed": str(args.seed),
+        "torch_version": torch.__version__,
+        "checkpoint_sha256": checkpoint_sha256,
+        # Which dataset images the captions belong to, to score generated images against the dataset.
+        "quality_items": json.dumps(
+            [{"index": i, "codepoints": items[i]["codepoints"], "caption": items[i]["captions"][0]} for i in chosen]
+        ),
+        "quality_rule": f"closer to its own emoji than to >= {PASS_FRACTION:.0%} of the others, all captions",
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata)
+    print(f"wrote {path}")
 
 
 def main():
@@ -92,10 +125,11 @@ def main():
     parser.add_argument("--data", default=DEFAULT_DATA, help="dataset stem: <stem>.npy, <stem>.json")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=7.5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grid", help="write generated (top) over dataset (bottom) images to this PNG")
+    parser.add_argument("--dump", help="also write the run as a `sample` dump (safetensors) for the TypeScript tests")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -114,7 +148,10 @@ def main():
             mean = model.first_stage_model.encode(dataset[chosen] * 2 - 1).mode()
             images = (model.first_stage_model.decode(mean).clamp(-1, 1) + 1) / 2
     else:
-        images = generate(model, tokenizer, config, captions, args)
+        tensors = generate(model, tokenizer, config, captions, args)
+        images = (tensors["sample.out.image"].clamp(-1, 1) + 1) / 2
+        if args.dump:
+            write_dump(args.dump, tensors, args, chosen, items)
 
     reference = downsampled(dataset)
     distances = torch.cdist(downsampled(images), reference)  # [20, N]

@@ -33,7 +33,6 @@ describe("ldm generate: errors before any model work", () => {
     [["a cat", "--steps", "0"], /--steps must be an integer ≥ 1, got "0"/],
     [["a cat", "--cfg", "x"], /--cfg must be a number, got "x"/],
     [["a cat", "--seed", "1.5"], /--seed must be an integer, got "1.5"/],
-    [["a cat"], /no model given: pass --model/],
     [["--steps", "3"], /no prompt: give one, or --params-from/],
   ])("%j", async (args, message) => {
     const { code, err } = await ldm("generate", ...args);

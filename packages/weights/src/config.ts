@@ -73,6 +73,11 @@ export interface ModelConfig {
   linear_start: number;
   linear_end: number;
   timesteps: number;
+  /**
+   * The latent side the model was trained at (model.params.image_size: 64 for SD 1.x, 96 for SD 2.x 768-v);
+   * pipelines default to it times the VAE's factor. Absent when neither a config nor the files say.
+   */
+  image_size?: number;
   unet: UNetConfig;
   vae: VaeConfig;
   text: ClipTextConfig;
@@ -164,6 +169,7 @@ export function configFromYaml(text: string, origin = "config"): ModelConfig {
     linear_start: r.optional(model, "linear_start", "model.params", "number") ?? 1e-4,
     linear_end: r.optional(model, "linear_end", "model.params", "number") ?? 2e-2,
     timesteps: r.optional(model, "timesteps", "model.params", "integer") ?? 1000,
+    image_size: r.optional(model, "image_size", "model.params", "integer"),
     unet,
     vae: vaeFromYaml(r, firstStage),
     text: textEncoder.config,

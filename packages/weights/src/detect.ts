@@ -33,6 +33,8 @@ export interface DetectionHints {
   timesteps?: number;
   unet?: Partial<Pick<UNetConfig, "num_heads" | "num_head_channels">>;
   vaeResolution?: number;
+  /** The UNet's sample_size (a diffusers folder's unet/config.json): the latent side it was trained at. */
+  sampleSize?: number;
   text?: Partial<ClipTextConfig>;
 }
 
@@ -124,6 +126,7 @@ export function detectConfig(source: KeyShapes, origin: string, hints: Detection
       inpainting: unet.in_channels === 9,
       parameterization: hints.parameterization ?? "eps",
       ...schedule,
+      image_size: hints.sampleSize,
       unet: { ...unet, num_heads: heads.num_heads ?? -1, num_head_channels: heads.num_head_channels ?? -1 },
       vae: detectVaeShapes(s, vaeResolution),
       text,

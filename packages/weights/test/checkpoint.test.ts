@@ -247,7 +247,8 @@ describe("load requests are checked all at once", () => {
 
 describe("diffusers folder", () => {
   const folder = join(dir, "diffusers");
-  beforeAll(() => writeDiffusers(folder, config, { variant: "fp16", prediction: "v_prediction" }));
+  const trainedAt = { ...config, image_size: 12 };
+  beforeAll(() => writeDiffusers(folder, trainedAt, { variant: "fp16", prediction: "v_prediction" }));
 
   it("maps UNet, VAE and text encoder names onto the canonical keys and shapes", () =>
     withCheckpoint(folder, async (c) => {
@@ -269,10 +270,10 @@ describe("diffusers folder", () => {
       await expectCanonicalValues(await loadAll(c.source, "f32"));
     }));
 
-  it("reads the configs: v-prediction from the scheduler, heads from the UNet, the tokenizer's pad token", () =>
+  it("reads the configs: v-prediction from the scheduler, heads and sample size from the UNet, the tokenizer's pad token", () =>
     withCheckpoint(folder, async (c) => {
       const { config: detected, assumptions } = c.config();
-      expect(detected).toEqual({ ...config, parameterization: "v", text: { ...config.text, pad_token_id: 49 } });
+      expect(detected).toEqual({ ...trainedAt, parameterization: "v", text: { ...config.text, pad_token_id: 49 } });
       expect(assumptions).toEqual([]);
       expect(c.schedulerConfig?.prediction_type).toBe("v_prediction");
       expect(c.tokenizer).toEqual({

@@ -136,6 +136,12 @@ describe("original-style YAML configs", () => {
     });
   });
 
+  it("model.params.image_size is the latent side pipelines default to", () => {
+    const withSize = V1.replace("    timesteps: 1000\n", "    timesteps: 1000\n    image_size: 64\n");
+    expect(configFromYaml(withSize).image_size).toBe(64);
+    expect(configFromYaml(V1).image_size).toBeUndefined();
+  });
+
   it("omitted parameters take the original constructors' defaults", () => {
     const config = configFromYaml(V1.replace(/\n {4}(linear_start|linear_end|timesteps|scale_factor):.*/g, ""));
     expect(config).toMatchObject({ linear_start: 1e-4, linear_end: 2e-2, timesteps: 1000, scale_factor: 1 });

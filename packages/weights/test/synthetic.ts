@@ -358,6 +358,7 @@ export async function writeDiffusers(folder: string, config: ModelConfig, option
     attention_head_dim: u.num_heads,
     block_out_channels: u.channel_mult.map((m) => m * u.model_channels),
     cross_attention_dim: u.context_dim,
+    sample_size: config.image_size,
   });
   json("vae/config.json", { scaling_factor: config.scale_factor, sample_size: config.vae.ddconfig.resolution });
   json("text_encoder/config.json", {

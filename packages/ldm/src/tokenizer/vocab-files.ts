@@ -6,7 +6,7 @@ import { ClipTokenizer, END_OF_TEXT, type PadWith } from "./clip-tokenizer.ts";
 export interface TokenizerSource {
   /** `bpe_simple_vocab_16e6.txt(.gz)`, a HF tokenizer folder (vocab.json + merges.txt), or a vocab.json. */
   vocab?: string;
-  /** A model folder; its `tokenizer/` subfolder is used when `vocab` is not given. */
+  /** A diffusers folder, whose `tokenizer/` subfolder is used when `vocab` is not given. */
   model?: string;
 }
 
@@ -83,6 +83,9 @@ function fromVocabPath(path: string): LoadedTokenizer {
 export function loadClipTokenizer(source: TokenizerSource): LoadedTokenizer {
   if (source.vocab) return fromVocabPath(source.vocab);
   if (source.model) {
+    if (!isDirectory(source.model)) {
+      throw new Error(`model ${source.model} is a single file and its config names no tokenizer; ${WHAT_TO_PASS}`);
+    }
     const folder = join(source.model, "tokenizer");
     if (!isDirectory(folder)) throw new Error(`model ${source.model} has no tokenizer/ folder; ${WHAT_TO_PASS}`);
     return fromHuggingFaceFolder(folder);

@@ -9,7 +9,7 @@ import { sampleFromTokens } from "../pipeline/denoiser.ts";
 import type { Dump, HostTensor } from "./dump.ts";
 import type { Outputs } from "./io.ts";
 
-interface SampleSettings {
+export interface SampleSettings {
   sampler: SamplerName;
   steps: number;
   guidanceScale: number;
@@ -36,10 +36,15 @@ function settings(dump: Dump): SampleSettings {
   return { sampler: sampler as SamplerName, steps: number("steps"), guidanceScale: number("guidance_scale"), eta };
 }
 
-export async function runSample(model: LoadedModel, dump: Dump): Promise<Outputs> {
+/** The dump's sampling loop; `overrides` change its settings (e.g. fewer steps, where only the outcome matters). */
+export async function runSample(
+  model: LoadedModel,
+  dump: Dump,
+  overrides: Partial<SampleSettings> = {},
+): Promise<Outputs> {
   const { unet, vae, clip, config } = model;
   if (!unet || !vae || !clip) throw new Error("internal: the sample component needs all three networks");
-  const options = settings(dump);
+  const options = { ...settings(dump), ...overrides };
   const xT = await dump.floats("sample", "in", "x_T");
   const cond = await dump.ints("sample", "in", "cond_ids");
   const uncond = await dump.ints("sample", "in", "uncond_ids");

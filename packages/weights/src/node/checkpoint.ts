@@ -236,7 +236,10 @@ async function diffusersHints(
   hints.scale_factor = num(vae?.scaling_factor);
   hints.vaeResolution = num(vae?.sample_size);
   const unet = await readJson(join(folder, "unet", "config.json"), true);
-  if (unet) hints.unet = unetHeads(unet);
+  if (unet) {
+    hints.unet = unetHeads(unet);
+    hints.sampleSize = num(unet.sample_size);
+  }
   const text = await readJson(join(folder, "text_encoder", "config.json"), true);
   if (text) {
     hints.text = {};

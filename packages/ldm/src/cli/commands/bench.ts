@@ -40,21 +40,22 @@ export function registerBench(program: Command): void {
   const command = program
     .command("bench")
     .description("time a generation end to end: text encoder, each UNet step, VAE decode, and the peak GPU memory")
-    .option("--width <px>", "multiple of 8 (default 512)")
-    .option("--height <px>", "multiple of 8 (default 512)")
+    .option("--width <px>", "multiple of 8 (default: the model's trained size, else 512)")
+    .option("--height <px>", "multiple of 8 (default: the model's trained size, else 512)")
     .option("--steps <n>", "sampling steps (default 5)")
     .option("--cfg <scale>", "guidance scale (default 7.5: UNet batch 2; 1: batch 1)")
     .option("--json", "print the report as JSON");
   addModelOptions(command).action(async (flags: BenchFlags) => {
-    const width = flags.width === undefined ? 512 : sizeFlag("--width", flags.width);
-    const height = flags.height === undefined ? 512 : sizeFlag("--height", flags.height);
+    const width = flags.width === undefined ? undefined : sizeFlag("--width", flags.width);
+    const height = flags.height === undefined ? undefined : sizeFlag("--height", flags.height);
     const steps = flags.steps === undefined ? 5 : integerFlag("--steps", flags.steps, 1);
     const guidanceScale = flags.cfg === undefined ? 7.5 : numberFlag("--cfg", flags.cfg);
     const loadStart = performance.now();
     const pipe = await loadPipeline(flags);
     const loadMs = performance.now() - loadStart;
     try {
-      const report = await asUserError(() => bench(pipe, { width, height, steps, guidanceScale, loadMs }));
+      const size = { width: width ?? pipe.defaultSize, height: height ?? pipe.defaultSize };
+      const report = await asUserError(() => bench(pipe, { ...size, steps, guidanceScale, loadMs }));
       console.log(flags.json ? JSON.stringify(report, null, 2) : format(report));
     } finally {
       pipe.dispose();

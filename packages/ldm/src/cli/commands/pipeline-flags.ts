@@ -1,7 +1,9 @@
 /** Flags and helpers shared by the commands that run a whole model (generate, loss, bench). */
+import { existsSync } from "node:fs";
 import type { Command } from "commander";
 import { readPngFile } from "../../image/node.ts";
 import type { DecodedImage } from "../../image/png.ts";
+import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
 import { UserError } from "../errors.ts";
@@ -15,24 +17,26 @@ export interface ModelFlags {
 
 export function addModelOptions(command: Command): Command {
   return command
-    .option("--model <path>", "checkpoint: a .safetensors file (original layout) or a diffusers folder")
-    .option("--config <yaml>", "an original-style YAML config (default: detected from the weights)")
+    .option(
+      "--model <path>",
+      "checkpoint: a .safetensors file (original layout) or a diffusers folder (default: the built-in emoji model)",
+    )
+    .option("--config <yaml>", "an original-style YAML config (default: <model>.yaml beside it, else detected)")
     .option(
       "--vocab <path>",
-      "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the model folder's tokenizer/)",
+      "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the config's tokenizer, or the model folder's tokenizer/)",
     )
     .option("--f16", "run in half precision (needs shader-f16)");
 }
 
 /** Loads the pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
 export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
-  if (!flags.model) {
-    throw new UserError(
-      "no model given: pass --model <checkpoint.safetensors | diffusers folder> (there is no built-in model yet)",
-    );
+  const model = flags.model ?? BUILTIN_MODEL;
+  if (!flags.model && !existsSync(BUILTIN_MODEL)) {
+    throw new UserError(`the built-in model is missing (${BUILTIN_MODEL}): pass --model <checkpoint.safetensors>`);
   }
   try {
-    return await StableDiffusion.load(flags.model, {
+    return await StableDiffusion.load(model, {
       config: flags.config,
       vocab: flags.vocab,
       dtype: flags.f16 ? "f16" : "f32",

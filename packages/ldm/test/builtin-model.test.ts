@@ -1,0 +1,144 @@
+/**
+ * The built-in model (packages/ldm/models/emoji-ldm, trained by reference/default_model/train.py): found with
+ * no flags, equal to PyTorch's sampling of the same checkpoint, and good enough to pass issue 7's quality check.
+ * The PyTorch run is reference/default_model/quality.py --dump: 20 training captions, DDIM 20 steps, guidance
+ * 7.5 against "", one x_T (torch seed 42) for all of them.
+ */
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Device } from "@ldm/tensor";
+import { decodeFloats, isFloatStoredDType, type TensorToWrite } from "@ldm/weights";
+import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodePng } from "../src/image/png.ts";
+import { loadModel } from "../src/models/index.ts";
+import { BUILTIN_MODEL, companionFiles } from "../src/pipeline/model-files.ts";
+import { Generator } from "../src/random/index.ts";
+import { Dump } from "../src/validate/dump.ts";
+import { DEFAULT_TOLERANCE } from "../src/validate/index.ts";
+import { runSample, type SampleSettings } from "../src/validate/sample.ts";
+import { maxRelativeError } from "./helpers/compare.ts";
+import {
+  type EmojiDataset,
+  generatedThumbnails,
+  loadEmojiDataset,
+  PASS_FRACTION,
+  type QualityItem,
+  qualityFractions,
+} from "./helpers/emoji-quality.ts";
+import { runCli } from "./helpers/run-cli.ts";
+
+const QUALITY_RUN = fileURLToPath(new URL("./fixtures/dumps/emoji-ldm.quality-ddim.safetensors", import.meta.url));
+const CONFIG = BUILTIN_MODEL.replace(/\.safetensors$/, ".yaml");
+
+let device: Device;
+let dataset: EmojiDataset;
+let dir: string;
+beforeAll(async () => {
+  device = await Device.create({ disableF16: true });
+  dataset = loadEmojiDataset();
+  dir = mkdtempSync(join(tmpdir(), "ldm-builtin-"));
+});
+afterAll(() => {
+  device?.destroy();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Our replay of the PyTorch quality run on `checkpoint`: z_0 and the raw decoder output. */
+async function replay(checkpoint: string, dump: Dump, overrides?: Partial<SampleSettings>) {
+  const model = await loadModel(checkpoint, { device, config: CONFIG });
+  try {
+    return await runSample(model, dump, overrides);
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * The checkpoint with every network tensor redrawn from N(mean, std²) of its trained values, so that scales
+ * stay sane (no overflow, no all-grey image) while everything learnt is gone; schedule buffers and position
+ * ids are kept.
+ */
+async function writeRandomized(from: string, to: string, seed: number): Promise<void> {
+  const file = await openSafetensors(from);
+  try {
+    const generator = new Generator(seed);
+    const tensors: Record<string, TensorToWrite> = {};
+    for (const [name, entry] of file.tensors) {
+      const bytes = await file.readBytes(name);
+      const network = /^(model\.diffusion_model|first_stage_model|cond_stage_model)\./.test(name);
+      if (!network || name.endsWith("position_ids") || !isFloatStoredDType(entry.dtype)) {
+        tensors[name] = { dtype: entry.dtype, shape: entry.shape, data: bytes };
+        continue;
+      }
+      const values = decodeFloats(entry.dtype, bytes, entry.size);
+      const mean = values.reduce((a, v) => a + v, 0) / entry.size;
+      const std = Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / entry.size);
+      const data = generator.randn(entry.shape).map((v) => mean + std * v);
+      tensors[name] = { dtype: "F32", shape: entry.shape, data };
+    }
+    await writeSafetensors(to, tensors);
+  } finally {
+    await file.close();
+  }
+}
+
+function qualityItems(dump: Dump): QualityItem[] {
+  return JSON.parse(dump.metadata.quality_items) as QualityItem[];
+}
+
+describe("the built-in model", () => {
+  it("is found with no flags: its config beside it, the tokenizer the config names, 64×64 by default", async () => {
+    expect(companionFiles(BUILTIN_MODEL)).toEqual({ config: CONFIG, vocab: join(BUILTIN_MODEL, "..", "tokenizer") });
+    const out = join(dir, "apple.png");
+    const { code, err } = await runCli("generate", "red apple", "--steps", "2", "--seed", "1", "--out", out);
+    expect(code, err).toBe(0);
+    const png = decodePng(readFileSync(out), out);
+    expect([png.width, png.height]).toEqual([64, 64]);
+  });
+
+  it("samples what PyTorch samples from the same checkpoint, seed and sampler (20 prompts, DDIM 20 steps)", async () => {
+    const dump = await Dump.open(QUALITY_RUN);
+    try {
+      const sha256 = createHash("sha256").update(readFileSync(BUILTIN_MODEL)).digest("hex");
+      expect(
+        dump.metadata.checkpoint_sha256,
+        "the quality run was made from another checkpoint: rerun quality.py --dump",
+      ).toBe(sha256);
+      const ours = await replay(BUILTIN_MODEL, dump);
+      // DEFAULT_TOLERANCE.f32.sample (1e-4 of max|ref|): see validate/index.ts for why it holds for sampling loops.
+      const { rtol } = DEFAULT_TOLERANCE.f32.sample;
+      for (const name of ["z_0", "image"]) {
+        const reference = await dump.floats("sample", "out", name);
+        const output = ours.get(name);
+        expect(output?.shape).toEqual(reference.shape);
+        expect(maxRelativeError(output?.data ?? [], reference.data), name).toBeLessThan(rtol);
+      }
+      // Issue 7's quality check on our images.
+      const image = ours.get("image");
+      const fractions = qualityFractions(generatedThumbnails(image!.data, image!.shape), qualityItems(dump), dataset);
+      const failing = qualityItems(dump).filter((_, i) => fractions[i] < PASS_FRACTION);
+      expect(failing.map((item) => item.caption)).toEqual([]);
+    } finally {
+      await dump.close();
+    }
+  }, 600_000);
+
+  it("fails the quality check with random weights (each tensor redrawn with its trained mean and spread)", async () => {
+    const dump = await Dump.open(QUALITY_RUN);
+    try {
+      const random = join(dir, "random.safetensors");
+      await writeRandomized(BUILTIN_MODEL, random, 7);
+      // 5 steps instead of the run's 20 (a quarter of the cost): what a random network draws is no closer to
+      // the captions' emojis for any number of steps (quality.py --random-weights at 50 steps: 3/20 pass).
+      const image = (await replay(random, dump, { steps: 5 })).get("image");
+      const fractions = qualityFractions(generatedThumbnails(image!.data, image!.shape), qualityItems(dump), dataset);
+      expect(fractions.filter((f) => f >= PASS_FRACTION).length).toBeLessThan(fractions.length);
+    } finally {
+      await dump.close();
+    }
+  }, 600_000);
+});
