@@ -21,6 +21,17 @@ export { assertIdsInRange, embedding } from "./embedding/index.ts";
 export { type GroupNormOptions, groupNorm } from "./groupnorm/index.ts";
 export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
+export {
+  Autotuner,
+  autotuneFromEnv,
+  autotunerOf,
+  disableAutotune,
+  enableAutotune,
+  FileTuneStore,
+  MemoryTuneStore,
+  type TuneOutcome,
+  type TuneStore,
+} from "./matmul/autotune.ts";
 export { type Activation, type LinearOptions, linear, type MatmulOptions, matmul } from "./matmul/index.ts";
 export { nearestScale, resizeNearest } from "./resize/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";

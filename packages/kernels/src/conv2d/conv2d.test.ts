@@ -6,7 +6,7 @@ import { assertClose, randomArray } from "../testing.ts";
 import { type Conv2dInternals, type Conv2dOptions, conv2d } from "./index.ts";
 import { planConv } from "./plan.ts";
 import { conv2dRef } from "./reference.ts";
-import { type ConvKernelSpec, chooseConvTiles, convKey } from "./wgsl.ts";
+import { type ConvKernelSpec, chooseConvTiles, convKey, convTileCandidates, isConvTiles } from "./wgsl.ts";
 
 let device: Device;
 beforeAll(async () => {
@@ -70,6 +70,21 @@ describe("chooseConvTiles", () => {
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 2 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
+  });
+});
+
+describe("convTileCandidates", () => {
+  it("starts with the heuristic's choice, offers runnable configs, and all of them match the reference", async () => {
+    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 20, wo: 9 };
+    const candidates = [...convTileCandidates(cpu), ...convTileCandidates({ ...cpu, isCpu: false })];
+    expect(candidates[0]).toEqual(chooseConvTiles(cpu));
+    expect(candidates.every(isConvTiles)).toBe(true);
+    expect(convTileCandidates({ ...cpu, wo: 3 }).every((t) => t.groups === 1)).toBe(true);
+    expect(isConvTiles({ kind: "subgroup", lanes: 8, subgroups: 1, rows: 12, groups: 1 })).toBe(false);
+    if (fixedSubgroupSize(device) !== 8) return;
+    for (const tiles of new Map(candidates.map((c) => [JSON.stringify(c), c])).values()) {
+      await check({ x: [1, 3, 5, 9], w: [20, 3, 3, 3], padding: 1, bias: true }, f32Tol(27), { tiles });
+    }
   });
 });
 

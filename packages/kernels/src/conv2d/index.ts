@@ -9,18 +9,22 @@ import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor,
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
+import { autotunerOf, sizeClass, timeCandidate } from "../matmul/autotune.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
 import { type BindingLimits, bindingLimits, bindingSlice } from "../matmul/plan.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { planConv } from "./plan.ts";
 import {
   CONV_PARAMS,
+  type ConvTileInputs,
   type ConvTiles,
   type ConvWindow,
   chooseConvTiles,
   convKey,
+  convTileCandidates,
   convWgsl,
   convWorkgroup,
+  isConvTiles,
   rowVectorizable,
 } from "./wgsl.ts";
 
@@ -141,6 +145,36 @@ interface DirectCall {
   internals: Conv2dInternals;
 }
 
+/**
+ * The autotuned tiles of the convolution's shape class when autotuning is on and the class is tuned;
+ * otherwise null (the class then waits for `tunePending`, which times candidates on zero inputs).
+ */
+function tunedTiles(call: DirectCall, inputs: ConvTileInputs): ConvTiles | null {
+  const device = call.out.device;
+  const tuner = autotunerOf(device);
+  if (!tuner) return null;
+  const g = call.geometry;
+  const window = `${g.kh}x${g.kw}s${g.strideH}x${g.strideW}p${g.padTop}x${g.padLeft}`;
+  const dtypes = `${call.x.dtype}${call.w.dtype}${call.out.dtype}`;
+  const size = `b${sizeClass(g.batch)}i${sizeClass(g.cin)}o${sizeClass(g.cout)}h${sizeClass(g.Ho)}w${sizeClass(g.Wo)}`;
+  return tuner.choice({
+    key: `conv2d:${window}:${dtypes}:${size}`,
+    candidates: convTileCandidates(inputs),
+    valid: isConvTiles,
+    measure: async (tiles, samples) => {
+      const x = Tensor.zeros(device, call.x.shape, call.x.dtype);
+      const w = Tensor.zeros(device, call.w.shape, call.w.dtype);
+      const out = Tensor.empty(device, call.out.shape, call.out.dtype);
+      const trial = { ...call, x, w, out, bias: undefined, residual: undefined, internals: { tiles } };
+      try {
+        return await timeCandidate(device, () => direct(device, trial), samples);
+      } finally {
+        for (const t of [x, w, out]) t.dispose();
+      }
+    },
+  });
+}
+
 function direct(device: Device, call: DirectCall): void {
   const { x, w, out, bias, residual, activation, internals } = call;
   const g = call.geometry;
@@ -174,15 +208,14 @@ function direct(device: Device, call: DirectCall): void {
     },
     bindingLimits(device, internals.bindingLimits),
   );
-  const tiles =
-    internals.tiles ??
-    chooseConvTiles({
-      isCpu: device.info.isCpu,
-      subgroupSize: fixedSubgroupSize(device),
-      maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
-      cout: g.cout,
-      wo: g.Wo,
-    });
+  const tileInputs = {
+    isCpu: device.info.isCpu,
+    subgroupSize: fixedSubgroupSize(device),
+    maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
+    cout: g.cout,
+    wo: g.Wo,
+  };
+  const tiles = internals.tiles ?? tunedTiles(call, tileInputs) ?? chooseConvTiles(tileInputs);
   const spec = {
     tiles,
     kh: g.kh,

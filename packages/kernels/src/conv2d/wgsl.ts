@@ -48,6 +48,38 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
   };
 }
 
+/** Configs worth timing (autotune): the heuristic's first, then other channel × pixel tiles. */
+export function convTileCandidates(inp: ConvTileInputs): ConvTiles[] {
+  const chosen = chooseConvTiles(inp);
+  if (chosen.kind === "plain") {
+    return [chosen, { ...chosen, rows: 8 }, { ...chosen, pixelLanes: 8, channelGroups: 8 }];
+  }
+  const maxGroups = Math.ceil(inp.wo / 4);
+  const shapes = [
+    [chosen.rows, chosen.groups],
+    [8, 1],
+    [8, 2],
+    [16, 1],
+  ].filter(([rows, groups]) => rows % chosen.lanes === 0 && groups <= maxGroups);
+  return shapes.map(([rows, groups]) => ({
+    ...chosen,
+    rows,
+    groups,
+    subgroups: Math.min(chosen.subgroups, Math.max(1, Math.ceil(inp.cout / rows))),
+  }));
+}
+
+/** Whether a value (from an autotune cache) is a tile config the convolution kernel can run. */
+export function isConvTiles(v: unknown): v is ConvTiles {
+  if (typeof v !== "object" || v === null) return false;
+  const t = v as Record<string, unknown>;
+  const positive = (...names: string[]) => names.every((n) => Number.isInteger(t[n]) && (t[n] as number) > 0);
+  if (t.kind === "subgroup") {
+    return positive("lanes", "subgroups", "rows", "groups") && (t.rows as number) % (t.lanes as number) === 0;
+  }
+  return t.kind === "plain" && positive("rows", "groups", "pixelLanes", "channelGroups");
+}
+
 /** Output channels and pixel blocks (of 4 · groups pixels) one workgroup covers, and its invocation count. */
 export function convWorkgroup(t: ConvTiles): { channels: number; blocks: number; size: number } {
   return t.kind === "subgroup"

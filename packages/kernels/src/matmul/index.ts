@@ -11,8 +11,9 @@ import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor,
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "./activation.ts";
+import { autotunerOf, sizeClass, timeCandidate } from "./autotune.ts";
 import { type BindingLimits, bindingLimits, bindingSlice, type GemmGeometry, planGemm } from "./plan.ts";
-import { chooseTiles, type TileConfig, workgroupTile } from "./tiles.ts";
+import { chooseTiles, isTileConfig, type TileConfig, type TileInputs, tileCandidates, workgroupTile } from "./tiles.ts";
 import { GEMM_PARAMS, type GemmKernelSpec, gemmKey, gemmVectorReads, gemmWgsl } from "./wgsl.ts";
 
 export type { Activation } from "./activation.ts";
@@ -145,13 +146,53 @@ export function fixedSubgroupSize(device: Device): number | null {
   return device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null;
 }
 
-export function deviceTiles(device: Device, call: Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">) {
-  return chooseTiles({
+type TileProblem = Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">;
+
+function tileInputs(device: Device, call: TileProblem): TileInputs {
+  return {
     isCpu: device.info.isCpu,
     subgroupSize: fixedSubgroupSize(device),
     maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
     maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
-    ...call,
+    M: call.M,
+    N: call.N,
+    K: call.K,
+    transposeA: call.transposeA,
+    transposeB: call.transposeB,
+  };
+}
+
+export function deviceTiles(device: Device, call: TileProblem): TileConfig {
+  return chooseTiles(tileInputs(device, call));
+}
+
+/**
+ * The autotuned tiles of the call's shape class when autotuning is on and the class is tuned; otherwise
+ * null (and the class waits for `tunePending`, which times candidates on zero inputs of this shape).
+ */
+function tunedTiles(call: GemmCall): TileConfig | null {
+  const device = call.out.device;
+  const tuner = autotunerOf(device);
+  if (!tuner) return null;
+  const { M, N, K, batch, transposeA, transposeB } = call;
+  const dtypes = `${call.a.dtype}${call.b.dtype}${call.out.dtype}`;
+  const layout = `${transposeA ? "T" : "N"}${transposeB ? "T" : "N"}`;
+  const size = `b${sizeClass(batch)}m${sizeClass(M)}n${sizeClass(N)}k${sizeClass(K)}`;
+  return tuner.choice({
+    key: `gemm:${layout}:${dtypes}:${size}`,
+    candidates: tileCandidates(tileInputs(device, call)),
+    valid: isTileConfig,
+    measure: async (tiles, samples) => {
+      const a = Tensor.zeros(device, [batch, ...(transposeA ? [K, M] : [M, K])], call.a.dtype);
+      const b = Tensor.zeros(device, [batch, ...(transposeB ? [N, K] : [K, N])], call.b.dtype);
+      const out = Tensor.empty(device, [batch, M, N], call.out.dtype);
+      const problem = { ...call, a, b, out, bias: undefined, residual: undefined, aBatchStride: M * K };
+      try {
+        return await timeCandidate(device, () => gemm({ ...problem, bBatchStride: K * N, tiles }), samples);
+      } finally {
+        for (const t of [a, b, out]) t.dispose();
+      }
+    },
   });
 }
 
@@ -196,7 +237,7 @@ export function gemm(call: GemmCall): void {
   );
   if (pieces.length === 0) return;
 
-  const tiles = call.tiles ?? deviceTiles(device, call);
+  const tiles = call.tiles ?? tunedTiles(call) ?? deviceTiles(device, call);
   const { vecA, vecB } = gemmVectorReads(
     tiles,
     transposeA,

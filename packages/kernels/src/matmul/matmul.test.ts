@@ -5,7 +5,7 @@ import type { Activation } from "./activation.ts";
 import { deviceTiles, type GemmCall, gemm, linear, matmul } from "./index.ts";
 import { planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
-import { chooseTiles, type TileConfig } from "./tiles.ts";
+import { chooseTiles, isTileConfig, type TileConfig, tileCandidates } from "./tiles.ts";
 import { type GemmKernelSpec, gemmKey } from "./wgsl.ts";
 
 let device: Device;
@@ -48,6 +48,31 @@ describe("chooseTiles", () => {
     expect(chooseTiles(gpu)).toMatchObject({ kind: "workgroup", tileM: 64, tileN: 64 });
     expect(chooseTiles({ ...gpu, isCpu: true, subgroupSize: null })).toMatchObject({ kind: "workgroup" });
     expect(chooseTiles({ ...gpu, maxInvocations: 128 })).toMatchObject({ kind: "workgroup", tileM: 32 });
+  });
+});
+
+describe("tileCandidates", () => {
+  it("starts with the heuristic's choice and offers only runnable configs", () => {
+    for (const inputs of [
+      { ...lavapipeLike, M: 4096, N: 320, K: 320 },
+      { ...lavapipeLike, M: 77, N: 320, K: 768, transposeB: true },
+      { ...lavapipeLike, isCpu: false, subgroupSize: 32, M: 4096, N: 320, K: 320 },
+      { ...lavapipeLike, isCpu: false, maxInvocations: 128, maxWorkgroupStorageBytes: 8192, M: 64, N: 64, K: 64 },
+    ]) {
+      const candidates = tileCandidates(inputs);
+      expect(candidates[0]).toEqual(chooseTiles(inputs));
+      expect(candidates.length).toBeGreaterThan(2);
+      for (const c of candidates) {
+        expect(isTileConfig(c)).toBe(true);
+        if (c.kind === "workgroup") {
+          expect((c.tileM / c.threadM) * (c.tileN / c.threadN)).toBeLessThanOrEqual(inputs.maxInvocations);
+          expect((c.tileM + c.tileN) * c.tileK * 4).toBeLessThanOrEqual(inputs.maxWorkgroupStorageBytes);
+        }
+      }
+    }
+    expect(isTileConfig({ kind: "subgroup", lanes: 8, subgroups: 2, rows: 12, laneOwns: "n" })).toBe(false);
+    expect(isTileConfig({ kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 2 })).toBe(false);
+    expect(isTileConfig(null)).toBe(false);
   });
 });
 
@@ -167,12 +192,13 @@ describe("planGemm", () => {
   });
 });
 
-type Strategy = "device" | "subgroup-m" | "workgroup";
+type Strategy = "device" | "subgroup-m" | "workgroup" | TileConfig;
 
 function tilesFor(
   s: Strategy,
   call: Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">,
 ): TileConfig | undefined {
+  if (typeof s === "object") return s;
   if (s === "device") return undefined;
   if (s === "workgroup") return { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 };
   const t = deviceTiles(device, call);
@@ -290,6 +316,17 @@ describe("gemm with the device's tiles", () => {
         { atol: f32Tol(30).atol + 1e-6, rtol: 1e-5 },
       );
     }
+  });
+});
+
+describe("gemm with every autotune candidate", () => {
+  it("matches the reference with each config autotuning may choose, CPU and GPU ones", async () => {
+    const shape = { M: 37, N: 40, K: 20 };
+    const problem = { ...shape, transposeA: false, transposeB: false };
+    const gpu = { ...lavapipeLike, isCpu: false, subgroupSize: null, ...problem };
+    const candidates = [...tileCandidates({ ...lavapipeLike, ...problem }), ...tileCandidates(gpu)];
+    const unique = new Map(candidates.map((c) => [JSON.stringify(c), c]));
+    for (const tiles of unique.values()) await check({ ...shape, bias: true }, tiles, f32Tol(shape.K));
   });
 });
 

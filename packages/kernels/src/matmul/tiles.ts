@@ -61,11 +61,8 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     // The broadcast operand is read as 4 consecutive k per lane, so it should be the one whose rows run
     // along k: A unless A is transposed and B is not.
     const laneOwns = !inp.transposeA ? "n" : inp.transposeB ? "m" : "n";
-    const broadcastExtent = laneOwns === "n" ? inp.M : inp.N;
-    const rows = broadcastRows(lanes, broadcastExtent);
-    const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
-    // As many subgroups as the broadcast extent fills (M = 77 takes 5 × 16 rows, not 8).
-    const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(broadcastExtent / rows)));
+    const rows = broadcastRows(lanes, broadcastExtent(inp));
+    const subgroups = subgroupsFor(inp, lanes, rows);
     return { kind: "subgroup", lanes, subgroups, rows, laneOwns };
   }
   const big = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= 2 * 16 * 64 * 4;
@@ -86,6 +83,65 @@ export function broadcastRows(lanes: number, extent: number): number {
   const narrow = roundUp(16);
   const padded = (rows: number) => Math.ceil(extent / rows) * rows;
   return padded(wide) > 1.1 * padded(narrow) ? narrow : wide;
+}
+
+/**
+ * Configs worth timing for a problem (autotune.ts): the heuristic's first, then its neighbours — other
+ * broadcast row counts and fewer subgroups on CPU adapters, other workgroup tiles elsewhere.
+ */
+export function tileCandidates(inp: TileInputs): TileConfig[] {
+  const chosen = chooseTiles(inp);
+  const out: TileConfig[] = [chosen];
+  if (chosen.kind === "subgroup") {
+    for (const rows of [16, 24, 32].map((r) => Math.ceil(r / chosen.lanes) * chosen.lanes)) {
+      out.push({ ...chosen, rows, subgroups: subgroupsFor(inp, chosen.lanes, rows) });
+    }
+    if (chosen.subgroups > 2) out.push({ ...chosen, subgroups: Math.ceil(chosen.subgroups / 2) });
+    return out;
+  }
+  const options: WorkgroupTiles[] = [
+    { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 },
+    { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 4 },
+    { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
+    { kind: "workgroup", tileM: 128, tileN: 64, tileK: 8, threadM: 8, threadN: 4 },
+  ];
+  const fits = (t: WorkgroupTiles) =>
+    workgroupSize(t) <= inp.maxInvocations && (t.tileM + t.tileN) * t.tileK * 4 <= inp.maxWorkgroupStorageBytes;
+  return [...out, ...options.filter(fits)];
+}
+
+/** The extent of the broadcast dimension: M, unless lanes own M (both operands transposed). */
+function broadcastExtent(inp: TileInputs): number {
+  return inp.transposeA && inp.transposeB ? inp.N : inp.M;
+}
+
+/** As many subgroups as the broadcast extent fills (M = 77 takes 5 × 16 rows, not 8), at most 8. */
+function subgroupsFor(inp: TileInputs, lanes: number, rows: number): number {
+  const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
+  return Math.min(maxSubgroups, Math.max(1, Math.ceil(broadcastExtent(inp) / rows)));
+}
+
+/** Whether a value (from an autotune cache) is a tile config the GEMM kernels can run. */
+export function isTileConfig(v: unknown): v is TileConfig {
+  if (typeof v !== "object" || v === null) return false;
+  const t = v as Record<string, unknown>;
+  const positive = (...names: string[]) => names.every((n) => Number.isInteger(t[n]) && (t[n] as number) > 0);
+  if (t.kind === "subgroup") {
+    return (
+      positive("lanes", "subgroups", "rows") &&
+      BROADCAST_LANES.includes(t.lanes as number) &&
+      (t.rows as number) % (t.lanes as number) === 0 &&
+      (t.rows as number) % 4 === 0 &&
+      (t.laneOwns === "m" || t.laneOwns === "n")
+    );
+  }
+  return (
+    t.kind === "workgroup" &&
+    positive("tileM", "tileN", "tileK", "threadM", "threadN") &&
+    (t.tileM as number) % (t.threadM as number) === 0 &&
+    (t.tileN as number) % (t.threadN as number) === 0 &&
+    (t.threadN as number) % 4 === 0
+  );
 }
 
 export function tileKey(t: TileConfig): string {
