@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian bookworm machine (Node 20, root) lacks to run ldm.ts:
 # a Vulkan driver that gives Dawn an adapter (Mesa >= 25 lavapipe from bookworm-backports;
-# bookworm's own Mesa 22 gives none), and pnpm. Idempotent and quiet.
+# bookworm's own Mesa 22 gives none), pnpm, and the emoji dataset the built-in model's quality test scores
+# against (built from Debian packages by reference/data/make_emoji_dataset.py; not in git). Idempotent and quiet.
 set -euo pipefail
 
 log() { echo "[setup] $*"; }
+
+# All the named packages installed (dpkg-query -W alone also succeeds for removed ones).
+installed() {
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || return 1
+  done
+}
 
 have_backports_mesa() {
   dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null | grep -q '^25\|^2[6-9]\|bpo'
@@ -22,6 +30,23 @@ if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
     log "installing mesa-vulkan-drivers libvulkan1 from bookworm-backports"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null
   fi
+fi
+
+EMOJI_PACKAGES="fonts-noto-color-emoji python3-fonttools unicode-data unicode-cldr-core python3-numpy python3-pil"
+if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
+  # shellcheck disable=SC2086
+  if ! installed $EMOJI_PACKAGES; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    log "installing $EMOJI_PACKAGES (the emoji dataset)"
+    $SUDO apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $EMOJI_PACKAGES >/dev/null
+  fi
+fi
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -f "$REPO/reference/out/emoji/emoji-64.npy" ] && [ -x /usr/bin/python3 ]; then
+  log "building the emoji dataset (reference/out/emoji)"
+  /usr/bin/python3 "$REPO/reference/data/make_emoji_dataset.py" >/dev/null
 fi
 
 if ! command -v pnpm >/dev/null 2>&1; then
