@@ -190,6 +190,11 @@ describe("conv2d with the device's kernel", () => {
       { x: [1, 3, 7, 5], w: [4, 3, 3, 3], padding: 1, bias: true, dtype: "f16" },
       { atol: 2e-3, rtol: 2 ** -10 },
     );
+    // W a multiple of 4: the row vectors are read as packed halves (vec2<u32>).
+    await check(
+      { x: [1, 3, 5, 12], w: [18, 3, 3, 3], padding: 1, bias: true, residual: true, dtype: "f16" },
+      { atol: 2e-3, rtol: 2 ** -10 },
+    );
   });
 
   it("rejects bad geometry by name", () => {

@@ -11,6 +11,7 @@ import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { accumulatorsWgsl, epilogueWgsl } from "../matmul/epilogue.ts";
+import { operandArray, operandReaders } from "../matmul/wgsl.ts";
 
 /** `rows` output channels × `groups` blocks of 4 consecutive pixels per invocation. */
 export type ConvTiles =
@@ -177,7 +178,7 @@ export function convWgsl(s: ConvKernelSpec): string {
       `@group(0) @binding(${binding++}) var<storage, read> R: array<${s.vecOut ? `vec4<${s.residual}>` : s.residual}>;`,
     );
   }
-  if (s.vecRow) out.push(`@group(0) @binding(${binding++}) var<storage, read> X4: array<vec4<${s.x}>>;`);
+  if (s.vecRow) out.push(operandArray("Xv", binding++, s.x, true), operandReaders("Xv", s.x, true));
   out.push(
     epilogueWgsl({
       out: s.out,
@@ -252,7 +253,7 @@ export function convWgsl(s: ConvKernelSpec): string {
     if (s.vecRow) {
       for (let g = 0; g < G; g++) {
         b.push(
-          `let mid${g} = select(vec4f(0.0), vec4f(X4[(row + min(ow0 + ${4 * g}u, p.W - 4u)) >> 2u]), rowOk && ow0 + ${4 * g}u < p.W);`,
+          `let mid${g} = select(vec4f(0.0), Xv4((row + min(ow0 + ${4 * g}u, p.W - 4u)) >> 2u), rowOk && ow0 + ${4 * g}u < p.W);`,
         );
       }
     }

@@ -353,6 +353,9 @@ describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tile
     const tol = { atol: 1e-3, rtol: 2 ** -10 };
     await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
     await check({ M: 6, N: 9, K: 7, dtype: "f16", transposeA: true, transposeB: true }, strategy, tol);
+    // Packed f16 vector reads (vec2<u32>) along K for both operands: the Linear layout, and Aᵀ along M.
+    await check({ M: 10, N: 12, K: 16, dtype: "f16", transposeB: true }, strategy, tol);
+    await check({ M: 12, N: 8, K: 9, dtype: "f16", transposeA: true }, strategy, tol);
   });
 });
 
