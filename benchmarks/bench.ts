@@ -1,10 +1,11 @@
 /**
- * Every benchmark in one command: `pnpm bench [--only kernels,e2e,builtin] [--quick] [--out file] [--no-peer]`.
+ * Every benchmark in one command: `pnpm bench [--only kernels,e2e,builtin,memory] [--quick] [--out file] [--no-peer]`.
  *
  * - kernels: the kernel table against tfjs-backend-webgpu (benchmarks/kernels.ts);
  * - e2e: SD 1.5's UNet (batch 2), VAE decode and CLIP against PyTorch CPU (benchmarks/e2e.ts) on the random-weight
  *   SD 1.5 checkpoint of reference/full_size.py;
- * - builtin: the built-in model's seconds from command to PNG against PyTorch (benchmarks/builtin.ts).
+ * - builtin: the built-in model's seconds from command to PNG against PyTorch (benchmarks/builtin.ts);
+ * - memory: peak GPU bytes of SD 1.5's UNet and VAE with and without sequential CFG and VAE tiling (benchmarks/memory.ts).
  *
  * Each part runs in its own process, one after the other (a fresh device each; never two benchmarks sharing the
  * cores), and merges its rows into the results file: benchmarks/results.json, or with --quick (small shapes, a
@@ -19,7 +20,7 @@ import { Command, InvalidArgumentError } from "commander";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..");
-const PARTS = ["kernels", "e2e", "builtin"] as const;
+const PARTS = ["kernels", "e2e", "builtin", "memory"] as const;
 type Part = (typeof PARTS)[number];
 const SD15_RANDOM = join(root, "reference/out/sd15-random/sd15-random.safetensors");
 /** --quick's end-to-end model: small, with the SD layout and a YAML config. */
@@ -58,6 +59,8 @@ function partArgs(part: Part): string[] {
         : ["e2e.ts", SD15_RANDOM, "--latent", "16", "--repeats", "2"];
     case "builtin":
       return ["builtin.ts", ...(quick ? ["--steps", "2"] : [])];
+    case "memory":
+      return ["memory.ts", "--latent", quick ? "8" : "32"];
   }
 }
 

@@ -15,13 +15,11 @@
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
-import { buildModel, COMPONENT_PREFIX } from "../packages/ldm/src/models/load.ts";
-import { VarBuilder } from "../packages/nn/src/index.ts";
 import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
-import { type ModelConfig, standardConfig, unetParamShapes } from "../packages/weights/src/index.ts";
+import { type ModelConfig, standardConfig } from "../packages/weights/src/index.ts";
 import { median, positiveInt } from "./common.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
-import { RandomWeightSource } from "./random-weights.ts";
+import { randomNetworks } from "./random-weights.ts";
 import { DEVICE_ROW_KEYS, type DeviceRow, makeRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -64,10 +62,8 @@ async function timeUnet(
 ): Promise<{ ms: number; peakBytes: number; device: string; nonFinite: number }> {
   const device = await Device.create({ disableF16: dtype !== "f16" });
   try {
-    const vb = VarBuilder.from(device, new RandomWeightSource(unetParamShapes(config.unet)), dtype);
-    const { unet } = buildModel(vb, config, ["unet"]);
-    if (!unet) throw new Error("internal: buildModel made no UNet");
-    await vb.load([COMPONENT_PREFIX.unet]);
+    const { unet, dispose } = await randomNetworks(device, config, dtype, ["unet"]);
+    if (!unet) throw new Error("internal: no UNet was built");
     const contextDim = config.unet.context_dim;
     const x = Tensor.from(device, new Float32Array(2 * 4 * latent * latent).fill(0.5), [2, 4, latent, latent]);
     const timesteps = Tensor.from(device, [500, 500], [2]);
@@ -90,7 +86,7 @@ async function timeUnet(
     for (let r = 0; r < repeats; r++) times.push(await once());
     const peakBytes = device.memory().peakLiveBytes;
     for (const t of [x, timesteps, context]) t.dispose();
-    vb.dispose();
+    dispose();
     return { ms: median(times), peakBytes, device: deviceName(device), nonFinite };
   } finally {
     device.destroy();

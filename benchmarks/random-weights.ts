@@ -6,12 +6,17 @@
  * A block of at most BLOCK values is drawn per tensor and repeated to fill it: cheap for 860M parameters, and
  * repetition changes no kernel's work.
  */
+import { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "../packages/ldm/src/models/load.ts";
+import { VarBuilder } from "../packages/nn/src/index.ts";
 import {
+  type Device,
   f32ArrayToF16,
+  type ParamDType,
   type StoredTensorInfo,
   type WeightRequest,
   type WeightSource,
 } from "../packages/tensor/src/index.ts";
+import { type ModelConfig, modelParamShapes } from "../packages/weights/src/index.ts";
 
 const BLOCK = 1 << 16;
 
@@ -73,4 +78,17 @@ export class RandomWeightSource implements WeightSource {
       if (seed % 64 === 0) await tensor.device.sync();
     }
   }
+}
+
+/** The networks of `config` on `device`, their parameters random; `dispose` frees them. */
+export async function randomNetworks(
+  device: Device,
+  config: ModelConfig,
+  dtype: ParamDType,
+  components: readonly Component[],
+): Promise<Networks & { dispose: () => void }> {
+  const vb = VarBuilder.from(device, new RandomWeightSource(modelParamShapes(config)), dtype);
+  const networks = buildModel(vb, config, components);
+  await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
+  return { ...networks, dispose: () => vb.dispose() };
 }

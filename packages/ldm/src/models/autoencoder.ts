@@ -116,6 +116,30 @@ export class AutoencoderKL {
   async decodeTiled(z: Tensor, options: TileOptions): Promise<Tensor> {
     const [b, , h, w] = z.shape;
     const f = this.downscale;
+    const image = await this.decodeTilesToHost(z, options);
+    return Tensor.from(z.device, image, [b, this.cfg.ddconfig.out_ch, h * f, w * f], this.vb.dtype);
+  }
+
+  /**
+   * Host latents z [B, embed_dim, h, w] (unscaled) → host image [B, out_ch, f·h, f·w]: decode(), or with
+   * `tiling` decodeTiled() (`true`: DEFAULT_VAE_TILES), whose GPU memory is bounded by one tile's.
+   */
+  async decodeToHost(z: Float32Array, shape: readonly number[], tiling: VaeTiling = false): Promise<Float32Array> {
+    const device = this.vb.device;
+    const latents = Tensor.from(device, z, shape);
+    let image: Tensor | undefined;
+    try {
+      if (tiling) return await this.decodeTilesToHost(latents, tiling === true ? DEFAULT_VAE_TILES : tiling);
+      image = this.decode(latents);
+      return await image.toFloat32();
+    } finally {
+      latents.dispose();
+      image?.dispose();
+    }
+  }
+
+  private async decodeTilesToHost(z: Tensor, options: TileOptions): Promise<Float32Array> {
+    const [b, , h, w] = z.shape;
     const tiles = planTiles(h, w, options);
     const decoded: Float32Array[] = [];
     for (const tile of tiles) {
@@ -127,7 +151,15 @@ export class AutoencoderKL {
       image.dispose();
     }
     const channels = this.cfg.ddconfig.out_ch;
-    const out = blendTiles(decoded, tiles, { batch: b, channels, height: h, width: w, scale: f });
-    return Tensor.from(z.device, out, [b, channels, h * f, w * f], this.vb.dtype);
+    return blendTiles(decoded, tiles, { batch: b, channels, height: h, width: w, scale: this.downscale });
   }
 }
+
+/**
+ * VAE tiling for low-memory devices: false (one decode), true (DEFAULT_VAE_TILES) or explicit tiles in latent
+ * cells.
+ */
+export type VaeTiling = boolean | TileOptions;
+
+/** 32 latent cells (256 pixels for SD) overlapping by 8: a quarter, as diffusers' tiled VAE decode. */
+export const DEFAULT_VAE_TILES: Readonly<TileOptions> = Object.freeze({ tileSize: 32, overlap: 8 });

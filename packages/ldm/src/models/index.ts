@@ -1,4 +1,4 @@
-export { AutoencoderKL, DiagonalGaussianDistribution } from "./autoencoder.ts";
+export { AutoencoderKL, DEFAULT_VAE_TILES, DiagonalGaussianDistribution, type VaeTiling } from "./autoencoder.ts";
 export { CLIPTextModel, type ClipOutputs } from "./clip.ts";
 export { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "./load.ts";
 export { type LoadedModel, type LoadModelOptions, loadModel } from "./load-node.ts";

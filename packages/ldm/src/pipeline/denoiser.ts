@@ -17,29 +17,48 @@ import type { Generator } from "../random/index.ts";
  * The UNet as the samplers call it: host latents of the whole batch [N, C, h, w] in, its prediction out, with
  * the context (and the inpainting channels) bound for the whole run. Every call's intermediates are freed
  * before it returns.
+ *
+ * `parts` > 1 runs the batch as that many UNet calls of N / parts items each (with the matching rows of the
+ * context and c_concat), one after the other: sequential classifier-free guidance, where the unconditional and
+ * conditional halves go through the UNet separately, so the activations held at once are those of half the
+ * batch. Every item is computed as in the one call (no op mixes batch items), up to the kernels' summation order.
  */
 export function unetDenoiser(
   unet: UNetModel,
   context: Tensor,
   cConcat: Tensor | undefined,
   latentShape: readonly number[],
+  parts = 1,
 ): DiffusionModel {
   const device = context.device;
   const batch = latentShape[0];
+  if (!Number.isInteger(parts) || parts < 1 || batch % parts) {
+    throw new RangeError(`unetDenoiser: a batch of ${batch} does not split into ${parts} equal UNet calls`);
+  }
+  const size = batch / parts;
+  const partShape = [size, ...latentShape.slice(1)];
+  const rows = (t: Tensor, p: number) => (parts === 1 ? t : slice(t, 0, p * size, (p + 1) * size));
   return async (x, t) => {
-    const out = device.tidy(() =>
-      unet.forward({
-        x: Tensor.from(device, x, latentShape),
-        timesteps: Tensor.from(device, new Float32Array(batch).fill(t), [batch]),
-        context,
-        cConcat,
-      }),
-    );
-    try {
-      return await out.toFloat32();
-    } finally {
-      out.dispose();
+    const partLength = x.length / parts;
+    const prediction = new Float32Array(x.length);
+    for (let p = 0; p < parts; p++) {
+      const out = device.tidy(() =>
+        unet.forward({
+          x: Tensor.from(device, x.subarray(p * partLength, (p + 1) * partLength), partShape),
+          timesteps: Tensor.from(device, new Float32Array(size).fill(t), [size]),
+          context: rows(context, p),
+          cConcat: cConcat && rows(cConcat, p),
+        }),
+      );
+      try {
+        const values = await out.toFloat32();
+        if (parts === 1) return values;
+        prediction.set(values, p * partLength);
+      } finally {
+        out.dispose();
+      }
     }
+    return prediction;
   };
 }
 
@@ -88,11 +107,17 @@ export interface LatentRequest {
   cConcat?: Float32Array;
   onStep?: (info: StepInfo) => unknown;
   signal?: AbortSignal;
+  /**
+   * With guidance: the unconditional and conditional halves as two UNet calls of batch B instead of one of 2B
+   * (less memory for activations, same result up to f32 rounding). Default false.
+   */
+  sequentialCfg?: boolean;
 }
 
 /**
  * Classifier-free guided sampling from token ids and noise to clean latents: the context of [uncond; cond]
- * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1), the config's
+ * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1; two calls of B with
+ * sequentialCfg), the config's
  * parameterization. What every pipeline method runs, and what `sample` reference dumps check.
  */
 export async function sampleFromTokens(
@@ -118,7 +143,8 @@ export async function sampleFromTokens(
       const both = guide ? new Float32Array([...request.cConcat, ...request.cConcat]) : request.cConcat;
       cConcat = Tensor.from(device, both, [rows.length, channels, h, w]);
     }
-    const network = unetDenoiser(unet, context, cConcat, [rows.length, ...latentShape.slice(1)]);
+    const parts = guide && request.sequentialCfg ? 2 : 1;
+    const network = unetDenoiser(unet, context, cConcat, [rows.length, ...latentShape.slice(1)], parts);
     return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
       sampler: request.sampler,
       steps: request.steps,

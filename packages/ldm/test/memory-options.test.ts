@@ -1,0 +1,173 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Device, Tensor } from "@ldm/tensor";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { DEFAULT_VAE_TILES } from "../src/models/index.ts";
+import { unetDenoiser } from "../src/pipeline/denoiser.ts";
+import { Dump } from "../src/validate/dump.ts";
+import { maxRelativeError } from "./helpers/compare.ts";
+import { DUMPS, dumpPipelines, tokenRows } from "./helpers/dump-pipelines.ts";
+import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
+
+// The low-memory options: sequential classifier-free guidance (the two halves as two UNet calls) and tiled VAE
+// decoding, on the committed tiny checkpoints and sample dumps of reference/make_dumps.py.
+
+// Sequential vs batched guidance, max|a − b| / max|b| of z₀ after a few guided DDIM steps. No op mixes batch
+// items, so each item sees the same arithmetic in a call of B as in one of 2B, except where a kernel's tiling (and
+// so its summation order) depends on the batch: f32 rounding, ~1e-7 per call, amplified by guided steps (×7.5).
+// Measured on lavapipe: 0 (bit-identical). A context or c_concat half given to the wrong batch half moves z₀ by
+// far more than 1e-2.
+const SEQUENTIAL_TOLERANCE = 1e-5;
+// Steps of the sampling runs: enough for guidance to act on its own output, few enough for the 2-core budget.
+const STEPS = 3;
+
+let device: Device;
+let scratch: string;
+const pipeline = dumpPipelines(
+  () => device,
+  () => join(scratch, "tokenizer"),
+);
+
+beforeAll(async () => {
+  device = await Device.create();
+  scratch = mkdtempSync(join(tmpdir(), "ldm-memory-options-"));
+  writeTinyVocab(join(scratch, "tokenizer"), 1000);
+});
+afterAll(() => {
+  device?.destroy();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+describe("sequential classifier-free guidance", () => {
+  it.each(["tiny-sd1", "tiny-inpaint"])(
+    "%s (sample dump inputs): two UNet calls of batch B give the batch-2B result within f32 rounding",
+    async (name) => {
+      const pipe = await pipeline(name);
+      const dump = await Dump.open(join(DUMPS, `${name}.sample-ddim.safetensors`));
+      try {
+        const xT = await dump.floats("sample", "in", "x_T");
+        const cond = await dump.ints("sample", "in", "cond_ids");
+        const uncond = await dump.ints("sample", "in", "uncond_ids");
+        const cConcat = dump.has("sample", "in", "c_concat")
+          ? await dump.floats("sample", "in", "c_concat")
+          : undefined;
+        const length = cond.shape[1];
+        const request = {
+          condIds: tokenRows(cond.data, length),
+          uncondIds: tokenRows(uncond.data, length),
+          xT: xT.data,
+          latentShape: xT.shape,
+          sampler: "ddim" as const,
+          steps: STEPS,
+          guidanceScale: 7.5,
+          cConcat: cConcat?.data,
+        };
+        const forward = vi.spyOn(pipe.networks.unet, "forward");
+        const batched = await pipe.sampleLatents(request);
+        const batchedSizes = forward.mock.calls.map(([inputs]) => inputs.x.shape[0]);
+        forward.mockClear();
+        const sequential = await pipe.sampleLatents({ ...request, sequentialCfg: true });
+        const sequentialCalls = forward.mock.calls.map(([inputs]) => [
+          inputs.x.shape[0],
+          inputs.context.shape[0],
+          inputs.cConcat?.shape[0],
+        ]);
+        forward.mockRestore();
+        const B = xT.shape[0];
+        expect(batchedSizes).toEqual(Array(STEPS).fill(2 * B));
+        expect(sequentialCalls).toEqual(Array(2 * STEPS).fill([B, B, cConcat ? B : undefined]));
+        const difference = maxRelativeError(sequential, batched);
+        console.log(`${name}: sequential vs batched guidance, z₀ rel ${difference.toExponential(2)}`);
+        expect(difference).toBeLessThan(SEQUENTIAL_TOLERANCE);
+      } finally {
+        await dump.close();
+      }
+    },
+  );
+
+  it("the unconditional half gets the first context rows, the conditional half the last", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const { unet } = pipe.networks;
+    const context = pipe.encodeText(["", "", "a cat", "a dog"]);
+    const shape = [4, 4, 8, 8];
+    const x = Float32Array.from({ length: 4 * 4 * 8 * 8 }, (_, i) => Math.sin(i));
+    try {
+      const whole = await unetDenoiser(unet, context, undefined, shape)(x, 500);
+      const halves = await unetDenoiser(unet, context, undefined, shape, 2)(x, 500);
+      const quarters = await unetDenoiser(unet, context, undefined, shape, 4)(x, 500);
+      expect(maxRelativeError(halves, whole)).toBeLessThan(1e-6);
+      expect(maxRelativeError(quarters, whole)).toBeLessThan(1e-6);
+      // The halves' contexts differ, so the outputs do: equal to the whole call means each part used its own rows.
+      expect(maxRelativeError(halves.subarray(0, x.length / 2), halves.subarray(x.length / 2))).toBeGreaterThan(1e-3);
+    } finally {
+      context.dispose();
+    }
+  });
+
+  it("refuses a batch that does not split evenly", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const context = pipe.encodeText(["", "a", "b"]);
+    try {
+      expect(() => unetDenoiser(pipe.networks.unet, context, undefined, [3, 4, 8, 8], 2)).toThrow(
+        /batch of 3 does not split into 2/,
+      );
+      expect(() => unetDenoiser(pipe.networks.unet, context, undefined, [3, 4, 8, 8], 0)).toThrow(/into 0/);
+    } finally {
+      context.dispose();
+    }
+  });
+
+  it("txt2img threads sequentialCfg: the same latents as batched guidance, UNet calls of batch 1", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const options = { prompt: "a red apple", seed: 3, width: 64, height: 64, steps: 2 };
+    const batched = await pipe.txt2img(options);
+    const forward = vi.spyOn(pipe.networks.unet, "forward");
+    const sequential = await pipe.txt2img({ ...options, sequentialCfg: true });
+    const sizes = forward.mock.calls.map(([inputs]) => inputs.x.shape[0]);
+    forward.mockRestore();
+    expect(sizes).toEqual([1, 1, 1, 1]);
+    expect(maxRelativeError(sequential.latents, batched.latents)).toBeLessThan(SEQUENTIAL_TOLERANCE);
+  });
+});
+
+describe("VAE tiling", () => {
+  it("decodeToHost: no tiling = decode(); one tile over the whole latent = decode(); small tiles decode per tile", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const { vae } = pipe.networks;
+    const shape = [1, 4, 6, 10];
+    const z = Float32Array.from({ length: 4 * 6 * 10 }, (_, i) => Math.cos(i * 0.7) * 2);
+    const input = Tensor.from(device, z, shape);
+    const reference = await vae.decode(input).toFloat32();
+    input.dispose();
+    expect(await vae.decodeToHost(z, shape)).toEqual(reference);
+    expect(await vae.decodeToHost(z, shape, { tileSize: 10, overlap: 2 })).toEqual(reference);
+    const decode = vi.spyOn(vae, "decode");
+    const tiled = await vae.decodeToHost(z, shape, { tileSize: 4, overlap: 2 });
+    const tileShapes = decode.mock.calls.map(([t]) => t.shape);
+    decode.mockRestore();
+    // 6 rows → starts 0, 2; 10 columns → 0, 2, 4, 6: 8 tiles of 4×4.
+    expect(tileShapes).toEqual(Array(8).fill([1, 4, 4, 4]));
+    // Each tile normalises with its own GroupNorm statistics, so the blend differs from the whole decode (by a
+    // lot for 4×4 tiles of a random tiny VAE); models.test checks the blending itself.
+    expect(tiled.length).toBe(reference.length);
+    expect(tiled.every(Number.isFinite)).toBe(true);
+  });
+
+  it("txt2img threads vaeTiling (true = DEFAULT_VAE_TILES)", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const { vae } = pipe.networks;
+    const decode = vi.spyOn(vae, "decode");
+    const options = { prompt: "a red apple", seed: 3, width: 64, height: 64, steps: 1 };
+    const small = await pipe.txt2img({ ...options, vaeTiling: { tileSize: 4, overlap: 2 } });
+    // An 8×8 latent in tiles of 4 overlapping by 2: starts 0, 2, 4 on each axis.
+    expect(decode.mock.calls.map(([t]) => t.shape)).toEqual(Array(9).fill([1, 4, 4, 4]));
+    decode.mockClear();
+    const whole = await pipe.txt2img({ ...options, vaeTiling: true });
+    // DEFAULT_VAE_TILES' tiles are larger than this latent: one decode of all of it.
+    expect(DEFAULT_VAE_TILES.tileSize).toBeGreaterThanOrEqual(8);
+    expect(decode.mock.calls.map(([t]) => t.shape)).toEqual([[1, 4, 8, 8]]);
+    decode.mockRestore();
+    expect(small.images[0].data.length).toBe(whole.images[0].data.length);
+  });
+});
