@@ -412,6 +412,9 @@ def export(args):
     weights = state["modules"]["trainer"] if args.no_ema else state["ema"]["shadow"]
     trainer.load_state_dict({**trainer.state_dict(), **weights})
     config["model"]["params"]["scale_factor"] = round(state["extra"]["scale_factor"], 5)
+    # Prompts are padded with <|endoftext|>, the vocabulary's last id (bpe.py), as FrozenCLIPEmbedder pads.
+    text_config = config["model"]["params"]["cond_stage_config"]["params"]["text_config"]
+    text_config.setdefault("pad_token_id", text_config["vocab_size"] - 1)
     schedule = {name for name, _ in ldm.named_buffers(recurse=False)}
     weights_dtype = torch.float32 if args.float32 else torch.float16
     tensors = {

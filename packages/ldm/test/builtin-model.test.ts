@@ -98,7 +98,7 @@ describe("the built-in model", () => {
     expect(code, err).toBe(0);
     const png = decodePng(readFileSync(out), out);
     expect([png.width, png.height]).toEqual([64, 64]);
-  });
+  }, 300_000);
 
   it("samples what PyTorch samples from the same checkpoint, seed and sampler (20 prompts, DDIM 20 steps)", async () => {
     const dump = await Dump.open(QUALITY_RUN);

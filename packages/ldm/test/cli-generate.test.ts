@@ -63,7 +63,9 @@ describe("ldm generate: errors before any model work", () => {
   it("a missing vocabulary or model file", async () => {
     const noVocab = await ldm("generate", "a cat", ...MODEL);
     expect(noVocab.code).toBe(1);
-    expect(noVocab.err).toMatch(/has no tokenizer\/ folder; pass --vocab/);
+    expect(noVocab.err).toMatch(
+      /tiny-sd1.safetensors is a single file and its config names no tokenizer; pass --vocab/,
+    );
     const noModel = await ldm("generate", "a cat", "--model", join(dir, "absent.safetensors"), "--vocab", vocab);
     expect(noModel.code).toBe(1);
     expect(noModel.err).toMatch(/absent.safetensors/);
@@ -141,6 +143,59 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     expect(run.out.split("\n")).toEqual([join(dir, "i2i-0.png"), join(dir, "i2i-1.png")]);
     expect(existsSync(join(dir, "i2i-1.png"))).toBe(true);
     expect(run.err.match(/step \d\/2/g)).toEqual(["step 1/2", "step 2/2"]);
+  });
+
+  it("several prompts share the seed; --grid puts a row per prompt, a column per batch image", async () => {
+    const grid = join(dir, "grid.png");
+    const args = ["--width", "16", "--height", "24", "--steps", "2", "--cfg", "1", "--seed", "3", "-n", "2"];
+    const run = await ldm(
+      "generate",
+      "a cat",
+      "a dog",
+      ...MODEL,
+      "--vocab",
+      vocab,
+      ...args,
+      "--out",
+      dir,
+      "--grid",
+      grid,
+    );
+    expect(run.code, run.err).toBe(0);
+    const files = [0, 1, 2, 3].map((i) => join(dir, `ldm-3-${i}.png`));
+    expect(run.out.split("\n")).toEqual([...files, grid]);
+    const image = (path: string) => decodePng(readFileSync(path), path);
+    expect(parseParameters(image(files[2]).text[PARAMETERS_KEYWORD], files[2])).toMatchObject({
+      prompt: "a dog",
+      seed: "3",
+      batchIndex: 0,
+    });
+    const sheet = image(grid);
+    expect([sheet.width, sheet.height]).toEqual([32, 48]);
+    // The dog's second image is the grid's bottom-right cell.
+    const cell = new Uint8ClampedArray(16 * 24 * 4);
+    for (let y = 0; y < 24; y++)
+      cell.set(sheet.data.subarray(((24 + y) * 32 + 16) * 4, ((24 + y) * 32 + 32) * 4), y * 64);
+    expect(cell).toEqual(image(files[3]).data);
+    // The low-memory options give the same image (sequential CFG: the same arithmetic per half; tiles: a
+    // 3×2 latent fits one tile, so tiling decodes it whole).
+    const lowMemory = join(dir, "low-memory.png");
+    const low = await ldm(
+      "generate",
+      "a dog",
+      ...MODEL,
+      "--vocab",
+      vocab,
+      ...args,
+      "--out",
+      lowMemory,
+      "--sequential-cfg",
+      "--vae-tiling",
+    );
+    expect(low.code, low.err).toBe(0);
+    expect(image(join(dir, "low-memory-1.png")).data).toEqual(image(files[3]).data);
+    const notPng = await ldm("generate", "a cat", ...MODEL, "--vocab", vocab, "--grid", join(dir, "grid.jpg"));
+    expect(notPng.err).toMatch(/--grid .*grid.jpg: must name a .png file/);
   });
 
   it("ldm loss prints the MSE; ldm bench reports steps, decode and peak memory", async () => {

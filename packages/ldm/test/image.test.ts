@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../src/image/pixels.ts";
+import { gridImage, maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../src/image/pixels.ts";
 import { decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
 import {
   type GenerationParameters,
@@ -125,4 +125,26 @@ describe("pixels and masks", () => {
       expect(Array.from(out)).toEqual(r.expected);
     },
   );
+});
+
+describe("gridImage", () => {
+  const solid = (width: number, height: number, value: number): RgbaImage => ({
+    width,
+    height,
+    data: new Uint8ClampedArray(width * height * 4).fill(value),
+  });
+
+  it("places rows[r][c] at row r, column c, and leaves a short row's end white", () => {
+    const grid = gridImage([[solid(3, 2, 10), solid(3, 2, 20)], [solid(3, 2, 30)]]);
+    expect([grid.width, grid.height]).toEqual([6, 4]);
+    const at = (x: number, y: number) => grid.data[(y * grid.width + x) * 4];
+    expect([at(0, 0), at(2, 1), at(3, 0), at(5, 1), at(0, 2), at(2, 3), at(3, 2), at(5, 3)]).toEqual([
+      10, 10, 20, 20, 30, 30, 255, 255,
+    ]);
+  });
+
+  it("refuses images of another size and an empty grid", () => {
+    expect(() => gridImage([[solid(3, 2, 0), solid(2, 2, 0)]])).toThrow(/grid image \[0\]\[1\] is 2×2, the first 3×2/);
+    expect(() => gridImage([])).toThrow(/at least one image/);
+  });
 });

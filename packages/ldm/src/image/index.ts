@@ -1,2 +1,2 @@
-export { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "./pixels.ts";
+export { gridImage, maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "./pixels.ts";
 export { type DecodedImage, decodePng, encodePng, type RgbaImage } from "./png.ts";

@@ -79,3 +79,25 @@ export function resizeNearest(plane: Float32Array, height: number, width: number
   }
   return out;
 }
+
+/** Images of one size tiled into one: `rows[r][c]` at row r, column c; a short row leaves its end white. */
+export function gridImage(rows: readonly (readonly RgbaImage[])[]): RgbaImage {
+  const first = rows[0]?.[0];
+  if (!first) throw new RangeError("a grid needs at least one image");
+  const { width, height } = first;
+  const columns = Math.max(...rows.map((row) => row.length));
+  const gridWidth = width * columns;
+  const data = new Uint8ClampedArray(gridWidth * height * rows.length * 4).fill(255);
+  rows.forEach((row, r) => {
+    row.forEach((image, c) => {
+      if (image.width !== width || image.height !== height) {
+        throw new RangeError(`grid image [${r}][${c}] is ${image.width}×${image.height}, the first ${width}×${height}`);
+      }
+      for (let y = 0; y < height; y++) {
+        const from = image.data.subarray(y * width * 4, (y + 1) * width * 4);
+        data.set(from, ((r * height + y) * gridWidth + c * width) * 4);
+      }
+    });
+  });
+  return { width: gridWidth, height: height * rows.length, data };
+}

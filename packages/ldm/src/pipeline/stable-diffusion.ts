@@ -15,7 +15,7 @@ import {
 } from "../diffusion/index.ts";
 import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../image/pixels.ts";
 import type { RgbaImage } from "../image/png.ts";
-import type { AutoencoderKL, CLIPTextModel, UNetModel } from "../models/index.ts";
+import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
 import { Generator, type Seed } from "../random/index.ts";
 import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
 import { encodeTokenRows, type LatentRequest, sampleFromTokens, unetDenoiser } from "./denoiser.ts";
@@ -26,9 +26,12 @@ export interface LoadOptions {
   device?: Device;
   /** Parameter and activation dtype; f16 needs shader-f16. Default f32. */
   dtype?: ParamDType;
-  /** An original-style YAML config; detected from the weights when absent. */
+  /** An original-style YAML config; default: `<stem>.yaml` beside a single file if it exists, else detected. */
   config?: string;
-  /** CLIP's vocabulary (see loadClipTokenizer); default: the model folder's tokenizer/. */
+  /**
+   * CLIP's vocabulary (see loadClipTokenizer); default: the folder the config names in
+   * cond_stage_config.params.tokenizer, else a diffusers folder's tokenizer/.
+   */
   vocab?: string;
 }
 
@@ -58,7 +61,7 @@ export interface GenerateOptions {
   eta?: number;
   /** torch seed of the run's one CPU generator; random when absent (the result says which). */
   seed?: Seed;
-  /** Pixels, multiples of 8 (default 512, or the init image's size). */
+  /** Pixels, multiples of the VAE's factor (default: the model's trained size or 512; the init image's size). */
   width?: number;
   height?: number;
   /** Images generated together (default 1). */
@@ -67,6 +70,10 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Decode the step's x̂₀ every this many steps into `Progress.preview` (a full VAE decode each time). */
   preview?: number;
+  /** Low memory: the guidance halves as two UNet calls of the batch instead of one of twice the batch. */
+  sequentialCfg?: boolean;
+  /** Low memory: decode in overlapping latent tiles (true: DEFAULT_VAE_TILES), blended; see decodeTiled. */
+  vaeTiling?: VaeTiling;
 }
 
 export interface Img2ImgOptions extends GenerateOptions {
@@ -161,10 +168,12 @@ export class StableDiffusion {
     const dtype = options.dtype ?? "f32";
     const { loadClipTokenizer } = await import("../tokenizer/vocab-files.ts");
     const { loadModel } = await import("../models/load-node.ts");
-    const tokenizer = loadClipTokenizer({ vocab: options.vocab, model: options.vocab ? undefined : path }).tokenizer;
+    const { companionFiles } = await import("./model-files.ts");
+    const files = companionFiles(path, { config: options.config, vocab: options.vocab });
+    const tokenizer = loadClipTokenizer({ vocab: files.vocab, model: path }).tokenizer;
     const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
     try {
-      const { config, unet, vae, clip } = await loadModel(path, { device, dtype, config: options.config });
+      const { config, unet, vae, clip } = await loadModel(path, { device, dtype, config: files.config });
       if (!unet || !vae || !clip) throw new Error("internal: loadModel did not build every network");
       const name =
         path
@@ -189,6 +198,12 @@ export class StableDiffusion {
 
   get dtype(): ParamDType {
     return this.networks.unet.vb.dtype;
+  }
+
+  /** Pixels per side when none are asked for: the size the model was trained at if known, else 512. */
+  get defaultSize(): number {
+    const latent = this.config.image_size;
+    return latent === undefined ? DEFAULTS.size : latent * this.networks.vae.downscale;
   }
 
   /** Whether the UNet takes a mask and masked-image latents besides the latents (9 input channels). */
@@ -219,7 +234,7 @@ export class StableDiffusion {
         "this is an inpainting model (its UNet takes a mask): use inpaint with an image and a mask",
       );
     }
-    const job = this.prepare(options, options.width ?? DEFAULTS.size, options.height ?? DEFAULTS.size);
+    const job = this.prepare(options, options.width ?? this.defaultSize, options.height ?? this.defaultSize);
     const xT = job.generator.randn(job.latentShape);
     return this.run(job, options, { xT });
   }
@@ -337,29 +352,20 @@ export class StableDiffusion {
   }
 
   /** Scaled latents [B, C, h, w] → float pixels [B, 3, H, W] (nominally [−1, 1]). */
-  async decodePixels(latents: Float32Array, latentShape: readonly number[]): Promise<Float32Array> {
+  async decodePixels(latents: Float32Array, latentShape: readonly number[], tiling?: VaeTiling): Promise<Float32Array> {
     const scale = this.config.scale_factor;
-    const image = this.device.tidy(() =>
-      this.networks.vae.decode(
-        Tensor.from(
-          this.device,
-          latents.map((v) => v / scale),
-          latentShape,
-        ),
-      ),
+    return this.networks.vae.decodeToHost(
+      latents.map((v) => v / scale),
+      latentShape,
+      tiling,
     );
-    try {
-      return await image.toFloat32();
-    } finally {
-      image.dispose();
-    }
   }
 
   /** Scaled latents → images. */
-  async decode(latents: Float32Array, latentShape: readonly number[]): Promise<RgbaImage[]> {
+  async decode(latents: Float32Array, latentShape: readonly number[], tiling?: VaeTiling): Promise<RgbaImage[]> {
     const [b, , h, w] = latentShape;
     const f = this.networks.vae.downscale;
-    return pixelsToRgba(await this.decodePixels(latents, latentShape), [b, 3, h * f, w * f]);
+    return pixelsToRgba(await this.decodePixels(latents, latentShape, tiling), [b, 3, h * f, w * f]);
   }
 
   /**
@@ -465,9 +471,10 @@ export class StableDiffusion {
       cConcat: start.cConcat,
       signal: options.signal,
       onStep: options.onProgress && (async (info) => this.progress(info, options, job, samplingStart)),
+      sequentialCfg: options.sequentialCfg,
     });
     const decodeStart = performance.now();
-    const images = await this.decode(latents, job.latentShape);
+    const images = await this.decode(latents, job.latentShape, options.vaeTiling);
     const done = performance.now();
     const parameters = images.map(
       (_, batchIndex): GenerationParameters => ({
@@ -503,7 +510,7 @@ export class StableDiffusion {
   private async progress(info: StepInfo, options: GenerateOptions, job: Job, start: number): Promise<void> {
     const every = options.preview;
     const wantPreview = every !== undefined && ((info.step + 1) % every === 0 || info.step === info.steps - 1);
-    const preview = wantPreview ? await this.decode(info.denoised, job.latentShape) : undefined;
+    const preview = wantPreview ? await this.decode(info.denoised, job.latentShape, options.vaeTiling) : undefined;
     await options.onProgress?.({
       step: info.step,
       steps: info.steps,

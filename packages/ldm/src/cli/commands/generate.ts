@@ -4,13 +4,14 @@ import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
+import { gridImage } from "../../image/pixels.ts";
 import {
   type GenerationParameters,
   PARAMETERS_KEYWORD,
   parametersText,
   parseParameters,
 } from "../../pipeline/parameters.ts";
-import type { GenerateOptions, Progress } from "../../pipeline/stable-diffusion.ts";
+import type { GenerateOptions, GenerationResult, Progress } from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
 import { UserError } from "../errors.ts";
 import {
@@ -41,6 +42,9 @@ interface GenerateFlags extends ModelFlags {
   mask?: string;
   out?: string;
   paramsFrom?: string;
+  grid?: string;
+  sequentialCfg?: boolean;
+  vaeTiling?: boolean;
 }
 
 /** What to run, from the flags over the parameters of --params-from over the defaults. */
@@ -62,7 +66,7 @@ export function registerGenerate(program: Command): void {
   const command = program
     .command("generate")
     .description("generate images from a prompt (txt2img; img2img with --init-image; inpainting with --mask)")
-    .argument("[prompt]", "the prompt (may come from --params-from instead)")
+    .argument("[prompts...]", "one or more prompts, each run from the same seed (or the one of --params-from)")
     .option("--negative <text>", 'negative prompt: the unconditional half of guidance (default "")')
     .option("--sampler <name>", `${SAMPLER_NAMES.join(", ")} (default ddim)`)
     .option("--steps <n>", "sampling steps (default 50)")
@@ -76,10 +80,17 @@ export function registerGenerate(program: Command): void {
     .option("--strength <s>", "img2img: how much of the schedule runs, in (0, 1] (default 0.75; 1 with --mask)")
     .option("--mask <png>", "inpaint: white is repainted, black kept; the size of --init-image")
     .option("--out <file|dir>", "a .png file, or a folder for ldm-<seed>-<i>.png (default: the current folder)")
-    .option("--params-from <png>", "reuse the generation parameters stored in an image we wrote");
-  addModelOptions(command).action(async (promptArgument: string | undefined, flags: GenerateFlags) => {
+    .option("--params-from <png>", "reuse the generation parameters stored in an image we wrote")
+    .option("--grid <png>", "also write all images in one PNG: a row per prompt, a column per batch image")
+    .option("--sequential-cfg", "low memory: the two guidance halves as separate UNet calls (same result)")
+    .option("--vae-tiling", "low memory: decode in overlapping tiles of 32 latent cells, blended (as diffusers)");
+  addModelOptions(command).action(async (promptArguments: string[], flags: GenerateFlags) => {
     const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
-    const request = requestFrom(promptArgument, flags, stored);
+    const prompts = promptArguments.length ? promptArguments : [undefined];
+    const requests = prompts.map((prompt) => requestFrom(prompt, flags, stored));
+    if (flags.grid !== undefined && !flags.grid.toLowerCase().endsWith(".png")) {
+      throw new UserError(`--grid ${flags.grid}: must name a .png file`);
+    }
     if (flags.mask && !flags.initImage) throw new UserError("--mask needs --init-image (the image to inpaint)");
     if (flags.strength !== undefined && !flags.initImage) throw new UserError("--strength needs --init-image");
     const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
@@ -91,36 +102,52 @@ export function registerGenerate(program: Command): void {
     }
     const pipe = await loadPipeline(flags);
     try {
-      const reporter = new ProgressReporter();
-      const result = await withInterrupt((signal) =>
-        asUserError(() => {
-          const options: GenerateOptions = {
-            ...request,
-            onProgress: (p) => reporter.update(p),
-            signal,
-          };
-          if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
-          if (initImage) return pipe.img2img({ ...options, initImage });
-          return pipe.txt2img(options);
-        }).finally(() => reporter.stop()),
-      );
-      const paths = outputPaths(flags.out, result.seed, result.images.length);
-      for (const [i, image] of result.images.entries()) {
-        const parameters: GenerationParameters = {
-          ...result.parameters[i],
-          ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
-          ...(flags.mask ? { mask: basename(flags.mask) } : {}),
-        };
-        await writePngFile(paths[i], image, {
-          [PARAMETERS_KEYWORD]: parametersText(parameters),
+      // Without --seed every prompt still shares one seed, so a grid compares prompts on the same noise.
+      const seed = requests[0].seed ?? Math.floor(Math.random() * 2 ** 32);
+      const results: GenerationResult[] = [];
+      for (const request of requests) {
+        const reporter = new ProgressReporter();
+        const result = await withInterrupt((signal) =>
+          asUserError(() => {
+            const options: GenerateOptions = {
+              ...request,
+              seed,
+              sequentialCfg: flags.sequentialCfg,
+              vaeTiling: flags.vaeTiling,
+              onProgress: (p) => reporter.update(p),
+              signal,
+            };
+            if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
+            if (initImage) return pipe.img2img({ ...options, initImage });
+            return pipe.txt2img(options);
+          }).finally(() => reporter.stop()),
+        );
+        const { samplingMs, decodeMs } = result.timings;
+        console.error(
+          `seed ${result.seed}: sampled in ${(samplingMs / 1000).toFixed(1)} s, decoded in ${(decodeMs / 1000).toFixed(1)} s`,
+        );
+        results.push(result);
+      }
+      const images = results.flatMap((r) => r.images);
+      const paths = outputPaths(flags.out, seed, images.length);
+      for (const [i, parameters] of results.flatMap((r) => r.parameters).entries()) {
+        await writePngFile(paths[i], images[i], {
+          [PARAMETERS_KEYWORD]: parametersText({
+            ...parameters,
+            ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
+            ...(flags.mask ? { mask: basename(flags.mask) } : {}),
+          }),
           Software: "ldm.ts",
         });
         console.log(paths[i]);
       }
-      const { samplingMs, decodeMs } = result.timings;
-      console.error(
-        `seed ${result.seed}: sampled in ${(samplingMs / 1000).toFixed(1)} s, decoded in ${(decodeMs / 1000).toFixed(1)} s`,
-      );
+      if (flags.grid) {
+        await writePngFile(flags.grid, gridImage(results.map((r) => r.images)), {
+          Description: `ldm.ts, seed ${seed}: ${requests.map((r) => JSON.stringify(r.prompt)).join(", ")}`,
+          Software: "ldm.ts",
+        });
+        console.log(flags.grid);
+      }
     } finally {
       pipe.dispose();
     }
