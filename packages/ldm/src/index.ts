@@ -1,9 +1,16 @@
-export { main as runCli } from "./cli/main.ts";
+/**
+ * Everything that runs in a browser as well as in Node. What needs the file system (loading checkpoints and
+ * vocabularies by path, `validate`, the CLI) is in `@ldm/ldm/node` (./node.ts).
+ */
 export * from "./diffusion/index.ts";
 export * from "./image/index.ts";
-export * from "./models/index.ts";
+export { AutoencoderKL, DiagonalGaussianDistribution } from "./models/autoencoder.ts";
+export { CLIPTextModel, type ClipOutputs } from "./models/clip.ts";
+export { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "./models/load.ts";
+export type { LoadedModel } from "./models/load-node.ts";
+export { loadModelFromStream, type StreamedModelOptions } from "./models/load-stream.ts";
+export { ResBlock, TimestepEmbedSequential, type UNetInputs, UNetModel } from "./models/openaimodel.ts";
+export type { TileOptions } from "./models/tiles.ts";
 export * from "./pipeline/index.ts";
 export * from "./random/index.ts";
 export * from "./tokenizer/index.ts";
-export { type LoadedTokenizer, loadClipTokenizer, type TokenizerSource } from "./tokenizer/vocab-files.ts";
-export * from "./validate/index.ts";

@@ -57,6 +57,8 @@ export interface Dispatch {
 
 export class DeviceLostError extends Error {}
 export class GpuOutOfMemoryError extends Error {}
+/** A buffer larger than the adapter allows in one piece (maxBufferSize): a limit, not a lack of free memory. */
+export class DeviceLimitError extends GpuOutOfMemoryError {}
 /** A kernel's WGSL failed to compile; the message has the compiler's messages with line numbers. */
 export class KernelCompileError extends Error {}
 
@@ -196,7 +198,7 @@ export class Device {
   private createStorageBuffer(bytes: number): GPUBuffer {
     this.assertUsable();
     if (bytes > this.limits.maxBufferSize) {
-      throw new GpuOutOfMemoryError(
+      throw new DeviceLimitError(
         `cannot allocate a ${bytes}-byte GPU buffer: the device's maxBufferSize is ${this.limits.maxBufferSize} bytes`,
       );
     }

@@ -1,0 +1,129 @@
+import { ClipTokenizer, clipTokenizerFromGzip, type LoadedModel, loadModelFromStream, StableDiffusion } from "@ldm/ldm";
+import type { Device, ParamDType } from "@ldm/tensor";
+import { ModelError } from "./errors.ts";
+import { MODEL_URL, type ModelManifest } from "./manifest.ts";
+
+/** A pipeline with what frees it. */
+export interface LoadedPipeline {
+  pipeline: StableDiffusion;
+  /** What the page says it is running, e.g. "emoji-ldm (built-in, f32)". */
+  label: string;
+  dispose(): void;
+}
+
+export interface LoadTarget {
+  device: Device;
+  dtype: ParamDType;
+  /** Bytes of weights read so far, and the total when known. */
+  onBytes?: (loaded: number, total: number | undefined) => void;
+}
+
+/** The model the server publishes under MODEL_URL: weights streamed from the response body as they arrive. */
+export async function loadBuiltinModel(target: LoadTarget): Promise<LoadedPipeline> {
+  const manifest = JSON.parse(await fetchText(`${MODEL_URL}manifest.json`)) as ModelManifest;
+  const at = (file: string) => `${MODEL_URL}${file}`;
+  const [vocab, merges, config] = await Promise.all([
+    fetchText(at(manifest.vocab)),
+    fetchText(at(manifest.merges)),
+    manifest.config ? fetchText(at(manifest.config)) : undefined,
+  ]);
+  const response = await fetchOk(at(manifest.weights));
+  const length = response.headers.get("content-length");
+  const size = length === null ? undefined : Number(length);
+  if (!response.body) throw new ModelError(`${at(manifest.weights)}: the response has no body`);
+  const model = await loadModelFromStream(counted(response.body, size, target.onBytes), {
+    device: target.device,
+    dtype: target.dtype,
+    origin: at(manifest.weights),
+    size,
+    config: config === undefined ? undefined : { text: config, origin: at(manifest.config ?? "") },
+  });
+  const tokenizer = ClipTokenizer.fromVocabAndMerges(vocab, merges);
+  return assemble(model, tokenizer, manifest.name, `${manifest.name} (built-in, ${target.dtype})`);
+}
+
+/**
+ * A user's checkpoint from the file picker: one .safetensors (streamed from the File, never read whole), an
+ * optional original-style .yaml config, and its tokenizer — vocab.json with merges.txt, or CLIP's
+ * bpe_simple_vocab_16e6.txt.gz.
+ */
+export async function loadLocalModel(files: readonly File[], target: LoadTarget): Promise<LoadedPipeline> {
+  const pick = (test: (name: string) => boolean) => files.filter((f) => test(f.name.toLowerCase()));
+  const weights = pick((n) => n.endsWith(".safetensors"));
+  const configs = pick((n) => n.endsWith(".yaml") || n.endsWith(".yml"));
+  if (weights.length !== 1) {
+    throw new ModelError(`choose exactly one .safetensors checkpoint (got ${weights.length})`);
+  }
+  if (configs.length > 1) throw new ModelError(`choose at most one .yaml config (got ${configs.length})`);
+  const tokenizer = await localTokenizer(pick);
+  const [file] = weights;
+  const model = await loadModelFromStream(counted(file.stream(), file.size, target.onBytes), {
+    device: target.device,
+    dtype: target.dtype,
+    origin: file.name,
+    size: file.size,
+    config: configs.length ? { text: await configs[0].text(), origin: configs[0].name } : undefined,
+  });
+  const name = file.name.replace(/\.safetensors$/i, "");
+  return assemble(model, tokenizer, name, `${file.name} (local file, ${target.dtype})`);
+}
+
+async function localTokenizer(pick: (test: (name: string) => boolean) => File[]): Promise<ClipTokenizer> {
+  const [vocab] = pick((n) => n === "vocab.json");
+  const [merges] = pick((n) => n === "merges.txt");
+  const [gzipped] = pick((n) => n.endsWith(".txt.gz"));
+  if (vocab && merges) return ClipTokenizer.fromVocabAndMerges(await vocab.text(), await merges.text());
+  if (gzipped) return clipTokenizerFromGzip(new Uint8Array(await gzipped.arrayBuffer()));
+  throw new ModelError(
+    "choose the checkpoint's tokenizer with it: vocab.json and merges.txt, or bpe_simple_vocab_16e6.txt.gz",
+  );
+}
+
+function assemble(model: LoadedModel, tokenizer: ClipTokenizer, name: string, label: string): LoadedPipeline {
+  const { config, unet, vae, clip } = model;
+  if (!unet || !vae || !clip) throw new Error("internal: the loader did not build every network");
+  try {
+    const pipeline = StableDiffusion.fromNetworks({ config, unet, vae, clip }, tokenizer, name);
+    return { pipeline, label, dispose: () => model.dispose() };
+  } catch (e) {
+    model.dispose();
+    throw new ModelError((e as Error).message);
+  }
+}
+
+/** The stream, reporting the bytes that have passed through it. */
+function counted(
+  stream: ReadableStream<Uint8Array>,
+  total: number | undefined,
+  onBytes: LoadTarget["onBytes"],
+): ReadableStream<Uint8Array> {
+  if (!onBytes) return stream;
+  let loaded = 0;
+  return stream.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        loaded += chunk.byteLength;
+        onBytes(loaded, total);
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+}
+
+async function fetchOk(url: string): Promise<Response> {
+  let response: Response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new ModelError(`${url}: cannot reach the server (${(e as Error).message})`);
+  }
+  if (!response.ok) {
+    const text = await response.text().catch(() => "");
+    throw new ModelError(`${url}: HTTP ${response.status}${text ? ` — ${text}` : ""}`);
+  }
+  return response;
+}
+
+async function fetchText(url: string): Promise<string> {
+  return (await fetchOk(url)).text();
+}

@@ -1,0 +1,7 @@
+/** The Node-only part of @ldm/ldm: loading by path from the file system, `validate`, the CLI. */
+
+export { main as runCli } from "./cli/main.ts";
+export * from "./index.ts";
+export { type LoadModelOptions, loadModel } from "./models/load-node.ts";
+export { type LoadedTokenizer, loadClipTokenizer, type TokenizerSource } from "./tokenizer/vocab-files.ts";
+export * from "./validate/index.ts";
