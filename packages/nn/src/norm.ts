@@ -29,9 +29,13 @@ export class GroupNorm extends AffineNorm {
     super(vb, cfg.channels);
   }
 
-  /** `silu` fuses the SiLU that follows every GroupNorm in the ResBlocks and before conv_out. */
-  forward(x: Tensor, options: { silu?: boolean } = {}): Tensor {
-    return groupNorm(x, this.weight, this.bias, { groups: this.cfg.groups, eps: this.cfg.eps, silu: options.silu });
+  /**
+   * `silu` fuses the SiLU that follows every GroupNorm in the ResBlocks and before conv_out; `shift` [B, C]
+   * normalises x + shift broadcast over space (a ResBlock's timestep embedding) without storing the sum.
+   */
+  forward(x: Tensor, options: { silu?: boolean; shift?: Tensor } = {}): Tensor {
+    const { groups, eps } = this.cfg;
+    return groupNorm(x, this.weight, this.bias, { groups, eps, silu: options.silu, shift: options.shift });
   }
 }
 

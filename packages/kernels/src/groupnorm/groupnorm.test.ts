@@ -24,6 +24,8 @@ interface Case {
   silu?: boolean;
   dtype?: "f32" | "f16";
   mean?: number;
+  /** Normalise x + shift[b, c] (the ResBlock's timestep embedding, fused). */
+  shift?: boolean;
 }
 
 const cases: Case[] = [
@@ -37,12 +39,16 @@ const cases: Case[] = [
   { shape: [2, 12, 3, 5], groups: 4, eps: 1e-5, dtype: "f16" },
   // |mean| ≫ std: E[x²] − E[x]² in f32 would lose every digit of the variance; two-pass keeps them.
   { shape: [1, 4, 16, 16], groups: 2, eps: 1e-6, mean: 300 },
+  { shape: [2, 6, 5, 3], groups: 3, eps: 1e-5, shift: true }, // shift, scalar path, 2 batch items
+  { shape: [2, 64, 8, 8], groups: 32, eps: 1e-5, silu: true, shift: true }, // shift, vec4 path
+  { shape: [3, 4], groups: 2, eps: 1e-5, shift: true }, // shift without spatial dims
+  { shape: [2, 12, 3, 4], groups: 4, eps: 1e-5, silu: true, shift: true, dtype: "f16" },
 ];
 
 describe("groupNorm", () => {
   for (const c of cases) {
     const dtype = c.dtype ?? "f32";
-    it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
+    it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""}${c.shift ? " +shift" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
       if (dtype === "f16" && !device.features.shaderF16) return;
       const channels = c.shape[1];
       let x: Float32Array = randomArray(elementCount(c.shape), 31, 2).map(
@@ -54,14 +60,18 @@ describe("groupNorm", () => {
       const tx = Tensor.from(device, x, c.shape, dtype);
       const tg = Tensor.from(device, gamma, [channels]);
       const tb = Tensor.from(device, beta, [channels]);
-      const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu });
+      // A shift of the size of x's values and larger (|·| ≤ 3), so a misplaced one shows.
+      let shift = c.shift ? randomArray(c.shape[0] * channels, 37, 3) : undefined;
+      if (shift && dtype === "f16") shift = roundF16(shift);
+      const ts = shift && Tensor.from(device, shift, [c.shape[0], channels], dtype);
+      const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu, shift: ts });
       expect(out.shape).toEqual(c.shape);
       expect(out.dtype).toBe(dtype);
-      const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu);
+      const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu, shift);
       // mean 300 with std 0.05·…: inputs carry 300·2^-24 ≈ 2e-5 absolute rounding, ~1e-4 of the std.
       const tol = dtype === "f16" ? F16_TOL : c.mean ? { atol: 2e-4, rtol: 2e-4 } : F32_TOL;
       assertClose(await out.toFloat32(), ref, tol, "groupNorm");
-      for (const t of [tx, tg, tb, out]) t.dispose();
+      for (const t of [tx, tg, tb, out, ...(ts ? [ts] : [])]) t.dispose();
     });
   }
 
@@ -87,5 +97,9 @@ describe("groupNorm", () => {
     expect(() => groupNorm(x, g, g, { groups: 4, eps: 1e-5 })).toThrow(/6 channels of x .* do not split into 4 groups/);
     expect(() => groupNorm(x, wrong, g, { groups: 3, eps: 1e-5 })).toThrow(/gamma Tensor\(\[5\], f32\) must be \[6\]/);
     expect(() => groupNorm(g, g, g, { groups: 3, eps: 1e-5 })).toThrow(/must be \[B, C, \.\.\.spatial\]/);
+    const flatShift = Tensor.zeros(device, [6]);
+    expect(() => groupNorm(x, g, g, { groups: 3, eps: 1e-5, shift: flatShift })).toThrow(
+      /shift Tensor\(\[6\], f32\) must be \[1, 6\]/,
+    );
   });
 });

@@ -1,6 +1,7 @@
 /**
  * GroupNorm over x [B, C, ...spatial] with per-channel affine and optional fused SiLU, as torch.nn.GroupNorm
- * (biased variance, eps inside the square root).
+ * (biased variance, eps inside the square root); optionally of x + shift[B, C] (broadcast over space), the
+ * ResBlock's `h + emb_out[..., None, None]`, so that sum is never written to memory and read back.
  *
  * One workgroup per (batch, group): the group's elements are contiguous, so it reads them three times —
  * mean, then the sum of squared deviations (two-pass: no cancellation when |mean| ≫ std), then normalise —
@@ -18,13 +19,15 @@ export interface GroupNormOptions {
   eps: number;
   /** Apply SiLU to the result (GroupNorm → SiLU as in ResBlocks). */
   silu?: boolean;
+  /** [B, C]: normalise x + shift[b, c] instead of x (the ResBlock's timestep embedding), computed in f32. */
+  shift?: Tensor;
 }
 
 const WORKGROUP = 256;
 const FLOATS: readonly DType[] = ["f32", "f16"];
 
 export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: GroupNormOptions): Tensor {
-  const { groups, eps, silu = false } = options;
+  const { groups, eps, silu = false, shift } = options;
   if (x.shape.length < 2) throw new Error(`groupNorm: x ${x} must be [B, C, ...spatial]`);
   const [batch, channels] = x.shape;
   if (!Number.isInteger(groups) || groups <= 0 || channels % groups) {
@@ -41,6 +44,14 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
     }
   }
   assertDType("groupNorm", "x", x, FLOATS);
+  if (shift) {
+    assertDType("groupNorm", "shift", shift, FLOATS);
+    if (shift.shape.length !== 2 || shift.shape[0] !== batch || shift.shape[1] !== channels) {
+      throw new Error(
+        `groupNorm: shift ${shift} must be [${batch}, ${channels}] (per batch item and channel of x ${x})`,
+      );
+    }
+  }
   const device = x.device;
   const out = Tensor.empty(device, x.shape, x.dtype);
   const spatial = shapeSize(x.shape.slice(2));
@@ -63,9 +74,16 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
       offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
     },
   );
-  const spec: GroupNormWgsl = { dtype: x.dtype, gammaType: gamma.dtype, betaType: beta.dtype, width, silu };
+  const spec: GroupNormWgsl = {
+    dtype: x.dtype,
+    gammaType: gamma.dtype,
+    betaType: beta.dtype,
+    width,
+    silu,
+    shiftType: shift?.dtype ?? "none",
+  };
   const pipeline = device.pipeline(`groupnorm|${Object.values(spec).join("|")}`, () =>
-    groupNormWgsl(spec, wgslEnables(device, x.dtype, gamma.dtype, beta.dtype)),
+    groupNormWgsl(spec, wgslEnables(device, x.dtype, gamma.dtype, beta.dtype, ...(shift ? [shift.dtype] : []))),
   );
   for (const piece of pieces) {
     const firstGroup = piece.start / groupElements;
@@ -89,6 +107,7 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
         gamma.slice(),
         beta.slice(),
         { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize },
+        ...(shift ? [shift.slice()] : []),
       ],
       workgroups: foldGrid(count, device.limits.maxComputeWorkgroupsPerDimension),
     });
@@ -102,6 +121,8 @@ interface GroupNormWgsl {
   betaType: DType;
   width: number;
   silu: boolean;
+  /** The shift's dtype, or "none" without one. */
+  shiftType: DType | "none";
 }
 
 /** WGSL that sums one f32 per invocation over the workgroup (tree reduction in workgroup memory). */
@@ -127,6 +148,9 @@ function groupNormWgsl(g: GroupNormWgsl, enables: string): string {
   const total = vec ? "dot(v, vec4<f32>(1.0))" : "v";
   const squares = vec ? "dot(d, d)" : "d * d";
   const activation = g.silu ? "y = y / (1.0 + exp(-y));" : "";
+  const shifted = g.shiftType !== "none";
+  // Passes over the whole group: element i is in the group's channel i / spatial.
+  const shiftOf = (channel: string) => (shifted ? ` + f32(shift[shiftBase + ${channel}])` : "");
   return `${enables}
 struct Params { count: u32, first: u32, xOff: u32, outOff: u32, groups: u32, cpg: u32, spatial: u32, invN: f32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -134,6 +158,7 @@ struct Params { count: u32, first: u32, xOff: u32, outOff: u32, groups: u32, cpg
 @group(0) @binding(2) var<storage, read> gamma: array<${g.gammaType}>;
 @group(0) @binding(3) var<storage, read> beta: array<${g.betaType}>;
 @group(0) @binding(4) var<storage, read_write> out: array<${stored}>;
+${shifted ? `@group(0) @binding(5) var<storage, read> shift: array<${g.shiftType}>;` : ""}
 ${workgroupSumWgsl(WORKGROUP)}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -142,25 +167,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   let n = p.cpg * p.spatial;
   let xBase = p.xOff + local * n;
   let outBase = p.outOff + local * n;
+  let firstChannel = ((p.first + local) % p.groups) * p.cpg;
+  let shiftBase = ((p.first + local) / p.groups) * p.groups * p.cpg + firstChannel;
   var s = 0.0;
   for (var i = lid; i < n; i += ${WORKGROUP}u) {
-    let v = ${V}(x[xBase + i]);
+    let v = ${V}(x[xBase + i])${shiftOf("i / p.spatial")};
     s += ${total};
   }
   let mean = workgroup_sum(s, lid) * p.invN;
   s = 0.0;
   for (var i = lid; i < n; i += ${WORKGROUP}u) {
-    let d = ${V}(x[xBase + i]) - mean;
+    let d = ${V}(x[xBase + i])${shiftOf("i / p.spatial")} - mean;
     s += ${squares};
   }
   let rstd = inverseSqrt(workgroup_sum(s, lid) * p.invN + p.eps);
-  let firstChannel = ((p.first + local) % p.groups) * p.cpg;
   for (var c = 0u; c < p.cpg; c++) {
     let scale = rstd * f32(gamma[firstChannel + c]);
-    let shift = f32(beta[firstChannel + c]);
+    let offset = f32(beta[firstChannel + c]);
+    let centre = mean${shifted ? " - f32(shift[shiftBase + c])" : ""};
     let row = c * p.spatial;
     for (var i = lid; i < p.spatial; i += ${WORKGROUP}u) {
-      var y = (${V}(x[xBase + row + i]) - mean) * scale + shift;
+      var y = (${V}(x[xBase + row + i]) - centre) * scale + offset;
       ${activation}
       out[outBase + row + i] = ${stored}(y);
     }

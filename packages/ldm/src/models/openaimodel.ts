@@ -3,7 +3,7 @@
  * variant every Stable Diffusion model uses), with the original module names so parameter keys are those
  * under `model.diffusion_model`. Inference only: dropout is the identity.
  */
-import { add, concat, silu, timestepEmbedding } from "@ldm/kernels";
+import { concat, timestepEmbedding } from "@ldm/kernels";
 import { Conv2d, GroupNorm, Linear, type VarBuilder } from "@ldm/nn";
 import { formatShape, type Tensor } from "@ldm/tensor";
 import { type UNetConfig, unetHeads } from "@ldm/weights";
@@ -43,10 +43,10 @@ export class ResBlock {
   forward(x: Tensor, embSilu: Tensor): Tensor {
     return x.device.tidy(() => {
       const h = this.in_conv.forward(this.in_norm.forward(x, { silu: true }));
+      // h + emb_out[..., None, None] is added inside the group norm, never stored.
       const embOut = this.emb_proj.forward(embSilu);
-      const withEmb = add(h, embOut.reshape([embOut.shape[0], embOut.shape[1], 1, 1]));
       const skip = this.skip_connection ? this.skip_connection.forward(x) : x;
-      return this.out_conv.forward(this.out_norm.forward(withEmb, { silu: true }), { residual: skip });
+      return this.out_conv.forward(this.out_norm.forward(h, { silu: true, shift: embOut }), { residual: skip });
     });
   }
 }
@@ -189,8 +189,10 @@ export class UNetModel {
       const x = asDType(inputs.x, dtype);
       const context = asDType(inputs.context, dtype);
       const tEmb = timestepEmbedding(asDType(timesteps, "f32"), this.cfg.model_channels, { dtype });
-      const emb = this.time_embed_2.forward(this.time_embed_0.forward(tEmb, { activation: "silu" }));
-      const embSilu = silu(emb);
+      // Every ResBlock takes SiLU(emb), never emb: the SiLU runs in time_embed.2's epilogue.
+      const embSilu = this.time_embed_2.forward(this.time_embed_0.forward(tEmb, { activation: "silu" }), {
+        activation: "silu",
+      });
 
       const hs: Tensor[] = [];
       let h = cConcat ? concat([x, asDType(cConcat, dtype)], 1) : x;
