@@ -7,9 +7,12 @@ import { randomArray } from "../packages/kernels/src/testing.ts";
 import { type DType, Tensor } from "../packages/tensor/src/index.ts";
 import { defineRows, disposer, registerBench } from "./harness.ts";
 
+/** f16 rows carry the dtype in their name (the results key); tfjs-backend-webgpu computes in f32 only. */
+const suffix = (dtype: DType) => (dtype === "f32" ? "" : ` ${dtype}`);
+
 function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
   registerBench({
-    name: `matmul ${M}×${N}×${K}`,
+    name: `matmul ${M}×${N}×${K}${suffix(dtype)}`,
     dtype,
     flops: 2 * M * N * K,
     ours(device) {
@@ -26,15 +29,15 @@ function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
 }
 
 /** x [M, K] · W [N, K]ᵀ + bias: the SD Linear layer. */
-function linearRow(M: number, N: number, K: number) {
+function linearRow(M: number, N: number, K: number, dtype: DType = "f32") {
   registerBench({
-    name: `linear ${M}×${N}×${K} (+bias)`,
-    dtype: "f32",
+    name: `linear ${M}×${N}×${K} (+bias)${suffix(dtype)}`,
+    dtype,
     flops: 2 * M * N * K,
     ours(device) {
-      const x = Tensor.from(device, randomArray(M * K, 1), [M, K]);
-      const w = Tensor.from(device, randomArray(N * K, 2), [N, K]);
-      const b = Tensor.from(device, randomArray(N, 3), [N]);
+      const x = Tensor.from(device, randomArray(M * K, 1), [M, K], dtype);
+      const w = Tensor.from(device, randomArray(N * K, 2), [N, K], dtype);
+      const b = Tensor.from(device, randomArray(N, 3), [N], dtype);
       return { run: () => linear(x, w, b), dispose: disposer(x, w, b) };
     },
     peer(tf) {
@@ -48,15 +51,15 @@ function linearRow(M: number, N: number, K: number) {
 }
 
 /** 3×3, padding 1, stride 1, with bias: the SD ResBlock convolution. */
-function convRow(C: number, S: number) {
+function convRow(C: number, S: number, dtype: DType = "f32") {
   registerBench({
-    name: `conv2d 3×3 ${C}→${C} @ ${S}×${S}`,
-    dtype: "f32",
+    name: `conv2d 3×3 ${C}→${C} @ ${S}×${S}${suffix(dtype)}`,
+    dtype,
     flops: 2 * C * C * 9 * S * S,
     ours(device) {
-      const x = Tensor.from(device, randomArray(C * S * S, 1), [1, C, S, S]);
-      const w = Tensor.from(device, randomArray(C * C * 9, 2, 0.05), [C, C, 3, 3]);
-      const b = Tensor.from(device, randomArray(C, 3), [C]);
+      const x = Tensor.from(device, randomArray(C * S * S, 1), [1, C, S, S], dtype);
+      const w = Tensor.from(device, randomArray(C * C * 9, 2, 0.05), [C, C, 3, 3], dtype);
+      const b = Tensor.from(device, randomArray(C, 3), [C], dtype);
       return { run: () => conv2d(x, w, { bias: b, padding: 1 }), dispose: disposer(x, w, b) };
     },
     peer(tf) {
@@ -83,5 +86,7 @@ defineRows((quick) => {
     convRow(640, 32);
     convRow(1280, 16);
     convRow(128, 256);
+    linearRow(4096, 320, 320, "f16");
+    convRow(320, 64, "f16");
   }
 });

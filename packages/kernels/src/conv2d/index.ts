@@ -9,7 +9,7 @@ import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor,
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
-import { autotunerOf, sizeClass, timeCandidate } from "../matmul/autotune.ts";
+import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
 import { type BindingLimits, bindingLimits, bindingSlice } from "../matmul/plan.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
@@ -161,13 +161,13 @@ function tunedTiles(call: DirectCall, inputs: ConvTileInputs): ConvTiles | null 
     key: `conv2d:${window}:${dtypes}:${size}`,
     candidates: convTileCandidates(inputs),
     valid: isConvTiles,
-    measure: async (tiles, samples) => {
+    measure: async (tiles) => {
       const x = Tensor.zeros(device, call.x.shape, call.x.dtype);
       const w = Tensor.zeros(device, call.w.shape, call.w.dtype);
       const out = Tensor.empty(device, call.out.shape, call.out.dtype);
       const trial = { ...call, x, w, out, bias: undefined, residual: undefined, internals: { tiles } };
       try {
-        return await timeCandidate(device, () => direct(device, trial), samples);
+        return await timeCall(device, () => direct(device, trial));
       } finally {
         for (const t of [x, w, out]) t.dispose();
       }

@@ -46,8 +46,8 @@ function request(key: string, ms: Record<number, number>, timed: number[]): Tune
 }
 
 describe("Autotuner", () => {
-  it("defers an untuned class, then times each distinct candidate once and keeps the fastest", async () => {
-    const tuner = new Autotuner(new MemoryTuneStore());
+  it("defers an untuned class, then times the distinct candidates in turns and keeps the fastest", async () => {
+    const tuner = new Autotuner(new MemoryTuneStore(), 2);
     const timed: number[] = [];
     const req = request("gemm:a", { 16: 3, 24: 1, 32: 2 }, timed);
     expect(tuner.choice({ ...req, candidates: [...req.candidates, { rows: 16 }] })).toBeNull();
@@ -55,7 +55,8 @@ describe("Autotuner", () => {
     expect(tuner.choice(request("gemm:a", { 8: 1 }, timed))).toBeNull();
     expect(tuner.waiting).toEqual(["gemm:a"]);
     const outcomes = await tuner.tunePending();
-    expect(timed).toEqual([16, 24, 32]);
+    // A compiling round, then 2 timed rounds in which the candidates take turns.
+    expect(timed).toEqual([16, 24, 32, 16, 24, 32, 16, 24, 32]);
     expect(outcomes).toEqual([
       {
         key: "gemm:a",
@@ -69,7 +70,7 @@ describe("Autotuner", () => {
     ]);
     expect(tuner.waiting).toEqual([]);
     expect(tuner.choice(request("gemm:a", { 16: 1 }, timed))).toEqual({ rows: 24 });
-    expect(timed).toHaveLength(3);
+    expect(timed).toHaveLength(9);
   });
 
   it("re-tunes a class whose stored value the kernel does not accept", () => {
@@ -84,18 +85,18 @@ describe("Autotuner", () => {
 describe("FileTuneStore", () => {
   it("persists choices across instances, as one JSON object per file", async () => {
     const path = join(dir, "nested", "autotune-test.json");
-    const first = new Autotuner(new FileTuneStore(path));
+    const first = new Autotuner(new FileTuneStore(path), 1);
     first.choice(request("conv2d:x", { 8: 5, 16: 4 }, []));
     await first.tunePending();
     expect(JSON.parse(readFileSync(path, "utf8"))).toEqual({ "conv2d:x": { rows: 16 } });
 
     const timed: number[] = [];
-    const second = new Autotuner(new FileTuneStore(path));
+    const second = new Autotuner(new FileTuneStore(path), 1);
     expect(second.choice(request("conv2d:x", { 8: 1, 16: 9 }, timed))).toEqual({ rows: 16 });
     expect(second.waiting).toEqual([]);
     second.choice(request("conv2d:y", { 8: 1 }, timed));
     await second.tunePending();
-    expect(timed).toEqual([8]);
+    expect(timed).toEqual([8, 8]);
     expect(JSON.parse(readFileSync(path, "utf8"))).toEqual({ "conv2d:x": { rows: 16 }, "conv2d:y": { rows: 8 } });
   });
 

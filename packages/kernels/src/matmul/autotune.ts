@@ -115,7 +115,7 @@ export interface TuneRequest<T> {
   /** The heuristic's choice first; duplicates are dropped. */
   candidates: T[];
   /** Milliseconds of one call with a candidate, on inputs of the class's first shape. */
-  measure: (candidate: T, samples: number) => Promise<number>;
+  measure: (candidate: T) => Promise<number>;
   /** Whether a stored value is a config this kernel accepts (a stale or foreign entry is re-tuned). */
   valid: (value: unknown) => value is T;
 }
@@ -123,7 +123,7 @@ export interface TuneRequest<T> {
 export interface TuneOutcome {
   key: string;
   chosen: unknown;
-  /** Median ms per candidate, in candidate order. */
+  /** Median ms per distinct candidate, in candidate order. */
   times: { candidate: unknown; ms: number }[];
 }
 
@@ -132,7 +132,7 @@ export class Autotuner {
 
   constructor(
     readonly store: TuneStore,
-    /** Timed calls per candidate; the median counts. */
+    /** Timed calls per candidate (after one that compiles it); the median counts. */
     readonly samples = 3,
   ) {}
 
@@ -155,16 +155,23 @@ export class Autotuner {
     return [...this.pending.keys()];
   }
 
-  /** Times the candidates of every waiting class and stores the fastest of each. */
+  /**
+   * Times the candidates of every waiting class and stores the fastest of each. A first round compiles
+   * every candidate (not counted); then the candidates take turns, one call each per round, so that a
+   * change of machine load during tuning affects all of them alike (timing them one after another let
+   * a load drift decide: 1024³ candidates measured 4.2, 3.5, 2.6, 2.0 s in their order of turn).
+   */
   async tunePending(log?: (line: string) => void): Promise<TuneOutcome[]> {
     const outcomes: TuneOutcome[] = [];
     for (const [key, request] of [...this.pending]) {
       this.pending.delete(key);
-      const unique = new Map(request.candidates.map((c) => [JSON.stringify(c), c]));
-      const times: TuneOutcome["times"] = [];
-      for (const candidate of unique.values()) {
-        times.push({ candidate, ms: await request.measure(candidate, this.samples) });
+      const candidates = [...new Map(request.candidates.map((c) => [JSON.stringify(c), c])).values()];
+      for (const candidate of candidates) await request.measure(candidate);
+      const samples = candidates.map(() => [] as number[]);
+      for (let round = 0; round < this.samples; round++) {
+        for (const [i, candidate] of candidates.entries()) samples[i].push(await request.measure(candidate));
       }
+      const times = candidates.map((candidate, i) => ({ candidate, ms: median(samples[i]) }));
       const best = times.reduce((a, b) => (b.ms < a.ms ? b : a));
       this.store.set(key, JSON.stringify(best.candidate));
       outcomes.push({ key, chosen: best.candidate, times });
@@ -214,16 +221,14 @@ export function sizeClass(n: number): number {
   return n <= 1 ? 0 : Math.round(Math.log2(n));
 }
 
-/** Median of a candidate's timed calls (the first call compiles the pipeline and is not counted). */
-export async function timeCandidate(device: Device, run: () => void, samples: number): Promise<number> {
-  run();
-  await device.sync();
-  const times: number[] = [];
-  for (let i = 0; i < samples; i++) {
-    const start = performance.now();
-    const gpu = await device.timeGpu(run);
-    times.push(gpu ?? performance.now() - start);
-  }
-  times.sort((a, b) => a - b);
-  return times[times.length >> 1];
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  return sorted[sorted.length >> 1];
+}
+
+/** Milliseconds of one recorded call: GPU time where the adapter has timestamps, else wall time to completion. */
+export async function timeCall(device: Device, run: () => void): Promise<number> {
+  const start = performance.now();
+  const gpu = await device.timeGpu(run);
+  return gpu ?? performance.now() - start;
 }

@@ -11,7 +11,7 @@ import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor,
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "./activation.ts";
-import { autotunerOf, sizeClass, timeCandidate } from "./autotune.ts";
+import { autotunerOf, sizeClass, timeCall } from "./autotune.ts";
 import { type BindingLimits, bindingLimits, bindingSlice, type GemmGeometry, planGemm } from "./plan.ts";
 import { chooseTiles, isTileConfig, type TileConfig, type TileInputs, tileCandidates, workgroupTile } from "./tiles.ts";
 import { GEMM_PARAMS, type GemmKernelSpec, gemmKey, gemmVectorReads, gemmWgsl } from "./wgsl.ts";
@@ -182,13 +182,13 @@ function tunedTiles(call: GemmCall): TileConfig | null {
     key: `gemm:${layout}:${dtypes}:${size}`,
     candidates: tileCandidates(tileInputs(device, call)),
     valid: isTileConfig,
-    measure: async (tiles, samples) => {
+    measure: async (tiles) => {
       const a = Tensor.zeros(device, [batch, ...(transposeA ? [K, M] : [M, K])], call.a.dtype);
       const b = Tensor.zeros(device, [batch, ...(transposeB ? [N, K] : [K, N])], call.b.dtype);
       const out = Tensor.empty(device, [batch, M, N], call.out.dtype);
       const problem = { ...call, a, b, out, bias: undefined, residual: undefined, aBatchStride: M * K };
       try {
-        return await timeCandidate(device, () => gemm({ ...problem, bBatchStride: K * N, tiles }), samples);
+        return await timeCall(device, () => gemm({ ...problem, bBatchStride: K * N, tiles }));
       } finally {
         for (const t of [a, b, out]) t.dispose();
       }
