@@ -53,3 +53,12 @@ if ! command -v pnpm >/dev/null 2>&1; then
   log "installing pnpm 10"
   npm install -g --silent pnpm@10 >/dev/null
 fi
+
+# Debian's Chromium for the browser end-to-end test (apps/web, `pnpm test:e2e`): headless, it offers WebGPU on
+# SwiftShader with --enable-unsafe-webgpu.
+if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  log "installing chromium (browser end-to-end test)"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
