@@ -8,7 +8,8 @@
  *   AutoencoderKL.decodeToHost, as the pipeline decodes.
  * Peak = device.memory().peakLiveBytes over the call (the pool's peak reset before it): weights plus the
  * activations alive at once; the table also shows the activations alone (peak minus the bytes live before).
- * Rows merge into the results file (benchmarks/results.json by default). Benchmarks are not tests.
+ * Each row merges into the results file (benchmarks/results.json by default) as soon as it is measured.
+ * Benchmarks are not tests.
  */
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,7 +19,7 @@ import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts
 import { standardConfig } from "../packages/weights/src/index.ts";
 import { positiveInt } from "./common.ts";
 import { randomNetworks } from "./random-weights.ts";
-import { makeRow, type ResultRow, writeResults } from "./results.ts";
+import { makeRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CLIP_TOKENS = 77;
@@ -52,11 +53,12 @@ async function measure(call: () => Promise<unknown>): Promise<{ ms: number; peak
   return { ms: performance.now() - start, peak: device.memory().peakLiveBytes, before };
 }
 
-const rows: ResultRow[] = [];
+const file = resolve(process.env.INIT_CWD ?? process.cwd(), opts.out);
 const MiB = (b: number) => (b / 2 ** 20).toFixed(0);
+/** Prints a row and merges it into the results file at once: a long run stopped midway keeps what it measured. */
 function record(name: string, m: { ms: number; peak: number; before: number }) {
   const row = makeRow({ name: `${name} (${opts.dtype})`, oursMs: m.ms, peakBytes: m.peak });
-  rows.push(row);
+  writeResults(file, [row], device.describe());
   console.log(`| ${row.name} | ${row.ours_ms} | ${MiB(m.peak)} | ${MiB(m.peak - m.before)} |`);
 }
 
@@ -89,8 +91,6 @@ record(
 );
 
 dispose();
-const file = resolve(process.env.INIT_CWD ?? process.cwd(), opts.out);
-writeResults(file, rows, device.describe());
-console.log(`wrote ${rows.length} rows to ${file}`);
+console.log(`rows merged into ${file}`);
 device.destroy();
 process.exit(0);
