@@ -1,0 +1,146 @@
+/**
+ * The demo page in real headless Chromium (Debian's `chromium`, WebGPU on SwiftShader), built and served as it
+ * ships, against the Node CLI on lavapipe: the same prompt, seed, sampler, steps and guidance must give the same
+ * image within TOLERANCE.
+ */
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { decodePng } from "@ldm/ldm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readManifest } from "../model-plugin.ts";
+import { bundleImports, lazyNodeOnlyChunks, nodeOnlyImports } from "./bundle.ts";
+import {
+  CACHED_PROFILE,
+  type Controls,
+  canvasPixels,
+  DemoPage,
+  generate,
+  modelFolder,
+  pageError,
+  repositoryRoot,
+  settled,
+  WEBGPU,
+} from "./harness.ts";
+
+/**
+ * Short on purpose (SwiftShader runs WebGPU on the CPU, several times slower than lavapipe); f32 like the CLI
+ * (SwiftShader has no shader-f16, so "auto" would be f32 as well); two previews.
+ */
+const RUN: Controls = {
+  prompt: "a red apple",
+  seed: 42,
+  sampler: "ddim",
+  steps: 10,
+  guidance: 7.5,
+  size: 64,
+  precision: "f32",
+  previewEvery: 5,
+};
+
+/**
+ * Both sides compute in f32 from the same CPU noise (the torch-compatible generator), so they differ only by
+ * rounding: SwiftShader and lavapipe compile the same WGSL to different machine code, and the kernels pick
+ * different tiles per adapter (subgroup sizes 4 and 8), so sums run in different orders and exp/sqrt carry
+ * different ulp errors. The size of such differences is known from the Node side: our f32 sample loops (10–20
+ * guided steps, decoder included) stay within 1.4e-5 of max|reference| of PyTorch's (packages/ldm/src/validate),
+ * i.e. about 0.004 of one 8-bit level; what remains visible is a value that sits near a half-level and rounds
+ * the other way, by one level. The bound allows 3 levels anywhere and a mean of 0.1 level (one value in ten off
+ * by one): a wrong seed, sampler, step count or guidance moves most pixels by tens of levels.
+ */
+const TOLERANCE = { max: 3, mean: 0.1 };
+
+/** How long the page may take to load the model and generate (SwiftShader on 2 busy cores is slow). */
+const PAGE_TIMEOUT_MS = Number(process.env.LDM_E2E_TIMEOUT_S ?? 1800) * 1000;
+
+let demo: DemoPage;
+beforeAll(async () => {
+  demo = await DemoPage.start();
+});
+afterAll(async () => demo?.close());
+
+describe("the browser bundle", () => {
+  it("loads no Node-only module: the entry and everything it imports statically are browser code", () => {
+    const graph = bundleImports(demo.outDir);
+    const leaks = nodeOnlyImports(graph, graph.entry);
+    expect(leaks, `Node-only imports reachable from the page's entry: ${leaks.join(", ")}`).toEqual([]);
+    const lazy = lazyNodeOnlyChunks(graph);
+    if (lazy.length) console.log(`chunks needing Node, imported only dynamically (never run here): ${lazy.join(", ")}`);
+  });
+});
+
+describe("the page in headless Chromium", () => {
+  it("says so when the browser has no navigator.gpu", async () => {
+    const page = await demo.open(WEBGPU);
+    await page.addInitScript(() => {
+      delete (Navigator.prototype as { gpu?: unknown }).gpu;
+    });
+    await page.reload();
+    expect(await settled(page, 60_000)).toBe("error");
+    expect(await pageError(page)).toMatchObject({ kind: "no-webgpu", text: expect.stringMatching(/no WebGPU/) });
+  });
+
+  it("says so when WebGPU offers no adapter (Chromium headless without --enable-unsafe-webgpu)", async () => {
+    const page = await demo.open([]);
+    expect(await settled(page, 60_000)).toBe("error");
+    expect(await pageError(page)).toMatchObject({ kind: "no-adapter", text: expect.stringMatching(/no GPU adapter/) });
+  });
+
+  it(
+    "generates the same image as the Node CLI for the same seed, sampler, steps and guidance",
+    async () => {
+      const manifest = readManifest(modelFolder);
+      if (manifest instanceof Error) throw manifest;
+      const cliOut = join(demo.outDir, "cli.png");
+      const cliStart = performance.now();
+      await promisify(execFile)(
+        process.execPath,
+        [
+          join(repositoryRoot, "packages/ldm/bin/ldm.mjs"),
+          "generate",
+          RUN.prompt,
+          ...["--model", join(modelFolder, manifest.weights), "--vocab", join(modelFolder, "tokenizer")],
+          ...(manifest.config ? ["--config", join(modelFolder, manifest.config)] : []),
+          ...["--seed", String(RUN.seed), "--sampler", RUN.sampler, "--steps", String(RUN.steps)],
+          ...["--cfg", String(RUN.guidance), "--width", String(RUN.size), "--height", String(RUN.size)],
+          ...["--out", cliOut],
+        ],
+        { env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" }, timeout: 600_000 },
+      );
+      const cliSeconds = (performance.now() - cliStart) / 1000;
+      const expected = decodePng(readFileSync(cliOut), "the CLI's image");
+
+      const pageStart = performance.now();
+      const page = await demo.open(WEBGPU, CACHED_PROFILE);
+      await generate(page, RUN);
+      const state = await settled(page, PAGE_TIMEOUT_MS);
+      const pageSeconds = (performance.now() - pageStart) / 1000;
+      if (state === "error") throw new Error(`the page failed: ${(await pageError(page)).text}`);
+      const device = await page.textContent("#device");
+      expect(device).toMatch(/WebGPU: .*\(browser\)/);
+
+      const preview = await canvasPixels(page, "preview");
+      expect([preview.width, preview.height]).toEqual([RUN.size, RUN.size]);
+      expect(new Set(preview.data).size, "the preview canvas was never drawn").toBeGreaterThan(2);
+
+      const actual = await canvasPixels(page, "result");
+      expect([actual.width, actual.height]).toEqual([expected.width, expected.height]);
+      let maxDiff = 0;
+      let sumDiff = 0;
+      actual.data.forEach((v, i) => {
+        const d = Math.abs(v - expected.data[i]);
+        maxDiff = Math.max(maxDiff, d);
+        sumDiff += d;
+      });
+      const meanDiff = sumDiff / actual.data.length;
+      console.log(
+        `page ${pageSeconds.toFixed(1)} s (${device}), CLI ${cliSeconds.toFixed(1)} s; ` +
+          `pixels: max |Δ| ${maxDiff}, mean |Δ| ${meanDiff.toFixed(4)} (of 255), status: ${await page.textContent("#status")}`,
+      );
+      expect(maxDiff).toBeLessThanOrEqual(TOLERANCE.max);
+      expect(meanDiff).toBeLessThanOrEqual(TOLERANCE.mean);
+    },
+    PAGE_TIMEOUT_MS + 600_000,
+  );
+});
