@@ -107,12 +107,19 @@ export async function generate(page: Page, controls: Controls): Promise<void> {
   await page.click("#generate");
 }
 
-/** Waits until the page is done or has failed (its data-state). */
+/** Waits until the page is done or has failed (its data-state); a timeout says how far the page got. */
 export async function settled(page: Page, timeoutMs: number): Promise<"done" | "error"> {
-  await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.state ?? ""), null, {
-    timeout: timeoutMs,
-    polling: 1000,
-  });
+  try {
+    await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.state ?? ""), null, {
+      timeout: timeoutMs,
+      polling: 1000,
+    });
+  } catch (e) {
+    const status = await page.textContent("#status").catch(() => "unknown");
+    throw new Error(
+      `the page did not finish within ${timeoutMs / 1000} s; its status: ${status} (${(e as Error).message})`,
+    );
+  }
   return (await page.evaluate(() => document.body.dataset.state)) as "done" | "error";
 }
 
