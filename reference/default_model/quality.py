@@ -95,7 +95,7 @@ def generate(model, tokenizer, config, captions, args):
     }
 
 
-def write_dump(path, tensors, args, chosen, items):
+def write_dump(path, tensors, args, chosen, items, fractions):
     """The run as a `sample` dump that `ldm validate` and the TypeScript quality test replay."""
     with open(args.model + ".safetensors", "rb") as file:
         checkpoint_sha256 = hashlib.sha256(file.read()).hexdigest()
@@ -112,6 +112,8 @@ def write_dump(path, tensors, args, chosen, items):
             [{"index": i, "codepoints": items[i]["codepoints"], "caption": items[i]["captions"][0]} for i in chosen]
         ),
         "quality_rule": f"closer to its own emoji than to >= {PASS_FRACTION:.0%} of the others, all captions",
+        # Per caption, the fraction of the other emojis farther from the image than its own emoji.
+        "quality_fractions": json.dumps(fractions),
     }
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata)
     print(f"wrote {path}")
@@ -150,8 +152,6 @@ def main():
     else:
         tensors = generate(model, tokenizer, config, captions, args)
         images = (tensors["sample.out.image"].clamp(-1, 1) + 1) / 2
-        if args.dump:
-            write_dump(args.dump, tensors, args, chosen, items)
 
     reference = downsampled(dataset)
     distances = torch.cdist(downsampled(images), reference)  # [20, N]
@@ -166,6 +166,8 @@ def main():
         passed += fraction >= PASS_FRACTION
         print(f"{'pass' if fraction >= PASS_FRACTION else 'FAIL'} {fraction:6.1%} closer than own: "
               f"{caption!r} (own distance {own:.2f}; nearest emoji {nearest!r})")
+    if args.dump and not args.vae_only:
+        write_dump(args.dump, tensors, args, chosen, items, fractions)
     what = "random weights" if args.random_weights else args.model + (" (VAE reconstructions)" if args.vae_only else "")
     print(f"{what}: {passed}/{len(chosen)} captions pass (need all); "
           f"mean fraction {np.mean(fractions):.1%}, median {np.median(fractions):.1%}")

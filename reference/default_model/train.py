@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
@@ -268,7 +269,11 @@ class Stage:
 
     def run(self, step_fn):
         """Calls step_fn() -> (loss tensor, metrics) until --steps or --minutes; logs every
-        --log-every steps; saves every --save-minutes and at the end (also on SIGINT/SIGTERM)."""
+        --log-every steps; saves every --save-minutes and at the end (also on SIGINT/SIGTERM).
+        Data-parallel (torch.distributed initialised): every rank steps on its own batch with the
+        gradients averaged over the ranks, so the weights stay identical; rank 0 decides when to
+        stop and save, and alone logs and saves."""
+        rank, ranks = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         stop = {"signal": None}
 
         def request_stop(signum, _frame):
@@ -279,8 +284,14 @@ class Stage:
         last_save = started
         window = []
         try:
-            while self.step < self.args.steps and stop["signal"] is None:
-                if self.args.minutes and time.monotonic() - started > self.args.minutes * 60:
+            while True:
+                now = time.monotonic()
+                finished = (self.step >= self.args.steps or stop["signal"] is not None
+                            or (self.args.minutes and now - started > self.args.minutes * 60))
+                control = torch.tensor([float(finished), float(now - last_save > self.args.save_minutes * 60)])
+                if ranks > 1:
+                    dist.broadcast(control, 0)
+                if control[0]:
                     break
                 t0 = time.monotonic()
                 lr = self.args.lr * min(1.0, (self.step + 1) / self.args.warmup)
@@ -289,6 +300,8 @@ class Stage:
                 loss, metrics = step_fn()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if ranks > 1:
+                    average_gradients(self.parameters, ranks)
                 torch.nn.utils.clip_grad_norm_(self.parameters, GRAD_CLIP)
                 self.optimizer.step()
                 if self.ema is not None:
@@ -297,19 +310,34 @@ class Stage:
                 elapsed = time.monotonic() - t0
                 self.seconds += elapsed
                 window.append({"loss": loss.item(), **metrics, "s": elapsed})
-                if self.step % self.args.log_every == 0 or self.step == self.args.steps:
+                if rank == 0 and (self.step % self.args.log_every == 0 or self.step == self.args.steps):
                     mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                     self.log.append({"step": self.step, **mean})
                     print(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), flush=True)
                     window = []
-                if time.monotonic() - last_save > self.args.save_minutes * 60:
-                    self.save()
+                if control[1]:
+                    if rank == 0:
+                        self.save()
                     last_save = time.monotonic()
         finally:
-            self.save()
+            if rank == 0:
+                self.save()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        print(f"saved {self.path} at step {self.step} ({self.seconds / 3600:.2f} h of steps)")
+        if rank == 0:
+            print(f"saved {self.path} at step {self.step} ({self.seconds / 3600:.2f} h of steps)")
+
+
+def average_gradients(parameters, ranks):
+    """All-reduces the gradients as one flat buffer (one message instead of one per tensor)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= ranks
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def train_vae(args):
@@ -367,6 +395,16 @@ def encode_dataset(vae, images, batch=64):
 
 
 def train_ldm(args):
+    if args.ranks > 1:
+        torch.multiprocessing.spawn(train_ldm_rank, args=(args,), nprocs=args.ranks)
+    else:
+        train_ldm_rank(0, args)
+
+
+def train_ldm_rank(rank, args):
+    if args.ranks > 1:
+        torch.set_num_threads(args.threads)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=args.ranks)
     config = read_config(args.run)
     torch.manual_seed(args.seed)
     ldm = LatentDiffusion(config)
@@ -389,13 +427,16 @@ def train_ldm(args):
         stage.extra["scale_factor"] = 1.0 / (mean + std * noise).flatten().std().item()
         print(f"scale_factor = 1 / std of the dataset latents = {stage.extra['scale_factor']:.5f}")
     scale = stage.extra["scale_factor"]
+    # Rank 0 draws from the saved generator; the others from generators seeded by rank and the
+    # step they start at (so a data-parallel run resumes, but not bit-identically).
+    generator = stage.generator if rank == 0 else torch.Generator().manual_seed(args.seed + 7919 * rank + stage.step)
 
     def step():
-        indices = data.sample(args.batch, stage.generator)
-        ids = data.caption_batch(indices, stage.generator)
-        noise = torch.randn(mean[indices].shape, generator=stage.generator)
+        indices = data.sample(args.batch, generator)
+        ids = data.caption_batch(indices, generator)
+        noise = torch.randn(mean[indices].shape, generator=generator)
         z0 = scale * (mean[indices] + std[indices] * noise)
-        return trainer.loss(z0, ids, stage.generator), {}
+        return trainer.loss(z0, ids, generator), {}
 
     stage.run(step)
 
@@ -554,6 +595,9 @@ def main():
     p = commands.add_parser("ldm")
     p.add_argument("--run", required=True)
     add_loop_flags(p, batch=32, lr=2e-4, steps=8000)
+    p.add_argument("--ranks", type=int, default=1,
+                   help="data-parallel processes (each --threads threads, its own --batch; gradients averaged)")
+    p.add_argument("--port", type=int, default=29517, help="local TCP port of the data-parallel rendezvous")
     p = commands.add_parser("export")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
