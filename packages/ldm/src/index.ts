@@ -6,8 +6,14 @@ export * from "./diffusion/index.ts";
 export * from "./image/index.ts";
 export { AutoencoderKL, DiagonalGaussianDistribution } from "./models/autoencoder.ts";
 export { CLIPTextModel, type ClipOutputs } from "./models/clip.ts";
-export { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "./models/load.ts";
-export type { LoadedModel } from "./models/load-node.ts";
+export {
+  buildModel,
+  COMPONENT_PREFIX,
+  type Component,
+  type LoadedModel,
+  loadNetworks,
+  type Networks,
+} from "./models/load.ts";
 export { loadModelFromStream, type StreamedModelOptions } from "./models/load-stream.ts";
 export { ResBlock, TimestepEmbedSequential, type UNetInputs, UNetModel } from "./models/openaimodel.ts";
 export type { TileOptions } from "./models/tiles.ts";

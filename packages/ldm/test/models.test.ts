@@ -1,3 +1,5 @@
+import { createReadStream, readFileSync } from "node:fs";
+import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { randomArray } from "@ldm/kernels/testing";
 import { VarBuilder } from "@ldm/nn";
@@ -11,6 +13,7 @@ import {
   DiagonalGaussianDistribution,
   loadModel,
 } from "../src/models/index.ts";
+import { loadModelFromStream } from "../src/models/load-stream.ts";
 import { blendTiles, planTiles } from "../src/models/tiles.ts";
 import { Generator } from "../src/random/index.ts";
 
@@ -93,6 +96,26 @@ describe("VAE tiling", () => {
     const tiled = await (vae as AutoencoderKL).decodeTiled(z, { tileSize: 4, overlap: 2 });
     expect(tiled.shape).toEqual([1, 3, 48, 80]);
     expect((await tiled.toFloat32()).every(Number.isFinite)).toBe(true);
+  });
+
+  it("loadModelFromStream (one pass over a byte stream, as browsers load) builds what loadModel builds", async () => {
+    const dumps = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
+    const file = `${dumps}tiny-sd1.safetensors`;
+    const yaml = `${dumps}tiny-sd1.yaml`;
+    const fromFile = await loadModel(file, { device, config: yaml, components: ["vae"] });
+    const fromStream = await loadModelFromStream(Readable.toWeb(createReadStream(file)) as ReadableStream<Uint8Array>, {
+      device,
+      origin: file,
+      config: { text: readFileSync(yaml, "utf8"), origin: yaml },
+      components: ["vae"],
+    });
+    const z = Tensor.from(device, randomArray(1 * 4 * 3 * 5, 11, 3), [1, 4, 3, 5]);
+    const decoded = await Promise.all(
+      [fromFile, fromStream].map((m) => (m.vae as AutoencoderKL).decode(z).toFloat32()),
+    );
+    expect(Array.from(decoded[1])).toEqual(Array.from(decoded[0]));
+    fromFile.dispose();
+    fromStream.dispose();
   });
 });
 

@@ -2,7 +2,9 @@ import { readFile } from "node:fs/promises";
 import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
 import { openCheckpoint } from "@ldm/weights/node";
-import { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "./load.ts";
+import { type Component, type LoadedModel, loadNetworks } from "./load.ts";
+
+export type { LoadedModel } from "./load.ts";
 
 export interface LoadModelOptions {
   device: Device;
@@ -12,13 +14,6 @@ export interface LoadModelOptions {
   config?: string;
   /** Which networks to build and load (default all three). */
   components?: readonly Component[];
-}
-
-export interface LoadedModel extends Networks {
-  /** Configuration values detection had to assume (empty when a YAML config was given). */
-  assumptions: string[];
-  /** Frees every parameter of the loaded networks (they must not be used afterwards). */
-  dispose(): void;
 }
 
 /**
@@ -34,15 +29,7 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
   const checkpoint = await openCheckpoint(path);
   try {
     const { config, assumptions } = checkpoint.config(yaml);
-    const vb = VarBuilder.from(device, checkpoint.source, dtype);
-    const networks = buildModel(vb, config, components);
-    try {
-      await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
-    } catch (e) {
-      vb.dispose();
-      throw e;
-    }
-    return { ...networks, assumptions, dispose: () => vb.dispose() };
+    return await loadNetworks(VarBuilder.from(device, checkpoint.source, dtype), config, components, assumptions);
   } finally {
     await checkpoint.close();
   }

@@ -1,8 +1,7 @@
 import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
 import { configFromYaml, detectConfig, openSafetensorsStream } from "@ldm/weights";
-import { buildModel, COMPONENT_PREFIX, type Component } from "./load.ts";
-import type { LoadedModel } from "./load-node.ts";
+import { type Component, type LoadedModel, loadNetworks } from "./load.ts";
 
 /**
  * Loading from a one-pass byte stream: a `fetch` Response's body or a File's `stream()` in a browser. Nothing
@@ -42,15 +41,7 @@ export async function loadModelFromStream(
     const { config, assumptions } = options.config
       ? { config: configFromYaml(options.config.text, options.config.origin), assumptions: [] }
       : detectConfig(opened.source, origin, { openClipText: opened.layout.textNaming === "openclip" });
-    const vb = VarBuilder.from(device, opened.source, dtype);
-    const networks = buildModel(vb, config, components);
-    try {
-      await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
-    } catch (e) {
-      vb.dispose();
-      throw e;
-    }
-    return { ...networks, assumptions, dispose: () => vb.dispose() };
+    return await loadNetworks(VarBuilder.from(device, opened.source, dtype), config, components, assumptions);
   } finally {
     await opened.close();
   }

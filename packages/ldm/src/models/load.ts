@@ -35,3 +35,27 @@ export function buildModel(
     clip: want.has("clip") ? new CLIPTextModel(vb.pp(COMPONENT_PREFIX.clip), config.text) : undefined,
   };
 }
+
+export interface LoadedModel extends Networks {
+  /** Configuration values detection had to assume (empty when a YAML config was given). */
+  assumptions: string[];
+  /** Frees every parameter of the loaded networks (they must not be used afterwards). */
+  dispose(): void;
+}
+
+/** The networks of `config` over `vb`, their weights loaded; the parameters are freed again if loading fails. */
+export async function loadNetworks(
+  vb: VarBuilder,
+  config: ModelConfig,
+  components: readonly Component[],
+  assumptions: string[],
+): Promise<LoadedModel> {
+  const networks = buildModel(vb, config, components);
+  try {
+    await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
+  } catch (e) {
+    vb.dispose();
+    throw e;
+  }
+  return { ...networks, assumptions, dispose: () => vb.dispose() };
+}
