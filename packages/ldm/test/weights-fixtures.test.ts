@@ -28,11 +28,12 @@ async function open(name: string): Promise<{ checkpoint: Checkpoint; yaml: Model
   };
 }
 
-/** The fields detection cannot know (heads, VAE resolution, schedule, parameterization) set from the YAML. */
+/** The fields detection cannot know (heads, VAE resolution, trained size, schedule, parameterization) set from the YAML. */
 function withUndetectables(detected: ModelConfig, yaml: ModelConfig): ModelConfig {
   return {
     ...detected,
     parameterization: yaml.parameterization,
+    image_size: yaml.image_size,
     unet: { ...detected.unet, num_heads: yaml.unet.num_heads, num_head_channels: yaml.unet.num_head_channels },
     vae: { ...detected.vae, ddconfig: { ...detected.vae.ddconfig, resolution: yaml.vae.ddconfig.resolution } },
     text: { ...detected.text, num_attention_heads: yaml.text.num_attention_heads },
