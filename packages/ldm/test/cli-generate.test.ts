@@ -13,9 +13,12 @@ const MODEL = ["--model", join(DUMPS, "tiny-sd1.safetensors"), "--config", join(
 
 let dir: string;
 let vocab: string;
+/** The tiny checkpoint, its config and a vocabulary of its size. */
+let tiny: string[];
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "ldm-generate-"));
   vocab = writeTinyVocab(join(dir, "tokenizer"), 1000);
+  tiny = [...MODEL, "--vocab", vocab];
   const png = (width: number, height: number) =>
     encodePng({ width, height, data: new Uint8ClampedArray(width * height * 4).fill(200) });
   writeFileSync(join(dir, "init.png"), png(32, 32));
@@ -78,9 +81,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const run = await ldm(
       "generate",
       "a photograph of an astronaut",
-      ...MODEL,
-      "--vocab",
-      vocab,
+      ...tiny,
       "--width",
       "32",
       "--height",
@@ -113,7 +114,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
       model: "tiny-sd1.safetensors",
       dtype: "f32",
     });
-    const again = await ldm("generate", "--params-from", written, ...MODEL, "--vocab", vocab, "--out", first);
+    const again = await ldm("generate", "--params-from", written, ...tiny, "--out", first);
     expect(again.code, again.err).toBe(0);
     expect(decodePng(readFileSync(first), "again").data).toEqual(image.data);
   });
@@ -123,9 +124,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const run = await ldm(
       "generate",
       "a cat",
-      ...MODEL,
-      "--vocab",
-      vocab,
+      ...tiny,
       "--init-image",
       join(dir, "init.png"),
       "--strength",
@@ -148,19 +147,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
   it("several prompts share the seed; --grid puts a row per prompt, a column per batch image", async () => {
     const grid = join(dir, "grid.png");
     const args = ["--width", "16", "--height", "24", "--steps", "2", "--cfg", "1", "--seed", "3", "-n", "2"];
-    const run = await ldm(
-      "generate",
-      "a cat",
-      "a dog",
-      ...MODEL,
-      "--vocab",
-      vocab,
-      ...args,
-      "--out",
-      dir,
-      "--grid",
-      grid,
-    );
+    const run = await ldm("generate", "a cat", "a dog", ...tiny, ...args, "--out", dir, "--grid", grid);
     expect(run.code, run.err).toBe(0);
     const files = [0, 1, 2, 3].map((i) => join(dir, `ldm-3-${i}.png`));
     expect(run.out.split("\n")).toEqual([...files, grid]);
@@ -183,9 +170,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const low = await ldm(
       "generate",
       "a dog",
-      ...MODEL,
-      "--vocab",
-      vocab,
+      ...tiny,
       ...args,
       "--out",
       lowMemory,
@@ -194,38 +179,15 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     );
     expect(low.code, low.err).toBe(0);
     expect(image(join(dir, "low-memory-1.png")).data).toEqual(image(files[3]).data);
-    const notPng = await ldm("generate", "a cat", ...MODEL, "--vocab", vocab, "--grid", join(dir, "grid.jpg"));
+    const notPng = await ldm("generate", "a cat", ...tiny, "--grid", join(dir, "grid.jpg"));
     expect(notPng.err).toMatch(/--grid .*grid.jpg: must name a .png file/);
   });
 
   it("ldm loss prints the MSE; ldm bench reports steps, decode and peak memory", async () => {
-    const loss = await ldm(
-      "loss",
-      ...MODEL,
-      "--vocab",
-      vocab,
-      "--image",
-      join(dir, "init.png"),
-      "--prompt",
-      "a cat",
-      "--t",
-      "250",
-    );
+    const loss = await ldm("loss", ...tiny, "--image", join(dir, "init.png"), "--prompt", "a cat", "--t", "250");
     expect(loss.code, loss.err).toBe(0);
     expect(loss.out).toMatch(/^t 250 {2}seed 0 {2}MSE against ε: \d+\.\d+/);
-    const bench = await ldm(
-      "bench",
-      ...MODEL,
-      "--vocab",
-      vocab,
-      "--width",
-      "32",
-      "--height",
-      "32",
-      "--steps",
-      "2",
-      "--json",
-    );
+    const bench = await ldm("bench", ...tiny, "--width", "32", "--height", "32", "--steps", "2", "--json");
     expect(bench.code, bench.err).toBe(0);
     const report = JSON.parse(bench.out);
     expect(report.steps).toBe(2);
