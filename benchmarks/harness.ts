@@ -80,7 +80,9 @@ export function disposer(...tensors: Tensor[]): () => void {
 }
 
 export function registerBench(row: KernelBench): void {
-  if (rows.some((r) => r.name === row.name)) throw new Error(`benchmark row '${row.name}' is registered twice`);
+  if (rows.some((r) => r.name === row.name && r.dtype === row.dtype)) {
+    throw new Error(`benchmark row '${row.name}' (${row.dtype}) is registered twice`);
+  }
   rows.push(row);
 }
 

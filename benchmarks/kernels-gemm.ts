@@ -7,12 +7,9 @@ import { randomArray } from "../packages/kernels/src/testing.ts";
 import { type DType, Tensor } from "../packages/tensor/src/index.ts";
 import { defineRows, disposer, registerBench } from "./harness.ts";
 
-/** f16 rows carry the dtype in their name (the results key); tfjs-backend-webgpu computes in f32 only. */
-const suffix = (dtype: DType) => (dtype === "f32" ? "" : ` ${dtype}`);
-
 function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
   registerBench({
-    name: `matmul ${M}×${N}×${K}${suffix(dtype)}`,
+    name: `matmul ${M}×${N}×${K}`,
     dtype,
     flops: 2 * M * N * K,
     ours(device) {
@@ -31,7 +28,7 @@ function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
 /** x [M, K] · W [N, K]ᵀ + bias: the SD Linear layer. */
 function linearRow(M: number, N: number, K: number, dtype: DType = "f32") {
   registerBench({
-    name: `linear ${M}×${N}×${K} (+bias)${suffix(dtype)}`,
+    name: `linear ${M}×${N}×${K} (+bias)`,
     dtype,
     flops: 2 * M * N * K,
     ours(device) {
@@ -53,7 +50,7 @@ function linearRow(M: number, N: number, K: number, dtype: DType = "f32") {
 /** 3×3, padding 1, stride 1, with bias: the SD ResBlock convolution. */
 function convRow(C: number, S: number, dtype: DType = "f32") {
   registerBench({
-    name: `conv2d 3×3 ${C}→${C} @ ${S}×${S}${suffix(dtype)}`,
+    name: `conv2d 3×3 ${C}→${C} @ ${S}×${S}`,
     dtype,
     flops: 2 * C * C * 9 * S * S,
     ours(device) {
