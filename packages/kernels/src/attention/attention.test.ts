@@ -1,4 +1,4 @@
-import { Device, Tensor } from "@ldm/tensor";
+import { Device, DeviceLimitError, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
@@ -244,5 +244,19 @@ describe("attention", () => {
     const blocked: AttentionTiling = { kind: "blocked", queryBlock: 2 };
     expect(() => attention(q, k, k, { heads: 2, tiling: blocked })).toThrow(/needs one head .*got 2 heads/);
     expect(() => attention(q, k, k, { heads: 1, causal: true, tiling: blocked })).toThrow(/got 1 heads, causal/);
+  });
+
+  it("says which tensor is over the binding limit, as a DeviceLimitError (the adapter's limit, not a bug)", () => {
+    const rows = Math.floor(device.limits.maxStorageBufferBindingSize / (4 * 64)) + 1;
+    const k = Tensor.empty(device, [1, rows, 64]);
+    const q = Tensor.empty(device, [1, 1, 64]);
+    try {
+      const call = () => attention(q, k, k, { heads: 1 });
+      expect(call).toThrow(DeviceLimitError);
+      expect(call).toThrow(new RegExp(`attention: k .*\\[1, ${rows}, 64\\].* over this device's maxStorageBufferBindingSize`));
+    } finally {
+      k.dispose();
+      q.dispose();
+    }
   });
 });

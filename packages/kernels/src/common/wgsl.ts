@@ -1,4 +1,4 @@
-import type { Device, DType, Tensor } from "@ldm/tensor";
+import { type Device, DeviceLimitError, type DType, type Tensor } from "@ldm/tensor";
 
 /** The WGSL scalar type that stores `dtype`. */
 export function wgslType(dtype: DType): string {
@@ -14,12 +14,15 @@ export function wgslEnables(device: Device, ...dtypes: DType[]): string {
   return "enable f16;\n";
 }
 
-/** Throws unless every tensor fits one storage binding (for kernels that do not split work). */
+/**
+ * Throws unless every tensor fits one storage binding (for kernels that do not split work). A DeviceLimitError:
+ * the adapter's limit, not a bug or a lack of memory, so callers can offer a smaller problem (e.g. VAE tiling).
+ */
 export function assertBindable(op: string, tensors: Record<string, Tensor>): void {
   for (const [name, t] of Object.entries(tensors)) {
     const max = t.device.limits.maxStorageBufferBindingSize;
     if (t.byteLength > max) {
-      throw new Error(
+      throw new DeviceLimitError(
         `${op}: ${name} ${t.toString()} is ${t.byteLength} bytes, over this device's maxStorageBufferBindingSize ${max}`,
       );
     }
