@@ -253,7 +253,9 @@ describe("attention", () => {
     try {
       const call = () => attention(q, k, k, { heads: 1 });
       expect(call).toThrow(DeviceLimitError);
-      expect(call).toThrow(new RegExp(`attention: k .*\\[1, ${rows}, 64\\].* over this device's maxStorageBufferBindingSize`));
+      expect(call).toThrow(
+        new RegExp(`attention: k .*\\[1, ${rows}, 64\\].* over this device's maxStorageBufferBindingSize`),
+      );
     } finally {
       k.dispose();
       q.dispose();
