@@ -66,14 +66,23 @@ export async function runSample(
     cConcat: cConcat?.data,
   });
   const outputs: Outputs = new Map([["z_0", { data: z0, shape: xT.shape }]]);
-  if (dump.has("sample", "out", "image")) {
-    const device = unet.vb.device;
-    const unscaled = z0.map((v) => v / config.scale_factor);
-    const image = device.tidy(() => vae.decode(Tensor.from(device, unscaled, xT.shape)));
-    outputs.set("image", { data: await image.toFloat32(), shape: image.shape });
+  if (dump.has("sample", "out", "image"))
+    outputs.set("image", await decodeLatents(model, { data: z0, shape: xT.shape }));
+  return outputs;
+}
+
+/** The raw decoder output (about [-1, 1]) for clean latents z₀ as the UNet sees them (scaled by scale_factor). */
+export async function decodeLatents(model: LoadedModel, z0: HostTensor): Promise<HostTensor> {
+  const { vae, config } = model;
+  if (!vae) throw new Error("internal: decoding latents needs the VAE");
+  const device = vae.vb.device;
+  const unscaled = z0.data.map((v) => v / config.scale_factor);
+  const image = device.tidy(() => vae.decode(Tensor.from(device, unscaled, z0.shape)));
+  try {
+    return { data: await image.toFloat32(), shape: image.shape };
+  } finally {
     image.dispose();
   }
-  return outputs;
 }
 
 /** A [B, L] id tensor of the dump as the B token rows sampleFromTokens takes. */
