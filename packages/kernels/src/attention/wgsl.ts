@@ -8,6 +8,7 @@
  */
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import { wgslAll } from "../common/wgsl.ts";
 import type { FusedTiling } from "./tiling.ts";
 
 export interface AttentionWgsl extends FusedTiling {
@@ -70,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 
 function visible(g: AttentionWgsl, r: number, kk: number): string {
   const inRange = `key0 + ${kk}u < keyEnd`;
-  return g.causal ? `${inRange} && key0 + ${kk}u <= row0 + ${r}u` : inRange;
+  return g.causal ? wgslAll(inRange, `key0 + ${kk}u <= row0 + ${r}u`) : inRange;
 }
 
 /** Online-softmax update of one block: block max, rescale factor, probabilities p{r}_{kk}, running sum. */

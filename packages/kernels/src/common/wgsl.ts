@@ -5,6 +5,16 @@ export function wgslType(dtype: DType): string {
   return dtype;
 }
 
+/**
+ * The WGSL conjunction of `conditions`, joined with the non-short-circuit `&`. WGSL's `&&` short-circuits, so
+ * compilers lower each one to a branch; SwiftShader (Chromium's WebGPU adapter without a GPU) then needs more
+ * than 5 GB and minutes to compile a convolution whose unrolled loop tests 27 padded reads that way, where
+ * with `&` it takes 0.2–0.4 s. Kernels never emit `&&` (common/wgsl.test.ts).
+ */
+export function wgslAll(...conditions: string[]): string {
+  return conditions.map((c) => `(${c})`).join(" & ");
+}
+
 /** `enable f16;` when any of the dtypes is f16 (and the device can). */
 export function wgslEnables(device: Device, ...dtypes: DType[]): string {
   if (!dtypes.includes("f16")) return "";

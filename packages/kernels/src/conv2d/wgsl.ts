@@ -9,6 +9,7 @@
  */
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { accumulatorsWgsl, epilogueWgsl } from "../matmul/epilogue.ts";
 import { operandArray, operandReaders } from "../matmul/wgsl.ts";
@@ -197,7 +198,7 @@ export function convWgsl(s: ConvKernelSpec): string {
   );
   // Input value at column iw of a row starting at `row`, zero outside the image (padding).
   out.push("fn xin(row: u32, iw: i32, rowOk: bool) -> f32 {");
-  out.push("  let inside = rowOk && iw >= 0 && iw < i32(p.W);");
+  out.push(`  let inside = ${wgslAll("rowOk", "iw >= 0", "iw < i32(p.W)")};`);
   out.push("  return select(0.0, f32(X[row + u32(clamp(iw, 0, i32(p.W) - 1))]), inside);");
   out.push("}");
 
@@ -244,7 +245,7 @@ export function convWgsl(s: ConvKernelSpec): string {
   const tapRow = (dy: string, indent: string) => {
     const b: string[] = [];
     b.push(`let ih = ihBase + i32(${dy});`);
-    b.push("let rowOk = ih >= 0 && ih < i32(p.H);");
+    b.push(`let rowOk = ${wgslAll("ih >= 0", "ih < i32(p.H)")};`);
     b.push("let row = plane + u32(clamp(ih, 0, i32(p.H) - 1)) * p.W;");
     // Column c of the window is input column iwBase + c = ow0 − padLeft + c.
     // Group g's vector holds columns padLeft + 4g .. +3. W is a multiple of 4, so a vector lies wholly inside
@@ -253,7 +254,7 @@ export function convWgsl(s: ConvKernelSpec): string {
     if (s.vecRow) {
       for (let g = 0; g < G; g++) {
         b.push(
-          `let mid${g} = select(vec4f(0.0), Xv4((row + min(ow0 + ${4 * g}u, p.W - 4u)) >> 2u), rowOk && ow0 + ${4 * g}u < p.W);`,
+          `let mid${g} = select(vec4f(0.0), Xv4((row + min(ow0 + ${4 * g}u, p.W - 4u)) >> 2u), ${wgslAll("rowOk", `ow0 + ${4 * g}u < p.W`)});`,
         );
       }
     }

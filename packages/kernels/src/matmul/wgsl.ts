@@ -8,6 +8,7 @@
  */
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "./activation.ts";
 import { accumulatorsWgsl, epilogueWgsl } from "./epilogue.ts";
 import { type SubgroupTiles, type TileConfig, tileKey, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
@@ -344,12 +345,12 @@ function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   fill("As", t.tileM, s.transposeA ? "x" : "k", (x, k) => {
     const m = `m0 + ${x}`;
     const kk = `k0 + ${k}`;
-    return `select(0.0, A_at(${aIndex(s, "bi", `min(${m}, p.M - 1u)`, `min(${kk}, p.K - 1u)`)}), ${m} < p.M && ${kk} < p.K)`;
+    return `select(0.0, A_at(${aIndex(s, "bi", `min(${m}, p.M - 1u)`, `min(${kk}, p.K - 1u)`)}), ${wgslAll(`${m} < p.M`, `${kk} < p.K`)})`;
   });
   fill("Bs", t.tileN, s.transposeB ? "k" : "x", (x, k) => {
     const n = `n0 + ${x}`;
     const kk = `k0 + ${k}`;
-    return `select(0.0, B_at(${bIndex(s, "bi", `min(${kk}, p.K - 1u)`, `min(${n}, p.N - 1u)`)}), ${n} < p.N && ${kk} < p.K)`;
+    return `select(0.0, B_at(${bIndex(s, "bi", `min(${kk}, p.K - 1u)`, `min(${n}, p.N - 1u)`)}), ${wgslAll(`${n} < p.N`, `${kk} < p.K`)})`;
   });
   out.push("    workgroupBarrier();");
   out.push(`    for (var kk = 0u; kk < ${t.tileK}u; kk++) {`);

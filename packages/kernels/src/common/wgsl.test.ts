@@ -1,0 +1,65 @@
+/**
+ * Generated WGSL never uses the short-circuit `&&` (see wgslAll): SwiftShader, Chromium's CPU adapter, takes
+ * gigabytes and minutes to compile unrolled loops of such branches. Checked over every tile kind and the
+ * geometries that emit guards (padding, strides, ragged edges, causal masks), without a device.
+ */
+import { describe, expect, it } from "vitest";
+import { attentionTiling } from "../attention/tiling.ts";
+import { type AttentionWgsl, lanesWgsl, subgroupWgsl } from "../attention/wgsl.ts";
+import { type ConvTiles, convWgsl } from "../conv2d/wgsl.ts";
+import type { TileConfig } from "../matmul/tiles.ts";
+import { gemmWgsl } from "../matmul/wgsl.ts";
+import { wgslAll } from "./wgsl.ts";
+
+describe("wgslAll", () => {
+  it("joins conditions with the non-short-circuit &, each in parentheses", () => {
+    expect(wgslAll("a < b", "c")).toBe("(a < b) & (c)");
+  });
+});
+
+describe("generated WGSL has no short-circuit &&", () => {
+  const convTiles: ConvTiles[] = [
+    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, groups: 2 },
+    { kind: "plain", rows: 4, groups: 1, pixelLanes: 16, channelGroups: 4 },
+  ];
+  it.each(
+    convTiles.flatMap((tiles) =>
+      [1, 2].flatMap((stride) => [true, false].map((vecRow) => ({ tiles, stride, vecRow: vecRow && stride === 1 }))),
+    ),
+  )("conv2d 3×3 padded, $tiles.kind tiles, stride $stride, vecRow $vecRow", ({ tiles, stride, vecRow }) => {
+    const code = convWgsl({
+      ...{ kh: 3, kw: 3, strideH: stride, strideW: stride, padTop: 1, padLeft: 1 },
+      ...{ x: "f32", w: "f32", out: "f32", bias: "f32", residual: "f32", activation: "silu" },
+      ...{ tiles, vecOut: false, vecRow },
+    });
+    expect(code).toContain("fn xin");
+    expect(code).not.toContain("&&");
+  });
+
+  const gemmTiles: TileConfig[] = [
+    { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
+    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "n" },
+    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "m" },
+  ];
+  it.each(gemmTiles)("gemm with $kind tiles, ragged K", (tiles) => {
+    const code = gemmWgsl({
+      ...{ tiles, transposeA: false, transposeB: true, a: "f32", b: "f32", c: "f32" },
+      ...{ bias: { axis: "n", dtype: "f32" }, residual: "f32", activation: "gelu" },
+      ...{ vecA: false, vecB: false, vecC: false, kTail: true },
+    });
+    expect(code).toContain("fn main");
+    expect(code).not.toContain("&&");
+  });
+
+  it.each([
+    { isCpu: true, subgroupSize: 8 },
+    { isCpu: false, subgroupSize: 32 },
+  ])("causal attention, isCpu $isCpu", (adapter) => {
+    const tiling = attentionTiling(adapter, 40, 77, 77, { heads: 2, causal: true });
+    if (tiling.kind === "blocked") throw new Error("causal attention is never blocked");
+    const spec: AttentionWgsl = { dtype: "f32", d: 40, causal: true, ...tiling };
+    const code = tiling.kind === "subgroup" ? subgroupWgsl(spec, "enable subgroups;\n") : lanesWgsl(spec, "");
+    expect(code).toContain("key0");
+    expect(code).not.toContain("&&");
+  });
+});
