@@ -32,7 +32,14 @@ export {
   type TuneOutcome,
   type TuneStore,
 } from "./matmul/autotune.ts";
-export { type Activation, type LinearOptions, linear, type MatmulOptions, matmul } from "./matmul/index.ts";
+export {
+  type Activation,
+  type LinearOptions,
+  linear,
+  linearGeglu,
+  type MatmulOptions,
+  matmul,
+} from "./matmul/index.ts";
 export { nearestScale, resizeNearest } from "./resize/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";

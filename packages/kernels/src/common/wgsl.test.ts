@@ -41,15 +41,22 @@ describe("generated WGSL has no short-circuit &&", () => {
     { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "n" },
     { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "m" },
   ];
-  it.each(gemmTiles)("gemm with $kind tiles, ragged K", (tiles) => {
-    const code = gemmWgsl({
-      ...{ tiles, transposeA: false, transposeB: true, a: "f32", b: "f32", c: "f32" },
-      ...{ bias: { axis: "n", dtype: "f32" }, residual: "f32", activation: "gelu" },
-      ...{ vecA: false, vecB: false, vecC: false, kTail: true },
-    });
-    expect(code).toContain("fn main");
-    expect(code).not.toContain("&&");
-  });
+  const epilogues = [
+    { gated: false, residual: "f32", activation: "gelu" },
+    { gated: true, residual: null, activation: "none" },
+  ] as const;
+  it.each(gemmTiles.flatMap((tiles) => epilogues.map((epilogue) => ({ tiles, ...epilogue }))))(
+    "gemm with $tiles.kind tiles, ragged K, gated $gated",
+    ({ tiles, ...epilogue }) => {
+      const code = gemmWgsl({
+        ...{ tiles, transposeA: false, transposeB: true, a: "f32", b: "f32", c: "f32" },
+        ...{ bias: { axis: "n", dtype: "f32" }, ...epilogue },
+        ...{ vecA: false, vecB: false, vecC: false, kTail: true },
+      });
+      expect(code).toContain(epilogue.gated ? "gated_column" : "fn main");
+      expect(code).not.toContain("&&");
+    },
+  );
 
   it.each([
     { isCpu: true, subgroupSize: 8 },

@@ -175,4 +175,17 @@ describe("geglu", () => {
     expect(() => geglu(t)).toThrow(/geglu: the last dimension of Tensor\(\[2, 3\], f32\) must be even/);
     t.dispose();
   });
+
+  it("writes into a given tensor of the result's size, whatever its shape", async () => {
+    const x = randomArray(2 * 3 * 8, 22, 4);
+    const t = Tensor.from(device, x, [2, 3, 8]);
+    const into = Tensor.empty(device, [24]);
+    expect(geglu(t, into)).toBe(into);
+    assertClose(await into.toFloat32(), gegluRef(x, [2, 3, 8]), { atol: 1e-6, rtol: 1e-6 });
+    expect(() => geglu(t, Tensor.empty(device, [2, 3, 8]))).toThrow(
+      /output .* must have the 24 elements of \[2, 3, 4\]/,
+    );
+    t.dispose();
+    into.dispose();
+  });
 });

@@ -2,7 +2,7 @@
  * Elementwise ops with NumPy broadcasting, activations and GEGLU, all on the strided-map kernel.
  * Math runs in f32 whatever the storage dtype; the output has the input's dtype.
  */
-import { formatShape, type Shape, stridesOf, Tensor } from "@ldm/tensor";
+import { formatShape, type Shape, shapeSize, stridesOf, Tensor } from "@ldm/tensor";
 import { stridedMap } from "../strided/map.ts";
 import { ERF_WGSL } from "./erf.ts";
 
@@ -109,17 +109,21 @@ export function quickGelu(x: Tensor): Tensor {
 
 /**
  * GEGLU on the projection output x [..., 2F] → [..., F]: `a, gate = x.chunk(2, -1); a · gelu(gate)`
- * (the CompVis / diffusers order: the first half is the value, the second the gate).
+ * (the CompVis / diffusers order: the first half is the value, the second the gate). Written into `into`
+ * (any shape with [..., F]'s elements) when given, else into a new tensor of x's dtype.
  */
-export function geglu(x: Tensor): Tensor {
+export function geglu(x: Tensor, into?: Tensor): Tensor {
   const last = x.shape.at(-1) ?? 0;
   if (x.shape.length === 0 || last % 2) {
     throw new Error(`geglu: the last dimension of ${x} must be even (value and gate halves)`);
   }
   const half = last / 2;
   const shape = [...x.shape.slice(0, -1), half];
+  if (into && into.size !== shapeSize(shape)) {
+    throw new Error(`geglu: output ${into} must have the ${shapeSize(shape)} elements of ${formatShape(shape)}`);
+  }
   const strides = stridesOf(x.shape);
-  const out = Tensor.empty(x.device, shape, x.dtype);
+  const out = into ?? Tensor.empty(x.device, shape, x.dtype);
   stridedMap({
     op: "geglu",
     shape,

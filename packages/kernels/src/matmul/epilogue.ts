@@ -7,8 +7,12 @@
  *
  * It reads the uniforms `p.accumulate`, `p.finalize` (and `p.alpha` when enabled), the output `C` and the
  * residual `R`.
+ *
+ * A gated epilogue (GEGLU, see wgsl.ts) instead gets two (value, gate) pairs and stores two outputs:
+ * (alpha · value + bias) · gelu(alpha · gate + bias).
  */
 import type { DType } from "@ldm/tensor";
+import { ERF_WGSL } from "../elementwise/erf.ts";
 import { type Activation, activationWgsl } from "./activation.ts";
 
 export interface EpilogueSpec {
@@ -19,11 +23,13 @@ export interface EpilogueSpec {
   alpha: boolean;
   /** The four outputs start 4-aligned and all exist: C and R are declared and accessed as vec4. */
   vec: boolean;
+  /** acc is (value, gate, value, gate) of two outputs; no residual, activation or split reduction. */
+  gated?: boolean;
   /** finish4's coordinate parameters, e.g. "bi: u32, m: u32, n: u32". */
   params: string;
   /**
    * Statements defining `at` and `rat` (element index in C and in R of the first output) and `live`
-   * (how many of the four exist, 0–4); they may return early.
+   * (how many of the four exist, 0–4; of the two when gated); they may return early.
    */
   locate: string;
   /** A vec4f expression of the bias for the four outputs, or null. */
@@ -31,11 +37,19 @@ export interface EpilogueSpec {
 }
 
 export function epilogueWgsl(e: EpilogueSpec): string {
-  const lines = [activationWgsl(e.activation).replaceAll("V", "vec4f")];
+  const lines = [e.gated ? ERF_WGSL.replaceAll("V", "vec2f") : activationWgsl(e.activation).replaceAll("V", "vec4f")];
   lines.push(`fn finish4(${e.params}, acc: vec4f) {`);
   lines.push(e.locate);
   lines.push("  if (live == 0u) { return; }");
   lines.push(e.alpha ? "  var v = p.alpha * acc;" : "  var v = acc;");
+  if (e.gated) {
+    // The GEMM never splits a gated product's reduction (C has no room for partial sums): finish at once.
+    if (e.bias) lines.push(`  v += ${e.bias};`);
+    lines.push("  let y = v.xz * gelu_erf(v.yw);");
+    lines.push(`  for (var j = 0u; j < live; j++) { C[at + j] = ${e.out}(y[j]); }`);
+    lines.push("}");
+    return lines.join("\n");
+  }
   lines.push(
     e.vec
       ? "  if (p.accumulate != 0u) { v += vec4f(C[at >> 2u]); }"

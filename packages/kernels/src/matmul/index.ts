@@ -5,11 +5,13 @@
  *
  * Epilogue order: alpha · acc + bias → activation → + residual. Storage may be f32 or f16 (f16 needs the
  * shader-f16 feature); accumulation is always f32. Operands larger than one storage binding are split over
- * batch items, rows and the reduction (see plan.ts).
+ * batch items, rows and the reduction (see plan.ts). `linearGeglu` is a Linear whose epilogue applies GEGLU
+ * to the column halves of the product (see wgsl.ts), so the product itself is never stored.
  */
 import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor, Uniforms } from "@ldm/tensor";
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { geglu } from "../elementwise/index.ts";
 import { type Activation, assertActivation } from "./activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "./autotune.ts";
 import { type BindingLimits, bindingLimits, bindingSlice, type GemmGeometry, planGemm } from "./plan.ts";
@@ -122,7 +124,49 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | LinearOptions,
   }
 }
 
-/** One (batched) GEMM into an existing output tensor: the engine under matmul, linear and 1×1 conv2d. */
+/**
+ * CompVis GEGLU's projection in one GEMM: `value, gate = linear(x, weight, bias).chunk(2, -1)`, then
+ * value · gelu(gate) (exact GELU). x [..., in], weight [2F, in], bias [2F] → [..., F].
+ */
+export function linearGeglu(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+  const op = "linearGeglu";
+  const [outFeatures, inFeatures] = weight.shape;
+  if (weight.shape.length !== 2 || outFeatures % 2 !== 0) {
+    throw new Error(`${op}: weight ${weight} must be [2F, in] (value rows, then gate rows)`);
+  }
+  if (x.shape.length < 1 || x.shape[x.shape.length - 1] !== inFeatures) {
+    throw new Error(`${op}: input ${x} must end in weight ${weight}'s ${inFeatures} input features`);
+  }
+  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== outFeatures)) {
+    throw new Error(`${op}: bias ${bias} must be [${outFeatures}] (one per weight row)`);
+  }
+  const rows = x.shape.slice(0, -1);
+  const out = Tensor.empty(x.device, [...rows, outFeatures / 2], x.dtype);
+  gemm({
+    op,
+    a: x,
+    b: weight,
+    out,
+    batch: 1,
+    M: rows.reduce((p, q) => p * q, 1),
+    N: outFeatures,
+    K: inFeatures,
+    transposeA: false,
+    transposeB: true,
+    aBatchStride: 0,
+    bBatchStride: 0,
+    gated: true,
+    bias: bias ? { tensor: bias, axis: "n" } : undefined,
+    activation: "none",
+    alpha: 1,
+  });
+  return out;
+}
+
+/**
+ * One (batched) GEMM into an existing output tensor: the engine under matmul, linear, linearGeglu and 1×1
+ * conv2d. A gated call's out is [batch, M, N/2].
+ */
 export interface GemmCall extends Omit<GemmGeometry, "bytes"> {
   op: string;
   a: Tensor;
@@ -176,7 +220,7 @@ function tunedTiles(call: GemmCall): TileConfig | null {
   if (!tuner) return null;
   const { M, N, K, batch, transposeA, transposeB } = call;
   const dtypes = `${call.a.dtype}${call.b.dtype}${call.out.dtype}`;
-  const layout = `${transposeA ? "T" : "N"}${transposeB ? "T" : "N"}`;
+  const layout = `${transposeA ? "T" : "N"}${transposeB ? "T" : "N"}${call.gated ? "g" : ""}`;
   const size = `b${sizeClass(batch)}m${sizeClass(M)}n${sizeClass(N)}k${sizeClass(K)}`;
   return tuner.choice({
     key: `gemm:${layout}:${dtypes}:${size}`,
@@ -197,8 +241,11 @@ function tunedTiles(call: GemmCall): TileConfig | null {
 }
 
 export function gemm(call: GemmCall): void {
-  const { op, a, b, out, batch, M, N, K, transposeA, transposeB, bias, residual } = call;
+  const { op, a, b, out, batch, M, N, K, transposeA, transposeB, bias, residual, gated = false } = call;
   const device = out.device;
+  if (gated && (N % 2 !== 0 || residual || call.activation !== "none" || bias?.axis === "m")) {
+    throw new Error(`${op}: a gated product needs an even N, no residual or activation, and a bias along n`);
+  }
   const named: [string, Tensor | undefined][] = [
     ["a", a],
     ["b", b],
@@ -226,6 +273,7 @@ export function gemm(call: GemmCall): void {
       transposeB,
       aBatchStride: call.aBatchStride,
       bBatchStride: call.bBatchStride,
+      gated,
       bytes: {
         a: DTYPE_BYTES[a.dtype],
         b: DTYPE_BYTES[b.dtype],
@@ -236,6 +284,17 @@ export function gemm(call: GemmCall): void {
     bindingLimits(device, call.bindingLimits),
   );
   if (pieces.length === 0) return;
+  if (gated && pieces.some((piece) => !piece.finalize)) {
+    // A reduction split over pieces keeps partial sums in C, which a gated output has no room for.
+    const product = Tensor.empty(device, [batch, M, N], out.dtype);
+    try {
+      gemm({ ...call, gated: false, out: product });
+      geglu(product, out);
+    } finally {
+      product.dispose();
+    }
+    return;
+  }
 
   const tiles = call.tiles ?? tunedTiles(call) ?? deviceTiles(device, call);
   const { vecA, vecB } = gemmVectorReads(
@@ -243,7 +302,8 @@ export function gemm(call: GemmCall): void {
     transposeA,
     transposeB,
     (transposeA ? M : K) % 4 === 0,
-    (transposeB ? K : N) % 4 === 0,
+    // A gated product's consecutive columns are not B's: it reads B as vectors only along K.
+    transposeB ? K % 4 === 0 : N % 4 === 0 && !gated,
   );
   const tile = workgroupTile(tiles);
   const laneOwnsM = tiles.kind === "subgroup" && tiles.laneOwns === "m";
@@ -263,8 +323,9 @@ export function gemm(call: GemmCall): void {
       activation: call.activation,
       vecA,
       vecB,
-      vecC: N % 4 === 0,
+      vecC: N % 4 === 0 && !gated,
       kTail: depth % 4 !== 0,
+      gated,
     };
     const pipeline = device.pipeline(gemmKey(spec), () => gemmWgsl(spec));
     const batches = piece.b1 - piece.b0;
@@ -284,7 +345,7 @@ export function gemm(call: GemmCall): void {
       bRow: transposeB ? K : N,
       bBatch: call.bBatchStride,
       bOff: piece.b.elementOffset,
-      cBatch: M * N,
+      cBatch: M * (gated ? N / 2 : N),
       cOff: piece.c.elementOffset,
       rOff: piece.residual?.elementOffset ?? 0,
       biasOff: bias?.axis === "m" ? piece.m0 : 0,

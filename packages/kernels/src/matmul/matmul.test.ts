@@ -1,9 +1,10 @@
 import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gegluRef } from "../elementwise/reference.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import type { Activation } from "./activation.ts";
-import { deviceTiles, type GemmCall, gemm, linear, matmul } from "./index.ts";
-import { planGemm } from "./plan.ts";
+import { deviceTiles, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
+import { type BindingLimits, planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
 import { chooseTiles, isTileConfig, type TileConfig, tileCandidates } from "./tiles.ts";
 import { type GemmKernelSpec, gemmKey } from "./wgsl.ts";
@@ -92,6 +93,7 @@ describe("gemmKey", () => {
       vecB: false,
       vecC: false,
       kTail: false,
+      gated: false,
     };
     const wg = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 } as const;
     const variants: GemmKernelSpec[] = [
@@ -120,6 +122,7 @@ describe("gemmKey", () => {
       { ...base, vecB: true },
       { ...base, vecC: true },
       { ...base, kTail: true },
+      { ...base, gated: true },
     ];
     expect(new Set(variants.map(gemmKey)).size).toBe(variants.length);
   });
@@ -220,6 +223,10 @@ interface Case {
   activation?: Activation;
   alpha?: number;
   dtype?: "f32" | "f16";
+  /** GEGLU of the product's column halves, [batch, M, N/2]. */
+  gated?: boolean;
+  /** Splits the product as if these were the device's binding limits. */
+  limits?: BindingLimits;
 }
 
 async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: number }, seed = 1) {
@@ -235,7 +242,7 @@ async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: nu
   const tb = Tensor.from(device, b, [bBatch, ...(transposeB ? [N, K] : [K, N])], dtype);
   const tbias = bias && Tensor.from(device, bias, [N], dtype);
   const tres = residual && Tensor.from(device, residual, [batch, M, N], dtype);
-  const out = Tensor.empty(device, [batch, M, N], dtype);
+  const out = Tensor.empty(device, [batch, M, c.gated ? N / 2 : N], dtype);
   const call: GemmCall = {
     op: "test",
     a: ta,
@@ -253,10 +260,12 @@ async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: nu
     residual: tres,
     activation: c.activation ?? "none",
     alpha: c.alpha ?? 1,
+    gated: c.gated,
+    bindingLimits: c.limits,
   };
   gemm({ ...call, tiles: tilesFor(strategy, call) });
   const got = await out.toFloat32();
-  const want = matmulRef(a, b, {
+  const product = matmulRef(a, b, {
     batch,
     M,
     N,
@@ -270,6 +279,7 @@ async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: nu
     activation: c.activation,
     alpha: c.alpha,
   });
+  const want = c.gated ? gegluRef(product, [batch * M, N]) : product;
   for (const t of [ta, tb, tbias, tres, out]) t?.dispose();
   assertClose(got, want, tol, `${strategy} ${JSON.stringify(c)}`);
 }
@@ -356,6 +366,60 @@ describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tile
     // Packed f16 vector reads (vec2<u32>) along K for both operands: the Linear layout, and Aᵀ along M.
     await check({ M: 10, N: 12, K: 16, dtype: "f16", transposeB: true }, strategy, tol);
     await check({ M: 12, N: 8, K: 9, dtype: "f16", transposeA: true }, strategy, tol);
+  });
+});
+
+/**
+ * value · gelu(gate) moves the product's rounding error by |gelu(gate)| + |value · gelu'(gate)|, under 8 for
+ * these products of K ≤ 20 terms in [-1, 1); erf adds ~1e-7 relative.
+ */
+const gatedTol = (K: number) => ({ atol: 8 * f32Tol(K).atol, rtol: 1e-5 });
+
+describe.each(["device", "subgroup-m", "workgroup"] as const)("gated gemm (GEGLU) with %s tiles", (strategy) => {
+  it("matches linear then geglu on odd shapes", async () => {
+    // The Linear layout with vector reads along K, an odd half (13) and alpha before the bias.
+    await check({ M: 37, N: 26, K: 20, transposeB: true, bias: true, alpha: 0.7, gated: true }, strategy, gatedTol(20));
+    // A K tail, no bias.
+    await check({ M: 33, N: 18, K: 13, transposeB: true, gated: true }, strategy, gatedTol(13));
+    // B read along n, where its columns of one vector are not consecutive logical columns; batches sharing B.
+    const shared = { batch: 2, M: 9, N: 16, K: 8, shareB: true, bias: true, gated: true };
+    await check(shared, strategy, gatedTol(8));
+    await check(
+      { M: 6, N: 10, K: 7, transposeA: true, transposeB: true, bias: true, gated: true },
+      strategy,
+      gatedTol(7),
+    );
+  });
+
+  it("stores and reads f16 (f32 accumulation)", async () => {
+    if (!device.features.shaderF16) return;
+    // Inputs are f16-rounded for the reference too; only the f16 output rounds, to 2^-11 relative.
+    const tol = { atol: 1e-3, rtol: 2 ** -10 };
+    await check({ M: 19, N: 20, K: 16, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
+    await check({ M: 10, N: 14, K: 9, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
+  });
+});
+
+describe("gated gemm split over small bindings", () => {
+  it("splits rows of the gated output, and falls back to linear then geglu when the reduction splits", async () => {
+    const rows = { M: 100, N: 12, K: 8, transposeB: true, bias: true, gated: true };
+    const rowLimits = { maxBindingBytes: 1024, offsetAlignment: 256 };
+    const rowGeometry = { ...rows, batch: 1, transposeA: false, aBatchStride: 0, bBatchStride: 0 };
+    const rowPieces = planGemm("t", { ...rowGeometry, bytes: { a: 4, b: 4, c: 4 } }, rowLimits);
+    expect(rowPieces.length).toBeGreaterThan(1);
+    expect(rowPieces.every((p) => p.finalize && p.c.byteSize <= 1024)).toBe(true);
+    await check({ ...rows, limits: rowLimits }, "device", gatedTol(8));
+
+    const deep = { batch: 2, M: 6, N: 8, K: 700, shareB: true, bias: true, gated: true };
+    const deepLimits = { maxBindingBytes: 2048, offsetAlignment: 256 };
+    const deepGeometry = { ...deep, transposeA: false, transposeB: false, aBatchStride: 6 * 700, bBatchStride: 0 };
+    expect(planGemm("t", { ...deepGeometry, bytes: { a: 4, b: 4, c: 4 } }, deepLimits).some((p) => p.accumulate)).toBe(
+      true,
+    );
+    // The reduction splits into chunks summed in another order; value · gelu(gate) scales that by under 8 here.
+    const deepTol = { atol: 8 * f32Tol(700).atol, rtol: 1e-5 };
+    for (const strategy of ["device", "workgroup"] as const)
+      await check({ ...deep, limits: deepLimits }, strategy, deepTol);
   });
 });
 
@@ -454,13 +518,19 @@ describe("matmul and linear", () => {
     expect(() => matmul(Tensor.zeros(device, [4]), b)).toThrow(/at least 2 dimensions/);
   });
 
-  it("linear = x·Wᵀ + b over the last dimension, bias positional or in the options", async () => {
-    const x = randomArray(2 * 3 * 10, 11);
-    const w = randomArray(7 * 10, 12);
-    const bias = randomArray(7, 13);
+  /** x [2, 3, 10], a Linear weight [outFeatures, 10] and bias, on the host and the device. */
+  function linearInputs(outFeatures: number, seed: number) {
+    const x = randomArray(2 * 3 * 10, seed);
+    const w = randomArray(outFeatures * 10, seed + 1);
+    const bias = randomArray(outFeatures, seed + 2);
     const tx = Tensor.from(device, x, [2, 3, 10]);
-    const tw = Tensor.from(device, w, [7, 10]);
-    const tb = Tensor.from(device, bias, [7]);
+    const tw = Tensor.from(device, w, [outFeatures, 10]);
+    const tb = Tensor.from(device, bias, [outFeatures]);
+    return { x, w, bias, tx, tw, tb };
+  }
+
+  it("linear = x·Wᵀ + b over the last dimension, bias positional or in the options", async () => {
+    const { x, w, bias, tx, tw, tb } = linearInputs(7, 11);
     const want = matmulRef(x, w, { batch: 1, M: 6, N: 7, K: 10, transposeB: true, bias, activation: "gelu" });
     const y1 = linear(tx, tw, tb, { activation: "gelu" });
     const y2 = linear(tx, tw, { bias: tb, activation: "gelu" });
@@ -468,6 +538,19 @@ describe("matmul and linear", () => {
     assertClose(await y1.toFloat32(), want, { atol: 1e-5, rtol: 1e-5 });
     assertClose(await y2.toFloat32(), want, { atol: 1e-5, rtol: 1e-5 });
     expect(() => linear(tx, tw, { residual: Tensor.zeros(device, [6, 7]) })).toThrow(/residual .* \[2, 3, 7\]/);
+  });
+
+  it("linearGeglu = value · gelu(gate) of linear's column halves, with or without a bias", async () => {
+    const { x, w, bias, tx, tw, tb } = linearInputs(14, 14);
+    const problem = { batch: 1, M: 6, N: 14, K: 10, transposeB: true };
+    const y = linearGeglu(tx, tw, tb);
+    expect(y.shape).toEqual([2, 3, 7]);
+    assertClose(await y.toFloat32(), gegluRef(matmulRef(x, w, { ...problem, bias }), [6, 14]), gatedTol(10));
+    const plain = linearGeglu(tx, tw);
+    assertClose(await plain.toFloat32(), gegluRef(matmulRef(x, w, problem), [6, 14]), gatedTol(10));
+    expect(() => linearGeglu(tx, Tensor.zeros(device, [13, 10]))).toThrow(/weight .* must be \[2F, in\]/);
+    expect(() => linearGeglu(tx, Tensor.zeros(device, [14, 9]))).toThrow(/must end in .* 9 input features/);
+    expect(() => linearGeglu(tx, tw, Tensor.zeros(device, [7]))).toThrow(/bias .* must be \[14\]/);
   });
 
   it("writes another output dtype than its inputs", async () => {

@@ -19,6 +19,11 @@ export interface GemmGeometry {
   /** Element strides between batch items; 0 broadcasts the operand over the batch. */
   aBatchStride: number;
   bBatchStride: number;
+  /**
+   * The output holds GEGLU of B's column halves, value · gelu(gate) for the columns n and n + N/2: it has N/2
+   * columns (see wgsl.ts).
+   */
+  gated?: boolean;
   bytes: { a: number; b: number; c: number; residual?: number };
 }
 
@@ -81,6 +86,7 @@ const VECTOR_BYTES = 16;
 /** First and last element an operand touches over a block. */
 function spans(g: GemmGeometry, blk: Block): Record<"a" | "b" | "c", [number, number]> {
   const { M, N, K } = g;
+  const cN = g.gated ? N / 2 : N;
   const bLast = blk.b1 - 1;
   const mLast = blk.m1 - 1;
   const kLast = blk.k1 - 1;
@@ -90,7 +96,7 @@ function spans(g: GemmGeometry, blk: Block): Record<"a" | "b" | "c", [number, nu
   return {
     a: [aAt(blk.b0, blk.m0, blk.k0), aAt(bLast, mLast, kLast)],
     b: [blk.b0 * g.bBatchStride + bLo, bLast * g.bBatchStride + bHi],
-    c: [blk.b0 * M * N + blk.m0 * N, bLast * M * N + mLast * N + N - 1],
+    c: [blk.b0 * M * cN + blk.m0 * cN, bLast * M * cN + mLast * cN + cN - 1],
   };
 }
 

@@ -5,6 +5,12 @@
  * [M, K] or, transposed, [K, M] (likewise B), every operand bound from an element offset with a row and a
  * batch stride given as uniforms. Epilogue order: alpha · acc (+ the partial sum already in C when a k range
  * continues) + bias → activation → + residual, then stored in C's dtype.
+ *
+ * Gated (GEGLU) products: B has N columns, value then gate halves, and C has N/2: C[b, m, j] = (alpha · v +
+ * bias[j]) · gelu(alpha · g + bias[N/2 + j]) for the value v (B's column j) and gate g (column N/2 + j). The kernel
+ * walks logical columns n interleaving the halves, (v0, g0, v1, g1, …): n reads B's column (n >> 1) + (n & 1) ·
+ * N/2, so every epilogue call gets two whole value/gate pairs in its four consecutive columns, and the product
+ * is never stored. B is not reordered: checkpoints keep their layout.
  */
 import type { DType } from "@ldm/tensor";
 import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
@@ -31,10 +37,12 @@ export interface GemmKernelSpec {
   vecC: boolean;
   /** K is not a multiple of 4: the last block of 4 reduction steps reads guarded. */
   kTail: boolean;
+  /** A GEGLU product (see above): no residual, activation "none", a bias only along n, scalar C. */
+  gated: boolean;
 }
 
 export function gemmKey(s: GemmKernelSpec): string {
-  const flags = `${s.transposeA ? "T" : "N"}${s.transposeB ? "T" : "N"}${s.vecA ? "v" : "s"}${s.vecB ? "v" : "s"}${s.vecC ? "v" : "s"}${s.kTail ? "t" : ""}`;
+  const flags = `${s.transposeA ? "T" : "N"}${s.transposeB ? "T" : "N"}${s.vecA ? "v" : "s"}${s.vecB ? "v" : "s"}${s.vecC ? "v" : "s"}${s.kTail ? "t" : ""}${s.gated ? "g" : ""}`;
   const bias = s.bias ? `${s.bias.axis}${s.bias.dtype}` : "-";
   return `gemm:${tileKey(s.tiles)}:${flags}:${s.a}${s.b}${s.c}:${bias}:${s.residual ?? "-"}:${s.activation}`;
 }
@@ -112,9 +120,13 @@ export function operandReaders(name: string, dtype: DType, vec: boolean): string
 function aIndex(s: GemmKernelSpec, b: string, m: string, k: string): string {
   return `p.aOff + ${b} * p.aBatch + ${s.transposeA ? `(${k}) * p.aRow + (${m})` : `(${m}) * p.aRow + (${k})`}`;
 }
-function bIndex(s: GemmKernelSpec, b: string, k: string, n: string): string {
+function bIndex(s: GemmKernelSpec, b: string, k: string, logicalN: string): string {
+  const n = s.gated ? `gated_column(${logicalN})` : logicalN;
   return `p.bOff + ${b} * p.bBatch + ${s.transposeB ? `(${n}) * p.bRow + (${k})` : `(${k}) * p.bRow + (${n})`}`;
 }
+
+/** B's column of a gated product's logical column n: values at even n, their gates at odd n. */
+const GATED_COLUMN_WGSL = "fn gated_column(n: u32) -> u32 { return (n >> 1u) + (n & 1u) * (p.N >> 1u); }";
 
 function paramsStruct(): string {
   return `struct Params { ${GEMM_PARAMS.map((f) => `${f}: u32,`).join(" ")} alpha: f32, }`;
@@ -134,6 +146,7 @@ function bindings(s: GemmKernelSpec): string {
 }
 
 function epilogue(s: GemmKernelSpec): string {
+  if (s.gated) return gatedEpilogue(s);
   const bias =
     s.bias?.axis === "m"
       ? "vec4f(f32(Bias[p.biasOff + m]))"
@@ -158,10 +171,34 @@ function epilogue(s: GemmKernelSpec): string {
   });
 }
 
+/** finish4 of a gated product: acc = (value j, gate j, value j + 1, gate j + 1) for the output column j = n/2. */
+function gatedEpilogue(s: GemmKernelSpec): string {
+  // The bias of an absent second pair (odd N/2) is clamped to a real element and its output not stored.
+  const pair = ["col", "min(col + 1u, half - 1u)"];
+  const bias = `vec4f(${pair.flatMap((j) => [`f32(Bias[${j}])`, `f32(Bias[half + ${j}])`]).join(", ")})`;
+  return epilogueWgsl({
+    out: s.c,
+    residual: null,
+    activation: "none",
+    alpha: true,
+    vec: false,
+    gated: true,
+    params: "bi: u32, m: u32, n: u32",
+    locate: [
+      "  let half = p.N >> 1u;",
+      "  let col = n >> 1u;",
+      "  let live = select(min(half - min(col, half), 2u), 0u, m >= p.M);",
+      "  let at = p.cOff + bi * p.cBatch + m * half + col;",
+    ].join("\n"),
+    bias: s.bias ? bias : null,
+  });
+}
+
 function header(s: GemmKernelSpec, extraEnables: string[]): string {
   const dtypes = [s.a, s.b, s.c, s.bias?.dtype, s.residual].filter((d): d is DType => !!d);
   const enables = [...(dtypes.includes("f16") ? ["f16"] : []), ...extraEnables];
-  return `${enables.map((e) => `enable ${e};`).join("\n")}\n${paramsStruct()}\n${bindings(s)}\n${operandReaders("A", s.a, s.vecA)}\n${operandReaders("B", s.b, s.vecB)}`;
+  const gated = s.gated ? `\n${GATED_COLUMN_WGSL}` : "";
+  return `${enables.map((e) => `enable ${e};`).join("\n")}\n${paramsStruct()}\n${bindings(s)}\n${operandReaders("A", s.a, s.vecA)}\n${operandReaders("B", s.b, s.vecB)}${gated}`;
 }
 
 /** WGSL of the kernel and its workgroup size. */
