@@ -1,9 +1,12 @@
-import { geglu } from "@ldm/kernels";
+import { linearGeglu } from "@ldm/kernels";
 import type { Tensor } from "@ldm/tensor";
 import { Linear } from "./linear.ts";
 import type { VarBuilder } from "./var-builder.ts";
 
-/** CompVis GEGLU: proj to 2·dimOut, then value · gelu(gate) with the value in the first half. */
+/**
+ * CompVis GEGLU: proj to 2·dimOut, then value · gelu(gate) with the value in the first half, in one GEMM whose
+ * epilogue gates (the 2·dimOut-wide projection is never stored).
+ */
 export class GEGLU {
   readonly proj: Linear;
 
@@ -12,7 +15,7 @@ export class GEGLU {
   }
 
   forward(x: Tensor): Tensor {
-    return x.device.tidy(() => geglu(this.proj.forward(x)));
+    return linearGeglu(x, this.proj.weight, this.proj.bias);
   }
 }
 
