@@ -5,7 +5,8 @@
  * Timing, both sides: GPU timestamp queries, median of several samples (two for calls over a second)
  * after a warm-up call (which compiles pipelines). Ours: `device.timeGpu` around the recorded calls of a sample (one compute pass).
  * The peer: `tf.time(...).kernelMs`, which tfjs-backend-webgpu measures with timestamp queries too.
- * A sample repeats the call until it covers ~50 ms and reports the mean per call.
+ * A sample repeats the call until it covers ~50 ms and reports the mean per call. A row may have a baseline of
+ * ours instead of the peer (a fused op against its unfused ops), timed like ours and shown in the peer's columns.
  *
  * The benchmark files benchmarks/kernels-*.ts define their rows with `defineRows`; `registerKernelRows` imports
  * them all and registers the rows (SD 1.x shapes, or small ones for a smoke test).
@@ -20,6 +21,9 @@ import type { ResultRow } from "./results.ts";
 export type Tfjs = typeof import("@tensorflow/tfjs-core");
 type TfTensor = import("@tensorflow/tfjs-core").Tensor;
 
+/** Creates one implementation's inputs; `run` records one call and returns its output(s), which the harness disposes. */
+type Setup = (device: Device) => { run: () => Tensor | Tensor[]; dispose: () => void };
+
 export interface KernelBench {
   /** Row name, also the key in results.json, e.g. "matmul 4096×320×320". */
   name: string;
@@ -28,8 +32,9 @@ export interface KernelBench {
   flops?: number;
   /** Bytes one call must move at least (GB/s column), for memory-bound ops. */
   bytes?: number;
-  /** Creates the inputs; `run` records one call and returns its output(s), which the harness disposes. */
-  ours(device: Device): { run: () => Tensor | Tensor[]; dispose: () => void };
+  ours: Setup;
+  /** Another way of ours to compute the same (e.g. unfused), in place of the tfjs peer. */
+  baseline?: { name: string; ours: Setup };
   /** The same op on tfjs; `run` returns its output, which the harness disposes. */
   peer?(tf: Tfjs): { run: () => TfTensor; dispose: () => void };
   /** How the peer's op differs from ours (layout etc.), printed under the table. */
@@ -42,7 +47,7 @@ export interface BenchResult {
   ours_ms: number;
   peer: string | null;
   peer_ms: number | null;
-  /** peer_ms / ours_ms: above 1, ours is faster. */
+  /** peer_ms / ours_ms: above 1, ours (than the peer or the baseline) is faster. */
   ratio: number | null;
   gflops: number | null;
   gbps: number | null;
@@ -104,8 +109,8 @@ async function timeSamples(once: (reps: number) => Promise<number>, samples: num
   return median(times);
 }
 
-async function timeOurs(device: Device, row: KernelBench, samples: number): Promise<number> {
-  const { run, dispose } = row.ours(device);
+async function timeOurs(device: Device, setup: Setup, samples: number): Promise<number> {
+  const { run, dispose } = setup(device);
   const disposeAll = (out: Tensor | Tensor[]) => {
     for (const t of Array.isArray(out) ? out : [out]) t.dispose();
   };
@@ -166,13 +171,17 @@ export async function runBenches(device: Device, tf: Tfjs | null, opts: RunOptio
   const selected = rows.filter((r) => !filter?.length || filter.some((f) => r.name.includes(f)));
   const results: BenchResult[] = [];
   for (const row of selected) {
-    const oursMs = await timeOurs(device, row, samples);
-    const peerMs = tf && row.peer ? await timePeer(tf, row, peerSamples) : null;
+    const oursMs = await timeOurs(device, row.ours, samples);
+    const peerMs = row.baseline
+      ? await timeOurs(device, row.baseline.ours, samples)
+      : tf && row.peer
+        ? await timePeer(tf, row, peerSamples)
+        : null;
     const result: BenchResult = {
       name: row.name,
       dtype: row.dtype,
       ours_ms: round(oursMs),
-      peer: peerMs === null ? null : "tfjs-backend-webgpu",
+      peer: peerMs === null ? null : (row.baseline?.name ?? TFJS),
       peer_ms: peerMs === null ? null : round(peerMs),
       ratio: peerMs === null ? null : round(peerMs / oursMs),
       gflops: row.flops ? round(row.flops / oursMs / 1e6) : null,
@@ -195,12 +204,14 @@ export function toResultRow(r: BenchResult): ResultRow {
   return { name: `${r.name} (${r.dtype})`, ours_ms, peer, peer_ms, ratio, gflops, peak_bytes: null };
 }
 
+const TFJS = "tfjs-backend-webgpu";
+
 export const TABLE_HEADER =
   "| op | dtype | ours ms | GFLOP/s or GB/s | tfjs ms | tfjs GFLOP/s | speed-up (tfjs / ours) |\n|---|---|---|---|---|---|---|";
 
 export function formatRow(r: BenchResult): string {
   const rate = r.gflops !== null ? `${r.gflops} GFLOP/s` : r.gbps !== null ? `${r.gbps} GB/s` : "";
-  const peer = r.peer_ms === null ? "—" : String(r.peer_ms);
+  const peer = r.peer_ms === null ? "—" : r.peer === TFJS ? String(r.peer_ms) : `${r.peer_ms} (${r.peer})`;
   const peerRate = r.peer_gflops === null ? "—" : String(r.peer_gflops);
   const ratio = r.ratio === null ? "—" : `${r.ratio}×`;
   return `| ${r.name} | ${r.dtype} | ${r.ours_ms} | ${rate} | ${peer} | ${peerRate} | ${ratio} |`;

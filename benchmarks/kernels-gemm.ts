@@ -2,9 +2,9 @@
  * Benchmark rows for the GEMM kernels (matmul, linear, conv2d) at SD 1.x shapes, or small shapes with --quick.
  * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
-import { conv2d, linear, matmul } from "../packages/kernels/src/index.ts";
+import { conv2d, geglu, linear, linearGeglu, matmul } from "../packages/kernels/src/index.ts";
 import { randomArray } from "../packages/kernels/src/testing.ts";
-import { type DType, Tensor } from "../packages/tensor/src/index.ts";
+import { type Device, type DType, Tensor } from "../packages/tensor/src/index.ts";
 import { defineRows, disposer, registerBench } from "./harness.ts";
 
 function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {
@@ -47,6 +47,36 @@ function linearRow(M: number, N: number, K: number, dtype: DType = "f32") {
   });
 }
 
+/**
+ * The feed-forward's GEGLU projection, x [M, K] → [M, inner] through weight [2·inner, K], fused (linearGeglu)
+ * against its baseline linear then geglu, which stores and rereads the [M, 2·inner] product.
+ */
+function gegluRow(M: number, inner: number, K: number, dtype: DType = "f32") {
+  const N = 2 * inner;
+  const inputs = (device: Device) => {
+    const x = Tensor.from(device, randomArray(M * K, 1), [M, K], dtype);
+    const w = Tensor.from(device, randomArray(N * K, 2), [N, K], dtype);
+    const b = Tensor.from(device, randomArray(N, 3), [N], dtype);
+    return { x, w, b, dispose: disposer(x, w, b) };
+  };
+  registerBench({
+    name: `linearGeglu ${M}×${N}×${K} (+bias)`,
+    dtype,
+    flops: 2 * M * N * K,
+    ours(device) {
+      const { x, w, b, dispose } = inputs(device);
+      return { run: () => linearGeglu(x, w, b), dispose };
+    },
+    baseline: {
+      name: "unfused: linear, geglu",
+      ours(device) {
+        const { x, w, b, dispose } = inputs(device);
+        return { run: () => device.tidy(() => geglu(linear(x, w, b))), dispose };
+      },
+    },
+  });
+}
+
 /** 3×3, padding 1, stride 1, with bias: the SD ResBlock convolution. */
 function convRow(C: number, S: number, dtype: DType = "f32") {
   registerBench({
@@ -73,12 +103,15 @@ defineRows((quick) => {
   if (quick) {
     matmulRow(128, 96, 80);
     linearRow(200, 96, 64);
+    gegluRow(200, 48, 64);
     convRow(16, 16);
   } else {
     matmulRow(1024, 1024, 1024);
     matmulRow(4096, 320, 320);
     matmulRow(4096, 1280, 320);
     linearRow(4096, 320, 320);
+    // SD 1.5's first transformer level at a 32×32 latent, batch 2 (classifier-free guidance).
+    gegluRow(2 * 1024, 1280, 320);
     convRow(320, 64);
     convRow(640, 32);
     convRow(1280, 16);
