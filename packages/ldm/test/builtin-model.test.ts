@@ -14,12 +14,12 @@ import { decodeFloats, isFloatStoredDType, type TensorToWrite } from "@ldm/weigh
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodePng } from "../src/image/png.ts";
-import { loadModel } from "../src/models/index.ts";
+import { type LoadedModel, loadModel } from "../src/models/index.ts";
 import { BUILTIN_MODEL, companionFiles } from "../src/pipeline/model-files.ts";
 import { Generator } from "../src/random/index.ts";
 import { Dump } from "../src/validate/dump.ts";
 import { DEFAULT_TOLERANCE } from "../src/validate/index.ts";
-import { decodeLatents, runSample, type SampleSettings } from "../src/validate/sample.ts";
+import { decodeLatents, runSample } from "../src/validate/sample.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
 import {
   type EmojiDataset,
@@ -47,16 +47,11 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/**
- * Our replay of the PyTorch quality run on `checkpoint`: z_0 and the raw decoder output, and our decoder's
- * output for PyTorch's z_0.
- */
-async function replay(checkpoint: string, dump: Dump, overrides?: Partial<SampleSettings>) {
+/** `use` of `checkpoint` loaded with the built-in model's config, disposed afterwards. */
+async function withModel<T>(checkpoint: string, use: (model: LoadedModel) => Promise<T>): Promise<T> {
   const model = await loadModel(checkpoint, { device, config: CONFIG });
   try {
-    const outputs = await runSample(model, dump, overrides);
-    const decodedReference = await decodeLatents(model, await dump.floats("sample", "out", "z_0"));
-    return { outputs, decodedReference };
+    return await use(model);
   } finally {
     model.dispose();
   }
@@ -113,12 +108,16 @@ describe("the built-in model", () => {
         dump.metadata.checkpoint_sha256,
         "the quality run was made from another checkpoint: rerun quality.py --dump",
       ).toBe(sha256);
-      const { outputs: ours, decodedReference } = await replay(BUILTIN_MODEL, dump);
+      const z0 = await dump.floats("sample", "out", "z_0");
+      // Our replay of the PyTorch run (z_0 and our image decoded from it), and our decoder on PyTorch's z_0.
+      const { ours, decodedReference } = await withModel(BUILTIN_MODEL, async (model) => ({
+        ours: await runSample(model, dump),
+        decodedReference: await decodeLatents(model, z0),
+      }));
       // The sampling loop's z_0 within DEFAULT_TOLERANCE.f32.sample (1e-4 of max|ref|; validate/index.ts says
       // why). The image is checked as the decoder's output for the same z_0 (within the f32 component bound):
       // our z_0's own error reaches the image amplified by the decoder, 4× on the step-5,728 checkpoint.
       const { rtol } = DEFAULT_TOLERANCE.f32.sample;
-      const z0 = await dump.floats("sample", "out", "z_0");
       expect(ours.get("z_0")?.shape).toEqual(z0.shape);
       expect(maxRelativeError(ours.get("z_0")?.data ?? [], z0.data), "z_0").toBeLessThan(rtol);
       const reference = await dump.floats("sample", "out", "image");
@@ -147,7 +146,7 @@ describe("the built-in model", () => {
       await writeRandomized(BUILTIN_MODEL, random, 7);
       // 5 steps instead of the run's 20 (a quarter of the cost): what a random network draws is no closer to
       // the captions' emojis for any number of steps (quality.py --random-weights at 50 steps: 3/20 pass).
-      const image = (await replay(random, dump, { steps: 5 })).outputs.get("image");
+      const image = (await withModel(random, (model) => runSample(model, dump, { steps: 5 }))).get("image");
       const fractions = qualityFractions(generatedThumbnails(image!.data, image!.shape), qualityItems(dump), dataset);
       expect(fractions.filter((f) => f >= PASS_FRACTION).length).toBeLessThan(fractions.length);
     } finally {
