@@ -45,6 +45,8 @@ fi
 nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if [[ -z "${VK_DRIVER_FILES:-}" && -f "$nvidia_icd" ]]; then export VK_DRIVER_FILES="$nvidia_icd"; fi
 
+# gpu.ts finds reference/ (its PyTorch peer) from here, also when it runs bundled.
+export LDM_REPO_ROOT="$root"
 # Relative paths in the arguments (--out) are the caller's.
 export INIT_CWD="${INIT_CWD:-$PWD}"
 if [[ -e "$root/benchmarks/node_modules/.bin/tsx" ]]; then

@@ -6,12 +6,14 @@
  *    where the adapter has shader-f16, f16: random weights made here (benchmarks/random-weights.ts), so no
  *    checkpoint is needed. Wall clock to a device.sync() after one warm-up call (which compiles the pipelines),
  *    median of --repeats; peak GPU bytes = device.memory().peakLiveBytes (weights plus activations), one fresh
- *    Device per dtype.
+ *    Device per dtype. Its peer, in the same run: reference/bench_torch.py --random on PyTorch CUDA (the
+ *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine), same dtype.
  *
  * Rows carry the device they ran on and merge into benchmarks/results-gpu.json (or --out). --quick: small kernel
  * shapes and a small UNet of SD 1.5's layout on an 8×8 latent, to check the script runs (lavapipe: ~1 minute).
  * Benchmarks are not tests: nothing here asserts a time.
  */
+import { execFileSync } from "node:child_process";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
@@ -26,6 +28,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 const PARTS = ["kernels", "unet"] as const;
 type Part = (typeof PARTS)[number];
 const CLIP_TOKENS = 77;
+/** The checkout: gpu.sh names it, since a bundled gpu.mjs does not sit in benchmarks/. */
+const root = process.env.LDM_REPO_ROOT ?? join(here, "..");
 
 function parts(value: string): Part[] {
   const list = value.split(",").map((p) => p.trim());
@@ -93,12 +97,38 @@ async function timeUnet(
   }
 }
 
+interface TorchPeer {
+  peer: string;
+  unet_ms: number;
+}
+
+/** SD 1.5's UNet on PyTorch CUDA, or the reason there is none (no such interpreter, no CUDA). */
+function torchPeer(python: string, dtype: ParamDType, latent: number, repeats: number): TorchPeer | string {
+  const args = [join(root, "reference", "bench_torch.py"), "--random", "--device", "cuda"];
+  args.push(
+    "--dtype",
+    dtype === "f16" ? "float16" : "float32",
+    "--latent",
+    String(latent),
+    "--repeats",
+    String(repeats),
+  );
+  try {
+    const stdout = execFileSync(python, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    return JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as TorchPeer;
+  } catch (error) {
+    const stderr = (error as { stderr?: string }).stderr?.trim().split("\n").at(-1);
+    return stderr || (error as Error).message;
+  }
+}
+
 const program = new Command()
   .option("--only <parts>", `comma-separated subset of ${PARTS.join(", ")}`, parts, [...PARTS])
   .option("--quick", "small sizes: checks that the script runs (e.g. on lavapipe), not a measurement")
   .option("--repeats <n>", "timed UNet calls after the warm-up, median reported", positiveInt, 3)
   .option("--latent <S>", "UNet latent side (default 64, a 512×512 image; 8 with --quick)", positiveInt)
-  .option("--no-peer", "kernels without the tfjs peer")
+  .option("--no-peer", "no peers: kernels without tfjs, the UNet without PyTorch")
+  .option("--torch <python>", "the Python whose torch (with CUDA) times the UNet's peer", "python3")
   .option("--out <file>", "results file the rows merge into", join(here, "results-gpu.json"));
 program.parse();
 const opts = program.opts<{
@@ -107,6 +137,7 @@ const opts = program.opts<{
   repeats: number;
   latent?: number;
   peer: boolean;
+  torch: string;
   out: string;
 }>();
 const quick = opts.quick ?? false;
@@ -134,17 +165,27 @@ if (opts.only.includes("unet")) {
   probe.destroy();
   const model = quick ? "small UNet of SD 1.5's layout" : "SD 1.5 UNet";
   console.log(`\n${model}, random weights, batch 2 @ ${latent}×${latent} latent`);
-  console.log(`\n| part | ms | peak GPU MiB |\n|---|---|---|`);
+  console.log(`\n| part | ms | peak GPU MiB | peer | peer ms | ratio |\n|---|---|---|---|---|---|`);
   for (const dtype of dtypes) {
-    const result = await timeUnet(dtype, config, latent, quick ? 1 : opts.repeats);
+    const repeats = quick ? 1 : opts.repeats;
+    const result = await timeUnet(dtype, config, latent, repeats);
     if (result.nonFinite) console.warn(`warning: the ${dtype} UNet output has ${result.nonFinite} NaN/Inf values`);
+    // The peer builds SD 1.5 itself, so --quick's shrunk UNet has none.
+    const peer = opts.peer && !quick ? torchPeer(opts.torch, dtype, latent, repeats) : null;
+    if (typeof peer === "string") console.warn(`no PyTorch peer for ${dtype}: ${peer}`);
+    const timedPeer = typeof peer === "string" ? null : peer;
     const row = makeRow({
       name: `${model} (random weights) batch 2 @ ${latent}×${latent} latent (${dtype})`,
       oursMs: result.ms,
       peakBytes: result.peakBytes,
+      peer: timedPeer?.peer,
+      peerMs: timedPeer?.unet_ms,
     });
     rows.push({ ...row, device: result.device });
-    console.log(`| ${row.name} | ${row.ours_ms} | ${(result.peakBytes / 2 ** 20).toFixed(0)} |`);
+    const mib = (result.peakBytes / 2 ** 20).toFixed(0);
+    console.log(
+      `| ${row.name} | ${row.ours_ms} | ${mib} | ${row.peer ?? "–"} | ${row.peer_ms ?? "–"} | ${row.ratio ?? "–"} |`,
+    );
   }
 }
 

@@ -1,10 +1,13 @@
-"""Times the SD 1.5 networks of a checkpoint on PyTorch CPU, as the peer of benchmarks/e2e.ts:
+"""Times the SD 1.5 networks on PyTorch, as the peer of benchmarks/e2e.ts (CPU) and benchmarks/gpu.ts (CUDA):
 the UNet forward at batch 2 (classifier-free guidance) on an S×S latent, the VAE decode of one S×S
 latent, and the CLIP text encoder on batch 2 (77 tokens). Each under torch.no_grad after one warm-up
-call; the median of --repeats wall-clock runs. Prints one JSON object.
+call; the median of --repeats wall-clock runs (after a CUDA synchronize). Prints one JSON object.
 
 Usage: /usr/bin/python3 reference/bench_torch.py CHECKPOINT.safetensors CONFIG.yaml [--latent S] [--threads N]
-The random-weight SD 1.5 checkpoint comes from `/usr/bin/python3 reference/full_size.py`.
+       python3 reference/bench_torch.py --random [--device cuda] [--dtype float16]
+The random-weight SD 1.5 checkpoint comes from `/usr/bin/python3 reference/full_size.py`; --random builds
+the same architecture with PyTorch's default initialisation instead (no file: what a GPU machine without
+the 4 GB checkpoint can time).
 """
 
 import argparse
@@ -20,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from ldm_ref.configs import SD15_CONFIG  # noqa: E402
 from ldm_ref.ldm import LatentDiffusion  # noqa: E402
 from ldm_ref.safetensors_io import load_file  # noqa: E402
 
@@ -35,34 +39,49 @@ def load_model(checkpoint, config_path):
     return model, config
 
 
-def median_ms(fn, repeats):
+def median_ms(fn, repeats, device):
+    def timed():
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1000
+
     with torch.no_grad():
-        fn()  # warm-up: first-call allocations
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        timed()  # warm-up: first-call allocations (and CUDA's kernel selection)
+        return statistics.median(timed() for _ in range(repeats))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
-    parser.add_argument("config")
+    parser.add_argument("checkpoint", nargs="?")
+    parser.add_argument("config", nargs="?")
+    parser.add_argument("--random", action="store_true", help="SD 1.5 with PyTorch's default initialisation, no checkpoint")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--latent", type=int, default=64, help="latent side S (64 = a 512×512 image)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for path in (args.checkpoint, args.config):
+    if args.random == bool(args.checkpoint or args.config):
+        sys.exit("give either CHECKPOINT CONFIG or --random")
+    for path in () if args.random else (args.checkpoint, args.config):
         if not os.path.exists(path):
             sys.exit(f"{path} does not exist: make it with `/usr/bin/python3 reference/full_size.py`")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
+    dtype = getattr(torch, args.dtype)
     if args.latent < 1:
         sys.exit(f"--latent must be a positive integer, got {args.latent}")
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    model, config = load_model(args.checkpoint, args.config)
+    if args.random:
+        model, config = LatentDiffusion(SD15_CONFIG).eval(), SD15_CONFIG
+    else:
+        model, config = load_model(args.checkpoint, args.config)
+    model.to(device, dtype)
     load_ms = (time.perf_counter() - start) * 1000
     generator = torch.Generator().manual_seed(0)
     s = args.latent
@@ -70,21 +89,22 @@ def main():
     if model.model.conditioning_key != "crossattn":
         sys.exit(f"{args.checkpoint}: conditioning_key {model.model.conditioning_key!r}; this benchmark times crossattn (text-to-image) UNets")
     context_dim = config["model"]["params"]["unet_config"]["params"]["context_dim"]
-    x = torch.randn((2, 4, s, s), generator=generator)
-    timesteps = torch.tensor([500, 500], dtype=torch.int64)
-    context = torch.randn((2, CLIP_TOKENS, context_dim), generator=generator)
-    z = torch.randn((1, 4, s, s), generator=generator)
+    x = torch.randn((2, 4, s, s), generator=generator).to(device, dtype)
+    timesteps = torch.tensor([500, 500], dtype=torch.int64, device=device)
+    context = torch.randn((2, CLIP_TOKENS, context_dim), generator=generator).to(device, dtype)
+    z = torch.randn((1, 4, s, s), generator=generator).to(device, dtype)
     vocab = next(m for m in model.cond_stage_model.modules() if isinstance(m, torch.nn.Embedding)).num_embeddings
-    ids = torch.randint(0, vocab, (2, CLIP_TOKENS), generator=generator)
+    ids = torch.randint(0, vocab, (2, CLIP_TOKENS), generator=generator).to(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
 
     result = {
-        "peer": f"torch {torch.__version__} CPU, {args.threads} threads",
+        "peer": f"torch {torch.__version__} {where}" + ("" if args.dtype == "float32" else f", {args.dtype}"),
         "latent": s,
         "load_ms": load_ms,
         # The crossattn UNet call of apply_model; upsample_to_skip (as ours) lets latents that do not halve evenly run.
-        "unet_ms": median_ms(lambda: unet(x, timesteps, context=context, upsample_to_skip=True), args.repeats),
-        "vae_decode_ms": median_ms(lambda: model.first_stage_model.decode(z), args.repeats),
-        "clip_ms": median_ms(lambda: model.cond_stage_model(ids), args.repeats),
+        "unet_ms": median_ms(lambda: unet(x, timesteps, context=context, upsample_to_skip=True), args.repeats, device),
+        "vae_decode_ms": median_ms(lambda: model.first_stage_model.decode(z), args.repeats, device),
+        "clip_ms": median_ms(lambda: model.cond_stage_model(ids), args.repeats, device),
     }
     print(json.dumps(result))
 
