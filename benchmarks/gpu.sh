@@ -37,8 +37,10 @@ if [[ "${1:-}" == "--pack" ]]; then
   exit 0
 fi
 
-# Vulkan's loader, where the machine has none and the packages came along.
-if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 && compgen -G "$root/.gl/*.deb" >/dev/null; then
+# Vulkan's loader and glvnd (NVIDIA's Vulkan driver is libGLX_nvidia, which needs libGLdispatch), where the
+# machine lacks them and the packages came along.
+missing_libs() { for lib in libvulkan.so.1 libGLdispatch.so.0; do ldconfig -p 2>/dev/null | grep -q "$lib" || return 0; done; return 1; }
+if missing_libs && compgen -G "$root/.gl/*.deb" >/dev/null; then
   for f in "$root"/.gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
 fi

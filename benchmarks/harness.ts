@@ -171,6 +171,10 @@ export async function runBenches(device: Device, tf: Tfjs | null, opts: RunOptio
   const selected = rows.filter((r) => !filter?.length || filter.some((f) => r.name.includes(f)));
   const results: BenchResult[] = [];
   for (const row of selected) {
+    if (row.dtype === "f16" && !device.features.shaderF16) {
+      log(`| ${row.name} | f16 | skipped: the adapter has no shader-f16 | | | | |`);
+      continue;
+    }
     const oursMs = await timeOurs(device, row.ours, samples);
     const peerMs = row.baseline
       ? await timeOurs(device, row.baseline.ours, samples)

@@ -130,7 +130,8 @@ class CLIPTextTransformer(nn.Module):
         hidden_states = self.embeddings(input_ids)
         bsz, seq_len = input_ids.shape
         # Additive causal mask filled with the dtype's most negative finite value, as HF does.
-        mask = torch.full((bsz, 1, seq_len, seq_len), torch.finfo(hidden_states.dtype).min, dtype=hidden_states.dtype)
+        lowest = torch.finfo(hidden_states.dtype).min
+        mask = torch.full((bsz, 1, seq_len, seq_len), lowest, dtype=hidden_states.dtype, device=hidden_states.device)
         mask = mask.triu(1)
         states = [hidden_states]
         for layer in self.encoder.layers:

@@ -18,7 +18,8 @@ from .attention import SpatialTransformer
 def timestep_embedding(timesteps, dim, max_period=10000):
     """Sinusoidal embedding, cos half first then sin half (the original order)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half)
+    steps = torch.arange(start=0, end=half, dtype=torch.float32, device=timesteps.device)
+    freqs = torch.exp(-math.log(max_period) * steps / half)
     args = timesteps[:, None].float() * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
