@@ -7,7 +7,8 @@
  *    checkpoint is needed. Wall clock to a device.sync() after one warm-up call (which compiles the pipelines),
  *    median of --repeats; peak GPU bytes = device.memory().peakLiveBytes (weights plus activations), one fresh
  *    Device per dtype. Its peer, in the same run: reference/bench_torch.py --random on PyTorch CUDA (the
- *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine), same dtype.
+ *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine), f32 rows only
+ *    (the reference port runs in float32).
  *
  * Rows carry the device they ran on and merge into benchmarks/results-gpu.json (or --out). --quick: small kernel
  * shapes and a small UNet of SD 1.5's layout on an 8×8 latent, to check the script runs (lavapipe: ~1 minute).
@@ -17,6 +18,7 @@ import { execFileSync } from "node:child_process";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
+import { enableAutotune, MemoryTuneStore } from "../packages/kernels/src/index.ts";
 import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
 import { type ModelConfig, standardConfig } from "../packages/weights/src/index.ts";
 import { median, positiveInt } from "./common.ts";
@@ -63,8 +65,11 @@ async function timeUnet(
   config: ModelConfig,
   latent: number,
   repeats: number,
+  autotune: boolean,
 ): Promise<{ ms: number; peakBytes: number; device: string; nonFinite: number }> {
   const device = await Device.create({ disableF16: dtype !== "f16" });
+  // In memory: a run measures its own tuning, never an earlier run's cache.
+  const tuner = autotune ? enableAutotune(device, { store: new MemoryTuneStore() }) : null;
   try {
     const { unet, dispose } = await randomNetworks(device, config, dtype, ["unet"]);
     if (!unet) throw new Error("internal: no UNet was built");
@@ -83,6 +88,10 @@ async function timeUnet(
       out.dispose();
       return performance.now() - start;
     };
+    if (tuner) {
+      unet.forward({ x, timesteps, context }).dispose();
+      await tuner.tunePending();
+    }
     const first = unet.forward({ x, timesteps, context });
     const nonFinite = (await first.toFloat32()).filter((v) => !Number.isFinite(v)).length;
     first.dispose();
@@ -103,16 +112,9 @@ interface TorchPeer {
 }
 
 /** SD 1.5's UNet on PyTorch CUDA, or the reason there is none (no such interpreter, no CUDA). */
-function torchPeer(python: string, dtype: ParamDType, latent: number, repeats: number): TorchPeer | string {
-  const args = [join(root, "reference", "bench_torch.py"), "--random", "--device", "cuda"];
-  args.push(
-    "--dtype",
-    dtype === "f16" ? "float16" : "float32",
-    "--latent",
-    String(latent),
-    "--repeats",
-    String(repeats),
-  );
+function torchPeer(python: string, latent: number, repeats: number): TorchPeer | string {
+  const script = join(root, "reference", "bench_torch.py");
+  const args = [script, "--random", "--device", "cuda", "--latent", String(latent), "--repeats", String(repeats)];
   try {
     const stdout = execFileSync(python, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
     return JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as TorchPeer;
@@ -127,6 +129,7 @@ const program = new Command()
   .option("--quick", "small sizes: checks that the script runs (e.g. on lavapipe), not a measurement")
   .option("--repeats <n>", "timed UNet calls after the warm-up, median reported", positiveInt, 3)
   .option("--latent <S>", "UNet latent side (default 64, a 512×512 image; 8 with --quick)", positiveInt)
+  .option("--autotune", "time the UNet with autotuned GEMM/conv tiles (tuned in the warm-up, in memory)")
   .option("--no-peer", "no peers: kernels without tfjs, the UNet without PyTorch")
   .option("--torch <python>", "the Python whose torch (with CUDA) times the UNet's peer", "python3")
   .option("--out <file>", "results file the rows merge into", join(here, "results-gpu.json"));
@@ -136,6 +139,7 @@ const opts = program.opts<{
   quick?: boolean;
   repeats: number;
   latent?: number;
+  autotune?: boolean;
   peer: boolean;
   torch: string;
   out: string;
@@ -168,14 +172,14 @@ if (opts.only.includes("unet")) {
   console.log(`\n| part | ms | peak GPU MiB | peer | peer ms | ratio |\n|---|---|---|---|---|---|`);
   for (const dtype of dtypes) {
     const repeats = quick ? 1 : opts.repeats;
-    const result = await timeUnet(dtype, config, latent, repeats);
+    const result = await timeUnet(dtype, config, latent, repeats, opts.autotune ?? false);
     if (result.nonFinite) console.warn(`warning: the ${dtype} UNet output has ${result.nonFinite} NaN/Inf values`);
     // The peer builds SD 1.5 itself, so --quick's shrunk UNet has none.
-    const peer = opts.peer && !quick ? torchPeer(opts.torch, dtype, latent, repeats) : null;
+    const peer = opts.peer && !quick && dtype === "f32" ? torchPeer(opts.torch, latent, repeats) : null;
     if (typeof peer === "string") console.warn(`no PyTorch peer for ${dtype}: ${peer}`);
     const timedPeer = typeof peer === "string" ? null : peer;
     const row = makeRow({
-      name: `${model} (random weights) batch 2 @ ${latent}×${latent} latent (${dtype})`,
+      name: `${model} (random weights) batch 2 @ ${latent}×${latent} latent (${dtype}${opts.autotune ? ", autotuned" : ""})`,
       oursMs: result.ms,
       peakBytes: result.peakBytes,
       peer: timedPeer?.peer,

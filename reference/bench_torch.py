@@ -4,7 +4,7 @@ latent, and the CLIP text encoder on batch 2 (77 tokens). Each under torch.no_gr
 call; the median of --repeats wall-clock runs (after a CUDA synchronize). Prints one JSON object.
 
 Usage: /usr/bin/python3 reference/bench_torch.py CHECKPOINT.safetensors CONFIG.yaml [--latent S] [--threads N]
-       python3 reference/bench_torch.py --random [--device cuda] [--dtype float16]
+       python3 reference/bench_torch.py --random [--device cuda] [--no-tf32]
 The random-weight SD 1.5 checkpoint comes from `/usr/bin/python3 reference/full_size.py`; --random builds
 the same architecture with PyTorch's default initialisation instead (no file: what a GPU machine without
 the 4 GB checkpoint can time).
@@ -58,7 +58,8 @@ def main():
     parser.add_argument("config", nargs="?")
     parser.add_argument("--random", action="store_true", help="SD 1.5 with PyTorch's default initialisation, no checkpoint")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="CUDA float32 without TF32 (PyTorch's default lets cuDNN's convolutions use it)")
     parser.add_argument("--latent", type=int, default=64, help="latent side S (64 = a 512×512 image)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -71,7 +72,9 @@ def main():
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
-    dtype = getattr(torch, args.dtype)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if args.latent < 1:
         sys.exit(f"--latent must be a positive integer, got {args.latent}")
     torch.set_num_threads(args.threads)
@@ -81,7 +84,7 @@ def main():
         model, config = LatentDiffusion(SD15_CONFIG).eval(), SD15_CONFIG
     else:
         model, config = load_model(args.checkpoint, args.config)
-    model.to(device, dtype)
+    model.to(device)
     load_ms = (time.perf_counter() - start) * 1000
     generator = torch.Generator().manual_seed(0)
     s = args.latent
@@ -89,16 +92,18 @@ def main():
     if model.model.conditioning_key != "crossattn":
         sys.exit(f"{args.checkpoint}: conditioning_key {model.model.conditioning_key!r}; this benchmark times crossattn (text-to-image) UNets")
     context_dim = config["model"]["params"]["unet_config"]["params"]["context_dim"]
-    x = torch.randn((2, 4, s, s), generator=generator).to(device, dtype)
+    x = torch.randn((2, 4, s, s), generator=generator).to(device)
     timesteps = torch.tensor([500, 500], dtype=torch.int64, device=device)
-    context = torch.randn((2, CLIP_TOKENS, context_dim), generator=generator).to(device, dtype)
-    z = torch.randn((1, 4, s, s), generator=generator).to(device, dtype)
+    context = torch.randn((2, CLIP_TOKENS, context_dim), generator=generator).to(device)
+    z = torch.randn((1, 4, s, s), generator=generator).to(device)
     vocab = next(m for m in model.cond_stage_model.modules() if isinstance(m, torch.nn.Embedding)).num_embeddings
     ids = torch.randint(0, vocab, (2, CLIP_TOKENS), generator=generator).to(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    if device.type == "cuda":
+        where += ", no TF32" if args.no_tf32 else ", TF32 convolutions (default)"
 
     result = {
-        "peer": f"torch {torch.__version__} {where}" + ("" if args.dtype == "float32" else f", {args.dtype}"),
+        "peer": f"torch {torch.__version__} {where}",
         "latent": s,
         "load_ms": load_ms,
         # The crossattn UNet call of apply_model; upsample_to_skip (as ours) lets latents that do not halve evenly run.
