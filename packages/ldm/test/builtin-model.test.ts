@@ -110,16 +110,16 @@ describe("the built-in model", () => {
       ).toBe(sha256);
       const z0 = await dump.floats("sample", "out", "z_0");
       // Our replay of the PyTorch run (z_0 and our image decoded from it), and our decoder on PyTorch's z_0.
-      const { ours, decodedReference } = await withModel(BUILTIN_MODEL, async (model) => ({
-        ours: await runSample(model, dump),
-        decodedReference: await decodeLatents(model, z0),
-      }));
+      const { ours, image, decodedReference } = await withModel(BUILTIN_MODEL, async (model) => {
+        const ours = await runSample(model, dump);
+        return { ours, image: await decodeLatents(model, ours), decodedReference: await decodeLatents(model, z0) };
+      });
       // The sampling loop's z_0 within DEFAULT_TOLERANCE.f32.sample (1e-4 of max|ref|; validate/index.ts says
       // why). The image is checked as the decoder's output for the same z_0 (within the f32 component bound):
       // our z_0's own error reaches the image amplified by the decoder, 4× on the step-5,728 checkpoint.
       const { rtol } = DEFAULT_TOLERANCE.f32.sample;
-      expect(ours.get("z_0")?.shape).toEqual(z0.shape);
-      expect(maxRelativeError(ours.get("z_0")?.data ?? [], z0.data), "z_0").toBeLessThan(rtol);
+      expect(ours.shape).toEqual(z0.shape);
+      expect(maxRelativeError(ours.data, z0.data), "z_0").toBeLessThan(rtol);
       const reference = await dump.floats("sample", "out", "image");
       expect(decodedReference.shape).toEqual(reference.shape);
       const decoderBound = DEFAULT_TOLERANCE.f32.components.rtol;
@@ -127,8 +127,7 @@ describe("the built-in model", () => {
       // Issue 7's quality check scores our images (decoded from our z_0) as quality.py scored PyTorch's: the
       // same fraction of other emojis farther away, per caption, up to one emoji of 3,654 (a distance within
       // rounding of its own).
-      const image = ours.get("image");
-      const fractions = qualityFractions(generatedThumbnails(image!.data, image!.shape), qualityItems(dump), dataset);
+      const fractions = qualityFractions(generatedThumbnails(image.data, image.shape), qualityItems(dump), dataset);
       const scored = JSON.parse(dump.metadata.quality_fractions) as number[];
       const oneEmoji = 1 / (dataset.codepoints.length - 1);
       for (const [i, item] of qualityItems(dump).entries()) {
@@ -146,8 +145,10 @@ describe("the built-in model", () => {
       await writeRandomized(BUILTIN_MODEL, random, 7);
       // 5 steps instead of the run's 20 (a quarter of the cost): what a random network draws is no closer to
       // the captions' emojis for any number of steps (quality.py --random-weights at 50 steps: 3/20 pass).
-      const image = (await withModel(random, (model) => runSample(model, dump, { steps: 5 }))).get("image");
-      const fractions = qualityFractions(generatedThumbnails(image!.data, image!.shape), qualityItems(dump), dataset);
+      const image = await withModel(random, async (model) =>
+        decodeLatents(model, await runSample(model, dump, { steps: 5 })),
+      );
+      const fractions = qualityFractions(generatedThumbnails(image.data, image.shape), qualityItems(dump), dataset);
       expect(fractions.filter((f) => f >= PASS_FRACTION).length).toBeLessThan(fractions.length);
     } finally {
       await dump.close();

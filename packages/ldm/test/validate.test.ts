@@ -1,6 +1,6 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Device } from "@ldm/tensor";
 import type { TensorToWrite } from "@ldm/weights";
@@ -170,13 +170,22 @@ describe("ldm validate", () => {
 
   // Every sample dump is checked against its tolerance in pipeline.test.ts (the same sampleFromTokens path);
   // this one checks validate's sample component end to end: metadata, c_concat, decoding and the report.
-  it("checks a sample dump's z_0 and decoded image (tiny-inpaint ddim: with c_concat)", async () => {
+  it("checks a sample dump's z_0, and its image as our decoder on the dump's z_0 (tiny-inpaint ddim: with c_concat)", async () => {
     const dump = join(DUMPS, "tiny-inpaint.sample-ddim.safetensors");
     const { code, out, err } = await validateCli("tiny-inpaint", dump);
     expect(code, err).toBe(0);
-    expect(out).toMatch(/sample\.out\.z_0\s+max abs err .* PASS/);
-    expect(out).toMatch(/sample\.out\.image\s+max abs err .* PASS/);
+    expect(out).toMatch(/sample\.out\.z_0\s+max abs err .* PASS$/m);
+    expect(out).toMatch(/sample\.out\.image\s+max abs err .* PASS {2}\(our decoder on the dump's z_0\)$/m);
     expect(out).toContain("all 2 outputs passed");
+
+    // A dump with the image alone: the image is then ours from end to end.
+    const imageOnly = await rewrite(dump, join(scratch, "image-only.safetensors"), (name, t) =>
+      name === "sample.out.z_0" ? null : [name, t],
+    );
+    const endToEnd = await validateCli("tiny-inpaint", imageOnly);
+    expect(endToEnd.code, endToEnd.err).toBe(0);
+    expect(endToEnd.out).toMatch(/sample\.out\.image\s+max abs err .* PASS$/m);
+    expect(endToEnd.out).toContain("all 1 outputs passed");
   });
 
   it("exits 1 on a failing output, and on a checkpoint that does not fit, listing the keys", async () => {
@@ -192,12 +201,26 @@ describe("ldm validate", () => {
     expect(wrongConfig.err).toMatch(/wrong shape: model\.diffusion_model\./);
   });
 
-  it("says what detection assumed when no config is given (tiny-sd1 has 4 heads, detection assumes SD 1.x's 8)", async () => {
+  it("takes the config beside the checkpoint when no --config is given, as ldm generate does", async () => {
     const f = files("tiny-sd1");
     const dump = await rewrite(f.dump, join(scratch, "unet-only.safetensors"), (name, t) =>
       name.startsWith("unet.") ? [name, t] : null,
     );
-    const { code, out } = await runCli("validate", "--checkpoint", f.checkpoint, "--dump", dump);
+    const beside = await runCli("validate", "--checkpoint", f.checkpoint, "--dump", dump);
+    expect(beside.code, beside.err).toBe(0);
+    expect(beside.out).toContain(`config: ${f.config} (beside the checkpoint)`);
+    expect(beside.out).toMatch(/unet\.out\.eps .* PASS/);
+  });
+
+  it("says what detection assumed when there is no config (tiny-sd1 has 4 heads, detection assumes SD 1.x's 8)", async () => {
+    const f = files("tiny-sd1");
+    const alone = join(scratch, "alone", "tiny-sd1.safetensors");
+    mkdirSync(dirname(alone), { recursive: true });
+    copyFileSync(f.checkpoint, alone);
+    const dump = await rewrite(f.dump, join(scratch, "unet-only.safetensors"), (name, t) =>
+      name.startsWith("unet.") ? [name, t] : null,
+    );
+    const { code, out } = await runCli("validate", "--checkpoint", alone, "--dump", dump);
     expect(code).toBe(1);
     expect(out).toContain(
       "config detected from the weights (pass --config to set it), assuming: UNet num_heads 8 (SD 1.x)",

@@ -1,13 +1,12 @@
 /**
  * The `sample` dump component: a whole classifier-free-guided sampling loop from x_T and token ids, run by the
- * pipeline's own sampling path (sampleFromTokens), then optionally decoded.
+ * pipeline's own sampling path (sampleFromTokens); decodeLatents turns a z_0 into the image.
  */
 import { Tensor } from "@ldm/tensor";
 import { NoiseSchedule, SAMPLER_NAMES, type SamplerName } from "../diffusion/index.ts";
 import type { LoadedModel } from "../models/index.ts";
 import { sampleFromTokens } from "../pipeline/denoiser.ts";
 import type { Dump, HostTensor } from "./dump.ts";
-import type { Outputs } from "./io.ts";
 
 export interface SampleSettings {
   sampler: SamplerName;
@@ -36,14 +35,17 @@ function settings(dump: Dump): SampleSettings {
   return { sampler: sampler as SamplerName, steps: number("steps"), guidanceScale: number("guidance_scale"), eta };
 }
 
-/** The dump's sampling loop; `overrides` change its settings (e.g. fewer steps, where only the outcome matters). */
+/**
+ * The dump's sampling loop: our z_0 for its x_T and ids. `overrides` change its settings (e.g. fewer steps,
+ * where only the outcome matters).
+ */
 export async function runSample(
   model: LoadedModel,
   dump: Dump,
   overrides: Partial<SampleSettings> = {},
-): Promise<Outputs> {
-  const { unet, vae, clip, config } = model;
-  if (!unet || !vae || !clip) throw new Error("internal: the sample component needs all three networks");
+): Promise<HostTensor> {
+  const { unet, clip, config } = model;
+  if (!unet || !clip) throw new Error("internal: the sample component needs the UNet and the text encoder");
   const options = { ...settings(dump), ...overrides };
   const xT = await dump.floats("sample", "in", "x_T");
   const cond = await dump.ints("sample", "in", "cond_ids");
@@ -65,10 +67,7 @@ export async function runSample(
     eta: options.eta,
     cConcat: cConcat?.data,
   });
-  const outputs: Outputs = new Map([["z_0", { data: z0, shape: xT.shape }]]);
-  if (dump.has("sample", "out", "image"))
-    outputs.set("image", await decodeLatents(model, { data: z0, shape: xT.shape }));
-  return outputs;
+  return { data: z0, shape: xT.shape };
 }
 
 /** The raw decoder output (about [-1, 1]) for clean latents z₀ as the UNet sees them (scaled by scale_factor). */

@@ -30,7 +30,8 @@ function line(c: OutputCheck): string {
   const verdict = c.pass ? "PASS" : "FAIL";
   if (c.problem) return `${c.key.padEnd(40)} ${verdict}  ${c.problem}`;
   const nonFinite = c.nonFinite ? `  ${c.nonFinite} NaN/Inf values` : "";
-  return `${c.key.padEnd(40)} max abs err ${exp(c.maxAbs)}  max|ref| ${exp(c.maxRef)}  rel ${exp(c.relative)}  (bound ${exp(c.bound)})  ${verdict}${nonFinite}`;
+  const note = c.note ? `  (${c.note})` : "";
+  return `${c.key.padEnd(40)} max abs err ${exp(c.maxAbs)}  max|ref| ${exp(c.maxRef)}  rel ${exp(c.relative)}  (bound ${exp(c.bound)})  ${verdict}${nonFinite}${note}`;
 }
 
 export function registerValidate(program: Command): void {
@@ -38,7 +39,10 @@ export function registerValidate(program: Command): void {
     .command("validate")
     .description("run the model on a reference dump's inputs and compare every output with the reference")
     .requiredOption("--checkpoint <path>", "single .safetensors checkpoint or diffusers folder")
-    .option("--config <yaml>", "original-style YAML config (default: detected from the weights)")
+    .option(
+      "--config <yaml>",
+      "original-style YAML config (default: <stem>.yaml beside the checkpoint, else detected from the weights)",
+    )
     .requiredOption("--dump <file>", "reference dump (.safetensors with <component>.in.* / <component>.out.* tensors)")
     .option("--atol <number>", "absolute tolerance for every output (default 0)")
     .option("--rtol <number>", `tolerance relative to max|reference| for every output (default ${tolerances()})`)
@@ -55,6 +59,7 @@ export function registerValidate(program: Command): void {
         if (details.length) console.error(details.join("\n"));
         throw new UserError(first);
       }
+      if (report.config && !flags.config) console.log(`config: ${report.config} (beside the checkpoint)`);
       if (report.assumptions.length) {
         console.log(
           `config detected from the weights (pass --config to set it), assuming: ${report.assumptions.join("; ")}`,
