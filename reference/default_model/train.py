@@ -128,9 +128,10 @@ def write_yaml(config, path):
 
 class Dataset:
     """Images as float [-1, 1] NCHW, per-image sampling weights (skin-tone variants of one emoji
-    share one emoji's weight), and every caption's 77 token ids."""
+    share one emoji's weight; `upweight` multiplies the weight of a subgroup's emojis), and every
+    caption's 77 token ids."""
 
-    def __init__(self, stem, tokenizer=None):
+    def __init__(self, stem, tokenizer=None, upweight=None):
         for suffix in (".npy", ".json"):
             if not os.path.exists(stem + suffix):
                 sys.exit(f"{stem}{suffix} is missing: run reference/data/make_emoji_dataset.py")
@@ -143,7 +144,14 @@ class Dataset:
         bases = {}
         for item in self.items:
             bases[item["skin_tone_base"]] = bases.get(item["skin_tone_base"], 0) + 1
-        self.weights = torch.tensor([1.0 / bases[item["skin_tone_base"]] for item in self.items], dtype=torch.float64)
+        upweight = upweight or {}
+        unknown = set(upweight) - {item["subgroup"] for item in self.items}
+        if unknown:
+            sys.exit(f"--upweight: no emoji of subgroup {', '.join(sorted(unknown))} in {stem}.json")
+        self.weights = torch.tensor(
+            [upweight.get(item["subgroup"], 1.0) / bases[item["skin_tone_base"]] for item in self.items],
+            dtype=torch.float64,
+        )
         if tokenizer is not None:
             self.caption_ids = [torch.tensor([tokenizer.tokenize(c) for c in item["captions"]]) for item in self.items]
             self.empty_ids = torch.tensor(tokenizer.tokenize(""))
@@ -412,7 +420,7 @@ def train_ldm_rank(rank, args):
     vocab = config["model"]["params"]["cond_stage_config"]["params"]["text_config"]["vocab_size"]
     if len(tokenizer.vocab) != vocab:
         sys.exit(f"tokenizer has {len(tokenizer.vocab)} tokens, text_config.vocab_size is {vocab}")
-    data = Dataset(args.data, tokenizer)
+    data = Dataset(args.data, tokenizer, dict(args.upweight))
     vae = load_trained_vae(args.run, config)
     t0 = time.monotonic()
     moments = encode_dataset(vae, data.images)
@@ -580,6 +588,17 @@ def add_loop_flags(parser, batch, lr, steps):
     parser.add_argument("--seed", type=int, default=0)
 
 
+def subgroup_factor(text):
+    subgroup, _, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = 0.0
+    if not subgroup or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected SUBGROUP=FACTOR with FACTOR > 0, got {text!r}")
+    return subgroup, value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 while the machine is shared)")
@@ -598,6 +617,8 @@ def main():
     p.add_argument("--ranks", type=int, default=1,
                    help="data-parallel processes (each --threads threads, its own --batch; gradients averaged)")
     p.add_argument("--port", type=int, default=29517, help="local TCP port of the data-parallel rendezvous")
+    p.add_argument("--upweight", type=subgroup_factor, nargs="+", default=[], metavar="SUBGROUP=FACTOR",
+                   help="draw a subgroup's emojis FACTOR times as often (e.g. country-flag=2)")
     p = commands.add_parser("export")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
