@@ -19,7 +19,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
 import { enableAutotune, MemoryTuneStore } from "../packages/kernels/src/index.ts";
-import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
+import { Device, type KernelTime, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
 import { type ModelConfig, standardConfig } from "../packages/weights/src/index.ts";
 import { median, positiveInt } from "./common.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
@@ -66,7 +66,8 @@ async function timeUnet(
   latent: number,
   repeats: number,
   autotune: boolean,
-): Promise<{ ms: number; peakBytes: number; device: string; nonFinite: number }> {
+  profile: boolean,
+): Promise<{ ms: number; peakBytes: number; device: string; nonFinite: number; kernels: KernelTime[] | null }> {
   const device = await Device.create({ disableF16: dtype !== "f16" });
   // In memory: a run measures its own tuning, never an earlier run's cache.
   const tuner = autotune ? enableAutotune(device, { store: new MemoryTuneStore() }) : null;
@@ -98,11 +99,34 @@ async function timeUnet(
     const times: number[] = [];
     for (let r = 0; r < repeats; r++) times.push(await once());
     const peakBytes = device.memory().peakLiveBytes;
+    const kernels = profile ? await device.profileGpu(() => unet.forward({ x, timesteps, context }).dispose()) : null;
     for (const t of [x, timesteps, context]) t.dispose();
     dispose();
-    return { ms: median(times), peakBytes, device: deviceName(device), nonFinite };
+    return { ms: median(times), peakBytes, device: deviceName(device), nonFinite, kernels };
   } finally {
     device.destroy();
+  }
+}
+
+/** The kernels of a profiled UNet call: the slowest (labels cut at 100 characters), then the time by kernel
+ * family (the label's first field). */
+function printProfile(kernels: KernelTime[], top = 25): void {
+  const total = kernels.reduce((sum, k) => sum + k.ms, 0);
+  const share = (ms: number) => `${((100 * ms) / total).toFixed(1)}%`;
+  console.log(`\nGPU time per kernel, one call, each dispatch in its own pass: ${total.toFixed(1)} ms in all`);
+  console.log("| kernel | dispatches | ms | share |\n|---|---|---|---|");
+  for (const k of kernels.slice(0, top)) {
+    console.log(`| ${k.label.slice(0, 100)} | ${k.dispatches} | ${k.ms.toFixed(2)} | ${share(k.ms)} |`);
+  }
+  const families = new Map<string, { dispatches: number; ms: number }>();
+  for (const k of kernels) {
+    const family = k.label.split(/[:|]/)[0];
+    const f = families.get(family) ?? { dispatches: 0, ms: 0 };
+    families.set(family, { dispatches: f.dispatches + k.dispatches, ms: f.ms + k.ms });
+  }
+  console.log("\n| kernel family | dispatches | ms | share |\n|---|---|---|---|");
+  for (const [family, f] of [...families].sort((a, b) => b[1].ms - a[1].ms)) {
+    console.log(`| ${family} | ${f.dispatches} | ${f.ms.toFixed(2)} | ${share(f.ms)} |`);
   }
 }
 
@@ -130,6 +154,7 @@ const program = new Command()
   .option("--repeats <n>", "timed UNet calls after the warm-up, median reported", positiveInt, 3)
   .option("--latent <S>", "UNet latent side (default 64, a 512×512 image; 8 with --quick)", positiveInt)
   .option("--autotune", "time the UNet with autotuned GEMM/conv tiles (tuned in the warm-up, in memory)")
+  .option("--profile", "after timing, print the GPU time per kernel of one UNet call (needs timestamp-query)")
   .option("--no-peer", "no peers: kernels without tfjs, the UNet without PyTorch")
   .option("--torch <python>", "the Python whose torch (with CUDA) times the UNet's peer", "python3")
   .option("--out <file>", "results file the rows merge into", join(here, "results-gpu.json"));
@@ -140,6 +165,7 @@ const opts = program.opts<{
   repeats: number;
   latent?: number;
   autotune?: boolean;
+  profile?: boolean;
   peer: boolean;
   torch: string;
   out: string;
@@ -172,7 +198,7 @@ if (opts.only.includes("unet")) {
   console.log(`\n| part | ms | peak GPU MiB | peer | peer ms | ratio |\n|---|---|---|---|---|---|`);
   for (const dtype of dtypes) {
     const repeats = quick ? 1 : opts.repeats;
-    const result = await timeUnet(dtype, config, latent, repeats, opts.autotune ?? false);
+    const result = await timeUnet(dtype, config, latent, repeats, opts.autotune ?? false, opts.profile ?? false);
     if (result.nonFinite) console.warn(`warning: the ${dtype} UNet output has ${result.nonFinite} NaN/Inf values`);
     // The peer builds SD 1.5 itself, so --quick's shrunk UNet has none.
     const peer = opts.peer && !quick && dtype === "f32" ? torchPeer(opts.torch, latent, repeats) : null;
@@ -190,6 +216,10 @@ if (opts.only.includes("unet")) {
     console.log(
       `| ${row.name} | ${row.ours_ms} | ${mib} | ${row.peer ?? "–"} | ${row.peer_ms ?? "–"} | ${row.ratio ?? "–"} |`,
     );
+    if (opts.profile) {
+      if (result.kernels) printProfile(result.kernels);
+      else console.warn("--profile: the adapter has no timestamp-query");
+    }
   }
 }
 

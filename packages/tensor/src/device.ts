@@ -47,6 +47,21 @@ export interface BufferSlice {
   size?: number;
 }
 
+/** GPU time of one kernel (pipeline label) over a profiled recording (Device.profileGpu). */
+export interface KernelTime {
+  label: string;
+  dispatches: number;
+  ms: number;
+}
+
+/** Dispatches timed per query set: 2 timestamps each, within WebGPU's 4096 queries per set. */
+const PROFILE_SET_DISPATCHES = 2048;
+
+interface DispatchProfiler {
+  sets: GPUQuerySet[];
+  labels: string[];
+}
+
 export interface Dispatch {
   pipeline: GPUComputePipeline;
   /** Storage buffers at bindings 1..n (binding 0 is the uniform block when `uniforms` is given). */
@@ -94,6 +109,7 @@ export class Device {
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private passTimestamps: { querySet: GPUQuerySet } | null = null;
+  private profiler: DispatchProfiler | null = null;
   private dispatchesInBatch = 0;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly uniformRing: GPUBuffer;
@@ -290,11 +306,28 @@ export class Device {
       entries.push({ binding: i + 1, resource: { buffer: slice.buffer, offset: slice.offset ?? 0, size: slice.size } });
     });
     const bindGroup = this.gpuDevice.createBindGroup({ layout: d.pipeline.getBindGroupLayout(0), entries });
-    const pass = this.openPass();
+    const pass = this.profiler ? this.timedPass(this.profiler, d.pipeline.label) : this.openPass();
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
+    if (this.profiler) this.closePass();
     this.dispatchesInBatch++;
+  }
+
+  /** A pass of its own for one profiled dispatch, with timestamps at its start and end. */
+  private timedPass(profiler: DispatchProfiler, label: string): GPUComputePassEncoder {
+    this.closePass();
+    const index = profiler.labels.length % PROFILE_SET_DISPATCHES;
+    if (index === 0) {
+      const count = 2 * PROFILE_SET_DISPATCHES;
+      profiler.sets.push(this.gpuDevice.createQuerySet({ type: "timestamp", count }));
+    }
+    profiler.labels.push(label);
+    if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
+    const querySet = profiler.sets[profiler.sets.length - 1];
+    const timestampWrites = { querySet, beginningOfPassWriteIndex: 2 * index, endOfPassWriteIndex: 2 * index + 1 };
+    this.pass = this.encoder.beginComputePass({ timestampWrites });
+    return this.pass;
   }
 
   /** Records a buffer-to-buffer copy (offsets and size must be multiples of 4). */
@@ -432,6 +465,54 @@ export class Device {
     resolve.destroy();
     const [t0, t1] = new BigUint64Array(bytes);
     return Number(t1 - t0) / 1e6;
+  }
+
+  /**
+   * GPU time per kernel of what `record` dispatches, summed by pipeline label (the kernel's cache key), slowest
+   * first; null where the adapter has no timestamp-query. Each dispatch runs in a pass of its own, so the sum
+   * includes per-pass overhead that normal recording (many dispatches per pass) does not pay: read the split,
+   * and take the total from `timeGpu`.
+   */
+  async profileGpu(record: () => void): Promise<KernelTime[] | null> {
+    if (!this.features.timestampQuery) {
+      record();
+      await this.sync();
+      return null;
+    }
+    this.flush();
+    const profiler: DispatchProfiler = { sets: [], labels: [] };
+    this.profiler = profiler;
+    try {
+      record();
+    } finally {
+      this.profiler = null;
+    }
+    const buffers = profiler.sets.map((querySet) => {
+      const buffer = this.gpuDevice.createBuffer({
+        size: 16 * PROFILE_SET_DISPATCHES,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
+      this.encoder.resolveQuerySet(querySet, 0, querySet.count, buffer, 0);
+      return buffer;
+    });
+    const byLabel = new Map<string, KernelTime>();
+    try {
+      for (const [set, buffer] of buffers.entries()) {
+        const stamps = new BigUint64Array(await this.read(buffer, 0, buffer.size));
+        const labels = profiler.labels.slice(set * PROFILE_SET_DISPATCHES, (set + 1) * PROFILE_SET_DISPATCHES);
+        labels.forEach((label, i) => {
+          const entry = byLabel.get(label) ?? { label, dispatches: 0, ms: 0 };
+          entry.dispatches++;
+          entry.ms += Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6;
+          byLabel.set(label, entry);
+        });
+      }
+    } finally {
+      for (const b of buffers) b.destroy();
+      for (const q of profiler.sets) q.destroy();
+    }
+    return [...byLabel.values()].sort((a, b) => b.ms - a.ms);
   }
 
   // ---- scopes --------------------------------------------------------------------------

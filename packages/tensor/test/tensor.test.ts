@@ -182,4 +182,38 @@ describe("recording", () => {
     expect((await t.read())[12345]).toBe(4);
     t.dispose();
   });
+
+  it("profiles GPU time per kernel, each dispatch counted under its pipeline's label", async () => {
+    const big = device.pipeline("test-add-profiled-big", addOne);
+    const small = device.pipeline("test-add-profiled-small", addOne);
+    const t = Tensor.zeros(device, [1 << 16]);
+    const add = (pipeline: GPUComputePipeline, workgroups: number) =>
+      device.dispatch({
+        pipeline,
+        buffers: [t.buffer],
+        uniforms: new Uniforms()
+          .u32(1 << 16)
+          .f32(1)
+          .bytes(),
+        workgroups: [workgroups],
+      });
+    const kernels = await device.profileGpu(() => {
+      for (let i = 0; i < 3; i++) add(big, 1024);
+      add(small, 1);
+      add(small, 1);
+    });
+    // Every dispatch ran once, in order, whatever the adapter.
+    const values = await t.read();
+    expect([values[0], values[12345]]).toEqual([5, 3]);
+    if (!device.features.timestampQuery) {
+      expect(kernels).toBeNull();
+    } else {
+      const byLabel = Object.fromEntries((kernels ?? []).map((k) => [k.label, k]));
+      expect(byLabel["test-add-profiled-big"].dispatches).toBe(3);
+      expect(byLabel["test-add-profiled-small"].dispatches).toBe(2);
+      expect(byLabel["test-add-profiled-big"].ms).toBeGreaterThan(0);
+      expect(byLabel["test-add-profiled-small"].ms).toBeGreaterThanOrEqual(0);
+    }
+    t.dispose();
+  });
 });
