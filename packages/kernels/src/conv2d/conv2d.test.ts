@@ -6,7 +6,14 @@ import { assertClose, randomArray } from "../testing.ts";
 import { type Conv2dInternals, type Conv2dOptions, conv2d } from "./index.ts";
 import { planConv } from "./plan.ts";
 import { conv2dRef } from "./reference.ts";
-import { type ConvKernelSpec, chooseConvTiles, convKey, convTileCandidates, isConvTiles } from "./wgsl.ts";
+import {
+  type ConvKernelSpec,
+  chooseConvTiles,
+  convKey,
+  convTileCandidates,
+  isConvTiles,
+  reductionSlices,
+} from "./wgsl.ts";
 
 let device: Device;
 beforeAll(async () => {
@@ -214,6 +221,43 @@ describe("conv2d with per-invocation weights (GPUs)", () => {
   it("matches the reference", async () => {
     await check({ x: [2, 3, 5, 7], w: [5, 3, 3, 3], padding: 1, bias: true, residual: true }, f32Tol(27), plain);
     await check({ x: [1, 4, 9, 11], w: [1, 4, 3, 3], stride: 2, padding: [0, 1, 0, 1] }, f32Tol(36), plain);
+  });
+});
+
+describe("reductionSlices", () => {
+  it("splits the reduction on GPUs when a convolution has too few invocations, in slices of ≥ 32 channels", () => {
+    const gpu = { isCpu: false, cin: 1280, invocations: 320 * 128 }; // 1280 → 1280 @ 16×16, batch 2, 4 × 4 each
+    expect(reductionSlices(gpu)).toBe(6);
+    expect(reductionSlices({ ...gpu, invocations: 320 * 32 })).toBe(8);
+    expect(reductionSlices({ ...gpu, invocations: 1 << 18 })).toBe(1);
+    expect(reductionSlices({ ...gpu, cin: 64, invocations: 100 })).toBe(2);
+    expect(reductionSlices({ ...gpu, cin: 40 })).toBe(1);
+    expect(reductionSlices({ ...gpu, isCpu: true })).toBe(1);
+  });
+});
+
+describe("conv2d with its reduction in slices", () => {
+  it("sums the slices, then adds bias, activation and residual, on every tile kind", async () => {
+    const kinds: Conv2dInternals[] = [{}, plain];
+    for (const [i, internals] of kinds.entries()) {
+      // 7 input channels in 3 slices of 3 (the last short); Wo = 7: scalar stores.
+      const odd = { x: [2, 7, 5, 7], w: [5, 7, 3, 3], padding: 1, bias: true, residual: true, activation: "silu" };
+      await check(odd as Case, f32Tol(63), { ...internals, slices: 3 }, 10 + i);
+      // More slices than channels: empty slices add zeros. Wo = 8: vector stores; stride 2.
+      await check({ x: [1, 3, 9, 16], w: [6, 3, 3, 3], stride: 2, padding: 1, bias: true }, f32Tol(27), {
+        ...internals,
+        slices: 5,
+      });
+    }
+  });
+
+  it("keeps f32 partial sums for an f16 output", async () => {
+    if (!device.features.shaderF16) return;
+    await check(
+      { x: [1, 8, 5, 12], w: [6, 8, 3, 3], padding: 1, bias: true, residual: true, dtype: "f16" },
+      { atol: 2e-3, rtol: 2 ** -10 },
+      { slices: 4 },
+    );
   });
 });
 

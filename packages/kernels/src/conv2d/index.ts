@@ -5,7 +5,16 @@
  * (weight [Cout, Cin] × x[b] [Cin, H·W]); every other one runs the direct kernel. Either way, tensors
  * larger than one storage binding are split over batch items and channels.
  */
-import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor, Uniforms } from "@ldm/tensor";
+import {
+  type BufferSlice,
+  type Device,
+  DTYPE_BYTES,
+  type DType,
+  formatShape,
+  shapesEqual,
+  Tensor,
+  Uniforms,
+} from "@ldm/tensor";
 import { foldGrid } from "../common/grid.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
@@ -13,18 +22,22 @@ import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
 import { type BindingLimits, bindingLimits, bindingSlice } from "../matmul/plan.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
-import { planConv } from "./plan.ts";
+import { type ConvPiece, planConv } from "./plan.ts";
 import {
   CONV_PARAMS,
+  type ConvKernelSpec,
   type ConvTileInputs,
   type ConvTiles,
   type ConvWindow,
   chooseConvTiles,
   convKey,
+  convReduceWgsl,
   convTileCandidates,
   convWgsl,
   convWorkgroup,
   isConvTiles,
+  REDUCE_WORKGROUP,
+  reductionSlices,
   rowVectorizable,
 } from "./wgsl.ts";
 
@@ -43,6 +56,8 @@ export interface Conv2dOptions {
 /** Strategy overrides for tests. */
 export interface Conv2dInternals {
   tiles?: ConvTiles;
+  /** Reduction slices (reductionSlices decides otherwise). */
+  slices?: number;
   gemmTiles?: TileConfig;
   bindingLimits?: BindingLimits;
 }
@@ -190,6 +205,7 @@ function direct(device: Device, call: DirectCall): void {
   const taps = g.kh * g.kw;
   const inPlane = g.H * g.W;
   const outPlane = g.Ho * g.Wo;
+  const limits = bindingLimits(device, internals.bindingLimits);
   const pieces = planConv(
     "conv2d",
     {
@@ -206,7 +222,7 @@ function direct(device: Device, call: DirectCall): void {
         residual: residual ? DTYPE_BYTES[residual.dtype] : undefined,
       },
     },
-    bindingLimits(device, internals.bindingLimits),
+    limits,
   );
   const tileInputs = {
     isCpu: device.info.isCpu,
@@ -216,65 +232,157 @@ function direct(device: Device, call: DirectCall): void {
     wo: g.Wo,
   };
   const tiles = internals.tiles ?? tunedTiles(call, tileInputs) ?? chooseConvTiles(tileInputs);
-  const spec = {
+  const window = { kh: g.kh, kw: g.kw, strideH: g.strideH, strideW: g.strideW, padTop: g.padTop, padLeft: g.padLeft };
+  const operands = {
     tiles,
-    kh: g.kh,
-    kw: g.kw,
-    strideH: g.strideH,
-    strideW: g.strideW,
-    padTop: g.padTop,
-    padLeft: g.padLeft,
+    ...window,
     x: x.dtype,
     w: w.dtype,
+    vecOut: g.Wo % 4 === 0,
+    vecRow: rowVectorizable(g.strideW, g.W, g.Wo, g.padLeft, g.kw),
+  };
+  const invocations = g.batch * Math.ceil(g.cout / tiles.rows) * g.Ho * Math.ceil(g.Wo / (4 * tiles.groups));
+  const slices =
+    pieces.length === 1
+      ? (internals.slices ?? reductionSlices({ isCpu: device.info.isCpu, cin: g.cin, invocations }))
+      : 1;
+  if (slices > 1 && slices * out.size * 4 <= limits.maxBindingBytes) {
+    // Each slice sums its input channels into f32 partial outputs; a second pass adds them and finishes.
+    const partials = Tensor.empty(device, [slices, ...out.shape], "f32");
+    try {
+      const spec = { ...operands, out: "f32" as const, bias: null, residual: null, activation: "none" as const };
+      dispatchConv(
+        device,
+        spec,
+        g,
+        pieces[0],
+        [bindingSlice(x, pieces[0].x), bindingSlice(w, pieces[0].w), partials.buffer],
+        {
+          slices,
+          ciPer: Math.ceil(g.cin / slices),
+          sliceStride: out.size,
+        },
+      );
+      reduceSlices(
+        device,
+        { ...operands, out: out.dtype, bias: bias?.dtype ?? null, residual: residual?.dtype ?? null, activation },
+        g,
+        slices,
+        [partials, out, ...(bias ? [bias] : []), ...(residual ? [residual] : [])],
+      );
+    } finally {
+      partials.dispose();
+    }
+    return;
+  }
+  const spec: ConvKernelSpec = {
+    ...operands,
     out: out.dtype,
     bias: bias?.dtype ?? null,
     residual: residual?.dtype ?? null,
     activation,
-    vecOut: g.Wo % 4 === 0,
-    vecRow: rowVectorizable(g.strideW, g.W, g.Wo, g.padLeft, g.kw),
   };
-  const pipeline = device.pipeline(convKey(spec), () => convWgsl(spec));
-  const wg = convWorkgroup(tiles);
-  const blocksPerRow = Math.ceil(g.Wo / (4 * tiles.groups));
   for (const piece of pieces) {
-    const batches = piece.b1 - piece.b0;
-    const channels = piece.co1 - piece.co0;
-    const tilesX = Math.ceil(channels / wg.channels);
-    const tilesY = Math.ceil((g.Ho * blocksPerRow) / wg.blocks);
-    const values: Record<(typeof CONV_PARAMS)[number], number> = {
-      batch: batches,
-      cin: piece.ci1 - piece.ci0,
-      cout: channels,
-      H: g.H,
-      W: g.W,
-      Ho: g.Ho,
-      Wo: g.Wo,
-      blocksPerRow,
-      xBatch: g.cin * inPlane,
-      xOff: piece.x.elementOffset,
-      wCo: g.cin * taps,
-      wOff: piece.w.elementOffset,
-      cBatch: g.cout * outPlane,
-      cOff: piece.out.elementOffset,
-      rOff: piece.residual?.elementOffset ?? 0,
-      biasOff: piece.co0,
-      accumulate: piece.accumulate ? 1 : 0,
-      finalize: piece.finalize ? 1 : 0,
-      tilesX,
-      tilesY,
-      tileRows: tiles.rows * tiles.groups,
-    };
-    const uniforms = new Uniforms();
-    for (const name of CONV_PARAMS) uniforms.u32(values[name]);
     const buffers = [bindingSlice(x, piece.x), bindingSlice(w, piece.w), bindingSlice(out, piece.out)];
     if (bias) buffers.push({ buffer: bias.buffer, offset: 0, size: bias.buffer.size });
     if (residual && piece.residual) buffers.push(bindingSlice(residual, piece.residual));
-    if (spec.vecRow) buffers.push(bindingSlice(x, piece.x));
-    device.dispatch({
-      pipeline,
-      buffers,
-      uniforms: uniforms.bytes(),
-      workgroups: foldGrid(batches * tilesX * tilesY, device.limits.maxComputeWorkgroupsPerDimension),
-    });
+    dispatchConv(device, spec, g, piece, buffers, { slices: 1, ciPer: piece.ci1 - piece.ci0, sliceStride: 0 });
   }
+}
+
+type Geometry = DirectCall["geometry"];
+type Slicing = { slices: number; ciPer: number; sliceStride: number };
+
+/** One dispatch of the convolution kernel over a piece (and, when sliced, over its reduction slices). */
+function dispatchConv(
+  device: Device,
+  spec: ConvKernelSpec,
+  g: Geometry,
+  piece: ConvPiece,
+  buffers: readonly (GPUBuffer | BufferSlice)[],
+  slicing: Slicing,
+): void {
+  const { tiles } = spec;
+  const pipeline = device.pipeline(convKey(spec), () => convWgsl(spec));
+  const wg = convWorkgroup(tiles);
+  const blocksPerRow = Math.ceil(g.Wo / (4 * tiles.groups));
+  const batches = piece.b1 - piece.b0;
+  const channels = piece.co1 - piece.co0;
+  const tilesX = Math.ceil(channels / wg.channels);
+  const tilesY = Math.ceil((g.Ho * blocksPerRow) / wg.blocks);
+  const values: Record<(typeof CONV_PARAMS)[number], number> = {
+    ...NO_PARAMS,
+    ...slicing,
+    batch: batches,
+    cin: piece.ci1 - piece.ci0,
+    cout: channels,
+    H: g.H,
+    W: g.W,
+    Ho: g.Ho,
+    Wo: g.Wo,
+    blocksPerRow,
+    xBatch: g.cin * g.H * g.W,
+    xOff: piece.x.elementOffset,
+    wCo: g.cin * g.kh * g.kw,
+    wOff: piece.w.elementOffset,
+    cBatch: g.cout * g.Ho * g.Wo,
+    cOff: piece.out.elementOffset,
+    rOff: piece.residual?.elementOffset ?? 0,
+    biasOff: piece.co0,
+    accumulate: piece.accumulate ? 1 : 0,
+    finalize: piece.finalize ? 1 : 0,
+    tilesX,
+    tilesY,
+    tileRows: tiles.rows * tiles.groups,
+  };
+  device.dispatch({
+    pipeline,
+    // The row-vector view of x is a second binding of the same slice.
+    buffers: spec.vecRow ? [...buffers, buffers[0]] : buffers,
+    uniforms: convUniforms(values),
+    workgroups: foldGrid(slicing.slices * batches * tilesX * tilesY, device.limits.maxComputeWorkgroupsPerDimension),
+  });
+}
+
+/** The second pass of a sliced convolution: partials, out[, bias][, residual] (whole tensors). */
+function reduceSlices(
+  device: Device,
+  spec: Pick<ConvKernelSpec, "out" | "bias" | "residual" | "activation" | "vecOut">,
+  g: Geometry,
+  slices: number,
+  tensors: Tensor[],
+): void {
+  const key = `conv2d-reduce:${spec.out}:${spec.bias ?? "-"}:${spec.residual ?? "-"}:${spec.activation}:${spec.vecOut ? "v" : "s"}`;
+  const pipeline = device.pipeline(key, () => convReduceWgsl(spec));
+  const blocksPerRow = Math.ceil(g.Wo / 4);
+  const invocations = g.batch * g.cout * g.Ho * blocksPerRow;
+  const outSize = g.batch * g.cout * g.Ho * g.Wo;
+  device.dispatch({
+    pipeline,
+    buffers: tensors.map((t) => t.buffer),
+    uniforms: convUniforms({
+      ...NO_PARAMS,
+      batch: g.batch,
+      cout: g.cout,
+      Ho: g.Ho,
+      Wo: g.Wo,
+      blocksPerRow,
+      cBatch: g.cout * g.Ho * g.Wo,
+      finalize: 1,
+      slices,
+      sliceStride: outSize,
+    }),
+    workgroups: foldGrid(Math.ceil(invocations / REDUCE_WORKGROUP), device.limits.maxComputeWorkgroupsPerDimension),
+  });
+}
+
+const NO_PARAMS = Object.fromEntries(CONV_PARAMS.map((name) => [name, 0])) as Record<
+  (typeof CONV_PARAMS)[number],
+  number
+>;
+
+function convUniforms(values: Record<(typeof CONV_PARAMS)[number], number>): Uint8Array {
+  const uniforms = new Uniforms();
+  for (const name of CONV_PARAMS) uniforms.u32(values[name]);
+  return uniforms.bytes();
 }

@@ -143,6 +143,9 @@ export const CONV_PARAMS = [
   "tilesX",
   "tilesY",
   "tileRows",
+  "slices",
+  "ciPer",
+  "sliceStride",
 ] as const;
 
 export function convKey(s: ConvKernelSpec): string {
@@ -180,22 +183,7 @@ export function convWgsl(s: ConvKernelSpec): string {
     );
   }
   if (s.vecRow) out.push(operandArray("Xv", binding++, s.x, true), operandReaders("Xv", s.x, true));
-  out.push(
-    epilogueWgsl({
-      out: s.out,
-      residual: s.residual,
-      activation: s.activation,
-      alpha: false,
-      vec: s.vecOut,
-      params: "bi: u32, co: u32, oh: u32, ow0: u32, valid: bool",
-      locate: [
-        "  let live = select(min(p.Wo - min(ow0, p.Wo), 4u), 0u, !valid || co >= p.cout);",
-        "  let at = p.cOff + bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;",
-        "  let rat = p.rOff + bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;",
-      ].join("\n"),
-      bias: s.bias ? "vec4f(f32(Bias[p.biasOff + co]))" : null,
-    }),
-  );
+  out.push(convEpilogue(s));
   // Input value at column iw of a row starting at `row`, zero outside the image (padding).
   out.push("fn xin(row: u32, iw: i32, rowOk: bool) -> f32 {");
   out.push(`  let inside = ${wgslAll("rowOk", "iw >= 0", "iw < i32(p.W)")};`);
@@ -209,9 +197,11 @@ export function convWgsl(s: ConvKernelSpec): string {
     `fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32${shared ? ", @builtin(subgroup_invocation_id) lane: u32" : ""}) {`,
   );
   out.push(`  let id = ${LINEAR_WORKGROUP_ID};`);
+  // Workgroups run over reduction slices × batch items × tiles; a slice sums its own input channels.
   out.push("  let perBatch = p.tilesX * p.tilesY;");
-  out.push("  if (id >= p.batch * perBatch) { return; }");
-  out.push("  let bi = id / perBatch;");
+  out.push("  if (id >= p.slices * p.batch * perBatch) { return; }");
+  out.push("  let slice = id / (p.batch * perBatch);");
+  out.push("  let bi = (id / perBatch) % p.batch;");
   out.push("  let tile = id % perBatch;");
   if (shared) {
     out.push(`  let co0 = (tile / p.tilesY) * ${wg.channels}u + (lidx / ${t.lanes}u) * ${rows}u;`);
@@ -237,7 +227,7 @@ export function convWgsl(s: ConvKernelSpec): string {
   const G = t.groups;
   const acc = accumulatorsWgsl(rows * G);
   out.push(acc.declare);
-  out.push("  for (var ci = 0u; ci < p.cin; ci++) {");
+  out.push("  for (var ci = slice * p.ciPer; ci < min(p.cin, (slice + 1u) * p.ciPer); ci++) {");
   out.push("    let plane = xBase + ci * p.H * p.W;");
   out.push(`    let wci = ci * ${s.kh * s.kw}u;`);
   const used = new Set<number>();
@@ -288,8 +278,97 @@ export function convWgsl(s: ConvKernelSpec): string {
   out.push(acc.collect);
   // A uniform bound keeps the compiler from unrolling the epilogue (see matmul/wgsl.ts).
   out.push(
-    `  for (var i = 0u; i < p.tileRows; i++) { finish4(bi, co0 + i / ${G}u, oh, ow0 + (i % ${G}u) * 4u, valid, acc[i]); }`,
+    `  for (var i = 0u; i < p.tileRows; i++) { finish4(bi, co0 + i / ${G}u, oh, ow0 + (i % ${G}u) * 4u, valid, slice * p.sliceStride, acc[i]); }`,
   );
   out.push("}");
   return out.join("\n");
+}
+
+/**
+ * finish4 of the convolution: four consecutive pixels of one output row, at `sliceOff` elements past the
+ * output's (a reduction slice's partial sums).
+ */
+function convEpilogue(s: Pick<ConvKernelSpec, "out" | "residual" | "activation" | "vecOut" | "bias">): string {
+  return epilogueWgsl({
+    out: s.out,
+    residual: s.residual,
+    activation: s.activation,
+    alpha: false,
+    vec: s.vecOut,
+    params: "bi: u32, co: u32, oh: u32, ow0: u32, valid: bool, sliceOff: u32",
+    locate: [
+      "  let live = select(min(p.Wo - min(ow0, p.Wo), 4u), 0u, !valid || co >= p.cout);",
+      "  let at = p.cOff + sliceOff + bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;",
+      "  let rat = p.rOff + bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;",
+    ].join("\n"),
+    bias: s.bias ? "vec4f(f32(Bias[p.biasOff + co]))" : null,
+  });
+}
+
+/** Invocations per workgroup of the slice-summing kernel. */
+export const REDUCE_WORKGROUP = 64;
+
+/**
+ * The second pass of a convolution whose reduction ran in slices: each invocation sums the slices' f32
+ * partial outputs (P, `sliceStride` apart) for four pixels of one output row, then applies the epilogue
+ * (bias, activation, residual) and stores them.
+ */
+export function convReduceWgsl(s: Pick<ConvKernelSpec, "out" | "residual" | "activation" | "vecOut" | "bias">): string {
+  const dtypes = [s.out, s.bias, s.residual];
+  const out: string[] = [];
+  if (dtypes.includes("f16")) out.push("enable f16;");
+  out.push(`struct Params { ${CONV_PARAMS.map((f) => `${f}: u32,`).join(" ")} }`);
+  out.push("@group(0) @binding(0) var<uniform> p: Params;");
+  out.push("@group(0) @binding(1) var<storage, read> P: array<f32>;");
+  out.push(`@group(0) @binding(2) var<storage, read_write> C: array<${s.vecOut ? `vec4<${s.out}>` : s.out}>;`);
+  let binding = 3;
+  if (s.bias) out.push(`@group(0) @binding(${binding++}) var<storage, read> Bias: array<${s.bias}>;`);
+  if (s.residual) {
+    const type = s.vecOut ? `vec4<${s.residual}>` : s.residual;
+    out.push(`@group(0) @binding(${binding++}) var<storage, read> R: array<${type}>;`);
+  }
+  out.push(convEpilogue(s));
+  out.push(`@compute @workgroup_size(${REDUCE_WORKGROUP})`);
+  out.push(
+    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32) {",
+  );
+  out.push(`  let i = ${LINEAR_WORKGROUP_ID} * ${REDUCE_WORKGROUP}u + lidx;`);
+  out.push("  let blocks = p.Ho * p.blocksPerRow;");
+  out.push("  if (i >= p.batch * p.cout * blocks) { return; }");
+  out.push("  let bi = i / (p.cout * blocks);");
+  out.push("  let co = (i / blocks) % p.cout;");
+  out.push("  let oh = (i % blocks) / p.blocksPerRow;");
+  out.push("  let ow0 = (i % p.blocksPerRow) * 4u;");
+  out.push("  let live = min(p.Wo - ow0, 4u);");
+  out.push("  let at = bi * p.cBatch + (co * p.Ho + oh) * p.Wo + ow0;");
+  out.push("  var acc = vec4f(0.0);");
+  out.push("  for (var slice = 0u; slice < p.slices; slice++) {");
+  out.push("    let src = at + slice * p.sliceStride;");
+  // One statement per live pixel, not acc[j] in a loop (matmul/epilogue.ts says why).
+  out.push("    acc.x += P[src];");
+  for (const [j, c] of [
+    [1, "y"],
+    [2, "z"],
+    [3, "w"],
+  ] as const)
+    out.push(`    if (live > ${j}u) { acc.${c} += P[src + ${j}u]; }`);
+  out.push("  }");
+  out.push("  finish4(bi, co, oh, ow0, true, 0u, acc);");
+  out.push("}");
+  return out.join("\n");
+}
+
+/** Invocations a GPU keeps busy: below it, a convolution's reduction is split into slices (H200: ~270,000). */
+export const BUSY_INVOCATIONS = 1 << 18;
+
+/**
+ * Reduction slices for a convolution on a GPU: as many as bring its invocations near BUSY_INVOCATIONS, at
+ * most 8, each over at least 32 input channels; 1 on CPU adapters, whose few threads are busy already.
+ * Low-resolution layers need it (H200: a 1280-channel 3×3 convolution took 1.8 ms at 8×8 as at 16×16: the
+ * time was each invocation's serial reduction).
+ */
+export function reductionSlices(inp: { isCpu: boolean; cin: number; invocations: number }): number {
+  if (inp.isCpu || inp.invocations <= 0) return 1;
+  const wanted = Math.floor(BUSY_INVOCATIONS / inp.invocations);
+  return Math.max(1, Math.min(8, wanted, Math.floor(inp.cin / 32)));
 }
