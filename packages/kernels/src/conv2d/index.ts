@@ -3,7 +3,8 @@
  * ow·sw + dx − left] + bias[co]) + residual[b, co], with zero padding that may differ per side (the VAE's
  * Downsample pads only bottom and right). 1×1 convolutions with stride 1 and no padding are matmuls
  * (weight [Cout, Cin] × x[b] [Cin, H·W]); every other one runs the direct kernel. Either way, tensors
- * larger than one storage binding are split over batch items and channels.
+ * larger than one storage binding are split over batch items and channels. On GPUs a direct convolution with
+ * too few outputs to fill the device also splits its reduction into slices (reductionSlices), summed after.
  */
 import {
   type BufferSlice,
