@@ -242,6 +242,11 @@ function direct(device: Device, call: DirectCall): void {
     vecOut: g.Wo % 4 === 0,
     vecRow: rowVectorizable(g.strideW, g.W, g.Wo, g.padLeft, g.kw),
   };
+  // The epilogue's bias (whole) and residual bindings of a piece.
+  const finishing = (piece: ConvPiece): BufferSlice[] => [
+    ...(bias ? [{ buffer: bias.buffer, offset: 0, size: bias.buffer.size }] : []),
+    ...(residual && piece.residual ? [bindingSlice(residual, piece.residual)] : []),
+  ];
   const invocations = g.batch * Math.ceil(g.cout / tiles.rows) * g.Ho * Math.ceil(g.Wo / (4 * tiles.groups));
   const slices =
     pieces.length === 1
@@ -249,27 +254,21 @@ function direct(device: Device, call: DirectCall): void {
       : 1;
   if (slices > 1 && slices * out.size * 4 <= limits.maxBindingBytes) {
     // Each slice sums its input channels into f32 partial outputs; a second pass adds them and finishes.
+    const piece = pieces[0];
     const partials = Tensor.empty(device, [slices, ...out.shape], "f32");
     try {
       const spec = { ...operands, out: "f32" as const, bias: null, residual: null, activation: "none" as const };
-      dispatchConv(
-        device,
-        spec,
-        g,
-        pieces[0],
-        [bindingSlice(x, pieces[0].x), bindingSlice(w, pieces[0].w), partials.buffer],
-        {
-          slices,
-          ciPer: Math.ceil(g.cin / slices),
-          sliceStride: out.size,
-        },
-      );
+      dispatchConv(device, spec, g, piece, [bindingSlice(x, piece.x), bindingSlice(w, piece.w), partials.slice()], {
+        slices,
+        ciPer: Math.ceil(g.cin / slices),
+        sliceStride: out.size,
+      });
       reduceSlices(
         device,
         { ...operands, out: out.dtype, bias: bias?.dtype ?? null, residual: residual?.dtype ?? null, activation },
         g,
         slices,
-        [partials, out, ...(bias ? [bias] : []), ...(residual ? [residual] : [])],
+        [partials.slice(), bindingSlice(out, piece.out), ...finishing(piece)],
       );
     } finally {
       partials.dispose();
@@ -284,9 +283,12 @@ function direct(device: Device, call: DirectCall): void {
     activation,
   };
   for (const piece of pieces) {
-    const buffers = [bindingSlice(x, piece.x), bindingSlice(w, piece.w), bindingSlice(out, piece.out)];
-    if (bias) buffers.push({ buffer: bias.buffer, offset: 0, size: bias.buffer.size });
-    if (residual && piece.residual) buffers.push(bindingSlice(residual, piece.residual));
+    const buffers = [
+      bindingSlice(x, piece.x),
+      bindingSlice(w, piece.w),
+      bindingSlice(out, piece.out),
+      ...finishing(piece),
+    ];
     dispatchConv(device, spec, g, piece, buffers, { slices: 1, ciPer: piece.ci1 - piece.ci0, sliceStride: 0 });
   }
 }
@@ -351,7 +353,7 @@ function reduceSlices(
   spec: Pick<ConvKernelSpec, "out" | "bias" | "residual" | "activation" | "vecOut">,
   g: Geometry,
   slices: number,
-  tensors: Tensor[],
+  buffers: readonly BufferSlice[],
 ): void {
   const key = `conv2d-reduce:${spec.out}:${spec.bias ?? "-"}:${spec.residual ?? "-"}:${spec.activation}:${spec.vecOut ? "v" : "s"}`;
   const pipeline = device.pipeline(key, () => convReduceWgsl(spec));
@@ -360,7 +362,7 @@ function reduceSlices(
   const outSize = g.batch * g.cout * g.Ho * g.Wo;
   device.dispatch({
     pipeline,
-    buffers: tensors.map((t) => t.buffer),
+    buffers,
     uniforms: convUniforms({
       ...NO_PARAMS,
       batch: g.batch,
