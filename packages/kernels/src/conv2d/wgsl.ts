@@ -346,12 +346,7 @@ export function convReduceWgsl(s: Pick<ConvKernelSpec, "out" | "residual" | "act
   out.push("    let src = at + slice * p.sliceStride;");
   // One statement per live pixel, not acc[j] in a loop (matmul/epilogue.ts says why).
   out.push("    acc.x += P[src];");
-  for (const [j, c] of [
-    [1, "y"],
-    [2, "z"],
-    [3, "w"],
-  ] as const)
-    out.push(`    if (live > ${j}u) { acc.${c} += P[src + ${j}u]; }`);
+  for (const j of [1, 2, 3]) out.push(`    if (live > ${j}u) { acc.${"xyzw"[j]} += P[src + ${j}u]; }`);
   out.push("  }");
   out.push("  finish4(bi, co, oh, ow0, true, 0u, acc);");
   out.push("}");
@@ -359,7 +354,7 @@ export function convReduceWgsl(s: Pick<ConvKernelSpec, "out" | "residual" | "act
 }
 
 /** Invocations a GPU keeps busy: below it, a convolution's reduction is split into slices (H200: ~270,000). */
-export const BUSY_INVOCATIONS = 1 << 18;
+const BUSY_INVOCATIONS = 1 << 18;
 
 /**
  * Reduction slices for a convolution on a GPU: as many as bring its invocations near BUSY_INVOCATIONS, at
