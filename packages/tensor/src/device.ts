@@ -484,6 +484,9 @@ export class Device {
     this.profiler = profiler;
     try {
       record();
+    } catch (e) {
+      for (const q of profiler.sets) q.destroy();
+      throw e;
     } finally {
       this.profiler = null;
     }
