@@ -553,6 +553,7 @@ PRESETS = {
     "unet-128-122": {"unet_channels": 128, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4]},
     "unet-64-124": {"unet_channels": 64, "unet_channel_mult": [1, 2, 4], "unet_attention": [2, 4]},
     "unet-96-122-attn1": {"unet_channels": 96, "unet_channel_mult": [1, 2, 2], "unet_attention": [1, 2, 4]},
+    "unet-64-122-rb2": {"unet_channels": 64, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4], "unet_res_blocks": 2},
     "text-128x4": {"text_width": 128, "text_layers": 4, "text_heads": 4},
     "text-256x4": {"text_width": 256, "text_layers": 4, "text_heads": 4},
     "text-256x6": {"text_width": 256, "text_layers": 6, "text_heads": 4},
