@@ -122,18 +122,19 @@ describe("recording", () => {
     @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
       if (id.x < p.n) { x[id.x] = x[id.x] + p.delta; }
     }`;
+  /** Records addOne's pipeline adding `delta` to the first `n` values of `t`, over `workgroups` of 64. */
+  const add = (pipeline: GPUComputePipeline, t: Tensor, n: number, delta: number, workgroups: number) =>
+    device.dispatch({
+      pipeline,
+      buffers: [t.buffer],
+      uniforms: new Uniforms().u32(n).f32(delta).bytes(),
+      workgroups: [workgroups],
+    });
 
   it("batches many dispatches into one submit and applies them in order", async () => {
     const t = Tensor.from(device, new Float32Array(100), [100]);
     const pipeline = device.pipeline("test-add", addOne);
-    for (let i = 0; i < 50; i++) {
-      device.dispatch({
-        pipeline,
-        buffers: [t.buffer],
-        uniforms: new Uniforms().u32(100).f32(i).bytes(),
-        workgroups: [2],
-      });
-    }
+    for (let i = 0; i < 50; i++) add(pipeline, t, 100, i, 2);
     expect(device.pendingDispatches).toBe(50);
     const out = await t.read();
     expect(out[0]).toBe((49 * 50) / 2);
@@ -146,12 +147,7 @@ describe("recording", () => {
     const pipeline = device.pipeline("test-add", addOne);
     const a = Tensor.from(device, new Float32Array(64).fill(1), [64]);
     const copyDst = Tensor.empty(device, [64]);
-    device.dispatch({
-      pipeline,
-      buffers: [a.buffer],
-      uniforms: new Uniforms().u32(64).f32(1).bytes(),
-      workgroups: [1],
-    });
+    add(pipeline, a, 64, 1, 1);
     device.copy(a.buffer, 0, copyDst.buffer, 0, 256);
     const recycled = a.buffer;
     a.dispose();
@@ -166,17 +162,7 @@ describe("recording", () => {
     const pipeline = device.pipeline("test-add", addOne);
     const t = Tensor.zeros(device, [1 << 16]);
     const ms = await device.timeGpu(() => {
-      for (let i = 0; i < 4; i++) {
-        device.dispatch({
-          pipeline,
-          buffers: [t.buffer],
-          uniforms: new Uniforms()
-            .u32(1 << 16)
-            .f32(1)
-            .bytes(),
-          workgroups: [1024],
-        });
-      }
+      for (let i = 0; i < 4; i++) add(pipeline, t, 1 << 16, 1, 1024);
     });
     if (device.features.timestampQuery) expect(ms).toBeGreaterThan(0);
     expect((await t.read())[12345]).toBe(4);
@@ -187,20 +173,10 @@ describe("recording", () => {
     const big = device.pipeline("test-add-profiled-big", addOne);
     const small = device.pipeline("test-add-profiled-small", addOne);
     const t = Tensor.zeros(device, [1 << 16]);
-    const add = (pipeline: GPUComputePipeline, workgroups: number) =>
-      device.dispatch({
-        pipeline,
-        buffers: [t.buffer],
-        uniforms: new Uniforms()
-          .u32(1 << 16)
-          .f32(1)
-          .bytes(),
-        workgroups: [workgroups],
-      });
     const kernels = await device.profileGpu(() => {
-      for (let i = 0; i < 3; i++) add(big, 1024);
-      add(small, 1);
-      add(small, 1);
+      for (let i = 0; i < 3; i++) add(big, t, 1 << 16, 1, 1024);
+      add(small, t, 1 << 16, 1, 1);
+      add(small, t, 1 << 16, 1, 1);
     });
     // Every dispatch ran once, in order, whatever the adapter.
     const values = await t.read();
