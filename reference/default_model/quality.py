@@ -70,6 +70,14 @@ def chosen_items(items):
     return sorted(np.random.default_rng(CAPTION_SEED).choice(candidates, CAPTIONS, replace=False).tolist())
 
 
+def farther_fraction(distances, row, index):
+    """Of the emojis other than `index`, the fraction strictly farther from image `row` than emoji `index`
+    (ties count against it)."""
+    own = distances[row, index]
+    others = torch.cat([distances[row, :index], distances[row, index + 1 :]])
+    return (others > own).double().mean().item()
+
+
 def downsampled(images):
     """[N, 3, H, W] in [0, 1] -> [N, 3 * 16 * 16], area-averaged."""
     return F.adaptive_avg_pool2d(images, DISTANCE_SIZE).flatten(1)
@@ -159,8 +167,7 @@ def main():
     fractions = []
     for row, (index, caption) in enumerate(zip(chosen, captions)):
         own = distances[row, index]
-        others = torch.cat([distances[row, :index], distances[row, index + 1 :]])
-        fraction = (others > own).double().mean().item()
+        fraction = farther_fraction(distances, row, index)
         nearest = items[int(distances[row].argmin())]["captions"][0]
         fractions.append(fraction)
         passed += fraction >= PASS_FRACTION

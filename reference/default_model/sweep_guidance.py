@@ -26,6 +26,7 @@ from default_model.quality import (  # noqa: E402
     PASS_FRACTION,
     chosen_items,
     downsampled,
+    farther_fraction,
     generate,
     load_model,
 )
@@ -58,16 +59,12 @@ def main():
     reference = downsampled(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0)
     picked = held_out_items(items, args.count, args.pick_seed)
     captions = [items[i]["captions"][0] for i in picked]
-    print(f"{len(picked)} held-out captions (none of quality.py's 20), DDIM {args.steps} steps, seed {args.seed}")
+    print(f"{len(picked)} held-out captions (none of quality.py's 20), {args.sampler} {args.steps} steps, seed {args.seed}")
     for scale in args.scales:
         run = SimpleNamespace(seed=args.seed, sampler=args.sampler, steps=args.steps, scale=scale)
         images = (generate(model, tokenizer, config, captions, run)["sample.out.image"].clamp(-1, 1) + 1) / 2
         distances = torch.cdist(downsampled(images), reference)
-        fractions = []
-        for row, index in enumerate(picked):
-            own = distances[row, index]
-            others = torch.cat([distances[row, :index], distances[row, index + 1 :]])
-            fractions.append((others > own).double().mean().item())
+        fractions = [farther_fraction(distances, row, index) for row, index in enumerate(picked)]
         passed = sum(f >= PASS_FRACTION for f in fractions)
         print(f"scale {scale:4}: {passed}/{len(picked)} pass, mean fraction {np.mean(fractions):.1%}, "
               f"median {np.median(fractions):.1%}", flush=True)

@@ -167,21 +167,14 @@ export function convWgsl(s: ConvKernelSpec): string {
   const shared = t.kind === "subgroup";
   const dtypes = [s.x, s.w, s.out, s.bias, s.residual];
   const enables = [...(dtypes.includes("f16") ? ["f16"] : []), ...(shared ? ["subgroups"] : [])];
-  const outType = s.vecOut ? `vec4<${s.out}>` : s.out;
   const out: string[] = [];
   out.push(enables.map((e) => `enable ${e};`).join("\n"));
   out.push(`struct Params { ${CONV_PARAMS.map((f) => `${f}: u32,`).join(" ")} }`);
   out.push("@group(0) @binding(0) var<uniform> p: Params;");
   out.push(`@group(0) @binding(1) var<storage, read> X: array<${s.x}>;`);
   out.push(`@group(0) @binding(2) var<storage, read> Wt: array<${s.w}>;`);
-  out.push(`@group(0) @binding(3) var<storage, read_write> C: array<${outType}>;`);
-  let binding = 4;
-  if (s.bias) out.push(`@group(0) @binding(${binding++}) var<storage, read> Bias: array<${s.bias}>;`);
-  if (s.residual) {
-    out.push(
-      `@group(0) @binding(${binding++}) var<storage, read> R: array<${s.vecOut ? `vec4<${s.residual}>` : s.residual}>;`,
-    );
-  }
+  out.push(...outputBindings(s, 3));
+  let binding = 4 + (s.bias ? 1 : 0) + (s.residual ? 1 : 0);
   if (s.vecRow) out.push(operandArray("Xv", binding++, s.x, true), operandReaders("Xv", s.x, true));
   out.push(convEpilogue(s));
   // Input value at column iw of a row starting at `row`, zero outside the image (padding).
@@ -305,6 +298,16 @@ function convEpilogue(s: Pick<ConvKernelSpec, "out" | "residual" | "activation" 
   });
 }
 
+/** What the epilogue reads and writes, from binding `first` on: C, then Bias and R where the spec has them. */
+function outputBindings(s: Pick<ConvKernelSpec, "out" | "residual" | "vecOut" | "bias">, first: number): string[] {
+  const vec = (t: string) => (s.vecOut ? `vec4<${t}>` : t);
+  const lines = [`@group(0) @binding(${first}) var<storage, read_write> C: array<${vec(s.out)}>;`];
+  let binding = first + 1;
+  if (s.bias) lines.push(`@group(0) @binding(${binding++}) var<storage, read> Bias: array<${s.bias}>;`);
+  if (s.residual) lines.push(`@group(0) @binding(${binding++}) var<storage, read> R: array<${vec(s.residual)}>;`);
+  return lines;
+}
+
 /** Invocations per workgroup of the slice-summing kernel. */
 export const REDUCE_WORKGROUP = 64;
 
@@ -320,13 +323,7 @@ export function convReduceWgsl(s: Pick<ConvKernelSpec, "out" | "residual" | "act
   out.push(`struct Params { ${CONV_PARAMS.map((f) => `${f}: u32,`).join(" ")} }`);
   out.push("@group(0) @binding(0) var<uniform> p: Params;");
   out.push("@group(0) @binding(1) var<storage, read> P: array<f32>;");
-  out.push(`@group(0) @binding(2) var<storage, read_write> C: array<${s.vecOut ? `vec4<${s.out}>` : s.out}>;`);
-  let binding = 3;
-  if (s.bias) out.push(`@group(0) @binding(${binding++}) var<storage, read> Bias: array<${s.bias}>;`);
-  if (s.residual) {
-    const type = s.vecOut ? `vec4<${s.residual}>` : s.residual;
-    out.push(`@group(0) @binding(${binding++}) var<storage, read> R: array<${type}>;`);
-  }
+  out.push(...outputBindings(s, 2));
   out.push(convEpilogue(s));
   out.push(`@compute @workgroup_size(${REDUCE_WORKGROUP})`);
   out.push(
