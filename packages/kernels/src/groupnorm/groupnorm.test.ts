@@ -2,7 +2,7 @@ import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
-import { groupNorm } from "./index.ts";
+import { type GroupStrategy, groupNorm, groupStrategy } from "./index.ts";
 import { groupNormRef } from "./reference.ts";
 
 let device: Device;
@@ -11,8 +11,9 @@ beforeAll(async () => {
 });
 afterAll(() => device?.destroy());
 
-// Outputs are O(1)·gamma + beta (|·| ≲ 10 here). f32: the group sums are tree reductions (relative error
-// ~log2(n)·2^-24 ≈ 1e-6 on mean and variance), which moves outputs by ~1e-6·|y|; 1e-5 leaves room.
+// Outputs are O(1)·gamma + beta (|·| ≲ 10 here). f32: the group sums are tree reductions or sums of √n-long
+// blocks (relative error ~log2(n)·2^-24, resp. 2√n·2^-24, ≲ 1e-6 on mean and variance for these n), which moves
+// outputs by ~1e-6·|y|; 1e-5 leaves room.
 const F32_TOL = { atol: 1e-5, rtol: 1e-5 };
 // f16 output: one rounding to half precision (2^-11 relative) on top.
 const F16_TOL = { atol: 2e-3, rtol: 1.2e-3 };
@@ -43,9 +44,16 @@ const cases: Case[] = [
   { shape: [2, 64, 8, 8], groups: 32, eps: 1e-5, silu: true, shift: true }, // shift, vec4 path
   { shape: [3, 4], groups: 2, eps: 1e-5, shift: true }, // shift without spatial dims
   { shape: [2, 12, 3, 4], groups: 4, eps: 1e-5, silu: true, shift: true, dtype: "f16" },
+  { shape: [3, 12, 5, 5], groups: 6, eps: 1e-5, silu: true }, // 18 groups: a CPU workgroup of 8 left part-empty
 ];
 
-describe("groupNorm", () => {
+// Both ways of spreading groups over invocations, whatever this adapter would pick.
+const strategies: [string, GroupStrategy][] = [
+  ["one invocation per group (CPU)", groupStrategy(true)],
+  ["a workgroup per group (GPU)", groupStrategy(false)],
+];
+
+describe.each(strategies)("groupNorm, %s", (_, strategy) => {
   for (const c of cases) {
     const dtype = c.dtype ?? "f32";
     it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""}${c.shift ? " +shift" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
@@ -64,7 +72,7 @@ describe("groupNorm", () => {
       let shift = c.shift ? randomArray(c.shape[0] * channels, 37, 3) : undefined;
       if (shift && dtype === "f16") shift = roundF16(shift);
       const ts = shift && Tensor.from(device, shift, [c.shape[0], channels], dtype);
-      const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu, shift: ts });
+      const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu, shift: ts, strategy });
       expect(out.shape).toEqual(c.shape);
       expect(out.dtype).toBe(dtype);
       const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu, shift);
@@ -74,7 +82,9 @@ describe("groupNorm", () => {
       for (const t of [tx, tg, tb, out, ...(ts ? [ts] : [])]) t.dispose();
     });
   }
+});
 
+describe("groupNorm", () => {
   it("takes f16 gamma and beta with f16 x", async () => {
     if (!device.features.shaderF16) return;
     const shape = [1, 8, 4, 4];
@@ -101,5 +111,8 @@ describe("groupNorm", () => {
     expect(() => groupNorm(x, g, g, { groups: 3, eps: 1e-5, shift: flatShift })).toThrow(
       /shift Tensor\(\[6\], f32\) must be \[1, 6\]/,
     );
+    expect(() =>
+      groupNorm(x, g, g, { groups: 3, eps: 1e-5, strategy: { threadsPerGroup: 4, workgroupSize: 8 } }),
+    ).toThrow(/strategy .* must share a group among 1 or all of its invocations/);
   });
 });

@@ -3,10 +3,12 @@
  * (biased variance, eps inside the square root); optionally of x + shift[B, C] (broadcast over space), the
  * ResBlock's `h + emb_out[..., None, None]`, so that sum is never written to memory and read back.
  *
- * One workgroup per (batch, group): the group's elements are contiguous, so it reads them three times —
- * mean, then the sum of squared deviations (two-pass: no cancellation when |mean| ≫ std), then normalise —
- * and on a CPU adapter the group stays in cache between passes. Tensors over one storage binding are walked
- * in pieces of whole groups.
+ * A group's elements are contiguous, so they are read three times — mean, then the sum of squared deviations
+ * (two-pass: no cancellation when |mean| ≫ std), then normalise. On GPUs a workgroup of 256 invocations shares
+ * one group and sums by a tree in workgroup memory. On a CPU adapter one invocation walks a whole group, which
+ * stays in its cache between passes: workgroup barriers there switch between coroutines, and the trees'
+ * 20 barriers cost more than the arithmetic (lavapipe, the built-in model's UNet: 1.5 ms per GroupNorm with the
+ * tree). Tensors over one storage binding are walked in pieces of whole groups.
  */
 import { DTYPE_BYTES, type DType, shapeSize, Tensor, Uniforms } from "@ldm/tensor";
 import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
@@ -21,13 +23,33 @@ export interface GroupNormOptions {
   silu?: boolean;
   /** [B, C]: normalise x + shift[b, c] instead of x (the ResBlock's timestep embedding), computed in f32. */
   shift?: Tensor;
+  /** Overrides groupStrategy(adapter), for tests and tuning. */
+  strategy?: GroupStrategy;
 }
 
-const WORKGROUP = 256;
+export interface GroupStrategy {
+  /** Invocations that share one group: 1, or the whole workgroup. */
+  threadsPerGroup: number;
+  workgroupSize: number;
+}
+
+/** How groups are spread over invocations (a pure function of the adapter kind). */
+export function groupStrategy(isCpu: boolean): GroupStrategy {
+  // Eight groups per workgroup: one SIMD row of lavapipe's, and SD's 32 groups still make 4 workgroups per image.
+  return isCpu ? { threadsPerGroup: 1, workgroupSize: 8 } : { threadsPerGroup: 256, workgroupSize: 256 };
+}
+
 const FLOATS: readonly DType[] = ["f32", "f16"];
 
 export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: GroupNormOptions): Tensor {
   const { groups, eps, silu = false, shift } = options;
+  const strategy = options.strategy ?? groupStrategy(x.device.info.isCpu);
+  const { threadsPerGroup, workgroupSize } = strategy;
+  if (threadsPerGroup !== 1 && threadsPerGroup !== workgroupSize) {
+    throw new Error(
+      `groupNorm: strategy ${JSON.stringify(strategy)} must share a group among 1 or all of its invocations`,
+    );
+  }
   if (x.shape.length < 2) throw new Error(`groupNorm: x ${x} must be [B, C, ...spatial]`);
   const [batch, channels] = x.shape;
   if (!Number.isInteger(groups) || groups <= 0 || channels % groups) {
@@ -81,6 +103,8 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
     width,
     silu,
     shiftType: shift?.dtype ?? "none",
+    threadsPerGroup,
+    workgroupSize,
   };
   const pipeline = device.pipeline(`groupnorm|${Object.values(spec).join("|")}`, () =>
     groupNormWgsl(spec, wgslEnables(device, x.dtype, gamma.dtype, beta.dtype, ...(shift ? [shift.dtype] : []))),
@@ -109,7 +133,10 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
         { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize },
         ...(shift ? [shift.slice()] : []),
       ],
-      workgroups: foldGrid(count, device.limits.maxComputeWorkgroupsPerDimension),
+      workgroups: foldGrid(
+        Math.ceil((count * threadsPerGroup) / workgroupSize),
+        device.limits.maxComputeWorkgroupsPerDimension,
+      ),
     });
   }
   return out;
@@ -123,6 +150,8 @@ interface GroupNormWgsl {
   silu: boolean;
   /** The shift's dtype, or "none" without one. */
   shiftType: DType | "none";
+  threadsPerGroup: number;
+  workgroupSize: number;
 }
 
 /** WGSL that sums one f32 per invocation over the workgroup (tree reduction in workgroup memory). */
@@ -145,12 +174,33 @@ function groupNormWgsl(g: GroupNormWgsl, enables: string): string {
   const vec = g.width === 4;
   const V = vec ? "vec4<f32>" : "f32";
   const stored = vec ? `vec4<${g.dtype}>` : g.dtype;
-  const total = vec ? "dot(v, vec4<f32>(1.0))" : "v";
-  const squares = vec ? "dot(d, d)" : "d * d";
+  const horizontal = (e: string) => (vec ? `dot(${e}, vec4<f32>(1.0))` : e);
   const activation = g.silu ? "y = y / (1.0 + exp(-y));" : "";
   const shifted = g.shiftType !== "none";
   // Passes over the whole group: element i is in the group's channel i / spatial.
-  const shiftOf = (channel: string) => (shifted ? ` + f32(shift[shiftBase + ${channel}])` : "");
+  const load = (i: string) => `${V}(x[xBase + ${i}])${shifted ? ` + f32(shift[shiftBase + ${i} / p.spatial])` : ""}`;
+  const T = g.threadsPerGroup;
+  const shared = T > 1;
+  // The sum over the group of `term` (of type V, from the element `v`), into the f32 `name`. Shared: a
+  // strided walk per invocation, then the tree. Serial: blocks of about √n elements summed apart, so the rounding
+  // error grows like 2√n, not n (a 2M-element group summed in one line is 16× off the tree's error).
+  const groupSum = (name: string, term: string) =>
+    shared
+      ? `var ${name}Part = 0.0;
+  for (var i = lid; i < n; i += ${T}u) {
+    let v = ${load("i")};
+    ${name}Part += ${horizontal(term)};
+  }
+  let ${name} = workgroup_sum(${name}Part, lid);`
+      : `var ${name} = 0.0;
+  for (var b = 0u; b < n; b += block) {
+    var part = ${V}(0.0);
+    for (var i = b; i < min(b + block, n); i++) {
+      let v = ${load("i")};
+      part += ${term};
+    }
+    ${name} += ${horizontal("part")};
+  }`;
   return `${enables}
 struct Params { count: u32, first: u32, xOff: u32, outOff: u32, groups: u32, cpg: u32, spatial: u32, invN: f32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -159,34 +209,28 @@ struct Params { count: u32, first: u32, xOff: u32, outOff: u32, groups: u32, cpg
 @group(0) @binding(3) var<storage, read> beta: array<${g.betaType}>;
 @group(0) @binding(4) var<storage, read_write> out: array<${stored}>;
 ${shifted ? `@group(0) @binding(5) var<storage, read> shift: array<${g.shiftType}>;` : ""}
-${workgroupSumWgsl(WORKGROUP)}
-@compute @workgroup_size(${WORKGROUP})
+${shared ? workgroupSumWgsl(T) : ""}
+@compute @workgroup_size(${g.workgroupSize})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let local = ${LINEAR_WORKGROUP_ID};
+  let local = ${shared ? LINEAR_WORKGROUP_ID : `${LINEAR_WORKGROUP_ID} * ${g.workgroupSize}u + lid`};
   if (local >= p.count) { return; }
+  let lane = ${shared ? "lid" : "0u"};
   let n = p.cpg * p.spatial;
+  ${shared ? "" : "let block = u32(ceil(sqrt(f32(n))));"}
   let xBase = p.xOff + local * n;
   let outBase = p.outOff + local * n;
   let firstChannel = ((p.first + local) % p.groups) * p.cpg;
   let shiftBase = ((p.first + local) / p.groups) * p.groups * p.cpg + firstChannel;
-  var s = 0.0;
-  for (var i = lid; i < n; i += ${WORKGROUP}u) {
-    let v = ${V}(x[xBase + i])${shiftOf("i / p.spatial")};
-    s += ${total};
-  }
-  let mean = workgroup_sum(s, lid) * p.invN;
-  s = 0.0;
-  for (var i = lid; i < n; i += ${WORKGROUP}u) {
-    let d = ${V}(x[xBase + i])${shiftOf("i / p.spatial")} - mean;
-    s += ${squares};
-  }
-  let rstd = inverseSqrt(workgroup_sum(s, lid) * p.invN + p.eps);
+  ${groupSum("total", "v")}
+  let mean = total * p.invN;
+  ${groupSum("squares", "(v - mean) * (v - mean)")}
+  let rstd = inverseSqrt(squares * p.invN + p.eps);
   for (var c = 0u; c < p.cpg; c++) {
     let scale = rstd * f32(gamma[firstChannel + c]);
     let offset = f32(beta[firstChannel + c]);
     let centre = mean${shifted ? " - f32(shift[shiftBase + c])" : ""};
     let row = c * p.spatial;
-    for (var i = lid; i < p.spatial; i += ${WORKGROUP}u) {
+    for (var i = lane; i < p.spatial; i += ${T}u) {
       var y = (${V}(x[xBase + row + i]) - centre) * scale + offset;
       ${activation}
       out[outBase + row + i] = ${stored}(y);
