@@ -2,36 +2,45 @@
  * Benchmark rows for the non-GEMM kernels: group norm and fused attention at SD 1.x shapes (64×64 latents).
  * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
-import { attention, groupNorm } from "../packages/kernels/src/index.ts";
+import { attention, type GroupStrategy, groupNorm, groupStrategy } from "../packages/kernels/src/index.ts";
 import { randomArray } from "../packages/kernels/src/testing.ts";
 import { Tensor } from "../packages/tensor/src/index.ts";
 import { defineRows, disposer, registerBench, type Tfjs } from "./harness.ts";
 
 type TfTensor = import("@tensorflow/tfjs-core").Tensor;
 
-function groupNormRow(channels: number, size: number, groups: number) {
-  const n = channels * size * size;
+/** `strategy` forces how groups spread over invocations (default: what this adapter gets), to compare them. */
+function groupNormRow(batch: number, channels: number, size: number, groups: number, strategy?: GroupStrategy) {
+  const n = batch * channels * size * size;
+  const forced = strategy
+    ? strategy.threadsPerGroup === 1
+      ? ", one invocation per group"
+      : ", a workgroup per group"
+    : "";
   registerBench({
-    name: `group norm [1, ${channels}, ${size}, ${size}] / ${groups} groups`,
+    name: `group norm [${batch}, ${channels}, ${size}, ${size}] / ${groups} groups${forced}`,
     dtype: "f32",
     // At least one read of x and one write of the result.
     bytes: 2 * 4 * n,
     ours(device) {
-      const x = Tensor.from(device, randomArray(n, 1), [1, channels, size, size]);
+      const x = Tensor.from(device, randomArray(n, 1), [batch, channels, size, size]);
       const gamma = Tensor.from(device, randomArray(channels, 2), [channels]);
       const beta = Tensor.from(device, randomArray(channels, 3), [channels]);
-      return { run: () => groupNorm(x, gamma, beta, { groups, eps: 1e-5 }), dispose: disposer(x, gamma, beta) };
+      return {
+        run: () => groupNorm(x, gamma, beta, { groups, eps: 1e-5, strategy }),
+        dispose: disposer(x, gamma, beta),
+      };
     },
     peer(tf) {
-      const x = tf.tensor4d(randomArray(n, 1), [1, channels, size, size]);
+      const x = tf.tensor4d(randomArray(n, 1), [batch, channels, size, size]);
       const gamma = tf.tensor4d(randomArray(channels, 2), [1, channels, 1, 1]);
       const beta = tf.tensor4d(randomArray(channels, 3), [1, channels, 1, 1]);
       const run = () =>
         tf.tidy(() => {
-          const grouped = tf.reshape(x, [1, groups, n / groups]);
+          const grouped = tf.reshape(x, [batch, groups, n / batch / groups]);
           const { mean, variance } = tf.moments(grouped, 2, true);
           const normed = tf.mul(tf.sub(grouped, mean), tf.rsqrt(tf.add(variance, 1e-5)));
-          return tf.add(tf.mul(tf.reshape(normed, [1, channels, size, size]), gamma), beta);
+          return tf.add(tf.mul(tf.reshape(normed, [batch, channels, size, size]), gamma), beta);
         });
       return { run, dispose: () => tf.dispose([x, gamma, beta]) };
     },
@@ -82,10 +91,15 @@ function attentionRow(name: string, nq: number, nk: number, heads: number, d: nu
 
 defineRows((quick) => {
   if (quick) {
-    groupNormRow(32, 16, 8);
+    groupNormRow(1, 32, 16, 8);
     attentionRow("self-attention 256 tokens × 2 heads × 40", 256, 256, 2, 40);
   } else {
-    groupNormRow(320, 64, 32);
+    groupNormRow(1, 320, 64, 32);
+    // Both strategies on this adapter, at SD's size and at the built-in model's (batch 2 for guidance).
+    for (const isCpu of [true, false]) {
+      groupNormRow(1, 320, 64, 32, groupStrategy(isCpu));
+      groupNormRow(2, 64, 16, 32, groupStrategy(isCpu));
+    }
     attentionRow("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40);
     attentionRow("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
   }

@@ -18,7 +18,7 @@ export {
   sub,
 } from "./elementwise/index.ts";
 export { assertIdsInRange, embedding } from "./embedding/index.ts";
-export { type GroupNormOptions, groupNorm } from "./groupnorm/index.ts";
+export { type GroupNormOptions, type GroupStrategy, groupNorm, groupStrategy } from "./groupnorm/index.ts";
 export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
 export {

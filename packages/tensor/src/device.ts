@@ -113,7 +113,8 @@ export class Device {
   readonly pool: BufferPool;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
-  private passTimestamps: { querySet: GPUQuerySet } | null = null;
+  /** timeGpu's queries: the first pass it opens writes the start, every pass the end (the last one's stays). */
+  private passTimestamps: { querySet: GPUQuerySet; started: boolean } | null = null;
   private profiler: DispatchProfiler | null = null;
   private dispatchesInBatch = 0;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
@@ -267,12 +268,14 @@ export class Device {
     if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
     if (!this.pass) {
       const desc: GPUComputePassDescriptor = {};
-      if (this.passTimestamps) {
+      const timestamps = this.passTimestamps;
+      if (timestamps) {
         desc.timestampWrites = {
-          querySet: this.passTimestamps.querySet,
-          beginningOfPassWriteIndex: 0,
+          querySet: timestamps.querySet,
+          beginningOfPassWriteIndex: timestamps.started ? undefined : 0,
           endOfPassWriteIndex: 1,
         };
+        timestamps.started = true;
       }
       this.pass = this.encoder.beginComputePass(desc);
     }
@@ -442,8 +445,8 @@ export class Device {
   }
 
   /**
-   * GPU time in milliseconds of the work `record` records, from timestamp queries
-   * (null when the adapter has no timestamp-query feature).
+   * GPU time in milliseconds of the work `record` records, from timestamp queries: from the start of its first
+   * compute pass to the end of its last, across submits (null when the adapter has no timestamp-query feature).
    */
   async timeGpu(record: () => void): Promise<number | null> {
     if (!this.features.timestampQuery) {
@@ -457,7 +460,7 @@ export class Device {
       size: 16,
       usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
     });
-    this.passTimestamps = { querySet };
+    this.passTimestamps = { querySet, started: false };
     try {
       record();
       this.openPass();
