@@ -1,4 +1,4 @@
-import { acquireGpu, NO_ADAPTER_HELP } from "./gpu.ts";
+import { acquireGpu, awaitDawn, NO_ADAPTER_HELP } from "./gpu.ts";
 import { BufferPool, type PoolStats } from "./pool.ts";
 
 export interface DeviceOptions {
@@ -430,7 +430,8 @@ export class Device {
   }
 
   private async raceLost<T>(p: Promise<T>): Promise<T> {
-    return Promise.race([p, this.lostPromise]);
+    const race = Promise.race([p, this.lostPromise]);
+    return this.runtime === "node" ? awaitDawn(race) : race;
   }
 
   private throwPendingErrors(): void {

@@ -39,3 +39,46 @@ export async function acquireGpu(dawnFlags: string[] = []): Promise<GpuHandle> {
     : [...dawnFlags, "disable-dawn-features=timestamp_quantization"];
   return { gpu: mod.create(flags), runtime: "node" };
 }
+
+type Immediate = (callback: (...args: unknown[]) => void, ...args: unknown[]) => unknown;
+type ClearImmediate = (handle: unknown) => void;
+
+let waiting = 0;
+let saved: { setImmediate: Immediate; clearImmediate: ClearImmediate } | null = null;
+
+/**
+ * Awaits `promise` with Dawn's polling slowed from a busy loop to one poll per timer tick (about 1 ms).
+ *
+ * While a promise of dawn.node is pending, it polls for finished GPU work by re-arming `setImmediate`, which
+ * keeps the main thread busy for the whole wait and takes a core from a CPU adapter running that work. For the
+ * wait, the global setImmediate (which dawn.node looks up on every poll; Node's own internals do not) defers to
+ * the timer queue instead. lavapipe, the built-in model's UNet call on 2 cores: the main thread used 79–102 ms
+ * of CPU in its 96–125 ms wait; deferred, 7–10 ms, and the wait took 72–82 ms. Other code's setImmediate
+ * callbacks in that window run up to a tick later; handles keep working with clearImmediate.
+ */
+export async function awaitDawn<T>(promise: Promise<T>): Promise<T> {
+  const g = globalThis as unknown as { setImmediate: Immediate; clearImmediate: ClearImmediate };
+  if (waiting++ === 0) {
+    const original = { setImmediate: g.setImmediate, clearImmediate: g.clearImmediate };
+    const deferred = new WeakSet<object>();
+    saved = original;
+    g.setImmediate = (callback, ...args) => {
+      const handle = setTimeout(callback, 0, ...args);
+      deferred.add(handle);
+      return handle;
+    };
+    g.clearImmediate = (handle) =>
+      handle && deferred.has(handle as object)
+        ? clearTimeout(handle as ReturnType<typeof setTimeout>)
+        : original.clearImmediate(handle);
+  }
+  try {
+    return await promise;
+  } finally {
+    if (--waiting === 0 && saved) {
+      g.setImmediate = saved.setImmediate;
+      g.clearImmediate = saved.clearImmediate;
+      saved = null;
+    }
+  }
+}
