@@ -143,6 +143,25 @@ describe("recording", () => {
     t.dispose();
   });
 
+  it("reuses a bind group for a dispatch over the same pipeline and ranges, with that dispatch's uniforms", async () => {
+    const pipeline = device.pipeline("test-add", addOne);
+    const t = Tensor.zeros(device, [64]);
+    await device.sync(); // the uniform ring starts again at offset 0 after each submit
+    add(pipeline, t, 64, 1, 1);
+    await device.sync();
+    const cached = device.cachedBindGroups;
+    add(pipeline, t, 64, 2, 1); // same pipeline, buffer and ring offset: the same bind group
+    await device.sync();
+    expect(device.cachedBindGroups).toBe(cached);
+    const u = Tensor.zeros(device, [64]);
+    await device.sync();
+    add(pipeline, u, 64, 1, 1); // another buffer at the same offset: binding t's group would leave u at 0
+    expect((await t.read())[5]).toBe(3);
+    expect((await u.read())[5]).toBe(1);
+    t.dispose();
+    u.dispose();
+  });
+
   it("does not let an upload into a recycled buffer overtake earlier recorded reads", async () => {
     const pipeline = device.pipeline("test-add", addOne);
     const a = Tensor.from(device, new Float32Array(64).fill(1), [64]);
