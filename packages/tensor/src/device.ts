@@ -353,7 +353,8 @@ export class Device {
     pass.dispatchWorkgroups(x, y, z);
     if (this.profiler) this.closePass();
     this.dispatchesInBatch++;
-    if (this.dispatchesInBatch >= DISPATCHES_PER_SUBMIT) this.flush();
+    // timeGpu's recording stays one submit: gaps between submits would count host time as GPU time.
+    if (this.dispatchesInBatch >= DISPATCHES_PER_SUBMIT && !this.passTimestamps) this.flush();
   }
 
   /** A pass of its own for one profiled dispatch, with timestamps at its start and end. */
