@@ -43,6 +43,9 @@ export async function acquireGpu(dawnFlags: string[] = []): Promise<GpuHandle> {
 type Immediate = (callback: (...args: unknown[]) => void, ...args: unknown[]) => unknown;
 type ClearImmediate = (handle: unknown) => void;
 
+// Node's own timers, taken at load: a test's fake timers installed later would never fire Dawn's polls.
+const nodeSetTimeout = globalThis.setTimeout;
+const nodeClearTimeout = globalThis.clearTimeout;
 let waiting = 0;
 let saved: { setImmediate: Immediate; clearImmediate: ClearImmediate } | null = null;
 
@@ -63,13 +66,13 @@ export async function awaitDawn<T>(promise: Promise<T>): Promise<T> {
     const deferred = new WeakSet<object>();
     saved = original;
     g.setImmediate = (callback, ...args) => {
-      const handle = setTimeout(callback, 0, ...args);
+      const handle = nodeSetTimeout(callback, 0, ...args);
       deferred.add(handle);
       return handle;
     };
     g.clearImmediate = (handle) =>
       handle && deferred.has(handle as object)
-        ? clearTimeout(handle as ReturnType<typeof setTimeout>)
+        ? nodeClearTimeout(handle as ReturnType<typeof setTimeout>)
         : original.clearImmediate(handle);
   }
   try {

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { awaitDawn } from "../src/gpu.ts";
 
 describe("awaitDawn", () => {
@@ -46,6 +46,28 @@ describe("awaitDawn", () => {
     finish();
     await second;
     expect(globalThis.setImmediate).toBe(original);
+  });
+
+  it("polls on Node's own timers while a test fakes them", async () => {
+    // Fails instead of hanging when the poll waits on a faked timer.
+    let guard: ReturnType<typeof setTimeout> | undefined;
+    const stuck = new Promise<never>((_, reject) => {
+      guard = setTimeout(() => reject(new Error("the poll never ran: it used the faked setTimeout")), 2000);
+    });
+    const realClearTimeout = globalThis.clearTimeout;
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      let poll!: () => void;
+      const pending = new Promise<number>((resolve) => {
+        poll = () => setImmediate(() => resolve(7)); // as dawn.node does, once the wait has begun
+      });
+      const waited = awaitDawn(pending);
+      poll();
+      await expect(Promise.race([waited, stuck])).resolves.toBe(7);
+    } finally {
+      vi.useRealTimers();
+      realClearTimeout(guard);
+    }
   });
 
   it("resolves to the awaited value", async () => {
