@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { stepRate } from "../src/cli/commands/generate.ts";
 import { decodePng, encodePng } from "../src/image/png.ts";
 import { PARAMETERS_KEYWORD, parseParameters } from "../src/pipeline/parameters.ts";
 import { runCli } from "./helpers/run-cli.ts";
@@ -28,6 +29,16 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const ldm = runCli;
+
+describe("ldm generate's progress line", () => {
+  it("leaves the first step, which compiles the kernels, out of the rate and ETA from the second step on", () => {
+    // A cold shader cache: 16 s for step 1, then 0.1 s a step.
+    expect(stepRate(1, 50, 16000, 16000)).toEqual({ rate: 1 / 16, eta: 49 * 16 });
+    const third = stepRate(3, 50, 16200, 16000);
+    expect(third.rate).toBeCloseTo(10, 9);
+    expect(third.eta).toBeCloseTo(4.7, 9);
+  });
+});
 
 describe("ldm generate: errors before any model work", () => {
   it.each([
