@@ -42,12 +42,16 @@ export async function acquireGpu(dawnFlags: string[] = []): Promise<GpuHandle> {
 
 type Immediate = (callback: (...args: unknown[]) => void, ...args: unknown[]) => unknown;
 type ClearImmediate = (handle: unknown) => void;
+type ImmediateGlobals = { setImmediate: Immediate; clearImmediate: ClearImmediate };
 
 // Node's own timers, taken at load: a test's fake timers installed later would never fire Dawn's polls.
 const nodeSetTimeout = globalThis.setTimeout;
 const nodeClearTimeout = globalThis.clearTimeout;
+/** Handles of setImmediate calls deferred to the timer queue. */
+const deferred = new WeakSet<object>();
 let waiting = 0;
-let saved: { setImmediate: Immediate; clearImmediate: ClearImmediate } | null = null;
+let savedSetImmediate: Immediate | null = null;
+let clearImmediateWrapped = false;
 
 /**
  * Awaits `promise` with Dawn's polling slowed from a busy loop to one poll per timer tick (about 1 ms).
@@ -57,31 +61,33 @@ let saved: { setImmediate: Immediate; clearImmediate: ClearImmediate } | null = 
  * wait, the global setImmediate (which dawn.node looks up on every poll; Node's own internals do not) defers to
  * the timer queue instead. lavapipe, the built-in model's UNet call on 2 cores: the main thread used 79–102 ms
  * of CPU in its 96–125 ms wait; deferred, 7–10 ms, and the wait took 72–82 ms. Other code's setImmediate
- * callbacks in that window run up to a tick later; handles keep working with clearImmediate.
+ * callbacks in that window run up to a tick later. clearImmediate stays wrapped from the first wait on, so a
+ * deferred handle can be cleared later too (Node's own clearImmediate would corrupt its lists given a timer).
  */
 export async function awaitDawn<T>(promise: Promise<T>): Promise<T> {
-  const g = globalThis as unknown as { setImmediate: Immediate; clearImmediate: ClearImmediate };
+  const g = globalThis as unknown as ImmediateGlobals;
+  if (!clearImmediateWrapped) {
+    const original = g.clearImmediate;
+    g.clearImmediate = (handle) =>
+      handle && deferred.has(handle as object)
+        ? nodeClearTimeout(handle as ReturnType<typeof setTimeout>)
+        : original(handle);
+    clearImmediateWrapped = true;
+  }
   if (waiting++ === 0) {
-    const original = { setImmediate: g.setImmediate, clearImmediate: g.clearImmediate };
-    const deferred = new WeakSet<object>();
-    saved = original;
+    savedSetImmediate = g.setImmediate;
     g.setImmediate = (callback, ...args) => {
       const handle = nodeSetTimeout(callback, 0, ...args);
       deferred.add(handle);
       return handle;
     };
-    g.clearImmediate = (handle) =>
-      handle && deferred.has(handle as object)
-        ? nodeClearTimeout(handle as ReturnType<typeof setTimeout>)
-        : original.clearImmediate(handle);
   }
   try {
     return await promise;
   } finally {
-    if (--waiting === 0 && saved) {
-      g.setImmediate = saved.setImmediate;
-      g.clearImmediate = saved.clearImmediate;
-      saved = null;
+    if (--waiting === 0 && savedSetImmediate) {
+      g.setImmediate = savedSetImmediate;
+      savedSetImmediate = null;
     }
   }
 }

@@ -21,9 +21,17 @@ describe("awaitDawn", () => {
     clearImmediate(handle);
     await new Promise((r) => setTimeout(r, 5));
     expect(cleared).toBe(true);
+    // A handle from the wait, cleared after it (release and await are microtasks: the timer cannot fire between).
+    let lateRan = false;
+    const late = setImmediate(() => {
+      lateRan = true;
+    });
     release();
     await waited;
     expect(globalThis.setImmediate).toBe(original);
+    clearImmediate(late);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(lateRan).toBe(false);
   });
 
   it("restores setImmediate only when the last of overlapping waits ends, also when one rejects", async () => {
