@@ -481,7 +481,8 @@ export class Device {
 
   /**
    * GPU time in milliseconds of the work `record` records, from timestamp queries: from the start of its first
-   * compute pass to the end of its last, across submits (null when the adapter has no timestamp-query feature).
+   * compute pass to the end of its last (copies end a pass), in one submit unless the uniform ring fills (null when
+   * the adapter has no timestamp-query feature).
    */
   async timeGpu(record: () => void): Promise<number | null> {
     if (!this.features.timestampQuery) {
