@@ -9,6 +9,8 @@
  *    Device per dtype. Its peer, in the same run: reference/bench_torch.py --random on PyTorch CUDA (the
  *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine), f32 rows only
  *    (the reference port runs in float32).
+ * 3. Only with `--only tiles`: GEMM workgroup tiles timed against each other at the UNet's GEMM shapes
+ *    (gemm-tiles.ts), printed, not stored.
  *
  * Rows carry the device they ran on and merge into benchmarks/results-gpu.json (or --out). --quick: small kernel
  * shapes and a small UNet of SD 1.5's layout on an 8×8 latent, to check the script runs (lavapipe: ~1 minute).
@@ -22,12 +24,15 @@ import { enableAutotune, MemoryTuneStore } from "../packages/kernels/src/index.t
 import { Device, type KernelTime, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
 import { type ModelConfig, standardConfig } from "../packages/weights/src/index.ts";
 import { median, positiveInt } from "./common.ts";
+import { runTileSweep } from "./gemm-tiles.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
 import { randomNetworks } from "./random-weights.ts";
 import { DEVICE_ROW_KEYS, type DeviceRow, makeRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const PARTS = ["kernels", "unet"] as const;
+const PARTS = ["kernels", "unet", "tiles"] as const;
+/** What runs without --only: the tile sweep is for choosing tiles, not a result row. */
+const DEFAULT_PARTS: readonly Part[] = ["kernels", "unet"];
 type Part = (typeof PARTS)[number];
 const CLIP_TOKENS = 77;
 /** The checkout: gpu.sh names it, since a bundled gpu.mjs does not sit in benchmarks/. */
@@ -169,7 +174,7 @@ function torchPeer(python: string, latent: number, repeats: number): TorchPeer |
 }
 
 const program = new Command()
-  .option("--only <parts>", `comma-separated subset of ${PARTS.join(", ")}`, parts, [...PARTS])
+  .option("--only <parts>", `comma-separated subset of ${PARTS.join(", ")}`, parts, [...DEFAULT_PARTS])
   .option("--quick", "small sizes: checks that the script runs (e.g. on lavapipe), not a measurement")
   .option("--repeats <n>", "timed UNet calls after the warm-up, median reported", positiveInt, 3)
   .option("--latent <S>", "UNet latent side (default 64, a 512×512 image; 8 with --quick)", positiveInt)
@@ -245,6 +250,13 @@ if (opts.only.includes("unet")) {
       else console.warn("--profile: the adapter has no timestamp-query");
     }
   }
+}
+
+if (opts.only.includes("tiles")) {
+  const device = await Device.create();
+  adapter ||= device.describe();
+  await runTileSweep(device, quick);
+  device.destroy();
 }
 
 writeResults(out, rows, adapter, DEVICE_ROW_KEYS);

@@ -6,7 +6,7 @@ import type { Activation } from "./activation.ts";
 import { deviceTiles, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
 import { type BindingLimits, planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
-import { chooseTiles, isTileConfig, type TileConfig, tileCandidates } from "./tiles.ts";
+import { chooseTiles, isTileConfig, type TileConfig, tileCandidates, workgroupStorageBytes } from "./tiles.ts";
 import { type GemmKernelSpec, gemmKey } from "./wgsl.ts";
 
 let device: Device;
@@ -58,7 +58,7 @@ describe("tileCandidates", () => {
       { ...lavapipeLike, M: 4096, N: 320, K: 320 },
       { ...lavapipeLike, M: 77, N: 320, K: 768, transposeB: true },
       { ...lavapipeLike, isCpu: false, subgroupSize: 32, M: 4096, N: 320, K: 320 },
-      { ...lavapipeLike, isCpu: false, maxInvocations: 128, maxWorkgroupStorageBytes: 8192, M: 64, N: 64, K: 64 },
+      { ...lavapipeLike, isCpu: false, maxInvocations: 128, maxWorkgroupStorageBytes: 16384, M: 64, N: 64, K: 64 },
     ]) {
       const candidates = tileCandidates(inputs);
       expect(candidates[0]).toEqual(chooseTiles(inputs));
@@ -67,12 +67,13 @@ describe("tileCandidates", () => {
         expect(isTileConfig(c)).toBe(true);
         if (c.kind === "workgroup") {
           expect((c.tileM / c.threadM) * (c.tileN / c.threadN)).toBeLessThanOrEqual(inputs.maxInvocations);
-          expect((c.tileM + c.tileN) * c.tileK * 4).toBeLessThanOrEqual(inputs.maxWorkgroupStorageBytes);
+          expect(workgroupStorageBytes(c)).toBeLessThanOrEqual(inputs.maxWorkgroupStorageBytes);
         }
       }
     }
     expect(isTileConfig({ kind: "subgroup", lanes: 8, subgroups: 2, rows: 12, laneOwns: "n" })).toBe(false);
     expect(isTileConfig({ kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 2 })).toBe(false);
+    expect(isTileConfig({ kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 2, threadN: 4 })).toBe(false);
     expect(isTileConfig(null)).toBe(false);
   });
 });
@@ -195,7 +196,7 @@ describe("planGemm", () => {
   });
 });
 
-type Strategy = "device" | "subgroup-m" | "workgroup" | TileConfig;
+type Strategy = "device" | "subgroup-m" | "workgroup" | "workgroup-8x8" | TileConfig;
 
 function tilesFor(
   s: Strategy,
@@ -204,6 +205,9 @@ function tilesFor(
   if (typeof s === "object") return s;
   if (s === "device") return undefined;
   if (s === "workgroup") return { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 };
+  // Two groups of 4 rows and of 4 columns per invocation, each spread over the workgroup, and a tile whose
+  // sides differ: the odd shapes below cut through every group.
+  if (s === "workgroup-8x8") return { kind: "workgroup", tileM: 32, tileN: 64, tileK: 8, threadM: 8, threadN: 8 };
   const t = deviceTiles(device, call);
   if (t.kind !== "subgroup") throw new Error("this adapter has no fixed subgroup size; the test needs lavapipe");
   return { ...t, laneOwns: "m" };
@@ -340,7 +344,7 @@ describe("gemm with every autotune candidate", () => {
   });
 });
 
-describe.each(["subgroup-m", "workgroup"] as const)("gemm with %s tiles", (strategy) => {
+describe.each(["subgroup-m", "workgroup", "workgroup-8x8"] as const)("gemm with %s tiles", (strategy) => {
   it("matches the reference on odd and aligned shapes", async () => {
     await check({ M: 33, N: 17, K: 13 }, strategy, f32Tol(13));
     await check({ M: 16, N: 32, K: 64, transposeB: true }, strategy, f32Tol(64));
@@ -375,30 +379,37 @@ describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tile
  */
 const gatedTol = (K: number) => ({ atol: 8 * f32Tol(K).atol, rtol: 1e-5 });
 
-describe.each(["device", "subgroup-m", "workgroup"] as const)("gated gemm (GEGLU) with %s tiles", (strategy) => {
-  it("matches linear then geglu on odd shapes", async () => {
-    // The Linear layout with vector reads along K, an odd half (13) and alpha before the bias.
-    await check({ M: 37, N: 26, K: 20, transposeB: true, bias: true, alpha: 0.7, gated: true }, strategy, gatedTol(20));
-    // A K tail, no bias.
-    await check({ M: 33, N: 18, K: 13, transposeB: true, gated: true }, strategy, gatedTol(13));
-    // B read along n, where its columns of one vector are not consecutive logical columns; batches sharing B.
-    const shared = { batch: 2, M: 9, N: 16, K: 8, shareB: true, bias: true, gated: true };
-    await check(shared, strategy, gatedTol(8));
-    await check(
-      { M: 6, N: 10, K: 7, transposeA: true, transposeB: true, bias: true, gated: true },
-      strategy,
-      gatedTol(7),
-    );
-  });
+describe.each(["device", "subgroup-m", "workgroup", "workgroup-8x8"] as const)(
+  "gated gemm (GEGLU) with %s tiles",
+  (strategy) => {
+    it("matches linear then geglu on odd shapes", async () => {
+      // The Linear layout with vector reads along K, an odd half (13) and alpha before the bias.
+      await check(
+        { M: 37, N: 26, K: 20, transposeB: true, bias: true, alpha: 0.7, gated: true },
+        strategy,
+        gatedTol(20),
+      );
+      // A K tail, no bias.
+      await check({ M: 33, N: 18, K: 13, transposeB: true, gated: true }, strategy, gatedTol(13));
+      // B read along n, where its columns of one vector are not consecutive logical columns; batches sharing B.
+      const shared = { batch: 2, M: 9, N: 16, K: 8, shareB: true, bias: true, gated: true };
+      await check(shared, strategy, gatedTol(8));
+      await check(
+        { M: 6, N: 10, K: 7, transposeA: true, transposeB: true, bias: true, gated: true },
+        strategy,
+        gatedTol(7),
+      );
+    });
 
-  it("stores and reads f16 (f32 accumulation)", async () => {
-    if (!device.features.shaderF16) return;
-    // Inputs are f16-rounded for the reference too; only the f16 output rounds, to 2^-11 relative.
-    const tol = { atol: 1e-3, rtol: 2 ** -10 };
-    await check({ M: 19, N: 20, K: 16, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
-    await check({ M: 10, N: 14, K: 9, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
-  });
-});
+    it("stores and reads f16 (f32 accumulation)", async () => {
+      if (!device.features.shaderF16) return;
+      // Inputs are f16-rounded for the reference too; only the f16 output rounds, to 2^-11 relative.
+      const tol = { atol: 1e-3, rtol: 2 ** -10 };
+      await check({ M: 19, N: 20, K: 16, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
+      await check({ M: 10, N: 14, K: 9, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
+    });
+  },
+);
 
 describe("gated gemm split over small bindings", () => {
   it("splits rows of the gated output, and falls back to linear then geglu when the reduction splits", async () => {

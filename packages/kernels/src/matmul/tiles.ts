@@ -45,7 +45,7 @@ export interface WorkgroupTiles {
   tileM: number;
   tileN: number;
   tileK: number;
-  /** Outputs per invocation along M and N; the workgroup is (tileN / threadN) × (tileM / threadM). */
+  /** Outputs per invocation along M and N (multiples of 4); the workgroup is (tileN / threadN) × (tileM / threadM). */
   threadM: number;
   threadN: number;
 }
@@ -65,10 +65,9 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     const subgroups = subgroupsFor(inp, lanes, rows);
     return { kind: "subgroup", lanes, subgroups, rows, laneOwns };
   }
-  const big = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= 2 * 16 * 64 * 4;
-  return big
-    ? { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 }
-    : { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 };
+  const big: WorkgroupTiles = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 };
+  const fitsBig = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= workgroupStorageBytes(big);
+  return fitsBig ? big : { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 };
 }
 
 /**
@@ -104,10 +103,15 @@ export function tileCandidates(inp: TileInputs): TileConfig[] {
     { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 4 },
     { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
     { kind: "workgroup", tileM: 128, tileN: 64, tileK: 8, threadM: 8, threadN: 4 },
+    { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 8 },
+    { kind: "workgroup", tileM: 64, tileN: 128, tileK: 16, threadM: 8, threadN: 8 },
+    { kind: "workgroup", tileM: 128, tileN: 64, tileK: 16, threadM: 8, threadN: 8 },
+    { kind: "workgroup", tileM: 128, tileN: 128, tileK: 8, threadM: 8, threadN: 8 },
   ];
   const fits = (t: WorkgroupTiles) =>
-    workgroupSize(t) <= inp.maxInvocations && (t.tileM + t.tileN) * t.tileK * 4 <= inp.maxWorkgroupStorageBytes;
-  return [...out, ...options.filter(fits)];
+    workgroupSize(t) <= inp.maxInvocations && workgroupStorageBytes(t) <= inp.maxWorkgroupStorageBytes;
+  const unique = new Map([...out, ...options.filter(fits)].map((t) => [tileKey(t), t]));
+  return [...unique.values()];
 }
 
 /** The extent of the broadcast dimension: M, unless lanes own M (both operands transposed). */
@@ -140,6 +144,7 @@ export function isTileConfig(v: unknown): v is TileConfig {
     positive("tileM", "tileN", "tileK", "threadM", "threadN") &&
     (t.tileM as number) % (t.threadM as number) === 0 &&
     (t.tileN as number) % (t.threadN as number) === 0 &&
+    (t.threadM as number) % 4 === 0 &&
     (t.threadN as number) % 4 === 0
   );
 }
@@ -153,6 +158,11 @@ export function tileKey(t: TileConfig): string {
 /** Invocations per workgroup. */
 export function workgroupSize(t: TileConfig): number {
   return t.kind === "subgroup" ? t.lanes * t.subgroups : (t.tileM / t.threadM) * (t.tileN / t.threadN);
+}
+
+/** Workgroup memory of a workgroup-tile kernel: both staged blocks, each row padded by a vec4 (wgsl.ts). */
+export function workgroupStorageBytes(t: WorkgroupTiles): number {
+  return (t.tileM + t.tileN + 8) * t.tileK * 4;
 }
 
 /** Output extent (rows along M, columns along N) one workgroup covers. */

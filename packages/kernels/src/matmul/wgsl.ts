@@ -344,14 +344,31 @@ function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
 
 // ---- workgroup-memory tiles (GPUs) -----------------------------------------------------------------
 
+/**
+ * Each K step stages a tileK × tileM block of A and a tileK × tileN block of B in workgroup memory as vec4s
+ * of 4 consecutive rows (columns), then every invocation multiplies threadM × threadN outputs held in vec4
+ * registers. An invocation's outputs are not one contiguous block: its rows are threadM / 4 groups of 4,
+ * spread threadsM groups apart, and likewise its columns, so neighbouring invocations read neighbouring vec4s
+ * of workgroup memory (no bank conflicts) and the stores stay 4 consecutive columns.
+ *
+ * Accumulators are separate variables and the epilogue is written out: a private array indexed at run time
+ * lives in memory on NVIDIA's compiler, and the kernel that accumulated into `acc[i][j]` with an epilogue loop
+ * bounded by a uniform ran at 12–18 TFLOP/s on an H200.
+ */
 function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const threadsN = t.tileN / t.threadN;
+  const threadsM = t.tileM / t.threadM;
   const threads = workgroupSize(t);
+  const groupsM = t.threadM / 4;
+  const groupsN = t.threadN / 4;
+  // Rows of the staged blocks in vec4s, padded by one so that invocations storing along k spread over banks.
+  const strideA = t.tileM / 4 + 1;
+  const strideB = t.tileN / 4 + 1;
   const out: string[] = [];
   out.push(header(s, []));
   out.push(epilogue(s));
-  out.push(`var<workgroup> As: array<f32, ${t.tileK * t.tileM}>;`);
-  out.push(`var<workgroup> Bs: array<f32, ${t.tileK * t.tileN}>;`);
+  out.push(`var<workgroup> As: array<vec4f, ${t.tileK * strideA}>;`);
+  out.push(`var<workgroup> Bs: array<vec4f, ${t.tileK * strideB}>;`);
   out.push(`@compute @workgroup_size(${threads})`);
   out.push(
     "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32) {",
@@ -363,12 +380,21 @@ function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   out.push("  let tile = id % perBatch;");
   out.push(`  let m0 = (tile / p.tilesY) * ${t.tileM}u;`);
   out.push(`  let n0 = (tile % p.tilesY) * ${t.tileN}u;`);
-  out.push(`  let tm = (lidx / ${threadsN}u) * ${t.threadM}u;`);
-  out.push(`  let tn = (lidx % ${threadsN}u) * ${t.threadN}u;`);
-  out.push(`  var acc: array<array<f32, ${t.threadN}>, ${t.threadM}>;`);
+  out.push(`  let ty = lidx / ${threadsN}u;`);
+  out.push(`  let tx = lidx % ${threadsN}u;`);
+  const acc = (i: number, jv: number) => `acc_${i}_${jv}`;
+  for (let i = 0; i < t.threadM; i++) {
+    out.push(`  ${Array.from({ length: groupsN }, (_, jv) => `var ${acc(i, jv)}: vec4f;`).join(" ")}`);
+  }
   out.push(`  for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {`);
-  // Neighbouring invocations read neighbouring addresses: walk the tile along the operand's contiguous axis.
-  const fill = (tile: string, rows: number, along: "k" | "x", load: (x: string, k: string) => string) => {
+  // Neighbouring invocations read neighbouring addresses: walk the block along the operand's contiguous axis.
+  const fill = (
+    tile: string,
+    rows: number,
+    stride: number,
+    along: "k" | "x",
+    load: (x: string, k: string) => string,
+  ) => {
     const count = t.tileK * rows;
     out.push(`    for (var e = lidx; e < ${count}u; e += ${threads}u) {`);
     out.push(
@@ -376,37 +402,36 @@ function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
         ? `      let kk = e % ${t.tileK}u; let xx = e / ${t.tileK}u;`
         : `      let kk = e / ${rows}u; let xx = e % ${rows}u;`,
     );
-    out.push(`      ${tile}[kk * ${rows}u + xx] = ${load("xx", "kk")};`);
+    out.push(`      ${tile}[kk * ${stride}u + (xx >> 2u)][xx & 3u] = ${load("xx", "kk")};`);
     out.push("    }");
   };
-  fill("As", t.tileM, s.transposeA ? "x" : "k", (x, k) => {
+  fill("As", t.tileM, strideA, s.transposeA ? "x" : "k", (x, k) => {
     const m = `m0 + ${x}`;
     const kk = `k0 + ${k}`;
     return `select(0.0, A_at(${aIndex(s, "bi", `min(${m}, p.M - 1u)`, `min(${kk}, p.K - 1u)`)}), ${wgslAll(`${m} < p.M`, `${kk} < p.K`)})`;
   });
-  fill("Bs", t.tileN, s.transposeB ? "k" : "x", (x, k) => {
+  fill("Bs", t.tileN, strideB, s.transposeB ? "k" : "x", (x, k) => {
     const n = `n0 + ${x}`;
     const kk = `k0 + ${k}`;
     return `select(0.0, B_at(${bIndex(s, "bi", `min(${kk}, p.K - 1u)`, `min(${n}, p.N - 1u)`)}), ${wgslAll(`${n} < p.N`, `${kk} < p.K`)})`;
   });
   out.push("    workgroupBarrier();");
   out.push(`    for (var kk = 0u; kk < ${t.tileK}u; kk++) {`);
-  out.push(`      for (var i = 0u; i < ${t.threadM}u; i++) {`);
-  out.push(`        let a = As[kk * ${t.tileM}u + tm + i];`);
-  out.push(
-    `        for (var j = 0u; j < ${t.threadN}u; j++) { acc[i][j] = fma(a, Bs[kk * ${t.tileN}u + tn + j], acc[i][j]); }`,
-  );
-  out.push("      }");
+  for (let g = 0; g < groupsM; g++) out.push(`      let a${g} = As[kk * ${strideA}u + ${g * threadsM}u + ty];`);
+  for (let jv = 0; jv < groupsN; jv++) out.push(`      let b${jv} = Bs[kk * ${strideB}u + ${jv * threadsN}u + tx];`);
+  for (let i = 0; i < t.threadM; i++) {
+    const a = `a${Math.floor(i / 4)}.${"xyzw"[i % 4]}`;
+    for (let jv = 0; jv < groupsN; jv++) out.push(`      ${acc(i, jv)} = fma(vec4f(${a}), b${jv}, ${acc(i, jv)});`);
+  }
   out.push("    }");
   out.push("    workgroupBarrier();");
   out.push("  }");
-  out.push("  for (var i = 0u; i < p.tileRows; i++) {");
-  out.push(`    for (var j = 0u; j < ${t.threadN}u; j += 4u) {`);
-  out.push(
-    "      finish4(bi, m0 + tm + i, n0 + tn + j, vec4f(acc[i][j], acc[i][j + 1u], acc[i][j + 2u], acc[i][j + 3u]));",
-  );
-  out.push("    }");
-  out.push("  }");
+  for (let i = 0; i < t.threadM; i++) {
+    const m = `m0 + (${Math.floor(i / 4) * threadsM}u + ty) * 4u + ${i % 4}u`;
+    for (let jv = 0; jv < groupsN; jv++) {
+      out.push(`  finish4(bi, ${m}, n0 + (${jv * threadsN}u + tx) * 4u, ${acc(i, jv)});`);
+    }
+  }
   out.push("}");
   return out.join("\n");
 }
