@@ -78,9 +78,14 @@ export const SWEEP_TILES: WorkgroupTiles[] = [
   { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
 ];
 
-/** GPU ms per call: the median of 5 timed recordings of `calls` calls each. */
+/**
+ * GPU ms per call: the median of 5 timed recordings of `calls` calls each, after an untimed burst of as many.
+ * Samples are long (≥ ~10 ms): a first run of the sweep timed bursts of 2 calls with JavaScript between them,
+ * and read a 2048×640×640 product at 0.65 ms where the UNet's profile implies under 0.2 (an idle GPU clocks down).
+ */
 async function timePerCall(device: Device, run: () => void, calls: number): Promise<number> {
-  run();
+  for (let i = 0; i < calls; i++) run();
+  await device.sync();
   const times: number[] = [];
   for (let r = 0; r < 5; r++) {
     const ms = await device.timeGpu(() => {
@@ -132,8 +137,8 @@ export async function runTileSweep(device: Device, quick: boolean): Promise<void
     let first: Float32Array | null = null;
     const cells: string[] = [];
     const times: number[] = [];
-    // About 2 GFLOP per sample on GPUs; --quick only checks that the sweep runs.
-    const repeats = quick ? 1 : Math.max(2, Math.min(50, Math.round(2e9 / (2 * s.batch * s.M * s.N * s.K))));
+    // About 200 GFLOP per sample on GPUs (10 ms at 20 TFLOP/s); --quick only checks that the sweep runs.
+    const repeats = quick ? 1 : Math.max(4, Math.min(500, Math.round(2e11 / (2 * s.batch * s.M * s.N * s.K))));
     for (const [i, tiles] of SWEEP_TILES.entries()) {
       const ms = await timePerCall(device, call(tiles), repeats);
       call(tiles)();

@@ -21,6 +21,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError } from "commander";
 import { enableAutotune, MemoryTuneStore } from "../packages/kernels/src/index.ts";
+import { isTileConfig, tileKey } from "../packages/kernels/src/matmul/tiles.ts";
 import { Device, type KernelTime, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
 import { type ModelConfig, standardConfig } from "../packages/weights/src/index.ts";
 import { median, positiveInt } from "./common.ts";
@@ -65,6 +66,11 @@ function unetConfig(quick: boolean): ModelConfig {
   return config;
 }
 
+/** A tuned config in a log line: a GEMM tile key, or the config's JSON. */
+function candidateName(candidate: unknown): string {
+  return isTileConfig(candidate) ? tileKey(candidate) : JSON.stringify(candidate);
+}
+
 async function timeUnet(
   dtype: ParamDType,
   config: ModelConfig,
@@ -107,7 +113,10 @@ async function timeUnet(
     };
     if (tuner) {
       unet.forward({ x, timesteps, context }).dispose();
-      await tuner.tunePending();
+      for (const outcome of await tuner.tunePending()) {
+        const times = outcome.times.map((t) => `${candidateName(t.candidate)} ${t.ms.toFixed(3)}`).join(", ");
+        console.log(`  autotune ${outcome.key}: ${candidateName(outcome.chosen)} (${times} ms)`);
+      }
     }
     const first = unet.forward({ x, timesteps, context });
     const nonFinite = (await first.toFloat32()).filter((v) => !Number.isFinite(v)).length;
