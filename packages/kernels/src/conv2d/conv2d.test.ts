@@ -75,8 +75,8 @@ describe("chooseConvTiles", () => {
     expect(chooseConvTiles({ ...cpu, wo: 3 })).toMatchObject({ groups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 2 });
-    expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain" });
-    expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain" });
+    expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain", rows: 8 });
+    expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain", rows: 4 });
   });
 });
 

@@ -41,9 +41,11 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
     const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(inp.cout / rows)));
     return { kind: "subgroup", lanes, subgroups, rows, groups };
   }
+  // GPUs take 8 output channels per invocation: autotuning SD 1.5's UNet on an H200 chose 8 over 4 for every
+  // 3×3 class (15–20% less GPU time each). CPU adapters without fixed subgroups (SwiftShader) keep 4, as measured.
   return {
     kind: "plain",
-    rows: 4,
+    rows: inp.isCpu ? 4 : 8,
     groups: 1,
     pixelLanes: 16,
     channelGroups: Math.min(4, Math.floor(inp.maxInvocations / 16)),
@@ -54,7 +56,7 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
 export function convTileCandidates(inp: ConvTileInputs): ConvTiles[] {
   const chosen = chooseConvTiles(inp);
   if (chosen.kind === "plain") {
-    return [chosen, { ...chosen, rows: 8 }, { ...chosen, pixelLanes: 8, channelGroups: 8 }];
+    return [chosen, { ...chosen, rows: chosen.rows === 8 ? 4 : 8 }, { ...chosen, pixelLanes: 8, channelGroups: 8 }];
   }
   const maxGroups = Math.ceil(inp.wo / 4);
   const shapes = [

@@ -103,10 +103,6 @@ export function tileCandidates(inp: TileInputs): TileConfig[] {
     { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 4 },
     { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
     { kind: "workgroup", tileM: 128, tileN: 64, tileK: 8, threadM: 8, threadN: 4 },
-    { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 8 },
-    { kind: "workgroup", tileM: 64, tileN: 128, tileK: 16, threadM: 8, threadN: 8 },
-    { kind: "workgroup", tileM: 128, tileN: 64, tileK: 16, threadM: 8, threadN: 8 },
-    { kind: "workgroup", tileM: 128, tileN: 128, tileK: 8, threadM: 8, threadN: 8 },
   ];
   const fits = (t: WorkgroupTiles) =>
     workgroupSize(t) <= inp.maxInvocations && workgroupStorageBytes(t) <= inp.maxWorkgroupStorageBytes;
