@@ -351,9 +351,11 @@ function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
  * spread threadsM groups apart, and likewise its columns, so neighbouring invocations read neighbouring vec4s
  * of workgroup memory (no bank conflicts) and the stores stay 4 consecutive columns.
  *
- * Accumulators are separate variables and the epilogue is written out: a private array indexed at run time
- * lives in memory on NVIDIA's compiler, and the kernel that accumulated into `acc[i][j]` with an epilogue loop
- * bounded by a uniform ran at 12–18 TFLOP/s on an H200.
+ * Accumulators are separate variables and the epilogue is written out, so that no private array is indexed at
+ * run time. Against the kernel before (scalar staging, an `acc[i][j]` array, an epilogue loop bounded by a
+ * uniform), same H200 process: linear 4096×320×320 0.070 → 0.066 ms, linearGeglu 2048×2560×320 0.217 → 0.192,
+ * plain matmuls within 2%; the SD 1.5 UNet call 140.4 → 139.3 ms. 4 × 4 outputs per invocation in 64 × 64
+ * tiles was the fastest config at every UNet GEMM shape (benchmarks/gemm-tiles.ts); 8 × 8 ran 1.7–3× slower.
  */
 function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const threadsN = t.tileN / t.threadN;
