@@ -16,7 +16,9 @@ import {
   FileTuneStore,
   MemoryTuneStore,
   sizeClass,
+  TUNE_SAMPLE_MS,
   type TuneRequest,
+  timeCall,
 } from "./autotune.ts";
 import { matmul } from "./index.ts";
 import { matmulRef } from "./reference.ts";
@@ -79,6 +81,34 @@ describe("Autotuner", () => {
     const tuner = new Autotuner(store);
     expect(tuner.choice(request("gemm:b", { 16: 1 }, []))).toBeNull();
     expect(tuner.waiting).toEqual(["gemm:b"]);
+  });
+});
+
+describe("timeCall", () => {
+  /** A device whose every call takes `callMs` of GPU time; counts the calls recorded. */
+  function fakeDevice(callMs: number) {
+    const state = { calls: 0 };
+    const device = {
+      async timeGpu(record: () => void) {
+        const before = state.calls;
+        record();
+        return (state.calls - before) * callMs;
+      },
+    };
+    return { device, run: () => state.calls++, state };
+  }
+
+  it("repeats a short call within one recording to fill a sample, and reports the time per call", async () => {
+    const { device, run, state } = fakeDevice(0.25);
+    expect(await timeCall(device, run)).toBeCloseTo(0.25);
+    // One call, then a sample of TUNE_SAMPLE_MS / 0.25 calls.
+    expect(state.calls).toBe(1 + TUNE_SAMPLE_MS / 0.25);
+  });
+
+  it("times a call that fills a sample by itself once", async () => {
+    const { device, run, state } = fakeDevice(2 * TUNE_SAMPLE_MS);
+    expect(await timeCall(device, run)).toBe(2 * TUNE_SAMPLE_MS);
+    expect(state.calls).toBe(1);
   });
 });
 
