@@ -3,7 +3,7 @@
 # batch 2 on a 64×64 latent in f32 and f16 with random weights; rows carry the device name and merge into
 # benchmarks/results-gpu.json). Under 5 minutes on an H100-class GPU; `--quick` checks it on any adapter.
 #
-#   bash benchmarks/gpu.sh [--quick] [--only kernels,unet] [--repeats N] [--latent S] [--out file] [--no-peer]
+#   bash benchmarks/gpu.sh [--quick] [--only kernels,unet,tiles] [--repeats N] [--latent S] [--out file] [--no-peer]
 #
 # Runs from a checkout with node_modules (pnpm install) through tsx. A machine without node_modules (a GPU
 # machine lent with no network) runs a bundle instead, made here beforehand by

@@ -1,5 +1,5 @@
 /**
- * The GPU benchmark, for sessions lent a real GPU: `bash benchmarks/gpu.sh [--quick] [--only kernels,unet] [--out file]`.
+ * The GPU benchmark, for sessions lent a real GPU: `bash benchmarks/gpu.sh [--quick] [--only kernels,unet,tiles] [--out file]`.
  *
  * 1. The kernel table (every benchmarks/kernels-*.ts row) against tfjs-backend-webgpu on the same adapter.
  * 2. SD 1.5's UNet forward at batch 2 (classifier-free guidance) on a 64×64 latent (a 512×512 image), f32 and,
