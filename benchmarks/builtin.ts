@@ -21,8 +21,6 @@ import { makeRow, writeResults } from "./results.ts";
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..");
 const BUILT_IN = join(root, "packages/ldm/models/emoji-ldm/emoji-ldm.safetensors");
-/** Until the built-in model lands: the training smoke run's export, same layout. */
-const SMOKE = join(root, "reference/out/default_model/smoke-f4/export/emoji-ldm.safetensors");
 const PROMPT = "red apple";
 const SIZE = 64;
 const SEED = 42;
@@ -50,7 +48,7 @@ const program = new Command()
 program.parse();
 const opts = program.opts<{ model?: string; steps: number; repeats: number; threads: number; out: string }>();
 const cwd = process.env.INIT_CWD ?? process.cwd();
-const model = opts.model ? resolve(cwd, opts.model) : existsSync(BUILT_IN) ? BUILT_IN : SMOKE;
+const model = opts.model ? resolve(cwd, opts.model) : BUILT_IN;
 const stem = model.replace(/\.safetensors$/, "");
 for (const path of [model, `${stem}.yaml`, join(dirname(model), "tokenizer")]) {
   if (!existsSync(path)) {
@@ -105,7 +103,7 @@ try {
     peerMs.push(wallMs("/usr/bin/python3", peer));
     console.log(`run ${r + 1}: ours ${(oursMs[r] / 1000).toFixed(1)} s, torch ${(peerMs[r] / 1000).toFixed(1)} s`);
   }
-  const which = model === BUILT_IN ? "built-in model" : model === SMOKE ? "built-in model's smoke checkpoint" : model;
+  const which = model === BUILT_IN ? "built-in model" : model;
   const name = `${which}: command to PNG, ${SIZE}×${SIZE}, ${opts.steps} DDIM steps (f32)`;
   const row = makeRow({
     name,
