@@ -355,7 +355,7 @@ function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
  * run time. Against the kernel before (scalar staging, an `acc[i][j]` array, an epilogue loop bounded by a
  * uniform), same H200 process: linear 4096×320×320 0.070 → 0.066 ms, linearGeglu 2048×2560×320 0.217 → 0.192,
  * plain matmuls within 2%; the SD 1.5 UNet call 140.4 → 139.3 ms. 4 × 4 outputs per invocation in 64 × 64
- * tiles was the fastest config at every UNet GEMM shape (benchmarks/gemm-tiles.ts); 8 × 8 ran 1.7–3× slower.
+ * tiles was the fastest config at every UNet GEMM shape (benchmarks/gemm-tiles.ts); 8 × 8 ran 1.4–3.4× slower.
  */
 function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const threadsN = t.tileN / t.threadN;
