@@ -76,6 +76,7 @@ describe("chooseConvTiles", () => {
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 2 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain", rows: 8 });
+    expect(chooseConvTiles({ ...cpu, isCpu: false, cout: 4 })).toMatchObject({ kind: "plain", rows: 4 });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain", rows: 4 });
   });
 });

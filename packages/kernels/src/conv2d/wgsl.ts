@@ -41,12 +41,13 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
     const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(inp.cout / rows)));
     return { kind: "subgroup", lanes, subgroups, rows, groups };
   }
-  // GPUs take 8 output channels per invocation: autotuning SD 1.5's UNet on an H200 chose 8 over 4 for its
-  // 3×3 classes but the 4-channel conv_in and conv_out (mostly 15–22% less GPU time each; the UNet call 137.7 →
-  // 130.6 ms with 8 as the rule). CPU adapters without fixed subgroups (SwiftShader) keep 4, as measured.
+  // GPUs take 8 output channels per invocation: autotuning SD 1.5's UNet on an H200 chose 8 over 4 for 18 of
+  // its 19 3×3 classes (mostly 15–22% less GPU time each; the UNet call 137.7 → 130.6 ms with 8 as the rule).
+  // The exception, conv_out with 4 output channels, took 0.19 ms with 4 and 0.29 with 8 (half of each
+  // invocation's rows idle). CPU adapters without fixed subgroups (SwiftShader) keep 4, as measured.
   return {
     kind: "plain",
-    rows: inp.isCpu ? 4 : 8,
+    rows: inp.isCpu || inp.cout <= 4 ? 4 : 8,
     groups: 1,
     pixelLanes: 16,
     channelGroups: Math.min(4, Math.floor(inp.maxInvocations / 16)),
