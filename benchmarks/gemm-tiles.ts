@@ -3,6 +3,7 @@
  * time per call, the heuristic's choice marked, and each candidate's output checked against the first one's.
  * Part `tiles` of gpu.ts (`bash benchmarks/gpu.sh --only tiles`), for choosing chooseTiles' rule on GPUs.
  */
+import { timeCall } from "../packages/kernels/src/matmul/autotune.ts";
 import { deviceTiles, gemm } from "../packages/kernels/src/matmul/index.ts";
 import { tileKey, type WorkgroupTiles } from "../packages/kernels/src/matmul/tiles.ts";
 import { randomArray } from "../packages/kernels/src/testing.ts";
@@ -79,25 +80,19 @@ export const SWEEP_TILES: WorkgroupTiles[] = [
 ];
 
 /**
- * GPU ms per call: the median of 5 timed recordings of `calls` calls each, after an untimed burst of as many.
- * Samples are long (≥ ~10 ms): a first run of the sweep timed bursts of 2 calls with JavaScript between them,
- * and read a 2048×640×640 product at 0.65 ms where the UNet's profile implies under 0.2 (an idle GPU clocks down).
+ * GPU ms per call: the median of 5 autotune samples (timeCall: a short call repeated to fill ~10 ms in one
+ * recording), after an untimed call. A first run of the sweep timed bursts of 2 calls with JavaScript between
+ * them and read a 2048×640×640 product at 0.65 ms, 0.126 with ~10 ms samples (an idle GPU clocks down).
  */
-async function timePerCall(device: Device, run: () => void, calls: number): Promise<number> {
-  for (let i = 0; i < calls; i++) run();
-  await device.sync();
+async function timePerCall(device: Device, run: () => void): Promise<number> {
+  run();
   const times: number[] = [];
-  for (let r = 0; r < 5; r++) {
-    const ms = await device.timeGpu(() => {
-      for (let i = 0; i < calls; i++) run();
-    });
-    if (ms === null) throw new Error("the tile sweep needs timestamp-query");
-    times.push(ms / calls);
-  }
+  for (let r = 0; r < 5; r++) times.push(await timeCall(device, run));
   return median(times);
 }
 
 export async function runTileSweep(device: Device, quick: boolean): Promise<void> {
+  if (!device.features.timestampQuery) throw new Error("the tile sweep needs timestamp-query (GPU times)");
   const shapes = quick
     ? unetShapes().map((s) => ({ ...s, M: Math.ceil(s.M / 16), N: Math.ceil(s.N / 8) }))
     : unetShapes();
@@ -137,10 +132,8 @@ export async function runTileSweep(device: Device, quick: boolean): Promise<void
     let first: Float32Array | null = null;
     const cells: string[] = [];
     const times: number[] = [];
-    // About 200 GFLOP per sample on GPUs (10 ms at 20 TFLOP/s); --quick only checks that the sweep runs.
-    const repeats = quick ? 1 : Math.max(4, Math.min(500, Math.round(2e11 / (2 * s.batch * s.M * s.N * s.K))));
     for (const [i, tiles] of SWEEP_TILES.entries()) {
-      const ms = await timePerCall(device, call(tiles), repeats);
+      const ms = await timePerCall(device, call(tiles));
       call(tiles)();
       const values = await out.toFloat32();
       first ??= values;
