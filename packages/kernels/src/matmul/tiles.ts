@@ -156,9 +156,17 @@ export function workgroupSize(t: TileConfig): number {
   return t.kind === "subgroup" ? t.lanes * t.subgroups : (t.tileM / t.threadM) * (t.tileN / t.threadN);
 }
 
-/** Workgroup memory of a workgroup-tile kernel: both staged blocks, each row padded by a vec4 (wgsl.ts). */
+/**
+ * vec4s per row of a staged block of `extent` rows or columns (workgroup-tile kernels, wgsl.ts): padded by one,
+ * so that invocations storing along k spread over memory banks.
+ */
+export function stagedRowVec4s(extent: number): number {
+  return extent / 4 + 1;
+}
+
+/** Workgroup memory of a workgroup-tile kernel: both staged blocks, tileK rows each. */
 export function workgroupStorageBytes(t: WorkgroupTiles): number {
-  return (t.tileM + t.tileN + 8) * t.tileK * 4;
+  return (stagedRowVec4s(t.tileM) + stagedRowVec4s(t.tileN)) * t.tileK * 16;
 }
 
 /** Output extent (rows along M, columns along N) one workgroup covers. */

@@ -17,7 +17,14 @@ import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "./activation.ts";
 import { accumulatorsWgsl, epilogueWgsl } from "./epilogue.ts";
-import { type SubgroupTiles, type TileConfig, tileKey, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
+import {
+  type SubgroupTiles,
+  stagedRowVec4s,
+  type TileConfig,
+  tileKey,
+  type WorkgroupTiles,
+  workgroupSize,
+} from "./tiles.ts";
 
 export interface GemmKernelSpec {
   tiles: TileConfig;
@@ -363,9 +370,8 @@ function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const threads = workgroupSize(t);
   const groupsM = t.threadM / 4;
   const groupsN = t.threadN / 4;
-  // Rows of the staged blocks in vec4s, padded by one so that invocations storing along k spread over banks.
-  const strideA = t.tileM / 4 + 1;
-  const strideB = t.tileN / 4 + 1;
+  const strideA = stagedRowVec4s(t.tileM);
+  const strideB = stagedRowVec4s(t.tileN);
   const out: string[] = [];
   out.push(header(s, []));
   out.push(epilogue(s));
