@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 TINY = ["--vae-ch", "32", "--vae-ch-mult", "1", "2", "--unet-channels", "32", "--unet-channel-mult", "1", "2",
-        "--unet-attention", "2", "--unet-heads", "2", "--text-width", "32", "--text-layers", "2", "--text-heads", "2",
-        "--vocab-size", "600", "--image-size", "32"]
+        "--unet-res-blocks", "1", "--unet-attention", "2", "--unet-heads", "2",
+        "--text-width", "32", "--text-layers", "2", "--text-heads", "2", "--vocab-size", "600", "--image-size", "32"]
 STEPS = 3
 IMAGES = 64
 

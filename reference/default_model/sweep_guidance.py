@@ -3,7 +3,8 @@
 quality.py scores 20 fixed captions; choosing a sampling setting by that score would tune the setting to
 the check. This scores --count other training captions (primary captions of emojis without skin-tone
 modifiers, not among quality.py's 20, drawn with --pick-seed) with quality.py's protocol (same x_T seed,
-sampler, steps and distance) at each guidance scale, and prints the pass rate and mean fraction per scale.
+sampler, steps and distance) at each guidance scale, and prints the pass rate, mean fraction and failing
+captions per scale.
 
 Usage: /usr/bin/python3 reference/default_model/sweep_guidance.py --model DIR/emoji-ldm [--scales 3 5 7.5]
 """
@@ -68,6 +69,9 @@ def main():
         passed = sum(f >= PASS_FRACTION for f in fractions)
         print(f"scale {scale:4}: {passed}/{len(picked)} pass, mean fraction {np.mean(fractions):.1%}, "
               f"median {np.median(fractions):.1%}", flush=True)
+        failing = [f"{caption} {f:.1%}" for caption, f in zip(captions, fractions) if f < PASS_FRACTION]
+        if failing:
+            print(f"  failing: {', '.join(failing)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -548,11 +548,11 @@ PRESETS = {
     "vae-f4-ch32": {"vae_ch": 32, "vae_ch_mult": [1, 2, 2], "vae_res_blocks": 1},
     "vae-f4-ch64": {"vae_ch": 64, "vae_ch_mult": [1, 2, 2], "vae_res_blocks": 1},
     "vae-f8-ch32": {"vae_ch": 32, "vae_ch_mult": [1, 2, 2, 4], "vae_res_blocks": 1, "unet_channel_mult": [1, 2]},
-    "unet-64-122": {"unet_channels": 64, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4]},
-    "unet-96-122": {"unet_channels": 96, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4]},
-    "unet-128-122": {"unet_channels": 128, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4]},
-    "unet-64-124": {"unet_channels": 64, "unet_channel_mult": [1, 2, 4], "unet_attention": [2, 4]},
-    "unet-96-122-attn1": {"unet_channels": 96, "unet_channel_mult": [1, 2, 2], "unet_attention": [1, 2, 4]},
+    "unet-64-122": {"unet_channels": 64, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4], "unet_res_blocks": 1},
+    "unet-96-122": {"unet_channels": 96, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4], "unet_res_blocks": 1},
+    "unet-128-122": {"unet_channels": 128, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4], "unet_res_blocks": 1},
+    "unet-64-124": {"unet_channels": 64, "unet_channel_mult": [1, 2, 4], "unet_attention": [2, 4], "unet_res_blocks": 1},
+    "unet-96-122-attn1": {"unet_channels": 96, "unet_channel_mult": [1, 2, 2], "unet_attention": [1, 2, 4], "unet_res_blocks": 1},
     "unet-64-122-rb2": {"unet_channels": 64, "unet_channel_mult": [1, 2, 2], "unet_attention": [2, 4], "unet_res_blocks": 2},
     "text-128x4": {"text_width": 128, "text_layers": 4, "text_heads": 4},
     "text-256x4": {"text_width": 256, "text_layers": 4, "text_heads": 4},
@@ -567,7 +567,7 @@ def add_size_flags(parser):
     parser.add_argument("--vae-res-blocks", type=int, default=1)
     parser.add_argument("--unet-channels", type=int, default=64)
     parser.add_argument("--unet-channel-mult", type=int, nargs="+", default=[1, 2, 2])
-    parser.add_argument("--unet-res-blocks", type=int, default=1)
+    parser.add_argument("--unet-res-blocks", type=int, default=2)
     parser.add_argument("--unet-attention", type=int, nargs="+", default=[2, 4],
                         help="downsampling factors with a SpatialTransformer")
     parser.add_argument("--unet-heads", type=int, default=4)
