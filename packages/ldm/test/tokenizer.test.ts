@@ -91,6 +91,9 @@ describe("vocabulary sources", () => {
   it("errors name the file and say what to pass", () => {
     expect(() => loadClipTokenizer({})).toThrow(/pass --vocab/);
     expect(() => loadClipTokenizer({ model: scratch })).toThrow(/has no tokenizer\/ folder; pass --vocab/);
+    expect(() => loadClipTokenizer({ model: join(scratch, "nope.safetensors") })).toThrow(
+      /nope.safetensors: no such file or folder$/,
+    );
     expect(() => loadClipTokenizer({ vocab: join(scratch, "nope.gz") })).toThrow(/nope.gz does not exist/);
     // A merges file cut mid-line (here: after a newline) has an empty merge, which simple_tokenizer would
     // silently turn into a token; we name the file and the line instead.

@@ -83,6 +83,8 @@ function fromVocabPath(path: string): LoadedTokenizer {
 export function loadClipTokenizer(source: TokenizerSource): LoadedTokenizer {
   if (source.vocab) return fromVocabPath(source.vocab);
   if (source.model) {
+    // Worded as the checkpoint loader says it, which would otherwise only run after this.
+    if (!existsSync(source.model)) throw new Error(`${source.model}: no such file or folder`);
     if (!isDirectory(source.model)) {
       throw new Error(`model ${source.model} is a single file and its config names no tokenizer; ${WHAT_TO_PASS}`);
     }
