@@ -74,7 +74,7 @@ describe("ldm generate: errors before any model work", () => {
     for (const result of [mask, jpeg, missing, sizes]) expect(result.code).toBe(1);
   });
 
-  it("a missing vocabulary or model file", async () => {
+  it("a missing vocabulary, model or config file, or a config that is not YAML", async () => {
     const noVocab = await ldm("generate", "a cat", ...MODEL);
     expect(noVocab.code).toBe(1);
     expect(noVocab.err).toMatch(
@@ -83,6 +83,15 @@ describe("ldm generate: errors before any model work", () => {
     const noModel = await ldm("generate", "a cat", "--model", join(dir, "absent.safetensors"), "--vocab", vocab);
     expect(noModel.code).toBe(1);
     expect(noModel.err).toMatch(/absent.safetensors/);
+    // Without --vocab the tokenizer is looked up first: a missing model must still be named as missing.
+    const noModelNoVocab = await ldm("generate", "a cat", "--model", join(dir, "absent.safetensors"));
+    expect(noModelNoVocab.err).toMatch(/absent.safetensors: no such file or folder/);
+    const noConfig = await ldm("generate", "a cat", ...MODEL, "--config", join(dir, "absent.yaml"));
+    expect(noConfig.err).toMatch(/config .*absent.yaml: no such file/);
+    writeFileSync(join(dir, "broken.yaml"), "model: [\n");
+    const badConfig = await ldm("generate", "a cat", ...MODEL, "--config", join(dir, "broken.yaml"));
+    expect(badConfig.err).toMatch(/broken.yaml: not valid YAML/);
+    for (const result of [noModelNoVocab, noConfig, badConfig]) expect(result.code).toBe(1);
   });
 });
 

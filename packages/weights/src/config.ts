@@ -123,17 +123,21 @@ export class ConfigError extends Error {}
 
 type Dict = Record<string, unknown>;
 
+/** The YAML document of a config file, or a ConfigError naming the file (`origin`) and the first problem. */
+export function parseConfigYaml(text: string, origin = "config"): unknown {
+  try {
+    return parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`${origin}: not valid YAML (${(e as Error).message.split("\n")[0]})`);
+  }
+}
+
 /**
  * Reads an original-style YAML config. Omitted parameters take the original constructors' defaults; options
  * that change the architecture in ways this project does not implement are rejected by name.
  */
 export function configFromYaml(text: string, origin = "config"): ModelConfig {
-  let doc: unknown;
-  try {
-    doc = parseYaml(text);
-  } catch (e) {
-    throw new ConfigError(`${origin}: not valid YAML (${(e as Error).message.split("\n")[0]})`);
-  }
+  const doc = parseConfigYaml(text, origin);
   const r = new YamlReader(origin);
   const model = r.dict(
     r.dict(r.dict(doc, "a top-level mapping", true).model, "model", true).params,

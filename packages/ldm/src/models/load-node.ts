@@ -1,7 +1,7 @@
-import { readFile } from "node:fs/promises";
 import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
 import { openCheckpoint } from "@ldm/weights/node";
+import { readConfigFile } from "../pipeline/model-files.ts";
 import { type Component, type LoadedModel, loadNetworks } from "./load.ts";
 
 export type { LoadedModel } from "./load.ts";
@@ -25,7 +25,7 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
   if (dtype === "f16" && !device.features.shaderF16) {
     throw new Error("f16 was asked for, but this device has no shader-f16 feature: use f32");
   }
-  const yaml = options.config ? { text: await readFile(options.config, "utf8"), origin: options.config } : undefined;
+  const yaml = options.config ? { text: readConfigFile(options.config), origin: options.config } : undefined;
   const checkpoint = await openCheckpoint(path);
   try {
     const { config, assumptions } = checkpoint.config(yaml);

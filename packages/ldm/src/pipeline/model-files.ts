@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parse as parseYaml } from "yaml";
+import { ConfigError, parseConfigYaml } from "@ldm/weights";
 
 /**
  * The model `ldm generate` runs without --model: trained by this project (reference/default_model). A path join,
@@ -39,14 +39,19 @@ export function companionFiles(model: string, given: ModelFiles = {}): ModelFile
   return { config, vocab: given.vocab ?? (config ? declaredTokenizer(config) : undefined) };
 }
 
-/** cond_stage_config.params.tokenizer of a YAML config, resolved against the config's folder. */
+/** The text of a YAML config file; a missing one is named as a config, since several files are involved. */
+export function readConfigFile(config: string): string {
+  if (!existsSync(config)) throw new ConfigError(`config ${config}: no such file`);
+  return readFileSync(config, "utf8");
+}
+
+/**
+ * cond_stage_config.params.tokenizer of a YAML config, resolved against the config's folder. A config that
+ * cannot be read is reported here: the tokenizer is loaded before the weights, and without this its problem
+ * would show as a missing tokenizer.
+ */
 function declaredTokenizer(config: string): string | undefined {
-  let doc: unknown;
-  try {
-    doc = parseYaml(readFileSync(config, "utf8"));
-  } catch {
-    return undefined; // loading the config reports what is wrong with it
-  }
+  const doc = parseConfigYaml(readConfigFile(config), config);
   const folder = (doc as { model?: { params?: { cond_stage_config?: { params?: { tokenizer?: unknown } } } } })?.model
     ?.params?.cond_stage_config?.params?.tokenizer;
   return typeof folder === "string" ? resolve(dirname(config), folder) : undefined;
