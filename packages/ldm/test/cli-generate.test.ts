@@ -93,6 +93,16 @@ describe("ldm generate: errors before any model work", () => {
     expect(badConfig.err).toMatch(/broken.yaml: not valid YAML/);
     for (const result of [noModelNoVocab, noConfig, badConfig]) expect(result.code).toBe(1);
   });
+
+  it("an output folder that cannot be made, before anything loads", async () => {
+    // A file where a folder must go. No --vocab: had the model loaded first, the tokenizer would be the error.
+    writeFileSync(join(dir, "a-file"), "");
+    const out = await ldm("generate", "a cat", ...MODEL, "--out", join(dir, "a-file", "cat.png"));
+    expect(out.err).toMatch(/--out .*a-file\/cat.png: cannot write into folder .*a-file \(E[A-Z]+\)/);
+    const grid = await ldm("generate", "a cat", ...MODEL, "--grid", join(dir, "a-file", "sub", "grid.png"));
+    expect(grid.err).toMatch(/--grid .*grid.png: cannot write into folder .*a-file\/sub \(E[A-Z]+\)/);
+    for (const result of [out, grid]) expect(result.code).toBe(1);
+  });
 });
 
 describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {

@@ -1,5 +1,5 @@
-import { mkdirSync } from "node:fs";
-import { basename, join } from "node:path";
+import { accessSync, constants, mkdirSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
@@ -100,6 +100,8 @@ export function registerGenerate(program: Command): void {
         `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
       );
     }
+    outputFolder("--out", flags.out ?? ".");
+    if (flags.grid) outputFolder("--grid", flags.grid);
     const pipe = await loadPipeline(flags);
     try {
       // Without --seed every prompt still shares one seed, so a grid compares prompts on the same noise.
@@ -190,7 +192,22 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
   };
 }
 
-/** --out: a .png file (numbered -0, -1, … for several images), else a folder (created) for ldm-<seed>-<i>.png. */
+/**
+ * Creates the folder an output flag writes into (a .png file's folder, else the flag's own path) and checks it
+ * is writable, before the model loads: a bad path fails at once, not after minutes of sampling.
+ */
+function outputFolder(flag: string, target: string): void {
+  const folder = target.toLowerCase().endsWith(".png") ? dirname(target) : target;
+  try {
+    mkdirSync(folder, { recursive: true });
+    accessSync(folder, constants.W_OK);
+  } catch (e) {
+    const reason = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    throw new UserError(`${flag} ${target}: cannot write into folder ${folder} (${reason})`);
+  }
+}
+
+/** --out: a .png file (numbered -0, -1, … for several images), else a folder for ldm-<seed>-<i>.png. */
 function outputPaths(out: string | undefined, seed: Seed, count: number): string[] {
   const target = out ?? ".";
   if (target.toLowerCase().endsWith(".png")) {
@@ -198,7 +215,6 @@ function outputPaths(out: string | undefined, seed: Seed, count: number): string
     const stem = target.slice(0, -4);
     return Array.from({ length: count }, (_, i) => `${stem}-${i}.png`);
   }
-  mkdirSync(target, { recursive: true });
   return Array.from({ length: count }, (_, i) => join(target, `ldm-${seed}-${i}.png`));
 }
 
