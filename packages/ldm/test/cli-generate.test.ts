@@ -91,7 +91,9 @@ describe("ldm generate: errors before any model work", () => {
     writeFileSync(join(dir, "broken.yaml"), "model: [\n");
     const badConfig = await ldm("generate", "a cat", ...MODEL, "--config", join(dir, "broken.yaml"));
     expect(badConfig.err).toMatch(/broken.yaml: not valid YAML/);
-    for (const result of [noModelNoVocab, noConfig, badConfig]) expect(result.code).toBe(1);
+    const folderConfig = await ldm("generate", "a cat", ...MODEL, "--config", dir);
+    expect(folderConfig.err).toMatch(/config .*: cannot be read \(EISDIR\)/);
+    for (const result of [noModelNoVocab, noConfig, badConfig, folderConfig]) expect(result.code).toBe(1);
   });
 
   it("an output folder that cannot be made, before anything loads", async () => {

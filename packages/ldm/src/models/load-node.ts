@@ -1,7 +1,6 @@
 import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
-import { openCheckpoint } from "@ldm/weights/node";
-import { readConfigFile } from "../pipeline/model-files.ts";
+import { openCheckpoint, readConfigFile } from "@ldm/weights/node";
 import { type Component, type LoadedModel, loadNetworks } from "./load.ts";
 
 export type { LoadedModel } from "./load.ts";

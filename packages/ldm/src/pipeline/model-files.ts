@@ -2,10 +2,11 @@
  * Where a checkpoint's companion files are, in Node: the YAML config and the tokenizer a user of the original
  * scripts or of AUTOMATIC1111 keeps next to a single .safetensors file, and the built-in model's location.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConfigError, parseConfigYaml } from "@ldm/weights";
+import { parseConfigYaml } from "@ldm/weights";
+import { readConfigFile } from "@ldm/weights/node";
 
 /**
  * The model `ldm generate` runs without --model: trained by this project (reference/default_model). A path join,
@@ -37,12 +38,6 @@ export function companionFiles(model: string, given: ModelFiles = {}): ModelFile
   const besideIt = model.replace(/\.safetensors$/i, ".yaml");
   const config = given.config ?? (isFile && besideIt !== model && existsSync(besideIt) ? besideIt : undefined);
   return { config, vocab: given.vocab ?? (config ? declaredTokenizer(config) : undefined) };
-}
-
-/** The text of a YAML config file; a missing one is named as a config, since several files are involved. */
-export function readConfigFile(config: string): string {
-  if (!existsSync(config)) throw new ConfigError(`config ${config}: no such file`);
-  return readFileSync(config, "utf8");
 }
 
 /**

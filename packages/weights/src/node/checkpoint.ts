@@ -1,6 +1,7 @@
+import { readFileSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { configFromYaml } from "../config.ts";
+import { ConfigError, configFromYaml } from "../config.ts";
 import { type Detection, type DetectionHints, detectConfig } from "../detect.ts";
 import { decodeFloats, isFloatStoredDType } from "../dtype.ts";
 import {
@@ -109,6 +110,19 @@ export class Checkpoint {
 const MAX_SCHEDULE_LENGTH = 1 << 20;
 
 export class CheckpointError extends Error {}
+
+/**
+ * The text of an original-style YAML config file. Synchronous, since finding a checkpoint's tokenizer reads it
+ * too; an unreadable file is named as the config, as several files are involved in loading a model.
+ */
+export function readConfigFile(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ConfigError(`config ${path}: ${code === "ENOENT" ? "no such file" : `cannot be read (${code})`}`);
+  }
+}
 
 /** Opens a single-file checkpoint (`.safetensors`) or a diffusers folder; reads headers and configs only. */
 export async function openCheckpoint(path: string, options: CheckpointOptions = {}): Promise<Checkpoint> {
