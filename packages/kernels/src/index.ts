@@ -4,6 +4,7 @@ export { bf16ToFloat, cast, type FloatDType, packBf16 } from "./cast/index.ts";
 export { foldGrid, LINEAR_WORKGROUP_ID } from "./common/grid.ts";
 export { assertBindable, assertDType, wgslEnables, wgslType } from "./common/wgsl.ts";
 export { type Conv2dOptions, conv2d } from "./conv2d/index.ts";
+export { conv1x1FromTokens, conv1x1ToTokens } from "./conv2d/tokens.ts";
 export {
   add,
   affine,

@@ -1,4 +1,4 @@
-import { conv2d } from "@ldm/kernels";
+import { conv1x1FromTokens, conv1x1ToTokens, conv2d } from "@ldm/kernels";
 import type { Tensor } from "@ldm/tensor";
 import type { Epilogue } from "./linear.ts";
 import type { VarBuilder } from "./var-builder.ts";
@@ -31,5 +31,18 @@ export class Conv2d {
     const p = this.cfg.padding ?? 0;
     const { padding = [p, p, p, p], ...fused } = epilogue;
     return conv2d(x, this.weight, { bias: this.bias, stride: this.cfg.stride ?? 1, padding, ...fused });
+  }
+
+  /** A 1×1 convolution's output as tokens: `rearrange(forward(x), "b c h w -> b (h w) c")` in one kernel. */
+  forwardToTokens(x: Tensor): Tensor {
+    return conv1x1ToTokens(x, this.weight, { bias: this.bias });
+  }
+
+  /**
+   * A 1×1 convolution of tokens [B, H·W, C]: `forward(rearrange(tokens, "b (h w) c -> b c h w"))` + residual,
+   * in one kernel.
+   */
+  forwardFromTokens(tokens: Tensor, size: readonly [number, number], epilogue: { residual?: Tensor } = {}): Tensor {
+    return conv1x1FromTokens(tokens, this.weight, size, { bias: this.bias, residual: epilogue.residual });
   }
 }

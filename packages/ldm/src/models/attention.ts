@@ -89,22 +89,23 @@ export class SpatialTransformer {
     }
   }
 
-  /** x [B, C, H, W], context [B, L, contextDim] → [B, C, H, W]. */
+  /**
+   * x [B, C, H, W], context [B, L, contextDim] → [B, C, H, W]. The convolutional proj_in / proj_out read and write
+   * tokens directly (Conv2d.forwardToTokens / forwardFromTokens): the original's rearranges, without the copies.
+   */
   forward(x: Tensor, context: Tensor): Tensor {
     return x.device.tidy(() => {
       const [b, c, h, w] = x.shape;
-      const toTokens = (t: Tensor) => permute(t.reshape([b, c, h * w]), [0, 2, 1]);
-      const toMap = (t: Tensor) => permute(t, [0, 2, 1]).reshape([b, c, h, w]);
       let tokens: Tensor;
-      if (this.proj_in instanceof Conv2d) tokens = toTokens(this.proj_in.forward(this.norm.forward(x)));
-      else tokens = this.proj_in.forward(toTokens(this.norm.forward(x)));
+      if (this.proj_in instanceof Conv2d) tokens = this.proj_in.forwardToTokens(this.norm.forward(x));
+      else tokens = this.proj_in.forward(permute(this.norm.forward(x).reshape([b, c, h * w]), [0, 2, 1]));
       for (const block of this.transformer_blocks) {
         const next = block.forward(tokens, context);
         tokens.dispose();
         tokens = next;
       }
-      if (this.proj_out instanceof Conv2d) return this.proj_out.forward(toMap(tokens), { residual: x });
-      return add(toMap(this.proj_out.forward(tokens)), x);
+      if (this.proj_out instanceof Conv2d) return this.proj_out.forwardFromTokens(tokens, [h, w], { residual: x });
+      return add(permute(this.proj_out.forward(tokens), [0, 2, 1]).reshape([b, c, h, w]), x);
     });
   }
 }
