@@ -3,7 +3,7 @@
  * module names (so parameter keys are those under `first_stage_model.encoder` / `.decoder`). Inference
  * only: dropout is the identity, and the timestep embedding these blocks can take is unused by the VAE.
  */
-import { attention, linear, permute } from "@ldm/kernels";
+import { attention } from "@ldm/kernels";
 import { Conv2d, GroupNorm, type VarBuilder } from "@ldm/nn";
 import type { Tensor } from "@ldm/tensor";
 import type { DDConfig } from "@ldm/weights";
@@ -75,13 +75,13 @@ export class AttnBlock {
 
   forward(x: Tensor): Tensor {
     return x.device.tidy(() => {
-      const [b, c, h, w] = x.shape;
-      const tokens = permute(this.norm.forward(x).reshape([b, c, h * w]), [0, 2, 1]);
-      const pointwise = (conv: Conv2d) => linear(tokens, conv.weight.reshape([c, c]), { bias: conv.bias });
+      const [, , h, w] = x.shape;
+      const normed = this.norm.forward(x);
+      // q, k, v come out as tokens and proj_out reads them: the original's reshapes and permutes, without copies.
+      const [q, k, v] = [this.q, this.k, this.v].map((conv) => conv.forwardToTokens(normed));
       // softmax(q·kᵀ · c^-½)·v with one head of width c: the attention kernel's default scale.
-      const attended = attention(pointwise(this.q), pointwise(this.k), pointwise(this.v), { heads: 1 });
-      const channelsFirst = permute(attended, [0, 2, 1]).reshape([b, c, h, w]);
-      return this.proj_out.forward(channelsFirst, { residual: x });
+      const attended = attention(q, k, v, { heads: 1 });
+      return this.proj_out.forwardFromTokens(attended, [h, w], { residual: x });
     });
   }
 }
