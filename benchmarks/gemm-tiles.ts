@@ -18,6 +18,7 @@ interface Shape {
   M: number;
   N: number;
   K: number;
+  transposeA: boolean;
   transposeB: boolean;
   gated: boolean;
   bias: "m" | "n" | null;
@@ -41,6 +42,7 @@ function unetShapes(): Shape[] {
       M,
       N,
       K,
+      transposeA: false,
       transposeB: true,
       gated,
       bias: what === "q/k/v" ? null : "n",
@@ -49,18 +51,11 @@ function unetShapes(): Shape[] {
     shapes.push(linear("attn out", 2 * blocks, C, C));
     shapes.push(linear("ff geglu", blocks, 8 * C, C, true));
     shapes.push(linear("ff out", blocks, C, 4 * C));
-    // proj_in / proj_out: 1×1 convolutions, per image [C, C] · [C, pixels].
-    shapes.push({
-      what: "1×1 conv",
-      calls: 2 * blocks,
-      batch: 2,
-      M: C,
-      N: pixels,
-      K: C,
-      transposeB: false,
-      gated: false,
-      bias: "m",
-    });
+    // proj_in / proj_out: 1×1 convolutions between image and tokens, per image (kernels/conv2d/tokens.ts):
+    // tokens = xᵀ · Wᵀ [pixels, C], and image = W · tokensᵀ [C, pixels].
+    const image = { calls: blocks, batch: 2, K: C, gated: false };
+    shapes.push({ ...image, what: "proj_in", M: pixels, N: C, transposeA: true, transposeB: true, bias: "n" });
+    shapes.push({ ...image, what: "proj_out", M: C, N: pixels, transposeA: false, transposeB: true, bias: "m" });
   }
   return shapes;
 }
@@ -105,13 +100,16 @@ export async function runTileSweep(device: Device, quick: boolean): Promise<void
   let chosenTotal = 0;
   let bestTotal = 0;
   for (const s of shapes) {
-    const a = Tensor.from(device, randomArray(s.batch * s.M * s.K, 1), [s.batch, s.M, s.K]);
+    const a = Tensor.from(device, randomArray(s.batch * s.M * s.K, 1), [
+      s.batch,
+      ...(s.transposeA ? [s.K, s.M] : [s.M, s.K]),
+    ]);
     const b = Tensor.from(device, randomArray(s.K * s.N, 2), s.transposeB ? [s.N, s.K] : [s.K, s.N]);
     const bias = s.bias
       ? Tensor.from(device, randomArray(s.bias === "m" ? s.M : s.N, 3), [s.bias === "m" ? s.M : s.N])
       : null;
     const out = Tensor.empty(device, [s.batch, s.M, s.gated ? s.N / 2 : s.N]);
-    const problem = { M: s.M, N: s.N, K: s.K, transposeA: false, transposeB: s.transposeB };
+    const problem = { M: s.M, N: s.N, K: s.K, transposeA: s.transposeA, transposeB: s.transposeB };
     const chosen = tileKey(deviceTiles(device, problem));
     const call = (tiles: WorkgroupTiles) => () =>
       gemm({
