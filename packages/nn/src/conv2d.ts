@@ -35,6 +35,7 @@ export class Conv2d {
 
   /** A 1×1 convolution's output as tokens: `rearrange(forward(x), "b c h w -> b (h w) c")` in one kernel. */
   forwardToTokens(x: Tensor): Tensor {
+    this.assertPointwise("forwardToTokens");
     return conv1x1ToTokens(x, this.weight, { bias: this.bias });
   }
 
@@ -43,6 +44,17 @@ export class Conv2d {
    * in one kernel.
    */
   forwardFromTokens(tokens: Tensor, size: readonly [number, number], epilogue: { residual?: Tensor } = {}): Tensor {
+    this.assertPointwise("forwardFromTokens");
     return conv1x1FromTokens(tokens, this.weight, size, { bias: this.bias, residual: epilogue.residual });
+  }
+
+  /** The token forms compute a plain 1×1 product: a stride or padding would be silently dropped. */
+  private assertPointwise(method: string): void {
+    const { kernelSize, stride = 1, padding = 0 } = this.cfg;
+    if (kernelSize !== 1 || stride !== 1 || padding !== 0) {
+      throw new Error(
+        `Conv2d.${method} needs a 1×1 convolution with stride 1 and no padding (kernel ${kernelSize}, stride ${stride}, padding ${padding})`,
+      );
+    }
   }
 }

@@ -1,3 +1,4 @@
+import { permute } from "@ldm/kernels";
 import { assertClose, randomArray } from "@ldm/kernels/testing";
 import { Device, Tensor } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -98,6 +99,30 @@ describe("Conv2d", () => {
       bias: src.get("bias"),
     });
     assertClose(await y.toFloat32(), expected, F32);
+  });
+
+  it("a 1×1 convolution writes or reads tokens as forward and a rearrange would, and refuses stride or padding", async () => {
+    const src = randomSource({ weight: [5, 3, 1, 1], bias: [5] }, 5);
+    const conv = await build(src, (vb) => new Conv2d(vb, { inChannels: 3, outChannels: 5, kernelSize: 1 }));
+    const x = input([2, 3, 4, 6], 16);
+    const tokens = conv.forwardToTokens(x.t);
+    const viaImage = permute(conv.forward(x.t).reshape([2, 5, 24]), [0, 2, 1]);
+    expect(await tokens.toFloat32()).toEqual(await viaImage.toFloat32());
+    const back = await build(
+      randomSource({ weight: [3, 5, 1, 1], bias: [3] }, 6),
+      (vb) => new Conv2d(vb, { inChannels: 5, outChannels: 3, kernelSize: 1 }),
+    );
+    const image = back.forwardFromTokens(tokens, [4, 6], { residual: x.t });
+    const expected = back.forward(permute(tokens, [0, 2, 1]).reshape([2, 5, 4, 6]), { residual: x.t });
+    expect(await image.toFloat32()).toEqual(await expected.toFloat32());
+    const padded = await build(
+      src,
+      (vb) => new Conv2d(vb, { inChannels: 3, outChannels: 5, kernelSize: 1, padding: 1 }),
+    );
+    expect(() => padded.forwardToTokens(x.t)).toThrow(
+      /Conv2d.forwardToTokens needs .* \(kernel 1, stride 1, padding 1\)/,
+    );
+    expect(() => padded.forwardFromTokens(tokens, [4, 6])).toThrow(/Conv2d.forwardFromTokens needs/);
   });
 });
 

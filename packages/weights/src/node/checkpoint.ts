@@ -120,7 +120,8 @@ export function readConfigFile(path: string): string {
     return readFileSync(path, "utf8");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(`config ${path}: ${code === "ENOENT" ? "no such file" : `cannot be read (${code})`}`);
+    const reason = code === "ENOENT" ? "no such file" : `cannot be read (${code ?? (e as Error).message})`;
+    throw new ConfigError(`config ${path}: ${reason}`);
   }
 }
 
