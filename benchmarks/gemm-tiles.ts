@@ -5,21 +5,16 @@
  */
 import { timeCall } from "../packages/kernels/src/matmul/autotune.ts";
 import { deviceTiles, gemm } from "../packages/kernels/src/matmul/index.ts";
+import type { GemmGeometry } from "../packages/kernels/src/matmul/plan.ts";
 import { tileKey, type WorkgroupTiles } from "../packages/kernels/src/matmul/tiles.ts";
 import { randomArray } from "../packages/kernels/src/testing.ts";
 import { type Device, Tensor } from "../packages/tensor/src/index.ts";
 import { median } from "./common.ts";
 
-interface Shape {
+interface Shape extends Pick<GemmGeometry, "batch" | "M" | "N" | "K" | "transposeA" | "transposeB"> {
   what: string;
   /** Calls per UNet step. */
   calls: number;
-  batch: number;
-  M: number;
-  N: number;
-  K: number;
-  transposeA: boolean;
-  transposeB: boolean;
   gated: boolean;
   bias: "m" | "n" | null;
 }
