@@ -264,7 +264,10 @@ def main():
     check_parser = commands.add_parser("check", help="compare with openai/CLIP's simple_tokenizer")
     check_parser.add_argument("--clip-repo", required=True, help="checkout of github.com/openai/CLIP")
     check_parser.add_argument("--bpe", required=True, help="our merges file (bpe_emoji.txt.gz)")
-    check_parser.add_argument("--clip-bpe", default="/work/shared/clip/bpe_simple_vocab_16e6.txt.gz")
+    check_parser.add_argument(
+        "--clip-bpe",
+        default=os.path.join(os.path.dirname(__file__), "../../packages/ldm/vocab/clip/bpe_simple_vocab_16e6.txt.gz"),
+    )
     check_parser.add_argument("--captions", required=True)
     check_parser.add_argument("--ts-fixture", help="also write the texts and their ids here, for the TypeScript check")
     args = parser.parse_args()

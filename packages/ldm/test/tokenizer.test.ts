@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -7,9 +7,8 @@ import { main } from "../src/cli/main.ts";
 import { CLIP_CONTEXT_LENGTH, ClipTokenizer, cleanText, gunzipText } from "../src/tokenizer/index.ts";
 import { loadClipTokenizer } from "../src/tokenizer/vocab-files.ts";
 
-// The vocabulary lives in shared/ beside the repository (never committed): see shared/clip/README.md.
-const VOCAB_PATH = new URL("../../../../shared/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
-if (!existsSync(VOCAB_PATH)) throw new Error(`CLIP vocabulary not found at ${VOCAB_PATH} (shared/clip/)`);
+// CLIP's vocabulary ships with @ldm/ldm: see vocab/clip/README.md.
+const VOCAB_PATH = new URL("../vocab/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
 const gzipped = readFileSync(VOCAB_PATH);
 const tokenizer = ClipTokenizer.fromBpeMerges(gunzipSync(gzipped).toString("utf8"));
 

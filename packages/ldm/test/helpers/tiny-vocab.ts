@@ -3,8 +3,8 @@ import { join } from "node:path";
 import { END_OF_TEXT, START_OF_TEXT } from "../../src/tokenizer/index.ts";
 import { loadClipTokenizer } from "../../src/tokenizer/vocab-files.ts";
 
-/** CLIP's BPE vocabulary, beside the repository (never committed): see shared/clip/README.md. */
-export const CLIP_VOCAB = new URL("../../../../../shared/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
+/** CLIP's BPE vocabulary, shipped with @ldm/ldm: see vocab/clip/README.md. */
+export const CLIP_VOCAB = new URL("../../vocab/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
 
 /**
  * A Hugging Face tokenizer folder for the tiny reference models (reference/make_dumps.py), whose text encoders
