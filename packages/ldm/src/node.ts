@@ -3,5 +3,10 @@
 export { main as runCli } from "./cli/main.ts";
 export * from "./index.ts";
 export { type LoadModelOptions, loadModel } from "./models/load-node.ts";
-export { type LoadedTokenizer, loadClipTokenizer, type TokenizerSource } from "./tokenizer/vocab-files.ts";
+export {
+  type LoadedTokenizer,
+  loadClipTokenizer,
+  SHIPPED_CLIP_VOCAB,
+  type TokenizerSource,
+} from "./tokenizer/vocab-files.ts";
 export * from "./validate/index.ts";

@@ -5,7 +5,7 @@ import { gunzipSync } from "node:zlib";
 import { afterAll, describe, expect, it, vi } from "vitest";
 import { main } from "../src/cli/main.ts";
 import { CLIP_CONTEXT_LENGTH, ClipTokenizer, cleanText, gunzipText } from "../src/tokenizer/index.ts";
-import { loadClipTokenizer } from "../src/tokenizer/vocab-files.ts";
+import { loadClipTokenizer, SHIPPED_CLIP_VOCAB } from "../src/tokenizer/vocab-files.ts";
 
 // CLIP's vocabulary ships with @ldm/ldm: see vocab/clip/README.md.
 const VOCAB_PATH = new URL("../vocab/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
@@ -87,8 +87,17 @@ describe("vocabulary sources", () => {
     }
   });
 
+  it("without --vocab, no model or a single file gets the shipped CLIP vocabulary", () => {
+    const single = join(scratch, "single.safetensors");
+    writeFileSync(single, "");
+    for (const source of [{}, { model: single }]) {
+      const loaded = loadClipTokenizer(source);
+      expect(loaded.path).toBe(SHIPPED_CLIP_VOCAB);
+      expect(loaded.tokenizer.encode(cases[0].prompt)).toEqual(cases[0].bpe);
+    }
+  });
+
   it("errors name the file and say what to pass", () => {
-    expect(() => loadClipTokenizer({})).toThrow(/pass --vocab/);
     expect(() => loadClipTokenizer({ model: scratch })).toThrow(/has no tokenizer\/ folder; pass --vocab/);
     expect(() => loadClipTokenizer({ model: join(scratch, "nope.safetensors") })).toThrow(
       /nope.safetensors: no such file or folder$/,
@@ -131,6 +140,12 @@ describe("ldm tokenize", () => {
     expect(printed.padded.slice(printed.ids.length)).toEqual(new Array(77 - printed.ids.length).fill(49407));
     const zero = JSON.parse((await run("a photograph", "--vocab", VOCAB_PATH, "--pad-with", "zero")).out);
     expect(zero.padded.at(-1)).toBe(0);
+  });
+
+  it("uses the shipped vocabulary without --vocab", async () => {
+    const r = await run("a photograph of an astronaut riding a horse");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).ids).toEqual([49406, ...cases[0].bpe, 49407]);
   });
 
   it("exits 1 with what to pass when no vocabulary is found, 1 on a bad --pad-with", async () => {

@@ -30,7 +30,8 @@ export interface LoadOptions {
   config?: string;
   /**
    * CLIP's vocabulary (see loadClipTokenizer); default: the folder the config names in
-   * cond_stage_config.params.tokenizer, else a diffusers folder's tokenizer/.
+   * cond_stage_config.params.tokenizer, else a diffusers folder's tokenizer/, else (a single file) the
+   * shipped CLIP vocabulary.
    */
   vocab?: string;
 }
@@ -155,7 +156,7 @@ export class StableDiffusion {
     const vocabulary = config.text.vocab_size;
     if (tokenizer.endId >= vocabulary || tokenizer.startId >= vocabulary) {
       throw new Error(
-        `the tokenizer's start/end ids (${tokenizer.startId}/${tokenizer.endId}) are outside the text encoder's vocabulary of ${vocabulary}: pass the model's own vocab`,
+        `the tokenizer's start/end ids (${tokenizer.startId}/${tokenizer.endId}) are outside the text encoder's vocabulary of ${vocabulary}: pass the model's own vocabulary with --vocab`,
       );
     }
   }

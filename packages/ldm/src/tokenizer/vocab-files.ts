@@ -1,5 +1,6 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
 import { ClipTokenizer, END_OF_TEXT, type PadWith } from "./clip-tokenizer.ts";
 
@@ -17,6 +18,20 @@ export interface LoadedTokenizer {
   /** The file or folder the vocabulary came from. */
   path: string;
 }
+
+/**
+ * CLIP's BPE merges shipped with @ldm/ldm (vocab/clip/, MIT, with its notice): the vocabulary of SD 1.x's
+ * CLIP ViT-L/14 and of SD 2.x's OpenCLIP ViT-H/14 alike, so single files need no --vocab. A path join (as
+ * BUILTIN_MODEL), not `new URL(literal, import.meta.url)`, which bundlers would copy as an asset.
+ */
+export const SHIPPED_CLIP_VOCAB = join(
+  dirname(fileURLToPath(import.meta.url)),
+  "..",
+  "..",
+  "vocab",
+  "clip",
+  "bpe_simple_vocab_16e6.txt.gz",
+);
 
 const WHAT_TO_PASS = "pass --vocab <bpe_simple_vocab_16e6.txt.gz | tokenizer folder with vocab.json and merges.txt>";
 
@@ -79,18 +94,20 @@ function fromVocabPath(path: string): LoadedTokenizer {
   }
 }
 
-/** Loads CLIP's tokenizer from `vocab` if given, else from the model folder's `tokenizer/`. */
+/**
+ * Loads CLIP's tokenizer from `vocab` if given, else from a model folder's `tokenizer/`, else (no model, or a
+ * single file, which carries no tokenizer) the shipped CLIP vocabulary.
+ */
 export function loadClipTokenizer(source: TokenizerSource): LoadedTokenizer {
   if (source.vocab) return fromVocabPath(source.vocab);
   if (source.model) {
     // Worded as the checkpoint loader says it, which would otherwise only run after this.
     if (!existsSync(source.model)) throw new Error(`${source.model}: no such file or folder`);
-    if (!isDirectory(source.model)) {
-      throw new Error(`model ${source.model} is a single file and its config names no tokenizer; ${WHAT_TO_PASS}`);
+    if (isDirectory(source.model)) {
+      const folder = join(source.model, "tokenizer");
+      if (!isDirectory(folder)) throw new Error(`model ${source.model} has no tokenizer/ folder; ${WHAT_TO_PASS}`);
+      return fromHuggingFaceFolder(folder);
     }
-    const folder = join(source.model, "tokenizer");
-    if (!isDirectory(folder)) throw new Error(`model ${source.model} has no tokenizer/ folder; ${WHAT_TO_PASS}`);
-    return fromHuggingFaceFolder(folder);
   }
-  throw new Error(`no tokenizer vocabulary given; ${WHAT_TO_PASS}`);
+  return fromVocabPath(SHIPPED_CLIP_VOCAB);
 }

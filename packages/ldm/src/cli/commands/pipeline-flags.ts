@@ -24,7 +24,7 @@ export function addModelOptions(command: Command): Command {
     .option("--config <yaml>", "an original-style YAML config (default: <model>.yaml beside it, else detected)")
     .option(
       "--vocab <path>",
-      "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the config's tokenizer, or the model folder's tokenizer/)",
+      "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the config's tokenizer, the model folder's tokenizer/, else the shipped CLIP vocabulary)",
     )
     .option("--f16", "run in half precision (needs shader-f16)");
 }

@@ -14,7 +14,10 @@ export function registerTokenize(program: Command): void {
     .command("tokenize")
     .description("print a prompt's CLIP token ids as JSON: ids (start … end, truncated to 77) and padded (77)")
     .argument("<prompt>", "the prompt text")
-    .option("--vocab <path>", "bpe_simple_vocab_16e6.txt.gz, or a tokenizer folder with vocab.json and merges.txt")
+    .option(
+      "--vocab <path>",
+      "bpe_simple_vocab_16e6.txt.gz, or a tokenizer folder with vocab.json and merges.txt (default: the shipped CLIP vocabulary)",
+    )
     .option("--model <folder>", "model folder whose tokenizer/ to use when --vocab is not given")
     .option(
       "--pad-with <end|zero>",
