@@ -80,6 +80,12 @@ export function parseHeader(json: Uint8Array, fileSize: number, origin: string):
     throw new SafetensorsError(`${origin}: the header is not valid JSON (${(e as Error).message})`);
   }
   if (!isPlainObject(parsed)) throw new SafetensorsError(`${origin}: the header is not a JSON object`);
+  const duplicate = firstDuplicateKey(text);
+  if (duplicate) {
+    throw new SafetensorsError(
+      `${origin}: the header names "${duplicate.key}" twice (again at header byte ${duplicate.at}): which one is meant is ambiguous`,
+    );
+  }
 
   const dataStart = 8 + json.byteLength;
   const dataSize = fileSize - dataStart;
@@ -93,8 +99,33 @@ export function parseHeader(json: Uint8Array, fileSize: number, origin: string):
     const entry = parseEntry(name, value, dataSize, origin);
     tensors.set(name, { ...entry, begin: entry.begin + dataStart, end: entry.end + dataStart });
   }
-  assertNoOverlaps([...tensors.values()], origin);
+  assertContiguous([...tensors.values()], dataStart, fileSize, origin);
   return { tensors, metadata, dataStart };
+}
+
+/**
+ * The first key that appears twice in one object of a JSON text (JSON.parse silently keeps the last), with its
+ * UTF-8 byte offset in the header. Assumes `text` is valid JSON.
+ */
+function firstDuplicateKey(text: string): { key: string; at: number } | undefined {
+  const objects: Set<string>[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "{") objects.push(new Set());
+    else if (c === "}") objects.pop();
+    else if (c === '"') {
+      const start = i;
+      for (i++; text[i] !== '"'; i++) if (text[i] === "\\") i++;
+      let j = i + 1;
+      while (/\s/.test(text[j] ?? "")) j++;
+      if (text[j] !== ":") continue;
+      const key = JSON.parse(text.slice(start, i + 1)) as string;
+      const keys = objects[objects.length - 1];
+      if (keys.has(key)) return { key, at: new TextEncoder().encode(text.slice(0, start)).byteLength };
+      keys.add(key);
+    }
+  }
+  return undefined;
 }
 
 function parseMetadata(value: unknown, origin: string): Record<string, string> {
@@ -140,15 +171,36 @@ function parseEntry(name: string, value: unknown, dataSize: number, origin: stri
   return { name, dtype, shape: Object.freeze([...(shape as number[])]), size, begin, end };
 }
 
-function assertNoOverlaps(entries: TensorEntry[], origin: string): void {
-  const sorted = entries.filter((e) => e.end > e.begin).sort((a, b) => a.begin - b.begin);
-  for (let i = 1; i < sorted.length; i++) {
-    const [a, b] = [sorted[i - 1], sorted[i]];
-    if (b.begin < a.end) {
+/**
+ * As the format's reference implementation: the tensors, in offset order, tile the data section exactly, from
+ * its first byte to the end of the file: no overlap, no hole, nothing after the last tensor.
+ */
+function assertContiguous(entries: TensorEntry[], dataStart: number, fileSize: number, origin: string): void {
+  const sorted = entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = dataStart;
+  let previous: TensorEntry | undefined;
+  for (const e of sorted) {
+    const relative = (x: number) => x - dataStart;
+    if (e.begin < at && previous) {
       throw new SafetensorsError(
-        `${origin}: tensors "${a.name}" and "${b.name}" overlap (bytes ${a.begin}–${a.end} and ${b.begin}–${b.end})`,
+        `${origin}: tensors "${previous.name}" and "${e.name}" overlap (data bytes ${relative(previous.begin)}–${relative(previous.end)} and ${relative(e.begin)}–${relative(e.end)})`,
       );
     }
+    if (e.begin > at) {
+      const after = previous ? `after tensor "${previous.name}"` : "at the start of the data";
+      throw new SafetensorsError(
+        `${origin}: a hole of ${e.begin - at} bytes ${after} (data bytes ${relative(at)}–${relative(e.begin)}, before tensor "${e.name}"): no tensor covers them`,
+      );
+    }
+    at = e.end;
+    previous = e;
+  }
+  // A stream of unknown length (fileSize Infinity) cannot be checked for trailing bytes up front.
+  if (at < fileSize && Number.isFinite(fileSize)) {
+    const after = previous ? `the last tensor "${previous.name}"` : "the header (the file has no tensors)";
+    throw new SafetensorsError(
+      `${origin}: ${fileSize - at} trailing bytes after ${after}, from file offset ${at}: the file is corrupt or not one safetensors file`,
+    );
   }
 }
 

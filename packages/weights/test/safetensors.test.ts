@@ -143,7 +143,7 @@ describe("validation: every malformed file gets an error naming the file (and th
       "overlapping tensors",
       { a: good, b: { ...good, data_offsets: [8, 24] } },
       24,
-      /tensors "a" and "b" overlap \(bytes \d+–\d+ and \d+–\d+\)/,
+      /tensors "a" and "b" overlap \(data bytes 0–16 and 8–24\)/,
     ],
     ["size overflow", { w: { dtype: "F64", shape: [2 ** 40, 2 ** 40], data_offsets: [0, 16] } }, 16, /tensor "w": F64/],
   ];
@@ -155,14 +155,54 @@ describe("validation: every malformed file gets an error naming the file (and th
     });
   }
 
-  it("accepts gaps between tensors and empty tensors anywhere", async () => {
-    const file = await open(
-      fileWith(
-        { a: { dtype: "U8", shape: [0], data_offsets: [4, 4] }, b: { dtype: "U8", shape: [4], data_offsets: [8, 12] } },
-        12,
-      ),
+  // As the reference implementation (safetensors' Metadata::validate): the tensors tile the data exactly.
+  const u8 = (begin: number, end: number) => ({ dtype: "U8", shape: [end - begin], data_offsets: [begin, end] });
+  const strict: [string, unknown, number, RegExp][] = [
+    [
+      "a hole at the start",
+      { a: u8(4, 8) },
+      8,
+      /a hole of 4 bytes at the start of the data \(data bytes 0–4, before tensor "a"\)/,
+    ],
+    [
+      "a hole between tensors",
+      { a: u8(0, 4), b: u8(8, 12) },
+      12,
+      /a hole of 4 bytes after tensor "a" \(data bytes 4–8, before tensor "b"\)/,
+    ],
+    ["trailing bytes", { a: u8(0, 4) }, 7, /3 trailing bytes after the last tensor "a", from file offset \d+/],
+    ["trailing bytes and no tensors", {}, 5, /5 trailing bytes after the header \(the file has no tensors\)/],
+    ["an empty tensor inside another", { a: u8(0, 8), e: u8(4, 4) }, 8, /tensors "a" and "e" overlap/],
+  ];
+  for (const [what, header, dataBytes, message] of strict) {
+    it(`refuses ${what}`, async () => {
+      expect((await errorOf(open(fileWith(header, dataBytes)))).message).toMatch(message);
+    });
+  }
+
+  it("refuses a key named twice (JSON.parse would keep the last), at the top level and in __metadata__", async () => {
+    const text = (json: string) => {
+      const header = new TextEncoder().encode(json);
+      const out = new Uint8Array(8 + header.byteLength + 4);
+      new DataView(out.buffer).setBigUint64(0, BigInt(header.byteLength), true);
+      out.set(header, 8);
+      return out;
+    };
+    const a = '"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}';
+    expect((await errorOf(open(text(`{${a}, ${a}}`)))).message).toContain(
+      `mem.safetensors: the header names "a" twice (again at header byte ${1 + a.length + 2})`,
     );
-    expect(file.entry("b").begin).toBe(file.header.dataStart + 8);
+    expect((await errorOf(open(text(`{"__metadata__": {"k": "1", "k": "2"}, ${a}}`)))).message).toMatch(
+      /the header names "k" twice/,
+    );
+    // The same key in different objects, and key-like text inside strings, are fine.
+    const file = await open(text(`{"__metadata__": {"a": "\\"a\\": x"}, ${a}}`));
+    expect(file.metadata.a).toBe('"a": x');
+  });
+
+  it("accepts empty tensors where the data tiles, at either end and between", async () => {
+    const file = await open(fileWith({ e0: u8(0, 0), a: u8(0, 4), e1: u8(4, 4), b: u8(4, 8), e2: u8(8, 8) }, 8));
+    expect(file.entry("b").begin).toBe(file.header.dataStart + 4);
   });
 
   it("names files that are too short, not JSON, or not UTF-8", async () => {
