@@ -121,6 +121,28 @@ describe("wrong files", () => {
     expect(error).toContain('component unet has no input "unet.in.context"');
   });
 
+  it("refuses a component with inputs and no outputs (it would be silently unchecked)", async () => {
+    const dump = join(scratch, "no-eps.safetensors");
+    await rewrite(files("tiny-sd1").dump, dump, (name, t) => (name === "unet.out.eps" ? null : [name, t]));
+    const error = await validate({ ...files("tiny-sd1"), dump, device }).then(
+      () => "no error",
+      (e: Error) => e.message,
+    );
+    expect(error).toContain("component unet has inputs (");
+    expect(error).toContain("but no outputs (unet.out.<name>): nothing of it would be checked");
+  });
+
+  it("names a missing input of a component whose outputs are present (sample without uncond_ids)", async () => {
+    const dump = join(scratch, "no-uncond.safetensors");
+    const sample = join(DUMPS, "tiny-sd1.sample-ddim.safetensors");
+    await rewrite(sample, dump, (name, t) => (name === "sample.in.uncond_ids" ? null : [name, t]));
+    const error = await validate({ ...files("tiny-sd1"), dump, device }).then(
+      () => "no error",
+      (e: Error) => e.message,
+    );
+    expect(error).toContain('component sample has no input "sample.in.uncond_ids"');
+  });
+
   it("fails an output that does not match, and one the model does not produce", async () => {
     const dump = await perturbedClipDump();
     const report = await validate({ ...files("tiny-sd1"), dump, device });

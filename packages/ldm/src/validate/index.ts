@@ -117,6 +117,14 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
         `${dump.path}: no known components in the dump (found: ${found}); expected tensors named <component>.in.<name> and <component>.out.<name> with component one of ${KNOWN_COMPONENTS.join(", ")}`,
       );
     }
+    for (const component of components) {
+      const { inputs, outputs } = dump.components.get(component) ?? { inputs: [], outputs: [] };
+      if (!outputs.length) {
+        throw new Error(
+          `${dump.path}: component ${component} has inputs (${inputs.join(", ")}) but no outputs (${component}.out.<name>): nothing of it would be checked`,
+        );
+      }
+    }
     const device = options.device ?? (await Device.create({ disableF16: !options.f16 }));
     try {
       const networks = [...new Set(components.flatMap((c) => NEEDS[c]))];
