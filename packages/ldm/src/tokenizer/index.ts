@@ -1,4 +1,11 @@
 export {
+  BERT_MAX_LENGTH,
+  BERT_VOCAB_SIZE,
+  BertTokenizer,
+  normalizeBertText,
+  splitBertWords,
+} from "./bert-tokenizer.ts";
+export {
   CLIP_CONTEXT_LENGTH,
   ClipTokenizer,
   cleanText,

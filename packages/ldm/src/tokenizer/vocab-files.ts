@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
+import { BertTokenizer } from "./bert-tokenizer.ts";
 import { ClipTokenizer, END_OF_TEXT, type PadWith } from "./clip-tokenizer.ts";
 
 export interface TokenizerSource {
@@ -110,4 +111,25 @@ export function loadClipTokenizer(source: TokenizerSource): LoadedTokenizer {
     }
   }
   return fromVocabPath(SHIPPED_CLIP_VOCAB);
+}
+
+/** bert-base-uncased's vocab.txt as shipped with @ldm/ldm (vocab/bert/README.md has its source and license). */
+export const SHIPPED_BERT_VOCAB = join(
+  dirname(fileURLToPath(import.meta.url)),
+  "..",
+  "..",
+  "vocab",
+  "bert",
+  "vocab.txt",
+);
+
+/** BERT's WordPiece tokenizer from a vocab.txt (a folder holding one), by default the shipped bert-base-uncased. */
+export function loadBertTokenizer(vocab: string = SHIPPED_BERT_VOCAB): { tokenizer: BertTokenizer; path: string } {
+  const path = isDirectory(vocab) ? join(vocab, "vocab.txt") : vocab;
+  if (!existsSync(path)) throw new Error(`BERT vocab ${path} does not exist; pass --vocab <vocab.txt>`);
+  try {
+    return { tokenizer: new BertTokenizer(readText(path)), path };
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  }
 }

@@ -1,22 +1,46 @@
 import type { Command } from "commander";
 import type { PadWith } from "../../tokenizer/clip-tokenizer.ts";
-import { loadClipTokenizer } from "../../tokenizer/vocab-files.ts";
+import { loadBertTokenizer, loadClipTokenizer } from "../../tokenizer/vocab-files.ts";
 import { UserError } from "../errors.ts";
 
 interface TokenizeFlags {
   vocab?: string;
   model?: string;
   padWith?: string;
+  tokenizer?: string;
+}
+
+const TOKENIZERS = ["clip", "bert"];
+
+/** BERT's ids ([CLS] … [SEP], truncated to 77, [PAD] 0): the paper's txt2img/text2img models' BERTEmbedder. */
+function tokenizeBert(prompt: string, flags: TokenizeFlags): void {
+  if (flags.padWith !== undefined) throw new UserError("--pad-with is for CLIP; BERT always pads with [PAD] (0)");
+  if (flags.model !== undefined) throw new UserError("--model is for CLIP's tokenizer/ folder; give BERT --vocab");
+  let loaded: ReturnType<typeof loadBertTokenizer>;
+  try {
+    loaded = loadBertTokenizer(flags.vocab);
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+  const { ids, padded, truncated } = loaded.tokenizer.tokenize(prompt);
+  console.log(JSON.stringify({ ids, padded, truncated }));
 }
 
 export function registerTokenize(program: Command): void {
   program
     .command("tokenize")
-    .description("print a prompt's CLIP token ids as JSON: ids (start … end, truncated to 77) and padded (77)")
+    .description(
+      "print a prompt's token ids as JSON: ids (start … end, truncated to 77), padded (77) and truncated (tokens dropped)",
+    )
     .argument("<prompt>", "the prompt text")
     .option(
+      "--tokenizer <clip|bert>",
+      "clip (Stable Diffusion) or bert (the paper's txt2img models: bert-base-uncased WordPiece)",
+      "clip",
+    )
+    .option(
       "--vocab <path>",
-      "bpe_simple_vocab_16e6.txt.gz, or a tokenizer folder with vocab.json and merges.txt (default: the shipped CLIP vocabulary)",
+      "CLIP: bpe_simple_vocab_16e6.txt.gz or a folder with vocab.json and merges.txt; BERT: vocab.txt (default: the shipped one)",
     )
     .option("--model <folder>", "model folder whose tokenizer/ to use when --vocab is not given")
     .option(
@@ -24,6 +48,10 @@ export function registerTokenize(program: Command): void {
       "pad with the end token (SD1) or 0 (SD2/OpenCLIP); default: the folder's pad_token, else end",
     )
     .action((prompt: string, flags: TokenizeFlags) => {
+      if (!TOKENIZERS.includes(flags.tokenizer ?? "clip")) {
+        throw new UserError(`--tokenizer must be one of ${TOKENIZERS.join(", ")}, got "${flags.tokenizer}"`);
+      }
+      if (flags.tokenizer === "bert") return tokenizeBert(prompt, flags);
       if (flags.padWith !== undefined && flags.padWith !== "end" && flags.padWith !== "zero") {
         throw new UserError(`--pad-with must be "end" or "zero", got "${flags.padWith}"`);
       }
