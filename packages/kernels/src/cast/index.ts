@@ -5,9 +5,9 @@
  * 2i in the low half of word i and 2i+1 in the high half — exactly the bytes of a little-endian bf16
  * blob (a safetensors "BF16" payload), so upload the file's bytes as they are (`packBf16` pads an odd count).
  */
-import { assertValidShape, formatShape, type Shape, shapeSize, stridesOf, Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { assertBindable, wgslEnables } from "../common/wgsl.ts";
+import { assertValidShape, formatShape, type Shape, shapeSize, stridesOf, Tensor } from "@ldm/tensor";
+import { type KernelDecl, runKernel } from "../common/kernel.ts";
+import { assertBindable } from "../common/wgsl.ts";
 import { stridedMap } from "../strided/map.ts";
 
 export type FloatDType = "f32" | "f16";
@@ -33,7 +33,20 @@ export function packBf16(bits: Uint16Array): Uint32Array {
   return words;
 }
 
-const WORKGROUP = 256;
+/** Element i of the bf16 words, widened to f32 (exact) and stored in the output's dtype. */
+const BF16_TO_FLOAT: KernelDecl<{ dtype: FloatDType }> = {
+  name: "bf16-to-float",
+  params: {},
+  bindings: ({ dtype }) => [
+    { name: "packed", type: "u32" },
+    { name: "out", type: dtype, access: "read_write" },
+  ],
+  workgroupSize: 256,
+  main: ({ dtype }) => `
+  let word = packed[item >> 1u];
+  let bits = select(word << 16u, word & 0xffff0000u, (item & 1u) == 1u);
+  out[item] = ${dtype}(bitcast<f32>(bits));`,
+};
 
 /** bf16 → f32 or f16: `packed` is a u32 tensor of ⌈n/2⌉ words (see the module note), `shape` the bf16 tensor's. */
 export function bf16ToFloat(packed: Tensor, shape: Shape, dtype: FloatDType = "f32"): Tensor {
@@ -51,28 +64,11 @@ export function bf16ToFloat(packed: Tensor, shape: Shape, dtype: FloatDType = "f
   const out = Tensor.empty(device, shape, dtype);
   assertBindable("bf16ToFloat", { packed, out });
   if (n === 0) return out;
-  const pipeline = device.pipeline(
-    `bf16-to-${dtype}`,
-    () => `${wgslEnables(device, dtype)}
-struct Params { n: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> packed: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<${dtype}>;
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let i = ${LINEAR_WORKGROUP_ID} * ${WORKGROUP}u + lid;
-  if (i >= p.n) { return; }
-  let word = packed[i >> 1u];
-  let bits = select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u);
-  out[i] = ${dtype}(bitcast<f32>(bits));
-}
-`,
+  runKernel(
+    device,
+    BF16_TO_FLOAT,
+    { dtype },
+    { count: n, params: {}, buffers: { packed: packed.slice(), out: out.slice() } },
   );
-  device.dispatch({
-    pipeline,
-    uniforms: new Uniforms().u32(n).bytes(),
-    buffers: [packed.slice(), out.slice()],
-    workgroups: foldGrid(Math.ceil(n / WORKGROUP), device.limits.maxComputeWorkgroupsPerDimension),
-  });
   return out;
 }

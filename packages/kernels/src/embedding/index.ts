@@ -8,12 +8,45 @@
  * Tables over one storage binding (SD1's CLIP token table is 49408×768 f32 = 152 MB) are bound in row
  * ranges, one pass each; a pass writes the ids that fall in its range.
  */
-import { DTYPE_BYTES, Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { DTYPE_BYTES, type DType, Tensor } from "@ldm/tensor";
+import { type KernelDecl, runKernel } from "../common/kernel.ts";
+import { assertBindable, assertDType } from "../common/wgsl.ts";
 import { splitForBindings } from "../strided/plan.ts";
 
-const WORKGROUP = 256;
+/** One element (or vec4) of an output row per item; a pass writes the ids whose rows its table binding holds. */
+const EMBEDDING: KernelDecl<{ dtype: DType; width: number }> = {
+  name: "embedding",
+  params: {
+    rowItems: "u32",
+    firstRow: "u32",
+    endRow: "u32",
+    vocab: "u32",
+    tableOffset: "u32",
+    writesInvalid: "u32",
+    nanBits: "u32",
+  },
+  bindings: ({ dtype, width }) => {
+    const stored = width === 4 ? `vec4<${dtype}>` : dtype;
+    return [
+      { name: "ids", type: "i32" },
+      { name: "table", type: stored },
+      { name: "out", type: stored, access: "read_write" },
+    ];
+  },
+  workgroupSize: 256,
+  main: ({ dtype, width }) => `
+  let position = item / p.rowItems;
+  let column = item % p.rowItems;
+  let id = ids[position];
+  if (id < 0 || u32(id) >= p.vocab) {
+    if (p.writesInvalid == 1u) { out[item] = ${width === 4 ? `vec4<${dtype}>` : dtype}(${dtype}(bitcast<f32>(p.nanBits))); }
+    return;
+  }
+  let row = u32(id);
+  if (row >= p.firstRow && row < p.endRow) {
+    out[item] = table[p.tableOffset + (row - p.firstRow) * p.rowItems + column];
+  }`,
+};
 
 /** Throws, naming the first offending position and value, unless every id is an integer in [0, vocab). */
 export function assertIdsInRange(ids: ArrayLike<number>, vocab: number, what = "token ids"): void {
@@ -48,53 +81,32 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
       offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
     },
   );
-  const T = table.dtype;
-  const stored = width === 4 ? `vec4<${T}>` : T;
-  const pipeline = device.pipeline(
-    `embedding|${T}|${width}`,
-    () => `${wgslEnables(device, T)}
-struct Params { items: u32, rowItems: u32, firstRow: u32, endRow: u32, vocab: u32, tableOffset: u32, writesInvalid: u32, nanBits: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> ids: array<i32>;
-@group(0) @binding(2) var<storage, read> table: array<${stored}>;
-@group(0) @binding(3) var<storage, read_write> out: array<${stored}>;
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let item = ${LINEAR_WORKGROUP_ID} * ${WORKGROUP}u + lid;
-  if (item >= p.items) { return; }
-  let position = item / p.rowItems;
-  let column = item % p.rowItems;
-  let id = ids[position];
-  if (id < 0 || u32(id) >= p.vocab) {
-    if (p.writesInvalid == 1u) { out[item] = ${stored}(${T}(bitcast<f32>(p.nanBits))); }
-    return;
-  }
-  let row = u32(id);
-  if (row >= p.firstRow && row < p.endRow) {
-    out[item] = table[p.tableOffset + (row - p.firstRow) * p.rowItems + column];
-  }
-}
-`,
-  );
   const items = out.size / width;
   for (const [i, piece] of pieces.entries()) {
     const binding = piece.bindings[0];
-    device.dispatch({
-      pipeline,
-      uniforms: new Uniforms()
-        .u32(items)
-        .u32(dim / width)
-        .u32(piece.start / dim)
-        .u32(piece.end / dim)
-        .u32(vocab)
-        .u32((piece.start - binding.baseElement) / width)
-        .u32(i === 0 ? 1 : 0)
-        // A NaN written as a constant would be folded at compile time, which WGSL rejects.
-        .u32(0x7fc00000)
-        .bytes(),
-      buffers: [ids.slice(), { buffer: table.buffer, offset: binding.byteOffset, size: binding.byteSize }, out.slice()],
-      workgroups: foldGrid(Math.ceil(items / WORKGROUP), device.limits.maxComputeWorkgroupsPerDimension),
-    });
+    runKernel(
+      device,
+      EMBEDDING,
+      { dtype: table.dtype, width },
+      {
+        count: items,
+        params: {
+          rowItems: dim / width,
+          firstRow: piece.start / dim,
+          endRow: piece.end / dim,
+          vocab,
+          tableOffset: (piece.start - binding.baseElement) / width,
+          writesInvalid: i === 0 ? 1 : 0,
+          // A NaN written as a constant would be folded at compile time, which WGSL rejects.
+          nanBits: 0x7fc00000,
+        },
+        buffers: {
+          ids: ids.slice(),
+          table: { buffer: table.buffer, offset: binding.byteOffset, size: binding.byteSize },
+          out: out.slice(),
+        },
+      },
+    );
   }
   return out;
 }

@@ -7,9 +7,8 @@
  * operand kinds. Operands larger than one storage binding are walked in pieces, each binding only the
  * byte range its piece touches (see plan.ts).
  */
-import { DTYPE_BYTES, type DType, formatShape, type Shape, shapeSize, type Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { wgslEnables } from "../common/wgsl.ts";
+import { DTYPE_BYTES, type DType, formatShape, type Shape, shapeSize, type Tensor } from "@ldm/tensor";
+import { type KernelDecl, type ParamType, runKernel } from "../common/kernel.ts";
 import { coalesce, splitForBindings } from "./plan.ts";
 
 export interface MapOperand {
@@ -114,48 +113,48 @@ export function stridedMap(spec: MapSpec): void {
     },
   );
 
-  const dtypes = operands.map((o) => o.tensor.dtype);
   const params = spec.params ?? [];
-  const key = `strided-map|${rank}|${width}|${dtypes.join(",")}|${access.join(",")}|${params.length}|${spec.expr}|${spec.helpers ?? ""}`;
-  const pipeline = device.pipeline(key, () =>
-    mapWgsl({
-      enables: wgslEnables(device, ...dtypes),
-      rank,
-      width,
-      dtypes,
-      access,
-      paramCount: params.length,
-      expr: spec.expr,
-      helpers: spec.helpers ?? "",
-    }),
-  );
-  const maxGroups = device.limits.maxComputeWorkgroupsPerDimension;
+  const config: MapConfig = {
+    rank,
+    width,
+    dtypes: operands.map((o) => o.tensor.dtype),
+    access,
+    paramCount: params.length,
+    expr: spec.expr,
+    helpers: spec.helpers ?? "",
+  };
   for (const piece of pieces) {
-    const items = (piece.end - piece.start) / width;
-    const u = new Uniforms().u32(items).u32(piece.start);
-    for (const e of merged.shape) u.u32(e);
-    operands.forEach((_, k) => {
-      u.u32((offsets[k] - piece.bindings[k].baseElement) >>> 0);
-      for (const s of merged.strides[k]) u.u32(s);
+    const values: Record<string, number> = { start: piece.start };
+    merged.shape.forEach((e, d) => {
+      values[`e${d}`] = e;
     });
-    for (const c of params) u.f32(c);
-    device.dispatch({
-      pipeline,
-      uniforms: u.bytes(),
-      buffers: operands.map((o, k) => ({
-        buffer: o.tensor.buffer,
-        offset: piece.bindings[k].byteOffset,
-        size: piece.bindings[k].byteSize,
-      })),
-      workgroups: foldGrid(Math.ceil(items / WORKGROUP), maxGroups),
+    operands.forEach((_, k) => {
+      values[`o${k}`] = (offsets[k] - piece.bindings[k].baseElement) >>> 0;
+      merged.strides[k].forEach((stride, d) => {
+        values[`s${k}_${d}`] = stride;
+      });
+    });
+    params.forEach((c, i) => {
+      values[`c${i}`] = c;
+    });
+    runKernel(device, STRIDED_MAP, config, {
+      count: (piece.end - piece.start) / width,
+      params: values,
+      buffers: Object.fromEntries(
+        operands.map((o, k) => [
+          bindingName(k, operands.length),
+          { buffer: o.tensor.buffer, offset: piece.bindings[k].byteOffset, size: piece.bindings[k].byteSize },
+        ]),
+      ),
     });
   }
 }
 
-interface MapWgsl {
-  enables: string;
+interface MapConfig {
   rank: number;
+  /** Elements per item: 4 on the vectorised path. */
   width: number;
+  /** Inputs', then the output's. */
   dtypes: DType[];
   access: Access[];
   paramCount: number;
@@ -163,55 +162,59 @@ interface MapWgsl {
   helpers: string;
 }
 
-function mapWgsl(g: MapWgsl): string {
-  const n = g.dtypes.length;
-  const outIndex = n - 1;
-  const dims = Array.from({ length: g.rank }, (_, d) => d);
-  const fields = [
-    "count: u32",
-    "start: u32",
-    ...dims.map((d) => `e${d}: u32`),
-    ...g.dtypes.flatMap((_, k) => [`o${k}: u32`, ...dims.map((d) => `s${k}_${d}: u32`)]),
-    ...Array.from({ length: g.paramCount }, (_, c) => `c${c}: f32`),
-  ];
-  const vecType = (k: number) => (g.access[k] === "vec" ? `vec4<${g.dtypes[k]}>` : g.dtypes[k]);
-  const bindings = g.dtypes.map((_, k) => {
-    const mode = k === outIndex ? "read_write" : "read";
-    const name = k === outIndex ? "out" : `in${k}`;
-    return `@group(0) @binding(${k + 1}) var<storage, ${mode}> ${name}: array<${vecType(k)}>;`;
-  });
-  const decompose = [
-    "  var rem = g;",
-    ...dims
+/** in0, in1, …, out. */
+function bindingName(k: number, operands: number): string {
+  return k === operands - 1 ? "out" : `in${k}`;
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** Element `item · width` of the walk: its coordinates c0… (row-major), then the inputs a0…, then the output. */
+const STRIDED_MAP: KernelDecl<MapConfig> = {
+  name: "strided-map",
+  params: (g) => {
+    const fields: [string, ParamType][] = [
+      ["start", "u32"],
+      ...range(g.rank).map((d): [string, ParamType] => [`e${d}`, "u32"]),
+      ...g.dtypes.flatMap((_, k) => [
+        [`o${k}`, "u32"] as [string, ParamType],
+        ...range(g.rank).map((d): [string, ParamType] => [`s${k}_${d}`, "u32"]),
+      ]),
+      ...range(g.paramCount).map((c): [string, ParamType] => [`c${c}`, "f32"]),
+    ];
+    return Object.fromEntries(fields);
+  },
+  bindings: (g) =>
+    g.dtypes.map((dtype, k) => ({
+      name: bindingName(k, g.dtypes.length),
+      type: g.access[k] === "vec" ? `vec4<${dtype}>` : dtype,
+      access: k === g.dtypes.length - 1 ? "read_write" : "read",
+    })),
+  workgroupSize: WORKGROUP,
+  module: (g) => `
+alias V = ${g.width === 4 ? "vec4<f32>" : "f32"};
+${g.helpers}`,
+  main: (g) => {
+    const outIndex = g.dtypes.length - 1;
+    const dims = range(g.rank);
+    const index = (k: number) => {
+      const idx = `(p.o${k} + ${dims.map((d) => `c${d} * p.s${k}_${d}`).join(" + ")})`;
+      return g.access[k] === "vec" ? `${idx} / 4u` : idx;
+    };
+    const decompose = dims
       .slice(1)
       .reverse()
-      .map((d) => `  let c${d} = rem % p.e${d};\n  rem = rem / p.e${d};`),
-    "  let c0 = rem;",
-  ];
-  const index = (k: number) => {
-    const terms = dims.map((d) => `c${d} * p.s${k}_${d}`).join(" + ");
-    const idx = `(p.o${k} + ${terms})`;
-    return g.access[k] === "vec" ? `${idx} / 4u` : idx;
-  };
-  const loads = g.dtypes
-    .slice(0, outIndex)
-    .map(
-      (_, k) => `  let a${k} = ${g.access[k] === "vec" ? `V(in${k}[${index(k)}])` : `V(f32(in${k}[${index(k)}]))`};`,
+      .map((d) => `  let c${d} = rem % p.e${d};\n  rem = rem / p.e${d};`);
+    const loads = range(outIndex).map(
+      (k) => `  let a${k} = ${g.access[k] === "vec" ? `V(in${k}[${index(k)}])` : `V(f32(in${k}[${index(k)}]))`};`,
     );
-  const outType = g.width === 4 ? `vec4<${g.dtypes[outIndex]}>` : g.dtypes[outIndex];
-  return `${g.enables}alias V = ${g.width === 4 ? "vec4<f32>" : "f32"};
-struct Params { ${fields.join(", ")} }
-@group(0) @binding(0) var<uniform> p: Params;
-${bindings.join("\n")}
-${g.helpers}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let item = ${LINEAR_WORKGROUP_ID} * ${WORKGROUP}u + lid;
-  if (item >= p.count) { return; }
+    const outType = g.width === 4 ? `vec4<${g.dtypes[outIndex]}>` : g.dtypes[outIndex];
+    return `
   let g = p.start + item * ${g.width}u;
+  var rem = g;
 ${decompose.join("\n")}
+  let c0 = rem;
 ${loads.join("\n")}
-  out[${index(outIndex)}] = ${outType}(${g.expr});
-}
-`;
-}
+  out[${index(outIndex)}] = ${outType}(${g.expr});`;
+  },
+};

@@ -8,10 +8,10 @@
  * device; the products and the cos/sin run on the GPU, with the argument reduced modulo 2π first since
  * WGSL only bounds sin/cos error on [−π, π] and args reach ~1000.
  */
-import { type Device, Tensor, Uniforms } from "@ldm/tensor";
+import { type Device, Tensor } from "@ldm/tensor";
 import type { FloatDType } from "../cast/index.ts";
-import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { assertDType, wgslEnables } from "../common/wgsl.ts";
+import { type KernelDecl, runKernel } from "../common/kernel.ts";
+import { assertDType } from "../common/wgsl.ts";
 
 export interface TimestepEmbeddingOptions {
   /** 10000 in every SD model. */
@@ -20,7 +20,32 @@ export interface TimestepEmbeddingOptions {
   dtype?: FloatDType;
 }
 
-const WORKGROUP = 64;
+/** Element (b, i) of the embedding per item: cos of the i-th frequency's angle, then sin, then the odd zero. */
+const TIMESTEP_EMBEDDING: KernelDecl<{ dtype: FloatDType }> = {
+  name: "timestep-embedding",
+  params: { dim: "u32", half: "u32" },
+  bindings: ({ dtype }) => [
+    { name: "t", type: "f32" },
+    { name: "freqs", type: "f32" },
+    { name: "out", type: dtype, access: "read_write" },
+  ],
+  workgroupSize: 64,
+  module: `
+// x mod 2π in [−π, π]: 2π = 6.28125 + 0.0019353071795864769, the first part short enough that k · it is exact.
+fn reduce_angle(x: f32) -> f32 {
+  let k = round(x * 0.15915494309189535);
+  return (x - k * 6.28125) - k * 0.0019353071795864769;
+}`,
+  main: ({ dtype }) => `
+  let b = item / p.dim;
+  let i = item % p.dim;
+  var value = 0.0;
+  if (i < 2u * p.half) {
+    let angle = reduce_angle(t[b] * freqs[i % p.half]);
+    value = select(sin(angle), cos(angle), i < p.half);
+  }
+  out[item] = ${dtype}(value);`,
+};
 const frequencyTables = new WeakMap<Device, Map<string, Tensor>>();
 
 /** freqs[i] = exp(−ln(maxPeriod) · i / half) rounded as torch does in float32. */
@@ -58,43 +83,15 @@ export function timestepEmbedding(t: Tensor, dim: number, options: TimestepEmbed
   const freqs = frequencyTable(device, dim, maxPeriod);
   const out = Tensor.empty(device, [t.size, dim], dtype);
   if (out.size === 0) return out;
-  const pipeline = device.pipeline(
-    `timestep-embedding|${dtype}`,
-    () => `${wgslEnables(device, dtype)}
-struct Params { items: u32, dim: u32, half: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> t: array<f32>;
-@group(0) @binding(2) var<storage, read> freqs: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<${dtype}>;
-// x mod 2π in [−π, π]: 2π = 6.28125 + 0.0019353071795864769, the first part short enough that k · it is exact.
-fn reduce_angle(x: f32) -> f32 {
-  let k = round(x * 0.15915494309189535);
-  return (x - k * 6.28125) - k * 0.0019353071795864769;
-}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let item = ${LINEAR_WORKGROUP_ID} * ${WORKGROUP}u + lid;
-  if (item >= p.items) { return; }
-  let b = item / p.dim;
-  let i = item % p.dim;
-  var value = 0.0;
-  if (i < 2u * p.half) {
-    let angle = reduce_angle(t[b] * freqs[i % p.half]);
-    value = select(sin(angle), cos(angle), i < p.half);
-  }
-  out[item] = ${dtype}(value);
-}
-`,
+  runKernel(
+    device,
+    TIMESTEP_EMBEDDING,
+    { dtype },
+    {
+      count: out.size,
+      params: { dim, half: Math.floor(dim / 2) },
+      buffers: { t: t.slice(), freqs: freqs.slice(), out: out.slice() },
+    },
   );
-  device.dispatch({
-    pipeline,
-    uniforms: new Uniforms()
-      .u32(out.size)
-      .u32(dim)
-      .u32(Math.floor(dim / 2))
-      .bytes(),
-    buffers: [t.slice(), freqs.slice(), out.slice()],
-    workgroups: foldGrid(Math.ceil(out.size / WORKGROUP), device.limits.maxComputeWorkgroupsPerDimension),
-  });
   return out;
 }
