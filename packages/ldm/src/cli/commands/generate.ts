@@ -1,5 +1,4 @@
-import { accessSync, constants, mkdirSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { basename } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
@@ -14,6 +13,7 @@ import {
 import type { GenerateOptions, GenerationResult, Progress } from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
 import { UserError } from "../errors.ts";
+import { outputPaths, prepareOutput } from "../output.ts";
 import {
   addModelOptions,
   asUserError,
@@ -79,7 +79,10 @@ export function registerGenerate(program: Command): void {
     .option("--init-image <png>", "img2img: start from this image")
     .option("--strength <s>", "img2img: how much of the schedule runs, in (0, 1] (default 0.75; 1 with --mask)")
     .option("--mask <png>", "inpaint: white is repainted, black kept; the size of --init-image")
-    .option("--out <file|dir>", "a .png file, or a folder for ldm-<seed>-<i>.png (default: the current folder)")
+    .option(
+      "--out <file|dir>",
+      "a .png file (only PNG is written), or a folder for ldm-<seed>-<i>.png (default: the current folder)",
+    )
     .option("--params-from <png>", "reuse the generation parameters stored in an image we wrote")
     .option("--grid <png>", "also write all images in one PNG: a row per prompt, a column per batch image")
     .option("--sequential-cfg", "low memory: the two guidance halves as separate UNet calls (same result)")
@@ -100,8 +103,8 @@ export function registerGenerate(program: Command): void {
         `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
       );
     }
-    outputFolder("--out", flags.out ?? ".");
-    if (flags.grid) outputFolder("--grid", flags.grid);
+    prepareOutput("--out", flags.out ?? ".");
+    if (flags.grid) prepareOutput("--grid", flags.grid);
     const pipe = await loadPipeline(flags);
     try {
       // Without --seed every prompt still shares one seed, so a grid compares prompts on the same noise.
@@ -190,32 +193,6 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
       flags.batchSize === undefined ? (stored?.batchSize ?? 1) : integerFlag("--batch-size", flags.batchSize, 1),
     strength: flags.strength === undefined ? stored?.strength : numberFlag("--strength", flags.strength, 0, 1),
   };
-}
-
-/**
- * Creates the folder an output flag writes into (a .png file's folder, else the flag's own path) and checks it
- * is writable, before the model loads: a bad path fails at once, not after minutes of sampling.
- */
-function outputFolder(flag: string, target: string): void {
-  const folder = target.toLowerCase().endsWith(".png") ? dirname(target) : target;
-  try {
-    mkdirSync(folder, { recursive: true });
-    accessSync(folder, constants.W_OK);
-  } catch (e) {
-    const reason = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-    throw new UserError(`${flag} ${target}: cannot write into folder ${folder} (${reason})`);
-  }
-}
-
-/** --out: a .png file (numbered -0, -1, … for several images), else a folder for ldm-<seed>-<i>.png. */
-function outputPaths(out: string | undefined, seed: Seed, count: number): string[] {
-  const target = out ?? ".";
-  if (target.toLowerCase().endsWith(".png")) {
-    if (count === 1) return [target];
-    const stem = target.slice(0, -4);
-    return Array.from({ length: count }, (_, i) => `${stem}-${i}.png`);
-  }
-  return Array.from({ length: count }, (_, i) => join(target, `ldm-${seed}-${i}.png`));
 }
 
 /**
