@@ -219,52 +219,13 @@ def load_hf_clip(root):
     return namespace["CLIPTextModel"]
 
 
-# ---------------------------------------------------------------- comparison helpers
-
-
-class Report:
-    def __init__(self):
-        self.rows = []
-
-    def compare(self, config, name, upstream, dumped):
-        upstream = upstream.detach().float()
-        if upstream.shape != dumped.shape:
-            raise AssertionError(f"{config} {name}: upstream shape {tuple(upstream.shape)} vs dump {tuple(dumped.shape)}")
-        diff = (upstream - dumped).abs().max().item()
-        scale = dumped.abs().max().item()
-        self.rows.append((config, name, diff, diff / scale))
-        print(f"  {name:38s} max|diff| {diff:.3e}   relative to max|ref| {diff / scale:.3e}")
-
-
-def prefixed(state, prefix):
-    return {k[len(prefix) :]: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(prefix)}
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--upstream", required=True)
-    parser.add_argument("--ldm", default="stablediffusion", help="folder under --upstream holding the ldm package")
-    parser.add_argument("--fixtures", default=FIXTURES)
-    parser.add_argument("--names", nargs="+", default=CONFIGS, help="configs in --fixtures to check")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    install_shims()
-    sys.path.insert(0, os.path.join(args.upstream, args.ldm))
-    package_without_init("k_diffusion", os.path.join(args.upstream, "k-diffusion", "k_diffusion"))
-    package_without_init("open_clip", os.path.join(args.upstream, "open_clip", "src", "open_clip"))
-
-    from ldm.models.autoencoder import AutoencoderKL
-    from ldm.models.diffusion.ddim import DDIMSampler
-    from ldm.models.diffusion.plms import PLMSSampler
+def upstream_latent_diffusion(ldm_dir):
+    """A class holding the slice of upstream LatentDiffusion that the samplers call (register_schedule,
+    apply_model, DiffusionWrapper.forward, the v helpers), compiled from ldm_dir's ddpm.py (whose imports
+    need pytorch_lightning and more); `ldm` must already be importable from ldm_dir."""
     from ldm.modules.diffusionmodules import util as ldm_util
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-    import k_diffusion.external as k_external
-    import k_diffusion.sampling as k_sampling
-    import open_clip.model as open_clip_model
 
-    HFCLIPTextModel = load_hf_clip(os.path.join(args.upstream, "transformers"))
-    ddpm_path = os.path.join(args.upstream, args.ldm, "ldm", "models", "diffusion", "ddpm.py")
+    ddpm_path = os.path.join(ldm_dir, "ldm", "models", "diffusion", "ddpm.py")
     ddpm_namespace = {
         "torch": torch,
         "np": np,
@@ -309,6 +270,55 @@ def main():
 
         def predict_eps_from_z_and_v(self, x_t, t, v):
             return ddpm_methods["predict_eps_from_z_and_v"](self, x_t, t, v)
+
+    return UpstreamLatentDiffusion
+
+
+# ---------------------------------------------------------------- comparison helpers
+
+
+class Report:
+    def __init__(self):
+        self.rows = []
+
+    def compare(self, config, name, upstream, dumped):
+        upstream = upstream.detach().float()
+        if upstream.shape != dumped.shape:
+            raise AssertionError(f"{config} {name}: upstream shape {tuple(upstream.shape)} vs dump {tuple(dumped.shape)}")
+        diff = (upstream - dumped).abs().max().item()
+        scale = dumped.abs().max().item()
+        self.rows.append((config, name, diff, diff / scale))
+        print(f"  {name:38s} max|diff| {diff:.3e}   relative to max|ref| {diff / scale:.3e}")
+
+
+def prefixed(state, prefix):
+    return {k[len(prefix) :]: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(prefix)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--ldm", default="stablediffusion", help="folder under --upstream holding the ldm package")
+    parser.add_argument("--fixtures", default=FIXTURES)
+    parser.add_argument("--names", nargs="+", default=CONFIGS, help="configs in --fixtures to check")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    install_shims()
+    sys.path.insert(0, os.path.join(args.upstream, args.ldm))
+    package_without_init("k_diffusion", os.path.join(args.upstream, "k-diffusion", "k_diffusion"))
+    package_without_init("open_clip", os.path.join(args.upstream, "open_clip", "src", "open_clip"))
+
+    from ldm.models.autoencoder import AutoencoderKL
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.models.diffusion.plms import PLMSSampler
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    import k_diffusion.external as k_external
+    import k_diffusion.sampling as k_sampling
+    import open_clip.model as open_clip_model
+
+    HFCLIPTextModel = load_hf_clip(os.path.join(args.upstream, "transformers"))
+    UpstreamLatentDiffusion = upstream_latent_diffusion(os.path.join(args.upstream, args.ldm))
 
     report = Report()
     for name in args.names:

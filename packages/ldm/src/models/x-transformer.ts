@@ -1,0 +1,141 @@
+/**
+ * CompVis/latent-diffusion's `ldm/modules/x_transformer.py` as its BERTEmbedder builds it:
+ * `TransformerWrapper(num_tokens, max_seq_len, attn_layers=Encoder(dim, depth))` called with `return_embeddings=True`.
+ * Token embedding + absolute positional embedding, then `depth` pairs of pre-norm residual layers (self-attention,
+ * feed-forward), then the final `norm`. Names as stored below `cond_stage_model.transformer`; `to_logits` is in the
+ * checkpoint but unused for embeddings. No attention mask: padding is attended, as upstream.
+ */
+import { add, attention, slice } from "@ldm/kernels";
+import { Embedding, LayerNorm, Linear, type VarBuilder } from "@ldm/nn";
+import type { Tensor } from "@ldm/tensor";
+
+export interface XTransformerConfig {
+  /** Token embedding rows (BERTEmbedder's vocab_size: 30522 for bert-base-uncased). */
+  num_tokens: number;
+  /** Positional embedding rows (max_seq_len: 77). */
+  max_seq_len: number;
+  /** Model width (BERTEmbedder's n_embed). */
+  dim: number;
+  /** Attention + feed-forward pairs (n_layer). */
+  depth: number;
+  /** Attention heads (x_transformer's default 8). */
+  heads: number;
+  /** Width of each head (DEFAULT_DIM_HEAD 64): q, k, v are heads·dim_head wide whatever `dim` is. */
+  dim_head: number;
+  /** Feed-forward inner width = dim · ff_mult (FeedForward's mult 4). */
+  ff_mult: number;
+}
+
+/** x_transformer's defaults for what BERTEmbedder does not set. */
+export const X_TRANSFORMER_DEFAULTS = Object.freeze({ heads: 8, dim_head: 64, ff_mult: 4 });
+
+/** `Attention`: to_q, to_k, to_v without bias, softmax(q·kᵀ · dim_head^-½)·v over heads, to_out with bias. */
+class Attention {
+  readonly to_q: Linear;
+  readonly to_k: Linear;
+  readonly to_v: Linear;
+  readonly to_out: Linear;
+
+  constructor(
+    vb: VarBuilder,
+    readonly cfg: XTransformerConfig,
+  ) {
+    const inner = cfg.heads * cfg.dim_head;
+    const proj = (name: string) => new Linear(vb.pp(name), { inFeatures: cfg.dim, outFeatures: inner, bias: false });
+    this.to_q = proj("to_q");
+    this.to_k = proj("to_k");
+    this.to_v = proj("to_v");
+    this.to_out = new Linear(vb.pp("to_out"), { inFeatures: inner, outFeatures: cfg.dim });
+  }
+
+  forward(x: Tensor, residual: Tensor): Tensor {
+    return x.device.tidy(() => {
+      const heads = attention(this.to_q.forward(x), this.to_k.forward(x), this.to_v.forward(x), {
+        heads: this.cfg.heads,
+      });
+      return this.to_out.forward(heads, { residual });
+    });
+  }
+}
+
+/** `FeedForward(dim, mult=4)`: net.0.0 Linear, exact GELU (nn.GELU), net.1 Dropout, net.2 Linear. */
+class FeedForward {
+  readonly project_in: Linear;
+  readonly project_out: Linear;
+
+  constructor(vb: VarBuilder, cfg: XTransformerConfig) {
+    const inner = cfg.dim * cfg.ff_mult;
+    this.project_in = new Linear(vb.pp("net").pp(0).pp(0), { inFeatures: cfg.dim, outFeatures: inner });
+    this.project_out = new Linear(vb.pp("net").pp(2), { inFeatures: inner, outFeatures: cfg.dim });
+  }
+
+  forward(x: Tensor, residual: Tensor): Tensor {
+    return x.device.tidy(() => this.project_out.forward(this.project_in.forward(x, { activation: "gelu" }), { residual }));
+  }
+}
+
+/** One entry of `AttentionLayers.layers`: [norm, block, Residual] (the residual has no weights). */
+class PreNormResidual<Block extends Attention | FeedForward> {
+  readonly norm: LayerNorm;
+
+  constructor(
+    vb: VarBuilder,
+    cfg: XTransformerConfig,
+    readonly block: Block,
+  ) {
+    this.norm = new LayerNorm(vb.pp(0), { dim: cfg.dim });
+  }
+
+  forward(x: Tensor): Tensor {
+    return x.device.tidy(() => this.block.forward(this.norm.forward(x), x));
+  }
+}
+
+/** `TransformerWrapper(…, attn_layers=Encoder(dim, depth))`; `vb` points at `cond_stage_model.transformer`. */
+export class TransformerWrapper {
+  readonly token_emb: Embedding;
+  readonly pos_emb: Tensor;
+  /** Layer types ('a', 'f') × depth, as AttentionLayers.layers. */
+  readonly layers: PreNormResidual<Attention | FeedForward>[] = [];
+  readonly norm: LayerNorm;
+
+  constructor(
+    readonly vb: VarBuilder,
+    readonly cfg: XTransformerConfig,
+  ) {
+    for (const key of ["num_tokens", "max_seq_len", "dim", "depth", "heads", "dim_head", "ff_mult"] as const) {
+      if (!Number.isInteger(cfg[key]) || cfg[key] < 1) {
+        throw new Error(`x-transformer: ${key} ${cfg[key]} must be a positive integer`);
+      }
+    }
+    this.token_emb = new Embedding(vb.pp("token_emb"), { count: cfg.num_tokens, dim: cfg.dim });
+    this.pos_emb = vb.pp("pos_emb").pp("emb").get("weight", [cfg.max_seq_len, cfg.dim]);
+    const layers = vb.pp("attn_layers").pp("layers");
+    for (let i = 0; i < cfg.depth; i++) {
+      const a = layers.pp(2 * i);
+      const f = layers.pp(2 * i + 1);
+      this.layers.push(new PreNormResidual(a, cfg, new Attention(a.pp(1), cfg)));
+      this.layers.push(new PreNormResidual(f, cfg, new FeedForward(f.pp(1), cfg)));
+    }
+    this.norm = new LayerNorm(vb.pp("norm"), { dim: cfg.dim });
+  }
+
+  /** ids: i32 [B, L], L ≤ max_seq_len, each < num_tokens → embeddings [B, L, dim] (return_embeddings=True). */
+  forward(ids: Tensor): Tensor {
+    const { max_seq_len: maxLength } = this.cfg;
+    if (ids.shape.length !== 2 || ids.shape[1] > maxLength || ids.dtype !== "i32") {
+      throw new Error(`x-transformer: input_ids ${ids} must be i32 [B, L] with L ≤ ${maxLength}`);
+    }
+    const length = ids.shape[1];
+    return ids.device.tidy(() => {
+      const positions = length === maxLength ? this.pos_emb : slice(this.pos_emb, 0, 0, length);
+      let h = add(this.token_emb.forward(ids), positions);
+      for (const layer of this.layers) {
+        const next = layer.forward(h);
+        h.dispose();
+        h = next;
+      }
+      return this.norm.forward(h);
+    });
+  }
+}
