@@ -70,7 +70,9 @@ class FeedForward {
   }
 
   forward(x: Tensor, residual: Tensor): Tensor {
-    return x.device.tidy(() => this.project_out.forward(this.project_in.forward(x, { activation: "gelu" }), { residual }));
+    return x.device.tidy(() =>
+      this.project_out.forward(this.project_in.forward(x, { activation: "gelu" }), { residual }),
+    );
   }
 }
 
