@@ -4,5 +4,11 @@ import { register } from "tsx/esm/api";
 
 register();
 process.env.XDG_RUNTIME_DIR ??= "/tmp";
-const { main } = await import("../src/cli/main.ts");
-process.exitCode = await main(process.argv);
+const { runWithoutDawnWarnings } = await import("../src/cli/dawn-stderr.ts");
+const relaunched = await runWithoutDawnWarnings(process.argv);
+if (relaunched !== undefined) {
+  process.exitCode = relaunched;
+} else {
+  const { main } = await import("../src/cli/main.ts");
+  process.exitCode = await main(process.argv);
+}

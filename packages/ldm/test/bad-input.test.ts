@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DawnLineFilter } from "../src/cli/dawn-stderr.ts";
 import { runCli } from "./helpers/run-cli.ts";
 import { spawnCli } from "./helpers/spawn-cli.ts";
 
@@ -71,5 +72,31 @@ describe("--out and --grid: decided before the model loads", () => {
       expect(run.timedOut, out).toBe(false);
       expectOneLineError(run, new RegExp(`--out ${out}: cannot write into folder`));
     }
+  });
+});
+
+describe("stderr: one line per error", () => {
+  it("Dawn's own warnings are dropped from whole lines only; partial lines and progress pass at once", () => {
+    const written: string[] = [];
+    const filter = new DawnLineFilter((t) => written.push(t));
+    filter.push("Warn");
+    expect(written).toEqual([]);
+    filter.push("ing: maxDynamicUniformBuffersPerPipelineLayout artificially reduced from 1000000 to 16\nsampl");
+    filter.push("ing 3/50\r");
+    filter.push("ldm: an error\nWarning: max");
+    filter.end();
+    expect(written.join("")).toBe("sampling 3/50\rldm: an error\n");
+  });
+
+  it("an error after the GPU starts is one line on stderr, exit code 1 (Dawn's warnings only with --verbose)", async () => {
+    const args = ["generate", "a cat", ...MODEL, "--out", dir];
+    const run = await spawnCli(args, { timeoutMs: 60_000 });
+    expectOneLineError(
+      run,
+      /^ldm: the tokenizer's start\/end ids .* are outside the text encoder's vocabulary of 1000/,
+    );
+    const verbose = await spawnCli(["--verbose", ...args], { timeoutMs: 60_000 });
+    expect(verbose.code).toBe(1);
+    expect(verbose.err.split("\n").length).toBeGreaterThan(2);
   });
 });
