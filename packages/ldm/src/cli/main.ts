@@ -4,6 +4,7 @@ import { registerDevice } from "./commands/device.ts";
 import { registerGenerate } from "./commands/generate.ts";
 import { registerInfo } from "./commands/info.ts";
 import { registerLoss } from "./commands/loss.ts";
+import { registerServe } from "./commands/serve.ts";
 import { registerTokenize } from "./commands/tokenize.ts";
 import { registerValidate } from "./commands/validate.ts";
 import { UserError } from "./errors.ts";
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerTokenize(program);
   registerValidate(program);
   registerGenerate(program);
+  registerServe(program);
   registerLoss(program);
   registerBench(program);
   for (const cmd of program.commands) cmd.exitOverride();

@@ -46,6 +46,8 @@ export interface Progress {
   elapsedMs: number;
   /** The step's x̂₀ decoded, when `preview` asked for it at this step. */
   preview?: RgbaImage[];
+  /** The step's x̂₀ latents (scaled, [B, C, h, w]): what decode() turns into the images an interrupted run has. */
+  denoised: Float32Array;
 }
 
 export interface GenerateOptions {
@@ -518,6 +520,7 @@ export class StableDiffusion {
       t: info.t,
       elapsedMs: performance.now() - start,
       preview,
+      denoised: info.denoised,
     });
   }
 }
