@@ -70,7 +70,7 @@ describe("sequential classifier-free guidance", () => {
         const sequential = await pipe.sampleLatents({ ...request, sequentialCfg: true });
         const sequentialCalls = forward.mock.calls.map(([inputs]) => [
           inputs.x.shape[0],
-          inputs.context.shape[0],
+          inputs.context?.shape[0],
           inputs.cConcat?.shape[0],
         ]);
         forward.mockRestore();

@@ -1,20 +1,34 @@
-import type { ClipTextConfig, ModelConfig, UNetConfig, VaeConfig } from "./config.ts";
+import type { ClipTextConfig, CondStageConfig, LdmConfig, UNetConfig, VaeConfig } from "./config.ts";
 
 /**
  * Every parameter key and shape of the original modules for a config, in canonical names: the keys a
- * single-file checkpoint of that model holds. Follows the constructors of `openaimodel.UNetModel`
- * (SpatialTransformer variant), `diffusionmodules.model.Encoder/Decoder` + `AutoencoderKL`, and Hugging
- * Face's `CLIPTextModel`. Used to generate synthetic checkpoints and to check layouts.
+ * single-file checkpoint of that model holds. Follows the constructors of `openaimodel.UNetModel`,
+ * `diffusionmodules.model.Encoder/Decoder` + `AutoencoderKL` / `VQModel`, Hugging Face's `CLIPTextModel` and
+ * the cond stages of `encoders/modules.py`. Used to generate synthetic checkpoints, to check layouts and to
+ * count parameters without building the networks (`ldm info`).
  */
 
 export const UNET_PREFIX = "model.diffusion_model.";
 export const VAE_PREFIX = "first_stage_model.";
 export const TEXT_PREFIX = "cond_stage_model.transformer.text_model.";
+export const COND_PREFIX = "cond_stage_model.";
 
 export type ParamShapes = Map<string, number[]>;
 
-export function modelParamShapes(config: ModelConfig): ParamShapes {
-  return new Map([...unetParamShapes(config.unet), ...vaeParamShapes(config.vae), ...clipTextParamShapes(config.text)]);
+export function modelParamShapes(config: LdmConfig): ParamShapes {
+  const cond = config.text ? clipTextParamShapes(config.text) : condStageParamShapes(config.cond_stage);
+  return new Map([...unetParamShapes(config.unet), ...vaeParamShapes(config.vae), ...cond]);
+}
+
+/** The cond stages without a text encoder: ClassEmbedder's embedding, SpatialRescaler's channel mapper. */
+export function condStageParamShapes(cfg: CondStageConfig | undefined): ParamShapes {
+  const s = new ShapeList(COND_PREFIX);
+  if (cfg?.target === "ClassEmbedder") s.add("embedding.weight", [cfg.n_classes, cfg.embed_dim]);
+  if (cfg?.target === "SpatialRescaler" && cfg.out_channels !== undefined) {
+    s.add("channel_mapper.weight", [cfg.out_channels, cfg.in_channels, 1, 1]);
+    if (cfg.bias) s.add("channel_mapper.bias", [cfg.out_channels]);
+  }
+  return s.shapes;
 }
 
 /** Heads and head width of a UNet transformer over `channels` channels (UNetModel's rule). */
@@ -52,12 +66,22 @@ export function unetParamShapes(cfg: UNetConfig): ParamShapes {
   const resBlock = (name: string, inC: number, outC: number) => {
     s.norm(`${name}.in_layers.0`, inC);
     s.conv(`${name}.in_layers.2`, inC, outC, 3);
-    s.linear(`${name}.emb_layers.1`, emb, outC);
+    s.linear(`${name}.emb_layers.1`, emb, cfg.use_scale_shift_norm ? 2 * outC : outC);
     s.norm(`${name}.out_layers.0`, outC);
     s.conv(`${name}.out_layers.3`, outC, outC, 3);
     if (inC !== outC) s.conv(`${name}.skip_connection`, inC, outC, 1);
   };
   const transformer = (name: string, channels: number) => {
+    if (!cfg.use_spatial_transformer) {
+      // AttentionBlock: 1-D 1×1 convolutions.
+      s.norm(`${name}.norm`, channels);
+      s.add(`${name}.qkv.weight`, [3 * channels, channels, 1]);
+      s.add(`${name}.qkv.bias`, [3 * channels]);
+      s.add(`${name}.proj_out.weight`, [channels, channels, 1]);
+      s.add(`${name}.proj_out.bias`, [channels]);
+      return;
+    }
+    const crossDim = cfg.context_dim ?? 0;
     const { heads, headDim } = unetHeads(cfg, channels);
     const inner = heads * headDim;
     s.norm(`${name}.norm`, channels);
@@ -68,7 +92,7 @@ export function unetParamShapes(cfg: UNetConfig): ParamShapes {
       const b = `${name}.transformer_blocks.${d}`;
       for (const [attn, contextDim] of [
         ["attn1", inner],
-        ["attn2", cfg.context_dim],
+        ["attn2", crossDim],
       ] as const) {
         s.linear(`${b}.${attn}.to_q`, inner, inner, false);
         s.linear(`${b}.${attn}.to_k`, contextDim, inner, false);
@@ -98,7 +122,8 @@ export function unetParamShapes(cfg: UNetConfig): ParamShapes {
       skipChannels.push(ch);
     }
     if (level !== levels - 1) {
-      s.conv(`input_blocks.${index++}.0.op`, ch, ch, 3);
+      if (cfg.resblock_updown) resBlock(`input_blocks.${index++}.0`, ch, ch);
+      else s.conv(`input_blocks.${index++}.0.op`, ch, ch, 3);
       skipChannels.push(ch);
       ds *= 2;
     }
@@ -115,7 +140,8 @@ export function unetParamShapes(cfg: UNetConfig): ParamShapes {
       let layer = 1;
       if (cfg.attention_resolutions.includes(ds)) transformer(`output_blocks.${index}.${layer++}`, ch);
       if (level > 0 && r === cfg.num_res_blocks) {
-        s.conv(`output_blocks.${index}.${layer}.conv`, ch, ch, 3);
+        if (cfg.resblock_updown) resBlock(`output_blocks.${index}.${layer}`, ch, ch);
+        else s.conv(`output_blocks.${index}.${layer}.conv`, ch, ch, 3);
         ds /= 2;
       }
     }
@@ -142,7 +168,7 @@ export function vaeParamShapes(cfg: VaeConfig): ParamShapes {
   };
   const middle = (name: string, channels: number) => {
     resBlock(`${name}.mid.block_1`, channels, channels);
-    attention(`${name}.mid.attn_1`, channels);
+    if (dd.attn_type !== "none") attention(`${name}.mid.attn_1`, channels);
     resBlock(`${name}.mid.block_2`, channels, channels);
   };
 
@@ -154,7 +180,8 @@ export function vaeParamShapes(cfg: VaeConfig): ParamShapes {
     for (let b = 0; b < dd.num_res_blocks; b++) {
       resBlock(`encoder.down.${level}.block.${b}`, blockIn, blockOut);
       blockIn = blockOut;
-      if (dd.attn_resolutions.includes(res)) attention(`encoder.down.${level}.attn.${b}`, blockIn);
+      if (dd.attn_resolutions.includes(res) && dd.attn_type !== "none")
+        attention(`encoder.down.${level}.attn.${b}`, blockIn);
     }
     if (level !== levels - 1) {
       s.conv(`encoder.down.${level}.downsample.conv`, blockIn, blockIn, 3);
@@ -174,7 +201,8 @@ export function vaeParamShapes(cfg: VaeConfig): ParamShapes {
     for (let b = 0; b <= dd.num_res_blocks; b++) {
       resBlock(`decoder.up.${level}.block.${b}`, blockIn, blockOut);
       blockIn = blockOut;
-      if (dd.attn_resolutions.includes(res)) attention(`decoder.up.${level}.attn.${b}`, blockIn);
+      if (dd.attn_resolutions.includes(res) && dd.attn_type !== "none")
+        attention(`decoder.up.${level}.attn.${b}`, blockIn);
     }
     if (level !== 0) {
       s.conv(`decoder.up.${level}.upsample.conv`, blockIn, blockIn, 3);
@@ -183,8 +211,11 @@ export function vaeParamShapes(cfg: VaeConfig): ParamShapes {
   }
   s.norm("decoder.norm_out", blockIn);
   s.conv("decoder.conv_out", blockIn, dd.out_ch, 3);
-  s.conv("quant_conv", 2 * dd.z_channels, 2 * cfg.embed_dim, 1);
+  // AutoencoderKL's quant_conv makes moments (2·embed_dim); VQModel's makes the latent, then the codebook.
+  const moments = cfg.n_embed === undefined ? 2 : 1;
+  s.conv("quant_conv", moments * dd.z_channels, moments * cfg.embed_dim, 1);
   s.conv("post_quant_conv", cfg.embed_dim, dd.z_channels, 1);
+  if (cfg.n_embed !== undefined) s.add("quantize.embedding.weight", [cfg.n_embed, cfg.embed_dim]);
   return s.shapes;
 }
 

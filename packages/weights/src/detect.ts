@@ -95,13 +95,14 @@ export function detectConfig(source: KeyShapes, origin: string, hints: Detection
   }
   const assumptions: string[] = [];
   const unet = detectUNetShapes(s);
-  const family = familyOf(s, unet.context_dim, hints);
+  const contextDim = unet.context_dim;
+  const family = familyOf(s, contextDim, hints);
   const heads = hints.unet ?? (family === "sd1" ? SD1_UNET : SD2_UNET);
   if (!hints.unet) {
     assumptions.push(family === "sd1" ? "UNet num_heads 8 (SD 1.x)" : "UNet num_head_channels 64 (SD 2.x)");
   }
   const text = detectClipText(s, family, hints, assumptions);
-  if (text.hidden_size !== unet.context_dim) {
+  if (text.hidden_size !== contextDim) {
     throw new DetectionError(
       `${origin}: the text encoder is ${text.hidden_size} wide but the UNet's cross-attention expects ${unet.context_dim}`,
     );
@@ -143,7 +144,7 @@ function familyOf(s: Shapes, contextDim: number, hints: DetectionHints): Family 
 }
 
 /** Everything but the heads, which shapes do not determine (left at -1 for the caller to fill). */
-function detectUNetShapes(s: Shapes): UNetConfig {
+function detectUNetShapes(s: Shapes): ModelConfig["unet"] {
   const p = (k: string) => `${UNET_PREFIX}${k}`;
   const [mc, inChannels] = s.get(p("input_blocks.0.0.weight"), 4);
   // Input blocks: conv_in, then per level num_res_blocks blocks and (except the last level) a downsampler.
@@ -175,6 +176,11 @@ function detectUNetShapes(s: Shapes): UNetConfig {
     transformer_depth: s.count((d) => `${mid}.transformer_blocks.${d}.norm1.weight`),
     context_dim: s.get(`${mid}.transformer_blocks.0.attn2.to_k.weight`, 2)[1],
     use_linear_in_transformer: projIn.length === 2,
+    // Detection covers Stable Diffusion's UNets; the paper's other UNets need their config.
+    use_spatial_transformer: true,
+    use_scale_shift_norm: false,
+    resblock_updown: false,
+    use_new_attention_order: false,
   };
 }
 

@@ -163,13 +163,23 @@ describe("original-style YAML configs", () => {
     ],
     [
       "an unsupported architecture option",
-      V1.replace("legacy: False", "legacy: False\n        use_scale_shift_norm: True"),
-      /unet_config\.params\.use_scale_shift_norm: true is not supported/,
+      V1.replace("legacy: False", "legacy: False\n        num_classes: 10"),
+      /unet_config\.params\.num_classes: 10 is not supported/,
     ],
     [
-      "no spatial transformer",
+      "a context width without transformers",
       V1.replace("use_spatial_transformer: True", "use_spatial_transformer: False"),
-      /use_spatial_transformer must be true/,
+      /context_dim needs use_spatial_transformer: true/,
+    ],
+    [
+      "an unknown first stage",
+      V1.replace("ldm.models.autoencoder.AutoencoderKL", "ldm.models.autoencoder.IdentityFirstStage"),
+      /first_stage_config\.target "ldm\.models\.autoencoder\.IdentityFirstStage" is not supported \(AutoencoderKL, VQModelInterface, VQModel\)/,
+    ],
+    [
+      "an unknown model class",
+      V1.replace("ldm.models.diffusion.ddpm.LatentDiffusion", "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion"),
+      /model\.target ".*LatentUpscaleDiffusion" is not supported/,
     ],
     [
       "an unknown text encoder",

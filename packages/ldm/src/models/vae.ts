@@ -101,17 +101,23 @@ export class Downsample {
 
 class MidBlock {
   readonly block_1: ResnetBlock;
-  readonly attn_1: AttnBlock;
+  /** Absent with attn_type "none" (make_attn's nn.Identity). */
+  readonly attn_1?: AttnBlock;
   readonly block_2: ResnetBlock;
 
-  constructor(vb: VarBuilder, channels: number) {
+  constructor(vb: VarBuilder, channels: number, attention: boolean) {
     this.block_1 = new ResnetBlock(vb.pp("block_1"), channels, channels);
-    this.attn_1 = new AttnBlock(vb.pp("attn_1"), channels);
+    if (attention) this.attn_1 = new AttnBlock(vb.pp("attn_1"), channels);
     this.block_2 = new ResnetBlock(vb.pp("block_2"), channels, channels);
   }
 
   forward(x: Tensor): Tensor {
-    return chain(x, [(h) => this.block_1.forward(h), (h) => this.attn_1.forward(h), (h) => this.block_2.forward(h)]);
+    const attn = this.attn_1;
+    return chain(x, [
+      (h) => this.block_1.forward(h),
+      ...(attn ? [(h: Tensor) => attn.forward(h)] : []),
+      (h) => this.block_2.forward(h),
+    ]);
   }
 }
 
@@ -148,7 +154,8 @@ export class Encoder {
       for (let j = 0; j < cfg.num_res_blocks; j++) {
         entry.block.push(new ResnetBlock(level.pp("block").pp(j), blockIn, blockOut));
         blockIn = blockOut;
-        if (cfg.attn_resolutions.includes(resolution)) entry.attn.push(new AttnBlock(level.pp("attn").pp(j), blockIn));
+        if (cfg.attn_resolutions.includes(resolution) && cfg.attn_type !== "none")
+          entry.attn.push(new AttnBlock(level.pp("attn").pp(j), blockIn));
       }
       if (i !== mult.length - 1) {
         entry.downsample = new Downsample(level.pp("downsample"), blockIn);
@@ -156,7 +163,7 @@ export class Encoder {
       }
       this.down.push(entry);
     });
-    this.mid = new MidBlock(vb.pp("mid"), blockIn);
+    this.mid = new MidBlock(vb.pp("mid"), blockIn, cfg.attn_type !== "none");
     this.norm_out = normalize(vb.pp("norm_out"), blockIn);
     this.conv_out = conv3x3(vb.pp("conv_out"), blockIn, cfg.double_z ? 2 * cfg.z_channels : cfg.z_channels);
   }
@@ -187,7 +194,7 @@ export class Decoder {
     let blockIn = ch * mult[mult.length - 1];
     let resolution = Math.floor(cfg.resolution / 2 ** (mult.length - 1));
     this.conv_in = conv3x3(vb.pp("conv_in"), cfg.z_channels, blockIn);
-    this.mid = new MidBlock(vb.pp("mid"), blockIn);
+    this.mid = new MidBlock(vb.pp("mid"), blockIn, cfg.attn_type !== "none");
     for (let i = mult.length - 1; i >= 0; i--) {
       const level = vb.pp("up").pp(i);
       const blockOut = ch * mult[i];
@@ -195,7 +202,8 @@ export class Decoder {
       for (let j = 0; j < cfg.num_res_blocks + 1; j++) {
         entry.block.push(new ResnetBlock(level.pp("block").pp(j), blockIn, blockOut));
         blockIn = blockOut;
-        if (cfg.attn_resolutions.includes(resolution)) entry.attn.push(new AttnBlock(level.pp("attn").pp(j), blockIn));
+        if (cfg.attn_resolutions.includes(resolution) && cfg.attn_type !== "none")
+          entry.attn.push(new AttnBlock(level.pp("attn").pp(j), blockIn));
       }
       if (i !== 0) {
         entry.upsample = new Upsample(level.pp("upsample"), blockIn);
