@@ -6,9 +6,21 @@ import { modelFolder } from "./model-plugin.ts";
 const repositoryRoot = resolve(import.meta.dirname, "../..");
 const model = resolve(repositoryRoot, process.env.LDM_WEB_MODEL ?? "packages/ldm/models/emoji-ldm");
 
+/**
+ * What the dev server may serve through /@fs/: the page and the sources of the packages it imports (the
+ * workspace links resolve to packages/<name>/src), nothing else of the repository (checkpoints, reference
+ * dumps, .git) and nothing outside it. The model folder is served by modelFolder under /model/ instead.
+ */
+const PAGE_PACKAGES = ["tensor", "kernels", "nn", "weights", "ldm"];
+
 export default defineConfig({
   root: import.meta.dirname,
   plugins: [modelFolder(model)],
   build: { target: "es2022" },
-  server: { fs: { allow: [repositoryRoot] } },
+  server: {
+    fs: {
+      strict: true,
+      allow: [import.meta.dirname, ...PAGE_PACKAGES.map((name) => resolve(repositoryRoot, "packages", name, "src"))],
+    },
+  },
 });
