@@ -15,4 +15,5 @@ export {
   type Tokenized,
   type TokenizeOptions,
 } from "./clip-tokenizer.ts";
+export { LayoutBuilder, type LayoutBuilderConfig, type LayoutObject, parseLayout } from "./layout.ts";
 export { clipTokenizerFromGzip, gunzipText } from "./vocab-bytes.ts";
