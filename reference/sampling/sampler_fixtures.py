@@ -1,13 +1,20 @@
 """Reference sampler runs for packages/ldm/test/fixtures/samplers/samplers.json.
 
 Runs the original samplers on a deterministic toy model with Debian's PyTorch 1.13 (CPU):
-    /usr/bin/python3 reference/sampling/sampler_fixtures.py --compvis /tmp/sd-ref --k-diffusion /tmp/kd-ref
-where /tmp/sd-ref holds CompVis/stable-diffusion's ldm/ (commit 21f890f) and /tmp/kd-ref holds
-crowsonkb/k-diffusion's k_diffusion/ (commit 4601bf0). Only upstream code that sampling uses is run:
+    /usr/bin/python3 reference/sampling/sampler_fixtures.py --compvis /tmp/sd-ref --k-diffusion /tmp/kd-ref \
+        --a1111 /tmp/a1111-ref
+where /tmp/sd-ref holds CompVis/stable-diffusion's ldm/ (commit 21f890f), /tmp/kd-ref holds
+crowsonkb/k-diffusion's k_diffusion/ (commit 4601bf0) and /tmp/a1111-ref holds AUTOMATIC1111/stable-diffusion-webui's
+modules/sd_samplers_lcm.py (commit f8391b8). Only upstream code that sampling uses is run:
 - CompVis: DDIMSampler and PLMSSampler (register_buffer overridden to keep buffers on the CPU instead of moving
   them to CUDA), and DDPM/LatentDiffusion's register_schedule, q_posterior, predict_start_from_noise,
   p_mean_variance, p_sample, p_sample_loop, taken from ddpm.py with `ast` (the module itself needs Lightning).
-- k-diffusion: sampling.py and external.py loaded without the package __init__.
+- k-diffusion: sampling.py and external.py loaded without the package __init__; every k-sampler on the model's
+  own σ (get_sigmas), Karras's and the exponential spacing. The SDE samplers get k-diffusion's
+  default_noise_sampler (torch.randn_like per call) instead of their default Brownian tree (torchsde, which
+  A1111 also uses): we draw their noise from the run's generator in that order.
+- A1111: LCMCompVisDenoiser and sample_lcm, taken from sd_samplers_lcm.py with `ast` (the module imports the
+  whole web UI), with `shared.sd_model.device` stood in.
 Modules those files import but sampling never calls (tqdm, einops, scipy, torchdiffeq, torchsde, safetensors,
 torchvision) are empty stand-ins; tqdm/trange are identity wrappers.
 
@@ -135,6 +142,20 @@ def load_upstream(compvis: str, kdiff: str):
     return ToyLatentDiffusion, CpuDDIM, CpuPLMS, ldm_util, external, sampling
 
 
+def load_a1111_lcm(a1111: str, external, sampling):
+    source = open(os.path.join(a1111, "modules/sd_samplers_lcm.py")).read()
+    namespace = {
+        "torch": torch, "utils": sys.modules["k_diffusion.utils"], "sampling": sampling,
+        "DiscreteEpsDDPMDenoiser": external.DiscreteEpsDDPMDenoiser,
+        "default_noise_sampler": sampling.default_noise_sampler, "trange": sys.modules["tqdm"].trange,
+        "shared": types.SimpleNamespace(sd_model=types.SimpleNamespace(device=torch.device("cpu"))),
+    }
+    for node in ast.parse(source).body:
+        if getattr(node, "name", None) in ("LCMCompVisDenoiser", "sample_lcm"):
+            exec(compile(ast.Module(body=[node], type_ignores=[]), "sd_samplers_lcm.py", "exec"), namespace)
+    return namespace["LCMCompVisDenoiser"], namespace["sample_lcm"]
+
+
 def floats(t: torch.Tensor) -> list:
     return [float(v) for v in t.reshape(-1).to(torch.float32)]
 
@@ -143,9 +164,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--compvis", required=True)
     parser.add_argument("--k-diffusion", required=True)
+    parser.add_argument("--a1111", required=True)
     args = parser.parse_args()
     install_stand_ins()
     ToyLatentDiffusion, CpuDDIM, CpuPLMS, ldm_util, external, sampling = load_upstream(args.compvis, args.k_diffusion)
+    LCMCompVisDenoiser, sample_lcm = load_a1111_lcm(args.a1111, external, sampling)
 
     schedules = {}
     for name, kwargs in {
@@ -189,28 +212,46 @@ def main() -> None:
         out = model.p_sample_loop(None, SHAPE, x_T=x_T.clone(), verbose=False)
         record("ddpm", {"clip_denoised": clip}, model, out)
 
+    def with_default_noise(fn):
+        return lambda model, x, sigmas, **kwargs: fn(
+            model, x, sigmas, noise_sampler=sampling.default_noise_sampler(x), **kwargs)
+
     k_samplers = {
         "euler": sampling.sample_euler,
         "euler_ancestral": sampling.sample_euler_ancestral,
         "heun": sampling.sample_heun,
         "dpmpp_2m": sampling.sample_dpmpp_2m,
+        "dpmpp_2m_sde": with_default_noise(sampling.sample_dpmpp_2m_sde),
+        "dpmpp_sde": with_default_noise(sampling.sample_dpmpp_sde),
     }
     for parameterization in ["eps", "v"]:
-        for karras in [False, True]:
+        for schedule in ["normal", "karras", "exponential"]:
             for name, fn in k_samplers.items():
-                if parameterization == "v" and name not in ("euler", "dpmpp_2m"):
+                if parameterization == "v" and (name not in ("euler", "dpmpp_2m") or schedule == "exponential"):
                     continue
                 # The CompVis repo predates v-prediction; only the k-diffusion wrapper reads it.
                 model = ToyLatentDiffusion()
                 wrapper = (external.CompVisDenoiser if parameterization == "eps" else external.CompVisVDenoiser)(model)
-                if karras:
-                    sigmas = sampling.get_sigmas_karras(STEPS, wrapper.sigmas[0].item(), wrapper.sigmas[-1].item())
+                sigma_min, sigma_max = wrapper.sigmas[0].item(), wrapper.sigmas[-1].item()
+                if schedule == "karras":
+                    sigmas = sampling.get_sigmas_karras(STEPS, sigma_min, sigma_max)
+                elif schedule == "exponential":
+                    sigmas = sampling.get_sigmas_exponential(STEPS, sigma_min, sigma_max)
                 else:
                     sigmas = wrapper.get_sigmas(STEPS)
                 torch.manual_seed(NOISE_SEED)
                 out = fn(wrapper, x_T.clone() * sigmas[0], sigmas, extra_args={"cond": None}, disable=True)
-                record(name, {"karras": karras, "parameterization": parameterization}, model, out)
+                record(name, {"schedule": schedule, "parameterization": parameterization}, model, out)
                 runs[-1]["sigmas"] = floats(sigmas)
+
+    for steps in [1, 4, 8]:
+        model = ToyLatentDiffusion()
+        wrapper = LCMCompVisDenoiser(model)
+        sigmas = wrapper.get_sigmas(steps)
+        torch.manual_seed(NOISE_SEED)
+        out = sample_lcm(wrapper, x_T.clone() * sigmas[0], sigmas, extra_args={"cond": None}, disable=True)
+        record("lcm", {"steps": steps}, model, out)
+        runs[-1]["sigmas"] = floats(sigmas)
 
     out_dir = os.path.join(os.path.dirname(__file__), "../../packages/ldm/test/fixtures/samplers")
     os.makedirs(out_dir, exist_ok=True)

@@ -6,6 +6,7 @@ import {
   parametersText,
   type RgbaImage,
   SAMPLER_NAMES,
+  SAMPLING_DEFAULTS,
   type SamplerName,
   type Seed,
 } from "@ldm/ldm";
@@ -51,7 +52,10 @@ let choice: ModelChoice = { kind: "builtin" };
 /** The last image as a PNG with its parameters, for the download button. */
 let download: { url: string; name: string } | undefined;
 
-for (const name of SAMPLER_NAMES) ui.sampler.add(new Option(name, name, name === "ddim", name === "ddim"));
+for (const name of SAMPLER_NAMES) {
+  const isDefault = name === SAMPLING_DEFAULTS.sampler;
+  ui.sampler.add(new Option(name, name, isDefault, isDefault));
+}
 
 /** `data-state` on <body>: idle, running, done or error (what the end-to-end test waits for). */
 function setState(state: "idle" | "running" | "done" | "error"): void {

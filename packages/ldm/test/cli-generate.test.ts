@@ -42,7 +42,9 @@ describe("ldm generate's progress line", () => {
 
 describe("ldm generate: errors before any model work", () => {
   it.each([
-    [["a cat", "--sampler", "lms"], /unknown sampler "lms"; one of ddpm, ddim, plms, euler, euler_ancestral, heun/],
+    [["a cat", "--sampler", "lms"], /unknown sampler "lms"; one of ddpm, ddim, plms, euler, euler_ancestral, /],
+    [["a cat", "--schedule", "karras"], /sampler ddim takes no schedule "karras" \(none: it picks timesteps\)/],
+    [["a cat", "--sampler", "heun", "--schedule", "cosine"], /sampler heun takes no schedule "cosine"/],
     [["a cat", "--width", "100"], /--width 100 is not a multiple of 8/],
     [["a cat", "--steps", "0"], /--steps must be an integer ≥ 1, got "0"/],
     [["a cat", "--cfg", "x"], /--cfg must be a number, got "x"/],

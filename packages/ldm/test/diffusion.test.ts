@@ -7,8 +7,10 @@ import {
   guided,
   NoiseSchedule,
   qSample,
+  SAMPLER_NAMES,
   type SampleOptions,
   type SamplerName,
+  type SigmaScheduleName,
   sample,
 } from "../src/diffusion/index.ts";
 import { Generator, randn } from "../src/random/index.ts";
@@ -18,7 +20,13 @@ import { maxRelativeError } from "./helpers/compare.ts";
 // run by PyTorch 1.13 on a toy model (see fixtures/README.md).
 interface Run {
   name: string;
-  options: { eta?: number; karras?: boolean; parameterization?: "eps" | "v"; clip_denoised?: boolean };
+  options: {
+    eta?: number;
+    schedule?: SigmaScheduleName;
+    parameterization?: "eps" | "v";
+    clip_denoised?: boolean;
+    steps?: number;
+  };
   calls: number[];
   x0: number[];
 }
@@ -44,8 +52,17 @@ function toyModel(calls: number[] = []): DiffusionModel {
   };
 }
 
-function samplerOf(run: Run): SamplerName {
-  return (run.name === "dpmpp_2m" && run.options.karras ? "dpmpp_2m" : run.name) as SamplerName;
+/**
+ * The sampler and σ spacing a fixture run is checked with: a Karras run through the sampler's `_karras` record
+ * where there is one, else through the schedule option.
+ */
+function samplerOf(run: Run): { sampler: SamplerName; sigmaSchedule?: SigmaScheduleName } {
+  const { schedule } = run.options;
+  const karras = `${run.name}_karras`;
+  if (schedule === "karras" && (SAMPLER_NAMES as readonly string[]).includes(karras)) {
+    return { sampler: karras as SamplerName };
+  }
+  return { sampler: run.name as SamplerName, sigmaSchedule: schedule };
 }
 
 describe("schedules against the original make_beta_schedule", () => {
@@ -94,6 +111,9 @@ describe("samplers against the original implementations", () => {
     euler_ancestral: 1e-5,
     heun: 1e-5,
     dpmpp_2m: 1e-5,
+    dpmpp_2m_sde: 1e-5,
+    dpmpp_sde: 1e-5,
+    lcm: 1e-5,
   };
   // Model timesteps: integers, exact, for the CompVis samplers. The k-samplers' t = sigma_to_t(σ): Karras σ are
   // computed in float32 there (σ^(1/7) ramps), which moves t by up to 1.4e-3 (measured).
@@ -105,11 +125,10 @@ describe("samplers against the original implementations", () => {
       const calls: number[] = [];
       const isK = !["ddim", "plms", "ddpm"].includes(run.name);
       const options: SampleOptions = {
-        sampler: samplerOf(run),
-        steps: run.name === "ddpm" ? 1000 : 10,
+        ...samplerOf(run),
+        steps: run.options.steps ?? (run.name === "ddpm" ? 1000 : 10),
         eta: run.options.eta,
         parameterization: run.options.parameterization ?? "eps",
-        sigmaSchedule: run.options.karras ? "karras" : "discrete",
         generator: new Generator(fixture.noise_seed),
         clipDenoised: run.options.clip_denoised,
       };
@@ -121,13 +140,14 @@ describe("samplers against the original implementations", () => {
     });
   }
 
-  it("covers every sampler", () => {
-    const covered = new Set(
-      fixture.runs.map((r) => (r.name === "dpmpp_2m" && r.options.karras ? "dpmpp_2m_karras" : r.name)),
-    );
-    expect([...covered].sort()).toEqual(
-      ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_ancestral", "heun", "plms"].sort(),
-    );
+  it("covers every sampler of the table, and every σ spacing of each k-sampler", () => {
+    // What the runs above pass to sample(), so a sampler the fixture never reaches fails here.
+    const exercised = new Set(fixture.runs.map((r) => samplerOf(r).sampler));
+    expect(SAMPLER_NAMES.filter((name) => !exercised.has(name))).toEqual([]);
+    const spacings = new Set(fixture.runs.map((r) => `${r.name} ${r.options.schedule ?? ""}`));
+    for (const name of ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde"]) {
+      for (const schedule of ["normal", "karras", "exponential"]) expect(spacings).toContain(`${name} ${schedule}`);
+    }
   });
 });
 
@@ -222,6 +242,16 @@ describe("guidance, progress, cancellation, errors", () => {
     await expect(
       sample(model, xT, { sampler: "plms", steps: 10, eta: 0.5, generator: new Generator(1) }),
     ).rejects.toThrow(/PLMS needs eta 0/);
+    await expect(sample(model, xT, { sampler: "ddim", steps: 10, sigmaSchedule: "karras" })).rejects.toThrow(
+      /sampler ddim takes no schedule "karras" \(none: it picks timesteps\)/,
+    );
+    await expect(sample(model, xT, { sampler: "euler", steps: 10, sigmaSchedule: "linear" })).rejects.toThrow(
+      /sampler euler takes no schedule "linear" \(one of normal, karras, exponential\)/,
+    );
+    await expect(
+      sample(model, xT, { sampler: "lcm", steps: 4, parameterization: "v", generator: new Generator(1) }),
+    ).rejects.toThrow(/sampler lcm needs an ε-prediction model; this one predicts v/);
+    await expect(sample(model, xT, { sampler: "dpmpp_sde", steps: 4 })).rejects.toThrow(/with eta 1 adds noise/);
     const short: DiffusionModel = async (x) => x.subarray(1);
     await expect(sample(short, xT, { sampler: "heun", steps: 3 })).rejects.toThrow(
       /model returned 255 values at t=999/,

@@ -78,7 +78,9 @@ describe("generation parameters in tEXt", () => {
     expect(() => parseParameters(bad({ steps: "20" }), "a.png")).toThrow(
       'a.png: parameter "steps" is "20", not a number',
     );
-    expect(() => parseParameters(bad({ sampler: "lms" }), "a.png")).toThrow(/unknown sampler "lms"; known: ddpm, ddim/);
+    expect(() => parseParameters(bad({ sampler: "lms" }), "a.png")).toThrow(
+      /a.png: unknown sampler "lms"; one of ddpm, ddim/,
+    );
   });
 });
 

@@ -1,8 +1,24 @@
 export { ddimTimesteps, type TimestepSpacing } from "./compvis-samplers.ts";
-export { discreteSigmas, karrasSigmas, sigmaToT } from "./k-samplers.ts";
+export {
+  discreteSigmas,
+  exponentialSigmas,
+  karrasSigmas,
+  lcmSigmas,
+  type SigmaScheduleName,
+  sigmaToT,
+} from "./k-samplers.ts";
 export { cfg, type DiffusionModel, epsAndDenoised, guided, type Parameterization } from "./model.ts";
 export type { InitLatents, NoiseLevel, StepInfo } from "./run.ts";
-export { SAMPLER_NAMES, type SampleOptions, type SamplerName, sample } from "./sample.ts";
+export { type SampleOptions, sample } from "./sample.ts";
+export {
+  SAMPLER_NAMES,
+  SAMPLERS,
+  SAMPLING_DEFAULTS,
+  type SamplerName,
+  type SamplerRecord,
+  samplerByName,
+  sigmaScheduleOf,
+} from "./samplers.ts";
 export {
   type BetaScheduleKind,
   COMPVIS_SCHEDULE_NAMES,

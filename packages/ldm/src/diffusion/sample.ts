@@ -1,23 +1,12 @@
 import type { Generator } from "../random/generator.ts";
-import { ddimTimesteps, sampleDdim, sampleDdpm, samplePlms, type TimestepSpacing } from "./compvis-samplers.ts";
-import { discreteSigmas, type KSamplerName, karrasSigmas, sampleK } from "./k-samplers.ts";
+import type { TimestepSpacing } from "./compvis-samplers.ts";
 import type { DiffusionModel, Parameterization } from "./model.ts";
 import { type InitLatents, type RunHooks, SamplingRun } from "./run.ts";
+import { type SamplerName, samplerByName, sigmaScheduleOf } from "./samplers.ts";
 import { NoiseSchedule } from "./schedule.ts";
 
-export const SAMPLER_NAMES = [
-  "ddpm",
-  "ddim",
-  "plms",
-  "euler",
-  "euler_ancestral",
-  "heun",
-  "dpmpp_2m",
-  "dpmpp_2m_karras",
-] as const;
-export type SamplerName = (typeof SAMPLER_NAMES)[number];
-
 export interface SampleOptions extends RunHooks {
+  /** A name of SAMPLERS (checked here). */
   sampler: SamplerName;
   /** Denoising steps (DDPM: must equal the schedule's T). */
   steps: number;
@@ -30,7 +19,7 @@ export interface SampleOptions extends RunHooks {
    * ancestral and DDIM with eta > 0; optional (only keeps the stream aligned) for the others.
    */
   generator?: Generator;
-  /** DDIM's η (default 0) or Euler ancestral's (default 1). */
+  /** Noise amount of DDIM (default 0) and of the ancestral and SDE samplers (default 1). */
   eta?: number;
   /** DDIM/PLMS timestep spacing (default "uniform", the original's). */
   spacing?: TimestepSpacing;
@@ -38,8 +27,11 @@ export interface SampleOptions extends RunHooks {
   stepsOffset?: number;
   /** DDIM/PLMS: ᾱ before the first timestep — "first" = ᾱ₀ as the original (default), "one" = set_alpha_to_one. */
   finalAlphaCumprod?: "first" | "one";
-  /** k-samplers: σ schedule, "discrete" (evenly spaced timesteps, default) or "karras" (dpmpp_2m_karras's). */
-  sigmaSchedule?: "discrete" | "karras";
+  /**
+   * k-samplers: the σ spacing, "normal" (evenly spaced timesteps), "karras" or "exponential"; default the
+   * sampler's own (karras for the *_karras names).
+   */
+  sigmaSchedule?: string;
   /** DDPM: clamp x̂₀ to [−1, 1] (default false: latents are not bounded). */
   clipDenoised?: boolean;
   /** img2img / inpainting: the clean latents to start from (and keep), with xT as the noise added to them. */
@@ -52,24 +44,14 @@ export interface SampleOptions extends RunHooks {
   strength?: number;
 }
 
-const K_SAMPLERS: Readonly<Record<string, KSamplerName>> = {
-  euler: "euler",
-  euler_ancestral: "euler_ancestral",
-  heun: "heun",
-  dpmpp_2m: "dpmpp_2m",
-  dpmpp_2m_karras: "dpmpp_2m",
-};
-
 /**
- * Samples latents from unit-variance noise xT (flattened, any batch): calls `model` once per step (Heun and
- * PLMS's first step twice), reports each step, stops with the signal's reason when aborted. Returns x₀.
+ * Samples latents from unit-variance noise xT (flattened, any batch): calls `model` once per step (Heun, DPM++ SDE
+ * and PLMS's first step twice), reports each step, stops with the signal's reason when aborted. Returns x₀.
  * Arithmetic is float64 per element with latents stored as float32 between steps, like PyTorch's float32 tensors.
  */
 export async function sample(model: DiffusionModel, xT: Float32Array, options: SampleOptions): Promise<Float32Array> {
-  const { sampler, steps } = options;
-  if (!SAMPLER_NAMES.includes(sampler)) {
-    throw new RangeError(`unknown sampler "${sampler}"; one of ${SAMPLER_NAMES.join(", ")}`);
-  }
+  const { steps } = options;
+  const sampler = samplerByName(options.sampler);
   if (!Number.isInteger(steps) || steps < 1) throw new RangeError(`steps ${steps}: must be an integer ≥ 1`);
   if (xT.length === 0) throw new RangeError("xT is empty");
   const schedule = options.schedule ?? NoiseSchedule.create();
@@ -77,57 +59,43 @@ export async function sample(model: DiffusionModel, xT: Float32Array, options: S
   if (parameterization !== "eps" && parameterization !== "v") {
     throw new RangeError(`parameterization "${parameterization}": must be "eps" or "v"`);
   }
-  const eta = options.eta ?? (sampler === "euler_ancestral" ? 1 : 0);
+  if (sampler.epsOnly && parameterization !== "eps") {
+    throw new RangeError(`sampler ${sampler.name} needs an ε-prediction model; this one predicts ${parameterization}`);
+  }
+  const sigmaSchedule = sigmaScheduleOf(sampler, options.sigmaSchedule);
+  const eta = options.eta ?? sampler.defaultEta;
   if (!(eta >= 0)) throw new RangeError(`eta ${eta}: must be ≥ 0`);
-  const needsNoise =
-    sampler === "ddpm" || (sampler === "euler_ancestral" && eta > 0) || (sampler === "ddim" && eta > 0);
+  const needsNoise = sampler.noise === "always" || (sampler.noise === "eta" && eta > 0);
   if (needsNoise && !options.generator)
-    throw new Error(`sampler ${sampler}${eta ? ` with eta ${eta}` : ""} adds noise: pass a generator`);
+    throw new Error(`sampler ${sampler.name}${eta ? ` with eta ${eta}` : ""} adds noise: pass a generator`);
 
   const init = checkInit(options.init, xT.length);
   const strength = options.strength ?? 1;
   if (!(strength > 0 && strength <= 1)) throw new RangeError(`strength ${strength}: must be in (0, 1]`);
   if (strength < 1 && !init) throw new RangeError(`strength ${strength} < 1 needs init latents to start from`);
   if (init?.keep && !options.generator) throw new Error("keeping init latents draws fresh noise: pass a generator");
-  /** Steps skipped at the start of a schedule of `length` steps, and the steps run. */
+  /** Steps skipped at the start of a schedule of `length` steps, and the run over the steps left. */
   const plan = (length: number) => {
     const runSteps = Math.min(Math.floor(strength * steps), length);
     if (runSteps < 1) {
       throw new RangeError(`strength ${strength} with ${steps} steps runs no step: raise the strength or the steps`);
     }
-    return { startStep: length - runSteps, runSteps };
+    const run = new SamplingRun(model, xT.length, runSteps, options.generator, options, init);
+    return { startStep: length - runSteps, run };
   };
-  const newRun = (runSteps: number) => new SamplingRun(model, xT.length, runSteps, options.generator, options, init);
-
-  const kName = K_SAMPLERS[sampler];
-  if (kName) {
-    const karras = sampler === "dpmpp_2m_karras" || options.sigmaSchedule === "karras";
-    if (steps > schedule.numTimesteps) throw new RangeError(`steps ${steps}: at most ${schedule.numTimesteps}`);
-    const sigmas = karras ? karrasSigmas(schedule, steps) : discreteSigmas(schedule, steps);
-    const { startStep, runSteps } = plan(steps);
-    return sampleK(kName, newRun(runSteps), schedule, xT, sigmas.slice(startStep), { parameterization, eta });
-  }
-  if (sampler === "ddpm") {
-    if (steps !== schedule.numTimesteps) {
-      throw new RangeError(`ddpm runs every training timestep: steps must be ${schedule.numTimesteps}, got ${steps}`);
-    }
-    const { startStep, runSteps } = plan(steps);
-    return sampleDdpm(newRun(runSteps), schedule, xT, parameterization, options.clipDenoised ?? false, startStep);
-  }
-  const timesteps = ddimTimesteps(schedule.numTimesteps, steps, options.spacing, options.stepsOffset);
-  const { startStep, runSteps } = plan(timesteps.length);
-  const run = newRun(runSteps);
-  const ddimOptions = {
+  return sampler.run({
+    schedule,
+    xT,
+    steps,
     eta,
+    parameterization,
+    sigmaSchedule: sigmaSchedule ?? "normal",
     spacing: options.spacing ?? "uniform",
     stepsOffset: options.stepsOffset ?? 0,
     finalAlphaCumprod: options.finalAlphaCumprod ?? "first",
-    parameterization,
-    startStep,
-  };
-  return sampler === "ddim"
-    ? sampleDdim(run, schedule, xT, timesteps, ddimOptions)
-    : samplePlms(run, schedule, xT, timesteps, ddimOptions);
+    clipDenoised: options.clipDenoised ?? false,
+    plan,
+  });
 }
 
 function checkInit(init: InitLatents | undefined, size: number): InitLatents | undefined {

@@ -97,6 +97,8 @@ export interface LatentRequest {
   xT: Float32Array;
   latentShape: readonly number[];
   sampler: SamplerName;
+  /** The k-samplers' σ spacing (default: the sampler's). */
+  schedule?: string;
   steps: number;
   guidanceScale: number;
   eta?: number;
@@ -147,6 +149,7 @@ export async function sampleFromTokens(
     const network = unetDenoiser(unet, context, cConcat, [rows.length, ...latentShape.slice(1)], parts);
     return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
       sampler: request.sampler,
+      sigmaSchedule: request.schedule,
       steps: request.steps,
       schedule,
       parameterization: config.parameterization,

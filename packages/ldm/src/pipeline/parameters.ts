@@ -2,7 +2,7 @@
  * Generation parameters as written into a PNG's tEXt chunk, so an image can be regenerated from itself
  * (`ldm generate --params-from image.png`).
  */
-import { SAMPLER_NAMES, type SamplerName } from "../diffusion/index.ts";
+import { type SamplerName, type SigmaScheduleName, samplerByName, sigmaScheduleOf } from "../diffusion/index.ts";
 
 /** The tEXt keyword our parameters are stored under. */
 export const PARAMETERS_KEYWORD = "ldm-parameters";
@@ -13,6 +13,8 @@ export interface GenerationParameters {
   /** The run's torch seed, in decimal (seeds reach 2⁶⁴). */
   seed: string;
   sampler: SamplerName;
+  /** The σ spacing of a k-sampler when not its default. */
+  schedule?: SigmaScheduleName;
   steps: number;
   guidanceScale: number;
   eta: number;
@@ -57,8 +59,11 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     return v as T;
   };
   const sampler = field<string>("sampler", "string");
-  if (!(SAMPLER_NAMES as readonly string[]).includes(sampler)) {
-    throw new Error(`${origin}: unknown sampler "${sampler}"; known: ${SAMPLER_NAMES.join(", ")}`);
+  const schedule = field<string | undefined>("schedule", "string", true);
+  try {
+    sigmaScheduleOf(samplerByName(sampler), schedule);
+  } catch (e) {
+    throw new Error(`${origin}: ${(e as Error).message}`);
   }
   const dtype = field<string>("dtype", "string");
   if (dtype !== "f32" && dtype !== "f16") throw new Error(`${origin}: dtype "${dtype}" is neither f32 nor f16`);
@@ -67,6 +72,7 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     negativePrompt: field("negativePrompt", "string"),
     seed: field("seed", "string"),
     sampler: sampler as SamplerName,
+    ...(schedule === undefined ? {} : { schedule: schedule as SigmaScheduleName }),
     steps: field("steps", "number"),
     guidanceScale: field("guidanceScale", "number"),
     eta: field("eta", "number"),

@@ -9,9 +9,13 @@ import {
   type InitLatents,
   NoiseSchedule,
   qSample,
-  SAMPLER_NAMES,
+  SAMPLING_DEFAULTS,
   type SamplerName,
+  type SamplerRecord,
+  type SigmaScheduleName,
   type StepInfo,
+  samplerByName,
+  sigmaScheduleOf,
 } from "../diffusion/index.ts";
 import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../image/pixels.ts";
 import type { RgbaImage } from "../image/png.ts";
@@ -58,9 +62,11 @@ export interface GenerateOptions {
   steps?: number;
   /** Classifier-free guidance scale (default 7.5); 1 skips the unconditional pass. */
   guidanceScale?: number;
-  /** Default "ddim". */
+  /** Default "ddim" (SAMPLING_DEFAULTS). */
   sampler?: SamplerName;
-  /** DDIM's or Euler ancestral's η (defaults 0 and 1). */
+  /** k-samplers: the σ spacing, "normal", "karras" or "exponential" (default: the sampler's own). */
+  schedule?: SigmaScheduleName;
+  /** Noise amount of DDIM (default 0) and the ancestral/SDE samplers (default 1). */
   eta?: number;
   /** torch seed of the run's one CPU generator; random when absent (the result says which). */
   seed?: Seed;
@@ -133,7 +139,7 @@ export interface PipelineNetworks {
 /** Thrown for options the pipeline cannot run with (bad size, unknown sampler, …). */
 export class PipelineOptionError extends RangeError {}
 
-const DEFAULTS = { steps: 50, guidanceScale: 7.5, sampler: "ddim" as SamplerName, size: 512, strength: 0.75 };
+const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
 
 export class StableDiffusion {
   readonly schedule: NoiseSchedule;
@@ -385,8 +391,13 @@ export class StableDiffusion {
     const sampler = options.sampler ?? DEFAULTS.sampler;
     const guidanceScale = options.guidanceScale ?? DEFAULTS.guidanceScale;
     const batchSize = options.batchSize ?? 1;
-    if (!SAMPLER_NAMES.includes(sampler)) {
-      throw new PipelineOptionError(`unknown sampler "${sampler}"; one of ${SAMPLER_NAMES.join(", ")}`);
+    let record: SamplerRecord;
+    let schedule: SigmaScheduleName | undefined;
+    try {
+      record = samplerByName(sampler);
+      schedule = sigmaScheduleOf(record, options.schedule);
+    } catch (e) {
+      throw new PipelineOptionError((e as Error).message);
     }
     if (!Number.isInteger(steps) || steps < 1) throw new PipelineOptionError(`steps ${steps}: must be an integer ≥ 1`);
     if (!Number.isFinite(guidanceScale))
@@ -408,6 +419,8 @@ export class StableDiffusion {
     return {
       steps,
       sampler,
+      schedule,
+      eta: options.eta ?? record.defaultEta,
       guidanceScale,
       batchSize,
       width,
@@ -465,9 +478,10 @@ export class StableDiffusion {
       xT: start.xT,
       latentShape: job.latentShape,
       sampler: job.sampler,
+      schedule: job.schedule,
       steps: job.steps,
       guidanceScale: job.guidanceScale,
-      eta: options.eta,
+      eta: job.eta,
       generator: job.generator,
       init: start.init,
       strength: start.strength,
@@ -487,7 +501,8 @@ export class StableDiffusion {
         sampler: job.sampler,
         steps: job.steps,
         guidanceScale: job.guidanceScale,
-        eta: options.eta ?? (job.sampler === "euler_ancestral" ? 1 : 0),
+        ...(job.schedule === samplerByName(job.sampler).schedules[0] ? {} : { schedule: job.schedule }),
+        eta: job.eta,
         width: job.width,
         height: job.height,
         batchSize: job.batchSize,
@@ -528,6 +543,8 @@ export class StableDiffusion {
 interface Job {
   steps: number;
   sampler: SamplerName;
+  schedule?: SigmaScheduleName;
+  eta: number;
   guidanceScale: number;
   batchSize: number;
   width: number;

@@ -3,7 +3,7 @@
  * pipeline's own sampling path (sampleFromTokens); decodeLatents turns a z_0 into the image.
  */
 import { Tensor } from "@ldm/tensor";
-import { NoiseSchedule, SAMPLER_NAMES, type SamplerName } from "../diffusion/index.ts";
+import { NoiseSchedule, type SamplerName, samplerByName } from "../diffusion/index.ts";
 import type { LoadedModel } from "../models/index.ts";
 import { sampleFromTokens } from "../pipeline/denoiser.ts";
 import type { Dump, HostTensor } from "./dump.ts";
@@ -21,8 +21,10 @@ function settings(dump: Dump): SampleSettings {
     throw new Error(`${dump.path}: the sample component's __metadata__ ${what}`);
   };
   const sampler = meta.sampler ?? fail("has no sampler");
-  if (!(SAMPLER_NAMES as readonly string[]).includes(sampler)) {
-    fail(`names sampler "${sampler}"; known: ${SAMPLER_NAMES.join(", ")}`);
+  try {
+    samplerByName(sampler);
+  } catch (e) {
+    fail(`names a sampler the table lacks: ${(e as Error).message}`);
   }
   const number = (key: string, fallback?: number) => {
     const text = meta[key];

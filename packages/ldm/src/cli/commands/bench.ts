@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { SAMPLING_DEFAULTS } from "../../diffusion/index.ts";
 import type { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
 import {
   addModelOptions,
@@ -43,13 +44,13 @@ export function registerBench(program: Command): void {
     .option("--width <px>", "multiple of 8 (default: the model's trained size, else 512)")
     .option("--height <px>", "multiple of 8 (default: the model's trained size, else 512)")
     .option("--steps <n>", "sampling steps (default 5)")
-    .option("--cfg <scale>", "guidance scale (default 7.5: UNet batch 2; 1: batch 1)")
+    .option("--cfg <scale>", `guidance scale (default ${SAMPLING_DEFAULTS.guidanceScale}: UNet batch 2; 1: batch 1)`)
     .option("--json", "print the report as JSON");
   addModelOptions(command).action(async (flags: BenchFlags) => {
     const width = flags.width === undefined ? undefined : sizeFlag("--width", flags.width);
     const height = flags.height === undefined ? undefined : sizeFlag("--height", flags.height);
     const steps = flags.steps === undefined ? 5 : integerFlag("--steps", flags.steps, 1);
-    const guidanceScale = flags.cfg === undefined ? 7.5 : numberFlag("--cfg", flags.cfg);
+    const guidanceScale = flags.cfg === undefined ? SAMPLING_DEFAULTS.guidanceScale : numberFlag("--cfg", flags.cfg);
     const loadStart = performance.now();
     const pipe = await loadPipeline(flags);
     const loadMs = performance.now() - loadStart;

@@ -1,7 +1,14 @@
 import { basename } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
-import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
+import {
+  SAMPLER_NAMES,
+  SAMPLING_DEFAULTS,
+  type SamplerName,
+  type SigmaScheduleName,
+  samplerByName,
+  sigmaScheduleOf,
+} from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
 import { gridImage } from "../../image/pixels.ts";
 import {
@@ -30,6 +37,7 @@ import {
 interface GenerateFlags extends ModelFlags {
   negative?: string;
   sampler?: string;
+  schedule?: string;
   steps?: string;
   cfg?: string;
   eta?: string;
@@ -52,6 +60,7 @@ interface Request {
   prompt: string;
   negativePrompt: string;
   sampler: SamplerName;
+  schedule?: SigmaScheduleName;
   steps: number;
   guidanceScale: number;
   eta?: number;
@@ -68,10 +77,17 @@ export function registerGenerate(program: Command): void {
     .description("generate images from a prompt (txt2img; img2img with --init-image; inpainting with --mask)")
     .argument("[prompts...]", "one or more prompts, each run from the same seed (or the one of --params-from)")
     .option("--negative <text>", 'negative prompt: the unconditional half of guidance (default "")')
-    .option("--sampler <name>", `${SAMPLER_NAMES.join(", ")} (default ddim)`)
-    .option("--steps <n>", "sampling steps (default 50)")
-    .option("--cfg <scale>", "classifier-free guidance scale (default 7.5; 1 skips the unconditional pass)")
-    .option("--eta <eta>", "DDIM / Euler ancestral η (defaults 0 / 1)")
+    .option("--sampler <name>", `${SAMPLER_NAMES.join(", ")} (default ${SAMPLING_DEFAULTS.sampler})`)
+    .option(
+      "--schedule <kind>",
+      "k-samplers' σ spacing: normal, karras or exponential (default: the sampler's; karras for *_karras)",
+    )
+    .option("--steps <n>", `sampling steps (default ${SAMPLING_DEFAULTS.steps})`)
+    .option(
+      "--cfg <scale>",
+      `classifier-free guidance scale (default ${SAMPLING_DEFAULTS.guidanceScale}; 1 skips the unconditional pass)`,
+    )
+    .option("--eta <eta>", "noise amount of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
     .option("--seed <n>", "torch seed of the CPU noise (default: random, printed)")
     .option("--width <px>", "multiple of 8 (default: the model's trained size, else 512; or the init image's width)")
     .option("--height <px>", "multiple of 8 (default: the model's trained size, else 512; or the init image's height)")
@@ -173,9 +189,14 @@ async function storedParameters(path: string): Promise<GenerationParameters> {
 function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: GenerationParameters): Request {
   const text = prompt ?? stored?.prompt;
   if (text === undefined) throw new UserError("no prompt: give one, or --params-from an image we generated");
-  const sampler = flags.sampler ?? stored?.sampler ?? "ddim";
-  if (!(SAMPLER_NAMES as readonly string[]).includes(sampler)) {
-    throw new UserError(`unknown sampler "${sampler}"; one of ${SAMPLER_NAMES.join(", ")}`);
+  const sampler = flags.sampler ?? stored?.sampler ?? SAMPLING_DEFAULTS.sampler;
+  // A stored schedule belongs to the stored sampler: a --sampler of its own starts from that sampler's default.
+  const requestedSchedule = flags.schedule ?? (flags.sampler === undefined ? stored?.schedule : undefined);
+  let schedule: SigmaScheduleName | undefined;
+  try {
+    schedule = sigmaScheduleOf(samplerByName(sampler), requestedSchedule);
+  } catch (e) {
+    throw new UserError((e as Error).message);
   }
   const size = (flag: string, value: string | undefined, fallback?: number) =>
     value === undefined ? fallback : sizeFlag(flag, value);
@@ -183,8 +204,13 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
     prompt: text,
     negativePrompt: flags.negative ?? stored?.negativePrompt ?? "",
     sampler: sampler as SamplerName,
-    steps: flags.steps === undefined ? (stored?.steps ?? 50) : integerFlag("--steps", flags.steps, 1),
-    guidanceScale: flags.cfg === undefined ? (stored?.guidanceScale ?? 7.5) : numberFlag("--cfg", flags.cfg),
+    schedule,
+    steps:
+      flags.steps === undefined ? (stored?.steps ?? SAMPLING_DEFAULTS.steps) : integerFlag("--steps", flags.steps, 1),
+    guidanceScale:
+      flags.cfg === undefined
+        ? (stored?.guidanceScale ?? SAMPLING_DEFAULTS.guidanceScale)
+        : numberFlag("--cfg", flags.cfg),
     eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0),
     seed: flags.seed === undefined ? stored && seedFlag(stored.seed) : seedFlag(flags.seed),
     width: size("--width", flags.width, stored?.width),
