@@ -1,6 +1,6 @@
 import { TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "./architecture.ts";
-import type { SafetensorsFile } from "./safetensors.ts";
 import type { Mapping, Transform } from "./source.ts";
+import type { TensorFile } from "./tensor-file.ts";
 
 /**
  * Key tables from stored layouts onto canonical keys (the original single-file names, with the text encoder
@@ -25,7 +25,7 @@ class TableBuilder {
   readonly table = new Map<string, Mapping>();
   readonly ignored: IgnoredKey[] = [];
 
-  add(canonical: string, file: SafetensorsFile, stored: string, transform: Transform = { kind: "none" }): void {
+  add(canonical: string, file: TensorFile, stored: string, transform: Transform = { kind: "none" }): void {
     const previous = this.table.get(canonical);
     if (previous) {
       throw new LayoutError(
@@ -39,7 +39,7 @@ class TableBuilder {
     this.table.set(canonical, { file, stored, shape, transform });
   }
 
-  ignore(file: SafetensorsFile, key: string, reason: string): void {
+  ignore(file: TensorFile, key: string, reason: string): void {
     this.ignored.push({ key, file: file.name, reason });
   }
 
@@ -85,7 +85,7 @@ const OPEN_CLIP_TOP: Record<string, string> = {
   "ln_final.bias": "final_layer_norm.bias",
 };
 
-export function singleFileLayout(file: SafetensorsFile, options: SingleFileOptions = {}): SingleFileLayout {
+export function singleFileLayout(file: TensorFile, options: SingleFileOptions = {}): SingleFileLayout {
   const b = new TableBuilder();
   const scheduleKeys: string[] = [];
   const emaKeys: string[] = [];
@@ -115,7 +115,7 @@ export function singleFileLayout(file: SafetensorsFile, options: SingleFileOptio
   };
 }
 
-function addOpenClip(b: TableBuilder, file: SafetensorsFile, key: string): void {
+function addOpenClip(b: TableBuilder, file: TensorFile, key: string): void {
   const target = openClipTarget(key.slice(OPEN_CLIP.length), file.entry(key).shape[0]);
   if (typeof target === "string") b.ignore(file, key, target);
   else for (const [canonical, transform] of target) b.add(TEXT_PREFIX + canonical, file, key, transform);
@@ -143,11 +143,11 @@ function openClipTarget(rest: string, rows: number): [string, Transform][] | str
 }
 
 /** LitEma stores `model.diffusion_model.a.b` as buffer `model_ema.diffusion_modelab` (dots removed). */
-function emaName(unetKey: string): string {
+export function emaName(unetKey: string): string {
   return EMA + unetKey.slice("model.".length).replaceAll(".", "");
 }
 
-function useEma(b: TableBuilder, file: SafetensorsFile, emaKeys: string[]): void {
+function useEma(b: TableBuilder, file: TensorFile, emaKeys: string[]): void {
   const unetKeys = [...b.table.keys()].filter((k) => k.startsWith(UNET_PREFIX));
   const available = new Set(emaKeys);
   const absent = unetKeys.filter((k) => !available.has(emaName(k)));
@@ -180,7 +180,7 @@ function splitParam(key: string): [string, string] {
 
 /** A diffusers component's weights: one file, or the shards of a `*.safetensors.index.json`. */
 export interface ComponentFiles {
-  files: SafetensorsFile[];
+  files: TensorFile[];
 }
 
 export interface DiffusersComponents {
@@ -203,8 +203,8 @@ export function diffusersLayout(components: DiffusersComponents): LayoutTable {
   return b.result();
 }
 
-function keysOf(c: ComponentFiles): [string, SafetensorsFile][] {
-  return c.files.flatMap((f) => [...f.tensors.keys()].map((k): [string, SafetensorsFile] => [k, f]));
+function keysOf(c: ComponentFiles): [string, TensorFile][] {
+  return c.files.flatMap((f) => [...f.tensors.keys()].map((k): [string, TensorFile] => [k, f]));
 }
 
 const UNET_RESNET: Record<string, string> = {
@@ -229,7 +229,7 @@ const UNET_TOP: Record<string, string> = {
  * j is input block (R+1)·i + j + 1 (slots .0/.1), its downsampler input block (R+1)·(i+1); up block i's j-th is
  * output block (R+1)·i + j, its upsampler the last of those, after the attention if the level has one.
  */
-function addDiffusersUnet(b: TableBuilder, keys: [string, SafetensorsFile][]): void {
+function addDiffusersUnet(b: TableBuilder, keys: [string, TensorFile][]): void {
   const names = keys.map(([k]) => k);
   const numRes = new Set(names.map((k) => /^down_blocks\.0\.resnets\.(\d+)\./.exec(k)?.[1]).filter(Boolean)).size;
   const upHasAttention = (i: string) => names.some((k) => k.startsWith(`up_blocks.${i}.attentions.`));
@@ -284,7 +284,7 @@ const VAE_ATTENTION: Record<string, string> = {
  * diffusers and from the top in the original. Attention projections are linear in diffusers ([C, C]) and
  * 1×1 convolutions in the original ([C, C, 1, 1]): same bytes, reshaped.
  */
-function addDiffusersVae(b: TableBuilder, keys: [string, SafetensorsFile][]): void {
+function addDiffusersVae(b: TableBuilder, keys: [string, TensorFile][]): void {
   const names = keys.map(([k]) => k);
   const levels = new Set(names.map((k) => /^decoder\.up_blocks\.(\d+)\./.exec(k)?.[1]).filter(Boolean)).size;
   const resnet = (rest: string) => rest.replace(/^conv_shortcut\./, "nin_shortcut.");

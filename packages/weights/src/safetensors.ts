@@ -265,7 +265,7 @@ export interface TensorToWrite {
   dtype: StoredDType;
   shape: readonly number[];
   /** The elements in row-major order, or a function producing them when the writer gets to this tensor. */
-  data: ArrayBufferView | (() => ArrayBufferView);
+  data: ArrayBufferView | (() => ArrayBufferView | Promise<ArrayBufferView>);
 }
 
 export interface EncodedLayout {

@@ -14,7 +14,8 @@ import {
   PARAM_DTYPE_BYTES,
   STORED_DTYPE_BYTES,
 } from "./dtype.ts";
-import type { SafetensorsFile, TensorEntry } from "./safetensors.ts";
+import type { TensorEntry } from "./safetensors.ts";
+import type { TensorFile } from "./tensor-file.ts";
 
 /**
  * How a canonical key is read from a stored tensor: as is; as the row range [start, end) of its first
@@ -24,7 +25,7 @@ import type { SafetensorsFile, TensorEntry } from "./safetensors.ts";
 export type Transform = { kind: "none" } | { kind: "rows"; start: number; end: number } | { kind: "reshape" };
 
 export interface Mapping {
-  file: SafetensorsFile;
+  file: TensorFile;
   /** The key inside `file`. */
   stored: string;
   /** The canonical shape, as the model asks for it. */
@@ -46,7 +47,7 @@ const DEFAULT_SYNC_BYTES = 64 * 1024 * 1024;
 interface Job {
   key: string;
   request: WeightRequest;
-  file: SafetensorsFile;
+  file: TensorFile;
   entry: TensorEntry;
   begin: number;
   end: number;
@@ -84,7 +85,7 @@ export class MappedWeightSource implements WeightSource {
   }
 
   /** The files the table reads from. */
-  files(): SafetensorsFile[] {
+  files(): TensorFile[] {
     return [...new Set([...this.table.values()].map((m) => m.file))];
   }
 

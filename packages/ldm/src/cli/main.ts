@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.ts";
+import { registerConvert } from "./commands/convert.ts";
 import { registerDevice } from "./commands/device.ts";
 import { registerGenerate } from "./commands/generate.ts";
 import { registerInfo } from "./commands/info.ts";
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (s, write) => write(s) });
   registerDevice(program);
   registerInfo(program);
+  registerConvert(program);
   registerTokenize(program);
   registerValidate(program);
   registerGenerate(program);

@@ -14,9 +14,9 @@ import {
   singleFileLayout,
   type TextNaming,
 } from "../layouts.ts";
-import type { SafetensorsFile } from "../safetensors.ts";
 import { type LoadOptions, MappedWeightSource } from "../source.ts";
-import { openSafetensors } from "./file.ts";
+import type { TensorFile } from "../tensor-file.ts";
+import { openSafetensors, openTorchCheckpoint, TORCH_CHECKPOINT } from "./file.ts";
 
 export interface CheckpointOptions extends LoadOptions, SingleFileOptions {
   /** diffusers folders: "fp16" takes the `*.fp16.safetensors` files; by default the plain ones (or fp16 if alone). */
@@ -31,7 +31,7 @@ export interface TokenizerFiles {
 interface CheckpointParts {
   layout: "single-file" | "diffusers";
   path: string;
-  files: SafetensorsFile[];
+  files: TensorFile[];
   source: MappedWeightSource;
   ignored: IgnoredKey[];
   hints: DetectionHints;
@@ -49,8 +49,8 @@ export class Checkpoint {
   readonly path: string;
   /** The weights under canonical keys, for VarBuilder. */
   readonly source: MappedWeightSource;
-  /** Every safetensors file opened (a single file, or each diffusers component's files). */
-  readonly files: readonly SafetensorsFile[];
+  /** Every file opened (a single file, or each diffusers component's files). */
+  readonly files: readonly TensorFile[];
   /** Stored tensors that map to no canonical key, with the reason. */
   readonly ignored: readonly IgnoredKey[];
   /** How a single file stored its text encoder. */
@@ -125,7 +125,10 @@ export function readConfigFile(path: string): string {
   }
 }
 
-/** Opens a single-file checkpoint (`.safetensors`) or a diffusers folder; reads headers and configs only. */
+/**
+ * Opens a single-file checkpoint (`.safetensors`, or a PyTorch `.ckpt`/`.pt`/`.pth` read as data) or a diffusers
+ * folder; reads headers, pickles and configs only.
+ */
 export async function openCheckpoint(path: string, options: CheckpointOptions = {}): Promise<Checkpoint> {
   let isFolder: boolean;
   try {
@@ -137,10 +140,7 @@ export async function openCheckpoint(path: string, options: CheckpointOptions = 
 }
 
 async function openSingleFile(path: string, options: CheckpointOptions): Promise<Checkpoint> {
-  if (/\.(ckpt|pt|pth|bin)$/i.test(path)) {
-    throw new CheckpointError(`${path}: PyTorch pickle checkpoints are not supported; convert it to .safetensors`);
-  }
-  const file = await openSafetensors(path);
+  const file = TORCH_CHECKPOINT.test(path) ? await openTorchCheckpoint(path) : await openSafetensors(path);
   try {
     const layout = singleFileLayout(file, options);
     return new Checkpoint({
@@ -164,7 +164,7 @@ const COMPONENT_FILES = { unet: "diffusion_pytorch_model", vae: "diffusion_pytor
 
 async function openDiffusers(folder: string, options: CheckpointOptions): Promise<Checkpoint> {
   const modelIndex = await readJson(join(folder, "model_index.json"), false);
-  const opened: SafetensorsFile[] = [];
+  const opened: TensorFile[] = [];
   try {
     const components: DiffusersComponents = {};
     for (const [name, base] of Object.entries(COMPONENT_FILES) as [keyof DiffusersComponents, string][]) {

@@ -6,6 +6,7 @@ import {
   SafetensorsFile,
   type TensorToWrite,
 } from "../safetensors.ts";
+import { TorchCheckpoint } from "../torch.ts";
 
 /** A reader over a file on disk through one file handle: positioned reads, nothing mapped or slurped. */
 export async function fileReader(path: string): Promise<ByteReader> {
@@ -49,6 +50,20 @@ export async function openSafetensors(path: string): Promise<SafetensorsFile> {
   }
 }
 
+/** PyTorch checkpoint files by extension (a pickle, never executed: see torch.ts). */
+export const TORCH_CHECKPOINT = /\.(ckpt|pt|pth)$/i;
+
+/** Opens a PyTorch checkpoint (`torch.save`, zip or legacy format) as data; tensors are read on demand. */
+export async function openTorchCheckpoint(path: string): Promise<TorchCheckpoint> {
+  const reader = await fileReader(path);
+  try {
+    return await TorchCheckpoint.open(reader);
+  } catch (e) {
+    await reader.close();
+    throw e;
+  }
+}
+
 /**
  * Writes tensors to a safetensors file, one tensor's data at a time (a tensor given as a function is produced
  * only when its turn comes, so a large checkpoint can be generated without holding it in memory).
@@ -67,7 +82,7 @@ export async function writeSafetensors(
     await writeAll(header);
     for (const name of order) {
       const t = tensors[name];
-      const data = typeof t.data === "function" ? t.data() : t.data;
+      const data = typeof t.data === "function" ? await t.data() : t.data;
       const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       // encodeHeader checked eager data; a produced tensor is checked here, before it can shift the layout.
       if (typeof t.data === "function") encodeHeader({ [name]: { ...t, data } });

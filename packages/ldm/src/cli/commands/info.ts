@@ -4,10 +4,14 @@ import {
   DetectionError,
   LayoutError,
   type MappedWeightSource,
+  PickleError,
   SafetensorsError,
   TEXT_PREFIX,
+  TorchCheckpoint,
+  TorchCheckpointError,
   UNET_PREFIX,
   VAE_PREFIX,
+  ZipError,
 } from "@ldm/weights";
 import { type Checkpoint, CheckpointError, openCheckpoint } from "@ldm/weights/node";
 import type { Command } from "commander";
@@ -28,13 +32,21 @@ const COMPONENTS = [
 ] as const;
 
 /** Errors caused by the file or the flags the user gave: one line, exit 1. */
-const INPUT_ERRORS = [CheckpointError, SafetensorsError, LayoutError, ConfigError];
+const INPUT_ERRORS = [
+  CheckpointError,
+  SafetensorsError,
+  LayoutError,
+  ConfigError,
+  TorchCheckpointError,
+  PickleError,
+  ZipError,
+];
 
 export function registerInfo(program: Command): void {
   program
     .command("info")
     .description("describe a checkpoint: family, configuration, parameters and dtypes per component")
-    .argument("<checkpoint>", "a .safetensors file (original layout) or a diffusers folder")
+    .argument("<checkpoint>", "a .safetensors or PyTorch .ckpt/.pt file (original layout) or a diffusers folder")
     .option("--config <yaml>", "an original-style YAML config (v1-inference.yaml shape) instead of detection")
     .option("--ema", "use the EMA copy of the UNet in a full training checkpoint")
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files")
@@ -61,7 +73,7 @@ export function registerInfo(program: Command): void {
     });
 }
 
-async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
+export async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
@@ -105,6 +117,8 @@ function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: strin
   return {
     path: checkpoint.path,
     layout: checkpoint.layout,
+    /** A PyTorch checkpoint's format, where its state dict was, and its plain top-level values (global_step, …). */
+    pytorch: checkpoint.files[0] instanceof TorchCheckpoint ? { ...checkpoint.files[0].metadata } : undefined,
     family: config && `${config.family === "sd1" ? "SD 1.x" : "SD 2.x"}${config.inpainting ? " inpainting" : ""}`,
     configFrom: yaml ? yaml.origin : "detected from the weights",
     config,
@@ -119,6 +133,12 @@ function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: strin
 
 function format(r: ReturnType<typeof describe>): string {
   const lines = [`checkpoint: ${r.path} (${r.layout === "diffusers" ? "diffusers folder" : "single file"})`];
+  if (r.pytorch)
+    lines.push(
+      `PyTorch checkpoint: ${Object.entries(r.pytorch)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(", ")}`,
+    );
   if (r.family) lines.push(`family: ${r.family}`);
   if (r.problem) lines.push(`model: not detected: ${r.problem}`);
   lines.push("components:");

@@ -1,0 +1,106 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Device } from "@ldm/tensor";
+import { type Checkpoint, openCheckpoint, openSafetensors } from "@ldm/weights/node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { validate } from "../src/validate/index.ts";
+import { runCli } from "./helpers/run-cli.ts";
+
+/**
+ * tiny-sd1.ckpt is tiny-sd1.safetensors as the paper's checkpoints store their weights:
+ * torch.save({"state_dict": sd, "global_step": 1000}) by Debian's PyTorch (reference/make_torch_fixtures.py).
+ */
+const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
+const CKPT = join(DUMPS, "tiny-sd1.ckpt");
+const SAFETENSORS = join(DUMPS, "tiny-sd1.safetensors");
+const CONFIG = join(DUMPS, "tiny-sd1.yaml");
+
+let device: Device;
+let scratch: string;
+beforeAll(async () => {
+  device = await Device.create();
+  scratch = mkdtempSync(join(tmpdir(), "ldm-ckpt-"));
+});
+afterAll(() => {
+  device?.destroy();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+/** Each canonical key's dtype, shape and a hash of its stored bytes. */
+async function canonicalTensors(checkpoint: Checkpoint): Promise<string[]> {
+  const out: string[] = [];
+  for (const key of [...checkpoint.source.keys()].sort()) {
+    const m = checkpoint.source.mapping(key)!;
+    const { dtype, shape } = checkpoint.source.describe(key)!;
+    const hash = createHash("sha256")
+      .update(await m.file.readBytes(m.stored))
+      .digest("hex");
+    out.push(`${key} ${dtype} ${shape.join("x")} ${hash}`);
+  }
+  return out;
+}
+
+describe("the paper's .ckpt layout of tiny-sd1", () => {
+  it("opens as its safetensors does: same canonical tensors, bytes, schedule, ignored keys, detection", async () => {
+    const [ckpt, st] = [await openCheckpoint(CKPT), await openCheckpoint(SAFETENSORS)];
+    try {
+      expect(await canonicalTensors(ckpt)).toEqual(await canonicalTensors(st));
+      expect(ckpt.scheduleKeys.toSorted()).toEqual(st.scheduleKeys.toSorted());
+      expect(await ckpt.readSchedule()).toEqual(await st.readSchedule());
+      expect(ckpt.ignored.map((i) => i.key).sort()).toEqual(st.ignored.map((i) => i.key).sort());
+      expect(ckpt.config()).toEqual(st.config());
+    } finally {
+      await ckpt.close();
+      await st.close();
+    }
+  });
+
+  it("validates exactly as its safetensors does (f32)", async () => {
+    const dump = join(DUMPS, "tiny-sd1.dump.safetensors");
+    const fromCkpt = await validate({ checkpoint: CKPT, config: CONFIG, dump, device });
+    const fromSafetensors = await validate({ checkpoint: SAFETENSORS, config: CONFIG, dump, device });
+    expect(fromCkpt.pass).toBe(true);
+    expect(fromCkpt.checks).toEqual(fromSafetensors.checks);
+  });
+
+  it("ldm info names the PyTorch checkpoint and its global_step", async () => {
+    const { code, out } = await runCli("info", CKPT);
+    expect(code).toBe(0);
+    expect(out).toContain("family: SD 1.x");
+    expect(out).toContain("PyTorch checkpoint: format pytorch-zip, state_dict state_dict, global_step 1000");
+  });
+
+  it("ldm convert round-trips: the .safetensors it writes holds the original tensors, byte for byte", async () => {
+    const out = join(scratch, "tiny-sd1.safetensors");
+    const run = await runCli("convert", CKPT, out);
+    expect(run.code, run.err).toBe(0);
+    expect(run.out).toMatch(/tiny-sd1\.safetensors: 449 tensors, \d+\.\d MiB/);
+    const [converted, original] = [await openSafetensors(out), await openSafetensors(SAFETENSORS)];
+    try {
+      expect([...converted.tensors.keys()].sort()).toEqual([...original.tensors.keys()].sort());
+      for (const [name, entry] of original.tensors) {
+        expect(converted.entry(name).dtype).toBe(entry.dtype);
+        expect(converted.entry(name).shape).toEqual(entry.shape);
+        expect(Buffer.from(await converted.readBytes(name)).equals(await original.readBytes(name)), name).toBe(true);
+      }
+      expect(converted.metadata).toEqual({ format: "pt", global_step: "1000" });
+    } finally {
+      await converted.close();
+      await original.close();
+    }
+  });
+
+  it("ldm convert refuses a hostile checkpoint in one line and writes nothing", async () => {
+    const hostile = fileURLToPath(
+      new URL("../../weights/test/fixtures/torch/hostile/posix-system.pt", import.meta.url),
+    );
+    const out = join(scratch, "hostile.safetensors");
+    const run = await runCli("convert", hostile, out);
+    expect(run.code).toBe(1);
+    expect(run.err).toMatch(/^ldm: .*posix-system\.pt .*refused global posix\.system/);
+    await expect(openSafetensors(out)).rejects.toThrow(/cannot read: ENOENT/);
+  });
+});
