@@ -1,10 +1,11 @@
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { VarBuilder } from "@ldm/nn";
 import { Device, Tensor } from "@ldm/tensor";
-import { MappedWeightSource, type SafetensorsFile } from "@ldm/weights";
+import { ldmConfigFromYaml, MappedWeightSource, modelParamShapes, type SafetensorsFile } from "@ldm/weights";
 import { openSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TransformerWrapper, X_TRANSFORMER_DEFAULTS, type XTransformerConfig } from "../src/models/x-transformer.ts";
+import { bertEmbedderTransformer, TransformerWrapper, type XTransformerConfig } from "../src/models/x-transformer.ts";
 import { BERT_MAX_LENGTH, BERT_VOCAB_SIZE } from "../src/tokenizer/index.ts";
 import { Dump } from "../src/validate/index.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
@@ -13,13 +14,9 @@ import { maxRelativeError } from "./helpers/compare.ts";
 // random weights at the real vocabulary and length; cond.in.input_ids are bert-base-uncased ids of golden prompts.
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/dumps/${name}`, import.meta.url));
 const PREFIX = "cond_stage_model.transformer";
-const CONFIG: XTransformerConfig = {
-  num_tokens: BERT_VOCAB_SIZE,
-  max_seq_len: BERT_MAX_LENGTH,
-  dim: 16,
-  depth: 2,
-  ...X_TRANSFORMER_DEFAULTS,
-};
+const LDM_CONFIG = ldmConfigFromYaml(readFileSync(fixture("tiny-txt2img.yaml"), "utf8"), "tiny-txt2img.yaml");
+if (LDM_CONFIG.cond_stage?.target !== "BERTEmbedder") throw new Error("tiny-txt2img.yaml: expected a BERTEmbedder");
+const CONFIG: XTransformerConfig = bertEmbedderTransformer(LDM_CONFIG.cond_stage);
 
 let device: Device;
 let file: SafetensorsFile;
@@ -56,6 +53,26 @@ async function encoder(cfg: XTransformerConfig = CONFIG): Promise<{ model: Trans
 }
 
 describe("TransformerWrapper (x_transformer.py) against CompVis/latent-diffusion", () => {
+  it("reads the BERTEmbedder of the config: real vocabulary and length, x_transformer's 8 heads of 64", () => {
+    expect(CONFIG).toEqual({
+      num_tokens: BERT_VOCAB_SIZE,
+      max_seq_len: BERT_MAX_LENGTH,
+      dim: 16,
+      depth: 2,
+      heads: 8,
+      dim_head: 64,
+      ff_mult: 4,
+    });
+  });
+
+  it("architecture.ts lists exactly the checkpoint's weights (UNet, VAE, BERTEmbedder with to_logits)", () => {
+    const shapes = modelParamShapes(LDM_CONFIG);
+    const stored = new Map(
+      [...file.tensors.values()].filter((e) => e.name.includes(".")).map((e) => [e.name, [...e.shape]]),
+    );
+    expect(new Map([...shapes].sort())).toEqual(new Map([...stored].sort()));
+  });
+
   it("reads every stored key of the BERTEmbedder under its checkpoint name", async () => {
     const names = [...transformerSource().keys()];
     expect(names).toContain(`${PREFIX}.attn_layers.layers.3.1.net.0.0.weight`);

@@ -20,9 +20,33 @@ export function modelParamShapes(config: LdmConfig): ParamShapes {
   return new Map([...unetParamShapes(config.unet), ...vaeParamShapes(config.vae), ...cond]);
 }
 
-/** The cond stages without a text encoder: ClassEmbedder's embedding, SpatialRescaler's channel mapper. */
+/** x_transformer's defaults, which BERTEmbedder keeps: heads of 64 (DEFAULT_DIM_HEAD), 8 heads, FeedForward mult 4. */
+export const X_TRANSFORMER_DEFAULTS = Object.freeze({ heads: 8, dim_head: 64, ff_mult: 4 });
+
+/**
+ * The cond stages without a CLIP text encoder: ClassEmbedder's embedding, SpatialRescaler's channel mapper,
+ * BERTEmbedder's x-transformer (to_logits included: it is stored, though embeddings never use it).
+ */
 export function condStageParamShapes(cfg: CondStageConfig | undefined): ParamShapes {
   const s = new ShapeList(COND_PREFIX);
+  if (cfg?.target === "BERTEmbedder") {
+    const { heads, dim_head, ff_mult } = X_TRANSFORMER_DEFAULTS;
+    const dim = cfg.n_embed;
+    s.add("transformer.token_emb.weight", [cfg.vocab_size, dim]);
+    s.add("transformer.pos_emb.emb.weight", [cfg.max_seq_len, dim]);
+    for (let i = 0; i < cfg.n_layer; i++) {
+      const attention = `transformer.attn_layers.layers.${2 * i}`;
+      const feedForward = `transformer.attn_layers.layers.${2 * i + 1}`;
+      s.norm(`${attention}.0`, dim);
+      for (const p of ["to_q", "to_k", "to_v"]) s.linear(`${attention}.1.${p}`, dim, heads * dim_head, false);
+      s.linear(`${attention}.1.to_out`, heads * dim_head, dim);
+      s.norm(`${feedForward}.0`, dim);
+      s.linear(`${feedForward}.1.net.0.0`, dim, dim * ff_mult);
+      s.linear(`${feedForward}.1.net.2`, dim * ff_mult, dim);
+    }
+    s.norm("transformer.norm", dim);
+    s.linear("transformer.to_logits", dim, cfg.vocab_size);
+  }
   if (cfg?.target === "ClassEmbedder") s.add("embedding.weight", [cfg.n_classes, cfg.embed_dim]);
   if (cfg?.target === "SpatialRescaler" && cfg.out_channels !== undefined) {
     s.add("channel_mapper.weight", [cfg.out_channels, cfg.in_channels, 1, 1]);

@@ -101,6 +101,19 @@ export type CondStageConfig =
       out_channels?: number;
       bias: boolean;
     }
+  | {
+      /**
+       * The paper's text and layout encoder: x_transformer's TransformerWrapper(num_tokens = vocab_size,
+       * max_seq_len, Encoder(dim = n_embed, depth = n_layer)) on bert-base-uncased ids (use_tokenizer) or on
+       * ids given as they are (layout2img's object tokens).
+       */
+      target: "BERTEmbedder";
+      n_embed: number;
+      n_layer: number;
+      vocab_size: number;
+      max_seq_len: number;
+      use_tokenizer: boolean;
+    }
   | { target: "Identity" }
   | { target: "__is_first_stage__" };
 
@@ -271,6 +284,16 @@ const COND_STAGES: Record<string, (r: YamlReader, params: Dict, at: string) => C
       },
     };
   },
+  BERTEmbedder: (r, params, at) => ({
+    cond_stage: {
+      target: "BERTEmbedder",
+      n_embed: r.required(params, "n_embed", at, "integer"),
+      n_layer: r.required(params, "n_layer", at, "integer"),
+      vocab_size: r.optional(params, "vocab_size", at, "integer") ?? 30522,
+      max_seq_len: r.optional(params, "max_seq_len", at, "integer") ?? 77,
+      use_tokenizer: r.optional(params, "use_tokenizer", at, "boolean") ?? true,
+    },
+  }),
   Identity: () => ({ cond_stage: { target: "Identity" } }),
 };
 

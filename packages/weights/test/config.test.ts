@@ -1,5 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, configFromYaml, standardConfig } from "../src/index.ts";
+import {
+  COND_PREFIX,
+  ConfigError,
+  configFromYaml,
+  ldmConfigFromYaml,
+  modelParamShapes,
+  standardConfig,
+  UNET_PREFIX,
+  VAE_PREFIX,
+} from "../src/index.ts";
 
 // The model parts of CompVis' configs/stable-diffusion/v1-inference.yaml and Stability's
 // configs/stable-diffusion/v2-inference-v.yaml (training-only entries left out), with their values.
@@ -88,6 +97,53 @@ model:
         freeze: True
         layer: "penultimate"
 `;
+
+// The paper's txt2img-f8-large (CompVis/latent-diffusion configs/latent-diffusion/txt2img-1p4B-eval.yaml) has V1's
+// UNet and first stage with context_dim 1280 and a BERTEmbedder(n_embed 1280, n_layer 32).
+const TXT2IMG = V1.replace("context_dim: 768", "context_dim: 1280").replace(
+  "target: ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+  `target: ldm.modules.encoders.modules.BERTEmbedder
+      params:
+        n_embed: 1280
+        n_layer: 32`,
+);
+
+describe("the paper's BERTEmbedder models", () => {
+  it("txt2img-1p4B-eval.yaml: a BERTEmbedder with bert-base-uncased's vocabulary and length; not an SD config", () => {
+    const config = ldmConfigFromYaml(TXT2IMG, "txt2img-1p4B-eval.yaml");
+    expect(config.cond_stage).toEqual({
+      target: "BERTEmbedder",
+      n_embed: 1280,
+      n_layer: 32,
+      vocab_size: 30522,
+      max_seq_len: 77,
+      use_tokenizer: true,
+    });
+    expect(config.family).toBe("ldm");
+    expect(() => configFromYaml(TXT2IMG, "txt2img-1p4B-eval.yaml")).toThrow(
+      /a BERTEmbedder-conditioned LatentDiffusion, not a CLIP text-to-image/,
+    );
+  });
+
+  it("counts the parameters the original modules have (reference/full_size_txt2img.py built them: 1.538 B)", () => {
+    const shapes = modelParamShapes(ldmConfigFromYaml(TXT2IMG));
+    const count = (prefix: string) =>
+      [...shapes].filter(([k]) => k.startsWith(prefix)).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
+    expect([count(UNET_PREFIX), count(VAE_PREFIX), count(COND_PREFIX)]).toEqual([872_300_484, 83_653_863, 581_994_042]);
+  });
+
+  it("layout2img's BERTEmbedder takes ids as they are (use_tokenizer false, 8192 tokens, 92 positions)", () => {
+    const layout = TXT2IMG.replace(
+      "n_layer: 32",
+      "n_layer: 16\n        vocab_size: 8192\n        max_seq_len: 92\n        use_tokenizer: false",
+    );
+    expect(ldmConfigFromYaml(layout).cond_stage).toMatchObject({
+      vocab_size: 8192,
+      max_seq_len: 92,
+      use_tokenizer: false,
+    });
+  });
+});
 
 describe("original-style YAML configs", () => {
   it("v1-inference.yaml is the standard SD 1.x config", () => {

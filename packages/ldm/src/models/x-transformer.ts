@@ -8,6 +8,7 @@
 import { add, attention, slice } from "@ldm/kernels";
 import { Embedding, LayerNorm, Linear, type VarBuilder } from "@ldm/nn";
 import type { Tensor } from "@ldm/tensor";
+import { type CondStageConfig, X_TRANSFORMER_DEFAULTS } from "@ldm/weights";
 
 export interface XTransformerConfig {
   /** Token embedding rows (BERTEmbedder's vocab_size: 30522 for bert-base-uncased). */
@@ -26,8 +27,16 @@ export interface XTransformerConfig {
   ff_mult: number;
 }
 
-/** x_transformer's defaults for what BERTEmbedder does not set. */
-export const X_TRANSFORMER_DEFAULTS = Object.freeze({ heads: 8, dim_head: 64, ff_mult: 4 });
+/** The encoder a BERTEmbedder builds: its sizes, x_transformer's defaults for the rest. */
+export function bertEmbedderTransformer(cfg: Extract<CondStageConfig, { target: "BERTEmbedder" }>): XTransformerConfig {
+  return {
+    num_tokens: cfg.vocab_size,
+    max_seq_len: cfg.max_seq_len,
+    dim: cfg.n_embed,
+    depth: cfg.n_layer,
+    ...X_TRANSFORMER_DEFAULTS,
+  };
+}
 
 /** `Attention`: to_q, to_k, to_v without bias, softmax(q·kᵀ · dim_head^-½)·v over heads, to_out with bias. */
 class Attention {
