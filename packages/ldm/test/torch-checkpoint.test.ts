@@ -1,11 +1,12 @@
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Device } from "@ldm/tensor";
 import { type Checkpoint, openCheckpoint, openSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { companionFiles } from "../src/pipeline/model-files.ts";
 import { validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
@@ -64,6 +65,13 @@ describe("the paper's .ckpt layout of tiny-sd1", () => {
     const fromSafetensors = await validate({ checkpoint: SAFETENSORS, config: CONFIG, dump, device });
     expect(fromCkpt.pass).toBe(true);
     expect(fromCkpt.checks).toEqual(fromSafetensors.checks);
+  });
+
+  it("finds the YAML config beside a .ckpt, as beside a .safetensors (model.ckpt → model.yaml)", () => {
+    const model = join(scratch, "model.ckpt");
+    copyFileSync(CKPT, model);
+    copyFileSync(CONFIG, join(scratch, "model.yaml"));
+    expect(companionFiles(model).config).toBe(join(scratch, "model.yaml"));
   });
 
   it("ldm info names the PyTorch checkpoint and its global_step", async () => {

@@ -16,7 +16,7 @@ export interface LoadModelOptions {
 }
 
 /**
- * Opens a checkpoint (single .safetensors file or diffusers folder), builds the requested networks and loads
+ * Opens a checkpoint (single .safetensors or PyTorch .ckpt/.pt file, or diffusers folder), builds the requested networks and loads
  * their weights. Every missing, unexpected or mis-shaped key is reported in one error before any data moves.
  */
 export async function loadModel(path: string, options: LoadModelOptions): Promise<LoadedModel> {

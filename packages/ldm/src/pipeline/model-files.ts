@@ -1,6 +1,6 @@
 /**
  * Where a checkpoint's companion files are, in Node: the YAML config and the tokenizer a user of the original
- * scripts or of AUTOMATIC1111 keeps next to a single .safetensors file, and the built-in model's location.
+ * scripts or of AUTOMATIC1111 keeps next to a single .safetensors or .ckpt file, and the built-in model's location.
  */
 import { existsSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -35,7 +35,7 @@ export interface ModelFiles {
  */
 export function companionFiles(model: string, given: ModelFiles = {}): ModelFiles {
   const isFile = existsSync(model) && statSync(model).isFile();
-  const besideIt = model.replace(/\.safetensors$/i, ".yaml");
+  const besideIt = model.replace(/\.(safetensors|ckpt|pt|pth)$/i, ".yaml");
   const config = given.config ?? (isFile && besideIt !== model && existsSync(besideIt) ? besideIt : undefined);
   return { config, vocab: given.vocab ?? (config ? declaredTokenizer(config) : undefined) };
 }

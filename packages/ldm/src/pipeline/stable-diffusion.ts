@@ -170,7 +170,7 @@ export class StableDiffusion {
   }
 
   /**
-   * A checkpoint (single .safetensors file or diffusers folder) with its tokenizer, in Node. The file loaders
+   * A checkpoint (single .safetensors or .ckpt/.pt file, or diffusers folder) with its tokenizer, in Node. The file loaders
    * are imported here, so browsers can import this module and build a pipeline with fromNetworks().
    */
   static async load(path: string, options: LoadOptions = {}): Promise<StableDiffusion> {

@@ -19,7 +19,7 @@ export function addModelOptions(command: Command): Command {
   return command
     .option(
       "--model <path>",
-      "checkpoint: a .safetensors file (original layout) or a diffusers folder (default: the built-in emoji model)",
+      "checkpoint: a .safetensors or PyTorch .ckpt/.pt file (original layout) or a diffusers folder (default: the built-in emoji model)",
     )
     .option("--config <yaml>", "an original-style YAML config (default: <model>.yaml beside it, else detected)")
     .option(

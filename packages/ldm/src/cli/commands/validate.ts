@@ -38,7 +38,7 @@ export function registerValidate(program: Command): void {
   program
     .command("validate")
     .description("run the model on a reference dump's inputs and compare every output with the reference")
-    .requiredOption("--checkpoint <path>", "single .safetensors checkpoint or diffusers folder")
+    .requiredOption("--checkpoint <path>", "single .safetensors or .ckpt/.pt checkpoint, or diffusers folder")
     .option(
       "--config <yaml>",
       "original-style YAML config (default: <stem>.yaml beside the checkpoint, else detected from the weights)",
