@@ -8,25 +8,57 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writ
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { TensorToWrite } from "@ldm/weights";
+import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DawnLineFilter } from "../src/cli/dawn-stderr.ts";
 import { runCli } from "./helpers/run-cli.ts";
 import { spawnCli } from "./helpers/spawn-cli.ts";
+import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
 
 const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
 /** The tiny checkpoint without a vocabulary: had the model loaded, the tokenizer would be the error. */
 const MODEL = ["--model", join(DUMPS, "tiny-sd1.safetensors"), "--config", join(DUMPS, "tiny-sd1.yaml")];
 
 let dir: string;
+/** MODEL with a vocabulary of its size: runs. */
+let tiny: string[];
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "ldm-bad-input-"));
+  tiny = [...MODEL, "--vocab", writeTinyVocab(join(dir, "tokenizer"), 1000)];
 });
+
+/** A copy of the tiny checkpoint whose tensor `key` has a NaN as its first value. */
+async function poisoned(key: string): Promise<string> {
+  const file = await openSafetensors(join(DUMPS, "tiny-sd1.safetensors"));
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, entry] of file.tensors) {
+    const data = await file.readBytes(name);
+    if (name === key) {
+      if (entry.dtype === "F16") data.set([0x00, 0x7e]);
+      else if (entry.dtype === "F32") data.set([0, 0, 0xc0, 0x7f]);
+      else throw new Error(`poisoned: ${key} is ${entry.dtype}`);
+    }
+    tensors[name] = { dtype: entry.dtype, shape: entry.shape, data };
+  }
+  await file.close();
+  const path = join(dir, `nan-${key}.safetensors`);
+  await writeSafetensors(path, tensors, file.metadata);
+  return path;
+}
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** One line on stderr, exit code 1. */
+/** Progress lines a run prints to a non-terminal stderr before it fails. */
+const PROGRESS = /^step \d+\/\d+ /;
+
+/** One line on stderr besides progress, exit code 1. */
 function expectOneLineError(run: { code: number | null; err: string }, message: RegExp): void {
-  expect(run.err).toMatch(message);
-  expect(run.err.trim().split("\n"), run.err).toHaveLength(1);
+  const lines = run.err
+    .trim()
+    .split("\n")
+    .filter((line) => !PROGRESS.test(line));
+  expect(lines, run.err).toHaveLength(1);
+  expect(lines[0]).toMatch(message);
   expect(run.code).toBe(1);
 }
 
@@ -98,5 +130,56 @@ describe("stderr: one line per error", () => {
     const verbose = await spawnCli(["--verbose", ...args], { timeoutMs: 60_000 });
     expect(verbose.code).toBe(1);
     expect(verbose.err.split("\n").length).toBeGreaterThan(2);
+  });
+});
+
+describe("NaN and Inf: an error naming the stage and the likely cause, never a black image", () => {
+  const generate = (model: string, ...args: string[]) =>
+    runCli(
+      "generate",
+      "a cat",
+      ...tiny,
+      "--model",
+      model,
+      "--width",
+      "32",
+      "--height",
+      "32",
+      "--steps",
+      "2",
+      "--out",
+      join(dir, "nan.png"),
+      ...args,
+    );
+
+  it.each([
+    [
+      "model.diffusion_model.out.2.bias",
+      /the latents after step 1 of 2 \(t=\d+\) hold 16 NaN\/Inf values of 64: likely .*ldm info --check/,
+    ],
+    [
+      "first_stage_model.decoder.conv_out.bias",
+      /the VAE decoder's output holds \d+ NaN\/Inf values of 3072 \(its latents were finite\): likely/,
+    ],
+    [
+      "cond_stage_model.transformer.text_model.final_layer_norm.bias",
+      /the text encoder's output holds \d+ NaN\/Inf values/,
+    ],
+  ])("a NaN weight in %s", async (key, message) => {
+    const run = await generate(await poisoned(key));
+    expectOneLineError(run, message);
+    expect(existsSync(join(dir, "nan.png"))).toBe(false);
+  });
+
+  it("guidance scale and η have ranges (--cfg 1e38 overflowed the latents into a black image)", async () => {
+    expectOneLineError(
+      await runCli("generate", "a cat", ...MODEL, "--cfg", "1e38"),
+      /--cfg must be a number in \[0, 50\], got "1e38"/,
+    );
+    expectOneLineError(
+      await runCli("generate", "a cat", ...MODEL, "--cfg", "-3"),
+      /--cfg must be a number in \[0, 50\]/,
+    );
+    expectOneLineError(await runCli("generate", "a cat", ...MODEL, "--eta", "5"), /--eta must be a number in \[0, 1\]/);
   });
 });

@@ -8,7 +8,7 @@ export {
   sigmaToT,
 } from "./k-samplers.ts";
 export { cfg, type DiffusionModel, epsAndDenoised, guided, type Parameterization } from "./model.ts";
-export type { InitLatents, NoiseLevel, StepInfo } from "./run.ts";
+export { countNonFinite, type InitLatents, type NoiseLevel, NonFiniteLatentsError, type StepInfo } from "./run.ts";
 export { type SampleOptions, sample } from "./sample.ts";
 export {
   SAMPLER_NAMES,

@@ -42,6 +42,32 @@ export interface NoiseLevel {
   noise: number;
 }
 
+/** Values that are NaN or ±Infinity in `values`. */
+export function countNonFinite(values: Float32Array): number {
+  let count = 0;
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) count++;
+  return count;
+}
+
+/**
+ * Latents went NaN or infinite during sampling: from that step on every value is lost, and the image would be
+ * black. The caller, which knows the dtype and the settings, names the likely cause.
+ */
+export class NonFiniteLatentsError extends Error {
+  constructor(
+    /** 0-based step after which the latents were first found non-finite. */
+    readonly step: number,
+    readonly steps: number,
+    readonly t: number,
+    readonly count: number,
+    readonly size: number,
+  ) {
+    super(
+      `the latents after step ${step + 1} of ${steps} (t=${Number(t.toFixed(3))}) hold ${count} NaN/Inf values of ${size}`,
+    );
+  }
+}
+
 /** One sampling run: validated model calls, cancellation, progress, the noise stream and the init latents. */
 export class SamplingRun {
   constructor(
@@ -90,13 +116,16 @@ export class SamplingRun {
   }
 
   /**
-   * Reports a finished step and returns the latents to continue from: x itself, except after the last step of
+   * Checks and reports a finished step and returns the latents to continue from: x itself, except after the last step of
    * a run with `keep`, where the kept part becomes the init itself.
    */
   async report(step: number, t: number, x: Float32Array, denoised: Float32Array): Promise<Float32Array> {
     const { latents, keep } = this.init ?? {};
     const done =
       latents && keep && step === this.steps - 1 ? x.map((xi, i) => keep[i] * latents[i] + (1 - keep[i]) * xi) : x;
+    // A scan of latents already on the host (the samplers run there): far cheaper than the step's model call.
+    const nonFinite = countNonFinite(done);
+    if (nonFinite) throw new NonFiniteLatentsError(step, this.steps, t, nonFinite, done.length);
     await this.hooks.onStep?.({ step, steps: this.steps, t, x: done, denoised });
     return done;
   }

@@ -64,7 +64,9 @@ export async function sample(model: DiffusionModel, xT: Float32Array, options: S
   }
   const sigmaSchedule = sigmaScheduleOf(sampler, options.sigmaSchedule);
   const eta = options.eta ?? sampler.defaultEta;
-  if (!(eta >= 0)) throw new RangeError(`eta ${eta}: must be ≥ 0`);
+  // DDIM past η = 1 asks for more noise than the step has (√ of a negative: NaN latents); the ancestral and
+  // SDE samplers' η is a fraction of the step's noise as well (AUTOMATIC1111 offers 0–1).
+  if (!(eta >= 0 && eta <= 1)) throw new RangeError(`eta ${eta}: must be in [0, 1]`);
   const needsNoise = sampler.noise === "always" || (sampler.noise === "eta" && eta > 0);
   if (needsNoise && !options.generator)
     throw new Error(`sampler ${sampler.name}${eta ? ` with eta ${eta}` : ""} adds noise: pass a generator`);

@@ -2,6 +2,7 @@ import { concat, slice } from "@ldm/kernels";
 import { type Device, Tensor } from "@ldm/tensor";
 import type { ModelConfig } from "@ldm/weights";
 import {
+  countNonFinite,
   type DiffusionModel,
   guided,
   type InitLatents,
@@ -60,6 +61,24 @@ export function unetDenoiser(
     }
     return prediction;
   };
+}
+
+/** Where a generation's values went NaN or infinite: a network's output, named by `stage`. */
+export class NonFiniteError extends Error {
+  constructor(
+    readonly stage: "text encoder" | "UNet" | "VAE encoder" | "VAE decoder",
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Throws NonFiniteError when `values`, the output of `stage`, hold NaN or ±Inf. */
+export function assertFinite(stage: NonFiniteError["stage"], values: Float32Array, detail = ""): void {
+  const count = countNonFinite(values);
+  if (count) {
+    throw new NonFiniteError(stage, `the ${stage}'s output holds ${count} NaN/Inf values of ${values.length}${detail}`);
+  }
 }
 
 /**
@@ -139,6 +158,7 @@ export async function sampleFromTokens(
   const context = encodeTokenRows(device, clip, rows);
   let cConcat: Tensor | undefined;
   try {
+    assertFinite("text encoder", await context.toFloat32());
     if (request.cConcat) {
       const [b, , h, w] = latentShape;
       const channels = request.cConcat.length / (b * h * w);

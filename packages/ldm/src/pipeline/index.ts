@@ -1,4 +1,10 @@
-export { encodeTokenRows, type LatentRequest, sampleFromTokens, unetDenoiser } from "./denoiser.ts";
+export {
+  encodeTokenRows,
+  type LatentRequest,
+  NonFiniteError,
+  sampleFromTokens,
+  unetDenoiser,
+} from "./denoiser.ts";
 export { type GenerationParameters, PARAMETERS_KEYWORD, parametersText, parseParameters } from "./parameters.ts";
 export {
   type GenerateOptions,

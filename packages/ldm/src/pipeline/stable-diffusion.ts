@@ -8,6 +8,7 @@ import type { ModelConfig } from "@ldm/weights";
 import {
   type InitLatents,
   NoiseSchedule,
+  NonFiniteLatentsError,
   qSample,
   SAMPLING_DEFAULTS,
   type SamplerName,
@@ -22,7 +23,14 @@ import type { RgbaImage } from "../image/png.ts";
 import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
 import { Generator, type Seed } from "../random/index.ts";
 import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
-import { encodeTokenRows, type LatentRequest, sampleFromTokens, unetDenoiser } from "./denoiser.ts";
+import {
+  assertFinite,
+  encodeTokenRows,
+  type LatentRequest,
+  NonFiniteError,
+  sampleFromTokens,
+  unetDenoiser,
+} from "./denoiser.ts";
 import type { GenerationParameters } from "./parameters.ts";
 
 export interface LoadOptions {
@@ -138,6 +146,12 @@ export interface PipelineNetworks {
 
 /** Thrown for options the pipeline cannot run with (bad size, unknown sampler, …). */
 export class PipelineOptionError extends RangeError {}
+
+/**
+ * Guidance past this multiplies cond − uncond so much that the latents leave any range the UNet saw (at 1e38
+ * they overflow float32); AUTOMATIC1111's slider stops at 30.
+ */
+export const MAX_GUIDANCE_SCALE = 50;
 
 const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
 
@@ -363,11 +377,13 @@ export class StableDiffusion {
   /** Scaled latents [B, C, h, w] → float pixels [B, 3, H, W] (nominally [−1, 1]). */
   async decodePixels(latents: Float32Array, latentShape: readonly number[], tiling?: VaeTiling): Promise<Float32Array> {
     const scale = this.config.scale_factor;
-    return this.networks.vae.decodeToHost(
+    const pixels = await this.networks.vae.decodeToHost(
       latents.map((v) => v / scale),
       latentShape,
       tiling,
     );
+    assertFinite("VAE decoder", pixels, " (its latents were finite)");
+    return pixels;
   }
 
   /** Scaled latents → images. */
@@ -400,8 +416,11 @@ export class StableDiffusion {
       throw new PipelineOptionError((e as Error).message);
     }
     if (!Number.isInteger(steps) || steps < 1) throw new PipelineOptionError(`steps ${steps}: must be an integer ≥ 1`);
-    if (!Number.isFinite(guidanceScale))
-      throw new PipelineOptionError(`guidance scale ${guidanceScale} is not a number`);
+    if (!(guidanceScale >= 0 && guidanceScale <= MAX_GUIDANCE_SCALE)) {
+      throw new PipelineOptionError(
+        `guidance scale ${guidanceScale}: must be a number in [0, ${MAX_GUIDANCE_SCALE}] (usually 1–15; 1 skips the unconditional pass)`,
+      );
+    }
     if (!Number.isInteger(batchSize) || batchSize < 1) {
       throw new PipelineOptionError(`batch size ${batchSize}: must be an integer ≥ 1`);
     }
@@ -455,6 +474,7 @@ export class StableDiffusion {
       const distribution = await this.networks.vae.encode(input);
       const scale = this.config.scale_factor;
       const latent = distribution.sample(job.generator).map((v) => v * scale);
+      assertFinite("VAE encoder", latent);
       const out = new Float32Array(latent.length * copies);
       for (let i = 0; i < copies; i++) out.set(latent, i * latent.length);
       return out;
@@ -464,6 +484,34 @@ export class StableDiffusion {
   }
 
   private async run(
+    job: Job,
+    options: GenerateOptions,
+    start: { xT: Float32Array; init?: InitLatents; strength?: number; cConcat?: Float32Array },
+  ): Promise<GenerationResult> {
+    try {
+      return await this.runChecked(job, options, start);
+    } catch (e) {
+      if (e instanceof NonFiniteLatentsError) {
+        throw new NonFiniteError("UNet", `${e.message}: ${this.nonFiniteCause("UNet", job.guidanceScale)}`);
+      }
+      if (e instanceof NonFiniteError)
+        throw new NonFiniteError(e.stage, `${e.message}: ${this.nonFiniteCause(e.stage)}`);
+      throw e;
+    }
+  }
+
+  /** What likely made a stage's output NaN or infinite, for the error: no image is better than a black one. */
+  private nonFiniteCause(stage: NonFiniteError["stage"], guidanceScale?: number): string {
+    const causes: string[] = [];
+    if (guidanceScale !== undefined && Math.abs(guidanceScale) > 30) {
+      causes.push(`the guidance scale ${guidanceScale} is far past the usual 1–15`);
+    }
+    if (this.dtype === "f16") causes.push(`the ${stage} overflowed in f16 (run in f32)`);
+    causes.push(`the checkpoint holds NaN/Inf weights (ldm info --check ${this.name} scans them)`);
+    return `likely ${causes.join(", or ")}`;
+  }
+
+  private async runChecked(
     job: Job,
     options: GenerateOptions,
     start: { xT: Float32Array; init?: InitLatents; strength?: number; cConcat?: Float32Array },

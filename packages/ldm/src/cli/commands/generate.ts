@@ -17,7 +17,12 @@ import {
   parametersText,
   parseParameters,
 } from "../../pipeline/parameters.ts";
-import type { GenerateOptions, GenerationResult, Progress } from "../../pipeline/stable-diffusion.ts";
+import {
+  type GenerateOptions,
+  type GenerationResult,
+  MAX_GUIDANCE_SCALE,
+  type Progress,
+} from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
 import { UserError } from "../errors.ts";
 import { outputPaths, prepareOutput } from "../output.ts";
@@ -85,9 +90,9 @@ export function registerGenerate(program: Command): void {
     .option("--steps <n>", `sampling steps (default ${SAMPLING_DEFAULTS.steps})`)
     .option(
       "--cfg <scale>",
-      `classifier-free guidance scale (default ${SAMPLING_DEFAULTS.guidanceScale}; 1 skips the unconditional pass)`,
+      `classifier-free guidance scale in [0, ${MAX_GUIDANCE_SCALE}] (default ${SAMPLING_DEFAULTS.guidanceScale}; 1 skips the unconditional pass)`,
     )
-    .option("--eta <eta>", "noise amount of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
+    .option("--eta <eta>", "noise amount in [0, 1] of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
     .option("--seed <n>", "torch seed of the CPU noise (default: random, printed)")
     .option("--width <px>", "multiple of 8 (default: the model's trained size, else 512; or the init image's width)")
     .option("--height <px>", "multiple of 8 (default: the model's trained size, else 512; or the init image's height)")
@@ -210,8 +215,8 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
     guidanceScale:
       flags.cfg === undefined
         ? (stored?.guidanceScale ?? SAMPLING_DEFAULTS.guidanceScale)
-        : numberFlag("--cfg", flags.cfg),
-    eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0),
+        : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
+    eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0, 1),
     seed: flags.seed === undefined ? stored && seedFlag(stored.seed) : seedFlag(flags.seed),
     width: size("--width", flags.width, stored?.width),
     height: size("--height", flags.height, stored?.height),

@@ -3,6 +3,7 @@ import { existsSync } from "node:fs";
 import type { Command } from "commander";
 import { readPngFile } from "../../image/node.ts";
 import type { DecodedImage } from "../../image/png.ts";
+import { NonFiniteError } from "../../pipeline/denoiser.ts";
 import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
@@ -96,12 +97,15 @@ export async function withInterrupt<T>(fn: (signal: AbortSignal) => Promise<T>):
   }
 }
 
-/** Pipeline option errors (bad size for this model, strength too small) become one-line user errors. */
+/**
+ * Pipeline option errors (bad size for this model, strength too small) and values gone NaN (with their likely
+ * cause) become one-line user errors.
+ */
 export async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
-    if (e instanceof RangeError) throw new UserError(e.message);
+    if (e instanceof RangeError || e instanceof NonFiniteError) throw new UserError(e.message);
     throw e;
   }
 }
