@@ -47,7 +47,7 @@ describe("ldm generate: errors before any model work", () => {
     [["a cat", "--sampler", "heun", "--schedule", "cosine"], /sampler heun takes no schedule "cosine"/],
     [["a cat", "--width", "100"], /--width 100 is not a multiple of 8/],
     [["a cat", "--steps", "0"], /--steps must be an integer ≥ 1, got "0"/],
-    [["a cat", "--cfg", "x"], /--cfg must be a number, got "x"/],
+    [["a cat", "--cfg", "x"], /--cfg must be a number in \[0, 50\], got "x"/],
     [["a cat", "--seed", "1.5"], /--seed must be an integer, got "1.5"/],
     [["--steps", "3"], /no prompt: give one, or --params-from/],
   ])("%j", async (args, message) => {
