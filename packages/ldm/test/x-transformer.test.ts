@@ -2,10 +2,15 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { VarBuilder } from "@ldm/nn";
 import { Device, Tensor } from "@ldm/tensor";
-import { ldmConfigFromYaml, MappedWeightSource, modelParamShapes, type SafetensorsFile } from "@ldm/weights";
-import { openSafetensors } from "@ldm/weights/node";
+import { ldmConfigFromYaml, modelParamShapes } from "@ldm/weights";
+import { type Checkpoint, openCheckpoint } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bertEmbedderTransformer, TransformerWrapper, type XTransformerConfig } from "../src/models/x-transformer.ts";
+import {
+  BERTEmbedder,
+  bertEmbedderTransformer,
+  TransformerWrapper,
+  type XTransformerConfig,
+} from "../src/models/x-transformer.ts";
 import { BERT_MAX_LENGTH, BERT_VOCAB_SIZE } from "../src/tokenizer/index.ts";
 import { Dump } from "../src/validate/index.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
@@ -13,41 +18,30 @@ import { maxRelativeError } from "./helpers/compare.ts";
 // tiny-txt2img: reference/make_text_dumps.py, CompVis/latent-diffusion's own BERTEmbedder (x_transformer.py) with
 // random weights at the real vocabulary and length; cond.in.input_ids are bert-base-uncased ids of golden prompts.
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/dumps/${name}`, import.meta.url));
-const PREFIX = "cond_stage_model.transformer";
+const PREFIX = "cond_stage_model";
 const LDM_CONFIG = ldmConfigFromYaml(readFileSync(fixture("tiny-txt2img.yaml"), "utf8"), "tiny-txt2img.yaml");
-if (LDM_CONFIG.cond_stage?.target !== "BERTEmbedder") throw new Error("tiny-txt2img.yaml: expected a BERTEmbedder");
-const CONFIG: XTransformerConfig = bertEmbedderTransformer(LDM_CONFIG.cond_stage);
+const BERT = LDM_CONFIG.cond_stage;
+if (BERT?.target !== "BERTEmbedder") throw new Error("tiny-txt2img.yaml: expected a BERTEmbedder");
+const CONFIG: XTransformerConfig = bertEmbedderTransformer(BERT);
 
 let device: Device;
-let file: SafetensorsFile;
+let checkpoint: Checkpoint;
 let dump: Dump;
 beforeAll(async () => {
   device = await Device.create();
-  file = await openSafetensors(fixture("tiny-txt2img.safetensors"));
+  checkpoint = await openCheckpoint(fixture("tiny-txt2img.safetensors"));
   dump = await Dump.open(fixture("tiny-txt2img.dump.safetensors"));
 });
 afterAll(async () => {
-  await file?.close();
+  await checkpoint?.close();
   await dump?.close();
   device?.destroy();
 });
 
-/** The checkpoint's `cond_stage_model.transformer.*` tensors under their own names. */
-function transformerSource(): MappedWeightSource {
-  const table = new Map(
-    [...file.tensors.values()]
-      .filter((e) => e.name.startsWith(`${PREFIX}.`))
-      .map((e) => [e.name, { file, stored: e.name, shape: e.shape, transform: { kind: "none" as const } }]),
-  );
-  return new MappedWeightSource(file.name, table);
-}
-
+/** The encoder with the checkpoint's weights, through the single-file layout (which sets to_logits aside). */
 async function encoder(cfg: XTransformerConfig = CONFIG): Promise<{ model: TransformerWrapper; vb: VarBuilder }> {
-  const vb = VarBuilder.from(device, transformerSource());
-  const model = new TransformerWrapper(vb.pp(PREFIX), cfg);
-  // to_logits is stored (the checkpoint's language-model head) but return_embeddings never reads it.
-  vb.pp(PREFIX).pp("to_logits").get("weight", [cfg.num_tokens, cfg.dim]);
-  vb.pp(PREFIX).pp("to_logits").get("bias", [cfg.num_tokens]);
+  const vb = VarBuilder.from(device, checkpoint.source);
+  const model = new TransformerWrapper(vb.pp(PREFIX).pp("transformer"), cfg);
   await vb.load([PREFIX]);
   return { model, vb };
 }
@@ -67,17 +61,37 @@ describe("TransformerWrapper (x_transformer.py) against CompVis/latent-diffusion
 
   it("architecture.ts lists exactly the checkpoint's weights (UNet, VAE, BERTEmbedder with to_logits)", () => {
     const shapes = modelParamShapes(LDM_CONFIG);
-    const stored = new Map(
-      [...file.tensors.values()].filter((e) => e.name.includes(".")).map((e) => [e.name, [...e.shape]]),
-    );
+    const ignored = checkpoint.ignored.map((i) => [i.key, [...(checkpoint.files[0].tensors.get(i.key)?.shape ?? [])]]);
+    const stored = new Map([
+      ...[...checkpoint.source.keys()].map((k) => [k, [...(checkpoint.source.describe(k)?.shape ?? [])]] as const),
+      ...(ignored as [string, number[]][]),
+    ]);
     expect(new Map([...shapes].sort())).toEqual(new Map([...stored].sort()));
   });
 
-  it("reads every stored key of the BERTEmbedder under its checkpoint name", async () => {
-    const names = [...transformerSource().keys()];
-    expect(names).toContain(`${PREFIX}.attn_layers.layers.3.1.net.0.0.weight`);
-    expect(names).toContain(`${PREFIX}.pos_emb.emb.weight`);
-    const { vb } = await encoder();
+  it("loads every stored key of the BERTEmbedder under its checkpoint name; to_logits is set aside", async () => {
+    const names = [...checkpoint.source.keys()];
+    expect(names).toContain(`${PREFIX}.transformer.attn_layers.layers.3.1.net.0.0.weight`);
+    expect(names).toContain(`${PREFIX}.transformer.pos_emb.emb.weight`);
+    expect(checkpoint.ignored.map((i) => i.key).sort()).toEqual([
+      `${PREFIX}.transformer.to_logits.bias`,
+      `${PREFIX}.transformer.to_logits.weight`,
+    ]);
+    expect(checkpoint.textNaming).toBe("none");
+    const vb = VarBuilder.from(device, checkpoint.source);
+    const bert = new BERTEmbedder(vb.pp(PREFIX), BERT);
+    await vb.load([PREFIX]);
+    const ids = await dump.ints("cond", "in", "input_ids");
+    expect(() => bert.checkIds(ids.data, "cond.in.input_ids")).not.toThrow();
+    expect(() => bert.checkIds([101, 30522], "prompt")).toThrow(
+      /prompt: token id 30522 at 1 is outside the BERTEmbedder's vocabulary of 30522/,
+    );
+    const input = Tensor.from(device, ids.data, ids.shape, "i32");
+    const out = bert.forward(input);
+    const error = maxRelativeError(await out.toFloat32(), (await dump.floats("cond", "out", "c_crossattn")).data);
+    expect(error).toBeLessThanOrEqual(1e-4);
+    input.dispose();
+    out.dispose();
     vb.dispose();
   });
 
@@ -117,7 +131,7 @@ describe("TransformerWrapper (x_transformer.py) against CompVis/latent-diffusion
     expect(() => model.forward(long)).toThrow(/input_ids .* must be i32 \[B, L\] with L ≤ 77/);
     long.dispose();
     vb.dispose();
-    expect(() => new TransformerWrapper(VarBuilder.from(device, transformerSource()), { ...CONFIG, depth: 0 })).toThrow(
+    expect(() => new TransformerWrapper(VarBuilder.from(device, checkpoint.source), { ...CONFIG, depth: 0 })).toThrow(
       /x-transformer: depth 0 must be a positive integer/,
     );
   });

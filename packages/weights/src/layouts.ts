@@ -68,6 +68,8 @@ export interface SingleFileOptions {
 const OPEN_CLIP = "cond_stage_model.model.";
 const HF_TEXT = "cond_stage_model.transformer.";
 const EMA = "model_ema.";
+/** The paper's BERTEmbedder stores its x-transformer under the same `cond_stage_model.transformer.` as SD1's CLIP. */
+const X_TRANSFORMER = /^cond_stage_model\.transformer\.(token_emb|pos_emb|attn_layers|norm|to_logits)\./;
 
 /** OpenCLIP resblock parameter → HF CLIP encoder-layer parameter (besides the fused in_proj). */
 const OPEN_CLIP_LAYER: [RegExp, string][] = [
@@ -92,7 +94,11 @@ export function singleFileLayout(file: TensorFile, options: SingleFileOptions = 
   let textNaming: TextNaming = "none";
   for (const key of file.tensors.keys()) {
     if (key.startsWith(UNET_PREFIX) || key.startsWith(VAE_PREFIX)) b.add(key, file, key);
-    else if (key.startsWith(HF_TEXT)) {
+    else if (X_TRANSFORMER.test(key)) {
+      if (key.startsWith(`${HF_TEXT}to_logits.`))
+        b.ignore(file, key, "the x-transformer's token logits, unused for embeddings");
+      else b.add(key, file, key);
+    } else if (key.startsWith(HF_TEXT)) {
       const rest = key.slice(HF_TEXT.length);
       const legacy = !rest.startsWith("text_model.");
       textNaming = legacy ? "hf-legacy" : "hf";

@@ -27,8 +27,10 @@ export interface XTransformerConfig {
   ff_mult: number;
 }
 
+export type BertEmbedderConfig = Extract<CondStageConfig, { target: "BERTEmbedder" }>;
+
 /** The encoder a BERTEmbedder builds: its sizes, x_transformer's defaults for the rest. */
-export function bertEmbedderTransformer(cfg: Extract<CondStageConfig, { target: "BERTEmbedder" }>): XTransformerConfig {
+export function bertEmbedderTransformer(cfg: BertEmbedderConfig): XTransformerConfig {
   return {
     num_tokens: cfg.vocab_size,
     max_seq_len: cfg.max_seq_len,
@@ -148,5 +150,37 @@ export class TransformerWrapper {
       }
       return this.norm.forward(h);
     });
+  }
+}
+
+/**
+ * `BERTEmbedder` (ldm/modules/encoders/modules.py), `vb` at `cond_stage_model`: its `transformer` on token ids —
+ * bert-base-uncased WordPiece ids of a prompt (use_tokenizer) or ids given as they are (layout2img's objects).
+ */
+export class BERTEmbedder {
+  readonly transformer: TransformerWrapper;
+
+  constructor(
+    readonly vb: VarBuilder,
+    readonly cfg: BertEmbedderConfig,
+  ) {
+    this.transformer = new TransformerWrapper(vb.pp("transformer"), bertEmbedderTransformer(cfg));
+  }
+
+  /** Refuses host ids the embedding table has no row for (the GPU gather would read garbage). */
+  checkIds(ids: ArrayLike<number>, what: string): void {
+    const { vocab_size } = this.cfg;
+    for (let i = 0; i < ids.length; i++) {
+      if (!Number.isInteger(ids[i]) || ids[i] < 0 || ids[i] >= vocab_size) {
+        throw new RangeError(
+          `${what}: token id ${ids[i]} at ${i} is outside the BERTEmbedder's vocabulary of ${vocab_size}`,
+        );
+      }
+    }
+  }
+
+  /** ids i32 [B, L ≤ max_seq_len] → c [B, L, n_embed] (`BERTEmbedder.encode` on tokens). */
+  forward(ids: Tensor): Tensor {
+    return this.transformer.forward(ids);
   }
 }
