@@ -3,4 +3,7 @@ import { readFileSync } from "node:fs";
 
 const report = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const skipped = report.numPendingTests + (report.numTodoTests ?? 0);
-console.log(`tests: ${report.numPassedTests} passed, ${report.numFailedTests} failed, ${skipped} skipped`);
+// A file whose setup (beforeAll) throws fails with its tests counted as skipped: say so.
+const failedFiles = report.testResults.filter((file) => file.status === "failed").length;
+const files = failedFiles ? `; ${failedFiles} file(s) failed` : "";
+console.log(`tests: ${report.numPassedTests} passed, ${report.numFailedTests} failed, ${skipped} skipped${files}`);

@@ -1,3 +1,5 @@
+// The declarations name WebGPU's GPU* types: consumers get them from @webgpu/types (a dependency) through this.
+/// <reference types="@webgpu/types" preserve="true" />
 export * from "./device.ts";
 export * from "./dtype.ts";
 export { acquireGpu, NO_ADAPTER_HELP } from "./gpu.ts";

@@ -184,14 +184,13 @@ export class StableDiffusion {
   }
 
   /**
-   * A checkpoint (single .safetensors or .ckpt/.pt file, or diffusers folder) with its tokenizer, in Node. The file loaders
-   * are imported here, so browsers can import this module and build a pipeline with fromNetworks().
+   * A checkpoint (single .safetensors or .ckpt/.pt file, or diffusers folder) with its tokenizer, in Node. The
+   * file loaders are imported here, and browser builds swap them for a stub (see ./node-files.ts), so browsers
+   * can import this module and build a pipeline with fromNetworks().
    */
   static async load(path: string, options: LoadOptions = {}): Promise<StableDiffusion> {
     const dtype = options.dtype ?? "f32";
-    const { loadClipTokenizer } = await import("../tokenizer/vocab-files.ts");
-    const { loadModel } = await import("../models/load-node.ts");
-    const { companionFiles } = await import("./model-files.ts");
+    const { companionFiles, loadClipTokenizer, loadModel } = await import("#node-files");
     const files = companionFiles(path, { config: options.config, vocab: options.vocab });
     const tokenizer = loadClipTokenizer({ vocab: files.vocab, model: path }).tokenizer;
     const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
