@@ -1,4 +1,11 @@
-import { ClipTokenizer, clipTokenizerFromGzip, type LoadedModel, loadModelFromStream, StableDiffusion } from "@ldm/ldm";
+import {
+  ClipTokenizer,
+  clipTokenizerFromGzip,
+  type LoadedModel,
+  loadModelFromBlob,
+  loadModelFromStream,
+  StableDiffusion,
+} from "@ldm/ldm";
 import type { Device, ParamDType } from "@ldm/tensor";
 import { ModelError } from "./errors.ts";
 import { MODEL_URL, type ModelManifest } from "./manifest.ts";
@@ -43,28 +50,30 @@ export async function loadBuiltinModel(target: LoadTarget): Promise<LoadedPipeli
 }
 
 /**
- * A user's checkpoint from the file picker: one .safetensors (streamed from the File, never read whole), an
- * optional original-style .yaml config, and its tokenizer — vocab.json with merges.txt, or CLIP's
+ * A user's checkpoint from the file picker: one .safetensors (streamed from the File, never read whole) or PyTorch
+ * .ckpt/.pt/.pth (read as data, each tensor sliced from the File when loaded), an optional original-style .yaml config, and its tokenizer — vocab.json with merges.txt, or CLIP's
  * bpe_simple_vocab_16e6.txt.gz.
  */
 export async function loadLocalModel(files: readonly File[], target: LoadTarget): Promise<LoadedPipeline> {
   const pick = (test: (name: string) => boolean) => files.filter((f) => test(f.name.toLowerCase()));
-  const weights = pick((n) => n.endsWith(".safetensors"));
+  const weights = pick((n) => /\.(safetensors|ckpt|pt|pth)$/.test(n));
   const configs = pick((n) => n.endsWith(".yaml") || n.endsWith(".yml"));
   if (weights.length !== 1) {
-    throw new ModelError(`choose exactly one .safetensors checkpoint (got ${weights.length})`);
+    throw new ModelError(`choose exactly one .safetensors or .ckpt checkpoint (got ${weights.length})`);
   }
   if (configs.length > 1) throw new ModelError(`choose at most one .yaml config (got ${configs.length})`);
   const tokenizer = await localTokenizer(pick);
   const [file] = weights;
-  const model = await loadModelFromStream(counted(file.stream(), file.size, target.onBytes), {
+  const common = {
     device: target.device,
     dtype: target.dtype,
     origin: file.name,
-    size: file.size,
     config: configs.length ? { text: await configs[0].text(), origin: configs[0].name } : undefined,
-  });
-  const name = file.name.replace(/\.safetensors$/i, "");
+  };
+  const model = /\.safetensors$/i.test(file.name)
+    ? await loadModelFromStream(counted(file.stream(), file.size, target.onBytes), { ...common, size: file.size })
+    : await loadModelFromBlob(file, { ...common, onBytes: (read) => target.onBytes?.(read, file.size) });
+  const name = file.name.replace(/\.(safetensors|ckpt|pt|pth)$/i, "");
   return assemble(model, tokenizer, name, `${file.name} (local file, ${target.dtype})`);
 }
 

@@ -14,7 +14,12 @@ export {
   loadNetworks,
   type Networks,
 } from "./models/load.ts";
-export { loadModelFromStream, type StreamedModelOptions } from "./models/load-stream.ts";
+export {
+  type BlobModelOptions,
+  loadModelFromBlob,
+  loadModelFromStream,
+  type StreamedModelOptions,
+} from "./models/load-stream.ts";
 export { ResBlock, TimestepEmbedSequential, type UNetInputs, UNetModel } from "./models/openaimodel.ts";
 export type { TileOptions } from "./models/tiles.ts";
 export * from "./pipeline/index.ts";

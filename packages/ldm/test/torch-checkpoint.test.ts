@@ -1,11 +1,14 @@
 import { createHash } from "node:crypto";
-import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device } from "@ldm/tensor";
+import { Device, Tensor } from "@ldm/tensor";
 import { type Checkpoint, openCheckpoint, openSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { AutoencoderKL } from "../src/models/autoencoder.ts";
+import { loadModel } from "../src/models/load-node.ts";
+import { loadModelFromBlob } from "../src/models/load-stream.ts";
 import { companionFiles } from "../src/pipeline/model-files.ts";
 import { validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
@@ -72,6 +75,32 @@ describe("the paper's .ckpt layout of tiny-sd1", () => {
     copyFileSync(CKPT, model);
     copyFileSync(CONFIG, join(scratch, "model.yaml"));
     expect(companionFiles(model).config).toBe(join(scratch, "model.yaml"));
+  });
+
+  it("loadModelFromBlob (a browser File) builds from the .ckpt what loadModel builds from the .safetensors", async () => {
+    const yaml = { text: readFileSync(CONFIG, "utf8"), origin: CONFIG };
+    const fromFile = await loadModel(SAFETENSORS, { device, config: CONFIG, components: ["vae"] });
+    let read = 0;
+    const blob = new Blob([readFileSync(CKPT)]);
+    const fromBlob = await loadModelFromBlob(blob, {
+      device,
+      origin: "tiny-sd1.ckpt",
+      config: yaml,
+      components: ["vae"],
+      onBytes: (n) => (read = n),
+    });
+    const z = Tensor.from(
+      device,
+      Float32Array.from({ length: 60 }, (_, i) => Math.sin(i)),
+      [1, 4, 3, 5],
+    );
+    const decoded = await Promise.all([fromFile, fromBlob].map((m) => (m.vae as AutoencoderKL).decode(z).toFloat32()));
+    expect(Array.from(decoded[1])).toEqual(Array.from(decoded[0]));
+    // The VAE's tensors only, not the whole file.
+    expect(read).toBeGreaterThan(0);
+    expect(read).toBeLessThan(blob.size / 2);
+    fromFile.dispose();
+    fromBlob.dispose();
   });
 
   it("ldm info names the PyTorch checkpoint and its global_step", async () => {
