@@ -171,6 +171,16 @@ describe("NaN and Inf: an error naming the stage and the likely cause, never a b
     expect(existsSync(join(dir, "nan.png"))).toBe(false);
   });
 
+  it("ldm info --check reads every weight and names the tensors holding NaN or Inf", async () => {
+    const clean = await runCli("info", join(DUMPS, "tiny-sd1.safetensors"), "--check");
+    expect(clean.code, clean.err).toBe(0);
+    expect(clean.out).toMatch(/check: all [\d,]+ values of \d+ tensors are finite/);
+    const bad = await runCli("info", await poisoned("model.diffusion_model.out.2.bias"), "--check");
+    expect(bad.out).toContain("non-finite values (NaN or Inf) in 1 of");
+    expect(bad.out).toContain("  model.diffusion_model.out.2.bias: 1 of 4 values");
+    expectOneLineError(bad, /1 tensor holds NaN or Inf values \(first: model\.diffusion_model\.out\.2\.bias, 1 of 4\)/);
+  });
+
   it("guidance scale and η have ranges (--cfg 1e38 overflowed the latents into a black image)", async () => {
     expectOneLineError(
       await runCli("generate", "a cat", ...MODEL, "--cfg", "1e38"),

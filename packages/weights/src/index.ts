@@ -1,4 +1,5 @@
 export * from "./architecture.ts";
+export * from "./check.ts";
 export * from "./config.ts";
 export * from "./detect.ts";
 export * from "./dtype.ts";

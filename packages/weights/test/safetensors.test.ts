@@ -7,6 +7,7 @@ import {
   convertElements,
   encodeHeader,
   type FloatStoredDType,
+  findNonFinite,
   MAX_HEADER_BYTES,
   SafetensorsError,
   SafetensorsFile,
@@ -345,5 +346,43 @@ describe("encodeHeader", () => {
     const json = JSON.parse(new TextDecoder().decode(header.subarray(8, 8 + length)));
     expect(json.a.data_offsets).toEqual([0, 4]);
     expect(json.b.data_offsets).toEqual([4, 7]);
+  });
+});
+
+describe("findNonFinite (ldm info --check)", () => {
+  it("counts NaN and ±Inf from the bits of every float dtype, in chunks, and names the tensors", async () => {
+    const f64 = Float64Array.from([1, Number.NaN, -Infinity, 2]);
+    const f32 = Float32Array.from([0, Infinity, 3.4e38, -0]);
+    const half = Uint16Array.from([0x3c00, 0x7c00, 0xfe00, 0x7bff]); // 1, +Inf, NaN, 65504
+    const bf16 = Uint16Array.from([0x3f80, 0x7f80, 0x7fc1, 0x7f7f]); // 1, +Inf, NaN, max
+    const e5m2 = Uint8Array.from([0x3c, 0x7c, 0xff, 0x7b]); // 1, +Inf, NaN, max
+    const e4m3 = Uint8Array.from([0x38, 0x7f, 0x7e, 0xff]); // 1, NaN, 448, NaN
+    const path = join(dir, "nonfinite.safetensors");
+    await writeSafetensors(path, {
+      a64: { dtype: "F64", shape: [4], data: f64 },
+      b32: { dtype: "F32", shape: [4], data: f32 },
+      c16: { dtype: "F16", shape: [2, 2], data: half },
+      dbf: { dtype: "BF16", shape: [4], data: bf16 },
+      e52: { dtype: "F8_E5M2", shape: [4], data: e5m2 },
+      f43: { dtype: "F8_E4M3", shape: [4], data: e4m3 },
+      ints: { dtype: "I32", shape: [2], data: Int32Array.from([-1, 0x7fffffff]) },
+      ok: { dtype: "F32", shape: [3], data: Float32Array.from([1, 2, 3]) },
+    });
+    const file = await openSafetensors(path);
+    // 3-byte chunks: one element per read for every dtype wider than a byte.
+    for (const chunkBytes of [3, 1 << 20]) {
+      const check = await findNonFinite([file], chunkBytes);
+      expect(check.tensors).toBe(8);
+      expect(check.values).toBe(29);
+      expect(check.found.map((t) => [t.name, t.count, t.size])).toEqual([
+        ["a64", 2, 4],
+        ["b32", 1, 4],
+        ["c16", 2, 4],
+        ["dbf", 2, 4],
+        ["e52", 2, 4],
+        ["f43", 2, 4],
+      ]);
+    }
+    await file.close();
   });
 });

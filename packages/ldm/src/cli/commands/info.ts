@@ -2,6 +2,8 @@ import { readFile } from "node:fs/promises";
 import {
   ConfigError,
   DetectionError,
+  type FiniteCheck,
+  findNonFinite,
   LayoutError,
   type MappedWeightSource,
   PickleError,
@@ -19,6 +21,7 @@ import { Document, visit } from "yaml";
 import { UserError } from "../errors.ts";
 
 interface InfoFlags {
+  check?: boolean;
   config?: string;
   ema?: boolean;
   variant?: string;
@@ -51,6 +54,7 @@ export function registerInfo(program: Command): void {
     .option("--ema", "use the EMA copy of the UNet in a full training checkpoint")
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files")
     .option("--json", "print one JSON object instead of text")
+    .option("--check", "also read every weight and list the tensors holding NaN or Inf (exit 1 if any)")
     .action(async (path: string, flags: InfoFlags) => {
       if (flags.variant !== undefined && flags.variant !== "fp16") {
         throw new UserError(`--variant must be "fp16", got "${flags.variant}"`);
@@ -66,7 +70,9 @@ export function registerInfo(program: Command): void {
           origin: flags.config,
         };
         const report = await asUserError(async () => describe(checkpoint, flags.ema === true, yaml || undefined));
-        console.log(flags.json ? JSON.stringify(report, null, 2) : format(report));
+        const check = flags.check ? await asUserError(() => findNonFinite(checkpoint.files)) : undefined;
+        console.log(flags.json ? JSON.stringify({ ...report, check }, null, 2) : format(report));
+        if (check) reportCheck(check, flags.json === true);
       } finally {
         await checkpoint.close();
       }
@@ -79,6 +85,25 @@ export async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
   } catch (e) {
     if (INPUT_ERRORS.some((kind) => e instanceof kind)) throw new UserError((e as Error).message);
     throw e;
+  }
+}
+
+/** The check's verdict: one line when every value is finite, else the tensors and a one-line error. */
+function reportCheck(check: FiniteCheck, json: boolean): void {
+  const { found } = check;
+  if (!json) {
+    if (found.length) {
+      console.log(`non-finite values (NaN or Inf) in ${found.length} of ${check.tensors} tensors:`);
+      for (const t of found) console.log(`  ${t.name}: ${t.count} of ${t.size} values`);
+    } else {
+      console.log(`check: all ${check.values.toLocaleString("en-US")} values of ${check.tensors} tensors are finite`);
+    }
+  }
+  if (found.length) {
+    const [first] = found;
+    throw new UserError(
+      `${found.length > 1 ? `${found.length} tensors hold` : "1 tensor holds"} NaN or Inf values (first: ${first.name}, ${first.count} of ${first.size}): the checkpoint is damaged; images from it would come out black`,
+    );
   }
 }
 
