@@ -11,7 +11,7 @@ import {
   TransformerWrapper,
   type XTransformerConfig,
 } from "../src/models/x-transformer.ts";
-import { BERT_MAX_LENGTH, BERT_VOCAB_SIZE } from "../src/tokenizer/index.ts";
+import { BERT_MAX_LENGTH, BERT_VOCAB_SIZE, LayoutBuilder, type LayoutObject } from "../src/tokenizer/index.ts";
 import { Dump } from "../src/validate/index.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
 
@@ -134,5 +134,39 @@ describe("TransformerWrapper (x_transformer.py) against CompVis/latent-diffusion
     expect(() => new TransformerWrapper(VarBuilder.from(device, checkpoint.source), { ...CONFIG, depth: 0 })).toThrow(
       /x-transformer: depth 0 must be a positive integer/,
     );
+  });
+});
+
+describe("layout2img's BERTEmbedder (no tokenizer: taming's layout tokens) against CompVis/latent-diffusion", () => {
+  it("takes the LayoutBuilder's sequences and matches upstream's c_crossattn within 1e-4 of max|ref|", async () => {
+    const config = ldmConfigFromYaml(readFileSync(fixture("tiny-layout2img.yaml"), "utf8"), "tiny-layout2img.yaml");
+    const stage = config.cond_stage;
+    if (stage?.target !== "BERTEmbedder") throw new Error("tiny-layout2img.yaml: expected a BERTEmbedder");
+    expect([stage.vocab_size, stage.max_seq_len, stage.use_tokenizer]).toEqual([8192, 92, false]);
+    const layoutCheckpoint = await openCheckpoint(fixture("tiny-layout2img.safetensors"));
+    const layoutDump = await Dump.open(fixture("tiny-layout2img.dump.safetensors"));
+    try {
+      // The dump's ids are layouts 2 and 4 of the builder's golden file, as LayoutBuilder builds them.
+      const layouts: { layout: LayoutObject[] }[] = JSON.parse(
+        readFileSync(new URL("./fixtures/tokenizer/layout-cases.json", import.meta.url), "utf8"),
+      ).cases;
+      const builder = LayoutBuilder.forCondStage(stage.vocab_size, stage.max_seq_len);
+      const ids = await layoutDump.ints("cond", "in", "input_ids");
+      expect(Array.from(ids.data)).toEqual([...builder.build(layouts[2].layout), ...builder.build(layouts[4].layout)]);
+      const vb = VarBuilder.from(device, layoutCheckpoint.source);
+      const bert = new BERTEmbedder(vb.pp(PREFIX), stage);
+      await vb.load([PREFIX]);
+      const input = Tensor.from(device, ids.data, ids.shape, "i32");
+      const out = bert.forward(input);
+      expect(out.shape).toEqual([2, 92, 16]);
+      const reference = await layoutDump.floats("cond", "out", "c_crossattn");
+      expect(maxRelativeError(await out.toFloat32(), reference.data)).toBeLessThanOrEqual(1e-4);
+      input.dispose();
+      out.dispose();
+      vb.dispose();
+    } finally {
+      await layoutCheckpoint.close();
+      await layoutDump.close();
+    }
   });
 });
