@@ -46,6 +46,8 @@ export interface LoadOptions {
    * shipped CLIP vocabulary.
    */
   vocab?: string;
+  /** What the parameters call the model (default: the file or folder name; a hub model: its repository). */
+  name?: string;
 }
 
 /** Reported after every sampler step. */
@@ -198,10 +200,12 @@ export class StableDiffusion {
       const { config, unet, vae, clip } = await loadModel(path, { device, dtype, config: files.config });
       if (!unet || !vae || !clip) throw new Error("internal: loadModel did not build every network");
       const name =
+        options.name ??
         path
           .replace(/[\\/]+$/, "")
           .split(/[\\/]/)
-          .pop() ?? path;
+          .pop() ??
+        path;
       return new StableDiffusion(device, { config, unet, vae, clip }, tokenizer, name, !options.device);
     } catch (e) {
       if (!options.device) device.destroy();

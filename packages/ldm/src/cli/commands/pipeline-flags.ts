@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { readPngFile } from "../../image/node.ts";
 import type { DecodedImage } from "../../image/png.ts";
 import { NonFiniteError } from "../../pipeline/denoiser.ts";
+import { isHubName, resolveHubModel } from "../../pipeline/hub-model.ts";
 import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
@@ -20,7 +21,7 @@ export function addModelOptions(command: Command): Command {
   return command
     .option(
       "--model <path>",
-      "checkpoint: a .safetensors or PyTorch .ckpt/.pt file (original layout) or a diffusers folder (default: the built-in emoji model)",
+      "checkpoint: a .safetensors or PyTorch .ckpt/.pt file (original layout), a diffusers folder, or a Hugging Face repository org/name[/file.safetensors] (fetched into the hub cache; HF_HUB_OFFLINE=1: the cache only) (default: the built-in emoji model)",
     )
     .option("--config <yaml>", "an original-style YAML config (default: <model>.yaml beside it, else detected)")
     .option(
@@ -32,21 +33,33 @@ export function addModelOptions(command: Command): Command {
 
 /** Loads the pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
 export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
-  const model = flags.model ?? BUILTIN_MODEL;
   if (!flags.model && !existsSync(BUILTIN_MODEL)) {
     throw new UserError(`the built-in model is missing (${BUILTIN_MODEL}): pass --model <checkpoint.safetensors>`);
   }
+  const model = await modelPath(flags.model);
   try {
     return await StableDiffusion.load(model, {
       config: flags.config,
       vocab: flags.vocab,
       dtype: flags.f16 ? "f16" : "f32",
+      name: flags.model && model !== flags.model && isHubName(flags.model) ? flags.model : undefined,
     });
   } catch (e) {
     // One line on the error path; a key mismatch lists every key below its first line.
     const [first, ...details] = (e as Error).message.split("\n");
     if (details.length) console.error(details.join("\n"));
     throw new UserError(first);
+  }
+}
+
+/** --model as a local path: the built-in model when absent, a hub repository (org/name) fetched into the hub cache. */
+export async function modelPath(model: string | undefined): Promise<string> {
+  if (model === undefined) return BUILTIN_MODEL;
+  if (!isHubName(model)) return model;
+  try {
+    return await resolveHubModel(model);
+  } catch (e) {
+    throw new UserError(`--model ${model}: ${(e as Error).message.split("\n")[0]}`);
   }
 }
 

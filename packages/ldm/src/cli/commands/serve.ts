@@ -1,10 +1,11 @@
 import { existsSync } from "node:fs";
 import type { Command } from "commander";
+import { isHubName } from "../../pipeline/hub-model.ts";
 import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { type Checkpoint, checkpointAt, scanModelsFolder } from "../../server/models.ts";
 import { DEFAULT_LIMITS, serve } from "../../server/server.ts";
 import { UserError } from "../errors.ts";
-import { addModelOptions, integerFlag, loadPipeline, type ModelFlags } from "./pipeline-flags.ts";
+import { addModelOptions, integerFlag, loadPipeline, type ModelFlags, modelPath } from "./pipeline-flags.ts";
 
 interface ServeFlags extends ModelFlags {
   modelsDir?: string;
@@ -38,8 +39,10 @@ export function registerServe(program: Command): void {
   addModelOptions(command).action(async (flags: ServeFlags) => {
     const port = integerFlag("--port", flags.port, 0);
     if (port > 65535) throw new UserError(`--port ${port} is not a port number`);
-    const first = checkpointAt(flags.model ?? BUILTIN_MODEL, {
-      title: flags.model ? undefined : "emoji-ldm",
+    // A hub model is titled by its repository; it is resolved again (from the cache) when reloaded.
+    const hub = flags.model !== undefined && isHubName(flags.model);
+    const first = checkpointAt(await modelPath(flags.model), {
+      title: hub ? flags.model : flags.model ? undefined : "emoji-ldm",
       config: flags.config,
     });
     const checkpoints: Checkpoint[] = [first];
@@ -54,7 +57,7 @@ export function registerServe(program: Command): void {
       checkpoints,
       loader: (c) =>
         loadPipeline({
-          model: c.filename,
+          model: c === first && hub ? flags.model : c.filename,
           config: c.config ?? undefined,
           vocab: c === first ? flags.vocab : undefined,
           f16: flags.f16,
