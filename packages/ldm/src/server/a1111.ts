@@ -3,7 +3,13 @@
  * stable-diffusion-webui): the txt2img / img2img request fields with their defaults, the sampler names, the
  * `info` JSON of a finished job and its infotext lines.
  */
-import type { SamplerName } from "../diffusion/index.ts";
+import {
+  SAMPLERS,
+  type SamplerName,
+  type SigmaScheduleName,
+  samplerByName,
+  sigmaScheduleOf,
+} from "../diffusion/index.ts";
 
 /** A JSON Schema for one request field; every A1111 field is Optional, so null is accepted (and means the default). */
 type FieldSchema = Record<string, unknown>;
@@ -153,46 +159,46 @@ export type ProcessingRequest = Record<string, unknown> & {
   include_init_images?: boolean | null;
 };
 
-/** A1111's samplers that we run: its label, aliases and options (sd_samplers_kdiffusion / _timesteps). */
-export interface A1111Sampler {
-  name: string;
-  aliases: string[];
-  options: Record<string, unknown>;
-  sampler: SamplerName;
+/** A1111's sampler list: each A1111 name once, with our names that run it as aliases. */
+export function a1111Samplers(): { name: string; aliases: string[]; options: Record<string, unknown> }[] {
+  const labels = [...new Set(SAMPLERS.map((s) => s.a1111))];
+  return labels.map((name) => ({
+    name,
+    aliases: SAMPLERS.filter((s) => s.a1111 === name).map((s) => s.name),
+    options: {},
+  }));
 }
 
-export const A1111_SAMPLERS: readonly A1111Sampler[] = [
-  { name: "Euler a", aliases: ["k_euler_a", "k_euler_ancestral"], options: {}, sampler: "euler_ancestral" },
-  { name: "Euler", aliases: ["k_euler"], options: {}, sampler: "euler" },
-  { name: "Heun", aliases: ["k_heun"], options: { second_order: true }, sampler: "heun" },
-  { name: "DPM++ 2M", aliases: ["k_dpmpp_2m"], options: {}, sampler: "dpmpp_2m" },
-  { name: "DPM++ 2M Karras", aliases: ["k_dpmpp_2m_ka"], options: { scheduler: "karras" }, sampler: "dpmpp_2m_karras" },
-  { name: "DDIM", aliases: ["ddim"], options: {}, sampler: "ddim" },
-  { name: "PLMS", aliases: ["plms"], options: {}, sampler: "plms" },
-  { name: "DDPM", aliases: ["ddpm"], options: {}, sampler: "ddpm" },
-];
+/** A1111's `scheduler` values (names and labels, lower-cased) → our σ spacings; "automatic": the sampler's own. */
+const SCHEDULERS: Record<string, SigmaScheduleName | undefined> = {
+  automatic: undefined,
+  uniform: "normal",
+  normal: "normal",
+  karras: "karras",
+  exponential: "exponential",
+};
 
 /**
- * The sampler a request names: sampler_name, else sampler_index (A1111's order), by label, alias or our own
- * name, case-insensitively; `scheduler` "Karras" turns DPM++ 2M into its Karras variant.
+ * The sampler a request names: sampler_name, else sampler_index (A1111's order), by A1111 name or ours,
+ * case-insensitively; the older names with " Karras" appended, and `scheduler`, pick the σ spacing. Undefined:
+ * no such sampler; a RangeError: a scheduler the sampler does not take.
  */
-export function resolveSampler(request: ProcessingRequest): SamplerName | undefined {
-  const name = (request.sampler_name || request.sampler_index || "Euler").toLowerCase();
-  const found = A1111_SAMPLERS.find(
-    (s) => s.name.toLowerCase() === name || s.sampler === name || s.aliases.some((a) => a.toLowerCase() === name),
-  );
-  if (!found) return undefined;
-  const scheduler = (request.scheduler ?? "automatic").toLowerCase();
-  if (scheduler === "automatic" || scheduler === "") return found.sampler;
-  if (scheduler === "karras" && (found.sampler === "dpmpp_2m" || found.sampler === "dpmpp_2m_karras")) {
-    return "dpmpp_2m_karras";
+export function resolveSampler(
+  request: ProcessingRequest,
+): { sampler: SamplerName; schedule?: SigmaScheduleName } | undefined {
+  let name = (request.sampler_name || request.sampler_index || "Euler").toLowerCase();
+  let scheduler = (request.scheduler || "automatic").toLowerCase();
+  const byName = (n: string) => SAMPLERS.find((s) => s.a1111.toLowerCase() === n || s.name === n);
+  if (!byName(name) && name.endsWith(" karras") && byName(name.slice(0, -7))) {
+    name = name.slice(0, -7);
+    scheduler = "karras";
   }
-  return undefined;
-}
-
-/** The A1111 label of one of our samplers (what infotexts and `info.sampler_name` say). */
-export function samplerLabel(sampler: SamplerName): string {
-  return A1111_SAMPLERS.find((s) => s.sampler === sampler)?.name ?? sampler;
+  const record = byName(name);
+  if (!record) return undefined;
+  if (!(scheduler in SCHEDULERS)) throw new RangeError(`unknown scheduler "${request.scheduler}"`);
+  const requested = SCHEDULERS[scheduler];
+  if (requested === undefined) return { sampler: record.name };
+  return { sampler: record.name, schedule: sigmaScheduleOf(record, requested) };
 }
 
 /** One job's facts that `info` and the infotexts report. */
@@ -202,6 +208,8 @@ export interface JobRecord {
   /** Per image: the seed of the run that made it (A1111: seed + index; here one seed per batch run). */
   seeds: string[];
   sampler: SamplerName;
+  /** The σ spacing when the request chose one ("Schedule type"). */
+  schedule?: SigmaScheduleName;
   steps: number;
   cfgScale: number;
   width: number;
@@ -218,7 +226,8 @@ export interface JobRecord {
 export function infotext(job: JobRecord, index: number): string {
   const pairs: [string, unknown][] = [
     ["Steps", job.steps],
-    ["Sampler", samplerLabel(job.sampler)],
+    ["Sampler", samplerByName(job.sampler).a1111],
+    ["Schedule type", job.schedule && job.schedule[0].toUpperCase() + job.schedule.slice(1)],
     ["CFG scale", job.cfgScale],
     ["Seed", job.seeds[index]],
     ["Size", `${job.width}x${job.height}`],
@@ -254,7 +263,7 @@ export function infoJson(job: JobRecord, imageCount: number): string {
     subseed_strength: 0,
     width: job.width,
     height: job.height,
-    sampler_name: samplerLabel(job.sampler),
+    sampler_name: samplerByName(job.sampler).a1111,
     cfg_scale: job.cfgScale,
     steps: job.steps,
     batch_size: job.batchSize,

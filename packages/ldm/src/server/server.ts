@@ -9,12 +9,11 @@ import fastifyCors from "@fastify/cors";
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
-import { SAMPLER_NAMES } from "../diffusion/index.ts";
 import { type DecodedImage, decodePng, encodePng, type RgbaImage } from "../image/png.ts";
 import { PARAMETERS_KEYWORD, parametersText, parseParameters } from "../pipeline/parameters.ts";
 import type { GenerateOptions, GenerationResult, Progress, StableDiffusion } from "../pipeline/stable-diffusion.ts";
 import {
-  A1111_SAMPLERS,
+  a1111Samplers,
   img2imgSchema,
   infoJson,
   infotext,
@@ -247,13 +246,7 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
     return {};
   });
   app.get("/sdapi/v1/sd-models", () => checkpoints);
-  app.get("/sdapi/v1/samplers", () =>
-    A1111_SAMPLERS.filter((s) => SAMPLER_NAMES.includes(s.sampler)).map(({ name, aliases, options }) => ({
-      name,
-      aliases,
-      options,
-    })),
-  );
+  app.get("/sdapi/v1/samplers", () => a1111Samplers());
   app.get("/sdapi/v1/options", () => ({ ...settings, sd_checkpoint_hash: null }));
   app.post("/sdapi/v1/options", { schema: { body: { type: "object" } } }, async (request, reply) => {
     const changes = request.body as Record<string, unknown>;
@@ -320,8 +313,13 @@ const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
 
 function planJob(kind: "txt2img" | "img2img", body: ProcessingRequest, limits: RequestLimits): JobPlan {
   for (const [field, isOn, why] of UNSUPPORTED) if (isOn(body[field])) throw fieldError(field, why);
-  const sampler = resolveSampler(body);
-  if (!sampler) {
+  let resolved: ReturnType<typeof resolveSampler>;
+  try {
+    resolved = resolveSampler(body);
+  } catch (e) {
+    throw fieldError("scheduler", (e as Error).message);
+  }
+  if (!resolved) {
     const name = body.sampler_name || body.sampler_index;
     throw new ApiError(
       404,
@@ -365,7 +363,7 @@ function planJob(kind: "txt2img" | "img2img", body: ProcessingRequest, limits: R
       negativePrompt: body.negative_prompt ?? "",
       steps: body.steps ?? 50,
       guidanceScale: body.cfg_scale ?? 7,
-      sampler,
+      ...resolved,
       ...(body.eta !== null ? { eta: body.eta } : {}),
       width,
       height,
@@ -488,6 +486,7 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
     negativePrompt: plan.options.negativePrompt ?? "",
     seeds,
     sampler: plan.options.sampler ?? "euler",
+    schedule: plan.options.schedule,
     steps: plan.options.steps ?? 50,
     cfgScale: plan.options.guidanceScale ?? 7,
     width,
