@@ -20,6 +20,7 @@ interface Manifest {
   types?: string;
   files?: string[];
   imports?: Record<string, unknown>;
+  scripts?: Record<string, string>;
   publishConfig?: {
     exports?: Record<string, unknown>;
     imports?: Record<string, unknown>;
@@ -89,6 +90,10 @@ describe("package manifests", () => {
           return target.replace(/^\.\/src\/(.+)\.ts$/, "./dist/$1.js");
         };
         expect(pkg.publishConfig?.imports).toEqual(pkg.imports && toDist(pkg.imports));
+      });
+
+      it("packs only through pnpm, built first (prepack: scripts/prepack.mjs)", () => {
+        expect(pkg.scripts?.prepack).toBe("node ../../scripts/prepack.mjs");
       });
 
       it("needs no development tool at run time and takes its siblings from the workspace", () => {

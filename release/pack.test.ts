@@ -39,6 +39,16 @@ async function run(command: string, args: string[], cwd: string, timeoutS = 300)
   }
 }
 
+/** The ```ts block after "In Node" in @ldm/ldm's README: what npm users are told to run. */
+const README_EXAMPLE = (() => {
+  const readme = readFileSync(join(root, "packages/ldm/README.md"), "utf8");
+  const block = /In Node[\s\S]*?```ts\n([\s\S]*?)```/.exec(readme)?.[1];
+  if (!block) throw new Error("packages/ldm/README.md has no ```ts block after 'In Node'");
+  return block;
+})();
+/** The same run as the README's example, on the command line. */
+const README_CLI = ["red apple", "--seed", "42", "--steps", "20", "--sampler", "euler"];
+
 interface Tarball {
   dir: string;
   path: string;
@@ -68,6 +78,9 @@ beforeAll(async () => {
   console.log(`tarballs: ${sizes.join(", ")}`);
   project = join(work, "project");
   cpSync(join(import.meta.dirname, "consumer"), project, { recursive: true });
+  // The README's Node example, verbatim: run as JavaScript below, type-checked as TypeScript (tsconfig.json).
+  writeFileSync(join(project, "readme.mjs"), README_EXAMPLE);
+  writeFileSync(join(project, "readme.ts"), README_EXAMPLE);
   const npm = ["install", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"];
   await run("npm", [...npm, ...tarballs.map((t) => t.path)], project);
 });
@@ -137,16 +150,11 @@ describe("in a project outside the workspace", () => {
     expect(help).toMatch(/generate \[options\]/);
   });
 
-  it("a Node script generates with the built-in model the same pixels as `npx ldm generate`", async () => {
-    const [prompt, seed, steps] = ["red apple", "42", "2"];
-    await run(
-      "npx",
-      ["--no", "ldm", "generate", prompt, "--seed", seed, "--steps", steps, "--out", "cli.png"],
-      project,
-    );
-    await run("node", ["generate.mjs", prompt, seed, steps, "library.png"], project);
+  it("the README's Node example generates the same pixels as `npx ldm generate` with its settings", async () => {
+    await run("npx", ["--no", "--", "ldm", "generate", ...README_CLI, "--out", "cli.png"], project);
+    await run("node", ["readme.mjs"], project);
     const cli = decodePng(readFileSync(join(project, "cli.png")), "ldm generate's PNG");
-    const library = decodePng(readFileSync(join(project, "library.png")), "the library's PNG");
+    const library = decodePng(readFileSync(join(project, "apple.png")), "the README example's PNG");
     expect([cli.width, cli.height]).toEqual([64, 64]);
     expect([library.width, library.height]).toEqual([cli.width, cli.height]);
     expect(new Set(cli.data).size, "an image of one colour").toBeGreaterThan(16);
