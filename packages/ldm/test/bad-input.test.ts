@@ -8,10 +8,14 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writ
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import { Device } from "@ldm/tensor";
 import type { TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DawnLineFilter } from "../src/cli/dawn-stderr.ts";
+import { PipelineOptionError, StableDiffusion } from "../src/pipeline/stable-diffusion.ts";
 import { runCli } from "./helpers/run-cli.ts";
 import { spawnCli } from "./helpers/spawn-cli.ts";
 import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
@@ -191,5 +195,99 @@ describe("NaN and Inf: an error naming the stage and the likely cause, never a b
       /--cfg must be a number in \[0, 50\]/,
     );
     expectOneLineError(await runCli("generate", "a cat", ...MODEL, "--eta", "5"), /--eta must be a number in \[0, 1\]/);
+  });
+});
+
+describe("the library: inputs checked at the public API, GPU memory released", () => {
+  const load = () =>
+    StableDiffusion.load(join(DUMPS, "tiny-sd1.safetensors"), {
+      config: join(DUMPS, "tiny-sd1.yaml"),
+      vocab: join(dir, "tokenizer"),
+    });
+
+  it("a prompt, options or images of the wrong type get a message naming the option", async () => {
+    await using pipe = await load();
+    const image = { width: 32, height: 32, data: new Uint8ClampedArray(32 * 32 * 4) };
+    const cases: [() => unknown, RegExp][] = [
+      [() => pipe.txt2img(undefined as never), /^txt2img: options must be an object, got undefined$/],
+      [() => pipe.txt2img({} as never), /^txt2img: prompt must be a string, got undefined$/],
+      [() => pipe.txt2img({ prompt: 42 } as never), /^txt2img: prompt must be a string, got 42$/],
+      [() => pipe.txt2img({ prompt: "a", negativePrompt: null } as never), /negativePrompt must be a string, got null/],
+      [() => pipe.txt2img({ prompt: "a", seed: 1.5 }), /seed must be an integer or a bigint, got 1\.5/],
+      [() => pipe.txt2img({ prompt: "a", steps: "20" } as never), /steps must be a number, got "20"/],
+      [() => pipe.img2img({ prompt: "a" } as never), /^img2img: initImage must be an RGBA image .*, got undefined$/],
+      [
+        () => pipe.img2img({ prompt: "a", initImage: { ...image, data: new Uint8ClampedArray(7) } }),
+        /initImage\.data must be 4096 bytes \(32×32 RGBA\)/,
+      ],
+      [() => pipe.inpaint({ prompt: "a", initImage: image } as never), /^inpaint: mask must be an RGBA image/],
+      [() => pipe.encodeText([]), /^encodeText: prompts must be a non-empty array of strings, got an array of 0$/],
+      [() => pipe.encodeText(["a", undefined] as never), /^encodeText: prompts\[1\] must be a string, got undefined$/],
+      [() => pipe.tokenize(undefined as never), /^tokenize: prompt must be a string, got undefined$/],
+      [() => pipe.loss({ image, t: 1 } as never), /^loss: prompt must be a string, got undefined$/],
+    ];
+    for (const [call, message] of cases) {
+      const error = await Promise.resolve()
+        .then(call)
+        .then(
+          () => undefined,
+          (e: Error) => e,
+        );
+      expect(error, String(message)).toBeInstanceOf(PipelineOptionError);
+      expect(error?.message).toMatch(message);
+    }
+  });
+
+  it("await using disposes the pipeline (its own device) at the end of the block", async () => {
+    const destroy = vi.spyOn(Device.prototype, "destroy");
+    try {
+      {
+        await using pipe = await load();
+        expect(pipe.config.unet.in_channels).toBe(4);
+      }
+      expect(destroy).toHaveBeenCalledTimes(1);
+    } finally {
+      destroy.mockRestore();
+    }
+  });
+
+  it("pipelines dropped without dispose() free their device when garbage-collected: loads stay bounded", async () => {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const created = new Set<Device>();
+    const destroyed = new Set<Device>();
+    const create = Device.create.bind(Device);
+    const spyCreate = vi.spyOn(Device, "create").mockImplementation(async (o) => {
+      const d = await create(o);
+      created.add(d);
+      return d;
+    });
+    const original = Device.prototype.destroy;
+    Device.prototype.destroy = function (this: Device) {
+      destroyed.add(this);
+      original.call(this);
+    };
+    try {
+      const loads = 6;
+      for (let i = 0; i < loads; i++) {
+        const pipe = await load();
+        expect(pipe.tokenize("a cat").length).toBe(77);
+        // Dropped here, without dispose().
+        for (let k = 0; k < 3; k++) {
+          gc();
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+      for (let k = 0; k < 10 && destroyed.size < loads - 1; k++) {
+        gc();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      // At most the last pipeline may still be alive (V8 may keep the last one in a register or handle).
+      expect(created.size).toBe(loads);
+      expect(created.size - destroyed.size).toBeLessThanOrEqual(1);
+    } finally {
+      Device.prototype.destroy = original;
+      spyCreate.mockRestore();
+    }
   });
 });

@@ -31,6 +31,8 @@ import {
   sampleFromTokens,
   unetDenoiser,
 } from "./denoiser.ts";
+import { PipelineOptionError } from "./errors.ts";
+import { checkGenerateInputs, checkImageInput, checkPromptList, checkString } from "./inputs.ts";
 import type { GenerationParameters } from "./parameters.ts";
 
 export interface LoadOptions {
@@ -146,8 +148,14 @@ export interface PipelineNetworks {
   clip: CLIPTextModel;
 }
 
-/** Thrown for options the pipeline cannot run with (bad size, unknown sampler, …). */
-export class PipelineOptionError extends RangeError {}
+export { PipelineOptionError };
+
+/**
+ * The devices of pipelines made by load(), destroyed when their pipeline is garbage-collected without
+ * dispose(): otherwise each dropped pipeline keeps its weights on the GPU until the process ends. The device
+ * holds no reference to its pipeline, so holding the device here does not keep the pipeline alive.
+ */
+const OWNED_DEVICES = new FinalizationRegistry<Device>((device) => device.destroy());
 
 /**
  * Guidance past this multiplies cond − uncond so much that the latents leave any range the UNet saw (at 1e38
@@ -183,6 +191,7 @@ export class StableDiffusion {
         `the tokenizer's start/end ids (${tokenizer.startId}/${tokenizer.endId}) are outside the text encoder's vocabulary of ${vocabulary}: pass the model's own vocabulary with --vocab`,
       );
     }
+    if (ownsDevice) OWNED_DEVICES.register(this, device, this);
   }
 
   /**
@@ -243,6 +252,7 @@ export class StableDiffusion {
 
   /** Padded ids of a prompt, checked against the text encoder's vocabulary. */
   tokenize(prompt: string): Int32Array {
+    checkString("tokenize", "prompt", prompt);
     const { max_position_embeddings: maxLength, vocab_size: vocabulary } = this.config.text;
     const { padded } = this.tokenizer.tokenize(prompt, { maxLength, padWith: this.padWith });
     const outside = padded.find((id) => id >= vocabulary);
@@ -255,6 +265,7 @@ export class StableDiffusion {
   }
 
   async txt2img(options: GenerateOptions): Promise<GenerationResult> {
+    checkGenerateInputs("txt2img", options);
     if (this.isInpainting) {
       throw new PipelineOptionError(
         "this is an inpainting model (its UNet takes a mask): use inpaint with an image and a mask",
@@ -271,6 +282,8 @@ export class StableDiffusion {
    * over the batch and scaled, then the noise is drawn; the last int(strength·steps) steps run from it.
    */
   async img2img(options: Img2ImgOptions): Promise<GenerationResult> {
+    checkGenerateInputs("img2img", options);
+    checkImageInput("img2img", "initImage", options.initImage);
     if (this.isInpainting) {
       throw new PipelineOptionError("this is an inpainting model (its UNet takes a mask): use inpaint with a mask");
     }
@@ -290,6 +303,9 @@ export class StableDiffusion {
    * DDIM's x0/mask blending).
    */
   async inpaint(options: InpaintOptions): Promise<GenerationResult> {
+    checkGenerateInputs("inpaint", options);
+    checkImageInput("inpaint", "initImage", options.initImage);
+    checkImageInput("inpaint", "mask", options.mask);
     const { initImage, mask } = options;
     if (mask.width !== initImage.width || mask.height !== initImage.height) {
       throw new PipelineOptionError(
@@ -329,6 +345,7 @@ export class StableDiffusion {
 
   /** The text encoder's context for prompts, [N, L, D] (the caller disposes it). */
   encodeText(prompts: readonly string[]): Tensor {
+    checkPromptList("encodeText", prompts);
     return encodeTokenRows(
       this.device,
       this.networks.clip,
@@ -342,6 +359,9 @@ export class StableDiffusion {
    * compared by mean squared error with ε — or with v = √ᾱ·ε − √(1−ᾱ)·z₀ for v-models (the original get_v).
    */
   async loss(options: LossOptions): Promise<LossResult> {
+    if (typeof options !== "object" || options === null) checkGenerateInputs("loss", options);
+    checkString("loss", "prompt", options.prompt);
+    checkImageInput("loss", "image", options.image);
     if (this.isInpainting)
       throw new PipelineOptionError("loss needs an ordinary UNet; this one inpaints (takes a mask)");
     const { image, t } = options;
@@ -398,10 +418,17 @@ export class StableDiffusion {
 
   /**
    * Destroys the device when load() created it, freeing everything. The weights on a device passed in stay
-   * until that device is destroyed (VarBuilder has no way to free them yet).
+   * until that device is destroyed (VarBuilder has no way to free them yet). A pipeline that load() made and
+   * that is dropped without dispose() has its device destroyed when it is garbage-collected, as a backstop.
    */
   dispose(): void {
+    OWNED_DEVICES.unregister(this);
     if (this.ownsDevice) this.device.destroy();
+  }
+
+  /** `await using pipe = await StableDiffusion.load(…)` disposes it at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
   }
 
   /** Validates the options common to every method; makes the run's generator. */
