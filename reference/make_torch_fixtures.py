@@ -8,6 +8,7 @@ Into packages/weights/test/fixtures/torch/:
                            tensor, an nn.Parameter
   lightning.ckpt           {"state_dict": …, "global_step", "epoch", optimizer states, …} as Lightning saves
   model-legacy.pt          {"model": …} in the legacy format
+  embedding.pt             a textual-inversion embedding as AUTOMATIC1111 saves one (tensor under string_to_param)
   expected.json            every tensor of those state dicts: dtype, shape, values (row-major)
   hostile/*                checkpoints that must be refused (see HOSTILE below); the payloads, were they
                            ever executed, would create /tmp/ldm-pwned-<name>
@@ -229,8 +230,12 @@ def main():
     }
     torch.save(lightning, os.path.join(OUT, "lightning.ckpt"))
     torch.save({"model": small}, os.path.join(OUT, "model-legacy.pt"), _use_new_zipfile_serialization=False)
+    vector = torch.randn(2, 8, requires_grad=True)
+    embedding = {"string_to_token": {"*": 265}, "string_to_param": {"*": vector}, "name": "toy", "step": 100,
+                 "sd_checkpoint": None, "sd_checkpoint_name": None}
+    torch.save(embedding, os.path.join(OUT, "embedding.pt"))
     with open(os.path.join(OUT, "expected.json"), "w") as f:
-        json.dump({"torch_version": torch.__version__, "tensors": expected(sd)}, f, indent=1)
+        json.dump({"torch_version": torch.__version__, "tensors": expected({**sd, "*": vector})}, f, indent=1)
         f.write("\n")
     for name, data in hostile().items():
         with open(os.path.join(OUT, "hostile", name), "wb") as f:

@@ -29,6 +29,14 @@ import { ZipArchive, type ZipEntry } from "./zip.ts";
 
 export class TorchCheckpointError extends Error {}
 
+export interface TorchOpenOptions {
+  /**
+   * The top-level key whose dict holds the tensors to present, e.g. `string_to_param` for a textual-inversion
+   * embedding; by default `state_dict`, else `model`, else the top level itself.
+   */
+  select?(root: PyDict): string | undefined;
+}
+
 /** data.pkl of a checkpoint is a few MiB at most (a state dict's names and shapes, optimizer bookkeeping). */
 export const MAX_PICKLE_BYTES = 256 * 1024 * 1024;
 /** A deflated storage is inflated whole into memory when read (torch writes them stored); this bounds it. */
@@ -72,11 +80,11 @@ export class TorchCheckpoint implements TensorFile {
   }
 
   /** Opens a checkpoint from any ByteReader (a file, a Blob); reads the pickle, not the tensors. */
-  static async open(file: ByteReader): Promise<TorchCheckpoint> {
+  static async open(file: ByteReader, options: TorchOpenOptions = {}): Promise<TorchCheckpoint> {
     const first = new Uint8Array(Math.min(4, file.size));
     await file.readInto(0, first);
-    if (first[0] === 0x50 && first[1] === 0x4b) return TorchCheckpoint.fromZip(file);
-    if (first[0] === 0x80) return TorchCheckpoint.fromLegacy(file);
+    if (first[0] === 0x50 && first[1] === 0x4b) return TorchCheckpoint.fromZip(file, options);
+    if (first[0] === 0x80) return TorchCheckpoint.fromLegacy(file, options);
     throw new TorchCheckpointError(
       `${file.name}: not a PyTorch checkpoint (neither a zip archive nor a legacy pickle; first bytes ${[...first].map((b) => b.toString(16).padStart(2, "0")).join(" ")})`,
     );
@@ -103,7 +111,7 @@ export class TorchCheckpoint implements TensorFile {
     return this.file.close();
   }
 
-  private static async fromZip(file: ByteReader): Promise<TorchCheckpoint> {
+  private static async fromZip(file: ByteReader, options: TorchOpenOptions): Promise<TorchCheckpoint> {
     const archive = await ZipArchive.open(file);
     const pickles = [...archive.entries.keys()].filter((n) => /^([^/]+\/)?data\.pkl$/.test(n));
     if (pickles.length !== 1) {
@@ -136,23 +144,27 @@ export class TorchCheckpoint implements TensorFile {
     const bytesOf = new Map<string, StorageBytes>();
     const inflated: InflatedSlot = {};
     for (const [key, entry] of storages) bytesOf.set(key, zipStorage(archive, entry, inflated));
-    return TorchCheckpoint.build(file, value, bytesOf, "zip");
+    return TorchCheckpoint.build(file, value, bytesOf, "zip", options);
   }
 
-  private static async fromLegacy(file: ByteReader): Promise<TorchCheckpoint> {
+  private static async fromLegacy(file: ByteReader, options: TorchOpenOptions): Promise<TorchCheckpoint> {
     // The pickles' total length is only known by running them: read a prefix, and a longer one if it ends early.
     for (let length = Math.min(file.size, 1 << 20); ; length = Math.min(file.size, length * 4)) {
       const head = new Uint8Array(length);
       await file.readInto(0, head);
       try {
-        return await TorchCheckpoint.parseLegacy(file, head);
+        return await TorchCheckpoint.parseLegacy(file, head, options);
       } catch (e) {
         if (!(e instanceof TruncatedPickleError) || length === file.size || length >= MAX_PICKLE_BYTES) throw e;
       }
     }
   }
 
-  private static async parseLegacy(file: ByteReader, head: Uint8Array): Promise<TorchCheckpoint> {
+  private static async parseLegacy(
+    file: ByteReader,
+    head: Uint8Array,
+    options: TorchOpenOptions,
+  ): Promise<TorchCheckpoint> {
     const origin = `${file.name} (legacy format)`;
     const plain = { origin, persistentLoad: () => refusePersistent(origin) };
     const magic = unpickle(head, 0, plain);
@@ -218,7 +230,7 @@ export class TorchCheckpoint implements TensorFile {
     for (const key of roots.keys()) {
       if (!bytesOf.has(key)) throw new TorchCheckpointError(`${file.name}: storage "${key}" is used but not stored`);
     }
-    return TorchCheckpoint.build(file, main.value, bytesOf, "legacy");
+    return TorchCheckpoint.build(file, main.value, bytesOf, "legacy", options);
   }
 
   /** Picks the state dict out of the unpickled object and lays its tensors out. */
@@ -227,13 +239,14 @@ export class TorchCheckpoint implements TensorFile {
     root: PyValue,
     bytesOf: ReadonlyMap<string, StorageBytes>,
     format: string,
+    options: TorchOpenOptions,
   ): TorchCheckpoint {
     if (!(root instanceof PyDict)) {
       throw new TorchCheckpointError(
         `${file.name}: the checkpoint holds ${describeValue(root)}, not a dict of tensors`,
       );
     }
-    const { dict, key } = findStateDict(root);
+    const { dict, key } = options.select ? selected(root, options.select, file.name) : findStateDict(root);
     const metadata: Record<string, string> = { format: `pytorch-${format}` };
     if (key) metadata.state_dict = key;
     for (const [k, v] of root.map) {
@@ -290,6 +303,17 @@ export class TorchCheckpoint implements TensorFile {
       }
     }
   }
+}
+
+function selected(root: PyDict, select: NonNullable<TorchOpenOptions["select"]>, name: string) {
+  const key = select(root);
+  const dict = key === undefined ? undefined : root.map.get(key);
+  if (key === undefined || !(dict instanceof PyDict)) {
+    throw new TorchCheckpointError(
+      `${name}: no dict of tensors where expected (top-level keys: ${[...root.map.keys()].map((k) => describeValue(k)).join(", ")})`,
+    );
+  }
+  return { dict, key };
 }
 
 function isScalar(v: PyValue): v is number | string | boolean | bigint {

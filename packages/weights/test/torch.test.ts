@@ -63,7 +63,7 @@ async function expectAsSaved(file: TorchCheckpoint, names: string[]) {
   }
 }
 
-const ALL = Object.keys(expected.tensors);
+const ALL = Object.keys(expected.tensors).filter((name) => name !== "*");
 const SMALL = ["f32", "shared.rows", "shared.column", "param.weight"];
 
 describe("PyTorch checkpoints read as data", () => {
@@ -93,6 +93,18 @@ describe("PyTorch checkpoints read as data", () => {
       "pytorch-lightning_version": "1.4.2",
     });
     await file.close();
+  });
+
+  it("presents the dict a caller selects (an A1111 embedding's string_to_param), naming the keys when absent", async () => {
+    const path = join(FIXTURES, "embedding.pt");
+    const file = await TorchCheckpoint.open(blobReader(new Blob([readFileSync(path)]), "embedding.pt"), {
+      select: () => "string_to_param",
+    });
+    await expectAsSaved(file, ["*"]);
+    expect(file.metadata).toMatchObject({ name: "toy", step: "100" });
+    await expect(
+      TorchCheckpoint.open(blobReader(new Blob([readFileSync(path)]), "embedding.pt"), { select: () => undefined }),
+    ).rejects.toThrow(/embedding\.pt: no dict of tensors where expected \(top-level keys: "string_to_token", /);
   });
 
   it('takes {"model": …} (legacy format)', async () => {
