@@ -294,10 +294,17 @@ describe("ldm serve: one job at a time", () => {
   });
 
   it("interrupt mid-sampling ends the job with the last step's image; a full queue answers 503", async () => {
+    // Live previews (off by default: each is a VAE decode) put the step's x̂₀ into /progress.
+    const previews = { live_previews_enable: true, show_progress_every_n_steps: 1 };
+    expect((await post(server, "/sdapi/v1/options", previews)).status).toBe(200);
     const long = post(server, "/sdapi/v1/txt2img", { ...QUICK, steps: 150 });
-    const running = await waitProgress(server, (p) => p.state.sampling_step >= 2);
+    const running = await waitProgress(server, (p) => p.state.sampling_step >= 2 && p.current_image !== null);
     expect(running.state).toMatchObject({ job_count: 1, sampling_steps: 150 });
     expect(running.progress).toBeGreaterThan(0.01);
+    expect(running.eta_relative).toBeGreaterThan(0);
+    expect(decodePng(Buffer.from(running.current_image ?? "", "base64"), "preview").width).toBe(64);
+    const skipped = (await get(server, "/sdapi/v1/progress?skip_current_image=true")).json() as ProgressAnswer;
+    expect(skipped.current_image).toBeNull();
     // One of two may wait (whichever arrives first); the other is turned away at once.
     const both = [5, 6].map((seed) => post(server, "/sdapi/v1/txt2img", { ...QUICK, steps: 1, seed }));
     const full = await Promise.race(both);
