@@ -52,8 +52,8 @@ async function poisoned(key: string): Promise<string> {
 }
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Progress lines a run prints to a non-terminal stderr before it fails. */
-const PROGRESS = /^step \d+\/\d+ /;
+/** Progress lines a run prints to stderr before it fails (loading, sampling, steps on a non-terminal). */
+const PROGRESS = /^(loading .*…|loaded in [\d.]+ s on .*|sampling \d+×\d+, .*…|step \d+\/\d+ .*)$/;
 
 /** One line on stderr besides progress, exit code 1. */
 function expectOneLineError(run: { code: number | null; err: string }, message: RegExp): void {
@@ -172,6 +172,10 @@ describe("NaN and Inf: an error naming the stage and the likely cause, never a b
   ])("a NaN weight in %s", async (key, message) => {
     const run = await generate(await poisoned(key));
     expectOneLineError(run, message);
+    // What the run was doing, before its first step.
+    expect(run.err).toMatch(
+      /^loading nan-.*\.safetensors \(f32\)…\nloaded in [\d.]+ s on .+\nsampling 32×32, batch 1, 2 \w+ steps/,
+    );
     expect(existsSync(join(dir, "nan.png"))).toBe(false);
   });
 

@@ -132,6 +132,11 @@ export function registerGenerate(program: Command): void {
       const seed = requests[0].seed ?? Math.floor(Math.random() * 2 ** 32);
       const results: GenerationResult[] = [];
       for (const request of requests) {
+        const width = request.width ?? initImage?.width ?? pipe.defaultSize;
+        const height = request.height ?? initImage?.height ?? pipe.defaultSize;
+        console.error(
+          `sampling ${width}×${height}, batch ${request.batchSize}, ${request.steps} ${request.sampler} steps (the first also compiles the kernels)…`,
+        );
         const reporter = new ProgressReporter();
         const result = await withInterrupt((signal) =>
           asUserError(() => {

@@ -1,5 +1,6 @@
 /** Flags and helpers shared by the commands that run a whole model (generate, loss, bench). */
 import { existsSync } from "node:fs";
+import { basename } from "node:path";
 import type { Command } from "commander";
 import { readPngFile } from "../../image/node.ts";
 import type { DecodedImage } from "../../image/png.ts";
@@ -37,13 +38,23 @@ export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> 
     throw new UserError(`the built-in model is missing (${BUILTIN_MODEL}): pass --model <checkpoint.safetensors>`);
   }
   const model = await modelPath(flags.model);
+  const dtype = flags.f16 ? "f16" : "f32";
+  // Progress before any step: loading a full checkpoint takes seconds, the first step compiles the kernels.
+  console.error(`loading ${basename(model)} (${dtype})…`);
+  const started = performance.now();
   try {
-    return await StableDiffusion.load(model, {
+    const pipe = await StableDiffusion.load(model, {
       config: flags.config,
       vocab: flags.vocab,
-      dtype: flags.f16 ? "f16" : "f32",
+      dtype,
       name: flags.model && model !== flags.model && isHubName(flags.model) ? flags.model : undefined,
     });
+    const { info } = pipe.device;
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    console.error(
+      `loaded in ${seconds} s on ${info.description || info.device || info.vendor || "the WebGPU adapter"}`,
+    );
+    return pipe;
   } catch (e) {
     // One line on the error path; a key mismatch lists every key below its first line.
     const [first, ...details] = (e as Error).message.split("\n");
