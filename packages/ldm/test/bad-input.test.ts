@@ -275,7 +275,7 @@ describe("the library: inputs checked at the public API, GPU memory released", (
       const loads = 6;
       for (let i = 0; i < loads; i++) {
         const pipe = await load();
-        expect(pipe.tokenize("a cat").length).toBe(77);
+        expect(pipe.tokenize("a cat").ids.length).toBe(77);
         // Dropped here, without dispose().
         for (let k = 0; k < 3; k++) {
           gc();

@@ -113,7 +113,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const first = join(dir, "out", "first.png");
     const run = await ldm(
       "generate",
-      "a photograph of an astronaut",
+      "a (photograph:1.3) of an astronaut",
       ...tiny,
       "--width",
       "32",
@@ -125,6 +125,10 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
       "7",
       "--sampler",
       "euler",
+      "--schedule",
+      "karras",
+      "--clip-skip",
+      "2",
       "--out",
       join(dir, "out") + "/",
     );
@@ -136,10 +140,12 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     expect([image.width, image.height]).toEqual([32, 48]);
     const parameters = parseParameters(image.text[PARAMETERS_KEYWORD], written);
     expect(parameters).toMatchObject({
-      prompt: "a photograph of an astronaut",
+      prompt: "a (photograph:1.3) of an astronaut",
       negativePrompt: "",
       seed: "7",
       sampler: "euler",
+      schedule: "karras",
+      clipSkip: 2,
       steps: 3,
       guidanceScale: 7.5,
       width: 32,

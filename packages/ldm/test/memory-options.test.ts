@@ -89,7 +89,7 @@ describe("sequential classifier-free guidance", () => {
   it("the unconditional half gets the first context rows, the conditional half the last", async () => {
     const pipe = await pipeline("tiny-sd1");
     const { unet } = pipe.networks;
-    const context = pipe.encodeText(["", "", "a cat", "a dog"]);
+    const context = await pipe.encodeText(["", "", "a cat", "a dog"]);
     const shape = [4, 4, 8, 8];
     const x = Float32Array.from({ length: 4 * 4 * 8 * 8 }, (_, i) => Math.sin(i));
     try {
@@ -107,7 +107,7 @@ describe("sequential classifier-free guidance", () => {
 
   it("refuses a batch that does not split evenly", async () => {
     const pipe = await pipeline("tiny-sd1");
-    const context = pipe.encodeText(["", "a", "b"]);
+    const context = await pipe.encodeText(["", "a", "b"]);
     try {
       expect(() => unetDenoiser(pipe.networks.unet, context, undefined, [3, 4, 8, 8], 2)).toThrow(
         /batch of 3 does not split into 2/,

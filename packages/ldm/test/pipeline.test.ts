@@ -114,8 +114,8 @@ describe("txt2img", () => {
     const prompt = "a photograph of an astronaut riding a horse";
     const result = await pipe.txt2img({ prompt, seed: 42, width: 64, height: 64, batchSize: 2, steps: 2 });
     const direct = await pipe.sampleLatents({
-      condIds: [pipe.tokenize(prompt), pipe.tokenize(prompt)],
-      uncondIds: [pipe.tokenize(""), pipe.tokenize("")],
+      condIds: [pipe.tokenize(prompt).ids, pipe.tokenize(prompt).ids],
+      uncondIds: [pipe.tokenize("").ids, pipe.tokenize("").ids],
       xT: xT.data,
       latentShape: xT.shape,
       sampler: "ddim",

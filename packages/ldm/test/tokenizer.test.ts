@@ -142,6 +142,28 @@ describe("ldm tokenize", () => {
     expect(zero.padded.at(-1)).toBe(0);
   });
 
+  it("--weights prints the A1111 parse and the weighted 77-id chunks", async () => {
+    const r = await run("a (red:1.5) apple BREAK [green] pear", "--weights");
+    expect(r.code).toBe(0);
+    const printed = JSON.parse(r.out);
+    expect(printed.parsed).toEqual([
+      ["a ", 1],
+      ["red", 1.5],
+      [" apple", 1],
+      ["BREAK", -1],
+      ["", 1],
+      ["green", 1 / 1.1],
+      [" pear", 1],
+    ]);
+    expect(printed.chunks.length).toBe(2);
+    const [first] = printed.chunks;
+    expect(first.ids.slice(0, 5)).toEqual([49406, ...tokenizer.encode("a red apple"), 49407]);
+    expect(first.weights.slice(0, 5)).toEqual([1, 1, 1.5, 1, 1]);
+    expect(printed.tokenCount).toBe(75 + 2);
+    const bad = await run("(a:1.2.3)", "--weights");
+    expect(bad.err).toMatch(/emphasis weight "1.2.3" is not a number/);
+  });
+
   it("uses the shipped vocabulary without --vocab", async () => {
     const r = await run("a photograph of an astronaut riding a horse");
     expect(r.code).toBe(0);

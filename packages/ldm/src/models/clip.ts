@@ -134,8 +134,7 @@ export class CLIPTextModel {
     if (want.penultimate && depth < 2) throw new Error(`CLIP: a ${depth}-layer encoder has no penultimate layer`);
     const length = ids.shape[1];
     return ids.device.tidy(() => {
-      const positions = length === maxLength ? this.position_embedding : slice(this.position_embedding, 0, 0, length);
-      let h = add(this.token_embedding.forward(ids), positions);
+      let h = add(this.token_embedding.forward(ids), this.positions(length));
       const advance = (layer: CLIPEncoderLayer) => {
         const next = layer.forward(h);
         h.dispose();
@@ -152,10 +151,41 @@ export class CLIPTextModel {
     });
   }
 
-  /** The conditioning the UNet takes: the last or the penultimate layer, as the config says. */
-  encode(ids: Tensor): Tensor {
-    const out = this.forward(ids);
-    return (this.cfg.layer === "last" ? out.lastHiddenState : out.penultimateHiddenState) as Tensor;
+  /**
+   * The conditioning the UNet takes: the layer the config says, or with `clipSkip` A1111's "CLIP skip" (1 = the
+   * last layer, 2 = the penultimate, n = the n-th from the end), then the final LayerNorm.
+   */
+  encode(ids: Tensor, clipSkip = this.defaultClipSkip): Tensor {
+    const depth = this.cfg.num_hidden_layers;
+    if (!Number.isInteger(clipSkip) || clipSkip < 1 || clipSkip > depth) {
+      throw new RangeError(
+        `CLIP skip ${clipSkip}: must be an integer in [1, ${depth}] (the encoder has ${depth} layers)`,
+      );
+    }
+    if (clipSkip <= 2) {
+      const out = this.forward(ids, clipSkip === 1 ? { last: true } : { penultimate: true });
+      return (clipSkip === 1 ? out.lastHiddenState : out.penultimateHiddenState) as Tensor;
+    }
+    return ids.device.tidy(() => {
+      let h = add(this.token_embedding.forward(ids), this.positions(ids.shape[1]));
+      for (const layer of this.layers.slice(0, depth - clipSkip + 1)) {
+        const next = layer.forward(h);
+        h.dispose();
+        h = next;
+      }
+      return this.final_layer_norm.forward(h);
+    });
+  }
+
+  /** The CLIP skip of the config's layer: 1 for "last", 2 for "penultimate". */
+  get defaultClipSkip(): number {
+    return this.cfg.layer === "last" ? 1 : 2;
+  }
+
+  private positions(length: number): Tensor {
+    return length === this.cfg.max_position_embeddings
+      ? this.position_embedding
+      : slice(this.position_embedding, 0, 0, length);
   }
 
   private defaultOutputs(): { last?: boolean; penultimate?: boolean } {

@@ -81,37 +81,113 @@ export function assertFinite(stage: NonFiniteError["stage"], values: Float32Arra
   }
 }
 
+export interface EncodeOptions {
+  /** Per row, a weight per token (A1111's emphasis); absent or all 1: plain encoding. */
+  weights?: readonly Float32Array[];
+  /** A1111's CLIP skip (default: the config's layer). */
+  clipSkip?: number;
+}
+
 /**
- * The text encoder's conditioning for token id rows (one per batch item), [rows, L, D]: identical rows (a
- * prompt repeated over the batch) are encoded once.
+ * The text encoder's conditioning for token id rows (one per batch item), [rows, k·L, D]: a row of k·L ids is
+ * k chunks of the encoder's context L, each encoded on its own and the hidden states concatenated (A1111's long
+ * prompts); all rows have the same k. With weights, each chunk's output is multiplied per token and rescaled to
+ * its unweighted mean (A1111's "Original" emphasis). Identical rows (a prompt repeated over the batch) are encoded
+ * once.
  */
-export function encodeTokenRows(device: Device, clip: CLIPTextModel, rows: readonly Int32Array[]): Tensor {
-  const keys = rows.map((r) => r.join(","));
+export async function encodeTokenRows(
+  device: Device,
+  clip: CLIPTextModel,
+  rows: readonly Int32Array[],
+  options: EncodeOptions = {},
+): Promise<Tensor> {
+  const length = clip.cfg.max_position_embeddings;
+  const width = rows[0].length;
+  if (width % length || rows.some((r) => r.length !== width)) {
+    throw new RangeError(
+      `token rows of ${rows.map((r) => r.length).join(", ")} ids: each must be the same multiple of ${length}`,
+    );
+  }
+  const chunks = width / length;
+  const weights = options.weights;
+  if (weights?.some((w, i) => w.length !== rows[i].length)) {
+    throw new RangeError("token weights: one per token id of each row");
+  }
+  const keys = rows.map((r, i) => `${r.join(",")}|${weights ? weights[i].join(",") : ""}`);
   const unique = [...new Set(keys)];
-  const length = rows[0].length;
-  const ids = new Int32Array(unique.length * length);
-  unique.forEach((key, i) => {
-    ids.set(rows[keys.indexOf(key)], i * length);
+  const firstOf = unique.map((key) => keys.indexOf(key));
+  const ids = new Int32Array(unique.length * width);
+  firstOf.forEach((row, i) => {
+    ids.set(rows[row], i * width);
   });
+  const encoded = device.tidy(() =>
+    clip.encode(Tensor.from(device, ids, [unique.length * chunks, length], "i32"), options.clipSkip),
+  );
+  const weighted =
+    weights && firstOf.some((row) => weights[row].some((w) => w !== 1))
+      ? await emphasize(
+          encoded,
+          firstOf.map((row) => weights[row]),
+        )
+      : encoded;
+  const joined = weighted.reshape([unique.length, width, weighted.shape[2]]);
+  if (unique.length === rows.length) return joined;
   return device.tidy(() => {
-    const encoded = clip.encode(Tensor.from(device, ids, [unique.length, length], "i32"));
-    if (unique.length === rows.length) return encoded;
-    return concat(
+    const out = concat(
       keys.map((key) => {
         const at = unique.indexOf(key);
-        return slice(encoded, 0, at, at + 1);
+        return slice(joined, 0, at, at + 1);
       }),
       0,
     );
+    joined.dispose();
+    return out;
   });
+}
+
+/**
+ * A1111's "Original" emphasis on encoded chunks [n, L, D] (consumed): each token's vector times its weight, then
+ * the chunk scaled so its mean equals the unweighted mean. On the host, in float64 per chunk (a few hundred
+ * kilobytes, once per generation).
+ */
+async function emphasize(encoded: Tensor, rowWeights: readonly Float32Array[]): Promise<Tensor> {
+  const [n, length, dim] = encoded.shape;
+  const values = await encoded.toFloat32();
+  const weights = new Float32Array(n * length);
+  let offset = 0;
+  for (const w of rowWeights) {
+    weights.set(w, offset);
+    offset += w.length;
+  }
+  const chunkSize = length * dim;
+  for (let c = 0; c < n; c++) {
+    const chunk = values.subarray(c * chunkSize, (c + 1) * chunkSize);
+    let before = 0;
+    let after = 0;
+    for (let i = 0; i < chunkSize; i++) {
+      before += chunk[i];
+      chunk[i] = Math.fround(chunk[i] * weights[c * length + Math.floor(i / dim)]);
+      after += chunk[i];
+    }
+    const scale = before / after;
+    for (let i = 0; i < chunkSize; i++) chunk[i] *= scale;
+  }
+  const out = Tensor.from(encoded.device, values, encoded.shape, encoded.dtype);
+  encoded.dispose();
+  return out;
 }
 
 /** The sampling path every generation shares (and what `sample` reference dumps exercise). */
 export interface LatentRequest {
-  /** Padded token ids, one row per batch item. */
+  /** Padded token ids, one row per batch item: k chunks of the text encoder's context (k the same for all). */
   condIds: readonly Int32Array[];
   /** Rows of the unconditional half; required unless guidanceScale is 1. */
   uncondIds?: readonly Int32Array[];
+  /** Emphasis weights per token of each row (default 1). */
+  condWeights?: readonly Float32Array[];
+  uncondWeights?: readonly Float32Array[];
+  /** A1111's CLIP skip (default: the config's layer). */
+  clipSkip?: number;
   /** Unit-variance noise [B, C, h, w]. */
   xT: Float32Array;
   latentShape: readonly number[];
@@ -155,7 +231,16 @@ export async function sampleFromTokens(
     throw new RangeError(`${rows.length} token rows for a batch of ${latentShape[0]}${guide ? " with guidance" : ""}`);
   }
   const device = unet.vb.device;
-  const context = encodeTokenRows(device, clip, rows);
+  const withOnes = (ids: readonly Int32Array[], given?: readonly Float32Array[]) =>
+    ids.map((r, i) => given?.[i] ?? new Float32Array(r.length).fill(1));
+  const weights =
+    request.condWeights || request.uncondWeights
+      ? [
+          ...(guide ? withOnes(request.uncondIds ?? [], request.uncondWeights) : []),
+          ...withOnes(request.condIds, request.condWeights),
+        ]
+      : undefined;
+  const context = await encodeTokenRows(device, clip, rows, { weights, clipSkip: request.clipSkip });
   let cConcat: Tensor | undefined;
   try {
     assertFinite("text encoder", await context.toFloat32());

@@ -1,4 +1,5 @@
 export {
+  type EncodeOptions,
   encodeTokenRows,
   type LatentRequest,
   NonFiniteError,
@@ -17,5 +18,6 @@ export {
   type PipelineNetworks,
   PipelineOptionError,
   type Progress,
+  type PromptTokens,
   StableDiffusion,
 } from "./stable-diffusion.ts";

@@ -33,6 +33,8 @@ export function checkGenerateInputs(method: string, options: unknown): void {
     ["height", "a number", (v) => typeof v === "number"],
     ["batchSize", "a number", (v) => typeof v === "number"],
     ["sampler", "a string", (v) => typeof v === "string"],
+    ["schedule", "a string", (v) => typeof v === "string"],
+    ["clipSkip", "a number", (v) => typeof v === "number"],
     ["seed", "an integer or a bigint", (v) => typeof v === "bigint" || Number.isSafeInteger(v)],
     ["onProgress", "a function", (v) => typeof v === "function"],
     ["signal", "an AbortSignal", (v) => typeof v === "object" && v !== null && "aborted" in v],

@@ -18,6 +18,8 @@ export interface GenerationParameters {
   steps: number;
   guidanceScale: number;
   eta: number;
+  /** A1111's CLIP skip, when not the model's own. */
+  clipSkip?: number;
   width: number;
   height: number;
   /** Images generated together from the seed, and this image's place among them (noise is drawn per batch). */
@@ -76,6 +78,7 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     steps: field("steps", "number"),
     guidanceScale: field("guidanceScale", "number"),
     eta: field("eta", "number"),
+    clipSkip: field("clipSkip", "number", true),
     width: field("width", "number"),
     height: field("height", "number"),
     batchSize: field("batchSize", "number"),

@@ -23,6 +23,7 @@ import type { RgbaImage } from "../image/png.ts";
 import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
 import { Generator, type Seed } from "../random/index.ts";
 import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
+import { chunkPrompt } from "../tokenizer/prompt-attention.ts";
 import {
   assertFinite,
   encodeTokenRows,
@@ -76,6 +77,11 @@ export interface GenerateOptions {
   guidanceScale?: number;
   /** Default "ddim" (SAMPLING_DEFAULTS). */
   sampler?: SamplerName;
+  /**
+   * A1111's CLIP skip: condition on the n-th layer from the end (1 the last, 2 the penultimate) then the final
+   * LayerNorm. Default: the model's own (1 for SD 1.x, 2 for SD 2.x, which conditions on the penultimate).
+   */
+  clipSkip?: number;
   /** k-samplers: the σ spacing, "normal", "karras" or "exponential" (default: the sampler's own). */
   schedule?: SigmaScheduleName;
   /** Noise amount of DDIM (default 0) and the ancestral/SDE samplers (default 1). */
@@ -162,6 +168,13 @@ const OWNED_DEVICES = new FinalizationRegistry<Device>((device) => device.destro
  * they overflow float32); AUTOMATIC1111's slider stops at 30.
  */
 export const MAX_GUIDANCE_SCALE = 50;
+
+/** A prompt's ids as the text encoder takes them: `chunks` × the context, with an emphasis weight per id. */
+export interface PromptTokens {
+  ids: Int32Array;
+  weights: Float32Array;
+  chunks: number;
+}
 
 const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
 
@@ -250,18 +263,25 @@ export class StableDiffusion {
     return this.config.vae.embed_dim;
   }
 
-  /** Padded ids of a prompt, checked against the text encoder's vocabulary. */
-  tokenize(prompt: string): Int32Array {
+  /**
+   * A prompt as AUTOMATIC1111 reads it: emphasis weights, BREAK, and chunks of the encoder's context (77: start,
+   * 75 tokens, end) as many as the prompt needs, padded, with a weight per id; checked against the vocabulary.
+   */
+  tokenize(prompt: string, chunks = 1): PromptTokens {
     checkString("tokenize", "prompt", prompt);
-    const { max_position_embeddings: maxLength, vocab_size: vocabulary } = this.config.text;
-    const { padded } = this.tokenizer.tokenize(prompt, { maxLength, padWith: this.padWith });
-    const outside = padded.find((id) => id >= vocabulary);
+    const { max_position_embeddings: length, vocab_size: vocabulary } = this.config.text;
+    const chunked = chunkPrompt(this.tokenizer, prompt, { length, padWith: this.padWith }).chunks;
+    // Padded to `chunks` with the empty prompt's chunk, as A1111 pads the shorter of cond and uncond.
+    const empty = chunkPrompt(this.tokenizer, "", { length, padWith: this.padWith }).chunks[0];
+    while (chunked.length < chunks) chunked.push(empty);
+    const ids = Int32Array.from(chunked.flatMap((c) => c.ids));
+    const outside = ids.find((id) => id >= vocabulary);
     if (outside !== undefined) {
       throw new Error(
         `prompt ${JSON.stringify(prompt)} has token id ${outside}, outside the text encoder's vocabulary of ${vocabulary}: the tokenizer does not belong to this model`,
       );
     }
-    return Int32Array.from(padded);
+    return { ids, weights: Float32Array.from(chunked.flatMap((c) => c.weights)), chunks: chunked.length };
   }
 
   async txt2img(options: GenerateOptions): Promise<GenerationResult> {
@@ -343,13 +363,19 @@ export class StableDiffusion {
     return sampleFromTokens(this.networks, this.schedule, request);
   }
 
-  /** The text encoder's context for prompts, [N, L, D] (the caller disposes it). */
-  encodeText(prompts: readonly string[]): Tensor {
+  /**
+   * The text encoder's context for prompts, [N, k·L, D], k the most chunks any prompt needs (the others padded
+   * with empty chunks), emphasis applied (the caller disposes it).
+   */
+  async encodeText(prompts: readonly string[], options: { clipSkip?: number } = {}): Promise<Tensor> {
     checkPromptList("encodeText", prompts);
+    const chunks = Math.max(...prompts.map((p) => this.tokenize(p).chunks));
+    const tokens = prompts.map((p) => this.tokenize(p, chunks));
     return encodeTokenRows(
       this.device,
       this.networks.clip,
-      prompts.map((p) => this.tokenize(p)),
+      tokens.map((t) => t.ids),
+      { weights: tokens.map((t) => t.weights), clipSkip: options.clipSkip },
     );
   }
 
@@ -380,7 +406,7 @@ export class StableDiffusion {
     const shape = [1, this.latentChannels, image.height / f, image.width / f];
     const eps = generator.randn(shape);
     const zt = qSample(this.schedule, z0, t, eps);
-    const context = this.encodeText([options.prompt]);
+    const context = await this.encodeText([options.prompt]);
     let prediction: Float32Array;
     try {
       prediction = await unetDenoiser(this.networks.unet, context, undefined, shape)(zt, t);
@@ -446,6 +472,13 @@ export class StableDiffusion {
       throw new PipelineOptionError((e as Error).message);
     }
     if (!Number.isInteger(steps) || steps < 1) throw new PipelineOptionError(`steps ${steps}: must be an integer ≥ 1`);
+    const depth = this.config.text.num_hidden_layers;
+    const { clipSkip } = options;
+    if (clipSkip !== undefined && !(Number.isInteger(clipSkip) && clipSkip >= 1 && clipSkip <= depth)) {
+      throw new PipelineOptionError(
+        `CLIP skip ${clipSkip}: must be an integer in [1, ${depth}] (the text encoder's layers)`,
+      );
+    }
     if (!(guidanceScale >= 0 && guidanceScale <= MAX_GUIDANCE_SCALE)) {
       throw new PipelineOptionError(
         `guidance scale ${guidanceScale}: must be a number in [0, ${MAX_GUIDANCE_SCALE}] (usually 1–15; 1 skips the unconditional pass)`,
@@ -547,12 +580,17 @@ export class StableDiffusion {
     start: { xT: Float32Array; init?: InitLatents; strength?: number; cConcat?: Float32Array },
   ): Promise<GenerationResult> {
     const negativePrompt = options.negativePrompt ?? "";
-    const cond = this.tokenize(options.prompt);
-    const uncond = job.guidanceScale !== 1 ? this.tokenize(negativePrompt) : undefined;
+    const guide = job.guidanceScale !== 1;
+    const chunks = Math.max(this.tokenize(options.prompt).chunks, guide ? this.tokenize(negativePrompt).chunks : 1);
+    const cond = this.tokenize(options.prompt, chunks);
+    const uncond = guide ? this.tokenize(negativePrompt, chunks) : undefined;
     const samplingStart = performance.now();
     const latents = await this.sampleLatents({
-      condIds: Array(job.batchSize).fill(cond),
-      uncondIds: uncond && Array(job.batchSize).fill(uncond),
+      condIds: Array(job.batchSize).fill(cond.ids),
+      uncondIds: uncond && Array(job.batchSize).fill(uncond.ids),
+      condWeights: Array(job.batchSize).fill(cond.weights),
+      uncondWeights: uncond && Array(job.batchSize).fill(uncond.weights),
+      clipSkip: options.clipSkip,
       xT: start.xT,
       latentShape: job.latentShape,
       sampler: job.sampler,
@@ -581,6 +619,7 @@ export class StableDiffusion {
         guidanceScale: job.guidanceScale,
         ...(job.schedule === samplerByName(job.sampler).schedules[0] ? {} : { schedule: job.schedule }),
         eta: job.eta,
+        ...(options.clipSkip === undefined ? {} : { clipSkip: options.clipSkip }),
         width: job.width,
         height: job.height,
         batchSize: job.batchSize,

@@ -16,4 +16,12 @@ export {
   type TokenizeOptions,
 } from "./clip-tokenizer.ts";
 export { LayoutBuilder, type LayoutBuilderConfig, type LayoutObject, parseLayout } from "./layout.ts";
+export {
+  type ChunkedPrompt,
+  type ChunkOptions,
+  chunkPrompt,
+  type PromptChunk,
+  parsePromptAttention,
+  type WeightedText,
+} from "./prompt-attention.ts";
 export { clipTokenizerFromGzip, gunzipText } from "./vocab-bytes.ts";

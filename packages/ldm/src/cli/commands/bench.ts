@@ -76,7 +76,7 @@ export async function bench(
 ): Promise<BenchReport> {
   const { device } = pipe;
   const encode = async () => {
-    const context = pipe.encodeText(["", "a photograph of an astronaut riding a horse"]);
+    const context = await pipe.encodeText(["", "a photograph of an astronaut riding a horse"]);
     await device.sync();
     context.dispose();
   };

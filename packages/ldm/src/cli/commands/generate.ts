@@ -46,6 +46,7 @@ interface GenerateFlags extends ModelFlags {
   steps?: string;
   cfg?: string;
   eta?: string;
+  clipSkip?: string;
   seed?: string;
   width?: string;
   height?: string;
@@ -69,6 +70,7 @@ interface Request {
   steps: number;
   guidanceScale: number;
   eta?: number;
+  clipSkip?: number;
   seed?: Seed;
   width?: number;
   height?: number;
@@ -93,6 +95,10 @@ export function registerGenerate(program: Command): void {
       `classifier-free guidance scale in [0, ${MAX_GUIDANCE_SCALE}] (default ${SAMPLING_DEFAULTS.guidanceScale}; 1 skips the unconditional pass)`,
     )
     .option("--eta <eta>", "noise amount in [0, 1] of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
+    .option(
+      "--clip-skip <n>",
+      "A1111's CLIP skip: condition on the n-th text-encoder layer from the end (default: the model's; 2 = penultimate)",
+    )
     .option("--seed <n>", "torch seed of the CPU noise (default: random, printed)")
     .option("--width <px>", "multiple of 8 (default: the model's trained size, else 512; or the init image's width)")
     .option("--height <px>", "multiple of 8 (default: the model's trained size, else 512; or the init image's height)")
@@ -222,6 +228,7 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
         ? (stored?.guidanceScale ?? SAMPLING_DEFAULTS.guidanceScale)
         : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
     eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0, 1),
+    clipSkip: flags.clipSkip === undefined ? stored?.clipSkip : integerFlag("--clip-skip", flags.clipSkip, 1),
     seed: flags.seed === undefined ? stored && seedFlag(stored.seed) : seedFlag(flags.seed),
     width: size("--width", flags.width, stored?.width),
     height: size("--height", flags.height, stored?.height),

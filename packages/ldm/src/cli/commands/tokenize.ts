@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import type { PadWith } from "../../tokenizer/clip-tokenizer.ts";
+import { chunkPrompt, parsePromptAttention } from "../../tokenizer/prompt-attention.ts";
 import { loadBertTokenizer, loadClipTokenizer } from "../../tokenizer/vocab-files.ts";
 import { UserError } from "../errors.ts";
 
@@ -8,6 +9,7 @@ interface TokenizeFlags {
   model?: string;
   padWith?: string;
   tokenizer?: string;
+  weights?: boolean;
 }
 
 const TOKENIZERS = ["clip", "bert"];
@@ -15,6 +17,7 @@ const TOKENIZERS = ["clip", "bert"];
 /** BERT's ids ([CLS] … [SEP], truncated to 77, [PAD] 0): the paper's txt2img/text2img models' BERTEmbedder. */
 function tokenizeBert(prompt: string, flags: TokenizeFlags): void {
   if (flags.padWith !== undefined) throw new UserError("--pad-with is for CLIP; BERT always pads with [PAD] (0)");
+  if (flags.weights) throw new UserError("--weights is for CLIP: the BERT models take no emphasis");
   if (flags.model !== undefined) throw new UserError("--model is for CLIP's tokenizer/ folder; give BERT --vocab");
   let loaded: ReturnType<typeof loadBertTokenizer>;
   try {
@@ -47,6 +50,10 @@ export function registerTokenize(program: Command): void {
       "--pad-with <end|zero>",
       "pad with the end token (SD1) or 0 (SD2/OpenCLIP); default: the folder's pad_token, else end",
     )
+    .option(
+      "--weights",
+      "CLIP: the prompt as generate reads it (A1111 syntax): parsed text runs with their emphasis weights, then chunks of 77 ids with a weight each",
+    )
     .action((prompt: string, flags: TokenizeFlags) => {
       if (!TOKENIZERS.includes(flags.tokenizer ?? "clip")) {
         throw new UserError(`--tokenizer must be one of ${TOKENIZERS.join(", ")}, got "${flags.tokenizer}"`);
@@ -62,6 +69,17 @@ export function registerTokenize(program: Command): void {
         throw new UserError((e as Error).message);
       }
       const padWith = (flags.padWith as PadWith | undefined) ?? loaded.padWith ?? "end";
+      if (flags.weights) {
+        let parsed: ReturnType<typeof parsePromptAttention>;
+        try {
+          parsed = parsePromptAttention(prompt);
+        } catch (e) {
+          throw new UserError((e as Error).message);
+        }
+        const { chunks, tokenCount } = chunkPrompt(loaded.tokenizer, prompt, { length: 77, padWith });
+        console.log(JSON.stringify({ parsed, tokenCount, chunks }));
+        return;
+      }
       const { ids, padded, truncated } = loaded.tokenizer.tokenize(prompt, { padWith });
       console.log(JSON.stringify({ ids, padded, truncated }));
     });
