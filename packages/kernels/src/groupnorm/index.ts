@@ -10,9 +10,9 @@
  * 20 barriers cost more than the arithmetic (lavapipe, the built-in model's UNet: 1.3–1.8 ms per GroupNorm with
  * the trees, 0.08–0.2 ms without). Tensors over one storage binding are walked in pieces of whole groups.
  */
-import { DTYPE_BYTES, type DType, shapeSize, Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { assertDType, wgslEnables } from "../common/wgsl.ts";
+import { DTYPE_BYTES, type DType, shapeSize, Tensor } from "@ldm/tensor";
+import { type KernelDecl, runKernel } from "../common/kernel.ts";
+import { assertDType } from "../common/wgsl.ts";
 import { splitForBindings } from "../strided/plan.ts";
 
 export interface GroupNormOptions {
@@ -98,7 +98,7 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
       offsetAlignment: device.limits.minStorageBufferOffsetAlignment,
     },
   );
-  const spec: GroupNormWgsl = {
+  const config: GroupNormConfig = {
     dtype: x.dtype,
     gammaType: gamma.dtype,
     betaType: beta.dtype,
@@ -108,43 +108,33 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
     threadsPerGroup,
     workgroupSize,
   };
-  const pipeline = device.pipeline(`groupnorm|${Object.values(spec).join("|")}`, () =>
-    groupNormWgsl(spec, wgslEnables(device, x.dtype, gamma.dtype, beta.dtype, ...(shift ? [shift.dtype] : []))),
-  );
   for (const piece of pieces) {
-    const firstGroup = piece.start / groupElements;
-    const count = (piece.end - piece.start) / groupElements;
     const [xb, ob] = piece.bindings;
-    device.dispatch({
-      pipeline,
-      uniforms: new Uniforms()
-        .u32(count)
-        .u32(firstGroup)
-        .u32((piece.start - xb.baseElement) / width)
-        .u32((piece.start - ob.baseElement) / width)
-        .u32(groups)
-        .u32(channelsPerGroup)
-        .u32(spatial / width)
-        .f32(1 / groupElements)
-        .f32(eps)
-        .bytes(),
-      buffers: [
-        { buffer: x.buffer, offset: xb.byteOffset, size: xb.byteSize },
-        gamma.slice(),
-        beta.slice(),
-        { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize },
-        ...(shift ? [shift.slice()] : []),
-      ],
-      workgroups: foldGrid(
-        Math.ceil((count * threadsPerGroup) / workgroupSize),
-        device.limits.maxComputeWorkgroupsPerDimension,
-      ),
+    runKernel(device, GROUP_NORM, config, {
+      count: (piece.end - piece.start) / groupElements,
+      params: {
+        first: piece.start / groupElements,
+        xOff: (piece.start - xb.baseElement) / width,
+        outOff: (piece.start - ob.baseElement) / width,
+        groups,
+        cpg: channelsPerGroup,
+        spatial: spatial / width,
+        invN: 1 / groupElements,
+        eps,
+      },
+      buffers: {
+        x: { buffer: x.buffer, offset: xb.byteOffset, size: xb.byteSize },
+        gamma: gamma.slice(),
+        beta: beta.slice(),
+        out: { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize },
+        ...(shift ? { shift: shift.slice() } : {}),
+      },
     });
   }
   return out;
 }
 
-interface GroupNormWgsl {
+interface GroupNormConfig {
   dtype: DType;
   gammaType: DType;
   betaType: DType;
@@ -157,7 +147,7 @@ interface GroupNormWgsl {
 }
 
 /** WGSL that sums one f32 per invocation over the workgroup (tree reduction in workgroup memory). */
-export function workgroupSumWgsl(size: number): string {
+function workgroupSumWgsl(size: number): string {
   return `var<workgroup> partial: array<f32, ${size}>;
 fn workgroup_sum(v: f32, lid: u32) -> f32 {
   partial[lid] = v;
@@ -172,30 +162,56 @@ fn workgroup_sum(v: f32, lid: u32) -> f32 {
 }`;
 }
 
-function groupNormWgsl(g: GroupNormWgsl, enables: string): string {
-  const vec = g.width === 4;
-  const V = vec ? "vec4<f32>" : "f32";
-  const stored = vec ? `vec4<${g.dtype}>` : g.dtype;
-  const horizontal = (e: string) => (vec ? `dot(${e}, vec4<f32>(1.0))` : e);
-  const activation = g.silu ? "y = y / (1.0 + exp(-y));" : "";
-  const shifted = g.shiftType !== "none";
-  // Passes over the whole group: element i is in the group's channel i / spatial.
-  const load = (i: string) => `${V}(x[xBase + ${i}])${shifted ? ` + f32(shift[shiftBase + ${i} / p.spatial])` : ""}`;
-  const T = g.threadsPerGroup;
-  const shared = T > 1;
-  // The sum over the group of `term` (of type V, from the element `v`), into the f32 `name`. Shared: a
-  // strided walk per invocation, then the tree. Serial: blocks of about √n elements summed apart, so the rounding
-  // error grows like 2√n, not n (lavapipe, 131 K-element groups summed in one line: 16× the tree's error; in blocks:
-  // 1.5×).
-  const groupSum = (name: string, term: string) =>
-    shared
-      ? `var ${name}Part = 0.0;
+/** A group per item (`local`, within the piece): one invocation, or the whole workgroup, walks it. */
+const GROUP_NORM: KernelDecl<GroupNormConfig> = {
+  name: "groupnorm",
+  params: {
+    first: "u32",
+    xOff: "u32",
+    outOff: "u32",
+    groups: "u32",
+    cpg: "u32",
+    spatial: "u32",
+    invN: "f32",
+    eps: "f32",
+  },
+  bindings: (g) => {
+    const stored = g.width === 4 ? `vec4<${g.dtype}>` : g.dtype;
+    return [
+      { name: "x", type: stored },
+      { name: "gamma", type: g.gammaType },
+      { name: "beta", type: g.betaType },
+      { name: "out", type: stored, access: "read_write" },
+      ...(g.shiftType !== "none" ? [{ name: "shift", type: g.shiftType }] : []),
+    ];
+  },
+  workgroupSize: (g) => g.workgroupSize,
+  itemsPerWorkgroup: (g) => g.workgroupSize / g.threadsPerGroup,
+  module: (g) => (g.threadsPerGroup > 1 ? workgroupSumWgsl(g.threadsPerGroup) : ""),
+  main: (g) => {
+    const vec = g.width === 4;
+    const V = vec ? "vec4<f32>" : "f32";
+    const stored = vec ? `vec4<${g.dtype}>` : g.dtype;
+    const horizontal = (e: string) => (vec ? `dot(${e}, vec4<f32>(1.0))` : e);
+    const activation = g.silu ? "y = y / (1.0 + exp(-y));" : "";
+    const shifted = g.shiftType !== "none";
+    // Passes over the whole group: element i is in the group's channel i / spatial.
+    const load = (i: string) => `${V}(x[xBase + ${i}])${shifted ? ` + f32(shift[shiftBase + ${i} / p.spatial])` : ""}`;
+    const T = g.threadsPerGroup;
+    const shared = T > 1;
+    // The sum over the group of \`term\` (of type V, from the element \`v\`), into the f32 \`name\`. Shared: a
+    // strided walk per invocation, then the tree. Serial: blocks of about √n elements summed apart, so the
+    // rounding error grows like 2√n, not n (lavapipe, 131 K-element groups summed in one line: 16× the tree's
+    // error; in blocks: 1.5×).
+    const groupSum = (name: string, term: string) =>
+      shared
+        ? `var ${name}Part = 0.0;
   for (var i = lid; i < n; i += ${T}u) {
     let v = ${load("i")};
     ${name}Part += ${horizontal(term)};
   }
   let ${name} = workgroup_sum(${name}Part, lid);`
-      : `var ${name} = 0.0;
+        : `var ${name} = 0.0;
   for (var b = 0u; b < n; b += block) {
     var part = ${V}(0.0);
     for (var i = b; i < min(b + block, n); i++) {
@@ -204,19 +220,8 @@ function groupNormWgsl(g: GroupNormWgsl, enables: string): string {
     }
     ${name} += ${horizontal("part")};
   }`;
-  return `${enables}
-struct Params { count: u32, first: u32, xOff: u32, outOff: u32, groups: u32, cpg: u32, spatial: u32, invN: f32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<${stored}>;
-@group(0) @binding(2) var<storage, read> gamma: array<${g.gammaType}>;
-@group(0) @binding(3) var<storage, read> beta: array<${g.betaType}>;
-@group(0) @binding(4) var<storage, read_write> out: array<${stored}>;
-${shifted ? `@group(0) @binding(5) var<storage, read> shift: array<${g.shiftType}>;` : ""}
-${shared ? workgroupSumWgsl(T) : ""}
-@compute @workgroup_size(${g.workgroupSize})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let local = ${shared ? LINEAR_WORKGROUP_ID : `${LINEAR_WORKGROUP_ID} * ${g.workgroupSize}u + lid`};
-  if (local >= p.count) { return; }
+    return `
+  let local = item;
   let lane = ${shared ? "lid" : "0u"};
   let n = p.cpg * p.spatial;
   ${shared ? "" : "let block = u32(ceil(sqrt(f32(n))));"}
@@ -238,7 +243,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
       ${activation}
       out[outBase + row + i] = ${stored}(y);
     }
-  }
-}
-`;
-}
+  }`;
+  },
+};

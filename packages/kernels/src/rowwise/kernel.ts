@@ -7,9 +7,9 @@
  * barriers there switch between coroutines, and a row of a few hundred floats is cheap to walk three times.
  * GPUs want a row spread over many invocations and a tree reduction in workgroup memory.
  */
-import { type DType, Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid, LINEAR_WORKGROUP_ID } from "../common/grid.ts";
-import { assertBindable, wgslEnables } from "../common/wgsl.ts";
+import { type DType, Tensor } from "@ldm/tensor";
+import { type KernelDecl, runKernel } from "../common/kernel.ts";
+import { assertBindable } from "../common/wgsl.ts";
 
 export interface RowStrategy {
   threadsPerRow: number;
@@ -63,47 +63,29 @@ export function runRowKernel(k: RowKernel): Tensor {
   if (rows === 0) return out;
   const width = len % 4 === 0 ? 4 : 1;
   const strategy = k.strategy ?? rowStrategy(device.info.isCpu, len / width);
-  const floats = Object.entries(k.params ?? {});
-  const ints = Object.entries(k.intParams ?? {});
-  const dtypes: DType[] = [x.dtype, ...extras.map(([, t]) => t.dtype)];
-  const key = [
-    "rows",
+  const floats = k.params ?? {};
+  const ints = k.intParams ?? {};
+  const config: RowConfig = {
     op,
+    dtype: x.dtype,
     width,
-    strategy.threadsPerRow,
-    strategy.workgroupSize,
-    dtypes.join(","),
-    extras.map(([n]) => n).join(","),
-    floats.map(([n]) => n).join(","),
-    ints.map(([n]) => n).join(","),
-    JSON.stringify(k.reductions),
-    k.write,
-  ].join("|");
-  const pipeline = device.pipeline(key, () =>
-    rowWgsl(k, {
-      enables: wgslEnables(device, ...dtypes),
-      width,
-      strategy,
-      extras: extras.map(([name, t]) => [name, t.dtype]),
-      floats: floats.map(([n]) => n),
-      ints: ints.map(([n]) => n),
-    }),
-  );
-  const u = new Uniforms().u32(rows).u32(len / width);
-  for (const [, v] of ints) u.u32(v);
-  for (const [, v] of floats) u.f32(v);
-  const rowsPerGroup = strategy.workgroupSize / strategy.threadsPerRow;
-  device.dispatch({
-    pipeline,
-    uniforms: u.bytes(),
-    buffers: [x.slice(), ...extras.map(([, t]) => t.slice()), out.slice()],
-    workgroups: foldGrid(Math.ceil(rows / rowsPerGroup), device.limits.maxComputeWorkgroupsPerDimension),
+    strategy,
+    extras: extras.map(([name, t]) => [name, t.dtype]),
+    floats: Object.keys(floats),
+    ints: Object.keys(ints),
+    reductions: k.reductions,
+    write: k.write,
+  };
+  runKernel(device, ROWWISE, config, {
+    count: rows,
+    params: { len: len / width, ...ints, ...floats },
+    buffers: { x: x.slice(), ...Object.fromEntries(extras.map(([name, t]) => [name, t.slice()])), out: out.slice() },
   });
   return out;
 }
 
-interface RowWgsl {
-  enables: string;
+interface RowConfig extends Pick<RowKernel, "op" | "reductions" | "write"> {
+  dtype: DType;
   width: number;
   strategy: RowStrategy;
   extras: [string, DType][];
@@ -111,24 +93,30 @@ interface RowWgsl {
   ints: string[];
 }
 
-function rowWgsl(k: RowKernel, g: RowWgsl): string {
-  const vec = g.width === 4;
-  const V = vec ? "vec4<f32>" : "f32";
-  const stored = (t: DType) => (vec ? `vec4<${t}>` : t);
-  const { threadsPerRow: T, workgroupSize: WG } = g.strategy;
-  const fields = ["rows: u32", "len: u32", ...g.ints.map((n) => `${n}: u32`), ...g.floats.map((n) => `${n}: f32`)];
-  const extraDecls = g.extras.map(
-    ([name, t], i) => `@group(0) @binding(${i + 2}) var<storage, read> ${name}: array<${stored(t)}>;
-fn load_${name}(j: u32) -> V { return V(${name}[j]); }`,
-  );
-  const collapse = (kind: "sum" | "max", e: string) =>
-    vec ? (kind === "sum" ? `dot(${e}, vec4<f32>(1.0))` : `max(max(${e}.x, ${e}.y), max(${e}.z, ${e}.w))`) : e;
-  const combine = (kind: "sum" | "max", acc: string, e: string) =>
-    kind === "sum" ? `${acc} + ${collapse(kind, e)}` : `max(${acc}, ${collapse(kind, e)})`;
-  const reduceFn = (kind: "sum" | "max") =>
-    T === 1
-      ? `fn reduce_${kind}(v: f32, lid: u32) -> f32 { return v; }`
-      : `fn reduce_${kind}(v: f32, lid: u32) -> f32 {
+const stored = (g: RowConfig, t: DType) => (g.width === 4 ? `vec4<${t}>` : t);
+
+/** A row per item (`row`), walked by `threadsPerRow` invocations `lane` apart; rows past the end only reach the barriers. */
+const ROWWISE: KernelDecl<RowConfig> = {
+  name: "rows",
+  params: (g) => ({
+    len: "u32",
+    ...Object.fromEntries(g.ints.map((n) => [n, "u32"])),
+    ...Object.fromEntries(g.floats.map((n) => [n, "f32"])),
+  }),
+  bindings: (g) => [
+    { name: "x", type: stored(g, g.dtype) },
+    ...g.extras.map(([name, t]) => ({ name, type: stored(g, t) })),
+    { name: "out", type: stored(g, g.dtype), access: "read_write" as const },
+  ],
+  workgroupSize: (g) => g.strategy.workgroupSize,
+  itemsPerWorkgroup: (g) => g.strategy.workgroupSize / g.strategy.threadsPerRow,
+  guard: "flag",
+  module: (g) => {
+    const T = g.strategy.threadsPerRow;
+    const reduceFn = (kind: "sum" | "max") =>
+      T === 1
+        ? `fn reduce_${kind}(v: f32, lid: u32) -> f32 { return v; }`
+        : `fn reduce_${kind}(v: f32, lid: u32) -> f32 {
   partial[lid] = v;
   workgroupBarrier();
   let t = lid % ${T}u;
@@ -140,31 +128,34 @@ fn load_${name}(j: u32) -> V { return V(${name}[j]); }`,
   workgroupBarrier();
   return r;
 }`;
-  const colExpr = vec ? "vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u)" : "j";
-  const walk = (body: string) => `if (inRange) {
+    const [first, second] = g.reductions;
+    return `
+alias V = ${g.width === 4 ? "vec4<f32>" : "f32"};
+alias VU = ${g.width === 4 ? "vec4<u32>" : "u32"};
+${g.extras.map(([name]) => `fn load_${name}(j: u32) -> V { return V(${name}[j]); }`).join("\n")}
+${T > 1 ? `var<workgroup> partial: array<f32, ${g.strategy.workgroupSize}>;` : ""}
+${reduceFn(first.kind)}
+${first.kind !== second.kind ? reduceFn(second.kind) : ""}`;
+  },
+  main: (g) => {
+    const vec = g.width === 4;
+    const T = g.strategy.threadsPerRow;
+    const collapse = (kind: "sum" | "max", e: string) =>
+      vec ? (kind === "sum" ? `dot(${e}, vec4<f32>(1.0))` : `max(max(${e}.x, ${e}.y), max(${e}.z, ${e}.w))`) : e;
+    const combine = (kind: "sum" | "max", acc: string, e: string) =>
+      kind === "sum" ? `${acc} + ${collapse(kind, e)}` : `max(${acc}, ${collapse(kind, e)})`;
+    const walk = (body: string) => `if (inRange) {
     for (var j = lane; j < p.len; j += ${T}u) {
-      let v = ${V}(x[base + j]);
-      let col = ${colExpr};
+      let v = V(x[base + j]);
+      let col = ${vec ? "vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u)" : "j"};
       ${body}
     }
   }`;
-  const [first, second] = k.reductions;
-  const init = (kind: "sum" | "max") => (kind === "sum" ? "0.0" : NEG_LARGE);
-  return `${g.enables}alias V = ${V};
-alias VU = ${vec ? "vec4<u32>" : "u32"};
-struct Params { ${fields.join(", ")} }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<${stored(k.x.dtype)}>;
-${extraDecls.join("\n")}
-@group(0) @binding(${g.extras.length + 2}) var<storage, read_write> out: array<${stored(k.x.dtype)}>;
-${T > 1 ? `var<workgroup> partial: array<f32, ${WG}>;` : ""}
-${reduceFn(first.kind)}
-${first.kind !== second.kind ? reduceFn(second.kind) : ""}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let row = ${LINEAR_WORKGROUP_ID} * ${WG / T}u + lid / ${T}u;
+    const [first, second] = g.reductions;
+    const init = (kind: "sum" | "max") => (kind === "sum" ? "0.0" : NEG_LARGE);
+    return `
+  let row = item;
   let lane = lid % ${T}u;
-  let inRange = row < p.rows;
   let base = row * p.len;
   var acc = ${init(first.kind)};
   ${walk(`let term = ${first.term};
@@ -182,7 +173,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     let total = reduce_${second.kind}(acc, lid);
     r2 = ${second.result};
   }
-  ${walk(`out[base + j] = ${stored(k.x.dtype)}(${k.write});`)}
-}
-`;
-}
+  ${walk(`out[base + j] = ${stored(g, g.dtype)}(${g.write});`)}`;
+  },
+};
