@@ -1,7 +1,8 @@
 import { permute } from "@ldm/kernels";
 import { assertClose, randomArray } from "@ldm/kernels/testing";
-import { Device, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { attentionRef } from "../../kernels/src/attention/reference.ts";
 import { conv2dRef } from "../../kernels/src/conv2d/reference.ts";
 import { gegluRef } from "../../kernels/src/elementwise/reference.ts";
@@ -20,11 +21,7 @@ import {
 } from "../src/index.ts";
 import { type MemorySource, randomSource } from "./memory-source.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 // These modules are thin over the kernels, whose own tests bound their rounding; here the question is
 // whether a module wires the right parameters, shapes and options into them. References accumulate in

@@ -1,5 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BufferPool, bucketSize, Device, Tensor } from "../src/index.ts";
+import { describe, expect, it } from "vitest";
+import { BufferPool, bucketSize, Tensor } from "../src/index.ts";
+import { useDevice } from "../src/testing.ts";
 
 describe("bucketSize", () => {
   it("rounds small sizes to 256 bytes and large ones to quarter powers of two", () => {
@@ -43,11 +44,7 @@ describe("BufferPool (fake buffers)", () => {
   });
 });
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 describe("tidy", () => {
   it("disposes intermediates and keeps what is returned", () => {
