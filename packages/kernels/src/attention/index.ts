@@ -13,9 +13,9 @@
  * matmul, a row softmax and the output by matmul, which lavapipe runs an order of magnitude faster than the
  * fused kernel at d = 512. Only that block's scores exist at a time.
  */
-import { type Device, DTYPE_BYTES, type DType, Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid } from "../common/grid.ts";
-import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { type Device, DTYPE_BYTES, type DType, Tensor } from "@ldm/tensor";
+import { runKernel } from "../common/kernel.ts";
+import { assertBindable, assertDType } from "../common/wgsl.ts";
 import { matmul } from "../matmul/index.ts";
 import { softmax } from "../softmax/index.ts";
 import {
@@ -25,7 +25,7 @@ import {
   type BlockedTiling,
   type FusedTiling,
 } from "./tiling.ts";
-import { type AttentionWgsl, lanesWgsl, subgroupWgsl } from "./wgsl.ts";
+import { ATTENTION } from "./wgsl.ts";
 
 export interface AttentionOptions {
   heads: number;
@@ -95,26 +95,16 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   const rowGroups = Math.ceil(nq / tiling.rowsPerInvocation);
   const chunks = d / tiling.dChunk;
   const tiles = batch * heads * chunks * Math.ceil(rowGroups / tiling.workgroupSize);
-  const spec: AttentionWgsl = { dtype: q.dtype, d, causal, ...tiling };
-  const pipeline = device.pipeline(`attention|${Object.values(spec).join("|")}`, () => {
-    const enables = wgslEnables(device, q.dtype);
-    return tiling.kind === "subgroup" ? subgroupWgsl(spec, enables) : lanesWgsl(spec, enables);
-  });
-  device.dispatch({
-    pipeline,
-    uniforms: new Uniforms()
-      .u32(tiles)
-      .u32(heads)
-      .u32(nq)
-      .u32(nk)
-      .u32(rowGroups)
-      .u32(chunks)
-      .u32(width / unit)
-      .f32(scale)
-      .bytes(),
-    buffers: [q.slice(), k.slice(), v.slice(), out.slice()],
-    workgroups: foldGrid(tiles, device.limits.maxComputeWorkgroupsPerDimension),
-  });
+  runKernel(
+    device,
+    ATTENTION,
+    { dtype: q.dtype, d, causal, ...tiling },
+    {
+      count: tiles,
+      params: { heads, nq, nk, rowGroups, chunks, rowStride: width / unit, scale },
+      buffers: { q: q.slice(), k: k.slice(), v: v.slice(), out: out.slice() },
+    },
+  );
   return out;
 }
 

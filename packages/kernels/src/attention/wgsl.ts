@@ -7,7 +7,7 @@
  * m' = max(m, s…), acc = acc·e^(m−m') + Σ e^(s−m')·v, l likewise; out = acc / l at the end.
  */
 import type { DType } from "@ldm/tensor";
-import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import type { KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { FusedTiling } from "./tiling.ts";
 
@@ -33,28 +33,41 @@ function lines(f: (...i: number[]) => string, ...dims: number[][]): string {
   return out.join("\n");
 }
 
-/**
- * Declarations, tile decoding and bounds shared by both variants. `unit` is the element width that indices
- * count in; q and out may be declared as vec4 arrays while indices count elements (`vectorQOut`).
- */
-function prologue(g: AttentionWgsl, enables: string, unit: number, extraBuiltins = "", vectorQOut = false): string {
-  const S = unit === 4 ? `vec4<${g.dtype}>` : g.dtype;
-  const QO = vectorQOut ? `vec4<${g.dtype}>` : S;
-  const rows = g.rowsPerInvocation;
-  return `${enables}
-struct Params { tiles: u32, heads: u32, nq: u32, nk: u32, rowGroups: u32, chunks: u32, rowStride: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<${QO}>;
-@group(0) @binding(2) var<storage, read> k: array<${S}>;
-@group(0) @binding(3) var<storage, read> v: array<${S}>;
-@group(0) @binding(4) var<storage, read_write> out: array<${QO}>;
+/** Whether q and out are declared as vec4 arrays: the lanes kernel's unit, or the subgroup kernel's vector q/out. */
+function qOutUnit(g: AttentionWgsl): number {
+  if (g.kind === "lanes") return g.d % 4 === 0 ? 4 : 1;
+  return subgroupVectorQOut(g) ? 4 : 1;
+}
 
-@compute @workgroup_size(${g.workgroupSize})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32${extraBuiltins}) {
-  // A workgroup is consecutive row groups of one (batch, head, column chunk): everything but the rows is
-  // uniform across it, as the subgroup operations and the shared key loop need.
-  let tile = ${LINEAR_WORKGROUP_ID};
-  if (tile >= p.tiles) { return; }
+/**
+ * A workgroup per item (a tile): consecutive row groups of one (batch, head, column chunk). Everything but the
+ * rows is uniform across it, as the subgroup operations and the shared key loop need.
+ */
+export const ATTENTION: KernelDecl<AttentionWgsl> = {
+  name: "attention",
+  params: { heads: "u32", nq: "u32", nk: "u32", rowGroups: "u32", chunks: "u32", rowStride: "u32", scale: "f32" },
+  bindings: (g) => {
+    const S = g.kind === "lanes" && g.d % 4 === 0 ? `vec4<${g.dtype}>` : g.dtype;
+    const QO = qOutUnit(g) === 4 ? `vec4<${g.dtype}>` : g.dtype;
+    return [
+      { name: "q", type: QO },
+      { name: "k", type: S },
+      { name: "v", type: S },
+      { name: "out", type: QO, access: "read_write" },
+    ];
+  },
+  workgroupSize: (g) => g.workgroupSize,
+  itemsPerWorkgroup: 1,
+  enables: (g) => (g.kind === "subgroup" ? ["subgroups"] : []),
+  main: (g) => `
+${tileDecoding(g, g.kind === "lanes" && g.d % 4 === 0 ? 4 : 1)}
+${g.kind === "subgroup" ? subgroupMain(g) : lanesMain(g)}`,
+};
+
+/** The tile's batch, head, column chunk and rows; \`unit\` is the element width that indices count in. */
+function tileDecoding(g: AttentionWgsl, unit: number): string {
+  const rows = g.rowsPerInvocation;
+  return `  let tile = item;
   let tilesPerHead = (p.rowGroups + ${g.workgroupSize - 1}u) / ${g.workgroupSize}u;
   var rest = tile / tilesPerHead;
   let chunk = rest % p.chunks;
@@ -98,7 +111,7 @@ ${C.map((t) => `    out[outBase + ${t}u] = ${S}(acc${r}_${t} * norm);`).join("\n
 }
 
 /** Every invocation loads whole (vec4) rows of k and v itself: for GPUs, which broadcast uniform loads. */
-export function lanesWgsl(g: AttentionWgsl, enables: string): string {
+function lanesMain(g: AttentionWgsl): string {
   const unit = g.d % 4 === 0 ? 4 : 1;
   const R = range(g.rowsPerInvocation);
   const KB = range(g.keyBlock);
@@ -107,8 +120,7 @@ export function lanesWgsl(g: AttentionWgsl, enables: string): string {
   const V = unit === 4 ? "vec4<f32>" : "f32";
   const S = unit === 4 ? `vec4<${g.dtype}>` : g.dtype;
   const dot = (a: string, b: string) => (unit === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
-  return `${prologue(g, enables, unit)}
-${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset;`, R)}
+  return `${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset;`, R)}
 ${lines((r, t) => `  let q${r}_${t} = ${V}(q[qBase${r} + ${t}u]);`, R, D)}
 ${lines((r) => `  var m${r} = ${MASKED};\n  var l${r} = 0.0;`, R)}
 ${lines((r, t) => `  var acc${r}_${t} = ${V}(0.0);`, R, C)}
@@ -126,9 +138,7 @@ ${lines((r, t) => `    acc${r}_${t} *= correction${r};`, R, C)}
 ${lines((kk, t) => `    let v${kk}_${t} = ${V}(v[kBase${kk} + columnOffset + ${t}u]);`, KB, C)}
 ${lines((r, t) => `    acc${r}_${t} += ${KB.map((kk) => `p${r}_${kk} * v${kk}_${t}`).join(" + ")};`, R, C)}
   }
-${epilogue(R, C, S)}
-}
-`;
+${epilogue(R, C, S)}`;
 }
 
 /**
@@ -140,7 +150,7 @@ ${epilogue(R, C, S)}
  * chunks, reloading q each key block — the unrolled code then no longer grows with d, which keeps the
  * compile time of the VAE's 512-wide head bounded.
  */
-export function subgroupWgsl(g: AttentionWgsl, enables: string): string {
+function subgroupMain(g: AttentionWgsl): string {
   const SG = g.subgroupSize;
   const R = range(g.rowsPerInvocation);
   const KB = range(g.keyBlock);
@@ -176,9 +186,7 @@ ${lines(
   KB,
   Q,
 )}`;
-  return `enable subgroups;
-${prologue(g, enables, 1, ", @builtin(subgroup_invocation_id) lane: u32", vectorQOut)}
-${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset;`, R)}
+  return `${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset;`, R)}
 ${resident ? loadQ : ""}
 ${lines((r) => `  var m${r} = ${MASKED};\n  var l${r} = 0.0;`, R)}
 ${lines((r, t) => `  var acc${r}_${t} = 0.0;`, R, C)}
@@ -197,9 +205,7 @@ ${lines(
   C,
 )}
   }
-${vectorQOut ? vectorEpilogue(R, C.length, T) : epilogue(R, C, T)}
-}
-`;
+${vectorQOut ? vectorEpilogue(R, C.length, T) : epilogue(R, C, T)}`;
 }
 
 /** Whether the subgroup kernel reads q and writes out as vec4s (every row, q chunk and column chunk in 4s). */

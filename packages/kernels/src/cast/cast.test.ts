@@ -1,13 +1,10 @@
-import { bf16ArrayToF32, Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { randomArray } from "../testing.ts";
 import { bf16ToFloat, cast, packBf16 } from "./index.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 /** bf16 bits of float32 values by truncation (any bit pattern is a valid input to the cast). */
 function bf16Bits(x: Float32Array): Uint16Array {
@@ -16,20 +13,21 @@ function bf16Bits(x: Float32Array): Uint16Array {
 }
 
 describe("cast f32 ↔ f16", () => {
-  it("rounds f32 → f16 exactly like the host converter (round to nearest even), odd length", async () => {
-    if (!device.features.shaderF16) return;
-    const x = Float32Array.from([...randomArray(1001, 2, 100), 65504, -65504, 6e-8, 1e-9, 0.1, 1 / 3]);
-    const t = Tensor.from(device, x, [x.length]);
-    const h = cast(t, "f16");
-    expect(h.dtype).toBe("f16");
-    expect(await h.read()).toEqual(f32ArrayToF16(x));
-    const back = cast(h, "f32");
-    expect(await back.read()).toEqual(f16ArrayToF32(f32ArrayToF16(x)));
-    for (const v of [t, h, back]) v.dispose();
-  });
+  it.skipIf(!device.features.shaderF16)(
+    "rounds f32 → f16 exactly like the host converter (round to nearest even), odd length",
+    async () => {
+      const x = Float32Array.from([...randomArray(1001, 2, 100), 65504, -65504, 6e-8, 1e-9, 0.1, 1 / 3]);
+      const t = Tensor.from(device, x, [x.length]);
+      const h = cast(t, "f16");
+      expect(h.dtype).toBe("f16");
+      expect(await h.read()).toEqual(f32ArrayToF16(x));
+      const back = cast(h, "f32");
+      expect(await back.read()).toEqual(f16ArrayToF32(f32ArrayToF16(x)));
+      for (const v of [t, h, back]) v.dispose();
+    },
+  );
 
-  it("turns f32 beyond the f16 range into ±inf on this adapter", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("turns f32 beyond the f16 range into ±inf on this adapter", async () => {
     const t = Tensor.from(device, [1e5, -7e4], [2]);
     const h = cast(t, "f16");
     expect(Array.from(await h.toFloat32())).toEqual([Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]);

@@ -5,10 +5,11 @@
  */
 import { describe, expect, it } from "vitest";
 import { attentionTiling } from "../attention/tiling.ts";
-import { type AttentionWgsl, lanesWgsl, subgroupWgsl } from "../attention/wgsl.ts";
-import { type ConvTiles, convWgsl } from "../conv2d/wgsl.ts";
+import { ATTENTION, type AttentionWgsl } from "../attention/wgsl.ts";
+import { CONV2D, type ConvTiles } from "../conv2d/wgsl.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
-import { gemmWgsl } from "../matmul/wgsl.ts";
+import { GEMM } from "../matmul/wgsl.ts";
+import { kernelWgsl } from "./kernel.ts";
 import { wgslAll } from "./wgsl.ts";
 
 describe("wgslAll", () => {
@@ -27,7 +28,7 @@ describe("generated WGSL has no short-circuit &&", () => {
       [1, 2].flatMap((stride) => [true, false].map((vecRow) => ({ tiles, stride, vecRow: vecRow && stride === 1 }))),
     ),
   )("conv2d 3×3 padded, $tiles.kind tiles, stride $stride, vecRow $vecRow", ({ tiles, stride, vecRow }) => {
-    const code = convWgsl({
+    const code = kernelWgsl(CONV2D, {
       ...{ kh: 3, kw: 3, strideH: stride, strideW: stride, padTop: 1, padLeft: 1 },
       ...{ x: "f32", w: "f32", out: "f32", bias: "f32", residual: "f32", activation: "silu" },
       ...{ tiles, vecOut: false, vecRow },
@@ -48,7 +49,7 @@ describe("generated WGSL has no short-circuit &&", () => {
   it.each(gemmTiles.flatMap((tiles) => epilogues.map((epilogue) => ({ tiles, ...epilogue }))))(
     "gemm with $tiles.kind tiles, ragged K, gated $gated",
     ({ tiles, ...epilogue }) => {
-      const code = gemmWgsl({
+      const code = kernelWgsl(GEMM, {
         ...{ tiles, transposeA: false, transposeB: true, a: "f32", b: "f32", c: "f32" },
         ...{ bias: { axis: "n", dtype: "f32" }, ...epilogue },
         ...{ vecA: false, vecB: false, vecC: false, kTail: true },
@@ -65,7 +66,7 @@ describe("generated WGSL has no short-circuit &&", () => {
     const tiling = attentionTiling(adapter, 40, 77, 77, { heads: 2, causal: true });
     if (tiling.kind === "blocked") throw new Error("causal attention is never blocked");
     const spec: AttentionWgsl = { dtype: "f32", d: 40, causal: true, ...tiling };
-    const code = tiling.kind === "subgroup" ? subgroupWgsl(spec, "enable subgroups;\n") : lanesWgsl(spec, "");
+    const code = kernelWgsl(ATTENTION, spec);
     expect(code).toContain("key0");
     expect(code).not.toContain("&&");
   });

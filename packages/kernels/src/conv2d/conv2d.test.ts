@@ -1,5 +1,7 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
+import { kernelKey } from "../common/kernel.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { fixedSubgroupSize } from "../matmul/index.ts";
 import { assertClose, randomArray } from "../testing.ts";
@@ -7,19 +9,15 @@ import { type Conv2dInternals, type Conv2dOptions, conv2d } from "./index.ts";
 import { planConv } from "./plan.ts";
 import { conv2dRef } from "./reference.ts";
 import {
+  CONV2D,
   type ConvKernelSpec,
   chooseConvTiles,
-  convKey,
   convTileCandidates,
   isConvTiles,
   reductionSlices,
 } from "./wgsl.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 /** f32 sums of `terms` products, ordered differently from the float64 reference. */
 const f32Tol = (terms: number) => ({ atol: 2e-6 * Math.sqrt(terms + 1) + 1e-6, rtol: 1e-5 });
@@ -139,7 +137,7 @@ describe("convKey", () => {
       { ...base, vecOut: true },
       { ...base, vecRow: true },
     ];
-    expect(new Set(variants.map(convKey)).size).toBe(variants.length);
+    expect(new Set(variants.map((v) => kernelKey(CONV2D, v))).size).toBe(variants.length);
   });
 });
 
@@ -191,8 +189,7 @@ describe("conv2d with the device's kernel", () => {
     await check({ x: [2, 5, 4, 8], w: [6, 5, 1, 1], bias: true, residual: true, activation: "gelu" }, f32Tol(5));
   });
 
-  it("stores and reads f16", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("stores and reads f16", async () => {
     // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
     await check(
       { x: [1, 3, 7, 5], w: [4, 3, 3, 3], padding: 1, bias: true, dtype: "f16" },
@@ -252,8 +249,7 @@ describe("conv2d with its reduction in slices", () => {
     }
   });
 
-  it("keeps f32 partial sums for an f16 output", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("keeps f32 partial sums for an f16 output", async () => {
     await check(
       { x: [1, 8, 5, 12], w: [6, 8, 3, 3], padding: 1, bias: true, residual: true, dtype: "f16" },
       { atol: 2e-3, rtol: 2 ** -10 },

@@ -6,38 +6,26 @@
  * larger than one storage binding are split over batch items and channels. On GPUs a direct convolution with
  * too few outputs to fill the device also splits its reduction into slices (reductionSlices), summed after.
  */
-import {
-  type BufferSlice,
-  type Device,
-  DTYPE_BYTES,
-  type DType,
-  formatShape,
-  shapesEqual,
-  Tensor,
-  Uniforms,
-} from "@ldm/tensor";
-import { foldGrid } from "../common/grid.ts";
+import { type BufferSlice, type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor } from "@ldm/tensor";
+import { runKernel } from "../common/kernel.ts";
+import { type BindingLimits, bindingLimits, bindingSlice } from "../common/pieces.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
-import { type BindingLimits, bindingLimits, bindingSlice } from "../matmul/plan.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { type ConvPiece, planConv } from "./plan.ts";
 import {
-  CONV_PARAMS,
+  CONV2D,
+  CONV2D_REDUCE,
   type ConvKernelSpec,
   type ConvTileInputs,
   type ConvTiles,
   type ConvWindow,
   chooseConvTiles,
-  convKey,
-  convReduceWgsl,
   convTileCandidates,
-  convWgsl,
   convWorkgroup,
   isConvTiles,
-  REDUCE_WORKGROUP,
   reductionSlices,
   rowVectorizable,
 } from "./wgsl.ts";
@@ -243,10 +231,10 @@ function direct(device: Device, call: DirectCall): void {
     vecRow: rowVectorizable(g.strideW, g.W, g.Wo, g.padLeft, g.kw),
   };
   // The epilogue's bias (whole) and residual bindings of a piece.
-  const finishing = (piece: ConvPiece): BufferSlice[] => [
-    ...(bias ? [{ buffer: bias.buffer, offset: 0, size: bias.buffer.size }] : []),
-    ...(residual && piece.residual ? [bindingSlice(residual, piece.residual)] : []),
-  ];
+  const finishing = (piece: ConvPiece): Record<string, BufferSlice> => ({
+    ...(bias ? { Bias: { buffer: bias.buffer, offset: 0, size: bias.buffer.size } } : {}),
+    ...(residual && piece.residual ? { R: bindingSlice(residual, piece.residual) } : {}),
+  });
   const invocations = g.batch * Math.ceil(g.cout / tiles.rows) * g.Ho * Math.ceil(g.Wo / (4 * tiles.groups));
   const slices =
     pieces.length === 1
@@ -258,17 +246,24 @@ function direct(device: Device, call: DirectCall): void {
     const partials = Tensor.empty(device, [slices, ...out.shape], "f32");
     try {
       const spec = { ...operands, out: "f32" as const, bias: null, residual: null, activation: "none" as const };
-      dispatchConv(device, spec, g, piece, [bindingSlice(x, piece.x), bindingSlice(w, piece.w), partials.slice()], {
+      const buffers = { X: bindingSlice(x, piece.x), Wt: bindingSlice(w, piece.w), C: partials.slice() };
+      dispatchConv(device, spec, g, piece, buffers, {
         slices,
         ciPer: Math.ceil(g.cin / slices),
         sliceStride: out.size,
       });
       reduceSlices(
         device,
-        { ...operands, out: out.dtype, bias: bias?.dtype ?? null, residual: residual?.dtype ?? null, activation },
+        {
+          out: out.dtype,
+          bias: bias?.dtype ?? null,
+          residual: residual?.dtype ?? null,
+          activation,
+          vecOut: operands.vecOut,
+        },
         g,
         slices,
-        [partials.slice(), bindingSlice(out, piece.out), ...finishing(piece)],
+        { P: partials.slice(), C: bindingSlice(out, piece.out), ...finishing(piece) },
       );
     } finally {
       partials.dispose();
@@ -283,12 +278,12 @@ function direct(device: Device, call: DirectCall): void {
     activation,
   };
   for (const piece of pieces) {
-    const buffers = [
-      bindingSlice(x, piece.x),
-      bindingSlice(w, piece.w),
-      bindingSlice(out, piece.out),
+    const buffers = {
+      X: bindingSlice(x, piece.x),
+      Wt: bindingSlice(w, piece.w),
+      C: bindingSlice(out, piece.out),
       ...finishing(piece),
-    ];
+    };
     dispatchConv(device, spec, g, piece, buffers, { slices: 1, ciPer: piece.ci1 - piece.ci0, sliceStride: 0 });
   }
 }
@@ -302,90 +297,72 @@ function dispatchConv(
   spec: ConvKernelSpec,
   g: Geometry,
   piece: ConvPiece,
-  buffers: readonly (GPUBuffer | BufferSlice)[],
+  buffers: Record<string, BufferSlice>,
   slicing: Slicing,
 ): void {
   const { tiles } = spec;
-  const pipeline = device.pipeline(convKey(spec), () => convWgsl(spec));
   const wg = convWorkgroup(tiles);
   const blocksPerRow = Math.ceil(g.Wo / (4 * tiles.groups));
   const batches = piece.b1 - piece.b0;
   const channels = piece.co1 - piece.co0;
   const tilesX = Math.ceil(channels / wg.channels);
   const tilesY = Math.ceil((g.Ho * blocksPerRow) / wg.blocks);
-  const values: Record<(typeof CONV_PARAMS)[number], number> = {
-    ...NO_PARAMS,
-    ...slicing,
-    batch: batches,
-    cin: piece.ci1 - piece.ci0,
-    cout: channels,
-    H: g.H,
-    W: g.W,
-    Ho: g.Ho,
-    Wo: g.Wo,
-    blocksPerRow,
-    xBatch: g.cin * g.H * g.W,
-    xOff: piece.x.elementOffset,
-    wCo: g.cin * g.kh * g.kw,
-    wOff: piece.w.elementOffset,
-    cBatch: g.cout * g.Ho * g.Wo,
-    cOff: piece.out.elementOffset,
-    rOff: piece.residual?.elementOffset ?? 0,
-    biasOff: piece.co0,
-    accumulate: piece.accumulate ? 1 : 0,
-    finalize: piece.finalize ? 1 : 0,
-    tilesX,
-    tilesY,
-    tileRows: tiles.rows * tiles.groups,
-  };
-  device.dispatch({
-    pipeline,
+  runKernel(device, CONV2D, spec, {
+    count: slicing.slices * batches * tilesX * tilesY,
+    params: {
+      ...slicing,
+      batch: batches,
+      cin: piece.ci1 - piece.ci0,
+      cout: channels,
+      H: g.H,
+      W: g.W,
+      Ho: g.Ho,
+      Wo: g.Wo,
+      blocksPerRow,
+      xBatch: g.cin * g.H * g.W,
+      xOff: piece.x.elementOffset,
+      wCo: g.cin * g.kh * g.kw,
+      wOff: piece.w.elementOffset,
+      cBatch: g.cout * g.Ho * g.Wo,
+      cOff: piece.out.elementOffset,
+      rOff: piece.residual?.elementOffset ?? 0,
+      biasOff: piece.co0,
+      accumulate: piece.accumulate ? 1 : 0,
+      finalize: piece.finalize ? 1 : 0,
+      tilesX,
+      tilesY,
+      tileRows: tiles.rows * tiles.groups,
+    },
     // The row-vector view of x is a second binding of the same slice.
-    buffers: spec.vecRow ? [...buffers, buffers[0]] : buffers,
-    uniforms: convUniforms(values),
-    workgroups: foldGrid(slicing.slices * batches * tilesX * tilesY, device.limits.maxComputeWorkgroupsPerDimension),
+    buffers: spec.vecRow ? { ...buffers, Xv: buffers.X } : buffers,
   });
 }
 
-/** The second pass of a sliced convolution: partials, out[, bias][, residual] (whole tensors). */
+/** The second pass of a sliced convolution: partials into out, with bias and residual (whole tensors). */
 function reduceSlices(
   device: Device,
   spec: Pick<ConvKernelSpec, "out" | "bias" | "residual" | "activation" | "vecOut">,
   g: Geometry,
   slices: number,
-  buffers: readonly BufferSlice[],
+  buffers: Record<string, BufferSlice>,
 ): void {
-  const key = `conv2d-reduce:${spec.out}:${spec.bias ?? "-"}:${spec.residual ?? "-"}:${spec.activation}:${spec.vecOut ? "v" : "s"}`;
-  const pipeline = device.pipeline(key, () => convReduceWgsl(spec));
   const blocksPerRow = Math.ceil(g.Wo / 4);
-  const invocations = g.batch * g.cout * g.Ho * blocksPerRow;
-  const outSize = g.batch * g.cout * g.Ho * g.Wo;
-  device.dispatch({
-    pipeline,
-    buffers,
-    uniforms: convUniforms({
-      ...NO_PARAMS,
-      batch: g.batch,
+  runKernel(device, CONV2D_REDUCE, spec, {
+    count: g.batch * g.cout * g.Ho * blocksPerRow,
+    params: {
       cout: g.cout,
       Ho: g.Ho,
       Wo: g.Wo,
       blocksPerRow,
       cBatch: g.cout * g.Ho * g.Wo,
+      cOff: 0,
+      rOff: 0,
+      biasOff: 0,
+      accumulate: 0,
       finalize: 1,
       slices,
-      sliceStride: outSize,
-    }),
-    workgroups: foldGrid(Math.ceil(invocations / REDUCE_WORKGROUP), device.limits.maxComputeWorkgroupsPerDimension),
+      sliceStride: g.batch * g.cout * g.Ho * g.Wo,
+    },
+    buffers,
   });
-}
-
-const NO_PARAMS = Object.fromEntries(CONV_PARAMS.map((name) => [name, 0])) as Record<
-  (typeof CONV_PARAMS)[number],
-  number
->;
-
-function convUniforms(values: Record<(typeof CONV_PARAMS)[number], number>): Uint8Array {
-  const uniforms = new Uniforms();
-  for (const name of CONV_PARAMS) uniforms.u32(values[name]);
-  return uniforms.bytes();
 }

@@ -1,5 +1,6 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { permute } from "../layout/index.ts";
 import { fixedSubgroupSize } from "../matmul/index.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
@@ -8,11 +9,7 @@ import { conv2d } from "./index.ts";
 import { conv2dRef } from "./reference.ts";
 import { conv1x1FromTokens, conv1x1ToTokens } from "./tokens.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 /** [B, C, P] → [B, P, C] on the host. */
 function transposeLast(data: Float32Array, b: number, c: number, p: number): Float32Array {

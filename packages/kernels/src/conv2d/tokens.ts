@@ -3,8 +3,8 @@
  * proj_in and proj_out (CompVis attention.py: `rearrange(proj_in(x), "b c h w -> b (h w) c")` and
  * `proj_out(rearrange(x, "b (h w) c -> b c h w"))`), each as one GEMM that reads or writes the other layout
  * directly instead of a convolution and a permute. Same products summed over Cin in the same order, so the same
- * bits as the two-step version (tested); on lavapipe, at the built-in model's shapes, 1.5–3× less time than the
- * two steps, and 4–5 ms less of the UNet call's profiled GPU time (benchmarks/RESULTS.md).
+ * bits as the two-step version (tested), a third of the memory traffic, one dispatch instead of two (times:
+ * benchmarks/RESULTS.md, "Built-in model").
  */
 import { formatShape, shapesEqual, Tensor } from "@ldm/tensor";
 import { gemm } from "../matmul/index.ts";

@@ -1,13 +1,10 @@
-import { Device, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { randomArray } from "../testing.ts";
 import { assertIdsInRange, embedding } from "./index.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 /** Reference: rows of the table picked by id (NaN rows for ids outside the table, as documented). */
 function embeddingRef(table: Float32Array, dim: number, ids: ArrayLike<number>): Float32Array {
@@ -37,8 +34,7 @@ describe("embedding", () => {
     });
   }
 
-  it("f16 tables give f16 rows", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("f16 tables give f16 rows", async () => {
     const bits = Uint16Array.from({ length: 6 * 4 }, (_, i) => 0x3c00 + i);
     const out = embedding(Tensor.from(device, bits, [6, 4], "f16"), Tensor.from(device, [5, 0], [2], "i32"));
     expect(Array.from(await out.read())).toEqual([...bits.slice(20, 24), ...bits.slice(0, 4)]);

@@ -1,15 +1,12 @@
-import { Device, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { type GroupStrategy, groupNorm, groupStrategy } from "./index.ts";
 import { groupNormRef } from "./reference.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 // Outputs are O(1)·gamma + beta (|·| ≲ 10 here). f32: the group sums are tree reductions or sums of √n-long
 // blocks (relative error ~log2(n)·2^-24, resp. 2√n·2^-24, ≲ 1e-6 on mean and variance for these n), which moves
@@ -56,37 +53,38 @@ const strategies: [string, GroupStrategy][] = [
 describe.each(strategies)("groupNorm, %s", (_, strategy) => {
   for (const c of cases) {
     const dtype = c.dtype ?? "f32";
-    it(`${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""}${c.shift ? " +shift" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`, async () => {
-      if (dtype === "f16" && !device.features.shaderF16) return;
-      const channels = c.shape[1];
-      let x: Float32Array = randomArray(elementCount(c.shape), 31, 2).map(
-        (v, i) => v * (1 + (i % 7)) * (c.mean ? 0.05 : 1) + (c.mean ?? 0.5),
-      );
-      const gamma = randomArray(channels, 32, 1.5);
-      const beta = randomArray(channels, 33, 0.5);
-      if (dtype === "f16") x = roundF16(x);
-      const tx = Tensor.from(device, x, c.shape, dtype);
-      const tg = Tensor.from(device, gamma, [channels]);
-      const tb = Tensor.from(device, beta, [channels]);
-      // A shift of the size of x's values and larger (|·| ≤ 3), so a misplaced one shows.
-      let shift = c.shift ? randomArray(c.shape[0] * channels, 37, 3) : undefined;
-      if (shift && dtype === "f16") shift = roundF16(shift);
-      const ts = shift && Tensor.from(device, shift, [c.shape[0], channels], dtype);
-      const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu, shift: ts, strategy });
-      expect(out.shape).toEqual(c.shape);
-      expect(out.dtype).toBe(dtype);
-      const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu, shift);
-      // mean 300 with std 0.05·…: inputs carry 300·2^-24 ≈ 2e-5 absolute rounding, ~1e-4 of the std.
-      const tol = dtype === "f16" ? F16_TOL : c.mean ? { atol: 2e-4, rtol: 2e-4 } : F32_TOL;
-      assertClose(await out.toFloat32(), ref, tol, "groupNorm");
-      for (const t of [tx, tg, tb, out, ...(ts ? [ts] : [])]) t.dispose();
-    });
+    it.skipIf(dtype === "f16" && !device.features.shaderF16)(
+      `${JSON.stringify(c.shape)} groups ${c.groups} eps ${c.eps}${c.silu ? " +silu" : ""}${c.shift ? " +shift" : ""} ${dtype}${c.mean ? ` mean ${c.mean}` : ""}`,
+      async () => {
+        const channels = c.shape[1];
+        let x: Float32Array = randomArray(elementCount(c.shape), 31, 2).map(
+          (v, i) => v * (1 + (i % 7)) * (c.mean ? 0.05 : 1) + (c.mean ?? 0.5),
+        );
+        const gamma = randomArray(channels, 32, 1.5);
+        const beta = randomArray(channels, 33, 0.5);
+        if (dtype === "f16") x = roundF16(x);
+        const tx = Tensor.from(device, x, c.shape, dtype);
+        const tg = Tensor.from(device, gamma, [channels]);
+        const tb = Tensor.from(device, beta, [channels]);
+        // A shift of the size of x's values and larger (|·| ≤ 3), so a misplaced one shows.
+        let shift = c.shift ? randomArray(c.shape[0] * channels, 37, 3) : undefined;
+        if (shift && dtype === "f16") shift = roundF16(shift);
+        const ts = shift && Tensor.from(device, shift, [c.shape[0], channels], dtype);
+        const out = groupNorm(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu, shift: ts, strategy });
+        expect(out.shape).toEqual(c.shape);
+        expect(out.dtype).toBe(dtype);
+        const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu, shift);
+        // mean 300 with std 0.05·…: inputs carry 300·2^-24 ≈ 2e-5 absolute rounding, ~1e-4 of the std.
+        const tol = dtype === "f16" ? F16_TOL : c.mean ? { atol: 2e-4, rtol: 2e-4 } : F32_TOL;
+        assertClose(await out.toFloat32(), ref, tol, "groupNorm");
+        for (const t of [tx, tg, tb, out, ...(ts ? [ts] : [])]) t.dispose();
+      },
+    );
   }
 });
 
 describe("groupNorm", () => {
-  it("takes f16 gamma and beta with f16 x", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("takes f16 gamma and beta with f16 x", async () => {
     const shape = [1, 8, 4, 4];
     const x = roundF16(randomArray(elementCount(shape), 34, 3));
     const gamma = roundF16(randomArray(8, 35));

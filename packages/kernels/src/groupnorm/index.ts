@@ -35,9 +35,9 @@ export interface GroupStrategy {
 
 /** How groups are spread over invocations (a pure function of the adapter kind). */
 export function groupStrategy(isCpu: boolean): GroupStrategy {
-  // Eight groups per workgroup: one SIMD row of lavapipe's. Its 2 threads here, median of 7 (workgroup of 1, 2,
-  // 4, 8): [2, 64, 16, 16] 0.43, 0.31, 0.27, 0.21 ms; [1, 320, 64, 64] 6.9, 4.5, 3.1, 2.7 ms. SD's 32 groups are
-  // then 4 workgroups per image: a CPU with more than 4 threads would want smaller ones (not measured).
+  // Eight groups per workgroup: one SIMD row of lavapipe's, the fastest of 1, 2, 4 and 8 there (benchmarks/
+  // RESULTS.md, "Measurements behind kernel choices"). SD's 32 groups are then 4 workgroups per image: a CPU
+  // with more than 4 threads would want smaller ones (not measured).
   return isCpu ? { threadsPerGroup: 1, workgroupSize: 8 } : { threadsPerGroup: 256, workgroupSize: 256 };
 }
 

@@ -8,15 +8,16 @@
  * batch items, rows and the reduction (see plan.ts). `linearGeglu` is a Linear whose epilogue applies GEGLU
  * to the column halves of the product (see wgsl.ts), so the product itself is never stored.
  */
-import { type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor, Uniforms } from "@ldm/tensor";
-import { foldGrid } from "../common/grid.ts";
+import { type BufferSlice, type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor } from "@ldm/tensor";
+import { runKernel } from "../common/kernel.ts";
+import { type BindingLimits, bindingLimits, bindingSlice } from "../common/pieces.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { geglu } from "../elementwise/index.ts";
 import { type Activation, assertActivation } from "./activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "./autotune.ts";
-import { type BindingLimits, bindingLimits, bindingSlice, type GemmGeometry, planGemm } from "./plan.ts";
+import { type GemmGeometry, planGemm } from "./plan.ts";
 import { chooseTiles, isTileConfig, type TileConfig, type TileInputs, tileCandidates, workgroupTile } from "./tiles.ts";
-import { GEMM_PARAMS, type GemmKernelSpec, gemmKey, gemmVectorReads, gemmWgsl } from "./wgsl.ts";
+import { GEMM, type GemmKernelSpec, gemmVectorReads } from "./wgsl.ts";
 
 export type { Activation } from "./activation.ts";
 
@@ -327,43 +328,42 @@ export function gemm(call: GemmCall): void {
       kTail: depth % 4 !== 0,
       gated,
     };
-    const pipeline = device.pipeline(gemmKey(spec), () => gemmWgsl(spec));
     const batches = piece.b1 - piece.b0;
     const tilesM = Math.ceil(rows / tile.m);
     const tilesN = Math.ceil(N / tile.n);
     const [tilesX, tilesY] = laneOwnsM ? [tilesN, tilesM] : [tilesM, tilesN];
-    const values: Record<(typeof GEMM_PARAMS)[number], number> = {
-      batch: batches,
-      M: rows,
-      N,
-      K: depth,
-      tilesX,
-      tilesY,
-      aRow: transposeA ? M : K,
-      aBatch: call.aBatchStride,
-      aOff: piece.a.elementOffset,
-      bRow: transposeB ? K : N,
-      bBatch: call.bBatchStride,
-      bOff: piece.b.elementOffset,
-      cBatch: M * (gated ? N / 2 : N),
-      cOff: piece.c.elementOffset,
-      rOff: piece.residual?.elementOffset ?? 0,
-      biasOff: bias?.axis === "m" ? piece.m0 : 0,
-      accumulate: piece.accumulate ? 1 : 0,
-      finalize: piece.finalize ? 1 : 0,
-      tileRows: tiles.kind === "subgroup" ? tiles.rows : tiles.threadM,
+    const buffers: Record<string, BufferSlice> = {
+      A: bindingSlice(a, piece.a),
+      B: bindingSlice(b, piece.b),
+      C: bindingSlice(out, piece.c),
     };
-    const uniforms = new Uniforms();
-    for (const name of GEMM_PARAMS) uniforms.u32(values[name]);
-    uniforms.f32(call.alpha);
-    const buffers = [bindingSlice(a, piece.a), bindingSlice(b, piece.b), bindingSlice(out, piece.c)];
-    if (bias) buffers.push({ buffer: bias.tensor.buffer, offset: 0, size: bias.tensor.buffer.size });
-    if (residual && piece.residual) buffers.push(bindingSlice(residual, piece.residual));
-    device.dispatch({
-      pipeline,
+    if (bias) buffers.Bias = { buffer: bias.tensor.buffer, offset: 0, size: bias.tensor.buffer.size };
+    if (residual && piece.residual) buffers.R = bindingSlice(residual, piece.residual);
+    runKernel(device, GEMM, spec, {
+      count: batches * tilesX * tilesY,
+      params: {
+        batch: batches,
+        M: rows,
+        N,
+        K: depth,
+        tilesX,
+        tilesY,
+        aRow: transposeA ? M : K,
+        aBatch: call.aBatchStride,
+        aOff: piece.a.elementOffset,
+        bRow: transposeB ? K : N,
+        bBatch: call.bBatchStride,
+        bOff: piece.b.elementOffset,
+        cBatch: M * (gated ? N / 2 : N),
+        cOff: piece.c.elementOffset,
+        rOff: piece.residual?.elementOffset ?? 0,
+        biasOff: bias?.axis === "m" ? piece.m0 : 0,
+        accumulate: piece.accumulate ? 1 : 0,
+        finalize: piece.finalize ? 1 : 0,
+        tileRows: tiles.kind === "subgroup" ? tiles.rows : tiles.threadM,
+        alpha: call.alpha,
+      },
       buffers,
-      uniforms: uniforms.bytes(),
-      workgroups: foldGrid(batches * tilesX * tilesY, device.limits.maxComputeWorkgroupsPerDimension),
     });
   }
 }

@@ -1,19 +1,18 @@
-import { Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
+import { kernelKey } from "../common/kernel.ts";
+import type { BindingLimits } from "../common/pieces.ts";
 import { gegluRef } from "../elementwise/reference.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import type { Activation } from "./activation.ts";
 import { deviceTiles, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
-import { type BindingLimits, planGemm } from "./plan.ts";
+import { planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
 import { chooseTiles, isTileConfig, type TileConfig, tileCandidates, workgroupStorageBytes } from "./tiles.ts";
-import { type GemmKernelSpec, gemmKey } from "./wgsl.ts";
+import { GEMM, type GemmKernelSpec } from "./wgsl.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 /** f32 sums of K products in a different order than the float64 reference: error grows like √K·ulp·|terms|. */
 const f32Tol = (K: number) => ({ atol: 2e-6 * Math.sqrt(K + 1) + 1e-6, rtol: 1e-5 });
@@ -125,7 +124,7 @@ describe("gemmKey", () => {
       { ...base, kTail: true },
       { ...base, gated: true },
     ];
-    expect(new Set(variants.map(gemmKey)).size).toBe(variants.length);
+    expect(new Set(variants.map((v) => kernelKey(GEMM, v))).size).toBe(variants.length);
   });
 });
 
@@ -361,8 +360,7 @@ describe.each(["subgroup-m", "workgroup", "workgroup-8x8"] as const)("gemm with 
 });
 
 describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tiles in f16", (strategy) => {
-  it("stores and reads f16 (f32 accumulation)", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("stores and reads f16 (f32 accumulation)", async () => {
     // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
     const tol = { atol: 1e-3, rtol: 2 ** -10 };
     await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
@@ -401,8 +399,7 @@ describe.each(["device", "subgroup-m", "workgroup", "workgroup-8x8"] as const)(
       );
     });
 
-    it("stores and reads f16 (f32 accumulation)", async () => {
-      if (!device.features.shaderF16) return;
+    it.skipIf(!device.features.shaderF16)("stores and reads f16 (f32 accumulation)", async () => {
       // Inputs are f16-rounded for the reference too; only the f16 output rounds, to 2^-11 relative.
       const tol = { atol: 1e-3, rtol: 2 ** -10 };
       await check({ M: 19, N: 20, K: 16, transposeB: true, bias: true, gated: true, dtype: "f16" }, strategy, tol);
@@ -564,8 +561,7 @@ describe("matmul and linear", () => {
     expect(() => linearGeglu(tx, tw, Tensor.zeros(device, [7]))).toThrow(/bias .* must be \[14\]/);
   });
 
-  it("writes another output dtype than its inputs", async () => {
-    if (!device.features.shaderF16) return;
+  it.skipIf(!device.features.shaderF16)("writes another output dtype than its inputs", async () => {
     const a = f16ArrayToF32(f32ArrayToF16(randomArray(5 * 8, 41)));
     const b = f16ArrayToF32(f32ArrayToF16(randomArray(8 * 4, 42)));
     const y = matmul(Tensor.from(device, a, [5, 8], "f16"), Tensor.from(device, b, [8, 4], "f16"), { outDtype: "f32" });

@@ -13,18 +13,11 @@
  * is never stored. B is not reordered: checkpoints keep their layout.
  */
 import type { DType } from "@ldm/tensor";
-import { LINEAR_WORKGROUP_ID } from "../common/grid.ts";
+import type { KernelBinding, KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "./activation.ts";
 import { accumulatorsWgsl, epilogueWgsl } from "./epilogue.ts";
-import {
-  type SubgroupTiles,
-  stagedRowVec4s,
-  type TileConfig,
-  tileKey,
-  type WorkgroupTiles,
-  workgroupSize,
-} from "./tiles.ts";
+import { type SubgroupTiles, stagedRowVec4s, type TileConfig, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
 
 export interface GemmKernelSpec {
   tiles: TileConfig;
@@ -48,12 +41,6 @@ export interface GemmKernelSpec {
   gated: boolean;
 }
 
-export function gemmKey(s: GemmKernelSpec): string {
-  const flags = `${s.transposeA ? "T" : "N"}${s.transposeB ? "T" : "N"}${s.vecA ? "v" : "s"}${s.vecB ? "v" : "s"}${s.vecC ? "v" : "s"}${s.kTail ? "t" : ""}${s.gated ? "g" : ""}`;
-  const bias = s.bias ? `${s.bias.axis}${s.bias.dtype}` : "-";
-  return `gemm:${tileKey(s.tiles)}:${flags}:${s.a}${s.b}${s.c}:${bias}:${s.residual ?? "-"}:${s.activation}`;
-}
-
 /**
  * Which operands the kernel reads as vec4: those read along their contiguous dimension (K, or M / N when
  * transposed) where that dimension is a multiple of 4 (`aligned*`), so every row starts 16-byte aligned.
@@ -72,42 +59,14 @@ export function gemmVectorReads(
     : { vecA: alignedA, vecB: alignedB && transposeB };
 }
 
-/** Uniform block; the dispatcher writes the fields in this order. */
-export const GEMM_PARAMS = [
-  "batch",
-  "M",
-  "N",
-  "K",
-  "tilesX",
-  "tilesY",
-  "aRow",
-  "aBatch",
-  "aOff",
-  "bRow",
-  "bBatch",
-  "bOff",
-  "cBatch",
-  "cOff",
-  "rOff",
-  "biasOff",
-  "accumulate",
-  "finalize",
-  "tileRows",
-] as const;
-
-function storageArray(name: string, binding: number, dtype: DType, vec: boolean, access: "read" | "read_write") {
-  const t = vec ? `vec4<${dtype}>` : dtype;
-  return `@group(0) @binding(${binding}) var<storage, ${access}> ${name}: array<${t}>;`;
-}
-
 /**
  * An operand read as vectors of 4: f16 ones are declared as vec2<u32> (4 halves) and unpacked, since
  * llvmpipe loads every vector component of a per-lane address separately: 2 loads instead of 4 (f16
  * GEMMs took 9–19% less CPU time than with vec4<f16> on lavapipe, interleaved runs).
  */
-export function operandArray(name: string, binding: number, dtype: DType, vec: boolean): string {
-  if (vec && dtype === "f16") return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec2<u32>>;`;
-  return storageArray(name, binding, dtype, vec, "read");
+export function operandBinding(name: string, dtype: DType, vec: boolean): KernelBinding {
+  if (vec && dtype === "f16") return { name, type: "vec2<u32>" };
+  return { name, type: vec ? `vec4<${dtype}>` : dtype };
 }
 
 /**
@@ -134,23 +93,6 @@ function bIndex(s: GemmKernelSpec, b: string, k: string, logicalN: string): stri
 
 /** B's column of a gated product's logical column n: values at even n, their gates at odd n. */
 const GATED_COLUMN_WGSL = "fn gated_column(n: u32) -> u32 { return (n >> 1u) + (n & 1u) * (p.N >> 1u); }";
-
-function paramsStruct(): string {
-  return `struct Params { ${GEMM_PARAMS.map((f) => `${f}: u32,`).join(" ")} alpha: f32, }`;
-}
-
-function bindings(s: GemmKernelSpec): string {
-  const lines = [
-    "@group(0) @binding(0) var<uniform> p: Params;",
-    operandArray("A", 1, s.a, s.vecA),
-    operandArray("B", 2, s.b, s.vecB),
-    storageArray("C", 3, s.c, s.vecC, "read_write"),
-  ];
-  let next = 4;
-  if (s.bias) lines.push(storageArray("Bias", next++, s.bias.dtype, s.bias.axis === "n" && s.vecC, "read"));
-  if (s.residual) lines.push(storageArray("R", next++, s.residual, s.vecC, "read"));
-  return lines.join("\n");
-}
 
 function epilogue(s: GemmKernelSpec): string {
   if (s.gated) return gatedEpilogue(s);
@@ -201,17 +143,55 @@ function gatedEpilogue(s: GemmKernelSpec): string {
   });
 }
 
-function header(s: GemmKernelSpec, extraEnables: string[]): string {
-  const dtypes = [s.a, s.b, s.c, s.bias?.dtype, s.residual].filter((d): d is DType => !!d);
-  const enables = [...(dtypes.includes("f16") ? ["f16"] : []), ...extraEnables];
-  const gated = s.gated ? `\n${GATED_COLUMN_WGSL}` : "";
-  return `${enables.map((e) => `enable ${e};`).join("\n")}\n${paramsStruct()}\n${bindings(s)}\n${operandReaders("A", s.a, s.vecA)}\n${operandReaders("B", s.b, s.vecB)}${gated}`;
-}
-
-/** WGSL of the kernel and its workgroup size. */
-export function gemmWgsl(s: GemmKernelSpec): string {
-  return s.tiles.kind === "subgroup" ? subgroupKernel(s, s.tiles) : workgroupKernel(s, s.tiles);
-}
+/**
+ * The GEMM: a workgroup per item, one output tile of one batch item. Tile kinds: subgroup-broadcast register
+ * tiles (CPU adapters) and workgroup-memory tiles (GPUs), below.
+ */
+export const GEMM: KernelDecl<GemmKernelSpec> = {
+  name: "gemm",
+  params: {
+    batch: "u32",
+    M: "u32",
+    N: "u32",
+    K: "u32",
+    tilesX: "u32",
+    tilesY: "u32",
+    aRow: "u32",
+    aBatch: "u32",
+    aOff: "u32",
+    bRow: "u32",
+    bBatch: "u32",
+    bOff: "u32",
+    cBatch: "u32",
+    cOff: "u32",
+    rOff: "u32",
+    biasOff: "u32",
+    accumulate: "u32",
+    finalize: "u32",
+    tileRows: "u32",
+    alpha: "f32",
+  },
+  bindings: (s) => {
+    const vecC = (t: DType) => (s.vecC ? `vec4<${t}>` : t);
+    return [
+      operandBinding("A", s.a, s.vecA),
+      operandBinding("B", s.b, s.vecB),
+      { name: "C", type: vecC(s.c), access: "read_write" },
+      ...(s.bias ? [{ name: "Bias", type: s.bias.axis === "n" ? vecC(s.bias.dtype) : s.bias.dtype }] : []),
+      ...(s.residual ? [{ name: "R", type: vecC(s.residual) }] : []),
+    ];
+  },
+  workgroupSize: (s) => workgroupSize(s.tiles),
+  itemsPerWorkgroup: 1,
+  enables: (s) => (s.tiles.kind === "subgroup" ? ["subgroups"] : []),
+  module: (s) => `
+${operandReaders("A", s.a, s.vecA)}
+${operandReaders("B", s.b, s.vecB)}
+${s.gated ? GATED_COLUMN_WGSL : ""}
+${epilogue(s)}
+${s.tiles.kind === "subgroup" ? subgroupModule(s, s.tiles) : workgroupModule(s.tiles)}`,
+  main: (s) => (s.tiles.kind === "subgroup" ? subgroupMain(s, s.tiles) : workgroupMain(s, s.tiles)),
+};
 
 // ---- subgroup-broadcast tiles (CPU adapters) -------------------------------------------------------
 
@@ -251,102 +231,91 @@ function roles(s: GemmKernelSpec, t: SubgroupTiles) {
   };
 }
 
-function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
+/** x4: X(x, k..k+3) for one broadcast row x; yblock: column t holds Y(y[j], k + t) for the lane's 4 indices j. */
+function subgroupModule(s: GemmKernelSpec, t: SubgroupTiles): string {
   const r = roles(s, t);
-  const loadsPerLane = t.rows / t.lanes;
-  const acc = accumulatorsWgsl(t.rows);
-  const out: string[] = [];
-  out.push(header(s, ["subgroups"]));
-  out.push(epilogue(s));
-
   // Reads of step k + j. With a K tail the last block reads past K: such reads are clamped to the last
   // step and zeroed (one loop serves all blocks; a separate tail block would double the compile time).
   const guarded = (k: string, read: (k: string) => string, zero: string) =>
     s.kTail ? `select(${zero}, ${read(`min(${k}, p.K - 1u)`)}, ${k} < p.K)` : read(k);
-
-  // X(x, k..k+3) for one broadcast row x.
-  out.push("fn x4(bi: u32, x: u32, k: u32) -> vec4f {");
-  if (r.xAlongK && r.xVec) out.push(`  return ${r.xName}4((${r.xAt("bi", "x", "k")}) >> 2u);`);
-  else {
-    const el = (j: number) => guarded(`k + ${j}u`, (kk) => `${r.xName}_at(${r.xAt("bi", "x", kk)})`, "0.0");
-    out.push(`  return vec4f(${[0, 1, 2, 3].map(el).join(", ")});`);
-  }
-  out.push("}");
-
-  // Y block: column t holds Y(y[j], k + t) for the lane's 4 owned indices j.
+  const x4 =
+    r.xAlongK && r.xVec
+      ? `return ${r.xName}4((${r.xAt("bi", "x", "k")}) >> 2u);`
+      : `return vec4f(${[0, 1, 2, 3].map((j) => guarded(`k + ${j}u`, (kk) => `${r.xName}_at(${r.xAt("bi", "x", kk)})`, "0.0")).join(", ")});`;
   const yVec4 = (y: string, k: string) => `${r.yName}4((${r.yAt("bi", y, k)}) >> 2u)`;
-  out.push("fn yblock(bi: u32, y: vec4u, k: u32) -> mat4x4f {");
+  let yblock: string;
   if (r.yVec && r.yAlongK) {
-    out.push(`  let r0 = ${yVec4("y[0]", "k")}; let r1 = ${yVec4("y[1]", "k")};`);
-    out.push(`  let r2 = ${yVec4("y[2]", "k")}; let r3 = ${yVec4("y[3]", "k")};`);
-    out.push(
-      "  return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));",
-    );
+    yblock = `let r0 = ${yVec4("y[0]", "k")}; let r1 = ${yVec4("y[1]", "k")};
+  let r2 = ${yVec4("y[2]", "k")}; let r3 = ${yVec4("y[3]", "k")};
+  return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));`;
   } else if (r.yVec) {
     // The owned indices are 4 consecutive ones starting 4-aligned: one vector per step.
-    const col = (t: number) => guarded(`k + ${t}u`, (kk) => yVec4("y[0]", kk), "vec4f(0.0)");
-    out.push(`  return mat4x4f(${[0, 1, 2, 3].map(col).join(", ")});`);
+    const col = (c: number) => guarded(`k + ${c}u`, (kk) => yVec4("y[0]", kk), "vec4f(0.0)");
+    yblock = `return mat4x4f(${[0, 1, 2, 3].map(col).join(", ")});`;
   } else {
-    const col = (t: number) =>
-      `vec4f(${[0, 1, 2, 3].map((j) => guarded(`k + ${t}u`, (kk) => `${r.yName}_at(${r.yAt("bi", `y[${j}]`, kk)})`, "0.0")).join(", ")})`;
-    out.push(`  return mat4x4f(${[0, 1, 2, 3].map(col).join(", ")});`);
+    const col = (c: number) =>
+      `vec4f(${[0, 1, 2, 3].map((j) => guarded(`k + ${c}u`, (kk) => `${r.yName}_at(${r.yAt("bi", `y[${j}]`, kk)})`, "0.0")).join(", ")})`;
+    yblock = `return mat4x4f(${[0, 1, 2, 3].map(col).join(", ")});`;
   }
-  out.push("}");
+  return `
+fn x4(bi: u32, x: u32, k: u32) -> vec4f {
+  ${x4}
+}
+fn yblock(bi: u32, y: vec4u, k: u32) -> mat4x4f {
+  ${yblock}
+}`;
+}
 
-  const step = () => {
-    const body: string[] = [];
-    for (let i = 0; i < loadsPerLane; i++) body.push(`let xa${i} = x4(bi, xr${i}, k);`);
-    body.push("let yb = yblock(bi, yc, k);");
-    for (let row = 0; row < t.rows; row++) {
-      const src = `xa${Math.floor(row / t.lanes)}`;
-      body.push(`{ let a = subgroupBroadcast(${src}, ${row % t.lanes}u);`);
-      const sum = acc.name(row);
-      body.push(
-        `  ${sum} = fma(vec4f(a.x), yb[0], fma(vec4f(a.y), yb[1], fma(vec4f(a.z), yb[2], fma(vec4f(a.w), yb[3], ${sum})))); }`,
-      );
-    }
-    return body.map((l) => `    ${l}`).join("\n");
-  };
-
-  out.push(`@compute @workgroup_size(${workgroupSize(t)})`);
-  out.push(
-    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32, @builtin(subgroup_invocation_id) lane: u32) {",
-  );
-  out.push(`  let id = ${LINEAR_WORKGROUP_ID};`);
-  out.push("  let perBatch = p.tilesX * p.tilesY;");
-  out.push("  if (id >= p.batch * perBatch) { return; }");
-  out.push("  let bi = id / perBatch;");
-  out.push("  let tile = id % perBatch;");
-  out.push(`  let sg = lidx / ${t.lanes}u;`);
-  out.push(`  let x0 = (tile / p.tilesY) * ${t.subgroups * t.rows}u + sg * ${t.rows}u;`);
-  out.push(`  let y0 = (tile % p.tilesY) * ${t.lanes * 4}u + lane * 4u;`);
-  out.push(`  let xLast = ${r.xExtent} - 1u;`);
-  out.push(`  let yLast = ${r.yExtent} - 1u;`);
-  for (let i = 0; i < loadsPerLane; i++) out.push(`  let xr${i} = min(x0 + lane + ${i * t.lanes}u, xLast);`);
-  // Vector reads along y need a 4-aligned start: a lane past the end reads the last aligned group.
-  out.push(
-    r.yVec && !r.yAlongK
-      ? "  let yv = min(y0, yLast & ~3u); let yc = vec4u(yv, yv + 1u, yv + 2u, yv + 3u);"
-      : "  let yc = min(vec4u(y0, y0 + 1u, y0 + 2u, y0 + 3u), vec4u(yLast));",
-  );
-  out.push(acc.declare);
-  out.push("  for (var k = 0u; k < p.K; k += 4u) {");
-  out.push(step());
-  out.push("  }");
-  out.push(acc.collect);
+function subgroupMain(s: GemmKernelSpec, t: SubgroupTiles): string {
+  const r = roles(s, t);
+  const loadsPerLane = t.rows / t.lanes;
+  const acc = accumulatorsWgsl(t.rows);
+  const xRows = Array.from(
+    { length: loadsPerLane },
+    (_, i) => `  let xr${i} = min(x0 + lane + ${i * t.lanes}u, xLast);`,
+  ).join("\n");
+  const step: string[] = [];
+  for (let i = 0; i < loadsPerLane; i++) step.push(`let xa${i} = x4(bi, xr${i}, k);`);
+  step.push("let yb = yblock(bi, yc, k);");
+  for (let row = 0; row < t.rows; row++) {
+    const sum = acc.name(row);
+    step.push(`{ let a = subgroupBroadcast(xa${Math.floor(row / t.lanes)}, ${row % t.lanes}u);`);
+    step.push(
+      `  ${sum} = fma(vec4f(a.x), yb[0], fma(vec4f(a.y), yb[1], fma(vec4f(a.z), yb[2], fma(vec4f(a.w), yb[3], ${sum})))); }`,
+    );
+  }
   // The epilogue loops up to a uniform (= rows) so that the compiler cannot unroll it: its memory
   // accesses, a per-lane loop each on llvmpipe, would otherwise be compiled once per row (seconds).
-  if (t.laneOwns === "n") {
-    out.push("  for (var row = 0u; row < p.tileRows; row++) { finish4(bi, x0 + row, y0, acc[row]); }");
-  } else {
-    out.push("  for (var q = 0u; q < p.tileRows; q += 4u) {");
-    out.push("    for (var j = 0u; j < 4u; j++) {");
-    out.push("      finish4(bi, y0 + j, x0 + q, vec4f(acc[q][j], acc[q + 1u][j], acc[q + 2u][j], acc[q + 3u][j]));");
-    out.push("    }");
-    out.push("  }");
+  const finish =
+    t.laneOwns === "n"
+      ? "  for (var row = 0u; row < p.tileRows; row++) { finish4(bi, x0 + row, y0, acc[row]); }"
+      : `  for (var q = 0u; q < p.tileRows; q += 4u) {
+    for (var j = 0u; j < 4u; j++) {
+      finish4(bi, y0 + j, x0 + q, vec4f(acc[q][j], acc[q + 1u][j], acc[q + 2u][j], acc[q + 3u][j]));
+    }
+  }`;
+  return `
+  let perBatch = p.tilesX * p.tilesY;
+  let bi = item / perBatch;
+  let tile = item % perBatch;
+  let sg = lid / ${t.lanes}u;
+  let x0 = (tile / p.tilesY) * ${t.subgroups * t.rows}u + sg * ${t.rows}u;
+  let y0 = (tile % p.tilesY) * ${t.lanes * 4}u + lane * 4u;
+  let xLast = ${r.xExtent} - 1u;
+  let yLast = ${r.yExtent} - 1u;
+${xRows}
+${
+  // Vector reads along y need a 4-aligned start: a lane past the end reads the last aligned group.
+  r.yVec && !r.yAlongK
+    ? "  let yv = min(y0, yLast & ~3u); let yc = vec4u(yv, yv + 1u, yv + 2u, yv + 3u);"
+    : "  let yc = min(vec4u(y0, y0 + 1u, y0 + 2u, y0 + 3u), vec4u(yLast));"
+}
+${acc.declare}
+  for (var k = 0u; k < p.K; k += 4u) {
+${step.map((l) => `    ${l}`).join("\n")}
   }
-  out.push("}");
-  return out.join("\n");
+${acc.collect}
+${finish}`;
 }
 
 // ---- workgroup-memory tiles (GPUs) -----------------------------------------------------------------
@@ -359,12 +328,16 @@ function subgroupKernel(s: GemmKernelSpec, t: SubgroupTiles): string {
  * of workgroup memory (no bank conflicts) and the stores stay 4 consecutive columns.
  *
  * Accumulators are separate variables and the epilogue is written out, so that no private array is indexed at
- * run time. Against the kernel before (scalar staging, an `acc[i][j]` array, an epilogue loop bounded by a
- * uniform), same H200 process: linear 4096×320×320 0.070 → 0.066 ms, linearGeglu 2048×2560×320 0.217 → 0.192,
- * plain matmuls within 2%; the SD 1.5 UNet call 140.4 → 139.3 ms. 4 × 4 outputs per invocation in 64 × 64
- * tiles was the fastest config at every UNet GEMM shape (benchmarks/gemm-tiles.ts); 8 × 8 ran 1.4–3.4× slower.
+ * run time. 4 × 4 outputs per invocation in 64 × 64 tiles: the fastest config at every UNet GEMM shape on an
+ * H200 (benchmarks/gemm-tiles.ts; numbers in benchmarks/RESULTS.md, "GPU script").
  */
-function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
+function workgroupModule(t: WorkgroupTiles): string {
+  return `
+var<workgroup> As: array<vec4f, ${t.tileK * stagedRowVec4s(t.tileM)}>;
+var<workgroup> Bs: array<vec4f, ${t.tileK * stagedRowVec4s(t.tileN)}>;`;
+}
+
+function workgroupMain(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const threadsN = t.tileN / t.threadN;
   const threadsM = t.tileM / t.threadM;
   const threads = workgroupSize(t);
@@ -372,74 +345,41 @@ function workgroupKernel(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const groupsN = t.threadN / 4;
   const strideA = stagedRowVec4s(t.tileM);
   const strideB = stagedRowVec4s(t.tileN);
-  const out: string[] = [];
-  out.push(header(s, []));
-  out.push(epilogue(s));
-  out.push(`var<workgroup> As: array<vec4f, ${t.tileK * strideA}>;`);
-  out.push(`var<workgroup> Bs: array<vec4f, ${t.tileK * strideB}>;`);
-  out.push(`@compute @workgroup_size(${threads})`);
-  out.push(
-    "fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lidx: u32) {",
-  );
-  out.push(`  let id = ${LINEAR_WORKGROUP_ID};`);
-  out.push("  let perBatch = p.tilesX * p.tilesY;");
-  out.push("  if (id >= p.batch * perBatch) { return; }");
-  out.push("  let bi = id / perBatch;");
-  out.push("  let tile = id % perBatch;");
-  out.push(`  let m0 = (tile / p.tilesY) * ${t.tileM}u;`);
-  out.push(`  let n0 = (tile % p.tilesY) * ${t.tileN}u;`);
-  out.push(`  let ty = lidx / ${threadsN}u;`);
-  out.push(`  let tx = lidx % ${threadsN}u;`);
   const acc = (i: number, jv: number) => `acc_${i}_${jv}`;
-  for (let i = 0; i < t.threadM; i++) {
-    out.push(`  ${Array.from({ length: groupsN }, (_, jv) => `var ${acc(i, jv)}: vec4f;`).join(" ")}`);
-  }
-  out.push(`  for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {`);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   // Neighbouring invocations read neighbouring addresses: walk the block along the operand's contiguous axis.
-  const fill = (
-    tile: string,
-    rows: number,
-    stride: number,
-    along: "k" | "x",
-    load: (x: string, k: string) => string,
-  ) => {
-    const count = t.tileK * rows;
-    out.push(`    for (var e = lidx; e < ${count}u; e += ${threads}u) {`);
-    out.push(
-      along === "k"
-        ? `      let kk = e % ${t.tileK}u; let xx = e / ${t.tileK}u;`
-        : `      let kk = e / ${rows}u; let xx = e % ${rows}u;`,
-    );
-    out.push(`      ${tile}[kk * ${stride}u + (xx >> 2u)][xx & 3u] = ${load("xx", "kk")};`);
-    out.push("    }");
-  };
-  fill("As", t.tileM, strideA, s.transposeA ? "x" : "k", (x, k) => {
-    const m = `m0 + ${x}`;
-    const kk = `k0 + ${k}`;
-    return `select(0.0, A_at(${aIndex(s, "bi", `min(${m}, p.M - 1u)`, `min(${kk}, p.K - 1u)`)}), ${wgslAll(`${m} < p.M`, `${kk} < p.K`)})`;
-  });
-  fill("Bs", t.tileN, strideB, s.transposeB ? "k" : "x", (x, k) => {
-    const n = `n0 + ${x}`;
-    const kk = `k0 + ${k}`;
-    return `select(0.0, B_at(${bIndex(s, "bi", `min(${kk}, p.K - 1u)`, `min(${n}, p.N - 1u)`)}), ${wgslAll(`${n} < p.N`, `${kk} < p.K`)})`;
-  });
-  out.push("    workgroupBarrier();");
-  out.push(`    for (var kk = 0u; kk < ${t.tileK}u; kk++) {`);
-  for (let g = 0; g < groupsM; g++) out.push(`      let a${g} = As[kk * ${strideA}u + ${g * threadsM}u + ty];`);
-  for (let jv = 0; jv < groupsN; jv++) out.push(`      let b${jv} = Bs[kk * ${strideB}u + ${jv * threadsN}u + tx];`);
-  for (let i = 0; i < t.threadM; i++) {
-    const a = `a${Math.floor(i / 4)}.${"xyzw"[i % 4]}`;
-    for (let jv = 0; jv < groupsN; jv++) out.push(`      ${acc(i, jv)} = fma(vec4f(${a}), b${jv}, ${acc(i, jv)});`);
-  }
-  out.push("    }");
-  out.push("    workgroupBarrier();");
-  out.push("  }");
-  for (let i = 0; i < t.threadM; i++) {
-    const m = `m0 + (${Math.floor(i / 4) * threadsM}u + ty) * 4u + ${i % 4}u`;
-    for (let jv = 0; jv < groupsN; jv++) {
-      out.push(`  finish4(bi, ${m}, n0 + (${jv * threadsN}u + tx) * 4u, ${acc(i, jv)});`);
+  const fill = (tile: string, rows: number, stride: number, along: "k" | "x", load: string) => `
+    for (var e = lid; e < ${t.tileK * rows}u; e += ${threads}u) {
+      ${along === "k" ? `let kk = e % ${t.tileK}u; let xx = e / ${t.tileK}u;` : `let kk = e / ${rows}u; let xx = e % ${rows}u;`}
+      ${tile}[kk * ${stride}u + (xx >> 2u)][xx & 3u] = ${load};
+    }`;
+  const loadA = `select(0.0, A_at(${aIndex(s, "bi", "min(m0 + xx, p.M - 1u)", "min(k0 + kk, p.K - 1u)")}), ${wgslAll("m0 + xx < p.M", "k0 + kk < p.K")})`;
+  const loadB = `select(0.0, B_at(${bIndex(s, "bi", "min(k0 + kk, p.K - 1u)", "min(n0 + xx, p.N - 1u)")}), ${wgslAll("n0 + xx < p.N", "k0 + kk < p.K")})`;
+  const lines = (f: (i: number, jv: number) => string, indent: string) =>
+    range(t.threadM)
+      .flatMap((i) => range(groupsN).map((jv) => `${indent}${f(i, jv)}`))
+      .join("\n");
+  return `
+  let perBatch = p.tilesX * p.tilesY;
+  let bi = item / perBatch;
+  let tile = item % perBatch;
+  let m0 = (tile / p.tilesY) * ${t.tileM}u;
+  let n0 = (tile % p.tilesY) * ${t.tileN}u;
+  let ty = lid / ${threadsN}u;
+  let tx = lid % ${threadsN}u;
+${lines((i, jv) => `var ${acc(i, jv)}: vec4f;`, "  ")}
+  for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {${fill("As", t.tileM, strideA, s.transposeA ? "x" : "k", loadA)}${fill("Bs", t.tileN, strideB, s.transposeB ? "k" : "x", loadB)}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${t.tileK}u; kk++) {
+${range(groupsM)
+  .map((g) => `      let a${g} = As[kk * ${strideA}u + ${g * threadsM}u + ty];`)
+  .join("\n")}
+${range(groupsN)
+  .map((jv) => `      let b${jv} = Bs[kk * ${strideB}u + ${jv * threadsN}u + tx];`)
+  .join("\n")}
+${lines((i, jv) => `${acc(i, jv)} = fma(vec4f(a${Math.floor(i / 4)}.${"xyzw"[i % 4]}), b${jv}, ${acc(i, jv)});`, "      ")}
     }
+    workgroupBarrier();
   }
-  out.push("}");
-  return out.join("\n");
+${lines((i, jv) => `finish4(bi, m0 + (${Math.floor(i / 4) * threadsM}u + ty) * 4u + ${i % 4}u, n0 + (${jv * threadsN}u + tx) * 4u, ${acc(i, jv)});`, "  ")}`;
 }

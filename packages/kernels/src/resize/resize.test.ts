@@ -1,16 +1,13 @@
-import { Device, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { upsampleNearest2x } from "../layout/index.ts";
 import { elementCount, roundF16 } from "../test-values.ts";
 import { randomArray } from "../testing.ts";
 import { resizeNearest } from "./index.ts";
 import { nearestSourceIndex, resizeNearestRef } from "./reference.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 const dtypes = () => (device.features.shaderF16 ? (["f32", "f16"] as const) : (["f32"] as const));
 

@@ -1,5 +1,6 @@
-import { Device, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { layerNorm } from "../layernorm/index.ts";
 import { layerNormRef } from "../layernorm/reference.ts";
 import { softmax } from "../softmax/index.ts";
@@ -8,11 +9,7 @@ import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { rowStrategy } from "./kernel.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 // f16 output: one rounding to half precision (2^-11 relative) on top of the f32 error.
 const F16_TOL = { atol: 2e-3, rtol: 1.2e-3 };
@@ -43,8 +40,7 @@ describe("layerNorm", () => {
     [[4, 1283], "f32"],
     [[2, 9, 320], "f16"],
   ] as const) {
-    it(`${JSON.stringify(shape)} ${dtype}`, async () => {
-      if (dtype === "f16" && !device.features.shaderF16) return;
+    it.skipIf(dtype === "f16" && !device.features.shaderF16)(`${JSON.stringify(shape)} ${dtype}`, async () => {
       const d = shape.at(-1)!;
       let x: Float32Array = randomArray(elementCount(shape), 51, 3).map((v, i) => v + (i % 5));
       if (dtype === "f16") x = roundF16(x);
@@ -78,20 +74,22 @@ describe("softmax", () => {
     [[1], 1, false, "f32"],
     [[2, 8, 12], 0.5, true, "f16"],
   ] as const) {
-    it(`${JSON.stringify(shape)} scale ${scale}${causal ? " causal" : ""} ${dtype}`, async () => {
-      if (dtype === "f16" && !device.features.shaderF16) return;
-      let x = randomArray(elementCount(shape), 61, 8);
-      if (dtype === "f16") x = roundF16(x);
-      const t = Tensor.from(device, x, shape, dtype);
-      // Probabilities ≤ 1: f32 exp (a few ulps) and a sum over ≤ 77 terms give ~1e-6 absolute error.
-      const tol = dtype === "f16" ? F16_TOL : { atol: 2e-6, rtol: 1e-5 };
-      const ref = softmaxRef(x, shape, scale, causal);
-      for (const strategy of STRATEGIES) {
-        const got = await softmax(t, { scale, causal, strategy }).toFloat32();
-        assertClose(got, ref, tol, `softmax ${JSON.stringify(strategy)}`);
-        if (causal) expect(got[1]).toBe(0);
-      }
-    });
+    it.skipIf(dtype === "f16" && !device.features.shaderF16)(
+      `${JSON.stringify(shape)} scale ${scale}${causal ? " causal" : ""} ${dtype}`,
+      async () => {
+        let x = randomArray(elementCount(shape), 61, 8);
+        if (dtype === "f16") x = roundF16(x);
+        const t = Tensor.from(device, x, shape, dtype);
+        // Probabilities ≤ 1: f32 exp (a few ulps) and a sum over ≤ 77 terms give ~1e-6 absolute error.
+        const tol = dtype === "f16" ? F16_TOL : { atol: 2e-6, rtol: 1e-5 };
+        const ref = softmaxRef(x, shape, scale, causal);
+        for (const strategy of STRATEGIES) {
+          const got = await softmax(t, { scale, causal, strategy }).toFloat32();
+          assertClose(got, ref, tol, `softmax ${JSON.stringify(strategy)}`);
+          if (causal) expect(got[1]).toBe(0);
+        }
+      },
+    );
   }
 
   it("keeps huge logits finite (max subtraction)", async () => {

@@ -3,7 +3,8 @@
  * [1, 128, 512, 512] f32 activations of exactly 128 MiB and its upsamples produce more. Each op here runs on
  * a tensor over the device's maxStorageBufferBindingSize, so it must split its dispatches.
  */
-import { Device, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { add } from "../elementwise/index.ts";
 import { broadcastBinaryRef } from "../elementwise/reference.ts";
@@ -13,10 +14,9 @@ import { concat, upsampleNearest2x } from "../layout/index.ts";
 import { concatRef, upsampleNearest2xRef } from "../layout/reference.ts";
 import { assertClose, randomArray } from "../testing.ts";
 
-let device: Device;
+const device = await useDevice();
 let limit: number;
 beforeAll(async () => {
-  device = await Device.create();
   limit = device.limits.maxStorageBufferBindingSize;
 });
 afterAll(() => device?.destroy());

@@ -1,13 +1,10 @@
-import { Device, Tensor } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { assertClose } from "../testing.ts";
 import { timestepEmbedding, timestepFrequencies } from "./index.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 /** cat[cos(t·f), sin(t·f)] (+ a zero column for odd dim) in float64 of the float32 products, as torch forms them. */
 function timestepRef(ts: number[], dim: number, maxPeriod = 10000): Float32Array {
