@@ -70,7 +70,7 @@ for (const part of opts.only) {
   console.log(`\n== ${part}: ${args.join(" ")}`);
   if (part === "e2e" && !existsSync(args[1])) {
     console.error(
-      `${args[1]} does not exist: make it with \`/usr/bin/python3 reference/full_size.py\` (or skip e2e with --only)`,
+      `${args[1]} does not exist: make it with \`pnpm setup:bench && /usr/bin/python3 reference/full_size.py\` (or skip e2e with --only)`,
     );
     failed.push(part);
     continue;

@@ -13,9 +13,9 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { Device } from "@ldm/tensor";
 import { Command } from "commander";
-import { Device } from "../packages/tensor/src/index.ts";
-import { median, positiveInt } from "./common.ts";
+import { median, positiveInt, requirePythonPeer } from "./common.ts";
 import { makeRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -47,6 +47,7 @@ const program = new Command()
   .option("--out <file>", "results file the row merges into", join(here, "results.json"));
 program.parse();
 const opts = program.opts<{ model?: string; steps: number; repeats: number; threads: number; out: string }>();
+requirePythonPeer("the peer, reference/bench_builtin.py,");
 const cwd = process.env.INIT_CWD ?? process.cwd();
 const model = opts.model ? resolve(cwd, opts.model) : BUILT_IN;
 const stem = model.replace(/\.safetensors$/, "");

@@ -1,4 +1,5 @@
 /** Small helpers the benchmark scripts share. */
+import { spawnSync } from "node:child_process";
 import { InvalidArgumentError } from "commander";
 
 export function median(xs: readonly number[]): number {
@@ -11,4 +12,22 @@ export function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`must be a positive integer, got '${value}'`);
   return n;
+}
+
+/** The Python modules the PyTorch peers (reference/bench_*.py, reference/full_size.py) import. */
+const PEER_MODULES = ["torch", "regex", "yaml", "numpy", "PIL"];
+
+/**
+ * Exits with one line naming the command that installs the PyTorch peer's packages when Debian's
+ * /usr/bin/python3 cannot import them (a fresh machine: they are an opt-in part of the setup script).
+ */
+export function requirePythonPeer(what: string): void {
+  const probe = spawnSync("/usr/bin/python3", ["-c", `import ${PEER_MODULES.join(", ")}`], { encoding: "utf8" });
+  if (probe.status === 0) return;
+  const reason = probe.error ? "there is no /usr/bin/python3" : (probe.stderr.trim().split("\n").at(-1) ?? "");
+  console.error(
+    `${what} needs Debian's python3-torch, python3-regex, python3-yaml, python3-numpy and python3-pil (${reason}): ` +
+      "install them with `pnpm setup:bench` (bash scripts/setup-system.sh --bench-peers)",
+  );
+  process.exit(1);
 }

@@ -15,10 +15,10 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadModel } from "@ldm/ldm/node";
+import { Device, type ParamDType, Tensor } from "@ldm/tensor";
 import { Command } from "commander";
-import { loadModel } from "../packages/ldm/src/models/index.ts";
-import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
-import { median, positiveInt } from "./common.ts";
+import { median, positiveInt, requirePythonPeer } from "./common.ts";
 import { makeRow, type ResultRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -154,6 +154,7 @@ for (const path of [checkpoint, config]) {
   }
 }
 
+requirePythonPeer(`the peer, ${PEER_SCRIPT},`);
 let peer: PeerReport;
 try {
   peer = runPeer(checkpoint, config, latent, repeats, threads);

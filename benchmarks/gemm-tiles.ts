@@ -3,12 +3,10 @@
  * time per call, the heuristic's choice marked, and each candidate's output checked against the first one's.
  * Part `tiles` of gpu.ts (`bash benchmarks/gpu.sh --only tiles`), for choosing chooseTiles' rule on GPUs.
  */
-import { timeCall } from "../packages/kernels/src/matmul/autotune.ts";
-import { deviceTiles, gemm } from "../packages/kernels/src/matmul/index.ts";
-import type { GemmGeometry } from "../packages/kernels/src/matmul/plan.ts";
-import { tileKey, type WorkgroupTiles } from "../packages/kernels/src/matmul/tiles.ts";
-import { randomArray } from "../packages/kernels/src/testing.ts";
-import { type Device, Tensor } from "../packages/tensor/src/index.ts";
+
+import { deviceTiles, type GemmGeometry, gemm, tileKey, timeCall, type WorkgroupTiles } from "@ldm/kernels";
+import { randomArray } from "@ldm/kernels/testing";
+import { type Device, Tensor } from "@ldm/tensor";
 import { median } from "./common.ts";
 
 interface Shape extends Pick<GemmGeometry, "batch" | "M" | "N" | "K" | "transposeA" | "transposeB"> {

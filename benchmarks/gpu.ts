@@ -19,11 +19,10 @@
 import { execFileSync } from "node:child_process";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { enableAutotune, isTileConfig, MemoryTuneStore, tileKey } from "@ldm/kernels";
+import { Device, type KernelTime, type ParamDType, Tensor } from "@ldm/tensor";
+import { type ModelConfig, standardConfig } from "@ldm/weights";
 import { Command, InvalidArgumentError } from "commander";
-import { enableAutotune, MemoryTuneStore } from "../packages/kernels/src/index.ts";
-import { isTileConfig, tileKey } from "../packages/kernels/src/matmul/tiles.ts";
-import { Device, type KernelTime, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
-import { type ModelConfig, standardConfig } from "../packages/weights/src/index.ts";
 import { median, positiveInt } from "./common.ts";
 import { runTileSweep } from "./gemm-tiles.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";

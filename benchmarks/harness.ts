@@ -14,7 +14,7 @@
 import { readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import type { Device, DType, Tensor } from "../packages/tensor/src/index.ts";
+import type { Device, DType, Tensor } from "@ldm/tensor";
 import { median } from "./common.ts";
 import type { ResultRow } from "./results.ts";
 

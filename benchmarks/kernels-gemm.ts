@@ -2,9 +2,9 @@
  * Benchmark rows for the GEMM kernels (matmul, linear, conv2d) at SD 1.x shapes, or small shapes with --quick.
  * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
-import { conv2d, geglu, linear, linearGeglu, matmul } from "../packages/kernels/src/index.ts";
-import { randomArray } from "../packages/kernels/src/testing.ts";
-import { type Device, type DType, Tensor } from "../packages/tensor/src/index.ts";
+import { conv2d, geglu, linear, linearGeglu, matmul } from "@ldm/kernels";
+import { randomArray } from "@ldm/kernels/testing";
+import { type Device, type DType, Tensor } from "@ldm/tensor";
 import { defineRows, disposer, registerBench } from "./harness.ts";
 
 function matmulRow(M: number, N: number, K: number, dtype: DType = "f32") {

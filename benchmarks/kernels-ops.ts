@@ -2,9 +2,9 @@
  * Benchmark rows for the non-GEMM kernels: group norm and fused attention at SD 1.x shapes (64×64 latents).
  * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
-import { attention, type GroupStrategy, groupNorm, groupStrategy } from "../packages/kernels/src/index.ts";
-import { randomArray } from "../packages/kernels/src/testing.ts";
-import { Tensor } from "../packages/tensor/src/index.ts";
+import { attention, type GroupStrategy, groupNorm, groupStrategy } from "@ldm/kernels";
+import { randomArray } from "@ldm/kernels/testing";
+import { Tensor } from "@ldm/tensor";
 import { defineRows, disposer, registerBench, type Tfjs } from "./harness.ts";
 
 type TfTensor = import("@tensorflow/tfjs-core").Tensor;

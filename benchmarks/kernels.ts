@@ -7,8 +7,8 @@
  */
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { Device } from "@ldm/tensor";
 import { Command } from "commander";
-import { Device } from "../packages/tensor/src/index.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
 import { writeResults } from "./results.ts";
 

@@ -13,10 +13,10 @@
  */
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { unetDenoiser } from "@ldm/ldm";
+import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import { standardConfig } from "@ldm/weights";
 import { Command, Option } from "commander";
-import { unetDenoiser } from "../packages/ldm/src/pipeline/denoiser.ts";
-import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
-import { standardConfig } from "../packages/weights/src/index.ts";
 import { positiveInt } from "./common.ts";
 import { randomNetworks } from "./random-weights.ts";
 import { makeRow, writeResults } from "./results.ts";

@@ -6,8 +6,8 @@
  * A block of at most BLOCK values is drawn per tensor and repeated to fill it: cheap for 860M parameters, and
  * repetition changes no kernel's work.
  */
-import { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "../packages/ldm/src/models/load.ts";
-import { VarBuilder } from "../packages/nn/src/index.ts";
+import { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "@ldm/ldm";
+import { VarBuilder } from "@ldm/nn";
 import {
   type Device,
   f32ArrayToF16,
@@ -15,8 +15,8 @@ import {
   type StoredTensorInfo,
   type WeightRequest,
   type WeightSource,
-} from "../packages/tensor/src/index.ts";
-import { type ModelConfig, modelParamShapes } from "../packages/weights/src/index.ts";
+} from "@ldm/tensor";
+import { type ModelConfig, modelParamShapes } from "@ldm/weights";
 
 const BLOCK = 1 << 16;
 

@@ -15,10 +15,10 @@ import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Device, type ParamDType, Tensor } from "../packages/tensor/src/index.ts";
-import { modelParamShapes, SD_SCHEDULE, standardConfig, type TensorToWrite } from "../packages/weights/src/index.ts";
-import { openCheckpoint, writeSafetensors } from "../packages/weights/src/node.ts";
-import { xorshift } from "../packages/weights/test/synthetic.ts";
+import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import { modelParamShapes, SD_SCHEDULE, standardConfig, type TensorToWrite } from "@ldm/weights";
+import { openCheckpoint, writeSafetensors } from "@ldm/weights/node";
+import { xorshift } from "@ldm/weights/testing";
 
 const MiB = 2 ** 20;
 

@@ -32,15 +32,21 @@ export {
   MemoryTuneStore,
   type TuneOutcome,
   type TuneStore,
+  timeCall,
 } from "./matmul/autotune.ts";
 export {
   type Activation,
+  deviceTiles,
+  type GemmCall,
+  gemm,
   type LinearOptions,
   linear,
   linearGeglu,
   type MatmulOptions,
   matmul,
 } from "./matmul/index.ts";
+export type { GemmGeometry } from "./matmul/plan.ts";
+export { isTileConfig, type TileConfig, tileKey, type WorkgroupTiles } from "./matmul/tiles.ts";
 export { nearestScale, resizeNearest } from "./resize/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";
