@@ -3,7 +3,18 @@
 # a Vulkan driver that gives Dawn an adapter (Mesa >= 25 lavapipe from bookworm-backports;
 # bookworm's own Mesa 22 gives none), pnpm, and the emoji dataset the built-in model's quality test scores
 # against (built from Debian packages by reference/data/make_emoji_dataset.py; not in git). Idempotent and quiet.
+# Opt-in: `--bench-peers` (`pnpm setup:bench`) also installs what the benchmarks' PyTorch peers import
+# (reference/bench_torch.py, reference/bench_builtin.py, reference/full_size.py): Debian's python3-torch 1.13 (CPU)
+# and the modules beside it. Tests never need them.
 set -euo pipefail
+
+BENCH_PEERS=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench-peers) BENCH_PEERS=1 ;;
+    *) echo "setup-system.sh: unknown option '$arg' (the only one is --bench-peers)" >&2; exit 2 ;;
+  esac
+done
 
 log() { echo "[setup] $*"; }
 
@@ -61,4 +72,17 @@ if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1 && ! comman
   log "installing chromium (browser end-to-end test)"
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# The benchmarks' PyTorch peers (opt-in, see the top): `pnpm bench`, `pnpm bench:e2e`, `pnpm bench:builtin`.
+BENCH_PEER_PACKAGES="python3-torch python3-regex python3-yaml python3-numpy python3-pil"
+if [ "$BENCH_PEERS" = 1 ] && [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
+  # shellcheck disable=SC2086
+  if ! installed $BENCH_PEER_PACKAGES; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    log "installing $BENCH_PEER_PACKAGES (the benchmarks' PyTorch peers)"
+    $SUDO apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $BENCH_PEER_PACKAGES >/dev/null
+  fi
 fi
