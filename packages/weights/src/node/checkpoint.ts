@@ -252,7 +252,7 @@ async function diffusersHints(
   hints.vaeResolution = num(vae?.sample_size);
   const unet = await readJson(join(folder, "unet", "config.json"), true);
   if (unet) {
-    hints.unet = unetHeads(unet);
+    hints.unet = diffusersHeadConfig(unet);
     hints.sampleSize = num(unet.sample_size);
   }
   const text = await readJson(join(folder, "text_encoder", "config.json"), true);
@@ -272,7 +272,7 @@ async function diffusersHints(
  * diffusers' `attention_head_dim` is the number of heads (a historical misnomer): one number for every block
  * (SD 1.x: 8), or one per down block (SD 2.x: [5, 10, 20, 20], i.e. 64 channels per head throughout).
  */
-function unetHeads(unet: Record<string, unknown>): DetectionHints["unet"] {
+function diffusersHeadConfig(unet: Record<string, unknown>): DetectionHints["unet"] {
   const heads = unet.num_attention_heads ?? unet.attention_head_dim;
   if (typeof heads === "number") return { num_heads: heads, num_head_channels: -1 };
   const channels = unet.block_out_channels;
