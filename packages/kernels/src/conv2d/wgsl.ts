@@ -11,7 +11,7 @@ import type { DType } from "@ldm/tensor";
 import type { KernelBinding, KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "../matmul/activation.ts";
-import { accumulatorsWgsl, epilogueWgsl } from "../matmul/epilogue.ts";
+import { accumulatorsWgsl, EPILOGUE_PARAMS, epilogueWgsl } from "../matmul/epilogue.ts";
 import { operandBinding, operandReaders } from "../matmul/wgsl.ts";
 
 /** `rows` output channels × `groups` blocks of 4 consecutive pixels per invocation. */
@@ -125,18 +125,13 @@ export function rowVectorizable(strideW: number, W: number, Wo: number, padLeft:
 /** Kernel taps up to this many are unrolled over kernel rows too (one loop iteration per input channel). */
 const UNROLL_TAPS = 16;
 
-/** The epilogue's uniforms (finish4 reads them), shared by both kernels. */
-const EPILOGUE_PARAMS = {
+/** The uniforms of the convolution's finish4 and of the slice sums, shared by both kernels. */
+const FINISH_PARAMS = {
   cout: "u32",
   Ho: "u32",
   Wo: "u32",
   blocksPerRow: "u32",
-  cBatch: "u32",
-  cOff: "u32",
-  rOff: "u32",
-  biasOff: "u32",
-  accumulate: "u32",
-  finalize: "u32",
+  ...EPILOGUE_PARAMS,
   slices: "u32",
   sliceStride: "u32",
 } as const;
@@ -172,7 +167,7 @@ export const CONV2D: KernelDecl<ConvKernelSpec> = {
     tilesY: "u32",
     tileRows: "u32",
     ciPer: "u32",
-    ...EPILOGUE_PARAMS,
+    ...FINISH_PARAMS,
   },
   bindings: (s) => [
     { name: "X", type: s.x },
@@ -317,7 +312,7 @@ const REDUCE_WORKGROUP = 64;
  */
 export const CONV2D_REDUCE: KernelDecl<Finishing> = {
   name: "conv2d-reduce",
-  params: EPILOGUE_PARAMS,
+  params: FINISH_PARAMS,
   bindings: (s) => [{ name: "P", type: "f32" }, ...outputBindings(s)],
   workgroupSize: REDUCE_WORKGROUP,
   module: convEpilogue,

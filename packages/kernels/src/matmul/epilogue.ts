@@ -36,6 +36,20 @@ export interface EpilogueSpec {
   bias: string | null;
 }
 
+/**
+ * The uniforms finish4 reads, by the convention of its callers' \`locate\` and \`bias\` expressions: the output's
+ * batch stride, the element offsets of C, R and Bias, and whether this part of a split reduction continues or
+ * finishes a sum.
+ */
+export const EPILOGUE_PARAMS = {
+  cBatch: "u32",
+  cOff: "u32",
+  rOff: "u32",
+  biasOff: "u32",
+  accumulate: "u32",
+  finalize: "u32",
+} as const;
+
 export function epilogueWgsl(e: EpilogueSpec): string {
   const lines = [e.gated ? ERF_WGSL.replaceAll("V", "vec2f") : activationWgsl(e.activation).replaceAll("V", "vec4f")];
   lines.push(`fn finish4(${e.params}, acc: vec4f) {`);

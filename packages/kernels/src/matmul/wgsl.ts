@@ -16,7 +16,7 @@ import type { DType } from "@ldm/tensor";
 import type { KernelBinding, KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "./activation.ts";
-import { accumulatorsWgsl, epilogueWgsl } from "./epilogue.ts";
+import { accumulatorsWgsl, EPILOGUE_PARAMS, epilogueWgsl } from "./epilogue.ts";
 import { type SubgroupTiles, stagedRowVec4s, type TileConfig, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
 
 export interface GemmKernelSpec {
@@ -162,12 +162,7 @@ export const GEMM: KernelDecl<GemmKernelSpec> = {
     bRow: "u32",
     bBatch: "u32",
     bOff: "u32",
-    cBatch: "u32",
-    cOff: "u32",
-    rOff: "u32",
-    biasOff: "u32",
-    accumulate: "u32",
-    finalize: "u32",
+    ...EPILOGUE_PARAMS,
     tileRows: "u32",
     alpha: "f32",
   },
