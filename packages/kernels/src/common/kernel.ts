@@ -5,9 +5,11 @@
  * `Params` struct, the bindings, `main`'s header with its linear index and bounds guard, folds the grid, packs
  * the uniforms by name and binds the buffers by name.
  *
- * The pipeline cache key is the kernel's name and its configuration, serialised with sorted keys. A
- * declaration's functions see nothing but the configuration (and module constants), so whatever changes the
- * generated WGSL is in the key: a generator input cannot be left out of it.
+ * The pipeline cache key is the kernel's name and its configuration as JSON. A declaration's functions see
+ * nothing but the configuration (and module constants), so whatever changes the generated WGSL is in the key: a
+ * generator input cannot be left out of it. The first dispatch of a key checks that the configuration is plain
+ * data (a function or NaN would vanish from JSON). Build a kernel's configuration in one place: the same values
+ * in another key order make another key (a second, identical pipeline, never a wrong one).
  */
 import type { BufferSlice, Device } from "@ldm/tensor";
 import { Uniforms } from "@ldm/tensor";
@@ -71,7 +73,10 @@ function resolve<C, T>(field: Of<C, T>, c: C): T {
   return typeof field === "function" ? (field as (c: C) => T)(c) : field;
 }
 
-/** The configuration as text with sorted keys: equal configurations give equal keys, whatever their key order. */
+/**
+ * The configuration as text with sorted keys, refusing anything but plain data (numbers, strings, booleans,
+ * null, arrays, objects).
+ */
 export function canonical(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
   if (v !== null && typeof v === "object") {
@@ -86,9 +91,9 @@ export function canonical(v: unknown): string {
   throw new Error(`kernel configuration holds a ${typeof v}; only plain data can configure a kernel`);
 }
 
-/** The pipeline cache key of a kernel under a configuration. */
+/** The pipeline cache key of a kernel under a configuration (JSON: native, a few µs per dispatch). */
 export function kernelKey<C>(kernel: KernelDecl<C>, config: C): string {
-  return `${kernel.name}:${canonical(config)}`;
+  return `${kernel.name}:${JSON.stringify(config)}`;
 }
 
 /** What the runner derives once per pipeline. */
@@ -179,9 +184,11 @@ export function packParams(
     if (v === undefined) throw new Error(`kernel ${kernelName}: no value for the uniform '${name}'`);
     u[type](v);
   }
-  const declared = new Set(fields.map(([name]) => name));
-  for (const name of Object.keys(values)) {
-    if (!declared.has(name)) throw new Error(`kernel ${kernelName}: '${name}' is not one of its uniforms`);
+  // Every declared field was found, so more values than fields means one that is not a field.
+  const names = Object.keys(values);
+  if (names.length !== fields.length) {
+    const extra = names.find((name) => !fields.some(([field]) => field === name));
+    throw new Error(`kernel ${kernelName}: '${extra}' is not one of its uniforms`);
   }
   return u.bytes();
 }
@@ -198,6 +205,7 @@ export function runKernel<C>(device: Device, kernel: KernelDecl<C>, config: C, r
   }
   let layout = byKey.get(key);
   if (!layout) {
+    canonical(config);
     layout = layoutOf(kernel, config);
     if (layout.f16 && !device.features.shaderF16) {
       throw new Error("this device has no shader-f16 feature: use f32 tensors (dtype 'f32') on it");
