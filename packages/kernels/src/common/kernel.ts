@@ -13,7 +13,8 @@
  */
 import type { BufferSlice, Device } from "@ldm/tensor";
 import { Uniforms } from "@ldm/tensor";
-import { foldGrid } from "./grid.ts";
+import { foldGrid, LINEAR_WORKGROUP_ID } from "./grid.ts";
+import { wgslEnables } from "./wgsl.ts";
 
 export type ParamType = "u32" | "i32" | "f32";
 
@@ -138,7 +139,7 @@ export function kernelWgsl<C>(kernel: KernelDecl<C>, c: C): string {
   const extensions = resolve(kernel.enables ?? [], c).filter((e) => e !== "f16");
   const subgroups = extensions.includes("subgroups");
   const items = layout.itemsPerWorkgroup;
-  const linear = "(wid.x + wid.y * nwg.x)";
+  const linear = LINEAR_WORKGROUP_ID;
   const item =
     items === 1
       ? linear
@@ -207,9 +208,7 @@ export function runKernel<C>(device: Device, kernel: KernelDecl<C>, config: C, r
   if (!layout) {
     canonical(config);
     layout = layoutOf(kernel, config);
-    if (layout.f16 && !device.features.shaderF16) {
-      throw new Error("this device has no shader-f16 feature: use f32 tensors (dtype 'f32') on it");
-    }
+    if (layout.f16) wgslEnables(device, "f16"); // throws on a device without shader-f16
     byKey.set(key, layout);
   }
   const pipeline = device.pipeline(key, () => kernelWgsl(kernel, config));
