@@ -94,8 +94,7 @@ const LIMIT_NAMES: (keyof DeviceLimits)[] = [
 const UNIFORM_RING_BYTES = 256 * 1024;
 /**
  * Recorded dispatches are submitted in batches of this many, so the GPU starts on a forward while the host
- * still records the rest of it. lavapipe, the built-in model's UNet call (226 dispatches): 134–147 ms as one
- * submit, 120–129 ms in batches of 16, 120–130 ms of 64; its 50 DDIM steps 7.0–8.0 → 5.9–6.1 s.
+ * still records the rest of it; 64 was no faster on lavapipe (benchmarks/RESULTS.md, "Built-in model").
  */
 const DISPATCHES_PER_SUBMIT = 16;
 /**

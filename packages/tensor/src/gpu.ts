@@ -59,8 +59,8 @@ let clearImmediateWrapped = false;
  * While a promise of dawn.node is pending, it polls for finished GPU work by re-arming `setImmediate`, which
  * keeps the main thread busy for the whole wait and takes a core from a CPU adapter running that work. For the
  * wait, the global setImmediate (which dawn.node looks up on every poll; Node's own internals do not) defers to
- * the timer queue instead. lavapipe, the built-in model's UNet call on 2 cores: the main thread used 79–102 ms
- * of CPU in its 96–125 ms wait; deferred, 7–10 ms, and the wait took 72–82 ms. Other code's setImmediate
+ * the timer queue instead (the main thread's CPU time in a wait drops about tenfold: benchmarks/RESULTS.md,
+ * "Built-in model"). Other code's setImmediate
  * callbacks in that window run up to a tick later. clearImmediate stays wrapped from the first wait on, so a
  * deferred handle can be cleared later too (Node's own clearImmediate would corrupt its lists given a timer).
  */

@@ -73,16 +73,14 @@ const CPU_MAX_COLUMNS = 160;
 
 /**
  * q values one CPU lane keeps in registers across the key loop (rows · d). Compile time grows faster than
- * linearly with the unrolled body: for d = 40, two rows per lane compiled in ~8 s and ran at 9 GFLOP/s,
- * four rows took ~24 s for 10 GFLOP/s (2026-11, busy machine).
+ * linearly with the unrolled body, the speed barely: for d = 40, four rows per lane compiled 3× as long as two
+ * for 10% more speed (benchmarks/RESULTS.md, "Kernels: group norm and attention").
  */
 const CPU_ROW_BUDGET = 80;
 /**
- * Heads wider than this reload q in chunks instead of keeping it in registers. For the VAE's d = 512 on
- * lavapipe (busy machine, 2026-11): whole rows per lane did not finish compiling in 12 minutes; chunks of 32
- * ran 0.4–0.9 GFLOP/s. A subgroup per row with the lanes splitting d (scores by subgroupAdd) looked 2× faster
- * at N = 1024 but took 107 s against 67 s at N = 4096: each key load then serves one row, not eight, and K/V
- * no longer fit in cache.
+ * Heads wider than this reload q in chunks instead of keeping it in registers: whole rows of the VAE's d = 512
+ * per lane do not finish compiling on lavapipe. (A subgroup per row with the lanes splitting d serves one row
+ * per key load instead of eight, and K/V then fall out of cache at N = 4096; benchmarks/RESULTS.md.)
  */
 const CPU_RESIDENT_D = 160;
 /** Elements of d per step when q is reloaded. */
