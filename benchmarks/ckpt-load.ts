@@ -16,9 +16,9 @@ import { open } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
-import { modelParamShapes, standardConfig, type TensorToWrite } from "../packages/weights/src/index.ts";
-import { writeSafetensors } from "../packages/weights/src/node.ts";
-import { xorshift } from "../packages/weights/test/synthetic.ts";
+import { modelParamShapes, standardConfig, type TensorToWrite } from "@ldm/weights";
+import { writeSafetensors } from "@ldm/weights/node";
+import { xorshift } from "@ldm/weights/testing";
 
 const MiB = 2 ** 20;
 
