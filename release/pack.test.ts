@@ -2,7 +2,7 @@
  * The packages as npm users get them, outside this repository: `pnpm build`, `pnpm pack` for each package
  * (publishConfig: dist entry points, workspace:* → the version), `npm install` of the five tarballs into a fresh
  * project in the temporary folder, then the library, the `ldm` command, the declarations and a Vite browser build
- * from there. `pnpm release:check` runs it, and CI (.ci/run). The npm registry serves the packages' own
+ * from there, the build generating in headless Chromium. `pnpm release:check` runs it, and CI (.ci/run). The npm registry serves the packages' own
  * dependencies (webgpu, commander, …; --prefer-offline takes them from npm's cache once fetched); TypeScript and
  * Vite are the workspace's.
  */
@@ -11,8 +11,17 @@ import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, write
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { build } from "vite";
+import { build, preview } from "vite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  CACHED_PROFILE,
+  canvasPixels,
+  openChromium,
+  PIXEL_TOLERANCE,
+  pixelDifference,
+  settled,
+  WEBGPU,
+} from "../apps/web/test/harness.ts";
 import { decodePng } from "../packages/ldm/src/image/png.ts";
 
 const root = resolve(import.meta.dirname, "..");
@@ -58,6 +67,8 @@ interface Tarball {
 
 let work: string;
 let project: string;
+/** The Vite app's build (web/dist), made by the build test and served to Chromium by the next. */
+let webBuild: string;
 const tarballs: Tarball[] = [];
 
 beforeAll(async () => {
@@ -77,6 +88,7 @@ beforeAll(async () => {
   );
   console.log(`tarballs: ${sizes.join(", ")}`);
   project = join(work, "project");
+  webBuild = join(project, "web", "dist");
   cpSync(join(import.meta.dirname, "consumer"), project, { recursive: true });
   // The README's Node example, verbatim: run as JavaScript below, type-checked as TypeScript (tsconfig.json).
   writeFileSync(join(project, "readme.mjs"), README_EXAMPLE);
@@ -171,12 +183,15 @@ describe("in a project outside the workspace", () => {
   });
 
   it("a plain Vite app builds for the browser without the Node-only modules (file loading, Dawn)", async () => {
-    const outDir = join(project, "web", "dist");
+    // The page streams the built-in model from beside itself: the model folder goes into the build (public/).
+    cpSync(join(project, "node_modules/@ldm/ldm/models/emoji-ldm"), join(project, "web/public/model"), {
+      recursive: true,
+    });
     const output = await build({
       root: join(project, "web"),
       configFile: false,
       logLevel: "error",
-      build: { outDir, emptyOutDir: true },
+      build: { outDir: webBuild, emptyOutDir: true },
     });
     const chunks = (Array.isArray(output) ? output : [output]).flatMap((o) => ("output" in o ? o.output : []));
     const modules = chunks.flatMap((c) => (c.type === "chunk" ? c.moduleIds : []));
@@ -191,5 +206,39 @@ describe("in a project outside the workspace", () => {
     console.log(
       `vite build: ${chunks.length} files, ${(bytes / 1024).toFixed(0)} KiB of JavaScript, ${ours.length} @ldm modules`,
     );
+  });
+
+  it("the Vite app generates in headless Chromium (WebGPU on SwiftShader) what `npx ldm generate` does", async () => {
+    const [prompt, seed, steps] = ["red apple", "42", "2"];
+    const cli = ["generate", prompt, "--seed", seed, "--steps", steps, "--sampler", "ddim", "--cfg", "7.5"];
+    await run("npx", ["--no", "--", "ldm", ...cli, "--out", "cli-2.png"], project);
+    const expected = decodePng(readFileSync(join(project, "cli-2.png")), "ldm generate's PNG");
+    const server = await preview({
+      root: join(project, "web"),
+      configFile: false,
+      logLevel: "error",
+      build: { outDir: webBuild },
+      preview: { port: 0, host: "127.0.0.1" },
+    });
+    const url = server.resolvedUrls?.local[0];
+    const opened = url
+      ? await openChromium(`${url}?${new URLSearchParams({ prompt, seed, steps })}`, WEBGPU, CACHED_PROFILE)
+      : undefined;
+    try {
+      if (!opened) throw new Error("vite preview did not report its address");
+      const state = await settled(opened.page, 240_000);
+      if (state === "error") throw new Error(`the page failed: ${await opened.page.textContent("#status")}`);
+      const actual = await canvasPixels(opened.page, "result");
+      expect([actual.width, actual.height]).toEqual([expected.width, expected.height]);
+      const difference = pixelDifference(actual.data, expected.data);
+      console.log(
+        `Chromium vs ldm generate: max |Δ| ${difference.max}, mean |Δ| ${difference.mean.toFixed(4)} (of 255)`,
+      );
+      expect(difference.max).toBeLessThanOrEqual(PIXEL_TOLERANCE.max);
+      expect(difference.mean).toBeLessThanOrEqual(PIXEL_TOLERANCE.mean);
+    } finally {
+      await opened?.instance.close();
+      await server.close();
+    }
   });
 });

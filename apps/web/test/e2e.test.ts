@@ -18,7 +18,9 @@ import {
   DemoPage,
   generate,
   modelFolder,
+  PIXEL_TOLERANCE,
   pageError,
+  pixelDifference,
   repositoryRoot,
   settled,
   WEBGPU,
@@ -39,17 +41,8 @@ const RUN: Controls = {
   previewEvery: 5,
 };
 
-/**
- * Both sides compute in f32 from the same CPU noise (the torch-compatible generator), so they differ only by
- * rounding: SwiftShader and lavapipe compile the same WGSL to different machine code, and the kernels pick
- * different tiles per adapter (subgroup sizes 4 and 8), so sums run in different orders and exp/sqrt carry
- * different ulp errors. The size of such differences is known from the Node side: our f32 sample loops (10–20
- * guided steps, decoder included) stay within 1.4e-5 of max|reference| of PyTorch's (packages/ldm/src/validate),
- * i.e. about 0.004 of one 8-bit level; what remains visible is a value that sits near a half-level and rounds
- * the other way, by one level. The bound allows 3 levels anywhere and a mean of 0.1 level (one value in ten off
- * by one): a wrong seed, sampler, step count or guidance moves most pixels by tens of levels.
- */
-const TOLERANCE = { max: 3, mean: 0.1 };
+/** The image's distance from the CLI's: PIXEL_TOLERANCE (harness.ts) says why. */
+const TOLERANCE = PIXEL_TOLERANCE;
 
 /** How long the page may take to load the model and generate (SwiftShader on 2 busy cores is slow). */
 const PAGE_TIMEOUT_MS = Number(process.env.LDM_E2E_TIMEOUT_S ?? 1800) * 1000;
@@ -126,14 +119,7 @@ describe("the page in headless Chromium", () => {
 
       const actual = await canvasPixels(page, "result");
       expect([actual.width, actual.height]).toEqual([expected.width, expected.height]);
-      let maxDiff = 0;
-      let sumDiff = 0;
-      actual.data.forEach((v, i) => {
-        const d = Math.abs(v - expected.data[i]);
-        maxDiff = Math.max(maxDiff, d);
-        sumDiff += d;
-      });
-      const meanDiff = sumDiff / actual.data.length;
+      const { max: maxDiff, mean: meanDiff } = pixelDifference(actual.data, expected.data);
       console.log(
         `page ${pageSeconds.toFixed(1)} s (${device}), CLI ${cliSeconds.toFixed(1)} s; ` +
           `pixels: max |Δ| ${maxDiff}, mean |Δ| ${meanDiff.toFixed(4)} (of 255), status: ${await page.textContent("#status")}`,

@@ -39,9 +39,7 @@ export class DemoPage {
     if (!existsSync(modelFolder)) {
       throw new Error(`no model folder at ${modelFolder}: set LDM_WEB_MODEL to a folder with a .safetensors`);
     }
-    if (!existsSync(chromiumPath)) {
-      throw new Error(`no Chromium at ${chromiumPath}: apt-get install chromium (scripts/setup-system.sh does)`);
-    }
+    assertChromium();
     process.env.LDM_WEB_MODEL = modelFolder;
     const outDir = await mkdtemp(join(tmpdir(), "ldm-web-"));
     const configFile = resolve(import.meta.dirname, "../vite.config.ts");
@@ -59,18 +57,8 @@ export class DemoPage {
 
   /** The page in a new headless Chromium with `args`; with a profile folder, its caches persist between runs. */
   async open(args: string[], userDataDir?: string): Promise<Page> {
-    const options = { executablePath: chromiumPath, headless: true, args: [...QUIET, ...args] };
-    let page: Page;
-    if (userDataDir) {
-      const context = await chromium.launchPersistentContext(userDataDir, options);
-      this.running.push(context);
-      page = await context.newPage();
-    } else {
-      const browser = await chromium.launch(options);
-      this.running.push(browser);
-      page = await browser.newPage();
-    }
-    await page.goto(this.url);
+    const { page, instance } = await openChromium(this.url, args, userDataDir);
+    this.running.push(instance);
     return page;
   }
 
@@ -79,6 +67,58 @@ export class DemoPage {
     await this.server.close();
     await rm(this.outDir, { recursive: true, force: true });
   }
+}
+
+function assertChromium(): void {
+  if (!existsSync(chromiumPath)) {
+    throw new Error(`no Chromium at ${chromiumPath}: apt-get install chromium (scripts/setup-system.sh does)`);
+  }
+}
+
+/**
+ * `url` in a new headless Chromium with `args`; with a profile folder, its caches persist between runs. The
+ * caller closes `instance`.
+ */
+export async function openChromium(
+  url: string,
+  args: string[],
+  userDataDir?: string,
+): Promise<{ page: Page; instance: Browser | BrowserContext }> {
+  assertChromium();
+  const options = { executablePath: chromiumPath, headless: true, args: [...QUIET, ...args] };
+  const instance = userDataDir
+    ? await chromium.launchPersistentContext(userDataDir, options)
+    : await chromium.launch(options);
+  const page = await instance.newPage();
+  await page.goto(url);
+  return { page, instance };
+}
+
+/**
+ * How far the page's image (SwiftShader) may be from the CLI's (lavapipe) for the same f32 run. Both sides
+ * compute in f32 from the same CPU noise (the torch-compatible generator), so they differ only by rounding:
+ * SwiftShader and lavapipe compile the same WGSL to different machine code, and the kernels pick different tiles
+ * per adapter (subgroup sizes 4 and 8), so sums run in different orders and exp/sqrt carry different ulp errors.
+ * The size of such differences is known from the Node side: our f32 sample loops (10–20 guided steps, decoder
+ * included) stay within 1.4e-5 of max|reference| of PyTorch's (packages/ldm/src/validate), i.e. about 0.004 of
+ * one 8-bit level; what remains visible is a value that sits near a half-level and rounds the other way, by one
+ * level. The bound allows 3 levels anywhere and a mean of 0.1 level (one value in ten off by one): a wrong seed,
+ * sampler, step count or guidance moves most pixels by tens of levels.
+ */
+export const PIXEL_TOLERANCE = { max: 3, mean: 0.1 };
+
+/** Largest and mean absolute difference of two equally long 8-bit pixel arrays, in levels. */
+export function pixelDifference(actual: ArrayLike<number>, expected: ArrayLike<number>): { max: number; mean: number } {
+  if (actual.length !== expected.length)
+    throw new Error(`pixel arrays differ in length: ${actual.length} vs ${expected.length}`);
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const d = Math.abs(actual[i] - expected[i]);
+    max = Math.max(max, d);
+    sum += d;
+  }
+  return { max, mean: sum / actual.length };
 }
 
 export interface Controls {

@@ -1,6 +1,7 @@
 // A user's page: the built-in model streamed from ./model/ (the emoji-ldm folder of @ldm/ldm, served beside the
-// page), one image generated with the browser's WebGPU. ?prompt=…&seed=…&steps=… choose what.
-import { ClipTokenizer, encodePng, loadModelFromStream, StableDiffusion } from "@ldm/ldm";
+// page), one image generated with the browser's WebGPU into the canvas; body[data-state] says when it is done.
+// ?prompt=…&seed=…&steps=… choose what (DDIM, guidance 7.5, f32).
+import { ClipTokenizer, loadModelFromStream, StableDiffusion } from "@ldm/ldm";
 import { Device } from "@ldm/tensor";
 
 const status = document.getElementById("status") as HTMLElement;
@@ -38,15 +39,19 @@ async function run(): Promise<void> {
     sampler: "ddim",
     guidanceScale: 7.5,
   });
-  const png = encodePng(images[0]);
-  (document.getElementById("result") as HTMLImageElement).src = URL.createObjectURL(
-    new Blob([png], { type: "image/png" }),
-  );
+  const [image] = images;
+  const canvas = document.getElementById("result") as HTMLCanvasElement;
+  canvas.width = image.width;
+  canvas.height = image.height;
+  const context = canvas.getContext("2d") as CanvasRenderingContext2D;
+  context.putImageData(new ImageData(new Uint8ClampedArray(image.data), image.width, image.height), 0, 0);
   model.dispose();
   device.destroy();
   status.textContent = "done";
+  document.body.dataset.state = "done";
 }
 
 run().catch((e: unknown) => {
   status.textContent = `error: ${(e as Error).message}`;
+  document.body.dataset.state = "error";
 });

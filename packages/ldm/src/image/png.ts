@@ -17,9 +17,12 @@ export interface DecodedImage extends RgbaImage {
 }
 
 /** Encodes 8-bit RGBA as PNG with tEXt chunks. tEXt holds Latin-1 only: escape other text first (see parameters). */
-export function encodePng(image: RgbaImage, text: Record<string, string> = {}): Uint8Array {
+export function encodePng(image: RgbaImage, text: Record<string, string> = {}): Uint8Array<ArrayBuffer> {
   checkImage(image);
-  return encode({ width: image.width, height: image.height, data: image.data, depth: 8, channels: 4, text });
+  const png = encode({ width: image.width, height: image.height, data: image.data, depth: 8, channels: 4, text });
+  // fast-png writes into ArrayBuffers it allocates (never shared ones); typed as such, the bytes go straight into
+  // a Blob or a Response, which TypeScript's DOM types refuse for a Uint8Array<ArrayBufferLike>.
+  return png as Uint8Array<ArrayBuffer>;
 }
 
 /**
