@@ -1,4 +1,4 @@
-import { renameSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type ParamDType, Tensor } from "@ldm/tensor";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -20,6 +20,7 @@ import {
   writeDiffusers,
   writeSingleFile,
 } from "./synthetic.ts";
+import { writeTorchCheckpoint } from "./torch-writer.ts";
 
 const { dir, device } = checkpointTestEnvironment("ldm-checkpoint-");
 
@@ -330,15 +331,44 @@ describe("diffusers folder", () => {
     });
   });
 
-  it("names what is missing: model_index.json, weights, and .bin-only components", async () => {
+  it("reads PyTorch .bin components as data (unet/diffusion_pytorch_model.bin, text_encoder/pytorch_model.bin)", async () => {
+    const folder = join(dir, "diffusers-bin");
+    await writeDiffusers(folder, config);
+    for (const [component, base, bin] of [
+      ["unet", "diffusion_pytorch_model", "diffusion_pytorch_model"],
+      ["text_encoder", "model", "pytorch_model"],
+    ]) {
+      const path = join(folder, component, `${base}.safetensors`);
+      const file = await openSafetensors(path);
+      const tensors: Record<string, TensorToWrite> = {};
+      for (const [name, e] of file.tensors) tensors[name] = { ...e, data: await file.readBytes(name) };
+      await file.close();
+      await writeTorchCheckpoint(join(folder, component, `${bin}.bin`), { tensors });
+      rmSync(path);
+    }
+    await withCheckpoint(folder, async (c) => {
+      expect(c.files.map((f) => f.name.split("/").slice(-2).join("/")).sort()).toEqual([
+        "text_encoder/pytorch_model.bin",
+        "unet/diffusion_pytorch_model.bin",
+        "vae/diffusion_pytorch_model.safetensors",
+      ]);
+      expect([...c.source.keys()].sort()).toEqual([...canonical.keys()].sort());
+      await expectCanonicalValues(
+        await loadAll(
+          c.source,
+          "f32",
+          [...c.source.keys()].filter((_, i) => i % 7 === 0),
+        ),
+      );
+    });
+  });
+
+  it("names what is missing: model_index.json, weights", async () => {
     const broken = join(dir, "diffusers-broken");
     await writeDiffusers(broken, config);
-    renameSync(
-      join(broken, "unet", "diffusion_pytorch_model.safetensors"),
-      join(broken, "unet", "diffusion_pytorch_model.bin"),
-    );
+    rmSync(join(broken, "unet", "diffusion_pytorch_model.safetensors"));
     await expect(openCheckpoint(broken)).rejects.toThrow(
-      /unet\/diffusion_pytorch_model\.bin: PyTorch pickle weights are not supported/,
+      /unet: no .*unet\/diffusion_pytorch_model\.safetensors \(nor an fp16 variant\), nor a PyTorch \.bin/,
     );
     rmSync(join(broken, "model_index.json"));
     await expect(openCheckpoint(broken)).rejects.toThrow(/model_index\.json: missing/);

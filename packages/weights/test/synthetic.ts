@@ -15,6 +15,8 @@ import {
 } from "../src/index.ts";
 import { writeSafetensors } from "../src/node.ts";
 
+export { type TorchCheckpointToWrite, writeTorchCheckpoint } from "./torch-writer.ts";
+
 /**
  * Small synthetic checkpoints in every layout, with deterministic values per canonical key, so a test can load
  * them and check each canonical tensor against the values it was made from. The renamings here are written

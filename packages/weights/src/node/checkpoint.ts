@@ -172,7 +172,7 @@ async function openDiffusers(folder: string, options: CheckpointOptions): Promis
       if (!files) continue;
       const component: ComponentFiles = { files: [] };
       for (const f of files) {
-        const file = await openSafetensors(f);
+        const file = f.endsWith(".bin") ? await openTorchCheckpoint(f) : await openSafetensors(f);
         opened.push(file);
         component.files.push(file);
       }
@@ -180,7 +180,7 @@ async function openDiffusers(folder: string, options: CheckpointOptions): Promis
     }
     if (!opened.length) {
       throw new CheckpointError(
-        `${folder}: no weights found (expected unet/, vae/ and text_encoder/ with .safetensors files, or a single .safetensors file)`,
+        `${folder}: no weights found (expected unet/, vae/ and text_encoder/ with .safetensors or .bin files, or a single checkpoint file)`,
       );
     }
     const layout = diffusersLayout(components);
@@ -207,28 +207,33 @@ async function openDiffusers(folder: string, options: CheckpointOptions): Promis
   }
 }
 
-/** The safetensors files holding one component, or undefined when the folder has no such component. */
+/**
+ * The files holding one component (its safetensors, else its PyTorch .bin read as data, single or sharded through
+ * an index), or undefined when the folder has no such component.
+ */
 async function componentFiles(dir: string, base: string, variant?: "fp16"): Promise<string[] | undefined> {
   if (!(await exists(dir))) return undefined;
-  const single = (v?: string) => join(dir, v ? `${base}.${v}.safetensors` : `${base}.safetensors`);
-  const index = (v?: string) => join(dir, v ? `${base}.safetensors.index.${v}.json` : `${base}.safetensors.index.json`);
   const tries = variant ? [variant] : [undefined, "fp16"];
-  for (const v of tries) {
-    if (await exists(single(v))) return [single(v)];
-    if (await exists(index(v))) {
-      const weightMap = (await readJson(index(v), true))?.weight_map;
-      if (typeof weightMap !== "object" || weightMap === null) {
-        throw new CheckpointError(`${index(v)}: no "weight_map" object`);
+  // diffusers names a text encoder's .bin after transformers' pytorch_model, its safetensors model.
+  for (const [stem, ext] of [
+    [base, "safetensors"],
+    [base === "model" ? "pytorch_model" : base, "bin"],
+  ]) {
+    for (const v of tries) {
+      const single = join(dir, v ? `${stem}.${v}.${ext}` : `${stem}.${ext}`);
+      if (await exists(single)) return [single];
+      const index = join(dir, v ? `${stem}.${ext}.index.${v}.json` : `${stem}.${ext}.index.json`);
+      if (await exists(index)) {
+        const weightMap = (await readJson(index, true))?.weight_map;
+        if (typeof weightMap !== "object" || weightMap === null) {
+          throw new CheckpointError(`${index}: no "weight_map" object`);
+        }
+        return [...new Set(Object.values(weightMap as Record<string, string>))].map((f) => join(dir, f));
       }
-      return [...new Set(Object.values(weightMap as Record<string, string>))].map((f) => join(dir, f));
     }
   }
-  for (const pickle of [`${base}.bin`, "pytorch_model.bin", `${base}.fp16.bin`]) {
-    if (await exists(join(dir, pickle))) {
-      throw new CheckpointError(`${join(dir, pickle)}: PyTorch pickle weights are not supported; use .safetensors`);
-    }
-  }
-  throw new CheckpointError(`${dir}: no ${single(variant)}${variant ? "" : " (nor an fp16 variant)"}`);
+  const wanted = join(dir, variant ? `${base}.${variant}.safetensors` : `${base}.safetensors`);
+  throw new CheckpointError(`${dir}: no ${wanted}${variant ? "" : " (nor an fp16 variant)"}, nor a PyTorch .bin`);
 }
 
 /** What a diffusers folder's config files say that the weights cannot. */
