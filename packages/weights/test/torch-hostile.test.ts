@@ -6,8 +6,8 @@ import { xorshift } from "./synthetic.ts";
 
 /**
  * Checkpoints that PyTorch's own loader would execute or choke on (reference/make_torch_fixtures.py writes
- * them; torch.load runs the four payloads). Each must be refused with an error naming the problem, quickly,
- * and without the payload's side effect: the file it would create.
+ * them; torch.load runs the four payloads). Each must be refused with an error naming the problem, within the
+ * test timeout (no hang), and without the payload's side effect: the file it would create.
  */
 const HOSTILE = join(import.meta.dirname, "fixtures", "torch", "hostile");
 
@@ -38,20 +38,22 @@ async function open(bytes: Uint8Array, name: string) {
 }
 
 describe("hostile and broken PyTorch checkpoints", () => {
-  it.each(CASES)("%s is refused, naming the problem, with no side effect", async (name, error) => {
-    const marker = `/tmp/ldm-pwned-${name.replace(/\.\w+$/, "")}`;
-    rmSync(marker, { force: true });
-    const started = performance.now();
-    const failure = await open(readFileSync(join(HOSTILE, name)), name).then(
-      () => undefined,
-      (e: Error) => e,
-    );
-    expect(failure?.message).toMatch(error);
-    expect(failure?.message).toContain(name);
-    expect(ERRORS.some((kind) => failure instanceof kind)).toBe(true);
-    expect(performance.now() - started).toBeLessThan(5000);
-    expect(existsSync(marker)).toBe(false);
-  });
+  it.each(CASES)(
+    "%s is refused, naming the problem, with no side effect",
+    async (name, error) => {
+      const marker = `/tmp/ldm-pwned-${name.replace(/\.\w+$/, "")}`;
+      rmSync(marker, { force: true });
+      const failure = await open(readFileSync(join(HOSTILE, name)), name).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(failure?.message).toMatch(error);
+      expect(failure?.message).toContain(name);
+      expect(ERRORS.some((kind) => failure instanceof kind)).toBe(true);
+      expect(existsSync(marker)).toBe(false);
+    },
+    10_000,
+  ); // a hang fails here rather than after the suite's two minutes
 
   it("random mutations of a valid checkpoint load or fail with a named error, never anything else", async () => {
     const originals = ["zip.pt", "legacy.pt"].map((n) =>
