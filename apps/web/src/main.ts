@@ -1,6 +1,7 @@
 import {
   encodePng,
   type GenerateOptions,
+  type GenerationResult,
   PARAMETERS_KEYWORD,
   PipelineOptionError,
   parametersText,
@@ -9,6 +10,7 @@ import {
   SAMPLING_DEFAULTS,
   type SamplerName,
   type Seed,
+  type StableDiffusion,
 } from "@ldm/ldm";
 import { type Device, DeviceLostError, GpuOutOfMemoryError, type ParamDType } from "@ldm/tensor";
 import { explain, ModelError } from "./errors.ts";
@@ -31,7 +33,18 @@ const ui = {
   width: element<HTMLInputElement>("width"),
   height: element<HTMLInputElement>("height"),
   previewEvery: element<HTMLInputElement>("preview-every"),
+  batch: element<HTMLInputElement>("batch"),
+  initImage: element<HTMLInputElement>("init-image"),
+  initArea: element("init-area"),
+  initCanvas: element<HTMLCanvasElement>("init-canvas"),
+  maskCanvas: element<HTMLCanvasElement>("mask-canvas"),
+  strength: element<HTMLInputElement>("strength"),
+  brush: element<HTMLInputElement>("brush"),
+  clearMask: element<HTMLButtonElement>("clear-mask"),
+  clearInit: element<HTMLButtonElement>("clear-init"),
   generate: element<HTMLButtonElement>("generate"),
+  cancel: element<HTMLButtonElement>("cancel"),
+  batchResults: element("batch-results"),
   error: element("error"),
   errorTitle: element("error-title"),
   errorDetail: element("error-detail"),
@@ -57,8 +70,13 @@ for (const name of SAMPLER_NAMES) {
   ui.sampler.add(new Option(name, name, isDefault, isDefault));
 }
 
-/** `data-state` on <body>: idle, running, done or error (what the end-to-end test waits for). */
-function setState(state: "idle" | "running" | "done" | "error"): void {
+/** The init image's size once chosen (its canvas holds it), and whether a mask was painted on it. */
+let init: { width: number; height: number; masked: boolean } | undefined;
+/** Aborts the running generation (the Cancel button). */
+let running: AbortController | undefined;
+
+/** `data-state` on <body>: idle, running, done, cancelled or error (what the end-to-end test waits for). */
+function setState(state: "idle" | "running" | "done" | "cancelled" | "error"): void {
   document.body.dataset.state = state;
 }
 
@@ -101,6 +119,9 @@ async function getPipeline(d: Device): Promise<LoadedPipeline> {
   const target: LoadTarget = {
     device: d,
     dtype,
+    onSource: (source) => {
+      document.body.dataset.weights = source;
+    },
     onBytes: (loaded, total) => {
       ui.progress.value = total ? loaded / total : 0;
       ui.status.textContent = `Loading weights: ${(loaded / 2 ** 20).toFixed(1)} MiB${total ? ` of ${(total / 2 ** 20).toFixed(1)} MiB` : ""}`;
@@ -140,8 +161,40 @@ function readOptions(): GenerateOptions {
     seed: parseSeed(ui.seed.value),
     width: ui.width.valueAsNumber,
     height: ui.height.valueAsNumber,
+    batchSize: ui.batch.valueAsNumber,
     preview: previewEvery > 0 ? previewEvery : undefined,
   };
+}
+
+/** A canvas's pixels at `width` × `height` (drawn scaled when its size differs). */
+function canvasImage(canvas: HTMLCanvasElement, width: number, height: number): RgbaImage {
+  const scaled = document.createElement("canvas");
+  scaled.width = width;
+  scaled.height = height;
+  const context = scaled.getContext("2d");
+  if (!context) throw new Error("this browser gives no 2D canvas context");
+  context.drawImage(canvas, 0, 0, width, height);
+  return { width, height, data: context.getImageData(0, 0, width, height).data };
+}
+
+/** The painted strokes (any alpha) as the pipeline's mask: white repainted, black kept. */
+function maskImage(width: number, height: number): RgbaImage {
+  const strokes = canvasImage(ui.maskCanvas, width, height);
+  const data = new Uint8ClampedArray(strokes.data.length);
+  for (let p = 0; p < data.length; p += 4)
+    data.fill(strokes.data[p + 3] >= 128 ? 255 : 0, p, p + 3).fill(255, p + 3, p + 4);
+  return { width, height, data };
+}
+
+/** txt2img, img2img (an init image) or inpainting (an init image with a painted mask). */
+function run(pipeline: StableDiffusion, options: GenerateOptions): Promise<GenerationResult> {
+  if (!init) return pipeline.txt2img(options);
+  const width = options.width ?? init.width;
+  const height = options.height ?? init.height;
+  const initImage = canvasImage(ui.initCanvas, width, height);
+  const strength = ui.strength.valueAsNumber;
+  if (!init.masked) return pipeline.img2img({ ...options, initImage, strength });
+  return pipeline.inpaint({ ...options, initImage, mask: maskImage(width, height), strength });
 }
 
 function draw(canvas: HTMLCanvasElement, image: RgbaImage): void {
@@ -164,17 +217,28 @@ async function generate(): Promise<void> {
     const { pipeline } = await getPipeline(d);
     ui.progress.value = 0;
     ui.status.textContent = "Encoding the prompt…";
-    const result = await pipeline.txt2img({
+    running = new AbortController();
+    ui.cancel.disabled = false;
+    const result = await run(pipeline, {
       ...options,
+      signal: running.signal,
       onProgress: ({ step, steps, elapsedMs, preview }) => {
         ui.progress.value = (step + 1) / steps;
         ui.status.textContent = `Step ${step + 1} of ${steps} (${(elapsedMs / 1000).toFixed(1)} s)`;
         if (preview) draw(ui.preview, preview[0]);
       },
     });
-    const [image] = result.images;
+    const [image, ...others] = result.images;
     const [parameters] = result.parameters;
     draw(ui.result, image);
+    ui.batchResults.replaceChildren(
+      ...others.map((other, i) => {
+        const canvas = document.createElement("canvas");
+        canvas.id = `result-${i + 1}`;
+        draw(canvas, other);
+        return canvas;
+      }),
+    );
     ui.result.dataset.seed = String(result.seed);
     ui.resultCaption.textContent = `seed ${result.seed}`;
     const { samplingMs, decodeMs } = result.timings;
@@ -186,13 +250,81 @@ async function generate(): Promise<void> {
     ui.download.hidden = false;
     setState("done");
   } catch (e) {
+    if (running?.signal.aborted) {
+      ui.status.textContent = "Cancelled.";
+      setState("cancelled");
+      return;
+    }
     if (e instanceof DeviceLostError) forgetDevice();
     ui.status.textContent = "Stopped.";
     showError(e);
   } finally {
+    running = undefined;
+    ui.cancel.disabled = true;
     ui.generate.disabled = false;
   }
 }
+
+ui.cancel.addEventListener("click", () => {
+  ui.status.textContent = "Cancelling after this step…";
+  running?.abort(new Error("cancelled"));
+});
+
+/** The chosen image, drawn at its size rounded down to the VAE's multiple of 8, becomes width × height. */
+ui.initImage.addEventListener("change", async () => {
+  const file = ui.initImage.files?.[0];
+  if (!file) return;
+  try {
+    const bitmap = await createImageBitmap(file);
+    const width = Math.max(8, bitmap.width - (bitmap.width % 8));
+    const height = Math.max(8, bitmap.height - (bitmap.height % 8));
+    for (const canvas of [ui.initCanvas, ui.maskCanvas]) {
+      canvas.width = width;
+      canvas.height = height;
+    }
+    ui.initCanvas.getContext("2d")?.drawImage(bitmap, 0, 0, width, height);
+    ui.maskCanvas.getContext("2d")?.clearRect(0, 0, width, height);
+    init = { width, height, masked: false };
+    ui.width.value = String(width);
+    ui.height.value = String(height);
+    ui.initArea.hidden = false;
+  } catch (e) {
+    showError(
+      new PipelineOptionError(`${file.name}: the browser cannot read it as an image (${(e as Error).message})`),
+    );
+  }
+});
+
+ui.clearInit.addEventListener("click", () => {
+  init = undefined;
+  ui.initImage.value = "";
+  ui.initArea.hidden = true;
+});
+
+ui.clearMask.addEventListener("click", () => {
+  ui.maskCanvas.getContext("2d")?.clearRect(0, 0, ui.maskCanvas.width, ui.maskCanvas.height);
+  if (init) init.masked = false;
+});
+
+/** Paints a round brush stroke on the mask at the pointer, in the image's pixels. */
+function paint(event: PointerEvent): void {
+  if (!init || !(event.buttons & 1)) return;
+  const box = ui.maskCanvas.getBoundingClientRect();
+  const x = ((event.clientX - box.left) / box.width) * ui.maskCanvas.width;
+  const y = ((event.clientY - box.top) / box.height) * ui.maskCanvas.height;
+  const context = ui.maskCanvas.getContext("2d");
+  if (!context) return;
+  context.fillStyle = "#f00";
+  context.beginPath();
+  context.arc(x, y, ui.brush.valueAsNumber / 2, 0, 2 * Math.PI);
+  context.fill();
+  init.masked = true;
+}
+ui.maskCanvas.addEventListener("pointerdown", (event) => {
+  ui.maskCanvas.setPointerCapture(event.pointerId);
+  paint(event);
+});
+ui.maskCanvas.addEventListener("pointermove", paint);
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();

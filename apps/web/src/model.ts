@@ -23,6 +23,8 @@ export interface LoadTarget {
   dtype: ParamDType;
   /** Bytes of weights read so far, and the total when known. */
   onBytes?: (loaded: number, total: number | undefined) => void;
+  /** Where the built-in model's weights come from: the browser's cache or the network. */
+  onSource?: (source: "cache" | "network") => void;
 }
 
 /** The model the server publishes under MODEL_URL: weights streamed from the response body as they arrive. */
@@ -34,7 +36,8 @@ export async function loadBuiltinModel(target: LoadTarget): Promise<LoadedPipeli
     fetchText(at(manifest.merges)),
     manifest.config ? fetchText(at(manifest.config)) : undefined,
   ]);
-  const response = await fetchOk(at(manifest.weights));
+  const { response, cached, store } = await weightsResponse(at(manifest.weights));
+  target.onSource?.(cached ? "cache" : "network");
   const length = response.headers.get("content-length");
   const size = length === null ? undefined : Number(length);
   if (!response.body) throw new ModelError(`${at(manifest.weights)}: the response has no body`);
@@ -45,8 +48,41 @@ export async function loadBuiltinModel(target: LoadTarget): Promise<LoadedPipeli
     size,
     config: config === undefined ? undefined : { text: config, origin: at(manifest.config ?? "") },
   });
+  await store;
   const tokenizer = ClipTokenizer.fromVocabAndMerges(vocab, merges);
-  return assemble(model, tokenizer, manifest.name, `${manifest.name} (built-in, ${target.dtype})`);
+  const source = cached ? "from the browser's cache" : "downloaded";
+  return assemble(model, tokenizer, manifest.name, `${manifest.name} (built-in, ${source}, ${target.dtype})`);
+}
+
+/** The Cache Storage cache that keeps served weights across reloads (see weightsResponse). */
+const WEIGHTS_CACHE = "ldm-weights-v1";
+
+/**
+ * The weights' response: from Cache Storage when a copy is there and the server (asked with a HEAD request)
+ * still has the same file — same ETag, else Last-Modified, else Content-Length — or cannot be reached; else
+ * from the network, stored while it streams (`store` settles when the copy is written; a full disk only
+ * means no copy). Without Cache Storage (an insecure origin) the network every time.
+ */
+async function weightsResponse(url: string): Promise<{ response: Response; cached: boolean; store?: Promise<void> }> {
+  const cache = await globalThis.caches?.open(WEIGHTS_CACHE).catch(() => undefined);
+  const hit = await cache?.match(url);
+  if (cache && hit) {
+    const head = await fetch(url, { method: "HEAD" }).catch(() => undefined);
+    if (!head?.ok || sameFile(hit.headers, head.headers)) return { response: hit, cached: true };
+    await cache.delete(url);
+  }
+  const response = await fetchOk(url);
+  if (!cache) return { response, cached: false };
+  const store = cache.put(url, response.clone()).catch((e) => console.warn(`weights not cached: ${e}`));
+  return { response, cached: false, store };
+}
+
+function sameFile(a: Headers, b: Headers): boolean {
+  for (const header of ["etag", "last-modified", "content-length"]) {
+    const [x, y] = [a.get(header), b.get(header)];
+    if (x !== null && y !== null) return x === y;
+  }
+  return true;
 }
 
 /**

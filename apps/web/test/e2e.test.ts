@@ -7,7 +7,7 @@ import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { decodePng } from "@ldm/ldm";
+import { decodePng, encodePng, SAMPLER_NAMES } from "@ldm/ldm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readManifest } from "../model-plugin.ts";
 import { bundleImports, lazyNodeOnlyChunks, nodeOnlyImports } from "./bundle.ts";
@@ -126,6 +126,85 @@ describe("the page in headless Chromium", () => {
       );
       expect(maxDiff).toBeLessThanOrEqual(TOLERANCE.max);
       expect(meanDiff).toBeLessThanOrEqual(TOLERANCE.mean);
+    },
+    PAGE_TIMEOUT_MS + 600_000,
+  );
+});
+
+describe("the page's img2img, inpainting, batch, cancel and cached weights", () => {
+  it(
+    "batch of two, weights from Cache Storage after a reload, inpainting a painted mask, and cancel mid-run",
+    async () => {
+      // A profile of its own (one profile serves one browser at a time) that keeps compiled pipelines; the
+      // weights' cache is emptied first, so the first load downloads.
+      const page = await demo.open(WEBGPU, `${CACHED_PROFILE}-features`);
+      try {
+        await page.evaluate(() => caches.delete("ldm-weights-v1"));
+        const samplers = await page.$$eval("#sampler option", (options) =>
+          options.map((o) => (o as HTMLOptionElement).value),
+        );
+        expect(samplers).toEqual([...SAMPLER_NAMES]);
+
+        await page.fill("#batch", "2");
+        await generate(page, { ...RUN, steps: 2, previewEvery: 0 });
+        expect(await settled(page, PAGE_TIMEOUT_MS)).toBe("done");
+        expect(await page.evaluate(() => document.body.dataset.weights)).toBe("network");
+        const first = await canvasPixels(page, "result");
+        const second = await canvasPixels(page, "result-1");
+        expect(second.width).toBe(RUN.size);
+        expect(second.data).not.toEqual(first.data);
+
+        // A reload asks the server whether the file changed (HEAD) but does not download it again.
+        const weightsGets: string[] = [];
+        page.on("request", (r) => {
+          if (r.method() === "GET" && r.url().endsWith(".safetensors")) weightsGets.push(r.url());
+        });
+        await page.reload();
+        const gradient = new Uint8ClampedArray(RUN.size * RUN.size * 4).map((_, i) =>
+          i % 4 === 3 ? 255 : (i * 7) % 256,
+        );
+        await page.setInputFiles("#init-image", {
+          name: "init.png",
+          mimeType: "image/png",
+          buffer: Buffer.from(encodePng({ width: RUN.size, height: RUN.size, data: gradient })),
+        });
+        await page.waitForSelector("#init-area:not([hidden])");
+        await page.locator("#mask-canvas").scrollIntoViewIfNeeded();
+        const box = await page.locator("#mask-canvas").boundingBox();
+        if (!box) throw new Error("the mask canvas is not shown");
+        await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.2);
+        await page.mouse.down();
+        await page.mouse.move(box.x + box.width * 0.9, box.y + box.height * 0.8, { steps: 8 });
+        await page.mouse.up();
+        const mask = await canvasPixels(page, "mask-canvas");
+        const painted = mask.data.filter((v, i) => i % 4 === 3 && v > 0).length;
+        expect(painted).toBeGreaterThan(0);
+        expect(painted).toBeLessThan((RUN.size * RUN.size) / 2);
+        await page.fill("#batch", "1");
+        await generate(page, { ...RUN, steps: 2, previewEvery: 0 });
+        expect(await settled(page, PAGE_TIMEOUT_MS)).toBe("done");
+        expect(await page.evaluate(() => document.body.dataset.weights)).toBe("cache");
+        expect(weightsGets).toEqual([]);
+        const inpainted = await canvasPixels(page, "result");
+        expect(inpainted.data).not.toEqual(first.data);
+
+        await page.click("#clear-init");
+        await generate(page, { ...RUN, steps: 200, previewEvery: 0 });
+        await page.waitForFunction(
+          () => /Step [2-9]/.test(document.getElementById("status")?.textContent ?? ""),
+          null,
+          {
+            timeout: PAGE_TIMEOUT_MS,
+            polling: 200,
+          },
+        );
+        await page.click("#cancel");
+        await page.waitForFunction(() => document.body.dataset.state === "cancelled", null, { timeout: 120_000 });
+        expect(await page.textContent("#status")).toBe("Cancelled.");
+        expect(await page.locator("#generate").isEnabled()).toBe(true);
+      } finally {
+        await page.context().close();
+      }
     },
     PAGE_TIMEOUT_MS + 600_000,
   );
