@@ -1,9 +1,14 @@
-import { acquireGpu, awaitDawn, NO_ADAPTER_HELP } from "./gpu.ts";
+import { acquireGpu, awaitDawn, GPU_FEATURE_TOGGLES, NO_ADAPTER_HELP } from "./gpu.ts";
 import { BufferPool, type PoolStats } from "./pool.ts";
 
 export interface DeviceOptions {
   /** Node only: toggles passed to Dawn's create(), e.g. "enable-dawn-features=...". */
   dawnFlags?: string[];
+  /**
+   * Node only: request Dawn's toggles that expose shader-f16 on NVIDIA and subgroup matrices (GPU_FEATURE_TOGGLES).
+   * Default true; false leaves Dawn's defaults.
+   */
+  featureToggles?: boolean;
   powerPreference?: GPUPowerPreference;
   /** Do not enable shader-f16 even where the adapter has it (exercises the f32 path). */
   disableF16?: boolean;
@@ -15,7 +20,20 @@ export interface DeviceFeatures {
   shaderF16: boolean;
   timestampQuery: boolean;
   subgroups: boolean;
+  /** `chromium-experimental-subgroup-matrix`: cooperative matrices (tensor cores, simdgroup matrices, XMX). */
+  subgroupMatrix: boolean;
 }
+
+/** One subgroup-matrix shape the adapter supports (GPUAdapterInfo.subgroupMatrixConfigs). */
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+const SUBGROUP_MATRIX = "chromium-experimental-subgroup-matrix";
 
 export interface DeviceLimits {
   maxStorageBufferBindingSize: number;
@@ -146,6 +164,8 @@ export class Device {
     readonly info: AdapterSummary,
     readonly limits: DeviceLimits,
     readonly features: DeviceFeatures,
+    /** The subgroup-matrix shapes usable on this device (empty without the feature). */
+    readonly subgroupMatrixConfigs: readonly SubgroupMatrixConfig[],
   ) {
     this.pool = new BufferPool((bytes) => this.createStorageBuffer(bytes));
     this.uniformRing = gpuDevice.createBuffer({
@@ -170,7 +190,10 @@ export class Device {
       gpu = options.gpu;
       runtime = typeof process !== "undefined" && process.versions?.node ? "node" : "browser";
     } else {
-      ({ gpu, runtime } = await acquireGpu(options.dawnFlags));
+      ({ gpu, runtime } = await acquireGpu(
+        options.dawnFlags,
+        options.featureToggles === false ? [] : GPU_FEATURE_TOGGLES,
+      ));
     }
     const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
     if (!adapter) throw new Error(NO_ADAPTER_HELP);
@@ -180,6 +203,7 @@ export class Device {
     if (has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
     if (has("timestamp-query")) wanted.push("timestamp-query");
     if (has("subgroups")) wanted.push("subgroups" as GPUFeatureName);
+    if (has(SUBGROUP_MATRIX)) wanted.push(SUBGROUP_MATRIX as GPUFeatureName);
 
     const requiredLimits: Record<string, number> = {};
     for (const name of LIMIT_NAMES) {
@@ -204,8 +228,16 @@ export class Device {
       shaderF16: gpuDevice.features.has("shader-f16"),
       timestampQuery: gpuDevice.features.has("timestamp-query"),
       subgroups: gpuDevice.features.has("subgroups"),
+      subgroupMatrix: gpuDevice.features.has(SUBGROUP_MATRIX),
     };
-    return new Device(gpu, adapter, gpuDevice, runtime, info, limits, features);
+    // f16 shapes are usable only with shader-f16 enabled on the device.
+    const configs = features.subgroupMatrix
+      ? ((ai as { subgroupMatrixConfigs?: SubgroupMatrixConfig[] }).subgroupMatrixConfigs ?? [])
+      : [];
+    const usable = configs
+      .map(({ componentType, resultComponentType, M, N, K }) => ({ componentType, resultComponentType, M, N, K }))
+      .filter((c) => features.shaderF16 || (c.componentType !== "f16" && c.resultComponentType !== "f16"));
+    return new Device(gpu, adapter, gpuDevice, runtime, info, limits, features, usable);
   }
 
   get lost(): boolean {
@@ -218,7 +250,10 @@ export class Device {
       .filter(([, v]) => v)
       .map(([k]) => k)
       .join(", ");
-    return `${i.vendor || "?"} / ${i.architecture || "?"} / ${i.description || i.device || "?"} (${this.runtime}); features: ${f || "none"}; max storage binding ${this.limits.maxStorageBufferBindingSize} B, max buffer ${this.limits.maxBufferSize} B`;
+    const matrices = this.subgroupMatrixConfigs
+      .map((c) => `${c.componentType}→${c.resultComponentType} ${c.M}×${c.N}×${c.K}`)
+      .join(", ");
+    return `${i.vendor || "?"} / ${i.architecture || "?"} / ${i.description || i.device || "?"} (${this.runtime}); features: ${f || "none"}${matrices ? `; subgroup matrices: ${matrices}` : ""}; max storage binding ${this.limits.maxStorageBufferBindingSize} B, max buffer ${this.limits.maxBufferSize} B`;
   }
 
   private assertUsable(): void {

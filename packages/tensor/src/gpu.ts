@@ -17,7 +17,50 @@ function isNode(): boolean {
   return typeof process !== "undefined" && typeof process.versions?.node === "string";
 }
 
-export async function acquireGpu(dawnFlags: string[] = []): Promise<GpuHandle> {
+/**
+ * Dawn toggles requested in Node unless turned off: `vulkan_enable_f16_on_nvidia` (Dawn hides shader-f16 on
+ * NVIDIA's Vulkan driver without it) and `allow_unsafe_apis` (subgroup matrices, i.e. tensor cores, are exposed
+ * only with it); ONNX Runtime's WebGPU backend enables the same pair.
+ */
+export const GPU_FEATURE_TOGGLES = ["allow_unsafe_apis", "vulkan_enable_f16_on_nvidia"] as const;
+
+/**
+ * The flags given to dawn.node's create(): the caller's, with each `enable-`/`disable-dawn-features` list merged
+ * into one flag (Dawn reads one value per key), plus `toggles` enabled and timestamp quantisation disabled
+ * (Dawn rounds timestamps to 65.5 µs otherwise, too coarse for kernel timings) unless the caller says otherwise.
+ */
+export function dawnCreateFlags(flags: readonly string[], toggles: readonly string[] = GPU_FEATURE_TOGGLES): string[] {
+  const lists = new Map<string, string[]>([
+    ["enable-dawn-features", [...toggles]],
+    ["disable-dawn-features", []],
+  ]);
+  const others: string[] = [];
+  for (const flag of flags) {
+    const eq = flag.indexOf("=");
+    const list = lists.get(flag.slice(0, eq));
+    if (eq < 0 || !list) others.push(flag);
+    else
+      list.push(
+        ...flag
+          .slice(eq + 1)
+          .split(",")
+          .filter(Boolean),
+      );
+  }
+  const enabled = new Set(lists.get("enable-dawn-features"));
+  const disabled = new Set(lists.get("disable-dawn-features"));
+  if (!enabled.has("timestamp_quantization")) disabled.add("timestamp_quantization");
+  for (const toggle of disabled) enabled.delete(toggle);
+  const merged = [...others];
+  if (enabled.size) merged.push(`enable-dawn-features=${[...enabled].join(",")}`);
+  if (disabled.size) merged.push(`disable-dawn-features=${[...disabled].join(",")}`);
+  return merged;
+}
+
+export async function acquireGpu(
+  dawnFlags: string[] = [],
+  toggles: readonly string[] = GPU_FEATURE_TOGGLES,
+): Promise<GpuHandle> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu && !isNode()) return { gpu: nav.gpu, runtime: "browser" };
   if (!isNode()) throw new Error(`This browser exposes no navigator.gpu. ${NO_ADAPTER_HELP}`);
@@ -33,11 +76,7 @@ export async function acquireGpu(dawnFlags: string[] = []): Promise<GpuHandle> {
   for (const [name, value] of Object.entries(mod.globals)) {
     if (!(name in globalThis)) (globalThis as Record<string, unknown>)[name] = value;
   }
-  // Unquantised timestamps: Dawn rounds them to 65.5 µs otherwise, too coarse for kernel timings.
-  const flags = dawnFlags.some((f) => f.includes("timestamp_quantization"))
-    ? dawnFlags
-    : [...dawnFlags, "disable-dawn-features=timestamp_quantization"];
-  return { gpu: mod.create(flags), runtime: "node" };
+  return { gpu: mod.create(dawnCreateFlags(dawnFlags, toggles)), runtime: "node" };
 }
 
 type Immediate = (callback: (...args: unknown[]) => void, ...args: unknown[]) => unknown;

@@ -1,4 +1,4 @@
-import { Device, selfTest } from "@ldm/tensor";
+import { Device, GPU_FEATURE_TOGGLES, selfTest } from "@ldm/tensor";
 import type { Command } from "commander";
 
 export function registerDevice(program: Command): void {
@@ -6,8 +6,12 @@ export function registerDevice(program: Command): void {
     .command("device")
     .description("print the WebGPU adapter, its limits and features, and run a smoke computation")
     .option("--no-f16", "do not enable shader-f16")
-    .action(async (opts: { f16: boolean }) => {
-      const device = await Device.create({ disableF16: !opts.f16 });
+    .option(
+      "--no-feature-toggles",
+      `leave Dawn's defaults instead of enabling ${GPU_FEATURE_TOGGLES.join(", ")} (shader-f16 on NVIDIA, subgroup matrices)`,
+    )
+    .action(async (opts: { f16: boolean; featureToggles: boolean }) => {
+      const device = await Device.create({ disableF16: !opts.f16, featureToggles: opts.featureToggles });
       try {
         console.log(`adapter: ${device.describe()}`);
         const r = await selfTest(device);
