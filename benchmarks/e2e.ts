@@ -17,6 +17,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadModel } from "@ldm/ldm/node";
 import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import { isTextToImage } from "@ldm/weights";
 import { Command } from "commander";
 import { median, positiveInt, requirePythonPeer } from "./common.ts";
 import { makeRow, type ResultRow, writeResults } from "./results.ts";
@@ -76,16 +77,18 @@ async function timeOurs(
   const device = await Device.create();
   const model = await loadModel(checkpoint, { device, dtype, config });
   try {
-    const { unet, vae, clip } = model;
-    if (!unet || !vae || !clip) throw new Error(`${checkpoint}: the checkpoint lacks one of unet, vae, clip`);
-    const contextDim = model.config.unet.context_dim;
+    const { unet, vae, clip, config: modelConfig } = model;
+    if (!unet || !vae || !clip || !isTextToImage(modelConfig)) {
+      throw new Error(`${checkpoint}: not a text-to-image checkpoint with a unet, vae and clip`);
+    }
+    const contextDim = modelConfig.unet.context_dim;
     const x = Tensor.from(device, pseudoRandom(2 * 4 * latent * latent, 1), [2, 4, latent, latent]);
     const timesteps = Tensor.from(device, [500, 500], [2]);
     const context = Tensor.from(device, pseudoRandom(2 * CLIP_TOKENS * contextDim, 2), [2, CLIP_TOKENS, contextDim]);
     const z = Tensor.from(device, pseudoRandom(4 * latent * latent, 3), [1, 4, latent, latent]);
     const ids = Tensor.from(
       device,
-      Int32Array.from({ length: 2 * CLIP_TOKENS }, (_, i) => (i * 7919) % model.config.text.vocab_size),
+      Int32Array.from({ length: 2 * CLIP_TOKENS }, (_, i) => (i * 7919) % modelConfig.text.vocab_size),
       [2, CLIP_TOKENS],
       "i32",
     );

@@ -4,12 +4,20 @@
  */
 export * from "./diffusion/index.ts";
 export * from "./image/index.ts";
-export { AutoencoderKL, DiagonalGaussianDistribution } from "./models/autoencoder.ts";
+export {
+  AutoencoderKL,
+  DiagonalGaussianDistribution,
+  firstStageModel,
+  quantizeNearest,
+  VQModel,
+} from "./models/autoencoder.ts";
 export { CLIPTextModel, type ClipOutputs } from "./models/clip.ts";
+export { ClassEmbedder, type CondStageModel, condStageModel, SpatialRescaler } from "./models/cond-stage.ts";
 export {
   buildModel,
   COMPONENT_PREFIX,
   type Component,
+  componentsOf,
   type LoadedModel,
   loadNetworks,
   type Networks,
@@ -20,7 +28,13 @@ export {
   loadModelFromStream,
   type StreamedModelOptions,
 } from "./models/load-stream.ts";
-export { ResBlock, TimestepEmbedSequential, type UNetInputs, UNetModel } from "./models/openaimodel.ts";
+export {
+  AttentionBlock,
+  ResBlock,
+  TimestepEmbedSequential,
+  type UNetInputs,
+  UNetModel,
+} from "./models/openaimodel.ts";
 export type { TileOptions } from "./models/tiles.ts";
 export * from "./pipeline/index.ts";
 export * from "./random/index.ts";

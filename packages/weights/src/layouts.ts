@@ -1,4 +1,4 @@
-import { TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "./architecture.ts";
+import { COND_PREFIX, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "./architecture.ts";
 import type { Mapping, Transform } from "./source.ts";
 import type { TensorFile } from "./tensor-file.ts";
 
@@ -107,7 +107,8 @@ export function singleFileLayout(file: TensorFile, options: SingleFileOptions = 
     } else if (key.startsWith(OPEN_CLIP)) {
       textNaming = "openclip";
       addOpenClip(b, file, key);
-    } else if (key.startsWith(EMA)) emaKeys.push(key);
+    } else if (key.startsWith(COND_PREFIX)) b.add(key, file, key);
+    else if (key.startsWith(EMA)) emaKeys.push(key);
     else if (!key.includes(".")) scheduleKeys.push(key);
     else b.ignore(file, key, "not part of the UNet, VAE or text encoder");
   }

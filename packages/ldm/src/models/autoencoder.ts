@@ -1,7 +1,9 @@
 /**
- * AutoencoderKL of CompVis `ldm/models/autoencoder.py`: Encoder → quant_conv gives the moments (mean and
- * log-variance) of a diagonal Gaussian; post_quant_conv → Decoder maps a latent back to an image. The
- * latent scale factor (0.18215 for SD 1.x/2.x) belongs to the pipeline, as in the original.
+ * The first stages of CompVis `ldm/models/autoencoder.py`. AutoencoderKL: Encoder → quant_conv gives the moments
+ * (mean and log-variance) of a diagonal Gaussian; post_quant_conv → Decoder maps a latent back to an image.
+ * VQModelInterface: Encoder → quant_conv gives the latent h, which decode quantizes to its nearest codebook
+ * entries (taming's VectorQuantizer2) before post_quant_conv → Decoder. The latent scale factor (0.18215 for
+ * SD 1.x/2.x; 1 for most of the paper's models) belongs to the pipeline, as in the original.
  */
 import { slice } from "@ldm/kernels";
 import type { Conv2d, VarBuilder } from "@ldm/nn";
@@ -69,8 +71,18 @@ export class AutoencoderKL {
     const { ddconfig: dd, embed_dim: embed } = cfg;
     this.encoder = new Encoder(vb.pp("encoder"), dd);
     this.decoder = new Decoder(vb.pp("decoder"), dd);
-    this.quant_conv = conv1x1(vb.pp("quant_conv"), 2 * dd.z_channels, 2 * embed);
+    // KL: moments (mean, log-variance) of 2·embed_dim channels; VQ: the latent itself.
+    const moments = cfg.n_embed === undefined ? 2 : 1;
+    this.quant_conv = conv1x1(vb.pp("quant_conv"), moments * dd.z_channels, moments * embed);
     this.post_quant_conv = conv1x1(vb.pp("post_quant_conv"), embed, dd.z_channels);
+  }
+
+  /**
+   * The latent of an image as LatentDiffusion.encode_first_stage + get_first_stage_encoding make it, unscaled:
+   * a sample of the Gaussian (drawing from `generator`) for KL.
+   */
+  async encodeLatent(x: Tensor, generator: Generator): Promise<Float32Array> {
+    return (await this.encode(x)).sample(generator);
   }
 
   /** Pixels per latent cell along each axis (8 for every SD VAE). */
@@ -163,3 +175,109 @@ export type VaeTiling = boolean | TileOptions;
 
 /** 32 latent cells (256 pixels for SD) overlapping by 8: a quarter, as diffusers' tiled VAE decode. */
 export const DEFAULT_VAE_TILES: Readonly<TileOptions> = Object.freeze({ tileSize: 32, overlap: 8 });
+
+/**
+ * VQModelInterface (and VQModel: same weights): AutoencoderKL's encoder and decoder around taming's
+ * VectorQuantizer2, `quantize.embedding.weight` [n_embed, embed_dim]. encode gives the pre-quantization latent
+ * h = quant_conv(encoder(x)); decode quantizes first, unless `forceNotQuantize`.
+ */
+export class VQModel extends AutoencoderKL {
+  readonly codebook: Tensor;
+  private codes?: Float32Array;
+
+  constructor(vb: VarBuilder, cfg: VaeConfig) {
+    super(vb, cfg);
+    if (cfg.n_embed === undefined) throw new Error("VQModel: the first stage config has no n_embed");
+    this.codebook = vb.pp("quantize").pp("embedding").get("weight", [cfg.n_embed, cfg.embed_dim]);
+  }
+
+  /** VQModelInterface.encode: h, not quantized (what the diffusion model sees). */
+  override async encodeLatent(x: Tensor, _generator?: Generator): Promise<Float32Array> {
+    const h = this.encodeMoments(x);
+    try {
+      return await h.toFloat32();
+    } finally {
+      h.dispose();
+    }
+  }
+
+  /** Run decode on the latent as given (VQModelInterface.decode's force_not_quantize). */
+  forceNotQuantize = false;
+
+  /**
+   * VectorQuantizer2.forward on host latents [B, embed_dim, h, w]: per position the code at the least
+   * ‖z‖² + ‖e‖² − 2 z·e (float64 here; ties go to the lowest index, as torch.argmin), returned as
+   * z + (e − z) in float32, as the straight-through estimator writes it, with the indices [B, h, w].
+   */
+  async quantize(z: Float32Array, shape: readonly number[]): Promise<{ quant: Float32Array; indices: Int32Array }> {
+    const codes = await this.codebookValues();
+    return quantizeNearest(z, shape, codes, this.cfg.embed_dim);
+  }
+
+  override async decodeToHost(
+    z: Float32Array,
+    shape: readonly number[],
+    tiling: VaeTiling = false,
+  ): Promise<Float32Array> {
+    const quant = this.forceNotQuantize ? z : (await this.quantize(z, shape)).quant;
+    return super.decodeToHost(quant, shape, tiling);
+  }
+
+  private async codebookValues(): Promise<Float32Array> {
+    this.codes ??= await this.codebook.toFloat32();
+    return this.codes;
+  }
+}
+
+/** The nearest-code search of VectorQuantizer2 (see VQModel.quantize), on the host. */
+export function quantizeNearest(
+  z: Float32Array,
+  shape: readonly number[],
+  codes: Float32Array,
+  dim: number,
+): { quant: Float32Array; indices: Int32Array } {
+  const [b, c, h, w] = shape;
+  if (c !== dim) throw new Error(`VQ quantize: latent ${formatShape(shape)} must have ${dim} channels`);
+  const n = codes.length / dim;
+  const norms = new Float64Array(n);
+  for (let j = 0; j < n; j++) {
+    let sum = 0;
+    for (let k = 0; k < dim; k++) sum += codes[j * dim + k] ** 2;
+    norms[j] = sum;
+  }
+  const plane = h * w;
+  const quant = new Float32Array(z.length);
+  const indices = new Int32Array(b * plane);
+  const v = new Float64Array(dim);
+  for (let i = 0; i < b; i++) {
+    for (let p = 0; p < plane; p++) {
+      let zz = 0;
+      for (let k = 0; k < dim; k++) {
+        v[k] = z[(i * c + k) * plane + p];
+        zz += v[k] * v[k];
+      }
+      let best = 0;
+      let bestDistance = Number.POSITIVE_INFINITY;
+      for (let j = 0; j < n; j++) {
+        let dot = 0;
+        for (let k = 0; k < dim; k++) dot += v[k] * codes[j * dim + k];
+        const distance = zz + norms[j] - 2 * dot;
+        if (distance < bestDistance) {
+          bestDistance = distance;
+          best = j;
+        }
+      }
+      indices[i * plane + p] = best;
+      for (let k = 0; k < dim; k++) {
+        const at = (i * c + k) * plane + p;
+        quant[at] = Math.fround(z[at] + Math.fround(codes[best * dim + k] - z[at]));
+      }
+    }
+  }
+  return { quant, indices };
+}
+
+/** The first stage a config names: AutoencoderKL, or VQModel when it has a codebook. */
+export function firstStageModel(vb: VarBuilder, cfg: VaeConfig): AutoencoderKL {
+  return cfg.n_embed === undefined ? new AutoencoderKL(vb, cfg) : new VQModel(vb, cfg);
+}

@@ -1,7 +1,8 @@
 import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
-import { openCheckpoint, readConfigFile } from "@ldm/weights/node";
-import { type Component, type LoadedModel, loadNetworks } from "./load.ts";
+import { type LdmConfig, ldmConfigFromYaml } from "@ldm/weights";
+import { type Checkpoint, openCheckpoint, readConfigFile } from "@ldm/weights/node";
+import { type Component, componentsOf, type LoadedModel, loadNetworks } from "./load.ts";
 
 export type { LoadedModel } from "./load.ts";
 
@@ -11,8 +12,15 @@ export interface LoadModelOptions {
   dtype?: ParamDType;
   /** An original-style YAML config; without it the configuration is detected from the weights. */
   config?: string;
-  /** Which networks to build and load (default all three). */
+  /** Which networks to build and load (default: all the config has). */
   components?: readonly Component[];
+  /**
+   * The UNet from the checkpoint's EMA copy (`model_ema.*`). Default: as the config's use_ema says (true for the
+   * paper's models, as upstream samples with them) when the file has the copy.
+   */
+  ema?: boolean;
+  /** Called with the configuration before any weights are read (to refuse a model early). */
+  check?: (config: LdmConfig) => void;
 }
 
 /**
@@ -20,16 +28,40 @@ export interface LoadModelOptions {
  * their weights. Every missing, unexpected or mis-shaped key is reported in one error before any data moves.
  */
 export async function loadModel(path: string, options: LoadModelOptions): Promise<LoadedModel> {
-  const { device, dtype = "f32", components = ["unet", "vae", "clip"] } = options;
+  const { device, dtype = "f32" } = options;
   if (dtype === "f16" && !device.features.shaderF16) {
     throw new Error("f16 was asked for, but this device has no shader-f16 feature: use f32");
   }
-  const yaml = options.config ? { text: readConfigFile(options.config), origin: options.config } : undefined;
-  const checkpoint = await openCheckpoint(path);
+  const yaml = options.config ? ldmConfigFromYaml(readConfigFile(options.config), options.config) : undefined;
+  let checkpoint: Checkpoint = await openCheckpoint(path);
   try {
-    const { config, assumptions } = checkpoint.config(yaml);
-    return await loadNetworks(VarBuilder.from(device, checkpoint.source, dtype), config, components, assumptions);
+    const { config, assumptions } = yaml ? { config: yaml, assumptions: [] } : checkpoint.config();
+    options.check?.(config);
+    const ema = options.ema ?? (config.use_ema === true && checkpoint.hasEma === true);
+    if (ema) {
+      if (!checkpoint.hasEma) throw new Error(`${path}: EMA weights were asked for, but the file has no model_ema.*`);
+      await checkpoint.close();
+      checkpoint = await openCheckpoint(path, { ema: true });
+    }
+    const scaleFactor = config.scale_by_std ? await storedScaleFactor(checkpoint, path) : config.scale_factor;
+    const components = options.components ?? componentsOf(config);
+    const loaded = await loadNetworks(
+      VarBuilder.from(device, checkpoint.source, dtype),
+      config,
+      components,
+      assumptions,
+    );
+    return { ...loaded, scaleFactor, ema };
   } finally {
     await checkpoint.close();
   }
+}
+
+/** scale_by_std: LatentDiffusion's `scale_factor` buffer, set from the first batch's latent std in training. */
+async function storedScaleFactor(checkpoint: Checkpoint, path: string): Promise<number> {
+  const stored = (await checkpoint.readSchedule()).scale_factor;
+  if (stored?.length !== 1) {
+    throw new Error(`${path}: the config has scale_by_std: true, but the file has no scale_factor buffer (a scalar)`);
+  }
+  return stored[0];
 }

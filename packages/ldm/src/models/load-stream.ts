@@ -3,8 +3,8 @@ import type { Device, ParamDType } from "@ldm/tensor";
 import {
   type ByteReader,
   blobReader,
-  configFromYaml,
   detectConfig,
+  ldmConfigFromYaml,
   MappedWeightSource,
   openSafetensorsStream,
   SafetensorsFile,
@@ -12,7 +12,7 @@ import {
   singleFileLayout,
   TorchCheckpoint,
 } from "@ldm/weights";
-import { type Component, type LoadedModel, loadNetworks } from "./load.ts";
+import { type Component, componentsOf, type LoadedModel, loadNetworks } from "./load.ts";
 
 /**
  * Loading from a one-pass byte stream (a `fetch` Response's body, a File's `stream()`) or from a Blob (a File
@@ -30,7 +30,7 @@ export interface StreamedModelOptions {
   dtype?: ParamDType;
   /** The text of an original-style YAML config; without it the configuration is detected from the weights. */
   config?: { text: string; origin: string };
-  /** Which networks to build and load (default all three). */
+  /** Which networks to build and load (default: all the config has). */
   components?: readonly Component[];
 }
 
@@ -87,10 +87,14 @@ async function loadFromLayout(
   layout: SingleFileLayout,
   options: StreamedModelOptions,
 ): Promise<LoadedModel> {
-  const { device, origin, dtype = "f32", components = ["unet", "vae", "clip"] } = options;
+  const { device, origin, dtype = "f32" } = options;
   const { config, assumptions } = options.config
-    ? { config: configFromYaml(options.config.text, options.config.origin), assumptions: [] }
+    ? { config: ldmConfigFromYaml(options.config.text, options.config.origin), assumptions: [] }
     : detectConfig(source, origin, { openClipText: layout.textNaming === "openclip" });
+  if (config.scale_by_std) {
+    throw new Error(`${origin}: scale_by_std models take their scale from the file's buffer: load them from a file`);
+  }
+  const components = options.components ?? componentsOf(config);
   return loadNetworks(VarBuilder.from(device, source, dtype), config, components, assumptions);
 }
 

@@ -1,17 +1,21 @@
 import type { VarBuilder } from "@ldm/nn";
-import type { ModelConfig } from "@ldm/weights";
-import { TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "@ldm/weights";
-import { AutoencoderKL } from "./autoencoder.ts";
+import type { LdmConfig } from "@ldm/weights";
+import { COND_PREFIX, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "@ldm/weights";
+import { type AutoencoderKL, firstStageModel } from "./autoencoder.ts";
 import { CLIPTextModel } from "./clip.ts";
+import { type CondStageModel, condStageModel } from "./cond-stage.ts";
 import { UNetModel } from "./openaimodel.ts";
 
-export type Component = "unet" | "vae" | "clip";
+/** unet, the first stage (vae), the CLIP text encoder (clip), or another cond stage with parameters (cond). */
+export type Component = "unet" | "vae" | "clip" | "cond";
 
 export interface Networks {
-  config: ModelConfig;
+  config: LdmConfig;
   unet?: UNetModel;
+  /** The first stage: AutoencoderKL, or its VQModel subclass. */
   vae?: AutoencoderKL;
   clip?: CLIPTextModel;
+  cond?: CondStageModel;
 }
 
 /** Where each network's parameters live among the canonical keys (the original single-file prefixes). */
@@ -19,26 +23,46 @@ export const COMPONENT_PREFIX: Readonly<Record<Component, string>> = {
   unet: UNET_PREFIX.slice(0, -1),
   vae: VAE_PREFIX.slice(0, -1),
   clip: TEXT_PREFIX.slice(0, -1),
+  cond: COND_PREFIX.slice(0, -1),
 };
+
+/** The components a config has: the UNet, the first stage, and its cond stage's network if it has parameters. */
+export function componentsOf(config: LdmConfig): Component[] {
+  const stage = config.cond_stage;
+  const cond = stage?.target === "ClassEmbedder" || (stage?.target === "SpatialRescaler" && stage.out_channels);
+  return ["unet", "vae", ...(config.text ? ["clip" as const] : cond ? ["cond" as const] : [])];
+}
 
 /** The networks of `config`, their parameters requested from `vb` (which must still be loaded). */
 export function buildModel(
   vb: VarBuilder,
-  config: ModelConfig,
-  components: readonly Component[] = ["unet", "vae", "clip"],
+  config: LdmConfig,
+  components: readonly Component[] = componentsOf(config),
 ): Networks {
   const want = new Set(components);
+  const has = new Set(componentsOf(config));
+  for (const c of want) {
+    if (!has.has(c)) throw new Error(`this model has no ${c} network (it has ${[...has].join(", ")})`);
+  }
   return {
     config,
     unet: want.has("unet") ? new UNetModel(vb.pp(COMPONENT_PREFIX.unet), config.unet) : undefined,
-    vae: want.has("vae") ? new AutoencoderKL(vb.pp(COMPONENT_PREFIX.vae), config.vae) : undefined,
-    clip: want.has("clip") ? new CLIPTextModel(vb.pp(COMPONENT_PREFIX.clip), config.text) : undefined,
+    vae: want.has("vae") ? firstStageModel(vb.pp(COMPONENT_PREFIX.vae), config.vae) : undefined,
+    clip: want.has("clip") && config.text ? new CLIPTextModel(vb.pp(COMPONENT_PREFIX.clip), config.text) : undefined,
+    cond:
+      want.has("cond") && config.cond_stage
+        ? condStageModel(vb.pp(COMPONENT_PREFIX.cond), config.cond_stage)
+        : undefined,
   };
 }
 
 export interface LoadedModel extends Networks {
   /** Configuration values detection had to assume (empty when a YAML config was given). */
   assumptions: string[];
+  /** The latent scale: the config's scale_factor, or with scale_by_std the checkpoint's buffer. */
+  scaleFactor: number;
+  /** Whether the UNet's weights are the EMA copy (`model_ema.*`). */
+  ema: boolean;
   /** Frees every parameter of the loaded networks (they must not be used afterwards). */
   dispose(): void;
 }
@@ -46,7 +70,7 @@ export interface LoadedModel extends Networks {
 /** The networks of `config` over `vb`, their weights loaded; the parameters are freed again if loading fails. */
 export async function loadNetworks(
   vb: VarBuilder,
-  config: ModelConfig,
+  config: LdmConfig,
   components: readonly Component[],
   assumptions: string[],
 ): Promise<LoadedModel> {
@@ -57,5 +81,5 @@ export async function loadNetworks(
     vb.dispose();
     throw e;
   }
-  return { ...networks, assumptions, dispose: () => vb.dispose() };
+  return { ...networks, assumptions, scaleFactor: config.scale_factor, ema: false, dispose: () => vb.dispose() };
 }

@@ -1,6 +1,6 @@
 import { concat, slice } from "@ldm/kernels";
 import { type Device, Tensor } from "@ldm/tensor";
-import type { ModelConfig } from "@ldm/weights";
+import type { LdmConfig } from "@ldm/weights";
 import {
   countNonFinite,
   type DiffusionModel,
@@ -26,12 +26,12 @@ import type { Generator } from "../random/index.ts";
  */
 export function unetDenoiser(
   unet: UNetModel,
-  context: Tensor,
+  context: Tensor | undefined,
   cConcat: Tensor | undefined,
   latentShape: readonly number[],
   parts = 1,
 ): DiffusionModel {
-  const device = context.device;
+  const device = unet.vb.device;
   const batch = latentShape[0];
   if (!Number.isInteger(parts) || parts < 1 || batch % parts) {
     throw new RangeError(`unetDenoiser: a batch of ${batch} does not split into ${parts} equal UNet calls`);
@@ -47,7 +47,7 @@ export function unetDenoiser(
         unet.forward({
           x: Tensor.from(device, x.subarray(p * partLength, (p + 1) * partLength), partShape),
           timesteps: Tensor.from(device, new Float32Array(size).fill(t), [size]),
-          context: rows(context, p),
+          context: context && rows(context, p),
           cConcat: cConcat && rows(cConcat, p),
         }),
       );
@@ -66,7 +66,7 @@ export function unetDenoiser(
 /** Where a generation's values went NaN or infinite: a network's output, named by `stage`. */
 export class NonFiniteError extends Error {
   constructor(
-    readonly stage: "text encoder" | "UNet" | "VAE encoder" | "VAE decoder",
+    readonly stage: "text encoder" | "cond stage" | "UNet" | "VAE encoder" | "VAE decoder",
     message: string,
   ) {
     super(message);
@@ -211,47 +211,52 @@ export interface LatentRequest {
   sequentialCfg?: boolean;
 }
 
+/** What conditions a sampling run besides the noise: DiffusionWrapper's c_crossattn and c_concat. */
+export interface ConditionedRequest
+  extends Omit<LatentRequest, "condIds" | "uncondIds" | "condWeights" | "uncondWeights" | "clipSkip"> {
+  /**
+   * crossattn / hybrid: the context rows, [B, L, D], or with guidance [2B, L, D] (the unconditional rows first).
+   * Absent for concat and unconditional models.
+   */
+  context?: Tensor;
+  /** Which network made the context, for errors (default "text encoder"). */
+  contextStage?: NonFiniteError["stage"];
+}
+
 /**
- * Classifier-free guided sampling from token ids and noise to clean latents: the context of [uncond; cond]
- * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1; two calls of B with
- * sequentialCfg), the config's
- * parameterization. What every pipeline method runs, and what `sample` reference dumps check.
+ * Guided sampling from a bound conditioning: the UNet called on [uncond; cond] in one batch of 2B per model
+ * evaluation (B when guidanceScale is 1; two calls of B with sequentialCfg), with `cConcat` (host, [B, c, h, w])
+ * the same for both halves, in the config's parameterization.
  */
-export async function sampleFromTokens(
-  networks: { config: ModelConfig; unet: UNetModel; clip: CLIPTextModel },
+export async function sampleConditioned(
+  networks: { config: LdmConfig; unet: UNetModel },
   schedule: NoiseSchedule,
-  request: LatentRequest,
+  request: ConditionedRequest,
 ): Promise<Float32Array> {
-  const { unet, clip, config } = networks;
-  const { latentShape, guidanceScale } = request;
+  const { unet, config } = networks;
+  const { latentShape, guidanceScale, context } = request;
   const guide = guidanceScale !== 1;
-  if (guide && !request.uncondIds) throw new RangeError("guidance needs the unconditional token ids");
-  const rows = guide ? [...(request.uncondIds ?? []), ...request.condIds] : request.condIds;
-  if (rows.length !== (guide ? 2 : 1) * latentShape[0]) {
-    throw new RangeError(`${rows.length} token rows for a batch of ${latentShape[0]}${guide ? " with guidance" : ""}`);
+  const rows = (guide ? 2 : 1) * latentShape[0];
+  if (guide && !context) {
+    throw new RangeError("classifier-free guidance needs an unconditional context: this model has none (use scale 1)");
+  }
+  if (context && context.shape[0] !== rows) {
+    throw new RangeError(
+      `${context.shape[0]} context rows for a batch of ${latentShape[0]}${guide ? " with guidance" : ""}`,
+    );
   }
   const device = unet.vb.device;
-  const withOnes = (ids: readonly Int32Array[], given?: readonly Float32Array[]) =>
-    ids.map((r, i) => given?.[i] ?? new Float32Array(r.length).fill(1));
-  const weights =
-    request.condWeights || request.uncondWeights
-      ? [
-          ...(guide ? withOnes(request.uncondIds ?? [], request.uncondWeights) : []),
-          ...withOnes(request.condIds, request.condWeights),
-        ]
-      : undefined;
-  const context = await encodeTokenRows(device, clip, rows, { weights, clipSkip: request.clipSkip });
   let cConcat: Tensor | undefined;
   try {
-    assertFinite("text encoder", await context.toFloat32());
+    if (context) assertFinite(request.contextStage ?? "text encoder", await context.toFloat32());
     if (request.cConcat) {
       const [b, , h, w] = latentShape;
       const channels = request.cConcat.length / (b * h * w);
       const both = guide ? new Float32Array([...request.cConcat, ...request.cConcat]) : request.cConcat;
-      cConcat = Tensor.from(device, both, [rows.length, channels, h, w]);
+      cConcat = Tensor.from(device, both, [rows, channels, h, w]);
     }
     const parts = guide && request.sequentialCfg ? 2 : 1;
-    const network = unetDenoiser(unet, context, cConcat, [rows.length, ...latentShape.slice(1)], parts);
+    const network = unetDenoiser(unet, context, cConcat, [rows, ...latentShape.slice(1)], parts);
     return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
       sampler: request.sampler,
       sigmaSchedule: request.schedule,
@@ -266,7 +271,43 @@ export async function sampleFromTokens(
       signal: request.signal,
     });
   } finally {
-    context.dispose();
     cConcat?.dispose();
+  }
+}
+
+/**
+ * Classifier-free guided sampling from token ids and noise to clean latents: the context of [uncond; cond]
+ * encoded once (with emphasis weights and CLIP skip), then sampleConditioned. What every text-to-image generation
+ * runs, and what `sample` reference dumps of text models check.
+ */
+export async function sampleFromTokens(
+  networks: { config: LdmConfig; unet: UNetModel; clip: CLIPTextModel },
+  schedule: NoiseSchedule,
+  request: LatentRequest,
+): Promise<Float32Array> {
+  const { latentShape, guidanceScale } = request;
+  const guide = guidanceScale !== 1;
+  if (guide && !request.uncondIds) throw new RangeError("guidance needs the unconditional token ids");
+  const rows = guide ? [...(request.uncondIds ?? []), ...request.condIds] : request.condIds;
+  if (rows.length !== (guide ? 2 : 1) * latentShape[0]) {
+    throw new RangeError(`${rows.length} token rows for a batch of ${latentShape[0]}${guide ? " with guidance" : ""}`);
+  }
+  const withOnes = (ids: readonly Int32Array[], given?: readonly Float32Array[]) =>
+    ids.map((r, i) => given?.[i] ?? new Float32Array(r.length).fill(1));
+  const weights =
+    request.condWeights || request.uncondWeights
+      ? [
+          ...(guide ? withOnes(request.uncondIds ?? [], request.uncondWeights) : []),
+          ...withOnes(request.condIds, request.condWeights),
+        ]
+      : undefined;
+  const context = await encodeTokenRows(networks.unet.vb.device, networks.clip, rows, {
+    weights,
+    clipSkip: request.clipSkip,
+  });
+  try {
+    return await sampleConditioned(networks, schedule, { ...request, context });
+  } finally {
+    context.dispose();
   }
 }

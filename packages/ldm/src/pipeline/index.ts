@@ -1,23 +1,30 @@
 export {
+  type ConditionedRequest,
   type EncodeOptions,
   encodeTokenRows,
   type LatentRequest,
   NonFiniteError,
+  sampleConditioned,
   sampleFromTokens,
   unetDenoiser,
 } from "./denoiser.ts";
-export { type GenerationParameters, PARAMETERS_KEYWORD, parametersText, parseParameters } from "./parameters.ts";
 export {
+  type ConditioningOptions,
   type GenerateOptions,
   type GenerationResult,
   type Img2ImgOptions,
   type InpaintOptions,
+  LatentDiffusion,
+  type LdmGenerateOptions,
+  type LdmNetworks,
   type LoadOptions,
   type LossOptions,
   type LossResult,
-  type PipelineNetworks,
   PipelineOptionError,
   type Progress,
   type PromptTokens,
-  StableDiffusion,
-} from "./stable-diffusion.ts";
+  type SegmentationMap,
+  type UpscaleOptions,
+} from "./latent-diffusion.ts";
+export { type GenerationParameters, PARAMETERS_KEYWORD, parametersText, parseParameters } from "./parameters.ts";
+export { type PipelineNetworks, StableDiffusion } from "./stable-diffusion.ts";

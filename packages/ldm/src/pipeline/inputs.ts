@@ -18,11 +18,16 @@ const fail = (method: string, name: string, wanted: string, value: unknown): nev
   throw new PipelineOptionError(`${method}: ${name} must be ${wanted}, got ${described(value)}`);
 };
 
-/** The option object and the fields every generation method shares: types only, ranges come later. */
-export function checkGenerateInputs(method: string, options: unknown): void {
+/**
+ * The option object and the fields every generation method shares: types only, ranges come later. The prompt is
+ * required of text models, optional (and refused later) for the others.
+ */
+export function checkGenerateInputs(method: string, options: unknown, promptRequired = true): void {
   if (typeof options !== "object" || options === null) fail(method, "options", "an object", options);
   const o = options as Record<string, unknown>;
-  if (typeof o.prompt !== "string") fail(method, "prompt", "a string", o.prompt);
+  if ((promptRequired || o.prompt !== undefined) && typeof o.prompt !== "string") {
+    fail(method, "prompt", "a string", o.prompt);
+  }
   const optional: [string, string, (v: unknown) => boolean][] = [
     ["negativePrompt", "a string", (v) => typeof v === "string"],
     ["steps", "a number", (v) => typeof v === "number"],

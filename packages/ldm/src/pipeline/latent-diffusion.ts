@@ -1,0 +1,920 @@
+/**
+ * Sampling from a loaded LatentDiffusion (ldm.models.diffusion.ddpm.LatentDiffusion), in the shape of diffusers'
+ * pipelines: the cond stage's conditioning (a prompt's CLIP context, a class embedding, a low-resolution image,
+ * a segmentation map, a masked image), torch-compatible CPU noise, a guided sampling loop over the UNet, the
+ * first stage's decode. Stable Diffusion (stable-diffusion.ts) is its CLIP text-to-image configuration. The
+ * latent scale factor, the conditioning key and the parameterization come from the model's config.
+ */
+import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import { conditioningKey, describeCondStage, type LdmConfig } from "@ldm/weights";
+import {
+  type InitLatents,
+  NoiseSchedule,
+  NonFiniteLatentsError,
+  qSample,
+  SAMPLING_DEFAULTS,
+  type SamplerName,
+  type SamplerRecord,
+  type SigmaScheduleName,
+  type StepInfo,
+  samplerByName,
+  sigmaScheduleOf,
+} from "../diffusion/index.ts";
+import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../image/pixels.ts";
+import type { RgbaImage } from "../image/png.ts";
+import { ClassEmbedder, type CondStageModel, SpatialRescaler } from "../models/cond-stage.ts";
+import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
+import { Generator, type Seed } from "../random/index.ts";
+import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
+import { chunkPrompt } from "../tokenizer/prompt-attention.ts";
+import {
+  assertFinite,
+  encodeTokenRows,
+  type LatentRequest,
+  NonFiniteError,
+  sampleConditioned,
+  sampleFromTokens,
+  unetDenoiser,
+} from "./denoiser.ts";
+import { PipelineOptionError } from "./errors.ts";
+import { checkGenerateInputs, checkImageInput, checkPromptList, checkString } from "./inputs.ts";
+import type { GenerationParameters } from "./parameters.ts";
+
+export interface LoadOptions {
+  /** The device to run on; one is created (and destroyed by dispose()) when absent. */
+  device?: Device;
+  /** Parameter and activation dtype; f16 needs shader-f16. Default f32. */
+  dtype?: ParamDType;
+  /** An original-style YAML config; default: `<stem>.yaml` beside a single file if it exists, else detected. */
+  config?: string;
+  /** Sample with the UNet's EMA weights (`model_ema.*`); default: the config's use_ema where the file has them. */
+  ema?: boolean;
+  /**
+   * CLIP's vocabulary (see loadClipTokenizer); default: the folder the config names in
+   * cond_stage_config.params.tokenizer, else a diffusers folder's tokenizer/, else (a single file) the
+   * shipped CLIP vocabulary.
+   */
+  vocab?: string;
+  /** What the parameters call the model (default: the file or folder name; a hub model: its repository). */
+  name?: string;
+}
+
+/** Reported after every sampler step. */
+export interface Progress {
+  step: number;
+  steps: number;
+  /** The step's model timestep. */
+  t: number;
+  /** Since sampling began. */
+  elapsedMs: number;
+  /** The step's x̂₀ decoded, when `preview` asked for it at this step. */
+  preview?: RgbaImage[];
+  /** The step's x̂₀ latents (scaled, [B, C, h, w]): what decode() turns into the images an interrupted run has. */
+  denoised: Float32Array;
+}
+
+export interface GenerateOptions extends ConditioningOptions {
+  prompt: string;
+  /** What the unconditional half of classifier-free guidance is conditioned on (default ""). */
+  negativePrompt?: string;
+  /** Default 50. */
+  steps?: number;
+  /** Classifier-free guidance scale (default 7.5); 1 skips the unconditional pass. */
+  guidanceScale?: number;
+  /** Default "ddim" (SAMPLING_DEFAULTS). */
+  sampler?: SamplerName;
+  /**
+   * A1111's CLIP skip: condition on the n-th layer from the end (1 the last, 2 the penultimate) then the final
+   * LayerNorm. Default: the model's own (1 for SD 1.x, 2 for SD 2.x, which conditions on the penultimate).
+   */
+  clipSkip?: number;
+  /** k-samplers: the σ spacing, "normal", "karras" or "exponential" (default: the sampler's own). */
+  schedule?: SigmaScheduleName;
+  /** Noise amount of DDIM (default 0) and the ancestral/SDE samplers (default 1). */
+  eta?: number;
+  /** torch seed of the run's one CPU generator; random when absent (the result says which). */
+  seed?: Seed;
+  /** Pixels, multiples of the VAE's factor (default: the model's trained size or 512; the init image's size). */
+  width?: number;
+  height?: number;
+  /** Images generated together (default 1). */
+  batchSize?: number;
+  onProgress?: (progress: Progress) => unknown;
+  signal?: AbortSignal;
+  /** Decode the step's x̂₀ every this many steps into `Progress.preview` (a full VAE decode each time). */
+  preview?: number;
+  /** Low memory: the guidance halves as two UNet calls of the batch instead of one of twice the batch. */
+  sequentialCfg?: boolean;
+  /** Low memory: decode in overlapping latent tiles (true: DEFAULT_VAE_TILES), blended; see decodeTiled. */
+  vaeTiling?: VaeTiling;
+}
+
+export interface Img2ImgOptions extends GenerateOptions {
+  initImage: RgbaImage;
+  /** How much of the schedule runs: 1 = from pure noise; int(strength·steps) steps run. Default 0.75. */
+  strength?: number;
+}
+
+export interface InpaintOptions extends GenerateOptions {
+  initImage: RgbaImage;
+  /** Same size as the image; white (luma ≥ 128) is repainted, black kept. */
+  mask: RgbaImage;
+  /** Default 1 (the masked part from pure noise). */
+  strength?: number;
+}
+
+/** What conditions a LatentDiffusion besides a prompt; which one a model takes depends on its cond stage. */
+export interface ConditioningOptions {
+  /** ClassEmbedder models: the class (0 ≤ label < n_classes − 1 for ImageNet's 1001: 1000 is "no class"). */
+  classLabel?: number;
+  /** ClassEmbedder models: the class of guidance's unconditional half (default: the last, n_classes − 1). */
+  uncondClassLabel?: number;
+  /** SpatialRescaler models: a class index per pixel, [height × width], at the output size. */
+  segmentation?: SegmentationMap;
+  /** Identity (super-resolution) models: the low-resolution image, at the latent's size. */
+  lowRes?: RgbaImage;
+}
+
+export interface SegmentationMap {
+  width: number;
+  height: number;
+  /** Class index per pixel, row-major. */
+  labels: Uint8Array | Int32Array;
+}
+
+/** Options of a LatentDiffusion generation: a prompt only for text models. */
+export type LdmGenerateOptions = Omit<GenerateOptions, "prompt"> & { prompt?: string };
+
+export interface UpscaleOptions extends Omit<LdmGenerateOptions, "width" | "height" | "lowRes"> {
+  /** The low-resolution image; the result is the first stage's factor times larger. */
+  image: RgbaImage;
+}
+
+export interface LossOptions extends ConditioningOptions {
+  image: RgbaImage;
+  prompt?: string;
+  /** The training timestep, an integer in [0, T). */
+  t: number;
+  /** Seeds the latent sample and ε (default 0). */
+  seed?: Seed;
+}
+
+export interface LossResult {
+  /** Mean squared error of the prediction against the target. */
+  mse: number;
+  t: number;
+  /** What the prediction was compared with: ε or v, as the model predicts. */
+  target: "eps" | "v";
+  seed: Seed;
+}
+
+export interface GenerationResult {
+  images: RgbaImage[];
+  /** The clean latents z₀ (scaled by the config's scale_factor, as the UNet sees them), [B, C, h, w]. */
+  latents: Float32Array;
+  latentShape: number[];
+  seed: Seed;
+  /** Per image: what regenerates it. */
+  parameters: GenerationParameters[];
+  /** Sampling includes the text encoder; decoding is the VAE and the conversion to RGBA. */
+  timings: { samplingMs: number; decodeMs: number };
+}
+
+export interface LdmNetworks {
+  config: LdmConfig;
+  unet: UNetModel;
+  /** The first stage: AutoencoderKL or VQModel. */
+  vae: AutoencoderKL;
+  /** The CLIP text encoder of text models. */
+  clip?: CLIPTextModel;
+  /** The cond stage network of ClassEmbedder / SpatialRescaler models. */
+  cond?: CondStageModel;
+}
+
+export { PipelineOptionError };
+
+/**
+ * The devices of pipelines made by load(), destroyed when their pipeline is garbage-collected without
+ * dispose(): otherwise each dropped pipeline keeps its weights on the GPU until the process ends. The device
+ * holds no reference to its pipeline, so holding the device here does not keep the pipeline alive.
+ */
+const OWNED_DEVICES = new FinalizationRegistry<Device>((device) => device.destroy());
+
+/**
+ * Guidance past this multiplies cond − uncond so much that the latents leave any range the UNet saw (at 1e38
+ * they overflow float32); AUTOMATIC1111's slider stops at 30.
+ */
+export const MAX_GUIDANCE_SCALE = 50;
+
+/** A prompt's ids as the text encoder takes them: `chunks` × the context, with an emphasis weight per id. */
+export interface PromptTokens {
+  ids: Int32Array;
+  weights: Float32Array;
+  chunks: number;
+}
+
+const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
+
+export class LatentDiffusion {
+  readonly schedule: NoiseSchedule;
+  private readonly padWith: PadWith;
+
+  protected constructor(
+    readonly device: Device,
+    readonly networks: LdmNetworks,
+    /** The text models' tokenizer. */
+    readonly tokenizer: ClipTokenizer | undefined,
+    /** The checkpoint's file or folder name, recorded in the parameters. */
+    readonly name: string,
+    private readonly ownsDevice: boolean,
+    /** The latent scale: the config's scale_factor, or the checkpoint's buffer with scale_by_std. */
+    readonly scaleFactor = networks.config.scale_factor,
+  ) {
+    const { config } = networks;
+    this.schedule = NoiseSchedule.create({
+      timesteps: config.timesteps,
+      linearStart: config.linear_start,
+      linearEnd: config.linear_end,
+    });
+    this.padWith = config.text?.pad_token_id === 0 ? "zero" : "end";
+    if (ownsDevice) OWNED_DEVICES.register(this, device, this);
+    if (!config.text) return;
+    if (!tokenizer) throw new Error("a text model needs its tokenizer");
+    // SD1's CLIP pads with its end token, SD2's OpenCLIP with id 0; the tokenizer knows the end token's id.
+    const vocabulary = config.text.vocab_size;
+    if (tokenizer.endId >= vocabulary || tokenizer.startId >= vocabulary) {
+      throw new Error(
+        `the tokenizer's start/end ids (${tokenizer.startId}/${tokenizer.endId}) are outside the text encoder's vocabulary of ${vocabulary}: pass the model's own vocabulary with --vocab`,
+      );
+    }
+  }
+
+  /**
+   * A checkpoint (single .safetensors or .ckpt/.pt file, or diffusers folder) with its tokenizer, in Node. The
+   * file loaders are imported here, and browser builds swap them for a stub (see ./node-files.ts), so browsers
+   * can import this module and build a pipeline with fromNetworks().
+   */
+  static async load(path: string, options: LoadOptions = {}): Promise<LatentDiffusion> {
+    const loaded = await LatentDiffusion.loadParts(path, options);
+    return new LatentDiffusion(...loaded);
+  }
+
+  /** What load() builds a pipeline from (StableDiffusion.load checks it is a text model first). */
+  protected static async loadParts(
+    path: string,
+    options: LoadOptions,
+    check: (config: LdmConfig) => void = () => {},
+  ): Promise<[Device, LdmNetworks, ClipTokenizer | undefined, string, boolean, number]> {
+    const dtype = options.dtype ?? "f32";
+    const { companionFiles, loadClipTokenizer, loadModel } = await import("#node-files");
+    const files = companionFiles(path, { config: options.config, vocab: options.vocab });
+    const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
+    try {
+      const loaded = await loadModel(path, { device, dtype, config: files.config, ema: options.ema, check });
+      const { config, unet, vae, clip, cond } = loaded;
+      if (!unet || !vae) throw new Error("internal: loadModel did not build every network");
+      const tokenizer = config.text ? loadClipTokenizer({ vocab: files.vocab, model: path }).tokenizer : undefined;
+      const name =
+        options.name ??
+        path
+          .replace(/[\\/]+$/, "")
+          .split(/[\\/]/)
+          .pop() ??
+        path;
+      return [device, { config, unet, vae, clip, cond }, tokenizer, name, !options.device, loaded.scaleFactor];
+    } catch (e) {
+      if (!options.device) device.destroy();
+      throw e;
+    }
+  }
+
+  /** A pipeline over networks loaded elsewhere (a browser's loader); the caller keeps the device. */
+  static fromNetworks(networks: LdmNetworks, tokenizer: ClipTokenizer | undefined, name: string): LatentDiffusion {
+    return new LatentDiffusion(networks.unet.vb.device, networks, tokenizer, name, false);
+  }
+
+  get config(): LdmConfig {
+    return this.networks.config;
+  }
+
+  /** How the cond stage's output enters the UNet; null: unconditional. */
+  get conditioningKey() {
+    return conditioningKey(this.config);
+  }
+
+  get dtype(): ParamDType {
+    return this.networks.unet.vb.dtype;
+  }
+
+  /** Pixels per side when none are asked for: the size the model was trained at if known, else 512. */
+  get defaultSize(): number {
+    const latent = this.config.image_size;
+    return latent === undefined ? DEFAULTS.size : latent * this.networks.vae.downscale;
+  }
+
+  /** Whether the UNet takes a mask and masked-image latents besides the latents (SD's 9 channels, LDM's 7). */
+  get isInpainting(): boolean {
+    return this.config.inpainting;
+  }
+
+  private get latentChannels(): number {
+    return this.config.vae.embed_dim;
+  }
+
+  /**
+   * A prompt as AUTOMATIC1111 reads it: emphasis weights, BREAK, and chunks of the encoder's context (77: start,
+   * 75 tokens, end) as many as the prompt needs, padded, with a weight per id; checked against the vocabulary.
+   */
+  tokenize(prompt: string, chunks = 1): PromptTokens {
+    checkString("tokenize", "prompt", prompt);
+    const { text } = this.config;
+    if (!text || !this.tokenizer) {
+      throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model: it takes no prompt`);
+    }
+    const { max_position_embeddings: length, vocab_size: vocabulary } = text;
+    const chunked = chunkPrompt(this.tokenizer, prompt, { length, padWith: this.padWith }).chunks;
+    // Padded to `chunks` with the empty prompt's chunk, as A1111 pads the shorter of cond and uncond.
+    const empty = chunkPrompt(this.tokenizer, "", { length, padWith: this.padWith }).chunks[0];
+    while (chunked.length < chunks) chunked.push(empty);
+    const ids = Int32Array.from(chunked.flatMap((c) => c.ids));
+    const outside = ids.find((id) => id >= vocabulary);
+    if (outside !== undefined) {
+      throw new Error(
+        `prompt ${JSON.stringify(prompt)} has token id ${outside}, outside the text encoder's vocabulary of ${vocabulary}: the tokenizer does not belong to this model`,
+      );
+    }
+    return { ids, weights: Float32Array.from(chunked.flatMap((c) => c.weights)), chunks: chunked.length };
+  }
+
+  /**
+   * Samples from noise: text-to-image for text models, a class for ClassEmbedder models, a segmentation map for
+   * SpatialRescaler models, nothing for unconditional models (scripts/sample_diffusion.py).
+   */
+  async generate(options: LdmGenerateOptions): Promise<GenerationResult> {
+    checkGenerateInputs(this.config.text ? "txt2img" : "generate", options, this.config.text !== undefined);
+    if (this.isInpainting) {
+      throw new PipelineOptionError(
+        "this is an inpainting model (its UNet takes a mask): use inpaint with an image and a mask",
+      );
+    }
+    if (this.config.cond_stage?.target === "Identity" && !options.lowRes) {
+      throw new PipelineOptionError("this is a super-resolution model: use upscale with a low-resolution image");
+    }
+    const segmentation = options.segmentation;
+    const f = this.networks.vae.downscale;
+    const lowRes = options.lowRes;
+    const width = options.width ?? segmentation?.width ?? (lowRes && lowRes.width * f) ?? this.defaultSize;
+    const height = options.height ?? segmentation?.height ?? (lowRes && lowRes.height * f) ?? this.defaultSize;
+    const job = this.prepare(options, width, height);
+    const xT = job.generator.randn(job.latentShape);
+    return this.run(job, options, { xT });
+  }
+
+  /** Super-resolution (bsr_sr): the low-resolution image concatenated to the latents; output f× its size. */
+  async upscale(options: UpscaleOptions): Promise<GenerationResult> {
+    if (this.config.cond_stage?.target !== "Identity") {
+      throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model, not a super-resolution model`);
+    }
+    checkImageInput("upscale", "image", options.image);
+    return this.generate({ ...options, lowRes: options.image });
+  }
+
+  /**
+   * Diffusers' StableDiffusionImg2ImgPipeline order: the image is encoded once and its latent sampled with the
+   * run's generator (as diffusers' retrieve_latents and the original get_first_stage_encoding do), repeated
+   * over the batch and scaled, then the noise is drawn; the last int(strength·steps) steps run from it.
+   */
+  async img2img(
+    options: Img2ImgOptions | (Omit<Img2ImgOptions, "prompt"> & { prompt?: string }),
+  ): Promise<GenerationResult> {
+    checkGenerateInputs("img2img", options, this.config.text !== undefined);
+    checkImageInput("img2img", "initImage", options.initImage);
+    if (this.isInpainting) {
+      throw new PipelineOptionError("this is an inpainting model (its UNet takes a mask): use inpaint with a mask");
+    }
+    const { width, height } = options.initImage;
+    const job = this.prepare(options, options.width ?? width, options.height ?? height, options.initImage);
+    const strength = options.strength ?? DEFAULTS.strength;
+    const latents = await this.encodeLatents(rgbaToPixels([options.initImage]), job, job.batchSize);
+    const xT = job.generator.randn(job.latentShape);
+    return this.run(job, options, { xT, init: { latents }, strength });
+  }
+
+  /**
+   * Inpainting UNets (9 channels) as diffusers' StableDiffusionInpaintPipeline and Stability's scripts: the
+   * mask binarised at 0.5, c_concat = [mask resized nearest to the latent, latents of image·(mask < 0.5)]
+   * (mask first), the same for both guidance halves. Draw order: init latents when strength < 1, the noise, the
+   * masked-image latent. Ordinary UNets: the init latents kept outside the mask at every step (the original
+   * DDIM's x0/mask blending).
+   */
+  async inpaint(
+    options: InpaintOptions | (Omit<InpaintOptions, "prompt"> & { prompt?: string }),
+  ): Promise<GenerationResult> {
+    checkGenerateInputs("inpaint", options, this.config.text !== undefined);
+    checkImageInput("inpaint", "initImage", options.initImage);
+    checkImageInput("inpaint", "mask", options.mask);
+    const { initImage, mask } = options;
+    if (mask.width !== initImage.width || mask.height !== initImage.height) {
+      throw new PipelineOptionError(
+        `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
+      );
+    }
+    const job = this.prepare(options, options.width ?? initImage.width, options.height ?? initImage.height, initImage);
+    const strength = options.strength ?? 1;
+    const repaint = maskFromImage(mask);
+    const [, , h, w] = job.latentShape;
+    const latentMask = resizeNearest(repaint, job.height, job.width, h, w);
+    const pixels = rgbaToPixels([initImage]);
+    const needInit = !this.isInpainting || strength < 1;
+    const latents = needInit ? await this.encodeLatents(pixels, job, job.batchSize) : undefined;
+    const xT = job.generator.randn(job.latentShape);
+    if (!this.isInpainting) {
+      const keep = repeatPlane(
+        latentMask.map((m) => 1 - m),
+        job.latentShape,
+      );
+      return this.run(job, options, { xT, init: { latents: latents as Float32Array, keep }, strength });
+    }
+    const plane = job.width * job.height;
+    const masked = pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : 0));
+    if (this.config.cond_stage?.target === "__is_first_stage__") {
+      // scripts/inpaint.py: c = [first stage encode of the masked image (unscaled, its mode), mask in {−1, 1}
+      // resized nearest], latent first.
+      const maskedLatents = await this.encodeLatents(masked, job, 1, { scale: false });
+      const signed = latentMask.map((m) => 2 * m - 1);
+      const cConcat = concatChannels([maskedLatents, signed], [this.latentChannels, 1], job.latentShape);
+      return this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
+    }
+    const maskedLatents = await this.encodeLatents(masked, job, 1);
+    const cConcat = concatChannels([latentMask, maskedLatents], [1, this.latentChannels], job.latentShape);
+    return this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
+  }
+
+  /**
+   * Classifier-free guided sampling from token ids and noise to clean latents: the context of [uncond; cond]
+   * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1).
+   */
+  async sampleLatents(request: LatentRequest): Promise<Float32Array> {
+    return sampleFromTokens({ ...this.networks, clip: this.textEncoder }, this.schedule, request);
+  }
+
+  private get textEncoder(): CLIPTextModel {
+    const clip = this.networks.clip;
+    if (!clip) throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model: it takes no prompt`);
+    return clip;
+  }
+
+  /**
+   * The text encoder's context for prompts, [N, k·L, D], k the most chunks any prompt needs (the others padded
+   * with empty chunks), emphasis applied (the caller disposes it).
+   */
+  async encodeText(prompts: readonly string[], options: { clipSkip?: number } = {}): Promise<Tensor> {
+    checkPromptList("encodeText", prompts);
+    const chunks = Math.max(...prompts.map((p) => this.tokenize(p).chunks));
+    const tokens = prompts.map((p) => this.tokenize(p, chunks));
+    return encodeTokenRows(
+      this.device,
+      this.textEncoder,
+      tokens.map((t) => t.ids),
+      { weights: tokens.map((t) => t.weights), clipSkip: options.clipSkip },
+    );
+  }
+
+  /**
+   * L_simple of the original training objective at one timestep, without gradients: the image encoded (latent
+   * sampled, as get_first_stage_encoding), noised by q_sample with ε from the generator, the UNet's prediction
+   * compared by mean squared error with ε — or with v = √ᾱ·ε − √(1−ᾱ)·z₀ for v-models (the original get_v).
+   */
+  async loss(options: LossOptions): Promise<LossResult> {
+    if (typeof options !== "object" || options === null) checkGenerateInputs("loss", options);
+    if (this.config.text) checkString("loss", "prompt", options.prompt);
+    checkImageInput("loss", "image", options.image);
+    if (this.isInpainting)
+      throw new PipelineOptionError("loss needs an ordinary UNet; this one inpaints (takes a mask)");
+    const { image, t } = options;
+    this.checkSize(image.width, image.height);
+    const T = this.schedule.numTimesteps;
+    if (!Number.isInteger(t) || t < 0 || t >= T)
+      throw new PipelineOptionError(`t ${t}: must be an integer in [0, ${T})`);
+    const seed = options.seed ?? 0;
+    const generator = new Generator(seed);
+    const z0 = await this.encodeLatents(
+      rgbaToPixels([image]),
+      { width: image.width, height: image.height, generator },
+      1,
+    );
+    const f = this.networks.vae.downscale;
+    const shape = [1, this.latentChannels, image.height / f, image.width / f];
+    const eps = generator.randn(shape);
+    const zt = qSample(this.schedule, z0, t, eps);
+    const job = { batchSize: 1, guidanceScale: 1, width: image.width, height: image.height, latentShape: shape };
+    const { context, cConcat } = await this.conditioning(options, job);
+    let prediction: Float32Array;
+    const concatTensor =
+      cConcat && Tensor.from(this.device, cConcat, [1, cConcat.length / (shape[2] * shape[3]), shape[2], shape[3]]);
+    try {
+      prediction = await unetDenoiser(this.networks.unet, context, concatTensor, shape)(zt, t);
+    } finally {
+      context?.dispose();
+      concatTensor?.dispose();
+    }
+    const parameterization = this.config.parameterization;
+    const a = this.schedule.alphasCumprod[t];
+    const target = parameterization === "eps" ? eps : eps.map((e, i) => Math.sqrt(a) * e - Math.sqrt(1 - a) * z0[i]);
+    let sum = 0;
+    prediction.forEach((p, i) => {
+      sum += (p - target[i]) ** 2;
+    });
+    return { mse: sum / prediction.length, t, target: parameterization, seed };
+  }
+
+  /** Scaled latents [B, C, h, w] → float pixels [B, 3, H, W] (nominally [−1, 1]). */
+  async decodePixels(latents: Float32Array, latentShape: readonly number[], tiling?: VaeTiling): Promise<Float32Array> {
+    const scale = this.scaleFactor;
+    const pixels = await this.networks.vae.decodeToHost(
+      latents.map((v) => v / scale),
+      latentShape,
+      tiling,
+    );
+    assertFinite("VAE decoder", pixels, " (its latents were finite)");
+    return pixels;
+  }
+
+  /** Scaled latents → images. */
+  async decode(latents: Float32Array, latentShape: readonly number[], tiling?: VaeTiling): Promise<RgbaImage[]> {
+    const [b, , h, w] = latentShape;
+    const f = this.networks.vae.downscale;
+    return pixelsToRgba(await this.decodePixels(latents, latentShape, tiling), [b, 3, h * f, w * f]);
+  }
+
+  /**
+   * Destroys the device when load() created it, freeing everything. The weights on a device passed in stay
+   * until that device is destroyed (VarBuilder has no way to free them yet). A pipeline that load() made and
+   * that is dropped without dispose() has its device destroyed when it is garbage-collected, as a backstop.
+   */
+  dispose(): void {
+    OWNED_DEVICES.unregister(this);
+    if (this.ownsDevice) this.device.destroy();
+  }
+
+  /** `await using pipe = await StableDiffusion.load(…)` disposes it at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+
+  /** Validates the options common to every method; makes the run's generator. */
+  private prepare(options: LdmGenerateOptions, width: number, height: number, initImage?: RgbaImage): Job {
+    const steps = options.steps ?? DEFAULTS.steps;
+    const sampler = options.sampler ?? DEFAULTS.sampler;
+    // Guidance needs an unconditional input: text and class models have one; the others sample unguided.
+    const guidable = this.config.text !== undefined || this.config.cond_stage?.target === "ClassEmbedder";
+    const guidanceScale = options.guidanceScale ?? (guidable ? DEFAULTS.guidanceScale : 1);
+    const batchSize = options.batchSize ?? 1;
+    let record: SamplerRecord;
+    let schedule: SigmaScheduleName | undefined;
+    try {
+      record = samplerByName(sampler);
+      schedule = sigmaScheduleOf(record, options.schedule);
+    } catch (e) {
+      throw new PipelineOptionError((e as Error).message);
+    }
+    if (!Number.isInteger(steps) || steps < 1) throw new PipelineOptionError(`steps ${steps}: must be an integer ≥ 1`);
+    const { clipSkip } = options;
+    const depth = this.config.text?.num_hidden_layers;
+    if (clipSkip !== undefined && !(depth && Number.isInteger(clipSkip) && clipSkip >= 1 && clipSkip <= depth)) {
+      throw new PipelineOptionError(
+        depth
+          ? `CLIP skip ${clipSkip}: must be an integer in [1, ${depth}] (the text encoder's layers)`
+          : `this is a ${describeCondStage(this.config)} model: it has no CLIP layers to skip`,
+      );
+    }
+    if (!(guidanceScale >= 0 && guidanceScale <= MAX_GUIDANCE_SCALE)) {
+      throw new PipelineOptionError(
+        `guidance scale ${guidanceScale}: must be a number in [0, ${MAX_GUIDANCE_SCALE}] (usually 1–15; 1 skips the unconditional pass)`,
+      );
+    }
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new PipelineOptionError(`batch size ${batchSize}: must be an integer ≥ 1`);
+    }
+    if (options.preview !== undefined && !(Number.isInteger(options.preview) && options.preview >= 1)) {
+      throw new PipelineOptionError(`preview ${options.preview}: must be an integer ≥ 1 (every n steps)`);
+    }
+    this.checkSize(width, height);
+    if (initImage && (initImage.width !== width || initImage.height !== height)) {
+      throw new PipelineOptionError(
+        `the init image is ${initImage.width}×${initImage.height}, the requested size ${width}×${height}: resize the image`,
+      );
+    }
+    const f = this.networks.vae.downscale;
+    const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
+    return {
+      steps,
+      sampler,
+      schedule,
+      eta: options.eta ?? record.defaultEta,
+      guidanceScale,
+      batchSize,
+      width,
+      height,
+      seed,
+      generator: new Generator(seed),
+      latentShape: [batchSize, this.latentChannels, height / f, width / f],
+    };
+  }
+
+  /** Multiples of the VAE's factor (8); the UNet upsamples to its skip connections, so any latent size works. */
+  private checkSize(width: number, height: number): void {
+    const f = this.networks.vae.downscale;
+    for (const [name, value] of [
+      ["width", width],
+      ["height", height],
+    ] as const) {
+      if (!Number.isInteger(value) || value < f || value % f) {
+        throw new PipelineOptionError(`${name} ${value} must be a positive multiple of ${f}`);
+      }
+    }
+  }
+
+  /**
+   * Pixels [1, 3, H, W] → the first stage's latent (KL: sampled with the run's generator), scaled (unless
+   * `scale` is false), repeated `copies` times.
+   */
+  private async encodeLatents(
+    pixels: Float32Array,
+    job: Pick<Job, "width" | "height" | "generator">,
+    copies: number,
+    options: { scale?: boolean } = {},
+  ): Promise<Float32Array> {
+    const input = Tensor.from(this.device, pixels, [1, 3, job.height, job.width]);
+    try {
+      const scale = options.scale === false ? 1 : this.scaleFactor;
+      const latent = (await this.networks.vae.encodeLatent(input, job.generator)).map((v) => v * scale);
+      assertFinite("VAE encoder", latent);
+      const out = new Float32Array(latent.length * copies);
+      for (let i = 0; i < copies; i++) out.set(latent, i * latent.length);
+      return out;
+    } finally {
+      input.dispose();
+    }
+  }
+
+  /**
+   * The cond stage's conditioning for a run (LatentDiffusion.get_learned_conditioning, and with guidance the
+   * unconditional rows first): a CLIP context of the prompts, a class embedding, or c_concat (host).
+   */
+  protected async conditioning(
+    options: LdmGenerateOptions,
+    job: Pick<Job, "batchSize" | "guidanceScale" | "width" | "height" | "latentShape">,
+  ): Promise<{ context?: Tensor; cConcat?: Float32Array }> {
+    const config = this.config;
+    const guide = job.guidanceScale !== 1;
+    const rows = <T>(cond: T, uncond: T): T[] => [
+      ...(guide ? Array(job.batchSize).fill(uncond) : []),
+      ...Array(job.batchSize).fill(cond),
+    ];
+    const takes = (what: string, given: unknown) => {
+      if (given !== undefined)
+        throw new PipelineOptionError(`this is a ${describeCondStage(config)} model: it takes no ${what}`);
+    };
+    if (config.cond_stage?.target !== "ClassEmbedder") takes("class label", options.classLabel);
+    if (config.cond_stage?.target !== "SpatialRescaler") takes("segmentation map", options.segmentation);
+    if (config.cond_stage?.target !== "Identity") takes("low-resolution image", options.lowRes);
+    if (config.text) {
+      const [prompt, negative] = [options.prompt ?? "", options.negativePrompt ?? ""];
+      const chunks = Math.max(this.tokenize(prompt).chunks, guide ? this.tokenize(negative).chunks : 1);
+      const cond = this.tokenize(prompt, chunks);
+      const uncond = this.tokenize(negative, chunks);
+      const context = await encodeTokenRows(this.device, this.textEncoder, rows(cond.ids, uncond.ids), {
+        weights: rows(cond.weights, uncond.weights),
+        clipSkip: options.clipSkip,
+      });
+      return { context };
+    }
+    takes("prompt", options.prompt);
+    takes("negative prompt", options.negativePrompt);
+    const stage = this.networks.cond;
+    if (config.cond_stage?.target === "ClassEmbedder" && stage instanceof ClassEmbedder) {
+      const classes = config.cond_stage.n_classes;
+      const label = checkClass("class", options.classLabel, classes);
+      const uncond = checkClass("unconditional class", options.uncondClassLabel ?? classes - 1, classes);
+      const ids = Tensor.from(this.device, Int32Array.from(rows(label, uncond)), [rows(0, 0).length], "i32");
+      try {
+        return { context: stage.forward(ids) };
+      } finally {
+        ids.dispose();
+      }
+    }
+    if (guide) {
+      throw new PipelineOptionError(
+        `this is a ${describeCondStage(config)} model: classifier-free guidance needs an unconditional input it has none of (use guidance scale 1)`,
+      );
+    }
+    const [, , h, w] = job.latentShape;
+    if (config.cond_stage?.target === "SpatialRescaler" && stage instanceof SpatialRescaler) {
+      const map = options.segmentation;
+      if (!map) throw new PipelineOptionError("this is a semantic synthesis model: it needs a segmentation map");
+      const onehot = oneHot(map, config.cond_stage.in_channels, job.width, job.height);
+      const input = Tensor.from(this.device, onehot, [1, config.cond_stage.in_channels, job.height, job.width]);
+      const out = stage.forward(input);
+      try {
+        if (out.shape[2] !== h || out.shape[3] !== w) {
+          throw new PipelineOptionError(
+            `the segmentation map rescales to ${out.shape[3]}×${out.shape[2]}, the latent is ${w}×${h}: the model's SpatialRescaler does not fit this size`,
+          );
+        }
+        const channels = out.shape[1];
+        return { cConcat: concatChannels([await out.toFloat32()], [channels], job.latentShape) };
+      } finally {
+        input.dispose();
+        out.dispose();
+      }
+    }
+    if (config.cond_stage?.target === "Identity") {
+      const image = options.lowRes;
+      if (!image) throw new PipelineOptionError("this is a super-resolution model: it needs a low-resolution image");
+      if (image.width !== w || image.height !== h) {
+        throw new PipelineOptionError(
+          `the low-resolution image is ${image.width}×${image.height}; this model upscales ${w}×${h} to ${job.width}×${job.height}`,
+        );
+      }
+      return { cConcat: concatChannels([rgbaToPixels([image])], [3], job.latentShape) };
+    }
+    return {};
+  }
+
+  private async run(
+    job: Job,
+    options: LdmGenerateOptions,
+    start: { xT: Float32Array; init?: InitLatents; strength?: number; cConcat?: Float32Array },
+  ): Promise<GenerationResult> {
+    try {
+      return await this.runChecked(job, options, start);
+    } catch (e) {
+      if (e instanceof NonFiniteLatentsError) {
+        throw new NonFiniteError("UNet", `${e.message}: ${this.nonFiniteCause("UNet", job.guidanceScale)}`);
+      }
+      if (e instanceof NonFiniteError)
+        throw new NonFiniteError(e.stage, `${e.message}: ${this.nonFiniteCause(e.stage)}`);
+      throw e;
+    }
+  }
+
+  /** What likely made a stage's output NaN or infinite, for the error: no image is better than a black one. */
+  private nonFiniteCause(stage: NonFiniteError["stage"], guidanceScale?: number): string {
+    const causes: string[] = [];
+    if (guidanceScale !== undefined && Math.abs(guidanceScale) > 30) {
+      causes.push(`the guidance scale ${guidanceScale} is far past the usual 1–15`);
+    }
+    if (this.dtype === "f16") causes.push(`the ${stage} overflowed in f16 (run in f32)`);
+    causes.push(`the checkpoint holds NaN/Inf weights (ldm info --check ${this.name} scans them)`);
+    return `likely ${causes.join(", or ")}`;
+  }
+
+  private async runChecked(
+    job: Job,
+    options: LdmGenerateOptions,
+    start: { xT: Float32Array; init?: InitLatents; strength?: number; cConcat?: Float32Array },
+  ): Promise<GenerationResult> {
+    const negativePrompt = options.negativePrompt ?? "";
+    const samplingStart = performance.now();
+    const conditioning = await this.conditioning(options, job);
+    let latents: Float32Array;
+    try {
+      latents = await sampleConditioned(this.networks, this.schedule, {
+        context: conditioning.context,
+        contextStage: this.config.text ? "text encoder" : "cond stage",
+        xT: start.xT,
+        latentShape: job.latentShape,
+        sampler: job.sampler,
+        schedule: job.schedule,
+        steps: job.steps,
+        guidanceScale: job.guidanceScale,
+        eta: job.eta,
+        generator: job.generator,
+        init: start.init,
+        strength: start.strength,
+        cConcat: start.cConcat ?? conditioning.cConcat,
+        signal: options.signal,
+        onStep: options.onProgress && (async (info) => this.progress(info, options, job, samplingStart)),
+        sequentialCfg: options.sequentialCfg,
+      });
+    } finally {
+      conditioning.context?.dispose();
+    }
+    const decodeStart = performance.now();
+    const images = await this.decode(latents, job.latentShape, options.vaeTiling);
+    const done = performance.now();
+    const parameters = images.map(
+      (_, batchIndex): GenerationParameters => ({
+        prompt: options.prompt ?? "",
+        negativePrompt,
+        seed: String(job.generator.initialSeed()),
+        sampler: job.sampler,
+        steps: job.steps,
+        guidanceScale: job.guidanceScale,
+        ...(job.schedule === samplerByName(job.sampler).schedules[0] ? {} : { schedule: job.schedule }),
+        eta: job.eta,
+        ...(options.clipSkip === undefined ? {} : { clipSkip: options.clipSkip }),
+        width: job.width,
+        height: job.height,
+        batchSize: job.batchSize,
+        batchIndex,
+        model: this.name,
+        dtype: this.dtype,
+        ...(start.init || start.cConcat ? { strength: start.strength } : {}),
+      }),
+    );
+    return {
+      images,
+      latents,
+      latentShape: [...job.latentShape],
+      seed: job.seed,
+      parameters,
+      timings: {
+        samplingMs: decodeStart - samplingStart,
+        decodeMs: done - decodeStart,
+      },
+    };
+  }
+
+  private async progress(info: StepInfo, options: LdmGenerateOptions, job: Job, start: number): Promise<void> {
+    const every = options.preview;
+    const wantPreview = every !== undefined && ((info.step + 1) % every === 0 || info.step === info.steps - 1);
+    const preview = wantPreview ? await this.decode(info.denoised, job.latentShape, options.vaeTiling) : undefined;
+    await options.onProgress?.({
+      step: info.step,
+      steps: info.steps,
+      t: info.t,
+      elapsedMs: performance.now() - start,
+      preview,
+      denoised: info.denoised,
+    });
+  }
+}
+
+interface Job {
+  steps: number;
+  sampler: SamplerName;
+  schedule?: SigmaScheduleName;
+  eta: number;
+  guidanceScale: number;
+  batchSize: number;
+  width: number;
+  height: number;
+  seed: Seed;
+  generator: Generator;
+  latentShape: number[];
+}
+
+/** One [h, w] plane repeated over [B, C, h, w]. */
+function repeatPlane(plane: Float32Array, shape: readonly number[]): Float32Array {
+  const [b, c] = shape;
+  const out = new Float32Array(b * c * plane.length);
+  for (let i = 0; i < b * c; i++) out.set(plane, i * plane.length);
+  return out;
+}
+
+/** Per-item tensors [1, c_k, h, w] (host) joined along channels and repeated over the batch of `shape`. */
+function concatChannels(parts: Float32Array[], channels: number[], shape: readonly number[]): Float32Array {
+  const [b, , h, w] = shape;
+  const item = new Float32Array(channels.reduce((a, c) => a + c, 0) * h * w);
+  let at = 0;
+  parts.forEach((part, k) => {
+    item.set(part.subarray(0, channels[k] * h * w), at);
+    at += channels[k] * h * w;
+  });
+  const out = new Float32Array(b * item.length);
+  for (let i = 0; i < b; i++) out.set(item, i * item.length);
+  return out;
+}
+
+/** A class label checked against the ClassEmbedder's table. */
+function checkClass(what: string, label: number | undefined, classes: number): number {
+  if (label === undefined)
+    throw new PipelineOptionError(`this is a class-conditional model: give a ${what} (0 to ${classes - 1})`);
+  if (!Number.isInteger(label) || label < 0 || label >= classes) {
+    throw new PipelineOptionError(`${what} ${label} is out of range: this model has classes 0 to ${classes - 1}`);
+  }
+  return label;
+}
+
+/** A segmentation map as the one-hot [C, H, W] float planes the SpatialRescaler takes (ldm.data's one-hot). */
+function oneHot(map: SegmentationMap, classes: number, width: number, height: number): Float32Array {
+  if (map.width !== width || map.height !== height) {
+    throw new PipelineOptionError(
+      `the segmentation map is ${map.width}×${map.height}, the output ${width}×${height}: they must match`,
+    );
+  }
+  const plane = width * height;
+  const out = new Float32Array(classes * plane);
+  for (let p = 0; p < plane; p++) {
+    const label = map.labels[p];
+    if (label >= classes) {
+      throw new PipelineOptionError(
+        `the segmentation map has class ${label} at (${p % width}, ${Math.floor(p / width)}): this model has ${classes} classes (0 to ${classes - 1})`,
+      );
+    }
+    out[label * plane + p] = 1;
+  }
+  return out;
+}
