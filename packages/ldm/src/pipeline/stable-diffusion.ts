@@ -14,7 +14,13 @@ import {
 } from "./latent-diffusion.ts";
 
 // The option and result types, where the files that use them have always found them.
-export { type GenerateOptions, type GenerationResult, MAX_GUIDANCE_SCALE, type Progress } from "./latent-diffusion.ts";
+export {
+  type GenerateOptions,
+  type GenerationResult,
+  MAX_GUIDANCE_SCALE,
+  PipelineOptionError,
+  type Progress,
+} from "./latent-diffusion.ts";
 
 export interface PipelineNetworks extends LdmNetworks {
   config: ModelConfig;
