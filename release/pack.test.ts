@@ -156,10 +156,12 @@ describe("the tarballs", () => {
 });
 
 describe("in a project outside the workspace", () => {
-  it("`npx ldm --help` lists the commands", async () => {
+  it("`npx ldm --help` lists the commands, `npx ldm --version` says the version", async () => {
     const help = await run("npx", ["--no", "--", "ldm", "--help"], project, 60);
     expect(help).toMatch(/Usage: ldm/);
     expect(help).toMatch(/generate \[options\]/);
+    const version = JSON.parse(readFileSync(join(root, "packages/ldm/package.json"), "utf8")).version;
+    expect((await run("npx", ["--no", "--", "ldm", "--version"], project, 60)).trim()).toBe(version);
   });
 
   it("the README's Node example generates the same pixels as `npx ldm generate` with its settings", async () => {

@@ -1,3 +1,6 @@
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "commander";
 import { registerBench } from "./commands/bench.ts";
 import { registerConvert } from "./commands/convert.ts";
@@ -10,9 +13,16 @@ import { registerTokenize } from "./commands/tokenize.ts";
 import { registerValidate } from "./commands/validate.ts";
 import { UserError } from "./errors.ts";
 
+/** @ldm/ldm's version: its package.json is two folders up from src/cli/ and from the published dist/cli/ alike. */
+function packageVersion(): string {
+  const manifest = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "package.json");
+  return (JSON.parse(readFileSync(manifest, "utf8")) as { version: string }).version;
+}
+
 export function buildProgram(): Command {
   const program = new Command("ldm")
     .description("Latent diffusion (Stable Diffusion v1/v2) on WebGPU")
+    .version(packageVersion(), "-V, --version", "print the version of @ldm/ldm")
     .option("--verbose", "print stack traces and extra detail")
     .exitOverride()
     .configureOutput({ outputError: (s, write) => write(s) });
