@@ -2,12 +2,14 @@
  * `--model <org>/<repo>`: the built-in model published on a local stand-in for the Hugging Face hub (127.0.0.1,
  * no real network), fetched into a temporary hub cache, then used from that cache with the hub gone.
  */
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodePng } from "../src/image/png.ts";
 import { isHubName, resolveHubModel } from "../src/pipeline/hub-model.ts";
@@ -146,6 +148,38 @@ describe("--model <org>/<repo>", () => {
       expect(uncached.err).toMatch(/--model org\/never-fetched: org\/never-fetched@main is not in the cache/);
     } finally {
       delete process.env.HF_HUB_OFFLINE;
+    }
+  });
+
+  it("ldm serve --model org/emoji serves it from the cache, titled by its repository, and stops on SIGTERM", async () => {
+    const bin = fileURLToPath(new URL("../bin/ldm.mjs", import.meta.url));
+    const child = spawn(process.execPath, [bin, "serve", "--model", "org/emoji", "--port", "0"], {
+      env: { ...process.env, HF_HUB_OFFLINE: "1" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    try {
+      let stderr = "";
+      const url = await new Promise<string>((resolve, reject) => {
+        child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+          stderr += chunk;
+          const found = /API at (http:\/\/127\.0\.0\.1:\d+)\/sdapi\/v1/.exec(stderr);
+          if (found) resolve(found[1]);
+        });
+        child.once("exit", (code) => reject(new Error(`ldm serve exited (${code}): ${stderr}`)));
+      });
+      const models = (await (await fetch(`${url}/sdapi/v1/sd-models`)).json()) as { title: string }[];
+      expect(models.map((m) => m.title)).toEqual(["org/emoji", "emoji-ldm"]);
+      const answer = await fetch(`${url}/sdapi/v1/txt2img`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: "red apple", steps: 1, seed: 1 }),
+      });
+      expect(answer.status).toBe(200);
+      expect(JSON.parse(((await answer.json()) as { info: string }).info).sd_model_name).toBe("org/emoji");
+    } finally {
+      const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve(code ?? signal)));
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
     }
   });
 });
