@@ -92,6 +92,17 @@ describe("package manifests", () => {
         expect(pkg.publishConfig?.imports).toEqual(pkg.imports && toDist(pkg.imports));
       });
 
+      it("keeps only TypeScript (and notes) in src/: the build compiles .ts and copies nothing else", () => {
+        const src = join(root, "packages", dir, "src");
+        const others = readdirSync(src, { recursive: true, withFileTypes: true })
+          .filter((e) => e.isFile() && !/\.(ts|md)$/.test(e.name))
+          .map((e) => join(e.parentPath, e.name).slice(root.length + 1));
+        expect(
+          others,
+          "files the published package would lack (load them from outside src/, e.g. as ldm's models/)",
+        ).toEqual([]);
+      });
+
       it("packs only through pnpm, built first (prepack: scripts/prepack.mjs)", () => {
         expect(pkg.scripts?.prepack).toBe("node ../../scripts/prepack.mjs");
       });
