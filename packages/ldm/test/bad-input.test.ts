@@ -15,6 +15,7 @@ import type { TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DawnLineFilter } from "../src/cli/dawn-stderr.ts";
+import { estimateMemory, parameterCount } from "../src/pipeline/memory.ts";
 import { PipelineOptionError, StableDiffusion } from "../src/pipeline/stable-diffusion.ts";
 import { runCli } from "./helpers/run-cli.ts";
 import { spawnCli } from "./helpers/spawn-cli.ts";
@@ -293,5 +294,54 @@ describe("the library: inputs checked at the public API, GPU memory released", (
       Device.prototype.destroy = original;
       spyCreate.mockRestore();
     }
+  });
+});
+
+describe("bounds: sizes, batches and memory checked before any work", () => {
+  it("sizes and batches past any model's reach are refused before the model loads", async () => {
+    expectOneLineError(
+      await runCli("generate", "a cat", ...MODEL, "-n", "100000"),
+      /--batch-size must be an integer in \[1, 64\], got "100000"/,
+    );
+    expectOneLineError(
+      await runCli("generate", "a cat", ...MODEL, "--width", "100000"),
+      /--width must be an integer in \[1, 8192\], got "100000"/,
+    );
+  });
+
+  it("the memory estimate is within 2× of the pool's measured peak, and a request past the limit names what fits", async () => {
+    await using pipe = await StableDiffusion.load(join(DUMPS, "tiny-sd1.safetensors"), {
+      config: join(DUMPS, "tiny-sd1.yaml"),
+      vocab: join(dir, "tokenizer"),
+    });
+    const params = parameterCount(pipe.config);
+    const request = { width: 128, height: 128, batchSize: 2, unetRows: 4, dtype: "f32" as const };
+    const estimate = estimateMemory(pipe.config, params, request);
+    await pipe.txt2img({ prompt: "a cat", width: 128, height: 128, batchSize: 2, steps: 1, seed: 1 });
+    const measured = pipe.device.memory().peakTotalBytes;
+    console.log(`tiny-sd1 128×128 batch 2: estimated ${estimate.total} bytes, the pool's peak ${measured}`);
+    expect(estimate.total).toBeGreaterThan(measured / 2);
+    expect(estimate.total).toBeLessThan(measured * 2);
+
+    pipe.memoryLimit = estimate.total - 1;
+    const refused = await pipe.txt2img({ prompt: "a cat", width: 128, height: 128, batchSize: 2, steps: 1 }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(refused).toBeInstanceOf(PipelineOptionError);
+    expect(refused?.message).toMatch(
+      /^128×128, batch 2 needs about [\d.]+ GiB of GPU memory \(weights .*, UNet .* for 4 rows of 16×16 latents, VAE decode .*\), more than the [\d.]+ GiB limit: a batch size of 1 fits/,
+    );
+    pipe.memoryLimit = estimate.weights + 1;
+    const nothing = await pipe.txt2img({ prompt: "a cat", width: 128, height: 128, steps: 1 }).then(
+      () => "",
+      (e: Error) => e.message,
+    );
+    expect(nothing).toMatch(/limit: a smaller size is needed$/);
+    const steps = await pipe.txt2img({ prompt: "a cat", steps: 1001 }).then(
+      () => "",
+      (e: Error) => e.message,
+    );
+    expect(steps).toBe("steps 1001: at most the schedule's 1000 timesteps");
   });
 });

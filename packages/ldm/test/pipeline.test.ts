@@ -197,7 +197,9 @@ describe("txt2img", () => {
     expect(await failure({ width: 36 })).toBe("width 36 must be a positive multiple of 8");
     expect(await failure({ sampler: "lms" as SamplerName })).toMatch(/^unknown sampler "lms"; one of ddpm, ddim, plms/);
     expect(await failure({ steps: 0 })).toBe("steps 0: must be an integer ≥ 1");
-    expect(await failure({ batchSize: 0 })).toBe("batch size 0: must be an integer ≥ 1");
+    expect(await failure({ batchSize: 0 })).toBe(
+      "batch size 0: must be an integer in [1, 64] (more images: several calls)",
+    );
     // CLIP's own vocabulary (start/end 49406/49407) does not fit the tiny text encoder's 1000 tokens.
     await expect(
       StableDiffusion.load(join(DUMPS, "tiny-sd1.safetensors"), {

@@ -22,8 +22,10 @@ import {
 } from "../diffusion/index.ts";
 import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../image/pixels.ts";
 import type { RgbaImage } from "../image/png.ts";
+import { DEFAULT_VAE_TILES } from "../models/autoencoder.ts";
 import { ClassEmbedder, type CondStageModel, SpatialRescaler } from "../models/cond-stage.ts";
 import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
+import type { TileOptions } from "../models/tiles.ts";
 import { Generator, type Seed } from "../random/index.ts";
 import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
 import { chunkPrompt } from "../tokenizer/prompt-attention.ts";
@@ -38,6 +40,7 @@ import {
 } from "./denoiser.ts";
 import { PipelineOptionError } from "./errors.ts";
 import { checkGenerateInputs, checkImageInput, checkPromptList, checkString } from "./inputs.ts";
+import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
 import type { GenerationParameters } from "./parameters.ts";
 
 export interface LoadOptions {
@@ -218,6 +221,7 @@ const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
 export class LatentDiffusion {
   readonly schedule: NoiseSchedule;
   private readonly padWith: PadWith;
+  private readonly parameters: number;
 
   protected constructor(
     readonly device: Device,
@@ -229,7 +233,14 @@ export class LatentDiffusion {
     private readonly ownsDevice: boolean,
     /** The latent scale: the config's scale_factor, or the checkpoint's buffer with scale_by_std. */
     readonly scaleFactor = networks.config.scale_factor,
+    /**
+     * Bytes of GPU memory a request may need (estimateMemory), checked before any work; undefined: unchecked,
+     * as WebGPU does not say how much memory a GPU has. load() sets it on CPU adapters (lavapipe,
+     * SwiftShader), whose memory is the system's: 3/4 of it.
+     */
+    public memoryLimit?: number,
   ) {
+    this.parameters = parameterCount(networks.config);
     const { config } = networks;
     this.schedule = NoiseSchedule.create({
       timesteps: config.timesteps,
@@ -264,9 +275,9 @@ export class LatentDiffusion {
     path: string,
     options: LoadOptions,
     check: (config: LdmConfig) => void = () => {},
-  ): Promise<[Device, LdmNetworks, ClipTokenizer | undefined, string, boolean, number]> {
+  ): Promise<[Device, LdmNetworks, ClipTokenizer | undefined, string, boolean, number, number | undefined]> {
     const dtype = options.dtype ?? "f32";
-    const { companionFiles, loadClipTokenizer, loadModel } = await import("#node-files");
+    const { companionFiles, loadClipTokenizer, loadModel, systemMemory } = await import("#node-files");
     const files = companionFiles(path, { config: options.config, vocab: options.vocab });
     const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
     try {
@@ -281,7 +292,9 @@ export class LatentDiffusion {
           .split(/[\\/]/)
           .pop() ??
         path;
-      return [device, { config, unet, vae, clip, cond }, tokenizer, name, !options.device, loaded.scaleFactor];
+      const memoryLimit = device.info.isCpu ? Math.floor(systemMemory() * 0.75) : undefined;
+      const networks = { config, unet, vae, clip, cond };
+      return [device, networks, tokenizer, name, !options.device, loaded.scaleFactor, memoryLimit];
     } catch (e) {
       if (!options.device) device.destroy();
       throw e;
@@ -470,6 +483,9 @@ export class LatentDiffusion {
    */
   async encodeText(prompts: readonly string[], options: { clipSkip?: number } = {}): Promise<Tensor> {
     checkPromptList("encodeText", prompts);
+    if (prompts.length > MAX_PROMPTS) {
+      throw new PipelineOptionError(`encodeText: ${prompts.length} prompts; at most ${MAX_PROMPTS} per call`);
+    }
     const chunks = Math.max(...prompts.map((p) => this.tokenize(p).chunks));
     const tokens = prompts.map((p) => this.tokenize(p, chunks));
     return encodeTokenRows(
@@ -593,8 +609,13 @@ export class LatentDiffusion {
         `guidance scale ${guidanceScale}: must be a number in [0, ${MAX_GUIDANCE_SCALE}] (usually 1–15; 1 skips the unconditional pass)`,
       );
     }
-    if (!Number.isInteger(batchSize) || batchSize < 1) {
-      throw new PipelineOptionError(`batch size ${batchSize}: must be an integer ≥ 1`);
+    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH) {
+      throw new PipelineOptionError(
+        `batch size ${batchSize}: must be an integer in [1, ${MAX_BATCH}] (more images: several calls)`,
+      );
+    }
+    if (steps > this.schedule.numTimesteps) {
+      throw new PipelineOptionError(`steps ${steps}: at most the schedule's ${this.schedule.numTimesteps} timesteps`);
     }
     if (options.preview !== undefined && !(Number.isInteger(options.preview) && options.preview >= 1)) {
       throw new PipelineOptionError(`preview ${options.preview}: must be an integer ≥ 1 (every n steps)`);
@@ -605,6 +626,7 @@ export class LatentDiffusion {
         `the init image is ${initImage.width}×${initImage.height}, the requested size ${width}×${height}: resize the image`,
       );
     }
+    this.checkMemory(width, height, batchSize, guidanceScale !== 1 && !options.sequentialCfg, options.vaeTiling);
     const f = this.networks.vae.downscale;
     const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
     return {
@@ -632,7 +654,37 @@ export class LatentDiffusion {
       if (!Number.isInteger(value) || value < f || value % f) {
         throw new PipelineOptionError(`${name} ${value} must be a positive multiple of ${f}`);
       }
+      if (value > MAX_SIDE) throw new PipelineOptionError(`${name} ${value}: at most ${MAX_SIDE} pixels`);
     }
+  }
+
+  /** Refuses a request whose estimated peak exceeds memoryLimit, naming a batch size or a setting that fits. */
+  private checkMemory(width: number, height: number, batchSize: number, doubled: boolean, tiling?: VaeTiling): void {
+    const limit = this.memoryLimit;
+    if (limit === undefined) return;
+    const tiles = tiling === true ? DEFAULT_VAE_TILES : tiling || undefined;
+    const rows = doubled ? 2 : 1;
+    const estimate = (batch: number, rowsPerImage: number, t?: TileOptions) =>
+      estimateMemory(this.config, this.parameters, {
+        width,
+        height,
+        batchSize: batch,
+        unetRows: batch * rowsPerImage,
+        dtype: this.dtype,
+        tiles: t,
+      });
+    const need = estimate(batchSize, rows, tiles);
+    if (need.total <= limit) return;
+    const fits: string[] = [];
+    let batch = batchSize - 1;
+    while (batch >= 1 && estimate(batch, rows, tiles).total > limit) batch--;
+    if (batch >= 1) fits.push(`a batch size of ${batch}`);
+    if (!tiles && estimate(batchSize, rows, DEFAULT_VAE_TILES).total <= limit) fits.push("VAE tiling (--vae-tiling)");
+    if (doubled && estimate(batchSize, 1, tiles).total <= limit) fits.push("sequential guidance (--sequential-cfg)");
+    const f = this.networks.vae.downscale;
+    throw new PipelineOptionError(
+      `${width}×${height}, batch ${batchSize} needs about ${gib(need.total)} of GPU memory (weights ${gib(need.weights)}, UNet ${gib(need.unet)} for ${batchSize * rows} rows of ${width / f}×${height / f} latents, VAE decode ${gib(need.vae)}), more than the ${gib(limit)} limit: ${fits.length ? `${fits.join(" or ")} fits` : "a smaller size is needed"}`,
+    );
   }
 
   /**

@@ -11,6 +11,7 @@ import {
 } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
 import { gridImage } from "../../image/pixels.ts";
+import { MAX_BATCH } from "../../pipeline/memory.ts";
 import {
   type GenerationParameters,
   PARAMETERS_KEYWORD,
@@ -233,7 +234,9 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
     width: size("--width", flags.width, stored?.width),
     height: size("--height", flags.height, stored?.height),
     batchSize:
-      flags.batchSize === undefined ? (stored?.batchSize ?? 1) : integerFlag("--batch-size", flags.batchSize, 1),
+      flags.batchSize === undefined
+        ? (stored?.batchSize ?? 1)
+        : integerFlag("--batch-size", flags.batchSize, 1, MAX_BATCH),
     strength: flags.strength === undefined ? stored?.strength : numberFlag("--strength", flags.strength, 0, 1),
   };
 }

@@ -6,6 +6,7 @@ import { readPngFile } from "../../image/node.ts";
 import type { DecodedImage } from "../../image/png.ts";
 import { NonFiniteError } from "../../pipeline/denoiser.ts";
 import { isHubName, resolveHubModel } from "../../pipeline/hub-model.ts";
+import { MAX_SIDE } from "../../pipeline/memory.ts";
 import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
@@ -74,11 +75,12 @@ export async function modelPath(model: string | undefined): Promise<string> {
   }
 }
 
-/** An integer flag ≥ min. */
-export function integerFlag(flag: string, text: string, min: number): number {
+/** An integer flag ≥ min (and ≤ max). */
+export function integerFlag(flag: string, text: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   const value = Number(text);
-  if (!/^-?\d+$/.test(text.trim()) || !Number.isSafeInteger(value) || value < min) {
-    throw new UserError(`${flag} must be an integer ≥ ${min}, got "${text}"`);
+  if (!/^-?\d+$/.test(text.trim()) || !Number.isSafeInteger(value) || value < min || value > max) {
+    const range = max < Number.MAX_SAFE_INTEGER ? `in [${min}, ${max}]` : `≥ ${min}`;
+    throw new UserError(`${flag} must be an integer ${range}, got "${text}"`);
   }
   return value;
 }
@@ -104,7 +106,7 @@ export function seedFlag(text: string): Seed {
 
 /** A pixel size flag: a positive multiple of 8 (the model may need a larger multiple; it says so). */
 export function sizeFlag(flag: string, text: string): number {
-  const value = integerFlag(flag, text, 1);
+  const value = integerFlag(flag, text, 1, MAX_SIDE);
   if (value % 8) throw new UserError(`${flag} ${value} is not a multiple of 8`);
   return value;
 }
