@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { decodeFloats, isFloatStoredDType, type TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -34,16 +34,14 @@ import { runCli } from "./helpers/run-cli.ts";
 const QUALITY_RUN = fileURLToPath(new URL("./fixtures/dumps/emoji-ldm.quality-ddim.safetensors", import.meta.url));
 const CONFIG = BUILTIN_MODEL.replace(/\.safetensors$/, ".yaml");
 
-let device: Device;
+const device = await useDevice({ disableF16: true });
 let dataset: EmojiDataset;
 let dir: string;
 beforeAll(async () => {
-  device = await Device.create({ disableF16: true });
   dataset = loadEmojiDataset();
   dir = mkdtempSync(join(tmpdir(), "ldm-builtin-"));
 });
 afterAll(() => {
-  device?.destroy();
   rmSync(dir, { recursive: true, force: true });
 });
 

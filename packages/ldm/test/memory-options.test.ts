@@ -1,7 +1,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Device, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DEFAULT_VAE_TILES } from "../src/models/index.ts";
 import { unetDenoiser } from "../src/pipeline/denoiser.ts";
@@ -22,7 +23,7 @@ const SEQUENTIAL_TOLERANCE = 1e-5;
 // Steps of the sampling runs: enough for guidance to act on its own output, few enough for the 2-core budget.
 const STEPS = 3;
 
-let device: Device;
+const device = await useDevice();
 let scratch: string;
 const pipeline = dumpPipelines(
   () => device,
@@ -30,12 +31,10 @@ const pipeline = dumpPipelines(
 );
 
 beforeAll(async () => {
-  device = await Device.create();
   scratch = mkdtempSync(join(tmpdir(), "ldm-memory-options-"));
   writeTinyVocab(join(scratch, "tokenizer"), 1000);
 });
 afterAll(() => {
-  device?.destroy();
   rmSync(scratch, { recursive: true, force: true });
 });
 

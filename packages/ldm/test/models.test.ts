@@ -3,9 +3,10 @@ import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { randomArray } from "@ldm/kernels/testing";
 import { VarBuilder } from "@ldm/nn";
-import { Device, Tensor, type WeightSource } from "@ldm/tensor";
+import { Tensor, type WeightSource } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { modelParamShapes, standardConfig } from "@ldm/weights";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
   type AutoencoderKL,
   buildModel,
@@ -17,11 +18,7 @@ import { loadModelFromStream } from "../src/models/load-stream.ts";
 import { blendTiles, planTiles } from "../src/models/tiles.ts";
 import { Generator } from "../src/random/index.ts";
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 describe("DiagonalGaussianDistribution", () => {
   it("splits the moments per batch item, clamps the log-variance to [−30, 20] and samples mean + std·randn", () => {

@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { SamplerName } from "../src/diffusion/index.ts";
 import { rgbaToPixels } from "../src/image/pixels.ts";
@@ -16,19 +17,17 @@ import { CLIP_VOCAB, writeTinyVocab } from "./helpers/tiny-vocab.ts";
 // sampling loop of the reference PyTorch port (10 steps, guidance 7.5, η 0) from a fixed x_T and token ids.
 const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
 
-let device: Device;
+const device = await useDevice();
 let scratch: string;
 let vocab: string;
 const pipes = new Map<string, StableDiffusion>();
 
 beforeAll(async () => {
-  device = await Device.create();
   scratch = mkdtempSync(join(tmpdir(), "ldm-pipeline-"));
   // The tiny text encoders have 1000 tokens (start 998, end 999): CLIP's vocabulary cut to fit them.
   vocab = writeTinyVocab(join(scratch, "tokenizer"), 1000);
 });
 afterAll(() => {
-  device?.destroy();
   rmSync(scratch, { recursive: true, force: true });
 });
 

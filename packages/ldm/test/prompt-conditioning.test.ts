@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeTokenRows, StableDiffusion } from "../src/pipeline/index.ts";
 import { Dump } from "../src/validate/dump.ts";
@@ -24,11 +24,10 @@ const golden: { conditioning: Conditioning[] } = JSON.parse(
   readFileSync(join(FIXTURES, "prompts/a1111-prompts.json"), "utf8"),
 );
 
-let device: Device;
+const device = await useDevice();
 let scratch: string;
 const pipes = new Map<string, StableDiffusion>();
 beforeAll(async () => {
-  device = await Device.create();
   scratch = mkdtempSync(join(tmpdir(), "ldm-prompts-"));
   const vocab = writeTinyVocab(join(scratch, "tokenizer"), 1000);
   for (const name of ["tiny-sd1", "tiny-sd2"]) {
@@ -37,7 +36,6 @@ beforeAll(async () => {
   }
 });
 afterAll(() => {
-  device?.destroy();
   rmSync(scratch, { recursive: true, force: true });
 });
 

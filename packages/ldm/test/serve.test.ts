@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Device } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodePng, encodePng } from "../src/image/png.ts";
 import { BUILTIN_MODEL } from "../src/pipeline/model-files.ts";
@@ -15,7 +15,7 @@ import { checkpointAt } from "../src/server/models.ts";
 import { type LdmServer, type ServeOptions, serve } from "../src/server/server.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
-let device: Device;
+const device = await useDevice();
 let dir: string;
 const servers: LdmServer[] = [];
 
@@ -32,12 +32,10 @@ async function start(options: Partial<ServeOptions> = {}): Promise<LdmServer> {
 }
 
 beforeAll(async () => {
-  device = await Device.create();
   dir = mkdtempSync(join(tmpdir(), "ldm-serve-"));
 });
 afterAll(async () => {
   for (const s of servers) await s.close();
-  device?.destroy();
   rmSync(dir, { recursive: true, force: true });
 });
 

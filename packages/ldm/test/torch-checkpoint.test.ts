@@ -3,7 +3,8 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { type Checkpoint, openCheckpoint, openSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AutoencoderKL } from "../src/models/autoencoder.ts";
@@ -22,14 +23,12 @@ const CKPT = join(DUMPS, "tiny-sd1.ckpt");
 const SAFETENSORS = join(DUMPS, "tiny-sd1.safetensors");
 const CONFIG = join(DUMPS, "tiny-sd1.yaml");
 
-let device: Device;
+const device = await useDevice();
 let scratch: string;
 beforeAll(async () => {
-  device = await Device.create();
   scratch = mkdtempSync(join(tmpdir(), "ldm-ckpt-"));
 });
 afterAll(() => {
-  device?.destroy();
   rmSync(scratch, { recursive: true, force: true });
 });
 

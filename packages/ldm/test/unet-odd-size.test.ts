@@ -1,18 +1,14 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device } from "@ldm/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { useDevice } from "@ldm/tensor/testing";
+import { describe, expect, it } from "vitest";
 import { validate } from "../src/validate/index.ts";
 
 // reference/make_odd_size_dump.py: tiny-sd1's UNet (one halving) on a 5×7 latent. The Downsample gives 3×4, so
 // each Upsample must reach the 5×7 skip connection (nearest, torch's size= rounding) instead of doubling to 6×8.
 const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 describe("UNet on a latent that does not halve cleanly (5×7)", () => {
   // Tolerances: DEFAULT_TOLERANCE in src/validate/index.ts states and justifies them (f32 1e-4, f16 1e-2 of max|ref|).

@@ -2,7 +2,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Device } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import type { TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -17,14 +17,12 @@ const files = (name: string) => ({
   dump: join(DUMPS, `${name}.dump.safetensors`),
 });
 
-let device: Device;
+const device = await useDevice();
 let scratch: string;
 beforeAll(async () => {
-  device = await Device.create();
   scratch = mkdtempSync(join(tmpdir(), "ldm-validate-"));
 });
 afterAll(() => {
-  device?.destroy();
   rmSync(scratch, { recursive: true, force: true });
 });
 

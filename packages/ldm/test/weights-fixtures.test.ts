@@ -1,9 +1,10 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Device, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { configFromYaml, type ModelConfig, modelParamShapes } from "@ldm/weights";
 import { type Checkpoint, openCheckpoint } from "@ldm/weights/node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 /**
  * The reference checkpoints in fixtures/dumps were written from the original PyTorch modules (reference/
@@ -14,11 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 const DUMPS = join(import.meta.dirname, "fixtures", "dumps");
 const NAMES = ["tiny-sd1", "tiny-sd2", "tiny-inpaint"];
 
-let device: Device;
-beforeAll(async () => {
-  device = await Device.create();
-});
-afterAll(() => device?.destroy());
+const device = await useDevice();
 
 async function open(name: string): Promise<{ checkpoint: Checkpoint; yaml: ModelConfig }> {
   const path = join(DUMPS, `${name}.yaml`);

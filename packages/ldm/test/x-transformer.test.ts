@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { VarBuilder } from "@ldm/nn";
-import { Device, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
+import { useDevice } from "@ldm/tensor/testing";
 import { ldmConfigFromYaml, modelParamShapes } from "@ldm/weights";
 import { type Checkpoint, openCheckpoint } from "@ldm/weights/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -24,18 +25,16 @@ const BERT = LDM_CONFIG.cond_stage;
 if (BERT?.target !== "BERTEmbedder") throw new Error("tiny-txt2img.yaml: expected a BERTEmbedder");
 const CONFIG: XTransformerConfig = bertEmbedderTransformer(BERT);
 
-let device: Device;
+const device = await useDevice();
 let checkpoint: Checkpoint;
 let dump: Dump;
 beforeAll(async () => {
-  device = await Device.create();
   checkpoint = await openCheckpoint(fixture("tiny-txt2img.safetensors"));
   dump = await Dump.open(fixture("tiny-txt2img.dump.safetensors"));
 });
 afterAll(async () => {
   await checkpoint?.close();
   await dump?.close();
-  device?.destroy();
 });
 
 /** The encoder with the checkpoint's weights, through the single-file layout (which sets to_logits aside). */

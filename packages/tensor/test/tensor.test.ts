@@ -187,28 +187,30 @@ describe("recording", () => {
     t.dispose();
   });
 
-  it("times a recording of several passes from the first one's start to the last one's end", async () => {
-    if (!device.features.timestampQuery) return;
-    const pipeline = device.pipeline("test-add", addOne);
-    const t = Tensor.zeros(device, [1 << 18]);
-    const scratch = Tensor.zeros(device, [4]);
-    const time = (dispatches: number) =>
-      device.timeGpu(() => {
-        for (let i = 0; i < dispatches; i++) {
-          add(pipeline, t, 1 << 18, 1, 4096);
-          // A copy ends the compute pass: every 4 dispatches are a pass of their own.
-          if (i % 4 === 3) device.copy(t.buffer, 0, scratch.buffer, 0, 16);
-        }
-      });
-    await time(1); // compiles
-    const few = (await time(4)) ?? 0;
-    // 48 dispatches are 12 passes and 12× the work of 4. Timing only the last pass would give about `few`;
-    // the margin of 6× covers timing noise on a busy machine.
-    const many = (await time(48)) ?? 0;
-    expect(many).toBeGreaterThan(2 * few);
-    expect((await t.read())[54321]).toBe(53);
-    for (const x of [t, scratch]) x.dispose();
-  });
+  it.skipIf(!device.features.timestampQuery)(
+    "times a recording of several passes from the first one's start to the last one's end",
+    async () => {
+      const pipeline = device.pipeline("test-add", addOne);
+      const t = Tensor.zeros(device, [1 << 18]);
+      const scratch = Tensor.zeros(device, [4]);
+      const time = (dispatches: number) =>
+        device.timeGpu(() => {
+          for (let i = 0; i < dispatches; i++) {
+            add(pipeline, t, 1 << 18, 1, 4096);
+            // A copy ends the compute pass: every 4 dispatches are a pass of their own.
+            if (i % 4 === 3) device.copy(t.buffer, 0, scratch.buffer, 0, 16);
+          }
+        });
+      await time(1); // compiles
+      const few = (await time(4)) ?? 0;
+      // 48 dispatches are 12 passes and 12× the work of 4. Timing only the last pass would give about `few`;
+      // the margin of 6× covers timing noise on a busy machine.
+      const many = (await time(48)) ?? 0;
+      expect(many).toBeGreaterThan(2 * few);
+      expect((await t.read())[54321]).toBe(53);
+      for (const x of [t, scratch]) x.dispose();
+    },
+  );
 
   it("profiles GPU time per kernel, each dispatch counted under its pipeline's label", async () => {
     const big = device.pipeline("test-add-profiled-big", addOne);
