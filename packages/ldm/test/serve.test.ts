@@ -365,5 +365,17 @@ describe("ldm serve: --api-auth and --cors-allow-origins", () => {
     expect(allowed.headers.get("access-control-allow-origin")).toBe("http://ok.example");
     const other = await get(server, "/sdapi/v1/sd-models", { ...basic("alice:secret"), origin: "http://evil.example" });
     expect(other.headers.get("access-control-allow-origin")).toBeNull();
+    // The preflight a browser sends before a credentialed POST carries no credentials.
+    const preflight = await fetch(`${server.url}/sdapi/v1/txt2img`, {
+      method: "OPTIONS",
+      headers: {
+        origin: "http://ok.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+      },
+    });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers.get("access-control-allow-origin")).toBe("http://ok.example");
+    expect(preflight.headers.get("access-control-allow-methods")).toMatch(/POST/);
   });
 });

@@ -174,7 +174,15 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
         }
       },
     });
-    app.addHook("onRequest", app.basicAuth);
+    // A browser's CORS preflight carries no credentials: it is answered by the CORS plugin, never 401.
+    app.addHook("onRequest", (request, reply, done) => {
+      if (request.method === "OPTIONS" && request.headers["access-control-request-method"]) return done();
+      (app.basicAuth as (req: FastifyRequest, rep: FastifyReply, next: (err?: Error) => void) => void)(
+        request,
+        reply,
+        done,
+      );
+    });
   }
   if (options.corsOrigins?.length || options.corsOriginRegex) {
     const regex = options.corsOriginRegex ? new RegExp(options.corsOriginRegex) : undefined;
