@@ -53,6 +53,12 @@ async function poisoned(key: string): Promise<string> {
 }
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/**
+ * Every case's limit: each takes a few seconds on lavapipe (a 2-core machine under load: up to 15), so a case
+ * that runs past this hangs, and fails instead of stalling CI until the suite's own limit.
+ */
+const CASE_TIMEOUT_MS = 60_000;
+
 /** Progress lines a run prints to stderr before it fails (loading, sampling, steps on a non-terminal). */
 const PROGRESS = /^(loading .*…|loaded in [\d.]+ s on .*|sampling \d+×\d+, .*…|step \d+\/\d+ .*)$/;
 
@@ -67,7 +73,7 @@ function expectOneLineError(run: { code: number | null; err: string }, message: 
   expect(run.code).toBe(1);
 }
 
-describe("--out and --grid: decided before the model loads", () => {
+describe("--out and --grid: decided before the model loads", { timeout: CASE_TIMEOUT_MS }, () => {
   it("a name with another image extension is refused (only PNG is written), and nothing is made", async () => {
     for (const name of ["new.jpg", "new.JPEG", "new.webp"]) {
       const run = await runCli("generate", "a cat", ...MODEL, "--out", join(dir, name));
@@ -105,14 +111,14 @@ describe("--out and --grid: decided before the model loads", () => {
   it.skipIf(process.platform !== "linux")("under /proc and /sys: an error at once, no endless loop", async () => {
     // Node 20's recursive mkdirSync retries ENOENT under /proc forever: a process, so a hang can be killed.
     for (const out of ["/proc/ldm-x", "/proc/ldm-x/y.png", "/sys/ldm-x.png"]) {
-      const run = await spawnCli(["generate", "a cat", ...MODEL, "--out", out], { timeoutMs: 20_000 });
+      const run = await spawnCli(["generate", "a cat", ...MODEL, "--out", out], { timeoutMs: 15_000 });
       expect(run.timedOut, out).toBe(false);
       expectOneLineError(run, new RegExp(`--out ${out}: cannot write into folder`));
     }
   });
 });
 
-describe("stderr: one line per error", () => {
+describe("stderr: one line per error", { timeout: CASE_TIMEOUT_MS }, () => {
   it("Dawn's own warnings are dropped from whole lines only; partial lines and progress pass at once", () => {
     const written: string[] = [];
     const filter = new DawnLineFilter((t) => written.push(t));
@@ -127,18 +133,20 @@ describe("stderr: one line per error", () => {
 
   it("an error after the GPU starts is one line on stderr, exit code 1 (Dawn's warnings only with --verbose)", async () => {
     const args = ["generate", "a cat", ...MODEL, "--out", dir];
-    const run = await spawnCli(args, { timeoutMs: 60_000 });
+    const run = await spawnCli(args, { timeoutMs: 25_000 });
     expectOneLineError(
       run,
       /^ldm: the tokenizer's start\/end ids .* are outside the text encoder's vocabulary of 1000/,
     );
-    const verbose = await spawnCli(["--verbose", ...args], { timeoutMs: 60_000 });
+    const verbose = await spawnCli(["--verbose", ...args], { timeoutMs: 25_000 });
     expect(verbose.code).toBe(1);
     expect(verbose.err.split("\n").length).toBeGreaterThan(2);
   });
 });
 
-describe("NaN and Inf: an error naming the stage and the likely cause, never a black image", () => {
+describe("NaN and Inf: an error naming the stage and the likely cause, never a black image", {
+  timeout: CASE_TIMEOUT_MS,
+}, () => {
   const generate = (model: string, ...args: string[]) =>
     runCli(
       "generate",
@@ -203,7 +211,7 @@ describe("NaN and Inf: an error naming the stage and the likely cause, never a b
   });
 });
 
-describe("the library: inputs checked at the public API, GPU memory released", () => {
+describe("the library: inputs checked at the public API, GPU memory released", { timeout: CASE_TIMEOUT_MS }, () => {
   const load = () =>
     StableDiffusion.load(join(DUMPS, "tiny-sd1.safetensors"), {
       config: join(DUMPS, "tiny-sd1.yaml"),
@@ -297,7 +305,7 @@ describe("the library: inputs checked at the public API, GPU memory released", (
   });
 });
 
-describe("bounds: sizes, batches and memory checked before any work", () => {
+describe("bounds: sizes, batches and memory checked before any work", { timeout: CASE_TIMEOUT_MS }, () => {
   it("sizes and batches past any model's reach are refused before the model loads", async () => {
     expectOneLineError(
       await runCli("generate", "a cat", ...MODEL, "-n", "100000"),
