@@ -116,6 +116,28 @@ describe("single file, SD 1.x naming", () => {
       { ema: true },
     ));
 
+  it("reads the same file as a Lightning .ckpt: same keys, EMA when asked, schedule buffers", async () => {
+    const ckpt = join(dir, "sd1.ckpt");
+    const file = await openSafetensors(path);
+    const tensors: Record<string, TensorToWrite> = {};
+    for (const [name, e] of file.tensors) tensors[name] = { ...e, data: await file.readBytes(name) };
+    await file.close();
+    await writeTorchCheckpoint(ckpt, { tensors, wrap: "state_dict", scalars: { global_step: 7 } });
+    await withCheckpoint(
+      ckpt,
+      async (c) => {
+        expect([...c.source.keys()].sort()).toEqual([...canonical.keys()].sort());
+        expect(c.hasEma).toBe(true);
+        expect(c.source.mapping(`${UNET_PREFIX}out.2.weight`)?.stored).toBe("model_ema.diffusion_modelout2weight");
+        const keys = [`${UNET_PREFIX}input_blocks.1.1.proj_in.weight`, `${VAE_PREFIX}encoder.conv_in.bias`];
+        await expectCanonicalValues(await loadAll(c.source, "f32", keys), (k) => (k.startsWith(UNET_PREFIX) ? 1 : 0));
+        expect((await c.readSchedule()).betas).toEqual(Float64Array.from(scheduleBuffers(config).betas));
+        expect(c.files[0].metadata).toMatchObject({ state_dict: "state_dict", global_step: "7" });
+      },
+      { ema: true },
+    );
+  });
+
   it("exposes the schedule buffers as float64", () =>
     withCheckpoint(path, async (c) => {
       expect([...c.scheduleKeys].sort()).toEqual(["alphas_cumprod", "betas"]);
