@@ -39,11 +39,8 @@ export function buildModel(
   config: LdmConfig,
   components: readonly Component[] = componentsOf(config),
 ): Networks {
+  // Asking for the text encoder or the cond stage of a model whose cond stage is another one (or none) gets none.
   const want = new Set(components);
-  const has = new Set(componentsOf(config));
-  for (const c of want) {
-    if (!has.has(c)) throw new Error(`this model has no ${c} network (it has ${[...has].join(", ")})`);
-  }
   return {
     config,
     unet: want.has("unet") ? new UNetModel(vb.pp(COMPONENT_PREFIX.unet), config.unet) : undefined,
@@ -76,7 +73,8 @@ export async function loadNetworks(
 ): Promise<LoadedModel> {
   const networks = buildModel(vb, config, components);
   try {
-    await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
+    const present = new Set(componentsOf(config));
+    await vb.load(components.filter((c) => present.has(c)).map((c) => COMPONENT_PREFIX[c]));
   } catch (e) {
     vb.dispose();
     throw e;

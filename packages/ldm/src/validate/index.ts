@@ -3,6 +3,8 @@
  * with the reference, reporting max abs error and that error relative to max|reference|.
  */
 import { Device, type ParamDType, type Tensor } from "@ldm/tensor";
+import { VQModel } from "../models/autoencoder.ts";
+import { ClassEmbedder } from "../models/cond-stage.ts";
 import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
 import { Dump, type DumpComponent, type HostTensor, KNOWN_COMPONENTS } from "./dump.ts";
@@ -93,7 +95,8 @@ const NEEDS: Readonly<Record<DumpComponent, readonly Component[]>> = {
   "vae.decode": ["vae"],
   unet: ["unet"],
   clip: ["clip"],
-  sample: ["unet", "vae", "clip"],
+  cond: ["cond"],
+  sample: ["unet", "vae", "clip", "cond"],
 };
 
 export async function validate(options: ValidateOptions): Promise<ValidationReport> {
@@ -175,13 +178,38 @@ interface ComponentInputs {
 const RUNNERS: Readonly<
   Record<DumpComponent, (model: LoadedModel, io: ComponentInputs, dump: Dump) => Promise<Outputs>>
 > = {
-  "vae.encode": async (model, io) => readOutputs({ moments: need(model.vae).encodeMoments(await io.floats("x")) }),
-  "vae.decode": async (model, io) => readOutputs({ x: need(model.vae).decode(await io.floats("z")) }),
+  "vae.encode": async (model, io) => {
+    const vae = need(model.vae);
+    const encoded = vae.encodeMoments(await io.floats("x"));
+    if (!(vae instanceof VQModel)) return readOutputs({ moments: encoded });
+    // VQModelInterface.encode's h, and what the quantizer makes of it.
+    const h = { data: await encoded.toFloat32(), shape: encoded.shape };
+    encoded.dispose();
+    const { quant, indices } = await vae.quantize(h.data, h.shape);
+    const [b, , height, width] = h.shape;
+    return new Map([
+      ["h", h],
+      ["quant", { data: quant, shape: h.shape }],
+      ["indices", { data: Float32Array.from(indices), shape: [b, height, width] }],
+    ]);
+  },
+  // VQ: decode quantizes first (VQModelInterface.decode without force_not_quantize).
+  "vae.decode": async (model, _io, dump) => {
+    const { data, shape } = await dump.floats("vae.decode", "in", "z");
+    const [b, , h, w] = shape;
+    const vae = need(model.vae);
+    const f = vae.downscale;
+    return new Map([
+      ["x", { data: await vae.decodeToHost(data, shape), shape: [b, vae.cfg.ddconfig.out_ch, h * f, w * f] }],
+    ]);
+  },
   unet: async (model, io) => {
-    const eps = need(model.unet).forward({
+    const unet = need(model.unet);
+    const eps = unet.forward({
       x: await io.floats("x"),
       timesteps: await io.floats("timesteps"),
-      context: await io.floats("context"),
+      // UNets without cross-attention (unconditional and concat models) take no context.
+      context: unet.cfg.context_dim === undefined ? undefined : await io.floats("context"),
       cConcat: io.has("in", "c_concat") ? await io.floats("c_concat") : undefined,
     });
     return readOutputs({ eps });
@@ -195,6 +223,13 @@ const RUNNERS: Readonly<
       last_hidden_state: out.lastHiddenState,
       penultimate_hidden_state: out.penultimateHiddenState,
     });
+  },
+  cond: async (model, io) => {
+    const stage = model.cond;
+    if (!(stage instanceof ClassEmbedder)) {
+      throw new Error("the cond component checks a ClassEmbedder (class_label → c_crossattn); this model has none");
+    }
+    return readOutputs({ c_crossattn: stage.forward(await io.ids("class_label")) });
   },
   sample: async (model, _io, dump) => {
     const z0 = await runSample(model, dump);

@@ -1,11 +1,14 @@
 /**
- * The `sample` dump component: a whole classifier-free-guided sampling loop from x_T and token ids, run by the
- * pipeline's own sampling path (sampleFromTokens); decodeLatents turns a z_0 into the image.
+ * The `sample` dump component: a whole classifier-free-guided sampling loop from x_T and what conditions it
+ * (token ids, class labels, or nothing), run by the pipeline's own sampling path (sampleFromTokens,
+ * sampleConditioned); decodeLatents turns a z_0 into the image.
  */
 import { Tensor } from "@ldm/tensor";
 import { NoiseSchedule, type SamplerName, samplerByName } from "../diffusion/index.ts";
+import { ClassEmbedder } from "../models/cond-stage.ts";
 import type { LoadedModel } from "../models/index.ts";
-import { sampleFromTokens } from "../pipeline/denoiser.ts";
+import { sampleConditioned, sampleFromTokens } from "../pipeline/denoiser.ts";
+import { Generator } from "../random/index.ts";
 import type { Dump, HostTensor } from "./dump.ts";
 
 export interface SampleSettings {
@@ -13,6 +16,8 @@ export interface SampleSettings {
   steps: number;
   guidanceScale: number;
   eta: number;
+  /** eta > 0: the seed of torch's global generator, set right before sampling (each step's noise). */
+  globalSeed?: string;
 }
 
 function settings(dump: Dump): SampleSettings {
@@ -33,8 +38,17 @@ function settings(dump: Dump): SampleSettings {
     return Number.isFinite(value) ? value : fail(`has ${key} "${text}", not a number`);
   };
   const eta = number("eta", 0);
-  if (eta !== 0) fail(`has eta ${eta}: only eta 0 is deterministic from x_T (the dump carries no noise stream)`);
-  return { sampler: sampler as SamplerName, steps: number("steps"), guidanceScale: number("guidance_scale"), eta };
+  const globalSeed = meta.global_seed;
+  if (eta !== 0 && globalSeed === undefined) {
+    fail(`has eta ${eta} and no global_seed: only eta 0 is deterministic from x_T without the noise stream's seed`);
+  }
+  return {
+    sampler: sampler as SamplerName,
+    steps: number("steps"),
+    guidanceScale: number("guidance_scale"),
+    eta,
+    globalSeed,
+  };
 }
 
 /**
@@ -47,43 +61,78 @@ export async function runSample(
   overrides: Partial<SampleSettings> = {},
 ): Promise<HostTensor> {
   const { unet, clip, config } = model;
-  if (!unet || !clip) throw new Error("internal: the sample component needs the UNet and the text encoder");
+  if (!unet) throw new Error("internal: the sample component needs the UNet");
   const options = { ...settings(dump), ...overrides };
   const xT = await dump.floats("sample", "in", "x_T");
-  const cond = await dump.ints("sample", "in", "cond_ids");
-  const uncond = await dump.ints("sample", "in", "uncond_ids");
   const cConcat = dump.has("sample", "in", "c_concat") ? await dump.floats("sample", "in", "c_concat") : undefined;
   const schedule = NoiseSchedule.create({
     timesteps: config.timesteps,
     linearStart: config.linear_start,
     linearEnd: config.linear_end,
   });
-  const z0 = await sampleFromTokens({ config, unet, clip }, schedule, {
-    condIds: idRows(cond),
-    uncondIds: idRows(uncond),
+  const request = {
     xT: xT.data,
     latentShape: xT.shape,
     sampler: options.sampler,
     steps: options.steps,
     guidanceScale: options.guidanceScale,
     eta: options.eta,
+    generator: options.globalSeed === undefined ? undefined : new Generator(BigInt(options.globalSeed)),
     cConcat: cConcat?.data,
-  });
-  return { data: z0, shape: xT.shape };
+  };
+  if (dump.has("sample", "in", "cond_ids")) {
+    if (!clip) throw new Error(`${dump.path}: the sample has token ids, but the model has no text encoder`);
+    const cond = await dump.ints("sample", "in", "cond_ids");
+    const uncond = await dump.ints("sample", "in", "uncond_ids");
+    const z0 = await sampleFromTokens({ config, unet, clip }, schedule, {
+      ...request,
+      condIds: idRows(cond),
+      uncondIds: idRows(uncond),
+    });
+    return { data: z0, shape: xT.shape };
+  }
+  const context = await classContext(model, dump, options.guidanceScale !== 1);
+  try {
+    const z0 = await sampleConditioned({ config, unet }, schedule, { ...request, context, contextStage: "cond stage" });
+    return { data: z0, shape: xT.shape };
+  } finally {
+    context?.dispose();
+  }
 }
 
-/** The raw decoder output (about [-1, 1]) for clean latents z₀ as the UNet sees them (scaled by scale_factor). */
-export async function decodeLatents(model: LoadedModel, z0: HostTensor): Promise<HostTensor> {
-  const { vae, config } = model;
-  if (!vae) throw new Error("internal: decoding latents needs the VAE");
-  const device = vae.vb.device;
-  const unscaled = z0.data.map((v) => v / config.scale_factor);
-  const image = device.tidy(() => vae.decode(Tensor.from(device, unscaled, z0.shape)));
+/** A class-conditional sample's context: the ClassEmbedder on [uncond_class_label; class_label] (guided). */
+async function classContext(model: LoadedModel, dump: Dump, guide: boolean): Promise<Tensor | undefined> {
+  if (!dump.has("sample", "in", "class_label")) return undefined;
+  const stage = model.cond;
+  if (!(stage instanceof ClassEmbedder))
+    throw new Error(`${dump.path}: the sample has class labels, the model no ClassEmbedder`);
+  const cond = await dump.ints("sample", "in", "class_label");
+  const labels = guide
+    ? [...(await dump.ints("sample", "in", "uncond_class_label")).data, ...cond.data]
+    : [...cond.data];
+  const device = stage.vb.device;
+  const ids = Tensor.from(device, Int32Array.from(labels), [labels.length], "i32");
   try {
-    return { data: await image.toFloat32(), shape: image.shape };
+    return stage.forward(ids);
   } finally {
-    image.dispose();
+    ids.dispose();
   }
+}
+
+/**
+ * The raw decoder output (about [-1, 1]) for clean latents z₀ as the UNet sees them (scaled by the model's
+ * scale factor); a VQ first stage quantizes them first.
+ */
+export async function decodeLatents(model: LoadedModel, z0: HostTensor): Promise<HostTensor> {
+  const { vae, scaleFactor } = model;
+  if (!vae) throw new Error("internal: decoding latents needs the VAE");
+  const [b, , h, w] = z0.shape;
+  const f = vae.downscale;
+  const data = await vae.decodeToHost(
+    z0.data.map((v) => v / scaleFactor),
+    z0.shape,
+  );
+  return { data, shape: [b, vae.cfg.ddconfig.out_ch, h * f, w * f] };
 }
 
 /** A [B, L] id tensor of the dump as the B token rows sampleFromTokens takes. */

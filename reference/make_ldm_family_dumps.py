@@ -1,0 +1,222 @@
+"""Tiny random-weight versions of the paper's own LDM configs (CompVis/latent-diffusion), run by the ORIGINAL
+CompVis/latent-diffusion and taming-transformers code, written as checkpoints + YAML + reference dumps into
+packages/ldm/test/fixtures/dumps/.
+
+Usage (the upstream sources are never committed: export them into a temporary folder first):
+    git --git-dir=<latent-diffusion mirror> archive HEAD | tar -x -C /tmp/upstream-ldm      (or copy its .py files)
+    git --git-dir=<taming-transformers mirror> archive HEAD | tar -x -C /tmp/upstream-taming
+    /usr/bin/python3 reference/make_ldm_family_dumps.py --ldm /tmp/upstream-ldm --taming /tmp/upstream-taming
+
+Each tiny YAML keeps the structure of the upstream config it shrinks (reference/ldm_family/*.yaml):
+- tiny-celebahq:  configs/latent-diffusion/celebahq-ldm-vq-4.yaml (VQ-f4, unconditional, AttentionBlocks with
+                  num_head_channels, QKVAttentionLegacy), with a model_ema.* copy that differs (use_ema default true);
+- tiny-churches:  lsun_churches-ldm-kl-8.yaml (KL-f8, unconditional, use_scale_shift_norm, resblock_updown,
+                  scale_by_std: the scale_factor buffer in the checkpoint; new attention order on top, to cover
+                  QKVAttention);
+- tiny-cin:       cin256-v2.yaml (VQ-f4, ClassEmbedder, crossattn, SpatialTransformer with num_heads 1; CFG against
+                  the last class).
+Dumps: vae.encode (VQ: h, quant, indices; KL: moments), vae.decode, unet, cond (ClassEmbedder), sample (upstream
+DDIMSampler, eta 0, and eta 1 with global_seed: torch.manual_seed right before sampling).
+"""
+
+import argparse
+import os
+import sys
+import types
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from crosscheck_upstream import install_shims, upstream_latent_diffusion  # noqa: E402
+from ldm_ref.safetensors_io import save_file  # noqa: E402
+
+OUT = os.path.join(HERE, "..", "packages", "ldm", "test", "fixtures", "dumps")
+CONFIGS = os.path.join(HERE, "ldm_family")
+
+
+def randomize(module, seed):
+    """Every parameter random (std 1/sqrt(fan_in); norms 1 + N(0, 0.1) / N(0, 0.1)), rounded to float16 so the
+    float16 checkpoint holds exactly the weights the reference computed with."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1:
+                base = 1.0 if name.endswith("weight") else 0.0
+                value = base + 0.1 * torch.randn(p.shape, generator=generator)
+            else:
+                fan_in = int(np.prod(p.shape[1:])) if p.ndim > 1 else 1
+                value = torch.randn(p.shape, generator=generator) / np.sqrt(fan_in)
+            p.copy_(value.half().float())
+
+
+def build(ldm_config):
+    from ldm.models.autoencoder import AutoencoderKL, VQModelInterface
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from ldm.modules.encoders.modules import ClassEmbedder
+
+    params = ldm_config["model"]["params"]
+    unet = UNetModel(**params["unet_config"]["params"])
+    first = params["first_stage_config"]
+    first_cls = VQModelInterface if first["target"].endswith("VQModelInterface") else AutoencoderKL
+    vae = first_cls(**first["params"])
+    cond = params["cond_stage_config"]
+    cond_model = None
+    if isinstance(cond, dict) and cond["target"].endswith("ClassEmbedder"):
+        cond_model = ClassEmbedder(**cond["params"])
+    return unet.eval(), vae.eval(), cond_model
+
+
+def state_dict(unet, vae, cond_model, ema_unet=None, scale_factor=None):
+    out = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    out.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
+    if cond_model is not None:
+        out.update({f"cond_stage_model.{k}": v for k, v in cond_model.state_dict().items()})
+    if ema_unet is not None:
+        # LitEma's buffers: model_ema.<name without dots>, plus its decay and update count.
+        for k, v in ema_unet.state_dict().items():
+            out["model_ema.diffusion_model" + k.replace(".", "")] = v
+        out["model_ema.decay"] = torch.tensor(0.9999)
+        out["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    if scale_factor is not None:
+        out["scale_factor"] = torch.tensor(scale_factor)
+    return {k: (v.half() if v.is_floating_point() and v.ndim > 0 else v) for k, v in out.items()}
+
+
+def nearest_code_margin(h, codebook):
+    """Relative gap between the nearest and second-nearest code over all positions (VQ dumps must not sit on a tie)."""
+    z = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]).double()
+    d = torch.cdist(z, codebook.double())
+    two = d.topk(2, largest=False).values
+    return float(((two[:, 1] - two[:, 0]) / two[:, 1].clamp_min(1e-12)).min())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ldm", required=True, help="CompVis/latent-diffusion sources")
+    parser.add_argument("--taming", required=True, help="CompVis/taming-transformers sources")
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    install_shims()
+    for name in ["taming", "taming.modules", "taming.modules.vqvae", "taming.modules.vqvae.quantize"]:
+        sys.modules.pop(name, None)
+    for name in ["clip", "PIL", "PIL.Image", "PIL.ImageDraw", "PIL.ImageFont"]:
+        mod = types.ModuleType(name)
+        mod.Image = mod.ImageDraw = mod.ImageFont = None
+        sys.modules[name] = mod
+    sys.modules["einops"].reduce = None  # x_transformer imports it; the ClassEmbedder path never calls it
+    sys.path.insert(0, args.taming)
+    sys.path.insert(0, args.ldm)
+    from ldm.models.diffusion.ddim import DDIMSampler
+
+    UpstreamLatentDiffusion = upstream_latent_diffusion(args.ldm)
+
+    for name, seed in [("tiny-celebahq", 61), ("tiny-churches", 62), ("tiny-cin", 63)]:
+        config_path = os.path.join(CONFIGS, f"{name}.yaml")
+        config = yaml.safe_load(open(config_path))
+        params = config["model"]["params"]
+        unet, vae, cond_model = build(config)
+        randomize(unet, seed)
+        randomize(vae, seed + 100)
+        if cond_model is not None:
+            randomize(cond_model, seed + 200)
+        ema_unet = None
+        if params.get("use_ema", True):
+            # The checkpoint's EMA copy is what upstream samples with (use_ema): the dumps use it, the plain
+            # model.diffusion_model.* weights differ.
+            ema_unet, _, _ = build(config)
+            randomize(ema_unet, seed + 300)
+            plain, sampled = unet, ema_unet
+        else:
+            plain, sampled = unet, unet
+        scale_by_std = params.get("scale_by_std", False)
+        scale_factor = 0.7071 if scale_by_std else params.get("scale_factor", 1.0)
+        quantized = hasattr(vae, "quantize")
+        tensors = {}
+        meta = {"config": name, "torch_version": torch.__version__, "dtype": "float32"}
+        f = 2 ** (len(params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1)
+        latent = params["image_size"]
+        channels = params["unet_config"]["params"]["out_channels"]
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            x = torch.rand((2, 3, latent * f, latent * f), generator=g) * 2 - 1
+            if quantized:
+                h = vae.encode(x)
+                quant, _, (_, _, indices) = vae.quantize(h)
+                margin = nearest_code_margin(h, vae.quantize.embedding.weight)
+                tensors.update({"vae.encode.in.x": x, "vae.encode.out.h": h, "vae.encode.out.quant": quant})
+                tensors["vae.encode.out.indices"] = indices.reshape(h.shape[0], h.shape[2], h.shape[3]).long()
+                meta["vq_min_relative_margin"] = f"{margin:.3e}"
+                z = torch.randn((2, channels, latent, latent), generator=g)
+                tensors.update({"vae.decode.in.z": z, "vae.decode.out.x": vae.decode(z)})
+            else:
+                moments = vae.quant_conv(vae.encoder(x))
+                tensors.update({"vae.encode.in.x": x, "vae.encode.out.moments": moments})
+                z = torch.randn((2, channels, latent, latent), generator=g)
+                tensors.update({"vae.decode.in.z": z, "vae.decode.out.x": vae.decode(z)})
+            xu = torch.randn((2, params["unet_config"]["params"]["in_channels"], latent, latent), generator=g)
+            t = torch.tensor([911, 37])
+            context = None
+            if cond_model is not None:
+                labels = torch.tensor([3, cond_model.embedding.num_embeddings - 1])
+                c = cond_model({"class_label": labels})
+                tensors.update({"cond.in.class_label": labels, "cond.out.c_crossattn": c})
+                context = c
+                tensors["unet.in.context"] = c
+            tensors.update({"unet.in.x": xu, "unet.in.timesteps": t, "unet.out.eps": sampled(xu, t, context=context)})
+
+            # Sampling with the upstream DDIMSampler over upstream apply_model / DiffusionWrapper.
+            conditioning_key = None if params["cond_stage_config"] == "__is_unconditional__" else params.get(
+                "conditioning_key", "concat" if params.get("concat_mode", True) else "crossattn"
+            )
+            ldm = UpstreamLatentDiffusion({**params, "conditioning_key": conditioning_key}, sampled)
+            shape = (channels, latent, latent)
+            x_T = torch.randn((2, *shape), generator=torch.Generator().manual_seed(seed + 1))
+            for eta, steps in [(0.0, 10), (1.0, 10)]:
+                sampler = DDIMSampler(ldm)
+                sampler.register_buffer = lambda n, a, s=sampler: setattr(s, n, a)
+                extra = {}
+                inputs = {"sample.in.x_T": x_T}
+                guidance = 1.0
+                if cond_model is not None:
+                    label = torch.tensor([5, 7])
+                    uncond = torch.tensor([cond_model.embedding.num_embeddings - 1] * 2)
+                    extra = {
+                        "conditioning": cond_model({"class_label": label}),
+                        "unconditional_conditioning": cond_model({"class_label": uncond}),
+                    }
+                    guidance = 3.0
+                    inputs.update({"sample.in.class_label": label, "sample.in.uncond_class_label": uncond})
+                global_seed = seed + 2
+                torch.manual_seed(global_seed)
+                z0, _ = sampler.sample(
+                    S=steps, batch_size=2, shape=shape, eta=eta, x_T=x_T, verbose=False,
+                    unconditional_guidance_scale=guidance, **extra,
+                )
+                image = vae.decode(z0 / scale_factor) if not quantized else vae.decode(z0 / scale_factor)
+                sample = {**inputs, "sample.out.z_0": z0, "sample.out.image": image}
+                sample_meta = {
+                    **meta, "sampler": "ddim", "steps": str(steps), "guidance_scale": str(guidance), "eta": str(eta),
+                }
+                if eta:
+                    sample_meta["global_seed"] = str(global_seed)
+                suffix = "ddim" if eta == 0 else "ddim-eta1"
+                save_file(sample, os.path.join(args.out, f"{name}.sample-{suffix}.safetensors"), sample_meta)
+        save_file(tensors, os.path.join(args.out, f"{name}.dump.safetensors"), meta)
+        save_file(
+            state_dict(unet, vae, cond_model, ema_unet, scale_factor if scale_by_std else None),
+            os.path.join(args.out, f"{name}.safetensors"),
+        )
+        with open(config_path) as src, open(os.path.join(args.out, f"{name}.yaml"), "w") as dst:
+            dst.write(src.read())
+        print(name, "written", {k: tuple(v.shape) for k, v in tensors.items()}, meta.get("vq_min_relative_margin"))
+
+
+if __name__ == "__main__":
+    main()
