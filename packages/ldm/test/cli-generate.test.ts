@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stepRate } from "../src/cli/commands/generate.ts";
 import { decodePng, encodePng } from "../src/image/png.ts";
+import { INFOTEXT_KEYWORD, parametersFromInfotext } from "../src/pipeline/infotext.ts";
 import { PARAMETERS_KEYWORD, parseParameters } from "../src/pipeline/parameters.ts";
 import { runCli } from "./helpers/run-cli.ts";
 import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
@@ -156,6 +157,20 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const again = await ldm("generate", "--params-from", written, ...tiny, "--out", first);
     expect(again.code, again.err).toBe(0);
     expect(decodePng(readFileSync(first), "again").data).toEqual(image.data);
+    // A1111's parameters text, before the image data: what its PNG Info shows, read back as A1111 parses it.
+    const infotext = image.text[INFOTEXT_KEYWORD];
+    expect(infotext).toBe(
+      "a (photograph:1.3) of an astronaut\nSteps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 7.5, Seed: 7, Size: 32x48, Model: tiny-sd1, Clip skip: 2",
+    );
+    // An image carrying only A1111's text regenerates the same image; what ldm cannot restore is named.
+    const a1111 = join(dir, "out", "a1111.png");
+    writeFileSync(a1111, encodePng(image, { [INFOTEXT_KEYWORD]: `${infotext}, Hires upscale: 2` }));
+    expect(parametersFromInfotext(`${infotext}, Hires upscale: 2`, a1111).unrestored).toEqual(["Hires upscale"]);
+    const fromA1111 = join(dir, "out", "from-a1111.png");
+    const third = await ldm("generate", "--params-from", a1111, ...tiny, "--out", fromA1111);
+    expect(third.code, third.err).toBe(0);
+    expect(third.err).toMatch(/a1111.png: not restored \(A1111 settings ldm does not have\): Hires upscale/);
+    expect(decodePng(readFileSync(fromA1111), "from A1111").data).toEqual(image.data);
   });
 
   it("img2img with --cfg 1 and a batch of 2 numbers its files", async () => {

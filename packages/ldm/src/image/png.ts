@@ -12,17 +12,89 @@ export interface RgbaImage {
 }
 
 export interface DecodedImage extends RgbaImage {
-  /** The tEXt chunks, keyword → text. */
+  /** The text chunks (tEXt, and uncompressed iTXt), keyword → text. */
   text: Record<string, string>;
 }
 
-/** Encodes 8-bit RGBA as PNG with tEXt chunks. tEXt holds Latin-1 only: escape other text first (see parameters). */
+/**
+ * Encodes 8-bit RGBA as PNG with text chunks placed right after IHDR, before the image data, where readers that
+ * stop at the first IDAT (PIL's Image.open, so AUTOMATIC1111's PNG Info) find them: tEXt for Latin-1 text, iTXt
+ * (UTF-8, uncompressed) for anything else, as PIL writes them.
+ */
 export function encodePng(image: RgbaImage, text: Record<string, string> = {}): Uint8Array<ArrayBuffer> {
   checkImage(image);
-  const png = encode({ width: image.width, height: image.height, data: image.data, depth: 8, channels: 4, text });
-  // fast-png writes into ArrayBuffers it allocates (never shared ones); typed as such, the bytes go straight into
-  // a Blob or a Response, which TypeScript's DOM types refuse for a Uint8Array<ArrayBufferLike>.
-  return png as Uint8Array<ArrayBuffer>;
+  const png = encode({ width: image.width, height: image.height, data: image.data, depth: 8, channels: 4 });
+  const chunks = Object.entries(text).map(([keyword, value]) => textChunk(keyword, value));
+  const afterHeader = 8 + 8 + 13 + 4;
+  const size = chunks.reduce((n, c) => n + c.length, png.length);
+  const out = new Uint8Array(size);
+  out.set(png.subarray(0, afterHeader));
+  let at = afterHeader;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  out.set(png.subarray(afterHeader), at);
+  return out;
+}
+
+const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A tEXt chunk (Latin-1 text) or an uncompressed iTXt chunk (UTF-8), as PIL's PngInfo.add_text writes them. */
+function textChunk(keyword: string, text: string): Uint8Array {
+  if (!/^[\x20-\x7e\xa1-\xff]{1,79}$/.test(keyword)) throw new RangeError(`PNG text keyword "${keyword}" is not valid`);
+  const latin1 = [...text].every((c) => c.charCodeAt(0) <= 0xff);
+  const key = Uint8Array.from(keyword, (c) => c.charCodeAt(0));
+  const body = latin1
+    ? Uint8Array.from(text, (c) => c.charCodeAt(0))
+    : new Uint8Array([0, 0, 0, 0, ...new TextEncoder().encode(text)]);
+  const data = new Uint8Array(key.length + 1 + body.length);
+  data.set(key);
+  data.set(body, key.length + 1);
+  const chunk = new Uint8Array(12 + data.length);
+  const view = new DataView(chunk.buffer);
+  view.setUint32(0, data.length);
+  chunk.set(
+    Uint8Array.from(latin1 ? "tEXt" : "iTXt", (c) => c.charCodeAt(0)),
+    4,
+  );
+  chunk.set(data, 8);
+  view.setUint32(8 + data.length, crc32(chunk.subarray(4, 8 + data.length)));
+  return chunk;
+}
+
+/** Uncompressed iTXt chunks (fast-png reads only tEXt), keyword → UTF-8 text. */
+function internationalText(bytes: Uint8Array): Record<string, string> {
+  const text: Record<string, string> = {};
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let at = 8; at + 12 <= bytes.length; ) {
+    const length = view.getUint32(at);
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    if (type === "IEND" || at + 12 + length > bytes.length) break;
+    if (type === "iTXt") {
+      const data = bytes.subarray(at + 8, at + 8 + length);
+      const keywordEnd = data.indexOf(0);
+      const compressed = data[keywordEnd + 1];
+      const languageEnd = data.indexOf(0, keywordEnd + 3);
+      const translatedEnd = data.indexOf(0, languageEnd + 1);
+      if (keywordEnd > 0 && !compressed && languageEnd > 0 && translatedEnd > 0) {
+        const keyword = String.fromCharCode(...data.subarray(0, keywordEnd));
+        text[keyword] = new TextDecoder().decode(data.subarray(translatedEnd + 1));
+      }
+    }
+    at += 12 + length;
+  }
+  return text;
 }
 
 /**
@@ -67,7 +139,7 @@ export function decodePng(bytes: Uint8Array, what: string): DecodedImage {
     data[4 * p + 2] = grey ? r : to8(samples[at + 2]);
     data[4 * p + 3] = channels === 2 || channels === 4 ? to8(samples[at + channels - 1]) : 255;
   }
-  return { width, height, data, text: png.text ?? {} };
+  return { width, height, data, text: { ...(png.text ?? {}), ...internationalText(bytes) } };
 }
 
 /** Greyscale samples of 1, 2 or 4 bits, packed from the high bits with every row starting on a byte. */

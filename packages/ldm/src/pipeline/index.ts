@@ -9,6 +9,14 @@ export {
   unetDenoiser,
 } from "./denoiser.ts";
 export {
+  formatInfotext,
+  INFOTEXT_KEYWORD,
+  type Infotext,
+  parametersFromInfotext,
+  parseInfotext,
+  type RestoredInfotext,
+} from "./infotext.ts";
+export {
   type ConditioningOptions,
   type GenerateOptions,
   type GenerationResult,

@@ -10,6 +10,7 @@ import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { type DecodedImage, decodePng, encodePng, type RgbaImage } from "../image/png.ts";
+import { formatInfotext, INFOTEXT_KEYWORD } from "../pipeline/infotext.ts";
 import { PARAMETERS_KEYWORD, parametersText, parseParameters } from "../pipeline/parameters.ts";
 import type { GenerateOptions, GenerationResult, Progress, StableDiffusion } from "../pipeline/stable-diffusion.ts";
 import {
@@ -485,7 +486,14 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
     width = result.parameters[0]?.width ?? width;
     height = result.parameters[0]?.height ?? height;
     result.images.forEach((image, i) => {
-      pngs.push(encodePng(image, { [PARAMETERS_KEYWORD]: parametersText(result.parameters[i]), Software: "ldm.ts" }));
+      const parameters = result.parameters[i];
+      pngs.push(
+        encodePng(image, {
+          [INFOTEXT_KEYWORD]: formatInfotext(parameters),
+          [PARAMETERS_KEYWORD]: parametersText(parameters),
+          Software: "ldm.ts",
+        }),
+      );
       seeds.push(String(result.seed));
     });
   }

@@ -11,6 +11,7 @@ import {
 } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
 import { gridImage } from "../../image/pixels.ts";
+import { formatInfotext, INFOTEXT_KEYWORD, parametersFromInfotext } from "../../pipeline/infotext.ts";
 import { MAX_BATCH } from "../../pipeline/memory.ts";
 import {
   type GenerationParameters,
@@ -111,7 +112,10 @@ export function registerGenerate(program: Command): void {
       "--out <file|dir>",
       "a .png file (only PNG is written), or a folder for ldm-<seed>-<i>.png (default: the current folder)",
     )
-    .option("--params-from <png>", "reuse the generation parameters stored in an image we wrote")
+    .option(
+      "--params-from <png>",
+      "reuse the generation parameters of an image we wrote, or of AUTOMATIC1111's (its parameters text)",
+    )
     .option("--grid <png>", "also write all images in one PNG: a row per prompt, a column per batch image")
     .option("--sequential-cfg", "low memory: the two guidance halves as separate UNet calls (same result)")
     .option("--vae-tiling", "low memory: decode in overlapping tiles of 32 latent cells, blended (as diffusers)");
@@ -170,6 +174,7 @@ export function registerGenerate(program: Command): void {
       const paths = outputPaths(flags.out, seed, images.length);
       for (const [i, parameters] of results.flatMap((r) => r.parameters).entries()) {
         await writePngFile(paths[i], images[i], {
+          [INFOTEXT_KEYWORD]: formatInfotext(parameters),
           [PARAMETERS_KEYWORD]: parametersText({
             ...parameters,
             ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
@@ -192,18 +197,33 @@ export function registerGenerate(program: Command): void {
   });
 }
 
-async function storedParameters(path: string): Promise<GenerationParameters> {
+/** Our parameters, else AUTOMATIC1111's infotext (what it cannot restore is named on stderr). */
+async function storedParameters(path: string): Promise<Partial<GenerationParameters>> {
   const image = await readImageFlag(path, "--params-from image");
   const text = image.text[PARAMETERS_KEYWORD];
-  if (text === undefined) throw new UserError(`${path} holds no ${PARAMETERS_KEYWORD} text: it was not written by ldm`);
+  const infotext = image.text[INFOTEXT_KEYWORD];
+  if (text === undefined && infotext === undefined) {
+    throw new UserError(
+      `${path} holds neither ${PARAMETERS_KEYWORD} (ldm) nor ${INFOTEXT_KEYWORD} (AUTOMATIC1111) text to restore`,
+    );
+  }
   try {
-    return parseParameters(text, path);
+    if (text !== undefined) return parseParameters(text, path);
+    const { parameters, unrestored } = parametersFromInfotext(infotext as string, path);
+    if (unrestored.length)
+      console.error(`${path}: not restored (A1111 settings ldm does not have): ${unrestored.join(", ")}`);
+    if (parameters.model) console.error(`${path}: made with model "${parameters.model}"; pass it with --model`);
+    return parameters;
   } catch (e) {
     throw new UserError((e as Error).message);
   }
 }
 
-function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: GenerationParameters): Request {
+function requestFrom(
+  prompt: string | undefined,
+  flags: GenerateFlags,
+  stored?: Partial<GenerationParameters>,
+): Request {
   const text = prompt ?? stored?.prompt;
   if (text === undefined) throw new UserError("no prompt: give one, or --params-from an image we generated");
   const sampler = flags.sampler ?? stored?.sampler ?? SAMPLING_DEFAULTS.sampler;
@@ -230,7 +250,12 @@ function requestFrom(prompt: string | undefined, flags: GenerateFlags, stored?: 
         : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
     eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0, 1),
     clipSkip: flags.clipSkip === undefined ? stored?.clipSkip : integerFlag("--clip-skip", flags.clipSkip, 1),
-    seed: flags.seed === undefined ? stored && seedFlag(stored.seed) : seedFlag(flags.seed),
+    seed:
+      flags.seed === undefined
+        ? stored?.seed === undefined
+          ? undefined
+          : seedFlag(stored.seed)
+        : seedFlag(flags.seed),
     width: size("--width", flags.width, stored?.width),
     height: size("--height", flags.height, stored?.height),
     batchSize:
