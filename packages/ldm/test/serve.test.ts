@@ -23,7 +23,12 @@ const servers: LdmServer[] = [];
 async function start(options: Partial<ServeOptions> = {}): Promise<LdmServer> {
   const server = await serve({
     checkpoints: [checkpointAt(BUILTIN_MODEL, { title: "emoji-ldm" })],
-    loader: (c) => StableDiffusion.load(c.filename, { device, config: c.config ?? undefined }),
+    loader: async (c) => {
+      const pipe = await StableDiffusion.load(c.filename, { device, config: c.config ?? undefined });
+      // The pipeline's own memory bound (set from system memory on CPU adapters), low enough to refuse 512×512.
+      pipe.memoryLimit = 2 ** 28;
+      return pipe;
+    },
     port: 0,
     ...options,
   });
@@ -257,6 +262,9 @@ describe("ldm serve: the A1111 endpoints", () => {
     }
     expect((await post(server, "/sdapi/v1/png-info", { image: "AAAA" })).status).toBe(500);
     expect((await post(server, "/sdapi/v1/png-info", {})).status).toBe(422);
+    const tooBig = await post(server, "/sdapi/v1/txt2img", { ...QUICK, width: 512, height: 512 });
+    expect(tooBig.status).toBe(422);
+    expect(tooBig.json.detail[0].msg).toMatch(/0.25 GiB/);
     expect((await get(server, "/sdapi/v1/nothing")).status).toBe(404);
     expect((await post(server, "/sdapi/v1/txt2img", { ...QUICK, steps: 1 })).status).toBe(200);
   });
