@@ -46,6 +46,7 @@ describe("ldm generate: errors before any model work", () => {
     [["a cat", "--sampler", "lms"], /unknown sampler "lms"; one of ddpm, ddim, plms, euler, euler_ancestral, /],
     [["a cat", "--schedule", "karras"], /sampler ddim takes no schedule "karras" \(none: it picks timesteps\)/],
     [["a cat", "--sampler", "heun", "--schedule", "cosine"], /sampler heun takes no schedule "cosine"/],
+    [["a cat", "--variant", "fp32"], /--variant must be "fp16", got "fp32"/],
     [["a cat", "--width", "100"], /--width 100 is not a multiple of 8/],
     [["a cat", "--steps", "0"], /--steps must be an integer ≥ 1, got "0"/],
     [["a cat", "--cfg", "x"], /--cfg must be a number in \[0, 50\], got "x"/],

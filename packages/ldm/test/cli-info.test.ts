@@ -84,6 +84,22 @@ describe("ldm info", () => {
     expect(out).not.toMatch(/assumed/);
   });
 
+  it("reads <stem>.yaml beside a single file, as generate and validate do", async () => {
+    const yaml = join(dir, "beside.yaml");
+    const text = `model:
+  params:
+    parameterization: v
+    unet_config: {params: {in_channels: 4, out_channels: 4, model_channels: 8, num_res_blocks: 2, attention_resolutions: [1, 2, 4], channel_mult: [1, 2, 2, 2], num_heads: 2, use_spatial_transformer: true, context_dim: 128}}
+    first_stage_config: {params: {embed_dim: 4, ddconfig: {z_channels: 4, resolution: 256, in_channels: 3, out_ch: 3, ch: 8, ch_mult: [1, 1, 2, 2], num_res_blocks: 2, attn_resolutions: []}}}
+    cond_stage_config: {target: ldm.modules.encoders.modules.FrozenCLIPEmbedder}
+`;
+    writeFileSync(yaml, text);
+    await writeSingleFile(join(dir, "beside.safetensors"), tinyConfig(), {});
+    const out = await info(join(dir, "beside.safetensors"));
+    expect(out).toMatch(/config \(.*beside\.yaml\)/);
+    expect(out).toMatch(/parameterization: v/);
+  });
+
   it("one-line user errors: missing file, not safetensors, malformed header, bad config", async () => {
     expect(await userError(join(dir, "absent.safetensors"))).toMatch(/absent\.safetensors: no such file or folder/);
     const text = join(dir, "notes.safetensors");

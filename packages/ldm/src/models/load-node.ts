@@ -19,6 +19,8 @@ export interface LoadModelOptions {
    * paper's models, as upstream samples with them) when the file has the copy.
    */
   ema?: boolean;
+  /** Diffusers folders: read the `fp16` variant files. */
+  variant?: "fp16";
   /** Called with the configuration before any weights are read (to refuse a model early). */
   check?: (config: LdmConfig) => void;
 }
@@ -33,7 +35,8 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
     throw new Error("f16 was asked for, but this device has no shader-f16 feature: use f32");
   }
   const yaml = options.config ? ldmConfigFromYaml(readConfigFile(options.config), options.config) : undefined;
-  let checkpoint: Checkpoint = await openCheckpoint(path);
+  const { variant } = options;
+  let checkpoint: Checkpoint = await openCheckpoint(path, { variant });
   try {
     const { config, assumptions } = yaml ? { config: yaml, assumptions: [] } : checkpoint.config();
     options.check?.(config);
@@ -41,7 +44,7 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
     if (ema) {
       if (!checkpoint.hasEma) throw new Error(`${path}: EMA weights were asked for, but the file has no model_ema.*`);
       await checkpoint.close();
-      checkpoint = await openCheckpoint(path, { ema: true });
+      checkpoint = await openCheckpoint(path, { ema: true, variant });
     }
     const scaleFactor = config.scale_by_std ? await storedScaleFactor(checkpoint, path) : config.scale_factor;
     const components = options.components ?? componentsOf(config);

@@ -52,6 +52,8 @@ export interface LoadOptions {
   config?: string;
   /** Sample with the UNet's EMA weights (`model_ema.*`); default: the config's use_ema where the file has them. */
   ema?: boolean;
+  /** Diffusers folders: read the `fp16` variant files (`*.fp16.safetensors`). */
+  variant?: "fp16";
   /**
    * CLIP's vocabulary (see loadClipTokenizer); default: the folder the config names in
    * cond_stage_config.params.tokenizer, else a diffusers folder's tokenizer/, else (a single file) the
@@ -281,7 +283,14 @@ export class LatentDiffusion {
     const files = companionFiles(path, { config: options.config, vocab: options.vocab });
     const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
     try {
-      const loaded = await loadModel(path, { device, dtype, config: files.config, ema: options.ema, check });
+      const loaded = await loadModel(path, {
+        device,
+        dtype,
+        config: files.config,
+        ema: options.ema,
+        variant: options.variant,
+        check,
+      });
       const { config, unet, vae, clip, cond } = loaded;
       if (!unet || !vae) throw new Error("internal: loadModel did not build every network");
       const tokenizer = config.text ? loadClipTokenizer({ vocab: files.vocab, model: path }).tokenizer : undefined;

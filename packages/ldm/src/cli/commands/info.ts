@@ -18,6 +18,7 @@ import {
 import { type Checkpoint, CheckpointError, openCheckpoint } from "@ldm/weights/node";
 import type { Command } from "commander";
 import { Document, visit } from "yaml";
+import { companionFiles } from "../../pipeline/model-files.ts";
 import { UserError } from "../errors.ts";
 
 interface InfoFlags {
@@ -50,7 +51,10 @@ export function registerInfo(program: Command): void {
     .command("info")
     .description("describe a checkpoint: family, configuration, parameters and dtypes per component")
     .argument("<checkpoint>", "a .safetensors or PyTorch .ckpt/.pt file (original layout) or a diffusers folder")
-    .option("--config <yaml>", "an original-style YAML config (v1-inference.yaml shape) instead of detection")
+    .option(
+      "--config <yaml>",
+      "an original-style YAML config (v1-inference.yaml shape) instead of detection (default: <checkpoint>.yaml beside it)",
+    )
     .option("--ema", "use the EMA copy of the UNet in a full training checkpoint")
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files")
     .option("--json", "print one JSON object instead of text")
@@ -63,11 +67,13 @@ export function registerInfo(program: Command): void {
         openCheckpoint(path, { ema: flags.ema, variant: flags.variant as "fp16" | undefined }),
       );
       try {
-        const yaml = flags.config && {
-          text: await readFile(flags.config, "utf8").catch(() => {
-            throw new UserError(`${flags.config}: cannot read the config file`);
+        // As generate and validate do: the config given, else <stem>.yaml beside a single file.
+        const config = flags.config ?? companionFiles(path).config;
+        const yaml = config && {
+          text: await readFile(config, "utf8").catch(() => {
+            throw new UserError(`${config}: cannot read the config file`);
           }),
-          origin: flags.config,
+          origin: config,
         };
         const report = await asUserError(async () => describe(checkpoint, flags.ema === true, yaml || undefined));
         const check = flags.check ? await asUserError(() => findNonFinite(checkpoint.files)) : undefined;

@@ -17,6 +17,8 @@ export interface ModelFlags {
   config?: string;
   vocab?: string;
   f16?: boolean;
+  ema?: boolean;
+  variant?: string;
 }
 
 export function addModelOptions(command: Command): Command {
@@ -30,13 +32,18 @@ export function addModelOptions(command: Command): Command {
       "--vocab <path>",
       "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the config's tokenizer, the model folder's tokenizer/, else the shipped CLIP vocabulary)",
     )
-    .option("--f16", "run in half precision (needs shader-f16)");
+    .option("--f16", "run in half precision (needs shader-f16)")
+    .option("--ema", "sample with the UNet's EMA copy in a full training checkpoint (default: the config's use_ema)")
+    .option("--variant <fp16>", "diffusers folders: read the fp16 variant files");
 }
 
 /** Loads the pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
 export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
   if (!flags.model && !existsSync(BUILTIN_MODEL)) {
     throw new UserError(`the built-in model is missing (${BUILTIN_MODEL}): pass --model <checkpoint.safetensors>`);
+  }
+  if (flags.variant !== undefined && flags.variant !== "fp16") {
+    throw new UserError(`--variant must be "fp16", got "${flags.variant}"`);
   }
   const model = await modelPath(flags.model);
   const dtype = flags.f16 ? "f16" : "f32";
@@ -48,6 +55,8 @@ export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> 
       config: flags.config,
       vocab: flags.vocab,
       dtype,
+      ema: flags.ema,
+      variant: flags.variant as "fp16" | undefined,
       name: flags.model && model !== flags.model && isHubName(flags.model) ? flags.model : undefined,
     });
     const { info } = pipe.device;
