@@ -134,7 +134,7 @@ describe("ldm serve: the A1111 endpoints", () => {
     const info = JSON.parse(json.info);
     expect(info).toMatchObject({ seed: 42, all_seeds: [42], sampler_name: "Euler", steps: 3, width: 64, height: 64 });
     expect(info.infotexts[0]).toBe(
-      "red apple\nSteps: 3, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: emoji-ldm.safetensors",
+      "red apple\nSteps: 3, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: emoji-ldm",
     );
   });
 
@@ -205,6 +205,7 @@ describe("ldm serve: the A1111 endpoints", () => {
     expect(info.status).toBe(200);
     expect(info.json.info).toContain("Seed: 42");
     expect(info.json.items).toMatchObject({ Software: "ldm.ts" });
+    expect(info.json.parameters).toMatchObject({ Prompt: "red apple", Seed: "42", Steps: "3", "Size-1": "64" });
   });
 
   it("options: sd_model_checkpoint must name an offered model", async () => {

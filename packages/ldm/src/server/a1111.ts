@@ -207,6 +207,8 @@ export interface JobRecord {
   negativePrompt: string;
   /** Per image: the seed of the run that made it (A1111: seed + index; here one seed per batch run). */
   seeds: string[];
+  /** Per image: its A1111 parameters text ("" for an interrupted run's images). */
+  infotexts: string[];
   sampler: SamplerName;
   /** The σ spacing when the request chose one ("Schedule type"). */
   schedule?: SigmaScheduleName;
@@ -220,32 +222,6 @@ export interface JobRecord {
   inpainting: boolean;
   eta: number | null;
   jobTimestamp: string;
-}
-
-/** A1111's `create_infotext`: the prompt, the negative prompt line, then "Key: value" pairs. */
-export function infotext(job: JobRecord, index: number): string {
-  const pairs: [string, unknown][] = [
-    ["Steps", job.steps],
-    ["Sampler", samplerByName(job.sampler).a1111],
-    ["Schedule type", job.schedule && job.schedule[0].toUpperCase() + job.schedule.slice(1)],
-    ["CFG scale", job.cfgScale],
-    ["Seed", job.seeds[index]],
-    ["Size", `${job.width}x${job.height}`],
-    ["Model", job.modelName],
-    ["Denoising strength", job.denoisingStrength],
-    ["Eta", job.eta],
-  ];
-  const text = pairs
-    .filter(([, v]) => v !== null && v !== undefined)
-    .map(([k, v]) => `${k}: ${quote(String(v))}`)
-    .join(", ");
-  const negative = job.negativePrompt ? `\nNegative prompt: ${job.negativePrompt}` : "";
-  return `${job.prompt}${negative}\n${text}`.trim();
-}
-
-/** A1111's generation_parameters_copypaste.quote: values with a comma, colon or quote are JSON-quoted. */
-function quote(text: string): string {
-  return /[,:"\n]/.test(text) ? JSON.stringify(text) : text;
 }
 
 /** Processed.js(): the `info` string of a txt2img / img2img answer. */
@@ -278,7 +254,7 @@ export function infoJson(job: JobRecord, imageCount: number): string {
     denoising_strength: job.denoisingStrength,
     extra_generation_params: {},
     index_of_first_image: 0,
-    infotexts: Array.from({ length: imageCount }, (_, i) => infotext(job, i)),
+    infotexts: job.infotexts,
     styles: [],
     job_timestamp: job.jobTimestamp,
     clip_skip: 1,

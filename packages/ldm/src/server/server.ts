@@ -10,14 +10,13 @@ import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { type DecodedImage, decodePng, encodePng, type RgbaImage } from "../image/png.ts";
-import { formatInfotext, INFOTEXT_KEYWORD } from "../pipeline/infotext.ts";
+import { formatInfotext, INFOTEXT_KEYWORD, parseInfotext } from "../pipeline/infotext.ts";
 import { PARAMETERS_KEYWORD, parametersText, parseParameters } from "../pipeline/parameters.ts";
 import type { GenerateOptions, GenerationResult, Progress, StableDiffusion } from "../pipeline/stable-diffusion.ts";
 import {
   a1111Samplers,
   img2imgSchema,
   infoJson,
-  infotext,
   type JobRecord,
   jobTimestamp,
   type ProcessingRequest,
@@ -433,6 +432,7 @@ function maskImage(image: RgbaImage, invert: boolean): RgbaImage {
 async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal, state: JobState, preview?: number) {
   const pngs: Uint8Array[] = [];
   const seeds: string[] = [];
+  const infotexts: string[] = [];
   let width = plan.options.width ?? plan.initImage?.width ?? pipe.defaultSize;
   let height = plan.options.height ?? plan.initImage?.height ?? pipe.defaultSize;
   const batchSize = plan.options.batchSize ?? 1;
@@ -479,6 +479,7 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
         for (const image of await pipe.decode(last.denoised, shape)) {
           pngs.push(encodePng(image, { Software: "ldm.ts" }));
           seeds.push(String(seed));
+          infotexts.push("");
         }
       }
       break;
@@ -487,9 +488,10 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
     height = result.parameters[0]?.height ?? height;
     result.images.forEach((image, i) => {
       const parameters = result.parameters[i];
+      infotexts.push(formatInfotext(parameters));
       pngs.push(
         encodePng(image, {
-          [INFOTEXT_KEYWORD]: formatInfotext(parameters),
+          [INFOTEXT_KEYWORD]: infotexts[infotexts.length - 1],
           [PARAMETERS_KEYWORD]: parametersText(parameters),
           Software: "ldm.ts",
         }),
@@ -501,6 +503,7 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
     prompt: plan.options.prompt,
     negativePrompt: plan.options.negativePrompt ?? "",
     seeds,
+    infotexts,
     sampler: plan.options.sampler ?? "euler",
     schedule: plan.options.schedule,
     steps: plan.options.steps ?? 50,
@@ -517,7 +520,10 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
   return { images: pngs, record };
 }
 
-/** /png-info: the A1111 `parameters` text (else one made from ours), the other text chunks, and the parsed fields. */
+/**
+ * /png-info: the A1111 `parameters` text (else one made from our ldm-parameters), the other text chunks, and the
+ * text's fields as A1111's parse_generation_parameters names them (Prompt, Negative prompt, Size-1, Size-2, …).
+ */
 function pngInfo(encoded: string) {
   const data = encoded.startsWith("data:") ? encoded.slice(encoded.indexOf(",") + 1) : encoded;
   let text: Record<string, string>;
@@ -526,28 +532,14 @@ function pngInfo(encoded: string) {
   } catch (e) {
     throw new ApiError(500, `Invalid encoded image (${(e as Error).message})`);
   }
-  const { parameters, ...items } = text;
-  if (parameters !== undefined) return { info: parameters, items, parameters: {} };
+  const { [INFOTEXT_KEYWORD]: stored, ...items } = text;
   const ours = text[PARAMETERS_KEYWORD];
-  if (ours === undefined) return { info: "", items, parameters: {} };
-  const p = parseParameters(ours, "image");
-  const record: JobRecord = {
-    prompt: p.prompt,
-    negativePrompt: p.negativePrompt,
-    seeds: [p.seed],
-    sampler: p.sampler,
-    steps: p.steps,
-    cfgScale: p.guidanceScale,
-    width: p.width,
-    height: p.height,
-    batchSize: p.batchSize,
-    denoisingStrength: p.strength ?? null,
-    modelName: p.model,
-    inpainting: false,
-    eta: null,
-    jobTimestamp: "",
-  };
-  return { info: infotext(record, 0), items, parameters: {} };
+  const info = stored ?? (ours === undefined ? "" : formatInfotext(parseParameters(ours, "image")));
+  if (!info) return { info, items, parameters: {} };
+  const { prompt, negativePrompt, values } = parseInfotext(info);
+  const size = /^(\d+)x(\d+)$/.exec(values.Size ?? "");
+  const sizes = size ? { "Size-1": size[1], "Size-2": size[2] } : {};
+  return { info, items, parameters: { Prompt: prompt, "Negative prompt": negativePrompt, ...values, ...sizes } };
 }
 
 /** A signal that aborts when the client closes the connection before the answer is sent. */
