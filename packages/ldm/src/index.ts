@@ -36,6 +36,7 @@ export {
   UNetModel,
 } from "./models/openaimodel.ts";
 export type { TileOptions } from "./models/tiles.ts";
+export { BERTEmbedder, TransformerWrapper, type XTransformerConfig } from "./models/x-transformer.ts";
 export * from "./pipeline/index.ts";
 export * from "./random/index.ts";
 export * from "./tokenizer/index.ts";

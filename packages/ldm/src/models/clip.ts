@@ -151,6 +151,11 @@ export class CLIPTextModel {
     });
   }
 
+  /** Ids per encode call: the position embeddings (TokenEncoder). */
+  get contextLength(): number {
+    return this.cfg.max_position_embeddings;
+  }
+
   /**
    * The conditioning the UNet takes: the layer the config says, or with `clipSkip` A1111's "CLIP skip" (1 = the
    * last layer, 2 = the penultimate, n = the n-th from the end), then the final LayerNorm.

@@ -1,7 +1,8 @@
 /**
  * The cond stages of CompVis `ldm/modules/encoders/modules.py` that are not text encoders, with the original
  * parameter names under `cond_stage_model`: ClassEmbedder (class-conditional ImageNet) and SpatialRescaler
- * (semantic synthesis). The text encoders are CLIPTextModel (clip.ts).
+ * (semantic synthesis); BERTEmbedder (x-transformer.ts) for the paper's text and layout models. The CLIP text
+ * encoders are CLIPTextModel (clip.ts).
  */
 import { conv2d } from "@ldm/kernels";
 import { Embedding, type VarBuilder } from "@ldm/nn";
@@ -9,6 +10,7 @@ import { formatShape, type Tensor } from "@ldm/tensor";
 import type { CondStageConfig } from "@ldm/weights";
 import { asDType } from "./dtype.ts";
 import { avgPool2x2 } from "./openaimodel.ts";
+import { BERTEmbedder } from "./x-transformer.ts";
 
 type ClassEmbedderConfig = Extract<CondStageConfig, { target: "ClassEmbedder" }>;
 type SpatialRescalerConfig = Extract<CondStageConfig, { target: "SpatialRescaler" }>;
@@ -65,11 +67,12 @@ export class SpatialRescaler {
 }
 
 /** A cond stage network with parameters (the CLIP text encoders are built from `LdmConfig.text`). */
-export type CondStageModel = ClassEmbedder | SpatialRescaler;
+export type CondStageModel = ClassEmbedder | SpatialRescaler | BERTEmbedder;
 
 /** The network of a cond stage config, or undefined for those without parameters (Identity, the first stage). */
 export function condStageModel(vb: VarBuilder, cfg: CondStageConfig): CondStageModel | undefined {
   if (cfg.target === "ClassEmbedder") return new ClassEmbedder(vb, cfg);
   if (cfg.target === "SpatialRescaler") return new SpatialRescaler(vb, cfg);
+  if (cfg.target === "BERTEmbedder") return new BERTEmbedder(vb, cfg);
   return undefined;
 }

@@ -29,7 +29,10 @@ export const COMPONENT_PREFIX: Readonly<Record<Component, string>> = {
 /** The components a config has: the UNet, the first stage, and its cond stage's network if it has parameters. */
 export function componentsOf(config: LdmConfig): Component[] {
   const stage = config.cond_stage;
-  const cond = stage?.target === "ClassEmbedder" || (stage?.target === "SpatialRescaler" && stage.out_channels);
+  const cond =
+    stage?.target === "ClassEmbedder" ||
+    stage?.target === "BERTEmbedder" ||
+    (stage?.target === "SpatialRescaler" && stage.out_channels);
   return ["unet", "vae", ...(config.text ? ["clip" as const] : cond ? ["cond" as const] : [])];
 }
 

@@ -183,4 +183,16 @@ export class BERTEmbedder {
   forward(ids: Tensor): Tensor {
     return this.transformer.forward(ids);
   }
+
+  /** Ids per encode call (TokenEncoder): upstream pads and truncates to max_seq_len. */
+  get contextLength(): number {
+    return this.cfg.max_seq_len;
+  }
+
+  /** The conditioning, as the text encoders name it (TokenEncoder); CLIP skip has no meaning here. */
+  encode(ids: Tensor, clipSkip?: number): Tensor {
+    if (clipSkip !== undefined)
+      throw new RangeError(`CLIP skip ${clipSkip}: this model's text encoder is a BERTEmbedder, not CLIP`);
+    return this.forward(ids);
+  }
 }

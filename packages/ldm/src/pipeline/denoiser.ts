@@ -11,7 +11,7 @@ import {
   type StepInfo,
   sample,
 } from "../diffusion/index.ts";
-import type { CLIPTextModel, UNetModel } from "../models/index.ts";
+import type { UNetModel } from "../models/index.ts";
 import type { Generator } from "../random/index.ts";
 
 /**
@@ -81,6 +81,14 @@ export function assertFinite(stage: NonFiniteError["stage"], values: Float32Arra
   }
 }
 
+/** A cond stage on token ids: CLIP's text encoder, or the paper's BERTEmbedder (on prompt or layout tokens). */
+export interface TokenEncoder {
+  /** Ids per encoder call (CLIP's 77 positions, a BERTEmbedder's max_seq_len); longer rows are chunks of it. */
+  readonly contextLength: number;
+  /** ids i32 [B, L] → context [B, L, D]; clipSkip: CLIP's layer from the end. */
+  encode(ids: Tensor, clipSkip?: number): Tensor;
+}
+
 export interface EncodeOptions {
   /** Per row, a weight per token (A1111's emphasis); absent or all 1: plain encoding. */
   weights?: readonly Float32Array[];
@@ -97,11 +105,11 @@ export interface EncodeOptions {
  */
 export async function encodeTokenRows(
   device: Device,
-  clip: CLIPTextModel,
+  encoder: TokenEncoder,
   rows: readonly Int32Array[],
   options: EncodeOptions = {},
 ): Promise<Tensor> {
-  const length = clip.cfg.max_position_embeddings;
+  const length = encoder.contextLength;
   const width = rows[0].length;
   if (width % length || rows.some((r) => r.length !== width)) {
     throw new RangeError(
@@ -121,7 +129,7 @@ export async function encodeTokenRows(
     ids.set(rows[row], i * width);
   });
   const encoded = device.tidy(() =>
-    clip.encode(Tensor.from(device, ids, [unique.length * chunks, length], "i32"), options.clipSkip),
+    encoder.encode(Tensor.from(device, ids, [unique.length * chunks, length], "i32"), options.clipSkip),
   );
   const weighted =
     weights && firstOf.some((row) => weights[row].some((w) => w !== 1))
@@ -281,7 +289,7 @@ export async function sampleConditioned(
  * runs, and what `sample` reference dumps of text models check.
  */
 export async function sampleFromTokens(
-  networks: { config: LdmConfig; unet: UNetModel; clip: CLIPTextModel },
+  networks: { config: LdmConfig; unet: UNetModel; textEncoder: TokenEncoder },
   schedule: NoiseSchedule,
   request: LatentRequest,
 ): Promise<Float32Array> {
@@ -301,7 +309,7 @@ export async function sampleFromTokens(
           ...withOnes(request.condIds, request.condWeights),
         ]
       : undefined;
-  const context = await encodeTokenRows(networks.unet.vb.device, networks.clip, rows, {
+  const context = await encodeTokenRows(networks.unet.vb.device, networks.textEncoder, rows, {
     weights,
     clipSkip: request.clipSkip,
   });

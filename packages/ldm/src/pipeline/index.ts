@@ -6,6 +6,7 @@ export {
   NonFiniteError,
   sampleConditioned,
   sampleFromTokens,
+  type TokenEncoder,
   unetDenoiser,
 } from "./denoiser.ts";
 export {

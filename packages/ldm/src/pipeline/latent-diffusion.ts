@@ -1,7 +1,7 @@
 /**
  * Sampling from a loaded LatentDiffusion (ldm.models.diffusion.ddpm.LatentDiffusion), in the shape of diffusers'
- * pipelines: the cond stage's conditioning (a prompt's CLIP context, a class embedding, a low-resolution image,
- * a segmentation map, a masked image), torch-compatible CPU noise, a guided sampling loop over the UNet, the
+ * pipelines: the cond stage's conditioning (a prompt's CLIP or BERTEmbedder context, a layout's, a class
+ * embedding, a low-resolution image, a segmentation map, a masked image), torch-compatible CPU noise, a guided sampling loop over the UNet, the
  * first stage's decode. Stable Diffusion (stable-diffusion.ts) is its CLIP text-to-image configuration. The
  * latent scale factor, the conditioning key and the parameterization come from the model's config.
  */
@@ -26,8 +26,15 @@ import { DEFAULT_VAE_TILES } from "../models/autoencoder.ts";
 import { ClassEmbedder, type CondStageModel, SpatialRescaler } from "../models/cond-stage.ts";
 import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
 import type { TileOptions } from "../models/tiles.ts";
+import { BERTEmbedder, type BertEmbedderConfig } from "../models/x-transformer.ts";
 import { Generator, type Seed } from "../random/index.ts";
-import type { ClipTokenizer, PadWith } from "../tokenizer/index.ts";
+import {
+  BertTokenizer,
+  type ClipTokenizer,
+  LayoutBuilder,
+  type LayoutObject,
+  type PadWith,
+} from "../tokenizer/index.ts";
 import { chunkPrompt } from "../tokenizer/prompt-attention.ts";
 import {
   assertFinite,
@@ -36,6 +43,7 @@ import {
   NonFiniteError,
   sampleConditioned,
   sampleFromTokens,
+  type TokenEncoder,
   unetDenoiser,
 } from "./denoiser.ts";
 import { PipelineOptionError } from "./errors.ts";
@@ -57,7 +65,7 @@ export interface LoadOptions {
   /**
    * CLIP's vocabulary (see loadClipTokenizer); default: the folder the config names in
    * cond_stage_config.params.tokenizer, else a diffusers folder's tokenizer/, else (a single file) the
-   * shipped CLIP vocabulary.
+   * shipped CLIP vocabulary. BERTEmbedder models: a WordPiece vocab.txt; default: the shipped bert-base-uncased.
    */
   vocab?: string;
   /** What the parameters call the model (default: the file or folder name; a hub model: its repository). */
@@ -138,6 +146,11 @@ export interface ConditioningOptions {
   segmentation?: SegmentationMap;
   /** Identity (super-resolution) models: the low-resolution image, at the latent's size. */
   lowRes?: RgbaImage;
+  /**
+   * Layout models (a BERTEmbedder without tokenizer, layout2img): the objects, each a class index and a box in
+   * image fractions; guidance's unconditional half is the empty layout.
+   */
+  layout?: readonly LayoutObject[];
 }
 
 export interface SegmentationMap {
@@ -219,6 +232,11 @@ export interface PromptTokens {
 }
 
 const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
+/** The paper's text-to-image models (BERTEmbedder): scripts/txt2img.py's default --scale. */
+export const BERT_GUIDANCE_SCALE = 5.0;
+
+/** What a cond stage conditions on, by the question the pipeline asks. */
+type Prompted = "clip" | "bert" | "layout" | undefined;
 
 export class LatentDiffusion {
   readonly schedule: NoiseSchedule;
@@ -228,8 +246,8 @@ export class LatentDiffusion {
   protected constructor(
     readonly device: Device,
     readonly networks: LdmNetworks,
-    /** The text models' tokenizer. */
-    readonly tokenizer: ClipTokenizer | undefined,
+    /** The text models' tokenizer: CLIP's, or BERT's WordPiece for BERTEmbedder models. */
+    readonly tokenizer: ClipTokenizer | BertTokenizer | undefined,
     /** The checkpoint's file or folder name, recorded in the parameters. */
     readonly name: string,
     private readonly ownsDevice: boolean,
@@ -251,8 +269,11 @@ export class LatentDiffusion {
     });
     this.padWith = config.text?.pad_token_id === 0 ? "zero" : "end";
     if (ownsDevice) OWNED_DEVICES.register(this, device, this);
+    if (this.prompted === "bert" && !(tokenizer instanceof BertTokenizer)) {
+      throw new Error("a BERTEmbedder text model needs BERT's WordPiece tokenizer");
+    }
     if (!config.text) return;
-    if (!tokenizer) throw new Error("a text model needs its tokenizer");
+    if (!tokenizer || tokenizer instanceof BertTokenizer) throw new Error("a CLIP text model needs CLIP's tokenizer");
     // SD1's CLIP pads with its end token, SD2's OpenCLIP with id 0; the tokenizer knows the end token's id.
     const vocabulary = config.text.vocab_size;
     if (tokenizer.endId >= vocabulary || tokenizer.startId >= vocabulary) {
@@ -277,9 +298,13 @@ export class LatentDiffusion {
     path: string,
     options: LoadOptions,
     check: (config: LdmConfig) => void = () => {},
-  ): Promise<[Device, LdmNetworks, ClipTokenizer | undefined, string, boolean, number, number | undefined]> {
+  ): Promise<
+    [Device, LdmNetworks, ClipTokenizer | BertTokenizer | undefined, string, boolean, number, number | undefined]
+  > {
     const dtype = options.dtype ?? "f32";
-    const { companionFiles, loadClipTokenizer, loadModel, systemMemory } = await import("#node-files");
+    const { companionFiles, loadBertTokenizer, loadClipTokenizer, loadModel, systemMemory } = await import(
+      "#node-files"
+    );
     const files = companionFiles(path, { config: options.config, vocab: options.vocab });
     const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
     try {
@@ -293,7 +318,12 @@ export class LatentDiffusion {
       });
       const { config, unet, vae, clip, cond } = loaded;
       if (!unet || !vae) throw new Error("internal: loadModel did not build every network");
-      const tokenizer = config.text ? loadClipTokenizer({ vocab: files.vocab, model: path }).tokenizer : undefined;
+      const bert = config.cond_stage?.target === "BERTEmbedder" && config.cond_stage.use_tokenizer;
+      const tokenizer = config.text
+        ? loadClipTokenizer({ vocab: files.vocab, model: path }).tokenizer
+        : bert
+          ? loadBertTokenizer(files.vocab).tokenizer
+          : undefined;
       const name =
         options.name ??
         path
@@ -311,7 +341,11 @@ export class LatentDiffusion {
   }
 
   /** A pipeline over networks loaded elsewhere (a browser's loader); the caller keeps the device. */
-  static fromNetworks(networks: LdmNetworks, tokenizer: ClipTokenizer | undefined, name: string): LatentDiffusion {
+  static fromNetworks(
+    networks: LdmNetworks,
+    tokenizer: ClipTokenizer | BertTokenizer | undefined,
+    name: string,
+  ): LatentDiffusion {
     return new LatentDiffusion(networks.unet.vb.device, networks, tokenizer, name, false);
   }
 
@@ -343,14 +377,43 @@ export class LatentDiffusion {
     return this.config.vae.embed_dim;
   }
 
+  /** The BERTEmbedder's configuration, where the cond stage is one. */
+  private get bert(): BertEmbedderConfig | undefined {
+    const stage = this.config.cond_stage;
+    return stage?.target === "BERTEmbedder" ? stage : undefined;
+  }
+
+  /** What the cond stage reads: a prompt (CLIP's or BERT's tokens), a layout, or neither. */
+  get prompted(): Prompted {
+    if (this.config.text) return "clip";
+    if (!this.bert) return undefined;
+    return this.bert.use_tokenizer ? "bert" : "layout";
+  }
+
+  /** Guidance by default: SD's 7.5, scripts/txt2img.py's 5.0 for BERT text models, else none (1). */
+  get defaultGuidanceScale(): number {
+    const scales = { clip: DEFAULTS.guidanceScale, bert: BERT_GUIDANCE_SCALE, layout: 1 };
+    const prompted = this.prompted;
+    if (prompted) return scales[prompted];
+    return this.config.cond_stage?.target === "ClassEmbedder" ? DEFAULTS.guidanceScale : 1;
+  }
+
   /**
    * A prompt as AUTOMATIC1111 reads it: emphasis weights, BREAK, and chunks of the encoder's context (77: start,
    * 75 tokens, end) as many as the prompt needs, padded, with a weight per id; checked against the vocabulary.
+   * BERTEmbedder models read the text as scripts/txt2img.py gives it to BERT: one chunk of max_seq_len ids, the
+   * rest truncated, no emphasis syntax.
    */
   tokenize(prompt: string, chunks = 1): PromptTokens {
     checkString("tokenize", "prompt", prompt);
     const { text } = this.config;
-    if (!text || !this.tokenizer) {
+    const bert = this.bert;
+    if (bert?.use_tokenizer && this.tokenizer instanceof BertTokenizer) {
+      const ids = Int32Array.from(this.tokenizer.tokenize(prompt, { maxLength: bert.max_seq_len }).padded);
+      this.bertEncoder.checkIds(ids, `prompt ${JSON.stringify(prompt)}`);
+      return { ids, weights: new Float32Array(ids.length).fill(1), chunks: 1 };
+    }
+    if (!text || !this.tokenizer || this.tokenizer instanceof BertTokenizer) {
       throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model: it takes no prompt`);
     }
     const { max_position_embeddings: length, vocab_size: vocabulary } = text;
@@ -477,13 +540,20 @@ export class LatentDiffusion {
    * encoded once, one UNet call of batch 2B per model evaluation (B when guidanceScale is 1).
    */
   async sampleLatents(request: LatentRequest): Promise<Float32Array> {
-    return sampleFromTokens({ ...this.networks, clip: this.textEncoder }, this.schedule, request);
+    return sampleFromTokens({ ...this.networks, textEncoder: this.textEncoder }, this.schedule, request);
   }
 
-  private get textEncoder(): CLIPTextModel {
+  private get textEncoder(): TokenEncoder {
+    if (this.prompted === "bert") return this.bertEncoder;
     const clip = this.networks.clip;
     if (!clip) throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model: it takes no prompt`);
     return clip;
+  }
+
+  private get bertEncoder(): BERTEmbedder {
+    const stage = this.networks.cond;
+    if (!(stage instanceof BERTEmbedder)) throw new Error("internal: a BERTEmbedder model without its network");
+    return stage;
   }
 
   /**
@@ -592,8 +662,7 @@ export class LatentDiffusion {
     const steps = options.steps ?? DEFAULTS.steps;
     const sampler = options.sampler ?? DEFAULTS.sampler;
     // Guidance needs an unconditional input: text and class models have one; the others sample unguided.
-    const guidable = this.config.text !== undefined || this.config.cond_stage?.target === "ClassEmbedder";
-    const guidanceScale = options.guidanceScale ?? (guidable ? DEFAULTS.guidanceScale : 1);
+    const guidanceScale = options.guidanceScale ?? this.defaultGuidanceScale;
     const batchSize = options.batchSize ?? 1;
     let record: SamplerRecord;
     let schedule: SigmaScheduleName | undefined;
@@ -740,7 +809,27 @@ export class LatentDiffusion {
     if (config.cond_stage?.target !== "ClassEmbedder") takes("class label", options.classLabel);
     if (config.cond_stage?.target !== "SpatialRescaler") takes("segmentation map", options.segmentation);
     if (config.cond_stage?.target !== "Identity") takes("low-resolution image", options.lowRes);
-    if (config.text) {
+    if (this.prompted !== "layout") takes("layout", options.layout);
+    if (this.prompted === "layout") {
+      takes("prompt", options.prompt);
+      takes("negative prompt", options.negativePrompt);
+      const { vocab_size, max_seq_len } = this.bert as BertEmbedderConfig;
+      const builder = LayoutBuilder.forCondStage(vocab_size, max_seq_len);
+      if (!options.layout) {
+        throw new PipelineOptionError(
+          "this is a layout-to-image model: it needs a layout (objects with a class and a box)",
+        );
+      }
+      let cond: Int32Array;
+      try {
+        cond = Int32Array.from(builder.build(options.layout));
+      } catch (e) {
+        throw new PipelineOptionError((e as Error).message);
+      }
+      const uncond = Int32Array.from(builder.build([]));
+      return { context: await encodeTokenRows(this.device, this.bertEncoder, rows(cond, uncond)) };
+    }
+    if (this.prompted) {
       const [prompt, negative] = [options.prompt ?? "", options.negativePrompt ?? ""];
       const chunks = Math.max(this.tokenize(prompt).chunks, guide ? this.tokenize(negative).chunks : 1);
       const cond = this.tokenize(prompt, chunks);

@@ -9,5 +9,6 @@ function unavailable(): never {
 
 export const loadModel: typeof NodeFiles.loadModel = unavailable;
 export const loadClipTokenizer: typeof NodeFiles.loadClipTokenizer = unavailable;
+export const loadBertTokenizer: typeof NodeFiles.loadBertTokenizer = unavailable;
 export const companionFiles: typeof NodeFiles.companionFiles = unavailable;
 export const systemMemory: typeof NodeFiles.systemMemory = unavailable;

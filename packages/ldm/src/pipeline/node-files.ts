@@ -5,5 +5,5 @@
 
 export { totalmem as systemMemory } from "node:os";
 export { loadModel } from "../models/load-node.ts";
-export { loadClipTokenizer } from "../tokenizer/vocab-files.ts";
+export { loadBertTokenizer, loadClipTokenizer } from "../tokenizer/vocab-files.ts";
 export { companionFiles } from "./model-files.ts";

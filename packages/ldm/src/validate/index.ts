@@ -6,6 +6,7 @@ import { Device, type ParamDType, type Tensor } from "@ldm/tensor";
 import { VQModel } from "../models/autoencoder.ts";
 import { ClassEmbedder } from "../models/cond-stage.ts";
 import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
+import { BERTEmbedder } from "../models/x-transformer.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
 import { Dump, type DumpComponent, type HostTensor, KNOWN_COMPONENTS } from "./dump.ts";
 import { type Outputs, readOutputs, uploadFloats, uploadIds } from "./io.ts";
@@ -224,8 +225,15 @@ const RUNNERS: Readonly<
       penultimate_hidden_state: out.penultimateHiddenState,
     });
   },
+  /** The cond stage: a ClassEmbedder on class_label, or a BERTEmbedder on input_ids (prompt or layout tokens). */
   cond: async (model, io) => {
     const stage = model.cond;
+    if (io.has("in", "input_ids")) {
+      if (!(stage instanceof BERTEmbedder)) {
+        throw new Error("the cond component's input_ids are a BERTEmbedder's (→ c_crossattn); this model has none");
+      }
+      return readOutputs({ c_crossattn: stage.forward(await io.ids("input_ids")) });
+    }
     if (!(stage instanceof ClassEmbedder)) {
       throw new Error("the cond component checks a ClassEmbedder (class_label → c_crossattn); this model has none");
     }

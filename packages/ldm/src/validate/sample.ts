@@ -7,6 +7,7 @@ import { Tensor } from "@ldm/tensor";
 import { NoiseSchedule, type SamplerName, samplerByName } from "../diffusion/index.ts";
 import { ClassEmbedder } from "../models/cond-stage.ts";
 import type { LoadedModel } from "../models/index.ts";
+import { BERTEmbedder } from "../models/x-transformer.ts";
 import { sampleConditioned, sampleFromTokens } from "../pipeline/denoiser.ts";
 import { Generator } from "../random/index.ts";
 import type { Dump, HostTensor } from "./dump.ts";
@@ -81,10 +82,12 @@ export async function runSample(
     cConcat: cConcat?.data,
   };
   if (dump.has("sample", "in", "cond_ids")) {
-    if (!clip) throw new Error(`${dump.path}: the sample has token ids, but the model has no text encoder`);
+    // CLIP, or the paper's BERTEmbedder (prompt or layout tokens).
+    const textEncoder = clip ?? (model.cond instanceof BERTEmbedder ? model.cond : undefined);
+    if (!textEncoder) throw new Error(`${dump.path}: the sample has token ids, but the model has no text encoder`);
     const cond = await dump.ints("sample", "in", "cond_ids");
     const uncond = await dump.ints("sample", "in", "uncond_ids");
-    const z0 = await sampleFromTokens({ config, unet, clip }, schedule, {
+    const z0 = await sampleFromTokens({ config, unet, textEncoder }, schedule, {
       ...request,
       condIds: idRows(cond),
       uncondIds: idRows(uncond),

@@ -1,0 +1,101 @@
+import { fileURLToPath } from "node:url";
+import { Device } from "@ldm/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SAMPLER_NAMES } from "../src/diffusion/index.ts";
+import { BERTEmbedder } from "../src/models/x-transformer.ts";
+import { BERT_GUIDANCE_SCALE, LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
+import { BertTokenizer } from "../src/tokenizer/index.ts";
+import { validate } from "../src/validate/index.ts";
+
+// The paper's BERTEmbedder models at tiny size, with dumps of the ORIGINAL CompVis/latent-diffusion modules
+// (reference/make_text_dumps.py): tiny-txt2img (KL-f8, bert-base-uncased prompts) and tiny-layout2img (VQ-f4,
+// taming's layout tokens).
+const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/dumps/${name}`, import.meta.url));
+
+let device: Device;
+beforeAll(async () => {
+  device = await Device.create();
+});
+afterAll(() => device?.destroy());
+
+describe("tiny-txt2img (txt2img-1p4B-eval.yaml's structure)", () => {
+  const checkpoint = fixture("tiny-txt2img.safetensors");
+
+  it("passes ldm validate on every component (vae, unet, cond) and on the guided DDIM sample", async () => {
+    for (const dump of ["tiny-txt2img.dump.safetensors", "tiny-txt2img.sample-ddim.safetensors"]) {
+      const report = await validate({ checkpoint, dump: fixture(dump), device });
+      expect(report.checks.map((c) => [c.key, c.pass])).toEqual(report.checks.map((c) => [c.key, true]));
+      expect(report.checks.length).toBeGreaterThanOrEqual(2);
+    }
+  });
+
+  it('generates from a prompt as scripts/txt2img.py: BERT tokens, guidance 5.0 against the prompt ""', async () => {
+    const pipe = await LatentDiffusion.load(checkpoint, { device });
+    try {
+      expect(pipe.prompted).toBe("bert");
+      expect(pipe.tokenizer).toBeInstanceOf(BertTokenizer);
+      expect(pipe.networks.cond).toBeInstanceOf(BERTEmbedder);
+      expect(pipe.defaultGuidanceScale).toBe(BERT_GUIDANCE_SCALE);
+      expect(Array.from(pipe.tokenize("a virus monster").ids).slice(0, 5)).toEqual([101, 1037, 7865, 6071, 102]);
+      const result = await pipe.generate({ prompt: "a virus monster playing guitar", steps: 3, seed: 7 });
+      expect(result.parameters[0].guidanceScale).toBe(5);
+      expect([result.images[0].width, result.images[0].height]).toEqual([64, 64]);
+      // Guided against "" by default: the same as an explicit empty negative prompt, unlike another one.
+      const explicit = await pipe.generate({
+        prompt: "a virus monster playing guitar",
+        steps: 3,
+        seed: 7,
+        negativePrompt: "",
+      });
+      expect(explicit.latents).toEqual(result.latents);
+      const other = await pipe.generate({
+        prompt: "a virus monster playing guitar",
+        steps: 3,
+        seed: 7,
+        negativePrompt: "x",
+      });
+      expect(other.latents).not.toEqual(result.latents);
+      await expect(pipe.generate({ prompt: "x", layout: [], steps: 1 })).rejects.toThrow(/takes no layout/);
+      // Every sampler of the table runs the model (two steps each, finite latents); ddpm always takes all 1000
+      // training steps, too slow here (the sampler tests run it on a toy model).
+      for (const sampler of SAMPLER_NAMES.filter((name) => name !== "ddpm")) {
+        const { latents } = await pipe.generate({ prompt: "a red apple", steps: 2, seed: 1, sampler });
+        expect(latents.every(Number.isFinite), sampler).toBe(true);
+      }
+    } finally {
+      pipe.dispose();
+    }
+  });
+});
+
+describe("tiny-layout2img (layout2img-openimages256's structure)", () => {
+  const checkpoint = fixture("tiny-layout2img.safetensors");
+
+  it("samples as upstream's DDIM from layout tokens (z_0 within 1e-4 of max|ref|)", async () => {
+    const report = await validate({ checkpoint, dump: fixture("tiny-layout2img.sample-ddim.safetensors"), device });
+    const z0 = report.checks.find((c) => c.key === "sample.out.z_0");
+    expect(z0?.pass).toBe(true);
+    expect(z0?.relative).toBeLessThanOrEqual(1e-4);
+  });
+
+  it("generates from a layout of class indices and boxes; a prompt or a missing layout is refused", async () => {
+    const pipe = await LatentDiffusion.load(checkpoint, { device });
+    try {
+      expect(pipe.prompted).toBe("layout");
+      expect(pipe.tokenizer).toBeUndefined();
+      expect(pipe.defaultGuidanceScale).toBe(1);
+      const layout = [{ class: 3, box: [0.1, 0.2, 0.6, 0.9] as const }];
+      const result = await pipe.generate({ layout, steps: 2, seed: 3 });
+      expect([result.images[0].width, result.images[0].height]).toEqual([32, 32]);
+      const guided = await pipe.generate({ layout, steps: 2, seed: 3, guidanceScale: 2 });
+      expect(guided.latents).not.toEqual(result.latents);
+      await expect(pipe.generate({ prompt: "a cat", layout, steps: 1 })).rejects.toThrow(/takes no prompt/);
+      await expect(pipe.generate({ steps: 1 })).rejects.toThrow(/layout-to-image model: it needs a layout/);
+      await expect(pipe.generate({ layout: [{ class: 8191, box: [0, 0, 1, 1] }], steps: 1 })).rejects.toThrow(
+        /class 8191 must be an integer in \[0, 8191\)/,
+      );
+    } finally {
+      pipe.dispose();
+    }
+  });
+});
