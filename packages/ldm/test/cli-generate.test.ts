@@ -171,6 +171,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const third = await ldm("generate", "--params-from", a1111, ...tiny, "--out", fromA1111);
     expect(third.code, third.err).toBe(0);
     expect(third.err).toMatch(/a1111.png: not restored \(A1111 settings ldm does not have\): Hires upscale/);
+    expect(third.err).not.toMatch(/made with model/);
     expect(decodePng(readFileSync(fromA1111), "from A1111").data).toEqual(image.data);
   });
 
@@ -196,6 +197,9 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     expect(run.code, run.err).toBe(0);
     expect(run.out.split("\n")).toEqual([join(dir, "i2i-0.png"), join(dir, "i2i-1.png")]);
     expect(existsSync(join(dir, "i2i-1.png"))).toBe(true);
+    // The init image is a file: named, not restored (here the run stops at the bad --steps, before any model work).
+    const again = await ldm("generate", "--params-from", join(dir, "i2i-1.png"), ...tiny, "--steps", "0");
+    expect(again.err).toMatch(/i2i-1.png: made from --init-image init.png; pass it again to restore it/);
     expect(run.err.match(/step \d\/2/g)).toEqual(["step 1/2", "step 2/2"]);
   });
 

@@ -121,6 +121,7 @@ export function registerGenerate(program: Command): void {
     .option("--vae-tiling", "low memory: decode in overlapping tiles of 32 latent cells, blended (as diffusers)");
   addModelOptions(command).action(async (promptArguments: string[], flags: GenerateFlags) => {
     const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
+    if (stored && flags.paramsFrom) restoreModelFlags(flags, stored, flags.paramsFrom);
     const prompts = promptArguments.length ? promptArguments : [undefined];
     const requests = prompts.map((prompt) => requestFrom(prompt, flags, stored));
     if (flags.grid !== undefined && !flags.grid.toLowerCase().endsWith(".png")) {
@@ -197,6 +198,28 @@ export function registerGenerate(program: Command): void {
   });
 }
 
+/**
+ * What of the stored run is not a sampling parameter: f16 is restored unless a flag says otherwise; the model,
+ * init image and mask are files, named on stderr when this run does not use the same ones.
+ */
+function restoreModelFlags(flags: GenerateFlags, stored: Partial<GenerationParameters>, path: string): void {
+  if (flags.f16 === undefined && stored.dtype === "f16") flags.f16 = true;
+  const using = flags.model ? basename(flags.model) : "the built-in model";
+  if (
+    stored.model &&
+    stored.model !== using &&
+    stored.model.replace(/\.[^.]+$/, "") !== using.replace(/\.[^.]+$/, "")
+  ) {
+    console.error(`${path}: made with model "${stored.model}"; this run uses ${using} (--model picks another)`);
+  }
+  for (const [name, flag, given] of [
+    [stored.initImage, "--init-image", flags.initImage],
+    [stored.mask, "--mask", flags.mask],
+  ] as const) {
+    if (name && !given) console.error(`${path}: made from ${flag} ${name}; pass it again to restore it`);
+  }
+}
+
 /** Our parameters, else AUTOMATIC1111's infotext (what it cannot restore is named on stderr). */
 async function storedParameters(path: string): Promise<Partial<GenerationParameters>> {
   const image = await readImageFlag(path, "--params-from image");
@@ -212,7 +235,6 @@ async function storedParameters(path: string): Promise<Partial<GenerationParamet
     const { parameters, unrestored } = parametersFromInfotext(infotext as string, path);
     if (unrestored.length)
       console.error(`${path}: not restored (A1111 settings ldm does not have): ${unrestored.join(", ")}`);
-    if (parameters.model) console.error(`${path}: made with model "${parameters.model}"; pass it with --model`);
     return parameters;
   } catch (e) {
     throw new UserError((e as Error).message);
