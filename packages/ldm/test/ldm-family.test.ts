@@ -3,11 +3,15 @@
  * ORIGINAL upstream code (reference/make_ldm_family_dumps.py): every component and DDIM sampling with eta 0 and
  * eta 1 (global_seed) against those dumps, at validate's f32 tolerance (1e-4 of max|ref|).
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { useDevice } from "@ldm/tensor/testing";
 import { describe, expect, it } from "vitest";
+import { LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
 import { type ValidationReport, validate } from "../src/validate/index.ts";
+import { runCli } from "./helpers/run-cli.ts";
 
 const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
 const device = await useDevice();
@@ -62,5 +66,60 @@ describe.each(Object.keys(OUTPUTS))("%s", (name) => {
     const report = await run(`${name}.sample-${which}.safetensors`);
     expect(report.checks.map((c) => c.key).sort()).toEqual(["sample.out.image", "sample.out.z_0"]);
     expectPass(report);
+  });
+});
+
+describe("LatentDiffusion from the library and the CLI", () => {
+  const load = (name: string) =>
+    LatentDiffusion.load(join(DUMPS, `${name}.safetensors`), { device, config: join(DUMPS, `${name}.yaml`) });
+
+  it("samples an unconditional VQ model with its EMA weights, and a class; bad inputs get one-line errors", async () => {
+    const faces = await load("tiny-celebahq");
+    const result = await faces.generate({ steps: 3, seed: 1, batchSize: 2 });
+    expect(result.images).toHaveLength(2);
+    expect([result.images[0].width, result.images[0].height]).toEqual([32, 32]);
+    await expect(faces.generate({ prompt: "a face", steps: 2 })).rejects.toThrow(/unconditional: it takes no prompt/);
+    await expect(faces.generate({ steps: 2, guidanceScale: 3 })).rejects.toThrow(/use guidance scale 1/);
+    const cin = await load("tiny-cin");
+    const classes = await cin.generate({ classLabel: 5, guidanceScale: 3, steps: 3, seed: 1 });
+    expect(classes.images).toHaveLength(1);
+    await expect(cin.generate({ classLabel: 11, steps: 2 })).rejects.toThrow(/class 11 is out of range: .* 0 to 10/);
+    await expect(cin.generate({ steps: 2 })).rejects.toThrow(/give a class/);
+  });
+
+  it("ldm generate runs them: no prompt for unconditional models, --class for class models", async () => {
+    const out = mkdtempSync(join(tmpdir(), "ldm-family-"));
+    try {
+      const model = join(DUMPS, "tiny-cin.safetensors");
+      const ok = await runCli(
+        "generate",
+        "--model",
+        model,
+        "--class",
+        "3",
+        "--cfg",
+        "3",
+        "--steps",
+        "2",
+        "--out",
+        join(out, "c.png"),
+      );
+      expect(ok.code, ok.err).toBe(0);
+      const bad = await runCli(
+        "generate",
+        "--model",
+        model,
+        "--class",
+        "12",
+        "--steps",
+        "2",
+        "--out",
+        join(out, "d.png"),
+      );
+      expect(bad.code).toBe(1);
+      expect(bad.err).toMatch(/class 12 is out of range/);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 });

@@ -414,7 +414,7 @@ export class LatentDiffusion {
       return { ids, weights: new Float32Array(ids.length).fill(1), chunks: 1 };
     }
     if (!text || !this.tokenizer || this.tokenizer instanceof BertTokenizer) {
-      throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model: it takes no prompt`);
+      throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}: it takes no prompt`);
     }
     const { max_position_embeddings: length, vocab_size: vocabulary } = text;
     const chunked = chunkPrompt(this.tokenizer, prompt, { length, padWith: this.padWith }).chunks;
@@ -458,7 +458,7 @@ export class LatentDiffusion {
   /** Super-resolution (bsr_sr): the low-resolution image concatenated to the latents; output f× its size. */
   async upscale(options: UpscaleOptions): Promise<GenerationResult> {
     if (this.config.cond_stage?.target !== "Identity") {
-      throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model, not a super-resolution model`);
+      throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}, not a super-resolution model`);
     }
     checkImageInput("upscale", "image", options.image);
     return this.generate({ ...options, lowRes: options.image });
@@ -546,7 +546,7 @@ export class LatentDiffusion {
   private get textEncoder(): TokenEncoder {
     if (this.prompted === "bert") return this.bertEncoder;
     const clip = this.networks.clip;
-    if (!clip) throw new PipelineOptionError(`this is a ${describeCondStage(this.config)} model: it takes no prompt`);
+    if (!clip) throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}: it takes no prompt`);
     return clip;
   }
 
@@ -679,7 +679,7 @@ export class LatentDiffusion {
       throw new PipelineOptionError(
         depth
           ? `CLIP skip ${clipSkip}: must be an integer in [1, ${depth}] (the text encoder's layers)`
-          : `this is a ${describeCondStage(this.config)} model: it has no CLIP layers to skip`,
+          : `this model is ${describeCondStage(this.config)}: it has no CLIP layers to skip`,
       );
     }
     if (!(guidanceScale >= 0 && guidanceScale <= MAX_GUIDANCE_SCALE)) {
@@ -804,7 +804,7 @@ export class LatentDiffusion {
     ];
     const takes = (what: string, given: unknown) => {
       if (given !== undefined)
-        throw new PipelineOptionError(`this is a ${describeCondStage(config)} model: it takes no ${what}`);
+        throw new PipelineOptionError(`this model is ${describeCondStage(config)}: it takes no ${what}`);
     };
     if (config.cond_stage?.target !== "ClassEmbedder") takes("class label", options.classLabel);
     if (config.cond_stage?.target !== "SpatialRescaler") takes("segmentation map", options.segmentation);
@@ -841,7 +841,7 @@ export class LatentDiffusion {
       return { context };
     }
     takes("prompt", options.prompt);
-    takes("negative prompt", options.negativePrompt);
+    if (options.negativePrompt) takes("negative prompt", options.negativePrompt);
     const stage = this.networks.cond;
     if (config.cond_stage?.target === "ClassEmbedder" && stage instanceof ClassEmbedder) {
       const classes = config.cond_stage.n_classes;
@@ -856,7 +856,7 @@ export class LatentDiffusion {
     }
     if (guide) {
       throw new PipelineOptionError(
-        `this is a ${describeCondStage(config)} model: classifier-free guidance needs an unconditional input it has none of (use guidance scale 1)`,
+        `this model is ${describeCondStage(config)}: classifier-free guidance needs an unconditional input it has none of (use guidance scale 1)`,
       );
     }
     const [, , h, w] = job.latentShape;

@@ -12,6 +12,12 @@ import {
 import { writePngFile } from "../../image/node.ts";
 import { gridImage } from "../../image/pixels.ts";
 import { formatInfotext, INFOTEXT_KEYWORD, parametersFromInfotext } from "../../pipeline/infotext.ts";
+import {
+  type GenerationResult,
+  type LdmGenerateOptions,
+  MAX_GUIDANCE_SCALE,
+  type Progress,
+} from "../../pipeline/latent-diffusion.ts";
 import { MAX_BATCH } from "../../pipeline/memory.ts";
 import {
   type GenerationParameters,
@@ -19,12 +25,6 @@ import {
   parametersText,
   parseParameters,
 } from "../../pipeline/parameters.ts";
-import {
-  type GenerateOptions,
-  type GenerationResult,
-  MAX_GUIDANCE_SCALE,
-  type Progress,
-} from "../../pipeline/stable-diffusion.ts";
 import type { Seed } from "../../random/index.ts";
 import { UserError } from "../errors.ts";
 import { outputPaths, prepareOutput } from "../output.ts";
@@ -32,7 +32,7 @@ import {
   addModelOptions,
   asUserError,
   integerFlag,
-  loadPipeline,
+  loadLatentDiffusion,
   type ModelFlags,
   numberFlag,
   readImageFlag,
@@ -43,6 +43,7 @@ import {
 
 interface GenerateFlags extends ModelFlags {
   negative?: string;
+  class?: string;
   sampler?: string;
   schedule?: string;
   steps?: string;
@@ -65,14 +66,17 @@ interface GenerateFlags extends ModelFlags {
 
 /** What to run, from the flags over the parameters of --params-from over the defaults. */
 interface Request {
-  prompt: string;
-  negativePrompt: string;
+  /** Absent for models without a text encoder (unconditional, class-conditional). */
+  prompt?: string;
+  negativePrompt?: string;
   sampler: SamplerName;
   schedule?: SigmaScheduleName;
   steps: number;
-  guidanceScale: number;
+  /** Absent: the model's default (7.5 for text and class models, 1 for those without an unconditional input). */
+  guidanceScale?: number;
   eta?: number;
   clipSkip?: number;
+  classLabel?: number;
   seed?: Seed;
   width?: number;
   height?: number;
@@ -95,6 +99,10 @@ export function registerGenerate(program: Command): void {
     .option(
       "--cfg <scale>",
       `classifier-free guidance scale in [0, ${MAX_GUIDANCE_SCALE}] (default ${SAMPLING_DEFAULTS.guidanceScale}; 1 skips the unconditional pass)`,
+    )
+    .option(
+      "--class <n>",
+      "class-conditional models (cin256): the ImageNet class to sample (the last class is guidance's 'no class')",
     )
     .option("--eta <eta>", "noise amount in [0, 1] of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
     .option(
@@ -138,7 +146,11 @@ export function registerGenerate(program: Command): void {
     }
     prepareOutput("--out", flags.out ?? ".");
     if (flags.grid) prepareOutput("--grid", flags.grid);
-    const pipe = await loadPipeline(flags);
+    const pipe = await loadLatentDiffusion(flags);
+    if (pipe.config.text && requests.some((r) => r.prompt === undefined)) {
+      pipe.dispose();
+      throw new UserError("no prompt: give one, or --params-from an image we generated");
+    }
     try {
       // Without --seed every prompt still shares one seed, so a grid compares prompts on the same noise.
       const seed = requests[0].seed ?? Math.floor(Math.random() * 2 ** 32);
@@ -152,7 +164,7 @@ export function registerGenerate(program: Command): void {
         const reporter = new ProgressReporter();
         const result = await withInterrupt((signal) =>
           asUserError(() => {
-            const options: GenerateOptions = {
+            const options: LdmGenerateOptions = {
               ...request,
               seed,
               sequentialCfg: flags.sequentialCfg,
@@ -162,7 +174,7 @@ export function registerGenerate(program: Command): void {
             };
             if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
             if (initImage) return pipe.img2img({ ...options, initImage });
-            return pipe.txt2img(options);
+            return pipe.generate(options);
           }).finally(() => reporter.stop()),
         );
         const { samplingMs, decodeMs } = result.timings;
@@ -246,8 +258,8 @@ function requestFrom(
   flags: GenerateFlags,
   stored?: Partial<GenerationParameters>,
 ): Request {
-  const text = prompt ?? stored?.prompt;
-  if (text === undefined) throw new UserError("no prompt: give one, or --params-from an image we generated");
+  // Models without a text encoder take no prompt; a stored empty prompt is theirs.
+  const text = prompt ?? (stored?.prompt || undefined);
   const sampler = flags.sampler ?? stored?.sampler ?? SAMPLING_DEFAULTS.sampler;
   // A stored schedule belongs to the stored sampler: a --sampler of its own starts from that sampler's default.
   const requestedSchedule = flags.schedule ?? (flags.sampler === undefined ? stored?.schedule : undefined);
@@ -261,15 +273,14 @@ function requestFrom(
     value === undefined ? fallback : sizeFlag(flag, value);
   return {
     prompt: text,
-    negativePrompt: flags.negative ?? stored?.negativePrompt ?? "",
+    negativePrompt: flags.negative ?? (stored?.negativePrompt || undefined),
     sampler: sampler as SamplerName,
     schedule,
     steps:
       flags.steps === undefined ? (stored?.steps ?? SAMPLING_DEFAULTS.steps) : integerFlag("--steps", flags.steps, 1),
     guidanceScale:
-      flags.cfg === undefined
-        ? (stored?.guidanceScale ?? SAMPLING_DEFAULTS.guidanceScale)
-        : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
+      flags.cfg === undefined ? stored?.guidanceScale : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
+    classLabel: flags.class === undefined ? undefined : integerFlag("--class", flags.class, 0),
     eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0, 1),
     clipSkip: flags.clipSkip === undefined ? stored?.clipSkip : integerFlag("--clip-skip", flags.clipSkip, 1),
     seed:

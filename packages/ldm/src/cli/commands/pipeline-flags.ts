@@ -6,6 +6,7 @@ import { readPngFile } from "../../image/node.ts";
 import type { DecodedImage } from "../../image/png.ts";
 import { NonFiniteError } from "../../pipeline/denoiser.ts";
 import { isHubName, resolveHubModel } from "../../pipeline/hub-model.ts";
+import { LatentDiffusion, type LoadOptions } from "../../pipeline/latent-diffusion.ts";
 import { MAX_SIDE } from "../../pipeline/memory.ts";
 import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { StableDiffusion } from "../../pipeline/stable-diffusion.ts";
@@ -37,8 +38,20 @@ export function addModelOptions(command: Command): Command {
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files");
 }
 
-/** Loads the pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
-export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
+/** Loads a text-to-image pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
+export function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
+  return loadWith(flags, (model, options) => StableDiffusion.load(model, options));
+}
+
+/** Loads any LatentDiffusion (text, class, unconditional, …), for the commands that run them all. */
+export function loadLatentDiffusion(flags: ModelFlags): Promise<LatentDiffusion> {
+  return loadWith(flags, (model, options) => LatentDiffusion.load(model, options));
+}
+
+async function loadWith<P extends LatentDiffusion>(
+  flags: ModelFlags,
+  load: (model: string, options: LoadOptions) => Promise<P>,
+): Promise<P> {
   if (!flags.model && !existsSync(BUILTIN_MODEL)) {
     throw new UserError(`the built-in model is missing (${BUILTIN_MODEL}): pass --model <checkpoint.safetensors>`);
   }
@@ -51,7 +64,7 @@ export async function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> 
   console.error(`loading ${basename(model)} (${dtype})…`);
   const started = performance.now();
   try {
-    const pipe = await StableDiffusion.load(model, {
+    const pipe = await load(model, {
       config: flags.config,
       vocab: flags.vocab,
       dtype,
