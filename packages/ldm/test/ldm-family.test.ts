@@ -87,7 +87,7 @@ describe("LatentDiffusion from the library and the CLI", () => {
     await expect(cin.generate({ steps: 2 })).rejects.toThrow(/give a class/);
   });
 
-  it("ldm generate runs them: no prompt for unconditional models, --class for class models", async () => {
+  it("ldm generate runs them (--class for class models); ldm info names first stage, cond stage and conditioning key", async () => {
     const out = mkdtempSync(join(tmpdir(), "ldm-family-"));
     try {
       const model = join(DUMPS, "tiny-cin.safetensors");

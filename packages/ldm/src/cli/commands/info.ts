@@ -1,10 +1,15 @@
 import { readFile } from "node:fs/promises";
 import {
+  COND_PREFIX,
   ConfigError,
+  conditioningKey,
   DetectionError,
+  describeCondStage,
   type FiniteCheck,
   findNonFinite,
   LayoutError,
+  type LdmConfig,
+  ldmConfigFromYaml,
   type MappedWeightSource,
   PickleError,
   SafetensorsError,
@@ -33,6 +38,8 @@ const COMPONENTS = [
   ["UNet", UNET_PREFIX],
   ["VAE", VAE_PREFIX],
   ["text encoder", TEXT_PREFIX],
+  // Other cond stages (ClassEmbedder, SpatialRescaler, BERTEmbedder): the rest of cond_stage_model.
+  ["cond stage", COND_PREFIX],
 ] as const;
 
 /** Errors caused by the file or the flags the user gave: one line, exit 1. */
@@ -125,7 +132,7 @@ function components(source: MappedWeightSource): ComponentReport[] {
   return COMPONENTS.map(([name, prefix]) => {
     const report: ComponentReport = { name, tensors: 0, parameters: 0, dtypes: {} };
     for (const key of source.keys()) {
-      if (!key.startsWith(prefix)) continue;
+      if (!key.startsWith(prefix) || (prefix === COND_PREFIX && key.startsWith(TEXT_PREFIX))) continue;
       const { shape, dtype } = source.describe(key)!;
       report.tensors++;
       report.parameters += shape.reduce((a, b) => a * b, 1);
@@ -136,10 +143,11 @@ function components(source: MappedWeightSource): ComponentReport[] {
 }
 
 function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: string; origin: string }) {
-  let detection: ReturnType<Checkpoint["config"]> | undefined;
+  let detection: { config: LdmConfig; assumptions: string[] } | undefined;
   let problem: string | undefined;
   try {
-    detection = checkpoint.config(yaml);
+    // Any LatentDiffusion's YAML (the paper's models too); detection covers Stable Diffusion.
+    detection = yaml ? { config: ldmConfigFromYaml(yaml.text, yaml.origin), assumptions: [] } : checkpoint.config();
   } catch (e) {
     if (!(e instanceof DetectionError)) throw e;
     problem = e.message;
@@ -150,7 +158,18 @@ function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: strin
     layout: checkpoint.layout,
     /** A PyTorch checkpoint's format, where its state dict was, and its plain top-level values (global_step, …). */
     pytorch: checkpoint.files[0] instanceof TorchCheckpoint ? { ...checkpoint.files[0].metadata } : undefined,
-    family: config && `${config.family === "sd1" ? "SD 1.x" : "SD 2.x"}${config.inpainting ? " inpainting" : ""}`,
+    family:
+      config &&
+      (config.family === "ldm"
+        ? "LatentDiffusion"
+        : `${config.family === "sd1" ? "SD 1.x" : "SD 2.x"}${config.inpainting ? " inpainting" : ""}`),
+    firstStage:
+      config &&
+      (config.vae.n_embed === undefined
+        ? "AutoencoderKL"
+        : `VQModelInterface (${config.vae.n_embed} codes of ${config.vae.embed_dim})`),
+    condStage: config && describeCondStage(config),
+    conditioningKey: config && (conditioningKey(config) ?? "none (unconditional)"),
     configFrom: yaml ? yaml.origin : "detected from the weights",
     config,
     assumptions: detection?.assumptions ?? [],
@@ -171,6 +190,8 @@ function format(r: ReturnType<typeof describe>): string {
         .join(", ")}`,
     );
   if (r.family) lines.push(`family: ${r.family}`);
+  if (r.firstStage) lines.push(`first stage: ${r.firstStage}`);
+  if (r.condStage) lines.push(`cond stage: ${r.condStage}, conditioning key ${r.conditioningKey}`);
   if (r.problem) lines.push(`model: not detected: ${r.problem}`);
   lines.push("components:");
   const width = Math.max(...r.components.map((c) => c.name.length));
