@@ -1,11 +1,16 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Device } from "@ldm/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SAMPLER_NAMES } from "../src/diffusion/index.ts";
+import { decodePng } from "../src/image/png.ts";
 import { BERTEmbedder } from "../src/models/x-transformer.ts";
 import { BERT_GUIDANCE_SCALE, LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
 import { BertTokenizer } from "../src/tokenizer/index.ts";
 import { validate } from "../src/validate/index.ts";
+import { runCli } from "./helpers/run-cli.ts";
 
 // The paper's BERTEmbedder models at tiny size, with dumps of the ORIGINAL CompVis/latent-diffusion modules
 // (reference/make_text_dumps.py): tiny-txt2img (KL-f8, bert-base-uncased prompts) and tiny-layout2img (VQ-f4,
@@ -97,6 +102,42 @@ describe("tiny-layout2img (layout2img-openimages256's structure)", () => {
       );
     } finally {
       pipe.dispose();
+    }
+  });
+
+  it("ldm generate --layout (JSON, or a file holding it) gives the library's image; a bad layout is one line", async () => {
+    const layout = [{ class: 3, box: [0.1, 0.2, 0.6, 0.9] as const }];
+    const pipe = await LatentDiffusion.load(checkpoint, { device });
+    let expected: Uint8ClampedArray;
+    try {
+      expected = (await pipe.generate({ layout, steps: 2, seed: 3 })).images[0].data;
+    } finally {
+      pipe.dispose();
+    }
+    const dir = mkdtempSync(join(tmpdir(), "ldm-layout-"));
+    try {
+      const file = join(dir, "layout.json");
+      writeFileSync(file, JSON.stringify(layout));
+      const model = ["--model", checkpoint, "--config", fixture("tiny-layout2img.yaml"), "--steps", "2", "--seed", "3"];
+      for (const [name, value] of [
+        ["inline.png", JSON.stringify(layout)],
+        ["file.png", file],
+      ]) {
+        const out = join(dir, name);
+        const { code, err } = await runCli("generate", ...model, "--layout", value, "--out", out);
+        expect(code, err).toBe(0);
+        expect(decodePng(readFileSync(out), out).data).toEqual(expected);
+      }
+      const bad = await runCli("generate", ...model, "--layout", '[{"class": 3, "box": [0.7, 0.1, 0.6, 0.5]}]');
+      expect([bad.code, bad.err.trim()]).toEqual([
+        1,
+        "ldm: --layout[0].box [0.7, 0.1, 0.6, 0.5] must satisfy 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1 (image fractions)",
+      ]);
+      const missing = await runCli("generate", ...model, "--layout", join(dir, "none.json"));
+      expect(missing.code).toBe(1);
+      expect(missing.err).toMatch(/--layout .*none\.json: neither a JSON array of objects nor an existing file/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
@@ -26,6 +27,7 @@ import {
   parseParameters,
 } from "../../pipeline/parameters.ts";
 import type { Seed } from "../../random/index.ts";
+import { type LayoutObject, parseLayout } from "../../tokenizer/index.ts";
 import { UserError } from "../errors.ts";
 import { outputPaths, prepareOutput } from "../output.ts";
 import {
@@ -44,6 +46,7 @@ import {
 interface GenerateFlags extends ModelFlags {
   negative?: string;
   class?: string;
+  layout?: string;
   sampler?: string;
   schedule?: string;
   steps?: string;
@@ -104,6 +107,10 @@ export function registerGenerate(program: Command): void {
       "--class <n>",
       "class-conditional models (cin256): the ImageNet class to sample (the last class is guidance's 'no class')",
     )
+    .option(
+      "--layout <json|file>",
+      'layout-to-image models: the objects as JSON, [{"class": <index>, "box": [x0, y0, x1, y1]}, …] in image fractions, or a file holding it',
+    )
     .option("--eta <eta>", "noise amount in [0, 1] of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
     .option(
       "--clip-skip <n>",
@@ -139,6 +146,7 @@ export function registerGenerate(program: Command): void {
     if (flags.strength !== undefined && !flags.initImage) throw new UserError("--strength needs --init-image");
     const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
     const mask = flags.mask ? await readImageFlag(flags.mask, "mask") : undefined;
+    const layout = flags.layout === undefined ? undefined : layoutFlag(flags.layout);
     if (initImage && mask && (mask.width !== initImage.width || mask.height !== initImage.height)) {
       throw new UserError(
         `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
@@ -166,6 +174,7 @@ export function registerGenerate(program: Command): void {
           asUserError(() => {
             const options: LdmGenerateOptions = {
               ...request,
+              layout,
               seed,
               sequentialCfg: flags.sequentialCfg,
               vaeTiling: flags.vaeTiling,
@@ -310,6 +319,19 @@ export function stepRate(done: number, steps: number, elapsedMs: number, firstSt
 }
 
 /** A bar (step, it/s, ETA) on a terminal; one plain line per step otherwise (logs, pipes). */
+/** --layout: JSON, or a file holding it (a value that is not JSON-looking and names an existing file). */
+function layoutFlag(value: string): LayoutObject[] {
+  const inline = /^\s*\[/.test(value);
+  if (!inline && !existsSync(value)) {
+    throw new UserError(`--layout ${value}: neither a JSON array of objects nor an existing file`);
+  }
+  try {
+    return parseLayout(inline ? value : readFileSync(value, "utf8"), inline ? "--layout" : `--layout ${value}`);
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+}
+
 class ProgressReporter {
   private bar?: SingleBar;
   private readonly tty = process.stderr.isTTY === true;
