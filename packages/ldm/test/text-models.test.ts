@@ -61,6 +61,17 @@ describe("tiny-txt2img (txt2img-1p4B-eval.yaml's structure)", () => {
       });
       expect(other.latents).not.toEqual(result.latents);
       await expect(pipe.generate({ prompt: "x", layout: [], steps: 1 })).rejects.toThrow(/takes no layout/);
+      // Past 75 wordpieces the prompt is cut as BERTTokenizer cuts it, with one warning naming how much.
+      const warnings: string[] = [];
+      const long = Array(80).fill("apple").join(" ");
+      const cut = await pipe.generate({ prompt: long, steps: 1, seed: 7, onWarning: (m) => warnings.push(m) });
+      expect(warnings).toEqual([
+        "the prompt is 5 tokens past this model's 77 (with [CLS] and [SEP]): they are dropped",
+      ]);
+      const kept = await pipe.generate({ prompt: Array(75).fill("apple").join(" "), steps: 1, seed: 7 });
+      expect(cut.latents).toEqual(kept.latents);
+      await pipe.generate({ prompt: "x", negativePrompt: long, steps: 1, onWarning: (m) => warnings.push(m) });
+      expect(warnings[1]).toMatch(/^the negative prompt is 5 tokens past/);
       // Every sampler of the table runs the model (two steps each, finite latents); ddpm always takes all 1000
       // training steps, too slow here (the sampler tests run it on a toy model).
       for (const sampler of SAMPLER_NAMES.filter((name) => name !== "ddpm")) {

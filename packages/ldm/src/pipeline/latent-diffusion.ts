@@ -113,6 +113,11 @@ export interface GenerateOptions extends ConditioningOptions {
   /** Images generated together (default 1). */
   batchSize?: number;
   onProgress?: (progress: Progress) => unknown;
+  /**
+   * Told what the run does differently from what was asked (a prompt past a BERT model's 77 tokens is cut, as
+   * scripts/txt2img.py cuts it). Default console.warn.
+   */
+  onWarning?: (message: string) => void;
   signal?: AbortSignal;
   /** Decode the step's x̂₀ every this many steps into `Progress.preview` (a full VAE decode each time). */
   preview?: number;
@@ -229,6 +234,8 @@ export interface PromptTokens {
   ids: Int32Array;
   weights: Float32Array;
   chunks: number;
+  /** Tokens cut off because the text stage takes no more (BERT models; CLIP prompts are chunked instead). */
+  truncated: number;
 }
 
 const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
@@ -409,9 +416,10 @@ export class LatentDiffusion {
     const { text } = this.config;
     const bert = this.bert;
     if (bert?.use_tokenizer && this.tokenizer instanceof BertTokenizer) {
-      const ids = Int32Array.from(this.tokenizer.tokenize(prompt, { maxLength: bert.max_seq_len }).padded);
+      const { padded, truncated } = this.tokenizer.tokenize(prompt, { maxLength: bert.max_seq_len });
+      const ids = Int32Array.from(padded);
       this.bertEncoder.checkIds(ids, `prompt ${JSON.stringify(prompt)}`);
-      return { ids, weights: new Float32Array(ids.length).fill(1), chunks: 1 };
+      return { ids, weights: new Float32Array(ids.length).fill(1), chunks: 1, truncated };
     }
     if (!text || !this.tokenizer || this.tokenizer instanceof BertTokenizer) {
       throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}: it takes no prompt`);
@@ -428,7 +436,7 @@ export class LatentDiffusion {
         `prompt ${JSON.stringify(prompt)} has token id ${outside}, outside the text encoder's vocabulary of ${vocabulary}: the tokenizer does not belong to this model`,
       );
     }
-    return { ids, weights: Float32Array.from(chunked.flatMap((c) => c.weights)), chunks: chunked.length };
+    return { ids, weights: Float32Array.from(chunked.flatMap((c) => c.weights)), chunks: chunked.length, truncated: 0 };
   }
 
   /**
@@ -834,6 +842,21 @@ export class LatentDiffusion {
       const chunks = Math.max(this.tokenize(prompt).chunks, guide ? this.tokenize(negative).chunks : 1);
       const cond = this.tokenize(prompt, chunks);
       const uncond = this.tokenize(negative, chunks);
+      const warn = options.onWarning ?? console.warn;
+      const used = guide
+        ? ([
+            ["prompt", cond],
+            ["negative prompt", uncond],
+          ] as const)
+        : ([["prompt", cond]] as const);
+      for (const [what, tokens] of used) {
+        if (tokens.truncated) {
+          const length = (this.bert as BertEmbedderConfig).max_seq_len;
+          warn(
+            `the ${what} is ${tokens.truncated} token${tokens.truncated === 1 ? "" : "s"} past this model's ${length} (with [CLS] and [SEP]): they are dropped`,
+          );
+        }
+      }
       const context = await encodeTokenRows(this.device, this.textEncoder, rows(cond.ids, uncond.ids), {
         weights: rows(cond.weights, uncond.weights),
         clipSkip: options.clipSkip,

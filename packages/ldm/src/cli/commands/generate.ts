@@ -179,6 +179,7 @@ export function registerGenerate(program: Command): void {
               sequentialCfg: flags.sequentialCfg,
               vaeTiling: flags.vaeTiling,
               onProgress: (p) => reporter.update(p),
+              onWarning: (message) => console.error(`ldm: warning: ${message}`),
               signal,
             };
             if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
