@@ -1,7 +1,6 @@
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "commander";
+import { packageFile } from "../package-files.ts";
 import { registerBench } from "./commands/bench.ts";
 import { registerConvert } from "./commands/convert.ts";
 import { registerDevice } from "./commands/device.ts";
@@ -15,7 +14,7 @@ import { UserError } from "./errors.ts";
 
 /** @ldm/ldm's version: its package.json is two folders up from src/cli/ and from the published dist/cli/ alike. */
 function packageVersion(): string {
-  const manifest = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "package.json");
+  const manifest = packageFile("package.json");
   return (JSON.parse(readFileSync(manifest, "utf8")) as { version: string }).version;
 }
 

@@ -3,23 +3,13 @@
  * scripts or of AUTOMATIC1111 keeps next to a single .safetensors or .ckpt file, and the built-in model's location.
  */
 import { existsSync, statSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { dirname, resolve } from "node:path";
 import { parseConfigYaml } from "@ldm/weights";
 import { readConfigFile } from "@ldm/weights/node";
+import { packageFile } from "../package-files.ts";
 
-/**
- * The model `ldm generate` runs without --model: trained by this project (reference/default_model). A path join,
- * not `new URL(literal, import.meta.url)`, which bundlers would take for an asset and copy into a web build.
- */
-export const BUILTIN_MODEL = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "models",
-  "emoji-ldm",
-  "emoji-ldm.safetensors",
-);
+/** The model `ldm generate` runs without --model: trained by this project (reference/default_model). */
+export const BUILTIN_MODEL = packageFile("models", "emoji-ldm", "emoji-ldm.safetensors");
 
 export interface ModelFiles {
   /** The original-style YAML config; undefined: detect from the weights. */

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
+import { packageFile } from "../package-files.ts";
 import { BertTokenizer } from "./bert-tokenizer.ts";
 import { ClipTokenizer, END_OF_TEXT, type PadWith } from "./clip-tokenizer.ts";
 
@@ -22,17 +22,9 @@ export interface LoadedTokenizer {
 
 /**
  * CLIP's BPE merges shipped with @ldm/ldm (vocab/clip/, MIT, with its notice): the vocabulary of SD 1.x's
- * CLIP ViT-L/14 and of SD 2.x's OpenCLIP ViT-H/14 alike, so single files need no --vocab. A path join (as
- * BUILTIN_MODEL), not `new URL(literal, import.meta.url)`, which bundlers would copy as an asset.
+ * CLIP ViT-L/14 and of SD 2.x's OpenCLIP ViT-H/14 alike, so single files need no --vocab.
  */
-export const SHIPPED_CLIP_VOCAB = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "vocab",
-  "clip",
-  "bpe_simple_vocab_16e6.txt.gz",
-);
+export const SHIPPED_CLIP_VOCAB = packageFile("vocab", "clip", "bpe_simple_vocab_16e6.txt.gz");
 
 const WHAT_TO_PASS = "pass --vocab <bpe_simple_vocab_16e6.txt.gz | tokenizer folder with vocab.json and merges.txt>";
 
@@ -114,14 +106,7 @@ export function loadClipTokenizer(source: TokenizerSource): LoadedTokenizer {
 }
 
 /** bert-base-uncased's vocab.txt as shipped with @ldm/ldm (vocab/bert/README.md has its source and license). */
-export const SHIPPED_BERT_VOCAB = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "vocab",
-  "bert",
-  "vocab.txt",
-);
+export const SHIPPED_BERT_VOCAB = packageFile("vocab", "bert", "vocab.txt");
 
 /** BERT's WordPiece tokenizer from a vocab.txt (a folder holding one), by default the shipped bert-base-uncased. */
 export function loadBertTokenizer(vocab: string = SHIPPED_BERT_VOCAB): { tokenizer: BertTokenizer; path: string } {
