@@ -56,9 +56,9 @@ export function condStageParamShapes(cfg: CondStageConfig | undefined): ParamSha
 }
 
 /** Heads and head width of a UNet transformer over `channels` channels (UNetModel's rule). */
-export function unetHeads(cfg: UNetConfig, channels: number): { heads: number; headDim: number } {
-  if (cfg.num_head_channels === -1) return { heads: cfg.num_heads, headDim: Math.floor(channels / cfg.num_heads) };
-  return { heads: Math.floor(channels / cfg.num_head_channels), headDim: cfg.num_head_channels };
+export function unetHeads(cfg: UNetConfig, channels: number): { heads: number; dimHead: number } {
+  if (cfg.num_head_channels === -1) return { heads: cfg.num_heads, dimHead: Math.floor(channels / cfg.num_heads) };
+  return { heads: Math.floor(channels / cfg.num_head_channels), dimHead: cfg.num_head_channels };
 }
 
 class ShapeList {
@@ -106,8 +106,8 @@ export function unetParamShapes(cfg: UNetConfig): ParamShapes {
       return;
     }
     const crossDim = cfg.context_dim ?? 0;
-    const { heads, headDim } = unetHeads(cfg, channels);
-    const inner = heads * headDim;
+    const { heads, dimHead } = unetHeads(cfg, channels);
+    const inner = heads * dimHead;
     s.norm(`${name}.norm`, channels);
     const project = (p: string, inC: number, outC: number) =>
       cfg.use_linear_in_transformer ? s.linear(p, inC, outC) : s.conv(p, inC, outC, 1);

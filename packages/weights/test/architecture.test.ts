@@ -55,14 +55,14 @@ describe("canonical key lists match the original modules exactly (names and shap
 describe("UNet heads", () => {
   it("SD 1.x: 8 heads whose width grows with the channels; SD 2.x: 64-channel heads whose count grows", () => {
     expect([320, 640, 1280].map((c) => unetHeads(SD1_UNET, c))).toEqual([
-      { heads: 8, headDim: 40 },
-      { heads: 8, headDim: 80 },
-      { heads: 8, headDim: 160 },
+      { heads: 8, dimHead: 40 },
+      { heads: 8, dimHead: 80 },
+      { heads: 8, dimHead: 160 },
     ]);
     expect([320, 640, 1280].map((c) => unetHeads(SD2_UNET, c))).toEqual([
-      { heads: 5, headDim: 64 },
-      { heads: 10, headDim: 64 },
-      { heads: 20, headDim: 64 },
+      { heads: 5, dimHead: 64 },
+      { heads: 10, dimHead: 64 },
+      { heads: 20, dimHead: 64 },
     ]);
   });
 });

@@ -249,12 +249,12 @@ export class UNetModel {
       cfg.use_spatial_transformer
         ? new SpatialTransformer(block, {
             inChannels: channels,
-            ...headsOf(cfg, channels),
+            ...unetHeads(cfg, channels),
             depth: cfg.transformer_depth,
             contextDim: cfg.context_dim as number,
             useLinear: cfg.use_linear_in_transformer,
           })
-        : new AttentionBlock(block, channels, headsOf(cfg, channels).heads, cfg.use_new_attention_order);
+        : new AttentionBlock(block, channels, unetHeads(cfg, channels).heads, cfg.use_new_attention_order);
     const options = { useScaleShiftNorm: cfg.use_scale_shift_norm };
 
     const input = vb.pp("input_blocks");
@@ -382,9 +382,4 @@ export class UNetModel {
       fail(`context ${formatShape(context.shape)} must be [${b}, L, ${cfg.context_dim}]`);
     }
   }
-}
-
-function headsOf(cfg: UNetConfig, channels: number): { heads: number; dimHead: number } {
-  const { heads, headDim } = unetHeads(cfg, channels);
-  return { heads, dimHead: headDim };
 }
