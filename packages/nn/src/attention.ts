@@ -9,6 +9,11 @@ export interface CrossAttentionConfig {
   contextDim?: number;
   heads: number;
   dimHead: number;
+  /**
+   * Where the output projection is stored: "to_out.0" (CompVis's CrossAttention, whose to_out is a Sequential
+   * with a Dropout; the default) or "to_out" (x-transformers' Attention, a plain Linear).
+   */
+  outputName?: "to_out.0" | "to_out";
 }
 
 /**
@@ -30,7 +35,8 @@ export class CrossAttention {
     this.to_q = new Linear(vb.pp("to_q"), { inFeatures: cfg.queryDim, outFeatures: inner, bias: false });
     this.to_k = new Linear(vb.pp("to_k"), { inFeatures: contextDim, outFeatures: inner, bias: false });
     this.to_v = new Linear(vb.pp("to_v"), { inFeatures: contextDim, outFeatures: inner, bias: false });
-    this.to_out = new Linear(vb.pp("to_out").pp(0), { inFeatures: inner, outFeatures: cfg.queryDim });
+    const out = cfg.outputName === "to_out" ? vb.pp("to_out") : vb.pp("to_out").pp(0);
+    this.to_out = new Linear(out, { inFeatures: inner, outFeatures: cfg.queryDim });
   }
 
   /** x [B, N, queryDim], context [B, L, contextDim] → [B, N, queryDim] (+ residual, fused into to_out). */

@@ -5,8 +5,8 @@
  * feed-forward), then the final `norm`. Names as stored below `cond_stage_model.transformer`; `to_logits` is in the
  * checkpoint but unused for embeddings. No attention mask: padding is attended, as upstream.
  */
-import { add, attention, slice } from "@ldm/kernels";
-import { Embedding, LayerNorm, Linear, type VarBuilder } from "@ldm/nn";
+import { add, slice } from "@ldm/kernels";
+import { CrossAttention, Embedding, LayerNorm, Linear, type VarBuilder } from "@ldm/nn";
 import type { Tensor } from "@ldm/tensor";
 import { type CondStageConfig, X_TRANSFORMER_DEFAULTS } from "@ldm/weights";
 
@@ -40,35 +40,6 @@ export function bertEmbedderTransformer(cfg: BertEmbedderConfig): XTransformerCo
   };
 }
 
-/** `Attention`: to_q, to_k, to_v without bias, softmax(q·kᵀ · dim_head^-½)·v over heads, to_out with bias. */
-class Attention {
-  readonly to_q: Linear;
-  readonly to_k: Linear;
-  readonly to_v: Linear;
-  readonly to_out: Linear;
-
-  constructor(
-    vb: VarBuilder,
-    readonly cfg: XTransformerConfig,
-  ) {
-    const inner = cfg.heads * cfg.dim_head;
-    const proj = (name: string) => new Linear(vb.pp(name), { inFeatures: cfg.dim, outFeatures: inner, bias: false });
-    this.to_q = proj("to_q");
-    this.to_k = proj("to_k");
-    this.to_v = proj("to_v");
-    this.to_out = new Linear(vb.pp("to_out"), { inFeatures: inner, outFeatures: cfg.dim });
-  }
-
-  forward(x: Tensor, residual: Tensor): Tensor {
-    return x.device.tidy(() => {
-      const heads = attention(this.to_q.forward(x), this.to_k.forward(x), this.to_v.forward(x), {
-        heads: this.cfg.heads,
-      });
-      return this.to_out.forward(heads, { residual });
-    });
-  }
-}
-
 /** `FeedForward(dim, mult=4)`: net.0.0 Linear, exact GELU (nn.GELU), net.1 Dropout, net.2 Linear. */
 class FeedForward {
   readonly project_in: Linear;
@@ -80,7 +51,7 @@ class FeedForward {
     this.project_out = new Linear(vb.pp("net").pp(2), { inFeatures: inner, outFeatures: cfg.dim });
   }
 
-  forward(x: Tensor, residual: Tensor): Tensor {
+  forward(x: Tensor, { residual }: { residual?: Tensor } = {}): Tensor {
     return x.device.tidy(() =>
       this.project_out.forward(this.project_in.forward(x, { activation: "gelu" }), { residual }),
     );
@@ -88,7 +59,7 @@ class FeedForward {
 }
 
 /** One entry of `AttentionLayers.layers`: [norm, block, Residual] (the residual has no weights). */
-class PreNormResidual<Block extends Attention | FeedForward> {
+class PreNormResidual<Block extends CrossAttention | FeedForward> {
   readonly norm: LayerNorm;
 
   constructor(
@@ -100,7 +71,7 @@ class PreNormResidual<Block extends Attention | FeedForward> {
   }
 
   forward(x: Tensor): Tensor {
-    return x.device.tidy(() => this.block.forward(this.norm.forward(x), x));
+    return x.device.tidy(() => this.block.forward(this.norm.forward(x), { residual: x }));
   }
 }
 
@@ -109,7 +80,7 @@ export class TransformerWrapper {
   readonly token_emb: Embedding;
   readonly pos_emb: Tensor;
   /** Layer types ('a', 'f') × depth, as AttentionLayers.layers. */
-  readonly layers: PreNormResidual<Attention | FeedForward>[] = [];
+  readonly layers: PreNormResidual<CrossAttention | FeedForward>[] = [];
   readonly norm: LayerNorm;
 
   constructor(
@@ -127,7 +98,14 @@ export class TransformerWrapper {
     for (let i = 0; i < cfg.depth; i++) {
       const a = layers.pp(2 * i);
       const f = layers.pp(2 * i + 1);
-      this.layers.push(new PreNormResidual(a, cfg, new Attention(a.pp(1), cfg)));
+      // x-transformers' Attention: CompVis's self-attention with its output projection stored as to_out.
+      const attention = new CrossAttention(a.pp(1), {
+        queryDim: cfg.dim,
+        heads: cfg.heads,
+        dimHead: cfg.dim_head,
+        outputName: "to_out",
+      });
+      this.layers.push(new PreNormResidual(a, cfg, attention));
       this.layers.push(new PreNormResidual(f, cfg, new FeedForward(f.pp(1), cfg)));
     }
     this.norm = new LayerNorm(vb.pp("norm"), { dim: cfg.dim });
