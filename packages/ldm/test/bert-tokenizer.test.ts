@@ -1,6 +1,5 @@
 import { readFileSync } from "node:fs";
-import { describe, expect, it, vi } from "vitest";
-import { main } from "../src/cli/main.ts";
+import { describe, expect, it } from "vitest";
 import {
   BERT_MAX_LENGTH,
   BERT_VOCAB_SIZE,
@@ -8,6 +7,7 @@ import {
   normalizeBertText,
   splitBertWords,
 } from "../src/tokenizer/index.ts";
+import { runCli } from "./helpers/run-cli.ts";
 
 // bert-base-uncased's vocabulary ships with @ldm/ldm: see vocab/bert/README.md.
 const tokenizer = new BertTokenizer(readFileSync(new URL("../vocab/bert/vocab.txt", import.meta.url), "utf8"));
@@ -76,19 +76,7 @@ describe("BERT normalization and word splitting", () => {
 });
 
 describe("ldm tokenize --tokenizer bert", () => {
-  async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-    const out: string[] = [];
-    const err: string[] = [];
-    const log = vi.spyOn(console, "log").mockImplementation((s) => void out.push(String(s)));
-    const error = vi.spyOn(console, "error").mockImplementation((s) => void err.push(String(s)));
-    try {
-      const code = await main(["node", "ldm", "tokenize", ...args]);
-      return { code, out: out.join("\n"), err: err.join("\n") };
-    } finally {
-      log.mockRestore();
-      error.mockRestore();
-    }
-  }
+  const run = (...args: string[]) => runCli("tokenize", ...args);
 
   it("prints the golden ids with the shipped vocabulary", async () => {
     const r = await run(cases[0].prompt, "--tokenizer", "bert");

@@ -2,10 +2,10 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import { afterAll, describe, expect, it, vi } from "vitest";
-import { main } from "../src/cli/main.ts";
+import { afterAll, describe, expect, it } from "vitest";
 import { CLIP_CONTEXT_LENGTH, ClipTokenizer, cleanText, gunzipText } from "../src/tokenizer/index.ts";
 import { loadClipTokenizer, SHIPPED_CLIP_VOCAB } from "../src/tokenizer/vocab-files.ts";
+import { runCli } from "./helpers/run-cli.ts";
 
 // CLIP's vocabulary ships with @ldm/ldm: see vocab/clip/README.md.
 const VOCAB_PATH = new URL("../vocab/clip/bpe_simple_vocab_16e6.txt.gz", import.meta.url).pathname;
@@ -117,19 +117,7 @@ describe("vocabulary sources", () => {
 });
 
 describe("ldm tokenize", () => {
-  async function run(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-    const out: string[] = [];
-    const err: string[] = [];
-    const log = vi.spyOn(console, "log").mockImplementation((s) => void out.push(String(s)));
-    const error = vi.spyOn(console, "error").mockImplementation((s) => void err.push(String(s)));
-    try {
-      const code = await main(["node", "ldm", "tokenize", ...args]);
-      return { code, out: out.join("\n"), err: err.join("\n") };
-    } finally {
-      log.mockRestore();
-      error.mockRestore();
-    }
-  }
+  const run = (...args: string[]) => runCli("tokenize", ...args);
 
   it("prints ids and the padded form as JSON", async () => {
     const r = await run("a photograph of an astronaut riding a horse", "--vocab", VOCAB_PATH);
