@@ -241,7 +241,11 @@ def upstream_latent_diffusion(ldm_dir):
         dict(ddpm_namespace),
         optional=["predict_start_from_z_and_v", "predict_eps_from_z_and_v"],  # v-prediction: SD2 code only
     )
-    ddpm_methods.update(methods_from_source(ddpm_path, "LatentDiffusion", ["apply_model"], dict(ddpm_namespace)))
+    # apply_model with split_input_params (the super-resolution notebook's tiles) calls the fold/weighting helpers.
+    tiling = ["get_fold_unfold", "get_weighting", "delta_border", "meshgrid"]
+    ddpm_methods.update(
+        methods_from_source(ddpm_path, "LatentDiffusion", ["apply_model"], dict(ddpm_namespace), optional=tiling)
+    )
     wrapper_forward = methods_from_source(ddpm_path, "DiffusionWrapper", ["forward"], dict(ddpm_namespace))["forward"]
 
     class UpstreamLatentDiffusion(nn.Module):
@@ -264,6 +268,18 @@ def upstream_latent_diffusion(ldm_dir):
 
         def apply_model(self, x, t, cond):
             return ddpm_methods["apply_model"](self, x, t, cond)
+
+        def get_fold_unfold(self, x, kernel_size, stride, uf=1, df=1):
+            return ddpm_methods["get_fold_unfold"](self, x, kernel_size, stride, uf, df)
+
+        def get_weighting(self, h, w, Ly, Lx, device):
+            return ddpm_methods["get_weighting"](self, h, w, Ly, Lx, device)
+
+        def delta_border(self, h, w):
+            return ddpm_methods["delta_border"](self, h, w)
+
+        def meshgrid(self, h, w):
+            return ddpm_methods["meshgrid"](self, h, w)
 
         def predict_start_from_z_and_v(self, x_t, t, v):
             return ddpm_methods["predict_start_from_z_and_v"](self, x_t, t, v)

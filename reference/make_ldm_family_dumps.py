@@ -14,9 +14,16 @@ Each tiny YAML keeps the structure of the upstream config it shrinks (reference/
                   scale_by_std: the scale_factor buffer in the checkpoint; new attention order on top, to cover
                   QKVAttention);
 - tiny-cin:       cin256-v2.yaml (VQ-f4, ClassEmbedder, crossattn, SpatialTransformer with num_heads 1; CFG against
-                  the last class).
-Dumps: vae.encode (VQ: h, quant, indices; KL: moments), vae.decode, unet, cond (ClassEmbedder), sample (upstream
-DDIMSampler, eta 0, and eta 1 with global_seed: torch.manual_seed right before sampling).
+                  the last class);
+- tiny-bsr:       models/ldm/bsr_sr/config.yaml (VQ-f4, cond stage torch.nn.Identity: the low-resolution image in
+                  [-1, 1] concatenated to the latent, UNet in_channels 6);
+- tiny-seg:       models/ldm/semantic_synthesis256/config.yaml (VQ-f4, SpatialRescaler over a one-hot segmentation
+                  map, 12 classes instead of 182, concat).
+Dumps: vae.encode (VQ: h, quant, indices; KL: moments), vae.decode, unet (c_concat for the concat models), cond
+(ClassEmbedder on class_label, SpatialRescaler on segmentation), sample (upstream DDIMSampler, eta 0, and eta 1 with
+global_seed: torch.manual_seed right before sampling; conditioned on class_label, LR_image or segmentation). tiny-bsr
+also gets sample-tiles: a 4x larger LR_image sampled with split_input_params as ldm/notebook_helpers.py sets them
+(UNet on overlapping latent crops, blended by apply_model's fold with get_weighting), ks and stride shrunk.
 """
 
 import argparse
@@ -57,7 +64,7 @@ def randomize(module, seed):
 def build(ldm_config):
     from ldm.models.autoencoder import AutoencoderKL, VQModelInterface
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from ldm.modules.encoders.modules import ClassEmbedder
+    from ldm.modules.encoders.modules import ClassEmbedder, SpatialRescaler
 
     params = ldm_config["model"]["params"]
     unet = UNetModel(**params["unet_config"]["params"])
@@ -68,6 +75,8 @@ def build(ldm_config):
     cond_model = None
     if isinstance(cond, dict) and cond["target"].endswith("ClassEmbedder"):
         cond_model = ClassEmbedder(**cond["params"])
+    if isinstance(cond, dict) and cond["target"].endswith("SpatialRescaler"):
+        cond_model = SpatialRescaler(**cond["params"])
     return unet.eval(), vae.eval(), cond_model
 
 
@@ -95,6 +104,33 @@ def nearest_code_margin(h, codebook):
     return float(((two[:, 1] - two[:, 0]) / two[:, 1].clamp_min(1e-12)).min())
 
 
+def one_hot(labels, classes):
+    """[B, H, W] class ids -> [B, C, H, W] float one-hot, as the datasets' np.eye(n_labels)[segmentation] after
+    get_input's 'b h w c -> b c h w'."""
+    return torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+
+
+def block_labels(batch, classes, side, block, generator):
+    """A blocky random segmentation map: one random class per block x block square."""
+    coarse = torch.randint(0, classes, (batch, side // block, side // block), generator=generator)
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)
+
+
+# The notebook's split_input_params (ldm/notebook_helpers.py: ks 128, stride 64 latent cells) with ks and stride
+# shrunk to the tiny model; the clip weights and tie_braker as there.
+SPLIT_INPUT = {
+    "ks": (8, 8),
+    "stride": (4, 4),
+    "vqf": 4,
+    "patch_distributed_vq": True,
+    "tie_braker": False,
+    "clip_max_weight": 0.5,
+    "clip_min_weight": 0.01,
+    "clip_max_tie_weight": 0.5,
+    "clip_min_tie_weight": 0.01,
+}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", required=True, help="CompVis/latent-diffusion sources")
@@ -114,10 +150,12 @@ def main():
     sys.path.insert(0, args.taming)
     sys.path.insert(0, args.ldm)
     from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.modules.encoders.modules import ClassEmbedder, SpatialRescaler
 
     UpstreamLatentDiffusion = upstream_latent_diffusion(args.ldm)
 
-    for name, seed in [("tiny-celebahq", 61), ("tiny-churches", 62), ("tiny-cin", 63)]:
+    models = [("tiny-celebahq", 61), ("tiny-churches", 62), ("tiny-cin", 63), ("tiny-bsr", 64), ("tiny-seg", 65)]
+    for name, seed in models:
         config_path = os.path.join(CONFIGS, f"{name}.yaml")
         config = yaml.safe_load(open(config_path))
         params = config["model"]["params"]
@@ -160,16 +198,30 @@ def main():
                 tensors.update({"vae.encode.in.x": x, "vae.encode.out.moments": moments})
                 z = torch.randn((2, channels, latent, latent), generator=g)
                 tensors.update({"vae.decode.in.z": z, "vae.decode.out.x": vae.decode(z)})
-            xu = torch.randn((2, params["unet_config"]["params"]["in_channels"], latent, latent), generator=g)
+            xu = torch.randn((2, channels, latent, latent), generator=g)
             t = torch.tensor([911, 37])
             context = None
-            if cond_model is not None:
+            c_concat = None
+            identity = params["cond_stage_config"] != "__is_unconditional__" and params["cond_stage_config"][
+                "target"
+            ].endswith("Identity")
+            if isinstance(cond_model, ClassEmbedder):
                 labels = torch.tensor([3, cond_model.embedding.num_embeddings - 1])
                 c = cond_model({"class_label": labels})
                 tensors.update({"cond.in.class_label": labels, "cond.out.c_crossattn": c})
                 context = c
                 tensors["unet.in.context"] = c
-            tensors.update({"unet.in.x": xu, "unet.in.timesteps": t, "unet.out.eps": sampled(xu, t, context=context)})
+            elif isinstance(cond_model, SpatialRescaler):
+                classes = params["cond_stage_config"]["params"]["in_channels"]
+                segmentation = one_hot(torch.randint(0, classes, (2, latent * f, latent * f), generator=g), classes)
+                c_concat = cond_model(segmentation)
+                tensors.update({"cond.in.segmentation": segmentation, "cond.out.c_concat": c_concat})
+            elif identity:
+                c_concat = torch.rand((2, 3, latent, latent), generator=g) * 2 - 1
+            x_in = xu if c_concat is None else torch.cat([xu, c_concat], dim=1)  # DiffusionWrapper's concat
+            if c_concat is not None:
+                tensors["unet.in.c_concat"] = c_concat
+            tensors.update({"unet.in.x": xu, "unet.in.timesteps": t, "unet.out.eps": sampled(x_in, t, context=context)})
 
             # Sampling with the upstream DDIMSampler over upstream apply_model / DiffusionWrapper.
             conditioning_key = None if params["cond_stage_config"] == "__is_unconditional__" else params.get(
@@ -184,7 +236,17 @@ def main():
                 extra = {}
                 inputs = {"sample.in.x_T": x_T}
                 guidance = 1.0
-                if cond_model is not None:
+                g_cond = torch.Generator().manual_seed(seed + 3)
+                if isinstance(cond_model, SpatialRescaler):
+                    classes = params["cond_stage_config"]["params"]["in_channels"]
+                    segmentation = one_hot(block_labels(2, classes, latent * f, 4, g_cond), classes)
+                    extra = {"conditioning": cond_model(segmentation)}
+                    inputs["sample.in.segmentation"] = segmentation
+                elif identity:
+                    low = torch.rand((2, 3, latent, latent), generator=g_cond) * 2 - 1
+                    extra = {"conditioning": low}
+                    inputs["sample.in.LR_image"] = low
+                elif cond_model is not None:
                     label = torch.tensor([5, 7])
                     uncond = torch.tensor([cond_model.embedding.num_embeddings - 1] * 2)
                     extra = {
@@ -208,6 +270,34 @@ def main():
                     sample_meta["global_seed"] = str(global_seed)
                 suffix = "ddim" if eta == 0 else "ddim-eta1"
                 save_file(sample, os.path.join(args.out, f"{name}.sample-{suffix}.safetensors"), sample_meta)
+            if identity:
+                # The notebook's tiled super-resolution: DDIM with eta 1 on a latent twice the crop size, the UNet
+                # on overlapping crops of it and of the low-resolution image.
+                ldm.split_input_params = SPLIT_INPUT
+                ldm.cond_stage_key = params["cond_stage_key"]
+                side = 2 * SPLIT_INPUT["ks"][0]
+                g_tiles = torch.Generator().manual_seed(seed + 4)
+                low = torch.rand((1, 3, side, side), generator=g_tiles) * 2 - 1
+                x_T = torch.randn((1, channels, side, side), generator=g_tiles)
+                sampler = DDIMSampler(ldm)
+                sampler.register_buffer = lambda n, a, s=sampler: setattr(s, n, a)
+                global_seed = seed + 5
+                torch.manual_seed(global_seed)
+                z0, _ = sampler.sample(
+                    S=10, batch_size=1, shape=(channels, side, side), eta=1.0, x_T=x_T, verbose=False, conditioning=low
+                )
+                del ldm.split_input_params
+                tiles_meta = {
+                    **meta, "sampler": "ddim", "steps": "10", "guidance_scale": "1.0", "eta": "1.0",
+                    "global_seed": str(global_seed),
+                    "split_input_ks": ",".join(map(str, SPLIT_INPUT["ks"])),
+                    "split_input_stride": ",".join(map(str, SPLIT_INPUT["stride"])),
+                }
+                save_file(
+                    {"sample.in.x_T": x_T, "sample.in.LR_image": low, "sample.out.z_0": z0},
+                    os.path.join(args.out, f"{name}.sample-tiles.safetensors"),
+                    tiles_meta,
+                )
         save_file(tensors, os.path.join(args.out, f"{name}.dump.safetensors"), meta)
         save_file(
             state_dict(unet, vae, cond_model, ema_unet, scale_factor if scale_by_std else None),

@@ -39,6 +39,21 @@ const OUTPUTS: Record<string, string[]> = {
     "cond.out.c_crossattn",
     "unet.out.eps",
   ],
+  "tiny-bsr": [
+    "vae.encode.out.h",
+    "vae.encode.out.quant",
+    "vae.encode.out.indices",
+    "vae.decode.out.x",
+    "unet.out.eps",
+  ],
+  "tiny-seg": [
+    "vae.encode.out.h",
+    "vae.encode.out.quant",
+    "vae.encode.out.indices",
+    "vae.decode.out.x",
+    "cond.out.c_concat",
+    "unet.out.eps",
+  ],
 };
 
 describe.each(Object.keys(OUTPUTS))("%s", (name) => {
@@ -67,6 +82,17 @@ describe.each(Object.keys(OUTPUTS))("%s", (name) => {
     expect(report.checks.map((c) => c.key).sort()).toEqual(["sample.out.image", "sample.out.z_0"]);
     expectPass(report);
   });
+});
+
+it("tiny-bsr: upstream's tiled super-resolution (split_input_params, 9 crops a step, DDIM eta 1) gives the same z_0", async () => {
+  const report = await validate({
+    checkpoint: join(DUMPS, "tiny-bsr.safetensors"),
+    config: join(DUMPS, "tiny-bsr.yaml"),
+    dump: join(DUMPS, "tiny-bsr.sample-tiles.safetensors"),
+    device,
+  });
+  console.log(summary(report));
+  expect(report.checks.map((c) => [c.key, c.pass])).toEqual([["sample.out.z_0", true]]);
 });
 
 describe("LatentDiffusion from the library and the CLI", () => {

@@ -13,6 +13,7 @@ import {
 } from "../diffusion/index.ts";
 import type { UNetModel } from "../models/index.ts";
 import type { Generator } from "../random/index.ts";
+import { type SplitInput, splitInputDenoiser } from "./split-input.ts";
 
 /**
  * The UNet as the samplers call it: host latents of the whole batch [N, C, h, w] in, its prediction out, with
@@ -217,6 +218,11 @@ export interface LatentRequest {
    * (less memory for activations, same result up to f32 rounding). Default false.
    */
   sequentialCfg?: boolean;
+  /**
+   * The UNet on overlapping latent crops (upstream's split_input_params), its memory that of one crop; see
+   * split-input.ts. Default: one call on the whole latent.
+   */
+  splitInput?: SplitInput;
 }
 
 /** What conditions a sampling run besides the noise: DiffusionWrapper's c_crossattn and c_concat. */
@@ -257,14 +263,17 @@ export async function sampleConditioned(
   let cConcat: Tensor | undefined;
   try {
     if (context) assertFinite(request.contextStage ?? "text encoder", await context.toFloat32());
-    if (request.cConcat) {
-      const [b, , h, w] = latentShape;
-      const channels = request.cConcat.length / (b * h * w);
-      const both = guide ? new Float32Array([...request.cConcat, ...request.cConcat]) : request.cConcat;
-      cConcat = Tensor.from(device, both, [rows, channels, h, w]);
+    const both =
+      request.cConcat && guide ? new Float32Array([...request.cConcat, ...request.cConcat]) : request.cConcat;
+    const shape = [rows, ...latentShape.slice(1)];
+    if (both && !request.splitInput) {
+      const [, , h, w] = latentShape;
+      cConcat = Tensor.from(device, both, [rows, both.length / (rows * h * w), h, w]);
     }
     const parts = guide && request.sequentialCfg ? 2 : 1;
-    const network = unetDenoiser(unet, context, cConcat, [rows, ...latentShape.slice(1)], parts);
+    const network = request.splitInput
+      ? splitInputDenoiser(unet, context, both, shape, request.splitInput)
+      : unetDenoiser(unet, context, cConcat, shape, parts);
     return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
       sampler: request.sampler,
       sigmaSchedule: request.schedule,

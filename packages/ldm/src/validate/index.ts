@@ -4,7 +4,7 @@
  */
 import { Device, type ParamDType, type Tensor } from "@ldm/tensor";
 import { VQModel } from "../models/autoencoder.ts";
-import { ClassEmbedder } from "../models/cond-stage.ts";
+import { ClassEmbedder, SpatialRescaler } from "../models/cond-stage.ts";
 import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
 import { BERTEmbedder } from "../models/x-transformer.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
@@ -225,9 +225,18 @@ const RUNNERS: Readonly<
       penultimate_hidden_state: out.penultimateHiddenState,
     });
   },
-  /** The cond stage: a ClassEmbedder on class_label, or a BERTEmbedder on input_ids (prompt or layout tokens). */
+  /**
+   * The cond stage: a ClassEmbedder on class_label, a BERTEmbedder on input_ids (prompt or layout tokens), or a
+   * SpatialRescaler on a one-hot segmentation map (→ c_concat).
+   */
   cond: async (model, io) => {
     const stage = model.cond;
+    if (io.has("in", "segmentation")) {
+      if (!(stage instanceof SpatialRescaler)) {
+        throw new Error("the cond component's segmentation is a SpatialRescaler's (→ c_concat); this model has none");
+      }
+      return readOutputs({ c_concat: stage.forward(await io.floats("segmentation")) });
+    }
     if (io.has("in", "input_ids")) {
       if (!(stage instanceof BERTEmbedder)) {
         throw new Error("the cond component's input_ids are a BERTEmbedder's (→ c_crossattn); this model has none");

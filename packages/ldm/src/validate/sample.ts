@@ -1,14 +1,16 @@
 /**
  * The `sample` dump component: a whole classifier-free-guided sampling loop from x_T and what conditions it
- * (token ids, class labels, or nothing), run by the pipeline's own sampling path (sampleFromTokens,
- * sampleConditioned); decodeLatents turns a z_0 into the image.
+ * (token ids, class labels, a low-resolution image, a segmentation map, or nothing), run by the pipeline's own
+ * sampling path (sampleFromTokens, sampleConditioned; with split_input metadata the UNet on overlapping crops);
+ * decodeLatents turns a z_0 into the image.
  */
 import { Tensor } from "@ldm/tensor";
 import { NoiseSchedule, type SamplerName, samplerByName } from "../diffusion/index.ts";
-import { ClassEmbedder } from "../models/cond-stage.ts";
+import { ClassEmbedder, SpatialRescaler } from "../models/cond-stage.ts";
 import type { LoadedModel } from "../models/index.ts";
 import { BERTEmbedder } from "../models/x-transformer.ts";
 import { sampleConditioned, sampleFromTokens } from "../pipeline/denoiser.ts";
+import type { SplitInput } from "../pipeline/split-input.ts";
 import { Generator } from "../random/index.ts";
 import type { Dump, HostTensor } from "./dump.ts";
 
@@ -19,6 +21,8 @@ export interface SampleSettings {
   eta: number;
   /** eta > 0: the seed of torch's global generator, set right before sampling (each step's noise). */
   globalSeed?: string;
+  /** split_input_ks / split_input_stride: upstream's UNet on overlapping latent crops. */
+  splitInput?: SplitInput;
 }
 
 function settings(dump: Dump): SampleSettings {
@@ -43,12 +47,19 @@ function settings(dump: Dump): SampleSettings {
   if (eta !== 0 && globalSeed === undefined) {
     fail(`has eta ${eta} and no global_seed: only eta 0 is deterministic from x_T without the noise stream's seed`);
   }
+  const square = (key: string) => {
+    const text = meta[key] ?? fail(`has split_input_ks or split_input_stride without ${key}`);
+    const [a, b] = text.split(",").map(Number);
+    return a === b && Number.isInteger(a) ? a : fail(`has ${key} "${text}": the crops must be square, "n,n"`);
+  };
+  const split = meta.split_input_ks !== undefined || meta.split_input_stride !== undefined;
   return {
     sampler: sampler as SamplerName,
     steps: number("steps"),
     guidanceScale: number("guidance_scale"),
     eta,
     globalSeed,
+    ...(split ? { splitInput: { size: square("split_input_ks"), stride: square("split_input_stride") } } : {}),
   };
 }
 
@@ -65,7 +76,7 @@ export async function runSample(
   if (!unet) throw new Error("internal: the sample component needs the UNet");
   const options = { ...settings(dump), ...overrides };
   const xT = await dump.floats("sample", "in", "x_T");
-  const cConcat = dump.has("sample", "in", "c_concat") ? await dump.floats("sample", "in", "c_concat") : undefined;
+  const cConcat = await concatInput(model, dump);
   const schedule = NoiseSchedule.create({
     timesteps: config.timesteps,
     linearStart: config.linear_start,
@@ -79,7 +90,8 @@ export async function runSample(
     guidanceScale: options.guidanceScale,
     eta: options.eta,
     generator: options.globalSeed === undefined ? undefined : new Generator(BigInt(options.globalSeed)),
-    cConcat: cConcat?.data,
+    cConcat,
+    splitInput: options.splitInput,
   };
   if (dump.has("sample", "in", "cond_ids")) {
     // CLIP, or the paper's BERTEmbedder (prompt or layout tokens).
@@ -119,6 +131,29 @@ async function classContext(model: LoadedModel, dump: Dump, guide: boolean): Pro
     return stage.forward(ids);
   } finally {
     ids.dispose();
+  }
+}
+
+/**
+ * A concat model's c_concat for one batch (the sampler repeats it for guidance's halves): the dump's own, the
+ * low-resolution image itself (super-resolution, cond stage Identity), or the SpatialRescaler on the one-hot
+ * segmentation map.
+ */
+async function concatInput(model: LoadedModel, dump: Dump): Promise<Float32Array | undefined> {
+  if (dump.has("sample", "in", "c_concat")) return (await dump.floats("sample", "in", "c_concat")).data;
+  if (dump.has("sample", "in", "LR_image")) return (await dump.floats("sample", "in", "LR_image")).data;
+  if (!dump.has("sample", "in", "segmentation")) return undefined;
+  const stage = model.cond;
+  if (!(stage instanceof SpatialRescaler))
+    throw new Error(`${dump.path}: the sample has a segmentation map, the model no SpatialRescaler`);
+  const { data, shape } = await dump.floats("sample", "in", "segmentation");
+  const input = Tensor.from(stage.vb.device, data, shape);
+  const out = stage.forward(input);
+  try {
+    return await out.toFloat32();
+  } finally {
+    input.dispose();
+    out.dispose();
   }
 }
 
