@@ -181,9 +181,9 @@ describe("NaN and Inf: an error naming the stage and the likely cause, never a b
   ])("a NaN weight in %s", async (key, message) => {
     const run = await generate(await poisoned(key));
     expectOneLineError(run, message);
-    // What the run was doing, before its first step.
+    // What the run was doing, before its first step; no dtype flag: lavapipe, a CPU adapter, runs f32.
     expect(run.err).toMatch(
-      /^loading nan-.*\.safetensors \(f32\)…\nloaded in [\d.]+ s on .+\nsampling 32×32, batch 1, 2 \w+ steps/,
+      /^loading nan-.*\.safetensors…\nloaded in [\d.]+ s on .+ \(f32\)\nsampling 32×32, batch 1, 2 \w+ steps/,
     );
     expect(existsSync(join(dir, "nan.png"))).toBe(false);
   });

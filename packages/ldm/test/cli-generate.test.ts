@@ -175,6 +175,35 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     expect(decodePng(readFileSync(fromA1111), "from A1111").data).toEqual(image.data);
   });
 
+  it("--f16 and --no-f16 override the adapter's default dtype; --params-from restores the stored one", async () => {
+    const half = join(dir, "half.png");
+    const run = await ldm(
+      "generate",
+      "a cat",
+      ...tiny,
+      "--width",
+      "32",
+      "--height",
+      "32",
+      "--steps",
+      "1",
+      "--f16",
+      "--out",
+      half,
+    );
+    expect(run.code, run.err).toBe(0);
+    expect(run.err).toMatch(/loaded in [\d.]+ s on .+ \(f16\)/);
+    const stored = parseParameters(decodePng(readFileSync(half), "half").text[PARAMETERS_KEYWORD], half);
+    expect(stored.dtype).toBe("f16");
+    // lavapipe's default is f32, so restoring f16 is the stored dtype at work; a flag still wins over it.
+    const restored = await ldm("generate", "--params-from", half, ...tiny, "--out", join(dir, "half-again.png"));
+    expect(restored.err).toMatch(/loaded in [\d.]+ s on .+ \(f16\)/);
+    const single = await ldm("generate", "--params-from", half, ...tiny, "--no-f16", "--out", join(dir, "single.png"));
+    expect(single.err).toMatch(/loaded in [\d.]+ s on .+ \(f32\)/);
+    for (const r of [restored, single]) expect(r.code, r.err).toBe(0);
+    // Three processes, each compiling the tiny model's kernels (f16 ones cold on a fresh machine).
+  }, 360_000);
+
   it("img2img with --cfg 1 and a batch of 2 numbers its files", async () => {
     const out = join(dir, "i2i.png");
     const run = await ldm(

@@ -58,6 +58,18 @@ export interface AdapterSummary {
   isCpu: boolean;
 }
 
+/**
+ * The dtype a model runs in when the caller names none ("auto"): f16 on GPU adapters with shader-f16, f32 on CPU
+ * adapters and wherever shader-f16 is missing. On a GPU, f16 halves the weights' and activations' memory and
+ * bandwidth and, with native half arithmetic (and subgroup matrices), raises throughput. On CPU adapters it saves
+ * memory but no time: llvmpipe has no native f16 arithmetic, and SD 1.5 on lavapipe ran its UNet step in 59.0 s
+ * (f16) against 62.6 s (f32) and its VAE decode in 72.8 s against 84.0 s, within that machine's load noise
+ * (benchmarks/RESULTS.md, "End to end"), so there f32's exactness wins.
+ */
+export function defaultDtype(adapter: { isCpu: boolean; shaderF16: boolean }): "f16" | "f32" {
+  return adapter.shaderF16 && !adapter.isCpu ? "f16" : "f32";
+}
+
 /** A buffer (or part of one) bound to a storage slot of a kernel. */
 export interface BufferSlice {
   buffer: GPUBuffer;

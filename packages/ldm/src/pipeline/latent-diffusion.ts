@@ -5,7 +5,7 @@
  * first stage's decode. Stable Diffusion (stable-diffusion.ts) is its CLIP text-to-image configuration. The
  * latent scale factor, the conditioning key and the parameterization come from the model's config.
  */
-import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import { Device, defaultDtype, type ParamDType, Tensor } from "@ldm/tensor";
 import { conditioningKey, describeCondStage, type LdmConfig } from "@ldm/weights";
 import {
   type InitLatents,
@@ -54,8 +54,11 @@ import type { GenerationParameters } from "./parameters.ts";
 export interface LoadOptions {
   /** The device to run on; one is created (and destroyed by dispose()) when absent. */
   device?: Device;
-  /** Parameter and activation dtype; f16 needs shader-f16. Default f32. */
-  dtype?: ParamDType;
+  /**
+   * Parameter and activation dtype; f16 needs shader-f16. "auto": the adapter's `defaultDtype` (f16 on GPUs with
+   * shader-f16, else f32). Default f32.
+   */
+  dtype?: ParamDType | "auto";
   /** An original-style YAML config; default: `<stem>.yaml` beside a single file if it exists, else detected. */
   config?: string;
   /** Sample with the UNet's EMA weights (`model_ema.*`); default: the config's use_ema where the file has them. */
@@ -308,12 +311,16 @@ export class LatentDiffusion {
   ): Promise<
     [Device, LdmNetworks, ClipTokenizer | BertTokenizer | undefined, string, boolean, number, number | undefined]
   > {
-    const dtype = options.dtype ?? "f32";
+    const requested = options.dtype ?? "f32";
     const { companionFiles, loadBertTokenizer, loadClipTokenizer, loadModel, systemMemory } = await import(
       "#node-files"
     );
     const files = companionFiles(path, { config: options.config, vocab: options.vocab });
-    const device = options.device ?? (await Device.create({ disableF16: dtype !== "f16" }));
+    const device = options.device ?? (await Device.create({ disableF16: requested === "f32" }));
+    const dtype =
+      requested === "auto"
+        ? defaultDtype({ isCpu: device.info.isCpu, shaderF16: device.features.shaderF16 })
+        : requested;
     try {
       const loaded = await loadModel(path, {
         device,

@@ -221,11 +221,11 @@ export function registerGenerate(program: Command): void {
 }
 
 /**
- * What of the stored run is not a sampling parameter: f16 is restored unless a flag says otherwise; the model,
+ * What of the stored run is not a sampling parameter: its dtype (f16 or f32) is restored unless a flag says otherwise; the model,
  * init image and mask are files, named on stderr when this run does not use the same ones.
  */
 function restoreModelFlags(flags: GenerateFlags, stored: Partial<GenerationParameters>, path: string): void {
-  if (flags.f16 === undefined && stored.dtype === "f16") flags.f16 = true;
+  if (flags.f16 === undefined && stored.dtype !== undefined) flags.f16 = stored.dtype === "f16";
   const using = flags.model ? basename(flags.model) : "the built-in model";
   if (
     stored.model &&

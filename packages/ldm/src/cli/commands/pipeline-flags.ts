@@ -33,7 +33,8 @@ export function addModelOptions(command: Command): Command {
       "--vocab <path>",
       "CLIP vocabulary: bpe_simple_vocab_16e6.txt(.gz) or a tokenizer folder (default: the config's tokenizer, the model folder's tokenizer/, else the shipped CLIP vocabulary)",
     )
-    .option("--f16", "run in half precision (needs shader-f16)")
+    .option("--f16", "run in half precision (needs shader-f16; the default on GPUs that have it)")
+    .option("--no-f16", "run in single precision (the default on CPU adapters such as lavapipe)")
     .option("--ema", "sample with the UNet's EMA copy in a full training checkpoint (default: the config's use_ema)")
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files");
 }
@@ -59,9 +60,10 @@ async function loadWith<P extends LatentDiffusion>(
     throw new UserError(`--variant must be "fp16", got "${flags.variant}"`);
   }
   const model = await modelPath(flags.model);
-  const dtype = flags.f16 ? "f16" : "f32";
+  // Neither flag: the adapter decides (defaultDtype: f16 on GPUs with shader-f16).
+  const dtype = flags.f16 === undefined ? "auto" : flags.f16 ? "f16" : "f32";
   // Progress before any step: loading a full checkpoint takes seconds, the first step compiles the kernels.
-  console.error(`loading ${basename(model)} (${dtype})…`);
+  console.error(`loading ${basename(model)}${dtype === "auto" ? "" : ` (${dtype})`}…`);
   const started = performance.now();
   try {
     const pipe = await load(model, {
@@ -75,7 +77,7 @@ async function loadWith<P extends LatentDiffusion>(
     const { info } = pipe.device;
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     console.error(
-      `loaded in ${seconds} s on ${info.description || info.device || info.vendor || "the WebGPU adapter"}`,
+      `loaded in ${seconds} s on ${info.description || info.device || info.vendor || "the WebGPU adapter"} (${pipe.dtype})`,
     );
     return pipe;
   } catch (e) {
