@@ -26,6 +26,8 @@ export {
   type BlobModelOptions,
   loadModelFromBlob,
   loadModelFromStream,
+  type ModelDescription,
+  readModelConfig,
   type StreamedModelOptions,
 } from "./models/load-stream.ts";
 export {

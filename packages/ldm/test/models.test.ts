@@ -14,8 +14,9 @@ import {
   DiagonalGaussianDistribution,
   loadModel,
 } from "../src/models/index.ts";
-import { loadModelFromStream } from "../src/models/load-stream.ts";
+import { loadModelFromBlob, loadModelFromStream, readModelConfig } from "../src/models/load-stream.ts";
 import { blendTiles, planTiles } from "../src/models/tiles.ts";
+import { LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
 import { Generator } from "../src/random/index.ts";
 
 const device = await useDevice();
@@ -113,6 +114,55 @@ describe("VAE tiling", () => {
     expect(Array.from(decoded[1])).toEqual(Array.from(decoded[0]));
     fromFile.dispose();
     fromStream.dispose();
+  });
+});
+
+describe("the browser's loaders on the paper's models", () => {
+  const dumps = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
+  const files = (name: string) => {
+    const [weights, yaml] = [`${dumps}${name}.safetensors`, `${dumps}${name}.yaml`];
+    return { weights, yaml, config: { text: readFileSync(yaml, "utf8"), origin: yaml } };
+  };
+
+  // Both sample with their model_ema.* UNet (use_ema defaults to true), tiny-churches with the scale_factor buffer
+  // of scale_by_std too: from a Blob they must give loadModel's images, bit for bit.
+  it.each(["tiny-celebahq", "tiny-churches"])(
+    "%s from a Blob samples as LatentDiffusion.load (EMA UNet, stored scale factor)",
+    async (name) => {
+      const { weights, yaml, config } = files(name);
+      const blob = new Blob([readFileSync(weights)]);
+      expect((await readModelConfig(blob, { origin: weights, config })).config.cond_stage).toBeUndefined();
+      const loaded = await loadModelFromBlob(blob, { device, origin: weights, config });
+      const { unet, vae } = loaded;
+      if (!unet || !vae) throw new Error("the loader built no UNet or first stage");
+      const page = LatentDiffusion.fromNetworks({ ...loaded, unet, vae }, undefined, name, loaded.scaleFactor);
+      const node = await LatentDiffusion.load(weights, { device, config: yaml });
+      try {
+        expect(loaded.ema).toBe(true);
+        expect(page.scaleFactor).toBe(node.scaleFactor);
+        if (name === "tiny-churches") expect(page.scaleFactor).not.toBe(page.config.scale_factor);
+        const run = { steps: 2, seed: 5 };
+        const [a, b] = await Promise.all([page.generate(run), node.generate(run)]);
+        expect(Array.from(a.images[0].data)).toEqual(Array.from(b.images[0].data));
+      } finally {
+        node.dispose();
+        loaded.dispose();
+      }
+    },
+  );
+
+  it("a stream refuses scale_by_std (its buffer may lie anywhere in the one pass), naming loadModelFromBlob", async () => {
+    const { weights, config } = files("tiny-churches");
+    const stream = Readable.toWeb(createReadStream(weights)) as ReadableStream<Uint8Array>;
+    await expect(loadModelFromStream(stream, { device, origin: weights, config })).rejects.toThrow(
+      /scale_by_std.*loadModelFromBlob/,
+    );
+  });
+
+  it("readModelConfig detects a checkpoint without a YAML config from its header", async () => {
+    const weights = `${dumps}tiny-sd1.safetensors`;
+    const { config } = await readModelConfig(new Blob([readFileSync(weights)]), { origin: weights });
+    expect(config.text?.hidden_size).toBe(32);
   });
 });
 

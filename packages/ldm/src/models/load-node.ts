@@ -2,7 +2,7 @@ import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
 import { type LdmConfig, ldmConfigFromYaml } from "@ldm/weights";
 import { type Checkpoint, openCheckpoint, readConfigFile } from "@ldm/weights/node";
-import { type Component, componentsOf, type LoadedModel, loadNetworks } from "./load.ts";
+import { type Component, chooseEma, componentsOf, type LoadedModel, loadNetworks, storedScaleFactor } from "./load.ts";
 
 export type { LoadedModel } from "./load.ts";
 
@@ -40,13 +40,12 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
   try {
     const { config, assumptions } = yaml ? { config: yaml, assumptions: [] } : checkpoint.config();
     options.check?.(config);
-    const ema = options.ema ?? (config.use_ema === true && checkpoint.hasEma === true);
+    const ema = chooseEma(config, checkpoint.hasEma === true, options.ema, path);
     if (ema) {
-      if (!checkpoint.hasEma) throw new Error(`${path}: EMA weights were asked for, but the file has no model_ema.*`);
       await checkpoint.close();
       checkpoint = await openCheckpoint(path, { ema: true, variant });
     }
-    const scaleFactor = config.scale_by_std ? await storedScaleFactor(checkpoint, path) : config.scale_factor;
+    const scaleFactor = config.scale_by_std ? await storedScaleFactor(checkpoint.files[0], path) : config.scale_factor;
     const components = options.components ?? componentsOf(config);
     const loaded = await loadNetworks(
       VarBuilder.from(device, checkpoint.source, dtype),
@@ -58,13 +57,4 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
   } finally {
     await checkpoint.close();
   }
-}
-
-/** scale_by_std: LatentDiffusion's `scale_factor` buffer, set from the first batch's latent std in training. */
-async function storedScaleFactor(checkpoint: Checkpoint, path: string): Promise<number> {
-  const stored = (await checkpoint.readSchedule()).scale_factor;
-  if (stored?.length !== 1) {
-    throw new Error(`${path}: the config has scale_by_std: true, but the file has no scale_factor buffer (a scalar)`);
-  }
-  return stored[0];
 }

@@ -4,15 +4,17 @@ import {
   type ByteReader,
   blobReader,
   detectConfig,
+  type LdmConfig,
   ldmConfigFromYaml,
   MappedWeightSource,
   openSafetensorsStream,
   SafetensorsFile,
   type SingleFileLayout,
   singleFileLayout,
+  type TensorFile,
   TorchCheckpoint,
 } from "@ldm/weights";
-import { type Component, componentsOf, type LoadedModel, loadNetworks } from "./load.ts";
+import { type Component, chooseEma, componentsOf, type LoadedModel, loadNetworks, storedScaleFactor } from "./load.ts";
 
 /**
  * Loading from a one-pass byte stream (a `fetch` Response's body, a File's `stream()`) or from a Blob (a File
@@ -32,6 +34,11 @@ export interface StreamedModelOptions {
   config?: { text: string; origin: string };
   /** Which networks to build and load (default: all the config has). */
   components?: readonly Component[];
+  /**
+   * The UNet from the checkpoint's EMA copy (`model_ema.*`). Default: as the config's use_ema says (true for the
+   * paper's models) when the file has the copy, as loadModel does in Node.
+   */
+  ema?: boolean;
 }
 
 /**
@@ -49,7 +56,7 @@ export async function loadModelFromStream(
   }
   const opened = await openSafetensorsStream(stream, { origin: options.origin, size: options.size });
   try {
-    return await loadFromLayout(opened.source, opened.layout, options);
+    return await loadFromFile(opened.file, { layout: opened.layout, source: opened.source, oneStream: true }, options);
   } finally {
     await opened.close();
   }
@@ -70,32 +77,78 @@ const TORCH_CHECKPOINT = /\.(ckpt|pt|pth)$/i;
  */
 export async function loadModelFromBlob(blob: Blob, options: BlobModelOptions): Promise<LoadedModel> {
   if (options.dtype === "f16" && !options.device.features.shaderF16) throw noF16();
-  const reader = counting(blobReader(blob, options.origin), options.onBytes);
-  const file = TORCH_CHECKPOINT.test(options.origin)
-    ? await TorchCheckpoint.open(reader)
-    : await SafetensorsFile.open(reader);
+  const file = await openBlob(blob, options.origin, options.onBytes);
   try {
     const layout = singleFileLayout(file);
-    return await loadFromLayout(new MappedWeightSource(options.origin, layout.table), layout, options);
+    const source = new MappedWeightSource(options.origin, layout.table);
+    return await loadFromFile(file, { layout, source, oneStream: false }, options);
   } finally {
     await file.close();
   }
 }
 
-async function loadFromLayout(
-  source: MappedWeightSource,
+/**
+ * A checkpoint's configuration from its YAML config, or detected from its tensors' names and shapes, reading
+ * only the Blob's header (a safetensors header, a PyTorch checkpoint's pickle): what a page needs to show a
+ * model's inputs before its weights are loaded.
+ */
+export async function readModelConfig(
+  blob: Blob,
+  options: Pick<StreamedModelOptions, "origin" | "config">,
+): Promise<ModelDescription> {
+  const file = await openBlob(blob, options.origin);
+  try {
+    return configOf(singleFileLayout(file), options);
+  } finally {
+    await file.close();
+  }
+}
+
+function openBlob(blob: Blob, origin: string, onBytes?: BlobModelOptions["onBytes"]): Promise<TensorFile> {
+  const reader = counting(blobReader(blob, origin), onBytes);
+  return TORCH_CHECKPOINT.test(origin) ? TorchCheckpoint.open(reader) : SafetensorsFile.open(reader);
+}
+
+/** A checkpoint's configuration, and the values detection had to assume (none with a YAML config). */
+export interface ModelDescription {
+  config: LdmConfig;
+  assumptions: string[];
+}
+
+function configOf(
   layout: SingleFileLayout,
+  options: Pick<StreamedModelOptions, "origin" | "config">,
+): ModelDescription {
+  if (options.config) {
+    return { config: ldmConfigFromYaml(options.config.text, options.config.origin), assumptions: [] };
+  }
+  const source = new MappedWeightSource(options.origin, layout.table);
+  return detectConfig(source, options.origin, { openClipText: layout.textNaming === "openclip" });
+}
+
+/**
+ * As loadModel in Node: the config, the EMA or the plain UNet, the stored scale of scale_by_std, then the
+ * weights. `plain` maps the file without its EMA copy; `oneStream`: the file can be read once, in order.
+ */
+async function loadFromFile(
+  file: TensorFile,
+  plain: { layout: SingleFileLayout; source: MappedWeightSource; oneStream: boolean },
   options: StreamedModelOptions,
 ): Promise<LoadedModel> {
   const { device, origin, dtype = "f32" } = options;
-  const { config, assumptions } = options.config
-    ? { config: ldmConfigFromYaml(options.config.text, options.config.origin), assumptions: [] }
-    : detectConfig(source, origin, { openClipText: layout.textNaming === "openclip" });
-  if (config.scale_by_std) {
-    throw new Error(`${origin}: scale_by_std models take their scale from the file's buffer: load them from a file`);
+  const { config, assumptions } = configOf(plain.layout, options);
+  const ema = chooseEma(config, plain.layout.hasEma, options.ema, origin);
+  // A stream is read once in file order, and the scale buffer may lie anywhere in it.
+  if (config.scale_by_std && plain.oneStream) {
+    throw new Error(
+      `${origin}: scale_by_std models take their scale from the file's buffer: load them from a File or Blob (loadModelFromBlob)`,
+    );
   }
+  const scaleFactor = config.scale_by_std ? await storedScaleFactor(file, origin) : config.scale_factor;
+  const source = ema ? new MappedWeightSource(origin, singleFileLayout(file, { ema }).table) : plain.source;
   const components = options.components ?? componentsOf(config);
-  return loadNetworks(VarBuilder.from(device, source, dtype), config, components, assumptions);
+  const loaded = await loadNetworks(VarBuilder.from(device, source, dtype), config, components, assumptions);
+  return { ...loaded, scaleFactor, ema };
 }
 
 function noF16(): Error {

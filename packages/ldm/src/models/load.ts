@@ -1,6 +1,6 @@
 import type { VarBuilder } from "@ldm/nn";
-import type { LdmConfig } from "@ldm/weights";
-import { COND_PREFIX, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "@ldm/weights";
+import type { LdmConfig, TensorFile } from "@ldm/weights";
+import { COND_PREFIX, decodeFloats, isFloatStoredDType, TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX } from "@ldm/weights";
 import { type AutoencoderKL, firstStageModel } from "./autoencoder.ts";
 import { CLIPTextModel } from "./clip.ts";
 import { type CondStageModel, condStageModel } from "./cond-stage.ts";
@@ -83,4 +83,25 @@ export async function loadNetworks(
     throw e;
   }
   return { ...networks, assumptions, scaleFactor: config.scale_factor, ema: false, dispose: () => vb.dispose() };
+}
+
+/**
+ * Whether to sample with the UNet's EMA copy (`model_ema.*`): as asked, else as the config's use_ema says (true
+ * for the paper's models, as upstream samples with them) when the file has the copy.
+ */
+export function chooseEma(config: LdmConfig, hasEma: boolean, asked: boolean | undefined, origin: string): boolean {
+  const ema = asked ?? (config.use_ema === true && hasEma);
+  if (ema && !hasEma) throw new Error(`${origin}: EMA weights were asked for, but the file has no model_ema.*`);
+  return ema;
+}
+
+/** scale_by_std: LatentDiffusion's `scale_factor` buffer, set from the first batch's latent std in training. */
+export async function storedScaleFactor(file: TensorFile, origin: string): Promise<number> {
+  const entry = file.tensors.get("scale_factor");
+  if (entry?.size !== 1 || !isFloatStoredDType(entry.dtype)) {
+    throw new Error(
+      `${origin}: the config has scale_by_std: true, but the file has no scale_factor buffer (a float scalar)`,
+    );
+  }
+  return decodeFloats(entry.dtype, await file.readBytes("scale_factor"), 1)[0];
 }

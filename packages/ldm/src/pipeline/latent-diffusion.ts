@@ -49,6 +49,7 @@ import {
 import { PipelineOptionError } from "./errors.ts";
 import { checkGenerateInputs, checkImageInput, checkPromptList, checkString } from "./inputs.ts";
 import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
+import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
 import type { GenerationParameters } from "./parameters.ts";
 
 export interface LoadOptions {
@@ -242,11 +243,6 @@ export interface PromptTokens {
 }
 
 const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
-/** The paper's text-to-image models (BERTEmbedder): scripts/txt2img.py's default --scale. */
-export const BERT_GUIDANCE_SCALE = 5.0;
-
-/** What a cond stage conditions on, by the question the pipeline asks. */
-type Prompted = "clip" | "bert" | "layout" | undefined;
 
 export class LatentDiffusion {
   readonly schedule: NoiseSchedule;
@@ -354,13 +350,17 @@ export class LatentDiffusion {
     }
   }
 
-  /** A pipeline over networks loaded elsewhere (a browser's loader); the caller keeps the device. */
+  /**
+   * A pipeline over networks loaded elsewhere (a browser's loader); the caller keeps the device. `scaleFactor`:
+   * the loader's (LoadedModel.scaleFactor: the checkpoint's buffer for scale_by_std), default the config's.
+   */
   static fromNetworks(
     networks: LdmNetworks,
     tokenizer: ClipTokenizer | BertTokenizer | undefined,
     name: string,
+    scaleFactor = networks.config.scale_factor,
   ): LatentDiffusion {
-    return new LatentDiffusion(networks.unet.vb.device, networks, tokenizer, name, false);
+    return new LatentDiffusion(networks.unet.vb.device, networks, tokenizer, name, false, scaleFactor);
   }
 
   get config(): LdmConfig {
@@ -397,19 +397,19 @@ export class LatentDiffusion {
     return stage?.target === "BERTEmbedder" ? stage : undefined;
   }
 
+  /** What the model is conditioned on (prompt, layout, class, segmentation map, low-res image, mask). */
+  get inputs(): ModelInputs {
+    return modelInputs(this.config);
+  }
+
   /** What the cond stage reads: a prompt (CLIP's or BERT's tokens), a layout, or neither. */
   get prompted(): Prompted {
-    if (this.config.text) return "clip";
-    if (!this.bert) return undefined;
-    return this.bert.use_tokenizer ? "bert" : "layout";
+    return this.inputs.prompted;
   }
 
   /** Guidance by default: SD's 7.5, scripts/txt2img.py's 5.0 for BERT text models, else none (1). */
   get defaultGuidanceScale(): number {
-    const scales = { clip: DEFAULTS.guidanceScale, bert: BERT_GUIDANCE_SCALE, layout: 1 };
-    const prompted = this.prompted;
-    if (prompted) return scales[prompted];
-    return this.config.cond_stage?.target === "ClassEmbedder" ? DEFAULTS.guidanceScale : 1;
+    return this.inputs.guidanceScale;
   }
 
   /**

@@ -1,0 +1,27 @@
+/** modelInputs: what each family of the fixtures is conditioned on, read from its YAML config alone. */
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { ldmConfigFromYaml } from "@ldm/weights";
+import { describe, expect, it } from "vitest";
+import { modelInputs } from "../src/pipeline/model-inputs.ts";
+
+const DUMPS = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
+const inputsOf = (name: string) => {
+  const path = `${DUMPS}${name}.yaml`;
+  return modelInputs(ldmConfigFromYaml(readFileSync(path, "utf8"), path));
+};
+const none = { classes: undefined, segmentationClasses: undefined, upscale: false, inpainting: false };
+
+describe("modelInputs", () => {
+  it.each([
+    ["tiny-sd1", { ...none, prompted: "clip", guidable: true, guidanceScale: 7.5 }],
+    ["tiny-inpaint", { ...none, prompted: "clip", inpainting: true, guidable: true, guidanceScale: 7.5 }],
+    ["tiny-txt2img", { ...none, prompted: "bert", guidable: true, guidanceScale: 5 }],
+    ["tiny-layout2img", { ...none, prompted: "layout", guidable: true, guidanceScale: 1 }],
+    ["tiny-cin", { ...none, prompted: undefined, classes: 11, guidable: true, guidanceScale: 7.5 }],
+    ["tiny-celebahq", { ...none, prompted: undefined, guidable: false, guidanceScale: 1 }],
+    ["tiny-churches", { ...none, prompted: undefined, guidable: false, guidanceScale: 1 }],
+  ])("%s", (name, expected) => {
+    expect(inputsOf(name)).toEqual(expected);
+  });
+});
