@@ -565,6 +565,24 @@ export class Device {
    * and take the total from `timeGpu`.
    */
   async profileGpu(record: () => void): Promise<KernelTime[] | null> {
+    const dispatches = await this.profileDispatches(record);
+    if (!dispatches) return null;
+    const byLabel = new Map<string, KernelTime>();
+    for (const { label, ms } of dispatches) {
+      const entry = byLabel.get(label) ?? { label, dispatches: 0, ms: 0 };
+      entry.dispatches++;
+      entry.ms += ms;
+      byLabel.set(label, entry);
+    }
+    return [...byLabel.values()].sort((a, b) => b.ms - a.ms);
+  }
+
+  /**
+   * GPU time of every dispatch `record` makes, in the order they were recorded (dispatches of zero workgroups,
+   * which record nothing, are not listed), so a caller that notes what it was running at each `dispatch` can
+   * group them by op and shape; null without timestamp-query. Same per-pass overhead as profileGpu.
+   */
+  async profileDispatches(record: () => void): Promise<{ label: string; ms: number }[] | null> {
     if (!this.features.timestampQuery) {
       record();
       await this.sync();
@@ -590,23 +608,20 @@ export class Device {
       this.encoder.resolveQuerySet(querySet, 0, querySet.count, buffer, 0);
       return buffer;
     });
-    const byLabel = new Map<string, KernelTime>();
+    const times: { label: string; ms: number }[] = [];
     try {
       for (const [set, buffer] of buffers.entries()) {
         const stamps = new BigUint64Array(await this.read(buffer, 0, buffer.size));
         const labels = profiler.labels.slice(set * PROFILE_SET_DISPATCHES, (set + 1) * PROFILE_SET_DISPATCHES);
         labels.forEach((label, i) => {
-          const entry = byLabel.get(label) ?? { label, dispatches: 0, ms: 0 };
-          entry.dispatches++;
-          entry.ms += Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6;
-          byLabel.set(label, entry);
+          times.push({ label, ms: Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6 });
         });
       }
     } finally {
       for (const b of buffers) b.destroy();
       for (const q of profiler.sets) q.destroy();
     }
-    return [...byLabel.values()].sort((a, b) => b.ms - a.ms);
+    return times;
   }
 
   // ---- scopes --------------------------------------------------------------------------

@@ -235,4 +235,28 @@ describe("recording", () => {
     }
     t.dispose();
   });
+
+  it("profiles each dispatch in recording order, skipping empty ones", async () => {
+    const first = device.pipeline("test-add-order-first", addOne);
+    const second = device.pipeline("test-add-order-second", addOne);
+    const t = Tensor.zeros(device, [1 << 12]);
+    const dispatches = await device.profileDispatches(() => {
+      add(first, t, 1 << 12, 1, 16);
+      add(second, t, 1 << 12, 1, 0);
+      add(second, t, 1 << 12, 1, 16);
+      add(first, t, 1 << 12, 1, 16);
+    });
+    expect((await t.read())[100]).toBe(3);
+    if (!device.features.timestampQuery) {
+      expect(dispatches).toBeNull();
+    } else {
+      expect(dispatches?.map((d) => d.label)).toEqual([
+        "test-add-order-first",
+        "test-add-order-second",
+        "test-add-order-first",
+      ]);
+      for (const d of dispatches ?? []) expect(d.ms).toBeGreaterThanOrEqual(0);
+    }
+    t.dispose();
+  });
 });
