@@ -1,6 +1,7 @@
 """Writes tiny random-weight versions of the paper's BERTEmbedder-conditioned LDMs, with dumps computed by the
 ORIGINAL upstream modules:
   tiny-txt2img     configs/latent-diffusion/txt2img-1p4B-eval.yaml: KL-f8, BERTEmbedder on bert-base-uncased ids
+  tiny-text2img256 models/ldm/text2img256/config.yaml: VQ-f4 (3 channels), BERTEmbedder on bert-base-uncased ids
   tiny-layout2img  models/ldm/layout2img-openimages256/config.yaml: VQ-f4 (3 channels), BERTEmbedder without
                    tokenizer on layout tokens (vocab_size 8192, max_seq_len 92)
 
@@ -14,7 +15,8 @@ Into packages/ldm/test/fixtures/dumps/, per model NAME:
   NAME.yaml                     the upstream config's structure at tiny sizes
   NAME.dump.safetensors         vae.encode, vae.decode, unet, cond (BERTEmbedder on input_ids)
   NAME.sample-ddim.safetensors  DDIM, guided against the unconditional input; the image decoded (quantized first
-                                for VQ). txt2img: scripts/txt2img.py's guidance 5.0 against the encoder on "".
+                                for VQ). txt2img, text2img256: scripts/txt2img.py's guidance 5.0 against the
+                                encoder on "".
                                 layout2img: guidance 2.0 against the empty layout.
 
 txt2img's ids are bert-base-uncased's for prompts of test/fixtures/tokenizer/bert-prompts.json (the golden file of
@@ -190,6 +192,40 @@ LAYOUT2IMG = {
 }
 
 
+# text2img256's structure (models/ldm/text2img256/config.yaml): VQ-f4 with 3 channels and no scale_factor (1.0),
+# tiny-layout2img's UNet (num_head_channels) with attention below the first level only, as text2img256,
+# a BERTEmbedder on bert-base-uncased ids (real vocabulary and 77 positions; n_embed 8 keeps its two vocabulary-sized
+# matrices at 1 MB in float16).
+TEXT2IMG256 = {
+    "model": {
+        "base_learning_rate": 2.0e-06,
+        "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+        "params": {
+            "linear_start": 0.0015,
+            "linear_end": 0.0195,
+            "num_timesteps_cond": 1,
+            "log_every_t": 200,
+            "timesteps": 1000,
+            "first_stage_key": "image",
+            "cond_stage_key": "caption",
+            "image_size": 8,
+            "channels": 3,
+            "cond_stage_trainable": True,
+            "conditioning_key": "crossattn",
+            "monitor": "val/loss_simple_ema",
+            "unet_config": {
+                "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                "params": {**LAYOUT2IMG["model"]["params"]["unet_config"]["params"], "attention_resolutions": [2], "context_dim": 8},
+            },
+            "first_stage_config": LAYOUT2IMG["model"]["params"]["first_stage_config"],
+            "cond_stage_config": {
+                "target": "ldm.modules.encoders.modules.BERTEmbedder",
+                "params": {"n_embed": 8, "n_layer": 2},
+            },
+        },
+    }
+}
+
 def prompt_ids(prompts):
     by_prompt = {case["prompt"]: case["input_ids"] for case in json.load(open(PROMPTS))["cases"]}
     return torch.tensor([by_prompt[p] for p in prompts], dtype=torch.int64)
@@ -210,6 +246,15 @@ SPECS = {
         # A short prompt and the longest, truncated to all 77 positions (no padding left).
         "cond_ids": lambda: prompt_ids(["a virus monster is playing guitar, oil on canvas", LONGEST_PROMPT]),
         "sample_cond_ids": lambda: prompt_ids(["A  Photo\tof\n\nthe   CAT!!!", "naïve café résumé Ångström über straße"]),
+        "sample_uncond_ids": lambda: prompt_ids(["", ""]),
+    },
+    "tiny-text2img256": {
+        "config": TEXT2IMG256,
+        "seeds": (1007, 2007, 47),
+        "factor": 4,
+        "guidance_scale": 5.0,  # the BERT models' default, as scripts/txt2img.py
+        "cond_ids": lambda: prompt_ids(["A  Photo\tof\n\nthe   CAT!!!", LONGEST_PROMPT]),
+        "sample_cond_ids": lambda: prompt_ids(["a virus monster is playing guitar, oil on canvas", "naïve café résumé Ångström über straße"]),
         "sample_uncond_ids": lambda: prompt_ids(["", ""]),
     },
     "tiny-layout2img": {

@@ -14,8 +14,8 @@ import { validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
 // The paper's BERTEmbedder models at tiny size, with dumps of the ORIGINAL CompVis/latent-diffusion modules
-// (reference/make_text_dumps.py): tiny-txt2img (KL-f8, bert-base-uncased prompts) and tiny-layout2img (VQ-f4,
-// taming's layout tokens).
+// (reference/make_text_dumps.py): tiny-txt2img (KL-f8, bert-base-uncased prompts), tiny-text2img256 (VQ-f4,
+// bert-base-uncased prompts) and tiny-layout2img (VQ-f4, taming's layout tokens).
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/dumps/${name}`, import.meta.url));
 
 let device: Device;
@@ -24,16 +24,24 @@ beforeAll(async () => {
 });
 afterAll(() => device?.destroy());
 
-describe("tiny-txt2img (txt2img-1p4B-eval.yaml's structure)", () => {
-  const checkpoint = fixture("tiny-txt2img.safetensors");
-
-  it("passes ldm validate on every component (vae, unet, cond) and on the guided DDIM sample", async () => {
-    for (const dump of ["tiny-txt2img.dump.safetensors", "tiny-txt2img.sample-ddim.safetensors"]) {
-      const report = await validate({ checkpoint, dump: fixture(dump), device });
+/** `ldm validate` passes on the model's component dump and its DDIM sample dump. */
+function passesValidate(name: string) {
+  return async () => {
+    for (const dump of [`${name}.dump.safetensors`, `${name}.sample-ddim.safetensors`]) {
+      const report = await validate({ checkpoint: fixture(`${name}.safetensors`), dump: fixture(dump), device });
       expect(report.checks.map((c) => [c.key, c.pass])).toEqual(report.checks.map((c) => [c.key, true]));
       expect(report.checks.length).toBeGreaterThanOrEqual(2);
     }
-  });
+  };
+}
+
+describe("tiny-txt2img (txt2img-1p4B-eval.yaml's structure)", () => {
+  const checkpoint = fixture("tiny-txt2img.safetensors");
+
+  it(
+    "passes ldm validate on every component (vae, unet, cond) and on the guided DDIM sample",
+    passesValidate("tiny-txt2img"),
+  );
 
   it('generates from a prompt as scripts/txt2img.py: BERT tokens, guidance 5.0 against the prompt ""', async () => {
     const pipe = await LatentDiffusion.load(checkpoint, { device });
@@ -85,16 +93,48 @@ describe("tiny-txt2img (txt2img-1p4B-eval.yaml's structure)", () => {
   });
 });
 
+describe("tiny-text2img256 (models/ldm/text2img256's structure: VQ-f4, BERTEmbedder on bert-base-uncased ids)", () => {
+  const checkpoint = fixture("tiny-text2img256.safetensors");
+
+  it(
+    "passes ldm validate on every component (VQ first stage, unet, cond) and on the guided DDIM sample",
+    passesValidate("tiny-text2img256"),
+  );
+
+  it('generates from a prompt at the VQ-f4 size, guided 5.0 against "" as scripts/txt2img.py', async () => {
+    const pipe = await LatentDiffusion.load(checkpoint, { device });
+    try {
+      expect(pipe.prompted).toBe("bert");
+      expect(pipe.defaultGuidanceScale).toBe(BERT_GUIDANCE_SCALE);
+      const result = await pipe.generate({ prompt: "a virus monster playing guitar", steps: 2, seed: 7 });
+      expect([result.images[0].width, result.images[0].height]).toEqual([32, 32]);
+      const explicit = await pipe.generate({
+        prompt: "a virus monster playing guitar",
+        steps: 2,
+        seed: 7,
+        negativePrompt: "",
+      });
+      expect(explicit.latents).toEqual(result.latents);
+      const unguided = await pipe.generate({
+        prompt: "a virus monster playing guitar",
+        steps: 2,
+        seed: 7,
+        guidanceScale: 1,
+      });
+      expect(unguided.latents).not.toEqual(result.latents);
+    } finally {
+      pipe.dispose();
+    }
+  });
+});
+
 describe("tiny-layout2img (layout2img-openimages256's structure)", () => {
   const checkpoint = fixture("tiny-layout2img.safetensors");
 
-  it("passes ldm validate on every component (VQ first stage, unet, cond on layout tokens) and on the DDIM sample", async () => {
-    for (const dump of ["tiny-layout2img.dump.safetensors", "tiny-layout2img.sample-ddim.safetensors"]) {
-      const report = await validate({ checkpoint, dump: fixture(dump), device });
-      expect(report.checks.map((c) => [c.key, c.pass])).toEqual(report.checks.map((c) => [c.key, true]));
-      expect(report.checks.length).toBeGreaterThanOrEqual(2);
-    }
-  });
+  it(
+    "passes ldm validate on every component (VQ first stage, unet, cond on layout tokens) and on the DDIM sample",
+    passesValidate("tiny-layout2img"),
+  );
 
   it("generates from a layout of class indices and boxes; a prompt or a missing layout is refused", async () => {
     const pipe = await LatentDiffusion.load(checkpoint, { device });
