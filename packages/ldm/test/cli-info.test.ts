@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { tinyConfig, writeDiffusers, writeSingleFile } from "@ldm/weights/testing";
 import { Command } from "commander";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -124,6 +125,20 @@ describe("ldm info", () => {
     expect(await userError(join(dir, "tiny.safetensors"), "--config", join(dir, "none.yaml"))).toMatch(
       /cannot read the config file/,
     );
+  });
+
+  it("counts every stored parameter of the original cond stage, BERTEmbedder's unused to_logits too", async () => {
+    // tiny-text2img256 was written from the original BERTEmbedder's state_dict (reference/make_text_dumps.py):
+    // 32 tensors, 553,458 parameters, 274,698 of them in to_logits (30522 × 8 + 30522).
+    const checkpoint = fileURLToPath(new URL("./fixtures/dumps/tiny-text2img256.safetensors", import.meta.url));
+    const out = await info(checkpoint);
+    expect(out).toMatch(
+      /cond stage +553,458 parameters in 32 tensors \(F16 × 32; 274,698 of them in 2 stored, unused\)/,
+    );
+    const cond = JSON.parse(await info(checkpoint, "--json")).components.find(
+      (c: { name: string }) => c.name === "cond stage",
+    );
+    expect([cond.parameters, cond.unused]).toEqual([553_458, { tensors: 2, parameters: 274_698 }]);
   });
 
   it("a partial checkpoint: prints what is there and why the model is not detected", async () => {

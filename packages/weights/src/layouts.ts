@@ -11,6 +11,8 @@ export interface IgnoredKey {
   key: string;
   file: string;
   reason: string;
+  /** A parameter of the original module that inference never reads (x-transformer's to_logits), not a buffer or a copy. */
+  unusedParameter?: boolean;
 }
 
 export interface LayoutTable {
@@ -39,8 +41,8 @@ class TableBuilder {
     this.table.set(canonical, { file, stored, shape, transform });
   }
 
-  ignore(file: TensorFile, key: string, reason: string): void {
-    this.ignored.push({ key, file: file.name, reason });
+  ignore(file: TensorFile, key: string, reason: string, unusedParameter = false): void {
+    this.ignored.push({ key, file: file.name, reason, ...(unusedParameter ? { unusedParameter } : {}) });
   }
 
   result(): LayoutTable {
@@ -96,7 +98,7 @@ export function singleFileLayout(file: TensorFile, options: SingleFileOptions = 
     if (key.startsWith(UNET_PREFIX) || key.startsWith(VAE_PREFIX)) b.add(key, file, key);
     else if (X_TRANSFORMER.test(key)) {
       if (key.startsWith(`${HF_TEXT}to_logits.`))
-        b.ignore(file, key, "the x-transformer's token logits, unused for embeddings");
+        b.ignore(file, key, "the x-transformer's token logits, unused for embeddings", true);
       else b.add(key, file, key);
     } else if (key.startsWith(HF_TEXT)) {
       const rest = key.slice(HF_TEXT.length);

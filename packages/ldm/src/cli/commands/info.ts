@@ -10,7 +10,6 @@ import {
   LayoutError,
   type LdmConfig,
   ldmConfigFromYaml,
-  type MappedWeightSource,
   PickleError,
   SafetensorsError,
   TEXT_PREFIX,
@@ -122,21 +121,41 @@ function reportCheck(check: FiniteCheck, json: boolean): void {
 
 interface ComponentReport {
   name: string;
+  /** Every parameter of the original module that the file stores, used or not (`unused`). */
   tensors: number;
   parameters: number;
   /** Stored dtype → tensor count. */
   dtypes: Record<string, number>;
+  /** The stored parameters of the module that inference never reads (BERTEmbedder's to_logits). */
+  unused?: { tensors: number; parameters: number };
 }
 
-function components(source: MappedWeightSource): ComponentReport[] {
+function components(checkpoint: Checkpoint): ComponentReport[] {
+  const { source } = checkpoint;
+  const stored = (key: string, file: string) => checkpoint.files.find((f) => f.name === file)?.tensors.get(key);
+  const unused = checkpoint.ignored.filter((i) => i.unusedParameter);
+  const inComponent = (prefix: string, key: string) =>
+    key.startsWith(prefix) && !(prefix === COND_PREFIX && key.startsWith(TEXT_PREFIX));
   return COMPONENTS.map(([name, prefix]) => {
     const report: ComponentReport = { name, tensors: 0, parameters: 0, dtypes: {} };
-    for (const key of source.keys()) {
-      if (!key.startsWith(prefix) || (prefix === COND_PREFIX && key.startsWith(TEXT_PREFIX))) continue;
-      const { shape, dtype } = source.describe(key)!;
+    const count = (shape: readonly number[], dtype: string) => {
+      const parameters = shape.reduce((a, b) => a * b, 1);
       report.tensors++;
-      report.parameters += shape.reduce((a, b) => a * b, 1);
+      report.parameters += parameters;
       report.dtypes[dtype] = (report.dtypes[dtype] ?? 0) + 1;
+      return parameters;
+    };
+    for (const key of source.keys()) {
+      if (!inComponent(prefix, key)) continue;
+      const { shape, dtype } = source.describe(key)!;
+      count(shape, dtype);
+    }
+    for (const { key, file } of unused) {
+      const entry = stored(key, file);
+      if (!entry || !inComponent(prefix, key)) continue;
+      report.unused ??= { tensors: 0, parameters: 0 };
+      report.unused.tensors++;
+      report.unused.parameters += count(entry.shape, entry.dtype);
     }
     return report;
   }).filter((c) => c.tensors > 0);
@@ -174,7 +193,7 @@ function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: strin
     config,
     assumptions: detection?.assumptions ?? [],
     problem,
-    components: components(checkpoint.source),
+    components: components(checkpoint),
     ema: checkpoint.hasEma ? (emaUsed ? "used for the UNet" : "present, not used (--ema uses them)") : undefined,
     scheduleBuffers: [...checkpoint.scheduleKeys],
     ignored: [...countBy(checkpoint.ignored.map((i) => i.reason))].map(([reason, count]) => ({ reason, count })),
@@ -199,8 +218,11 @@ function format(r: ReturnType<typeof describe>): string {
     const dtypes = Object.entries(c.dtypes)
       .map(([d, n]) => `${d} × ${n}`)
       .join(", ");
+    const unused = c.unused
+      ? `; ${c.unused.parameters.toLocaleString("en-US")} of them in ${c.unused.tensors} stored, unused`
+      : "";
     lines.push(
-      `  ${c.name.padEnd(width)}  ${c.parameters.toLocaleString("en-US").padStart(13)} parameters in ${c.tensors} tensors (${dtypes})`,
+      `  ${c.name.padEnd(width)}  ${c.parameters.toLocaleString("en-US").padStart(13)} parameters in ${c.tensors} tensors (${dtypes}${unused})`,
     );
   }
   const total = r.components.reduce((n, c) => n + c.parameters, 0);
