@@ -2,6 +2,7 @@
 
 export { main as runCli } from "./cli/main.ts";
 export * from "./index.ts";
+export { findLora, type LoraOnDisk, listLoras, loadLora, loraName } from "./lora/files.ts";
 export { type LoadModelOptions, loadModel } from "./models/load-node.ts";
 export { isHubName, resolveHubModel } from "./pipeline/hub-model.ts";
 export { BUILTIN_MODEL } from "./pipeline/model-files.ts";

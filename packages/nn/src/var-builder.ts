@@ -23,6 +23,8 @@ class Registry {
   readonly requested = new Set<string>();
   /** Every parameter handed out, so the model's memory can be given back. */
   readonly allocated: Tensor[] = [];
+  /** The parameters by key (LoRA merging writes into them). */
+  readonly byKey = new Map<string, Tensor>();
 
   constructor(
     readonly device: Device,
@@ -78,6 +80,7 @@ export class VarBuilder {
       r.issues.push({ kind: "shape", key, expected: shape, stored: info.shape });
     const tensor = Tensor.empty(r.device, shape, dtype, { exactSize: true }).keep();
     r.allocated.push(tensor);
+    if (!r.byKey.has(key)) r.byKey.set(key, tensor);
     if (info && shapesEqual(info.shape, shape)) r.requests.push({ key, tensor });
     return tensor;
   }
@@ -104,6 +107,11 @@ export class VarBuilder {
       throw new Error(`weights from ${r.source.origin} do not fit the model (${counts}):\n${lines.join("\n")}`);
     }
     await r.source.load(r.requests);
+  }
+
+  /** Every parameter handed out (by this builder or any derived from it), by its full key. */
+  get parameters(): ReadonlyMap<string, Tensor> {
+    return this.registry.byKey;
   }
 
   /** Frees every parameter this builder (or any builder derived from it by pp) handed out. */

@@ -4,6 +4,7 @@ export * from "./config.ts";
 export * from "./detect.ts";
 export * from "./dtype.ts";
 export * from "./layouts.ts";
+export * from "./lora.ts";
 export * from "./pickle.ts";
 export * from "./readers.ts";
 export * from "./safetensors.ts";

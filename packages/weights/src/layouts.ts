@@ -233,44 +233,56 @@ const UNET_TOP: Record<string, string> = {
   conv_out: "out.2",
 };
 
+/** How a UNet's blocks are numbered in the original layout: what the diffusers names do not say. */
+export interface UnetNumbering {
+  /** Residual blocks per level (num_res_blocks). */
+  numRes: number;
+  /** Whether diffusers' up block `block` (numbered from the bottom level) has attentions. */
+  upHasAttention: (block: number) => boolean;
+}
+
 /**
- * diffusers UNet2DConditionModel → UNetModel. With R residual blocks per level, down block i's resnet/attention
- * j is input block (R+1)·i + j + 1 (slots .0/.1), its downsampler input block (R+1)·(i+1); up block i's j-th is
- * output block (R+1)·i + j, its upsampler the last of those, after the attention if the level has one.
+ * diffusers UNet2DConditionModel → UNetModel, for one parameter key (or a module path with a dummy parameter
+ * name). With R residual blocks per level, down block i's resnet/attention j is input block (R+1)·i + j + 1
+ * (slots .0/.1), its downsampler input block (R+1)·(i+1); up block i's j-th is output block (R+1)·i + j, its
+ * upsampler the last of those, after the attention if the level has one. Undefined: not a UNet key.
  */
-function addDiffusersUnet(b: TableBuilder, keys: [string, TensorFile][]): void {
-  const names = keys.map(([k]) => k);
-  const numRes = new Set(names.map((k) => /^down_blocks\.0\.resnets\.(\d+)\./.exec(k)?.[1]).filter(Boolean)).size;
-  const upHasAttention = (i: string) => names.some((k) => k.startsWith(`up_blocks.${i}.attentions.`));
+export function diffusersUnetKey(key: string, { numRes, upHasAttention }: UnetNumbering): string | undefined {
   const resnet = (rest: string) => {
     const [module, param] = splitParam(rest);
     return Object.hasOwn(UNET_RESNET, module) ? `${UNET_RESNET[module]}.${param}` : undefined;
   };
-  const rename = (key: string): string | undefined => {
-    const [module, param] = splitParam(key);
-    if (Object.hasOwn(UNET_TOP, module)) return `${UNET_TOP[module]}.${param}`;
-    let m = /^down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$/.exec(key);
-    if (m) {
-      const block = `input_blocks.${(numRes + 1) * +m[1] + +m[3] + 1}`;
-      return m[2] === "resnets" ? under(`${block}.0`, resnet(m[4])) : `${block}.1.${m[4]}`;
-    }
-    if ((m = /^down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$/.exec(key))) {
-      return `input_blocks.${(numRes + 1) * (+m[1] + 1)}.0.op.${m[2]}`;
-    }
-    if ((m = /^mid_block\.resnets\.(\d+)\.(.+)$/.exec(key))) return under(`middle_block.${2 * +m[1]}`, resnet(m[2]));
-    if ((m = /^mid_block\.attentions\.0\.(.+)$/.exec(key))) return `middle_block.1.${m[1]}`;
-    if ((m = /^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$/.exec(key))) {
-      const block = `output_blocks.${(numRes + 1) * +m[1] + +m[3]}`;
-      return m[2] === "resnets" ? under(`${block}.0`, resnet(m[4])) : `${block}.1.${m[4]}`;
-    }
-    if ((m = /^up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$/.exec(key))) {
-      const slot = upHasAttention(m[1]) ? 2 : 1;
-      return `output_blocks.${(numRes + 1) * +m[1] + numRes}.${slot}.conv.${m[2]}`;
-    }
-    return undefined;
+  const [module, param] = splitParam(key);
+  if (Object.hasOwn(UNET_TOP, module)) return `${UNET_TOP[module]}.${param}`;
+  let m = /^down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$/.exec(key);
+  if (m) {
+    const block = `input_blocks.${(numRes + 1) * +m[1] + +m[3] + 1}`;
+    return m[2] === "resnets" ? under(`${block}.0`, resnet(m[4])) : `${block}.1.${m[4]}`;
+  }
+  if ((m = /^down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$/.exec(key))) {
+    return `input_blocks.${(numRes + 1) * (+m[1] + 1)}.0.op.${m[2]}`;
+  }
+  if ((m = /^mid_block\.resnets\.(\d+)\.(.+)$/.exec(key))) return under(`middle_block.${2 * +m[1]}`, resnet(m[2]));
+  if ((m = /^mid_block\.attentions\.0\.(.+)$/.exec(key))) return `middle_block.1.${m[1]}`;
+  if ((m = /^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$/.exec(key))) {
+    const block = `output_blocks.${(numRes + 1) * +m[1] + +m[3]}`;
+    return m[2] === "resnets" ? under(`${block}.0`, resnet(m[4])) : `${block}.1.${m[4]}`;
+  }
+  if ((m = /^up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$/.exec(key))) {
+    const slot = upHasAttention(+m[1]) ? 2 : 1;
+    return `output_blocks.${(numRes + 1) * +m[1] + numRes}.${slot}.conv.${m[2]}`;
+  }
+  return undefined;
+}
+
+function addDiffusersUnet(b: TableBuilder, keys: [string, TensorFile][]): void {
+  const names = keys.map(([k]) => k);
+  const numbering: UnetNumbering = {
+    numRes: new Set(names.map((k) => /^down_blocks\.0\.resnets\.(\d+)\./.exec(k)?.[1]).filter(Boolean)).size,
+    upHasAttention: (i) => names.some((k) => k.startsWith(`up_blocks.${i}.attentions.`)),
   };
   for (const [key, file] of keys) {
-    const name = rename(key);
+    const name = diffusersUnetKey(key, numbering);
     if (name) b.add(UNET_PREFIX + name, file, key);
     else b.ignore(file, key, "not a UNet2DConditionModel parameter this layout knows");
   }

@@ -36,5 +36,11 @@ export {
   type UpscaleOptions,
 } from "./latent-diffusion.ts";
 export { BERT_GUIDANCE_SCALE, type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
-export { type GenerationParameters, PARAMETERS_KEYWORD, parametersText, parseParameters } from "./parameters.ts";
+export {
+  type GenerationParameters,
+  type LoraParameters,
+  PARAMETERS_KEYWORD,
+  parametersText,
+  parseParameters,
+} from "./parameters.ts";
 export { type PipelineNetworks, StableDiffusion } from "./stable-diffusion.ts";

@@ -22,6 +22,8 @@ import {
 } from "../diffusion/index.ts";
 import { maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../image/pixels.ts";
 import type { RgbaImage } from "../image/png.ts";
+import { type LoraUse, MergedLoras } from "../lora/merge.ts";
+import { loraTags, withoutLoraTags } from "../lora/prompt.ts";
 import { DEFAULT_VAE_TILES } from "../models/autoencoder.ts";
 import { ClassEmbedder, type CondStageModel, SpatialRescaler } from "../models/cond-stage.ts";
 import type { AutoencoderKL, CLIPTextModel, UNetModel, VaeTiling } from "../models/index.ts";
@@ -50,7 +52,7 @@ import { PipelineOptionError } from "./errors.ts";
 import { checkGenerateInputs, checkImageInput, checkPromptList, checkString } from "./inputs.ts";
 import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
 import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
-import type { GenerationParameters } from "./parameters.ts";
+import { type GenerationParameters, loraParameters } from "./parameters.ts";
 
 export interface LoadOptions {
   /** The device to run on; one is created (and destroyed by dispose()) when absent. */
@@ -248,6 +250,7 @@ export class LatentDiffusion {
   readonly schedule: NoiseSchedule;
   private readonly padWith: PadWith;
   private readonly parameters: number;
+  private merged?: MergedLoras;
 
   protected constructor(
     readonly device: Device,
@@ -410,6 +413,22 @@ export class LatentDiffusion {
   /** Guidance by default: SD's 7.5, scripts/txt2img.py's 5.0 for BERT text models, else none (1). */
   get defaultGuidanceScale(): number {
     return this.inputs.guidanceScale;
+  }
+
+  /** The LoRAs merged into the weights (setLoras), with their multipliers. */
+  get loras(): readonly LoraUse[] {
+    return this.merged?.uses ?? [];
+  }
+
+  /**
+   * Merges `uses` into the weights in place of the LoRAs merged before: each resolved against the model first
+   * (one error lists every key that does not fit), then the weights they touched before are restored bit for
+   * bit and the new ones merged. `[]` gives back the checkpoint's weights without reading it again.
+   */
+  async setLoras(uses: readonly LoraUse[]): Promise<void> {
+    const { unet, clip } = this.networks;
+    this.merged ??= new MergedLoras(new Map([...unet.vb.parameters, ...(clip?.vb.parameters ?? [])]), this.config);
+    await this.merged.set(uses);
   }
 
   /**
@@ -845,7 +864,10 @@ export class LatentDiffusion {
       return { context: await encodeTokenRows(this.device, this.bertEncoder, rows(cond, uncond)) };
     }
     if (this.prompted) {
-      const [prompt, negative] = [options.prompt ?? "", options.negativePrompt ?? ""];
+      // As A1111, the prompt's <lora:…> tags are read (they must name merged LoRAs) and taken out; the negative
+      // prompt's are text.
+      const prompt = this.checkLoraTags(options.prompt ?? "");
+      const negative = options.negativePrompt ?? "";
       const chunks = Math.max(this.tokenize(prompt).chunks, guide ? this.tokenize(negative).chunks : 1);
       const cond = this.tokenize(prompt, chunks);
       const uncond = this.tokenize(negative, chunks);
@@ -920,6 +942,20 @@ export class LatentDiffusion {
       return { cConcat: concatChannels([rgbaToPixels([image])], [3], job.latentShape) };
     }
     return {};
+  }
+
+  /** The prompt without its `<lora:…>` tags, once each tag is found among the merged LoRAs at its multipliers. */
+  private checkLoraTags(prompt: string): string {
+    for (const tag of loraTags(prompt)) {
+      const use = this.loras.find((u) => u.lora.name === tag.name || u.lora.alias === tag.name);
+      const unet = tag.unetStrength ?? tag.strength;
+      if (!use || use.strength !== tag.strength || (use.unetStrength ?? use.strength) !== unet) {
+        throw new PipelineOptionError(
+          `the prompt's ${tag.text} is not merged into the weights${use ? ` at those multipliers (${use.strength}, ${use.unetStrength ?? use.strength})` : ""}: setLoras first (ldm looks the name up in --lora-dir)`,
+        );
+      }
+    }
+    return withoutLoraTags(prompt);
   }
 
   private async run(
@@ -1002,6 +1038,7 @@ export class LatentDiffusion {
         model: this.name,
         dtype: this.dtype,
         ...(start.init || start.cConcat ? { strength: start.strength } : {}),
+        ...(this.loras.length ? { loras: this.loras.map(loraParameters) } : {}),
       }),
     );
     return {

@@ -3,6 +3,7 @@
  * (`ldm generate --params-from image.png`).
  */
 import { type SamplerName, type SigmaScheduleName, samplerByName, sigmaScheduleOf } from "../diffusion/index.ts";
+import type { LoraUse } from "../lora/merge.ts";
 
 /** The tEXt keyword our parameters are stored under. */
 export const PARAMETERS_KEYWORD = "ldm-parameters";
@@ -32,6 +33,28 @@ export interface GenerationParameters {
   strength?: number;
   initImage?: string;
   mask?: string;
+  /** The LoRAs merged while generating: those the prompt's `<lora:…>` tags name and any given besides. */
+  loras?: LoraParameters[];
+}
+
+/** A merged LoRA as the parameters record it: enough to find it again (by path, else by name) and check it. */
+export interface LoraParameters {
+  name: string;
+  strength: number;
+  unetStrength?: number;
+  /** A1111's short hash (12 hex digits of its sha256 "addnet" hash). */
+  hash?: string;
+  path?: string;
+}
+
+export function loraParameters({ lora, strength, unetStrength }: LoraUse): LoraParameters {
+  return {
+    name: lora.name,
+    strength,
+    ...(unetStrength === undefined ? {} : { unetStrength }),
+    ...(lora.hash ? { hash: lora.hash.slice(0, 12) } : {}),
+    ...(lora.path ? { path: lora.path } : {}),
+  };
 }
 
 /** JSON with every character outside ASCII escaped as \uXXXX: tEXt chunks hold Latin-1 only. */
@@ -88,5 +111,31 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     strength: field("strength", "number", true),
     initImage: field("initImage", "string", true),
     mask: field("mask", "string", true),
+    ...(record.loras === undefined ? {} : { loras: parseLoras(record.loras, origin) }),
   };
+}
+
+function parseLoras(value: unknown, origin: string): LoraParameters[] {
+  const fail = (what: string) => new Error(`${origin}: parameter "loras" ${what}`);
+  if (!Array.isArray(value)) throw fail("is not a list");
+  return value.map((item, i) => {
+    if (typeof item !== "object" || item === null) throw fail(`[${i}] is not an object`);
+    const { name, strength, unetStrength, hash, path } = item as Record<string, unknown>;
+    if (typeof name !== "string" || !name) throw fail(`[${i}] has no name`);
+    if (typeof strength !== "number") throw fail(`[${i}] (${name}) has no numeric strength`);
+    for (const [key, v, type] of [
+      ["unetStrength", unetStrength, "number"],
+      ["hash", hash, "string"],
+      ["path", path, "string"],
+    ] as const) {
+      if (v !== undefined && typeof v !== type) throw fail(`[${i}] (${name}): ${key} is not a ${type}`);
+    }
+    return {
+      name,
+      strength,
+      ...(unetStrength === undefined ? {} : { unetStrength: unetStrength as number }),
+      ...(hash === undefined ? {} : { hash: hash as string }),
+      ...(path === undefined ? {} : { path: path as string }),
+    };
+  });
 }
