@@ -1,6 +1,7 @@
 /** The Node-only part of @ldm/ldm: loading by path from the file system, `validate`, the CLI. */
 
 export { main as runCli } from "./cli/main.ts";
+export { readLabelPngFile, readPngFile, writePngFile } from "./image/node.ts";
 export * from "./index.ts";
 export { findLora, type LoraOnDisk, listLoras, loadLora, loraName } from "./lora/files.ts";
 export { type LoadModelOptions, loadModel } from "./models/load-node.ts";

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { gridImage, maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "../src/image/pixels.ts";
-import { decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
+import { decodeLabelPng, decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
 import {
   type GenerationParameters,
   PARAMETERS_KEYWORD,
@@ -14,7 +14,7 @@ import {
 const FIXTURES = new URL("./fixtures/images/", import.meta.url);
 const expected: {
   size: [number, number];
-  png: Record<string, { mode: string; rgba: string }>;
+  png: Record<string, { mode: string; rgba: string; labels?: number[] }>;
   luma: { rgb: number[]; l: number[] };
   resize: { in: [number, number]; out: [number, number]; plane: number[]; expected: number[] }[];
 } = JSON.parse(readFileSync(new URL("expected.json", FIXTURES), "utf8"));
@@ -42,6 +42,25 @@ describe("PNG decoding", () => {
     expect(() => encodePng({ width: 2, height: 2, data: new Uint8ClampedArray(15) })).toThrow(
       "image 2×2 needs 16 RGBA bytes, got 15",
     );
+  });
+});
+
+describe("segmentation maps (decodeLabelPng)", () => {
+  it.each(["l8", "l1", "l16", "p2", "p8-trns"])(
+    "%s: the class ids are what np.array(Image.open(png)) reads",
+    (name) => {
+      const map = decodeLabelPng(readFileSync(new URL(`${name}.png`, FIXTURES)), name);
+      expect([map.width, map.height]).toEqual(expected.size);
+      expect(Array.from(map.labels)).toEqual(expected.png[name].labels);
+    },
+  );
+
+  it.each([
+    ["rgb8", /rgb8 is an RGB PNG: a segmentation map is an index PNG .* or a palette PNG/],
+    ["rgba8", /rgba8 is an RGBA PNG/],
+    ["la8", /la8 is a greyscale\+alpha PNG/],
+  ])("refuses a colour or alpha PNG (%s): a colour names no class", (name, message) => {
+    expect(() => decodeLabelPng(readFileSync(new URL(`${name}.png`, FIXTURES)), name)).toThrow(message);
   });
 });
 

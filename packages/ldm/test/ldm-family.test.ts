@@ -3,13 +3,16 @@
  * ORIGINAL upstream code (reference/make_ldm_family_dumps.py): every component and DDIM sampling with eta 0 and
  * eta 1 (global_seed) against those dumps, at validate's f32 tolerance (1e-4 of max|ref|).
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { useDevice } from "@ldm/tensor/testing";
+import { encode } from "fast-png";
 import { describe, expect, it } from "vitest";
-import { LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
+import { buildProgram } from "../src/cli/main.ts";
+import { decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
+import { LatentDiffusion, type SegmentationMap } from "../src/pipeline/latent-diffusion.ts";
 import { type ValidationReport, validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
@@ -144,6 +147,175 @@ describe("LatentDiffusion from the library and the CLI", () => {
       );
       expect(bad.code).toBe(1);
       expect(bad.err).toMatch(/class 12 is out of range/);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("super-resolution and semantic synthesis from the library and the CLI", () => {
+  const load = (name: string) =>
+    LatentDiffusion.load(join(DUMPS, `${name}.safetensors`), { device, config: join(DUMPS, `${name}.yaml`) });
+  /** An opaque RGB test pattern. */
+  const picture = (width: number, height: number): RgbaImage => {
+    const data = new Uint8ClampedArray(width * height * 4);
+    for (let p = 0; p < width * height; p++) {
+      data.set([(p * 37) % 256, (p * 11 + 40) % 256, (p * 5 + 90) % 256, 255], 4 * p);
+    }
+    return { width, height, data };
+  };
+  /** 4×4 blocks of classes 0 … classes − 1. */
+  const blocks = (side: number, classes: number): SegmentationMap & { labels: Uint8Array } => {
+    const labels = new Uint8Array(side * side);
+    for (let p = 0; p < labels.length; p++) {
+      labels[p] = (Math.floor((p % side) / 4) * 5 + Math.floor(Math.floor(p / side) / 4) * 3) % classes;
+    }
+    return { width: side, height: side, labels };
+  };
+  const maxRelative = (a: Float32Array, b: Float32Array) => {
+    let diff = 0;
+    let ref = 0;
+    b.forEach((v, i) => {
+      diff = Math.max(diff, Math.abs(a[i] - v));
+      ref = Math.max(ref, Math.abs(v));
+    });
+    return diff / ref;
+  };
+
+  it("upscale: 4× by DDIM with eta 1 (the notebook's); one crop over the whole latent is the untiled UNet; past one, crops and VAE tiles", async () => {
+    const sr = await load("tiny-bsr");
+    const low = picture(8, 8);
+    const up = await sr.upscale({ image: low, steps: 2, seed: 1 });
+    expect([up.images[0].width, up.images[0].height]).toEqual([32, 32]);
+    expect(up.parameters[0].eta).toBe(1);
+    const plain = await sr.generate({ lowRes: low, steps: 2, seed: 1, eta: 1 });
+    expect(up.latents).toEqual(plain.latents);
+    const oneCrop = await sr.generate({ lowRes: low, steps: 2, seed: 1, eta: 1, splitInput: { size: 8, stride: 4 } });
+    expect(maxRelative(oneCrop.latents, plain.latents)).toBeLessThan(1e-6);
+    const big = await sr.upscale({ image: picture(12, 10), steps: 2, seed: 1, splitInput: { size: 8, stride: 4 } });
+    expect([big.images[0].width, big.images[0].height]).toEqual([48, 40]);
+    const whole = await sr.upscale({ image: picture(12, 10), steps: 2, seed: 1, splitInput: false });
+    expect(maxRelative(big.latents, whole.latents)).toBeGreaterThan(1e-3);
+  });
+
+  it("upscale and generate refuse what super-resolution cannot take, in one line each", async () => {
+    const sr = await load("tiny-bsr");
+    const clear = picture(8, 8);
+    clear.data[4 * (2 * 8 + 3) + 3] = 0;
+    await expect(sr.upscale({ image: clear, steps: 1 })).rejects.toThrow(
+      /the image has transparent pixels \(alpha 0 at \(3, 2\)\): super-resolution takes RGB/,
+    );
+    await expect(sr.upscale({ image: picture(1, 5), steps: 1 })).rejects.toThrow(
+      /the image is 1×5, too small: this model upscales images of at least 2×2 \(its UNet halves the size 1 times\)/,
+    );
+    await expect(sr.upscale({ image: picture(2049, 8), steps: 1 })).rejects.toThrow(/would pass 8192 pixels a side/);
+    await expect(sr.upscale({ image: picture(8, 8), splitInput: { size: 4, stride: 5 } })).rejects.toThrow(
+      /stride 5 must be integers with 1 ≤ stride ≤ size/,
+    );
+    await expect(sr.generate({ steps: 1 })).rejects.toThrow(/super-resolution model: use upscale/);
+    await expect(sr.generate({ lowRes: picture(8, 8), width: 64, height: 64, steps: 1 })).rejects.toThrow(
+      /the low-resolution image is 8×8; this model upscales 16×16 to 64×64/,
+    );
+    await expect(sr.generate({ lowRes: picture(8, 8), segmentation: blocks(32, 3), steps: 1 })).rejects.toThrow(
+      /it takes no segmentation map/,
+    );
+    const seg = await load("tiny-seg");
+    await expect(seg.upscale({ image: picture(8, 8) })).rejects.toThrow(
+      /this model is .*SpatialRescaler.*, not a super-resolution model/,
+    );
+  });
+
+  it("generate with a segmentation map: the output its size; wrong ids, sizes and types get one-line errors", async () => {
+    const seg = await load("tiny-seg");
+    const result = await seg.generate({ segmentation: blocks(32, 12), steps: 2, seed: 1 });
+    expect([result.images[0].width, result.images[0].height]).toEqual([32, 32]);
+    const other = await seg.generate({ segmentation: blocks(32, 5), steps: 2, seed: 1 });
+    expect(maxRelative(other.latents, result.latents)).toBeGreaterThan(1e-3);
+    const outside = blocks(32, 12);
+    outside.labels[5 * 32 + 7] = 12;
+    await expect(seg.generate({ segmentation: outside, steps: 1 })).rejects.toThrow(
+      /the segmentation map has class 12 at \(7, 5\): this model has 12 classes \(0 to 11\), the map's ids go up to 12/,
+    );
+    await expect(seg.generate({ segmentation: blocks(30, 12), steps: 1 })).rejects.toThrow(
+      /the segmentation map is 30×30: its sides must be multiples of 4/,
+    );
+    await expect(seg.generate({ segmentation: blocks(32, 12), width: 64, steps: 1 })).rejects.toThrow(
+      /the segmentation map is 32×32, the output 64×32: they must match/,
+    );
+    const negative = { width: 4, height: 4, labels: new Int32Array(16).fill(-1) };
+    await expect(seg.generate({ segmentation: negative, steps: 1 })).rejects.toThrow(
+      /class -1 at \(0, 0\): class ids are ≥ 0/,
+    );
+    const floats = { width: 4, height: 4, labels: new Float32Array(16) } as unknown as SegmentationMap;
+    await expect(seg.generate({ segmentation: floats, steps: 1 })).rejects.toThrow(
+      /segmentation.labels must be 16 class ids \(4×4\) in a Uint8Array, Uint16Array or Int32Array/,
+    );
+    await expect(seg.generate({ steps: 1 })).rejects.toThrow(/semantic synthesis model: it needs a segmentation map/);
+  });
+
+  it("ldm upscale and ldm generate --segmentation write the library's pixels; bad files are one line", async () => {
+    const out = mkdtempSync(join(tmpdir(), "ldm-srseg-"));
+    const file = (name: string) => join(out, name);
+    try {
+      const quick = ["--steps", "2", "--seed", "3"];
+      const low = picture(8, 8);
+      writeFileSync(file("low.png"), encodePng(low));
+      const sr = join(DUMPS, "tiny-bsr.safetensors");
+      const up = await runCli("upscale", file("low.png"), "--model", sr, ...quick, "--out", file("high.png"));
+      expect(up.code, up.err).toBe(0);
+      const library = await (await load("tiny-bsr")).upscale({ image: low, steps: 2, seed: 3 });
+      const high = decodePng(readFileSync(file("high.png")), "high.png");
+      expect([high.width, high.height]).toEqual([32, 32]);
+      expect(high.data).toEqual(library.images[0].data);
+
+      const map = blocks(32, 12);
+      writeFileSync(file("map.png"), encode({ width: 32, height: 32, data: map.labels, channels: 1, depth: 8 }));
+      const seg = join(DUMPS, "tiny-seg.safetensors");
+      const made = await runCli(
+        "generate",
+        "--model",
+        seg,
+        "--segmentation",
+        file("map.png"),
+        ...quick,
+        "--out",
+        file("seg.png"),
+      );
+      expect(made.code, made.err).toBe(0);
+      const fromLibrary = await (await load("tiny-seg")).generate({ segmentation: map, steps: 2, seed: 3 });
+      expect(decodePng(readFileSync(file("seg.png")), "seg.png").data).toEqual(fromLibrary.images[0].data);
+
+      const failures: [string[], RegExp][] = [
+        [["upscale", file("low.png"), "--model", seg, "--steps", "1"], /not a super-resolution model/],
+        [["upscale", file("low.png"), "--model", sr, "--tile", "4", "--no-tiles"], /--tile and --no-tiles contradict/],
+        [
+          ["generate", "--model", seg, "--segmentation", file("low.png"), "--steps", "1"],
+          /--segmentation .*low.png is an RGBA PNG: a segmentation map is an index PNG/,
+        ],
+        [
+          ["generate", "--model", seg, "--segmentation", file("none.png"), "--steps", "1"],
+          /cannot read --segmentation .*none.png: ENOENT/,
+        ],
+      ];
+      const outside = new Uint8Array(map.labels);
+      outside[0] = 200;
+      writeFileSync(file("outside.png"), encode({ width: 32, height: 32, data: outside, channels: 1, depth: 8 }));
+      failures.push([
+        ["generate", "--model", seg, "--segmentation", file("outside.png"), "--steps", "1"],
+        /class 200 at \(0, 0\): this model has 12 classes/,
+      ]);
+      for (const [args, message] of failures) {
+        const failed = await runCli(...args);
+        expect(failed.code, failed.err).toBe(1);
+        expect(failed.err).toMatch(message);
+        expect(failed.err.trim().split("\n").pop()).toMatch(/^ldm: /);
+      }
+      const help = (name: string) =>
+        buildProgram()
+          .commands.find((c) => c.name() === name)
+          ?.helpInformation();
+      expect(help("upscale")).toMatch(/--steps <n> +DDIM steps \(default 100[\s\S]*--tile <cells>[\s\S]*--no-tiles/);
+      expect(help("generate")).toMatch(/--segmentation <png> +semantic synthesis models:[\s\S]*index PNG/);
     } finally {
       rmSync(out, { recursive: true, force: true });
     }

@@ -9,6 +9,7 @@ import { registerInfo } from "./commands/info.ts";
 import { registerLoss } from "./commands/loss.ts";
 import { registerServe } from "./commands/serve.ts";
 import { registerTokenize } from "./commands/tokenize.ts";
+import { registerUpscale } from "./commands/upscale.ts";
 import { registerValidate } from "./commands/validate.ts";
 import { UserError } from "./errors.ts";
 
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerTokenize(program);
   registerValidate(program);
   registerGenerate(program);
+  registerUpscale(program);
   registerServe(program);
   registerLoss(program);
   registerBench(program);

@@ -1,2 +1,2 @@
 export { gridImage, maskFromImage, pixelsToRgba, resizeNearest, rgbaToPixels } from "./pixels.ts";
-export { type DecodedImage, decodePng, encodePng, type RgbaImage } from "./png.ts";
+export { type DecodedImage, decodeLabelPng, decodePng, encodePng, type LabelMap, type RgbaImage } from "./png.ts";

@@ -142,6 +142,39 @@ export function decodePng(bytes: Uint8Array, what: string): DecodedImage {
   return { width, height, data, text: { ...(png.text ?? {}), ...internationalText(bytes) } };
 }
 
+/** A class id per pixel, row-major: a segmentation map. */
+export interface LabelMap {
+  width: number;
+  height: number;
+  labels: Uint8Array | Uint16Array;
+}
+
+/**
+ * A segmentation map from an index PNG: greyscale (1–16 bits), each pixel's value its class id, as upstream's
+ * SegmentationBase reads its mode "L" maps; or a palette PNG, each pixel's palette index its class id (what PIL's
+ * np.array gives for mode "P"; the palette's colours are ignored). Colour and alpha PNGs are refused: a colour
+ * names no class without the dataset's table.
+ */
+export function decodeLabelPng(bytes: Uint8Array, what: string): LabelMap {
+  if (!hasPngSignature(bytes)) throw new Error(`${what} is not a PNG; a segmentation map is an index or palette PNG`);
+  let png: ReturnType<typeof decode>;
+  try {
+    png = decode(bytes);
+  } catch (e) {
+    throw new Error(`${what}: unreadable PNG (${(e as Error).message})`);
+  }
+  const { width, height, depth } = png;
+  if (png.channels !== 1) {
+    const kind = png.channels === 2 ? "a greyscale+alpha" : png.channels === 3 ? "an RGB" : "an RGBA";
+    throw new Error(
+      `${what} is ${kind} PNG: a segmentation map is an index PNG (greyscale, pixel value = class id) or a palette PNG (palette index = class id)`,
+    );
+  }
+  if (depth === 16) return { width, height, labels: Uint16Array.from(png.data as Uint16Array) };
+  const samples = depth < 8 ? unpackRows(png.data as Uint8Array, width, height, depth) : (png.data as Uint8Array);
+  return { width, height, labels: Uint8Array.from(samples.subarray(0, width * height)) };
+}
+
 /** Greyscale samples of 1, 2 or 4 bits, packed from the high bits with every row starting on a byte. */
 function unpackRows(packed: Uint8Array, width: number, height: number, depth: number): Uint8Array {
   const out = new Uint8Array(width * height);

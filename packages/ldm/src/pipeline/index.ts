@@ -33,6 +33,7 @@ export {
   type Progress,
   type PromptTokens,
   type SegmentationMap,
+  UPSCALE_DEFAULTS,
   type UpscaleOptions,
 } from "./latent-diffusion.ts";
 export { BERT_GUIDANCE_SCALE, type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
@@ -43,4 +44,5 @@ export {
   parametersText,
   parseParameters,
 } from "./parameters.ts";
+export { NOTEBOOK_SPLIT_INPUT, type SplitInput } from "./split-input.ts";
 export { type PipelineNetworks, StableDiffusion } from "./stable-diffusion.ts";

@@ -65,6 +65,35 @@ export function checkImageInput(method: string, name: string, image: unknown): v
   }
 }
 
+/** A segmentation map: positive integer sizes and one non-negative integer class id per pixel. */
+export function checkSegmentationInput(map: unknown): void {
+  const method = "generate";
+  const wanted = "{ width, height, labels: Uint8Array | Uint16Array | Int32Array of width·height class ids }";
+  if (typeof map !== "object" || map === null) fail(method, "segmentation", wanted, map);
+  const { width, height, labels } = map as Record<string, unknown>;
+  if (!Number.isInteger(width) || !Number.isInteger(height) || (width as number) < 1 || (height as number) < 1) {
+    throw new PipelineOptionError(
+      `${method}: segmentation's width and height must be positive integers, got ${described(width)} and ${described(height)}`,
+    );
+  }
+  const length = (width as number) * (height as number);
+  const typed = labels instanceof Uint8Array || labels instanceof Uint16Array || labels instanceof Int32Array;
+  if (!typed || labels.length !== length) {
+    fail(
+      method,
+      "segmentation.labels",
+      `${length} class ids (${width}×${height}) in a Uint8Array, Uint16Array or Int32Array`,
+      labels,
+    );
+  }
+  const negative = (labels as Int32Array).findIndex((v) => v < 0);
+  if (negative >= 0) {
+    throw new PipelineOptionError(
+      `${method}: segmentation.labels has class ${(labels as Int32Array)[negative]} at (${negative % (width as number)}, ${Math.floor(negative / (width as number))}): class ids are ≥ 0`,
+    );
+  }
+}
+
 /** A prompt or other text option. */
 export function checkString(method: string, name: string, value: unknown): void {
   if (typeof value !== "string") fail(method, name, "a string", value);

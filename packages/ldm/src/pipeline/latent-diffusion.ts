@@ -49,10 +49,17 @@ import {
   unetDenoiser,
 } from "./denoiser.ts";
 import { PipelineOptionError } from "./errors.ts";
-import { checkGenerateInputs, checkImageInput, checkPromptList, checkString } from "./inputs.ts";
+import {
+  checkGenerateInputs,
+  checkImageInput,
+  checkPromptList,
+  checkSegmentationInput,
+  checkString,
+} from "./inputs.ts";
 import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
 import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
 import { type GenerationParameters, loraParameters } from "./parameters.ts";
+import { checkSplitInput, NOTEBOOK_SPLIT_INPUT, type SplitInput } from "./split-input.ts";
 
 export interface LoadOptions {
   /** The device to run on; one is created (and destroyed by dispose()) when absent. */
@@ -131,6 +138,11 @@ export interface GenerateOptions extends ConditioningOptions {
   sequentialCfg?: boolean;
   /** Low memory: decode in overlapping latent tiles (true: DEFAULT_VAE_TILES), blended; see decodeTiled. */
   vaeTiling?: VaeTiling;
+  /**
+   * Low memory: the UNet on overlapping latent crops blended as upstream's split_input_params (split-input.ts),
+   * its memory that of one crop. Default: one UNet call on the whole latent.
+   */
+  splitInput?: SplitInput;
 }
 
 export interface Img2ImgOptions extends GenerateOptions {
@@ -153,9 +165,12 @@ export interface ConditioningOptions {
   classLabel?: number;
   /** ClassEmbedder models: the class of guidance's unconditional half (default: the last, n_classes − 1). */
   uncondClassLabel?: number;
-  /** SpatialRescaler models: a class index per pixel, [height × width], at the output size. */
+  /**
+   * SpatialRescaler models (semantic synthesis): a class index per pixel at the output size, made one-hot over
+   * the model's classes as upstream's datasets do (np.eye(n_labels)[segmentation]).
+   */
   segmentation?: SegmentationMap;
-  /** Identity (super-resolution) models: the low-resolution image, at the latent's size. */
+  /** Identity (super-resolution) models: the low-resolution image, at the latent's size (upscale() sets it). */
   lowRes?: RgbaImage;
   /**
    * Layout models (a BERTEmbedder without tokenizer, layout2img): the objects, each a class index and a box in
@@ -167,17 +182,26 @@ export interface ConditioningOptions {
 export interface SegmentationMap {
   width: number;
   height: number;
-  /** Class index per pixel, row-major. */
-  labels: Uint8Array | Int32Array;
+  /** Class index per pixel, row-major (readSegmentationPng reads one from an index or palette PNG). */
+  labels: Uint8Array | Uint16Array | Int32Array;
 }
 
 /** Options of a LatentDiffusion generation: a prompt only for text models. */
 export type LdmGenerateOptions = Omit<GenerateOptions, "prompt"> & { prompt?: string };
 
-export interface UpscaleOptions extends Omit<LdmGenerateOptions, "width" | "height" | "lowRes"> {
-  /** The low-resolution image; the result is the first stage's factor times larger. */
+export interface UpscaleOptions extends Omit<LdmGenerateOptions, "width" | "height" | "lowRes" | "splitInput"> {
+  /** The low-resolution image, opaque (grey or RGB); the result is the first stage's factor (4) times larger. */
   image: RgbaImage;
+  /**
+   * The UNet on overlapping latent crops (split-input.ts); default the notebook's NOTEBOOK_SPLIT_INPUT (128
+   * cells, stride 64), so an image within one crop (512 output pixels for VQ-f4) runs untiled; false: always
+   * one UNet call on the whole latent.
+   */
+  splitInput?: SplitInput | false;
 }
+
+/** Super-resolution as ldm/notebook_helpers.py samples it: DDIM with eta 1 (its custom_steps default 100). */
+export const UPSCALE_DEFAULTS = { steps: 100, eta: 1 };
 
 export interface LossOptions extends ConditioningOptions {
   image: RgbaImage;
@@ -480,8 +504,14 @@ export class LatentDiffusion {
       throw new PipelineOptionError("this is a super-resolution model: use upscale with a low-resolution image");
     }
     const segmentation = options.segmentation;
+    if (segmentation !== undefined) checkSegmentationInput(segmentation);
     const f = this.networks.vae.downscale;
     const lowRes = options.lowRes;
+    if (segmentation && (segmentation.width % f || segmentation.height % f)) {
+      throw new PipelineOptionError(
+        `the segmentation map is ${segmentation.width}×${segmentation.height}: its sides must be multiples of ${f} (the image's, for the first stage)`,
+      );
+    }
     const width = options.width ?? segmentation?.width ?? (lowRes && lowRes.width * f) ?? this.defaultSize;
     const height = options.height ?? segmentation?.height ?? (lowRes && lowRes.height * f) ?? this.defaultSize;
     const job = this.prepare(options, width, height);
@@ -489,13 +519,59 @@ export class LatentDiffusion {
     return this.run(job, options, { xT });
   }
 
-  /** Super-resolution (bsr_sr): the low-resolution image concatenated to the latents; output f× its size. */
+  /**
+   * Super-resolution (bsr_sr) as ldm/notebook_helpers.py runs it: the image in [−1, 1] (ToTensor, 2c − 1) is the
+   * c_concat of a latent its own size, sampled by DDIM (default 100 steps, eta 1) and decoded f× larger. Past one
+   * UNet crop the UNet runs on overlapping crops (splitInput) and the first stage decodes in tiles
+   * (DEFAULT_VAE_TILES unless vaeTiling says otherwise), so memory stays that of a crop and a tile.
+   */
   async upscale(options: UpscaleOptions): Promise<GenerationResult> {
     if (this.config.cond_stage?.target !== "Identity") {
-      throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}, not a super-resolution model`);
+      throw new PipelineOptionError(
+        `this model is ${describeCondStage(this.config)}, not a super-resolution model (cond stage torch.nn.Identity on the low-resolution image)`,
+      );
     }
+    checkGenerateInputs("upscale", options, false);
     checkImageInput("upscale", "image", options.image);
-    return this.generate({ ...options, lowRes: options.image });
+    const { image } = options;
+    const transparent = image.data.findIndex((v, i) => i % 4 === 3 && v !== 255);
+    if (transparent >= 0) {
+      const p = (transparent - 3) / 4;
+      throw new PipelineOptionError(
+        `the image has transparent pixels (alpha ${image.data[transparent]} at (${p % image.width}, ${Math.floor(p / image.width)})): super-resolution takes RGB; flatten it onto a background first`,
+      );
+    }
+    const levels = this.config.unet.channel_mult.length - 1;
+    const min = 2 ** levels;
+    if (image.width < min || image.height < min) {
+      throw new PipelineOptionError(
+        `the image is ${image.width}×${image.height}, too small: this model upscales images of at least ${min}×${min} (its UNet halves the size ${levels} times)`,
+      );
+    }
+    const f = this.networks.vae.downscale;
+    if (image.width * f > MAX_SIDE || image.height * f > MAX_SIDE) {
+      throw new PipelineOptionError(
+        `the image is ${image.width}×${image.height}: its ${f}× upscale would pass ${MAX_SIDE} pixels a side (at most ${MAX_SIDE / f}×${MAX_SIDE / f})`,
+      );
+    }
+    const split = options.splitInput === false ? undefined : (options.splitInput ?? NOTEBOOK_SPLIT_INPUT);
+    if (split) {
+      try {
+        checkSplitInput(split);
+      } catch (e) {
+        throw new PipelineOptionError((e as Error).message);
+      }
+    }
+    const tiled = split !== undefined && Math.max(image.width, image.height) > split.size;
+    return this.generate({
+      ...options,
+      steps: options.steps ?? UPSCALE_DEFAULTS.steps,
+      eta:
+        options.eta ?? (options.sampler === undefined || options.sampler === "ddim" ? UPSCALE_DEFAULTS.eta : undefined),
+      lowRes: image,
+      splitInput: tiled ? split : undefined,
+      vaeTiling: options.vaeTiling ?? tiled,
+    });
   }
 
   /**
@@ -738,7 +814,14 @@ export class LatentDiffusion {
         `the init image is ${initImage.width}×${initImage.height}, the requested size ${width}×${height}: resize the image`,
       );
     }
-    this.checkMemory(width, height, batchSize, guidanceScale !== 1 && !options.sequentialCfg, options.vaeTiling);
+    this.checkMemory(
+      width,
+      height,
+      batchSize,
+      guidanceScale !== 1 && !options.sequentialCfg,
+      options.vaeTiling,
+      options.splitInput?.size,
+    );
     const f = this.networks.vae.downscale;
     const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
     return {
@@ -771,7 +854,14 @@ export class LatentDiffusion {
   }
 
   /** Refuses a request whose estimated peak exceeds memoryLimit, naming a batch size or a setting that fits. */
-  private checkMemory(width: number, height: number, batchSize: number, doubled: boolean, tiling?: VaeTiling): void {
+  private checkMemory(
+    width: number,
+    height: number,
+    batchSize: number,
+    doubled: boolean,
+    tiling?: VaeTiling,
+    unetCrop?: number,
+  ): void {
     const limit = this.memoryLimit;
     if (limit === undefined) return;
     const tiles = tiling === true ? DEFAULT_VAE_TILES : tiling || undefined;
@@ -784,6 +874,7 @@ export class LatentDiffusion {
         unetRows: batch * rowsPerImage,
         dtype: this.dtype,
         tiles: t,
+        unetCrop,
       });
     const need = estimate(batchSize, rows, tiles);
     if (need.total <= limit) return;
@@ -1013,6 +1104,7 @@ export class LatentDiffusion {
         signal: options.signal,
         onStep: options.onProgress && (async (info) => this.progress(info, options, job, samplingStart)),
         sequentialCfg: options.sequentialCfg,
+        splitInput: options.splitInput,
       });
     } finally {
       conditioning.context?.dispose();
@@ -1127,8 +1219,10 @@ function oneHot(map: SegmentationMap, classes: number, width: number, height: nu
   for (let p = 0; p < plane; p++) {
     const label = map.labels[p];
     if (label >= classes) {
+      let most = 0;
+      for (const l of map.labels) most = Math.max(most, l);
       throw new PipelineOptionError(
-        `the segmentation map has class ${label} at (${p % width}, ${Math.floor(p / width)}): this model has ${classes} classes (0 to ${classes - 1})`,
+        `the segmentation map has class ${label} at (${p % width}, ${Math.floor(p / width)}): this model has ${classes} classes (0 to ${classes - 1}), the map's ids go up to ${most}`,
       );
     }
     out[label * plane + p] = 1;

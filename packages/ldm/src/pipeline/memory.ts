@@ -28,6 +28,8 @@ export interface MemoryRequest {
   dtype: ParamDType;
   /** VAE tiles in latent cells, or undefined for one decode of the whole batch. */
   tiles?: TileOptions;
+  /** The UNet on crops of at most this many latent cells a side (split_input), or undefined: the whole latent. */
+  unetCrop?: number;
 }
 
 export interface MemoryEstimate {
@@ -52,7 +54,8 @@ export function estimateMemory(config: LdmConfig, parameters: number, r: MemoryR
   const unetChannels = config.unet.model_channels;
   const firstLevelAttention = config.unet.attention_resolutions.includes(1);
   const unetFloats = UNET_FLOATS_PER_CHANNEL + (firstLevelAttention ? FIRST_LEVEL_ATTENTION_FLOATS_PER_CHANNEL : 0);
-  const unet = bytes * r.unetRows * h * w * unetChannels * unetFloats;
+  const crop = (cells: number) => (r.unetCrop ? Math.min(cells, r.unetCrop) : cells);
+  const unet = bytes * r.unetRows * crop(h) * crop(w) * unetChannels * unetFloats;
   const tileSide = (cells: number) => (r.tiles ? Math.min(cells, r.tiles.tileSize) : cells) * factor;
   const pixels = tileSide(h) * tileSide(w) * r.batchSize; // a tile is decoded for the whole batch at once
   const vaeChannels = ch * Math.max(mult[0], mult[1] ?? mult[0]);

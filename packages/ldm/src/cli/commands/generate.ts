@@ -38,6 +38,7 @@ import {
   type ModelFlags,
   numberFlag,
   readImageFlag,
+  readLabelsFlag,
   seedFlag,
   sizeFlag,
   withInterrupt,
@@ -47,6 +48,7 @@ interface GenerateFlags extends ModelFlags {
   negative?: string;
   class?: string;
   layout?: string;
+  segmentation?: string;
   sampler?: string;
   schedule?: string;
   steps?: string;
@@ -111,6 +113,10 @@ export function registerGenerate(program: Command): void {
       "--layout <json|file>",
       'layout-to-image models: the objects as JSON, [{"class": <index>, "box": [x0, y0, x1, y1]}, …] in image fractions, or a file holding it',
     )
+    .option(
+      "--segmentation <png>",
+      "semantic synthesis models: the map at the output size, an index PNG (greyscale, pixel value = class id) or a palette PNG (palette index = class id, colours ignored)",
+    )
     .option("--eta <eta>", "noise amount in [0, 1] of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
     .option(
       "--clip-skip <n>",
@@ -147,6 +153,7 @@ export function registerGenerate(program: Command): void {
     const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
     const mask = flags.mask ? await readImageFlag(flags.mask, "mask") : undefined;
     const layout = flags.layout === undefined ? undefined : layoutFlag(flags.layout);
+    const segmentation = flags.segmentation ? await readLabelsFlag(flags.segmentation, "--segmentation") : undefined;
     if (initImage && mask && (mask.width !== initImage.width || mask.height !== initImage.height)) {
       throw new UserError(
         `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
@@ -164,8 +171,8 @@ export function registerGenerate(program: Command): void {
       const seed = requests[0].seed ?? Math.floor(Math.random() * 2 ** 32);
       const results: GenerationResult[] = [];
       for (const request of requests) {
-        const width = request.width ?? initImage?.width ?? pipe.defaultSize;
-        const height = request.height ?? initImage?.height ?? pipe.defaultSize;
+        const width = request.width ?? initImage?.width ?? segmentation?.width ?? pipe.defaultSize;
+        const height = request.height ?? initImage?.height ?? segmentation?.height ?? pipe.defaultSize;
         console.error(
           `sampling ${width}×${height}, batch ${request.batchSize}, ${request.steps} ${request.sampler} steps (the first also compiles the kernels)…`,
         );
@@ -175,6 +182,7 @@ export function registerGenerate(program: Command): void {
             const options: LdmGenerateOptions = {
               ...request,
               layout,
+              segmentation,
               seed,
               sequentialCfg: flags.sequentialCfg,
               vaeTiling: flags.vaeTiling,
@@ -319,7 +327,6 @@ export function stepRate(done: number, steps: number, elapsedMs: number, firstSt
   return { rate, eta: (steps - done) / rate };
 }
 
-/** A bar (step, it/s, ETA) on a terminal; one plain line per step otherwise (logs, pipes). */
 /** --layout: JSON, or a file holding it (a value that is not JSON-looking and names an existing file). */
 function layoutFlag(value: string): LayoutObject[] {
   const inline = /^\s*\[/.test(value);
@@ -333,7 +340,8 @@ function layoutFlag(value: string): LayoutObject[] {
   }
 }
 
-class ProgressReporter {
+/** A bar (step, it/s, ETA) on a terminal; one plain line per step otherwise (logs, pipes). */
+export class ProgressReporter {
   private bar?: SingleBar;
   private readonly tty = process.stderr.isTTY === true;
   private firstStepMs = 0;

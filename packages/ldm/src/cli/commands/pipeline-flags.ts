@@ -2,8 +2,8 @@
 import { existsSync } from "node:fs";
 import { basename } from "node:path";
 import type { Command } from "commander";
-import { readPngFile } from "../../image/node.ts";
-import type { DecodedImage } from "../../image/png.ts";
+import { readLabelPngFile, readPngFile } from "../../image/node.ts";
+import type { DecodedImage, LabelMap } from "../../image/png.ts";
 import { NonFiniteError } from "../../pipeline/denoiser.ts";
 import { isHubName, resolveHubModel } from "../../pipeline/hub-model.ts";
 import { LatentDiffusion, type LoadOptions } from "../../pipeline/latent-diffusion.ts";
@@ -161,9 +161,18 @@ export async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /** A PNG named by a flag; unreadable or not a PNG is the user's error. */
-export async function readImageFlag(path: string, what: string): Promise<DecodedImage> {
+export function readImageFlag(path: string, what: string): Promise<DecodedImage> {
+  return flagFile(() => readPngFile(path, what));
+}
+
+/** A segmentation map named by a flag: an index or palette PNG (decodeLabelPng), else the user's error. */
+export function readLabelsFlag(path: string, what: string): Promise<LabelMap> {
+  return flagFile(() => readLabelPngFile(path, what));
+}
+
+async function flagFile<T>(read: () => Promise<T>): Promise<T> {
   try {
-    return await readPngFile(path, what);
+    return await read();
   } catch (e) {
     throw new UserError((e as Error).message);
   }
