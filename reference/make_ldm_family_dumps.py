@@ -18,7 +18,9 @@ Each tiny YAML keeps the structure of the upstream config it shrinks (reference/
 - tiny-bsr:       models/ldm/bsr_sr/config.yaml (VQ-f4, cond stage torch.nn.Identity: the low-resolution image in
                   [-1, 1] concatenated to the latent, UNet in_channels 6);
 - tiny-seg:       models/ldm/semantic_synthesis256/config.yaml (VQ-f4, SpatialRescaler over a one-hot segmentation
-                  map, 12 classes instead of 182, concat).
+                  map, 12 classes instead of 182, concat);
+- tiny-cin-f8:    cin-ldm-vq-f8.yaml (VQ-f8 with a mid-level attention block, ClassEmbedder of the default 1000
+                  classes without a "no class", SpatialTransformer by num_head_channels, use_ema default; unguided).
 Dumps: vae.encode (VQ: h, quant, indices; KL: moments), vae.decode, unet (c_concat for the concat models), cond
 (ClassEmbedder on class_label, SpatialRescaler on segmentation), sample (upstream DDIMSampler, eta 0, and eta 1 with
 global_seed: torch.manual_seed right before sampling; conditioned on class_label, LR_image or segmentation). tiny-bsr
@@ -70,7 +72,8 @@ def build(ldm_config):
     unet = UNetModel(**params["unet_config"]["params"])
     first = params["first_stage_config"]
     first_cls = VQModelInterface if first["target"].endswith("VQModelInterface") else AutoencoderKL
-    vae = first_cls(**first["params"])
+    # cin-ldm-vq-f8 names the first stage's own checkpoint (ckpt_path), which LatentDiffusion's weights replace.
+    vae = first_cls(**{k: v for k, v in first["params"].items() if k != "ckpt_path"})
     cond = params["cond_stage_config"]
     cond_model = None
     if isinstance(cond, dict) and cond["target"].endswith("ClassEmbedder"):
@@ -131,14 +134,9 @@ SPLIT_INPUT = {
 }
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ldm", required=True, help="CompVis/latent-diffusion sources")
-    parser.add_argument("--taming", required=True, help="CompVis/taming-transformers sources")
-    parser.add_argument("--out", default=OUT)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
+def import_upstream(ldm_dir, taming_dir):
+    """Makes the original ldm and taming packages importable (shims for what their imports pull in and these
+    models never call); returns upstream's DDIMSampler and the LatentDiffusion slice the samplers call."""
     install_shims()
     for name in ["taming", "taming.modules", "taming.modules.vqvae", "taming.modules.vqvae.quantize"]:
         sys.modules.pop(name, None)
@@ -147,14 +145,32 @@ def main():
         mod.Image = mod.ImageDraw = mod.ImageFont = None
         sys.modules[name] = mod
     sys.modules["einops"].reduce = None  # x_transformer imports it; the ClassEmbedder path never calls it
-    sys.path.insert(0, args.taming)
-    sys.path.insert(0, args.ldm)
+    sys.path.insert(0, taming_dir)
+    sys.path.insert(0, ldm_dir)
     from ldm.models.diffusion.ddim import DDIMSampler
+
+    return DDIMSampler, upstream_latent_diffusion(ldm_dir)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ldm", required=True, help="CompVis/latent-diffusion sources")
+    parser.add_argument("--taming", required=True, help="CompVis/taming-transformers sources")
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    DDIMSampler, UpstreamLatentDiffusion = import_upstream(args.ldm, args.taming)
     from ldm.modules.encoders.modules import ClassEmbedder, SpatialRescaler
 
-    UpstreamLatentDiffusion = upstream_latent_diffusion(args.ldm)
-
-    models = [("tiny-celebahq", 61), ("tiny-churches", 62), ("tiny-cin", 63), ("tiny-bsr", 64), ("tiny-seg", 65)]
+    models = [
+        ("tiny-celebahq", 61),
+        ("tiny-churches", 62),
+        ("tiny-cin", 63),
+        ("tiny-bsr", 64),
+        ("tiny-seg", 65),
+        ("tiny-cin-f8", 66),
+    ]
     for name, seed in models:
         config_path = os.path.join(CONFIGS, f"{name}.yaml")
         config = yaml.safe_load(open(config_path))
@@ -248,13 +264,16 @@ def main():
                     inputs["sample.in.LR_image"] = low
                 elif cond_model is not None:
                     label = torch.tensor([5, 7])
-                    uncond = torch.tensor([cond_model.embedding.num_embeddings - 1] * 2)
-                    extra = {
-                        "conditioning": cond_model({"class_label": label}),
-                        "unconditional_conditioning": cond_model({"class_label": uncond}),
-                    }
-                    guidance = 3.0
-                    inputs.update({"sample.in.class_label": label, "sample.in.uncond_class_label": uncond})
+                    extra = {"conditioning": cond_model({"class_label": label})}
+                    inputs["sample.in.class_label"] = label
+                    # cin256-v2 sets n_classes 1001: its last class is "no class", guidance's unconditional
+                    # input (the notebook's scale 3.0). cin-ldm-vq-f8 keeps the constructor's 1000 real
+                    # classes: nothing to guide against, so it samples unguided.
+                    if "n_classes" in params["cond_stage_config"]["params"]:
+                        uncond = torch.tensor([cond_model.embedding.num_embeddings - 1] * 2)
+                        extra["unconditional_conditioning"] = cond_model({"class_label": uncond})
+                        guidance = 3.0
+                        inputs["sample.in.uncond_class_label"] = uncond
                 global_seed = seed + 2
                 torch.manual_seed(global_seed)
                 z0, _ = sampler.sample(

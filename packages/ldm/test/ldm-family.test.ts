@@ -13,6 +13,7 @@ import { describe, expect, it } from "vitest";
 import { buildProgram } from "../src/cli/main.ts";
 import { decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
 import { LatentDiffusion, type SegmentationMap } from "../src/pipeline/latent-diffusion.ts";
+import { DEFAULT_GUIDANCE } from "../src/pipeline/model-inputs.ts";
 import { type ValidationReport, validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
@@ -55,6 +56,14 @@ const OUTPUTS: Record<string, string[]> = {
     "vae.encode.out.indices",
     "vae.decode.out.x",
     "cond.out.c_concat",
+    "unet.out.eps",
+  ],
+  "tiny-cin-f8": [
+    "vae.encode.out.h",
+    "vae.encode.out.quant",
+    "vae.encode.out.indices",
+    "vae.decode.out.x",
+    "cond.out.c_crossattn",
     "unet.out.eps",
   ],
 };
@@ -114,6 +123,21 @@ describe("LatentDiffusion from the library and the CLI", () => {
     expect(classes.images).toHaveLength(1);
     await expect(cin.generate({ classLabel: 11, steps: 2 })).rejects.toThrow(/class 11 is out of range: .* 0 to 10/);
     await expect(cin.generate({ steps: 2 })).rejects.toThrow(/give a class/);
+    // cin256-v2's last class is "no class": the notebook's scale 3 by default; cin-ldm-vq-f8's 1000 classes are
+    // all real: unguided by default, guided only against a named class.
+    expect(cin.defaultGuidanceScale).toBe(DEFAULT_GUIDANCE.class);
+    expect(DEFAULT_GUIDANCE.class).toBe(3);
+    expect(faces.defaultGuidanceScale).toBe(1);
+    const f8 = await load("tiny-cin-f8");
+    expect(f8.inputs.guidanceFamily).toBe("unguided");
+    const unguided = await f8.generate({ classLabel: 999, steps: 2, seed: 1 });
+    expect(unguided.parameters[0].guidanceScale).toBe(1);
+    expect([unguided.images[0].width, unguided.images[0].height]).toEqual([32, 32]);
+    await expect(f8.generate({ classLabel: 5, guidanceScale: 3, steps: 2 })).rejects.toThrow(
+      /1000 classes and no "no class".*uncondClassLabel/,
+    );
+    const guided = await f8.generate({ classLabel: 5, uncondClassLabel: 7, guidanceScale: 3, steps: 2, seed: 1 });
+    expect(guided.parameters[0].guidanceScale).toBe(3);
   });
 
   it("ldm generate runs them (--class for class models); ldm info names first stage, cond stage and conditioning key", async () => {

@@ -14,13 +14,25 @@ const none = { classes: undefined, segmentationClasses: undefined, upscale: fals
 
 describe("modelInputs", () => {
   it.each([
-    ["tiny-sd1", { ...none, prompted: "clip", guidable: true, guidanceScale: 7.5 }],
-    ["tiny-inpaint", { ...none, prompted: "clip", inpainting: true, guidable: true, guidanceScale: 7.5 }],
-    ["tiny-txt2img", { ...none, prompted: "bert", guidable: true, guidanceScale: 5 }],
-    ["tiny-layout2img", { ...none, prompted: "layout", guidable: true, guidanceScale: 1 }],
-    ["tiny-cin", { ...none, prompted: undefined, classes: 11, guidable: true, guidanceScale: 7.5 }],
-    ["tiny-celebahq", { ...none, prompted: undefined, guidable: false, guidanceScale: 1 }],
-    ["tiny-churches", { ...none, prompted: undefined, guidable: false, guidanceScale: 1 }],
+    ["tiny-sd1", { ...none, prompted: "clip", guidable: true, guidanceFamily: "clip", guidanceScale: 7.5 }],
+    [
+      "tiny-inpaint",
+      { ...none, prompted: "clip", inpainting: true, guidable: true, guidanceFamily: "clip", guidanceScale: 7.5 },
+    ],
+    ["tiny-txt2img", { ...none, prompted: "bert", guidable: true, guidanceFamily: "bert", guidanceScale: 5 }],
+    ["tiny-layout2img", { ...none, prompted: "layout", guidable: true, guidanceFamily: "layout", guidanceScale: 1 }],
+    // cin256-v2 sets n_classes (its last is "no class"): the ImageNet notebook's scale 3; cin-ldm-vq-f8 keeps
+    // the constructor's 1000 real classes and has nothing to guide against.
+    [
+      "tiny-cin",
+      { ...none, prompted: undefined, classes: 11, guidable: true, guidanceFamily: "class", guidanceScale: 3 },
+    ],
+    [
+      "tiny-cin-f8",
+      { ...none, prompted: undefined, classes: 1000, guidable: false, guidanceFamily: "unguided", guidanceScale: 1 },
+    ],
+    ["tiny-celebahq", { ...none, prompted: undefined, guidable: false, guidanceFamily: "unguided", guidanceScale: 1 }],
+    ["tiny-churches", { ...none, prompted: undefined, guidable: false, guidanceFamily: "unguided", guidanceScale: 1 }],
   ])("%s", (name, expected) => {
     expect(inputsOf(name)).toEqual(expected);
   });

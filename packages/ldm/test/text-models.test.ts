@@ -8,7 +8,7 @@ import { SAMPLER_NAMES } from "../src/diffusion/index.ts";
 import { decodePng } from "../src/image/png.ts";
 import { BERTEmbedder } from "../src/models/x-transformer.ts";
 import { LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
-import { BERT_GUIDANCE_SCALE } from "../src/pipeline/model-inputs.ts";
+import { DEFAULT_GUIDANCE } from "../src/pipeline/model-inputs.ts";
 import { BertTokenizer } from "../src/tokenizer/index.ts";
 import { validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
@@ -49,7 +49,7 @@ describe("tiny-txt2img (txt2img-1p4B-eval.yaml's structure)", () => {
       expect(pipe.prompted).toBe("bert");
       expect(pipe.tokenizer).toBeInstanceOf(BertTokenizer);
       expect(pipe.networks.cond).toBeInstanceOf(BERTEmbedder);
-      expect(pipe.defaultGuidanceScale).toBe(BERT_GUIDANCE_SCALE);
+      expect(pipe.defaultGuidanceScale).toBe(DEFAULT_GUIDANCE.bert);
       expect(Array.from(pipe.tokenize("a virus monster").ids).slice(0, 5)).toEqual([101, 1037, 7865, 6071, 102]);
       const result = await pipe.generate({ prompt: "a virus monster playing guitar", steps: 3, seed: 7 });
       expect(result.parameters[0].guidanceScale).toBe(5);
@@ -105,7 +105,7 @@ describe("tiny-text2img256 (models/ldm/text2img256's structure: VQ-f4, BERTEmbed
     const pipe = await LatentDiffusion.load(checkpoint, { device });
     try {
       expect(pipe.prompted).toBe("bert");
-      expect(pipe.defaultGuidanceScale).toBe(BERT_GUIDANCE_SCALE);
+      expect(pipe.defaultGuidanceScale).toBe(DEFAULT_GUIDANCE.bert);
       const result = await pipe.generate({ prompt: "a virus monster playing guitar", steps: 2, seed: 7 });
       expect([result.images[0].width, result.images[0].height]).toEqual([32, 32]);
       const explicit = await pipe.generate({

@@ -91,7 +91,17 @@ export interface ClipTextConfig {
  * `ldm.modules.encoders.modules` (or torch's `Identity`, and `__is_first_stage__`: the first stage's encoder).
  */
 export type CondStageConfig =
-  | { target: "ClassEmbedder"; embed_dim: number; n_classes: number; key: string }
+  | {
+      target: "ClassEmbedder";
+      embed_dim: number;
+      n_classes: number;
+      key: string;
+      /**
+       * The class guidance's unconditional half uses: the last, where the YAML sets n_classes (cin256-v2's 1001,
+       * 1000 = "no class"); absent with the constructor's 1000 ImageNet classes (cin-ldm-vq-f8), all of them real.
+       */
+      unconditional_class?: number;
+    }
   | {
       target: "SpatialRescaler";
       n_stages: number;
@@ -255,14 +265,18 @@ interface CondStageParts {
 const COND_STAGES: Record<string, (r: YamlReader, params: Dict, at: string) => CondStageParts> = {
   FrozenCLIPEmbedder: (r, params, at) => ({ family: "sd1", text: textFromYaml(r, params, at, "sd1") }),
   FrozenOpenCLIPEmbedder: (r, params, at) => ({ family: "sd2", text: textFromYaml(r, params, at, "sd2") }),
-  ClassEmbedder: (r, params, at) => ({
-    cond_stage: {
-      target: "ClassEmbedder",
-      embed_dim: r.required(params, "embed_dim", at, "integer"),
-      n_classes: r.optional(params, "n_classes", at, "integer") ?? 1000,
-      key: r.optional(params, "key", at, "string") ?? "class",
-    },
-  }),
+  ClassEmbedder: (r, params, at) => {
+    const n_classes = r.optional(params, "n_classes", at, "integer");
+    return {
+      cond_stage: {
+        target: "ClassEmbedder",
+        embed_dim: r.required(params, "embed_dim", at, "integer"),
+        n_classes: n_classes ?? 1000,
+        key: r.optional(params, "key", at, "string") ?? "class",
+        ...(n_classes === undefined ? {} : { unconditional_class: n_classes - 1 }),
+      },
+    };
+  },
   SpatialRescaler: (r, params, at) => {
     const method = r.optional(params, "method", at, "string") ?? "bilinear";
     const multiplier = r.optional(params, "multiplier", at, "number") ?? 0.5;

@@ -36,7 +36,13 @@ export {
   UPSCALE_DEFAULTS,
   type UpscaleOptions,
 } from "./latent-diffusion.ts";
-export { BERT_GUIDANCE_SCALE, type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
+export {
+  DEFAULT_GUIDANCE,
+  type GuidanceFamily,
+  type ModelInputs,
+  modelInputs,
+  type Prompted,
+} from "./model-inputs.ts";
 export {
   type GenerationParameters,
   type LoraParameters,

@@ -161,9 +161,9 @@ export interface InpaintOptions extends GenerateOptions {
 
 /** What conditions a LatentDiffusion besides a prompt; which one a model takes depends on its cond stage. */
 export interface ConditioningOptions {
-  /** ClassEmbedder models: the class (0 ≤ label < n_classes − 1 for ImageNet's 1001: 1000 is "no class"). */
+  /** ClassEmbedder models: the class (0 ≤ label < n_classes; cin256-v2's last, 1000, is "no class"). */
   classLabel?: number;
-  /** ClassEmbedder models: the class of guidance's unconditional half (default: the last, n_classes − 1). */
+  /** ClassEmbedder models: the class of guidance's unconditional half (default: the config's "no class"). */
   uncondClassLabel?: number;
   /**
    * SpatialRescaler models (semantic synthesis): a class index per pixel at the output size, made one-hot over
@@ -989,7 +989,13 @@ export class LatentDiffusion {
     if (config.cond_stage?.target === "ClassEmbedder" && stage instanceof ClassEmbedder) {
       const classes = config.cond_stage.n_classes;
       const label = checkClass("class", options.classLabel, classes);
-      const uncond = checkClass("unconditional class", options.uncondClassLabel ?? classes - 1, classes);
+      const unconditional = options.uncondClassLabel ?? config.cond_stage.unconditional_class;
+      if (guide && unconditional === undefined) {
+        throw new PipelineOptionError(
+          `this model's ClassEmbedder has ${classes} classes and no "no class" (its config sets no n_classes): guidance needs an unconditional class (uncondClassLabel), or use guidance scale 1`,
+        );
+      }
+      const uncond = guide ? checkClass("unconditional class", unconditional, classes) : label;
       const ids = Tensor.from(this.device, Int32Array.from(rows(label, uncond)), [rows(0, 0).length], "i32");
       try {
         return { context: stage.forward(ids) };

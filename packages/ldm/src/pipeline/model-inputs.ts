@@ -5,15 +5,30 @@
 import type { LdmConfig } from "@ldm/weights";
 import { SAMPLING_DEFAULTS } from "../diffusion/index.ts";
 
-/** The paper's text-to-image models (BERTEmbedder): scripts/txt2img.py's default --scale. */
-export const BERT_GUIDANCE_SCALE = 5.0;
-
 /** What a cond stage reads from text: CLIP's or BERT's prompt tokens, or a layout's object tokens. */
 export type Prompted = "clip" | "bert" | "layout" | undefined;
 
+/** Which guidance default a model takes: by what conditions it, and whether it has an unconditional input. */
+export type GuidanceFamily = Exclude<Prompted, undefined> | "class" | "unguided";
+
+/**
+ * The guidance scale each family samples with by default, as upstream samples it: Stable Diffusion's 7.5
+ * (its scripts and diffusers), the paper's BERT text-to-image 5.0 (scripts/txt2img.py --scale), the
+ * class-conditional ImageNet model 3.0 against its "no class" (scripts/latent_imagenet_diffusion.ipynb), and 1
+ * (one unguided pass) for layouts (scripts sample them unguided) and for models without an unconditional input
+ * (unconditional, super-resolution, semantic synthesis, inpainting, a class table without "no class").
+ */
+export const DEFAULT_GUIDANCE: Readonly<Record<GuidanceFamily, number>> = {
+  clip: SAMPLING_DEFAULTS.guidanceScale,
+  bert: 5.0,
+  layout: 1,
+  class: 3.0,
+  unguided: 1,
+};
+
 export interface ModelInputs {
   prompted: Prompted;
-  /** ClassEmbedder models: the class count; the last class is guidance's "no class". */
+  /** ClassEmbedder models: the class count (cin256-v2's last class is guidance's "no class"). */
   classes?: number;
   /** SpatialRescaler models (semantic synthesis): the classes of the segmentation map. */
   segmentationClasses?: number;
@@ -22,19 +37,15 @@ export interface ModelInputs {
   /** The UNet takes a mask and the masked image (SD's 9 channels, the paper's big inpainting): both are needed. */
   inpainting: boolean;
   /**
-   * Whether classifier-free guidance is possible: text, layout and class models have an unconditional input
-   * (the empty prompt or layout, the "no class"); the others sample unguided.
+   * Whether classifier-free guidance is possible: text, layout and class models with a "no class" have an
+   * unconditional input (the empty prompt or layout, the "no class"); the others sample unguided.
    */
   guidable: boolean;
-  /** Guidance by default: SD's 7.5 for CLIP prompts and classes, 5.0 for BERT prompts, else 1 (unguided). */
+  /** The row of DEFAULT_GUIDANCE the model samples with. */
+  guidanceFamily: GuidanceFamily;
+  /** Guidance by default: DEFAULT_GUIDANCE[guidanceFamily]. */
   guidanceScale: number;
 }
-
-const GUIDANCE: Record<Exclude<Prompted, undefined>, number> = {
-  clip: SAMPLING_DEFAULTS.guidanceScale,
-  bert: BERT_GUIDANCE_SCALE,
-  layout: 1,
-};
 
 export function modelInputs(config: LdmConfig): ModelInputs {
   const stage = config.cond_stage;
@@ -46,13 +57,16 @@ export function modelInputs(config: LdmConfig): ModelInputs {
         : "layout"
       : undefined;
   const classes = stage?.target === "ClassEmbedder" ? stage.n_classes : undefined;
+  const noClass = stage?.target === "ClassEmbedder" && stage.unconditional_class !== undefined;
+  const guidanceFamily: GuidanceFamily = prompted ?? (noClass ? "class" : "unguided");
   return {
     prompted,
     classes,
     segmentationClasses: stage?.target === "SpatialRescaler" ? stage.in_channels : undefined,
     upscale: stage?.target === "Identity",
     inpainting: config.inpainting,
-    guidable: prompted !== undefined || classes !== undefined,
-    guidanceScale: prompted ? GUIDANCE[prompted] : classes !== undefined ? SAMPLING_DEFAULTS.guidanceScale : 1,
+    guidable: prompted !== undefined || noClass,
+    guidanceFamily,
+    guidanceScale: DEFAULT_GUIDANCE[guidanceFamily],
   };
 }

@@ -103,11 +103,11 @@ export function registerGenerate(program: Command): void {
     .option("--steps <n>", `sampling steps (default ${SAMPLING_DEFAULTS.steps})`)
     .option(
       "--cfg <scale>",
-      `classifier-free guidance scale in [0, ${MAX_GUIDANCE_SCALE}] (default ${SAMPLING_DEFAULTS.guidanceScale}; 1 skips the unconditional pass)`,
+      `classifier-free guidance scale in [0, ${MAX_GUIDANCE_SCALE}] (default: the model's, ${SAMPLING_DEFAULTS.guidanceScale} for Stable Diffusion, 5 for the paper's BERT text model, 3 for cin256, 1 without an unconditional input; 1 skips the unconditional pass)`,
     )
     .option(
       "--class <n>",
-      "class-conditional models (cin256): the ImageNet class to sample (the last class is guidance's 'no class')",
+      "class-conditional models (cin256): the ImageNet class to sample (cin256-v2's last class, 1000, is guidance's 'no class')",
     )
     .option(
       "--layout <json|file>",
