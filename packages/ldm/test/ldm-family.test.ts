@@ -177,6 +177,20 @@ describe("LatentDiffusion from the library and the CLI", () => {
   });
 });
 
+it("ldm info says which UNet weights sample: the EMA copy where the config's use_ema holds (default), as loadModel", async () => {
+  const info = async (name: string, ...flags: string[]) => {
+    const run = await runCli("info", join(DUMPS, `${name}.safetensors`), ...flags);
+    expect(run.code, run.err).toBe(0);
+    return run.out;
+  };
+  for (const name of ["tiny-celebahq", "tiny-bsr", "tiny-seg"]) {
+    const out = await info(name);
+    expect(out).toMatch(/EMA weights: used for the UNet/);
+    expect(out).not.toMatch(/EMA copy of the UNet/);
+  }
+  expect(await info("tiny-celebahq", "--ema")).toMatch(/EMA weights: used for the UNet/);
+});
+
 describe("super-resolution and semantic synthesis from the library and the CLI", () => {
   const load = (name: string) =>
     LatentDiffusion.load(join(DUMPS, `${name}.safetensors`), { device, config: join(DUMPS, `${name}.yaml`) });

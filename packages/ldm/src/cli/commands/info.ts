@@ -69,19 +69,25 @@ export function registerInfo(program: Command): void {
       if (flags.variant !== undefined && flags.variant !== "fp16") {
         throw new UserError(`--variant must be "fp16", got "${flags.variant}"`);
       }
-      const checkpoint = await asUserError(() =>
-        openCheckpoint(path, { ema: flags.ema, variant: flags.variant as "fp16" | undefined }),
-      );
+      // As generate and validate do: the config given, else <stem>.yaml beside a single file.
+      const config = flags.config ?? companionFiles(path).config;
+      const yaml = config && {
+        text: await readFile(config, "utf8").catch(() => {
+          throw new UserError(`${config}: cannot read the config file`);
+        }),
+        origin: config,
+      };
+      const open = (ema?: boolean) =>
+        asUserError(() => openCheckpoint(path, { ema, variant: flags.variant as "fp16" | undefined }));
+      let checkpoint = await open(flags.ema);
       try {
-        // As generate and validate do: the config given, else <stem>.yaml beside a single file.
-        const config = flags.config ?? companionFiles(path).config;
-        const yaml = config && {
-          text: await readFile(config, "utf8").catch(() => {
-            throw new UserError(`${config}: cannot read the config file`);
-          }),
-          origin: config,
-        };
-        const report = await asUserError(async () => describe(checkpoint, flags.ema === true, yaml || undefined));
+        // As loadModel: without --ema, the config's use_ema picks the EMA copy where the file has one.
+        const ema = flags.ema ?? (checkpoint.hasEma === true && !!yaml && configUsesEma(yaml));
+        if (ema && flags.ema === undefined) {
+          await checkpoint.close();
+          checkpoint = await open(true);
+        }
+        const report = await asUserError(async () => describe(checkpoint, ema, yaml || undefined));
         const check = flags.check ? await asUserError(() => findNonFinite(checkpoint.files)) : undefined;
         console.log(flags.json ? JSON.stringify({ ...report, check }, null, 2) : format(report));
         if (check) reportCheck(check, flags.json === true);
@@ -89,6 +95,15 @@ export function registerInfo(program: Command): void {
         await checkpoint.close();
       }
     });
+}
+
+/** Whether a YAML's LatentDiffusion samples with its EMA weights; a config that does not parse is describe()'s to report. */
+function configUsesEma(yaml: { text: string; origin: string }): boolean {
+  try {
+    return ldmConfigFromYaml(yaml.text, yaml.origin).use_ema === true;
+  } catch {
+    return false;
+  }
 }
 
 export async function asUserError<T>(fn: () => Promise<T>): Promise<T> {
