@@ -39,19 +39,17 @@ def _tensor_bytes(tensor):
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
-def save_file(tensors, path, metadata=None):
-    """Write `tensors` (name -> torch.Tensor) to `path`; `metadata` values must be strings.
-    Tensors are converted and written one at a time, so a multi-GB checkpoint needs no
-    second copy in memory."""
+def _header(tensors, metadata):
+    """The padded JSON header of `tensors` (name -> anything with .dtype, .shape, .numel(), .element_size()) in
+    sorted name order, and the data section's size."""
     header = {}
     if metadata:
         for key, value in metadata.items():
             if not isinstance(value, str):
                 raise TypeError(f"safetensors metadata value for {key!r} must be a string, got {type(value).__name__}")
         header["__metadata__"] = dict(metadata)
-    names = sorted(tensors)
     offset = 0
-    for name in names:
+    for name in sorted(tensors):
         tensor = tensors[name]
         if tensor.dtype not in _TORCH_TO_ST:
             raise TypeError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
@@ -64,11 +62,28 @@ def save_file(tensors, path, metadata=None):
         offset += size
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % _HEADER_ALIGNMENT)
+    return struct.pack("<Q", len(header_bytes)) + header_bytes, offset
+
+
+def save_file(tensors, path, metadata=None):
+    """Write `tensors` (name -> torch.Tensor) to `path`; `metadata` values must be strings.
+    Tensors are converted and written one at a time, so a multi-GB checkpoint needs no
+    second copy in memory."""
+    header, _ = _header(tensors, metadata)
     with open(path, "wb") as file:
-        file.write(struct.pack("<Q", len(header_bytes)))
-        file.write(header_bytes)
-        for name in names:
+        file.write(header)
+        for name in sorted(tensors):
             file.write(_tensor_bytes(tensors[name]))
+
+
+def save_layout(tensors, path, metadata=None):
+    """A valid safetensors file of `tensors`' names, dtypes and shapes whose data section is a hole (all zeros):
+    the file has the full size, but on a sparse-file system it takes the header's bytes on disk. For readers of
+    the header (parameter counts) without writing gigabytes; the values are not the tensors'."""
+    header, size = _header(tensors, metadata)
+    with open(path, "wb") as file:
+        file.write(header)
+        file.truncate(len(header) + size)
 
 
 def load_file(path):

@@ -5,6 +5,8 @@ import { describe, expect, it } from "vitest";
 import {
   CLIP_VIT_L_TEXT,
   clipTextParamShapes,
+  condStageParamShapes,
+  ldmConfigFromYaml,
   OPEN_CLIP_VIT_H_TEXT,
   type ParamShapes,
   SD1_UNET,
@@ -49,6 +51,73 @@ describe("canonical key lists match the original modules exactly (names and shap
   it("OpenCLIP ViT-H/14 text transformer (SD 2.x), all 24 layers", () => {
     const total = params(clipTextParamShapes(OPEN_CLIP_VIT_H_TEXT)) + 1024 * 1024 + 1;
     expect(Math.round(total / 1e4) / 100).toBe(354.03);
+  });
+});
+
+/**
+ * Every model CompVis/latent-diffusion releases, from its ORIGINAL modules built at full size with random weights
+ * (reference/full_size_counts.py): the upstream config's `model` section and each stage's key count, parameter
+ * count and hash, as above.
+ */
+interface FullSizeRow {
+  config: string;
+  total: number;
+  stages: Record<string, { count: number; params: number; sha256: string }>;
+  model: { target: string; params: Record<string, unknown> };
+}
+const fullSize: { source: string; rows: Record<string, FullSizeRow> } = JSON.parse(
+  readFileSync(join(import.meta.dirname, "fixtures", "full-size.json"), "utf8"),
+);
+
+/**
+ * A first-stage-only config (model.target VQModel / AutoencoderKL) read by the same first-stage reader, as the
+ * first stage of an otherwise empty LatentDiffusion; the UNet here is a placeholder whose keys are not compared.
+ * (JSON is YAML: the table's sections go to the YAML reader as they are.)
+ */
+function asLatentDiffusion(model: FullSizeRow["model"]): FullSizeRow["model"] {
+  if ("unet_config" in model.params) return model;
+  const unet = {
+    in_channels: 3,
+    out_channels: 3,
+    model_channels: 32,
+    num_res_blocks: 1,
+    attention_resolutions: [],
+    num_heads: 1,
+  };
+  return {
+    target: "ldm.models.diffusion.ddpm.LatentDiffusion",
+    params: {
+      unet_config: { params: unet },
+      first_stage_config: { target: model.target, params: model.params },
+      cond_stage_config: "__is_unconditional__",
+    },
+  };
+}
+
+describe("full-size parameters of every released config equal the original modules' (reference/full_size_counts.py)", () => {
+  const rows = Object.entries(fullSize.rows);
+
+  it("the table holds the issue's 22 models, each stage's counts summing to its total", () => {
+    expect(rows.map(([name]) => name).sort()).toEqual(
+      [
+        ...["celebahq-ldm-vq-4", "ffhq-ldm-vq-4", "lsun_bedrooms-ldm-vq-4", "lsun_churches-ldm-kl-8", "cin256-v2"],
+        ...["cin-ldm-vq-f8", "txt2img-f8-large", "text2img256", "layout2img-openimages256", "bsr_sr"],
+        ...["semantic_synthesis256", "semantic_synthesis512", "inpainting_big"],
+        ...["vq-f4", "vq-f4-noattn", "vq-f8", "vq-f8-n256", "vq-f16", "kl-f4", "kl-f8", "kl-f16", "kl-f32"],
+      ].sort(),
+    );
+    for (const [, row] of rows) expect(Object.values(row.stages).reduce((n, s) => n + s.params, 0)).toBe(row.total);
+  });
+
+  it.each(rows)("%s: every stage's keys and shapes", (name, row) => {
+    const config = ldmConfigFromYaml(JSON.stringify({ model: asLatentDiffusion(row.model) }), row.config);
+    const ours: Record<string, ParamShapes> = {
+      unet: unetParamShapes(config.unet),
+      first_stage: vaeParamShapes(config.vae),
+      cond_stage: config.text ? clipTextParamShapes(config.text) : condStageParamShapes(config.cond_stage),
+    };
+    const stages = Object.keys(row.stages);
+    expect(Object.fromEntries(stages.map((stage) => [stage, summary(ours[stage])])), name).toEqual(row.stages);
   });
 });
 
