@@ -69,7 +69,7 @@ describe("A1111 infotext", () => {
   });
 
   it("reads A1111's own infotexts: old Karras names, quoted values, settings we lack named", () => {
-    // As A1111 1.x writes it (create_infotext), with a hires fix and a LoRA hash we do not restore.
+    // As A1111 1.x writes it (create_infotext), with a hires fix we do not restore and LoRA hashes we check.
     const text =
       "masterpiece, (best quality:1.3), 1girl\nwith a second line\nNegative prompt: (worst quality:1.4), lowres\n" +
       'Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 3928107433, Size: 512x768, Model hash: 6ce0161689, Model: v1-5, Denoising strength: 0.5, Clip skip: 2, Hires upscale: 2, Hires upscaler: Latent, Lora hashes: "detail: 1a2b3c, style: 4d5e6f", Version: v1.6.0';
@@ -80,7 +80,17 @@ describe("A1111 infotext", () => {
     const { parameters, unrestored } = parametersFromInfotext(text, "a1111.png");
     expect(parameters).toMatchObject({ sampler: "dpmpp_2m_karras", steps: 28, guidanceScale: 6.5, seed: "3928107433" });
     expect(parameters).toMatchObject({ width: 512, height: 768, clipSkip: 2, strength: 0.5, model: "v1-5" });
-    expect(unrestored).toEqual(["Model hash", "Hires upscale", "Hires upscaler", "Lora hashes", "Version"]);
+    expect(unrestored).toEqual(["Model hash", "Hires upscale", "Hires upscaler", "Version"]);
+    // The prompt's <lora:…> tags are its LoRAs, each with its hash where "Lora hashes" has one.
+    const tagged = parametersFromInfotext(
+      'a <lora:detail:0.7> cat <lora:style:1:0.5>\nSteps: 2, Sampler: Euler, Seed: 1, Lora hashes: "detail: 1a2b3c"',
+      "tagged.png",
+    );
+    expect(tagged.unrestored).toEqual([]);
+    expect(tagged.parameters.loras).toEqual([
+      { name: "detail", strength: 0.7, hash: "1a2b3c" },
+      { name: "style", strength: 1, unetStrength: 0.5 },
+    ]);
     const modern = parametersFromInfotext(
       "a cat\nSteps: 8, Sampler: Euler a, Schedule type: Exponential, CFG scale: 2",
       "b.png",

@@ -6,6 +6,7 @@ import { openSafetensors } from "@ldm/weights/node";
 import { describe, expect, it } from "vitest";
 import { loadLora } from "../src/lora/files.ts";
 import { type Lora, type LoraUse, MergedLoras } from "../src/lora/merge.ts";
+import { loraTags, loraTagText, untaggedLoras, withoutLoraTags } from "../src/lora/prompt.ts";
 import { type LoadedModel, loadModel } from "../src/models/index.ts";
 import { Dump } from "../src/validate/dump.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
@@ -169,4 +170,29 @@ describe("LoRA on an f16 model", () => {
       }
     },
   );
+});
+
+describe("A1111's <lora:…> prompt syntax", () => {
+  it("reads the name and the text-encoder and UNet multipliers, positional or named, and takes the tags out", () => {
+    const prompt = "a <lora:a:0.8> b <lora:b> c <lora:c:0.5:-1> <lora:d:unet=0.3:te=2>";
+    expect(loraTags(prompt)).toEqual([
+      { name: "a", strength: 0.8, text: "<lora:a:0.8>" },
+      { name: "b", strength: 1, text: "<lora:b>" },
+      { name: "c", strength: 0.5, unetStrength: -1, text: "<lora:c:0.5:-1>" },
+      { name: "d", strength: 2, unetStrength: 0.3, text: "<lora:d:unet=0.3:te=2>" },
+    ]);
+    expect(withoutLoraTags(prompt)).toBe("a  b  c  ");
+    expect(loraTagText({ name: "c", strength: 0.5, unetStrength: -1 })).toBe("<lora:c:0.5:-1>");
+    expect(loraTagText({ name: "a", strength: 0.8, unetStrength: 0.8 })).toBe("<lora:a:0.8>");
+    expect(
+      untaggedLoras(prompt, [
+        { name: "a", strength: 0.8 },
+        { name: "a", strength: 0.7 },
+      ]),
+    ).toEqual([{ name: "a", strength: 0.7 }]);
+    expect(() => loraTags("<lora:x:strong>")).toThrow(
+      '<lora:x:strong>: the text encoder multiplier "strong" is not a number',
+    );
+    expect(() => loraTags("<lora::1>")).toThrow("<lora::1>: no LoRA name");
+  });
 });

@@ -48,3 +48,26 @@ export function loraTags(prompt: string): LoraTag[] {
 export function withoutLoraTags(prompt: string): string {
   return prompt.replace(LORA_TAG, "");
 }
+
+/** A LoRA at its multipliers, as a prompt tag: `<lora:name:te>`, or `<lora:name:te:unet>` when they differ. */
+export function loraTagText(lora: { name: string; strength: number; unetStrength?: number }): string {
+  const unet = lora.unetStrength === undefined || lora.unetStrength === lora.strength ? "" : `:${lora.unetStrength}`;
+  return `<lora:${lora.name}:${lora.strength}${unet}>`;
+}
+
+/** The LoRAs of a run that no tag of its prompt names at their multipliers (those given besides the prompt). */
+export function untaggedLoras<L extends { name: string; strength: number; unetStrength?: number }>(
+  prompt: string,
+  loras: readonly L[],
+): L[] {
+  const tags = loraTags(prompt);
+  return loras.filter(
+    (l) =>
+      !tags.some(
+        (t) =>
+          t.name === l.name &&
+          t.strength === l.strength &&
+          (t.unetStrength ?? t.strength) === (l.unetStrength ?? l.strength),
+      ),
+  );
+}

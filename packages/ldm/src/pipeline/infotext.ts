@@ -11,7 +11,8 @@ import {
   samplerByName,
   sigmaScheduleOf,
 } from "../diffusion/index.ts";
-import type { GenerationParameters } from "./parameters.ts";
+import { loraTags, loraTagText, untaggedLoras } from "../lora/prompt.ts";
+import type { GenerationParameters, LoraParameters } from "./parameters.ts";
 
 /** The PNG text keyword A1111 reads. */
 export const INFOTEXT_KEYWORD = "parameters";
@@ -44,13 +45,23 @@ export function formatInfotext(p: GenerationParameters): string {
     [p.sampler === "ddim" ? "Eta DDIM" : "Eta", p.eta !== sampler.defaultEta ? p.eta : undefined],
     ["Batch size", p.batchSize > 1 ? p.batchSize : undefined],
     ["Batch pos", p.batchSize > 1 ? p.batchIndex : undefined],
+    // extra_networks_lora: "alias: shorthash" of each LoRA, ":" and "," taken out of the alias.
+    ["Lora hashes", loraHashes(p.loras ?? [])],
   ];
   const line = pairs
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => `${k}: ${quote(String(v))}`)
     .join(", ");
   const negative = p.negativePrompt ? `\nNegative prompt: ${p.negativePrompt}` : "";
-  return `${p.prompt}${negative}\n${line}`.trim();
+  // A1111 keeps a prompt's <lora:…> tags in its infotext; LoRAs given besides the prompt are written as tags too,
+  // so that A1111 applies them.
+  const extra = untaggedLoras(p.prompt, p.loras ?? []).map((l) => ` ${loraTagText(l)}`);
+  return `${p.prompt}${extra.join("")}${negative}\n${line}`.trim();
+}
+
+function loraHashes(loras: readonly LoraParameters[]): string | undefined {
+  const hashed = loras.filter((l) => l.hash);
+  return hashed.length ? hashed.map((l) => `${l.name.replace(/[:,]/g, "")}: ${l.hash}`).join(", ") : undefined;
 }
 
 // infotext_utils.re_param_code: a key (word characters, spaces, -, /), a colon, a quoted or a plain value.
@@ -141,6 +152,7 @@ const KNOWN = new Set([
   "Eta DDIM",
   "Batch size",
   "Batch pos",
+  "Lora hashes",
 ]);
 
 /** The generation parameters of an A1111 infotext; `origin` names the image in errors. */
@@ -173,6 +185,16 @@ export function parametersFromInfotext(text: string, origin: string): RestoredIn
     else unrestored.push(values["Schedule type"] ? "Sampler, Schedule type" : "Sampler");
   }
   if (values.Model !== undefined) parameters.model = values.Model;
+  const tags = loraTags(prompt);
+  if (tags.length) {
+    const hashes = new Map(
+      (values["Lora hashes"] ?? "").split(",").map((pair) => pair.split(":").map((s) => s.trim()) as [string, string]),
+    );
+    parameters.loras = tags.map(({ name, strength, unetStrength }) => {
+      const hash = hashes.get(name.replace(/[:,]/g, ""));
+      return { name, strength, ...(unetStrength === undefined ? {} : { unetStrength }), ...(hash ? { hash } : {}) };
+    });
+  }
   for (const key of Object.keys(parameters) as (keyof typeof parameters)[]) {
     if (parameters[key] === undefined) delete parameters[key];
   }

@@ -30,6 +30,7 @@ import type { Seed } from "../../random/index.ts";
 import { type LayoutObject, parseLayout } from "../../tokenizer/index.ts";
 import { UserError } from "../errors.ts";
 import { outputPaths, prepareOutput } from "../output.ts";
+import { addLoraOptions, type LoraFlags, LoraResolver } from "./lora-flags.ts";
 import {
   addModelOptions,
   asUserError,
@@ -44,7 +45,7 @@ import {
   withInterrupt,
 } from "./pipeline-flags.ts";
 
-interface GenerateFlags extends ModelFlags {
+interface GenerateFlags extends ModelFlags, LoraFlags {
   negative?: string;
   class?: string;
   layout?: string;
@@ -140,7 +141,7 @@ export function registerGenerate(program: Command): void {
     .option("--grid <png>", "also write all images in one PNG: a row per prompt, a column per batch image")
     .option("--sequential-cfg", "low memory: the two guidance halves as separate UNet calls (same result)")
     .option("--vae-tiling", "low memory: decode in overlapping tiles of 32 latent cells, blended (as diffusers)");
-  addModelOptions(command).action(async (promptArguments: string[], flags: GenerateFlags) => {
+  addLoraOptions(addModelOptions(command)).action(async (promptArguments: string[], flags: GenerateFlags) => {
     const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
     if (stored && flags.paramsFrom) restoreModelFlags(flags, stored, flags.paramsFrom);
     const prompts = promptArguments.length ? promptArguments : [undefined];
@@ -161,6 +162,9 @@ export function registerGenerate(program: Command): void {
     }
     prepareOutput("--out", flags.out ?? ".");
     if (flags.grid) prepareOutput("--grid", flags.grid);
+    const loras = new LoraResolver(flags, flags.paramsFrom ? { ...stored, origin: flags.paramsFrom } : undefined);
+    // The LoRA files are read (and every prompt's tags found) before the model loads.
+    for (const request of requests) await loras.uses(request.prompt);
     const pipe = await loadLatentDiffusion(flags);
     if (pipe.config.text && requests.some((r) => r.prompt === undefined)) {
       pipe.dispose();
@@ -176,6 +180,7 @@ export function registerGenerate(program: Command): void {
         console.error(
           `sampling ${width}×${height}, batch ${request.batchSize}, ${request.steps} ${request.sampler} steps (the first also compiles the kernels)…`,
         );
+        await loras.apply(pipe, request.prompt);
         const reporter = new ProgressReporter();
         const result = await withInterrupt((signal) =>
           asUserError(() => {

@@ -81,11 +81,15 @@ async function loadWith<P extends LatentDiffusion>(
     );
     return pipe;
   } catch (e) {
-    // One line on the error path; a key mismatch lists every key below its first line.
-    const [first, ...details] = (e as Error).message.split("\n");
-    if (details.length) console.error(details.join("\n"));
-    throw new UserError(first);
+    throw userErrorOf(e);
   }
+}
+
+/** One line on the error path; an error listing keys (that do not fit) prints them below its first line. */
+export function userErrorOf(e: unknown): UserError {
+  const [first, ...details] = (e as Error).message.split("\n");
+  if (details.length) console.error(details.join("\n"));
+  return new UserError(first);
 }
 
 /** --model as a local path: the built-in model when absent, a hub repository (org/name) fetched into the hub cache. */
