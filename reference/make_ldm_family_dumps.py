@@ -25,7 +25,9 @@ Dumps: vae.encode (VQ: h, quant, indices; KL: moments), vae.decode, unet (c_conc
 (ClassEmbedder on class_label, SpatialRescaler on segmentation), sample (upstream DDIMSampler, eta 0, and eta 1 with
 global_seed: torch.manual_seed right before sampling; conditioned on class_label, LR_image or segmentation). tiny-bsr
 also gets sample-tiles: a 4x larger LR_image sampled with split_input_params as ldm/notebook_helpers.py sets them
-(UNet on overlapping latent crops, blended by apply_model's fold with get_weighting), ks and stride shrunk.
+(UNet on overlapping latent crops, blended by apply_model's fold with get_weighting), ks and stride shrunk; and
+notebook: an 8-bit image upscaled as the notebook does it from torch.manual_seed(seed) (not a validate dump: the
+pipeline test runs `upscale` on it).
 """
 
 import argparse
@@ -316,6 +318,28 @@ def main():
                     {"sample.in.x_T": x_T, "sample.in.LR_image": low, "sample.out.z_0": z0},
                     os.path.join(args.out, f"{name}.sample-tiles.safetensors"),
                     tiles_meta,
+                )
+                # The notebook end to end: an 8-bit image as ToTensor reads it (k / 255, then 2c - 1), x_T and each
+                # step's noise from torch's global generator seeded once (DDIMSampler draws x_T when given none),
+                # decoded; `ldm upscale --seed` must give this z_0 and image.
+                g_nb = torch.Generator().manual_seed(seed + 6)
+                pixels = torch.randint(0, 256, (1, 3, latent, latent), generator=g_nb, dtype=torch.uint8)
+                low = 2.0 * (pixels.float().div(255)) - 1.0
+                notebook_seed = seed + 7
+                torch.manual_seed(notebook_seed)
+                sampler = DDIMSampler(ldm)
+                sampler.register_buffer = lambda n, a, s=sampler: setattr(s, n, a)
+                z0, _ = sampler.sample(
+                    S=10, batch_size=1, shape=(channels, latent, latent), eta=1.0, verbose=False, conditioning=low
+                )
+                save_file(
+                    {
+                        "notebook.in.pixels": pixels.float(),
+                        "notebook.out.z_0": z0,
+                        "notebook.out.image": vae.decode(z0 / scale_factor),
+                    },
+                    os.path.join(args.out, f"{name}.notebook.safetensors"),
+                    {**meta, "seed": str(notebook_seed), "steps": "10", "eta": "1.0", "sampler": "ddim"},
                 )
         save_file(tensors, os.path.join(args.out, f"{name}.dump.safetensors"), meta)
         save_file(

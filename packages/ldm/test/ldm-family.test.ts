@@ -14,6 +14,7 @@ import { buildProgram } from "../src/cli/main.ts";
 import { decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
 import { LatentDiffusion, type SegmentationMap } from "../src/pipeline/latent-diffusion.ts";
 import { DEFAULT_GUIDANCE } from "../src/pipeline/model-inputs.ts";
+import { Dump } from "../src/validate/dump.ts";
 import { type ValidationReport, validate } from "../src/validate/index.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
@@ -234,6 +235,36 @@ describe("super-resolution and semantic synthesis from the library and the CLI",
     expect([big.images[0].width, big.images[0].height]).toEqual([48, 40]);
     const whole = await sr.upscale({ image: picture(12, 10), steps: 2, seed: 1, splitInput: false });
     expect(maxRelative(big.latents, whole.latents)).toBeGreaterThan(1e-3);
+  });
+
+  it("upscale from an 8-bit image, a seed and the defaults reproduces the notebook's run from torch.manual_seed(seed)", async () => {
+    // reference/make_ldm_family_dumps.py: ToTensor's k / 255 then 2c − 1, DDIMSampler drawing x_T and each step's
+    // noise from the global generator (eta 1), 10 steps, decoded with quantization.
+    const dump = await Dump.open(join(DUMPS, "tiny-bsr.notebook.safetensors"));
+    try {
+      const pixels = await dump.floats("notebook", "in", "pixels");
+      const [, , h, w] = pixels.shape;
+      const data = new Uint8ClampedArray(w * h * 4).fill(255);
+      for (let p = 0; p < w * h; p++) for (let c = 0; c < 3; c++) data[4 * p + c] = pixels.data[c * w * h + p];
+      const sr = await load("tiny-bsr");
+      const result = await sr.upscale({
+        image: { width: w, height: h, data },
+        seed: Number(dump.metadata.seed),
+        steps: 10,
+      });
+      const z0 = await dump.floats("notebook", "out", "z_0");
+      const image = await dump.floats("notebook", "out", "image");
+      const errors = [
+        maxRelative(result.latents, z0.data),
+        maxRelative(await sr.decodePixels(z0.data, z0.shape), image.data),
+      ];
+      console.log(
+        `notebook run: z_0 ${errors[0].toExponential(2)}, image (our decoder on its z_0) ${errors[1].toExponential(2)} of max|ref|`,
+      );
+      for (const error of errors) expect(error).toBeLessThan(1e-4);
+    } finally {
+      await dump.close();
+    }
   });
 
   it("upscale and generate refuse what super-resolution cannot take, in one line each", async () => {
