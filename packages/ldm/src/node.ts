@@ -5,6 +5,7 @@ export { readLabelPngFile, readPngFile, writePngFile } from "./image/node.ts";
 export * from "./index.ts";
 export { findLora, type LoraOnDisk, listLoras, loadLora, loraName } from "./lora/files.ts";
 export { type LoadModelOptions, loadModel } from "./models/load-node.ts";
+export { embeddingFilesIn, readEmbeddingFile } from "./pipeline/embedding-files.ts";
 export { isHubName, resolveHubModel } from "./pipeline/hub-model.ts";
 export { BUILTIN_MODEL } from "./pipeline/model-files.ts";
 export {

@@ -5,8 +5,7 @@ import { fileURLToPath } from "node:url";
 import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeTokenRows, StableDiffusion } from "../src/pipeline/index.ts";
-import { Dump } from "../src/validate/dump.ts";
-import { maxRelativeError } from "./helpers/compare.ts";
+import { expectConditioning } from "./helpers/compare.ts";
 import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
 
 // Golden conditioning: reference/prompting/a1111_prompt_fixtures.py, A1111's process_tokens (SD2 padding, the
@@ -48,19 +47,11 @@ describe("long prompts and emphasis against A1111's process_tokens", () => {
   for (const c of golden.conditioning) {
     it(`${c.model}, CLIP skip ${c.clip_skip ?? "default"}: ${JSON.stringify(c.prompt)} (${c.ids.length} chunks)`, async () => {
       const pipe = pipes.get(c.model) as StableDiffusion;
-      const dump = await Dump.open(join(FIXTURES, "prompts/a1111-conditioning.safetensors"));
-      const expected = await dump.floats("conditioning", "out", c.tensor);
-      await dump.close();
       const context = await encodeTokenRows(device, pipe.networks.clip, [Int32Array.from(c.ids.flat())], {
         weights: [Float32Array.from(c.multipliers.flat())],
         clipSkip: c.clip_skip ?? undefined,
       });
-      try {
-        expect(context.shape).toEqual(expected.shape);
-        expect(maxRelativeError(await context.toFloat32(), expected.data)).toBeLessThan(TOLERANCE);
-      } finally {
-        context.dispose();
-      }
+      await expectConditioning(context, join(FIXTURES, "prompts/a1111-conditioning.safetensors"), c.tensor, TOLERANCE);
     });
   }
 

@@ -4,10 +4,11 @@
  * the same names (@ldm/weights splits its fused in_proj). Token + position embeddings, pre-LN encoder layers
  * with causal self-attention, final_layer_norm.
  */
-import { add, attention, gelu, quickGelu, slice } from "@ldm/kernels";
+import { add, attention, concat, embedding, gelu, quickGelu, slice } from "@ldm/kernels";
 import { Embedding, LayerNorm, Linear, type VarBuilder } from "@ldm/nn";
 import type { Tensor } from "@ldm/tensor";
 import type { ClipTextConfig } from "@ldm/weights";
+import { asDType } from "./dtype.ts";
 
 class CLIPAttention {
   readonly q_proj: Linear;
@@ -99,6 +100,8 @@ export class CLIPTextModel {
   readonly position_embedding: Tensor;
   readonly layers: CLIPEncoderLayer[] = [];
   readonly final_layer_norm: LayerNorm;
+  /** The token table with textual-inversion vectors appended as rows vocab_size…, while any are set. */
+  private tokenTable?: Tensor;
 
   /** `vb` points at `text_model` (canonical prefix `cond_stage_model.transformer.text_model`). */
   constructor(
@@ -134,7 +137,7 @@ export class CLIPTextModel {
     if (want.penultimate && depth < 2) throw new Error(`CLIP: a ${depth}-layer encoder has no penultimate layer`);
     const length = ids.shape[1];
     return ids.device.tidy(() => {
-      let h = add(this.token_embedding.forward(ids), this.positions(length));
+      let h = add(this.embedTokens(ids), this.positions(length));
       const advance = (layer: CLIPEncoderLayer) => {
         const next = layer.forward(h);
         h.dispose();
@@ -149,6 +152,21 @@ export class CLIPTextModel {
       }
       return out;
     });
+  }
+
+  /**
+   * Textual-inversion vectors [n, hidden] as the token ids vocab_size … vocab_size + n − 1; undefined removes
+   * them. A1111 writes an embedding's vectors over the token embeddings at its trigger's positions, before the
+   * position embedding is added: the ids read those rows of the token table instead, the same values.
+   */
+  setAddedTokens(vectors: Tensor | undefined): void {
+    const { hidden_size: width } = this.cfg;
+    if (vectors && (vectors.shape.length !== 2 || vectors.shape[1] !== width)) {
+      throw new Error(`CLIP: added token vectors ${vectors} must be [n, ${width}]`);
+    }
+    this.tokenTable?.dispose();
+    const weight = this.token_embedding.weight;
+    this.tokenTable = vectors?.device.tidy(() => concat([weight, asDType(vectors, this.vb.dtype)], 0));
   }
 
   /** Ids per encode call: the position embeddings (TokenEncoder). */
@@ -172,7 +190,7 @@ export class CLIPTextModel {
       return (clipSkip === 1 ? out.lastHiddenState : out.penultimateHiddenState) as Tensor;
     }
     return ids.device.tidy(() => {
-      let h = add(this.token_embedding.forward(ids), this.positions(ids.shape[1]));
+      let h = add(this.embedTokens(ids), this.positions(ids.shape[1]));
       for (const layer of this.layers.slice(0, depth - clipSkip + 1)) {
         const next = layer.forward(h);
         h.dispose();
@@ -185,6 +203,10 @@ export class CLIPTextModel {
   /** The CLIP skip of the config's layer: 1 for "last", 2 for "penultimate". */
   get defaultClipSkip(): number {
     return this.cfg.layer === "last" ? 1 : 2;
+  }
+
+  private embedTokens(ids: Tensor): Tensor {
+    return this.tokenTable ? embedding(this.tokenTable, ids) : this.token_embedding.forward(ids);
   }
 
   private positions(length: number): Tensor {

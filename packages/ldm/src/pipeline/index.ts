@@ -10,6 +10,13 @@ export {
   unetDenoiser,
 } from "./denoiser.ts";
 export {
+  EMBEDDING_FILE,
+  type EmbeddingOrigin,
+  embeddingName,
+  parseEmbedding,
+  type TextualInversion,
+} from "./embeddings.ts";
+export {
   formatInfotext,
   INFOTEXT_KEYWORD,
   type Infotext,

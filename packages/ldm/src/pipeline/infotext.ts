@@ -12,7 +12,7 @@ import {
   sigmaScheduleOf,
 } from "../diffusion/index.ts";
 import { loraTags, loraTagText, untaggedLoras } from "../lora/prompt.ts";
-import type { GenerationParameters, LoraParameters } from "./parameters.ts";
+import type { GenerationParameters } from "./parameters.ts";
 
 /** The PNG text keyword A1111 reads. */
 export const INFOTEXT_KEYWORD = "parameters";
@@ -46,7 +46,8 @@ export function formatInfotext(p: GenerationParameters): string {
     ["Batch size", p.batchSize > 1 ? p.batchSize : undefined],
     ["Batch pos", p.batchSize > 1 ? p.batchIndex : undefined],
     // extra_networks_lora: "alias: shorthash" of each LoRA, ":" and "," taken out of the alias.
-    ["Lora hashes", loraHashes(p.loras ?? [])],
+    ["Lora hashes", formatHashes((p.loras ?? []).map((l) => [l.name, l.hash]))],
+    ["TI hashes", formatHashes(Object.entries(p.embeddings ?? {}))],
   ];
   const line = pairs
     .filter(([, v]) => v !== undefined)
@@ -59,9 +60,23 @@ export function formatInfotext(p: GenerationParameters): string {
   return `${p.prompt}${extra.join("")}${negative}\n${line}`.trim();
 }
 
-function loraHashes(loras: readonly LoraParameters[]): string | undefined {
-  const hashed = loras.filter((l) => l.hash);
-  return hashed.length ? hashed.map((l) => `${l.name.replace(/[:,]/g, "")}: ${l.hash}`).join(", ") : undefined;
+/**
+ * A1111's "Lora hashes" and "TI hashes" values: "name: hash" for each entry with a hash, ":" and "," taken out
+ * of the names.
+ */
+function formatHashes(entries: readonly [name: string, hash: string | undefined][]): string | undefined {
+  const pairs = entries.filter(([, hash]) => hash).map(([name, hash]) => `${name.replace(/[:,]/g, "")}: ${hash}`);
+  return pairs.length ? pairs.join(", ") : undefined;
+}
+
+/** The names and hashes of a "Lora hashes" or "TI hashes" value. */
+function parseHashes(value: string | undefined): Map<string, string> {
+  return new Map(
+    (value ?? "").split(",").flatMap((pair): [string, string][] => {
+      const at = pair.lastIndexOf(":");
+      return at > 0 ? [[pair.slice(0, at).trim(), pair.slice(at + 1).trim()]] : [];
+    }),
+  );
 }
 
 // infotext_utils.re_param_code: a key (word characters, spaces, -, /), a colon, a quoted or a plain value.
@@ -153,6 +168,7 @@ const KNOWN = new Set([
   "Batch size",
   "Batch pos",
   "Lora hashes",
+  "TI hashes",
 ]);
 
 /** The generation parameters of an A1111 infotext; `origin` names the image in errors. */
@@ -187,14 +203,13 @@ export function parametersFromInfotext(text: string, origin: string): RestoredIn
   if (values.Model !== undefined) parameters.model = values.Model;
   const tags = loraTags(prompt);
   if (tags.length) {
-    const hashes = new Map(
-      (values["Lora hashes"] ?? "").split(",").map((pair) => pair.split(":").map((s) => s.trim()) as [string, string]),
-    );
+    const hashes = parseHashes(values["Lora hashes"]);
     parameters.loras = tags.map(({ name, strength, unetStrength }) => {
       const hash = hashes.get(name.replace(/[:,]/g, ""));
       return { name, strength, ...(unetStrength === undefined ? {} : { unetStrength }), ...(hash ? { hash } : {}) };
     });
   }
+  if (values["TI hashes"] !== undefined) parameters.embeddings = Object.fromEntries(parseHashes(values["TI hashes"]));
   for (const key of Object.keys(parameters) as (keyof typeof parameters)[]) {
     if (parameters[key] === undefined) delete parameters[key];
   }

@@ -37,7 +37,7 @@ import {
   type LayoutObject,
   type PadWith,
 } from "../tokenizer/index.ts";
-import { chunkPrompt } from "../tokenizer/prompt-attention.ts";
+import { type ChunkedPrompt, chunkPrompt } from "../tokenizer/prompt-attention.ts";
 import {
   assertFinite,
   encodeTokenRows,
@@ -48,6 +48,7 @@ import {
   type TokenEncoder,
   unetDenoiser,
 } from "./denoiser.ts";
+import { type EmbeddingOrigin, EmbeddingSet, type TextualInversion } from "./embeddings.ts";
 import { PipelineOptionError } from "./errors.ts";
 import {
   checkGenerateInputs,
@@ -266,6 +267,8 @@ export interface PromptTokens {
   chunks: number;
   /** Tokens cut off because the text stage takes no more (BERT models; CLIP prompts are chunked instead). */
   truncated: number;
+  /** The textual-inversion embeddings the prompt uses, by trigger word. */
+  embeddings: string[];
 }
 
 const DEFAULTS = { ...SAMPLING_DEFAULTS, size: 512, strength: 0.75 };
@@ -275,6 +278,8 @@ export class LatentDiffusion {
   private readonly padWith: PadWith;
   private readonly parameters: number;
   private merged?: MergedLoras;
+  /** CLIP models: the textual-inversion embeddings prompts can use. */
+  private readonly embeddingSet?: EmbeddingSet;
 
   protected constructor(
     readonly device: Device,
@@ -314,6 +319,8 @@ export class LatentDiffusion {
         `the tokenizer's start/end ids (${tokenizer.startId}/${tokenizer.endId}) are outside the text encoder's vocabulary of ${vocabulary}: pass the model's own vocabulary with --vocab`,
       );
     }
+    const { hidden_size, max_position_embeddings } = config.text;
+    this.embeddingSet = new EmbeddingSet(tokenizer, vocabulary, hidden_size, max_position_embeddings - 2);
   }
 
   /**
@@ -469,24 +476,101 @@ export class LatentDiffusion {
       const { padded, truncated } = this.tokenizer.tokenize(prompt, { maxLength: bert.max_seq_len });
       const ids = Int32Array.from(padded);
       this.bertEncoder.checkIds(ids, `prompt ${JSON.stringify(prompt)}`);
-      return { ids, weights: new Float32Array(ids.length).fill(1), chunks: 1, truncated };
+      return { ids, weights: new Float32Array(ids.length).fill(1), chunks: 1, truncated, embeddings: [] };
     }
     if (!text || !this.tokenizer || this.tokenizer instanceof BertTokenizer) {
       throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}: it takes no prompt`);
     }
-    const { max_position_embeddings: length, vocab_size: vocabulary } = text;
-    const chunked = chunkPrompt(this.tokenizer, prompt, { length, padWith: this.padWith }).chunks;
+    const { max_position_embeddings: length } = text;
+    const vocabulary = text.vocab_size + (this.embeddingSet?.vectorCount ?? 0);
+    const triggers = this.embeddingSet?.triggers;
+    let chunked: ChunkedPrompt;
+    try {
+      chunked = chunkPrompt(this.tokenizer, prompt, { length, padWith: this.padWith, triggers });
+    } catch (e) {
+      if (e instanceof RangeError) throw new PipelineOptionError(e.message);
+      throw e;
+    }
+    const { chunks: rows, triggers: embeddings } = chunked;
     // Padded to `chunks` with the empty prompt's chunk, as A1111 pads the shorter of cond and uncond.
     const empty = chunkPrompt(this.tokenizer, "", { length, padWith: this.padWith }).chunks[0];
-    while (chunked.length < chunks) chunked.push(empty);
-    const ids = Int32Array.from(chunked.flatMap((c) => c.ids));
+    while (rows.length < chunks) rows.push(empty);
+    const ids = Int32Array.from(rows.flatMap((c) => c.ids));
     const outside = ids.find((id) => id >= vocabulary);
     if (outside !== undefined) {
       throw new Error(
         `prompt ${JSON.stringify(prompt)} has token id ${outside}, outside the text encoder's vocabulary of ${vocabulary}: the tokenizer does not belong to this model`,
       );
     }
-    return { ids, weights: Float32Array.from(chunked.flatMap((c) => c.weights)), chunks: chunked.length, truncated: 0 };
+    const weights = Float32Array.from(rows.flatMap((c) => c.weights));
+    return { ids, weights, chunks: rows.length, truncated: 0, embeddings };
+  }
+
+  /** The textual-inversion embeddings prompts can use (CLIP models), in the order of their vector ids. */
+  get embeddings(): readonly TextualInversion[] {
+    return this.embeddingSet?.list ?? [];
+  }
+
+  /**
+   * Makes textual-inversion embeddings available to prompts (A1111's): each occurrence of an embedding's name,
+   * its trigger word, becomes its vectors. One of the same name replaces the earlier. An embedding of another
+   * width than the text encoder's is refused, or, from a folder, set aside and refused when a prompt uses it.
+   */
+  addEmbeddings(embeddings: Iterable<TextualInversion>, origin: EmbeddingOrigin = "file"): void {
+    const set = this.embeddingSet;
+    if (!set) {
+      throw new PipelineOptionError(`this model is ${describeCondStage(this.config)}: it takes no embeddings`);
+    }
+    for (const embedding of embeddings) set.add(embedding, origin);
+    this.uploadEmbeddings();
+  }
+
+  /** Removes the named embeddings, or all of them. */
+  removeEmbeddings(names?: readonly string[]): void {
+    this.embeddingSet?.remove(names);
+    this.uploadEmbeddings();
+  }
+
+  /**
+   * Node: embedding files (.pt, .bin, .safetensors), and every one under a folder, as A1111's embeddings folder
+   * (a file it cannot read is skipped with a warning, as A1111 skips it). Returns those read.
+   */
+  async loadEmbeddings(
+    from: { files?: readonly string[]; dir?: string },
+    onWarning: (message: string) => void = console.warn,
+  ): Promise<TextualInversion[]> {
+    const { embeddingFilesIn, readEmbeddingFile } = await import("#node-files");
+    const added: TextualInversion[] = [];
+    if (from.dir !== undefined) {
+      for (const path of await embeddingFilesIn(from.dir)) {
+        try {
+          const embedding = await readEmbeddingFile(path);
+          this.addEmbeddings([embedding], "folder");
+          added.push(embedding);
+        } catch (e) {
+          onWarning(`embedding ${path} skipped: ${(e as Error).message}`);
+        }
+      }
+    }
+    for (const path of from.files ?? []) {
+      const embedding = await readEmbeddingFile(path);
+      this.addEmbeddings([embedding]);
+      added.push(embedding);
+    }
+    return added;
+  }
+
+  private uploadEmbeddings(): void {
+    const set = this.embeddingSet;
+    const clip = this.networks.clip;
+    if (!set || !clip) return;
+    const count = set.vectorCount;
+    const vectors = count ? Tensor.from(this.device, set.vectors(), [count, set.width]) : undefined;
+    try {
+      clip.setAddedTokens(vectors);
+    } finally {
+      vectors?.dispose();
+    }
   }
 
   /**
@@ -920,7 +1004,7 @@ export class LatentDiffusion {
   protected async conditioning(
     options: LdmGenerateOptions,
     job: Pick<Job, "batchSize" | "guidanceScale" | "width" | "height" | "latentShape">,
-  ): Promise<{ context?: Tensor; cConcat?: Float32Array }> {
+  ): Promise<{ context?: Tensor; cConcat?: Float32Array; embeddings?: string[] }> {
     const config = this.config;
     const guide = job.guidanceScale !== 1;
     const rows = <T>(cond: T, uncond: T): T[] => [
@@ -981,7 +1065,7 @@ export class LatentDiffusion {
         weights: rows(cond.weights, uncond.weights),
         clipSkip: options.clipSkip,
       });
-      return { context };
+      return { context, embeddings: [...new Set(used.flatMap(([, tokens]) => tokens.embeddings))] };
     }
     takes("prompt", options.prompt);
     if (options.negativePrompt) takes("negative prompt", options.negativePrompt);
@@ -1091,6 +1175,7 @@ export class LatentDiffusion {
     const negativePrompt = options.negativePrompt ?? "";
     const samplingStart = performance.now();
     const conditioning = await this.conditioning(options, job);
+    const embeddings = conditioning.embeddings ?? [];
     let latents: Float32Array;
     try {
       latents = await sampleConditioned(this.networks, this.schedule, {
@@ -1137,6 +1222,7 @@ export class LatentDiffusion {
         dtype: this.dtype,
         ...(start.init || start.cConcat ? { strength: start.strength } : {}),
         ...(this.loras.length ? { loras: this.loras.map(loraParameters) } : {}),
+        ...(embeddings.length ? { embeddings: this.embeddingSet?.hashes(embeddings) } : {}),
       }),
     );
     return {

@@ -12,3 +12,5 @@ export const loadClipTokenizer: typeof NodeFiles.loadClipTokenizer = unavailable
 export const loadBertTokenizer: typeof NodeFiles.loadBertTokenizer = unavailable;
 export const companionFiles: typeof NodeFiles.companionFiles = unavailable;
 export const systemMemory: typeof NodeFiles.systemMemory = unavailable;
+export const readEmbeddingFile: typeof NodeFiles.readEmbeddingFile = unavailable;
+export const embeddingFilesIn: typeof NodeFiles.embeddingFilesIn = unavailable;

@@ -6,4 +6,5 @@
 export { totalmem as systemMemory } from "node:os";
 export { loadModel } from "../models/load-node.ts";
 export { loadBertTokenizer, loadClipTokenizer } from "../tokenizer/vocab-files.ts";
+export { embeddingFilesIn, readEmbeddingFile } from "./embedding-files.ts";
 export { companionFiles } from "./model-files.ts";

@@ -35,6 +35,8 @@ export interface GenerationParameters {
   mask?: string;
   /** The LoRAs merged while generating: those the prompt's `<lora:…>` tags name and any given besides. */
   loras?: LoraParameters[];
+  /** The textual-inversion embeddings the prompts used: trigger word → A1111's short hash of the file. */
+  embeddings?: Record<string, string>;
 }
 
 /** A merged LoRA as the parameters record it: enough to find it again (by path, else by name) and check it. */
@@ -112,6 +114,7 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     initImage: field("initImage", "string", true),
     mask: field("mask", "string", true),
     ...(record.loras === undefined ? {} : { loras: parseLoras(record.loras, origin) }),
+    ...(record.embeddings === undefined ? {} : { embeddings: stringRecord(record.embeddings, "embeddings", origin) }),
   };
 }
 
@@ -138,4 +141,17 @@ function parseLoras(value: unknown, origin: string): LoraParameters[] {
       ...(path === undefined ? {} : { path: path as string }),
     };
   });
+}
+
+/** A JSON object of strings, as a record; `origin` and `key` name it in errors. */
+function stringRecord(value: unknown, key: string, origin: string): Record<string, string> {
+  if (
+    typeof value !== "object" ||
+    value === null ||
+    Array.isArray(value) ||
+    Object.values(value).some((v) => typeof v !== "string")
+  ) {
+    throw new Error(`${origin}: parameter "${key}" is ${JSON.stringify(value)}, not an object of strings`);
+  }
+  return value as Record<string, string>;
 }

@@ -148,6 +148,11 @@ export class ClipTokenizer {
     return new ClipTokenizer(encoder, parseMergeLines(lines, "merges.txt"));
   }
 
+  /** Entries of the vocabulary (CLIP's: 49408). */
+  get vocabularySize(): number {
+    return this.encoder.size;
+  }
+
   /** Id of a vocabulary entry (a byte-mapped token such as "photo</w>"), undefined if absent. */
   tokenId(token: string): number | undefined {
     return this.encoder.get(token);

@@ -74,6 +74,43 @@ export interface ChunkedPrompt {
   chunks: PromptChunk[];
   /** The prompt's tokens, counted as A1111 shows them (75 per full chunk, the last chunk's own). */
   tokenCount: number;
+  /** The textual-inversion triggers found, each once, in order of appearance. */
+  triggers: string[];
+}
+
+/**
+ * A textual-inversion trigger: the tokens of its name, and the ids that stand for its vectors in the chunks
+ * (ids past the text encoder's vocabulary, which it reads from the embedding's vectors instead).
+ */
+export interface Trigger {
+  name: string;
+  tokens: readonly number[];
+  ids: readonly number[];
+  /** Why a prompt may not use this trigger (an embedding of another width): thrown when it is found. */
+  refused?: string;
+}
+
+/**
+ * Triggers looked up as A1111's embedding database finds them: by the token at a position, the longest trigger
+ * whose tokens follow from there (so a trigger matches whole BPE tokens, never part of a word's token).
+ */
+export class TriggerTable {
+  private readonly byFirstToken = new Map<number, Trigger[]>();
+
+  constructor(triggers: Iterable<Trigger>) {
+    for (const trigger of triggers) {
+      if (!trigger.tokens.length) throw new RangeError(`embedding "${trigger.name}": its name has no tokens`);
+      const list = this.byFirstToken.get(trigger.tokens[0]) ?? [];
+      list.push(trigger);
+      list.sort((a, b) => b.tokens.length - a.tokens.length);
+      this.byFirstToken.set(trigger.tokens[0], list);
+    }
+  }
+
+  /** The trigger whose tokens start at `tokens[at]`, if any. */
+  match(tokens: readonly number[], at: number): Trigger | undefined {
+    return this.byFirstToken.get(tokens[at])?.find((t) => t.tokens.every((token, i) => tokens[at + i] === token));
+  }
 }
 
 export interface ChunkOptions {
@@ -86,9 +123,16 @@ export interface ChunkOptions {
   /** A chunk that fills up moves the words after its last comma to the next one if that comma is at most this
    * many tokens back (A1111's comma_padding_backtrack, 20). */
   commaBacktrack?: number;
+  /** Textual-inversion triggers: each occurrence becomes the embedding's vectors, as many tokens as it has. */
+  triggers?: TriggerTable;
 }
 
-/** A1111's tokenize_line: the prompt as chunks of `length − 2` tokens, each with its own start and end. */
+/**
+ * A1111's tokenize_line: the prompt as chunks of `length − 2` tokens, each with its own start and end. A trigger's
+ * vectors stay together: when they do not fit in the chunk, they start the next one. Where a full chunk moves the
+ * tokens after its last comma to the next, vectors among them move too (A1111 moves their placeholder ids but
+ * leaves the vectors at the old offsets, past the end of the shortened chunk).
+ */
 export function chunkPrompt(tokenizer: ClipTokenizer, prompt: string, options: ChunkOptions): ChunkedPrompt {
   const size = options.length - 2;
   if (!(size >= 1)) throw new RangeError(`a text encoder context of ${options.length} holds no prompt token`);
@@ -111,12 +155,15 @@ export function chunkPrompt(tokenizer: ClipTokenizer, prompt: string, options: C
     weights = [];
     lastComma = -1;
   };
+  const triggers = new Set<string>();
   for (const [text, weight] of parsed) {
     if (text === "BREAK" && weight === BREAK_WEIGHT) {
       nextChunk();
       continue;
     }
-    for (const token of tokenizer.encode(text)) {
+    const textTokens = tokenizer.encode(text);
+    for (let position = 0; position < textTokens.length; ) {
+      const token = textTokens[position];
       if (token === comma) {
         lastComma = tokens.length;
       } else if (
@@ -135,10 +182,26 @@ export function chunkPrompt(tokenizer: ClipTokenizer, prompt: string, options: C
         weights = movedWeights;
       }
       if (tokens.length === size) nextChunk();
-      tokens.push(token);
-      weights.push(weight);
+      const trigger = options.triggers?.match(textTokens, position);
+      if (!trigger) {
+        tokens.push(token);
+        weights.push(weight);
+        position++;
+        continue;
+      }
+      if (trigger.refused) throw new RangeError(trigger.refused);
+      if (trigger.ids.length > size) {
+        throw new RangeError(
+          `embedding "${trigger.name}" has ${trigger.ids.length} vectors: more than a chunk's ${size} tokens`,
+        );
+      }
+      if (tokens.length + trigger.ids.length > size) nextChunk();
+      tokens.push(...trigger.ids);
+      weights.push(...trigger.ids.map(() => weight));
+      triggers.add(trigger.name);
+      position += trigger.tokens.length;
     }
   }
   if (tokens.length || !chunks.length) nextChunk(true);
-  return { chunks, tokenCount };
+  return { chunks, tokenCount, triggers: [...triggers] };
 }

@@ -32,9 +32,12 @@ import { UserError } from "../errors.ts";
 import { outputPaths, prepareOutput } from "../output.ts";
 import { addLoraOptions, type LoraFlags, LoraResolver } from "./lora-flags.ts";
 import {
+  addEmbeddingOptions,
   addModelOptions,
   asUserError,
+  type EmbeddingFlags,
   integerFlag,
+  loadEmbeddingFlags,
   loadLatentDiffusion,
   type ModelFlags,
   numberFlag,
@@ -45,7 +48,7 @@ import {
   withInterrupt,
 } from "./pipeline-flags.ts";
 
-interface GenerateFlags extends ModelFlags, LoraFlags {
+interface GenerateFlags extends ModelFlags, LoraFlags, EmbeddingFlags {
   negative?: string;
   class?: string;
   layout?: string;
@@ -141,96 +144,99 @@ export function registerGenerate(program: Command): void {
     .option("--grid <png>", "also write all images in one PNG: a row per prompt, a column per batch image")
     .option("--sequential-cfg", "low memory: the two guidance halves as separate UNet calls (same result)")
     .option("--vae-tiling", "low memory: decode in overlapping tiles of 32 latent cells, blended (as diffusers)");
-  addLoraOptions(addModelOptions(command)).action(async (promptArguments: string[], flags: GenerateFlags) => {
-    const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
-    if (stored && flags.paramsFrom) restoreModelFlags(flags, stored, flags.paramsFrom);
-    const prompts = promptArguments.length ? promptArguments : [undefined];
-    const requests = prompts.map((prompt) => requestFrom(prompt, flags, stored));
-    if (flags.grid !== undefined && !flags.grid.toLowerCase().endsWith(".png")) {
-      throw new UserError(`--grid ${flags.grid}: must name a .png file`);
-    }
-    if (flags.mask && !flags.initImage) throw new UserError("--mask needs --init-image (the image to inpaint)");
-    if (flags.strength !== undefined && !flags.initImage) throw new UserError("--strength needs --init-image");
-    const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
-    const mask = flags.mask ? await readImageFlag(flags.mask, "mask") : undefined;
-    const layout = flags.layout === undefined ? undefined : layoutFlag(flags.layout);
-    const segmentation = flags.segmentation ? await readLabelsFlag(flags.segmentation, "--segmentation") : undefined;
-    if (initImage && mask && (mask.width !== initImage.width || mask.height !== initImage.height)) {
-      throw new UserError(
-        `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
-      );
-    }
-    prepareOutput("--out", flags.out ?? ".");
-    if (flags.grid) prepareOutput("--grid", flags.grid);
-    const loras = new LoraResolver(flags, flags.paramsFrom ? { ...stored, origin: flags.paramsFrom } : undefined);
-    // The LoRA files are read (and every prompt's tags found) before the model loads.
-    for (const request of requests) await loras.uses(request.prompt);
-    const pipe = await loadLatentDiffusion(flags);
-    if (pipe.config.text && requests.some((r) => r.prompt === undefined)) {
-      pipe.dispose();
-      throw new UserError("no prompt: give one, or --params-from an image we generated");
-    }
-    try {
-      // Without --seed every prompt still shares one seed, so a grid compares prompts on the same noise.
-      const seed = requests[0].seed ?? Math.floor(Math.random() * 2 ** 32);
-      const results: GenerationResult[] = [];
-      for (const request of requests) {
-        const width = request.width ?? initImage?.width ?? segmentation?.width ?? pipe.defaultSize;
-        const height = request.height ?? initImage?.height ?? segmentation?.height ?? pipe.defaultSize;
-        console.error(
-          `sampling ${width}×${height}, batch ${request.batchSize}, ${request.steps} ${request.sampler} steps (the first also compiles the kernels)…`,
-        );
-        await loras.apply(pipe, request.prompt);
-        const reporter = new ProgressReporter();
-        const result = await withInterrupt((signal) =>
-          asUserError(() => {
-            const options: LdmGenerateOptions = {
-              ...request,
-              layout,
-              segmentation,
-              seed,
-              sequentialCfg: flags.sequentialCfg,
-              vaeTiling: flags.vaeTiling,
-              onProgress: (p) => reporter.update(p),
-              onWarning: (message) => console.error(`ldm: warning: ${message}`),
-              signal,
-            };
-            if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
-            if (initImage) return pipe.img2img({ ...options, initImage });
-            return pipe.generate(options);
-          }).finally(() => reporter.stop()),
-        );
-        const { samplingMs, decodeMs } = result.timings;
-        console.error(
-          `seed ${result.seed}: sampled in ${(samplingMs / 1000).toFixed(1)} s, decoded in ${(decodeMs / 1000).toFixed(1)} s`,
-        );
-        results.push(result);
+  addEmbeddingOptions(addLoraOptions(addModelOptions(command))).action(
+    async (promptArguments: string[], flags: GenerateFlags) => {
+      const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
+      if (stored && flags.paramsFrom) restoreModelFlags(flags, stored, flags.paramsFrom);
+      const prompts = promptArguments.length ? promptArguments : [undefined];
+      const requests = prompts.map((prompt) => requestFrom(prompt, flags, stored));
+      if (flags.grid !== undefined && !flags.grid.toLowerCase().endsWith(".png")) {
+        throw new UserError(`--grid ${flags.grid}: must name a .png file`);
       }
-      const images = results.flatMap((r) => r.images);
-      const paths = outputPaths(flags.out, seed, images.length);
-      for (const [i, parameters] of results.flatMap((r) => r.parameters).entries()) {
-        await writePngFile(paths[i], images[i], {
-          [INFOTEXT_KEYWORD]: formatInfotext(parameters),
-          [PARAMETERS_KEYWORD]: parametersText({
-            ...parameters,
-            ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
-            ...(flags.mask ? { mask: basename(flags.mask) } : {}),
-          }),
-          Software: "ldm.ts",
-        });
-        console.log(paths[i]);
+      if (flags.mask && !flags.initImage) throw new UserError("--mask needs --init-image (the image to inpaint)");
+      if (flags.strength !== undefined && !flags.initImage) throw new UserError("--strength needs --init-image");
+      const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
+      const mask = flags.mask ? await readImageFlag(flags.mask, "mask") : undefined;
+      const layout = flags.layout === undefined ? undefined : layoutFlag(flags.layout);
+      const segmentation = flags.segmentation ? await readLabelsFlag(flags.segmentation, "--segmentation") : undefined;
+      if (initImage && mask && (mask.width !== initImage.width || mask.height !== initImage.height)) {
+        throw new UserError(
+          `the mask is ${mask.width}×${mask.height}, the init image ${initImage.width}×${initImage.height}: they must match`,
+        );
       }
-      if (flags.grid) {
-        await writePngFile(flags.grid, gridImage(results.map((r) => r.images)), {
-          Description: `ldm.ts, seed ${seed}: ${requests.map((r) => JSON.stringify(r.prompt)).join(", ")}`,
-          Software: "ldm.ts",
-        });
-        console.log(flags.grid);
+      prepareOutput("--out", flags.out ?? ".");
+      if (flags.grid) prepareOutput("--grid", flags.grid);
+      const loras = new LoraResolver(flags, flags.paramsFrom ? { ...stored, origin: flags.paramsFrom } : undefined);
+      // The LoRA files are read (and every prompt's tags found) before the model loads.
+      for (const request of requests) await loras.uses(request.prompt);
+      const pipe = await loadLatentDiffusion(flags);
+      if (pipe.config.text && requests.some((r) => r.prompt === undefined)) {
+        pipe.dispose();
+        throw new UserError("no prompt: give one, or --params-from an image we generated");
       }
-    } finally {
-      pipe.dispose();
-    }
-  });
+      try {
+        await loadEmbeddingFlags(pipe, flags);
+        // Without --seed every prompt still shares one seed, so a grid compares prompts on the same noise.
+        const seed = requests[0].seed ?? Math.floor(Math.random() * 2 ** 32);
+        const results: GenerationResult[] = [];
+        for (const request of requests) {
+          const width = request.width ?? initImage?.width ?? segmentation?.width ?? pipe.defaultSize;
+          const height = request.height ?? initImage?.height ?? segmentation?.height ?? pipe.defaultSize;
+          console.error(
+            `sampling ${width}×${height}, batch ${request.batchSize}, ${request.steps} ${request.sampler} steps (the first also compiles the kernels)…`,
+          );
+          await loras.apply(pipe, request.prompt);
+          const reporter = new ProgressReporter();
+          const result = await withInterrupt((signal) =>
+            asUserError(() => {
+              const options: LdmGenerateOptions = {
+                ...request,
+                layout,
+                segmentation,
+                seed,
+                sequentialCfg: flags.sequentialCfg,
+                vaeTiling: flags.vaeTiling,
+                onProgress: (p) => reporter.update(p),
+                onWarning: (message) => console.error(`ldm: warning: ${message}`),
+                signal,
+              };
+              if (initImage && mask) return pipe.inpaint({ ...options, initImage, mask });
+              if (initImage) return pipe.img2img({ ...options, initImage });
+              return pipe.generate(options);
+            }).finally(() => reporter.stop()),
+          );
+          const { samplingMs, decodeMs } = result.timings;
+          console.error(
+            `seed ${result.seed}: sampled in ${(samplingMs / 1000).toFixed(1)} s, decoded in ${(decodeMs / 1000).toFixed(1)} s`,
+          );
+          results.push(result);
+        }
+        const images = results.flatMap((r) => r.images);
+        const paths = outputPaths(flags.out, seed, images.length);
+        for (const [i, parameters] of results.flatMap((r) => r.parameters).entries()) {
+          await writePngFile(paths[i], images[i], {
+            [INFOTEXT_KEYWORD]: formatInfotext(parameters),
+            [PARAMETERS_KEYWORD]: parametersText({
+              ...parameters,
+              ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
+              ...(flags.mask ? { mask: basename(flags.mask) } : {}),
+            }),
+            Software: "ldm.ts",
+          });
+          console.log(paths[i]);
+        }
+        if (flags.grid) {
+          await writePngFile(flags.grid, gridImage(results.map((r) => r.images)), {
+            Description: `ldm.ts, seed ${seed}: ${requests.map((r) => JSON.stringify(r.prompt)).join(", ")}`,
+            Software: "ldm.ts",
+          });
+          console.log(flags.grid);
+        }
+      } finally {
+        pipe.dispose();
+      }
+    },
+  );
 }
 
 /**

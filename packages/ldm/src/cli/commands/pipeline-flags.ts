@@ -39,6 +39,39 @@ export function addModelOptions(command: Command): Command {
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files");
 }
 
+export interface EmbeddingFlags {
+  embedding?: string[];
+  embeddingsDir?: string;
+}
+
+export function addEmbeddingOptions(command: Command): Command {
+  return command
+    .option(
+      "--embedding <file>",
+      "a textual-inversion embedding (.pt, .bin or .safetensors): its file name without the extension is the trigger word in prompts (repeatable)",
+      (value: string, previous?: string[]) => [...(previous ?? []), value],
+    )
+    .option(
+      "--embeddings-dir <dir>",
+      "a folder of embeddings, as A1111's: every embedding file under it is available by its name (another model family's are refused when a prompt uses them)",
+    );
+}
+
+/** The embeddings of --embedding and --embeddings-dir, added to a pipeline; warnings go to stderr. */
+export async function loadEmbeddingFlags(pipe: LatentDiffusion, flags: EmbeddingFlags): Promise<void> {
+  if (!flags.embedding?.length && flags.embeddingsDir === undefined) return;
+  try {
+    const read = await pipe.loadEmbeddings({ files: flags.embedding, dir: flags.embeddingsDir }, (message) =>
+      console.error(`ldm: warning: ${message}`),
+    );
+    const usable = new Set(pipe.embeddings.map((e) => e.name));
+    const list = read.filter((e) => usable.has(e.name)).map((e) => `${e.name} (${e.count})`);
+    console.error(`embeddings: ${list.length ? list.join(", ") : "none usable by this model"}`);
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+}
+
 /** Loads a text-to-image pipeline; every failure (missing file, wrong vocab, keys that do not fit) is the user's to fix. */
 export function loadPipeline(flags: ModelFlags): Promise<StableDiffusion> {
   return loadWith(flags, (model, options) => StableDiffusion.load(model, options));

@@ -1,10 +1,13 @@
 import type { Command } from "commander";
-import type { PadWith } from "../../tokenizer/clip-tokenizer.ts";
-import { chunkPrompt, parsePromptAttention } from "../../tokenizer/prompt-attention.ts";
+import { embeddingFilesIn, readEmbeddingFile } from "../../pipeline/embedding-files.ts";
+import { embeddingTriggers, type TextualInversion } from "../../pipeline/embeddings.ts";
+import type { ClipTokenizer, PadWith } from "../../tokenizer/clip-tokenizer.ts";
+import { chunkPrompt, parsePromptAttention, TriggerTable } from "../../tokenizer/prompt-attention.ts";
 import { loadBertTokenizer, loadClipTokenizer } from "../../tokenizer/vocab-files.ts";
 import { UserError } from "../errors.ts";
+import { addEmbeddingOptions, type EmbeddingFlags } from "./pipeline-flags.ts";
 
-interface TokenizeFlags {
+interface TokenizeFlags extends EmbeddingFlags {
   vocab?: string;
   model?: string;
   padWith?: string;
@@ -19,6 +22,9 @@ function tokenizeBert(prompt: string, flags: TokenizeFlags): void {
   if (flags.padWith !== undefined) throw new UserError("--pad-with is for CLIP; BERT always pads with [PAD] (0)");
   if (flags.weights) throw new UserError("--weights is for CLIP: the BERT models take no emphasis");
   if (flags.model !== undefined) throw new UserError("--model is for CLIP's tokenizer/ folder; give BERT --vocab");
+  if (flags.embedding || flags.embeddingsDir !== undefined) {
+    throw new UserError("embeddings are for CLIP: the BERT models take none");
+  }
   let loaded: ReturnType<typeof loadBertTokenizer>;
   try {
     loaded = loadBertTokenizer(flags.vocab);
@@ -29,8 +35,25 @@ function tokenizeBert(prompt: string, flags: TokenizeFlags): void {
   console.log(JSON.stringify({ ids, padded, truncated }));
 }
 
+/**
+ * The triggers of --embedding and --embeddings-dir, their vectors numbered from the vocabulary's end as generate
+ * numbers them (without a model, embeddings of any width are taken).
+ */
+async function embeddingTriggerTable(tokenizer: ClipTokenizer, flags: EmbeddingFlags) {
+  const embeddings: TextualInversion[] = [];
+  try {
+    const folder = flags.embeddingsDir === undefined ? [] : await embeddingFilesIn(flags.embeddingsDir);
+    for (const path of [...folder, ...(flags.embedding ?? [])]) embeddings.push(await readEmbeddingFile(path));
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+  const byName = [...new Map(embeddings.map((e) => [e.name, e])).values()];
+  const triggers = embeddingTriggers(tokenizer, byName, tokenizer.vocabularySize);
+  return { table: new TriggerTable(triggers), triggers };
+}
+
 export function registerTokenize(program: Command): void {
-  program
+  const command = program
     .command("tokenize")
     .description(
       "print a prompt's token ids as JSON: ids (start … end, truncated to 77), padded (77) and truncated (tokens dropped)",
@@ -52,35 +75,48 @@ export function registerTokenize(program: Command): void {
     )
     .option(
       "--weights",
-      "CLIP: the prompt as generate reads it (A1111 syntax): parsed text runs with their emphasis weights, then chunks of 77 ids with a weight each",
-    )
-    .action((prompt: string, flags: TokenizeFlags) => {
-      if (!TOKENIZERS.includes(flags.tokenizer ?? "clip")) {
-        throw new UserError(`--tokenizer must be one of ${TOKENIZERS.join(", ")}, got "${flags.tokenizer}"`);
-      }
-      if (flags.tokenizer === "bert") return tokenizeBert(prompt, flags);
-      if (flags.padWith !== undefined && flags.padWith !== "end" && flags.padWith !== "zero") {
-        throw new UserError(`--pad-with must be "end" or "zero", got "${flags.padWith}"`);
-      }
-      let loaded: ReturnType<typeof loadClipTokenizer>;
+      "CLIP: the prompt as generate reads it (A1111 syntax): parsed text runs with their emphasis weights, then chunks of 77 ids with a weight each (printed with --embedding too: a trigger becomes its vectors' ids, numbered after the vocabulary)",
+    );
+  addEmbeddingOptions(command).action(async (prompt: string, flags: TokenizeFlags) => {
+    if (!TOKENIZERS.includes(flags.tokenizer ?? "clip")) {
+      throw new UserError(`--tokenizer must be one of ${TOKENIZERS.join(", ")}, got "${flags.tokenizer}"`);
+    }
+    if (flags.tokenizer === "bert") return tokenizeBert(prompt, flags);
+    if (flags.padWith !== undefined && flags.padWith !== "end" && flags.padWith !== "zero") {
+      throw new UserError(`--pad-with must be "end" or "zero", got "${flags.padWith}"`);
+    }
+    let loaded: ReturnType<typeof loadClipTokenizer>;
+    try {
+      loaded = loadClipTokenizer({ vocab: flags.vocab, model: flags.model });
+    } catch (e) {
+      throw new UserError((e as Error).message);
+    }
+    const padWith = (flags.padWith as PadWith | undefined) ?? loaded.padWith ?? "end";
+    const embeddings =
+      flags.embedding?.length || flags.embeddingsDir !== undefined
+        ? await embeddingTriggerTable(loaded.tokenizer, flags)
+        : undefined;
+    if (flags.weights || embeddings) {
+      let parsed: ReturnType<typeof parsePromptAttention>;
       try {
-        loaded = loadClipTokenizer({ vocab: flags.vocab, model: flags.model });
+        parsed = parsePromptAttention(prompt);
       } catch (e) {
         throw new UserError((e as Error).message);
       }
-      const padWith = (flags.padWith as PadWith | undefined) ?? loaded.padWith ?? "end";
-      if (flags.weights) {
-        let parsed: ReturnType<typeof parsePromptAttention>;
-        try {
-          parsed = parsePromptAttention(prompt);
-        } catch (e) {
-          throw new UserError((e as Error).message);
-        }
-        const { chunks, tokenCount } = chunkPrompt(loaded.tokenizer, prompt, { length: 77, padWith });
-        console.log(JSON.stringify({ parsed, tokenCount, chunks }));
-        return;
+      let chunked: ReturnType<typeof chunkPrompt>;
+      try {
+        chunked = chunkPrompt(loaded.tokenizer, prompt, { length: 77, padWith, triggers: embeddings?.table });
+      } catch (e) {
+        throw new UserError((e as Error).message);
       }
-      const { ids, padded, truncated } = loaded.tokenizer.tokenize(prompt, { padWith });
-      console.log(JSON.stringify({ ids, padded, truncated }));
-    });
+      const { chunks, tokenCount } = chunked;
+      const used = embeddings?.triggers
+        .filter((t) => chunked.triggers.includes(t.name))
+        .map(({ name, ids }) => ({ name, vectors: ids.length, ids }));
+      console.log(JSON.stringify({ parsed, tokenCount, chunks, ...(used ? { embeddings: used } : {}) }));
+      return;
+    }
+    const { ids, padded, truncated } = loaded.tokenizer.tokenize(prompt, { padWith });
+    console.log(JSON.stringify({ ids, padded, truncated }));
+  });
 }
