@@ -9,9 +9,11 @@ const model = resolve(repositoryRoot, process.env.LDM_WEB_MODEL ?? "packages/ldm
 /**
  * What the dev server may serve through /@fs/: the page and the sources of the packages it imports (the
  * workspace links resolve to packages/<name>/src), nothing else of the repository (checkpoints, reference
- * dumps, .git) and nothing outside it. The model folder is served by modelFolder under /model/ instead.
+ * dumps, .git) and nothing outside it, but the BERT vocabulary @ldm/ldm ships (the page fetches it for BERT
+ * models). The model folder is served by modelFolder under /model/ instead.
  */
 const PAGE_PACKAGES = ["tensor", "kernels", "nn", "weights", "ldm"];
+const BERT_VOCAB = resolve(repositoryRoot, "packages/ldm/vocab/bert");
 
 export default defineConfig({
   root: import.meta.dirname,
@@ -20,7 +22,11 @@ export default defineConfig({
   server: {
     fs: {
       strict: true,
-      allow: [import.meta.dirname, ...PAGE_PACKAGES.map((name) => resolve(repositoryRoot, "packages", name, "src"))],
+      allow: [
+        import.meta.dirname,
+        BERT_VOCAB,
+        ...PAGE_PACKAGES.map((name) => resolve(repositoryRoot, "packages", name, "src")),
+      ],
     },
   },
 });

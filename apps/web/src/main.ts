@@ -1,21 +1,25 @@
 import {
   encodePng,
-  type GenerateOptions,
   type GenerationResult,
+  type LatentDiffusion,
+  type LayoutObject,
+  type LdmGenerateOptions,
+  type ModelInputs,
+  modelInputs,
   PARAMETERS_KEYWORD,
   PipelineOptionError,
   parametersText,
+  parseLayout,
   type RgbaImage,
   SAMPLER_NAMES,
   SAMPLING_DEFAULTS,
   type SamplerName,
   type Seed,
-  type StableDiffusion,
 } from "@ldm/ldm";
 import { type Device, DeviceLostError, GpuOutOfMemoryError, type ParamDType } from "@ldm/tensor";
 import { explain, ModelError } from "./errors.ts";
 import { createDevice } from "./gpu.ts";
-import { type LoadedPipeline, type LoadTarget, loadBuiltinModel, loadLocalModel } from "./model.ts";
+import { describeLocalModel, type LoadedPipeline, type LoadTarget, loadBuiltinModel, loadLocalModel } from "./model.ts";
 
 const element = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const ui = {
@@ -23,9 +27,26 @@ const ui = {
   files: element<HTMLInputElement>("model-files"),
   useBuiltin: element<HTMLButtonElement>("use-builtin"),
   modelLabel: element("model-label"),
+  modelKind: element("model-kind"),
   precision: element<HTMLSelectElement>("precision"),
+  promptInputs: element("prompt-inputs"),
   prompt: element<HTMLTextAreaElement>("prompt"),
   negative: element<HTMLInputElement>("negative"),
+  classInputs: element("class-inputs"),
+  classLabel: element<HTMLSelectElement>("class-label"),
+  layoutInputs: element("layout-inputs"),
+  layout: element<HTMLTextAreaElement>("layout"),
+  upscaleInputs: element("upscale-inputs"),
+  lowRes: element<HTMLInputElement>("low-res"),
+  lowResCanvas: element<HTMLCanvasElement>("low-res-canvas"),
+  segmentationInputs: element("segmentation-inputs"),
+  segmentation: element<HTMLInputElement>("segmentation"),
+  segmentationInfo: element("segmentation-info"),
+  guidanceField: element("guidance-field"),
+  widthField: element("width-field"),
+  heightField: element("height-field"),
+  initInputs: element("init-inputs"),
+  initLegend: element("init-legend"),
   sampler: element<HTMLSelectElement>("sampler"),
   steps: element<HTMLInputElement>("steps"),
   guidance: element<HTMLInputElement>("guidance"),
@@ -72,6 +93,19 @@ for (const name of SAMPLER_NAMES) {
 
 /** The init image's size once chosen (its canvas holds it), and whether a mask was painted on it. */
 let init: { width: number; height: number; masked: boolean } | undefined;
+/** Super-resolution models: the chosen low-resolution image. */
+let lowRes: RgbaImage | undefined;
+/**
+ * The built-in model's inputs: its pipeline's once loaded; before, those of a CLIP text-to-image model (the
+ * server serves it with CLIP's tokenizer files), which the page's form starts with.
+ */
+let builtinInputs: ModelInputs = {
+  prompted: "clip",
+  upscale: false,
+  inpainting: false,
+  guidable: true,
+  guidanceScale: SAMPLING_DEFAULTS.guidanceScale,
+};
 /** Aborts the running generation (the Cancel button). */
 let running: AbortController | undefined;
 
@@ -139,7 +173,66 @@ async function getPipeline(d: Device): Promise<LoadedPipeline> {
   }
   model = { choice: current, dtype, loaded };
   ui.modelLabel.textContent = `Model: ${loaded.label}`;
+  if (current.kind === "builtin") builtinInputs = loaded.pipeline.inputs;
+  showInputs(loaded.pipeline.inputs);
   return loaded;
+}
+
+/** What each kind of model is called in the page, by what it is conditioned on. */
+function kindOf(inputs: ModelInputs): string {
+  const prompts = {
+    clip: "text-to-image (CLIP prompt)",
+    bert: "text-to-image (BERT prompt)",
+    layout: "layout-to-image",
+  };
+  if (inputs.prompted) return `${prompts[inputs.prompted]}${inputs.inpainting ? ", inpainting" : ""}`;
+  if (inputs.classes !== undefined) return `class-conditional (${inputs.classes - 1} classes)`;
+  if (inputs.segmentationClasses !== undefined) return `semantic synthesis (${inputs.segmentationClasses} classes)`;
+  if (inputs.upscale) return "super-resolution";
+  if (inputs.inpainting) return "inpainting (an image and a painted mask)";
+  return "unconditional";
+}
+
+/**
+ * Shows the inputs the model takes and hides the others: a prompt (CLIP or BERT), a layout, a class, a
+ * segmentation map or a low-resolution image; guidance only where there is an unconditional input; the image to
+ * image part everywhere but super-resolution, required (with a mask) for inpainting models.
+ */
+function showInputs(inputs: ModelInputs): void {
+  const { prompted, classes, segmentationClasses, upscale } = inputs;
+  ui.modelKind.textContent = kindOf(inputs);
+  ui.promptInputs.hidden = prompted !== "clip" && prompted !== "bert";
+  ui.layoutInputs.hidden = prompted !== "layout";
+  ui.classInputs.hidden = classes === undefined;
+  if (classes !== undefined && ui.classLabel.options.length !== classes) {
+    // The ClassEmbedder's last class is "no class", guidance's unconditional half.
+    ui.classLabel.replaceChildren(
+      ...Array.from(
+        { length: classes },
+        (_, i) => new Option(i === classes - 1 ? `${i}: no class` : String(i), String(i)),
+      ),
+    );
+  }
+  ui.segmentationInputs.hidden = segmentationClasses === undefined;
+  ui.segmentationInfo.textContent =
+    segmentationClasses === undefined
+      ? ""
+      : `This model has ${segmentationClasses} classes (0 to ${segmentationClasses - 1}).`;
+  ui.upscaleInputs.hidden = !upscale;
+  ui.guidanceField.hidden = !inputs.guidable;
+  // The output size follows the low-resolution image or the segmentation map.
+  ui.widthField.hidden = ui.heightField.hidden = upscale || segmentationClasses !== undefined;
+  ui.initInputs.hidden = upscale;
+  ui.initLegend.textContent = inputs.inpainting
+    ? "Inpainting (this model needs an image and a painted mask)"
+    : "Image to image";
+}
+
+/** A newly chosen model: its inputs, its default guidance, and its own size unless one is typed in. */
+function modelChosen(inputs: ModelInputs): void {
+  showInputs(inputs);
+  ui.guidance.value = String(inputs.guidanceScale);
+  ui.width.value = ui.height.value = "";
 }
 
 function parseSeed(text: string): Seed | undefined {
@@ -150,17 +243,31 @@ function parseSeed(text: string): Seed | undefined {
   return value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
 }
 
-function readOptions(): GenerateOptions {
+function parseLayoutField(): LayoutObject[] {
+  try {
+    return parseLayout(ui.layout.value);
+  } catch (e) {
+    throw new PipelineOptionError((e as Error).message);
+  }
+}
+
+/** A number field's value; empty: undefined (the model's own). */
+const optionalNumber = (input: HTMLInputElement) => (input.value.trim() === "" ? undefined : input.valueAsNumber);
+
+/** The form's settings for the model's inputs (those shown). */
+function readOptions(inputs: ModelInputs): LdmGenerateOptions {
   const previewEvery = ui.previewEvery.valueAsNumber;
+  const sized = !ui.widthField.hidden;
   return {
-    prompt: ui.prompt.value,
-    negativePrompt: ui.negative.value,
+    ...(ui.promptInputs.hidden ? {} : { prompt: ui.prompt.value, negativePrompt: ui.negative.value }),
+    ...(inputs.prompted === "layout" ? { layout: parseLayoutField() } : {}),
+    ...(inputs.classes === undefined ? {} : { classLabel: Number(ui.classLabel.value) }),
     sampler: ui.sampler.value as SamplerName,
     steps: ui.steps.valueAsNumber,
-    guidanceScale: ui.guidance.valueAsNumber,
+    guidanceScale: inputs.guidable ? ui.guidance.valueAsNumber : undefined,
     seed: parseSeed(ui.seed.value),
-    width: ui.width.valueAsNumber,
-    height: ui.height.valueAsNumber,
+    width: sized ? optionalNumber(ui.width) : undefined,
+    height: sized ? optionalNumber(ui.height) : undefined,
     batchSize: ui.batch.valueAsNumber,
     preview: previewEvery > 0 ? previewEvery : undefined,
   };
@@ -186,9 +293,14 @@ function maskImage(width: number, height: number): RgbaImage {
   return { width, height, data };
 }
 
-/** txt2img, img2img (an init image) or inpainting (an init image with a painted mask). */
-function run(pipeline: StableDiffusion, options: GenerateOptions): Promise<GenerationResult> {
-  if (!init) return pipeline.txt2img(options);
+/** Generation, upscaling, img2img (an init image) or inpainting (an init image with a painted mask). */
+function run(pipeline: LatentDiffusion, options: LdmGenerateOptions): Promise<GenerationResult> {
+  if (pipeline.inputs.upscale) {
+    if (!lowRes) throw new PipelineOptionError("choose the low-resolution image to upscale");
+    const { width: _, height: __, ...rest } = options;
+    return pipeline.upscale({ ...rest, image: lowRes });
+  }
+  if (!init) return pipeline.generate(options);
   const width = options.width ?? init.width;
   const height = options.height ?? init.height;
   const initImage = canvasImage(ui.initCanvas, width, height);
@@ -212,11 +324,11 @@ async function generate(): Promise<void> {
   ui.progress.value = 0;
   setState("running");
   try {
-    const options = readOptions();
     const d = await getDevice();
     const { pipeline } = await getPipeline(d);
+    const options = readOptions(pipeline.inputs);
     ui.progress.value = 0;
-    ui.status.textContent = "Encoding the prompt…";
+    ui.status.textContent = "Sampling…";
     running = new AbortController();
     ui.cancel.disabled = false;
     const result = await run(pipeline, {
@@ -331,12 +443,42 @@ ui.form.addEventListener("submit", (event) => {
   void generate();
 });
 
-ui.files.addEventListener("change", () => {
+/** The chosen files' model: its inputs are shown at once (from its config), its weights loaded on Generate. */
+ui.files.addEventListener("change", async () => {
   const files = Array.from(ui.files.files ?? []);
   if (!files.length) return;
   choice = { kind: "files", files };
   ui.modelLabel.textContent = `Model: ${files.map((f) => f.name).join(", ")} (loaded on Generate)`;
   ui.useBuiltin.hidden = false;
+  ui.error.hidden = true;
+  document.body.dataset.model = "reading";
+  try {
+    modelChosen(modelInputs(await describeLocalModel(files)));
+    document.body.dataset.model = "described";
+  } catch (e) {
+    document.body.dataset.model = "error";
+    showError(e);
+  }
+});
+
+/** The low-resolution image to upscale, at its own size (the result is the first stage's factor larger). */
+ui.lowRes.addEventListener("change", async () => {
+  const file = ui.lowRes.files?.[0];
+  lowRes = undefined;
+  ui.lowResCanvas.hidden = true;
+  if (!file) return;
+  try {
+    const bitmap = await createImageBitmap(file);
+    ui.lowResCanvas.width = bitmap.width;
+    ui.lowResCanvas.height = bitmap.height;
+    ui.lowResCanvas.getContext("2d")?.drawImage(bitmap, 0, 0);
+    lowRes = canvasImage(ui.lowResCanvas, bitmap.width, bitmap.height);
+    ui.lowResCanvas.hidden = false;
+  } catch (e) {
+    showError(
+      new PipelineOptionError(`${file.name}: the browser cannot read it as an image (${(e as Error).message})`),
+    );
+  }
 });
 
 ui.download.addEventListener("click", () => {
@@ -352,6 +494,7 @@ ui.useBuiltin.addEventListener("click", () => {
   ui.files.value = "";
   ui.useBuiltin.hidden = true;
   ui.modelLabel.textContent = "Model: built-in (loaded on Generate)";
+  modelChosen(builtinInputs);
 });
 
 // Probe WebGPU at once, so a browser without it says so before anyone clicks.

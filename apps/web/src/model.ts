@@ -1,18 +1,25 @@
+/// <reference types="vite/client" />
 import {
+  BertTokenizer,
   ClipTokenizer,
   clipTokenizerFromGzip,
+  LatentDiffusion,
   type LoadedModel,
   loadModelFromBlob,
   loadModelFromStream,
-  StableDiffusion,
+  type ModelDescription,
+  modelInputs,
+  readModelConfig,
 } from "@ldm/ldm";
 import type { Device, ParamDType } from "@ldm/tensor";
+// bert-base-uncased's vocab.txt as @ldm/ldm ships it, fetched only for BERTEmbedder models.
+import bertVocabUrl from "../../../packages/ldm/vocab/bert/vocab.txt?url";
 import { ModelError } from "./errors.ts";
 import { MODEL_URL, type ModelManifest } from "./manifest.ts";
 
 /** A pipeline with what frees it. */
 export interface LoadedPipeline {
-  pipeline: StableDiffusion;
+  pipeline: LatentDiffusion;
   /** What the page says it is running, e.g. "emoji-ldm (built-in, f32)". */
   label: string;
   dispose(): void;
@@ -85,12 +92,8 @@ function sameFile(a: Headers, b: Headers): boolean {
   return true;
 }
 
-/**
- * A user's checkpoint from the file picker: one .safetensors (streamed from the File, never read whole) or PyTorch
- * .ckpt/.pt/.pth (read as data, each tensor sliced from the File when loaded), an optional original-style .yaml config, and its tokenizer — vocab.json with merges.txt, or CLIP's
- * bpe_simple_vocab_16e6.txt.gz.
- */
-export async function loadLocalModel(files: readonly File[], target: LoadTarget): Promise<LoadedPipeline> {
+/** The files of a user's checkpoint from the file picker: one checkpoint, at most one .yaml config. */
+function localFiles(files: readonly File[]) {
   const pick = (test: (name: string) => boolean) => files.filter((f) => test(f.name.toLowerCase()));
   const weights = pick((n) => /\.(safetensors|ckpt|pt|pth)$/.test(n));
   const configs = pick((n) => n.endsWith(".yaml") || n.endsWith(".yml"));
@@ -98,17 +101,42 @@ export async function loadLocalModel(files: readonly File[], target: LoadTarget)
     throw new ModelError(`choose exactly one .safetensors or .ckpt checkpoint (got ${weights.length})`);
   }
   if (configs.length > 1) throw new ModelError(`choose at most one .yaml config (got ${configs.length})`);
-  const tokenizer = await localTokenizer(pick);
-  const [file] = weights;
-  const common = {
+  return { pick, file: weights[0], config: configs[0] as File | undefined };
+}
+
+/**
+ * What a user's checkpoint is, from its config (or its header: detection) without loading any weights: what
+ * the page shows inputs for as soon as the files are chosen.
+ */
+export async function describeLocalModel(files: readonly File[]): Promise<ModelDescription["config"]> {
+  const { file, config } = localFiles(files);
+  try {
+    const yaml = config && { text: await config.text(), origin: config.name };
+    return (await readModelConfig(file, { origin: file.name, config: yaml })).config;
+  } catch (e) {
+    throw new ModelError((e as Error).message);
+  }
+}
+
+/**
+ * A user's checkpoint from the file picker: one .safetensors or PyTorch .ckpt/.pt/.pth, each tensor sliced from
+ * the File when loaded (never read whole; a .ckpt's pickle is read as data, never executed), an optional
+ * original-style .yaml config, and what its cond stage reads text with: CLIP's tokenizer files (vocab.json with
+ * merges.txt, or bpe_simple_vocab_16e6.txt.gz), BERT's vocab.txt (default: the shipped bert-base-uncased).
+ */
+export async function loadLocalModel(files: readonly File[], target: LoadTarget): Promise<LoadedPipeline> {
+  const { pick, file, config } = localFiles(files);
+  // The tokenizer first, so missing tokenizer files are named before any weights are read.
+  const prompted = modelInputs(await describeLocalModel(files)).prompted;
+  const tokenizer =
+    prompted === "clip" ? await localTokenizer(pick) : prompted === "bert" ? await bertTokenizer(pick) : undefined;
+  const model = await loadModelFromBlob(file, {
     device: target.device,
     dtype: target.dtype,
     origin: file.name,
-    config: configs.length ? { text: await configs[0].text(), origin: configs[0].name } : undefined,
-  };
-  const model = /\.safetensors$/i.test(file.name)
-    ? await loadModelFromStream(counted(file.stream(), file.size, target.onBytes), { ...common, size: file.size })
-    : await loadModelFromBlob(file, { ...common, onBytes: (read) => target.onBytes?.(read, file.size) });
+    config: config && { text: await config.text(), origin: config.name },
+    onBytes: (read) => target.onBytes?.(read, file.size),
+  });
   const name = file.name.replace(/\.(safetensors|ckpt|pt|pth)$/i, "");
   return assemble(model, tokenizer, name, `${file.name} (local file, ${target.dtype})`);
 }
@@ -124,11 +152,28 @@ async function localTokenizer(pick: (test: (name: string) => boolean) => File[])
   );
 }
 
-function assemble(model: LoadedModel, tokenizer: ClipTokenizer, name: string, label: string): LoadedPipeline {
-  const { config, unet, vae, clip } = model;
-  if (!unet || !vae || !clip) throw new Error("internal: the loader did not build every network");
+/** A vocab.txt chosen with the checkpoint, else the shipped bert-base-uncased one (what upstream's BERTTokenizer loads). */
+async function bertTokenizer(pick: (test: (name: string) => boolean) => File[]): Promise<BertTokenizer> {
+  const [chosen] = pick((n) => n === "vocab.txt");
+  const [text, origin] = chosen ? [await chosen.text(), chosen.name] : [await fetchText(bertVocabUrl), bertVocabUrl];
   try {
-    const pipeline = StableDiffusion.fromNetworks({ config, unet, vae, clip }, tokenizer, name);
+    return new BertTokenizer(text);
+  } catch (e) {
+    throw new ModelError(`${origin}: ${(e as Error).message}`);
+  }
+}
+
+function assemble(
+  model: LoadedModel,
+  tokenizer: ClipTokenizer | BertTokenizer | undefined,
+  name: string,
+  label: string,
+): LoadedPipeline {
+  const { config, unet, vae, clip, cond } = model;
+  if (!unet || !vae) throw new Error("internal: the loader did not build every network");
+  try {
+    const networks = { config, unet, vae, clip, cond };
+    const pipeline = LatentDiffusion.fromNetworks(networks, tokenizer, name, model.scaleFactor);
     return { pipeline, label, dispose: () => model.dispose() };
   } catch (e) {
     model.dispose();

@@ -7,7 +7,16 @@ import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { decodePng, encodePng, SAMPLER_NAMES } from "@ldm/ldm";
+import {
+  decodePng,
+  encodePng,
+  type GenerationResult,
+  LatentDiffusion,
+  type LdmGenerateOptions,
+  SAMPLER_NAMES,
+} from "@ldm/ldm";
+import { Device } from "@ldm/tensor";
+import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readManifest } from "../model-plugin.ts";
 import { bundleImports, lazyNodeOnlyChunks, nodeOnlyImports } from "./bundle.ts";
@@ -160,13 +169,10 @@ describe("the page's img2img, inpainting, batch, cancel and cached weights", () 
           if (r.method() === "GET" && r.url().endsWith(".safetensors")) weightsGets.push(r.url());
         });
         await page.reload();
-        const gradient = new Uint8ClampedArray(RUN.size * RUN.size * 4).map((_, i) =>
-          i % 4 === 3 ? 255 : (i * 7) % 256,
-        );
         await page.setInputFiles("#init-image", {
           name: "init.png",
           mimeType: "image/png",
-          buffer: Buffer.from(encodePng({ width: RUN.size, height: RUN.size, data: gradient })),
+          buffer: Buffer.from(encodePng({ width: RUN.size, height: RUN.size, data: gradient(RUN.size, RUN.size) })),
         });
         await page.waitForSelector("#init-area:not([hidden])");
         await page.locator("#mask-canvas").scrollIntoViewIfNeeded();
@@ -209,3 +215,143 @@ describe("the page's img2img, inpainting, batch, cancel and cached weights", () 
     PAGE_TIMEOUT_MS + 600_000,
   );
 });
+
+/**
+ * The paper's model families, chosen with the file picker as a user does (checkpoint + YAML), one after another
+ * in one page: the page shows each model's own inputs (from its config, before loading) and its image equals
+ * the library's in Node (lavapipe) for the same inputs and seed, within TOLERANCE.
+ */
+describe("the paper's model families from the file picker", () => {
+  const fixtures = join(repositoryRoot, "packages/ldm/test/fixtures/dumps");
+  /** The form's fieldsets a family shows, by id; the others must be hidden. */
+  const FIELDSETS = ["prompt-inputs", "class-inputs", "layout-inputs", "upscale-inputs", "segmentation-inputs"];
+  const lowRes = { width: 8, height: 8, data: gradient(8, 8) };
+  interface Family {
+    model: string;
+    kind: RegExp;
+    shows: string[];
+    /** Fills the family's inputs in the page. */
+    fill: (page: Page) => Promise<void>;
+    /** The same run in Node. */
+    node: (pipe: LatentDiffusion, common: LdmGenerateOptions) => Promise<GenerationResult>;
+  }
+  const FAMILIES: Family[] = [
+    // VQ-f4 with its EMA UNet; KL-f8 with the stored scale_factor of scale_by_std.
+    ...["tiny-celebahq", "tiny-churches"].map(
+      (model): Family => ({
+        model,
+        kind: /^unconditional$/,
+        shows: [],
+        fill: async () => {},
+        node: (pipe, common) => pipe.generate(common),
+      }),
+    ),
+    {
+      model: "tiny-cin",
+      kind: /^class-conditional \(10 classes\)$/,
+      shows: ["class-inputs"],
+      fill: async (page) => {
+        const options = await page.$$eval("#class-label option", (o) => o.map((x) => x.textContent));
+        expect(options).toEqual([...Array.from({ length: 10 }, (_, i) => String(i)), "10: no class"]);
+        await page.selectOption("#class-label", "4");
+        await page.fill("#guidance", "3");
+      },
+      node: (pipe, common) => pipe.generate({ ...common, classLabel: 4, guidanceScale: 3 }),
+    },
+    {
+      model: "tiny-txt2img",
+      kind: /^text-to-image \(BERT prompt\)$/,
+      shows: ["prompt-inputs"],
+      fill: async (page) => {
+        expect(await page.inputValue("#guidance")).toBe("5");
+        await page.fill("#prompt", "a virus monster playing guitar");
+        await page.fill("#negative", "");
+      },
+      node: (pipe, common) => pipe.generate({ ...common, prompt: "a virus monster playing guitar" }),
+    },
+    {
+      model: "tiny-layout2img",
+      kind: /^layout-to-image$/,
+      shows: ["layout-inputs"],
+      fill: async (page) => {
+        await page.fill("#layout", JSON.stringify([{ class: 3, box: [0.1, 0.2, 0.6, 0.9] }]));
+      },
+      node: (pipe, common) => pipe.generate({ ...common, layout: [{ class: 3, box: [0.1, 0.2, 0.6, 0.9] }] }),
+    },
+    {
+      model: "tiny-bsr",
+      kind: /^super-resolution$/,
+      shows: ["upscale-inputs"],
+      fill: async (page) => {
+        await page.setInputFiles("#low-res", {
+          name: "low.png",
+          mimeType: "image/png",
+          buffer: Buffer.from(encodePng(lowRes)),
+        });
+        await page.waitForSelector("#low-res-canvas:not([hidden])");
+      },
+      node: (pipe, common) => pipe.upscale({ ...common, image: lowRes }),
+    },
+  ];
+
+  it(
+    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution",
+    async () => {
+      const device = await Device.create();
+      const page = await demo.open(WEBGPU, `${CACHED_PROFILE}-families`);
+      try {
+        for (const family of FAMILIES) {
+          const start = performance.now();
+          const files = [".safetensors", ".yaml"].map((ext) => join(fixtures, `${family.model}${ext}`));
+          await page.evaluate(() => {
+            document.body.dataset.model = "";
+          });
+          await page.setInputFiles("#model-files", files);
+          await page.waitForFunction(() => ["described", "error"].includes(document.body.dataset.model ?? ""));
+          if ((await page.evaluate(() => document.body.dataset.model)) === "error") {
+            throw new Error(`${family.model}: ${(await pageError(page)).text}`);
+          }
+          expect(await page.textContent("#model-kind"), family.model).toMatch(family.kind);
+          const shown = await page.$$eval(FIELDSETS.map((id) => `#${id}`).join(","), (sets) =>
+            sets.filter((s) => !(s as HTMLElement).hidden).map((s) => s.id),
+          );
+          expect(shown, family.model).toEqual(family.shows);
+          await family.fill(page);
+          await page.fill("#seed", "11");
+          await page.selectOption("#sampler", "ddim");
+          await page.fill("#steps", "3");
+          await page.selectOption("#precision", "f32");
+          await page.fill("#preview-every", "0");
+          await page.click("#generate");
+          const state = await settled(page, PAGE_TIMEOUT_MS);
+          if (state === "error") throw new Error(`${family.model}: the page failed: ${(await pageError(page)).text}`);
+          const pageSeconds = (performance.now() - start) / 1000;
+
+          const pipe = await LatentDiffusion.load(join(fixtures, `${family.model}.safetensors`), {
+            device,
+            config: join(fixtures, `${family.model}.yaml`),
+          });
+          const expected = (await family.node(pipe, { seed: 11, sampler: "ddim", steps: 3 })).images[0];
+          pipe.dispose();
+          const actual = await canvasPixels(page, "result");
+          expect([actual.width, actual.height], family.model).toEqual([expected.width, expected.height]);
+          const { max, mean } = pixelDifference(actual.data, expected.data);
+          console.log(
+            `${family.model}: page ${pageSeconds.toFixed(1)} s, ${actual.width}×${actual.height}; pixels: max |Δ| ${max}, mean |Δ| ${mean.toFixed(4)}`,
+          );
+          expect(max, family.model).toBeLessThanOrEqual(TOLERANCE.max);
+          expect(mean, family.model).toBeLessThanOrEqual(TOLERANCE.mean);
+        }
+      } finally {
+        device.destroy();
+        await page.context().close();
+      }
+    },
+    PAGE_TIMEOUT_MS + 600_000,
+  );
+});
+
+/** An opaque RGBA gradient. */
+function gradient(width: number, height: number): Uint8ClampedArray {
+  return new Uint8ClampedArray(width * height * 4).map((_, i) => (i % 4 === 3 ? 255 : (i * 7) % 256));
+}

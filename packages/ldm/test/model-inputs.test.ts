@@ -33,6 +33,21 @@ describe("modelInputs", () => {
     ],
     ["tiny-celebahq", { ...none, prompted: undefined, guidable: false, guidanceFamily: "unguided", guidanceScale: 1 }],
     ["tiny-churches", { ...none, prompted: undefined, guidable: false, guidanceFamily: "unguided", guidanceScale: 1 }],
+    [
+      "tiny-bsr",
+      { ...none, prompted: undefined, upscale: true, guidable: false, guidanceFamily: "unguided", guidanceScale: 1 },
+    ],
+    [
+      "tiny-seg",
+      {
+        ...none,
+        prompted: undefined,
+        segmentationClasses: 12,
+        guidable: false,
+        guidanceFamily: "unguided",
+        guidanceScale: 1,
+      },
+    ],
   ])("%s", (name, expected) => {
     expect(inputsOf(name)).toEqual(expected);
   });
