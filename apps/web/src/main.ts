@@ -1,4 +1,6 @@
 import {
+  DEFAULT_GUIDANCE,
+  decodeLabelPng,
   encodePng,
   type GenerationResult,
   type LatentDiffusion,
@@ -15,6 +17,7 @@ import {
   SAMPLING_DEFAULTS,
   type SamplerName,
   type Seed,
+  type SegmentationMap,
 } from "@ldm/ldm";
 import { type Device, DeviceLostError, GpuOutOfMemoryError, type ParamDType } from "@ldm/tensor";
 import { explain, ModelError } from "./errors.ts";
@@ -42,6 +45,7 @@ const ui = {
   segmentationInputs: element("segmentation-inputs"),
   segmentation: element<HTMLInputElement>("segmentation"),
   segmentationInfo: element("segmentation-info"),
+  segmentationMap: element("segmentation-map"),
   guidanceField: element("guidance-field"),
   widthField: element("width-field"),
   heightField: element("height-field"),
@@ -95,6 +99,8 @@ for (const name of SAMPLER_NAMES) {
 let init: { width: number; height: number; masked: boolean } | undefined;
 /** Super-resolution models: the chosen low-resolution image. */
 let lowRes: RgbaImage | undefined;
+/** Semantic synthesis models: the chosen segmentation map. */
+let segmentation: SegmentationMap | undefined;
 /**
  * The built-in model's inputs: its pipeline's once loaded; before, those of a CLIP text-to-image model (the
  * server serves it with CLIP's tokenizer files), which the page's form starts with.
@@ -104,7 +110,8 @@ let builtinInputs: ModelInputs = {
   upscale: false,
   inpainting: false,
   guidable: true,
-  guidanceScale: SAMPLING_DEFAULTS.guidanceScale,
+  guidanceFamily: "clip",
+  guidanceScale: DEFAULT_GUIDANCE.clip,
 };
 /** Aborts the running generation (the Cancel button). */
 let running: AbortController | undefined;
@@ -186,7 +193,9 @@ function kindOf(inputs: ModelInputs): string {
     layout: "layout-to-image",
   };
   if (inputs.prompted) return `${prompts[inputs.prompted]}${inputs.inpainting ? ", inpainting" : ""}`;
-  if (inputs.classes !== undefined) return `class-conditional (${inputs.classes - 1} classes)`;
+  if (inputs.classes !== undefined) {
+    return `class-conditional (${inputs.guidanceFamily === "class" ? inputs.classes - 1 : inputs.classes} classes)`;
+  }
   if (inputs.segmentationClasses !== undefined) return `semantic synthesis (${inputs.segmentationClasses} classes)`;
   if (inputs.upscale) return "super-resolution";
   if (inputs.inpainting) return "inpainting (an image and a painted mask)";
@@ -204,14 +213,15 @@ function showInputs(inputs: ModelInputs): void {
   ui.promptInputs.hidden = prompted !== "clip" && prompted !== "bert";
   ui.layoutInputs.hidden = prompted !== "layout";
   ui.classInputs.hidden = classes === undefined;
-  if (classes !== undefined && ui.classLabel.options.length !== classes) {
-    // The ClassEmbedder's last class is "no class", guidance's unconditional half.
+  if (classes !== undefined) {
+    // cin256-v2's last class is "no class", guidance's unconditional half; a table without one has none.
+    const noClass = inputs.guidanceFamily === "class" ? classes - 1 : undefined;
+    const chosen = ui.classLabel.value;
     ui.classLabel.replaceChildren(
-      ...Array.from(
-        { length: classes },
-        (_, i) => new Option(i === classes - 1 ? `${i}: no class` : String(i), String(i)),
-      ),
+      ...Array.from({ length: classes }, (_, i) => new Option(i === noClass ? `${i}: no class` : String(i), String(i))),
     );
+    // Kept when the same model's inputs are shown again (once it has loaded); else the first class.
+    if (Number(chosen) < classes) ui.classLabel.value = chosen;
   }
   ui.segmentationInputs.hidden = segmentationClasses === undefined;
   ui.segmentationInfo.textContent =
@@ -262,6 +272,7 @@ function readOptions(inputs: ModelInputs): LdmGenerateOptions {
     ...(ui.promptInputs.hidden ? {} : { prompt: ui.prompt.value, negativePrompt: ui.negative.value }),
     ...(inputs.prompted === "layout" ? { layout: parseLayoutField() } : {}),
     ...(inputs.classes === undefined ? {} : { classLabel: Number(ui.classLabel.value) }),
+    ...(inputs.segmentationClasses === undefined ? {} : { segmentation }),
     sampler: ui.sampler.value as SamplerName,
     steps: ui.steps.valueAsNumber,
     guidanceScale: inputs.guidable ? ui.guidance.valueAsNumber : undefined,
@@ -458,6 +469,20 @@ ui.files.addEventListener("change", async () => {
   } catch (e) {
     document.body.dataset.model = "error";
     showError(e);
+  }
+});
+
+/** The segmentation map: an index or palette PNG of class ids (decodeLabelPng); the output takes its size. */
+ui.segmentation.addEventListener("change", async () => {
+  const file = ui.segmentation.files?.[0];
+  segmentation = undefined;
+  ui.segmentationMap.textContent = "";
+  if (!file) return;
+  try {
+    segmentation = decodeLabelPng(new Uint8Array(await file.arrayBuffer()), file.name);
+    ui.segmentationMap.textContent = `${file.name}: ${segmentation.width}×${segmentation.height}`;
+  } catch (e) {
+    showError(new PipelineOptionError((e as Error).message));
   }
 });
 

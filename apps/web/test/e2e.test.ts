@@ -16,6 +16,7 @@ import {
   SAMPLER_NAMES,
 } from "@ldm/ldm";
 import { Device } from "@ldm/tensor";
+import { encode } from "fast-png";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readManifest } from "../model-plugin.ts";
@@ -226,6 +227,12 @@ describe("the paper's model families from the file picker", () => {
   /** The form's fieldsets a family shows, by id; the others must be hidden. */
   const FIELDSETS = ["prompt-inputs", "class-inputs", "layout-inputs", "upscale-inputs", "segmentation-inputs"];
   const lowRes = { width: 8, height: 8, data: gradient(8, 8) };
+  /** Four horizontal bands of classes 2, 5, 8 and 11 (of tiny-seg's 12). */
+  const segmentation = {
+    width: 32,
+    height: 32,
+    labels: Uint8Array.from({ length: 32 * 32 }, (_, i) => 2 + 3 * Math.floor(i / (32 * 8))),
+  };
   interface Family {
     model: string;
     kind: RegExp;
@@ -292,10 +299,21 @@ describe("the paper's model families from the file picker", () => {
       },
       node: (pipe, common) => pipe.upscale({ ...common, image: lowRes }),
     },
+    {
+      model: "tiny-seg",
+      kind: /^semantic synthesis \(12 classes\)$/,
+      shows: ["segmentation-inputs"],
+      fill: async (page) => {
+        const png = encode({ width: 32, height: 32, data: segmentation.labels, channels: 1, depth: 8 });
+        await page.setInputFiles("#segmentation", { name: "map.png", mimeType: "image/png", buffer: Buffer.from(png) });
+        await page.waitForFunction(() => document.getElementById("segmentation-map")?.textContent?.includes("32×32"));
+      },
+      node: (pipe, common) => pipe.generate({ ...common, segmentation }),
+    },
   ];
 
   it(
-    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution",
+    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation",
     async () => {
       const device = await Device.create();
       const page = await demo.open(WEBGPU, `${CACHED_PROFILE}-families`);
