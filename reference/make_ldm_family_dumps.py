@@ -65,6 +65,14 @@ def randomize(module, seed):
             p.copy_(value.half().float())
 
 
+def first_stage_params(params):
+    """A first stage's constructor arguments, less what inference never runs: the checkpoint it would restore
+    first (cin-ldm-vq-f8's ckpt_path; the LatentDiffusion's weights replace it) and its training loss
+    (inpainting_big's DummyLoss, which this version of the code lacks; LPIPS, which downloads VGG weights)."""
+    kept = {k: v for k, v in params.items() if k != "ckpt_path"}
+    return {**kept, "lossconfig": {"target": "torch.nn.Identity"}}
+
+
 def build(ldm_config):
     from ldm.models.autoencoder import AutoencoderKL, VQModelInterface
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -74,8 +82,7 @@ def build(ldm_config):
     unet = UNetModel(**params["unet_config"]["params"])
     first = params["first_stage_config"]
     first_cls = VQModelInterface if first["target"].endswith("VQModelInterface") else AutoencoderKL
-    # cin-ldm-vq-f8 names the first stage's own checkpoint (ckpt_path), which LatentDiffusion's weights replace.
-    vae = first_cls(**{k: v for k, v in first["params"].items() if k != "ckpt_path"})
+    vae = first_cls(**first_stage_params(first["params"]))
     cond = params["cond_stage_config"]
     cond_model = None
     if isinstance(cond, dict) and cond["target"].endswith("ClassEmbedder"):
@@ -154,15 +161,20 @@ def import_upstream(ldm_dir, taming_dir):
     return DDIMSampler, upstream_latent_diffusion(ldm_dir)
 
 
-def main():
+def parse_args_and_import():
+    """The command line of this script and make_ldm_family_extra_dumps.py; imports the upstream code it names.
+    Returns the arguments, upstream's DDIMSampler and the LatentDiffusion slice."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", required=True, help="CompVis/latent-diffusion sources")
     parser.add_argument("--taming", required=True, help="CompVis/taming-transformers sources")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    return (args, *import_upstream(args.ldm, args.taming))
 
-    DDIMSampler, UpstreamLatentDiffusion = import_upstream(args.ldm, args.taming)
+
+def main():
+    args, DDIMSampler, UpstreamLatentDiffusion = parse_args_and_import()
     from ldm.modules.encoders.modules import ClassEmbedder, SpatialRescaler
 
     models = [

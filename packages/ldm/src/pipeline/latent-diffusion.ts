@@ -57,6 +57,7 @@ import {
   checkSegmentationInput,
   checkString,
 } from "./inputs.ts";
+import { maskedImageConcat, pasteRepainted } from "./masked-image.ts";
 import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
 import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
 import { type GenerationParameters, loraParameters } from "./parameters.ts";
@@ -683,8 +684,10 @@ export class LatentDiffusion {
    * Inpainting UNets (9 channels) as diffusers' StableDiffusionInpaintPipeline and Stability's scripts: the
    * mask binarised at 0.5, c_concat = [mask resized nearest to the latent, latents of image·(mask < 0.5)]
    * (mask first), the same for both guidance halves. Draw order: init latents when strength < 1, the noise, the
-   * masked-image latent. Ordinary UNets: the init latents kept outside the mask at every step (the original
-   * DDIM's x0/mask blending).
+   * masked-image latent. The paper's big inpainting model (7 channels, cond stage __is_first_stage__) as
+   * scripts/inpaint.py: c_concat = [first stage's h of the image with masked pixels −1, mask in {−1, 1} resized
+   * nearest], the images the prediction pasted into the init image where the mask is 1. Ordinary UNets: the init
+   * latents kept outside the mask at every step (the original DDIM's x0/mask blending).
    */
   async inpaint(
     options: InpaintOptions | (Omit<InpaintOptions, "prompt"> & { prompt?: string }),
@@ -715,15 +718,19 @@ export class LatentDiffusion {
       return this.run(job, options, { xT, init: { latents: latents as Float32Array, keep }, strength });
     }
     const plane = job.width * job.height;
-    const masked = pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : 0));
     if (this.config.cond_stage?.target === "__is_first_stage__") {
-      // scripts/inpaint.py: c = [first stage encode of the masked image (unscaled, its mode), mask in {−1, 1}
-      // resized nearest], latent first.
-      const maskedLatents = await this.encodeLatents(masked, job, 1, { scale: false });
-      const signed = latentMask.map((m) => 2 * m - 1);
-      const cConcat = concatChannels([maskedLatents, signed], [this.latentChannels, 1], job.latentShape);
-      return this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
+      // The paper's big inpainting model, as scripts/inpaint.py (masked-image.ts): masked pixels −1, the mask in
+      // {−1, 1}; the result is the prediction pasted into the image where the mask is 1.
+      const c = await maskedImageConcat(
+        this.networks.vae,
+        { data: pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : -1)), shape: [1, 3, job.height, job.width] },
+        { data: repaint.map((m) => 2 * m - 1), shape: [1, 1, job.height, job.width] },
+      );
+      const cConcat = concatChannels([c.data], [c.shape[1]], job.latentShape);
+      const result = await this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
+      return { ...result, images: result.images.map((image) => pasteRepainted(image, initImage, repaint)) };
     }
+    const masked = pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : 0));
     const maskedLatents = await this.encodeLatents(masked, job, 1);
     const cConcat = concatChannels([latentMask, maskedLatents], [1, this.latentChannels], job.latentShape);
     return this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
@@ -975,18 +982,17 @@ export class LatentDiffusion {
   }
 
   /**
-   * Pixels [1, 3, H, W] → the first stage's latent (KL: sampled with the run's generator), scaled (unless
-   * `scale` is false), repeated `copies` times.
+   * Pixels [1, 3, H, W] → the first stage's latent (KL: sampled with the run's generator), scaled, repeated
+   * `copies` times.
    */
   private async encodeLatents(
     pixels: Float32Array,
     job: Pick<Job, "width" | "height" | "generator">,
     copies: number,
-    options: { scale?: boolean } = {},
   ): Promise<Float32Array> {
     const input = Tensor.from(this.device, pixels, [1, 3, job.height, job.width]);
     try {
-      const scale = options.scale === false ? 1 : this.scaleFactor;
+      const scale = this.scaleFactor;
       const latent = (await this.networks.vae.encodeLatent(input, job.generator)).map((v) => v * scale);
       assertFinite("VAE encoder", latent);
       const out = new Float32Array(latent.length * copies);

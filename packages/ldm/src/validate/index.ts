@@ -7,10 +7,11 @@ import { VQModel } from "../models/autoencoder.ts";
 import { ClassEmbedder, SpatialRescaler } from "../models/cond-stage.ts";
 import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
 import { BERTEmbedder } from "../models/x-transformer.ts";
+import { inpaintedPixels } from "../pipeline/masked-image.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
 import { Dump, type DumpComponent, type HostTensor, KNOWN_COMPONENTS } from "./dump.ts";
 import { type Outputs, readOutputs, uploadFloats, uploadIds } from "./io.ts";
-import { decodeLatents, runSample } from "./sample.ts";
+import { decodeLatents, maskedImageInput, runSample } from "./sample.ts";
 
 export { Dump, type DumpComponent, KNOWN_COMPONENTS } from "./dump.ts";
 
@@ -96,7 +97,8 @@ const NEEDS: Readonly<Record<DumpComponent, readonly Component[]>> = {
   "vae.decode": ["vae"],
   unet: ["unet"],
   clip: ["clip"],
-  cond: ["cond"],
+  // The big inpainting model's cond stage is its first stage.
+  cond: ["cond", "vae"],
   sample: ["unet", "vae", "clip", "cond"],
 };
 
@@ -229,8 +231,9 @@ const RUNNERS: Readonly<
    * The cond stage: a ClassEmbedder on class_label, a BERTEmbedder on input_ids (prompt or layout tokens), or a
    * SpatialRescaler on a one-hot segmentation map (→ c_concat).
    */
-  cond: async (model, io) => {
+  cond: async (model, io, dump) => {
     const stage = model.cond;
+    if (io.has("in", "masked_image")) return new Map([["c_concat", await maskedImageInput(model, dump, "cond")]]);
     if (io.has("in", "segmentation")) {
       if (!(stage instanceof SpatialRescaler)) {
         throw new Error("the cond component's segmentation is a SpatialRescaler's (→ c_concat); this model has none");
@@ -251,8 +254,13 @@ const RUNNERS: Readonly<
   sample: async (model, _io, dump) => {
     const z0 = await runSample(model, dump);
     const outputs: Outputs = new Map([["z_0", z0]]);
-    if (dump.has("sample", "out", "image"))
-      outputs.set("image", await decodeLatents(model, await imageLatents(dump, z0)));
+    if (!dump.has("sample", "out", "image") && !dump.has("sample", "out", "inpainted")) return outputs;
+    const image = await decodeLatents(model, await imageLatents(dump, z0));
+    outputs.set("image", image);
+    if (dump.has("sample", "out", "inpainted")) {
+      const [original, mask] = await Promise.all(["image", "mask"].map((name) => dump.floats("sample", "in", name)));
+      outputs.set("inpainted", inpaintedPixels(original, mask, image));
+    }
     return outputs;
   },
 };
@@ -263,7 +271,7 @@ const RUNNERS: Readonly<
  * built-in model, DEFAULT_TOLERANCE says why), so the image checks the decoder, at the component bound.
  */
 function decodesReference(dump: Dump, component: DumpComponent, name: string): boolean {
-  return component === "sample" && name === "image" && dump.has("sample", "out", "z_0");
+  return component === "sample" && (name === "image" || name === "inpainted") && dump.has("sample", "out", "z_0");
 }
 
 /** The z_0 a sample's image is decoded from: the dump's own where it has one, else ours. */

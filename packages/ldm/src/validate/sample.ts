@@ -10,6 +10,7 @@ import { ClassEmbedder, SpatialRescaler } from "../models/cond-stage.ts";
 import type { LoadedModel } from "../models/index.ts";
 import { BERTEmbedder } from "../models/x-transformer.ts";
 import { sampleConditioned, sampleFromTokens } from "../pipeline/denoiser.ts";
+import { maskedImageConcat } from "../pipeline/masked-image.ts";
 import type { SplitInput } from "../pipeline/split-input.ts";
 import { Generator } from "../random/index.ts";
 import type { Dump, HostTensor } from "./dump.ts";
@@ -136,12 +137,13 @@ async function classContext(model: LoadedModel, dump: Dump, guide: boolean): Pro
 
 /**
  * A concat model's c_concat for one batch (the sampler repeats it for guidance's halves): the dump's own, the
- * low-resolution image itself (super-resolution, cond stage Identity), or the SpatialRescaler on the one-hot
- * segmentation map.
+ * low-resolution image itself (super-resolution, cond stage Identity), the big inpainting model's masked image and
+ * mask, or the SpatialRescaler on the one-hot segmentation map.
  */
 async function concatInput(model: LoadedModel, dump: Dump): Promise<Float32Array | undefined> {
   if (dump.has("sample", "in", "c_concat")) return (await dump.floats("sample", "in", "c_concat")).data;
   if (dump.has("sample", "in", "LR_image")) return (await dump.floats("sample", "in", "LR_image")).data;
+  if (dump.has("sample", "in", "masked_image")) return (await maskedImageInput(model, dump, "sample")).data;
   if (!dump.has("sample", "in", "segmentation")) return undefined;
   const stage = model.cond;
   if (!(stage instanceof SpatialRescaler))
@@ -155,6 +157,24 @@ async function concatInput(model: LoadedModel, dump: Dump): Promise<Float32Array
     input.dispose();
     out.dispose();
   }
+}
+
+/** The big inpainting model's c_concat from a component's mask and masked_image, as scripts/inpaint.py. */
+export async function maskedImageInput(
+  model: LoadedModel,
+  dump: Dump,
+  component: "cond" | "sample",
+): Promise<HostTensor> {
+  if (!model.vae || model.config.cond_stage?.target !== "__is_first_stage__") {
+    throw new Error(
+      `${dump.path}: the ${component} has a mask and masked_image, the inputs of a model whose cond stage is its first stage (inpainting_big); this one's is not`,
+    );
+  }
+  const [maskedImage, mask] = await Promise.all([
+    dump.floats(component, "in", "masked_image"),
+    dump.floats(component, "in", "mask"),
+  ]);
+  return maskedImageConcat(model.vae, maskedImage, mask);
 }
 
 /**
