@@ -33,6 +33,8 @@ export interface LoraUse {
   /** The text encoder's multiplier, and the UNet's unless unetStrength is given. */
   strength: number;
   unetStrength?: number;
+  /** The name a prompt's tag called it by (its alias, say), when not lora.name: what the parameters record. */
+  name?: string;
 }
 
 /** A LoRA from a safetensors TensorFile (`name`: what prompts call it; `hash`, `path` when the caller knows them). */

@@ -1134,7 +1134,7 @@ export class LatentDiffusion {
   /** The prompt without its `<lora:…>` tags, once each tag is found among the merged LoRAs at its multipliers. */
   private checkLoraTags(prompt: string): string {
     for (const tag of loraTags(prompt)) {
-      const use = this.loras.find((u) => u.lora.name === tag.name || u.lora.alias === tag.name);
+      const use = this.loras.find((u) => [u.name, u.lora.name, u.lora.alias].includes(tag.name));
       const unet = tag.unetStrength ?? tag.strength;
       if (!use || use.strength !== tag.strength || (use.unetStrength ?? use.strength) !== unet) {
         throw new PipelineOptionError(

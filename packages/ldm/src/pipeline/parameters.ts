@@ -49,9 +49,9 @@ export interface LoraParameters {
   path?: string;
 }
 
-export function loraParameters({ lora, strength, unetStrength }: LoraUse): LoraParameters {
+export function loraParameters({ lora, strength, unetStrength, name }: LoraUse): LoraParameters {
   return {
-    name: lora.name,
+    name: name ?? lora.name,
     strength,
     ...(unetStrength === undefined ? {} : { unetStrength }),
     ...(lora.hash ? { hash: lora.hash.slice(0, 12) } : {}),

@@ -24,6 +24,7 @@ import {
   resolveSampler,
   txt2imgSchema,
 } from "./a1111.ts";
+import { LoraLibrary, LoraNotFoundError } from "./loras.ts";
 import { type Checkpoint, findCheckpoint, ModelHost, type PipelineLoader } from "./models.ts";
 import { InterruptedError, JobQueue, QueueFullError } from "./queue.ts";
 
@@ -46,6 +47,8 @@ export interface ServeOptions {
   limits?: Partial<RequestLimits>;
   /** Largest request body in bytes (default 64 MiB); past it: 413. */
   bodyLimit?: number;
+  /** Where prompts' `<lora:name:…>` tags are looked up, and what /loras lists (none: no LoRAs). */
+  loraDir?: string;
 }
 
 export const DEFAULT_LIMITS: RequestLimits = {
@@ -149,6 +152,7 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
   const host = new ModelHost(options.loader);
   await host.use(checkpoints[0]);
   const queue = new JobQueue(options.queue ?? 16);
+  const loras = new LoraLibrary(options.loraDir);
   const state = new JobState();
   const settings: Options = {
     sd_model_checkpoint: checkpoints[0].title,
@@ -213,11 +217,16 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
   const generate = async (kind: "txt2img" | "img2img", body: ProcessingRequest, abort: AbortSignal) => {
     const plan = planJob(kind, body, limits);
     const checkpoint = checkpointFor(body);
+    const uses = await lorasOf(loras, plan.options.prompt);
     const previewEvery = settings.live_previews_enable ? settings.show_progress_every_n_steps : 0;
     const { images, record } = await queue.run(async (signal) => {
       state.begin(kind, plan.iterations);
       try {
         const pipe = await host.use(checkpoint);
+        // The loaded pipeline keeps the last request's LoRAs merged; this request's replace them (none: restored).
+        await pipe.setLoras(uses).catch((e: Error) => {
+          throw fieldError("prompt", e.message);
+        });
         return await runJob(pipe, plan, signal, state, previewEvery > 0 ? previewEvery : undefined);
       } finally {
         state.end();
@@ -255,6 +264,9 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
   });
   app.get("/sdapi/v1/sd-models", () => checkpoints);
   app.get("/sdapi/v1/samplers", () => a1111Samplers());
+  app.get("/sdapi/v1/loras", () => loras.list());
+  // The folder is read on every /loras and every tag: there is nothing to refresh.
+  app.post("/sdapi/v1/refresh-loras", () => null);
   app.get("/sdapi/v1/options", () => ({ ...settings, sd_checkpoint_hash: null }));
   app.post("/sdapi/v1/options", { schema: { body: { type: "object" } } }, async (request, reply) => {
     const changes = request.body as Record<string, unknown>;
@@ -286,6 +298,16 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
       host.dispose();
     },
   };
+}
+
+/** The LoRAs a prompt's `<lora:…>` tags name: an unknown name is a 404 (as an unknown sampler), bad syntax a 422. */
+async function lorasOf(loras: LoraLibrary, prompt: string) {
+  try {
+    return await loras.uses(prompt);
+  } catch (e) {
+    if (e instanceof LoraNotFoundError) throw new ApiError(404, e.message);
+    throw fieldError("prompt", (e as Error).message.split("\n")[0]);
+  }
 }
 
 /** What a request asks for, checked before it waits in the queue. */

@@ -51,7 +51,7 @@ export class LoraResolver {
     for (const tag of loraTags(prompt ?? "")) {
       const recorded = this.stored?.loras?.find((l) => l.name === tag.name);
       const path = await this.tagPath(tag.name, tag.text, recorded?.path);
-      uses.push(use(await this.read(path, tag.text, recorded?.hash), tag));
+      uses.push({ ...use(await this.read(path, tag.text, recorded?.hash), tag), name: tag.name });
     }
     const given: { path: string; name: string; strength: number; unetStrength?: number; hash?: string }[] = this.flags
       .lora?.length

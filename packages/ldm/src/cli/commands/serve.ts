@@ -19,6 +19,7 @@ interface ServeFlags extends ModelFlags {
   maxSteps: string;
   maxBatch: string;
   maxBodyMb: string;
+  loraDir?: string;
 }
 
 export function registerServe(program: Command): void {
@@ -35,9 +36,11 @@ export function registerServe(program: Command): void {
     .option("--max-pixels <n>", "largest width × height of a request", String(DEFAULT_LIMITS.maxPixels))
     .option("--max-steps <n>", "most sampling steps of a request", String(DEFAULT_LIMITS.maxSteps))
     .option("--max-batch <n>", "largest batch_size of a request", String(DEFAULT_LIMITS.maxBatch))
-    .option("--max-body-mb <n>", "largest request body in MiB; past it: 413", "64");
+    .option("--max-body-mb <n>", "largest request body in MiB; past it: 413", "64")
+    .option("--lora-dir <folder>", "LoRA files for prompts' <lora:name:strength> tags, listed by /sdapi/v1/loras");
   addModelOptions(command).action(async (flags: ServeFlags) => {
     const port = integerFlag("--port", flags.port, 0);
+    if (flags.loraDir && !existsSync(flags.loraDir)) throw new UserError(`--lora-dir ${flags.loraDir} does not exist`);
     if (port > 65535) throw new UserError(`--port ${port} is not a port number`);
     // A hub model is titled by its repository; it is resolved again (from the cache) when reloaded.
     const hub = flags.model !== undefined && isHubName(flags.model);
@@ -74,6 +77,7 @@ export function registerServe(program: Command): void {
         maxBatch: integerFlag("--max-batch", flags.maxBatch, 1),
       },
       bodyLimit: integerFlag("--max-body-mb", flags.maxBodyMb, 1) * 2 ** 20,
+      loraDir: flags.loraDir,
     }).catch((e: Error) => {
       throw new UserError(e.message.split("\n")[0]);
     });
