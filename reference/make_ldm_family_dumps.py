@@ -27,7 +27,8 @@ global_seed: torch.manual_seed right before sampling; conditioned on class_label
 also gets sample-tiles: a 4x larger LR_image sampled with split_input_params as ldm/notebook_helpers.py sets them
 (UNet on overlapping latent crops, blended by apply_model's fold with get_weighting), ks and stride shrunk; and
 notebook: an 8-bit image upscaled as the notebook does it from torch.manual_seed(seed) (not a validate dump: the
-pipeline test runs `upscale` on it).
+pipeline test runs `upscale` on it); tiny-seg gets generate: a class-id map sampled from torch.manual_seed(seed), what
+`generate --segmentation` with that seed must give.
 """
 
 import argparse
@@ -352,6 +353,28 @@ def main():
                     },
                     os.path.join(args.out, f"{name}.notebook.safetensors"),
                     {**meta, "seed": str(notebook_seed), "steps": "10", "eta": "1.0", "sampler": "ddim"},
+                )
+            if isinstance(cond_model, SpatialRescaler):
+                # ldm generate --segmentation end to end: class ids made one-hot as the datasets do
+                # (np.eye(n_labels)[segmentation], then 'b h w c -> b c h w'), torch.manual_seed(seed), DDIMSampler
+                # drawing x_T, eta 0, decoded; generate with the same ids and seed must give this z_0.
+                classes = params["cond_stage_config"]["params"]["in_channels"]
+                g_map = torch.Generator().manual_seed(seed + 6)
+                labels = block_labels(1, classes, latent * f, 4, g_map)
+                labels[0, : latent * f // 2, : latent * f // 4] = classes - 1  # an asymmetric patch: rows vs columns
+                onehot = torch.from_numpy(np.eye(classes)[labels.numpy()]).float().permute(0, 3, 1, 2)
+                map_seed = seed + 7
+                torch.manual_seed(map_seed)
+                sampler = DDIMSampler(ldm)
+                sampler.register_buffer = lambda n, a, s=sampler: setattr(s, n, a)
+                z0, _ = sampler.sample(
+                    S=10, batch_size=1, shape=(channels, latent, latent), eta=0.0, verbose=False,
+                    conditioning=cond_model(onehot),
+                )
+                save_file(
+                    {"generate.in.labels": labels.float(), "generate.out.z_0": z0},
+                    os.path.join(args.out, f"{name}.generate.safetensors"),
+                    {**meta, "seed": str(map_seed), "steps": "10", "eta": "0.0", "sampler": "ddim"},
                 )
         save_file(tensors, os.path.join(args.out, f"{name}.dump.safetensors"), meta)
         save_file(

@@ -267,6 +267,37 @@ describe("super-resolution and semantic synthesis from the library and the CLI",
     );
   });
 
+  it("generate with a segmentation map's class ids and a seed reproduces the original one-hot, SpatialRescaler and DDIM run", async () => {
+    const dump = await Dump.open(join(DUMPS, "tiny-seg.generate.safetensors"));
+    try {
+      const ids = await dump.floats("generate", "in", "labels");
+      const [, h, w] = ids.shape;
+      const segmentation = { width: w, height: h, labels: Uint8Array.from(ids.data) };
+      const seg = await load("tiny-seg");
+      const result = await seg.generate({
+        segmentation,
+        seed: Number(dump.metadata.seed),
+        steps: 10,
+      });
+      const error = maxRelative(result.latents, (await dump.floats("generate", "out", "z_0")).data);
+      console.log(`segmentation run: z_0 ${error.toExponential(2)} of max|ref|`);
+      expect(error).toBeLessThan(1e-4);
+      // The map read transposed conditions another image: the check sees rows and columns.
+      const transposed = Uint8Array.from(
+        { length: w * h },
+        (_, p) => segmentation.labels[(p % w) * w + Math.floor(p / w)],
+      );
+      const wrong = await seg.generate({
+        segmentation: { ...segmentation, labels: transposed },
+        seed: Number(dump.metadata.seed),
+        steps: 10,
+      });
+      expect(maxRelative(wrong.latents, result.latents)).toBeGreaterThan(1e-3);
+    } finally {
+      await dump.close();
+    }
+  });
+
   it("generate with a segmentation map: the output its size; wrong ids, sizes and types get one-line errors", async () => {
     const seg = await load("tiny-seg");
     const result = await seg.generate({ segmentation: blocks(32, 12), steps: 2, seed: 1 });

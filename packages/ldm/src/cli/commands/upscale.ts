@@ -37,7 +37,10 @@ export function registerUpscale(program: Command): void {
     .description(
       "super-resolution with a model whose cond stage is the low-resolution image itself (the paper's bsr_sr): 4× for VQ-f4, as ldm/notebook_helpers.py samples it",
     )
-    .argument("<image>", "the low-resolution PNG (opaque; grey or RGB), at least the UNet's 2^levels pixels a side")
+    .argument(
+      "<image>",
+      "the low-resolution PNG (opaque; grey or RGB), at least 2^(UNet levels − 1) pixels a side (8 for bsr_sr)",
+    )
     .option("--steps <n>", `DDIM steps (default ${UPSCALE_DEFAULTS.steps}, the notebook's)`)
     .option("--sampler <name>", `${SAMPLER_NAMES.join(", ")} (default ddim)`)
     .option("--eta <eta>", `DDIM's noise amount in [0, 1] (default ${UPSCALE_DEFAULTS.eta}, the notebook's)`)
