@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -170,8 +170,7 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     const fromA1111 = join(dir, "out", "from-a1111.png");
     const third = await ldm("generate", "--params-from", a1111, ...tiny, "--out", fromA1111);
     expect(third.code, third.err).toBe(0);
-    expect(third.err).toMatch(/a1111.png: not restored \(A1111 settings ldm does not have\): Hires upscale/);
-    expect(third.err).not.toMatch(/made with model/);
+    expect(third.err).toMatch(/ldm: warning: .*a1111.png: not restored: A1111's Hires upscale\n/);
     expect(decodePng(readFileSync(fromA1111), "from A1111").data).toEqual(image.data);
   });
 
@@ -226,9 +225,14 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     expect(run.code, run.err).toBe(0);
     expect(run.out.split("\n")).toEqual([join(dir, "i2i-0.png"), join(dir, "i2i-1.png")]);
     expect(existsSync(join(dir, "i2i-1.png"))).toBe(true);
-    // The init image is a file: named, not restored (here the run stops at the bad --steps, before any model work).
+    // The init image is a file: restored from beside the image, else named (here the runs stop at the bad
+    // --steps, before any model work).
     const again = await ldm("generate", "--params-from", join(dir, "i2i-1.png"), ...tiny, "--steps", "0");
-    expect(again.err).toMatch(/i2i-1.png: made from --init-image init.png; pass it again to restore it/);
+    expect(again.err).not.toMatch(/not restored/);
+    mkdirSync(join(dir, "moved"));
+    copyFileSync(join(dir, "i2i-1.png"), join(dir, "moved", "i2i-1.png"));
+    const moved = await ldm("generate", "--params-from", join(dir, "moved", "i2i-1.png"), ...tiny, "--steps", "0");
+    expect(moved.err).toMatch(/ldm: warning: .*i2i-1.png: not restored: --init-image init.png\n/);
     expect(run.err.match(/step \d\/2/g)).toEqual(["step 1/2", "step 2/2"]);
   });
 

@@ -80,7 +80,8 @@ describe("A1111 infotext", () => {
     const { parameters, unrestored } = parametersFromInfotext(text, "a1111.png");
     expect(parameters).toMatchObject({ sampler: "dpmpp_2m_karras", steps: 28, guidanceScale: 6.5, seed: "3928107433" });
     expect(parameters).toMatchObject({ width: 512, height: 768, clipSkip: 2, strength: 0.5, model: "v1-5" });
-    expect(unrestored).toEqual(["Model hash", "Hires upscale", "Hires upscaler", "Version"]);
+    expect(parameters.modelHash).toBe("6ce0161689");
+    expect(unrestored).toEqual(["Hires upscale", "Hires upscaler", "Version"]);
     // The prompt's <lora:…> tags are its LoRAs, each with its hash where "Lora hashes" has one.
     const tagged = parametersFromInfotext(
       'a <lora:detail:0.7> cat <lora:style:1:0.5>\nSteps: 2, Sampler: Euler, Seed: 1, Lora hashes: "detail: 1a2b3c"',

@@ -21,11 +21,16 @@ export async function readEmbeddingFile(path: string): Promise<TextualInversion>
  * The embedding files under a folder and its subfolders, sorted (A1111 walks the folder the same way and skips
  * empty files); a later file of the same name replaces an earlier one when they are added in this order.
  */
-export async function embeddingFilesIn(dir: string): Promise<string[]> {
+export function embeddingFilesIn(dir: string): Promise<string[]> {
+  return filesUnder(dir, EMBEDDING_FILE, "embeddings folder");
+}
+
+/** The non-empty files under a folder and its subfolders (links followed) whose names match, sorted. */
+export async function filesUnder(dir: string, names: RegExp, what: string): Promise<string[]> {
   try {
     if (!(await stat(dir)).isDirectory()) throw new Error("not a folder");
   } catch (e) {
-    throw new Error(`embeddings folder ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new Error(`${what} ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   const found: string[] = [];
   const walk = async (folder: string) => {
@@ -33,7 +38,7 @@ export async function embeddingFilesIn(dir: string): Promise<string[]> {
       const path = join(folder, entry.name);
       const target = entry.isSymbolicLink() ? await stat(path).catch(() => undefined) : entry;
       if (target?.isDirectory()) await walk(path);
-      else if (target?.isFile() && EMBEDDING_FILE.test(entry.name) && (await stat(path)).size > 0) found.push(path);
+      else if (target?.isFile() && names.test(entry.name) && (await stat(path)).size > 0) found.push(path);
     }
   };
   await walk(dir);

@@ -161,6 +161,7 @@ const KNOWN = new Set([
   "Seed",
   "Size",
   "Model",
+  "Model hash",
   "Denoising strength",
   "Clip skip",
   "Eta",
@@ -201,6 +202,7 @@ export function parametersFromInfotext(text: string, origin: string): RestoredIn
     else unrestored.push(values["Schedule type"] ? "Sampler, Schedule type" : "Sampler");
   }
   if (values.Model !== undefined) parameters.model = values.Model;
+  if (values["Model hash"] !== undefined) parameters.modelHash = values["Model hash"];
   const tags = loraTags(prompt);
   if (tags.length) {
     const hashes = parseHashes(values["Lora hashes"]);

@@ -28,6 +28,10 @@ export interface GenerationParameters {
   batchIndex: number;
   /** The checkpoint's file or folder name. */
   model: string;
+  /** Where the checkpoint was (the CLI records the path it was given), to find it again. */
+  modelPath?: string;
+  /** A1111's "Model hash" of the checkpoint, when read from its infotext: 10 (or, older, 8) hex digits. */
+  modelHash?: string;
   dtype: "f32" | "f16";
   /** img2img / inpaint: the strength and the file names of the init image and mask (not their pixels). */
   strength?: number;
@@ -109,6 +113,7 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     batchSize: field("batchSize", "number"),
     batchIndex: field("batchIndex", "number"),
     model: field("model", "string"),
+    modelPath: field("modelPath", "string", true),
     dtype,
     strength: field("strength", "number", true),
     initImage: field("initImage", "string", true),

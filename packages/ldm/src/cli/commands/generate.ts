@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { basename } from "node:path";
+import { basename, resolve } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import {
@@ -12,6 +12,7 @@ import {
 } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
 import { gridImage } from "../../image/pixels.ts";
+import { isHubName } from "../../pipeline/hub-model.ts";
 import { formatInfotext, INFOTEXT_KEYWORD, parametersFromInfotext } from "../../pipeline/infotext.ts";
 import {
   type GenerationResult,
@@ -47,8 +48,10 @@ import {
   sizeFlag,
   withInterrupt,
 } from "./pipeline-flags.ts";
+import { restoreRun } from "./restore.ts";
 
 interface GenerateFlags extends ModelFlags, LoraFlags, EmbeddingFlags {
+  modelsDir?: string;
   negative?: string;
   class?: string;
   layout?: string;
@@ -139,15 +142,21 @@ export function registerGenerate(program: Command): void {
     )
     .option(
       "--params-from <png>",
-      "reuse the generation parameters of an image we wrote, or of AUTOMATIC1111's (its parameters text)",
+      "reuse the generation parameters of an image we wrote, or of AUTOMATIC1111's (its parameters text): also the model, f16, the init image and mask where they are found",
+    )
+    .option(
+      "--models-dir <dir>",
+      "with --params-from: where to look for the recorded model (a checkpoint of its name, else of A1111's model hash)",
     )
     .option("--grid <png>", "also write all images in one PNG: a row per prompt, a column per batch image")
     .option("--sequential-cfg", "low memory: the two guidance halves as separate UNet calls (same result)")
     .option("--vae-tiling", "low memory: decode in overlapping tiles of 32 latent cells, blended (as diffusers)");
   addEmbeddingOptions(addLoraOptions(addModelOptions(command))).action(
     async (promptArguments: string[], flags: GenerateFlags) => {
-      const stored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
-      if (stored && flags.paramsFrom) restoreModelFlags(flags, stored, flags.paramsFrom);
+      const restored = flags.paramsFrom ? await storedParameters(flags.paramsFrom) : undefined;
+      const stored = restored?.parameters;
+      if (restored && flags.paramsFrom)
+        await restoreRun(flags, restored.parameters, flags.paramsFrom, restored.unrestored);
       const prompts = promptArguments.length ? promptArguments : [undefined];
       const requests = prompts.map((prompt) => requestFrom(prompt, flags, stored));
       if (flags.grid !== undefined && !flags.grid.toLowerCase().endsWith(".png")) {
@@ -218,6 +227,7 @@ export function registerGenerate(program: Command): void {
             [INFOTEXT_KEYWORD]: formatInfotext(parameters),
             [PARAMETERS_KEYWORD]: parametersText({
               ...parameters,
+              ...(flags.model && !isHubName(flags.model) ? { modelPath: resolve(flags.model) } : {}),
               ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
               ...(flags.mask ? { mask: basename(flags.mask) } : {}),
             }),
@@ -239,30 +249,10 @@ export function registerGenerate(program: Command): void {
   );
 }
 
-/**
- * What of the stored run is not a sampling parameter: its dtype (f16 or f32) is restored unless a flag says otherwise; the model,
- * init image and mask are files, named on stderr when this run does not use the same ones.
- */
-function restoreModelFlags(flags: GenerateFlags, stored: Partial<GenerationParameters>, path: string): void {
-  if (flags.f16 === undefined && stored.dtype !== undefined) flags.f16 = stored.dtype === "f16";
-  const using = flags.model ? basename(flags.model) : "the built-in model";
-  if (
-    stored.model &&
-    stored.model !== using &&
-    stored.model.replace(/\.[^.]+$/, "") !== using.replace(/\.[^.]+$/, "")
-  ) {
-    console.error(`${path}: made with model "${stored.model}"; this run uses ${using} (--model picks another)`);
-  }
-  for (const [name, flag, given] of [
-    [stored.initImage, "--init-image", flags.initImage],
-    [stored.mask, "--mask", flags.mask],
-  ] as const) {
-    if (name && !given) console.error(`${path}: made from ${flag} ${name}; pass it again to restore it`);
-  }
-}
-
-/** Our parameters, else AUTOMATIC1111's infotext (what it cannot restore is named on stderr). */
-async function storedParameters(path: string): Promise<Partial<GenerationParameters>> {
+/** Our parameters, else AUTOMATIC1111's infotext and the settings in it that we do not have. */
+async function storedParameters(
+  path: string,
+): Promise<{ parameters: Partial<GenerationParameters>; unrestored: string[] }> {
   const image = await readImageFlag(path, "--params-from image");
   const text = image.text[PARAMETERS_KEYWORD];
   const infotext = image.text[INFOTEXT_KEYWORD];
@@ -272,11 +262,9 @@ async function storedParameters(path: string): Promise<Partial<GenerationParamet
     );
   }
   try {
-    if (text !== undefined) return parseParameters(text, path);
+    if (text !== undefined) return { parameters: parseParameters(text, path), unrestored: [] };
     const { parameters, unrestored } = parametersFromInfotext(infotext as string, path);
-    if (unrestored.length)
-      console.error(`${path}: not restored (A1111 settings ldm does not have): ${unrestored.join(", ")}`);
-    return parameters;
+    return { parameters, unrestored: unrestored.map((key) => `A1111's ${key}`) };
   } catch (e) {
     throw new UserError((e as Error).message);
   }
