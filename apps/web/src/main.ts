@@ -6,6 +6,9 @@ import {
   type LatentDiffusion,
   type LayoutObject,
   type LdmGenerateOptions,
+  type Lora,
+  type LoraUse,
+  loraFromBlob,
   type ModelInputs,
   modelInputs,
   PARAMETERS_KEYWORD,
@@ -35,6 +38,9 @@ const ui = {
   promptInputs: element("prompt-inputs"),
   prompt: element<HTMLTextAreaElement>("prompt"),
   negative: element<HTMLInputElement>("negative"),
+  loraInputs: element("lora-inputs"),
+  loraFiles: element<HTMLInputElement>("lora-files"),
+  loraList: element("lora-list"),
   classInputs: element("class-inputs"),
   classLabel: element<HTMLSelectElement>("class-label"),
   layoutInputs: element("layout-inputs"),
@@ -101,6 +107,8 @@ let init: { width: number; height: number; masked: boolean } | undefined;
 let lowRes: RgbaImage | undefined;
 /** Semantic synthesis models: the chosen segmentation map. */
 let segmentation: SegmentationMap | undefined;
+/** The chosen LoRA files, each read once (when first merged), and its strength field. */
+let loras: { file: File; strength: HTMLInputElement; read?: Promise<Lora> }[] = [];
 /**
  * The built-in model's inputs: its pipeline's once loaded; before, those of a CLIP text-to-image model (the
  * server serves it with CLIP's tokenizer files), which the page's form starts with.
@@ -211,6 +219,8 @@ function showInputs(inputs: ModelInputs): void {
   const { prompted, classes, segmentationClasses, upscale } = inputs;
   ui.modelKind.textContent = kindOf(inputs);
   ui.promptInputs.hidden = prompted !== "clip" && prompted !== "bert";
+  // LoRA files name CLIP text encoder and SD UNet modules (kohya/A1111, diffusers/PEFT).
+  ui.loraInputs.hidden = prompted !== "clip";
   ui.layoutInputs.hidden = prompted !== "layout";
   ui.classInputs.hidden = classes === undefined;
   if (classes !== undefined) {
@@ -338,6 +348,7 @@ async function generate(): Promise<void> {
     const d = await getDevice();
     const { pipeline } = await getPipeline(d);
     const options = readOptions(pipeline.inputs);
+    await pipeline.setLoras(await loraUses());
     ui.progress.value = 0;
     ui.status.textContent = "Sampling…";
     running = new AbortController();
@@ -470,6 +481,34 @@ ui.files.addEventListener("change", async () => {
     document.body.dataset.model = "error";
     showError(e);
   }
+});
+
+/** The LoRAs chosen for a CLIP model, with their strengths; none for other models (their fieldset is hidden). */
+async function loraUses(): Promise<LoraUse[]> {
+  if (ui.loraInputs.hidden || !loras.length) return [];
+  ui.status.textContent = "Merging the LoRAs…";
+  const uses: LoraUse[] = [];
+  for (const entry of loras) {
+    entry.read ??= loraFromBlob(entry.file, entry.file.name);
+    uses.push({ lora: await entry.read, strength: entry.strength.valueAsNumber });
+  }
+  return uses;
+}
+
+/** A strength field per chosen LoRA file (1 by default), under the name prompts call it by. */
+ui.loraFiles.addEventListener("change", () => {
+  loras = Array.from(ui.loraFiles.files ?? [], (file, i) => {
+    const strength = Object.assign(document.createElement("input"), { type: "number", step: "0.05", value: "1" });
+    strength.id = `lora-strength-${i}`;
+    return { file, strength };
+  });
+  ui.loraList.replaceChildren(
+    ...loras.map(({ file, strength }) => {
+      const label = document.createElement("label");
+      label.append(`${file.name} — strength`, strength);
+      return label;
+    }),
+  );
 });
 
 /** The segmentation map: an index or palette PNG of class ids (decodeLabelPng); the output takes its size. */

@@ -15,10 +15,12 @@ import {
   type LdmGenerateOptions,
   SAMPLER_NAMES,
 } from "@ldm/ldm";
+import { loadLora } from "@ldm/ldm/node";
 import { Device } from "@ldm/tensor";
 import { encode } from "fast-png";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { writeTinyVocab } from "../../../packages/ldm/test/helpers/tiny-vocab.ts";
 import { readManifest } from "../model-plugin.ts";
 import { bundleImports, lazyNodeOnlyChunks, nodeOnlyImports } from "./bundle.ts";
 import {
@@ -225,7 +227,14 @@ describe("the page's img2img, inpainting, batch, cancel and cached weights", () 
 describe("the paper's model families from the file picker", () => {
   const fixtures = join(repositoryRoot, "packages/ldm/test/fixtures/dumps");
   /** The form's fieldsets a family shows, by id; the others must be hidden. */
-  const FIELDSETS = ["prompt-inputs", "class-inputs", "layout-inputs", "upscale-inputs", "segmentation-inputs"];
+  const FIELDSETS = [
+    "prompt-inputs",
+    "lora-inputs",
+    "class-inputs",
+    "layout-inputs",
+    "upscale-inputs",
+    "segmentation-inputs",
+  ];
   const lowRes = { width: 8, height: 8, data: gradient(8, 8) };
   /** Four horizontal bands of classes 2, 5, 8 and 11 (of tiny-seg's 12). */
   const segmentation = {
@@ -233,8 +242,16 @@ describe("the paper's model families from the file picker", () => {
     height: 32,
     labels: Uint8Array.from({ length: 32 * 32 }, (_, i) => 2 + 3 * Math.floor(i / (32 * 8))),
   };
+  const lora = join(repositoryRoot, "packages/ldm/test/fixtures/lora/tiny-sd1.kohya.safetensors");
+  /** tiny-sd1's CLIP tokenizer files (its text encoder has 1000 tokens), written in beforeAll. */
+  let tinyVocab: string;
+  beforeAll(() => {
+    tinyVocab = writeTinyVocab(join(demo.outDir, "tiny-sd1-tokenizer"), 1000);
+  });
   interface Family {
     model: string;
+    /** Chosen with the checkpoint and its YAML (the tokenizer's files), and where Node finds them. */
+    tokenizer?: () => { files: string[]; vocab: string };
     kind: RegExp;
     shows: string[];
     /** Fills the family's inputs in the page. */
@@ -310,17 +327,41 @@ describe("the paper's model families from the file picker", () => {
       },
       node: (pipe, common) => pipe.generate({ ...common, segmentation }),
     },
+    {
+      model: "tiny-sd1",
+      tokenizer: () => ({ files: ["vocab.json", "merges.txt"].map((f) => join(tinyVocab, f)), vocab: tinyVocab }),
+      kind: /^text-to-image \(CLIP prompt\)$/,
+      shows: ["prompt-inputs", "lora-inputs"],
+      fill: async (page) => {
+        await page.fill("#prompt", "a red apple");
+        await page.setInputFiles("#lora-files", lora);
+        await page.fill("#lora-strength-0", "0.8");
+      },
+      node: async (pipe, common) => {
+        const plain = await pipe.generate({ ...common, prompt: "a red apple" });
+        await pipe.setLoras([{ lora: await loadLora(lora), strength: 0.8 }]);
+        const merged = await pipe.generate({ ...common, prompt: "a red apple" });
+        // Else the comparison could not tell whether the page merged the LoRA.
+        const { max } = pixelDifference(merged.images[0].data, plain.images[0].data);
+        expect(max, "the LoRA changes the image").toBeGreaterThan(10 * TOLERANCE.max);
+        return merged;
+      },
+    },
   ];
 
   it(
-    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation",
+    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation, CLIP text with a LoRA",
     async () => {
       const device = await Device.create();
       const page = await demo.open(WEBGPU, `${CACHED_PROFILE}-families`);
       try {
         for (const family of FAMILIES) {
           const start = performance.now();
-          const files = [".safetensors", ".yaml"].map((ext) => join(fixtures, `${family.model}${ext}`));
+          const tokenizer = family.tokenizer?.();
+          const files = [
+            ...[".safetensors", ".yaml"].map((ext) => join(fixtures, `${family.model}${ext}`)),
+            ...(tokenizer?.files ?? []),
+          ];
           await page.evaluate(() => {
             document.body.dataset.model = "";
           });
@@ -348,6 +389,7 @@ describe("the paper's model families from the file picker", () => {
           const pipe = await LatentDiffusion.load(join(fixtures, `${family.model}.safetensors`), {
             device,
             config: join(fixtures, `${family.model}.yaml`),
+            vocab: tokenizer?.vocab,
           });
           const expected = (await family.node(pipe, { seed: 11, sampler: "ddim", steps: 3 })).images[0];
           pipe.dispose();

@@ -104,7 +104,8 @@ export async function readModelConfig(
   }
 }
 
-function openBlob(blob: Blob, origin: string, onBytes?: BlobModelOptions["onBytes"]): Promise<TensorFile> {
+/** A Blob as a tensor container: a PyTorch checkpoint by `origin`'s extension (.ckpt/.pt/.pth), else safetensors. */
+export function openBlob(blob: Blob, origin: string, onBytes?: BlobModelOptions["onBytes"]): Promise<TensorFile> {
   const reader = counting(blobReader(blob, origin), onBytes);
   return TORCH_CHECKPOINT.test(origin) ? TorchCheckpoint.open(reader) : SafetensorsFile.open(reader);
 }
