@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { f32ArrayToF16, Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
@@ -8,8 +11,10 @@ import { loadLora } from "../src/lora/files.ts";
 import { type Lora, type LoraUse, MergedLoras } from "../src/lora/merge.ts";
 import { loraTags, loraTagText, untaggedLoras, withoutLoraTags } from "../src/lora/prompt.ts";
 import { type LoadedModel, loadModel } from "../src/models/index.ts";
+import { StableDiffusion } from "../src/pipeline/stable-diffusion.ts";
 import { Dump } from "../src/validate/dump.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
+import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
 
 const device = await useDevice();
 const dumps = fileURLToPath(new URL("./fixtures/dumps/", import.meta.url));
@@ -194,5 +199,40 @@ describe("A1111's <lora:…> prompt syntax", () => {
       '<lora:x:strong>: the text encoder multiplier "strong" is not a number',
     );
     expect(() => loraTags("<lora::1>")).toThrow("<lora::1>: no LoRA name");
+  });
+});
+
+describe("LatentDiffusion.setLoras", () => {
+  it("merges for the pipeline's runs, checks the prompt's tags against what is merged, and records the LoRAs", async () => {
+    const folder = mkdtempSync(join(tmpdir(), "ldm-lora-vocab-"));
+    const vocab = writeTinyVocab(join(folder, "tokenizer"), 1000);
+    const pipe = await StableDiffusion.load(`${dumps}tiny-sd1.safetensors`, {
+      device,
+      config: `${dumps}tiny-sd1.yaml`,
+      vocab,
+    });
+    try {
+      const run = (prompt: string) => pipe.txt2img({ prompt, steps: 1, width: 32, height: 32, seed: 1 });
+      await expect(run("a <lora:tiny-sd1.kohya:0.8> cat")).rejects.toThrow(
+        "the prompt's <lora:tiny-sd1.kohya:0.8> is not merged into the weights: setLoras first",
+      );
+      const lora = await loadLora(`${loras}tiny-sd1.kohya.safetensors`);
+      await pipe.setLoras([{ lora, strength: 0.8 }]);
+      expect(pipe.loras).toEqual([{ lora, strength: 0.8 }]);
+      await expect(run("a <lora:tiny-sd1.kohya:0.5> cat")).rejects.toThrow("at those multipliers (0.8, 0.8)");
+      // The alias (ss_output_name) names it too; without a tag the merged LoRA applies all the same.
+      for (const prompt of ["a <lora:tiny-sd1-kohya:0.8> cat", "a cat"]) {
+        const { parameters } = await run(prompt);
+        expect(parameters[0].loras).toEqual([
+          { name: "tiny-sd1.kohya", strength: 0.8, hash: lora.hash?.slice(0, 12), path: lora.path },
+        ]);
+      }
+      await pipe.setLoras([]);
+      expect(pipe.loras).toEqual([]);
+      expect((await run("a cat")).parameters[0].loras).toBeUndefined();
+    } finally {
+      pipe.dispose();
+      rmSync(folder, { recursive: true, force: true });
+    }
   });
 });
