@@ -1,5 +1,6 @@
 /** Small helpers the benchmark scripts share. */
 import { spawnSync } from "node:child_process";
+import type { Device, Tensor } from "@ldm/tensor";
 import { InvalidArgumentError } from "commander";
 
 export function median(xs: readonly number[]): number {
@@ -30,4 +31,32 @@ export function requirePythonPeer(what: string): void {
       "install them with `pnpm setup:bench` (bash scripts/setup-system.sh --bench-peers)",
   );
   process.exit(1);
+}
+
+/** Median wall-clock ms of `record` (GPU work recorded, then awaited), after one warm-up call. */
+export async function medianMs(device: Device, repeats: number, record: () => Tensor): Promise<number> {
+  const once = async () => {
+    const start = performance.now();
+    const out = record();
+    await device.sync();
+    out.dispose();
+    return performance.now() - start;
+  };
+  await once();
+  const times: number[] = [];
+  for (let r = 0; r < repeats; r++) times.push(await once());
+  return median(times);
+}
+
+/** Deterministic inputs in [-1, 1) (values do not change the work done; seeded so runs are alike). */
+export function pseudoRandom(count: number, seed: number): Float32Array {
+  const out = new Float32Array(count);
+  let state = seed >>> 0 || 1;
+  for (let i = 0; i < count; i++) {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    out[i] = ((state >>> 0) / 2 ** 32) * 2 - 1;
+  }
+  return out;
 }

@@ -19,7 +19,7 @@ import { loadModel } from "@ldm/ldm/node";
 import { Device, type ParamDType, Tensor } from "@ldm/tensor";
 import { isTextToImage } from "@ldm/weights";
 import { Command } from "commander";
-import { median, positiveInt, requirePythonPeer } from "./common.ts";
+import { medianMs, positiveInt, pseudoRandom, requirePythonPeer } from "./common.ts";
 import { makeRow, type ResultRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -37,34 +37,6 @@ interface PeerReport extends Timings {
   peer: string;
   latent: number;
   load_ms: number;
-}
-
-/** Median wall-clock ms of `record` (GPU work recorded, then awaited), after one warm-up call. */
-async function medianMs(device: Device, repeats: number, record: () => Tensor): Promise<number> {
-  const once = async () => {
-    const start = performance.now();
-    const out = record();
-    await device.sync();
-    out.dispose();
-    return performance.now() - start;
-  };
-  await once();
-  const times: number[] = [];
-  for (let r = 0; r < repeats; r++) times.push(await once());
-  return median(times);
-}
-
-/** Deterministic inputs in [-1, 1) (values do not change the work done; seeded so runs are alike). */
-function pseudoRandom(count: number, seed: number): Float32Array {
-  const out = new Float32Array(count);
-  let state = seed >>> 0 || 1;
-  for (let i = 0; i < count; i++) {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    out[i] = ((state >>> 0) / 2 ** 32) * 2 - 1;
-  }
-  return out;
 }
 
 async function timeOurs(

@@ -16,7 +16,7 @@ import {
   type WeightRequest,
   type WeightSource,
 } from "@ldm/tensor";
-import { type ModelConfig, modelParamShapes } from "@ldm/weights";
+import { type LdmConfig, modelParamShapes } from "@ldm/weights";
 
 const BLOCK = 1 << 16;
 
@@ -83,7 +83,7 @@ export class RandomWeightSource implements WeightSource {
 /** The networks of `config` on `device`, their parameters random; `dispose` frees them. */
 export async function randomNetworks(
   device: Device,
-  config: ModelConfig,
+  config: LdmConfig,
   dtype: ParamDType,
   components: readonly Component[],
 ): Promise<Networks & { dispose: () => void }> {
