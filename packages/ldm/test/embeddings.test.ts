@@ -9,6 +9,8 @@ import { decodePng } from "../src/image/png.ts";
 import { embeddingFilesIn, readEmbeddingFile } from "../src/pipeline/embedding-files.ts";
 import { parseEmbedding } from "../src/pipeline/embeddings.ts";
 import { formatInfotext, parametersFromInfotext, StableDiffusion } from "../src/pipeline/index.ts";
+import { checkpointAt } from "../src/server/models.ts";
+import { serve } from "../src/server/server.ts";
 import { expectConditioning } from "./helpers/compare.ts";
 import { runCli } from "./helpers/run-cli.ts";
 import { writeTinyVocab } from "./helpers/tiny-vocab.ts";
@@ -162,6 +164,49 @@ describe("textual-inversion embeddings against the original text encoders", () =
       ]);
     } finally {
       if (lumen) pipe.addEmbeddings([lumen]);
+    }
+  });
+});
+
+describe("ldm serve with embeddings", () => {
+  it("lists them as A1111's /sdapi/v1/embeddings, and a prompt's trigger is recorded in the infotext", async () => {
+    const vocab = join(scratch, "tokenizer");
+    const path = join(FIXTURES, "dumps/tiny-sd2");
+    const server = await serve({
+      checkpoints: [checkpointAt(`${path}.safetensors`, { config: `${path}.yaml` })],
+      loader: async (c) => {
+        const pipe = await StableDiffusion.load(c.filename, { device, config: c.config ?? undefined, vocab });
+        await pipe.loadEmbeddings({ dir: FOLDER });
+        return pipe;
+      },
+      port: 0,
+    });
+    try {
+      const listed = await (await fetch(`${server.url}/sdapi/v1/embeddings`)).json();
+      const entry = (shape: number, vectors: number) => ({
+        step: null,
+        sd_checkpoint: null,
+        sd_checkpoint_name: null,
+        shape,
+        vectors,
+      });
+      expect(listed).toEqual({
+        loaded: { ink: entry(32, 1), lumen: entry(32, 3), "zorblax-style": entry(32, 2) },
+        skipped: { wide: entry(48, 2) },
+      });
+      const response = await fetch(`${server.url}/sdapi/v1/txt2img`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: "a photo of lumen", steps: 1, seed: 1, width: 48, height: 48 }),
+      });
+      expect(response.status).toBe(200);
+      const info = JSON.parse((await response.json()).info);
+      const hash = createHash("sha256")
+        .update(readFileSync(join(FOLDER, "lumen.pt")))
+        .digest("hex");
+      expect(info.infotexts[0]).toContain(`TI hashes: "lumen: ${hash.slice(0, 12)}"`);
+    } finally {
+      await server.close();
     }
   });
 });

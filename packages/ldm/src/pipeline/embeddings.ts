@@ -143,6 +143,11 @@ export class EmbeddingSet {
     return [...this.usable.values()];
   }
 
+  /** A folder's embeddings of another width, which prompts may not use (A1111's "skipped"). */
+  get skipped(): TextualInversion[] {
+    return [...this.otherWidth.values()];
+  }
+
   /** Vectors of all usable embeddings. */
   get vectorCount(): number {
     return this.list.reduce((n, e) => n + e.count, 0);

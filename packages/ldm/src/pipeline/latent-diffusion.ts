@@ -512,6 +512,11 @@ export class LatentDiffusion {
     return this.embeddingSet?.list ?? [];
   }
 
+  /** Embeddings from a folder that prompts may not use: their width is not the text encoder's. */
+  get skippedEmbeddings(): readonly TextualInversion[] {
+    return this.embeddingSet?.skipped ?? [];
+  }
+
   /**
    * Makes textual-inversion embeddings available to prompts (A1111's): each occurrence of an embedding's name,
    * its trigger word, becomes its vectors. One of the same name replaces the earlier. An embedding of another

@@ -81,6 +81,11 @@ export class ModelHost {
     return this.current?.checkpoint;
   }
 
+  /** The loaded pipeline, if any. */
+  get pipe(): StableDiffusion | undefined {
+    return this.current?.pipe;
+  }
+
   /** The pipeline of `checkpoint`, loading it (after freeing the loaded one) when another is loaded. */
   async use(checkpoint: Checkpoint): Promise<StableDiffusion> {
     if (this.current?.checkpoint.filename === checkpoint.filename) return this.current.pipe;

@@ -10,6 +10,7 @@ import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { type DecodedImage, decodePng, encodePng, type RgbaImage } from "../image/png.ts";
+import type { TextualInversion } from "../pipeline/embeddings.ts";
 import { formatInfotext, INFOTEXT_KEYWORD, parseInfotext } from "../pipeline/infotext.ts";
 import { PARAMETERS_KEYWORD, parametersText, parseParameters } from "../pipeline/parameters.ts";
 import type { GenerateOptions, GenerationResult, Progress, StableDiffusion } from "../pipeline/stable-diffusion.ts";
@@ -265,6 +266,7 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
   app.get("/sdapi/v1/sd-models", () => checkpoints);
   app.get("/sdapi/v1/samplers", () => a1111Samplers());
   app.get("/sdapi/v1/loras", () => loras.list());
+  app.get("/sdapi/v1/embeddings", () => embeddingsOf(host.pipe));
   // The folder is read on every /loras and every tag: there is nothing to refresh.
   app.post("/sdapi/v1/refresh-loras", () => null);
   app.get("/sdapi/v1/options", () => ({ ...settings, sd_checkpoint_hash: null }));
@@ -448,6 +450,18 @@ function maskImage(image: RgbaImage, invert: boolean): RgbaImage {
     out[p + 3] = 255;
   }
   return { width: image.width, height: image.height, data: out };
+}
+
+/** A1111's /embeddings: the loaded model's embeddings by trigger word, and those of another width it skipped. */
+function embeddingsOf(pipe: StableDiffusion | undefined) {
+  const entries = (list: readonly TextualInversion[]) =>
+    Object.fromEntries(
+      list.map((e) => [
+        e.name,
+        { step: null, sd_checkpoint: null, sd_checkpoint_name: null, shape: e.width, vectors: e.count },
+      ]),
+    );
+  return { loaded: entries(pipe?.embeddings ?? []), skipped: entries(pipe?.skippedEmbeddings ?? []) };
 }
 
 /** Runs a planned job's batches on the loaded pipeline, keeping /progress current; an interrupt ends it early. */

@@ -5,7 +5,14 @@ import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
 import { type Checkpoint, checkpointAt, scanModelsFolder } from "../../server/models.ts";
 import { DEFAULT_LIMITS, serve } from "../../server/server.ts";
 import { UserError } from "../errors.ts";
-import { addModelOptions, integerFlag, loadPipeline, type ModelFlags, modelPath } from "./pipeline-flags.ts";
+import {
+  addModelOptions,
+  integerFlag,
+  loadEmbeddingFlags,
+  loadPipeline,
+  type ModelFlags,
+  modelPath,
+} from "./pipeline-flags.ts";
 
 interface ServeFlags extends ModelFlags {
   modelsDir?: string;
@@ -20,6 +27,7 @@ interface ServeFlags extends ModelFlags {
   maxBatch: string;
   maxBodyMb: string;
   loraDir?: string;
+  embeddingsDir?: string;
 }
 
 export function registerServe(program: Command): void {
@@ -37,7 +45,11 @@ export function registerServe(program: Command): void {
     .option("--max-steps <n>", "most sampling steps of a request", String(DEFAULT_LIMITS.maxSteps))
     .option("--max-batch <n>", "largest batch_size of a request", String(DEFAULT_LIMITS.maxBatch))
     .option("--max-body-mb <n>", "largest request body in MiB; past it: 413", "64")
-    .option("--lora-dir <folder>", "LoRA files for prompts' <lora:name:strength> tags, listed by /sdapi/v1/loras");
+    .option("--lora-dir <folder>", "LoRA files for prompts' <lora:name:strength> tags, listed by /sdapi/v1/loras")
+    .option(
+      "--embeddings-dir <folder>",
+      "textual-inversion embeddings for prompts, by file name (A1111's embeddings folder), listed by /sdapi/v1/embeddings",
+    );
   addModelOptions(command).action(async (flags: ServeFlags) => {
     const port = integerFlag("--port", flags.port, 0);
     if (flags.loraDir && !existsSync(flags.loraDir)) throw new UserError(`--lora-dir ${flags.loraDir} does not exist`);
@@ -58,13 +70,21 @@ export function registerServe(program: Command): void {
     }
     const server = await serve({
       checkpoints,
-      loader: (c) =>
-        loadPipeline({
+      loader: async (c) => {
+        const pipe = await loadPipeline({
           model: c === first && hub ? flags.model : c.filename,
           config: c.config ?? undefined,
           vocab: c === first ? flags.vocab : undefined,
           f16: flags.f16,
-        }),
+        });
+        try {
+          await loadEmbeddingFlags(pipe, { embeddingsDir: flags.embeddingsDir });
+        } catch (e) {
+          pipe.dispose();
+          throw e;
+        }
+        return pipe;
+      },
       host: flags.host,
       port,
       apiAuth: flags.apiAuth,
