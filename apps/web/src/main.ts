@@ -253,6 +253,8 @@ function modelChosen(inputs: ModelInputs): void {
   showInputs(inputs);
   ui.guidance.value = String(inputs.guidanceScale);
   ui.width.value = ui.height.value = "";
+  // An inpainting UNet only inpaints, by default from pure noise (inpaint's strength 1, as scripts/inpaint.py).
+  ui.strength.value = inputs.inpainting ? "1" : ui.strength.defaultValue;
 }
 
 function parseSeed(text: string): Seed | undefined {

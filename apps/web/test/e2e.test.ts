@@ -13,6 +13,7 @@ import {
   type GenerationResult,
   LatentDiffusion,
   type LdmGenerateOptions,
+  type RgbaImage,
   SAMPLER_NAMES,
 } from "@ldm/ldm";
 import { loadLora } from "@ldm/ldm/node";
@@ -177,14 +178,7 @@ describe("the page's img2img, inpainting, batch, cancel and cached weights", () 
           mimeType: "image/png",
           buffer: Buffer.from(encodePng({ width: RUN.size, height: RUN.size, data: gradient(RUN.size, RUN.size) })),
         });
-        await page.waitForSelector("#init-area:not([hidden])");
-        await page.locator("#mask-canvas").scrollIntoViewIfNeeded();
-        const box = await page.locator("#mask-canvas").boundingBox();
-        if (!box) throw new Error("the mask canvas is not shown");
-        await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.2);
-        await page.mouse.down();
-        await page.mouse.move(box.x + box.width * 0.9, box.y + box.height * 0.8, { steps: 8 });
-        await page.mouse.up();
+        await paintStroke(page);
         const mask = await canvasPixels(page, "mask-canvas");
         const painted = mask.data.filter((v, i) => i % 4 === 3 && v > 0).length;
         expect(painted).toBeGreaterThan(0);
@@ -236,6 +230,8 @@ describe("the paper's model families from the file picker", () => {
     "segmentation-inputs",
   ];
   const lowRes = { width: 8, height: 8, data: gradient(8, 8) };
+  const picture = { width: 32, height: 32, data: gradient(32, 32) };
+  let paintedMask: RgbaImage | undefined;
   /** Four horizontal bands of classes 2, 5, 8 and 11 (of tiny-seg's 12). */
   const segmentation = {
     width: 32,
@@ -347,10 +343,35 @@ describe("the paper's model families from the file picker", () => {
         return merged;
       },
     },
+    {
+      model: "tiny-inpainting",
+      kind: /^inpainting \(an image and a painted mask\)$/,
+      shows: [],
+      fill: async (page) => {
+        expect(await page.inputValue("#strength")).toBe("1");
+        await page.setInputFiles("#init-image", {
+          name: "init.png",
+          mimeType: "image/png",
+          buffer: Buffer.from(encodePng(picture)),
+        });
+        await paintStroke(page);
+        // The page's mask: where the strokes' alpha is at least half (main.ts maskImage), white.
+        const strokes = await canvasPixels(page, "mask-canvas");
+        const data = new Uint8ClampedArray(strokes.data.length);
+        for (let p = 0; p < data.length; p += 4)
+          data.fill(strokes.data[p + 3] >= 128 ? 255 : 0, p, p + 3).fill(255, p + 3, p + 4);
+        expect(data.filter((v, i) => i % 4 === 0 && v === 255).length, "painted pixels").toBeGreaterThan(0);
+        paintedMask = { width: strokes.width, height: strokes.height, data };
+      },
+      node: (pipe, common) => {
+        if (!paintedMask) throw new Error("no mask was painted");
+        return pipe.inpaint({ ...common, initImage: picture, mask: paintedMask, strength: 1 });
+      },
+    },
   ];
 
   it(
-    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation, CLIP text with a LoRA",
+    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation, CLIP text with a LoRA, big inpainting",
     async () => {
       const device = await Device.create();
       const page = await demo.open(WEBGPU, `${CACHED_PROFILE}-families`);
@@ -414,4 +435,16 @@ describe("the paper's model families from the file picker", () => {
 /** An opaque RGBA gradient. */
 function gradient(width: number, height: number): Uint8ClampedArray {
   return new Uint8ClampedArray(width * height * 4).map((_, i) => (i % 4 === 3 ? 255 : (i * 7) % 256));
+}
+
+/** Paints a diagonal brush stroke on the init image's mask by mouse. */
+async function paintStroke(page: Page): Promise<void> {
+  await page.waitForSelector("#init-area:not([hidden])");
+  await page.locator("#mask-canvas").scrollIntoViewIfNeeded();
+  const box = await page.locator("#mask-canvas").boundingBox();
+  if (!box) throw new Error("the mask canvas is not shown");
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.9, box.y + box.height * 0.8, { steps: 8 });
+  await page.mouse.up();
 }
