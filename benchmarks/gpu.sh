@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one command (benchmarks/gpu.ts: kernel table vs tfjs-backend-webgpu, SD 1.5 UNet step at
-# batch 2 on a 64×64 latent in f32 and f16 with random weights; rows carry the device name and merge into
-# benchmarks/results-gpu.json). Under 5 minutes on an H100-class GPU; `--quick` checks it on any adapter.
+# The GPU benchmark in one command (benchmarks/gpu.ts): first every subgroup-matrix (tensor-core) kernel against
+# its CPU reference (a table; WRONG rows make the script exit 1 after the rest has run), then the kernel table vs
+# tfjs-backend-webgpu, SD 1.5's UNet step at batch 2 on a 64×64 latent in f32 and f16 with random weights (peers:
+# PyTorch CUDA float32, and float16 with scaled_dot_product_attention), and 50 DDIM steps at 512² from prompt to
+# pixels with peak GPU memory; rows carry the device name and merge into benchmarks/results-gpu.json. Meant to
+# finish within 8 minutes on an H100-class GPU; `--quick` checks it on any adapter (lavapipe: the matrix kernels
+# emulated, small models).
 #
-#   bash benchmarks/gpu.sh [--quick] [--only kernels,unet,tiles] [--repeats N] [--latent S] [--out file] [--no-peer]
+#   bash benchmarks/gpu.sh [--quick] [--only check,kernels,unet,e2e,tiles] [--repeats N] [--latent S] [--out file] [--no-peer]
+#
+# The GPU machine is assumed to have a `python3` with CUDA PyTorch ≥ 2.0 and PyYAML (the lent machines' image
+# has torch 2.11); without it the UNet rows say why they have no peer.
 #
 # Runs from a checkout with node_modules (pnpm install) through tsx. A machine without node_modules (a GPU
 # machine lent with no network) runs a bundle instead, made here beforehand by

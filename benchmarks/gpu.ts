@@ -1,38 +1,46 @@
 /**
- * The GPU benchmark, for sessions lent a real GPU: `bash benchmarks/gpu.sh [--quick] [--only kernels,unet,tiles] [--out file]`.
+ * The GPU benchmark, for sessions lent a real GPU: `bash benchmarks/gpu.sh [--quick] [--only parts] [--out file]`.
  *
- * 1. The kernel table (every benchmarks/kernels-*.ts row) against tfjs-backend-webgpu on the same adapter.
- * 2. SD 1.5's UNet forward at batch 2 (classifier-free guidance) on a 64×64 latent (a 512×512 image), f32 and,
- *    where the adapter has shader-f16, f16: random weights made here (benchmarks/random-weights.ts), so no
+ * 0. check: every subgroup-matrix (tensor-core) kernel against its CPU reference (matrix-check.ts), natively
+ *    where the adapter has subgroup matrices, emulated elsewhere; a WRONG row makes the script exit 1 at the end.
+ * 1. kernels: the kernel table (every benchmarks/kernels-*.ts row) against tfjs-backend-webgpu on the same adapter.
+ * 2. unet: SD 1.5's UNet forward at batch 2 (classifier-free guidance) on a 64×64 latent (a 512×512 image), f32
+ *    and, where the adapter has shader-f16, f16: random weights made here (benchmarks/random-weights.ts), so no
  *    checkpoint is needed. Wall clock to a device.sync() after one warm-up call (which compiles the pipelines),
  *    median of --repeats; peak GPU bytes = device.memory().peakLiveBytes (weights plus activations), one fresh
  *    Device per dtype. Its peer, in the same run: reference/bench_torch.py --random on PyTorch CUDA (the
- *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine), f32 rows only
- *    (the reference port runs in float32).
- * 3. Only with `--only tiles`: GEMM workgroup tiles timed against each other at the UNet's GEMM shapes
+ *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine): float32 (TF32
+ *    convolutions, PyTorch's default) for the f32 row, float16 under autocast with scaled_dot_product_attention
+ *    for the f16 row.
+ * 3. e2e: txt2img at 512² with 50 DDIM steps and guidance 7.5, text encoder to pixels (SD 1.5, random weights,
+ *    the adapter's default dtype: f16 on GPUs with shader-f16), after a 2-step warm-up; peak GPU bytes of the run.
+ * 4. Only with `--only tiles`: GEMM workgroup tiles timed against each other at the UNet's GEMM shapes
  *    (gemm-tiles.ts), printed, not stored.
  *
  * Rows carry the device they ran on and merge into benchmarks/results-gpu.json (or --out). --quick: small kernel
- * shapes and a small UNet of SD 1.5's layout on an 8×8 latent, to check the script runs (lavapipe: ~1 minute).
- * Benchmarks are not tests: nothing here asserts a time.
+ * shapes, a small UNet of SD 1.5's layout on an 8×8 latent (with a 2-layer text encoder for e2e, 2 steps), to
+ * check the script runs. Benchmarks are not tests: nothing here asserts a time.
  */
 import { execFileSync } from "node:child_process";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { enableAutotune, isTileConfig, MemoryTuneStore, tileKey } from "@ldm/kernels";
-import { Device, type KernelTime, type ParamDType, Tensor } from "@ldm/tensor";
+import { StableDiffusion } from "@ldm/ldm";
+import { loadClipTokenizer } from "@ldm/ldm/node";
+import { Device, defaultDtype, type KernelTime, type ParamDType, Tensor } from "@ldm/tensor";
 import { type ModelConfig, standardConfig } from "@ldm/weights";
 import { Command, InvalidArgumentError } from "commander";
 import { median, positiveInt } from "./common.ts";
 import { runTileSweep } from "./gemm-tiles.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
+import { checkMatrixKernels, printMatrixChecks } from "./matrix-check.ts";
 import { randomNetworks } from "./random-weights.ts";
 import { DEVICE_ROW_KEYS, type DeviceRow, makeRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const PARTS = ["kernels", "unet", "tiles"] as const;
+const PARTS = ["check", "kernels", "unet", "e2e", "tiles"] as const;
 /** What runs without --only: the tile sweep is for choosing tiles, not a result row. */
-const DEFAULT_PARTS: readonly Part[] = ["kernels", "unet"];
+const DEFAULT_PARTS: readonly Part[] = ["check", "kernels", "unet", "e2e"];
 type Part = (typeof PARTS)[number];
 const CLIP_TOKENS = 77;
 /** The checkout: gpu.sh names it, since a bundled gpu.mjs does not sit in benchmarks/. */
@@ -141,6 +149,56 @@ async function timeUnet(
   }
 }
 
+/**
+ * One text-to-image run from the prompt to pixels (CLIP, the sampling loop with guidance, the VAE decode) on
+ * random weights, after a 2-step warm-up run that compiles the pipelines; peak = the pool's peak live bytes
+ * over the timed run (weights included). --quick shrinks the UNet as unetConfig does.
+ */
+async function timeEndToEnd(
+  dtype: ParamDType,
+  quick: boolean,
+  side: number,
+  steps: number,
+): Promise<{ ms: number; peakBytes: number; device: string }> {
+  const device = await Device.create({ disableF16: dtype !== "f16" });
+  try {
+    const config = unetConfig(quick);
+    if (quick)
+      config.text = {
+        ...config.text,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+      };
+    const { unet, vae, clip, dispose } = await randomNetworks(device, config, dtype, ["unet", "vae", "clip"]);
+    if (!unet || !vae) throw new Error("internal: randomNetworks built no UNet or VAE");
+    // From the checkout: a bundled gpu.mjs does not sit beside @ldm/ldm's shipped files.
+    const { tokenizer } = loadClipTokenizer({
+      vocab: join(root, "packages/ldm/vocab/clip/bpe_simple_vocab_16e6.txt.gz"),
+    });
+    const pipe = StableDiffusion.fromNetworks({ config, unet, vae, clip }, tokenizer, "random SD 1.5");
+    const run = (n: number) =>
+      pipe.txt2img({
+        prompt: "a photograph of an astronaut riding a horse",
+        steps: n,
+        width: side,
+        height: side,
+        seed: 1,
+      });
+    await run(2);
+    device.pool.resetPeak();
+    const start = performance.now();
+    await run(steps);
+    const ms = performance.now() - start;
+    const peakBytes = device.memory().peakLiveBytes;
+    dispose();
+    return { ms, peakBytes, device: deviceName(device) };
+  } finally {
+    device.destroy();
+  }
+}
+
 /** The kernels of a profiled UNet call: the slowest (labels cut at 100 characters), then the time by kernel
  * family (the label's first field). */
 function printProfile(kernels: KernelTime[], top = 25): void {
@@ -168,10 +226,14 @@ interface TorchPeer {
   unet_ms: number;
 }
 
-/** SD 1.5's UNet on PyTorch CUDA, or the reason there is none (no such interpreter, no CUDA). */
-function torchPeer(python: string, latent: number, repeats: number): TorchPeer | string {
+/**
+ * SD 1.5's UNet on PyTorch CUDA, or the reason there is none (no such interpreter, no CUDA): float32 (TF32
+ * convolutions, PyTorch's default) for our f32 row, float16 with scaled_dot_product_attention for our f16 row.
+ */
+function torchPeer(python: string, latent: number, repeats: number, dtype: ParamDType): TorchPeer | string {
   const script = join(root, "reference", "bench_torch.py");
   const args = [script, "--random", "--device", "cuda", "--latent", String(latent), "--repeats", String(repeats)];
+  if (dtype === "f16") args.push("--half", "--sdpa");
   try {
     const stdout = execFileSync(python, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
     return JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as TorchPeer;
@@ -207,6 +269,16 @@ const quick = opts.quick ?? false;
 const out = resolve(process.env.INIT_CWD ?? process.cwd(), opts.out);
 const rows: DeviceRow[] = [];
 let adapter = "";
+let wrong = false;
+
+if (opts.only.includes("check")) {
+  const device = await Device.create();
+  adapter = device.describe();
+  console.log(`adapter: ${adapter}`);
+  wrong = !printMatrixChecks(await checkMatrixKernels(device, quick));
+  if (wrong) console.error("\nWRONG NUMBERS: a subgroup-matrix kernel differs from the CPU reference (table above)");
+  device.destroy();
+}
 
 if (opts.only.includes("kernels")) {
   await registerKernelRows(quick);
@@ -234,7 +306,7 @@ if (opts.only.includes("unet")) {
     const result = await timeUnet(dtype, config, latent, repeats, opts.autotune ?? false, opts.profile ?? false);
     if (result.nonFinite) console.warn(`warning: the ${dtype} UNet output has ${result.nonFinite} NaN/Inf values`);
     // The peer builds SD 1.5 itself, so --quick's shrunk UNet has none.
-    const peer = opts.peer && !quick && dtype === "f32" ? torchPeer(opts.torch, latent, repeats) : null;
+    const peer = opts.peer && !quick ? torchPeer(opts.torch, latent, repeats, dtype) : null;
     if (typeof peer === "string") console.warn(`no PyTorch peer for ${dtype}: ${peer}`);
     const timedPeer = typeof peer === "string" ? null : peer;
     const row = makeRow({
@@ -267,6 +339,24 @@ if (opts.only.includes("tiles")) {
   device.destroy();
 }
 
+if (opts.only.includes("e2e")) {
+  const latent = quick ? 8 : 64;
+  const steps = quick ? 2 : 50;
+  const probe = await Device.create();
+  const dtype = defaultDtype({ isCpu: probe.info.isCpu, shaderF16: probe.features.shaderF16 });
+  adapter ||= probe.describe();
+  probe.destroy();
+  const result = await timeEndToEnd(dtype, quick, latent * 8, steps);
+  const row = makeRow({
+    name: `${quick ? "small model of SD 1.5's layout" : "SD 1.5"} (random weights) txt2img ${latent * 8}×${latent * 8}, ${steps} DDIM steps, guidance 7.5, text encoder to pixels (${dtype})`,
+    oursMs: result.ms,
+    peakBytes: result.peakBytes,
+  });
+  rows.push({ ...row, device: result.device });
+  console.log(`\n| end to end | ms | peak GPU MiB |\n|---|---|---|`);
+  console.log(`| ${row.name} | ${row.ours_ms} | ${(result.peakBytes / 2 ** 20).toFixed(0)} |`);
+}
+
 writeResults(out, rows, adapter, DEVICE_ROW_KEYS);
 console.log(`wrote ${rows.length} rows to ${out}`);
-process.exit(0);
+process.exit(wrong ? 1 : 0);

@@ -4,13 +4,14 @@ latent, and the CLIP text encoder on batch 2 (77 tokens). Each under torch.no_gr
 call; the median of --repeats wall-clock runs (after a CUDA synchronize). Prints one JSON object.
 
 Usage: /usr/bin/python3 reference/bench_torch.py CHECKPOINT.safetensors CONFIG.yaml [--latent S] [--threads N]
-       python3 reference/bench_torch.py --random [--device cuda] [--no-tf32]
+       python3 reference/bench_torch.py --random [--device cuda] [--no-tf32] [--half] [--sdpa]
 The random-weight SD 1.5 checkpoint comes from `/usr/bin/python3 reference/full_size.py`; --random builds
 the same architecture with PyTorch's default initialisation instead (no file: what a GPU machine without
 the 4 GB checkpoint can time).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -21,7 +22,10 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
+
+from ldm_ref.attention import CrossAttention  # noqa: E402
 
 from ldm_ref.configs import SD15_CONFIG  # noqa: E402
 from ldm_ref.ldm import LatentDiffusion  # noqa: E402
@@ -39,7 +43,20 @@ def load_model(checkpoint, config_path):
     return model, config
 
 
-def median_ms(fn, repeats, device):
+def sdpa_forward(self, x, context=None):
+    """CrossAttention.forward with one fused scaled_dot_product_attention (its default scale is the port's
+    dim_head ** -0.5), as diffusers runs SD on PyTorch 2: the peer a user compares with."""
+    context = x if context is None else context
+    b, n, _ = x.shape
+
+    def heads(t):  # 'b n (h d) -> b h n d'
+        return t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(self.to_q(x)), heads(self.to_k(context)), heads(self.to_v(context)))
+    return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def median_ms(fn, repeats, device, half=False):
     def timed():
         start = time.perf_counter()
         fn()
@@ -47,7 +64,9 @@ def median_ms(fn, repeats, device):
             torch.cuda.synchronize(device)
         return (time.perf_counter() - start) * 1000
 
-    with torch.no_grad():
+    # Autocast runs the normalisations and softmax in float32 on float16 weights, as diffusers' fp16 runs do.
+    precision = torch.autocast(device.type, dtype=torch.float16) if half else contextlib.nullcontext()
+    with torch.no_grad(), precision:
         timed()  # warm-up: first-call allocations (and CUDA's kernel selection)
         return statistics.median(timed() for _ in range(repeats))
 
@@ -60,6 +79,10 @@ def main():
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--no-tf32", action="store_true",
                         help="CUDA float32 without TF32 (PyTorch's default lets cuDNN's convolutions use it)")
+    parser.add_argument("--half", action="store_true",
+                        help="float16 weights and inputs under CUDA autocast (diffusers' fp16 setting; CUDA only)")
+    parser.add_argument("--sdpa", action="store_true",
+                        help="attention by torch.nn.functional.scaled_dot_product_attention (PyTorch >= 2.0)")
     parser.add_argument("--latent", type=int, default=64, help="latent side S (64 = a 512×512 image)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -72,6 +95,12 @@ def main():
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
+    if args.half and device.type != "cuda":
+        sys.exit("--half needs --device cuda: it times the GPU peer's float16 path")
+    if args.sdpa:
+        if not hasattr(F, "scaled_dot_product_attention"):
+            sys.exit(f"--sdpa needs PyTorch >= 2.0 (scaled_dot_product_attention); this is {torch.__version__}")
+        CrossAttention.forward = sdpa_forward
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -85,6 +114,8 @@ def main():
     else:
         model, config = load_model(args.checkpoint, args.config)
     model.to(device)
+    if args.half:
+        model.half()
     load_ms = (time.perf_counter() - start) * 1000
     generator = torch.Generator().manual_seed(0)
     s = args.latent
@@ -100,16 +131,20 @@ def main():
     ids = torch.randint(0, vocab, (2, CLIP_TOKENS), generator=generator).to(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     if device.type == "cuda":
-        where += ", no TF32" if args.no_tf32 else ", TF32 convolutions (default)"
+        where += ", float16 (autocast)" if args.half else ", no TF32" if args.no_tf32 else ", TF32 convolutions (default)"
+    if args.sdpa:
+        where += ", SDPA attention"
+    if args.half:
+        x, context, z = x.half(), context.half(), z.half()
 
     result = {
         "peer": f"torch {torch.__version__} {where}",
         "latent": s,
         "load_ms": load_ms,
         # The crossattn UNet call of apply_model; upsample_to_skip (as ours) lets latents that do not halve evenly run.
-        "unet_ms": median_ms(lambda: unet(x, timesteps, context=context, upsample_to_skip=True), args.repeats, device),
-        "vae_decode_ms": median_ms(lambda: model.first_stage_model.decode(z), args.repeats, device),
-        "clip_ms": median_ms(lambda: model.cond_stage_model(ids), args.repeats, device),
+        "unet_ms": median_ms(lambda: unet(x, timesteps, context=context, upsample_to_skip=True), args.repeats, device, args.half),
+        "vae_decode_ms": median_ms(lambda: model.first_stage_model.decode(z), args.repeats, device, args.half),
+        "clip_ms": median_ms(lambda: model.cond_stage_model(ids), args.repeats, device, args.half),
     }
     print(json.dumps(result))
 

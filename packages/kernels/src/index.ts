@@ -51,4 +51,6 @@ export { nearestScale, resizeNearest } from "./resize/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";
 export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";
+export { deviceMatrixTiles } from "./subgroup-matrix/conv.ts";
+export { chooseMatrixTiles, type MatrixInputs, type MatrixTiles } from "./subgroup-matrix/plan.ts";
 export { type TimestepEmbeddingOptions, timestepEmbedding, timestepFrequencies } from "./timestep/index.ts";

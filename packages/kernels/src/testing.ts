@@ -1,4 +1,6 @@
-/** Helpers shared by kernel tests and benchmarks: seeded random data and closeness checks. */
+/** Helpers shared by kernel tests and benchmarks: seeded random data, closeness checks, CPU references. */
+export { conv2dRef } from "./conv2d/reference.ts";
+export { matmulRef } from "./matmul/reference.ts";
 
 /** Deterministic uniform [-scale, scale) values from a 32-bit xorshift seed. */
 export function randomArray(n: number, seed = 1, scale = 1): Float32Array {

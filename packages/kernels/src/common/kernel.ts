@@ -51,6 +51,8 @@ export interface KernelDecl<C> {
   guard?: "return" | "flag";
   /** Extensions besides f16, which is enabled when a binding stores f16 (e.g. ["subgroups"]). */
   enables?: Of<C, readonly string[]>;
+  /** Global directives after the enables, e.g. "diagnostic(off, chromium.subgroup_matrix_uniformity);". */
+  directives?: Of<C, readonly string[]>;
   /**
    * Module-scope WGSL after the bindings: aliases, helper functions, workgroup variables. The builtins
    * `wid`, `nwg`, `lid` (local_invocation_index) and, with subgroups, `lane` are `main`'s parameters.
@@ -159,6 +161,7 @@ export function kernelWgsl<C>(kernel: KernelDecl<C>, c: C): string {
   return [
     ...(layout.f16 ? ["enable f16;"] : []),
     ...extensions.map((e) => `enable ${e};`),
+    ...resolve(kernel.directives ?? [], c),
     `struct Params { ${layout.params.map(([name, type]) => `${name}: ${type},`).join(" ")} }`,
     "@group(0) @binding(0) var<uniform> p: Params;",
     ...bindings,

@@ -14,6 +14,8 @@ import { type Activation, assertActivation } from "../matmul/activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
+import { convMatrixTiles, convOnMatrices } from "../subgroup-matrix/conv.ts";
+import type { MatrixTiles } from "../subgroup-matrix/plan.ts";
 import { type ConvPiece, planConv } from "./plan.ts";
 import {
   CONV2D,
@@ -49,6 +51,8 @@ export interface Conv2dInternals {
   slices?: number;
   gemmTiles?: TileConfig;
   bindingLimits?: BindingLimits;
+  /** Subgroup-matrix tiles (e.g. emulated ones) instead of convMatrixTiles' choice. */
+  matrixTiles?: MatrixTiles;
 }
 
 const FLOATS: readonly DType[] = ["f32", "f16"];
@@ -180,6 +184,12 @@ function tunedTiles(call: DirectCall, inputs: ConvTileInputs): ConvTiles | null 
 }
 
 function direct(device: Device, call: DirectCall): void {
+  // Tensor cores where the adapter has them (an autotune trial of direct tiles times the direct kernel).
+  const matrix = call.internals.matrixTiles ?? (call.internals.tiles ? null : convMatrixTiles(device, call));
+  if (matrix) {
+    convOnMatrices(device, call, matrix);
+    return;
+  }
   const { x, w, out, bias, residual, activation, internals } = call;
   const g = call.geometry;
   wgslEnables(

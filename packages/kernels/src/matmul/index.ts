@@ -191,7 +191,16 @@ export function fixedSubgroupSize(device: Device): number | null {
   return device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null;
 }
 
-type TileProblem = Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB">;
+/** A GEMM's shape; with the operands' dtypes, subgroup-matrix tiles are considered too. */
+type TileProblem = Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB"> & {
+  a?: Pick<Tensor, "dtype">;
+  b?: Pick<Tensor, "dtype">;
+};
+
+/** GPUAdapterInfo.subgroupMaxSize where the adapter reports it. */
+function subgroupMaxSize(device: Device): number | null {
+  return (device.adapter.info as GPUAdapterInfo & { subgroupMaxSize?: number }).subgroupMaxSize ?? null;
+}
 
 function tileInputs(device: Device, call: TileProblem): TileInputs {
   return {
@@ -204,6 +213,15 @@ function tileInputs(device: Device, call: TileProblem): TileInputs {
     K: call.K,
     transposeA: call.transposeA,
     transposeB: call.transposeB,
+    matrix:
+      device.subgroupMatrixConfigs.length && call.a && call.b
+        ? {
+            configs: device.subgroupMatrixConfigs,
+            a: call.a.dtype,
+            b: call.b.dtype,
+            subgroupMaxSize: subgroupMaxSize(device),
+          }
+        : undefined,
   };
 }
 
@@ -298,6 +316,9 @@ export function gemm(call: GemmCall): void {
   }
 
   const tiles = call.tiles ?? tunedTiles(call) ?? deviceTiles(device, call);
+  if (tiles.kind === "matrix" && (a.dtype !== tiles.component || b.dtype !== tiles.component)) {
+    throw new Error(`${op}: subgroup-matrix tiles of ${tiles.component} cannot read a ${a} and b ${b}`);
+  }
   const { vecA, vecB } = gemmVectorReads(
     tiles,
     transposeA,
@@ -360,7 +381,7 @@ export function gemm(call: GemmCall): void {
         biasOff: bias?.axis === "m" ? piece.m0 : 0,
         accumulate: piece.accumulate ? 1 : 0,
         finalize: piece.finalize ? 1 : 0,
-        tileRows: tiles.kind === "subgroup" ? tiles.rows : tiles.threadM,
+        tileRows: tiles.kind === "subgroup" ? tiles.rows : tiles.kind === "workgroup" ? tiles.threadM : 0,
         alpha: call.alpha,
       },
       buffers,

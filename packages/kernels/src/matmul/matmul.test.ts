@@ -408,6 +408,55 @@ describe.each(["device", "subgroup-m", "workgroup", "workgroup-8x8"] as const)(
   },
 );
 
+/**
+ * Subgroup-matrix tiles, emulated (plain WGSL in place of the matrix types: subgroup-matrix/wgsl.ts), so the
+ * tensor-core kernel's tile indexing, zero-padded staging, transposes and epilogue run on lavapipe. 8 × 8 × 8
+ * matrices and 4 lanes keep the emulation (every invocation computes whole matrices) cheap, and each case
+ * below is one pipeline (each compiles for tens of seconds on a busy lavapipe); benchmarks/gpu.ts checks the
+ * native kernels against the reference on a real GPU.
+ */
+const MATRIX_F32: TileConfig = {
+  kind: "matrix",
+  shape: { M: 8, N: 8, K: 8 },
+  component: "f32",
+  lanes: 4,
+  subgroupsM: 2,
+  subgroupsN: 1,
+  matsM: 1,
+  matsN: 2,
+  tileK: 16,
+  emulate: true,
+};
+
+describe("gemm with emulated subgroup-matrix tiles", () => {
+  it("matches the reference on odd shapes, batches, transposes, the epilogue and GEGLU", async () => {
+    // Tiles of 16 × 16 and K steps of 16: 33 × 17 × 13 pads every side of the last tiles.
+    const epilogue = { bias: true, residual: true, activation: "gelu", alpha: 0.7 } as const;
+    await check({ batch: 2, M: 33, N: 17, K: 13, shareB: true, ...epilogue }, MATRIX_F32, {
+      atol: f32Tol(13).atol + 1e-6,
+      rtol: 1e-5,
+    });
+    const gated = { M: 37, N: 26, K: 20, transposeA: true, transposeB: true, bias: true, gated: true };
+    await check(gated, MATRIX_F32, gatedTol(20));
+  }, 600_000);
+
+  it.skipIf(!device.features.shaderF16)(
+    "stages f16 operands as f16 matrices and accumulates in f32",
+    async () => {
+      const tol = { atol: 1e-3, rtol: 2 ** -10 };
+      const tiles = { ...MATRIX_F32, component: "f16" } as const;
+      await check({ M: 21, N: 20, K: 37, dtype: "f16", bias: true, transposeB: true }, tiles, tol);
+    },
+    600_000,
+  );
+
+  it("refuses tiles whose component type is not the operands' dtype", async () => {
+    await expect(
+      check({ M: 4, N: 4, K: 4, dtype: "f32" }, { ...MATRIX_F32, component: "f16" }, f32Tol(4)),
+    ).rejects.toThrow(/subgroup-matrix tiles of f16 cannot read a .*f32/);
+  });
+});
+
 describe("gated gemm split over small bindings", () => {
   it("splits rows of the gated output, and falls back to linear then geglu when the reduction splits", async () => {
     const rows = { M: 100, N: 12, K: 8, transposeB: true, bias: true, gated: true };

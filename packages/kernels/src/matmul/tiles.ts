@@ -9,10 +9,25 @@
  * 4 consecutive indices each along one output dimension, and every lane loads a few rows of the other
  * operand, which are then broadcast to all lanes. Barriers (coroutine switches on llvmpipe) are avoided.
  *
- * GPUs get the classic workgroup-memory tiling.
+ * GPUs get the classic workgroup-memory tiling, or subgroup-matrix tiles (tensor cores) where the adapter has
+ * them for the operands' dtype.
  */
+import {
+  chooseMatrixTiles,
+  isMatrixTiles,
+  type MatrixInputs,
+  type MatrixTiles,
+  matrixTile,
+  matrixTileKey,
+  matrixWorkgroupSize,
+} from "../subgroup-matrix/plan.ts";
 
 export interface TileInputs {
+  /**
+   * Subgroup-matrix tiles are tried first where given (GPU adapters with `chromium-experimental-subgroup-matrix`;
+   * subgroup-matrix/plan.ts); the present tiles are the fallback.
+   */
+  matrix?: Omit<MatrixInputs, "M" | "N" | "K" | "maxInvocations" | "maxWorkgroupStorageBytes">;
   /** The adapter is a CPU rasteriser (lavapipe, SwiftShader). */
   isCpu: boolean;
   /** The subgroup size when the device has the subgroups feature and a fixed size (min = max), else null. */
@@ -50,12 +65,14 @@ export interface WorkgroupTiles {
   threadN: number;
 }
 
-export type TileConfig = SubgroupTiles | WorkgroupTiles;
+export type TileConfig = SubgroupTiles | WorkgroupTiles | MatrixTiles;
 
 /** Subgroup sizes the broadcast tiles are written for (lavapipe has 8; 16 with LP_NATIVE_VECTOR_WIDTH=512). */
 const BROADCAST_LANES = [4, 8, 16];
 
 export function chooseTiles(inp: TileInputs): TileConfig {
+  const matrix = inp.matrix && !inp.isCpu ? chooseMatrixTiles({ ...inp, ...inp.matrix }) : null;
+  if (matrix) return matrix;
   const lanes = inp.subgroupSize;
   if (inp.isCpu && lanes !== null && BROADCAST_LANES.includes(lanes)) {
     // The broadcast operand is read as 4 consecutive k per lane, so it should be the one whose rows run
@@ -90,6 +107,7 @@ export function broadcastRows(lanes: number, extent: number): number {
  */
 export function tileCandidates(inp: TileInputs): TileConfig[] {
   const chosen = chooseTiles(inp);
+  if (chosen.kind === "matrix") return [chosen, ...tileCandidates({ ...inp, matrix: undefined })];
   const out: TileConfig[] = [chosen];
   if (chosen.kind === "subgroup") {
     for (const rows of [16, 24, 32].map((r) => Math.ceil(r / chosen.lanes) * chosen.lanes)) {
@@ -125,6 +143,7 @@ function subgroupsFor(inp: TileInputs, lanes: number, rows: number): number {
 export function isTileConfig(v: unknown): v is TileConfig {
   if (typeof v !== "object" || v === null) return false;
   const t = v as Record<string, unknown>;
+  if (t.kind === "matrix") return isMatrixTiles(t);
   const positive = (...names: string[]) => names.every((n) => Number.isInteger(t[n]) && (t[n] as number) > 0);
   if (t.kind === "subgroup") {
     return (
@@ -146,6 +165,7 @@ export function isTileConfig(v: unknown): v is TileConfig {
 }
 
 export function tileKey(t: TileConfig): string {
+  if (t.kind === "matrix") return matrixTileKey(t);
   return t.kind === "subgroup"
     ? `sg${t.lanes}x${t.subgroups}r${t.rows}${t.laneOwns}`
     : `wg${t.tileM}x${t.tileN}x${t.tileK}t${t.threadM}x${t.threadN}`;
@@ -153,6 +173,7 @@ export function tileKey(t: TileConfig): string {
 
 /** Invocations per workgroup. */
 export function workgroupSize(t: TileConfig): number {
+  if (t.kind === "matrix") return matrixWorkgroupSize(t);
   return t.kind === "subgroup" ? t.lanes * t.subgroups : (t.tileM / t.threadM) * (t.tileN / t.threadN);
 }
 
@@ -171,6 +192,7 @@ export function workgroupStorageBytes(t: WorkgroupTiles): number {
 
 /** Output extent (rows along M, columns along N) one workgroup covers. */
 export function workgroupTile(t: TileConfig): { m: number; n: number } {
+  if (t.kind === "matrix") return matrixTile(t);
   if (t.kind === "workgroup") return { m: t.tileM, n: t.tileN };
   const broadcast = t.subgroups * t.rows;
   const owned = t.lanes * 4;

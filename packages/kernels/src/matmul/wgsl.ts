@@ -15,9 +15,18 @@
 import type { DType } from "@ldm/tensor";
 import type { KernelBinding, KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
+import type { MatrixTiles } from "../subgroup-matrix/plan.ts";
+import { matrixDirectives, matrixEnables, matrixMain, matrixModule } from "../subgroup-matrix/wgsl.ts";
 import type { Activation } from "./activation.ts";
 import { accumulatorsWgsl, EPILOGUE_PARAMS, epilogueWgsl } from "./epilogue.ts";
-import { type SubgroupTiles, stagedRowVec4s, type TileConfig, type WorkgroupTiles, workgroupSize } from "./tiles.ts";
+import {
+  type SubgroupTiles,
+  stagedRowVec4s,
+  type TileConfig,
+  type WorkgroupTiles,
+  workgroupSize,
+  workgroupTile,
+} from "./tiles.ts";
 
 export interface GemmKernelSpec {
   tiles: TileConfig;
@@ -52,7 +61,7 @@ export function gemmVectorReads(
   alignedA: boolean,
   alignedB: boolean,
 ): { vecA: boolean; vecB: boolean } {
-  if (tiles.kind === "workgroup") return { vecA: false, vecB: false };
+  if (tiles.kind !== "subgroup") return { vecA: false, vecB: false };
   // The broadcast operand is only read as vectors along k; the owned one along k or along its own index.
   return tiles.laneOwns === "n"
     ? { vecA: alignedA && !transposeA, vecB: alignedB }
@@ -94,7 +103,13 @@ function bIndex(s: GemmKernelSpec, b: string, k: string, logicalN: string): stri
 /** B's column of a gated product's logical column n: values at even n, their gates at odd n. */
 const GATED_COLUMN_WGSL = "fn gated_column(n: u32) -> u32 { return (n >> 1u) + (n & 1u) * (p.N >> 1u); }";
 
-function epilogue(s: GemmKernelSpec): string {
+/**
+ * finish4(bi, m, n, acc) of a GEMM's output C[bi, m, n] (rows of N): also the epilogue of any kernel whose
+ * output is such a GEMM's (the convolution as an implicit GEMM: m the channel, n the pixel).
+ */
+export function gemmEpilogue(
+  s: Pick<GemmKernelSpec, "gated" | "bias" | "c" | "residual" | "activation" | "vecC">,
+): string {
   if (s.gated) return gatedEpilogue(s);
   const bias =
     s.bias?.axis === "m"
@@ -121,7 +136,7 @@ function epilogue(s: GemmKernelSpec): string {
 }
 
 /** finish4 of a gated product: acc = (value j, gate j, value j + 1, gate j + 1) for the output column j = n/2. */
-function gatedEpilogue(s: GemmKernelSpec): string {
+function gatedEpilogue(s: Pick<GemmKernelSpec, "bias" | "c">): string {
   // The bias of an absent second pair (odd N/2) is clamped to a real element and its output not stored.
   const pair = ["col", "min(col + 1u, half - 1u)"];
   const bias = `vec4f(${pair.flatMap((j) => [`f32(Bias[${j}])`, `f32(Bias[half + ${j}])`]).join(", ")})`;
@@ -178,15 +193,50 @@ export const GEMM: KernelDecl<GemmKernelSpec> = {
   },
   workgroupSize: (s) => workgroupSize(s.tiles),
   itemsPerWorkgroup: 1,
-  enables: (s) => (s.tiles.kind === "subgroup" ? ["subgroups"] : []),
+  enables: (s) =>
+    s.tiles.kind === "subgroup" ? ["subgroups"] : s.tiles.kind === "matrix" ? matrixEnables(s.tiles) : [],
+  directives: (s) => (s.tiles.kind === "matrix" ? matrixDirectives(s.tiles) : []),
   module: (s) => `
 ${operandReaders("A", s.a, s.vecA)}
 ${operandReaders("B", s.b, s.vecB)}
 ${s.gated ? GATED_COLUMN_WGSL : ""}
-${epilogue(s)}
-${s.tiles.kind === "subgroup" ? subgroupModule(s, s.tiles) : workgroupModule(s.tiles)}`,
-  main: (s) => (s.tiles.kind === "subgroup" ? subgroupMain(s, s.tiles) : workgroupMain(s, s.tiles)),
+${gemmEpilogue(s)}
+${
+  s.tiles.kind === "subgroup"
+    ? subgroupModule(s, s.tiles)
+    : s.tiles.kind === "matrix"
+      ? matrixModule(s.tiles)
+      : workgroupModule(s.tiles)
+}`,
+  main: (s) =>
+    s.tiles.kind === "subgroup"
+      ? subgroupMain(s, s.tiles)
+      : s.tiles.kind === "matrix"
+        ? gemmMatrixMain(s, s.tiles)
+        : workgroupMain(s, s.tiles),
 };
+
+// ---- subgroup-matrix tiles (GPUs with chromium-experimental-subgroup-matrix) ------------------------
+
+/** The GEMM on subgroup matrices (subgroup-matrix/wgsl.ts): A and B read through their index expressions. */
+function gemmMatrixMain(s: GemmKernelSpec, t: MatrixTiles): string {
+  const tile = workgroupTile(t);
+  return matrixMain(t, {
+    prologue: `  let perBatch = p.tilesX * p.tilesY;
+  let bi = item / perBatch;
+  let tile = item % perBatch;
+  let m0 = (tile / p.tilesY) * ${tile.m}u;
+  let n0 = (tile % p.tilesY) * ${tile.n}u;`,
+    M: "p.M",
+    N: "p.N",
+    K: "p.K",
+    a: (m, k) => `A_at(${aIndex(s, "bi", m, k)})`,
+    b: (k, n) => `B_at(${bIndex(s, "bi", k, n)})`,
+    aContiguous: s.transposeA ? "m" : "k",
+    bContiguous: s.transposeB ? "k" : "n",
+    finish: (m, n, v) => `finish4(bi, ${m}, ${n}, ${v});`,
+  });
+}
 
 // ---- subgroup-broadcast tiles (CPU adapters) -------------------------------------------------------
 

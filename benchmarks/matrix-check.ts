@@ -1,0 +1,215 @@
+/**
+ * Correctness of the subgroup-matrix (tensor-core) kernels on the adapter the GPU script runs on, before anything
+ * is timed: each kernel variant against the CPU reference on odd shapes, f16 operands with f32 accumulation and
+ * f32 outputs (so the check sees the accumulation, not the output's rounding). lavapipe has no subgroup
+ * matrices, so the unit tests only run them emulated; this is where the native kernels meet a real compiler and
+ * real matrix units. On an adapter without the feature (any --quick run here) the same variants run emulated,
+ * which checks the script itself.
+ */
+import { conv2d, deviceMatrixTiles, deviceTiles, type GemmCall, gemm, type MatrixTiles, tileKey } from "@ldm/kernels";
+import { assertClose, conv2dRef, matmulRef, randomArray } from "@ldm/kernels/testing";
+import { type Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+
+export interface MatrixCheck {
+  kernel: string;
+  /** The tiles that ran (the planner's on a GPU with subgroup matrices). */
+  tiles: string;
+  maxAbs: number;
+  /** The error message when the output is out of tolerance, else null. */
+  error: string | null;
+}
+
+interface GemmCase {
+  name: string;
+  batch?: number;
+  M: number;
+  N: number;
+  K: number;
+  transposeA?: boolean;
+  transposeB?: boolean;
+  bias?: boolean;
+  residual?: boolean;
+  activation?: GemmCall["activation"];
+}
+
+/** Shapes that cut through every tile edge, every transpose, the Linear and 1×1-conv layouts, the epilogue. */
+const GEMM_CASES: GemmCase[] = [
+  { name: "odd 333×190×77", M: 333, N: 190, K: 77 },
+  { name: "Aᵀ Bᵀ 70×36×45", M: 70, N: 36, K: 45, transposeA: true, transposeB: true },
+  { name: "linear 77×320×768 (+bias)", M: 77, N: 320, K: 768, transposeB: true, bias: true },
+  {
+    name: "batch 2, 1×1 conv 320×256 px ×40 (+bias, silu, residual)",
+    batch: 2,
+    M: 320,
+    N: 256,
+    K: 40,
+    bias: true,
+    residual: true,
+    activation: "silu",
+  },
+];
+
+/** Emulated tiles for adapters without subgroup matrices: small matrices, so that a CPU adapter compiles them. */
+const EMULATED: MatrixTiles = {
+  kind: "matrix",
+  shape: { M: 8, N: 8, K: 8 },
+  component: "f16",
+  lanes: 4,
+  subgroupsM: 2,
+  subgroupsN: 1,
+  matsM: 1,
+  matsN: 2,
+  tileK: 16,
+  emulate: true,
+};
+
+const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
+
+async function checkGemm(device: Device, c: GemmCase, emulate: boolean): Promise<MatrixCheck> {
+  const { batch = 1, M, N, K, transposeA = false, transposeB = false } = c;
+  const a = roundF16(randomArray(batch * M * K, 1));
+  const b = roundF16(randomArray(batch * K * N, 2));
+  const bias = c.bias ? roundF16(randomArray(N, 3)) : undefined;
+  const residual = c.residual ? randomArray(batch * M * N, 4) : undefined;
+  const ta = Tensor.from(device, a, [batch, ...(transposeA ? [K, M] : [M, K])], "f16");
+  const tb = Tensor.from(device, b, [batch, ...(transposeB ? [N, K] : [K, N])], "f16");
+  const tbias = bias && Tensor.from(device, bias, [N], "f16");
+  const tres = residual && Tensor.from(device, residual, [batch, M, N], "f32");
+  const out = Tensor.empty(device, [batch, M, N], "f32");
+  const call: GemmCall = {
+    op: "matrix check",
+    a: ta,
+    b: tb,
+    out,
+    batch,
+    M,
+    N,
+    K,
+    transposeA,
+    transposeB,
+    aBatchStride: M * K,
+    bBatchStride: K * N,
+    bias: tbias ? { tensor: tbias, axis: "n" } : undefined,
+    residual: tres,
+    activation: c.activation ?? "none",
+    alpha: 1,
+  };
+  const tiles = emulate ? EMULATED : deviceTiles(device, call);
+  const result = (maxAbs: number, error: string | null): MatrixCheck => ({
+    kernel: `gemm ${c.name}`,
+    tiles: tileKey(tiles),
+    maxAbs,
+    error,
+  });
+  try {
+    if (tiles.kind !== "matrix") return result(Number.NaN, "the planner chose no subgroup-matrix tiles");
+    gemm({ ...call, tiles });
+    const got = await out.toFloat32();
+    const want = matmulRef(a, b, { batch, M, N, K, transposeA, transposeB, bias, residual, activation: c.activation });
+    // Exact f16 products summed in f32 in another order than the float64 reference.
+    const tol = { atol: 1e-4 * Math.sqrt(K), rtol: 1e-4 };
+    try {
+      return result(assertClose(got, want, tol, c.name).maxAbs, null);
+    } catch (e) {
+      return result(Number.NaN, (e as Error).message);
+    }
+  } finally {
+    for (const t of [ta, tb, tbias, tres, out]) t?.dispose();
+  }
+}
+
+interface ConvCase {
+  name: string;
+  x: [number, number, number, number];
+  w: [number, number, number, number];
+  stride: number;
+  padding: number | [number, number, number, number];
+}
+
+/** The UNet's 3×3 convolutions at an odd size, and the VAE Downsample's stride 2 with one-sided padding. */
+const CONV_CASES: ConvCase[] = [
+  { name: "3×3 320→320 @ 19×23, batch 2", x: [2, 320, 19, 23], w: [320, 320, 3, 3], stride: 1, padding: 1 },
+  {
+    name: "3×3 s2 64→64 @ 33×31, pad [0,1,0,1]",
+    x: [1, 64, 33, 31],
+    w: [64, 64, 3, 3],
+    stride: 2,
+    padding: [0, 1, 0, 1],
+  },
+];
+
+async function checkConv(device: Device, c: ConvCase, emulate: boolean): Promise<MatrixCheck> {
+  const x = roundF16(
+    randomArray(
+      c.x.reduce((p, q) => p * q),
+      5,
+    ),
+  );
+  const w = roundF16(
+    randomArray(
+      c.w.reduce((p, q) => p * q),
+      6,
+    ),
+  );
+  const bias = roundF16(randomArray(c.w[0], 7));
+  const tx = Tensor.from(device, x, c.x, "f16");
+  const tw = Tensor.from(device, w, c.w, "f16");
+  const tb = Tensor.from(device, bias, [c.w[0]], "f16");
+  const kernel = `conv2d ${c.name} (+bias, silu)`;
+  const K = c.w[1] * c.w[2] * c.w[3];
+  const [pt, pb, pl, pr] = typeof c.padding === "number" ? [c.padding, c.padding, c.padding, c.padding] : c.padding;
+  const Ho = Math.floor((c.x[2] + pt + pb - c.w[2]) / c.stride) + 1;
+  const Wo = Math.floor((c.x[3] + pl + pr - c.w[3]) / c.stride) + 1;
+  const tiles = emulate ? EMULATED : deviceMatrixTiles(device, { a: "f16", b: "f16", M: c.w[0], N: Ho * Wo, K });
+  const result = (maxAbs: number, error: string | null): MatrixCheck => ({
+    kernel,
+    tiles: tiles ? tileKey(tiles) : "none",
+    maxAbs,
+    error,
+  });
+  try {
+    if (!tiles) return result(Number.NaN, "the planner chose no subgroup-matrix tiles");
+    const out = conv2d(
+      tx,
+      tw,
+      { stride: c.stride, padding: c.padding, bias: tb, activation: "silu" },
+      { matrixTiles: tiles },
+    );
+    // f16 output: its rounding (2^-11 relative) on top of the f32 sums' error.
+    const got = await out.toFloat32();
+    out.dispose();
+    const want = conv2dRef(x, c.x, w, c.w, { stride: c.stride, padding: c.padding, bias, activation: "silu" });
+    const tol = { atol: 1e-4 * Math.sqrt(K), rtol: 2 ** -10 };
+    try {
+      return result(assertClose(got, want, tol, c.name).maxAbs, null);
+    } catch (e) {
+      return result(Number.NaN, (e as Error).message);
+    }
+  } finally {
+    for (const t of [tx, tw, tb]) t.dispose();
+  }
+}
+
+/**
+ * Every subgroup-matrix kernel against its reference: native where the device has subgroup matrices for f16
+ * (and shader-f16), emulated otherwise (`quick` then takes the two smallest cases, for CPU adapters).
+ */
+export async function checkMatrixKernels(device: Device, quick: boolean): Promise<MatrixCheck[]> {
+  const native = device.subgroupMatrixConfigs.some((c) => c.componentType === "f16" && c.resultComponentType === "f32");
+  const cases = native || !quick ? GEMM_CASES : GEMM_CASES.slice(0, 2);
+  const rows: MatrixCheck[] = [];
+  for (const c of cases) rows.push(await checkGemm(device, c, !native));
+  // Emulated, 320 channels take minutes on a CPU adapter: --quick there checks the stride-2 case only.
+  for (const c of native || !quick ? CONV_CASES : CONV_CASES.slice(1)) rows.push(await checkConv(device, c, !native));
+  return rows;
+}
+
+/** The check as a table; true when every kernel matched. */
+export function printMatrixChecks(rows: readonly MatrixCheck[]): boolean {
+  console.log("\n| subgroup-matrix kernel vs CPU reference | tiles | max abs error | verdict |\n|---|---|---|---|");
+  for (const r of rows) {
+    const verdict = r.error ? `**WRONG**: ${r.error.split("\n")[0]}` : "ok";
+    console.log(`| ${r.kernel} | ${r.tiles} | ${r.maxAbs.toExponential(2)} | ${verdict} |`);
+  }
+  return rows.every((r) => !r.error);
+}
