@@ -331,6 +331,12 @@ export function ldmConfigFromYaml(text: string, origin = "config"): LdmConfig {
   const doc = parseConfigYaml(text, origin);
   const r = new YamlReader(origin);
   const top = r.dict(r.dict(doc, "a top-level mapping", true).model, "model", true);
+  const alone = firstStageTarget(r, top);
+  if (alone) {
+    throw new ConfigError(
+      `${origin}: model.target ${alone} is a first stage alone, not a LatentDiffusion: ldm info and ldm validate (vae.encode, vae.decode) read it, but it does not sample`,
+    );
+  }
   const model = r.dict(top.params, "model.params", true);
   targetClass(r, top, "model", MODEL_TARGETS, "LatentDiffusion");
   const unetConfig = r.dict(model.unet_config, "model.params.unet_config", true);
@@ -394,6 +400,34 @@ export function ldmConfigFromYaml(text: string, origin = "config"): LdmConfig {
   if (scaleByStd) config.scale_by_std = true;
   if (!parts.text) config.use_ema = r.optional(model, "use_ema", "model.params", "boolean") ?? true;
   return config;
+}
+
+/**
+ * A first stage saved alone (CompVis `models/first_stage_models/<name>/config.yaml`): `model.target` names
+ * `ldm.models.autoencoder.VQModel` or `AutoencoderKL` (or `VQModelInterface`, the same weights), whose
+ * checkpoint holds its keys without a prefix.
+ */
+export interface FirstStageOnlyConfig {
+  /** The class name of model.target. */
+  target: string;
+  vae: VaeConfig;
+}
+
+/** The class name of a model.target that is a first stage, else undefined. */
+function firstStageTarget(r: YamlReader, top: Dict): string | undefined {
+  const name = r.optional(top, "target", "model", "string")?.split(".").pop();
+  return name !== undefined && Object.hasOwn(FIRST_STAGE_TARGETS, name) ? name : undefined;
+}
+
+/** Reads a first stage's own YAML; undefined when its model.target is not a first stage (a LatentDiffusion's config). */
+export function firstStageConfigFromYaml(text: string, origin = "config"): FirstStageOnlyConfig | undefined {
+  const doc = parseConfigYaml(text, origin);
+  const r = new YamlReader(origin);
+  const top = r.dict(r.dict(doc, "a top-level mapping", true).model, "model", true);
+  const target = firstStageTarget(r, top);
+  if (!target) return undefined;
+  const params = r.dict(top.params, "model.params", true);
+  return { target, vae: vaeFromYaml(r, params, FIRST_STAGE_TARGETS[target] === "vq") };
 }
 
 function condStageFromYaml(r: YamlReader, value: unknown): CondStageParts | "unconditional" {

@@ -70,6 +70,8 @@ export interface SingleFileOptions {
 const OPEN_CLIP = "cond_stage_model.model.";
 const HF_TEXT = "cond_stage_model.transformer.";
 const EMA = "model_ema.";
+/** A first stage saved alone (models/first_stage_models/*: VQModel, AutoencoderKL) stores its keys unprefixed. */
+const FIRST_STAGE_ALONE = /^(encoder|decoder|quant_conv|post_quant_conv|quantize)\./;
 /** The paper's BERTEmbedder stores its x-transformer under the same `cond_stage_model.transformer.` as SD1's CLIP. */
 const X_TRANSFORMER = /^cond_stage_model\.transformer\.(token_emb|pos_emb|attn_layers|norm|to_logits)\./;
 
@@ -111,6 +113,8 @@ export function singleFileLayout(file: TensorFile, options: SingleFileOptions = 
       addOpenClip(b, file, key);
     } else if (key.startsWith(COND_PREFIX)) b.add(key, file, key);
     else if (key.startsWith(EMA)) emaKeys.push(key);
+    else if (FIRST_STAGE_ALONE.test(key)) b.add(VAE_PREFIX + key, file, key);
+    else if (key.startsWith("loss.")) b.ignore(file, key, "the first stage's training loss (LPIPS, discriminator)");
     else if (!key.includes(".")) scheduleKeys.push(key);
     else b.ignore(file, key, "not part of the UNet, VAE or text encoder");
   }

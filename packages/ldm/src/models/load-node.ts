@@ -1,8 +1,17 @@
 import { VarBuilder } from "@ldm/nn";
 import type { Device, ParamDType } from "@ldm/tensor";
-import { type LdmConfig, ldmConfigFromYaml } from "@ldm/weights";
+import { type FirstStageOnlyConfig, type LdmConfig, ldmConfigFromYaml } from "@ldm/weights";
 import { type Checkpoint, openCheckpoint, readConfigFile } from "@ldm/weights/node";
-import { type Component, chooseEma, componentsOf, type LoadedModel, loadNetworks, storedScaleFactor } from "./load.ts";
+import { type AutoencoderKL, firstStageModel } from "./autoencoder.ts";
+import {
+  COMPONENT_PREFIX,
+  type Component,
+  chooseEma,
+  componentsOf,
+  type LoadedModel,
+  loadNetworks,
+  storedScaleFactor,
+} from "./load.ts";
 
 export type { LoadedModel } from "./load.ts";
 
@@ -54,6 +63,40 @@ export async function loadModel(path: string, options: LoadModelOptions): Promis
       assumptions,
     );
     return { ...loaded, scaleFactor, ema };
+  } finally {
+    await checkpoint.close();
+  }
+}
+
+/** A first stage saved alone (models/first_stage_models/*), its weights loaded; dispose() frees them. */
+export interface LoadedFirstStage {
+  vae: AutoencoderKL;
+  dispose(): void;
+}
+
+/**
+ * Opens a first stage's own checkpoint (VQModel or AutoencoderKL keys without a prefix; its training loss's
+ * tensors ignored) and loads it as its config says.
+ */
+export async function loadFirstStage(
+  path: string,
+  options: { device: Device; dtype?: ParamDType; config: FirstStageOnlyConfig },
+): Promise<LoadedFirstStage> {
+  const { device, dtype = "f32" } = options;
+  if (dtype === "f16" && !device.features.shaderF16) {
+    throw new Error("f16 was asked for, but this device has no shader-f16 feature: use f32");
+  }
+  const checkpoint = await openCheckpoint(path);
+  try {
+    const vb = VarBuilder.from(device, checkpoint.source, dtype);
+    const vae = firstStageModel(vb.pp(COMPONENT_PREFIX.vae), options.config.vae);
+    try {
+      await vb.load([COMPONENT_PREFIX.vae]);
+    } catch (e) {
+      vb.dispose();
+      throw e;
+    }
+    return { vae, dispose: () => vb.dispose() };
   } finally {
     await checkpoint.close();
   }

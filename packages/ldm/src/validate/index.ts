@@ -3,9 +3,12 @@
  * with the reference, reporting max abs error and that error relative to max|reference|.
  */
 import { Device, type ParamDType, type Tensor } from "@ldm/tensor";
+import { firstStageConfigFromYaml } from "@ldm/weights";
+import { readConfigFile } from "@ldm/weights/node";
 import { VQModel } from "../models/autoencoder.ts";
 import { ClassEmbedder, SpatialRescaler } from "../models/cond-stage.ts";
 import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
+import { type LoadedFirstStage, loadFirstStage } from "../models/load-node.ts";
 import { BERTEmbedder } from "../models/x-transformer.ts";
 import { inpaintedPixels } from "../pipeline/masked-image.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
@@ -133,13 +136,17 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
     }
     const device = options.device ?? (await Device.create({ disableF16: !options.f16 }));
     try {
+      const firstStage = config ? firstStageConfigFromYaml(readConfigFile(config), config) : undefined;
+      const beyond = components.filter((c) => !(FIRST_STAGE_COMPONENTS as readonly string[]).includes(c));
+      if (firstStage && beyond.length) {
+        throw new Error(
+          `${config}: a first stage alone (${firstStage.target}) is checked on ${FIRST_STAGE_COMPONENTS.join(" and ")}; the dump's ${beyond.join(", ")} need a LatentDiffusion`,
+        );
+      }
       const networks = [...new Set(components.flatMap((c) => NEEDS[c]))];
-      const model = await loadModel(options.checkpoint, {
-        device,
-        dtype,
-        config,
-        components: networks,
-      });
+      const model: ValidatedModel = firstStage
+        ? { ...(await loadFirstStage(options.checkpoint, { device, dtype, config: firstStage })), assumptions: [] }
+        : await loadModel(options.checkpoint, { device, dtype, config, components: networks });
       const checks: OutputCheck[] = [];
       try {
         for (const component of components) {
@@ -171,6 +178,18 @@ export async function validate(options: ValidateOptions): Promise<ValidationRepo
   }
 }
 
+/** The components a first stage saved alone (VQModel, AutoencoderKL at the top of its YAML) is checked on. */
+const FIRST_STAGE_COMPONENTS = ["vae.encode", "vae.decode"] as const;
+
+/** A LatentDiffusion's networks, or a first stage alone. */
+type ValidatedModel = LoadedModel | (LoadedFirstStage & { assumptions: string[] });
+
+/** The LatentDiffusion the non-first-stage components run (validate refuses them for a first stage alone). */
+function ldm(model: ValidatedModel): LoadedModel {
+  if (!("config" in model)) throw new Error("internal: a first stage alone runs only vae.encode and vae.decode");
+  return model;
+}
+
 /** What a component runner reads from the dump: its inputs, uploaded; the names present. */
 interface ComponentInputs {
   floats(name: string): Promise<Tensor>;
@@ -179,7 +198,7 @@ interface ComponentInputs {
 }
 
 const RUNNERS: Readonly<
-  Record<DumpComponent, (model: LoadedModel, io: ComponentInputs, dump: Dump) => Promise<Outputs>>
+  Record<DumpComponent, (model: ValidatedModel, io: ComponentInputs, dump: Dump) => Promise<Outputs>>
 > = {
   "vae.encode": async (model, io) => {
     const vae = need(model.vae);
@@ -207,7 +226,7 @@ const RUNNERS: Readonly<
     ]);
   },
   unet: async (model, io) => {
-    const unet = need(model.unet);
+    const unet = need(ldm(model).unet);
     const eps = unet.forward({
       x: await io.floats("x"),
       timesteps: await io.floats("timesteps"),
@@ -218,7 +237,7 @@ const RUNNERS: Readonly<
     return readOutputs({ eps });
   },
   clip: async (model, io) => {
-    const out = need(model.clip).forward(await io.ids("input_ids"), {
+    const out = need(ldm(model).clip).forward(await io.ids("input_ids"), {
       last: io.has("out", "last_hidden_state"),
       penultimate: io.has("out", "penultimate_hidden_state"),
     });
@@ -231,7 +250,8 @@ const RUNNERS: Readonly<
    * The cond stage: a ClassEmbedder on class_label, a BERTEmbedder on input_ids (prompt or layout tokens), or a
    * SpatialRescaler on a one-hot segmentation map (→ c_concat).
    */
-  cond: async (model, io, dump) => {
+  cond: async (loaded, io, dump) => {
+    const model = ldm(loaded);
     const stage = model.cond;
     if (io.has("in", "masked_image")) return new Map([["c_concat", await maskedImageInput(model, dump, "cond")]]);
     if (io.has("in", "segmentation")) {
@@ -251,7 +271,8 @@ const RUNNERS: Readonly<
     }
     return readOutputs({ c_crossattn: stage.forward(await io.ids("class_label")) });
   },
-  sample: async (model, _io, dump) => {
+  sample: async (loaded, _io, dump) => {
+    const model = ldm(loaded);
     const z0 = await runSample(model, dump);
     const outputs: Outputs = new Map([["z_0", z0]]);
     if (!dump.has("sample", "out", "image") && !dump.has("sample", "out", "inpainted")) return outputs;
@@ -279,7 +300,7 @@ async function imageLatents(dump: Dump, ours: HostTensor): Promise<HostTensor> {
   return decodesReference(dump, "sample", "image") ? await dump.floats("sample", "out", "z_0") : ours;
 }
 
-async function run(component: DumpComponent, model: LoadedModel, dump: Dump, device: Device): Promise<Outputs> {
+async function run(component: DumpComponent, model: ValidatedModel, dump: Dump, device: Device): Promise<Outputs> {
   const uploaded: Tensor[] = [];
   const keep = (t: Tensor) => {
     uploaded.push(t);

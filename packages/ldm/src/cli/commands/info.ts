@@ -7,6 +7,7 @@ import {
   describeCondStage,
   type FiniteCheck,
   findNonFinite,
+  firstStageConfigFromYaml,
   LayoutError,
   type LdmConfig,
   ldmConfigFromYaml,
@@ -17,6 +18,7 @@ import {
   TorchCheckpointError,
   UNET_PREFIX,
   VAE_PREFIX,
+  type VaeConfig,
   ZipError,
 } from "@ldm/weights";
 import { type Checkpoint, CheckpointError, openCheckpoint } from "@ldm/weights/node";
@@ -176,36 +178,46 @@ function components(checkpoint: Checkpoint): ComponentReport[] {
   }).filter((c) => c.tensors > 0);
 }
 
+/** "AutoencoderKL", or a VQ first stage's class with its codebook. */
+function firstStageName(target: string, vae: VaeConfig): string {
+  return vae.n_embed === undefined ? target : `${target} (${vae.n_embed} codes of ${vae.embed_dim})`;
+}
+
 function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: string; origin: string }) {
+  // A first stage's own YAML (models/first_stage_models): the file holds that first stage alone.
+  const alone = yaml && firstStageConfigFromYaml(yaml.text, yaml.origin);
   let detection: { config: LdmConfig; assumptions: string[] } | undefined;
   let problem: string | undefined;
   try {
     // Any LatentDiffusion's YAML (the paper's models too); detection covers Stable Diffusion.
-    detection = yaml ? { config: ldmConfigFromYaml(yaml.text, yaml.origin), assumptions: [] } : checkpoint.config();
+    if (!alone) {
+      detection = yaml ? { config: ldmConfigFromYaml(yaml.text, yaml.origin), assumptions: [] } : checkpoint.config();
+    }
   } catch (e) {
     if (!(e instanceof DetectionError)) throw e;
     problem = e.message;
   }
   const config = detection?.config;
+  // A LatentDiffusion's first stage is VQModelInterface when it quantizes (the class its configs name).
+  const firstStage = alone
+    ? firstStageName(alone.target, alone.vae)
+    : config && firstStageName(config.vae.n_embed === undefined ? "AutoencoderKL" : "VQModelInterface", config.vae);
   return {
     path: checkpoint.path,
     layout: checkpoint.layout,
     /** A PyTorch checkpoint's format, where its state dict was, and its plain top-level values (global_step, …). */
     pytorch: checkpoint.files[0] instanceof TorchCheckpoint ? { ...checkpoint.files[0].metadata } : undefined,
-    family:
-      config &&
-      (config.family === "ldm"
-        ? "LatentDiffusion"
-        : `${config.family === "sd1" ? "SD 1.x" : "SD 2.x"}${config.inpainting ? " inpainting" : ""}`),
-    firstStage:
-      config &&
-      (config.vae.n_embed === undefined
-        ? "AutoencoderKL"
-        : `VQModelInterface (${config.vae.n_embed} codes of ${config.vae.embed_dim})`),
+    family: alone
+      ? "first stage alone"
+      : config &&
+        (config.family === "ldm"
+          ? "LatentDiffusion"
+          : `${config.family === "sd1" ? "SD 1.x" : "SD 2.x"}${config.inpainting ? " inpainting" : ""}`),
+    firstStage,
     condStage: config && describeCondStage(config),
     conditioningKey: config && (conditioningKey(config) ?? "none (unconditional)"),
     configFrom: yaml ? yaml.origin : "detected from the weights",
-    config,
+    config: alone || config,
     assumptions: detection?.assumptions ?? [],
     problem,
     components: components(checkpoint),
