@@ -3,7 +3,8 @@
  * down, computed in float32 and cast to the model's dtype; the touched weights' original bytes are kept, so
  * unloading (or switching to other LoRAs) restores them bit for bit without reading the checkpoint again.
  */
-import { f16ArrayToF32, f32ArrayToF16, type HostArray, type Tensor } from "@ldm/tensor";
+import { matmul } from "@ldm/kernels";
+import { type Device, f16ArrayToF32, f32ArrayToF16, type HostArray, Tensor } from "@ldm/tensor";
 import {
   type LdmConfig,
   LoraError,
@@ -93,7 +94,7 @@ export class MergedLoras {
       const original = await tensor.read();
       this.originals.set(key, original);
       const weight = tensor.dtype === "f16" ? f16ArrayToF32(original as Uint16Array) : Float32Array.from(original);
-      for (const { layer, strength } of layers) addDelta(weight, layer, strength);
+      for (const { layer, strength } of layers) addDelta(weight, await product(tensor.device, layer), layer, strength);
       tensor.device.write(tensor.buffer, 0, tensor.dtype === "f16" ? f32ArrayToF16(weight) : weight);
     }
     this.current = [...uses];
@@ -117,27 +118,26 @@ function sameUses(a: readonly LoraUse[], b: readonly LoraUse[]): boolean {
   );
 }
 
-/**
- * weight += strength · scale · up · down in float32, as PyTorch computes `W + s * (up @ down)` on float32
- * tensors: the product rounded to float32, multiplied by the float32 coefficient, added and rounded. The
- * rank-long dot products are summed in float64 (PyTorch's float32 sums differ from them in the last bits).
- */
-function addDelta(weight: Float32Array, layer: LoraLayer, strength: number): void {
-  const { up, down, rank } = layer;
-  const rows = layer.shape[0];
-  const inner = weight.length / rows;
-  const coefficient = Math.fround(strength * layer.scale);
-  const row = new Float64Array(inner);
-  for (let o = 0; o < rows; o++) {
-    row.fill(0);
-    for (let k = 0; k < rank; k++) {
-      const u = up[o * rank + k];
-      const base = k * inner;
-      for (let i = 0; i < inner; i++) row[i] += u * down[base + i];
+/** up · down [out, in·kh·kw] in float32, by the device's GEMM (PyTorch's `up @ down` on float32 tensors). */
+async function product(device: Device, layer: LoraLayer): Promise<Float32Array> {
+  const { rank } = layer;
+  const up = Tensor.from(device, layer.up, [layer.shape[0], rank]);
+  const down = Tensor.from(device, layer.down, [rank, layer.down.length / rank]);
+  try {
+    const delta = matmul(up, down);
+    try {
+      return await delta.toFloat32();
+    } finally {
+      delta.dispose();
     }
-    const offset = o * inner;
-    for (let i = 0; i < inner; i++) {
-      weight[offset + i] = Math.fround(weight[offset + i] + Math.fround(coefficient * Math.fround(row[i])));
-    }
+  } finally {
+    up.dispose();
+    down.dispose();
   }
+}
+
+/** weight += float32(strength · scale) · delta, each step rounded to float32 as PyTorch's `W + s * delta`. */
+function addDelta(weight: Float32Array, delta: Float32Array, layer: LoraLayer, strength: number): void {
+  const coefficient = Math.fround(strength * layer.scale);
+  for (let i = 0; i < weight.length; i++) weight[i] = Math.fround(weight[i] + Math.fround(coefficient * delta[i]));
 }
