@@ -89,4 +89,31 @@ describe("generate --params-from restores the model", () => {
       ),
     );
   }, 240_000);
+
+  it("names the recorded embeddings that --embedding and --embeddings-dir do not give", async () => {
+    const folder = fileURLToPath(new URL("./fixtures/prompts/embeddings/", import.meta.url));
+    const png = join(dir, "embeddings.png");
+    const infotext =
+      'a photo of lumen\nNegative prompt: ink\nSteps: 2, Seed: 1, TI hashes: "lumen: 0123456789ab, ink: ba9876543210"';
+    writeFileSync(
+      png,
+      encodePng({ width: 8, height: 8, data: new Uint8ClampedArray(256) }, { [INFOTEXT_KEYWORD]: infotext }),
+    );
+    // The runs stop at the bad --steps, after the parameters are restored and before any model work.
+    const none = await runCli("generate", "--params-from", png, "--steps", "0");
+    expect(none.err).toMatch(/not restored: .*embeddings lumen, ink: pass --embedding or --embeddings-dir\n/);
+    const one = await runCli(
+      "generate",
+      "--params-from",
+      png,
+      "--embedding",
+      join(folder, "ink.safetensors"),
+      "--steps",
+      "0",
+    );
+    expect(one.err).toMatch(/not restored: .*embeddings lumen: pass --embedding or --embeddings-dir\n/);
+    const all = await runCli("generate", "--params-from", png, "--embeddings-dir", folder, "--steps", "0");
+    expect(all.err).not.toMatch(/embeddings/);
+    for (const r of [none, one, all]) expect(r.err).toMatch(/--steps must be an integer ≥ 1, got "0"/);
+  });
 });
