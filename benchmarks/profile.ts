@@ -12,6 +12,7 @@
  * not pay; the "all" line also gives the unprofiled GPU time (Device.timeGpu) of the same call.
  * Benchmarks are not tests: nothing here asserts a time.
  */
+import { conv2d } from "@ldm/kernels";
 import type { Networks } from "@ldm/ldm";
 import { Conv2d, CrossAttention, GEGLU, GroupNorm, LayerNorm, Linear } from "@ldm/nn";
 import { Device, DTYPE_BYTES, type ParamDType, Tensor } from "@ldm/tensor";
@@ -26,9 +27,10 @@ const program = new Command()
   .option("--latent <S>", "latent side (64 = a 512×512 image)", positiveInt, 32)
   .option("--parts <list>", "networks to profile: unet, vae", "unet,vae")
   .addOption(new Option("--dtype <dtype>", "parameter and activation dtype").choices(["f16", "f32"]).default("f32"))
-  .option("--top <N>", "rows printed per network", positiveInt, 40);
+  .option("--top <N>", "rows printed per network", positiveInt, 40)
+  .option("--gpu-time", "also time one unprofiled call (Device.timeGpu)", false);
 program.parse();
-const opts = program.opts<{ latent: number; parts: string; dtype: ParamDType; top: number }>();
+const opts = program.opts<{ latent: number; parts: string; dtype: ParamDType; top: number; gpuTime: boolean }>();
 const parts = opts.parts.split(",");
 for (const p of parts) if (p !== "unet" && p !== "vae") throw new Error(`--parts: unknown network '${p}'`);
 const S = opts.latent;
@@ -147,7 +149,7 @@ interface Row extends Work {
 async function profile(device: Device, label: string, record: () => void): Promise<void> {
   record(); // compiles every kernel first
   await device.sync();
-  const gpuMs = await device.timeGpu(record);
+  const gpuMs = opts.gpuTime ? await device.timeGpu(record) : null;
   const calls: Work[] = [];
   const owner: Work[] = [];
   const dispatch = device.dispatch.bind(device);
@@ -195,7 +197,7 @@ async function profile(device: Device, label: string, record: () => void): Promi
   const flops = sorted.reduce((s, r) => s + (r.flops ?? 0), 0);
   console.log(`\n### ${label}\n`);
   console.log(
-    `profiled: ${dispatches.length} dispatches, ${total.toFixed(0)} ms summed (unprofiled GPU time ${gpuMs?.toFixed(0)} ms), ` +
+    `profiled: ${dispatches.length} dispatches, ${total.toFixed(0)} ms summed${gpuMs === null ? "" : ` (unprofiled GPU time ${gpuMs.toFixed(0)} ms)`}, ` +
       `${(flops / 1e9).toFixed(0)} GFLOP counted: ${(flops / total / 1e6).toFixed(1)} GFLOP/s overall\n`,
   );
   console.log("| op and shape | calls | dispatches | ms | share | rate |\n|---|---:|---:|---:|---:|---:|");
@@ -223,6 +225,27 @@ chargeNetworkClasses(networks);
 const { unet, vae } = networks;
 const pseudo = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));
 
+{
+  // The kernel table's conv2d row (pnpm bench:kernels), profiled the same way in this process: the rate the
+  // networks' rows are to be compared with, whatever the machine's load.
+  const x = Tensor.from(device, pseudo(320 * 64 * 64, Math.cos), [1, 320, 64, 64], opts.dtype);
+  const w = Tensor.from(
+    device,
+    pseudo(320 * 320 * 9, (i) => Math.sin(i) * 0.05),
+    [320, 320, 3, 3],
+    opts.dtype,
+  );
+  const row: Work = { name: "conv 3×3 320→320 @ 64×64", flops: 2 * 320 * 320 * 9 * 64 * 64 };
+  await profile(device, "the kernel table's row", () => {
+    current = row;
+    try {
+      conv2d(x, w, { padding: 1 }).dispose();
+    } finally {
+      current = null;
+    }
+  });
+  for (const t of [x, w]) t.dispose();
+}
 if (parts.includes("unet")) {
   if (!unet) throw new Error("internal: the UNet was not built");
   const contextDim = config.unet.context_dim;
