@@ -16,6 +16,7 @@ import {
   isConvTiles,
   reductionSlices,
 } from "./wgsl.ts";
+import { WINOGRAD_F4, winogradApplies } from "./winograd.ts";
 
 const device = await useDevice();
 
@@ -297,5 +298,83 @@ describe("conv2d over split bindings", () => {
       const rows = want.length / side;
       assertClose(got.subarray(r0 * side, (r0 + rows) * side), want, f32Tol(45), `rows from ${r0}`);
     }
+  });
+});
+
+describe("conv2d by Winograd F(4×4, 3×3)", () => {
+  it("has matrices that compute a 1-D correlation of 4 outputs from 6 inputs", () => {
+    const apply = (m: readonly (readonly number[])[], v: readonly number[]) =>
+      m.map((row) => row.reduce((s: number, c: number, k: number) => s + c * v[k], 0));
+    const d = [0.3, -1.2, 2.5, 0.7, -0.4, 1.9];
+    const g = [0.5, -0.25, 1.5];
+    const Gg = apply(WINOGRAD_F4.G, g);
+    const Bd = apply(WINOGRAD_F4.BT, d);
+    const y = apply(
+      WINOGRAD_F4.AT,
+      Gg.map((v, k) => v * Bd[k]),
+    );
+    const want = [0, 1, 2, 3].map((i) => g.reduce((s, gk, k) => s + gk * d[i + k], 0));
+    for (const [i, v] of y.entries()) expect(v).toBeCloseTo(want[i], 12);
+  });
+
+  // F(4×4, 3×3) scales values by up to ~100 in its transforms and back: measured max errors ~1.6e-6 on outputs of
+  // magnitude ~1.5 (45 terms), 7× the direct kernel's; the tolerance is 4× f32Tol's.
+  const winoTol = (terms: number) => ({ atol: 8e-6 * Math.sqrt(terms + 1), rtol: 1e-5 });
+  const winograd: Conv2dInternals = { algorithm: "winograd" };
+
+  it("matches the reference on odd shapes, with the epilogue, scalar and vector stores", async () => {
+    const epilogue = { bias: true, residual: true, activation: "silu" as const };
+    // Wo = 11: partial tiles at the right and bottom edges, scalar stores; batch 2.
+    await check({ x: [2, 5, 13, 11], w: [17, 5, 3, 3], padding: 1, ...epilogue }, winoTol(45), winograd);
+    // Asymmetric padding (Ho = 7, Wo = 10): tiles start off the image at the left only.
+    await check({ x: [1, 3, 9, 10], w: [6, 3, 3, 3], padding: [0, 1, 2, 0], ...epilogue }, winoTol(27), winograd);
+    // Wo = 12: vector stores and residual reads.
+    await check({ x: [1, 6, 9, 12], w: [16, 6, 3, 3], padding: 1, ...epilogue }, winoTol(54), winograd);
+  });
+
+  it("splits input and output channels over bindings, tiles into bands, weights into channel groups", async () => {
+    // 1920-byte planes in 4096-byte bindings: one channel of x, out and the residual per dispatch; V and M of
+    // two tile rows per band (three bands of 6 tiles).
+    const limits = { maxBindingBytes: 4096, offsetAlignment: 256 };
+    await check(
+      { x: [2, 2, 20, 24], w: [2, 2, 3, 3], padding: 1, bias: true, residual: true, activation: "silu" },
+      winoTol(18),
+      { ...winograd, bindingLimits: limits },
+    );
+    // 16 output channels × 2 inputs × 36 positions of f32 are 4608 bytes: weights transformed 14 channels at a time.
+    await check({ x: [1, 2, 4, 4], w: [16, 2, 3, 3], padding: 1, bias: true }, winoTol(18), {
+      ...winograd,
+      bindingLimits: limits,
+    });
+  });
+
+  it.skipIf(!device.features.shaderF16)("reads f16 weights and inputs and stores f16", async () => {
+    await check(
+      { x: [1, 3, 9, 12], w: [16, 3, 3, 3], padding: 1, bias: true, residual: true, dtype: "f16" },
+      { atol: 2e-3, rtol: 2 ** -10 },
+      winograd,
+    );
+  });
+
+  it("refuses a forced Winograd path for other kernels and strides", () => {
+    const x = Tensor.zeros(device, [1, 2, 8, 8]);
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 2, 3, 3]), { stride: 2 }, winograd)).toThrow(
+      /3×3 kernels with stride 1/,
+    );
+    expect(() => conv2d(x, Tensor.zeros(device, [2, 2, 5, 5]), {}, winograd)).toThrow(/3×3 kernels with stride 1/);
+    x.dispose();
+  });
+
+  it("is chosen for 3×3 stride-1 convolutions with enough tiles and channels on CPU adapters only", () => {
+    const g = { isCpu: true, kh: 3, kw: 3, strideH: 1, strideW: 1, cin: 128, cout: 128, Ho: 64, Wo: 64 };
+    const limits = { maxBindingBytes: 128 << 20, offsetAlignment: 256 };
+    expect(winogradApplies({ ...g, limits })).toBe(true);
+    expect(winogradApplies({ ...g, limits, isCpu: false })).toBe(false);
+    expect(winogradApplies({ ...g, limits, strideH: 2, strideW: 2 })).toBe(false);
+    expect(winogradApplies({ ...g, limits, kh: 1, kw: 1 })).toBe(false);
+    expect(winogradApplies({ ...g, limits, cout: 3 })).toBe(false);
+    expect(winogradApplies({ ...g, limits, Ho: 16, Wo: 16 })).toBe(true);
+    // 4 tiles per image share the weight transform (the choice is per image, so batches do not change it).
+    expect(winogradApplies({ ...g, limits, Ho: 8, Wo: 8 })).toBe(false);
   });
 });

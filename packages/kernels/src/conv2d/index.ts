@@ -16,7 +16,7 @@ import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { convMatrixTiles, convOnMatrices } from "../subgroup-matrix/conv.ts";
 import type { MatrixTiles } from "../subgroup-matrix/plan.ts";
-import { type ConvPiece, planConv } from "./plan.ts";
+import { type ConvOperands, type ConvPiece, planConv } from "./plan.ts";
 import {
   CONV2D,
   CONV2D_REDUCE,
@@ -31,6 +31,7 @@ import {
   reductionSlices,
   rowVectorizable,
 } from "./wgsl.ts";
+import { conv2dWinograd, winogradApplies } from "./winograd.ts";
 
 export interface Conv2dOptions {
   /** [Cout]. */
@@ -46,6 +47,8 @@ export interface Conv2dOptions {
 
 /** Strategy overrides for tests. */
 export interface Conv2dInternals {
+  /** "direct" or "winograd" (3×3, stride 1) instead of winogradApplies' choice: tests compare the two. */
+  algorithm?: "direct" | "winograd";
   tiles?: ConvTiles;
   /** Reduction slices (reductionSlices decides otherwise). */
   slices?: number;
@@ -129,6 +132,22 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
     });
     return out;
   }
+  const limits = bindingLimits(device, internals.bindingLimits);
+  const winograd =
+    internals.algorithm === undefined
+      ? winogradApplies({ isCpu: device.info.isCpu, kh, kw, strideH, strideW, cin, cout, Ho, Wo, limits })
+      : internals.algorithm === "winograd";
+  if (winograd) {
+    if (kh !== 3 || kw !== 3 || strideH !== 1 || strideW !== 1) {
+      throw new Error(
+        `${op}: the Winograd path takes 3×3 kernels with stride 1, not ${kh}×${kw} / ${strideH}×${strideW}`,
+      );
+    }
+    wgslEnables(device, x.dtype, w.dtype, ...(bias ? [bias.dtype] : []), ...(residual ? [residual.dtype] : []));
+    if (bias) assertBindable(op, { bias });
+    conv2dWinograd(device, { x, w, out, bias, residual, activation, padTop, padLeft, limits });
+    return out;
+  }
   direct(device, {
     x,
     w,
@@ -142,13 +161,7 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
   return out;
 }
 
-interface DirectCall {
-  x: Tensor;
-  w: Tensor;
-  out: Tensor;
-  bias?: Tensor;
-  residual?: Tensor;
-  activation: Activation;
+interface DirectCall extends ConvOperands {
   geometry: ConvWindow & { batch: number; cin: number; cout: number; H: number; W: number; Ho: number; Wo: number };
   internals: Conv2dInternals;
 }

@@ -3,7 +3,19 @@
  * batch items, output channels and input channels (the reduction). Within a batch item a range of channels
  * is contiguous in x, the output and the residual, and a range of output channels in the weight.
  */
+import type { Tensor } from "@ldm/tensor";
 import { type Binding, type BindingLimits, type Block, bindingOf, planPieces } from "../common/pieces.ts";
+import type { Activation } from "../matmul/activation.ts";
+
+/** The tensors of one convolution and its epilogue, whichever algorithm runs it. */
+export interface ConvOperands {
+  x: Tensor;
+  w: Tensor;
+  out: Tensor;
+  bias?: Tensor;
+  residual?: Tensor;
+  activation: Activation;
+}
 
 export interface ConvGeometry {
   batch: number;

@@ -126,7 +126,7 @@ export function rowVectorizable(strideW: number, W: number, Wo: number, padLeft:
 const UNROLL_TAPS = 16;
 
 /** The uniforms of the convolution's finish4 and of the slice sums, shared by both kernels. */
-const FINISH_PARAMS = {
+export const FINISH_PARAMS = {
   cout: "u32",
   Ho: "u32",
   Wo: "u32",
@@ -136,10 +136,10 @@ const FINISH_PARAMS = {
   sliceStride: "u32",
 } as const;
 
-type Finishing = Pick<ConvKernelSpec, "out" | "residual" | "activation" | "vecOut" | "bias">;
+export type Finishing = Pick<ConvKernelSpec, "out" | "residual" | "activation" | "vecOut" | "bias">;
 
 /** What the epilogue reads and writes: C, then Bias and R where the spec has them. */
-function outputBindings(s: Finishing): KernelBinding[] {
+export function outputBindings(s: Finishing): KernelBinding[] {
   const vec = (t: string) => (s.vecOut ? `vec4<${t}>` : t);
   return [
     { name: "C", type: vec(s.out), access: "read_write" },
@@ -287,7 +287,7 @@ function tapRow(s: ConvKernelSpec, dy: string, accName: (i: number) => string): 
  * finish4 of the convolution: four consecutive pixels of one output row, at \`sliceOff\` elements past the
  * output's (a reduction slice's partial sums).
  */
-function convEpilogue(s: Finishing): string {
+export function convEpilogue(s: Finishing): string {
   return epilogueWgsl({
     out: s.out,
     residual: s.residual,

@@ -1,0 +1,67 @@
+/**
+ * 3×3 convolutions by the direct kernel and by Winograd F(4×4, 3×3), interleaved in one process:
+ * `cd benchmarks && node --import tsx conv-winograd.ts [CinxCout@S[xB],…]` (default: the VAE's and UNet's
+ * classes). Per call: GPU ms (timestamps) and, what a shared machine cannot disturb, the FLOPs of the direct
+ * convolution per second of CPU time of lavapipe's threads (every thread but the main one, from
+ * /proc/self/task/<tid>/schedstat), median of 3 rounds. Winograd's figure is "effective": the direct count over
+ * its own time. Linux only. Benchmarks are not tests: nothing here asserts a time.
+ */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { conv2d } from "@ldm/kernels";
+import { Device, Tensor } from "@ldm/tensor";
+
+function workerCpuNs(): number {
+  let total = 0;
+  for (const tid of readdirSync("/proc/self/task")) {
+    if (Number(tid) === process.pid) continue;
+    // A thread that ended since the listing has no file left: it counts as 0.
+    const file = `/proc/self/task/${tid}/schedstat`;
+    if (existsSync(file)) total += Number(readFileSync(file, "utf8").split(" ")[0]);
+  }
+  return total;
+}
+const device = await Device.create({ disableF16: true });
+const shapes = (
+  process.argv[2] ?? "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"
+).split(",");
+for (const s of shapes) {
+  const [ch, where] = s.split("@");
+  const [side, batchText] = where.split("x");
+  const B = Number(batchText ?? 1);
+  const [cin, cout] = ch.split("x").map(Number);
+  const S = Number(side);
+  const x = Tensor.from(
+    device,
+    Float32Array.from({ length: B * cin * S * S }, (_, i) => Math.sin(i)),
+    [B, cin, S, S],
+  );
+  const w = Tensor.from(
+    device,
+    Float32Array.from({ length: cout * cin * 9 }, (_, i) => Math.cos(i) * 0.05),
+    [cout, cin, 3, 3],
+  );
+  const flops = 2 * B * cout * cin * 9 * S * S;
+  const res: Record<string, number[]> = { direct: [], winograd: [] };
+  const wall: Record<string, number[]> = { direct: [], winograd: [] };
+  for (const algorithm of ["direct", "winograd"] as const) {
+    conv2d(x, w, { padding: 1 }, { algorithm }).dispose();
+    await device.sync();
+  }
+  for (let r = 0; r < 3; r++) {
+    for (const algorithm of ["direct", "winograd"] as const) {
+      const c0 = workerCpuNs();
+      const t0 = performance.now();
+      const ms = await device.timeGpu(() => conv2d(x, w, { padding: 1 }, { algorithm }).dispose());
+      res[algorithm].push(flops / (workerCpuNs() - c0));
+      wall[algorithm].push(ms ?? performance.now() - t0);
+    }
+  }
+  const med = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)];
+  console.log(
+    `conv 3×3 ${cin}→${cout} @ ${S}² ×${B}: direct ${med(res.direct).toFixed(1)} GFLOP/CPU-s (gpu ${med(wall.direct).toFixed(0)} ms), winograd ${med(res.winograd).toFixed(1)} effective GFLOP/CPU-s (gpu ${med(wall.winograd).toFixed(0)} ms); load ${readFileSync("/proc/loadavg", "utf8").split(" ")[0]}`,
+  );
+  x.dispose();
+  w.dispose();
+}
+device.destroy();
+process.exit(0);

@@ -1,0 +1,405 @@
+/**
+ * 3×3 stride-1 convolutions by Winograd's minimal filtering F(4×4, 3×3) (Lavin & Gray, "Fast Algorithms for
+ * Convolutional Neural Networks", 2015): each 4×4 block of output pixels of a channel pair is
+ * Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, with d the 6×6 input patch under the block and g the 3×3 kernel. Summed over input
+ * channels, the elementwise products become 36 independent GEMMs,
+ *
+ *   M[ξ] (Cout × tiles) = U[ξ] (Cout × Cin) · V[ξ] (Cin × tiles),  U[ξ] = (G g Gᵀ)[ξ],  V[ξ] = (Bᵀ d B)[ξ],
+ *
+ * so a 4×4 block costs 36 multiply-adds per channel pair instead of 144: the same GEMM kernel does a quarter of
+ * the direct convolution's arithmetic. Three small kernels surround it: the weight transform (once per call:
+ * weights are not cached, so the path is taken only where enough tiles share them), the input transform (x →
+ * V, 2.25× the input's size) and the output transform (M → out, with the convolution's bias, activation and
+ * residual epilogue). Tiles are processed in bands of whole tile rows so V and M stay within BAND_BYTES;
+ * x, the output and the residual are bound a channel range at a time when they exceed one storage binding, and
+ * output channels are taken in groups whose transformed weights fit one (1280 × 2560 × 36 f32 do not).
+ *
+ * Numerics: the transforms scale values by up to ~100 (Bᵀ's rows sum to 10 in absolute value) and back, so f32
+ * rounding error is larger than the direct kernel's — tested against the float64 reference with its own
+ * tolerance (conv2d.test.ts). Used on CPU adapters (conv2d's `winogradApplies`), where it was measured.
+ */
+import { type BufferSlice, type Device, DTYPE_BYTES, type DType, Tensor } from "@ldm/tensor";
+import { type KernelDecl, runKernel } from "../common/kernel.ts";
+import { type BindingLimits, bindingOf, bindingSlice, largest } from "../common/pieces.ts";
+import { wgslAll } from "../common/wgsl.ts";
+import type { Activation } from "../matmul/activation.ts";
+import { gemm } from "../matmul/index.ts";
+import type { ConvOperands } from "./plan.ts";
+import { convEpilogue, FINISH_PARAMS, outputBindings } from "./wgsl.ts";
+
+/** Output block side (m) and input patch side (α = m + 2) of F(4×4, 3×3). */
+const M = 4;
+const ALPHA = M + 2;
+const POSITIONS = ALPHA * ALPHA;
+
+/** F(4, 3)'s matrices for correlation (the paper's, interpolation points 0, ±1, ±2, ∞). */
+export const WINOGRAD_F4 = {
+  BT: [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+  ],
+  G: [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+  ],
+  AT: [
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+  ],
+} as const;
+
+/** Bytes of V and of M per band of tile rows (each), at most one storage binding. */
+const BAND_BYTES = 64 * 2 ** 20;
+/**
+ * Fewest tiles (4×4 output blocks) per image for which the path pays: the weight transform writes 4× the weights
+ * each call, worth it only when enough tiles share them. Lavapipe, lavapipe threads' CPU time, 1280→1280 at
+ * batch 2: 16×16 (16 tiles per image) 1.9× less than the direct kernel, 8×8 (4 tiles) 2× more. Per image, not
+ * per batch, so a batch and its items one at a time (sequential CFG) take the same path and give the same bits.
+ */
+const MIN_TILES = 16;
+/** Fewest output channels: below, the GEMM's 16–24-row tiles mostly compute padding (e.g. RGB conv_out). */
+const MIN_COUT = 16;
+
+/** Σ coefficient · term as WGSL, zero coefficients skipped. */
+function combination(coefficients: readonly number[], terms: readonly string[]): string {
+  const parts: string[] = [];
+  coefficients.forEach((c, k) => {
+    if (c === 0) return;
+    const sign = c < 0 ? "-" : "+";
+    const magnitude = Math.abs(c);
+    parts.push(`${sign} ${magnitude === 1 ? terms[k] : `${magnitude} * ${terms[k]}`}`);
+  });
+  if (!parts.length) return "0.0";
+  const text = parts.join(" ");
+  return text.startsWith("+ ") ? text.slice(2) : `-${text.slice(2)}`;
+}
+
+/** `let` statements of L · X · Rᵀ for a rows×inner matrix L, X of named entries, and R (cols×inner). */
+function sandwich(
+  L: readonly (readonly number[])[],
+  x: (i: number, j: number) => string,
+  R: readonly (readonly number[])[],
+  out: string,
+  tmp: string,
+): string[] {
+  const inner = L[0].length;
+  const xCols = R[0].length;
+  const lines: string[] = [];
+  for (let i = 0; i < L.length; i++) {
+    for (let j = 0; j < xCols; j++) {
+      const column = Array.from({ length: inner }, (_, k) => x(k, j));
+      lines.push(`let ${tmp}${i}_${j} = ${combination(L[i], column)};`);
+    }
+  }
+  for (let i = 0; i < L.length; i++) {
+    for (let j = 0; j < R.length; j++) {
+      const row = Array.from({ length: xCols }, (_, k) => `${tmp}${i}_${k}`);
+      lines.push(`let ${out}${i}_${j} = ${combination(R[j], row)};`);
+    }
+  }
+  return lines;
+}
+
+const { BT, G, AT } = WINOGRAD_F4;
+
+/** U[ξ, co, ci] = (G g Gᵀ)[ξ] for the 3×3 kernel g = w[co, ci]: an item per channel pair. */
+const WINOGRAD_WEIGHTS: KernelDecl<{ w: DType }> = {
+  name: "winograd-weights",
+  params: { pairs: "u32", wOff: "u32" },
+  bindings: ({ w }) => [
+    { name: "Wt", type: w },
+    { name: "U", type: "f32", access: "read_write" },
+  ],
+  workgroupSize: 64,
+  main: () =>
+    [
+      "  let base = p.wOff + item * 9u;",
+      ...Array.from({ length: 9 }, (_, k) => `  let g${Math.floor(k / 3)}_${k % 3} = f32(Wt[base + ${k}u]);`),
+      ...sandwich(G, (i, j) => `g${i}_${j}`, G, "u", "t").map((l) => `  ${l}`),
+      ...Array.from(
+        { length: POSITIONS },
+        (_, xi) => `  U[${xi}u * p.pairs + item] = u${Math.floor(xi / ALPHA)}_${xi % ALPHA};`,
+      ),
+    ].join("\n"),
+};
+
+/**
+ * V[ξ, ci, t] = (Bᵀ d B)[ξ] for the 6×6 patch d of input channel ci under tile t of the band (zeros outside
+ * the image): an item per (channel of the bound range, tile of the band).
+ */
+const WINOGRAD_INPUT: KernelDecl<{ x: DType }> = {
+  name: "winograd-input",
+  params: {
+    tiles: "u32",
+    tilesW: "u32",
+    row0: "u32",
+    H: "u32",
+    W: "u32",
+    padTop: "i32",
+    padLeft: "i32",
+    xOff: "u32",
+    ci0: "u32",
+    positionStride: "u32",
+  },
+  bindings: ({ x }) => [
+    { name: "X", type: x },
+    { name: "V", type: "f32", access: "read_write" },
+  ],
+  workgroupSize: 64,
+  module: `
+fn xin(plane: u32, ih: i32, iw: i32) -> f32 {
+  let inside = ${wgslAll("ih >= 0", "ih < i32(p.H)", "iw >= 0", "iw < i32(p.W)")};
+  let at = plane + u32(clamp(ih, 0, i32(p.H) - 1)) * p.W + u32(clamp(iw, 0, i32(p.W) - 1));
+  return select(0.0, f32(X[at]), inside);
+}`,
+  main: () =>
+    [
+      "  let t = item % p.tiles;",
+      "  let ci = item / p.tiles;",
+      `  let ih0 = i32((p.row0 + t / p.tilesW) * ${M}u) - p.padTop;`,
+      `  let iw0 = i32((t % p.tilesW) * ${M}u) - p.padLeft;`,
+      "  let plane = p.xOff + ci * p.H * p.W;",
+      ...Array.from({ length: POSITIONS }, (_, k) => {
+        const [i, j] = [Math.floor(k / ALPHA), k % ALPHA];
+        return `  let d${i}_${j} = xin(plane, ih0 + ${i}, iw0 + ${j});`;
+      }),
+      ...sandwich(BT, (i, j) => `d${i}_${j}`, BT, "v", "s").map((l) => `  ${l}`),
+      "  let at = (p.ci0 + ci) * p.tiles + t;",
+      ...Array.from(
+        { length: POSITIONS },
+        (_, xi) => `  V[${xi}u * p.positionStride + at] = v${Math.floor(xi / ALPHA)}_${xi % ALPHA};`,
+      ),
+    ].join("\n"),
+};
+
+interface OutputSpec {
+  out: DType;
+  bias: DType | null;
+  residual: DType | null;
+  activation: Activation;
+  vecOut: boolean;
+}
+
+/**
+ * out = Aᵀ M[·, co, t] A for output channel co (of the bound range) and tile t of the band, through the
+ * convolution's epilogue (bias, activation, residual): an item per (channel, tile), four rows of four pixels.
+ */
+const WINOGRAD_OUTPUT: KernelDecl<OutputSpec> = {
+  name: "winograd-output",
+  params: { tiles: "u32", tilesW: "u32", row0: "u32", co0: "u32", positionStride: "u32", ...FINISH_PARAMS },
+  bindings: (s) => [{ name: "Mt", type: "f32" }, ...outputBindings(s)],
+  workgroupSize: 64,
+  module: (s) => convEpilogue(s),
+  main: () =>
+    [
+      "  let t = item % p.tiles;",
+      "  let co = item / p.tiles;",
+      `  let oh0 = (p.row0 + t / p.tilesW) * ${M}u;`,
+      `  let ow0 = (t % p.tilesW) * ${M}u;`,
+      "  let at = (p.co0 + co) * p.tiles + t;",
+      ...Array.from(
+        { length: POSITIONS },
+        (_, xi) => `  let m${Math.floor(xi / ALPHA)}_${xi % ALPHA} = Mt[${xi}u * p.positionStride + at];`,
+      ),
+      ...sandwich(AT, (i, j) => `m${i}_${j}`, AT, "y", "s").map((l) => `  ${l}`),
+      ...Array.from(
+        { length: M },
+        (_, r) =>
+          `  finish4(0u, co, oh0 + ${r}u, ow0, oh0 + ${r}u < p.Ho, 0u, vec4f(${[0, 1, 2, 3].map((c) => `y${r}_${c}`).join(", ")}));`,
+      ),
+    ].join("\n"),
+};
+
+export interface WinogradCall extends ConvOperands {
+  padTop: number;
+  padLeft: number;
+  limits: BindingLimits;
+}
+
+/** Tile rows per band: V and M of a band each within BAND_BYTES (and one binding); 0 if one row is too much. */
+function bandRows(cin: number, cout: number, tilesW: number, tilesH: number, limits: BindingLimits): number {
+  const budget = Math.min(BAND_BYTES, limits.maxBindingBytes);
+  const perRow = POSITIONS * Math.max(cin, cout) * tilesW * 4;
+  return Math.min(tilesH, Math.floor(budget / perRow));
+}
+
+/** Whether a convolution takes the Winograd path (see the module comment), given its geometry. */
+export function winogradApplies(g: {
+  isCpu: boolean;
+  kh: number;
+  kw: number;
+  strideH: number;
+  strideW: number;
+  cin: number;
+  cout: number;
+  Ho: number;
+  Wo: number;
+  limits: BindingLimits;
+}): boolean {
+  if (!g.isCpu || g.kh !== 3 || g.kw !== 3 || g.strideH !== 1 || g.strideW !== 1 || g.cout < MIN_COUT) return false;
+  const tilesH = Math.ceil(g.Ho / M);
+  const tilesW = Math.ceil(g.Wo / M);
+  return tilesH * tilesW >= MIN_TILES && bandRows(g.cin, g.cout, tilesW, tilesH, g.limits) > 0;
+}
+
+/** Channels per binding of a [channels, plane] range, whole planes, starting anywhere. */
+function channelsPerBinding(channels: number, plane: number, bytes: number, limits: BindingLimits): number {
+  return largest(channels, (c) => c * plane * bytes + limits.offsetAlignment + 16 <= limits.maxBindingBytes);
+}
+
+/** Ranges [c0, c1) of `channels` in steps of `step`. */
+function ranges(channels: number, step: number): [number, number][] {
+  return Array.from({ length: Math.ceil(channels / step) }, (_, i) => [i * step, Math.min(channels, (i + 1) * step)]);
+}
+
+/** A binding of elements [first, first + count) of `t`, and the first one's index inside it. */
+function slice(t: Tensor, first: number, count: number, limits: BindingLimits): [BufferSlice, number] {
+  const b = bindingOf([first, first + count - 1], DTYPE_BYTES[t.dtype], limits.offsetAlignment);
+  return [bindingSlice(t, b), b.elementOffset];
+}
+
+export function conv2dWinograd(device: Device, call: WinogradCall): void {
+  const { x, w, out, bias, residual, activation, limits } = call;
+  const [batch, cin, H, W] = x.shape;
+  const [, cout, Ho, Wo] = out.shape;
+  const tilesH = Math.ceil(Ho / M);
+  const tilesW = Math.ceil(Wo / M);
+  const rowsPerBand = bandRows(cin, cout, tilesW, tilesH, limits);
+  if (rowsPerBand === 0) {
+    throw new Error(
+      `conv2d: the Winograd path cannot bind one row of ${tilesW} tiles of x ${x} (needs ${POSITIONS * Math.max(cin, cout) * tilesW * 4} bytes)`,
+    );
+  }
+  const xStep = channelsPerBinding(cin, H * W, DTYPE_BYTES[x.dtype], limits);
+  const outBytes = Math.max(DTYPE_BYTES[out.dtype], residual ? DTYPE_BYTES[residual.dtype] : 0);
+  const outStep = channelsPerBinding(cout, Ho * Wo, outBytes, limits);
+  // Output channels whose transformed weights fit one binding (all of them below SD's widest layers).
+  const uStep = largest(cout, (c) => POSITIONS * c * cin * 4 <= limits.maxBindingBytes);
+  const spec: OutputSpec = {
+    out: out.dtype,
+    bias: bias?.dtype ?? null,
+    residual: residual?.dtype ?? null,
+    activation,
+    vecOut: Wo % 4 === 0,
+  };
+  for (const [u0, u1] of ranges(cout, uStep)) {
+    const U = Tensor.empty(device, [POSITIONS, u1 - u0, cin], "f32");
+    try {
+      convolveChannels(U, u0, u1);
+    } finally {
+      U.dispose();
+    }
+  }
+
+  /** Output channels [u0, u1), whose transformed weights U is. */
+  function convolveChannels(U: Tensor, u0: number, u1: number): void {
+    const [ws, wOff] = slice(w, u0 * cin * 9, (u1 - u0) * cin * 9, limits);
+    runKernel(
+      device,
+      WINOGRAD_WEIGHTS,
+      { w: w.dtype },
+      {
+        count: (u1 - u0) * cin,
+        params: { pairs: (u1 - u0) * cin, wOff },
+        buffers: { Wt: ws, U: U.slice() },
+      },
+    );
+    for (let b = 0; b < batch; b++) {
+      for (let row0 = 0; row0 < tilesH; row0 += rowsPerBand) {
+        const tiles = Math.min(rowsPerBand, tilesH - row0) * tilesW;
+        const V = Tensor.empty(device, [POSITIONS, cin, tiles], "f32");
+        const product = Tensor.empty(device, [POSITIONS, u1 - u0, tiles], "f32");
+        try {
+          for (const [c0, c1] of ranges(cin, xStep)) {
+            const [xs, xOff] = slice(x, (b * cin + c0) * H * W, (c1 - c0) * H * W, limits);
+            runKernel(
+              device,
+              WINOGRAD_INPUT,
+              { x: x.dtype },
+              {
+                count: (c1 - c0) * tiles,
+                params: {
+                  tiles,
+                  tilesW,
+                  row0,
+                  H,
+                  W,
+                  padTop: call.padTop,
+                  padLeft: call.padLeft,
+                  xOff,
+                  ci0: c0,
+                  positionStride: cin * tiles,
+                },
+                buffers: { X: xs, V: V.slice() },
+              },
+            );
+          }
+          gemm({
+            op: "conv2d",
+            a: U,
+            b: V,
+            out: product,
+            batch: POSITIONS,
+            M: u1 - u0,
+            N: tiles,
+            K: cin,
+            transposeA: false,
+            transposeB: false,
+            aBatchStride: (u1 - u0) * cin,
+            bBatchStride: cin * tiles,
+            activation: "none",
+            alpha: 1,
+            bindingLimits: limits,
+          });
+          for (let c0 = u0; c0 < u1; c0 += outStep) {
+            const c1 = Math.min(u1, c0 + outStep);
+            const first = (b * cout + c0) * Ho * Wo;
+            const [cs, cOff] = slice(out, first, (c1 - c0) * Ho * Wo, limits);
+            const [rs, rOff] = residual ? slice(residual, first, (c1 - c0) * Ho * Wo, limits) : [null, 0];
+            runKernel(device, WINOGRAD_OUTPUT, spec, {
+              count: (c1 - c0) * tiles,
+              params: {
+                tiles,
+                tilesW,
+                row0,
+                co0: c0 - u0,
+                positionStride: (u1 - u0) * tiles,
+                cout: c1 - c0,
+                Ho,
+                Wo,
+                blocksPerRow: 0,
+                cBatch: 0,
+                cOff,
+                rOff,
+                biasOff: c0,
+                accumulate: 0,
+                finalize: 1,
+                slices: 1,
+                sliceStride: 0,
+              },
+              buffers: {
+                Mt: product.slice(),
+                C: cs,
+                ...(bias ? { Bias: bias.slice() } : {}),
+                ...(rs ? { R: rs } : {}),
+              },
+            });
+          }
+        } finally {
+          V.dispose();
+          product.dispose();
+        }
+      }
+    }
+  }
+}
