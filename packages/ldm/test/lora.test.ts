@@ -236,3 +236,40 @@ describe("LatentDiffusion.setLoras", () => {
     }
   });
 });
+
+describe("LoRA on an inpainting UNet", () => {
+  it("merges an SD LoRA's conv_in into the first 4 of the 9 input channels, the other 5 untouched", async () => {
+    const model = await loadModel(`${dumps}tiny-inpaint.safetensors`, { device, config: `${dumps}tiny-inpaint.yaml` });
+    try {
+      const parameters = (model.unet as NonNullable<LoadedModel["unet"]>).vb.parameters;
+      const convIn = parameters.get("model.diffusion_model.input_blocks.0.0.weight") as Tensor;
+      const [out, channels, kh, kw] = convIn.shape;
+      expect(channels).toBe(9);
+      const [rank, taps] = [2, 4 * kh * kw];
+      const down = Float32Array.from({ length: rank * taps }, (_, i) => Math.sin(i) / 4);
+      const up = Float32Array.from({ length: out * rank }, (_, i) => Math.cos(i) / 4);
+      const tensors = new Map([
+        ["lora_unet_conv_in.lora_down.weight", { shape: [rank, 4, kh, kw], data: down }],
+        ["lora_unet_conv_in.lora_up.weight", { shape: [out, rank, 1, 1], data: up }],
+      ]);
+      const before = await convIn.toFloat32();
+      const merger = new MergedLoras(parameters, model.config as LdmConfig);
+      await merger.set([{ lora: { name: "conv", tensors: { origin: "conv", tensors, metadata: {} } }, strength: 0.5 }]);
+      const after = await convIn.toFloat32();
+      const row = channels * kh * kw;
+      for (let o = 0; o < out; o++) {
+        for (let i = 0; i < row; i++) {
+          const w = o * row + i;
+          if (i >= taps) expect(after[w], `row ${o}, tap ${i}`).toBe(before[w]);
+          else {
+            let delta = 0;
+            for (let r = 0; r < rank; r++) delta += up[o * rank + r] * down[r * taps + i];
+            expect(Math.abs(after[w] - (before[w] + 0.5 * delta)), `row ${o}, tap ${i}`).toBeLessThan(2 ** -21);
+          }
+        }
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+});

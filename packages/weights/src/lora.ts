@@ -56,9 +56,15 @@ export interface LoraLayer {
   rank: number;
   /** alpha / rank. */
   scale: number;
-  /** The target weight's shape. */
+  /**
+   * The target weight's shape. An inpainting UNet's 9-channel conv_in takes an SD LoRA's 4-channel delta as its
+   * first 4 input channels (A1111 pads the delta with zeros for the mask and masked-image channels).
+   */
   shape: readonly number[];
 }
+
+/** The UNet's input convolution, whose 9 inpainting channels an ordinary LoRA's 4 are the first of. */
+const CONV_IN = `${UNET_PREFIX}input_blocks.0.0.weight`;
 
 /** Which factor of a module a key holds, by its suffix. */
 const PARTS: readonly [string, "down" | "up" | "alpha"][] = [
@@ -223,7 +229,8 @@ export function resolveLora(lora: LoraTensors, config: LdmConfig): LoraLayer[] {
       problems.push(`  ${module}: matches no layer of this ${family} model`);
       continue;
     }
-    const fit = fitFactors(up.shape, down.shape, shape);
+    const padded = target.key === CONV_IN && shape[1] === 9 && down.shape[1] === 4;
+    const fit = fitFactors(up.shape, down.shape, padded ? [shape[0], 4, ...shape.slice(2)] : shape);
     if (fit) {
       problems.push(
         `  ${module}: up ${formatShape(up.shape)} · down ${formatShape(down.shape)} does not fit ${target.key} ${formatShape(shape)} (${fit})`,

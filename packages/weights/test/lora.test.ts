@@ -163,3 +163,18 @@ describe("LoRA errors", () => {
     expect(() => resolveLora(lora(oneByOne), sd1)).toThrow("(kernel [1, 1], the layer's [3, 3])");
   });
 });
+
+describe("LoRA on an inpainting UNet", () => {
+  it("takes an SD LoRA's 4-channel conv_in as the first 4 of the 9 inpainting channels (A1111 pads it)", () => {
+    const inpainting = standardConfig("sd1", { inpainting: true });
+    const factors = (channels: number) => ({
+      "lora_unet_conv_in.lora_down.weight": tensor([4, channels, 3, 3]),
+      "lora_unet_conv_in.lora_up.weight": tensor([320, 4, 1, 1]),
+    });
+    const [layer] = resolveLora(lora(factors(4)), inpainting);
+    expect([layer.key, layer.shape]).toEqual([`${UNET_PREFIX}input_blocks.0.0.weight`, [320, 9, 3, 3]]);
+    expect(resolveLora(lora(factors(9)), inpainting)).toHaveLength(1);
+    expect(() => resolveLora(lora(factors(5)), inpainting)).toThrow("(5 inputs, the layer has 9)");
+    expect(() => resolveLora(lora(factors(9)), sd1)).toThrow("(9 inputs, the layer has 4)");
+  });
+});

@@ -136,8 +136,18 @@ async function product(device: Device, layer: LoraLayer): Promise<Float32Array> 
   }
 }
 
-/** weight += float32(strength · scale) · delta, each step rounded to float32 as PyTorch's `W + s * delta`. */
+/**
+ * weight += float32(strength · scale) · delta, each step rounded to float32 as PyTorch's `W + s * delta`; a delta
+ * over fewer input channels than the weight's (inpainting conv_in) covers the first of each output row.
+ */
 function addDelta(weight: Float32Array, delta: Float32Array, layer: LoraLayer, strength: number): void {
   const coefficient = Math.fround(strength * layer.scale);
-  for (let i = 0; i < weight.length; i++) weight[i] = Math.fround(weight[i] + Math.fround(coefficient * delta[i]));
+  const rows = layer.shape[0];
+  const [row, part] = [weight.length / rows, delta.length / rows];
+  for (let o = 0; o < rows; o++) {
+    for (let i = 0; i < part; i++) {
+      const w = o * row + i;
+      weight[w] = Math.fround(weight[w] + Math.fround(coefficient * delta[o * part + i]));
+    }
+  }
 }
