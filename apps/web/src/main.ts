@@ -22,7 +22,7 @@ import {
   type Seed,
   type SegmentationMap,
 } from "@ldm/ldm";
-import { type Device, DeviceLostError, GpuOutOfMemoryError, type ParamDType } from "@ldm/tensor";
+import { type Device, DeviceLostError, defaultDtype, GpuOutOfMemoryError, type ParamDType } from "@ldm/tensor";
 import { explain, ModelError } from "./errors.ts";
 import { createDevice } from "./gpu.ts";
 import { describeLocalModel, type LoadedPipeline, type LoadTarget, loadBuiltinModel, loadLocalModel } from "./model.ts";
@@ -156,7 +156,7 @@ function forgetDevice(): void {
 
 function wantedDtype(d: Device): ParamDType {
   const asked = ui.precision.value;
-  if (asked === "auto") return d.features.shaderF16 ? "f16" : "f32";
+  if (asked === "auto") return defaultDtype({ isCpu: d.info.isCpu, shaderF16: d.features.shaderF16 });
   return asked as ParamDType;
 }
 
