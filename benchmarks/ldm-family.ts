@@ -11,13 +11,14 @@
  *   batch 2 where the model samples with classifier-free guidance by default (cond and uncond in one call, as
  *   DDIMSampler), else 1; the cross-attention context as its cond stage makes it (ClassEmbedder 1 token, BERT
  *   max_seq_len tokens) and c_concat for concat models; timestep 500;
- * - the first stage's decode of one latent of that size (quantized first for VQ).
+ * - the first stage's decode of one latent of that size (quantized first for VQ); for a first stage alone
+ *   (models/first_stage_models/*), only this, at its training resolution's latent by default.
  * The peer, reference/bench_ldm_family.py, builds the same model from the ORIGINAL CompVis/latent-diffusion
  * modules (--upstream, --taming: `git archive`s of CompVis/latent-diffusion and taming-transformers, never
  * committed) with PyTorch's default initialisation and times the same two calls on the CPU, in a child process
  * before ours so the two never share the cores. Times: wall clock to device.sync() after one warm-up call, median
  * of --repeats, as the peer's. A fresh Device per model; peak GPU bytes are its own. Rows merge into the results
- * file (benchmarks/results.json by default). A config the library cannot read yet is listed as skipped with why.
+ * file (benchmarks/results.json by default). A config the library cannot read is listed as skipped with why.
  * Benchmarks are not tests: nothing here asserts a time.
  */
 import { execFileSync } from "node:child_process";
@@ -26,10 +27,17 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { modelInputs } from "@ldm/ldm";
 import { Device, Tensor } from "@ldm/tensor";
-import { ConfigError, conditioningKey, type LdmConfig, ldmConfigFromYaml } from "@ldm/weights";
+import {
+  ConfigError,
+  conditioningKey,
+  firstStageConfigFromYaml,
+  type LdmConfig,
+  ldmConfigFromYaml,
+  type VaeConfig,
+} from "@ldm/weights";
 import { Command } from "commander";
 import { medianMs, positiveInt, pseudoRandom, requirePythonPeer } from "./common.ts";
-import { randomNetworks } from "./random-weights.ts";
+import { randomFirstStage, randomNetworks } from "./random-weights.ts";
 import { makeRow, type ResultRow, writeResults } from "./results.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -40,6 +48,21 @@ const CLIP_TOKENS = 77;
 interface TableRow {
   config: string;
   model: { target: string; params: Record<string, unknown> };
+}
+
+/** A released model: a LatentDiffusion (`ldm`), or a first stage alone (its `vae` only). */
+interface Model {
+  vae: VaeConfig;
+  ldm?: LdmConfig;
+}
+
+/** The model of a table row; JSON is YAML, so its `model` section goes to the YAML readers as it is. */
+function readModel(row: TableRow): Model {
+  const text = JSON.stringify({ model: row.model });
+  const alone = firstStageConfigFromYaml(text, row.config);
+  if (alone) return { vae: alone.vae };
+  const ldm = ldmConfigFromYaml(text, row.config);
+  return { vae: ldm.vae, ldm };
 }
 
 interface PeerReport {
@@ -69,12 +92,13 @@ function stepShape(config: LdmConfig) {
   };
 }
 
-async function timeOurs(config: LdmConfig, latent: number, repeats: number) {
+/** Our times: the UNet step (a LatentDiffusion) and the decode, of random networks on a fresh Device. */
+async function timeOurs(model: Model, latent: number, repeats: number) {
   const device = await Device.create();
-  const { unet, vae, dispose } = await randomNetworks(device, config, "f32", ["unet", "vae"]);
+  const { unet, vae, dispose } = model.ldm
+    ? await randomNetworks(device, model.ldm, "f32", ["unet", "vae"])
+    : await randomFirstStage(device, model.vae, "f32");
   try {
-    if (!unet || !vae) throw new Error("the random networks lack a UNet or a first stage");
-    const { batch, context, latentChannels, concat } = stepShape(config);
     const tensor = (shape: number[], seed: number) =>
       Tensor.from(
         device,
@@ -84,25 +108,38 @@ async function timeOurs(config: LdmConfig, latent: number, repeats: number) {
         ),
         shape,
       );
-    const inputs = {
-      x: tensor([batch, latentChannels, latent, latent], 1),
-      timesteps: Tensor.from(device, Array(batch).fill(500), [batch]),
-      context: context ? tensor([batch, context, config.unet.context_dim as number], 2) : undefined,
-      cConcat: concat ? tensor([batch, concat, latent, latent], 3) : undefined,
-    };
-    const z = tensor([1, latentChannels, latent, latent], 4);
-    const unetMs = await medianMs(device, repeats, () => unet.forward(inputs));
+    let unetMs: number | undefined;
+    const step = model.ldm && stepShape(model.ldm);
+    if (model.ldm && step && unet) {
+      const { batch, context, latentChannels, concat } = step;
+      const inputs = {
+        x: tensor([batch, latentChannels, latent, latent], 1),
+        timesteps: Tensor.from(device, Array(batch).fill(500), [batch]),
+        context: context ? tensor([batch, context, model.ldm.unet.context_dim as number], 2) : undefined,
+        cConcat: concat ? tensor([batch, concat, latent, latent], 3) : undefined,
+      };
+      unetMs = await medianMs(device, repeats, () => unet.forward(inputs));
+      for (const t of Object.values(inputs)) t?.dispose();
+    }
+    if (!vae) throw new Error("the random networks lack a first stage");
+    const z = tensor([1, model.vae.embed_dim, latent, latent], 4);
     const decodeMs = await medianMs(device, repeats, () => vae.decode(z));
-    for (const t of [...Object.values(inputs), z]) t?.dispose();
-    return { unetMs, decodeMs, batch, peakBytes: device.memory().peakLiveBytes, adapter: device.describe() };
+    z.dispose();
+    return {
+      unetMs,
+      decodeMs,
+      batch: step?.batch,
+      peakBytes: device.memory().peakLiveBytes,
+      adapter: device.describe(),
+    };
   } finally {
     dispose();
     device.destroy();
   }
 }
 
-function runPeer(name: string, config: LdmConfig, latent: number, o: Options): PeerReport {
-  const { batch, context } = stepShape(config);
+function runPeer(name: string, model: Model, latent: number, o: Options): PeerReport {
+  const { batch, context } = model.ldm ? stepShape(model.ldm) : { batch: 1, context: 0 };
   const args = [PEER_SCRIPT, name, "--upstream", o.upstream, "--taming", o.taming, "--latent", String(latent)];
   args.push("--batch", String(batch), "--context", String(context));
   args.push("--threads", String(o.threads), "--repeats", String(o.repeats));
@@ -159,33 +196,37 @@ const skipped: string[] = [];
 let adapter = "";
 for (const name of names) {
   const row = table.rows[name];
-  let config: LdmConfig;
+  let model: Model;
   try {
-    config = ldmConfigFromYaml(JSON.stringify({ model: row.model }), row.config); // JSON is YAML
+    model = readModel(row);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     skipped.push(`${name}: ${e.message}`);
     console.log(`${name}: skipped, the library does not read its config: ${e.message}`);
     continue;
   }
-  // The original UNet needs a latent that halves evenly at each of its levels (avg-pool downsampling).
-  const factor = 2 ** (config.unet.channel_mult.length - 1);
-  const latent = Math.ceil((opts.latent ?? config.image_size ?? 32) / factor) * factor;
+  // The original UNet needs a latent that halves evenly at each of its levels (avg-pool downsampling). A first
+  // stage alone decodes the latent of its training resolution by default.
+  const dd = model.vae.ddconfig;
+  const factor = model.ldm ? 2 ** (model.ldm.unet.channel_mult.length - 1) : 1;
+  const own = model.ldm ? (model.ldm.image_size ?? 32) : dd.resolution / 2 ** (dd.ch_mult.length - 1);
+  const latent = Math.ceil((opts.latent ?? own) / factor) * factor;
   const start = performance.now();
   let peer: PeerReport | undefined;
   try {
-    peer = opts.peer ? runPeer(name, config, latent, opts) : undefined;
+    peer = opts.peer ? runPeer(name, model, latent, opts) : undefined;
   } catch {
     skipped.push(`${name}: the peer failed (its error is above)`);
     continue;
   }
-  const ours = await timeOurs(config, latent, opts.repeats);
+  const ours = await timeOurs(model, latent, opts.repeats);
   adapter = ours.adapter;
-  const parts: [string, number, number | undefined][] = [
+  const parts: [string, number | undefined, number | undefined][] = [
     [`${name} UNet step, batch ${ours.batch} @ ${latent}×${latent} latent (f32)`, ours.unetMs, peer?.unet_ms],
     [`${name} decode @ ${latent}×${latent} latent (f32)`, ours.decodeMs, peer?.decode_ms],
   ];
   for (const [rowName, oursMs, peerMs] of parts) {
+    if (oursMs === undefined) continue; // a first stage alone has no step
     const row = makeRow({ name: rowName, oursMs, peer: peer?.peer, peerMs, peakBytes: ours.peakBytes });
     rows.push(row);
     console.log(`${row.name}: ours ${row.ours_ms} ms, peer ${row.peer_ms ?? "—"} ms`);

@@ -6,7 +6,7 @@
  * A block of at most BLOCK values is drawn per tensor and repeated to fill it: cheap for 860M parameters, and
  * repetition changes no kernel's work.
  */
-import { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "@ldm/ldm";
+import { buildModel, COMPONENT_PREFIX, type Component, firstStageModel, type Networks } from "@ldm/ldm";
 import { VarBuilder } from "@ldm/nn";
 import {
   type Device,
@@ -16,7 +16,7 @@ import {
   type WeightRequest,
   type WeightSource,
 } from "@ldm/tensor";
-import { type LdmConfig, modelParamShapes } from "@ldm/weights";
+import { type LdmConfig, modelParamShapes, type VaeConfig, vaeParamShapes } from "@ldm/weights";
 
 const BLOCK = 1 << 16;
 
@@ -91,4 +91,12 @@ export async function randomNetworks(
   const networks = buildModel(vb, config, components);
   await vb.load(components.map((c) => COMPONENT_PREFIX[c]));
   return { ...networks, dispose: () => vb.dispose() };
+}
+
+/** A first stage alone (AutoencoderKL or VQModel) of `vae`, its parameters random; `dispose` frees them. */
+export async function randomFirstStage(device: Device, vae: VaeConfig, dtype: ParamDType) {
+  const vb = VarBuilder.from(device, new RandomWeightSource(vaeParamShapes(vae)), dtype);
+  const model = firstStageModel(vb.pp(COMPONENT_PREFIX.vae), vae);
+  await vb.load([COMPONENT_PREFIX.vae]);
+  return { unet: undefined, vae: model, dispose: () => vb.dispose() };
 }

@@ -6,6 +6,7 @@ import {
   CLIP_VIT_L_TEXT,
   clipTextParamShapes,
   condStageParamShapes,
+  firstStageConfigFromYaml,
   ldmConfigFromYaml,
   OPEN_CLIP_VIT_H_TEXT,
   type ParamShapes,
@@ -69,28 +70,16 @@ const fullSize: { source: string; rows: Record<string, FullSizeRow> } = JSON.par
   readFileSync(join(import.meta.dirname, "fixtures", "full-size.json"), "utf8"),
 );
 
-/**
- * A first-stage-only config (model.target VQModel / AutoencoderKL) read by the same first-stage reader, as the
- * first stage of an otherwise empty LatentDiffusion; the UNet here is a placeholder whose keys are not compared.
- * (JSON is YAML: the table's sections go to the YAML reader as they are.)
- */
-function asLatentDiffusion(model: FullSizeRow["model"]): FullSizeRow["model"] {
-  if ("unet_config" in model.params) return model;
-  const unet = {
-    in_channels: 3,
-    out_channels: 3,
-    model_channels: 32,
-    num_res_blocks: 1,
-    attention_resolutions: [],
-    num_heads: 1,
-  };
+/** Our key tables for each stage of a row's config (JSON is YAML: the `model` section goes to the readers as it is). */
+function ourStages(row: FullSizeRow): Record<string, ParamShapes> {
+  const text = JSON.stringify({ model: row.model });
+  const alone = firstStageConfigFromYaml(text, row.config);
+  if (alone) return { first_stage: vaeParamShapes(alone.vae) };
+  const config = ldmConfigFromYaml(text, row.config);
   return {
-    target: "ldm.models.diffusion.ddpm.LatentDiffusion",
-    params: {
-      unet_config: { params: unet },
-      first_stage_config: { target: model.target, params: model.params },
-      cond_stage_config: "__is_unconditional__",
-    },
+    unet: unetParamShapes(config.unet),
+    first_stage: vaeParamShapes(config.vae),
+    cond_stage: config.text ? clipTextParamShapes(config.text) : condStageParamShapes(config.cond_stage),
   };
 }
 
@@ -110,12 +99,7 @@ describe("full-size parameters of every released config equal the original modul
   });
 
   it.each(rows)("%s: every stage's keys and shapes", (name, row) => {
-    const config = ldmConfigFromYaml(JSON.stringify({ model: asLatentDiffusion(row.model) }), row.config);
-    const ours: Record<string, ParamShapes> = {
-      unet: unetParamShapes(config.unet),
-      first_stage: vaeParamShapes(config.vae),
-      cond_stage: config.text ? clipTextParamShapes(config.text) : condStageParamShapes(config.cond_stage),
-    };
+    const ours = ourStages(row);
     const stages = Object.keys(row.stages);
     expect(Object.fromEntries(stages.map((stage) => [stage, summary(ours[stage])])), name).toEqual(row.stages);
   });
