@@ -4,7 +4,16 @@
  * process itself is what is tested; those are spawned with a time limit, so a hang fails instead of stalling.
  * (The malformed-file corpus of the safetensors reader is in @ldm/weights' safetensors.test.ts.)
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,6 +22,7 @@ import { runInNewContext } from "node:vm";
 import { Device } from "@ldm/tensor";
 import type { TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
+import { encode } from "fast-png";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DawnLineFilter } from "../src/cli/dawn-stderr.ts";
 import { estimateMemory, parameterCount } from "../src/pipeline/memory.ts";
@@ -60,7 +70,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const CASE_TIMEOUT_MS = 60_000;
 
 /** Progress lines a run prints to stderr before it fails (loading, sampling, steps on a non-terminal). */
-const PROGRESS = /^(loading .*…|loaded in [\d.]+ s on .*|sampling \d+×\d+, .*…|step \d+\/\d+ .*)$/;
+const PROGRESS = /^(loading .*…|loaded in [\d.]+ s on .*|(sampling|upscaling) \d+×\d+,? .*…|step \d+\/\d+ .*)$/;
 
 /** One line on stderr besides progress, exit code 1. */
 function expectOneLineError(run: { code: number | null; err: string }, message: RegExp): void {
@@ -351,5 +361,168 @@ describe("bounds: sizes, batches and memory checked before any work", { timeout:
       (e: Error) => e.message,
     );
     expect(steps).toBe("steps 1001: at most the schedule's 1000 timesteps");
+  });
+});
+
+describe("the paper's models, LoRA and embeddings from the CLI: each bad input is one line", {
+  timeout: CASE_TIMEOUT_MS,
+}, () => {
+  const model = (name: string) => ["--model", join(DUMPS, `${name}.safetensors`)];
+  const file = (name: string) => join(dir, "paper", name);
+  beforeAll(() => {
+    mkdirSync(file(""), { recursive: true });
+    const grey = (w: number, h: number, value: (x: number, y: number) => number) =>
+      encode({
+        width: w,
+        height: h,
+        data: Uint8Array.from({ length: w * h }, (_, p) => value(p % w, Math.floor(p / w))),
+        depth: 8,
+        channels: 1,
+      });
+    const rgba = new Uint8Array(8 * 8 * 4).fill(128);
+    rgba[3] = 10;
+    writeFileSync(file("low-alpha.png"), encode({ width: 8, height: 8, data: rgba, depth: 8, channels: 4 }));
+    writeFileSync(
+      file("photo.png"),
+      encode({ width: 32, height: 32, data: new Uint8Array(32 * 32 * 3).fill(90), depth: 8, channels: 3 }),
+    );
+    writeFileSync(
+      file("mask16.png"),
+      grey(16, 16, () => 255),
+    );
+    writeFileSync(
+      file("map30.png"),
+      grey(30, 30, () => 1),
+    );
+    writeFileSync(file("layout-bad.json"), '[{"class": 3, "box": [0.1, 0.2, 0.6]}');
+    mkdirSync(file("loras"));
+    copyFileSync(join(DUMPS, "../lora/tiny-sd1.kohya.safetensors"), file("loras/style.safetensors"));
+    writeFileSync(file("empty.safetensors"), "");
+  });
+
+  // Each case fails before sampling: at the flags, or when the loaded model sees what it was given.
+  const cases: [string, () => string[], RegExp][] = [
+    [
+      "a prompt to an unconditional model",
+      () => ["a face", ...model("tiny-celebahq")],
+      /^ldm: this model is unconditional: it takes no prompt$/,
+    ],
+    [
+      "a class to an unconditional model",
+      () => [...model("tiny-celebahq"), "--class", "3"],
+      /unconditional: it takes no class label$/,
+    ],
+    [
+      "no class for a class-conditional model",
+      () => model("tiny-cin"),
+      /class-conditional model: give a class \(0 to 10\)$/,
+    ],
+    [
+      "a class out of range",
+      () => [...model("tiny-cin"), "--class", "11"],
+      /class 11 is out of range: this model has classes 0 to 10$/,
+    ],
+    [
+      "a class that is not a number",
+      () => [...model("tiny-cin"), "--class", "dog"],
+      /--class must be an integer ≥ 0, got "dog"$/,
+    ],
+    ["a prompt to a class model", () => ["a dog", ...model("tiny-cin"), "--class", "3"], /takes no prompt$/],
+    ["no prompt to the BERT text model", () => model("tiny-txt2img"), /^ldm: no prompt: give one/],
+    ["a layout to a text model", () => ["a cat", ...model("tiny-txt2img"), "--layout", "[]"], /takes no layout$/],
+    ["no layout to a layout model", () => model("tiny-layout2img"), /layout-to-image model: it needs a layout/],
+    [
+      "a layout file that is not JSON",
+      () => [...model("tiny-layout2img"), "--layout", file("layout-bad.json")],
+      /--layout .*layout-bad\.json is not valid JSON/,
+    ],
+    [
+      "a segmentation map to an unconditional model",
+      () => [...model("tiny-celebahq"), "--segmentation", file("map30.png")],
+      /takes no segmentation map$/,
+    ],
+    [
+      "a segmentation map whose sides are not multiples of 4",
+      () => [...model("tiny-seg"), "--segmentation", file("map30.png")],
+      /segmentation map is 30×30: its sides must be multiples of 4/,
+    ],
+    [
+      "a transparent low-resolution image",
+      () => ["upscale", file("low-alpha.png"), ...model("tiny-bsr")],
+      /transparent pixels \(alpha 10 at \(0, 0\)\)/,
+    ],
+    [
+      "a missing low-resolution image",
+      () => ["upscale", file("none.png"), ...model("tiny-bsr")],
+      /cannot read image .*none\.png: ENOENT$/,
+    ],
+    ["generate with a super-resolution model", () => model("tiny-bsr"), /super-resolution model: use upscale/],
+    [
+      "a mask of another size",
+      () => [...model("tiny-inpainting"), "--init-image", file("photo.png"), "--mask", file("mask16.png")],
+      /the mask is 16×16, the init image 32×32/,
+    ],
+    [
+      "the big inpainting model without a mask",
+      () => [...model("tiny-inpainting"), "--init-image", file("photo.png")],
+      /inpainting model .*: use inpaint with a mask$/,
+    ],
+    [
+      "a missing LoRA file, named once",
+      () => ["a cat", ...tiny, "--lora", file("nope.safetensors")],
+      /^ldm: \/.*nope\.safetensors: cannot read: ENOENT$/,
+    ],
+    [
+      "an empty LoRA file",
+      () => ["a cat", ...tiny, "--lora", file("empty.safetensors")],
+      /^ldm: \/.*empty\.safetensors: not a safetensors file: 0 bytes/,
+    ],
+    [
+      "a <lora:…> tag naming no file",
+      () => ["a <lora:missing:1> cat", ...tiny, "--lora-dir", file("loras")],
+      /<lora:missing:1> in the prompt: no LoRA "missing"/,
+    ],
+    ["a <lora:…> tag without --lora-dir", () => ["a <lora:style:1> cat", ...tiny], /pass --lora-dir <folder>/],
+    [
+      "an embedding to a class model",
+      () => [...model("tiny-cin"), "--class", "1", "--embedding", join(DUMPS, "../prompts/embeddings/ink.safetensors")],
+      /takes no embeddings$/,
+    ],
+  ];
+  it.each(cases)("%s", async (_, args, message) => {
+    const argv = args();
+    const run = await runCli(
+      ...(argv[0] === "upscale" ? argv : ["generate", ...argv]),
+      "--steps",
+      "1",
+      "--out",
+      file("x.png"),
+    );
+    expectOneLineError(run, message);
+  });
+
+  it("a LoRA that fits no layer: the error line first, then the keys", async () => {
+    const run = await runCli(
+      "generate",
+      ...model("tiny-celebahq"),
+      "--lora",
+      join(DUMPS, "../lora/tiny-sd1.kohya.safetensors"),
+      "--steps",
+      "1",
+      "--out",
+      file("x.png"),
+    );
+    expect(run.code).toBe(1);
+    const lines = run.err
+      .trim()
+      .split("\n")
+      .filter((line) => !PROGRESS.test(line));
+    expect(lines[0]).toMatch(
+      /^ldm: .*tiny-sd1\.kohya\.safetensors does not fit this latent diffusion model \(\d+ keys\):$/,
+    );
+    expect(
+      lines.slice(1).every((line) => /^ {2}lora_\w+: /.test(line)),
+      run.err,
+    ).toBe(true);
   });
 });

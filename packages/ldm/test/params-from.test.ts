@@ -3,6 +3,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { encode } from "fast-png";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodePng, encodePng } from "../src/image/png.ts";
 import { INFOTEXT_KEYWORD } from "../src/pipeline/infotext.ts";
@@ -116,4 +117,57 @@ describe("generate --params-from restores the model", () => {
     expect(all.err).not.toMatch(/embeddings/);
     for (const r of [none, one, all]) expect(r.err).toMatch(/--steps must be an integer ≥ 1, got "0"/);
   });
+});
+
+describe("generate --params-from restores what the paper's models were conditioned on", () => {
+  /** Generates with `args`, then again from the PNG alone (from another folder's point of view): same pixels. */
+  async function roundTrip(name: string, args: string[]) {
+    const first = join(dir, `${name}.png`);
+    const run = await runCli("generate", ...args, "--steps", "2", "--seed", "9", "--out", first);
+    expect(run.code, run.err).toBe(0);
+    const image = decodePng(readFileSync(first), name);
+    const again = join(dir, `${name}-again.png`);
+    const restored = await runCli("generate", "--params-from", first, "--out", again);
+    expect(restored.code, restored.err).toBe(0);
+    expect(restored.err).not.toMatch(/not restored/);
+    expect(decodePng(readFileSync(again), `${name} again`).data).toEqual(image.data);
+    return parseParameters(image.text[PARAMETERS_KEYWORD], first);
+  }
+
+  it("a class and a --config from another folder than the checkpoint's", async () => {
+    // No YAML beside the checkpoint: without the recorded config, the run from the PNG could not load it.
+    mkdirSync(join(dir, "cin", "configs"), { recursive: true });
+    const model = join(dir, "cin", "cin.safetensors");
+    const config = join(dir, "cin", "configs", "cin256-v2.yaml");
+    copyFileSync(join(DUMPS, "tiny-cin.safetensors"), model);
+    copyFileSync(join(DUMPS, "tiny-cin.yaml"), config);
+    const stored = await roundTrip("cin", ["--model", model, "--config", config, "--class", "7", "--cfg", "3"]);
+    expect(stored).toMatchObject({ classLabel: 7, config, modelPath: model, guidanceScale: 3 });
+    // Another class is another image: the restored class is what made the pixels equal.
+    const other = join(dir, "cin-other.png");
+    const run = await runCli("generate", "--params-from", join(dir, "cin.png"), "--class", "2", "--out", other);
+    expect(run.code, run.err).toBe(0);
+    const [a, b] = [join(dir, "cin.png"), other].map((p) => decodePng(readFileSync(p), p).data);
+    expect(b).not.toEqual(a);
+  }, 120_000);
+
+  it("a layout, and a segmentation map found beside the PNG", async () => {
+    const layout = [{ class: 3, box: [0.1, 0.2, 0.6, 0.9] }];
+    const stored = await roundTrip("layout", [
+      "--model",
+      join(DUMPS, "tiny-layout2img.safetensors"),
+      "--layout",
+      JSON.stringify(layout),
+    ]);
+    expect(stored.layout).toEqual(layout);
+    const map = Uint8Array.from({ length: 32 * 32 }, (_, p) => Math.floor(p / 32 / 8) * 3);
+    writeFileSync(join(dir, "map.png"), encode({ width: 32, height: 32, data: map, depth: 8, channels: 1 }));
+    const seg = await roundTrip("seg", [
+      "--model",
+      join(DUMPS, "tiny-seg.safetensors"),
+      "--segmentation",
+      join(dir, "map.png"),
+    ]);
+    expect(seg.segmentation).toBe("map.png");
+  }, 120_000);
 });

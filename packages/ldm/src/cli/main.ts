@@ -55,6 +55,7 @@ export async function main(argv: string[]): Promise<number> {
     const err = e as Error;
     if (verbose) console.error(err.stack ?? String(err));
     else console.error(`ldm: ${err instanceof UserError ? "" : "error: "}${err.message.split("\n")[0]}`);
+    if (!verbose && err instanceof UserError && err.details) console.error(err.details);
     return 1;
   }
 }

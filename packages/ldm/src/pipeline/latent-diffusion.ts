@@ -442,6 +442,11 @@ export class LatentDiffusion {
     return this.inputs.prompted;
   }
 
+  /** Whether the cond stage reads a text prompt (CLIP or BERT), which generation then requires. */
+  get textPrompted(): boolean {
+    return this.prompted === "clip" || this.prompted === "bert";
+  }
+
   /** Guidance by default: SD's 7.5, scripts/txt2img.py's 5.0 for BERT text models, else none (1). */
   get defaultGuidanceScale(): number {
     return this.inputs.guidanceScale;
@@ -584,7 +589,7 @@ export class LatentDiffusion {
    * SpatialRescaler models, nothing for unconditional models (scripts/sample_diffusion.py).
    */
   async generate(options: LdmGenerateOptions): Promise<GenerationResult> {
-    checkGenerateInputs(this.config.text ? "txt2img" : "generate", options, this.config.text !== undefined);
+    checkGenerateInputs(this.config.text ? "txt2img" : "generate", options, this.textPrompted);
     if (this.isInpainting) {
       throw new PipelineOptionError(
         "this is an inpainting model (its UNet takes a mask): use inpaint with an image and a mask",
@@ -597,13 +602,15 @@ export class LatentDiffusion {
     if (segmentation !== undefined) checkSegmentationInput(segmentation);
     const f = this.networks.vae.downscale;
     const lowRes = options.lowRes;
-    if (segmentation && (segmentation.width % f || segmentation.height % f)) {
+    // A model without a SpatialRescaler refuses any map (in conditioning()), whatever its size.
+    const map = this.config.cond_stage?.target === "SpatialRescaler" ? segmentation : undefined;
+    if (map && (map.width % f || map.height % f)) {
       throw new PipelineOptionError(
-        `the segmentation map is ${segmentation.width}×${segmentation.height}: its sides must be multiples of ${f} (the image's, for the first stage)`,
+        `the segmentation map is ${map.width}×${map.height}: its sides must be multiples of ${f} (the image's, for the first stage)`,
       );
     }
-    const width = options.width ?? segmentation?.width ?? (lowRes && lowRes.width * f) ?? this.defaultSize;
-    const height = options.height ?? segmentation?.height ?? (lowRes && lowRes.height * f) ?? this.defaultSize;
+    const width = options.width ?? map?.width ?? (lowRes && lowRes.width * f) ?? this.defaultSize;
+    const height = options.height ?? map?.height ?? (lowRes && lowRes.height * f) ?? this.defaultSize;
     const job = this.prepare(options, width, height);
     const xT = job.generator.randn(job.latentShape);
     return this.run(job, options, { xT });
@@ -672,7 +679,7 @@ export class LatentDiffusion {
   async img2img(
     options: Img2ImgOptions | (Omit<Img2ImgOptions, "prompt"> & { prompt?: string }),
   ): Promise<GenerationResult> {
-    checkGenerateInputs("img2img", options, this.config.text !== undefined);
+    checkGenerateInputs("img2img", options, this.textPrompted);
     checkImageInput("img2img", "initImage", options.initImage);
     if (this.isInpainting) {
       throw new PipelineOptionError("this is an inpainting model (its UNet takes a mask): use inpaint with a mask");
@@ -697,7 +704,7 @@ export class LatentDiffusion {
   async inpaint(
     options: InpaintOptions | (Omit<InpaintOptions, "prompt"> & { prompt?: string }),
   ): Promise<GenerationResult> {
-    checkGenerateInputs("inpaint", options, this.config.text !== undefined);
+    checkGenerateInputs("inpaint", options, this.textPrompted);
     checkImageInput("inpaint", "initImage", options.initImage);
     checkImageInput("inpaint", "mask", options.mask);
     const { initImage, mask } = options;
@@ -1229,6 +1236,8 @@ export class LatentDiffusion {
         height: job.height,
         batchSize: job.batchSize,
         batchIndex,
+        ...(options.classLabel === undefined ? {} : { classLabel: options.classLabel }),
+        ...(options.layout === undefined ? {} : { layout: options.layout.map((o) => ({ ...o, box: [...o.box] })) }),
         model: this.name,
         dtype: this.dtype,
         ...(start.init || start.cConcat ? { strength: start.strength } : {}),

@@ -4,6 +4,7 @@
  */
 import { type SamplerName, type SigmaScheduleName, samplerByName, sigmaScheduleOf } from "../diffusion/index.ts";
 import type { LoraUse } from "../lora/merge.ts";
+import { type LayoutObject, parseLayout } from "../tokenizer/layout.ts";
 
 /** The tEXt keyword our parameters are stored under. */
 export const PARAMETERS_KEYWORD = "ldm-parameters";
@@ -26,10 +27,18 @@ export interface GenerationParameters {
   /** Images generated together from the seed, and this image's place among them (noise is drawn per batch). */
   batchSize: number;
   batchIndex: number;
+  /** What the model was conditioned on besides a prompt: a class-conditional model's class, a layout model's objects. */
+  classLabel?: number;
+  layout?: LayoutObject[];
+  /** Semantic synthesis: the segmentation map's file name; super-resolution: the low-resolution image's. */
+  segmentation?: string;
+  lowResImage?: string;
   /** The checkpoint's file or folder name. */
   model: string;
   /** Where the checkpoint was (the CLI records the path it was given), to find it again. */
   modelPath?: string;
+  /** The original YAML config given with the checkpoint (the CLI records its path). */
+  config?: string;
   /** A1111's "Model hash" of the checkpoint, when read from its infotext: 10 (or, older, 8) hex digits. */
   modelHash?: string;
   dtype: "f32" | "f16";
@@ -112,8 +121,15 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     height: field("height", "number"),
     batchSize: field("batchSize", "number"),
     batchIndex: field("batchIndex", "number"),
+    classLabel: field("classLabel", "number", true),
+    ...(record.layout === undefined
+      ? {}
+      : { layout: parseLayout(JSON.stringify(record.layout), `${origin}: parameter "layout"`) }),
+    segmentation: field("segmentation", "string", true),
+    lowResImage: field("lowResImage", "string", true),
     model: field("model", "string"),
     modelPath: field("modelPath", "string", true),
+    config: field("config", "string", true),
     dtype,
     strength: field("strength", "number", true),
     initImage: field("initImage", "string", true),

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { basename, resolve } from "node:path";
+import { basename } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import {
@@ -12,7 +12,6 @@ import {
 } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
 import { gridImage } from "../../image/pixels.ts";
-import { isHubName } from "../../pipeline/hub-model.ts";
 import { formatInfotext, INFOTEXT_KEYWORD, parametersFromInfotext } from "../../pipeline/infotext.ts";
 import {
   type GenerationResult,
@@ -44,6 +43,7 @@ import {
   numberFlag,
   readImageFlag,
   readLabelsFlag,
+  recordedModelFiles,
   seedFlag,
   sizeFlag,
   withInterrupt,
@@ -166,7 +166,7 @@ export function registerGenerate(program: Command): void {
       if (flags.strength !== undefined && !flags.initImage) throw new UserError("--strength needs --init-image");
       const initImage = flags.initImage ? await readImageFlag(flags.initImage, "init image") : undefined;
       const mask = flags.mask ? await readImageFlag(flags.mask, "mask") : undefined;
-      const layout = flags.layout === undefined ? undefined : layoutFlag(flags.layout);
+      const layout = flags.layout === undefined ? stored?.layout : layoutFlag(flags.layout);
       const segmentation = flags.segmentation ? await readLabelsFlag(flags.segmentation, "--segmentation") : undefined;
       if (initImage && mask && (mask.width !== initImage.width || mask.height !== initImage.height)) {
         throw new UserError(
@@ -179,7 +179,7 @@ export function registerGenerate(program: Command): void {
       // The LoRA files are read (and every prompt's tags found) before the model loads.
       for (const request of requests) await loras.uses(request.prompt);
       const pipe = await loadLatentDiffusion(flags);
-      if (pipe.config.text && requests.some((r) => r.prompt === undefined)) {
+      if (pipe.textPrompted && requests.some((r) => r.prompt === undefined)) {
         pipe.dispose();
         throw new UserError("no prompt: give one, or --params-from an image we generated");
       }
@@ -227,7 +227,8 @@ export function registerGenerate(program: Command): void {
             [INFOTEXT_KEYWORD]: formatInfotext(parameters),
             [PARAMETERS_KEYWORD]: parametersText({
               ...parameters,
-              ...(flags.model && !isHubName(flags.model) ? { modelPath: resolve(flags.model) } : {}),
+              ...recordedModelFiles(flags),
+              ...(flags.segmentation ? { segmentation: basename(flags.segmentation) } : {}),
               ...(flags.initImage ? { initImage: basename(flags.initImage) } : {}),
               ...(flags.mask ? { mask: basename(flags.mask) } : {}),
             }),
@@ -297,7 +298,7 @@ function requestFrom(
       flags.steps === undefined ? (stored?.steps ?? SAMPLING_DEFAULTS.steps) : integerFlag("--steps", flags.steps, 1),
     guidanceScale:
       flags.cfg === undefined ? stored?.guidanceScale : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
-    classLabel: flags.class === undefined ? undefined : integerFlag("--class", flags.class, 0),
+    classLabel: flags.class === undefined ? stored?.classLabel : integerFlag("--class", flags.class, 0),
     eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0, 1),
     clipSkip: flags.clipSkip === undefined ? stored?.clipSkip : integerFlag("--clip-skip", flags.clipSkip, 1),
     seed:

@@ -104,7 +104,9 @@ export class LoraResolver {
     let lora = this.files.get(path);
     if (!lora) {
       lora = loadLora(path).catch((e: Error) => {
-        throw new UserError(`${what}: ${e.message.split("\n")[0]}`);
+        const message = e.message.split("\n")[0];
+        // The readers' messages start with the path, which `what` already names.
+        throw new UserError(`${what}: ${message.startsWith(`${path}: `) ? message.slice(path.length + 2) : message}`);
       });
       this.files.set(path, lora);
     }

@@ -1,6 +1,6 @@
 /** Flags and helpers shared by the commands that run a whole model (generate, loss, bench). */
 import { existsSync } from "node:fs";
-import { basename } from "node:path";
+import { basename, resolve } from "node:path";
 import type { Command } from "commander";
 import { readLabelPngFile, readPngFile } from "../../image/node.ts";
 import type { DecodedImage, LabelMap } from "../../image/png.ts";
@@ -118,11 +118,18 @@ async function loadWith<P extends LatentDiffusion>(
   }
 }
 
+/** Where the model and its config were, as the PNG's parameters record them for --params-from. */
+export function recordedModelFiles(flags: ModelFlags): { modelPath?: string; config?: string } {
+  return {
+    ...(flags.model && !isHubName(flags.model) ? { modelPath: resolve(flags.model) } : {}),
+    ...(flags.config ? { config: resolve(flags.config) } : {}),
+  };
+}
+
 /** One line on the error path; an error listing keys (that do not fit) prints them below its first line. */
 export function userErrorOf(e: unknown): UserError {
   const [first, ...details] = (e as Error).message.split("\n");
-  if (details.length) console.error(details.join("\n"));
-  return new UserError(first);
+  return new UserError(first, details.length ? details.join("\n") : undefined);
 }
 
 /** --model as a local path: the built-in model when absent, a hub repository (org/name) fetched into the hub cache. */

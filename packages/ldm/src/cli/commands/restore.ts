@@ -1,8 +1,8 @@
 /**
  * What `generate --params-from` restores besides the sampling parameters: the model (by its recorded path, a hub
- * name, a file of that name in the current folder, or a file of that name or hash under --models-dir), f16, the
- * init image and mask (by their recorded names, in the current folder or beside the image), and which of the
- * recorded embeddings are available. What it cannot restore is named in one warning line.
+ * name, a file of that name in the current folder, or a file of that name or hash under --models-dir) and its
+ * config, f16, the init image, mask and segmentation map (by their recorded names, in the current folder or beside
+ * the image), and which of the recorded embeddings are available. What it cannot restore is named in one warning line.
  */
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
@@ -17,10 +17,12 @@ import { UserError } from "../errors.ts";
 
 export interface RestoreFlags {
   model?: string;
+  config?: string;
   modelsDir?: string;
   f16?: boolean;
   initImage?: string;
   mask?: string;
+  segmentation?: string;
   embedding?: string[];
   embeddingsDir?: string;
 }
@@ -53,11 +55,15 @@ export async function restoreRun(
     missing.push(`model "${stored.model}" (this run uses ${basename(flags.model)})`);
   }
   for (const [key, flag] of [
+    ["config", "--config"],
     ["initImage", "--init-image"],
     ["mask", "--mask"],
+    ["segmentation", "--segmentation"],
   ] as const) {
     const name = stored[key];
     if (!name || flags[key] !== undefined) continue;
+    // The config only with the recorded model: another model's config is not this one's.
+    if (key === "config" && !(flags.model && stored.model && sameModel(flags.model, stored.model))) continue;
     const found = [name, join(dirname(origin), basename(name))].find((p) => existsSync(p));
     if (found) flags[key] = found;
     else missing.push(`${flag} ${name}`);

@@ -1,3 +1,4 @@
+import { basename } from "node:path";
 import type { Command } from "commander";
 import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
@@ -15,6 +16,7 @@ import {
   type ModelFlags,
   numberFlag,
   readImageFlag,
+  recordedModelFiles,
   seedFlag,
   withInterrupt,
 } from "./pipeline-flags.ts";
@@ -88,7 +90,11 @@ export function registerUpscale(program: Command): void {
       );
       const [out] = outputPaths(flags.out, result.seed, 1);
       await writePngFile(out, result.images[0], {
-        [PARAMETERS_KEYWORD]: parametersText(result.parameters[0]),
+        [PARAMETERS_KEYWORD]: parametersText({
+          ...result.parameters[0],
+          ...recordedModelFiles(flags),
+          lowResImage: basename(path),
+        }),
         Software: "ldm.ts",
       });
       console.log(out);
