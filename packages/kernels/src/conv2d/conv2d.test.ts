@@ -366,7 +366,7 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
   });
 
   it("is chosen for 3×3 stride-1 convolutions with enough tiles and channels on CPU adapters only", () => {
-    const g = { isCpu: true, kh: 3, kw: 3, strideH: 1, strideW: 1, cin: 128, cout: 128, Ho: 64, Wo: 64 };
+    const g = { isCpu: true, kh: 3, kw: 3, strideH: 1, strideW: 1, cin: 128, cout: 128, H: 64, W: 64, Ho: 64, Wo: 64 };
     const limits = { maxBindingBytes: 128 << 20, offsetAlignment: 256 };
     expect(winogradApplies({ ...g, limits })).toBe(true);
     expect(winogradApplies({ ...g, limits, isCpu: false })).toBe(false);
@@ -376,5 +376,7 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     expect(winogradApplies({ ...g, limits, Ho: 16, Wo: 16 })).toBe(true);
     // 4 tiles per image share the weight transform (the choice is per image, so batches do not change it).
     expect(winogradApplies({ ...g, limits, Ho: 8, Wo: 8 })).toBe(false);
+    // One plane over a binding: the direct path's planner splits it (or names it).
+    expect(winogradApplies({ ...g, limits: { ...limits, maxBindingBytes: 64 * 64 * 4 } })).toBe(false);
   });
 });

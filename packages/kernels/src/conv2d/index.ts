@@ -135,7 +135,7 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
   const limits = bindingLimits(device, internals.bindingLimits);
   const winograd =
     internals.algorithm === undefined
-      ? winogradApplies({ isCpu: device.info.isCpu, kh, kw, strideH, strideW, cin, cout, Ho, Wo, limits })
+      ? winogradApplies({ isCpu: device.info.isCpu, kh, kw, strideH, strideW, cin, cout, H, W, Ho, Wo, limits })
       : internals.algorithm === "winograd";
   if (winograd) {
     if (kh !== 3 || kw !== 3 || strideH !== 1 || strideW !== 1) {

@@ -242,6 +242,8 @@ export function winogradApplies(g: {
   strideW: number;
   cin: number;
   cout: number;
+  H: number;
+  W: number;
   Ho: number;
   Wo: number;
   limits: BindingLimits;
@@ -249,12 +251,15 @@ export function winogradApplies(g: {
   if (!g.isCpu || g.kh !== 3 || g.kw !== 3 || g.strideH !== 1 || g.strideW !== 1 || g.cout < MIN_COUT) return false;
   const tilesH = Math.ceil(g.Ho / M);
   const tilesW = Math.ceil(g.Wo / M);
-  return tilesH * tilesW >= MIN_TILES && bandRows(g.cin, g.cout, tilesW, tilesH, g.limits) > 0;
+  // Planes are bound whole (a channel range at a time); a larger one is left to the direct path's planner.
+  const planeFits = channelsPerBinding(1, Math.max(g.H * g.W, g.Ho * g.Wo), 4, g.limits) === 1;
+  return planeFits && tilesH * tilesW >= MIN_TILES && bandRows(g.cin, g.cout, tilesW, tilesH, g.limits) > 0;
 }
 
-/** Channels per binding of a [channels, plane] range, whole planes, starting anywhere. */
+/** Channels per binding of a [channels, plane] range, whole planes, starting anywhere (0: not even one). */
 function channelsPerBinding(channels: number, plane: number, bytes: number, limits: BindingLimits): number {
-  return largest(channels, (c) => c * plane * bytes + limits.offsetAlignment + 16 <= limits.maxBindingBytes);
+  const fits = (c: number) => c * plane * bytes + limits.offsetAlignment + 16 <= limits.maxBindingBytes;
+  return fits(1) ? largest(channels, fits) : 0;
 }
 
 /** Ranges [c0, c1) of `channels` in steps of `step`. */
@@ -283,6 +288,9 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
   const xStep = channelsPerBinding(cin, H * W, DTYPE_BYTES[x.dtype], limits);
   const outBytes = Math.max(DTYPE_BYTES[out.dtype], residual ? DTYPE_BYTES[residual.dtype] : 0);
   const outStep = channelsPerBinding(cout, Ho * Wo, outBytes, limits);
+  if (xStep === 0 || outStep === 0) {
+    throw new Error(`conv2d: the Winograd path binds whole planes; one of x ${x} or the output does not fit a binding`);
+  }
   // Output channels whose transformed weights fit one binding (all of them below SD's widest layers).
   const uStep = largest(cout, (c) => POSITIONS * c * cin * 4 <= limits.maxBindingBytes);
   const spec: OutputSpec = {
