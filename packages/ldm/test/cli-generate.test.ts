@@ -275,10 +275,10 @@ describe("ldm generate, loss and bench on the tiny SD1 checkpoint", () => {
     expect(notPng.err).toMatch(/--grid .*grid.jpg: must name a .png file/);
   });
 
-  it("ldm loss prints the MSE; ldm bench reports steps, decode and peak memory", async () => {
+  it("ldm loss prints L_simple; ldm bench reports steps, decode and peak memory", async () => {
     const loss = await ldm("loss", ...tiny, "--image", join(dir, "init.png"), "--prompt", "a cat", "--t", "250");
     expect(loss.code, loss.err).toBe(0);
-    expect(loss.out).toMatch(/^t 250 {2}seed 0 {2}MSE against ε: \d+\.\d+/);
+    expect(loss.out).toMatch(/^t 250 {2}seed 0 {2}L_simple \(l2 against ε\): \d+\.\d+/);
     const bench = await ldm("bench", ...tiny, "--width", "32", "--height", "32", "--steps", "2", "--json");
     expect(bench.code, bench.err).toBe(0);
     const report = JSON.parse(bench.out);

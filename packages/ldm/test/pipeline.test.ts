@@ -282,8 +282,9 @@ describe("loss", () => {
       const a = await pipe.loss({ image, prompt: "a cat", t: 400, seed: 2 });
       const b = await pipe.loss({ image, prompt: "a cat", t: 400, seed: 2 });
       expect(a.target).toBe(target);
-      expect(a.mse).toBe(b.mse);
-      expect(a.mse).toBeGreaterThan(0);
+      expect(a.loss).toBe(b.loss);
+      expect(a.lossType).toBe("l2");
+      expect(a.loss).toBeGreaterThan(0);
       await expect(pipe.loss({ image, prompt: "a cat", t: 1000 })).rejects.toThrow(
         "t 1000: must be an integer in [0, 1000)",
       );

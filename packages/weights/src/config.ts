@@ -153,6 +153,8 @@ export interface LdmConfig {
   scale_by_std?: boolean;
   /** The config's use_ema (DDPM's default true): sampling uses the `model_ema.*` UNet weights. */
   use_ema?: boolean;
+  /** DDPM's loss_type for L_simple: absent = "l2" (the default); "l1" where the config says (inpainting_big). */
+  loss_type?: "l1" | "l2";
   unet: UNetConfig;
   vae: VaeConfig;
   text?: ClipTextConfig;
@@ -378,6 +380,10 @@ export function ldmConfigFromYaml(text: string, origin = "config"): LdmConfig {
     ? unet.in_channels === 9
     : parts.cond_stage?.target === "__is_first_stage__" && condStageKey === "masked_image";
   const scaleByStd = r.optional(model, "scale_by_std", "model.params", "boolean") ?? false;
+  const lossType = r.optional(model, "loss_type", "model.params", "string") ?? "l2";
+  if (lossType !== "l1" && lossType !== "l2") {
+    throw new ConfigError(`${origin}: model.params.loss_type "${lossType}" is not supported (l1, l2)`);
+  }
   const config: LdmConfig = {
     family: parts.family ?? "ldm",
     inpainting,
@@ -398,6 +404,7 @@ export function ldmConfigFromYaml(text: string, origin = "config"): LdmConfig {
   if (imageSize !== undefined) config.image_size = imageSize;
   if (conditioning_key !== conditioningKey(config)) config.conditioning_key = conditioning_key;
   if (scaleByStd) config.scale_by_std = true;
+  if (lossType === "l1") config.loss_type = "l1";
   if (!parts.text) config.use_ema = r.optional(model, "use_ema", "model.params", "boolean") ?? true;
   return config;
 }

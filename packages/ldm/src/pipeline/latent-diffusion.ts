@@ -11,7 +11,6 @@ import {
   type InitLatents,
   NoiseSchedule,
   NonFiniteLatentsError,
-  qSample,
   SAMPLING_DEFAULTS,
   type SamplerName,
   type SamplerRecord,
@@ -46,7 +45,6 @@ import {
   sampleConditioned,
   sampleFromTokens,
   type TokenEncoder,
-  unetDenoiser,
 } from "./denoiser.ts";
 import { type EmbeddingOrigin, EmbeddingSet, type TextualInversion } from "./embeddings.ts";
 import { PipelineOptionError } from "./errors.ts";
@@ -57,6 +55,7 @@ import {
   checkSegmentationInput,
   checkString,
 } from "./inputs.ts";
+import { lossSimple } from "./loss.ts";
 import { maskedImageConcat, pasteRepainted } from "./masked-image.ts";
 import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
 import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
@@ -208,6 +207,8 @@ export const UPSCALE_DEFAULTS = { steps: 100, eta: 1 };
 export interface LossOptions extends ConditioningOptions {
   image: RgbaImage;
   prompt?: string;
+  /** The paper's inpainting model: the region to fill (white), as inpaint() takes it. */
+  mask?: RgbaImage;
   /** The training timestep, an integer in [0, T). */
   t: number;
   /** Seeds the latent sample and ε (default 0). */
@@ -215,8 +216,10 @@ export interface LossOptions extends ConditioningOptions {
 }
 
 export interface LossResult {
-  /** Mean squared error of the prediction against the target. */
-  mse: number;
+  /** loss_simple: the mean distance of the prediction from the target, squared (l2) or absolute (l1). */
+  loss: number;
+  /** The config's loss_type. */
+  lossType: "l1" | "l2";
   t: number;
   /** What the prediction was compared with: ε or v, as the model predicts. */
   target: "eps" | "v";
@@ -733,11 +736,7 @@ export class LatentDiffusion {
     if (this.config.cond_stage?.target === "__is_first_stage__") {
       // The paper's big inpainting model, as scripts/inpaint.py (masked-image.ts): masked pixels −1, the mask in
       // {−1, 1}; the result is the prediction pasted into the image where the mask is 1.
-      const c = await maskedImageConcat(
-        this.networks.vae,
-        { data: pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : -1)), shape: [1, 3, job.height, job.width] },
-        { data: repaint.map((m) => 2 * m - 1), shape: [1, 1, job.height, job.width] },
-      );
+      const c = await this.maskedImageConcat(pixels, mask, job.width, job.height);
       const cConcat = concatChannels([c.data], [c.shape[1]], job.latentShape);
       const result = await this.run(job, options, { xT, cConcat, init: latents && { latents }, strength });
       return { ...result, images: result.images.map((image) => pasteRepainted(image, initImage, repaint)) };
@@ -789,51 +788,51 @@ export class LatentDiffusion {
   }
 
   /**
-   * L_simple of the original training objective at one timestep, without gradients: the image encoded (latent
-   * sampled, as get_first_stage_encoding), noised by q_sample with ε from the generator, the UNet's prediction
-   * compared by mean squared error with ε — or with v = √ᾱ·ε − √(1−ᾱ)·z₀ for v-models (the original get_v).
+   * L_simple of the original training objective at one timestep, without gradients (LatentDiffusion.p_losses'
+   * loss_simple, loss.ts): the image encoded as get_input does (the latent sampled with the generator, scaled),
+   * noised by q_sample with ε drawn next, the UNet's prediction with the model's conditioning (a prompt, a class,
+   * the big inpainting model's mask and masked image) compared with ε — or v for v-models — by the config's
+   * loss_type (l2, or l1 for inpainting_big and LSUN-churches). The seed seeds both draws, as torch.manual_seed
+   * before a training step.
    */
   async loss(options: LossOptions): Promise<LossResult> {
     if (typeof options !== "object" || options === null) checkGenerateInputs("loss", options);
     if (this.config.text) checkString("loss", "prompt", options.prompt);
     checkImageInput("loss", "image", options.image);
-    if (this.isInpainting)
-      throw new PipelineOptionError("loss needs an ordinary UNet; this one inpaints (takes a mask)");
-    const { image, t } = options;
+    const { image, t, mask } = options;
+    if (this.isInpainting && this.config.cond_stage?.target !== "__is_first_stage__") {
+      throw new PipelineOptionError("loss needs an ordinary UNet or the paper's inpainting model; this one is SD's");
+    }
+    if (this.isInpainting) checkImageInput("loss", "mask", mask);
+    else if (mask !== undefined) throw new PipelineOptionError("this is not an inpainting model: it takes no mask");
     this.checkSize(image.width, image.height);
     const T = this.schedule.numTimesteps;
     if (!Number.isInteger(t) || t < 0 || t >= T)
       throw new PipelineOptionError(`t ${t}: must be an integer in [0, ${T})`);
     const seed = options.seed ?? 0;
     const generator = new Generator(seed);
-    const z0 = await this.encodeLatents(
-      rgbaToPixels([image]),
-      { width: image.width, height: image.height, generator },
-      1,
-    );
+    const pixels = rgbaToPixels([image]);
+    const xStart = await this.encodeLatents(pixels, { width: image.width, height: image.height, generator }, 1);
     const f = this.networks.vae.downscale;
     const shape = [1, this.latentChannels, image.height / f, image.width / f];
-    const eps = generator.randn(shape);
-    const zt = qSample(this.schedule, z0, t, eps);
+    const noise = generator.randn(shape);
     const job = { batchSize: 1, guidanceScale: 1, width: image.width, height: image.height, latentShape: shape };
-    const { context, cConcat } = await this.conditioning(options, job);
-    let prediction: Float32Array;
-    const concatTensor =
-      cConcat && Tensor.from(this.device, cConcat, [1, cConcat.length / (shape[2] * shape[3]), shape[2], shape[3]]);
+    const { context, cConcat } = mask
+      ? { context: undefined, cConcat: (await this.maskedImageConcat(pixels, mask, image.width, image.height)).data }
+      : await this.conditioning(options, job);
     try {
-      prediction = await unetDenoiser(this.networks.unet, context, concatTensor, shape)(zt, t);
+      const [loss] = await lossSimple(this.networks.unet, this.schedule, this.config, {
+        xStart,
+        shape,
+        t,
+        noise,
+        context,
+        cConcat,
+      });
+      return { loss, lossType: this.config.loss_type ?? "l2", t, target: this.config.parameterization, seed };
     } finally {
       context?.dispose();
-      concatTensor?.dispose();
     }
-    const parameterization = this.config.parameterization;
-    const a = this.schedule.alphasCumprod[t];
-    const target = parameterization === "eps" ? eps : eps.map((e, i) => Math.sqrt(a) * e - Math.sqrt(1 - a) * z0[i]);
-    let sum = 0;
-    prediction.forEach((p, i) => {
-      sum += (p - target[i]) ** 2;
-    });
-    return { mse: sum / prediction.length, t, target: parameterization, seed };
   }
 
   /** Scaled latents [B, C, h, w] → float pixels [B, 3, H, W] (nominally [−1, 1]). */
@@ -990,6 +989,22 @@ export class LatentDiffusion {
     const f = this.networks.vae.downscale;
     throw new PipelineOptionError(
       `${width}×${height}, batch ${batchSize} needs about ${gib(need.total)} of GPU memory (weights ${gib(need.weights)}, UNet ${gib(need.unet)} for ${batchSize * rows} rows of ${width / f}×${height / f} latents, VAE decode ${gib(need.vae)}), more than the ${gib(limit)} limit: ${fits.length ? `${fits.join(" or ")} fits` : "a smaller size is needed"}`,
+    );
+  }
+
+  /** The big inpainting model's c_concat for an image's pixels [1, 3, H, W] and its mask (white: fill). */
+  private async maskedImageConcat(pixels: Float32Array, mask: RgbaImage, width: number, height: number) {
+    if (mask.width !== width || mask.height !== height) {
+      throw new PipelineOptionError(
+        `the mask is ${mask.width}×${mask.height}, the image ${width}×${height}: they must match`,
+      );
+    }
+    const repaint = maskFromImage(mask);
+    const plane = width * height;
+    return maskedImageConcat(
+      this.networks.vae,
+      { data: pixels.map((v, i) => (repaint[i % plane] < 0.5 ? v : -1)), shape: [1, 3, height, width] },
+      { data: repaint.map((m) => 2 * m - 1), shape: [1, 1, height, width] },
     );
   }
 

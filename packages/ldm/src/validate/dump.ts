@@ -6,7 +6,7 @@ import { formatShape } from "@ldm/tensor";
 import { convertElements, isFloatStoredDType, type SafetensorsFile, type TensorEntry } from "@ldm/weights";
 import { openSafetensors } from "@ldm/weights/node";
 
-export const KNOWN_COMPONENTS = ["vae.encode", "vae.decode", "unet", "clip", "sample", "cond"] as const;
+export const KNOWN_COMPONENTS = ["vae.encode", "vae.decode", "unet", "clip", "sample", "cond", "loss"] as const;
 export type DumpComponent = (typeof KNOWN_COMPONENTS)[number];
 
 export interface HostTensor<T extends Float32Array | Int32Array = Float32Array> {

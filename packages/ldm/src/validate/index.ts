@@ -5,11 +5,13 @@
 import { Device, type ParamDType, type Tensor } from "@ldm/tensor";
 import { firstStageConfigFromYaml } from "@ldm/weights";
 import { readConfigFile } from "@ldm/weights/node";
+import { NoiseSchedule } from "../diffusion/index.ts";
 import { VQModel } from "../models/autoencoder.ts";
 import { ClassEmbedder, SpatialRescaler } from "../models/cond-stage.ts";
 import { type Component, type LoadedModel, loadModel } from "../models/index.ts";
 import { type LoadedFirstStage, loadFirstStage } from "../models/load-node.ts";
 import { BERTEmbedder } from "../models/x-transformer.ts";
+import { lossSimple } from "../pipeline/loss.ts";
 import { inpaintedPixels } from "../pipeline/masked-image.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
 import { Dump, type DumpComponent, type HostTensor, KNOWN_COMPONENTS } from "./dump.ts";
@@ -103,6 +105,7 @@ const NEEDS: Readonly<Record<DumpComponent, readonly Component[]>> = {
   // The big inpainting model's cond stage is its first stage.
   cond: ["cond", "vae"],
   sample: ["unet", "vae", "clip", "cond"],
+  loss: ["unet", "vae", "cond"],
 };
 
 export async function validate(options: ValidateOptions): Promise<ValidationReport> {
@@ -270,6 +273,44 @@ const RUNNERS: Readonly<
       throw new Error("the cond component checks a ClassEmbedder (class_label → c_crossattn); this model has none");
     }
     return readOutputs({ c_crossattn: stage.forward(await io.ids("class_label")) });
+  },
+  /**
+   * LatentDiffusion.p_losses' loss_simple on the dump's x_start, noise and t, conditioned on its class_label or
+   * (big inpainting) mask and masked_image.
+   */
+  loss: async (loaded, io, dump) => {
+    const model = ldm(loaded);
+    const [xStart, noise, t] = await Promise.all(["x_start", "noise", "t"].map((n) => dump.floats("loss", "in", n)));
+    if (new Set(t.data).size !== 1) throw new Error(`${dump.path}: loss.in.t must hold one timestep for the batch`);
+    const stage = model.cond;
+    const context = io.has("in", "class_label")
+      ? stage instanceof ClassEmbedder
+        ? stage.forward(await io.ids("class_label"))
+        : undefined
+      : undefined;
+    if (io.has("in", "class_label") && !context) {
+      throw new Error(`${dump.path}: the loss has class labels, the model no ClassEmbedder`);
+    }
+    const cConcat = io.has("in", "masked_image") ? (await maskedImageInput(model, dump, "loss")).data : undefined;
+    const { config } = model;
+    const schedule = NoiseSchedule.create({
+      timesteps: config.timesteps,
+      linearStart: config.linear_start,
+      linearEnd: config.linear_end,
+    });
+    try {
+      const loss = await lossSimple(need(model.unet), schedule, config, {
+        xStart: xStart.data,
+        shape: xStart.shape,
+        t: t.data[0],
+        noise: noise.data,
+        context,
+        cConcat,
+      });
+      return new Map([["loss_simple", { data: loss, shape: [loss.length] }]]);
+    } finally {
+      context?.dispose();
+    }
   },
   sample: async (loaded, _io, dump) => {
     const model = ldm(loaded);

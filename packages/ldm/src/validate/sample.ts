@@ -163,7 +163,7 @@ async function concatInput(model: LoadedModel, dump: Dump): Promise<Float32Array
 export async function maskedImageInput(
   model: LoadedModel,
   dump: Dump,
-  component: "cond" | "sample",
+  component: "cond" | "sample" | "loss",
 ): Promise<HostTensor> {
   if (!model.vae || model.config.cond_stage?.target !== "__is_first_stage__") {
     throw new Error(

@@ -3,7 +3,7 @@ import {
   addModelOptions,
   asUserError,
   integerFlag,
-  loadPipeline,
+  loadLatentDiffusion,
   type ModelFlags,
   readImageFlag,
   seedFlag,
@@ -11,7 +11,9 @@ import {
 
 interface LossFlags extends ModelFlags {
   image: string;
-  prompt: string;
+  prompt?: string;
+  class?: string;
+  mask?: string;
   t?: string;
   seed?: string;
 }
@@ -20,21 +22,26 @@ export function registerLoss(program: Command): void {
   const command = program
     .command("loss")
     .description(
-      "L_simple of an image and its caption at one timestep: encode, noise with q_sample, predict, print the MSE against ε (or v for v-models)",
+      "L_simple (LatentDiffusion.p_losses' loss_simple) of an image at one timestep: encode, noise with q_sample, predict with the model's conditioning, print the config's loss_type (l2, or l1) against ε (or v for v-models)",
     )
-    .requiredOption("--image <png>", "the image (sides multiples of 8)")
-    .requiredOption("--prompt <text>", "its caption")
+    .requiredOption("--image <png>", "the image (sides multiples of the first stage's factor)")
+    .option("--prompt <text>", "text models: its caption")
+    .option("--class <n>", "class-conditional models: its class")
+    .option("--mask <png>", "the paper's inpainting model: the region to fill (white), the image's size")
     .option("--t <n>", "training timestep (default 500)")
     .option("--seed <n>", "torch seed of the latent sample and ε (default 0)");
   addModelOptions(command).action(async (flags: LossFlags) => {
     const t = flags.t === undefined ? 500 : integerFlag("--t", flags.t, 0);
     const seed = flags.seed === undefined ? 0 : seedFlag(flags.seed);
+    const classLabel = flags.class === undefined ? undefined : integerFlag("--class", flags.class, 0);
     const image = await readImageFlag(flags.image, "image");
-    const pipe = await loadPipeline(flags);
+    const mask = flags.mask === undefined ? undefined : await readImageFlag(flags.mask, "mask");
+    const pipe = await loadLatentDiffusion(flags);
     try {
-      const result = await asUserError(() => pipe.loss({ image, prompt: flags.prompt, t, seed }));
+      const result = await asUserError(() => pipe.loss({ image, prompt: flags.prompt, classLabel, mask, t, seed }));
+      const target = result.target === "v" ? "v" : "ε";
       console.log(
-        `t ${result.t}  seed ${result.seed}  MSE against ${result.target === "v" ? "v" : "ε"}: ${result.mse.toPrecision(6)}`,
+        `t ${result.t}  seed ${result.seed}  L_simple (${result.lossType} against ${target}): ${result.loss.toPrecision(6)}`,
       );
     } finally {
       pipe.dispose();
