@@ -79,6 +79,15 @@ describe("ldm loss", () => {
       const ok = await runCli("loss", "--model", model, "--image", png, "--class", "4", "--t", "911", "--seed", "83");
       expect(ok.code, ok.err).toBe(0);
       expect(ok.out).toMatch(/^t 911 {2}seed 83 {2}L_simple \(l2 against ε\): \d+\.\d+/);
+      // tiny-celebahq's use_ema (the default) takes the EMA copy, and says so; --no-ema takes the other set.
+      const faces = ["loss", "--model", join(DUMPS, "tiny-celebahq.safetensors"), "--image", png, "--t", "300"];
+      const ema = await runCli(...faces);
+      const plain = await runCli(...faces, "--no-ema");
+      expect(ema.code, ema.err).toBe(0);
+      expect(plain.code, plain.err).toBe(0);
+      expect(ema.err).toMatch(/UNet weights: the EMA copy \(model_ema\.\*/);
+      expect(plain.err).not.toMatch(/UNet weights/);
+      expect(ema.out).not.toEqual(plain.out);
       const missing = await runCli("loss", "--model", model, "--image", png);
       expect(missing.code).toBe(1);
       expect(missing.err).toMatch(/ldm: .*give a class/);

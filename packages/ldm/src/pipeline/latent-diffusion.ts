@@ -247,6 +247,8 @@ export interface LdmNetworks {
   clip?: CLIPTextModel;
   /** The cond stage network of ClassEmbedder / SpatialRescaler models. */
   cond?: CondStageModel;
+  /** Whether the UNet holds the checkpoint's EMA copy (`model_ema.*`), as load() chose it. */
+  ema?: boolean;
 }
 
 export { PipelineOptionError };
@@ -380,7 +382,7 @@ export class LatentDiffusion {
           .pop() ??
         path;
       const memoryLimit = device.info.isCpu ? Math.floor(systemMemory() * 0.75) : undefined;
-      const networks = { config, unet, vae, clip, cond };
+      const networks = { config, unet, vae, clip, cond, ema: loaded.ema };
       return [device, networks, tokenizer, name, !options.device, loaded.scaleFactor, memoryLimit];
     } catch (e) {
       if (!options.device) device.destroy();

@@ -36,6 +36,7 @@ export function addModelOptions(command: Command): Command {
     .option("--f16", "run in half precision (needs shader-f16; the default on GPUs that have it)")
     .option("--no-f16", "run in single precision (the default on CPU adapters such as lavapipe)")
     .option("--ema", "sample with the UNet's EMA copy in a full training checkpoint (default: the config's use_ema)")
+    .option("--no-ema", "sample with model.diffusion_model.* even where the config's use_ema picks the EMA copy")
     .option("--variant <fp16>", "diffusers folders: read the fp16 variant files");
 }
 
@@ -112,6 +113,8 @@ async function loadWith<P extends LatentDiffusion>(
     console.error(
       `loaded in ${seconds} s on ${info.description || info.device || info.vendor || "the WebGPU adapter"} (${pipe.dtype})`,
     );
+    if (pipe.networks.ema)
+      console.error("UNet weights: the EMA copy (model_ema.*; --no-ema for model.diffusion_model.*)");
     return pipe;
   } catch (e) {
     throw userErrorOf(e);
