@@ -69,8 +69,12 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
  */
 const CASE_TIMEOUT_MS = 60_000;
 
-/** Progress lines a run prints to stderr before it fails (loading, sampling, steps on a non-terminal). */
-const PROGRESS = /^(loading .*…|loaded in [\d.]+ s on .*|(sampling|upscaling) \d+×\d+,? .*…|step \d+\/\d+ .*)$/;
+/**
+ * Lines a run prints to stderr before it fails: progress (loading, sampling, steps on a non-terminal) and which
+ * UNet weights a model with an EMA copy samples with.
+ */
+const PROGRESS =
+  /^(loading .*…|loaded in [\d.]+ s on .*|UNet weights: .*|(sampling|upscaling) \d+×\d+,? .*…|step \d+\/\d+ .*)$/;
 
 /** One line on stderr besides progress, exit code 1. */
 function expectOneLineError(run: { code: number | null; err: string }, message: RegExp): void {
