@@ -16,12 +16,14 @@ Usage (the upstream sources exported into temporary folders, never committed, as
   alone, its checkpoint keys without a prefix plus a `loss.discriminator.*` tensor as the released files carry their
   training loss's modules. Dumps: vae.encode (VQ: h = encode_to_prequant, quant and indices as encode returns them;
   KL: moments), vae.decode (VQ: z quantized first, as VQModel.forward decodes encode's quant; KL: decode).
-- <model>.loss for tiny-celebahq, tiny-churches, tiny-cin and tiny-inpainting (unconditional VQ and KL with
-  scale_by_std, class crossattn, concat): upstream LatentDiffusion.p_losses at a fixed t, batch 1. After
-  torch.manual_seed(seed) the image is encoded as get_input does (encode_first_stage, get_first_stage_encoding: KL
-  samples its posterior from the global generator) and p_losses draws its noise with torch.randn_like; the dump
-  holds x, x_start, noise, t and the conditioning, and the loss_dict's loss_simple (the config's loss_type: l1 for
-  inpainting_big, else l2).
+- <model>.loss for tiny-celebahq, tiny-churches, tiny-cin, tiny-inpainting, tiny-bsr and tiny-seg (unconditional VQ
+  and KL with scale_by_std, class crossattn, and the three kinds of concat: the first stage's masked image + mask,
+  the low-resolution image itself, the SpatialRescaler over a one-hot segmentation map): upstream
+  LatentDiffusion.p_losses at a fixed t, batch 1. After torch.manual_seed(seed) the image is encoded as get_input
+  does (encode_first_stage, get_first_stage_encoding: KL samples its posterior from the global generator) and
+  p_losses draws its noise with torch.randn_like; the dump holds x, x_start, noise, t and the conditioning
+  (class_label; mask + masked_image; LR_image in [-1, 1] from 8-bit values; the one-hot segmentation of a blocky
+  class map), and the loss_dict's loss_simple (the config's loss_type, l2 by default).
 """
 
 import os
@@ -39,7 +41,9 @@ from make_ldm_family_dumps import (  # noqa: E402
     CONFIGS,
     build,
     first_stage_params,
+    block_labels,
     nearest_code_margin,
+    one_hot,
     parse_args_and_import,
     randomize,
     state_dict,
@@ -268,6 +272,17 @@ def make_loss(args, LossModel, name, seed, t):
             batch["masked_image"] = (1 - (batch["mask"] + 1) / 2) * image * 2 - 1
             c = inpaint_conditioning(vae, batch, (params["image_size"],) * 2)
             tensors.update({"loss.in.mask": batch["mask"], "loss.in.masked_image": batch["masked_image"]})
+        elif isinstance(cond, dict) and cond["target"].endswith("Identity"):
+            # bsr_sr: c is the low-resolution image itself, at the latent's size; 8-bit, as the library reads a PNG.
+            latent = params["image_size"]
+            c = torch.randint(0, 256, (1, 3, latent, latent), generator=g).float() / 255 * 2 - 1
+            tensors["loss.in.LR_image"] = c
+        elif isinstance(cond, dict) and cond["target"].endswith("SpatialRescaler"):
+            # Semantic synthesis (cond_stage_trainable: get_learned_conditioning runs in shared_step, as here).
+            classes = cond["params"]["in_channels"]
+            segmentation = one_hot(block_labels(1, classes, side, 4, g), classes)
+            c = cond_model(segmentation)
+            tensors["loss.in.segmentation"] = segmentation
         torch.manual_seed(seed)
         x_start = ldm.get_first_stage_encoding(vae.encode(x))
         noise = torch.randn_like(x_start)
@@ -294,7 +309,7 @@ def main():
     make_first_stage(args, "tiny-kl-f8", 73)
     LossModel = upstream_loss_model(args, UpstreamLatentDiffusion)
     for name, seed, t in [("tiny-celebahq", 81, 637), ("tiny-churches", 82, 250), ("tiny-cin", 83, 911),
-                          ("tiny-inpainting", 84, 480)]:
+                          ("tiny-inpainting", 84, 480), ("tiny-bsr", 85, 700), ("tiny-seg", 86, 150)]:
         make_loss(args, LossModel, name, seed, t)
 
 

@@ -1,6 +1,6 @@
 /**
- * L_simple for every family (unconditional VQ and KL with scale_by_std, class crossattn, the big inpainting model's
- * concat) against upstream LatentDiffusion.p_losses' loss_simple at a fixed t (reference/make_ldm_family_extra_dumps.py):
+ * L_simple for every family (unconditional VQ and KL with scale_by_std, class crossattn, and concat: the big
+ * inpainting model's masked image, super-resolution's low-resolution image, semantic synthesis' segmentation) against upstream LatentDiffusion.p_losses' loss_simple at a fixed t (reference/make_ldm_family_extra_dumps.py):
  * through validate's `loss` component on the dump's x_start and noise, and through the library's loss() from the
  * 8-bit image and the seed, which draws the latent sample and ε as torch.manual_seed(seed) does upstream.
  */
@@ -8,9 +8,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { useDevice } from "@ldm/tensor/testing";
+import { encode } from "fast-png";
 import { describe, expect, it } from "vitest";
 import { encodePng, type RgbaImage } from "../src/image/png.ts";
-import { LatentDiffusion } from "../src/pipeline/latent-diffusion.ts";
+import { LatentDiffusion, type SegmentationMap } from "../src/pipeline/latent-diffusion.ts";
 import { Dump } from "../src/validate/dump.ts";
 import { validate } from "../src/validate/index.ts";
 import { DUMPS } from "./helpers/dump-pipelines.ts";
@@ -30,11 +31,35 @@ function rgba({ data, shape }: { data: Float32Array; shape: readonly number[] })
   return { width, height, data: out };
 }
 
+/** [1, C, H, W] one-hot → each pixel's class id. */
+function labels({ data, shape }: { data: Float32Array; shape: readonly number[] }): SegmentationMap {
+  const [, classes, height, width] = shape;
+  const plane = width * height;
+  const ids = new Uint8Array(plane);
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < classes; c++) if (data[c * plane + p] === 1) ids[p] = c;
+  }
+  return { width, height, labels: ids };
+}
+
+/** The dump's conditioning, as loss() takes it. */
+async function conditioning(dump: Dump) {
+  const has = (name: string) => dump.has("loss", "in", name);
+  return {
+    classLabel: has("class_label") ? (await dump.ints("loss", "in", "class_label")).data[0] : undefined,
+    mask: has("mask") ? rgba(await dump.floats("loss", "in", "mask")) : undefined,
+    lowRes: has("LR_image") ? rgba(await dump.floats("loss", "in", "LR_image")) : undefined,
+    segmentation: has("segmentation") ? labels(await dump.floats("loss", "in", "segmentation")) : undefined,
+  };
+}
+
 describe.each([
   ["tiny-celebahq", "l2"],
   ["tiny-churches", "l1"],
   ["tiny-cin", "l2"],
   ["tiny-inpainting", "l1"],
+  ["tiny-bsr", "l2"],
+  ["tiny-seg", "l1"],
 ])("%s", (name, lossType) => {
   const dumpPath = join(DUMPS, `${name}.loss.safetensors`);
   const model = join(DUMPS, `${name}.safetensors`);
@@ -53,16 +78,28 @@ describe.each([
       const image = rgba(await dump.floats("loss", "in", "x"));
       const t = (await dump.ints("loss", "in", "t")).data[0];
       const seed = Number(dump.metadata.seed);
-      const classLabel = dump.has("loss", "in", "class_label")
-        ? (await dump.ints("loss", "in", "class_label")).data[0]
-        : undefined;
-      const mask = dump.has("loss", "in", "mask") ? rgba(await dump.floats("loss", "in", "mask")) : undefined;
-      const result = await pipe.loss({ image, t, seed, classLabel, mask });
+      const inputs = await conditioning(dump);
+      const result = await pipe.loss({ image, t, seed, ...inputs });
       const [expected] = (await dump.floats("loss", "out", "loss_simple")).data;
       expect(result.lossType).toBe(lossType);
-      expect(Math.abs(result.loss - expected) / expected).toBeLessThan(1e-4);
-      if (mask) await expect(pipe.loss({ image, t, seed })).rejects.toThrow(/mask/);
-      else await expect(pipe.loss({ image, t, seed, classLabel, mask: image })).rejects.toThrow(/takes no mask/);
+      const relative = Math.abs(result.loss - expected) / expected;
+      console.log(`${name}: loss() ${relative.toExponential(2)} of loss_simple`);
+      expect(relative).toBeLessThan(1e-4);
+      if (inputs.mask) await expect(pipe.loss({ image, t, seed })).rejects.toThrow(/mask/);
+      else await expect(pipe.loss({ image, t, seed, ...inputs, mask: image })).rejects.toThrow(/takes no mask/);
+      if (inputs.lowRes) {
+        await expect(pipe.loss({ image, t, seed })).rejects.toThrow(/needs a low-resolution image/);
+        await expect(pipe.loss({ image, t, seed, lowRes: image })).rejects.toThrow(
+          /the low-resolution image is 32×32; this model upscales 8×8 to 32×32/,
+        );
+      }
+      if (inputs.segmentation) {
+        await expect(pipe.loss({ image, t, seed })).rejects.toThrow(/needs a segmentation map/);
+        const half = { width: 16, height: 16, labels: new Uint8Array(256) };
+        await expect(pipe.loss({ image, t, seed, segmentation: half })).rejects.toThrow(
+          /the segmentation map is 16×16, the output 32×32: they must match/,
+        );
+      }
     } finally {
       await dump.close();
     }
@@ -91,6 +128,47 @@ describe("ldm loss", () => {
       const missing = await runCli("loss", "--model", model, "--image", png);
       expect(missing.code).toBe(1);
       expect(missing.err).toMatch(/ldm: .*give a class/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("--low-res and --segmentation: super-resolution and semantic synthesis print upstream's loss_simple", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ldm-loss-"));
+    try {
+      const run = (name: string, ...args: string[]) =>
+        runCli("loss", "--model", join(DUMPS, `${name}.safetensors`), ...args);
+      const image = join(dir, "x.png");
+      for (const [name, flag] of [
+        ["tiny-bsr", "--low-res"],
+        ["tiny-seg", "--segmentation"],
+      ]) {
+        const dump = await Dump.open(join(DUMPS, `${name}.loss.safetensors`));
+        try {
+          writeFileSync(image, encodePng(rgba(await dump.floats("loss", "in", "x"))));
+          const { lowRes, segmentation } = await conditioning(dump);
+          const input = join(dir, `${name}-input.png`);
+          if (lowRes) writeFileSync(input, encodePng(lowRes));
+          else if (segmentation) {
+            const { width, height } = segmentation;
+            writeFileSync(input, encode({ width, height, data: Uint8Array.from(segmentation.labels), channels: 1 }));
+          }
+          const t = String((await dump.ints("loss", "in", "t")).data[0]);
+          const result = await run(name, "--image", image, flag, input, "--t", t, "--seed", dump.metadata.seed);
+          expect(result.code, result.err).toBe(0);
+          const printed = Number(/: (\S+)$/.exec(result.out.trim())?.[1]);
+          const [expected] = (await dump.floats("loss", "out", "loss_simple")).data;
+          expect(Math.abs(printed - expected) / expected).toBeLessThan(1e-4);
+        } finally {
+          await dump.close();
+        }
+      }
+      const missing = await run("tiny-bsr", "--image", image);
+      expect(missing.code).toBe(1);
+      expect(missing.err).toMatch(/^ldm: this is a super-resolution model: it needs a low-resolution image$/m);
+      const other = await run("tiny-bsr", "--image", image, "--segmentation", join(dir, "tiny-seg-input.png"));
+      expect(other.code).toBe(1);
+      expect(other.err).toMatch(/^ldm: this model is .*: it takes no segmentation map$/m);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -793,7 +793,8 @@ export class LatentDiffusion {
    * L_simple of the original training objective at one timestep, without gradients (LatentDiffusion.p_losses'
    * loss_simple, loss.ts): the image encoded as get_input does (the latent sampled with the generator, scaled),
    * noised by q_sample with ε drawn next, the UNet's prediction with the model's conditioning (a prompt, a class,
-   * the big inpainting model's mask and masked image) compared with ε — or v for v-models — by the config's
+   * a low-resolution image at the latent's size, a segmentation map at the image's, the big inpainting model's mask
+   * and masked image) compared with ε — or v for v-models — by the config's
    * loss_type (l2, or l1 for inpainting_big and LSUN-churches). The seed seeds both draws, as torch.manual_seed
    * before a training step.
    */

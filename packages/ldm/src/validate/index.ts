@@ -16,7 +16,7 @@ import { inpaintedPixels } from "../pipeline/masked-image.ts";
 import { companionFiles } from "../pipeline/model-files.ts";
 import { Dump, type DumpComponent, type HostTensor, KNOWN_COMPONENTS } from "./dump.ts";
 import { type Outputs, readOutputs, uploadFloats, uploadIds } from "./io.ts";
-import { decodeLatents, maskedImageInput, runSample } from "./sample.ts";
+import { concatInput, decodeLatents, maskedImageInput, runSample } from "./sample.ts";
 
 export { Dump, type DumpComponent, KNOWN_COMPONENTS } from "./dump.ts";
 
@@ -275,8 +275,8 @@ const RUNNERS: Readonly<
     return readOutputs({ c_crossattn: stage.forward(await io.ids("class_label")) });
   },
   /**
-   * LatentDiffusion.p_losses' loss_simple on the dump's x_start, noise and t, conditioned on its class_label or
-   * (big inpainting) mask and masked_image.
+   * LatentDiffusion.p_losses' loss_simple on the dump's x_start, noise and t, conditioned on its class_label or a
+   * concat model's input (mask + masked_image, LR_image, segmentation).
    */
   loss: async (loaded, io, dump) => {
     const model = ldm(loaded);
@@ -291,7 +291,7 @@ const RUNNERS: Readonly<
     if (io.has("in", "class_label") && !context) {
       throw new Error(`${dump.path}: the loss has class labels, the model no ClassEmbedder`);
     }
-    const cConcat = io.has("in", "masked_image") ? (await maskedImageInput(model, dump, "loss")).data : undefined;
+    const cConcat = await concatInput(model, dump, "loss");
     const { config } = model;
     const schedule = NoiseSchedule.create({
       timesteps: config.timesteps,

@@ -77,7 +77,7 @@ export async function runSample(
   if (!unet) throw new Error("internal: the sample component needs the UNet");
   const options = { ...settings(dump), ...overrides };
   const xT = await dump.floats("sample", "in", "x_T");
-  const cConcat = await concatInput(model, dump);
+  const cConcat = await concatInput(model, dump, "sample");
   const schedule = NoiseSchedule.create({
     timesteps: config.timesteps,
     linearStart: config.linear_start,
@@ -136,19 +136,23 @@ async function classContext(model: LoadedModel, dump: Dump, guide: boolean): Pro
 }
 
 /**
- * A concat model's c_concat for one batch (the sampler repeats it for guidance's halves): the dump's own, the
- * low-resolution image itself (super-resolution, cond stage Identity), the big inpainting model's masked image and
- * mask, or the SpatialRescaler on the one-hot segmentation map.
+ * A concat model's c_concat for one batch of a sample or loss dump (the sampler repeats it for guidance's halves):
+ * the dump's own, the low-resolution image itself (super-resolution, cond stage Identity), the big inpainting
+ * model's masked image and mask, or the SpatialRescaler on the one-hot segmentation map.
  */
-async function concatInput(model: LoadedModel, dump: Dump): Promise<Float32Array | undefined> {
-  if (dump.has("sample", "in", "c_concat")) return (await dump.floats("sample", "in", "c_concat")).data;
-  if (dump.has("sample", "in", "LR_image")) return (await dump.floats("sample", "in", "LR_image")).data;
-  if (dump.has("sample", "in", "masked_image")) return (await maskedImageInput(model, dump, "sample")).data;
-  if (!dump.has("sample", "in", "segmentation")) return undefined;
+export async function concatInput(
+  model: LoadedModel,
+  dump: Dump,
+  component: "sample" | "loss",
+): Promise<Float32Array | undefined> {
+  if (dump.has(component, "in", "c_concat")) return (await dump.floats(component, "in", "c_concat")).data;
+  if (dump.has(component, "in", "LR_image")) return (await dump.floats(component, "in", "LR_image")).data;
+  if (dump.has(component, "in", "masked_image")) return (await maskedImageInput(model, dump, component)).data;
+  if (!dump.has(component, "in", "segmentation")) return undefined;
   const stage = model.cond;
   if (!(stage instanceof SpatialRescaler))
-    throw new Error(`${dump.path}: the sample has a segmentation map, the model no SpatialRescaler`);
-  const { data, shape } = await dump.floats("sample", "in", "segmentation");
+    throw new Error(`${dump.path}: the ${component} has a segmentation map, the model no SpatialRescaler`);
+  const { data, shape } = await dump.floats(component, "in", "segmentation");
   const input = Tensor.from(stage.vb.device, data, shape);
   const out = stage.forward(input);
   try {

@@ -44,6 +44,7 @@ import {
   readImageFlag,
   readLabelsFlag,
   recordedModelFiles,
+  SEGMENTATION_PNG,
   seedFlag,
   sizeFlag,
   withInterrupt,
@@ -120,10 +121,7 @@ export function registerGenerate(program: Command): void {
       "--layout <json|file>",
       'layout-to-image models: the objects as JSON, [{"class": <index>, "box": [x0, y0, x1, y1]}, …] in image fractions, or a file holding it',
     )
-    .option(
-      "--segmentation <png>",
-      "semantic synthesis models: the map at the output size, an index PNG (greyscale, pixel value = class id) or a palette PNG (palette index = class id, colours ignored)",
-    )
+    .option("--segmentation <png>", `semantic synthesis models: the map at the output size, ${SEGMENTATION_PNG}`)
     .option("--eta <eta>", "noise amount in [0, 1] of DDIM (default 0) and the ancestral and SDE samplers (default 1)")
     .option(
       "--clip-skip <n>",

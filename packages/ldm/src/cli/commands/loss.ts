@@ -6,6 +6,8 @@ import {
   loadLatentDiffusion,
   type ModelFlags,
   readImageFlag,
+  readLabelsFlag,
+  SEGMENTATION_PNG,
   seedFlag,
 } from "./pipeline-flags.ts";
 
@@ -14,6 +16,8 @@ interface LossFlags extends ModelFlags {
   prompt?: string;
   class?: string;
   mask?: string;
+  lowRes?: string;
+  segmentation?: string;
   t?: string;
   seed?: string;
 }
@@ -28,6 +32,11 @@ export function registerLoss(program: Command): void {
     .option("--prompt <text>", "text models: its caption")
     .option("--class <n>", "class-conditional models: its class")
     .option("--mask <png>", "the paper's inpainting model: the region to fill (white), the image's size")
+    .option(
+      "--low-res <png>",
+      "super-resolution models: the low-resolution image, the image's size divided by the first stage's factor (the latent's)",
+    )
+    .option("--segmentation <png>", `semantic synthesis models: the image's map, ${SEGMENTATION_PNG}`)
     .option("--t <n>", "training timestep (default 500)")
     .option("--seed <n>", "torch seed of the latent sample and ε (default 0)");
   addModelOptions(command).action(async (flags: LossFlags) => {
@@ -36,9 +45,14 @@ export function registerLoss(program: Command): void {
     const classLabel = flags.class === undefined ? undefined : integerFlag("--class", flags.class, 0);
     const image = await readImageFlag(flags.image, "image");
     const mask = flags.mask === undefined ? undefined : await readImageFlag(flags.mask, "mask");
+    const lowRes = flags.lowRes === undefined ? undefined : await readImageFlag(flags.lowRes, "low-resolution image");
+    const segmentation =
+      flags.segmentation === undefined ? undefined : await readLabelsFlag(flags.segmentation, "--segmentation");
     const pipe = await loadLatentDiffusion(flags);
     try {
-      const result = await asUserError(() => pipe.loss({ image, prompt: flags.prompt, classLabel, mask, t, seed }));
+      const result = await asUserError(() =>
+        pipe.loss({ image, prompt: flags.prompt, classLabel, mask, lowRes, segmentation, t, seed }),
+      );
       const target = result.target === "v" ? "v" : "ε";
       console.log(
         `t ${result.t}  seed ${result.seed}  L_simple (${result.lossType} against ${target}): ${result.loss.toPrecision(6)}`,

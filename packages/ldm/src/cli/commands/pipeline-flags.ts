@@ -212,6 +212,10 @@ export function readImageFlag(path: string, what: string): Promise<DecodedImage>
   return flagFile(() => readPngFile(path, what));
 }
 
+/** The PNGs readLabelsFlag reads, for the --segmentation flags' help. */
+export const SEGMENTATION_PNG =
+  "an index PNG (greyscale, pixel value = class id) or a palette PNG (palette index = class id, colours ignored)";
+
 /** A segmentation map named by a flag: an index or palette PNG (decodeLabelPng), else the user's error. */
 export function readLabelsFlag(path: string, what: string): Promise<LabelMap> {
   return flagFile(() => readLabelPngFile(path, what));
