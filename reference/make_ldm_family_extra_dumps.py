@@ -15,7 +15,9 @@ Usage (the upstream sources exported into temporary folders, never committed, as
 - tiny-vq-f4, tiny-kl-f8: models/first_stage_models/{vq-f4,kl-f8}/config.yaml shrunk: a VQModel / AutoencoderKL
   alone, its checkpoint keys without a prefix plus a `loss.discriminator.*` tensor as the released files carry their
   training loss's modules. Dumps: vae.encode (VQ: h = encode_to_prequant, quant and indices as encode returns them;
-  KL: moments), vae.decode (VQ: z quantized first, as VQModel.forward decodes encode's quant; KL: decode).
+  KL: moments), vae.decode (VQ: z quantized first, as VQModel.forward decodes encode's quant; KL: decode); and
+  <name>.roundtrip: an 8-bit image's latent (VQ: h and indices; KL: the posterior's mode and a seeded sample) and its
+  decoding, what `ldm vae encode` / `decode` must give.
 - <model>.loss for tiny-celebahq, tiny-churches, tiny-cin, tiny-inpainting, tiny-bsr and tiny-seg (unconditional VQ
   and KL with scale_by_std, class crossattn, and the three kinds of concat: the first stage's masked image + mask,
   the low-resolution image itself, the SpatialRescaler over a one-hot segmentation map): upstream
@@ -195,6 +197,41 @@ def make_first_stage(args, name, seed):
     print(name, "written", meta.get("vq_min_relative_margin"))
 
 
+def make_roundtrip(args, name, seed):
+    """<name>.roundtrip: an 8-bit image, 8 pixels wider than tall (a transposition shows), through the original module
+    as `ldm vae encode` / `decode` run it. VQ: h = encode_to_prequant(x), the indices of its codes and decode(quant)
+    (VQModel.forward). KL: the posterior's mode, posterior.sample() after torch.manual_seed(seed), and decode(mode).
+    The weights are the fixture checkpoint's (make_first_stage writes it); not a validate dump: the CLI test reads it."""
+    from ldm.models.autoencoder import AutoencoderKL, VQModel
+
+    config = yaml.safe_load(open(os.path.join(CONFIGS, f"{name}.yaml")))
+    model = config["model"]
+    cls = VQModel if model["target"].endswith("VQModel") else AutoencoderKL
+    vae = cls(**first_stage_params(model["params"])).eval()
+    weights = load_file(os.path.join(args.out, f"{name}.safetensors"))[0]
+    vae.load_state_dict({k: v.float() for k, v in weights.items() if not k.startswith("loss.")})
+    side = model["params"]["ddconfig"]["resolution"]
+    g = torch.Generator().manual_seed(seed)
+    meta = {"config": name, "torch_version": torch.__version__, "dtype": "float32", "seed": str(seed)}
+    with torch.no_grad():
+        pixels = torch.randint(0, 256, (1, 3, side, side + 8), generator=g).float()
+        x = pixels / 255 * 2 - 1
+        tensors = {"roundtrip.in.pixels": pixels}
+        if cls is VQModel:
+            h = vae.encode_to_prequant(x)
+            quant, _, (_, _, indices) = vae.quantize(h)
+            meta["vq_min_relative_margin"] = f"{nearest_code_margin(h, vae.quantize.embedding.weight):.3e}"
+            tensors.update({"roundtrip.out.h": h, "roundtrip.out.x": vae.decode(quant)})
+            tensors["roundtrip.out.indices"] = indices.reshape(h.shape[0], h.shape[2], h.shape[3]).long()
+        else:
+            posterior = vae.encode(x)
+            torch.manual_seed(seed)
+            tensors.update({"roundtrip.out.mode": posterior.mode(), "roundtrip.out.sample": posterior.sample()})
+            tensors["roundtrip.out.x"] = vae.decode(posterior.mode())
+    save_file(tensors, os.path.join(args.out, f"{name}.roundtrip.safetensors"), meta)
+    print(name, "roundtrip", meta.get("vq_min_relative_margin"))
+
+
 def upstream_loss_model(args, UpstreamLatentDiffusion):
     """UpstreamLatentDiffusion with upstream's p_losses, q_sample, get_loss and get_first_stage_encoding."""
     from ldm.modules.diffusionmodules.util import extract_into_tensor
@@ -307,6 +344,8 @@ def main():
     make_inpainting(args, DDIMSampler, UpstreamLatentDiffusion)
     make_first_stage(args, "tiny-vq-f4", 72)
     make_first_stage(args, "tiny-kl-f8", 73)
+    make_roundtrip(args, "tiny-vq-f4", 74)
+    make_roundtrip(args, "tiny-kl-f8", 75)
     LossModel = upstream_loss_model(args, UpstreamLatentDiffusion)
     for name, seed, t in [("tiny-celebahq", 81, 637), ("tiny-churches", 82, 250), ("tiny-cin", 83, 911),
                           ("tiny-inpainting", 84, 480), ("tiny-bsr", 85, 700), ("tiny-seg", 86, 150)]:

@@ -6,6 +6,12 @@ export * from "./index.ts";
 export { findLora, type LoraOnDisk, listLoras, loadLora, loraName } from "./lora/files.ts";
 export { type LoadModelOptions, loadModel } from "./models/load-node.ts";
 export { embeddingFilesIn, readEmbeddingFile } from "./pipeline/embedding-files.ts";
+export {
+  FirstStage,
+  type FirstStageEncodeOptions,
+  type FirstStageLatent,
+  type FirstStageLoadOptions,
+} from "./pipeline/first-stage.ts";
 export { isHubName, resolveHubModel } from "./pipeline/hub-model.ts";
 export { BUILTIN_MODEL } from "./pipeline/model-files.ts";
 export {

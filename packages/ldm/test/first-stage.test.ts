@@ -1,14 +1,20 @@
 /**
  * First stages saved alone (models/first_stage_models/*: VQModel and AutoencoderKL at the top of their YAML, keys
  * without a prefix, their training loss's tensors beside them): tiny-vq-f4 and tiny-kl-f8 from the ORIGINAL
- * modules (reference/make_ldm_family_extra_dumps.py) through ldm info and validate.
+ * modules (reference/make_ldm_family_extra_dumps.py) through ldm info, validate and ldm vae encode / decode.
  */
-import { readFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { useDevice } from "@ldm/tensor/testing";
-import { ldmConfigFromYaml } from "@ldm/weights";
-import { describe, expect, it } from "vitest";
+import { convertElements, isFloatStoredDType, ldmConfigFromYaml } from "@ldm/weights";
+import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
+import { afterAll, describe, expect, it } from "vitest";
+import { pixelsToRgba } from "../src/image/pixels.ts";
+import { decodePng, encodePng } from "../src/image/png.ts";
+import { Dump } from "../src/validate/dump.ts";
 import { validate } from "../src/validate/index.ts";
+import { maxRelativeError } from "./helpers/compare.ts";
 import { DUMPS } from "./helpers/dump-pipelines.ts";
 import { runCli } from "./helpers/run-cli.ts";
 
@@ -64,5 +70,200 @@ describe("a first stage alone is not a LatentDiffusion", () => {
     const { code, err } = await runCli("generate", "--model", file("tiny-vq-f4.safetensors"), "--steps", "1");
     expect(code).toBe(1);
     expect(err).toMatch(/ldm: .*first stage alone, not a LatentDiffusion/);
+  });
+});
+
+/** A tensor of a safetensors file as numbers (float dtypes as float32, I64 as integers), with its metadata. */
+async function readTensor(path: string, name: string) {
+  const file = await openSafetensors(path);
+  try {
+    const entry = file.tensors.get(name);
+    if (!entry) throw new Error(`${path} has no ${name}`);
+    const bytes = await file.readBytes(name);
+    let data: Float32Array;
+    if (isFloatStoredDType(entry.dtype)) {
+      data = new Float32Array(entry.size);
+      convertElements(entry.dtype, "f32", bytes, new Uint8Array(data.buffer), entry.size);
+    } else {
+      expect(entry.dtype).toBe("I64");
+      data = Float32Array.from(new BigInt64Array(bytes.slice().buffer), Number);
+    }
+    return { data, shape: entry.shape, metadata: file.metadata };
+  } finally {
+    await file.close();
+  }
+}
+
+const work = mkdtempSync(join(tmpdir(), "ldm-vae-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+describe.each([
+  ["tiny-vq-f4", "VQModel", ["h", "indices"]],
+  ["tiny-kl-f8", "AutoencoderKL", ["mode"]],
+])("ldm vae encode / decode on %s", (name, target, latents) => {
+  const roundtrip = file(`${name}.roundtrip.safetensors`);
+  const model = ["--model", file(`${name}.safetensors`)];
+
+  it("an 8-bit PNG's latent and its decoding are the original module's", async () => {
+    const dump = await Dump.open(roundtrip);
+    try {
+      const pixels = await dump.floats("roundtrip", "in", "pixels");
+      const png = join(work, `${name}.png`);
+      writeFileSync(
+        png,
+        encodePng(
+          pixelsToRgba(
+            pixels.data.map((v) => (v / 255) * 2 - 1),
+            pixels.shape,
+          )[0],
+        ),
+      );
+      const latent = join(work, `${name}.safetensors`);
+      const encoded = await runCli("vae", "encode", png, ...model, "--out", latent);
+      expect(encoded.code, encoded.err).toBe(0);
+      expect(encoded.out).toContain(`(${target}: `);
+      const [ours, theirs] = await Promise.all([
+        readTensor(latent, "latent"),
+        dump.floats("roundtrip", "out", latents[0]),
+      ]);
+      expect(ours.shape).toEqual(theirs.shape);
+      expect(ours.metadata.first_stage).toBe(target);
+      const error = maxRelativeError(ours.data, theirs.data);
+      console.log(`${name} ${latents[0]}: ${error.toExponential(2)} of max|ref|`);
+      expect(error).toBeLessThan(1e-4);
+      if (latents[1]) {
+        const indices = await dump.floats("roundtrip", "out", "indices");
+        expect((await readTensor(latent, "indices")).data).toEqual(indices.data);
+      }
+
+      const image = join(work, `${name}-decoded.png`);
+      const decoded = await runCli("vae", "decode", latent, ...model, "--out", image);
+      expect(decoded.code, decoded.err).toBe(0);
+      const x = await dump.floats("roundtrip", "out", "x");
+      const [expected] = pixelsToRgba(x.data, x.shape);
+      const written = decodePng(readFileSync(image), "decoded");
+      expect([written.width, written.height]).toEqual([expected.width, expected.height]);
+      // 8 bits of an f32 decoding: a value within f32 noise of a rounding boundary may land one level off.
+      const off = written.data.map((v, i) => Math.abs(v - expected.data[i]));
+      console.log(`${name} decoded: max ${Math.max(...off)} level(s) off, ${off.filter((d) => d).length} values`);
+      expect(Math.max(...off)).toBeLessThanOrEqual(1);
+    } finally {
+      await dump.close();
+    }
+  });
+
+  it.skipIf(target !== "AutoencoderKL")(
+    "--sample --seed draws posterior.sample() after torch.manual_seed",
+    async () => {
+      const dump = await Dump.open(roundtrip);
+      try {
+        const pixels = await dump.floats("roundtrip", "in", "pixels");
+        const png = join(work, `${name}-sample.png`);
+        writeFileSync(
+          png,
+          encodePng(
+            pixelsToRgba(
+              pixels.data.map((v) => (v / 255) * 2 - 1),
+              pixels.shape,
+            )[0],
+          ),
+        );
+        const latent = join(work, `${name}-sample.safetensors`);
+        const seed = dump.metadata.seed;
+        const run = await runCli("vae", "encode", png, ...model, "--sample", "--seed", seed, "--out", latent);
+        expect(run.code, run.err).toBe(0);
+        const [ours, theirs] = await Promise.all([
+          readTensor(latent, "latent"),
+          dump.floats("roundtrip", "out", "sample"),
+        ]);
+        expect(ours.metadata.latent).toBe(`posterior sample, seed ${seed}`);
+        expect(maxRelativeError(ours.data, theirs.data)).toBeLessThan(1e-4);
+      } finally {
+        await dump.close();
+      }
+    },
+  );
+});
+
+describe("ldm vae: each bad input is one line", () => {
+  const vq = ["--model", file("tiny-vq-f4.safetensors")];
+  const path = (name: string) => join(work, name);
+  const cases: [string, () => Promise<string[]>, RegExp][] = [
+    [
+      "a latent of the wrong channels",
+      async () => {
+        const data = new Float32Array(4 * 8 * 8);
+        await writeSafetensors(path("c4.safetensors"), { latent: { dtype: "F32", shape: [1, 4, 8, 8], data } });
+        return ["decode", path("c4.safetensors"), ...vq, "--out", path("c4.png")];
+      },
+      /^ldm: the latent is \[1, 4, 8, 8\] \(256 values\): this first stage decodes \[B, 3, h, w\] \(its embed_dim 3\)/,
+    ],
+    [
+      "a latent of three dimensions",
+      async () => {
+        const data = new Float32Array(3 * 8 * 8);
+        await writeSafetensors(path("r3.safetensors"), { z: { dtype: "F32", shape: [3, 8, 8], data } });
+        return ["decode", path("r3.safetensors"), ...vq, "--out", path("r3.png")];
+      },
+      /^ldm: the latent is \[3, 8, 8\] \(192 values\): this first stage decodes \[B, 3, h, w\]/,
+    ],
+    [
+      "a file of several tensors, none named latent",
+      async () => ["decode", file("tiny-vq-f4.dump.safetensors"), ...vq, "--out", path("d.png")],
+      /^ldm: latent file .*tiny-vq-f4\.dump\.safetensors: no tensor named "latent" among 6/,
+    ],
+    [
+      "an image whose sides are not multiples of the factor",
+      async () => {
+        writeFileSync(path("30.png"), encodePng({ width: 30, height: 32, data: new Uint8ClampedArray(30 * 32 * 4) }));
+        return ["encode", path("30.png"), ...vq, "--out", path("30.safetensors")];
+      },
+      /^ldm: the image is 30×32: its sides must be multiples of 4 \(the first stage's factor\)/,
+    ],
+    [
+      "--sample for a VQ first stage",
+      async () => {
+        writeFileSync(path("32.png"), encodePng({ width: 32, height: 32, data: new Uint8ClampedArray(32 * 32 * 4) }));
+        return ["encode", path("32.png"), ...vq, "--sample", "--out", path("s.safetensors")];
+      },
+      /^ldm: this first stage is a VQModel: it has no posterior to sample$/,
+    ],
+    [
+      "--seed without --sample",
+      async () => ["encode", path("30.png"), ...vq, "--seed", "1", "--out", path("s.safetensors")],
+      /^ldm: --seed needs --sample/,
+    ],
+    [
+      "--out that is not a safetensors file",
+      async () => ["encode", path("30.png"), ...vq, "--out", path("latent.pt")],
+      /^ldm: --out .*latent\.pt: the latent is written as safetensors/,
+    ],
+    [
+      "a LatentDiffusion's checkpoint and YAML",
+      async () => [
+        "decode",
+        path("c4.safetensors"),
+        "--model",
+        file("tiny-celebahq.safetensors"),
+        "--out",
+        path("x.png"),
+      ],
+      /^ldm: .*tiny-celebahq\.yaml: model\.target is not a first stage alone/,
+    ],
+    [
+      "a first stage without its YAML",
+      async () => {
+        copyFileSync(file("tiny-vq-f4.safetensors"), path("alone.safetensors"));
+        return ["decode", path("c4.safetensors"), "--model", path("alone.safetensors"), "--out", path("x.png")];
+      },
+      /^ldm: .*alone\.safetensors: a first stage alone needs its own YAML/,
+    ],
+  ];
+  it.each(cases)("%s", async (_, args, message) => {
+    const { code, err } = await runCli("vae", ...(await args()));
+    expect(code).toBe(1);
+    const lines = err.trim().split("\n");
+    expect(lines.filter((l) => l.startsWith("ldm: "))).toHaveLength(1);
+    expect(lines.pop()).toMatch(message);
   });
 });

@@ -10,6 +10,7 @@ import { registerLoss } from "./commands/loss.ts";
 import { registerServe } from "./commands/serve.ts";
 import { registerTokenize } from "./commands/tokenize.ts";
 import { registerUpscale } from "./commands/upscale.ts";
+import { registerVae } from "./commands/vae.ts";
 import { registerValidate } from "./commands/validate.ts";
 import { UserError } from "./errors.ts";
 
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerUpscale(program);
   registerServe(program);
   registerLoss(program);
+  registerVae(program);
   registerBench(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return program;
