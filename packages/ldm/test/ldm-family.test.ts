@@ -151,6 +151,51 @@ describe("LatentDiffusion from the library and the CLI", () => {
   });
 });
 
+it("--uncond-class picks guidance's unconditional class; the PNG records it and --params-from restores it", async () => {
+  const out = mkdtempSync(join(tmpdir(), "ldm-uncond-"));
+  try {
+    const png = (name: string) => join(out, name);
+    const pixels = (name: string) => decodePng(readFileSync(png(name)), name).data;
+    const generate = async (model: string, name: string, ...flags: string[]) => {
+      const model_ = join(DUMPS, `${model}.safetensors`);
+      return runCli("generate", "--model", model_, "--steps", "2", "--seed", "1", ...flags, "--out", png(name));
+    };
+    const cin = (name: string, ...flags: string[]) => generate("tiny-cin", name, "--class", "3", ...flags);
+    // tiny-cin's 11th class (10) is its "no class", guidance's default: naming it changes nothing; another does.
+    for (const [name, flags] of [
+      ["default.png", []],
+      ["named.png", ["--uncond-class", "10"]],
+      ["other.png", ["--uncond-class", "4"]],
+    ] as const) {
+      const run = await cin(name, "--cfg", "3", ...flags);
+      expect(run.code, run.err).toBe(0);
+    }
+    expect(pixels("named.png")).toEqual(pixels("default.png"));
+    expect(pixels("other.png")).not.toEqual(pixels("default.png"));
+    const again = await runCli("generate", "--params-from", png("other.png"), "--out", png("again.png"));
+    expect(again.code, again.err).toBe(0);
+    expect(pixels("again.png")).toEqual(pixels("other.png"));
+
+    // cin-ldm-vq-f8 has no "no class": guided only against a named one.
+    const f8 = (name: string, ...flags: string[]) => generate("tiny-cin-f8", name, "--class", "5", ...flags);
+    expect((await f8("f8.png", "--cfg", "3", "--uncond-class", "7")).code).toBe(0);
+    // One at a time: runCli captures the console.
+    const refusals: [() => Promise<{ code: number; err: string }>, RegExp][] = [
+      [() => f8("x.png", "--cfg", "3"), /1000 classes and no "no class".*uncondClassLabel/],
+      [() => f8("x.png", "--uncond-class", "7"), /^ldm: unconditional class 7: it is guidance's, and guidance scale 1/],
+      [() => f8("x.png", "--cfg", "3", "--uncond-class", "1000"), /unconditional class 1000 is out of range/],
+      [() => generate("tiny-celebahq", "x.png", "--uncond-class", "1"), /takes no unconditional class$/],
+    ];
+    for (const [run, message] of refusals) {
+      const { code, err } = await run();
+      expect(code).toBe(1);
+      expect(err.trim().split("\n").pop()).toMatch(message);
+    }
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+});
+
 it("ldm info says which UNet weights sample: the EMA copy where the config's use_ema holds (default), as loadModel", async () => {
   const info = async (name: string, ...flags: string[]) => {
     const run = await runCli("info", join(DUMPS, `${name}.safetensors`), ...flags);

@@ -1052,6 +1052,7 @@ export class LatentDiffusion {
         throw new PipelineOptionError(`this model is ${describeCondStage(config)}: it takes no ${what}`);
     };
     if (config.cond_stage?.target !== "ClassEmbedder") takes("class label", options.classLabel);
+    if (config.cond_stage?.target !== "ClassEmbedder") takes("unconditional class", options.uncondClassLabel);
     if (config.cond_stage?.target !== "SpatialRescaler") takes("segmentation map", options.segmentation);
     if (config.cond_stage?.target !== "Identity") takes("low-resolution image", options.lowRes);
     if (this.prompted !== "layout") takes("layout", options.layout);
@@ -1109,6 +1110,11 @@ export class LatentDiffusion {
     if (config.cond_stage?.target === "ClassEmbedder" && stage instanceof ClassEmbedder) {
       const classes = config.cond_stage.n_classes;
       const label = checkClass("class", options.classLabel, classes);
+      if (!guide && options.uncondClassLabel !== undefined) {
+        throw new PipelineOptionError(
+          `unconditional class ${options.uncondClassLabel}: it is guidance's, and guidance scale 1 runs no unconditional pass; set a guidance scale`,
+        );
+      }
       const unconditional = options.uncondClassLabel ?? config.cond_stage.unconditional_class;
       if (guide && unconditional === undefined) {
         throw new PipelineOptionError(
@@ -1255,6 +1261,7 @@ export class LatentDiffusion {
         batchSize: job.batchSize,
         batchIndex,
         ...(options.classLabel === undefined ? {} : { classLabel: options.classLabel }),
+        ...(options.uncondClassLabel === undefined ? {} : { uncondClassLabel: options.uncondClassLabel }),
         ...(options.layout === undefined ? {} : { layout: options.layout.map((o) => ({ ...o, box: [...o.box] })) }),
         model: this.name,
         dtype: this.dtype,

@@ -29,6 +29,8 @@ export interface GenerationParameters {
   batchIndex: number;
   /** What the model was conditioned on besides a prompt: a class-conditional model's class, a layout model's objects. */
   classLabel?: number;
+  /** A class-conditional model's class for guidance's unconditional half, when not the config's "no class". */
+  uncondClassLabel?: number;
   layout?: LayoutObject[];
   /** Semantic synthesis: the segmentation map's file name; super-resolution: the low-resolution image's. */
   segmentation?: string;
@@ -122,6 +124,7 @@ export function parseParameters(text: string, origin: string): GenerationParamet
     batchSize: field("batchSize", "number"),
     batchIndex: field("batchIndex", "number"),
     classLabel: field("classLabel", "number", true),
+    uncondClassLabel: field("uncondClassLabel", "number", true),
     ...(record.layout === undefined
       ? {}
       : { layout: parseLayout(JSON.stringify(record.layout), `${origin}: parameter "layout"`) }),

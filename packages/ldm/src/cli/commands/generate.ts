@@ -55,6 +55,7 @@ interface GenerateFlags extends ModelFlags, LoraFlags, EmbeddingFlags {
   modelsDir?: string;
   negative?: string;
   class?: string;
+  uncondClass?: string;
   layout?: string;
   segmentation?: string;
   sampler?: string;
@@ -90,6 +91,7 @@ interface Request {
   eta?: number;
   clipSkip?: number;
   classLabel?: number;
+  uncondClassLabel?: number;
   seed?: Seed;
   width?: number;
   height?: number;
@@ -116,6 +118,10 @@ export function registerGenerate(program: Command): void {
     .option(
       "--class <n>",
       "class-conditional models (cin256): the ImageNet class to sample (cin256-v2's last class, 1000, is guidance's 'no class')",
+    )
+    .option(
+      "--uncond-class <n>",
+      "class-conditional models: the class of guidance's unconditional half (default: the config's 'no class', cin256-v2's 1000; cin-ldm-vq-f8 has none, so guiding it needs one), with --cfg above 1",
     )
     .option(
       "--layout <json|file>",
@@ -297,6 +303,8 @@ function requestFrom(
     guidanceScale:
       flags.cfg === undefined ? stored?.guidanceScale : numberFlag("--cfg", flags.cfg, 0, MAX_GUIDANCE_SCALE),
     classLabel: flags.class === undefined ? stored?.classLabel : integerFlag("--class", flags.class, 0),
+    uncondClassLabel:
+      flags.uncondClass === undefined ? stored?.uncondClassLabel : integerFlag("--uncond-class", flags.uncondClass, 0),
     eta: flags.eta === undefined ? stored?.eta : numberFlag("--eta", flags.eta, 0, 1),
     clipSkip: flags.clipSkip === undefined ? stored?.clipSkip : integerFlag("--clip-skip", flags.clipSkip, 1),
     seed:
