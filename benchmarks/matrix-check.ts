@@ -6,8 +6,19 @@
  * real matrix units. On an adapter without the feature (any --quick run here) the same variants run emulated,
  * which checks the script itself.
  */
-import { conv2d, deviceMatrixTiles, deviceTiles, type GemmCall, gemm, type MatrixTiles, tileKey } from "@ldm/kernels";
-import { assertClose, conv2dRef, matmulRef, randomArray } from "@ldm/kernels/testing";
+import {
+  type AttentionMatrixTiles,
+  attention,
+  conv2d,
+  deviceAttentionMatrixTiles,
+  deviceMatrixTiles,
+  deviceTiles,
+  type GemmCall,
+  gemm,
+  type MatrixTiles,
+  tileKey,
+} from "@ldm/kernels";
+import { assertClose, attentionRef, conv2dRef, matmulRef, randomArray } from "@ldm/kernels/testing";
 import { type Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
 
 export interface MatrixCheck {
@@ -190,6 +201,83 @@ async function checkConv(device: Device, c: ConvCase, emulate: boolean): Promise
   }
 }
 
+interface AttentionCase {
+  name: string;
+  batch: number;
+  nq: number;
+  nk: number;
+  heads: number;
+  d: number;
+}
+
+/** SD's head widths (40, 64, 80, 160 padded to the config's K and N), odd token counts, CLIP's 77 keys. */
+const ATTENTION_CASES: AttentionCase[] = [
+  { name: "self 333 tokens, 8 heads of 40, batch 2", batch: 2, nq: 333, nk: 333, heads: 8, d: 40 },
+  { name: "cross 257 → 77 keys, 8 heads of 40", batch: 2, nq: 257, nk: 77, heads: 8, d: 40 },
+  { name: "self 130 tokens, 5 heads of 64", batch: 1, nq: 130, nk: 130, heads: 5, d: 64 },
+  { name: "cross 99 → 77 keys, 8 heads of 80", batch: 2, nq: 99, nk: 77, heads: 8, d: 80 },
+  { name: "self 65 tokens, 8 heads of 160", batch: 1, nq: 65, nk: 65, heads: 8, d: 160 },
+];
+
+/** Emulated attention tiles for adapters without subgroup matrices (a CPU adapter compiles them in seconds). */
+const EMULATED_ATTENTION: AttentionMatrixTiles = {
+  kind: "attention-matrix",
+  shape: { M: 8, N: 8, K: 8 },
+  component: "f16",
+  lanes: 4,
+  subgroups: 2,
+  keyBlock: 16,
+  paddedD: 16,
+  emulate: true,
+};
+
+/**
+ * Attention in f16 (the model's dtype on GPUs, f16 output) on the planner's tiles; where it finds none (a wide
+ * head on little workgroup memory) the present kernel runs and the row says so, so its numbers are checked too.
+ */
+async function checkAttention(device: Device, c: AttentionCase, emulate: boolean): Promise<MatrixCheck> {
+  const { batch, nq, nk, heads, d } = c;
+  const width = heads * d;
+  // Logits of a few units: a peaked softmax, so that the running max matters.
+  const q = roundF16(randomArray(batch * nq * width, 8, 2));
+  const k = roundF16(randomArray(batch * nk * width, 9, 2));
+  const v = roundF16(randomArray(batch * nk * width, 10));
+  const tiles = emulate
+    ? { ...EMULATED_ATTENTION, paddedD: Math.ceil(d / 8) * 8 }
+    : deviceAttentionMatrixTiles(device, { dtype: "f16", d, nq, causal: false });
+  const [tq, tk, tv] = [
+    Tensor.from(device, q, [batch, nq, width], "f16"),
+    Tensor.from(device, k, [batch, nk, width], "f16"),
+    Tensor.from(device, v, [batch, nk, width], "f16"),
+  ];
+  const result = (maxAbs: number, error: string | null): MatrixCheck => ({
+    kernel: `attention ${c.name}`,
+    tiles: tiles ? attentionTileKey(tiles) : "none: the present kernel",
+    maxAbs,
+    error,
+  });
+  try {
+    const out = attention(tq, tk, tv, { heads, ...(tiles ? { matrixTiles: tiles } : {}) });
+    const got = await out.toFloat32();
+    out.dispose();
+    const want = attentionRef(q, k, v, { batch, nq, nk, heads, d });
+    // Probabilities rounded to f16 for the multiply (|v| < 1), then the f16 output (2^-11 relative).
+    const tol = { atol: 2e-3, rtol: 2 ** -10 };
+    try {
+      return result(assertClose(got, want, tol, c.name).maxAbs, null);
+    } catch (e) {
+      return result(Number.NaN, (e as Error).message);
+    }
+  } finally {
+    for (const t of [tq, tk, tv]) t.dispose();
+  }
+}
+
+function attentionTileKey(t: AttentionMatrixTiles): string {
+  const { M, N, K } = t.shape;
+  return `${t.component} ${M}×${N}×${K} ×${t.subgroups} sg of ${t.lanes}, keys ${t.keyBlock}, d→${t.paddedD}${t.emulate ? " (emulated)" : ""}`;
+}
+
 /**
  * Every subgroup-matrix kernel against its reference: native where the device has subgroup matrices for f16
  * (and shader-f16), emulated otherwise (`quick` then takes the two smallest cases, for CPU adapters).
@@ -201,6 +289,16 @@ export async function checkMatrixKernels(device: Device, quick: boolean): Promis
   for (const c of cases) rows.push(await checkGemm(device, c, !native));
   // Emulated, 320 channels take minutes on a CPU adapter: --quick there checks the stride-2 case only.
   for (const c of native || !quick ? CONV_CASES : CONV_CASES.slice(1)) rows.push(await checkConv(device, c, !native));
+  // Emulated, d = 16 on 8×8 matrices stands for the head widths (their unrolled code compiles for minutes).
+  const emulatedAttention: AttentionCase = {
+    name: "self 37 → 29 keys, 2 heads of 16",
+    batch: 2,
+    nq: 37,
+    nk: 29,
+    heads: 2,
+    d: 16,
+  };
+  for (const c of native ? ATTENTION_CASES : [emulatedAttention]) rows.push(await checkAttention(device, c, !native));
   return rows;
 }
 

@@ -51,6 +51,11 @@ export { nearestScale, resizeNearest } from "./resize/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";
 export { type MapOperand, type MapSpec, stridedMap } from "./strided/map.ts";
+export { deviceAttentionMatrixTiles } from "./subgroup-matrix/attention.ts";
+export {
+  type AttentionMatrixTiles,
+  chooseAttentionMatrixTiles,
+} from "./subgroup-matrix/attention-plan.ts";
 export { deviceMatrixTiles } from "./subgroup-matrix/conv.ts";
 export { chooseMatrixTiles, type MatrixInputs, type MatrixTiles } from "./subgroup-matrix/plan.ts";
 export { type TimestepEmbeddingOptions, timestepEmbedding, timestepFrequencies } from "./timestep/index.ts";

@@ -1,4 +1,6 @@
 /** Helpers shared by kernel tests and benchmarks: seeded random data, closeness checks, CPU references. */
+
+export { attentionRef } from "./attention/reference.ts";
 export { conv2dRef } from "./conv2d/reference.ts";
 export { matmulRef } from "./matmul/reference.ts";
 

@@ -18,6 +18,8 @@ import { runKernel } from "../common/kernel.ts";
 import { assertBindable, assertDType } from "../common/wgsl.ts";
 import { matmul } from "../matmul/index.ts";
 import { softmax } from "../softmax/index.ts";
+import { attentionOnMatrices, deviceAttentionMatrixTiles } from "../subgroup-matrix/attention.ts";
+import type { AttentionMatrixTiles } from "../subgroup-matrix/attention-plan.ts";
 import {
   type AdapterTraits,
   type AttentionTiling,
@@ -35,6 +37,11 @@ export interface AttentionOptions {
   causal?: boolean;
   /** Overrides attentionTiling(adapter, d, Nq, Nk, { heads, causal }), for tests and tuning. */
   tiling?: AttentionTiling;
+  /**
+   * Forces subgroup-matrix tiles (tests: emulated ones). Without it and without `tiling`, adapters with subgroup
+   * matrices take the planner's (subgroup-matrix/attention-plan.ts) where it finds any.
+   */
+  matrixTiles?: AttentionMatrixTiles;
 }
 
 const FLOATS: readonly DType[] = ["f32", "f16"];
@@ -84,6 +91,13 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   if (out.size === 0) return out;
   if (nk === 0) throw new Error(`attention: k ${k} has no keys; softmax over an empty set is undefined`);
 
+  const matrixTiles =
+    options.matrixTiles ??
+    (options.tiling ? null : deviceAttentionMatrixTiles(device, { dtype: q.dtype, d, nq, causal }));
+  if (matrixTiles) {
+    attentionOnMatrices(q, k, v, out, { heads, scale, causal, tiles: matrixTiles });
+    return out;
+  }
   const tiling = options.tiling ?? attentionTiling(adapterTraits(device), d, nq, nk, { heads, causal });
   if (tiling.kind === "blocked") {
     blockedAttention(q, k, v, out, scale, tiling, { heads, causal });

@@ -48,41 +48,58 @@ export interface MatrixGemmParts {
 }
 
 /** Extensions and global directives a matrix kernel needs. */
-export function matrixEnables(t: MatrixTiles): string[] {
+export function matrixEnables(t: Pick<MatrixTiles, "emulate">): string[] {
   return t.emulate ? [] : ["subgroups", "chromium_experimental_subgroup_matrix"];
 }
 
-export function matrixDirectives(t: MatrixTiles): string[] {
+export function matrixDirectives(t: Pick<MatrixTiles, "emulate">): string[] {
   return t.emulate ? [] : ["diagnostic(off, chromium.subgroup_matrix_uniformity);"];
 }
 
+/** Which matrix a load declares, from which workgroup array, laid out how. */
+export interface MatrixLoad {
+  kind: "left" | "right" | "result";
+  array: string;
+  layout: "row_major" | "col_major";
+}
+
+/** What the dialect needs of the tiles: the config's shape and component type, native or emulated. */
+export type MatrixOperands = Pick<MatrixTiles, "shape" | "component" | "emulate">;
+
 /** The subgroup-matrix operations, written natively or emulated: statements on named matrices. */
-interface Dialect {
+export interface Dialect {
   /** Module-scope helpers (emulation only). */
   module: string;
   /** Declares the result matrix `name`, zero. */
   zero: (name: string) => string;
-  /** Declares and loads the left (right) matrix `name` from As (Bs). */
-  loadLeft: (name: string, offset: string, stride: string) => string;
-  loadRight: (name: string, offset: string, stride: string) => string;
+  /** Declares and loads the matrix `name` (a `var` for results, which accumulate). */
+  load: (name: string, from: MatrixLoad, offset: string, stride: string) => string;
   /** acc += left · right. */
   mma: (left: string, right: string, acc: string) => string;
-  /** Stores the result matrix `name` into Cs. */
-  store: (offset: string, name: string, stride: string) => string;
+  /** Stores the result matrix `name` into the workgroup array `array`, row-major. */
+  store: (array: string, offset: string, name: string, stride: string) => string;
 }
 
-function nativeDialect(t: MatrixTiles): Dialect {
+/** Rows and columns of each kind of matrix. */
+function extents(t: MatrixOperands, kind: MatrixLoad["kind"]): [number, number] {
   const { M, N, K } = t.shape;
-  const c = t.component;
+  return kind === "left" ? [M, K] : kind === "right" ? [K, N] : [M, N];
+}
+
+function nativeDialect(t: MatrixOperands): Dialect {
+  const { M, N } = t.shape;
+  // WGSL's template arguments are columns, then rows.
+  const type = (kind: MatrixLoad["kind"]) => {
+    const [rows, cols] = extents(t, kind);
+    return `subgroup_matrix_${kind}<${kind === "result" ? "f32" : t.component}, ${cols}, ${rows}>`;
+  };
   return {
     module: "",
     zero: (name) => `var ${name} = subgroup_matrix_result<f32, ${N}, ${M}>();`,
-    loadLeft: (name, o, s) =>
-      `let ${name} = subgroupMatrixLoad<subgroup_matrix_left<${c}, ${K}, ${M}>, row_major>(&As, ${o}, ${s});`,
-    loadRight: (name, o, s) =>
-      `let ${name} = subgroupMatrixLoad<subgroup_matrix_right<${c}, ${N}, ${K}>, row_major>(&Bs, ${o}, ${s});`,
+    load: (name, from, o, s) =>
+      `${from.kind === "result" ? "var" : "let"} ${name} = subgroupMatrixLoad<${type(from.kind)}, ${from.layout}>(&${from.array}, ${o}, ${s});`,
     mma: (l, r, acc) => `${acc} = subgroupMatrixMultiplyAccumulate(${l}, ${r}, ${acc});`,
-    store: (o, name, s) => `subgroupMatrixStore<row_major>(&Cs, ${o}, ${name}, ${s});`,
+    store: (array, o, name, s) => `subgroupMatrixStore<row_major>(&${array}, ${o}, ${name}, ${s});`,
   };
 }
 
@@ -90,24 +107,33 @@ function nativeDialect(t: MatrixTiles): Dialect {
  * Every invocation holds whole matrices in private arrays (row-major) and updates them through pointers: no
  * array is passed by value, which llvmpipe compiles slowly. Loop bounds go through `sm_n`, which the compiler
  * cannot fold (p.count is never 0 in a dispatch), so it does not unroll them: unrolled, one emulated kernel
- * took minutes to compile on a busy lavapipe.
+ * took minutes to compile on a busy lavapipe. A helper per load (array, kind, layout) and per stored array.
  */
-function emulatedDialect(t: MatrixTiles): Dialect {
+function emulatedDialect(t: MatrixOperands, loads: readonly MatrixLoad[], stores: readonly string[]): Dialect {
   const { M, N, K } = t.shape;
   const ptr = (n: number) => `ptr<function, array<f32, ${n}>>`;
+  const loader = (from: MatrixLoad) => `sm_load_${from.kind}_${from.array}_${from.layout}`;
+  const loadFns = loads.map((from) => {
+    const [rows, cols] = extents(t, from.kind);
+    const at = from.layout === "row_major" ? "r * stride + c" : "c * stride + r";
+    return `
+fn ${loader(from)}(m: ${ptr(rows * cols)}, offset: u32, stride: u32) {
+  for (var r = 0u; r < sm_n(${rows}u); r++) {
+    for (var c = 0u; c < sm_n(${cols}u); c++) { (*m)[r * ${cols}u + c] = f32(${from.array}[offset + ${at}]); }
+  }
+}`;
+  });
+  const storeFns = stores.map(
+    (array) => `
+fn sm_store_${array}(offset: u32, m: ${ptr(M * N)}, stride: u32) {
+  for (var r = 0u; r < sm_n(${M}u); r++) {
+    for (var c = 0u; c < sm_n(${N}u); c++) { ${array}[offset + r * stride + c] = (*m)[r * ${N}u + c]; }
+  }
+}`,
+  );
   return {
     module: `
-fn sm_n(n: u32) -> u32 { return select(n, 0u, p.count == 0u); }
-fn sm_load_left(m: ${ptr(M * K)}, offset: u32, stride: u32) {
-  for (var r = 0u; r < sm_n(${M}u); r++) {
-    for (var c = 0u; c < sm_n(${K}u); c++) { (*m)[r * ${K}u + c] = f32(As[offset + r * stride + c]); }
-  }
-}
-fn sm_load_right(m: ${ptr(K * N)}, offset: u32, stride: u32) {
-  for (var r = 0u; r < sm_n(${K}u); r++) {
-    for (var c = 0u; c < sm_n(${N}u); c++) { (*m)[r * ${N}u + c] = f32(Bs[offset + r * stride + c]); }
-  }
-}
+fn sm_n(n: u32) -> u32 { return select(n, 0u, p.count == 0u); }${loadFns.join("")}
 fn sm_mma(l: ${ptr(M * K)}, r: ${ptr(K * N)}, acc: ${ptr(M * N)}) {
   for (var i = 0u; i < sm_n(${M}u); i++) {
     for (var j = 0u; j < sm_n(${N}u); j++) {
@@ -116,23 +142,35 @@ fn sm_mma(l: ${ptr(M * K)}, r: ${ptr(K * N)}, acc: ${ptr(M * N)}) {
       (*acc)[i * ${N}u + j] = s;
     }
   }
-}
-fn sm_store(offset: u32, m: ${ptr(M * N)}, stride: u32) {
-  for (var r = 0u; r < sm_n(${M}u); r++) {
-    for (var c = 0u; c < sm_n(${N}u); c++) { Cs[offset + r * stride + c] = (*m)[r * ${N}u + c]; }
-  }
-}`,
-    zero: (name) => `var ${name}: array<f32, ${M * N}>;`,
-    loadLeft: (name, o, s) => `var ${name}: array<f32, ${M * K}>; sm_load_left(&${name}, ${o}, ${s});`,
-    loadRight: (name, o, s) => `var ${name}: array<f32, ${K * N}>; sm_load_right(&${name}, ${o}, ${s});`,
+}${storeFns.join("")}`,
+    // Initialised explicitly: a declaration inside a loop must start from zero on every iteration.
+    zero: (name) => `var ${name} = array<f32, ${M * N}>();`,
+    load: (name, from, o, s) => {
+      const [rows, cols] = extents(t, from.kind);
+      return `var ${name}: array<f32, ${rows * cols}>; ${loader(from)}(&${name}, ${o}, ${s});`;
+    },
     mma: (l, r, acc) => `sm_mma(&${l}, &${r}, &${acc});`,
     // Every invocation holds the whole matrix: one per subgroup writes it.
-    store: (o, name, s) => `if (sgLane == 0u) { sm_store(${o}, &${name}, ${s}); }`,
+    store: (array, o, name, s) => `if (sgLane == 0u) { sm_store_${array}(${o}, &${name}, ${s}); }`,
   };
 }
 
+/**
+ * The operations of a kernel that loads `loads` and stores result matrices into `stores` (workgroup arrays of
+ * f32); stores assume `sgLane`, the invocation's index in its subgroup.
+ */
+export function matrixDialect(t: MatrixOperands, loads: readonly MatrixLoad[], stores: readonly string[]): Dialect {
+  return t.emulate ? emulatedDialect(t, loads, stores) : nativeDialect(t);
+}
+
+/** The GEMM's loads: A and B blocks row-major; results through Cs. */
+const GEMM_LOADS: readonly MatrixLoad[] = [
+  { kind: "left", array: "As", layout: "row_major" },
+  { kind: "right", array: "Bs", layout: "row_major" },
+];
+
 function dialect(t: MatrixTiles): Dialect {
-  return t.emulate ? emulatedDialect(t) : nativeDialect(t);
+  return matrixDialect(t, GEMM_LOADS, ["Cs"]);
 }
 
 /** Row strides of the staged blocks, in elements. */
@@ -188,14 +226,14 @@ export function matrixMain(t: MatrixTiles, parts: MatrixGemmParts): string {
   const rowOf = (i: number) => `(sgM * ${t.matsM}u + ${i}u) * ${SM}u`;
   const colOf = (j: number) => `(sgN * ${t.matsN}u + ${j}u) * ${SN}u`;
   const multiply = [
-    ...range(t.matsM).map((i) => d.loadLeft(`l${i}`, `${rowOf(i)} * ${s.a}u + kk`, `${s.a}u`)),
-    ...range(t.matsN).map((j) => d.loadRight(`r${j}`, `kk * ${s.b}u + ${colOf(j)}`, `${s.b}u`)),
+    ...range(t.matsM).map((i) => d.load(`l${i}`, GEMM_LOADS[0], `${rowOf(i)} * ${s.a}u + kk`, `${s.a}u`)),
+    ...range(t.matsN).map((j) => d.load(`r${j}`, GEMM_LOADS[1], `kk * ${s.b}u + ${colOf(j)}`, `${s.b}u`)),
     ...pairs.map(([i, j]) => d.mma(`l${i}`, `r${j}`, acc(i, j))),
   ];
   const groups = (SM * SN) / 4;
   const finish = pairs.map(
     ([i, j]) => `
-  ${d.store("sgBase", acc(i, j), `${SN}u`)}
+  ${d.store("Cs", "sgBase", acc(i, j), `${SN}u`)}
   workgroupBarrier();
   for (var g = sgLane; g < ${groups}u; g += ${t.lanes}u) {
     let r = g / ${SN / 4}u;
