@@ -4,7 +4,15 @@
  * Part `tiles` of gpu.ts (`bash benchmarks/gpu.sh --only tiles`), for choosing chooseTiles' rule on GPUs.
  */
 
-import { deviceTiles, type GemmGeometry, gemm, tileKey, timeCall, type WorkgroupTiles } from "@ldm/kernels";
+import {
+  deviceTiles,
+  type GemmGeometry,
+  gemm,
+  stagingVariants,
+  tileKey,
+  timeCall,
+  type WorkgroupTiles,
+} from "@ldm/kernels";
 import { randomArray } from "@ldm/kernels/testing";
 import { type Device, Tensor } from "@ldm/tensor";
 import { median } from "./common.ts";
@@ -53,10 +61,18 @@ function unetShapes(): Shape[] {
   return shapes;
 }
 
-/** The workgroup configs timed against each other. */
+const WG64: WorkgroupTiles = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 };
+const WG64_8X4: WorkgroupTiles = { ...WG64, threadM: 8 };
+
+/**
+ * The workgroup configs timed against each other; the two 64 × 64 tiles also with vec4 global loads ("v" in
+ * the key), double-buffered staging ("d") and both.
+ */
 export const SWEEP_TILES: WorkgroupTiles[] = [
-  { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 },
-  { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 4 },
+  WG64,
+  ...stagingVariants(WG64),
+  WG64_8X4,
+  ...stagingVariants(WG64_8X4),
   { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 8 },
   { kind: "workgroup", tileM: 128, tileN: 64, tileK: 8, threadM: 8, threadN: 4 },
   { kind: "workgroup", tileM: 128, tileN: 64, tileK: 16, threadM: 8, threadN: 8 },

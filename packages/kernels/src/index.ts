@@ -46,7 +46,7 @@ export {
   matmul,
 } from "./matmul/index.ts";
 export type { GemmGeometry } from "./matmul/plan.ts";
-export { isTileConfig, type TileConfig, tileKey, type WorkgroupTiles } from "./matmul/tiles.ts";
+export { isTileConfig, stagingVariants, type TileConfig, tileKey, type WorkgroupTiles } from "./matmul/tiles.ts";
 export { nearestScale, resizeNearest } from "./resize/index.ts";
 export { type RowStrategy, rowStrategy } from "./rowwise/kernel.ts";
 export { type SoftmaxOptions, softmax } from "./softmax/index.ts";

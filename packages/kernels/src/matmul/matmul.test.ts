@@ -1,7 +1,7 @@
 import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
 import { describe, expect, it } from "vitest";
-import { kernelKey } from "../common/kernel.ts";
+import { kernelKey, kernelWgsl } from "../common/kernel.ts";
 import type { BindingLimits } from "../common/pieces.ts";
 import { gegluRef } from "../elementwise/reference.ts";
 import { assertClose, randomArray } from "../testing.ts";
@@ -10,7 +10,7 @@ import { deviceTiles, type GemmCall, gemm, linear, linearGeglu, matmul } from ".
 import { planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
 import { chooseTiles, isTileConfig, type TileConfig, tileCandidates, workgroupStorageBytes } from "./tiles.ts";
-import { GEMM, type GemmKernelSpec } from "./wgsl.ts";
+import { GEMM, type GemmKernelSpec, gemmVectorReads } from "./wgsl.ts";
 
 const device = await useDevice();
 
@@ -77,25 +77,28 @@ describe("tileCandidates", () => {
   });
 });
 
+const gemmBase: GemmKernelSpec = {
+  tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n" },
+  transposeA: false,
+  transposeB: false,
+  a: "f32",
+  b: "f32",
+  c: "f32",
+  bias: null,
+  residual: null,
+  activation: "none",
+  vecA: false,
+  vecB: false,
+  vecC: false,
+  kTail: false,
+  gated: false,
+};
+const wgTiles = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 } as const;
+
 describe("gemmKey", () => {
   it("changes with every field of the kernel spec (the pipeline cache key)", () => {
-    const base: GemmKernelSpec = {
-      tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n" },
-      transposeA: false,
-      transposeB: false,
-      a: "f32",
-      b: "f32",
-      c: "f32",
-      bias: null,
-      residual: null,
-      activation: "none",
-      vecA: false,
-      vecB: false,
-      vecC: false,
-      kTail: false,
-      gated: false,
-    };
-    const wg = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 } as const;
+    const base = gemmBase;
+    const wg = wgTiles;
     const variants: GemmKernelSpec[] = [
       base,
       { ...base, tiles: { ...base.tiles, lanes: 4 } as TileConfig },
@@ -108,6 +111,8 @@ describe("gemmKey", () => {
       { ...base, tiles: { ...wg, tileK: 8 } },
       { ...base, tiles: { ...wg, threadM: 2 } },
       { ...base, tiles: { ...wg, threadN: 8 } },
+      { ...base, tiles: { ...wg, vecLoads: true } },
+      { ...base, tiles: { ...wg, doubleBuffer: true } },
       { ...base, transposeA: true },
       { ...base, transposeB: true },
       { ...base, a: "f16" },
@@ -125,6 +130,24 @@ describe("gemmKey", () => {
       { ...base, gated: true },
     ];
     expect(new Set(variants.map((v) => kernelKey(GEMM, v))).size).toBe(variants.length);
+  });
+
+  it("workgroup-tile variants: vec4 loads of aligned operands only, a second staging buffer", () => {
+    const staged = { ...wgTiles, vecLoads: true, doubleBuffer: true };
+    expect(gemmVectorReads(staged, false, true, true, true)).toEqual({ vecA: true, vecB: true });
+    expect(gemmVectorReads(staged, true, false, false, true)).toEqual({ vecA: false, vecB: true });
+    expect(gemmVectorReads(wgTiles, false, true, true, true)).toEqual({ vecA: false, vecB: false });
+    const spec: GemmKernelSpec = { ...gemmBase, tiles: staged, transposeB: true, vecA: true, vecB: true };
+    const code = kernelWgsl(GEMM, spec);
+    expect(code).toContain("A4((");
+    expect(code).toContain("B4((");
+    expect(code).not.toContain("A_at(p.aOff");
+    // 64 rows + 1 vec4 of padding, 16 deep, twice.
+    expect(code).toContain(`var<workgroup> As: array<vec4f, ${2 * 16 * 17}>;`);
+    expect(code).toContain("let cur = (k0 / 16u) & 1u;");
+    const plain = kernelWgsl(GEMM, { ...gemmBase, tiles: wgTiles });
+    expect(plain).toContain(`var<workgroup> As: array<vec4f, ${16 * 17}>;`);
+    expect(plain).not.toMatch(/A4\(|let cur/);
   });
 });
 
@@ -195,7 +218,39 @@ describe("planGemm", () => {
   });
 });
 
-type Strategy = "device" | "subgroup-m" | "workgroup" | "workgroup-8x8" | TileConfig;
+type Strategy =
+  | "device"
+  | "subgroup-m"
+  | "workgroup"
+  | "workgroup-8x8"
+  | "workgroup-staged"
+  | "workgroup-8x8-vec"
+  | "workgroup-8x8-double"
+  | TileConfig;
+
+/** The workgroup-tile variants: vec4 global loads (aligned operands), double-buffered staging, both. */
+const STAGED_TILES: Record<string, TileConfig> = {
+  "workgroup-staged": {
+    kind: "workgroup",
+    tileM: 32,
+    tileN: 32,
+    tileK: 16,
+    threadM: 4,
+    threadN: 4,
+    vecLoads: true,
+    doubleBuffer: true,
+  },
+  "workgroup-8x8-vec": { kind: "workgroup", tileM: 32, tileN: 64, tileK: 8, threadM: 8, threadN: 8, vecLoads: true },
+  "workgroup-8x8-double": {
+    kind: "workgroup",
+    tileM: 32,
+    tileN: 64,
+    tileK: 8,
+    threadM: 8,
+    threadN: 8,
+    doubleBuffer: true,
+  },
+};
 
 function tilesFor(
   s: Strategy,
@@ -207,6 +262,7 @@ function tilesFor(
   // Two groups of 4 rows and of 4 columns per invocation, each spread over the workgroup, and a tile whose
   // sides differ: the odd shapes below cut through every group.
   if (s === "workgroup-8x8") return { kind: "workgroup", tileM: 32, tileN: 64, tileK: 8, threadM: 8, threadN: 8 };
+  if (s in STAGED_TILES) return STAGED_TILES[s];
   const t = deviceTiles(device, call);
   if (t.kind !== "subgroup") throw new Error("this adapter has no fixed subgroup size; the test needs lavapipe");
   return { ...t, laneOwns: "m" };
@@ -343,7 +399,14 @@ describe("gemm with every autotune candidate", () => {
   });
 });
 
-describe.each(["subgroup-m", "workgroup", "workgroup-8x8"] as const)("gemm with %s tiles", (strategy) => {
+describe.each([
+  "subgroup-m",
+  "workgroup",
+  "workgroup-8x8",
+  "workgroup-staged",
+  "workgroup-8x8-vec",
+  "workgroup-8x8-double",
+] as const)("gemm with %s tiles", (strategy) => {
   it("matches the reference on odd and aligned shapes", async () => {
     await check({ M: 33, N: 17, K: 13 }, strategy, f32Tol(13));
     await check({ M: 16, N: 32, K: 64, transposeB: true }, strategy, f32Tol(64));
@@ -359,17 +422,20 @@ describe.each(["subgroup-m", "workgroup", "workgroup-8x8"] as const)("gemm with 
   });
 });
 
-describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tiles in f16", (strategy) => {
-  it.skipIf(!device.features.shaderF16)("stores and reads f16 (f32 accumulation)", async () => {
-    // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
-    const tol = { atol: 1e-3, rtol: 2 ** -10 };
-    await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
-    await check({ M: 6, N: 9, K: 7, dtype: "f16", transposeA: true, transposeB: true }, strategy, tol);
-    // Packed f16 vector reads (vec2<u32>) along K for both operands: the Linear layout, and Aᵀ along M.
-    await check({ M: 10, N: 12, K: 16, dtype: "f16", transposeB: true }, strategy, tol);
-    await check({ M: 12, N: 8, K: 9, dtype: "f16", transposeA: true }, strategy, tol);
-  });
-});
+describe.each(["device", "subgroup-m", "workgroup", "workgroup-staged"] as const)(
+  "gemm with %s tiles in f16",
+  (strategy) => {
+    it.skipIf(!device.features.shaderF16)("stores and reads f16 (f32 accumulation)", async () => {
+      // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
+      const tol = { atol: 1e-3, rtol: 2 ** -10 };
+      await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
+      await check({ M: 6, N: 9, K: 7, dtype: "f16", transposeA: true, transposeB: true }, strategy, tol);
+      // Packed f16 vector reads (vec2<u32>) along K for both operands: the Linear layout, and Aᵀ along M.
+      await check({ M: 10, N: 12, K: 16, dtype: "f16", transposeB: true }, strategy, tol);
+      await check({ M: 12, N: 8, K: 9, dtype: "f16", transposeA: true }, strategy, tol);
+    });
+  },
+);
 
 /**
  * value · gelu(gate) moves the product's rounding error by |gelu(gate)| + |value · gelu'(gate)|, under 8 for
@@ -377,7 +443,7 @@ describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tile
  */
 const gatedTol = (K: number) => ({ atol: 8 * f32Tol(K).atol, rtol: 1e-5 });
 
-describe.each(["device", "subgroup-m", "workgroup", "workgroup-8x8"] as const)(
+describe.each(["device", "subgroup-m", "workgroup", "workgroup-8x8", "workgroup-staged"] as const)(
   "gated gemm (GEGLU) with %s tiles",
   (strategy) => {
     it("matches linear then geglu on odd shapes", async () => {

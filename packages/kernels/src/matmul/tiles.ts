@@ -63,6 +63,16 @@ export interface WorkgroupTiles {
   /** Outputs per invocation along M and N (multiples of 4); the workgroup is (tileN / threadN) × (tileM / threadM). */
   threadM: number;
   threadN: number;
+  /**
+   * Global loads of an operand as vec4s along its contiguous dimension where that is a multiple of 4 (others
+   * stay scalar): a quarter of the load instructions. Absent: scalar loads.
+   */
+  vecLoads?: boolean;
+  /**
+   * Two staging buffers: the next K block is loaded while the current one is multiplied, one barrier per
+   * block instead of two, at twice the workgroup memory. Absent: one buffer.
+   */
+  doubleBuffer?: boolean;
 }
 
 export type TileConfig = SubgroupTiles | WorkgroupTiles | MatrixTiles;
@@ -116,16 +126,27 @@ export function tileCandidates(inp: TileInputs): TileConfig[] {
     if (chosen.subgroups > 2) out.push({ ...chosen, subgroups: Math.ceil(chosen.subgroups / 2) });
     return out;
   }
-  const options: WorkgroupTiles[] = [
+  const plain: WorkgroupTiles[] = [
     { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 },
     { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 8, threadN: 4 },
     { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
     { kind: "workgroup", tileM: 128, tileN: 64, tileK: 8, threadM: 8, threadN: 4 },
   ];
+  // The vector-load and double-buffered variants of the two 64 × 64 tiles (not yet measured against them).
+  const options = [...plain, ...plain.slice(0, 2).flatMap(stagingVariants)];
   const fits = (t: WorkgroupTiles) =>
     workgroupSize(t) <= inp.maxInvocations && workgroupStorageBytes(t) <= inp.maxWorkgroupStorageBytes;
   const unique = new Map([...out, ...options.filter(fits)].map((t) => [tileKey(t), t]));
   return [...unique.values()];
+}
+
+/** A workgroup tile with vector loads, with double buffering, and with both. */
+export function stagingVariants(t: WorkgroupTiles): WorkgroupTiles[] {
+  return [
+    { ...t, vecLoads: true },
+    { ...t, doubleBuffer: true },
+    { ...t, vecLoads: true, doubleBuffer: true },
+  ];
 }
 
 /** The extent of the broadcast dimension: M, unless lanes own M (both operands transposed). */
@@ -160,7 +181,10 @@ export function isTileConfig(v: unknown): v is TileConfig {
     (t.tileM as number) % (t.threadM as number) === 0 &&
     (t.tileN as number) % (t.threadN as number) === 0 &&
     (t.threadM as number) % 4 === 0 &&
-    (t.threadN as number) % 4 === 0
+    (t.threadN as number) % 4 === 0 &&
+    // Vector loads along k fill 4 rows of a block at a time.
+    (t.vecLoads !== true || (t.tileK as number) % 4 === 0) &&
+    [t.vecLoads, t.doubleBuffer].every((f) => f === undefined || typeof f === "boolean")
   );
 }
 
@@ -168,7 +192,7 @@ export function tileKey(t: TileConfig): string {
   if (t.kind === "matrix") return matrixTileKey(t);
   return t.kind === "subgroup"
     ? `sg${t.lanes}x${t.subgroups}r${t.rows}${t.laneOwns}`
-    : `wg${t.tileM}x${t.tileN}x${t.tileK}t${t.threadM}x${t.threadN}`;
+    : `wg${t.tileM}x${t.tileN}x${t.tileK}t${t.threadM}x${t.threadN}${t.vecLoads ? "v" : ""}${t.doubleBuffer ? "d" : ""}`;
 }
 
 /** Invocations per workgroup. */
@@ -185,9 +209,9 @@ export function stagedRowVec4s(extent: number): number {
   return extent / 4 + 1;
 }
 
-/** Workgroup memory of a workgroup-tile kernel: both staged blocks, tileK rows each. */
+/** Workgroup memory of a workgroup-tile kernel: both staged blocks, tileK rows each (twice, double-buffered). */
 export function workgroupStorageBytes(t: WorkgroupTiles): number {
-  return (stagedRowVec4s(t.tileM) + stagedRowVec4s(t.tileN)) * t.tileK * 16;
+  return (stagedRowVec4s(t.tileM) + stagedRowVec4s(t.tileN)) * t.tileK * 16 * (t.doubleBuffer ? 2 : 1);
 }
 
 /** Output extent (rows along M, columns along N) one workgroup covers. */

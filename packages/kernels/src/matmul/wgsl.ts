@@ -61,6 +61,8 @@ export function gemmVectorReads(
   alignedA: boolean,
   alignedB: boolean,
 ): { vecA: boolean; vecB: boolean } {
+  // Workgroup tiles with vector loads stage either operand along its contiguous dimension.
+  if (tiles.kind === "workgroup" && tiles.vecLoads) return { vecA: alignedA, vecB: alignedB };
   if (tiles.kind !== "subgroup") return { vecA: false, vecB: false };
   // The broadcast operand is only read as vectors along k; the owned one along k or along its own index.
   return tiles.laneOwns === "n"
@@ -374,12 +376,69 @@ ${finish}`;
  *
  * Accumulators are separate variables and the epilogue is written out, so that no private array is indexed at
  * run time. 4 × 4 outputs per invocation in 64 × 64 tiles: the fastest config at every UNet GEMM shape on an
- * H200 (benchmarks/gemm-tiles.ts; numbers in benchmarks/RESULTS.md, "GPU script").
+ * H200 (benchmarks/gemm-tiles.ts; numbers in benchmarks/RESULTS.md, "GPU script"). Variants, not yet timed on a
+ * GPU: vec4 global loads (WorkgroupTiles.vecLoads) and two staging buffers (WorkgroupTiles.doubleBuffer).
  */
 function workgroupModule(t: WorkgroupTiles): string {
+  const buffers = t.doubleBuffer ? 2 : 1;
   return `
-var<workgroup> As: array<vec4f, ${t.tileK * stagedRowVec4s(t.tileM)}>;
-var<workgroup> Bs: array<vec4f, ${t.tileK * stagedRowVec4s(t.tileN)}>;`;
+var<workgroup> As: array<vec4f, ${buffers * t.tileK * stagedRowVec4s(t.tileM)}>;
+var<workgroup> Bs: array<vec4f, ${buffers * t.tileK * stagedRowVec4s(t.tileN)}>;`;
+}
+
+/** One operand of the workgroup-tile kernel as its staging sees it: x is its row (A) or column (B) index. */
+interface Operand {
+  tile: "As" | "Bs";
+  /** Extent of the tile along x. */
+  rows: number;
+  /** vec4s per staged k row. */
+  stride: number;
+  /** The operand's contiguous axis in memory. */
+  along: "k" | "x";
+  /** Read as vec4s along that axis. */
+  vec: boolean;
+  x0: string;
+  extent: string;
+  /** Element index of (x, k). */
+  at: (x: string, k: string) => string;
+  name: "A" | "B";
+}
+
+/**
+ * Stages the operand's block of K steps from `kBase` into its tile at `buf` (a vec4 offset, "" or "… + ").
+ * Neighbouring invocations read neighbouring addresses: the block is walked along the operand's contiguous
+ * axis, one element or (vec) one vec4 each. A vec4 along x is one staged vec4; one along k fills a component of
+ * 4 staged rows. Out-of-range reads are clamped and zeroed; vector reads start at multiples of 4 of an extent
+ * that is one, so a vec4 is in range or entirely out.
+ */
+function stage(t: WorkgroupTiles, threads: number, o: Operand, kBase: string, buf: string): string {
+  const x = `${o.x0} + xx`;
+  const k = `${kBase} + kk`;
+  const guard = wgslAll(`${x} < ${o.extent}`, `${k} < p.K`);
+  const clamped = o.at(`min(${x}, ${o.extent} - 1u)`, `min(${k}, p.K - 1u)`);
+  if (!o.vec) {
+    return `
+    for (var e = lid; e < ${t.tileK * o.rows}u; e += ${threads}u) {
+      ${o.along === "k" ? `let kk = e % ${t.tileK}u; let xx = e / ${t.tileK}u;` : `let kk = e / ${o.rows}u; let xx = e % ${o.rows}u;`}
+      ${o.tile}[${buf}kk * ${o.stride}u + (xx >> 2u)][xx & 3u] = select(0.0, ${o.name}_at(${clamped}), ${guard});
+    }`;
+  }
+  const read = `select(vec4f(0.0), ${o.name}4((${clamped}) >> 2u), ${guard})`;
+  if (o.along === "x") {
+    return `
+    for (var e = lid; e < ${(t.tileK * o.rows) / 4}u; e += ${threads}u) {
+      let kk = e / ${o.rows / 4}u;
+      let xx = (e % ${o.rows / 4}u) * 4u;
+      ${o.tile}[${buf}kk * ${o.stride}u + (xx >> 2u)] = ${read};
+    }`;
+  }
+  return `
+    for (var e = lid; e < ${(t.tileK / 4) * o.rows}u; e += ${threads}u) {
+      let kk = (e % ${t.tileK / 4}u) * 4u;
+      let xx = e / ${t.tileK / 4}u;
+      let v = ${read};
+${[0, 1, 2, 3].map((j) => `      ${o.tile}[${buf}(kk + ${j}u) * ${o.stride}u + (xx >> 2u)][xx & 3u] = v.${"xyzw"[j]};`).join("\n")}
+    }`;
 }
 
 function workgroupMain(s: GemmKernelSpec, t: WorkgroupTiles): string {
@@ -390,20 +449,63 @@ function workgroupMain(s: GemmKernelSpec, t: WorkgroupTiles): string {
   const groupsN = t.threadN / 4;
   const strideA = stagedRowVec4s(t.tileM);
   const strideB = stagedRowVec4s(t.tileN);
+  const sizeA = t.tileK * strideA;
+  const sizeB = t.tileK * strideB;
   const acc = (i: number, jv: number) => `acc_${i}_${jv}`;
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  // Neighbouring invocations read neighbouring addresses: walk the block along the operand's contiguous axis.
-  const fill = (tile: string, rows: number, stride: number, along: "k" | "x", load: string) => `
-    for (var e = lid; e < ${t.tileK * rows}u; e += ${threads}u) {
-      ${along === "k" ? `let kk = e % ${t.tileK}u; let xx = e / ${t.tileK}u;` : `let kk = e / ${rows}u; let xx = e % ${rows}u;`}
-      ${tile}[kk * ${stride}u + (xx >> 2u)][xx & 3u] = ${load};
-    }`;
-  const loadA = `select(0.0, A_at(${aIndex(s, "bi", "min(m0 + xx, p.M - 1u)", "min(k0 + kk, p.K - 1u)")}), ${wgslAll("m0 + xx < p.M", "k0 + kk < p.K")})`;
-  const loadB = `select(0.0, B_at(${bIndex(s, "bi", "min(k0 + kk, p.K - 1u)", "min(n0 + xx, p.N - 1u)")}), ${wgslAll("n0 + xx < p.N", "k0 + kk < p.K")})`;
   const lines = (f: (i: number, jv: number) => string, indent: string) =>
     range(t.threadM)
       .flatMap((i) => range(groupsN).map((jv) => `${indent}${f(i, jv)}`))
       .join("\n");
+  const A: Operand = {
+    tile: "As",
+    rows: t.tileM,
+    stride: strideA,
+    along: s.transposeA ? "x" : "k",
+    vec: s.vecA,
+    x0: "m0",
+    extent: "p.M",
+    at: (x, k) => aIndex(s, "bi", x, k),
+    name: "A",
+  };
+  const B: Operand = {
+    tile: "Bs",
+    rows: t.tileN,
+    stride: strideB,
+    along: s.transposeB ? "k" : "x",
+    vec: s.vecB,
+    x0: "n0",
+    extent: "p.N",
+    at: (x, k) => bIndex(s, "bi", k, x),
+    name: "B",
+  };
+  const stageBoth = (kBase: string, bufA: string, bufB: string) =>
+    `${stage(t, threads, A, kBase, bufA)}${stage(t, threads, B, kBase, bufB)}`;
+  const multiply = (bufA: string, bufB: string) => `
+    for (var kk = 0u; kk < ${t.tileK}u; kk++) {
+${range(groupsM)
+  .map((g) => `      let a${g} = As[${bufA}kk * ${strideA}u + ${g * threadsM}u + ty];`)
+  .join("\n")}
+${range(groupsN)
+  .map((jv) => `      let b${jv} = Bs[${bufB}kk * ${strideB}u + ${jv * threadsN}u + tx];`)
+  .join("\n")}
+${lines((i, jv) => `${acc(i, jv)} = fma(vec4f(a${Math.floor(i / 4)}.${"xyzw"[i % 4]}), b${jv}, ${acc(i, jv)});`, "      ")}
+    }`;
+  // Double-buffered: block k0 is in buffer (k0 / tileK) & 1 when the loop reaches it; the next block goes into
+  // the other buffer, which every invocation finished reading before the previous iteration's barrier.
+  const loop = t.doubleBuffer
+    ? `${stageBoth("0u", "", "")}
+  workgroupBarrier();
+  for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {
+    let cur = (k0 / ${t.tileK}u) & 1u;
+    if (k0 + ${t.tileK}u < p.K) {${stageBoth(`k0 + ${t.tileK}u`, `(1u - cur) * ${sizeA}u + `, `(1u - cur) * ${sizeB}u + `)}
+    }${multiply(`cur * ${sizeA}u + `, `cur * ${sizeB}u + `)}
+    workgroupBarrier();
+  }`
+    : `for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {${stageBoth("k0", "", "")}
+    workgroupBarrier();${multiply("", "")}
+    workgroupBarrier();
+  }`;
   return `
   let perBatch = p.tilesX * p.tilesY;
   let bi = item / perBatch;
@@ -413,18 +515,6 @@ function workgroupMain(s: GemmKernelSpec, t: WorkgroupTiles): string {
   let ty = lid / ${threadsN}u;
   let tx = lid % ${threadsN}u;
 ${lines((i, jv) => `var ${acc(i, jv)}: vec4f;`, "  ")}
-  for (var k0 = 0u; k0 < p.K; k0 += ${t.tileK}u) {${fill("As", t.tileM, strideA, s.transposeA ? "x" : "k", loadA)}${fill("Bs", t.tileN, strideB, s.transposeB ? "k" : "x", loadB)}
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${t.tileK}u; kk++) {
-${range(groupsM)
-  .map((g) => `      let a${g} = As[kk * ${strideA}u + ${g * threadsM}u + ty];`)
-  .join("\n")}
-${range(groupsN)
-  .map((jv) => `      let b${jv} = Bs[kk * ${strideB}u + ${jv * threadsN}u + tx];`)
-  .join("\n")}
-${lines((i, jv) => `${acc(i, jv)} = fma(vec4f(a${Math.floor(i / 4)}.${"xyzw"[i % 4]}), b${jv}, ${acc(i, jv)});`, "      ")}
-    }
-    workgroupBarrier();
-  }
+  ${loop}
 ${lines((i, jv) => `finish4(bi, m0 + (${Math.floor(i / 4) * threadsM}u + ty) * 4u + ${i % 4}u, n0 + (${jv * threadsN}u + tx) * 4u, ${acc(i, jv)});`, "  ")}`;
 }
