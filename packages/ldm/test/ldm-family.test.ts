@@ -12,6 +12,7 @@ import { encode } from "fast-png";
 import { describe, expect, it } from "vitest";
 import { buildProgram } from "../src/cli/main.ts";
 import { decodePng, encodePng, type RgbaImage } from "../src/image/png.ts";
+import { formatInfotext } from "../src/pipeline/infotext.ts";
 import { LatentDiffusion, type SegmentationMap } from "../src/pipeline/latent-diffusion.ts";
 import { DEFAULT_GUIDANCE } from "../src/pipeline/model-inputs.ts";
 import { Dump } from "../src/validate/dump.ts";
@@ -385,6 +386,11 @@ describe("super-resolution and semantic synthesis from the library and the CLI",
       const high = decodePng(readFileSync(file("high.png")), "high.png");
       expect([high.width, high.height]).toEqual([32, 32]);
       expect(high.data).toEqual(library.images[0].data);
+      // A1111's PNG Info reads what ran, as for generate.
+      expect(high.text.parameters).toBe(formatInfotext(library.parameters[0]));
+      expect(high.text.parameters).toMatch(
+        /^Steps: 2, Sampler: DDIM, CFG scale: 1, Seed: 3, Size: 32x32, Model: tiny-bsr, .*Eta DDIM: 1/,
+      );
 
       const map = blocks(32, 12);
       writeFileSync(file("map.png"), encode({ width: 32, height: 32, data: map.labels, channels: 1, depth: 8 }));

@@ -2,6 +2,7 @@ import { basename } from "node:path";
 import type { Command } from "commander";
 import { SAMPLER_NAMES, type SamplerName } from "../../diffusion/index.ts";
 import { writePngFile } from "../../image/node.ts";
+import { formatInfotext, INFOTEXT_KEYWORD } from "../../pipeline/infotext.ts";
 import { UPSCALE_DEFAULTS } from "../../pipeline/latent-diffusion.ts";
 import { PARAMETERS_KEYWORD, parametersText } from "../../pipeline/parameters.ts";
 import { NOTEBOOK_SPLIT_INPUT } from "../../pipeline/split-input.ts";
@@ -90,6 +91,7 @@ export function registerUpscale(program: Command): void {
       );
       const [out] = outputPaths(flags.out, result.seed, 1);
       await writePngFile(out, result.images[0], {
+        [INFOTEXT_KEYWORD]: formatInfotext(result.parameters[0]),
         [PARAMETERS_KEYWORD]: parametersText({
           ...result.parameters[0],
           ...recordedModelFiles(flags),
