@@ -18,13 +18,17 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
       kind: "subgroup",
       subgroupSize: 8,
-      rowsPerInvocation: 2,
+      rowsPerInvocation: 4,
       dChunk: 40,
       keyBlock: 2,
       qChunk: 40,
       workgroupSize: 64,
     });
     expect(attentionTiling(lavapipe, 16, 4096, 4096)).toMatchObject({ rowsPerInvocation: 4 });
+    expect(attentionTiling(lavapipe, 80, 1024, 1024)).toMatchObject({ rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 64, 77, 77)).toMatchObject({ rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 160, 256, 256)).toMatchObject({ rowsPerInvocation: 1 });
+    expect(attentionTiling(lavapipe, 40, 3, 3)).toMatchObject({ rowsPerInvocation: 3 });
     expect(attentionTiling(lavapipe, 64, 1, 77)).toMatchObject({ rowsPerInvocation: 1 });
     expect(attentionTiling(lavapipe, 160, 1024, 77)).toMatchObject({ rowsPerInvocation: 1, dChunk: 160, qChunk: 160 });
     expect(attentionTiling(lavapipe, 512, 4096, 4096, twoHeads)).toMatchObject({

@@ -72,11 +72,14 @@ const GPU_MAX_COLUMNS = 64;
 const CPU_MAX_COLUMNS = 160;
 
 /**
- * q values one CPU lane keeps in registers across the key loop (rows · d). Compile time grows faster than
- * linearly with the unrolled body, the speed barely: for d = 40, four rows per lane compiled 3× as long as two
- * for 10% more speed (benchmarks/RESULTS.md, "Kernels: group norm and attention").
+ * q values one CPU lane keeps in registers across the key loop (rows · d). Every key and value element a
+ * subgroup loads (a per-lane scalar loop in lavapipe's code, ~12 instructions per lane) serves 8 · rows query
+ * rows, so more rows amortise the loads; the unrolled body, and with it compile time, grows with rows · d.
+ * For d = 40, four rows ran 1.2–1.3× the speed of two (d = 80: two rows 1.6× one) for a few more seconds of
+ * compiling; eight rows compiled 3× as long again for little more (benchmarks/RESULTS.md, "Kernels: group norm
+ * and attention").
  */
-const CPU_ROW_BUDGET = 80;
+const CPU_ROW_BUDGET = 160;
 /**
  * Heads wider than this reload q in chunks instead of keeping it in registers: whole rows of the VAE's d = 512
  * per lane do not finish compiling on lavapipe. (A subgroup per row with the lanes splitting d serves one row
