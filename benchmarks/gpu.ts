@@ -3,7 +3,8 @@
  *
  * 0. check: every subgroup-matrix (tensor-core) kernel against its CPU reference (matrix-check.ts), natively
  *    where the adapter has subgroup matrices, emulated elsewhere; a WRONG row makes the script exit 1 at the end.
- * 1. kernels: the kernel table (every benchmarks/kernels-*.ts row) against tfjs-backend-webgpu on the same adapter.
+ * 1. kernels: the kernel table (every benchmarks/kernels-*.ts row, and f16 attention as the adapter runs it against
+ *    the present fused kernel) against tfjs-backend-webgpu on the same adapter.
  * 2. unet: SD 1.5's UNet forward at batch 2 (classifier-free guidance) on a 64×64 latent (a 512×512 image), f32
  *    and, where the adapter has shader-f16, f16: random weights made here (benchmarks/random-weights.ts), so no
  *    checkpoint is needed. Wall clock to a device.sync() after one warm-up call (which compiles the pipelines),
@@ -33,6 +34,7 @@ import { Command, InvalidArgumentError } from "commander";
 import { median, positiveInt } from "./common.ts";
 import { runTileSweep } from "./gemm-tiles.ts";
 import { loadPeer, registerKernelRows, runBenches, TABLE_HEADER, toResultRow } from "./harness.ts";
+import { registerAttentionF16Rows } from "./kernels-ops.ts";
 import { checkMatrixKernels, printMatrixChecks } from "./matrix-check.ts";
 import { randomNetworks } from "./random-weights.ts";
 import { DEVICE_ROW_KEYS, type DeviceRow, makeRow, writeResults } from "./results.ts";
@@ -282,6 +284,7 @@ if (opts.only.includes("check")) {
 
 if (opts.only.includes("kernels")) {
   await registerKernelRows(quick);
+  registerAttentionF16Rows(quick);
   const device = await Device.create();
   adapter = device.describe();
   console.log(`adapter: ${adapter}\n${TABLE_HEADER}`);

@@ -2,9 +2,9 @@
  * Benchmark rows for the non-GEMM kernels: group norm and fused attention at SD 1.x shapes (64×64 latents).
  * Registered by the harness's registerKernelRows, which imports every benchmarks/kernels-*.ts.
  */
-import { attention, type GroupStrategy, groupNorm, groupStrategy } from "@ldm/kernels";
+import { adapterTraits, attention, attentionTiling, type GroupStrategy, groupNorm, groupStrategy } from "@ldm/kernels";
 import { randomArray } from "@ldm/kernels/testing";
-import { Tensor } from "@ldm/tensor";
+import { type Device, type DType, Tensor } from "@ldm/tensor";
 import { defineRows, disposer, registerBench, type Tfjs } from "./harness.ts";
 
 type TfTensor = import("@tensorflow/tfjs-core").Tensor;
@@ -71,21 +71,41 @@ function attentionPeer(tf: Tfjs, nq: number, nk: number, heads: number, d: numbe
   return { run, dispose: () => tf.dispose([q, k, v, ...qs, ...ks, ...vs]) };
 }
 
-function attentionRow(name: string, nq: number, nk: number, heads: number, d: number) {
+/** q, k, v of one batch item in `dtype`; `present` forces the fused kernel's tiling (no subgroup matrices). */
+function attentionSetup(nq: number, nk: number, heads: number, d: number, dtype: DType, present: boolean) {
   const width = heads * d;
+  return (device: Device) => {
+    const q = Tensor.from(device, randomArray(nq * width, 1), [1, nq, width], dtype);
+    const k = Tensor.from(device, randomArray(nk * width, 2), [1, nk, width], dtype);
+    const v = Tensor.from(device, randomArray(nk * width, 3), [1, nk, width], dtype);
+    const tiling = present ? attentionTiling(adapterTraits(device), d, nq, nk, { heads, causal: false }) : undefined;
+    return { run: () => attention(q, k, v, { heads, tiling }), dispose: disposer(q, k, v) };
+  };
+}
+
+function attentionRow(name: string, nq: number, nk: number, heads: number, d: number) {
   registerBench({
     name,
     dtype: "f32",
     flops: 4 * heads * nq * nk * d,
-    ours(device) {
-      const q = Tensor.from(device, randomArray(nq * width, 1), [1, nq, width]);
-      const k = Tensor.from(device, randomArray(nk * width, 2), [1, nk, width]);
-      const v = Tensor.from(device, randomArray(nk * width, 3), [1, nk, width]);
-      return { run: () => attention(q, k, v, { heads }), dispose: disposer(q, k, v) };
-    },
+    ours: attentionSetup(nq, nk, heads, d, "f32", false),
     peer: (tf) => attentionPeer(tf, nq, nk, heads, d),
     peerNote:
       "tfjs: per head matMul(q, k, false, true)·scale, softmax, matMul(·, v), concat (all heads' scores at once exceed tfjs's 128 MiB binding).",
+  });
+}
+
+/**
+ * f16 attention as the adapter runs it (on subgroup matrices where it has them for f16) against the present
+ * fused kernel in the same run (the baseline; the same kernel on adapters without matrices).
+ */
+function attentionF16Row(name: string, nq: number, nk: number, heads: number, d: number) {
+  registerBench({
+    name,
+    dtype: "f16",
+    flops: 4 * heads * nq * nk * d,
+    ours: attentionSetup(nq, nk, heads, d, "f16", false),
+    baseline: { name: "present attention kernel", ours: attentionSetup(nq, nk, heads, d, "f16", true) },
   });
 }
 
@@ -104,3 +124,18 @@ defineRows((quick) => {
     attentionRow("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
   }
 });
+
+/**
+ * The f16 attention rows of the GPU script's kernel table (benchmarks/gpu.ts registers them; on lavapipe both
+ * sides would be the present kernel): the UNet's levels at 64² and 32², and its deepest (16², d = 160).
+ */
+export function registerAttentionF16Rows(quick: boolean): void {
+  if (quick) {
+    attentionF16Row("self-attention 256 tokens × 2 heads × 40", 256, 256, 2, 40);
+    return;
+  }
+  attentionF16Row("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40);
+  attentionF16Row("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
+  attentionF16Row("self-attention 1024 tokens × 8 heads × 80", 1024, 1024, 8, 80);
+  attentionF16Row("self-attention 256 tokens × 8 heads × 160", 256, 256, 8, 160);
+}
