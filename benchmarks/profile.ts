@@ -1,10 +1,11 @@
 /**
  * Where a network's GPU time goes, per op and shape: `pnpm bench:profile [--latent S] [--parts unet,vae]
- * [--dtype f32|f16] [--top N]`.
+ * [--dtype f32|f16] [--top N] [--model file.safetensors]`.
  *
- * Builds SD 1.5's UNet (batch 2, an S×S latent, 77 context tokens) and VAE decoder (one S×S latent) with random
- * weights, runs each once to compile its kernels, then once under Device.profileDispatches (a timestamp pair per
- * dispatch). Each dispatch is charged to the innermost module call running when it was recorded — convolutions,
+ * Builds SD 1.5's UNet (batch 2, an S×S latent, 77 context tokens; the context's cross-attention keys and values
+ * projected once beforehand, as a sampling run does) and VAE decoder (one S×S latent) with random weights, or
+ * loads a checkpoint's networks (`--model`, its .yaml beside it: e.g. the built-in model at `--latent 16`), runs
+ * each once to compile its kernels, then once under Device.profileDispatches (a timestamp pair per dispatch). Each dispatch is charged to the innermost module call running when it was recorded — convolutions,
  * norms, linears, attention, upsampling, found on the networks' own instances — named by op and shape, so a 3×3
  * convolution at 512² and one at 64² are separate rows. Rows give GPU ms, the share of the profiled total, and
  * GFLOP/s (or GB/s: one read and one write of the tensor) to compare with `pnpm bench:kernels`' table of the same
@@ -12,8 +13,11 @@
  * not pay; the "all" line also gives the unprofiled GPU time (Device.timeGpu) of the same call.
  * Benchmarks are not tests: nothing here asserts a time.
  */
+
+import { basename, resolve } from "node:path";
 import { conv2d } from "@ldm/kernels";
 import type { Networks } from "@ldm/ldm";
+import { loadModel } from "@ldm/ldm/node";
 import { Conv2d, CrossAttention, GEGLU, GroupNorm, LayerNorm, Linear } from "@ldm/nn";
 import { Device, DTYPE_BYTES, type ParamDType, Tensor } from "@ldm/tensor";
 import { standardConfig } from "@ldm/weights";
@@ -28,9 +32,17 @@ const program = new Command()
   .option("--parts <list>", "networks to profile: unet, vae", "unet,vae")
   .addOption(new Option("--dtype <dtype>", "parameter and activation dtype").choices(["f16", "f32"]).default("f32"))
   .option("--top <N>", "rows printed per network", positiveInt, 40)
-  .option("--gpu-time", "also time one unprofiled call (Device.timeGpu)", false);
+  .option("--gpu-time", "also time one unprofiled call (Device.timeGpu)", false)
+  .option("--model <file>", "a checkpoint with its .yaml beside it instead of SD 1.5 with random weights");
 program.parse();
-const opts = program.opts<{ latent: number; parts: string; dtype: ParamDType; top: number; gpuTime: boolean }>();
+const opts = program.opts<{
+  latent: number;
+  parts: string;
+  dtype: ParamDType;
+  top: number;
+  gpuTime: boolean;
+  model?: string;
+}>();
 const parts = opts.parts.split(",");
 for (const p of parts) if (p !== "unet" && p !== "vae") throw new Error(`--parts: unknown network '${p}'`);
 const S = opts.latent;
@@ -218,9 +230,18 @@ async function profile(device: Device, label: string, record: () => void): Promi
 }
 
 const device = await Device.create({ disableF16: opts.dtype !== "f16" });
-console.log(`adapter: ${device.describe()}; SD 1.5 with random weights, ${opts.dtype}, ${S}×${S} latent`);
-const config = standardConfig("sd1");
-const networks = await randomNetworks(device, config, opts.dtype, parts.includes("vae") ? ["unet", "vae"] : ["unet"]);
+const components = parts.includes("vae") ? (["unet", "vae"] as const) : (["unet"] as const);
+const networks = opts.model
+  ? await loadModel(resolve(process.env.INIT_CWD ?? process.cwd(), opts.model), {
+      device,
+      dtype: opts.dtype,
+      config: opts.model.replace(/\.safetensors$/, ".yaml"),
+      components,
+    })
+  : await randomNetworks(device, standardConfig("sd1"), opts.dtype, components);
+const config = networks.config;
+const modelName = opts.model ? basename(opts.model) : "SD 1.5 with random weights";
+console.log(`adapter: ${device.describe()}; ${modelName}, ${opts.dtype}, ${S}×${S} latent`);
 chargeNetworkClasses(networks);
 const { unet, vae } = networks;
 const pseudo = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));
@@ -249,26 +270,31 @@ const pseudo = (n: number, f: (i: number) => number) => Float32Array.from({ leng
 if (parts.includes("unet")) {
   if (!unet) throw new Error("internal: the UNet was not built");
   const contextDim = config.unet.context_dim;
-  const x = Tensor.from(device, pseudo(2 * 4 * S * S, Math.cos), [2, 4, S, S]);
+  if (contextDim === undefined) throw new Error("profile: the UNet has no cross-attention (context_dim)");
+  const c = config.unet.in_channels;
+  const x = Tensor.from(device, pseudo(2 * c * S * S, Math.cos), [2, c, S, S]);
   const timesteps = Tensor.from(device, [500, 500], [2]);
   const context = Tensor.from(
     device,
     pseudo(2 * CLIP_TOKENS * contextDim, (i) => Math.sin(i) * 0.5),
     [2, CLIP_TOKENS, contextDim],
   );
-  await profile(device, `SD 1.5 UNet, batch 2 @ ${S}×${S} latent`, () =>
-    unet.forward({ x, timesteps, context }).dispose(),
+  // As a sampling run calls it: the context's cross-attention keys and values projected once, before.
+  const projected = unet.projectContext(context);
+  await profile(device, `${modelName}: UNet, batch 2 @ ${S}×${S} latent`, () =>
+    unet.forward({ x, timesteps, context, projected }).dispose(),
   );
+  projected.dispose();
   for (const t of [x, timesteps, context]) t.dispose();
 }
 if (parts.includes("vae")) {
   if (!vae) throw new Error("internal: the VAE was not built");
   const z = Tensor.from(
     device,
-    pseudo(4 * S * S, (i) => Math.sin(i * 0.37)),
-    [1, 4, S, S],
+    pseudo(config.vae.embed_dim * S * S, (i) => Math.sin(i * 0.37)),
+    [1, config.vae.embed_dim, S, S],
   );
-  await profile(device, `SD 1.5 VAE decode @ ${S}×${S} latent (${8 * S}² image)`, () => vae.decode(z).dispose());
+  await profile(device, `${modelName}: VAE decode @ ${S}×${S} latent`, () => vae.decode(z).dispose());
   z.dispose();
 }
 networks.dispose();

@@ -7,6 +7,7 @@ export * from "./image/index.ts";
 export { loraFromBlob } from "./lora/blob.ts";
 export { type Lora, type LoraUse, MergedLoras, readLora } from "./lora/merge.ts";
 export { type LoraTag, loraTags, withoutLoraTags } from "./lora/prompt.ts";
+export { ProjectedContext } from "./models/attention.ts";
 export {
   AutoencoderKL,
   DiagonalGaussianDistribution,

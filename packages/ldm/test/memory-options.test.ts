@@ -5,7 +5,7 @@ import { Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { DEFAULT_VAE_TILES } from "../src/models/index.ts";
-import { unetDenoiser } from "../src/pipeline/denoiser.ts";
+import { projectContextParts, unetDenoiser } from "../src/pipeline/denoiser.ts";
 import { Dump } from "../src/validate/dump.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
 import { DUMPS, dumpPipelines, tokenRows } from "./helpers/dump-pipelines.ts";
@@ -101,6 +101,47 @@ describe("sequential classifier-free guidance", () => {
       expect(maxRelativeError(halves.subarray(0, x.length / 2), halves.subarray(x.length / 2))).toBeGreaterThan(1e-3);
     } finally {
       context.dispose();
+    }
+  });
+
+  it("a run's projected context (cross-attention keys and values computed once) gives the same bits as projecting in every call", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const { unet } = pipe.networks;
+    const context = await pipe.encodeText(["", "", "a cat", "a dog"]);
+    const shape = [4, 4, 8, 8];
+    const x = Float32Array.from({ length: 4 * 4 * 8 * 8 }, (_, i) => Math.sin(i));
+    const other = await pipe.encodeText(["a", "b", "c", "d"]);
+    try {
+      for (const parts of [1, 2]) {
+        const projected = projectContextParts(unet, context, parts);
+        try {
+          const plain = unetDenoiser(unet, context, undefined, shape, parts);
+          const reused = unetDenoiser(unet, context, undefined, shape, parts, projected);
+          for (const t of [999, 500]) expect(await reused(x, t)).toEqual(await plain(x, t));
+          expect(() => unetDenoiser(unet, other, undefined, shape, parts, projected)).toThrow(
+            /projected context is not this context/,
+          );
+          expect(() => unetDenoiser(unet, context, undefined, shape, 3 - parts, projected)).toThrow(
+            /projected context is not this context in/,
+          );
+        } finally {
+          projected.dispose();
+        }
+      }
+      const projected = unet.projectContext(context);
+      const inputs = { x: Tensor.from(device, x, shape), timesteps: Tensor.from(device, [1, 2, 3, 4], [4]) };
+      try {
+        expect(() => unet.forward({ ...inputs, context: other, projected })).toThrow(
+          /projected is not the projection of this call's context/,
+        );
+      } finally {
+        projected.dispose();
+        inputs.x.dispose();
+        inputs.timesteps.dispose();
+      }
+    } finally {
+      context.dispose();
+      other.dispose();
     }
   });
 

@@ -16,6 +16,12 @@ export interface CrossAttentionConfig {
   outputName?: "to_out.0" | "to_out";
 }
 
+/** A context's keys and values, [B, L, heads · dimHead] each (CrossAttention.projectContext). */
+export interface ContextKeysValues {
+  k: Tensor;
+  v: Tensor;
+}
+
 /**
  * CompVis `ldm.modules.attention.CrossAttention`: to_q/to_k/to_v without bias, to_out.0 with bias,
  * softmax(q·kᵀ / √dim_head)·v per head. Attends to `context` when given, else to x itself.
@@ -39,13 +45,23 @@ export class CrossAttention {
     this.to_out = new Linear(out, { inFeatures: inner, outFeatures: cfg.queryDim });
   }
 
-  /** x [B, N, queryDim], context [B, L, contextDim] → [B, N, queryDim] (+ residual, fused into to_out). */
-  forward(x: Tensor, options: { context?: Tensor; residual?: Tensor } = {}): Tensor {
+  /**
+   * The keys and values of `context` [B, L, contextDim]: what forward computes from it, for a caller that attends
+   * to one context many times (a sampling run's steps) to compute once and pass as `kv`.
+   */
+  projectContext(context: Tensor): ContextKeysValues {
+    return { k: this.to_k.forward(context), v: this.to_v.forward(context) };
+  }
+
+  /**
+   * x [B, N, queryDim], context [B, L, contextDim] (or its projections `kv`) → [B, N, queryDim] (+ residual,
+   * fused into to_out).
+   */
+  forward(x: Tensor, options: { context?: Tensor; kv?: ContextKeysValues; residual?: Tensor } = {}): Tensor {
+    if (options.kv && options.context) throw new Error("CrossAttention: pass the context or its kv, not both");
     return x.device.tidy(() => {
-      const context = options.context ?? x;
+      const { k, v } = options.kv ?? this.projectContext(options.context ?? x);
       const q = this.to_q.forward(x);
-      const k = this.to_k.forward(context);
-      const v = this.to_v.forward(context);
       const heads = attention(q, k, v, { heads: this.cfg.heads });
       return this.to_out.forward(heads, { residual: options.residual });
     });

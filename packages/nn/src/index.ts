@@ -1,4 +1,4 @@
-export { CrossAttention, type CrossAttentionConfig } from "./attention.ts";
+export { type ContextKeysValues, CrossAttention, type CrossAttentionConfig } from "./attention.ts";
 export { Conv2d, type Conv2dConfig } from "./conv2d.ts";
 export { Embedding, type EmbeddingConfig } from "./embedding.ts";
 export { FeedForward, type FeedForwardConfig, GEGLU } from "./feed-forward.ts";

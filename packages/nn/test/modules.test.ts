@@ -215,6 +215,12 @@ describe("CrossAttention", () => {
     const ctx = input([2, 7, 6], 19);
     const y = attn.forward(x.t, { context: ctx.t, residual: x.t });
     assertClose(await y.toFloat32(), crossAttentionRef(src, x.host, ctx.host, dims), F32);
+    // The context's keys and values projected beforehand: the same kernels on the same inputs, the same bits.
+    const kv = attn.projectContext(ctx.t);
+    const reused = attn.forward(x.t, { kv, residual: x.t });
+    expect(await reused.toFloat32()).toEqual(await y.toFloat32());
+    expect(() => attn.forward(x.t, { context: ctx.t, kv })).toThrow(/the context or its kv, not both/);
+    for (const t of [y, reused, kv.k, kv.v]) t.dispose();
   });
 
   it("attends to x itself without a context", async () => {

@@ -3,9 +3,55 @@
  * original module names (`norm`, `proj_in`, `transformer_blocks.N.{attn1,attn2,ff,norm1..3}`, `proj_out`).
  */
 import { add, permute } from "@ldm/kernels";
-import { Conv2d, CrossAttention, FeedForward, GroupNorm, LayerNorm, Linear, type VarBuilder } from "@ldm/nn";
-import type { Tensor } from "@ldm/tensor";
+import {
+  type ContextKeysValues,
+  Conv2d,
+  CrossAttention,
+  FeedForward,
+  GroupNorm,
+  LayerNorm,
+  Linear,
+  type VarBuilder,
+} from "@ldm/nn";
+import type { ParamDType, Tensor } from "@ldm/tensor";
+import { asDType } from "./dtype.ts";
 import { conv1x1 } from "./layers.ts";
+
+/**
+ * A cross-attention context with the keys and values every attn2 of a network computes from it, projected once:
+ * they depend on the context alone, so a sampling run, which attends to one context at every step, computes them
+ * once instead of at every UNet call (the same kernels on the same inputs: the same values).
+ */
+export class ProjectedContext {
+  private readonly projections: Map<CrossAttention, ContextKeysValues>;
+
+  /** `context` [B, L, contextDim]; `layers`: the cross-attentions that attend to it, whose weights are in `dtype`. */
+  constructor(
+    readonly context: Tensor,
+    layers: readonly CrossAttention[],
+    dtype: ParamDType,
+  ) {
+    this.projections = context.device.tidy(() => {
+      const input = asDType(context, dtype);
+      return new Map(layers.map((attn) => [attn, attn.projectContext(input)]));
+    });
+  }
+
+  /** attn's keys and values of the context. */
+  of(attn: CrossAttention): ContextKeysValues {
+    const kv = this.projections.get(attn);
+    if (!kv) throw new Error("ProjectedContext: this cross-attention layer is not one the context was projected for");
+    return kv;
+  }
+
+  dispose(): void {
+    for (const { k, v } of this.projections.values()) {
+      k.dispose();
+      v.dispose();
+    }
+    this.projections.clear();
+  }
+}
 
 export interface BasicTransformerBlockConfig {
   dim: number;
@@ -33,10 +79,10 @@ export class BasicTransformerBlock {
   }
 
   /** x [B, N, dim], context [B, L, contextDim]; each residual add is fused into the sub-layer's last GEMM. */
-  forward(x: Tensor, context: Tensor): Tensor {
+  forward(x: Tensor, context: ProjectedContext): Tensor {
     return x.device.tidy(() => {
       let h = this.attn1.forward(this.norm1.forward(x), { residual: x });
-      h = this.attn2.forward(this.norm2.forward(h), { context, residual: h });
+      h = this.attn2.forward(this.norm2.forward(h), { kv: context.of(this.attn2), residual: h });
       return this.ff.forward(this.norm3.forward(h), { residual: h });
     });
   }
@@ -93,7 +139,7 @@ export class SpatialTransformer {
    * x [B, C, H, W], context [B, L, contextDim] → [B, C, H, W]. The convolutional proj_in / proj_out read and write
    * tokens directly (Conv2d.forwardToTokens / forwardFromTokens): the original's rearranges, without the copies.
    */
-  forward(x: Tensor, context: Tensor): Tensor {
+  forward(x: Tensor, context: ProjectedContext): Tensor {
     return x.device.tidy(() => {
       const [b, c, h, w] = x.shape;
       let tokens: Tensor;

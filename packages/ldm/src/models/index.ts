@@ -1,3 +1,4 @@
+export { ProjectedContext } from "./attention.ts";
 export { AutoencoderKL, DEFAULT_VAE_TILES, DiagonalGaussianDistribution, type VaeTiling } from "./autoencoder.ts";
 export { CLIPTextModel, type ClipOutputs } from "./clip.ts";
 export { buildModel, COMPONENT_PREFIX, type Component, type Networks } from "./load.ts";

@@ -20,7 +20,7 @@ import {
 import { Conv2d, GroupNorm, Linear, type VarBuilder } from "@ldm/nn";
 import { formatShape, type Tensor } from "@ldm/tensor";
 import { type UNetConfig, unetHeads } from "@ldm/weights";
-import { SpatialTransformer } from "./attention.ts";
+import { ProjectedContext, SpatialTransformer } from "./attention.ts";
 import { asDType } from "./dtype.ts";
 import { conv1x1, conv3x3, Upsample } from "./layers.ts";
 
@@ -201,12 +201,17 @@ export class TimestepEmbedSequential {
   constructor(readonly layers: Layer[]) {}
 
   /** `upsampleSize`: the spatial size an Upsample layer must reach (that of the skip connection it meets next). */
-  forward(x: Tensor, embSilu: Tensor, context: Tensor | undefined, upsampleSize?: readonly [number, number]): Tensor {
+  forward(
+    x: Tensor,
+    embSilu: Tensor,
+    context: ProjectedContext | undefined,
+    upsampleSize?: readonly [number, number],
+  ): Tensor {
     return x.device.tidy(() => {
       let h = x;
       for (const layer of this.layers) {
         if (layer instanceof ResBlock) h = layer.forward(h, embSilu);
-        else if (layer instanceof SpatialTransformer) h = layer.forward(h, context as Tensor);
+        else if (layer instanceof SpatialTransformer) h = layer.forward(h, context as ProjectedContext);
         else if (layer instanceof Upsample) h = layer.forward(h, upsampleSize);
         else h = layer.forward(h);
       }
@@ -222,6 +227,11 @@ export interface UNetInputs {
   timesteps: Tensor;
   /** Cross-attention context [B, L, context_dim]; absent for UNets without SpatialTransformers. */
   context?: Tensor;
+  /**
+   * The context's keys and values from `projectContext(context)`, for calls that share one context (a sampling
+   * run's); without it every call projects the context itself.
+   */
+  projected?: ProjectedContext;
   /** Inpainting: [B, in_channels − C, H, W] concatenated to x along channels (mask, masked-image latent). */
   cConcat?: Tensor;
 }
@@ -314,6 +324,16 @@ export class UNetModel {
     this.out_conv = conv3x3(vb.pp("out").pp(2), mc, cfg.out_channels);
   }
 
+  /** The cross-attention keys and values of `context` [B, L, context_dim], to pass to forward as `projected`. */
+  projectContext(context: Tensor): ProjectedContext {
+    const layers = [...this.input_blocks, this.middle_block, ...this.output_blocks].flatMap((block) =>
+      block.layers.flatMap((layer) =>
+        layer instanceof SpatialTransformer ? layer.transformer_blocks.map((b) => b.attn2) : [],
+      ),
+    );
+    return new ProjectedContext(context, layers, this.vb.dtype);
+  }
+
   /** The model output (ε or v, as the model was trained) [B, out_channels, H, W], in the model's dtype. */
   forward(inputs: UNetInputs): Tensor {
     this.checkInputs(inputs);
@@ -322,7 +342,7 @@ export class UNetModel {
     const device = inputs.x.device;
     return device.tidy(() => {
       const x = asDType(inputs.x, dtype);
-      const context = inputs.context && asDType(inputs.context, dtype);
+      const context = inputs.projected ?? (inputs.context && this.projectContext(inputs.context));
       const tEmb = timestepEmbedding(asDType(timesteps, "f32"), this.cfg.model_channels, { dtype });
       // Every ResBlock takes SiLU(emb), never emb: the SiLU runs in time_embed.2's epilogue.
       const embSilu = this.time_embed_2.forward(this.time_embed_0.forward(tEmb, { activation: "silu" }), {
@@ -350,7 +370,7 @@ export class UNetModel {
     });
   }
 
-  private checkInputs({ x, timesteps, context, cConcat }: UNetInputs): void {
+  private checkInputs({ x, timesteps, context, projected, cConcat }: UNetInputs): void {
     const cfg = this.cfg;
     const fail = (what: string) => {
       throw new Error(`UNet (${this.vb.prefix || "unet"}): ${what}`);
@@ -374,6 +394,7 @@ export class UNetModel {
     if (timesteps.shape.length !== 1 || timesteps.shape[0] !== b) {
       fail(`timesteps ${formatShape(timesteps.shape)} must be [${b}] (one per batch item)`);
     }
+    if (projected && projected.context !== context) fail("projected is not the projection of this call's context");
     if (cfg.context_dim === undefined) {
       if (context) fail(`context ${formatShape(context.shape)} given, but this UNet has no cross-attention`);
     } else if (!context) {

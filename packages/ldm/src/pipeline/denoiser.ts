@@ -11,7 +11,7 @@ import {
   type StepInfo,
   sample,
 } from "../diffusion/index.ts";
-import type { UNetModel } from "../models/index.ts";
+import type { ProjectedContext, UNetModel } from "../models/index.ts";
 import type { Generator } from "../random/index.ts";
 import { type SplitInput, splitInputDenoiser } from "./split-input.ts";
 
@@ -24,6 +24,9 @@ import { type SplitInput, splitInputDenoiser } from "./split-input.ts";
  * context and c_concat), one after the other: sequential classifier-free guidance, where the unconditional and
  * conditional halves go through the UNet separately, so the activations held at once are those of half the
  * batch. Every item is computed as in the one call (no op mixes batch items), up to the kernels' summation order.
+ *
+ * `projected` (from `projectContextParts` with the same context and parts): the cross-attention keys and values
+ * of each call's context rows, computed once for all calls of a sampling run instead of in every call.
  */
 export function unetDenoiser(
   unet: UNetModel,
@@ -31,6 +34,7 @@ export function unetDenoiser(
   cConcat: Tensor | undefined,
   latentShape: readonly number[],
   parts = 1,
+  projected?: ContextParts,
 ): DiffusionModel {
   const device = unet.vb.device;
   const batch = latentShape[0];
@@ -40,6 +44,9 @@ export function unetDenoiser(
   const size = batch / parts;
   const partShape = [size, ...latentShape.slice(1)];
   const rows = (t: Tensor, p: number) => (parts === 1 ? t : slice(t, 0, p * size, (p + 1) * size));
+  if (projected && (projected.source !== context || projected.parts.length !== parts)) {
+    throw new RangeError(`unetDenoiser: the projected context is not this context in ${parts} part(s)`);
+  }
   return async (x, t) => {
     const partLength = x.length / parts;
     const prediction = new Float32Array(x.length);
@@ -48,7 +55,8 @@ export function unetDenoiser(
         unet.forward({
           x: Tensor.from(device, x.subarray(p * partLength, (p + 1) * partLength), partShape),
           timesteps: Tensor.from(device, new Float32Array(size).fill(t), [size]),
-          context: context && rows(context, p),
+          context: projected ? projected.parts[p].context : context && rows(context, p),
+          projected: projected?.parts[p],
           cConcat: cConcat && rows(cConcat, p),
         }),
       );
@@ -62,6 +70,43 @@ export function unetDenoiser(
     }
     return prediction;
   };
+}
+
+/** A context's rows for each of `parts` UNet calls, each projected for the UNet's cross-attention. */
+export interface ContextParts {
+  source: Tensor;
+  parts: ProjectedContext[];
+  dispose(): void;
+}
+
+/**
+ * `context` [N, L, D] split into `parts` equal row ranges (the whole of it for 1), each with its cross-attention
+ * keys and values (UNetModel.projectContext), for unetDenoiser's calls over a sampling run.
+ */
+export function projectContextParts(unet: UNetModel, context: Tensor, parts = 1): ContextParts {
+  const size = context.shape[0] / parts;
+  const projections: ProjectedContext[] = [];
+  const dispose = () => {
+    for (const projection of projections) {
+      projection.dispose();
+      if (projection.context !== context) projection.context.dispose();
+    }
+  };
+  try {
+    for (let p = 0; p < parts; p++) {
+      const rows = parts === 1 ? context : slice(context, 0, p * size, (p + 1) * size);
+      try {
+        projections.push(unet.projectContext(rows));
+      } catch (e) {
+        if (rows !== context) rows.dispose();
+        throw e;
+      }
+    }
+  } catch (e) {
+    dispose();
+    throw e;
+  }
+  return { source: context, parts: projections, dispose };
 }
 
 /** Where a generation's values went NaN or infinite: a network's output, named by `stage`. */
@@ -261,6 +306,7 @@ export async function sampleConditioned(
   }
   const device = unet.vb.device;
   let cConcat: Tensor | undefined;
+  let projected: ContextParts | undefined;
   try {
     if (context) assertFinite(request.contextStage ?? "text encoder", await context.toFloat32());
     const both =
@@ -271,9 +317,10 @@ export async function sampleConditioned(
       cConcat = Tensor.from(device, both, [rows, both.length / (rows * h * w), h, w]);
     }
     const parts = guide && request.sequentialCfg ? 2 : 1;
+    if (context && !request.splitInput) projected = projectContextParts(unet, context, parts);
     const network = request.splitInput
       ? splitInputDenoiser(unet, context, both, shape, request.splitInput)
-      : unetDenoiser(unet, context, cConcat, shape, parts);
+      : unetDenoiser(unet, context, cConcat, shape, parts, projected);
     return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
       sampler: request.sampler,
       sigmaSchedule: request.schedule,
@@ -289,6 +336,7 @@ export async function sampleConditioned(
     });
   } finally {
     cConcat?.dispose();
+    projected?.dispose();
   }
 }
 

@@ -1,9 +1,11 @@
 export {
   type ConditionedRequest,
+  type ContextParts,
   type EncodeOptions,
   encodeTokenRows,
   type LatentRequest,
   NonFiniteError,
+  projectContextParts,
   sampleConditioned,
   sampleFromTokens,
   type TokenEncoder,
