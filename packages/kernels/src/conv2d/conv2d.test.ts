@@ -1,6 +1,6 @@
 import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { kernelKey } from "../common/kernel.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { fixedSubgroupSize } from "../matmul/index.ts";
@@ -346,6 +346,32 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
       ...winograd,
       bindingLimits: limits,
     });
+  });
+
+  it("takes all images of a batch together where they fit one binding, with the bits of image by image", async () => {
+    // x [3, 2, 14, 12] f32 is 4032 bytes: whole in the default bindings (all images in one pass of each kernel), not
+    // in 4096-byte ones with their offset alignment (image by image; one image's x, output and band still fit).
+    const x = Tensor.from(device, randomArray(3 * 2 * 14 * 12, 31), [3, 2, 14, 12]);
+    const w = Tensor.from(device, randomArray(4 * 2 * 9, 32), [4, 2, 3, 3]);
+    const bias = Tensor.from(device, randomArray(4, 33), [4]);
+    const residual = Tensor.from(device, randomArray(3 * 4 * 14 * 12, 34), [3, 4, 14, 12]);
+    const options = { padding: 1, bias, residual, activation: "silu" as const };
+    const dispatches = vi.spyOn(device, "dispatch");
+    const together = conv2d(x, w, options, winograd);
+    // The weight transform, then one input transform, GEMM and output transform for all images, or for each.
+    expect(dispatches).toHaveBeenCalledTimes(4);
+    dispatches.mockClear();
+    const apart = conv2d(x, w, options, {
+      ...winograd,
+      bindingLimits: { maxBindingBytes: 4096, offsetAlignment: 256 },
+    });
+    expect(dispatches.mock.calls.length).toBeGreaterThanOrEqual(10);
+    dispatches.mockRestore();
+    const direct = conv2d(x, w, options, { algorithm: "direct" });
+    const [a, b, d] = await Promise.all([together, apart, direct].map((t) => t.toFloat32()));
+    expect(a).toEqual(b);
+    assertClose(a, d, winoTol(18));
+    for (const t of [x, w, bias, residual, together, apart, direct]) t.dispose();
   });
 
   it.skipIf(!device.features.shaderF16)("reads f16 weights and inputs and stores f16", async () => {

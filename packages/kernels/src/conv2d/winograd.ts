@@ -135,12 +135,14 @@ const WINOGRAD_WEIGHTS: KernelDecl<{ w: DType }> = {
 
 /**
  * V[ξ, ci, t] = (Bᵀ d B)[ξ] for the 6×6 patch d of input channel ci under tile t of the band (zeros outside
- * the image): an item per (channel of the bound range, tile of the band).
+ * the image): an item per (channel of the bound range, tile of the band of each of `images` images, whose
+ * tiles follow each other along t).
  */
 const WINOGRAD_INPUT: KernelDecl<{ x: DType }> = {
   name: "winograd-input",
   params: {
     tiles: "u32",
+    images: "u32",
     tilesW: "u32",
     row0: "u32",
     H: "u32",
@@ -148,6 +150,7 @@ const WINOGRAD_INPUT: KernelDecl<{ x: DType }> = {
     padTop: "i32",
     padLeft: "i32",
     xOff: "u32",
+    xImage: "u32",
     ci0: "u32",
     positionStride: "u32",
   },
@@ -164,17 +167,19 @@ fn xin(plane: u32, ih: i32, iw: i32) -> f32 {
 }`,
   main: () =>
     [
-      "  let t = item % p.tiles;",
-      "  let ci = item / p.tiles;",
+      "  let columns = p.images * p.tiles;",
+      "  let column = item % columns;",
+      "  let ci = item / columns;",
+      "  let t = column % p.tiles;",
       `  let ih0 = i32((p.row0 + t / p.tilesW) * ${M}u) - p.padTop;`,
       `  let iw0 = i32((t % p.tilesW) * ${M}u) - p.padLeft;`,
-      "  let plane = p.xOff + ci * p.H * p.W;",
+      "  let plane = p.xOff + (column / p.tiles) * p.xImage + ci * p.H * p.W;",
       ...Array.from({ length: POSITIONS }, (_, k) => {
         const [i, j] = [Math.floor(k / ALPHA), k % ALPHA];
         return `  let d${i}_${j} = xin(plane, ih0 + ${i}, iw0 + ${j});`;
       }),
       ...sandwich(BT, (i, j) => `d${i}_${j}`, BT, "v", "s").map((l) => `  ${l}`),
-      "  let at = (p.ci0 + ci) * p.tiles + t;",
+      "  let at = (p.ci0 + ci) * columns + column;",
       ...Array.from(
         { length: POSITIONS },
         (_, xi) => `  V[${xi}u * p.positionStride + at] = v${Math.floor(xi / ALPHA)}_${xi % ALPHA};`,
@@ -192,21 +197,33 @@ interface OutputSpec {
 
 /**
  * out = Aᵀ M[·, co, t] A for output channel co (of the bound range) and tile t of the band, through the
- * convolution's epilogue (bias, activation, residual): an item per (channel, tile), four rows of four pixels.
+ * convolution's epilogue (bias, activation, residual): an item per (channel, tile of each of `images` images),
+ * four rows of four pixels.
  */
 const WINOGRAD_OUTPUT: KernelDecl<OutputSpec> = {
   name: "winograd-output",
-  params: { tiles: "u32", tilesW: "u32", row0: "u32", co0: "u32", positionStride: "u32", ...FINISH_PARAMS },
+  params: {
+    tiles: "u32",
+    images: "u32",
+    tilesW: "u32",
+    row0: "u32",
+    co0: "u32",
+    positionStride: "u32",
+    ...FINISH_PARAMS,
+  },
   bindings: (s) => [{ name: "Mt", type: "f32" }, ...outputBindings(s)],
   workgroupSize: 64,
   module: (s) => convEpilogue(s),
   main: () =>
     [
-      "  let t = item % p.tiles;",
-      "  let co = item / p.tiles;",
+      "  let columns = p.images * p.tiles;",
+      "  let column = item % columns;",
+      "  let co = item / columns;",
+      "  let image = column / p.tiles;",
+      "  let t = column % p.tiles;",
       `  let oh0 = (p.row0 + t / p.tilesW) * ${M}u;`,
       `  let ow0 = (t % p.tilesW) * ${M}u;`,
-      "  let at = (p.co0 + co) * p.tiles + t;",
+      "  let at = (p.co0 + co) * columns + column;",
       ...Array.from(
         { length: POSITIONS },
         (_, xi) => `  let m${Math.floor(xi / ALPHA)}_${xi % ALPHA} = Mt[${xi}u * p.positionStride + at];`,
@@ -215,7 +232,7 @@ const WINOGRAD_OUTPUT: KernelDecl<OutputSpec> = {
       ...Array.from(
         { length: M },
         (_, r) =>
-          `  finish4(0u, co, oh0 + ${r}u, ow0, oh0 + ${r}u < p.Ho, 0u, vec4f(${[0, 1, 2, 3].map((c) => `y${r}_${c}`).join(", ")}));`,
+          `  finish4(image, co, oh0 + ${r}u, ow0, oh0 + ${r}u < p.Ho, 0u, vec4f(${[0, 1, 2, 3].map((c) => `y${r}_${c}`).join(", ")}));`,
       ),
     ].join("\n"),
 };
@@ -293,6 +310,17 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
   }
   // Output channels whose transformed weights fit one binding (all of them below SD's widest layers).
   const uStep = largest(cout, (c) => POSITIONS * c * cin * 4 <= limits.maxBindingBytes);
+  // All images in one pass of each kernel (GEMMs over their tiles side by side: fewer dispatches, fuller tiles)
+  // where x, the output and U each fit one binding and V and M of all images one band; else image by image.
+  // A GEMM's sums run along k alone, so both give the same bits.
+  const whole = (t: Tensor) => t.size * DTYPE_BYTES[t.dtype] + limits.offsetAlignment + 16 <= limits.maxBindingBytes;
+  const together =
+    uStep === cout &&
+    whole(x) &&
+    whole(out) &&
+    (!residual || whole(residual)) &&
+    bandRows(cin, cout, batch * tilesW, tilesH, limits) === tilesH;
+  const images = together ? batch : 1;
   const spec: OutputSpec = {
     out: out.dtype,
     bias: bias?.dtype ?? null,
@@ -322,22 +350,25 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
         buffers: { Wt: ws, U: U.slice() },
       },
     );
-    for (let b = 0; b < batch; b++) {
+    for (let b = 0; b < batch; b += images) {
       for (let row0 = 0; row0 < tilesH; row0 += rowsPerBand) {
         const tiles = Math.min(rowsPerBand, tilesH - row0) * tilesW;
-        const V = Tensor.empty(device, [POSITIONS, cin, tiles], "f32");
-        const product = Tensor.empty(device, [POSITIONS, u1 - u0, tiles], "f32");
+        const columns = images * tiles;
+        const V = Tensor.empty(device, [POSITIONS, cin, columns], "f32");
+        const product = Tensor.empty(device, [POSITIONS, u1 - u0, columns], "f32");
         try {
+          // Together, x fits one binding, so one range holds every channel (of every image).
           for (const [c0, c1] of ranges(cin, xStep)) {
-            const [xs, xOff] = slice(x, (b * cin + c0) * H * W, (c1 - c0) * H * W, limits);
+            const [xs, xOff] = slice(x, (b * cin + c0) * H * W, ((images - 1) * cin + c1 - c0) * H * W, limits);
             runKernel(
               device,
               WINOGRAD_INPUT,
               { x: x.dtype },
               {
-                count: (c1 - c0) * tiles,
+                count: (c1 - c0) * columns,
                 params: {
                   tiles,
+                  images,
                   tilesW,
                   row0,
                   H,
@@ -345,8 +376,9 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
                   padTop: call.padTop,
                   padLeft: call.padLeft,
                   xOff,
+                  xImage: cin * H * W,
                   ci0: c0,
-                  positionStride: cin * tiles,
+                  positionStride: cin * columns,
                 },
                 buffers: { X: xs, V: V.slice() },
               },
@@ -359,34 +391,37 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
             out: product,
             batch: POSITIONS,
             M: u1 - u0,
-            N: tiles,
+            N: columns,
             K: cin,
             transposeA: false,
             transposeB: false,
             aBatchStride: (u1 - u0) * cin,
-            bBatchStride: cin * tiles,
+            bBatchStride: cin * columns,
             activation: "none",
             alpha: 1,
             bindingLimits: limits,
           });
+          // Together, the output fits one binding, so one range holds every channel (of every image).
           for (let c0 = u0; c0 < u1; c0 += outStep) {
             const c1 = Math.min(u1, c0 + outStep);
             const first = (b * cout + c0) * Ho * Wo;
-            const [cs, cOff] = slice(out, first, (c1 - c0) * Ho * Wo, limits);
-            const [rs, rOff] = residual ? slice(residual, first, (c1 - c0) * Ho * Wo, limits) : [null, 0];
+            const length = ((images - 1) * cout + c1 - c0) * Ho * Wo;
+            const [cs, cOff] = slice(out, first, length, limits);
+            const [rs, rOff] = residual ? slice(residual, first, length, limits) : [null, 0];
             runKernel(device, WINOGRAD_OUTPUT, spec, {
-              count: (c1 - c0) * tiles,
+              count: (c1 - c0) * columns,
               params: {
                 tiles,
+                images,
                 tilesW,
                 row0,
                 co0: c0 - u0,
-                positionStride: (u1 - u0) * tiles,
+                positionStride: (u1 - u0) * columns,
                 cout: c1 - c0,
                 Ho,
                 Wo,
                 blocksPerRow: 0,
-                cBatch: 0,
+                cBatch: cout * Ho * Wo,
                 cOff,
                 rOff,
                 biasOff: c0,
