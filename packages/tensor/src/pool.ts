@@ -28,9 +28,17 @@ export interface PoolStats {
 
 export type BufferFactory = (bytes: number) => GPUBuffer;
 
-/** Reuses GPU storage buffers by size class. */
+/**
+ * Reuses GPU storage buffers by size class. Of a class's free buffers it hands out the one it created first, so a
+ * repeated sequence of acquires and releases (a model's forward, call after call) gets the same buffers in the
+ * same places whatever order the previous call released them in, and the device's cached bind groups for them
+ * apply again (handing out the last one released cycled through new combinations call after call).
+ */
 export class BufferPool {
   private readonly free = new Map<number, GPUBuffer[]>();
+  /** Creation order of the pool's buffers. */
+  private readonly order = new WeakMap<GPUBuffer, number>();
+  private created = 0;
   private live = 0;
   private pooled = 0;
   private peakLive = 0;
@@ -47,18 +55,28 @@ export class BufferPool {
   acquire(bytes: number, exact = false): GPUBuffer {
     const size = exact ? Math.max(256, Math.ceil(bytes / 256) * 256) : bucketSize(bytes);
     const list = this.free.get(size);
-    let buffer = list?.pop();
-    if (buffer) {
+    let buffer: GPUBuffer;
+    if (list?.length) {
+      let first = 0;
+      for (let i = 1; i < list.length; i++) if (this.rank(list[i]) < this.rank(list[first])) first = i;
+      buffer = list[first];
+      list[first] = list[list.length - 1];
+      list.pop();
       this.pooled -= size;
       this.reuses++;
     } else {
       buffer = this.create(size);
+      this.order.set(buffer, this.created++);
       this.allocations++;
     }
     this.live += size;
     this.peakLive = Math.max(this.peakLive, this.live);
     this.peakTotal = Math.max(this.peakTotal, this.live + this.pooled);
     return buffer;
+  }
+
+  private rank(buffer: GPUBuffer): number {
+    return this.order.get(buffer) ?? Number.POSITIVE_INFINITY;
   }
 
   release(buffer: GPUBuffer): void {

@@ -42,6 +42,20 @@ describe("BufferPool (fake buffers)", () => {
     expect(pool.acquire(70_001, true).size).toBe(70_144); // exact: 256-byte multiple, no size class
     expect(pool.acquire(70_001).size).toBe(81_920);
   });
+
+  it("hands out the first-created free buffer of a class, whatever order they were released in", () => {
+    const pool = new BufferPool((size) => ({ size, destroy() {} }) as unknown as GPUBuffer);
+    const [a, b, c] = [pool.acquire(1000), pool.acquire(1000), pool.acquire(1000)];
+    for (const order of [
+      [a, b, c],
+      [c, b, a],
+      [b, c, a],
+    ]) {
+      for (const buffer of order) pool.release(buffer);
+      const got = [pool.acquire(1000), pool.acquire(1000), pool.acquire(1000)];
+      expect(got.map((buffer) => [a, b, c].indexOf(buffer))).toEqual([0, 1, 2]);
+    }
+  });
 });
 
 const device = await useDevice();
