@@ -87,6 +87,7 @@ async function timeUnet(
   repeats: number,
   autotune: boolean,
   profile: boolean,
+  matrices = true,
 ): Promise<{
   ms: number;
   recordMs: number;
@@ -96,7 +97,8 @@ async function timeUnet(
   nonFinite: number;
   kernels: KernelTime[] | null;
 }> {
-  const device = await Device.create({ disableF16: dtype !== "f16" });
+  const device = await Device.create({ disableF16: dtype !== "f16", disableSubgroupMatrix: !matrices });
+  if (!matrices && device.features.subgroupMatrix) throw new Error("internal: subgroup matrices were not turned off");
   // In memory: a run measures its own tuning, never an earlier run's cache.
   const tuner = autotune ? enableAutotune(device, { store: new MemoryTuneStore() }) : null;
   try {
@@ -298,22 +300,36 @@ if (opts.only.includes("unet")) {
   const config = unetConfig(quick);
   const latent = opts.latent ?? (quick ? 8 : 64);
   const probe = await Device.create();
-  const dtypes: ParamDType[] = probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
+  // With f16 subgroup matrices, the f16 UNet also without them: what the tensor-core kernels moved, same run.
+  const f16Matrices = probe.subgroupMatrixConfigs.some((c) => c.componentType === "f16");
+  const variants: { dtype: ParamDType; matrices: boolean }[] = [
+    { dtype: "f32", matrices: true },
+    ...(probe.features.shaderF16 ? [{ dtype: "f16" as const, matrices: true }] : []),
+    ...(f16Matrices ? [{ dtype: "f16" as const, matrices: false }] : []),
+  ];
   adapter ||= probe.describe();
   probe.destroy();
   const model = quick ? "small UNet of SD 1.5's layout" : "SD 1.5 UNet";
   console.log(`\n${model}, random weights, batch 2 @ ${latent}×${latent} latent`);
   console.log(`\n| part | ms | peak GPU MiB | peer | peer ms | ratio |\n|---|---|---|---|---|---|`);
-  for (const dtype of dtypes) {
+  for (const { dtype, matrices } of variants) {
     const repeats = quick ? 1 : opts.repeats;
-    const result = await timeUnet(dtype, config, latent, repeats, opts.autotune ?? false, opts.profile ?? false);
+    const result = await timeUnet(
+      dtype,
+      config,
+      latent,
+      repeats,
+      opts.autotune ?? false,
+      opts.profile ?? false,
+      matrices,
+    );
     if (result.nonFinite) console.warn(`warning: the ${dtype} UNet output has ${result.nonFinite} NaN/Inf values`);
     // The peer builds SD 1.5 itself, so --quick's shrunk UNet has none.
-    const peer = opts.peer && !quick ? torchPeer(opts.torch, latent, repeats, dtype) : null;
+    const peer = opts.peer && !quick && matrices ? torchPeer(opts.torch, latent, repeats, dtype) : null;
     if (typeof peer === "string") console.warn(`no PyTorch peer for ${dtype}: ${peer}`);
     const timedPeer = typeof peer === "string" ? null : peer;
     const row = makeRow({
-      name: `${model} (random weights) batch 2 @ ${latent}×${latent} latent (${dtype}${opts.autotune ? ", autotuned" : ""})`,
+      name: `${model} (random weights) batch 2 @ ${latent}×${latent} latent (${dtype}${matrices ? "" : ", subgroup matrices off"}${opts.autotune ? ", autotuned" : ""})`,
       oursMs: result.ms,
       peakBytes: result.peakBytes,
       peer: timedPeer?.peer,

@@ -12,6 +12,11 @@ export interface DeviceOptions {
   powerPreference?: GPUPowerPreference;
   /** Do not enable shader-f16 even where the adapter has it (exercises the f32 path). */
   disableF16?: boolean;
+  /**
+   * Do not enable subgroup matrices even where the adapter has them: every kernel takes its present path (the
+   * GPU script's before/after of the tensor-core kernels).
+   */
+  disableSubgroupMatrix?: boolean;
   /** Use this GPU instead of acquiring one (a browser page passing navigator.gpu, a test double). */
   gpu?: GPU;
 }
@@ -215,7 +220,7 @@ export class Device {
     if (has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
     if (has("timestamp-query")) wanted.push("timestamp-query");
     if (has("subgroups")) wanted.push("subgroups" as GPUFeatureName);
-    if (has(SUBGROUP_MATRIX)) wanted.push(SUBGROUP_MATRIX as GPUFeatureName);
+    if (has(SUBGROUP_MATRIX) && !options.disableSubgroupMatrix) wanted.push(SUBGROUP_MATRIX as GPUFeatureName);
 
     const requiredLimits: Record<string, number> = {};
     for (const name of LIMIT_NAMES) {
