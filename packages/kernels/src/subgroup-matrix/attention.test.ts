@@ -85,6 +85,21 @@ describe("chooseAttentionMatrixTiles", () => {
     expect(chooseAttentionMatrixTiles({ ...gpu, maxInvocations: 64 })).toMatchObject({ subgroups: 2 });
   });
 
+  it("pads to the least common multiple of K and N on non-square configs (Intel-like 8 × 16 × 16, 16 lanes)", () => {
+    const intel = { ...gpu, configs: [config("f16", 8, 16, 16)], subgroupMaxSize: 16 };
+    expect(chooseAttentionMatrixTiles(intel)).toEqual({
+      kind: "attention-matrix",
+      shape: { M: 8, N: 16, K: 16 },
+      component: "f16",
+      lanes: 16,
+      subgroups: 4,
+      keyBlock: 32,
+      paddedD: 48,
+      emulate: false,
+    });
+    expect(chooseAttentionMatrixTiles({ ...intel, configs: [config("f16", 8, 8, 16)], d: 72 })?.paddedD).toBe(80);
+  });
+
   it("takes fewer subgroups for few query rows", () => {
     expect(chooseAttentionMatrixTiles({ ...gpu, nq: 20 })).toMatchObject({ subgroups: 2 });
     expect(chooseAttentionMatrixTiles({ ...gpu, nq: 1 })).toMatchObject({ subgroups: 1 });
@@ -246,6 +261,19 @@ describe("attention on emulated subgroup-matrix tiles", () => {
 
   it("f32, keys fewer than one block", async () => {
     await check({ batch: 1, nq: 11, nk: 5, heads: 1, d: 16, dtype: "f32" });
+  }, 600_000);
+
+  it("f32 on a config with M, N and K all different (4 × 8 × 16): rows, columns and depth kept apart", async () => {
+    // d = 20 padded to 32 (a multiple of K = 16 and N = 8), 3 subgroups of 4 rows, 16 keys per step.
+    await check({
+      batch: 2,
+      nq: 13,
+      nk: 35,
+      heads: 2,
+      d: 20,
+      dtype: "f32",
+      tiles: { shape: { M: 4, N: 8, K: 16 }, subgroups: 3, keyBlock: 16, paddedD: 32 },
+    });
   }, 600_000);
 
   it("names forced tiles that do not fit the problem", () => {
