@@ -181,9 +181,8 @@ function subgroupMain(g: AttentionWgsl): string {
     : lines((r, t) => `${indent}let q${r}_${t} = f32(q[qBase${r} + ${at}${t}u]);`, R, Q);
   const scores = `${lines((kk, s) => `    let k${kk}_${s} = f32(k[kBase${kk} + headOffset + ${at}${laneElement(s, g.qChunk)}]);`, KB, slices(g.qChunk))}
 ${lines(
-  (kk, t) =>
-    `    {\n      let b = ${broadcast(`k${kk}`, t)};\n${R.map((r) => `      s${r}_${kk} += q${r}_${t} * b;`).join("\n")}\n    }`,
-  KB,
+  (t) =>
+    `    {\n${KB.map((kk) => `      let b${kk} = ${broadcast(`k${kk}`, t)};`).join("\n")}\n${lines((r, kk) => `      s${r}_${kk} += q${r}_${t} * b${kk};`, R, KB)}\n    }`,
   Q,
 )}`;
   return `${lines((r) => `  let qBase${r} = (batch * p.nq + min(row0 + ${r}u, p.nq - 1u)) * p.rowStride + headOffset;`, R)}
@@ -196,12 +195,10 @@ ${lines((r, kk) => `    var s${r}_${kk} = 0.0;`, R, KB)}
 ${resident ? scores : `    for (var d0 = 0u; d0 < ${g.d}u; d0 += ${g.qChunk}u) {\n${loadQ}\n${scores}\n    }`}
 ${lines((r, kk) => `    s${r}_${kk} = select(${MASKED}, s${r}_${kk} * p.scale, ${visible(g, r, kk)});`, R, KB)}
 ${softmaxUpdate(R, KB)}
-${lines((r, t) => `    acc${r}_${t} *= correction${r};`, R, C)}
 ${lines((kk, s) => `    let v${kk}_${s} = f32(v[kBase${kk} + columnOffset + ${laneElement(s, g.dChunk)}]);`, KB, slices(g.dChunk))}
 ${lines(
-  (kk, t) =>
-    `    {\n      let b = ${broadcast(`v${kk}`, t)};\n${R.map((r) => `      acc${r}_${t} += p${r}_${kk} * b;`).join("\n")}\n    }`,
-  KB,
+  (t) =>
+    `    {\n${KB.map((kk) => `      let b${kk} = ${broadcast(`v${kk}`, t)};`).join("\n")}\n${R.map((r) => `      acc${r}_${t} = acc${r}_${t} * correction${r} + ${KB.map((kk) => `p${r}_${kk} * b${kk}`).join(" + ")};`).join("\n")}\n    }`,
   C,
 )}
   }
