@@ -1,11 +1,28 @@
 /** Small helpers the benchmark scripts share. */
 import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import type { Device, Tensor } from "@ldm/tensor";
 import { InvalidArgumentError } from "commander";
 
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/**
+ * CPU time (ns) of every thread of this process but the main one, from /proc/self/task/<tid>/schedstat: on
+ * lavapipe, the GPU work — which a shared machine's other load does not inflate the way it does wall time.
+ * Linux only.
+ */
+export function workerCpuNs(): number {
+  let total = 0;
+  for (const tid of readdirSync("/proc/self/task")) {
+    if (Number(tid) === process.pid) continue;
+    // A thread that ended since the listing has no file left: it counts as 0.
+    const file = `/proc/self/task/${tid}/schedstat`;
+    if (existsSync(file)) total += Number(readFileSync(file, "utf8").split(" ")[0]);
+  }
+  return total;
 }
 
 /** A commander argument parser for positive integer flags. */

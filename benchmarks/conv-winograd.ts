@@ -6,20 +6,11 @@
  * /proc/self/task/<tid>/schedstat), median of 3 rounds. Winograd's figure is "effective": the direct count over
  * its own time. Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { conv2d } from "@ldm/kernels";
 import { Device, Tensor } from "@ldm/tensor";
+import { workerCpuNs } from "./common.ts";
 
-function workerCpuNs(): number {
-  let total = 0;
-  for (const tid of readdirSync("/proc/self/task")) {
-    if (Number(tid) === process.pid) continue;
-    // A thread that ended since the listing has no file left: it counts as 0.
-    const file = `/proc/self/task/${tid}/schedstat`;
-    if (existsSync(file)) total += Number(readFileSync(file, "utf8").split(" ")[0]);
-  }
-  return total;
-}
 const device = await Device.create({ disableF16: true });
 const shapes = (
   process.argv[2] ?? "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"

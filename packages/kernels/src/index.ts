@@ -3,7 +3,7 @@ export { type AdapterTraits, type AttentionTiling, attentionTiling } from "./att
 export { bf16ToFloat, cast, type FloatDType, packBf16 } from "./cast/index.ts";
 export { foldGrid, LINEAR_WORKGROUP_ID } from "./common/grid.ts";
 export { assertBindable, assertDType, wgslEnables, wgslType } from "./common/wgsl.ts";
-export { type Conv2dOptions, conv2d } from "./conv2d/index.ts";
+export { type Conv2dOptions, type ConvInput, conv2d } from "./conv2d/index.ts";
 export { conv1x1FromTokens, conv1x1ToTokens } from "./conv2d/tokens.ts";
 export {
   add,
@@ -19,7 +19,13 @@ export {
   sub,
 } from "./elementwise/index.ts";
 export { assertIdsInRange, embedding } from "./embedding/index.ts";
-export { type GroupNormOptions, type GroupStrategy, groupNorm, groupStrategy } from "./groupnorm/index.ts";
+export {
+  type GroupNormOptions,
+  type GroupStrategy,
+  groupNorm,
+  groupNormCoefficients,
+  groupStrategy,
+} from "./groupnorm/index.ts";
 export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";
 export { chunk, concat, permute, slice, upsampleNearest2x } from "./layout/index.ts";
 export {

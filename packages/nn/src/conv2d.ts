@@ -1,6 +1,7 @@
 import { conv1x1FromTokens, conv1x1ToTokens, conv2d } from "@ldm/kernels";
 import type { Tensor } from "@ldm/tensor";
 import type { Epilogue } from "./linear.ts";
+import type { GroupNorm } from "./norm.ts";
 import type { VarBuilder } from "./var-builder.ts";
 
 export interface Conv2dConfig {
@@ -10,6 +11,19 @@ export interface Conv2dConfig {
   stride?: number;
   /** Zero padding on every side (torch's `padding`). */
   padding?: number;
+}
+
+/**
+ * What x goes through before the convolution, in upstream's order: `norm` (with SiLU and the timestep `shift`
+ * as GroupNorm.forward takes them), then nearest ×2 upsampling. conv2d reads x through them where its kernel
+ * can (the Winograd path), so neither the normalised nor the upsampled tensor is stored; elsewhere it runs
+ * them first.
+ */
+export interface ConvPrelude {
+  norm?: GroupNorm;
+  silu?: boolean;
+  shift?: Tensor;
+  upsample2x?: boolean;
 }
 
 /** torch.nn.Conv2d on NCHW, weight [out, in, k, k] and a bias. */
@@ -26,11 +40,28 @@ export class Conv2d {
     this.bias = vb.get("bias", [cfg.outChannels]);
   }
 
-  /** `padding` overrides the configured symmetric padding, as [top, bottom, left, right]. */
-  forward(x: Tensor, epilogue: Epilogue & { padding?: readonly [number, number, number, number] } = {}): Tensor {
+  /**
+   * `padding` overrides the configured symmetric padding, as [top, bottom, left, right]; `input` is applied to
+   * x first (ConvPrelude).
+   */
+  forward(
+    x: Tensor,
+    epilogue: Epilogue & { padding?: readonly [number, number, number, number]; input?: ConvPrelude } = {},
+  ): Tensor {
     const p = this.cfg.padding ?? 0;
-    const { padding = [p, p, p, p], ...fused } = epilogue;
-    return conv2d(x, this.weight, { bias: this.bias, stride: this.cfg.stride ?? 1, padding, ...fused });
+    const { padding = [p, p, p, p], input = {}, ...fused } = epilogue;
+    const { norm, silu, shift, upsample2x } = input;
+    if (!norm && (silu || shift)) throw new Error("Conv2d.forward: input.silu and input.shift need input.norm");
+    const groupNorm = norm && {
+      gamma: norm.weight,
+      beta: norm.bias,
+      groups: norm.cfg.groups,
+      eps: norm.cfg.eps,
+      silu,
+      shift,
+    };
+    const stride = this.cfg.stride ?? 1;
+    return conv2d(x, this.weight, { bias: this.bias, stride, padding, input: { groupNorm, upsample2x }, ...fused });
   }
 
   /** A 1×1 convolution's output as tokens: `rearrange(forward(x), "b c h w -> b (h w) c")` in one kernel. */

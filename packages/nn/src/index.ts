@@ -1,5 +1,5 @@
 export { type ContextKeysValues, CrossAttention, type CrossAttentionConfig } from "./attention.ts";
-export { Conv2d, type Conv2dConfig } from "./conv2d.ts";
+export { Conv2d, type Conv2dConfig, type ConvPrelude } from "./conv2d.ts";
 export { Embedding, type EmbeddingConfig } from "./embedding.ts";
 export { FeedForward, type FeedForwardConfig, GEGLU } from "./feed-forward.ts";
 export { type Epilogue, Linear, type LinearConfig } from "./linear.ts";

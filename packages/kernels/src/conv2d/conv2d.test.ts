@@ -2,6 +2,9 @@ import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
 import { describe, expect, it, vi } from "vitest";
 import { kernelKey } from "../common/kernel.ts";
+import { affine } from "../elementwise/index.ts";
+import { groupNorm } from "../groupnorm/index.ts";
+import { upsampleNearest2x } from "../layout/index.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { fixedSubgroupSize } from "../matmul/index.ts";
 import { assertClose, randomArray } from "../testing.ts";
@@ -389,6 +392,93 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     );
     expect(() => conv2d(x, Tensor.zeros(device, [2, 2, 5, 5]), {}, winograd)).toThrow(/3×3 kernels with stride 1/);
     x.dispose();
+  });
+
+  interface InputCase {
+    x: [number, number, number, number];
+    cout: number;
+    padding: number | [number, number, number, number];
+    groups?: number;
+    silu?: boolean;
+    shift?: boolean;
+    upsample?: boolean;
+    dtype?: "f32" | "f16";
+    limits?: { maxBindingBytes: number; offsetAlignment: number };
+  }
+
+  /**
+   * The fused path (group norm, SiLU, upsampling read by the input transform) against the unfused one —
+   * groupNorm, upsampleNearest2x, then the same Winograd convolution — to f32 rounding; and the direct path with
+   * the same `input`, which runs the unfused kernels, within Winograd's tolerance.
+   */
+  async function checkInput(c: InputCase) {
+    const dtype = c.dtype ?? "f32";
+    const [batch, cin] = c.x;
+    const t = (v: Float32Array, shape: number[]) => Tensor.from(device, v, shape, dtype);
+    const x = t(
+      randomArray(
+        c.x.reduce((p, q) => p * q),
+        11,
+        2,
+      ),
+      c.x,
+    );
+    // Offset so that the mean is far from 0, as after a convolution.
+    const xs = c.groups ? affine(x, 1.7, 3) : x;
+    const w = t(randomArray(cin * c.cout * 9, 12, 0.5), [c.cout, cin, 3, 3]);
+    const bias = t(randomArray(c.cout, 13), [c.cout]);
+    const groupNormOpts = c.groups
+      ? {
+          gamma: t(randomArray(cin, 14, 1.5), [cin]),
+          beta: t(randomArray(cin, 15), [cin]),
+          groups: c.groups,
+          eps: 1e-6,
+          silu: c.silu,
+          shift: c.shift ? t(randomArray(batch * cin, 16), [batch, cin]) : undefined,
+        }
+      : undefined;
+    const input = { groupNorm: groupNormOpts, upsample2x: c.upsample };
+    const internals: Conv2dInternals = { algorithm: "winograd", bindingLimits: c.limits };
+    const fused = conv2d(xs, w, { padding: c.padding, bias, input }, internals);
+    const normed = groupNormOpts ? groupNorm(xs, groupNormOpts.gamma, groupNormOpts.beta, groupNormOpts) : xs;
+    const prepared = c.upsample ? upsampleNearest2x(normed) : normed;
+    const unfused = conv2d(prepared, w, { padding: c.padding, bias }, internals);
+    const direct = conv2d(xs, w, { padding: c.padding, bias, input }, { algorithm: "direct" });
+    const [got, want, viaDirect] = await Promise.all([fused, unfused, direct].map((r) => r.toFloat32()));
+    expect(fused.shape).toEqual(unfused.shape);
+    const terms = 9 * cin;
+    // Same values into the same transform; lavapipe's compiler still folds the upsampled patch's repeated
+    // entries differently (measured: 0 without upsampling, ≤ 4e-6 on outputs of magnitude 19 with it; f16: one
+    // ulp of the stored output).
+    const sameInput =
+      dtype === "f16" ? { atol: 2 ** -9, rtol: 2 ** -10 } : { atol: 4e-7 * Math.sqrt(terms), rtol: 1e-6 };
+    assertClose(got, want, sameInput, `${JSON.stringify(c)} against the unfused path`);
+    assertClose(got, viaDirect, dtype === "f16" ? { atol: 4e-3, rtol: 2e-3 } : winoTol(terms), JSON.stringify(c));
+    const extra = groupNormOpts ? [groupNormOpts.gamma, groupNormOpts.beta, groupNormOpts.shift] : [];
+    for (const r of [x, xs, w, bias, fused, normed, prepared, unfused, direct, ...extra]) r?.dispose();
+  }
+
+  it("applies group norm, SiLU and ×2 upsampling while reading x, as the unfused path", async () => {
+    // 3 channels per group, 7×9 planes (partial tiles), the timestep shift, batch 2.
+    await checkInput({ x: [2, 6, 7, 9], cout: 16, padding: 1, groups: 2, silu: true, shift: true });
+    // Upsampling alone, odd and even paddings (the 4×4 and 3×3 source blocks), 5 channels.
+    await checkInput({ x: [1, 5, 5, 7], cout: 17, padding: 1, upsample: true });
+    await checkInput({ x: [1, 5, 5, 7], cout: 16, padding: [0, 1, 2, 0], upsample: true });
+    // Norm, SiLU, then upsampling (an up-resampling ResBlock); 32 groups of 3 channels.
+    await checkInput({ x: [1, 96, 5, 6], cout: 16, padding: 1, groups: 32, silu: true, upsample: true });
+    // Norm without SiLU.
+    await checkInput({ x: [1, 4, 8, 8], cout: 16, padding: 1, groups: 4 });
+  });
+
+  it("maps x a channel range at a time when x is split over bindings", async () => {
+    // 1920-byte planes in 4096-byte bindings: two channels per range, coefficients from the range's first.
+    const limits = { maxBindingBytes: 4096, offsetAlignment: 256 };
+    await checkInput({ x: [2, 4, 20, 24], cout: 2, padding: 1, groups: 2, silu: true, shift: true, limits });
+    await checkInput({ x: [2, 4, 10, 12], cout: 2, padding: 1, groups: 2, silu: true, upsample: true, limits });
+  });
+
+  it.skipIf(!device.features.shaderF16)("maps f16 inputs as groupNorm rounds its f16 output", async () => {
+    await checkInput({ x: [1, 6, 7, 9], cout: 16, padding: 1, groups: 3, silu: true, upsample: true, dtype: "f16" });
   });
 
   it("is chosen for 3×3 stride-1 convolutions with enough tiles and channels on CPU adapters only", () => {

@@ -10,6 +10,8 @@ import { type BufferSlice, type Device, DTYPE_BYTES, type DType, formatShape, sh
 import { runKernel } from "../common/kernel.ts";
 import { type BindingLimits, bindingLimits, bindingSlice } from "../common/pieces.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
+import { type GroupNormOptions, groupNorm, groupNormCoefficients } from "../groupnorm/index.ts";
+import { upsampleNearest2x } from "../layout/index.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
 import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
@@ -43,6 +45,19 @@ export interface Conv2dOptions {
   /** [B, Cout, Ho, Wo], added after the bias and activation. */
   residual?: Tensor;
   activation?: Activation;
+  /** What x goes through before the convolution (see ConvInput). */
+  input?: ConvInput;
+}
+
+/**
+ * A group norm (then SiLU) and/or a nearest ×2 upsampling of x, in that order, before the convolution: a
+ * ResBlock's norm → SiLU → conv and an Upsample's interpolate → conv. The Winograd path applies them while
+ * reading x, so the normalised or upsampled tensor is never stored; the other paths run groupNorm and
+ * upsampleNearest2x first, which is also the reference the fused path reproduces bit for bit.
+ */
+export interface ConvInput {
+  groupNorm?: GroupNormOptions & { gamma: Tensor; beta: Tensor };
+  upsample2x?: boolean;
 }
 
 /** Strategy overrides for tests. */
@@ -70,11 +85,12 @@ function pair(op: string, name: string, v: number | readonly number[], count: 2 
 
 export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, internals: Conv2dInternals = {}): Tensor {
   const op = "conv2d";
-  const { bias, residual, activation = "none" } = options;
+  const { bias, residual, activation = "none", input = {} } = options;
   assertActivation(op, activation);
   if (x.shape.length !== 4) throw new Error(`${op}: x ${x} must be [B, Cin, H, W]`);
   if (w.shape.length !== 4) throw new Error(`${op}: weight ${w} must be [Cout, Cin, kh, kw]`);
-  const [batch, cin, H, W] = x.shape;
+  const scale = input.upsample2x ? 2 : 1;
+  const [batch, cin, H, W] = [x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale];
   const [cout, wCin, kh, kw] = w.shape;
   if (wCin !== cin) throw new Error(`${op}: weight ${w} expects ${wCin} input channels but x ${x} has ${cin}`);
   const [strideH, strideW] = pair(op, "stride", options.stride ?? 1, 2, 1);
@@ -106,37 +122,14 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
   }
   const device = x.device;
   const out = Tensor.empty(device, outShape, x.dtype);
-
   const pointwise =
     kh === 1 && kw === 1 && strideH === 1 && strideW === 1 && padTop + padBottom + padLeft + padRight === 0;
-  if (pointwise) {
-    gemm({
-      op,
-      a: w,
-      b: x,
-      out,
-      batch,
-      M: cout,
-      N: H * W,
-      K: cin,
-      transposeA: false,
-      transposeB: false,
-      aBatchStride: 0,
-      bBatchStride: cin * H * W,
-      bias: bias ? { tensor: bias, axis: "m" } : undefined,
-      residual,
-      activation,
-      alpha: 1,
-      tiles: internals.gemmTiles,
-      bindingLimits: internals.bindingLimits,
-    });
-    return out;
-  }
   const limits = bindingLimits(device, internals.bindingLimits);
   const winograd =
-    internals.algorithm === undefined
+    !pointwise &&
+    (internals.algorithm === undefined
       ? winogradApplies({ isCpu: device.info.isCpu, kh, kw, strideH, strideW, cin, cout, H, W, Ho, Wo, limits })
-      : internals.algorithm === "winograd";
+      : internals.algorithm === "winograd");
   if (winograd) {
     if (kh !== 3 || kw !== 3 || strideH !== 1 || strideW !== 1) {
       throw new Error(
@@ -145,20 +138,65 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
     }
     wgslEnables(device, x.dtype, w.dtype, ...(bias ? [bias.dtype] : []), ...(residual ? [residual.dtype] : []));
     if (bias) assertBindable(op, { bias });
-    conv2dWinograd(device, { x, w, out, bias, residual, activation, padTop, padLeft, limits });
+    const norm = input.groupNorm;
+    const coefficients = norm ? groupNormCoefficients(x, norm.gamma, norm.beta, norm) : undefined;
+    try {
+      const mapped = { coefficients, silu: norm?.silu, upsample: input.upsample2x };
+      conv2dWinograd(device, { x, w, out, bias, residual, activation, padTop, padLeft, limits, input: mapped });
+    } finally {
+      coefficients?.dispose();
+    }
     return out;
   }
-  direct(device, {
-    x,
-    w,
-    out,
-    bias,
-    residual,
-    activation,
-    geometry: { batch, cin, cout, H, W, Ho, Wo, kh, kw, strideH, strideW, padTop, padLeft },
-    internals,
-  });
+  const source = preparedInput(x, input);
+  try {
+    if (pointwise) {
+      gemm({
+        op,
+        a: w,
+        b: source,
+        out,
+        batch,
+        M: cout,
+        N: H * W,
+        K: cin,
+        transposeA: false,
+        transposeB: false,
+        aBatchStride: 0,
+        bBatchStride: cin * H * W,
+        bias: bias ? { tensor: bias, axis: "m" } : undefined,
+        residual,
+        activation,
+        alpha: 1,
+        tiles: internals.gemmTiles,
+        bindingLimits: internals.bindingLimits,
+      });
+    } else {
+      direct(device, {
+        x: source,
+        w,
+        out,
+        bias,
+        residual,
+        activation,
+        geometry: { batch, cin, cout, H, W, Ho, Wo, kh, kw, strideH, strideW, padTop, padLeft },
+        internals,
+      });
+    }
+  } finally {
+    if (source !== x) source.dispose();
+  }
   return out;
+}
+
+/** x through `input` as a tensor of its own (x itself when there is nothing to apply). */
+function preparedInput(x: Tensor, input: ConvInput): Tensor {
+  const norm = input.groupNorm;
+  const normed = norm ? groupNorm(x, norm.gamma, norm.beta, norm) : x;
+  if (!input.upsample2x) return normed;
+  const up = upsampleNearest2x(normed);
+  if (normed !== x) normed.dispose();
+  return up;
 }
 
 interface DirectCall extends ConvOperands {

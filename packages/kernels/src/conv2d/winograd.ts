@@ -134,11 +134,62 @@ const WINOGRAD_WEIGHTS: KernelDecl<{ w: DType }> = {
 };
 
 /**
- * V[ξ, ci, t] = (Bᵀ d B)[ξ] for the 6×6 patch d of input channel ci under tile t of the band (zeros outside
- * the image): an item per (channel of the bound range, tile of the band of each of `images` images, whose
- * tiles follow each other along t).
+ * What the input transform does to x while reading it, so that the tensor the convolution sees is never
+ * stored: groupNorm's per-channel affine map (coefficients from groupNormCoefficients) and SiLU, then nearest ×2
+ * upsampling — the order of a ResBlock's norm → SiLU → (up-)resample → conv and of Upsample's interpolate → conv.
  */
-const WINOGRAD_INPUT: KernelDecl<{ x: DType }> = {
+export interface WinogradInput {
+  /** [B, Cin, 3] f32 (centre, scale, offset) per channel: x ↦ (x − centre) · scale + offset. */
+  coefficients?: Tensor;
+  silu?: boolean;
+  /** x is half the convolution's input size: each pixel stands for a 2×2 block. */
+  upsample?: boolean;
+}
+
+interface InputSpec {
+  x: DType;
+  /** "affine" / "affine-silu": the normalisation of WinogradInput, none without coefficients. */
+  map: "none" | "affine" | "affine-silu";
+  /**
+   * With upsampling, the parities of the top and left padding: a tile's 6×6 patch of the upsampled input then
+   * reads a fixed 3×3 or 4×4 block of x (16 loads or fewer instead of 36).
+   */
+  upsample: readonly [number, number] | null;
+}
+
+/** `d${i}_${j}` of the 6×6 patch as WGSL: x read at patch row i, column j (through the upsampling's block). */
+function patchLoads(spec: InputSpec): string[] {
+  const lines: string[] = [];
+  if (!spec.upsample) {
+    for (let k = 0; k < POSITIONS; k++) {
+      const [i, j] = [Math.floor(k / ALPHA), k % ALPHA];
+      lines.push(`let d${i}_${j} = xin(plane, ih0 + ${i}, iw0 + ${j}, k);`);
+    }
+    return lines;
+  }
+  // Upsampled row ih0 + i is x's row (ih0 + i) >> 1 = s0 + ((i + parity) >> 1) with s0 = ih0 >> 1 (arithmetic).
+  const [pt, pl] = spec.upsample;
+  const block = (i: number, parity: number) => (i + parity) >> 1;
+  const rows = block(ALPHA - 1, pt) + 1;
+  const cols = block(ALPHA - 1, pl) + 1;
+  lines.push("let s0 = ih0 >> 1u;", "let t0 = iw0 >> 1u;");
+  for (let a = 0; a < rows; a++) {
+    for (let b = 0; b < cols; b++) lines.push(`let b${a}_${b} = xin(plane, s0 + ${a}, t0 + ${b}, k);`);
+  }
+  for (let k = 0; k < POSITIONS; k++) {
+    const [i, j] = [Math.floor(k / ALPHA), k % ALPHA];
+    lines.push(`let d${i}_${j} = b${block(i, pt)}_${block(j, pl)};`);
+  }
+  return lines;
+}
+
+/**
+ * V[ξ, ci, t] = (Bᵀ d B)[ξ] for the 6×6 patch d of input channel ci under tile t of the band (zeros outside
+ * the image), d read through WinogradInput's map: an item per (channel of the bound range, tile of the band of
+ * each of `images` images, whose tiles follow each other along t).
+ * H and W are x's (half the convolution's input with upsampling).
+ */
+const WINOGRAD_INPUT: KernelDecl<InputSpec> = {
   name: "winograd-input",
   params: {
     tiles: "u32",
@@ -153,31 +204,41 @@ const WINOGRAD_INPUT: KernelDecl<{ x: DType }> = {
     xImage: "u32",
     ci0: "u32",
     positionStride: "u32",
+    coef0: "u32",
+    cin: "u32",
   },
-  bindings: ({ x }) => [
-    { name: "X", type: x },
+  bindings: (s) => [
+    { name: "X", type: s.x },
     { name: "V", type: "f32", access: "read_write" },
+    ...(s.map !== "none" ? [{ name: "Coef", type: "f32" }] : []),
   ],
   workgroupSize: 64,
-  module: `
-fn xin(plane: u32, ih: i32, iw: i32) -> f32 {
+  // The map is groupNorm's expression and SiLU, rounded to x's dtype as groupNorm's output would be, so that
+  // the transform sees the unfused path's bits; padding zeros are the map's output's, not x's.
+  module: (s) => `
+fn xin(plane: u32, ih: i32, iw: i32, k: vec3f) -> f32 {
   let inside = ${wgslAll("ih >= 0", "ih < i32(p.H)", "iw >= 0", "iw < i32(p.W)")};
   let at = plane + u32(clamp(ih, 0, i32(p.H) - 1)) * p.W + u32(clamp(iw, 0, i32(p.W) - 1));
-  return select(0.0, f32(X[at]), inside);
+  var y = f32(X[at]);
+  ${s.map === "none" ? "" : "y = (y - k.x) * k.y + k.z;"}
+  ${s.map === "affine-silu" ? "y = y / (1.0 + exp(-y));" : ""}
+  ${s.map !== "none" && s.x !== "f32" ? `y = f32(${s.x}(y));` : ""}
+  return select(0.0, y, inside);
 }`,
-  main: () =>
+  main: (s) =>
     [
       "  let columns = p.images * p.tiles;",
       "  let column = item % columns;",
       "  let ci = item / columns;",
       "  let t = column % p.tiles;",
+      "  let image = column / p.tiles;",
       `  let ih0 = i32((p.row0 + t / p.tilesW) * ${M}u) - p.padTop;`,
       `  let iw0 = i32((t % p.tilesW) * ${M}u) - p.padLeft;`,
-      "  let plane = p.xOff + (column / p.tiles) * p.xImage + ci * p.H * p.W;",
-      ...Array.from({ length: POSITIONS }, (_, k) => {
-        const [i, j] = [Math.floor(k / ALPHA), k % ALPHA];
-        return `  let d${i}_${j} = xin(plane, ih0 + ${i}, iw0 + ${j});`;
-      }),
+      "  let plane = p.xOff + image * p.xImage + ci * p.H * p.W;",
+      s.map === "none"
+        ? "  let k = vec3f(0.0);"
+        : "  let kAt = (p.coef0 + image * p.cin + ci) * 3u;\n  let k = vec3f(Coef[kAt], Coef[kAt + 1u], Coef[kAt + 2u]);",
+      ...patchLoads(s).map((l) => `  ${l}`),
       ...sandwich(BT, (i, j) => `d${i}_${j}`, BT, "v", "s").map((l) => `  ${l}`),
       "  let at = (p.ci0 + ci) * columns + column;",
       ...Array.from(
@@ -241,6 +302,7 @@ export interface WinogradCall extends ConvOperands {
   padTop: number;
   padLeft: number;
   limits: BindingLimits;
+  input: WinogradInput;
 }
 
 /** Tile rows per band: V and M of a band each within BAND_BYTES (and one binding); 0 if one row is too much. */
@@ -279,9 +341,14 @@ function channelsPerBinding(channels: number, plane: number, bytes: number, limi
   return fits(1) ? largest(channels, fits) : 0;
 }
 
-/** Ranges [c0, c1) of `channels` in steps of `step`. */
+/**
+ * Ranges [c0, c1) of `channels`, at most `step` each, as few as that allows and of even sizes: 128 channels
+ * of a 128 MiB tensor are 64 + 64, not 127 and a sliver of 1 that costs a dispatch of its own.
+ */
 function ranges(channels: number, step: number): [number, number][] {
-  return Array.from({ length: Math.ceil(channels / step) }, (_, i) => [i * step, Math.min(channels, (i + 1) * step)]);
+  const count = Math.ceil(channels / step);
+  const size = Math.ceil(channels / count);
+  return Array.from({ length: count }, (_, i) => [i * size, Math.min(channels, (i + 1) * size)]);
 }
 
 /** A binding of elements [first, first + count) of `t`, and the first one's index inside it. */
@@ -291,7 +358,7 @@ function slice(t: Tensor, first: number, count: number, limits: BindingLimits): 
 }
 
 export function conv2dWinograd(device: Device, call: WinogradCall): void {
-  const { x, w, out, bias, residual, activation, limits } = call;
+  const { x, w, out, bias, residual, activation, limits, input } = call;
   const [batch, cin, H, W] = x.shape;
   const [, cout, Ho, Wo] = out.shape;
   const tilesH = Math.ceil(Ho / M);
@@ -321,6 +388,12 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
     (!residual || whole(residual)) &&
     bandRows(cin, cout, batch * tilesW, tilesH, limits) === tilesH;
   const images = together ? batch : 1;
+  const coefficients = input.coefficients;
+  const inputSpec: InputSpec = {
+    x: x.dtype,
+    map: coefficients ? (input.silu ? "affine-silu" : "affine") : "none",
+    upsample: input.upsample ? [call.padTop % 2, call.padLeft % 2] : null,
+  };
   const spec: OutputSpec = {
     out: out.dtype,
     bias: bias?.dtype ?? null,
@@ -360,29 +433,26 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
           // Together, x fits one binding, so one range holds every channel (of every image).
           for (const [c0, c1] of ranges(cin, xStep)) {
             const [xs, xOff] = slice(x, (b * cin + c0) * H * W, ((images - 1) * cin + c1 - c0) * H * W, limits);
-            runKernel(
-              device,
-              WINOGRAD_INPUT,
-              { x: x.dtype },
-              {
-                count: (c1 - c0) * columns,
-                params: {
-                  tiles,
-                  images,
-                  tilesW,
-                  row0,
-                  H,
-                  W,
-                  padTop: call.padTop,
-                  padLeft: call.padLeft,
-                  xOff,
-                  xImage: cin * H * W,
-                  ci0: c0,
-                  positionStride: cin * columns,
-                },
-                buffers: { X: xs, V: V.slice() },
+            runKernel(device, WINOGRAD_INPUT, inputSpec, {
+              count: (c1 - c0) * columns,
+              params: {
+                tiles,
+                images,
+                tilesW,
+                row0,
+                H,
+                W,
+                padTop: call.padTop,
+                padLeft: call.padLeft,
+                xOff,
+                xImage: cin * H * W,
+                ci0: c0,
+                positionStride: cin * columns,
+                coef0: b * cin + c0,
+                cin,
               },
-            );
+              buffers: { X: xs, V: V.slice(), ...(coefficients ? { Coef: coefficients.slice() } : {}) },
+            });
           }
           gemm({
             op: "conv2d",
@@ -402,8 +472,8 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
             bindingLimits: limits,
           });
           // Together, the output fits one binding, so one range holds every channel (of every image).
-          for (let c0 = u0; c0 < u1; c0 += outStep) {
-            const c1 = Math.min(u1, c0 + outStep);
+          for (const [r0, r1] of ranges(u1 - u0, outStep)) {
+            const [c0, c1] = [u0 + r0, u0 + r1];
             const first = (b * cout + c0) * Ho * Wo;
             const length = ((images - 1) * cout + c1 - c0) * Ho * Wo;
             const [cs, cOff] = slice(out, first, length, limits);

@@ -3,7 +3,7 @@ import { useDevice } from "@ldm/tensor/testing";
 import { describe, expect, it } from "vitest";
 import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
-import { type GroupStrategy, groupNorm, groupStrategy } from "./index.ts";
+import { type GroupStrategy, groupNorm, groupNormCoefficients, groupStrategy } from "./index.ts";
 import { groupNormRef } from "./reference.ts";
 
 const device = await useDevice();
@@ -112,5 +112,37 @@ describe("groupNorm", () => {
     expect(() =>
       groupNorm(x, g, g, { groups: 3, eps: 1e-5, strategy: { threadsPerGroup: 4, workgroupSize: 8 } }),
     ).toThrow(/strategy .* must share a group among 1 or all of its invocations/);
+  });
+});
+
+describe("groupNormCoefficients", () => {
+  it("gives (centre, scale, offset) per channel whose affine map is groupNorm's, on both strategies", async () => {
+    const shape = [2, 6, 5, 3];
+    const [batch, channels] = shape;
+    const x = randomArray(elementCount(shape), 21, 2).map((v) => v + 3);
+    const gamma = randomArray(channels, 22);
+    const beta = randomArray(channels, 23);
+    const shift = randomArray(batch * channels, 24);
+    const tx = Tensor.from(device, x, shape);
+    const tg = Tensor.from(device, gamma, [channels]);
+    const tb = Tensor.from(device, beta, [channels]);
+    const ts = Tensor.from(device, shift, [batch, channels]);
+    const spatial = 15;
+    for (const strategy of [groupStrategy(true), groupStrategy(false)]) {
+      const options = { groups: 3, eps: 1e-5, shift: ts, strategy };
+      const coefficients = groupNormCoefficients(tx, tg, tb, options);
+      expect(coefficients.shape).toEqual([batch, channels, 3]);
+      const k = await coefficients.toFloat32();
+      const mapped = x.map((v, i) => {
+        const bc = Math.floor(i / spatial);
+        return (v - k[3 * bc]) * k[3 * bc + 1] + k[3 * bc + 2];
+      });
+      const normed = groupNorm(tx, tg, tb, options);
+      assertClose(mapped, await normed.toFloat32(), F32_TOL, JSON.stringify(strategy));
+      assertClose(mapped, groupNormRef(x, shape, gamma, beta, 3, 1e-5, false, shift), F32_TOL);
+      coefficients.dispose();
+      normed.dispose();
+    }
+    for (const t of [tx, tg, tb, ts]) t.dispose();
   });
 });

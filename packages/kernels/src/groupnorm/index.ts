@@ -44,40 +44,62 @@ export function groupStrategy(isCpu: boolean): GroupStrategy {
 const FLOATS: readonly DType[] = ["f32", "f16"];
 
 export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: GroupNormOptions): Tensor {
+  return runGroupNorm("groupNorm", x, gamma, beta, options, false);
+}
+
+/**
+ * What groupNorm applies per channel, for a consumer that normalises x while reading it (the Winograd
+ * convolution's input transform): [B, C, 3] f32 of (centre, scale, offset), the normalised value being
+ * (x − centre) · scale + offset — the same statistics and the same f32 expression as groupNorm's, so the
+ * consumer's values are groupNorm's bits. `silu` is the consumer's to apply.
+ */
+export function groupNormCoefficients(
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  options: Omit<GroupNormOptions, "silu">,
+): Tensor {
+  return runGroupNorm("groupNormCoefficients", x, gamma, beta, { ...options, silu: false }, true);
+}
+
+function runGroupNorm(
+  op: string,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  options: GroupNormOptions,
+  coefficients: boolean,
+): Tensor {
   const { groups, eps, silu = false, shift } = options;
   const strategy = options.strategy ?? groupStrategy(x.device.info.isCpu);
   const { threadsPerGroup, workgroupSize } = strategy;
   if (threadsPerGroup !== 1 && threadsPerGroup !== workgroupSize) {
-    throw new Error(
-      `groupNorm: strategy ${JSON.stringify(strategy)} must share a group among 1 or all of its invocations`,
-    );
+    throw new Error(`${op}: strategy ${JSON.stringify(strategy)} must share a group among 1 or all of its invocations`);
   }
-  if (x.shape.length < 2) throw new Error(`groupNorm: x ${x} must be [B, C, ...spatial]`);
+  if (x.shape.length < 2) throw new Error(`${op}: x ${x} must be [B, C, ...spatial]`);
   const [batch, channels] = x.shape;
   if (!Number.isInteger(groups) || groups <= 0 || channels % groups) {
-    throw new Error(`groupNorm: ${channels} channels of x ${x} do not split into ${groups} groups`);
+    throw new Error(`${op}: ${channels} channels of x ${x} do not split into ${groups} groups`);
   }
-  if (!(eps >= 0)) throw new Error(`groupNorm: eps must be a non-negative number, got ${eps}`);
+  if (!(eps >= 0)) throw new Error(`${op}: eps must be a non-negative number, got ${eps}`);
   for (const [name, t] of [
     ["gamma", gamma],
     ["beta", beta],
   ] as const) {
-    assertDType("groupNorm", name, t, FLOATS);
+    assertDType(op, name, t, FLOATS);
     if (t.size !== channels || t.shape.length !== 1) {
-      throw new Error(`groupNorm: ${name} ${t} must be [${channels}] (one per channel of x ${x})`);
+      throw new Error(`${op}: ${name} ${t} must be [${channels}] (one per channel of x ${x})`);
     }
   }
-  assertDType("groupNorm", "x", x, FLOATS);
+  assertDType(op, "x", x, FLOATS);
   if (shift) {
-    assertDType("groupNorm", "shift", shift, FLOATS);
+    assertDType(op, "shift", shift, FLOATS);
     if (shift.shape.length !== 2 || shift.shape[0] !== batch || shift.shape[1] !== channels) {
-      throw new Error(
-        `groupNorm: shift ${shift} must be [${batch}, ${channels}] (per batch item and channel of x ${x})`,
-      );
+      throw new Error(`${op}: shift ${shift} must be [${batch}, ${channels}] (per batch item and channel of x ${x})`);
     }
   }
   const device = x.device;
-  const out = Tensor.empty(device, x.shape, x.dtype);
+  const out = coefficients ? Tensor.empty(device, [batch, channels, 3], "f32") : Tensor.empty(device, x.shape, x.dtype);
   const spatial = shapeSize(x.shape.slice(2));
   const channelsPerGroup = channels / groups;
   const groupElements = channelsPerGroup * spatial;
@@ -86,11 +108,13 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
 
   const width = spatial % 4 === 0 ? 4 : 1;
   const pieces = splitForBindings(
-    "groupNorm",
+    op,
     [totalGroups, groupElements],
     [
       { name: "x", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] },
-      { name: "out", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] },
+      ...(coefficients
+        ? []
+        : [{ name: "out", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] }]),
     ],
     groupElements,
     {
@@ -107,15 +131,16 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: Group
     shiftType: shift?.dtype ?? "none",
     threadsPerGroup,
     workgroupSize,
+    coefficients,
   };
   for (const piece of pieces) {
-    const [xb, ob] = piece.bindings;
+    const [xb, ob = { byteOffset: 0, byteSize: out.buffer.size, baseElement: 0 }] = piece.bindings;
     runKernel(device, GROUP_NORM, config, {
       count: (piece.end - piece.start) / groupElements,
       params: {
         first: piece.start / groupElements,
         xOff: (piece.start - xb.baseElement) / width,
-        outOff: (piece.start - ob.baseElement) / width,
+        outOff: coefficients ? 0 : (piece.start - ob.baseElement) / width,
         groups,
         cpg: channelsPerGroup,
         spatial: spatial / width,
@@ -144,6 +169,8 @@ interface GroupNormConfig {
   shiftType: DType | "none";
   threadsPerGroup: number;
   workgroupSize: number;
+  /** Write each channel's (centre, scale, offset) to `out` [B, C, 3] f32 instead of normalising. */
+  coefficients: boolean;
 }
 
 /** WGSL that sums one f32 per invocation over the workgroup (tree reduction in workgroup memory). */
@@ -181,7 +208,7 @@ const GROUP_NORM: KernelDecl<GroupNormConfig> = {
       { name: "x", type: stored },
       { name: "gamma", type: g.gammaType },
       { name: "beta", type: g.betaType },
-      { name: "out", type: stored, access: "read_write" },
+      { name: "out", type: g.coefficients ? "f32" : stored, access: "read_write" },
       ...(g.shiftType !== "none" ? [{ name: "shift", type: g.shiftType }] : []),
     ];
   },
@@ -237,11 +264,20 @@ const GROUP_NORM: KernelDecl<GroupNormConfig> = {
     let scale = rstd * f32(gamma[firstChannel + c]);
     let offset = f32(beta[firstChannel + c]);
     let centre = mean${shifted ? " - f32(shift[shiftBase + c])" : ""};
-    let row = c * p.spatial;
+    ${
+      g.coefficients
+        ? `if (lane == 0u) {
+      let at = ((p.first + local) * p.cpg + c) * 3u;
+      out[at] = centre;
+      out[at + 1u] = scale;
+      out[at + 2u] = offset;
+    }`
+        : `let row = c * p.spatial;
     for (var i = lane; i < p.spatial; i += ${T}u) {
       var y = (${V}(x[xBase + row + i]) - centre) * scale + offset;
       ${activation}
       out[outBase + row + i] = ${stored}(y);
+    }`
     }
   }`;
   },

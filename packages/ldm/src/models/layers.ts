@@ -1,4 +1,4 @@
-import { resizeNearest, upsampleNearest2x } from "@ldm/kernels";
+import { resizeNearest } from "@ldm/kernels";
 import { Conv2d, type VarBuilder } from "@ldm/nn";
 import type { Tensor } from "@ldm/tensor";
 
@@ -27,6 +27,9 @@ export class Upsample {
   forward(x: Tensor, size?: readonly [number, number]): Tensor {
     const [h, w] = x.shape.slice(-2);
     const doubles = !size || (size[0] === 2 * h && size[1] === 2 * w);
-    return x.device.tidy(() => this.conv.forward(doubles ? upsampleNearest2x(x) : resizeNearest(x, size)));
+    // interpolate → conv; ×2 is read by the convolution (Conv2d's `input`), the upsampled map never stored.
+    return x.device.tidy(() =>
+      doubles ? this.conv.forward(x, { input: { upsample2x: true } }) : this.conv.forward(resizeNearest(x, size)),
+    );
   }
 }

@@ -85,14 +85,18 @@ export class ResBlock {
   forward(x: Tensor, embSilu: Tensor): Tensor {
     return x.device.tidy(() => {
       const how = this.options.resample;
-      // updown: the in_layers' norm and SiLU, then h and x resampled alike, then the conv.
-      const h = this.in_conv.forward(resample(this.in_norm.forward(x, { silu: true }), how));
+      // updown: the in_layers' norm and SiLU, then h and x resampled alike, then the conv — the norm, SiLU and
+      // an upsampling read by the convolution (Conv2d's `input`).
+      const h =
+        how === "down"
+          ? this.in_conv.forward(avgPool2x2(this.in_norm.forward(x, { silu: true })))
+          : this.in_conv.forward(x, { input: { norm: this.in_norm, silu: true, upsample2x: how === "up" } });
       const input = resample(x, how);
       const embOut = this.emb_proj.forward(embSilu);
       const skip = this.skip_connection ? this.skip_connection.forward(input) : input;
       if (!this.options.useScaleShiftNorm) {
         // h + emb_out[..., None, None] is added inside the group norm, never stored.
-        return this.out_conv.forward(this.out_norm.forward(h, { silu: true, shift: embOut }), { residual: skip });
+        return this.out_conv.forward(h, { input: { norm: this.out_norm, silu: true, shift: embOut }, residual: skip });
       }
       // out_norm(h) · (1 + scale) + shift, scale and shift the halves of emb_out.
       const [b, c] = [h.shape[0], this.outChannels];

@@ -43,9 +43,10 @@ export class ResnetBlock {
 
   forward(x: Tensor): Tensor {
     return x.device.tidy(() => {
-      const h = this.conv1.forward(this.norm1.forward(x, { silu: true }));
+      // norm → SiLU → conv, the norm and SiLU read by the convolution (Conv2d's `input`).
+      const h = this.conv1.forward(x, { input: { norm: this.norm1, silu: true } });
       const shortcut = this.nin_shortcut ? this.nin_shortcut.forward(x) : x;
-      return this.conv2.forward(this.norm2.forward(h, { silu: true }), { residual: shortcut });
+      return this.conv2.forward(h, { input: { norm: this.norm2, silu: true }, residual: shortcut });
     });
   }
 }
