@@ -4,7 +4,9 @@
  * classes). Per call: GPU ms (timestamps) and, what a shared machine cannot disturb, the FLOPs of the direct
  * convolution per second of CPU time of lavapipe's threads (every thread but the main one, from
  * /proc/self/task/<tid>/schedstat), median of 3 rounds. Winograd's figure is "effective": the direct count over
- * its own time. Linux only. Benchmarks are not tests: nothing here asserts a time.
+ * its own time. `--profile`: instead, the Winograd call's GPU time per kernel (weight transform, input transform,
+ * the batched GEMMs, output transform; Device.profileGpu, each dispatch in a pass of its own) and its dispatch
+ * count. Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 import { readFileSync } from "node:fs";
 import { conv2d } from "@ldm/kernels";
@@ -12,8 +14,11 @@ import { Device, Tensor } from "@ldm/tensor";
 import { workerCpuNs } from "./common.ts";
 
 const device = await Device.create({ disableF16: true });
+const args = process.argv.slice(2);
+const profileOnly = args.includes("--profile");
 const shapes = (
-  process.argv[2] ?? "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"
+  args.find((a) => !a.startsWith("--")) ??
+  "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"
 ).split(",");
 for (const s of shapes) {
   const [ch, where] = s.split("@");
@@ -32,6 +37,20 @@ for (const s of shapes) {
     [cout, cin, 3, 3],
   );
   const flops = 2 * B * cout * cin * 9 * S * S;
+  const load = () => readFileSync("/proc/loadavg", "utf8").split(" ")[0];
+  if (profileOnly) {
+    const call = () => conv2d(x, w, { padding: 1 }, { algorithm: "winograd" }).dispose();
+    call();
+    const kernels = (await device.profileGpu(call)) ?? [];
+    const total = kernels.reduce((t, k) => t + k.ms, 0);
+    const rows = kernels.map(
+      (k) => `${k.label.split(":")[0]} ×${k.dispatches} ${k.ms.toFixed(0)} ms (${((100 * k.ms) / total).toFixed(1)}%)`,
+    );
+    console.log(`conv 3×3 ${cin}→${cout} @ ${S}² ×${B} by Winograd: ${rows.join(", ")}; load ${load()}`);
+    x.dispose();
+    w.dispose();
+    continue;
+  }
   const res: Record<string, number[]> = { direct: [], winograd: [] };
   const wall: Record<string, number[]> = { direct: [], winograd: [] };
   for (const algorithm of ["direct", "winograd"] as const) {
@@ -49,7 +68,7 @@ for (const s of shapes) {
   }
   const med = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)];
   console.log(
-    `conv 3×3 ${cin}→${cout} @ ${S}² ×${B}: direct ${med(res.direct).toFixed(1)} GFLOP/CPU-s (gpu ${med(wall.direct).toFixed(0)} ms), winograd ${med(res.winograd).toFixed(1)} effective GFLOP/CPU-s (gpu ${med(wall.winograd).toFixed(0)} ms); load ${readFileSync("/proc/loadavg", "utf8").split(" ")[0]}`,
+    `conv 3×3 ${cin}→${cout} @ ${S}² ×${B}: direct ${med(res.direct).toFixed(1)} GFLOP/CPU-s (gpu ${med(wall.direct).toFixed(0)} ms), winograd ${med(res.winograd).toFixed(1)} effective GFLOP/CPU-s (gpu ${med(wall.winograd).toFixed(0)} ms); load ${load()}`,
   );
   x.dispose();
   w.dispose();
