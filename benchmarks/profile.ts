@@ -119,11 +119,12 @@ charge(GEGLU.prototype, "forward", (self: GEGLU, [x]: Tensor[]) => {
   return { name: `linear GEGLU ${m}×${n}×${k}`, flops: 2 * m * n * k };
 });
 // CrossAttention's own dispatches (its projections are Linears) are the attention kernel's.
-charge(CrossAttention.prototype, "forward", (self: CrossAttention, [x, o]: [Tensor, { context?: Tensor }?]) => {
+type AttentionOptions = { context?: Tensor; kv?: { k: Tensor } };
+charge(CrossAttention.prototype, "forward", (self: CrossAttention, [x, o]: [Tensor, AttentionOptions?]) => {
   const heads = self.cfg.heads;
   const inner = self.to_q.weight.shape[0];
   const [b, nq] = x.shape;
-  const nk = (o?.context ?? x).shape[1];
+  const nk = (o?.kv?.k ?? o?.context ?? x).shape[1];
   return {
     name: `attention ${nq}×${nk}, ${heads} heads × ${inner / heads}${b > 1 ? ` ×${b}` : ""}`,
     flops: 4 * b * nq * nk * inner,
@@ -231,11 +232,12 @@ async function profile(device: Device, label: string, record: () => void): Promi
 
 const device = await Device.create({ disableF16: opts.dtype !== "f16" });
 const components = parts.includes("vae") ? (["unet", "vae"] as const) : (["unet"] as const);
-const networks = opts.model
-  ? await loadModel(resolve(process.env.INIT_CWD ?? process.cwd(), opts.model), {
+const checkpoint = opts.model && resolve(process.env.INIT_CWD ?? process.cwd(), opts.model);
+const networks = checkpoint
+  ? await loadModel(checkpoint, {
       device,
       dtype: opts.dtype,
-      config: opts.model.replace(/\.safetensors$/, ".yaml"),
+      config: checkpoint.replace(/\.safetensors$/, ".yaml"),
       components,
     })
   : await randomNetworks(device, standardConfig("sd1"), opts.dtype, components);
