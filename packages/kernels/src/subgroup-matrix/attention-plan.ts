@@ -6,8 +6,8 @@
  * head width d is zero-padded to `paddedD`, a multiple of the config's K (q·kᵀ reduces over d) and N (p·v has
  * d columns). Keys go `keyBlock` at a time, a multiple of N (score columns) and K (p·v reduces over keys).
  */
-import type { DType, SubgroupMatrixConfig } from "@ldm/tensor";
-import { chooseMatrixConfig, stagePad } from "./plan.ts";
+import type { DType } from "@ldm/tensor";
+import { COMPONENT_BYTES, chooseMatrixConfig, type MatrixAdapter, stagePad } from "./plan.ts";
 
 export interface AttentionMatrixTiles {
   kind: "attention-matrix";
@@ -23,12 +23,8 @@ export interface AttentionMatrixTiles {
   emulate: boolean;
 }
 
-export interface AttentionMatrixInputs {
-  configs: readonly SubgroupMatrixConfig[];
+export interface AttentionMatrixInputs extends MatrixAdapter {
   dtype: DType;
-  subgroupMaxSize: number | null;
-  maxInvocations: number;
-  maxWorkgroupStorageBytes: number;
   d: number;
   nq: number;
   causal: boolean;
@@ -38,8 +34,6 @@ export interface AttentionMatrixInputs {
 const TARGET_SUBGROUPS = 4;
 /** Keys per online-softmax step before shrinking. */
 const TARGET_KEY_BLOCK = 32;
-
-const BYTES = { f16: 2, f32: 4 } as const;
 
 const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
 const lcm = (a: number, b: number) => (a * b) / gcd(a, b);
@@ -62,9 +56,9 @@ export function attentionQueryRows(t: AttentionMatrixTiles): number {
 export function attentionStorageBytes(t: AttentionMatrixTiles): number {
   const s = attentionStrides(t);
   const rows = attentionQueryRows(t);
-  const qkv = Math.max(rows, t.keyBlock) * s.qkv * BYTES[t.component];
+  const qkv = Math.max(rows, t.keyBlock) * s.qkv * COMPONENT_BYTES[t.component];
   const scores = rows * t.keyBlock * 4;
-  const probabilities = rows * s.p * BYTES[t.component];
+  const probabilities = rows * s.p * COMPONENT_BYTES[t.component];
   const out = rows * s.o * 4;
   return qkv + scores + probabilities + out + 2 * rows * 4;
 }

@@ -1,4 +1,4 @@
-import { type Device, type SubgroupMatrixConfig, Tensor } from "@ldm/tensor";
+import { type SubgroupMatrixConfig, Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
 import { describe, expect, it } from "vitest";
 import { attention } from "../attention/index.ts";
@@ -13,6 +13,7 @@ import {
   attentionStorageBytes,
   chooseAttentionMatrixTiles,
 } from "./attention-plan.ts";
+import { declaredWorkgroupBytes, expectParses, expectSyntaxError } from "./wgsl-testing.ts";
 
 const device = await useDevice();
 
@@ -132,18 +133,6 @@ const nativeSpec = (d: number, over: Partial<AttentionMatrixTiles> = {}): Matrix
   dtype: over.component ?? "f16",
 });
 
-/** The error messages Dawn's WGSL front end gives for a module on this device. */
-async function compileErrors(d: Device, code: string): Promise<string[]> {
-  d.gpuDevice.pushErrorScope("validation");
-  const module = d.gpuDevice.createShaderModule({ code });
-  await d.gpuDevice.popErrorScope();
-  const info = await module.getCompilationInfo();
-  return info.messages.filter((m) => m.type === "error").map((m) => `${m.lineNum}:${m.linePos} ${m.message}`);
-}
-
-const NOT_ALLOWED =
-  /^\d+:\d+ extension 'chromium_experimental_subgroup_matrix' is not allowed in the current environment$/;
-
 describe("subgroup-matrix attention WGSL", () => {
   it("k is the right operand loaded column-major (kᵀ), v row-major; output rows accumulate as result matrices", () => {
     const code = kernelWgsl(MATRIX_ATTENTION, nativeSpec(40));
@@ -164,11 +153,7 @@ describe("subgroup-matrix attention WGSL", () => {
     expect(code.match(/subgroupMatrixMultiplyAccumulate/g)).toHaveLength(12);
     expect(code).toContain("@compute @workgroup_size(64)");
     // The workgroup memory declared is what the planner budgets.
-    const declared = [...code.matchAll(/var<workgroup> \w+: array<(f16|f32), (\d+)>;/g)].reduce(
-      (sum, m) => sum + Number(m[2]) * (m[1] === "f16" ? 2 : 4),
-      0,
-    );
-    expect(declared).toBe(attentionStorageBytes(NATIVE));
+    expect(declaredWorkgroupBytes(code)).toBe(attentionStorageBytes(NATIVE));
     const emulated = kernelWgsl(MATRIX_ATTENTION, nativeSpec(40, { emulate: true }));
     expect(emulated).not.toMatch(/subgroup_matrix|subgroupMatrix|diagnostic/);
   });
@@ -183,18 +168,12 @@ describe("subgroup-matrix attention WGSL", () => {
         nativeSpec(40, { shape: { M: 8, N: 8, K: 8 }, paddedD: 40, keyBlock: 16, subgroups: 4 }),
         { ...nativeSpec(64, { shape: { M: 8, N: 8, K: 8 }, component: "f32", paddedD: 64 }), dtype: "f32" as const },
       ];
-      for (const s of specs) {
-        const errors = await compileErrors(device, kernelWgsl(MATRIX_ATTENTION, s));
-        expect(errors, JSON.stringify(s)).toHaveLength(1);
-        expect(errors[0]).toMatch(NOT_ALLOWED);
-      }
+      for (const s of specs) await expectParses(device, kernelWgsl(MATRIX_ATTENTION, s), JSON.stringify(s));
       const broken = kernelWgsl(MATRIX_ATTENTION, nativeSpec(40)).replace(
         "col_major>(&KV, 896u",
         "col_major>(&KV 896u",
       );
-      const errors = await compileErrors(device, broken);
-      expect(errors.length).toBeGreaterThan(0);
-      expect(errors.join("\n")).not.toMatch(NOT_ALLOWED);
+      await expectSyntaxError(device, broken);
     },
   );
 });

@@ -26,6 +26,7 @@ import {
   attentionTilesError,
   chooseAttentionMatrixTiles,
 } from "./attention-plan.ts";
+import { matrixAdapter } from "./plan.ts";
 import { type MatrixLoad, matrixDialect, matrixDirectives, matrixEnables } from "./wgsl.ts";
 
 export interface MatrixAttentionSpec {
@@ -177,14 +178,8 @@ export function deviceAttentionMatrixTiles(
   device: Device,
   problem: { dtype: DType; d: number; nq: number; causal: boolean },
 ): AttentionMatrixTiles | null {
-  if (device.info.isCpu || device.subgroupMatrixConfigs.length === 0) return null;
-  return chooseAttentionMatrixTiles({
-    ...problem,
-    configs: device.subgroupMatrixConfigs,
-    subgroupMaxSize: (device.adapter.info as GPUAdapterInfo & { subgroupMaxSize?: number }).subgroupMaxSize ?? null,
-    maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
-    maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
-  });
+  const adapter = matrixAdapter(device);
+  return adapter && chooseAttentionMatrixTiles({ ...problem, ...adapter });
 }
 
 /** out = softmax(scale · q·kᵀ)·v per head on subgroup matrices (attention() has checked the shapes). */

@@ -8,14 +8,15 @@
  * Used on adapters with subgroup matrices for the operands' dtype when the whole convolution fits one dispatch
  * (every tensor within one storage binding); otherwise conv2d's direct kernel runs, as everywhere else.
  */
-import type { Device, DType, Tensor } from "@ldm/tensor";
+import type { Device, DType } from "@ldm/tensor";
 import { type KernelDecl, runKernel } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
+import type { ConvOperands } from "../conv2d/plan.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { EPILOGUE_PARAMS } from "../matmul/epilogue.ts";
 import { gemmEpilogue, operandBinding, operandReaders } from "../matmul/wgsl.ts";
-import { chooseMatrixTiles, type MatrixTiles, matrixTile, matrixWorkgroupSize } from "./plan.ts";
-import { matrixDirectives, matrixEnables, matrixMain, matrixModule } from "./wgsl.ts";
+import { chooseMatrixTiles, type MatrixTiles, matrixAdapter, matrixTile, matrixWorkgroupSize } from "./plan.ts";
+import { batchedTilePrologue, matrixDirectives, matrixEnables, matrixMain, matrixModule } from "./wgsl.ts";
 
 export interface MatrixConvSpec {
   tiles: MatrixTiles;
@@ -30,13 +31,7 @@ export interface MatrixConvSpec {
 }
 
 /** What conv2d knows of a convolution when it picks its kernel. */
-export interface MatrixConvCall {
-  x: Tensor;
-  w: Tensor;
-  out: Tensor;
-  bias?: Tensor;
-  residual?: Tensor;
-  activation: Activation;
+export interface MatrixConvCall extends ConvOperands {
   geometry: {
     batch: number;
     cin: number;
@@ -103,14 +98,9 @@ fn gathered(bi: u32, k: u32, n: u32) -> f32 {
   return select(0.0, X_at(at), inside);
 }
 ${matrixModule(s.tiles)}`,
-  main: (s) => {
-    const tile = matrixTile(s.tiles);
-    return matrixMain(s.tiles, {
-      prologue: `  let perBatch = p.tilesX * p.tilesY;
-  let bi = item / perBatch;
-  let tile = item % perBatch;
-  let m0 = (tile / p.tilesY) * ${tile.m}u;
-  let n0 = (tile % p.tilesY) * ${tile.n}u;`,
+  main: (s) =>
+    matrixMain(s.tiles, {
+      prologue: batchedTilePrologue(s.tiles),
       M: "p.M",
       N: "p.N",
       K: "p.K",
@@ -119,8 +109,7 @@ ${matrixModule(s.tiles)}`,
       aContiguous: "k",
       bContiguous: "n",
       finish: (m, n, v) => `finish4(bi, ${m}, ${n}, ${v});`,
-    });
-  },
+    }),
 };
 
 /** The planner's tiles for a GEMM-shaped problem on this device (null on CPU adapters and without configs). */
@@ -128,14 +117,8 @@ export function deviceMatrixTiles(
   device: Device,
   problem: { a: DType; b: DType; M: number; N: number; K: number },
 ): MatrixTiles | null {
-  if (device.info.isCpu || device.subgroupMatrixConfigs.length === 0) return null;
-  return chooseMatrixTiles({
-    ...problem,
-    configs: device.subgroupMatrixConfigs,
-    subgroupMaxSize: (device.adapter.info as GPUAdapterInfo & { subgroupMaxSize?: number }).subgroupMaxSize ?? null,
-    maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
-    maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
-  });
+  const adapter = matrixAdapter(device);
+  return adapter && chooseMatrixTiles({ ...problem, ...adapter });
 }
 
 /** The planner's tiles for a convolution, or null (no configs for its dtypes, or a tensor over one binding). */

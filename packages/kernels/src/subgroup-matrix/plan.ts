@@ -8,7 +8,7 @@
  * matrices of the config's M × N. Operands are staged in workgroup memory `tileK` deep (zero-padded at the
  * problem's edges, so any M, N and K work), results leave through workgroup memory into the GEMM's epilogue.
  */
-import type { DType, SubgroupMatrixConfig } from "@ldm/tensor";
+import type { Device, DType, SubgroupMatrixConfig } from "@ldm/tensor";
 
 export interface MatrixTiles {
   kind: "matrix";
@@ -31,16 +31,31 @@ export interface MatrixTiles {
   emulate: boolean;
 }
 
-export interface MatrixInputs {
+/** What the planners (GEMM and attention) read of the adapter. */
+export interface MatrixAdapter {
   /** The device's usable configs (Device.subgroupMatrixConfigs: f16 ones only with shader-f16 enabled). */
   configs: readonly SubgroupMatrixConfig[];
-  /** Storage dtypes of the two operands. */
-  a: DType;
-  b: DType;
   /** GPUAdapterInfo.subgroupMaxSize, or null where the adapter does not say. */
   subgroupMaxSize: number | null;
   maxInvocations: number;
   maxWorkgroupStorageBytes: number;
+}
+
+/** The device's adapter for the planners, or null where no planner applies (CPU adapters, no configs). */
+export function matrixAdapter(device: Device): MatrixAdapter | null {
+  if (device.info.isCpu || device.subgroupMatrixConfigs.length === 0) return null;
+  return {
+    configs: device.subgroupMatrixConfigs,
+    subgroupMaxSize: (device.adapter.info as GPUAdapterInfo & { subgroupMaxSize?: number }).subgroupMaxSize ?? null,
+    maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
+    maxWorkgroupStorageBytes: device.limits.maxComputeWorkgroupStorageSize,
+  };
+}
+
+export interface MatrixInputs extends MatrixAdapter {
+  /** Storage dtypes of the two operands. */
+  a: DType;
+  b: DType;
   M: number;
   N: number;
   K: number;
@@ -51,7 +66,7 @@ const TARGET_TILE = 64;
 /** Reduction staged per barrier pair. */
 const TARGET_TILE_K = 32;
 
-const COMPONENT_BYTES = { f16: 2, f32: 4 } as const;
+export const COMPONENT_BYTES = { f16: 2, f32: 4 } as const;
 
 /**
  * The config for operands of `dtype`: component type equal to the storage dtype (no conversion in the kernel)

@@ -191,6 +191,19 @@ var<workgroup> Cs: array<f32, ${subgroups * t.shape.M * t.shape.N}>;
 ${dialect(t).module}`;
 }
 
+/**
+ * A `prologue` for batched problems: workgroup `item` takes batch item `bi` and, within it, output tile
+ * (m0, n0), the tiles numbered row by row over p.tilesX × p.tilesY.
+ */
+export function batchedTilePrologue(t: MatrixTiles): string {
+  const tile = matrixTile(t);
+  return `  let perBatch = p.tilesX * p.tilesY;
+  let bi = item / perBatch;
+  let tile = item % perBatch;
+  let m0 = (tile / p.tilesY) * ${tile.m}u;
+  let n0 = (tile % p.tilesY) * ${tile.n}u;`;
+}
+
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /** The body of `main`: a workgroup per output tile (guard "return": `item` is the workgroup's tile). */
