@@ -18,8 +18,17 @@ import {
   type MatrixTiles,
   tileKey,
 } from "@ldm/kernels";
-import { assertClose, attentionRef, conv2dRef, matmulRef, randomArray } from "@ldm/kernels/testing";
-import { type Device, f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import {
+  assertClose,
+  attentionRef,
+  conv2dOutputShape,
+  conv2dRef,
+  elementCount,
+  matmulRef,
+  randomArray,
+  roundF16,
+} from "@ldm/kernels/testing";
+import { type Device, Tensor } from "@ldm/tensor";
 
 export interface MatrixCheck {
   kernel: string;
@@ -74,7 +83,28 @@ const EMULATED: MatrixTiles = {
   emulate: true,
 };
 
-const roundF16 = (x: Float32Array) => f16ArrayToF32(f32ArrayToF16(x));
+const noTiles = (kernel: string, tiles: string): MatrixCheck => ({
+  kernel,
+  tiles,
+  maxAbs: Number.NaN,
+  error: "the planner chose no subgroup-matrix tiles",
+});
+
+/** A row for a kernel whose output was compared: its max error, or the message when out of tolerance. */
+function compared(
+  kernel: string,
+  tiles: string,
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  tol: { atol: number; rtol: number },
+  label: string,
+): MatrixCheck {
+  try {
+    return { kernel, tiles, maxAbs: assertClose(got, want, tol, label).maxAbs, error: null };
+  } catch (e) {
+    return { kernel, tiles, maxAbs: Number.NaN, error: (e as Error).message };
+  }
+}
 
 async function checkGemm(device: Device, c: GemmCase, emulate: boolean): Promise<MatrixCheck> {
   const { batch = 1, M, N, K, transposeA = false, transposeB = false } = c;
@@ -106,24 +136,14 @@ async function checkGemm(device: Device, c: GemmCase, emulate: boolean): Promise
     alpha: 1,
   };
   const tiles = emulate ? EMULATED : deviceTiles(device, call);
-  const result = (maxAbs: number, error: string | null): MatrixCheck => ({
-    kernel: `gemm ${c.name}`,
-    tiles: tileKey(tiles),
-    maxAbs,
-    error,
-  });
+  const kernel = `gemm ${c.name}`;
   try {
-    if (tiles.kind !== "matrix") return result(Number.NaN, "the planner chose no subgroup-matrix tiles");
+    if (tiles.kind !== "matrix") return noTiles(kernel, tileKey(tiles));
     gemm({ ...call, tiles });
     const got = await out.toFloat32();
     const want = matmulRef(a, b, { batch, M, N, K, transposeA, transposeB, bias, residual, activation: c.activation });
     // Exact f16 products summed in f32 in another order than the float64 reference.
-    const tol = { atol: 1e-4 * Math.sqrt(K), rtol: 1e-4 };
-    try {
-      return result(assertClose(got, want, tol, c.name).maxAbs, null);
-    } catch (e) {
-      return result(Number.NaN, (e as Error).message);
-    }
+    return compared(kernel, tileKey(tiles), got, want, { atol: 1e-4 * Math.sqrt(K), rtol: 1e-4 }, c.name);
   } finally {
     for (const t of [ta, tb, tbias, tres, out]) t?.dispose();
   }
@@ -150,36 +170,18 @@ const CONV_CASES: ConvCase[] = [
 ];
 
 async function checkConv(device: Device, c: ConvCase, emulate: boolean): Promise<MatrixCheck> {
-  const x = roundF16(
-    randomArray(
-      c.x.reduce((p, q) => p * q),
-      5,
-    ),
-  );
-  const w = roundF16(
-    randomArray(
-      c.w.reduce((p, q) => p * q),
-      6,
-    ),
-  );
+  const x = roundF16(randomArray(elementCount(c.x), 5));
+  const w = roundF16(randomArray(elementCount(c.w), 6));
   const bias = roundF16(randomArray(c.w[0], 7));
   const tx = Tensor.from(device, x, c.x, "f16");
   const tw = Tensor.from(device, w, c.w, "f16");
   const tb = Tensor.from(device, bias, [c.w[0]], "f16");
   const kernel = `conv2d ${c.name} (+bias, silu)`;
   const K = c.w[1] * c.w[2] * c.w[3];
-  const [pt, pb, pl, pr] = typeof c.padding === "number" ? [c.padding, c.padding, c.padding, c.padding] : c.padding;
-  const Ho = Math.floor((c.x[2] + pt + pb - c.w[2]) / c.stride) + 1;
-  const Wo = Math.floor((c.x[3] + pl + pr - c.w[3]) / c.stride) + 1;
+  const [, , Ho, Wo] = conv2dOutputShape(c.x, c.w, c.stride, c.padding);
   const tiles = emulate ? EMULATED : deviceMatrixTiles(device, { a: "f16", b: "f16", M: c.w[0], N: Ho * Wo, K });
-  const result = (maxAbs: number, error: string | null): MatrixCheck => ({
-    kernel,
-    tiles: tiles ? tileKey(tiles) : "none",
-    maxAbs,
-    error,
-  });
   try {
-    if (!tiles) return result(Number.NaN, "the planner chose no subgroup-matrix tiles");
+    if (!tiles) return noTiles(kernel, "none");
     const out = conv2d(
       tx,
       tw,
@@ -190,12 +192,7 @@ async function checkConv(device: Device, c: ConvCase, emulate: boolean): Promise
     const got = await out.toFloat32();
     out.dispose();
     const want = conv2dRef(x, c.x, w, c.w, { stride: c.stride, padding: c.padding, bias, activation: "silu" });
-    const tol = { atol: 1e-4 * Math.sqrt(K), rtol: 2 ** -10 };
-    try {
-      return result(assertClose(got, want, tol, c.name).maxAbs, null);
-    } catch (e) {
-      return result(Number.NaN, (e as Error).message);
-    }
+    return compared(kernel, tileKey(tiles), got, want, { atol: 1e-4 * Math.sqrt(K), rtol: 2 ** -10 }, c.name);
   } finally {
     for (const t of [tx, tw, tb]) t.dispose();
   }
@@ -250,24 +247,14 @@ async function checkAttention(device: Device, c: AttentionCase, emulate: boolean
     Tensor.from(device, k, [batch, nk, width], "f16"),
     Tensor.from(device, v, [batch, nk, width], "f16"),
   ];
-  const result = (maxAbs: number, error: string | null): MatrixCheck => ({
-    kernel: `attention ${c.name}`,
-    tiles: tiles ? attentionTileKey(tiles) : "none: the present kernel",
-    maxAbs,
-    error,
-  });
   try {
     const out = attention(tq, tk, tv, { heads, ...(tiles ? { matrixTiles: tiles } : {}) });
     const got = await out.toFloat32();
     out.dispose();
     const want = attentionRef(q, k, v, { batch, nq, nk, heads, d });
+    const key = tiles ? attentionTileKey(tiles) : "none: the present kernel";
     // Probabilities rounded to f16 for the multiply (|v| < 1), then the f16 output (2^-11 relative).
-    const tol = { atol: 2e-3, rtol: 2 ** -10 };
-    try {
-      return result(assertClose(got, want, tol, c.name).maxAbs, null);
-    } catch (e) {
-      return result(Number.NaN, (e as Error).message);
-    }
+    return compared(`attention ${c.name}`, key, got, want, { atol: 2e-3, rtol: 2 ** -10 }, c.name);
   } finally {
     for (const t of [tq, tk, tv]) t.dispose();
   }

@@ -3,6 +3,18 @@
 export { attentionRef } from "./attention/reference.ts";
 export { conv2dRef } from "./conv2d/reference.ts";
 export { matmulRef } from "./matmul/reference.ts";
+export { elementCount, roundF16 } from "./test-values.ts";
+
+/** The output shape [B, Cout, Ho, Wo] of x [B, Cin, H, W] convolved with w [Cout, Cin, kh, kw], as conv2dRef's. */
+export function conv2dOutputShape(
+  [B, , H, W]: readonly number[],
+  [Cout, , kh, kw]: readonly number[],
+  stride = 1,
+  padding: number | readonly [number, number, number, number] = 0,
+): [number, number, number, number] {
+  const [pt, pb, pl, pr] = typeof padding === "number" ? [padding, padding, padding, padding] : padding;
+  return [B, Cout, Math.floor((H + pt + pb - kh) / stride) + 1, Math.floor((W + pl + pr - kw) / stride) + 1];
+}
 
 /** Deterministic uniform [-scale, scale) values from a 32-bit xorshift seed. */
 export function randomArray(n: number, seed = 1, scale = 1): Float32Array {

@@ -1,10 +1,10 @@
-import { f16ArrayToF32, f32ArrayToF16, Tensor } from "@ldm/tensor";
+import { Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";
 import { describe, it } from "vitest";
 import { conv2d } from "../conv2d/index.ts";
 import { conv2dRef } from "../conv2d/reference.ts";
 import type { Activation } from "../matmul/activation.ts";
-import { assertClose, randomArray } from "../testing.ts";
+import { assertClose, conv2dOutputShape, elementCount, randomArray, roundF16 } from "../testing.ts";
 import type { MatrixTiles } from "./plan.ts";
 
 const device = await useDevice();
@@ -36,19 +36,9 @@ interface Case {
 
 async function check(c: Case, tol: { atol: number; rtol: number }) {
   const dtype = c.dtype ?? "f32";
-  const round = (a: Float32Array) => (dtype === "f16" ? f16ArrayToF32(f32ArrayToF16(a)) : a);
-  const x = round(
-    randomArray(
-      c.x.reduce((p, q) => p * q),
-      1,
-    ),
-  );
-  const w = round(
-    randomArray(
-      c.w.reduce((p, q) => p * q),
-      2,
-    ),
-  );
+  const round = (a: Float32Array) => (dtype === "f16" ? roundF16(a) : a);
+  const x = round(randomArray(elementCount(c.x), 1));
+  const w = round(randomArray(elementCount(c.w), 2));
   const bias = c.bias ? round(randomArray(c.w[0], 3)) : undefined;
   const opts = { stride: c.stride, padding: c.padding, activation: c.activation };
   const plain = conv2dRef(x, c.x, w, c.w, { ...opts, bias });
@@ -57,12 +47,7 @@ async function check(c: Case, tol: { atol: number; rtol: number }) {
   const tx = Tensor.from(device, x, c.x, dtype);
   const tw = Tensor.from(device, w, c.w, dtype);
   const tb = bias && Tensor.from(device, bias, [c.w[0]], dtype);
-  const [pt, pb, pl, pr] =
-    typeof c.padding === "number" ? [c.padding, c.padding, c.padding, c.padding] : (c.padding ?? [0, 0, 0, 0]);
-  const stride = c.stride ?? 1;
-  const Ho = Math.floor((c.x[2] + pt + pb - c.w[2]) / stride) + 1;
-  const Wo = Math.floor((c.x[3] + pl + pr - c.w[3]) / stride) + 1;
-  const tr = residual && Tensor.from(device, residual, [c.x[0], c.w[0], Ho, Wo], dtype);
+  const tr = residual && Tensor.from(device, residual, conv2dOutputShape(c.x, c.w, c.stride, c.padding), dtype);
   const out = conv2d(tx, tw, { ...opts, bias: tb, residual: tr }, { matrixTiles: { ...TILES, component: dtype } });
   const got = await out.toFloat32();
   for (const t of [tx, tw, tb, tr, out]) t?.dispose();
