@@ -97,6 +97,14 @@ async function readTensor(path: string, name: string) {
 const work = mkdtempSync(join(tmpdir(), "ldm-vae-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
+/** The round-trip dump's input pixels (0–255) as the PNG the CLI reads; returns its path. */
+async function writeInputPng(dump: Dump, png: string): Promise<string> {
+  const pixels = await dump.floats("roundtrip", "in", "pixels");
+  const signed = pixels.data.map((v) => (v / 255) * 2 - 1);
+  writeFileSync(png, encodePng(pixelsToRgba(signed, pixels.shape)[0]));
+  return png;
+}
+
 describe.each([
   ["tiny-vq-f4", "VQModel", ["h", "indices"]],
   ["tiny-kl-f8", "AutoencoderKL", ["mode"]],
@@ -107,17 +115,7 @@ describe.each([
   it("an 8-bit PNG's latent and its decoding are the original module's", async () => {
     const dump = await Dump.open(roundtrip);
     try {
-      const pixels = await dump.floats("roundtrip", "in", "pixels");
-      const png = join(work, `${name}.png`);
-      writeFileSync(
-        png,
-        encodePng(
-          pixelsToRgba(
-            pixels.data.map((v) => (v / 255) * 2 - 1),
-            pixels.shape,
-          )[0],
-        ),
-      );
+      const png = await writeInputPng(dump, join(work, `${name}.png`));
       const latent = join(work, `${name}.safetensors`);
       const encoded = await runCli("vae", "encode", png, ...model, "--out", latent);
       expect(encoded.code, encoded.err).toBe(0);
@@ -157,17 +155,7 @@ describe.each([
     async () => {
       const dump = await Dump.open(roundtrip);
       try {
-        const pixels = await dump.floats("roundtrip", "in", "pixels");
-        const png = join(work, `${name}-sample.png`);
-        writeFileSync(
-          png,
-          encodePng(
-            pixelsToRgba(
-              pixels.data.map((v) => (v / 255) * 2 - 1),
-              pixels.shape,
-            )[0],
-          ),
-        );
+        const png = await writeInputPng(dump, join(work, `${name}-sample.png`));
         const latent = join(work, `${name}-sample.safetensors`);
         const seed = dump.metadata.seed;
         const run = await runCli("vae", "encode", png, ...model, "--sample", "--seed", seed, "--out", latent);

@@ -85,12 +85,17 @@ describe("sequential classifier-free guidance", () => {
     },
   );
 
-  it("the unconditional half gets the first context rows, the conditional half the last", async () => {
+  /** tiny-sd1's UNet with a context of two unconditional then two conditional prompts, and latents for them. */
+  async function guidedBatch() {
     const pipe = await pipeline("tiny-sd1");
-    const { unet } = pipe.networks;
     const context = await pipe.encodeText(["", "", "a cat", "a dog"]);
     const shape = [4, 4, 8, 8];
     const x = Float32Array.from({ length: 4 * 4 * 8 * 8 }, (_, i) => Math.sin(i));
+    return { pipe, unet: pipe.networks.unet, context, shape, x };
+  }
+
+  it("the unconditional half gets the first context rows, the conditional half the last", async () => {
+    const { unet, context, shape, x } = await guidedBatch();
     try {
       const whole = await unetDenoiser(unet, context, undefined, shape)(x, 500);
       const halves = await unetDenoiser(unet, context, undefined, shape, 2)(x, 500);
@@ -105,11 +110,7 @@ describe("sequential classifier-free guidance", () => {
   });
 
   it("a run's projected context (cross-attention keys and values computed once) gives the same bits as projecting in every call", async () => {
-    const pipe = await pipeline("tiny-sd1");
-    const { unet } = pipe.networks;
-    const context = await pipe.encodeText(["", "", "a cat", "a dog"]);
-    const shape = [4, 4, 8, 8];
-    const x = Float32Array.from({ length: 4 * 4 * 8 * 8 }, (_, i) => Math.sin(i));
+    const { pipe, unet, context, shape, x } = await guidedBatch();
     const other = await pipe.encodeText(["a", "b", "c", "d"]);
     try {
       for (const parts of [1, 2]) {
