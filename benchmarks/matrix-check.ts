@@ -15,7 +15,6 @@ import {
   deviceTiles,
   type GemmCall,
   gemm,
-  type MatrixTiles,
   tileKey,
 } from "@ldm/kernels";
 import {
@@ -23,7 +22,9 @@ import {
   attentionRef,
   conv2dOutputShape,
   conv2dRef,
+  EMULATED_MATRIX_TILES,
   elementCount,
+  emulatedAttentionTiles,
   matmulRef,
   randomArray,
   roundF16,
@@ -68,20 +69,6 @@ const GEMM_CASES: GemmCase[] = [
     activation: "silu",
   },
 ];
-
-/** Emulated tiles for adapters without subgroup matrices: small matrices, so that a CPU adapter compiles them. */
-const EMULATED: MatrixTiles = {
-  kind: "matrix",
-  shape: { M: 8, N: 8, K: 8 },
-  component: "f16",
-  lanes: 4,
-  subgroupsM: 2,
-  subgroupsN: 1,
-  matsM: 1,
-  matsN: 2,
-  tileK: 16,
-  emulate: true,
-};
 
 const noTiles = (kernel: string, tiles: string): MatrixCheck => ({
   kernel,
@@ -135,7 +122,7 @@ async function checkGemm(device: Device, c: GemmCase, emulate: boolean): Promise
     activation: c.activation ?? "none",
     alpha: 1,
   };
-  const tiles = emulate ? EMULATED : deviceTiles(device, call);
+  const tiles = emulate ? EMULATED_MATRIX_TILES : deviceTiles(device, call);
   const kernel = `gemm ${c.name}`;
   try {
     if (tiles.kind !== "matrix") return noTiles(kernel, tileKey(tiles));
@@ -179,7 +166,9 @@ async function checkConv(device: Device, c: ConvCase, emulate: boolean): Promise
   const kernel = `conv2d ${c.name} (+bias, silu)`;
   const K = c.w[1] * c.w[2] * c.w[3];
   const [, , Ho, Wo] = conv2dOutputShape(c.x, c.w, c.stride, c.padding);
-  const tiles = emulate ? EMULATED : deviceMatrixTiles(device, { a: "f16", b: "f16", M: c.w[0], N: Ho * Wo, K });
+  const tiles = emulate
+    ? EMULATED_MATRIX_TILES
+    : deviceMatrixTiles(device, { a: "f16", b: "f16", M: c.w[0], N: Ho * Wo, K });
   try {
     if (!tiles) return noTiles(kernel, "none");
     const out = conv2d(
@@ -216,18 +205,6 @@ const ATTENTION_CASES: AttentionCase[] = [
   { name: "self 65 tokens, 8 heads of 160", batch: 1, nq: 65, nk: 65, heads: 8, d: 160 },
 ];
 
-/** Emulated attention tiles for adapters without subgroup matrices (a CPU adapter compiles them in seconds). */
-const EMULATED_ATTENTION: AttentionMatrixTiles = {
-  kind: "attention-matrix",
-  shape: { M: 8, N: 8, K: 8 },
-  component: "f16",
-  lanes: 4,
-  subgroups: 2,
-  keyBlock: 16,
-  paddedD: 16,
-  emulate: true,
-};
-
 /**
  * Attention in f16 (the model's dtype on GPUs, f16 output) on the planner's tiles; where it finds none (a wide
  * head on little workgroup memory) the present kernel runs and the row says so, so its numbers are checked too.
@@ -240,7 +217,7 @@ async function checkAttention(device: Device, c: AttentionCase, emulate: boolean
   const k = roundF16(randomArray(batch * nk * width, 9, 2));
   const v = roundF16(randomArray(batch * nk * width, 10));
   const tiles = emulate
-    ? { ...EMULATED_ATTENTION, paddedD: Math.ceil(d / 8) * 8 }
+    ? emulatedAttentionTiles(d)
     : deviceAttentionMatrixTiles(device, { dtype: "f16", d, nq, causal: false });
   const [tq, tk, tv] = [
     Tensor.from(device, q, [batch, nq, width], "f16"),

@@ -1,9 +1,46 @@
-/** Helpers shared by kernel tests and benchmarks: seeded random data, closeness checks, CPU references. */
+/**
+ * Helpers shared by kernel tests and benchmarks: seeded random data, closeness checks, CPU references, emulated
+ * subgroup-matrix tiles.
+ */
+
+import type { AttentionMatrixTiles } from "./subgroup-matrix/attention-plan.ts";
+import type { MatrixTiles } from "./subgroup-matrix/plan.ts";
 
 export { attentionRef } from "./attention/reference.ts";
 export { conv2dRef } from "./conv2d/reference.ts";
 export { matmulRef } from "./matmul/reference.ts";
 export { elementCount, roundF16 } from "./test-values.ts";
+
+/**
+ * Subgroup-matrix GEMM tiles emulated in plain WGSL (no adapter feature needed), small enough for a CPU adapter
+ * to compile in seconds: 8 × 8 × 8 matrices, 4 lanes, 2 subgroups.
+ */
+export const EMULATED_MATRIX_TILES: MatrixTiles = {
+  kind: "matrix",
+  shape: { M: 8, N: 8, K: 8 },
+  component: "f16",
+  lanes: 4,
+  subgroupsM: 2,
+  subgroupsN: 1,
+  matsM: 1,
+  matsN: 2,
+  tileK: 16,
+  emulate: true,
+};
+
+/** Emulated attention tiles of the same size for head width d (padded to 8): 2 subgroups of 8 query rows. */
+export function emulatedAttentionTiles(d: number, component: "f16" | "f32" = "f16"): AttentionMatrixTiles {
+  return {
+    kind: "attention-matrix",
+    shape: { M: 8, N: 8, K: 8 },
+    component,
+    lanes: 4,
+    subgroups: 2,
+    keyBlock: 16,
+    paddedD: Math.ceil(d / 8) * 8,
+    emulate: true,
+  };
+}
 
 /** The output shape [B, Cout, Ho, Wo] of x [B, Cin, H, W] convolved with w [Cout, Cin, kh, kw], as conv2dRef's. */
 export function conv2dOutputShape(

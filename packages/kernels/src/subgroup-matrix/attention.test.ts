@@ -5,7 +5,7 @@ import { attention } from "../attention/index.ts";
 import { attentionRef } from "../attention/reference.ts";
 import { kernelWgsl } from "../common/kernel.ts";
 import { roundF16 } from "../test-values.ts";
-import { assertClose, randomArray } from "../testing.ts";
+import { assertClose, emulatedAttentionTiles, randomArray } from "../testing.ts";
 import { MATRIX_ATTENTION, type MatrixAttentionSpec } from "./attention.ts";
 import {
   type AttentionMatrixInputs,
@@ -178,18 +178,6 @@ describe("subgroup-matrix attention WGSL", () => {
   );
 });
 
-/** Emulated tiles small enough for lavapipe: 8×8×8 matrices, 4 lanes, 2 subgroups of 8 query rows. */
-const EMULATED: AttentionMatrixTiles = {
-  kind: "attention-matrix",
-  shape: { M: 8, N: 8, K: 8 },
-  component: "f16",
-  lanes: 4,
-  subgroups: 2,
-  keyBlock: 16,
-  paddedD: 40,
-  emulate: true,
-};
-
 interface Case {
   batch: number;
   nq: number;
@@ -211,7 +199,7 @@ async function check(c: Case) {
   const tq = Tensor.from(device, q, [batch, nq, width], dtype);
   const tk = Tensor.from(device, k, [batch, nk, width], dtype);
   const tv = Tensor.from(device, v, [batch, nk, width], dtype);
-  const tiles = { ...EMULATED, component: dtype, paddedD: Math.ceil(d / 8) * 8, ...c.tiles };
+  const tiles = { ...emulatedAttentionTiles(d, dtype), ...c.tiles };
   const out = attention(tq, tk, tv, { heads, matrixTiles: tiles });
   const got = await out.toFloat32();
   for (const t of [tq, tk, tv, out]) t.dispose();
@@ -262,10 +250,10 @@ describe("attention on emulated subgroup-matrix tiles", () => {
       (tiles: AttentionMatrixTiles, causal = false) =>
       () =>
         attention(q, k, v, { heads: 1, causal, matrixTiles: tiles });
-    const f32 = { ...EMULATED, component: "f32" as const };
+    const f32 = emulatedAttentionTiles(16, "f32");
     expect(run({ ...f32, paddedD: 8 })).toThrow(/padded width 8 must be ≥ d = 16/);
     expect(run({ ...f32, paddedD: 16, keyBlock: 12 })).toThrow(/key block 12 must be a multiple of K and N/);
-    expect(run({ ...EMULATED, paddedD: 16 })).toThrow(/component type f16 is not the tensors' f32/);
+    expect(run(emulatedAttentionTiles(16))).toThrow(/component type f16 is not the tensors' f32/);
     expect(run({ ...f32, paddedD: 16 }, true)).toThrow(/do not apply a causal mask/);
     for (const x of [q, k, v]) x.dispose();
   });

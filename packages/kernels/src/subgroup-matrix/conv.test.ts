@@ -4,24 +4,20 @@ import { describe, it } from "vitest";
 import { conv2d } from "../conv2d/index.ts";
 import { conv2dRef } from "../conv2d/reference.ts";
 import type { Activation } from "../matmul/activation.ts";
-import { assertClose, conv2dOutputShape, elementCount, randomArray, roundF16 } from "../testing.ts";
+import {
+  assertClose,
+  conv2dOutputShape,
+  EMULATED_MATRIX_TILES,
+  elementCount,
+  randomArray,
+  roundF16,
+} from "../testing.ts";
 import type { MatrixTiles } from "./plan.ts";
 
 const device = await useDevice();
 
-/** Emulated (plain WGSL) matrix tiles, small enough for lavapipe: the implicit GEMM's gather, tiles and epilogue. */
-const TILES: MatrixTiles = {
-  kind: "matrix",
-  shape: { M: 8, N: 8, K: 8 },
-  component: "f32",
-  lanes: 4,
-  subgroupsM: 1,
-  subgroupsN: 2,
-  matsM: 2,
-  matsN: 1,
-  tileK: 16,
-  emulate: true,
-};
+/** Emulated matrix tiles for the implicit GEMM's gather, tiles and epilogue, with the 2 subgroups along N. */
+const TILES: MatrixTiles = { ...EMULATED_MATRIX_TILES, subgroupsM: 1, subgroupsN: 2, matsM: 2, matsN: 1 };
 
 interface Case {
   x: [number, number, number, number];
