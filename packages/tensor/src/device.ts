@@ -138,7 +138,11 @@ const DISPATCHES_PER_SUBMIT = 16;
  * 17 µs a call on lavapipe (idle machine) and 40–70 µs on the H200's host; the cache is cleared when full.
  */
 const MAX_CACHED_BIND_GROUPS = 4096;
-const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x04 /* COPY_SRC */ | 0x08; /* COPY_DST */
+/**
+ * Every tensor buffer can also be bound as a uniform window: on CPU adapters a GEMM reads its packed B through one
+ * (llvmpipe gathers uniform-buffer loads without the per-lane branches of storage loads; matmul/tiles.ts).
+ */
+const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x04 /* COPY_SRC */ | 0x08 /* COPY_DST */ | 0x40; /* UNIFORM */
 
 type TrackedDisposable = { dispose(): void; readonly disposed: boolean };
 

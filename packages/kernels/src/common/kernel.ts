@@ -18,14 +18,16 @@ import { wgslEnables } from "./wgsl.ts";
 
 export type ParamType = "u32" | "i32" | "f32";
 
-/** A storage buffer binding; bindings are numbered from 1 in declaration order (0 is the uniform block). */
+/** A buffer binding; bindings are numbered from 1 in declaration order (0 is the uniform block). */
 export interface KernelBinding {
   /** The WGSL variable, and the name the buffer is passed under. */
   name: string;
-  /** Element type of the array: "f32", "vec4<f16>", "vec2<u32>" … */
+  /** Element type of the array: "f32", "vec4<f16>", "vec2<u32>" … (a 16-byte type for a uniform array). */
   type: string;
   /** Default "read". */
   access?: "read" | "read_write";
+  /** A uniform buffer of this many elements (a fixed-size array) instead of a storage buffer. */
+  uniform?: number;
 }
 
 /** A field of the declaration: fixed, or computed from the configuration. */
@@ -149,8 +151,10 @@ export function kernelWgsl<C>(kernel: KernelDecl<C>, c: C): string {
         ? `${linear} * ${items}u + lid`
         : `${linear} * ${items}u + lid / ${workgroupSize / items}u`;
   const guard = kernel.guard === "flag" ? "  let inRange = item < p.count;" : "  if (item >= p.count) { return; }";
-  const bindings = resolve(kernel.bindings, c).map(
-    (b, i) => `@group(0) @binding(${i + 1}) var<storage, ${b.access ?? "read"}> ${b.name}: array<${b.type}>;`,
+  const bindings = resolve(kernel.bindings, c).map((b, i) =>
+    b.uniform
+      ? `@group(0) @binding(${i + 1}) var<uniform> ${b.name}: array<${b.type}, ${b.uniform}>;`
+      : `@group(0) @binding(${i + 1}) var<storage, ${b.access ?? "read"}> ${b.name}: array<${b.type}>;`,
   );
   const builtins = [
     "@builtin(workgroup_id) wid: vec3u",

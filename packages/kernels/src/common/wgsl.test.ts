@@ -39,8 +39,9 @@ describe("generated WGSL has no short-circuit &&", () => {
 
   const gemmTiles: TileConfig[] = [
     { kind: "workgroup", tileM: 32, tileN: 32, tileK: 16, threadM: 4, threadN: 4 },
-    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "n" },
-    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "m" },
+    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "n", cols: 1, uniformB: false },
+    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "n", cols: 1, uniformB: true },
+    { kind: "subgroup", lanes: 8, subgroups: 4, rows: 16, laneOwns: "m", cols: 2, uniformB: false },
   ];
   const epilogues = [
     { gated: false, residual: "f32", activation: "gelu" },

@@ -15,8 +15,18 @@ import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { geglu } from "../elementwise/index.ts";
 import { type Activation, assertActivation } from "./activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "./autotune.ts";
+import { PACK_B } from "./pack.ts";
 import { type GemmGeometry, planGemm } from "./plan.ts";
-import { chooseTiles, isTileConfig, type TileConfig, type TileInputs, tileCandidates, workgroupTile } from "./tiles.ts";
+import {
+  chooseTiles,
+  isTileConfig,
+  type TileConfig,
+  type TileInputs,
+  tileCandidates,
+  UNIFORM_WINDOW_BYTES,
+  uniformWindow,
+  workgroupTile,
+} from "./tiles.ts";
 import { GEMM, type GemmKernelSpec, gemmVectorReads } from "./wgsl.ts";
 
 export type { Activation } from "./activation.ts";
@@ -303,8 +313,14 @@ export function gemm(call: GemmCall): void {
     bindingLimits(device, call.bindingLimits),
   );
   if (pieces.length === 0) return;
-  if (gated && pieces.some((piece) => !piece.finalize)) {
-    // A reduction split over pieces keeps partial sums in C, which a gated output has no room for.
+  const chosen = call.tiles ?? tunedTiles(call) ?? deviceTiles(device, call);
+  // Windows of B are one dispatch per window over all rows: only for a B shared by the batch, in one piece.
+  const windowed =
+    chosen.kind === "subgroup" && chosen.uniformB && pieces.length === 1 && (batch === 1 || call.bBatchStride === 0);
+  const tiles = chosen.kind === "subgroup" && chosen.uniformB && !windowed ? { ...chosen, uniformB: false } : chosen;
+  const window = tiles.kind === "subgroup" && tiles.uniformB ? uniformWindow(tiles, K) : null;
+  if (gated && (pieces.some((piece) => !piece.finalize) || (window && K > window.k))) {
+    // A reduction split over pieces or windows keeps partial sums in C, which a gated output has no room for.
     const product = Tensor.empty(device, [batch, M, N], out.dtype);
     try {
       gemm({ ...call, gated: false, out: product });
@@ -314,8 +330,6 @@ export function gemm(call: GemmCall): void {
     }
     return;
   }
-
-  const tiles = call.tiles ?? tunedTiles(call) ?? deviceTiles(device, call);
   if (tiles.kind === "matrix" && (a.dtype !== tiles.component || b.dtype !== tiles.component)) {
     throw new Error(`${op}: subgroup-matrix tiles of ${tiles.component} cannot read a ${a} and b ${b}`);
   }
@@ -329,30 +343,12 @@ export function gemm(call: GemmCall): void {
   );
   const tile = workgroupTile(tiles);
   const laneOwnsM = tiles.kind === "subgroup" && tiles.laneOwns === "m";
+  const packed = window ? packB(call, window) : null;
 
   for (const piece of pieces) {
     const rows = piece.m1 - piece.m0;
-    const depth = piece.k1 - piece.k0;
-    const spec: GemmKernelSpec = {
-      tiles,
-      transposeA,
-      transposeB,
-      a: a.dtype,
-      b: b.dtype,
-      c: out.dtype,
-      bias: bias ? { axis: bias.axis, dtype: bias.tensor.dtype } : null,
-      residual: residual?.dtype ?? null,
-      activation: call.activation,
-      vecA,
-      vecB,
-      vecC: N % 4 === 0 && !gated,
-      kTail: depth % 4 !== 0,
-      gated,
-    };
     const batches = piece.b1 - piece.b0;
     const tilesM = Math.ceil(rows / tile.m);
-    const tilesN = Math.ceil(N / tile.n);
-    const [tilesX, tilesY] = laneOwnsM ? [tilesN, tilesM] : [tilesM, tilesN];
     const buffers: Record<string, BufferSlice> = {
       A: bindingSlice(a, piece.a),
       B: bindingSlice(b, piece.b),
@@ -360,31 +356,90 @@ export function gemm(call: GemmCall): void {
     };
     if (bias) buffers.Bias = { buffer: bias.tensor.buffer, offset: 0, size: bias.tensor.buffer.size };
     if (residual && piece.residual) buffers.R = bindingSlice(residual, piece.residual);
-    runKernel(device, GEMM, spec, {
-      count: batches * tilesX * tilesY,
-      params: {
-        batch: batches,
-        M: rows,
-        N,
-        K: depth,
-        tilesX,
-        tilesY,
-        aRow: transposeA ? M : K,
-        aBatch: call.aBatchStride,
-        aOff: piece.a.elementOffset,
-        bRow: transposeB ? K : N,
-        bBatch: call.bBatchStride,
-        bOff: piece.b.elementOffset,
-        cBatch: M * (gated ? N / 2 : N),
-        cOff: piece.c.elementOffset,
-        rOff: piece.residual?.elementOffset ?? 0,
-        biasOff: bias?.axis === "m" ? piece.m0 : 0,
-        accumulate: piece.accumulate ? 1 : 0,
-        finalize: piece.finalize ? 1 : 0,
-        tileRows: tiles.kind === "subgroup" ? tiles.rows : tiles.kind === "workgroup" ? tiles.threadM : 0,
-        alpha: call.alpha,
-      },
-      buffers,
-    });
+    // One part per window of B (columns n0.., steps k0..k1), or the whole piece.
+    const parts =
+      packed && window
+        ? windowParts(N, piece.k1 - piece.k0, window)
+        : [{ n0: 0, k0: 0, k1: piece.k1 - piece.k0, w: 0 }];
+    for (const part of parts) {
+      const depth = part.k1 - part.k0;
+      const spec: GemmKernelSpec = {
+        tiles,
+        transposeA,
+        transposeB,
+        a: a.dtype,
+        b: b.dtype,
+        c: out.dtype,
+        bias: bias ? { axis: bias.axis, dtype: bias.tensor.dtype } : null,
+        residual: residual?.dtype ?? null,
+        activation: call.activation,
+        vecA,
+        vecB,
+        vecC: N % 4 === 0 && !gated,
+        kTail: depth % 4 !== 0,
+        gated,
+      };
+      const tilesN = window ? 1 : Math.ceil(N / tile.n);
+      const [tilesX, tilesY] = laneOwnsM ? [tilesN, tilesM] : [tilesM, tilesN];
+      if (packed) buffers.B = packed.slice(part.w * UNIFORM_WINDOW_BYTES, UNIFORM_WINDOW_BYTES);
+      runKernel(device, GEMM, spec, {
+        count: batches * tilesX * tilesY,
+        params: {
+          batch: batches,
+          M: rows,
+          N,
+          K: depth,
+          tilesX,
+          tilesY,
+          aRow: transposeA ? M : K,
+          aBatch: call.aBatchStride,
+          aOff: piece.a.elementOffset + part.k0 * (transposeA ? M : 1),
+          // A window's rows are its k steps.
+          bRow: window ? window.k : transposeB ? K : N,
+          bBatch: call.bBatchStride,
+          bOff: piece.b.elementOffset,
+          nOff: part.n0,
+          cBatch: M * (gated ? N / 2 : N),
+          cOff: piece.c.elementOffset,
+          rOff: piece.residual?.elementOffset ?? 0,
+          biasOff: bias?.axis === "m" ? piece.m0 : 0,
+          accumulate: piece.accumulate || part.k0 > 0 ? 1 : 0,
+          finalize: piece.finalize && part.k1 === piece.k1 - piece.k0 ? 1 : 0,
+          tileRows:
+            tiles.kind === "subgroup" ? tiles.rows * tiles.cols : tiles.kind === "workgroup" ? tiles.threadM : 0,
+          alpha: call.alpha,
+        },
+        buffers,
+      });
+    }
   }
+  packed?.dispose();
+}
+
+/** The windows of B over N columns and `depth` steps, in packB's order (w = nWin · kWins + kWin). */
+function windowParts(N: number, depth: number, window: { n: number; k: number }) {
+  const kWins = Math.ceil(depth / window.k);
+  return Array.from({ length: Math.ceil(N / window.n) * kWins }, (_, w) => {
+    const k0 = (w % kWins) * window.k;
+    return { n0: Math.floor(w / kWins) * window.n, k0, k1: Math.min(depth, k0 + window.k), w };
+  });
+}
+
+/** B packed into uniform windows (pack.ts), from the one piece's binding of B. */
+function packB(call: GemmCall, window: { n: number; k: number }): Tensor {
+  const { b, N, K, transposeB, gated = false } = call;
+  const device = call.out.device;
+  const windows = Math.ceil(N / window.n) * Math.ceil(K / window.k);
+  const packed = Tensor.empty(device, [windows * (UNIFORM_WINDOW_BYTES / 4)], "f32");
+  runKernel(
+    device,
+    PACK_B,
+    { b: b.dtype, transposeB, gated, n: window.n, k: window.k },
+    {
+      count: windows * window.n * window.k,
+      params: { N, K, kWins: Math.ceil(K / window.k), bOff: 0, bRow: transposeB ? K : N },
+      buffers: { B: b.slice(), P: packed.slice() },
+    },
+  );
+  return packed;
 }

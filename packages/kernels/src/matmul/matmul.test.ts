@@ -6,10 +6,19 @@ import type { BindingLimits } from "../common/pieces.ts";
 import { gegluRef } from "../elementwise/reference.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import type { Activation } from "./activation.ts";
-import { deviceTiles, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
+import { deviceTiles, fixedSubgroupSize, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
 import { planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
-import { chooseTiles, isTileConfig, type TileConfig, tileCandidates, workgroupStorageBytes } from "./tiles.ts";
+import {
+  chooseTiles,
+  isTileConfig,
+  type TileConfig,
+  tileCandidates,
+  tileKey,
+  UNIFORM_WINDOW_BYTES,
+  uniformWindow,
+  workgroupStorageBytes,
+} from "./tiles.ts";
 import { GEMM, type GemmKernelSpec, gemmVectorReads } from "./wgsl.ts";
 
 const device = await useDevice();
@@ -29,7 +38,33 @@ const lavapipeLike = {
 describe("chooseTiles", () => {
   it("uses subgroup-broadcast tiles on a CPU adapter with a fixed subgroup size", () => {
     const t = chooseTiles({ ...lavapipeLike, M: 4096, N: 320, K: 320 });
-    expect(t).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 24, laneOwns: "n" });
+    expect(t).toEqual({
+      kind: "subgroup",
+      lanes: 8,
+      subgroups: 8,
+      rows: 24,
+      laneOwns: "n",
+      cols: 1,
+      uniformB: true,
+    });
+  });
+
+  it("reads B from uniform windows where they pay", () => {
+    expect(chooseTiles({ ...lavapipeLike, M: 8192, N: 320, K: 320, transposeB: true })).toMatchObject({
+      uniformB: true,
+    });
+    // GEGLU at SD's 16² level: 320 × 3 windows.
+    expect(chooseTiles({ ...lavapipeLike, M: 512, N: 10240, K: 1280, transposeB: true })).toMatchObject({
+      uniformB: true,
+    });
+    // Fewer rows than two workgroups, or a 1×1 convolution over 512² pixels (8192 windows).
+    expect(chooseTiles({ ...lavapipeLike, M: 154, N: 320, K: 768, transposeB: true })).toMatchObject({
+      uniformB: false,
+    });
+    expect(chooseTiles({ ...lavapipeLike, M: 128, N: 512 * 512, K: 256 })).toMatchObject({ uniformB: false });
+    // Lanes owning m (both operands transposed) read B from storage.
+    const tt = chooseTiles({ ...lavapipeLike, M: 4096, N: 4096, K: 64, transposeA: true, transposeB: true });
+    expect(tt).toMatchObject({ laneOwns: "m", uniformB: false });
   });
 
   it("shrinks the workgroup for few rows, and broadcasts B's rows when only A is transposed away from K", () => {
@@ -70,7 +105,15 @@ describe("tileCandidates", () => {
         }
       }
     }
-    expect(isTileConfig({ kind: "subgroup", lanes: 8, subgroups: 2, rows: 12, laneOwns: "n" })).toBe(false);
+    const sg = { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n", cols: 1, uniformB: true };
+    expect(isTileConfig(sg)).toBe(true);
+    expect(isTileConfig({ ...sg, rows: 12 })).toBe(false);
+    expect(isTileConfig({ ...sg, cols: 3 })).toBe(false);
+    // Windows of B are columns the lanes own.
+    expect(isTileConfig({ ...sg, laneOwns: "m" })).toBe(false);
+    expect(isTileConfig({ ...sg, laneOwns: "m", uniformB: false })).toBe(true);
+    // An autotune cache written before cols and uniformB existed.
+    expect(isTileConfig({ kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n" })).toBe(false);
     expect(isTileConfig({ kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 2 })).toBe(false);
     expect(isTileConfig({ kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 2, threadN: 4 })).toBe(false);
     expect(isTileConfig(null)).toBe(false);
@@ -78,7 +121,7 @@ describe("tileCandidates", () => {
 });
 
 const gemmBase: GemmKernelSpec = {
-  tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n" },
+  tiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n", cols: 1, uniformB: false },
   transposeA: false,
   transposeB: false,
   a: "f32",
@@ -105,6 +148,8 @@ describe("gemmKey", () => {
       { ...base, tiles: { ...base.tiles, subgroups: 4 } as TileConfig },
       { ...base, tiles: { ...base.tiles, rows: 24 } as TileConfig },
       { ...base, tiles: { ...base.tiles, laneOwns: "m" } as TileConfig },
+      { ...base, tiles: { ...base.tiles, cols: 2 } as TileConfig },
+      { ...base, tiles: { ...base.tiles, uniformB: true } as TileConfig },
       { ...base, tiles: wg },
       { ...base, tiles: { ...wg, tileM: 32 } },
       { ...base, tiles: { ...wg, tileN: 32 } },
@@ -419,6 +464,83 @@ describe.each([
       atol: f32Tol(30).atol + 1e-6,
       rtol: 1e-5,
     });
+  });
+});
+
+describe("uniformWindow", () => {
+  it("fits one 64 KiB window of f32: the owned columns of a workgroup over K split evenly, 4-aligned", () => {
+    const t = { kind: "subgroup", lanes: 8, subgroups: 4, rows: 24, laneOwns: "n", cols: 1, uniformB: true } as const;
+    expect(uniformWindow(t, 4096)).toEqual({ n: 32, k: 512 });
+    expect(uniformWindow(t, 320)).toEqual({ n: 32, k: 320 });
+    expect(uniformWindow(t, 640)).toEqual({ n: 32, k: 320 });
+    expect(uniformWindow(t, 1281)).toEqual({ n: 32, k: 428 });
+    expect(uniformWindow(t, 7)).toEqual({ n: 32, k: 8 });
+    expect(uniformWindow({ ...t, cols: 2 }, 4096)).toEqual({ n: 64, k: 256 });
+    expect(uniformWindow({ ...t, lanes: 16, cols: 2 }, 4096)).toEqual({ n: 128, k: 128 });
+    for (const w of [uniformWindow(t, 1e6), uniformWindow({ ...t, lanes: 4 }, 1e6)]) {
+      expect(w.n * w.k * 4).toBeLessThanOrEqual(UNIFORM_WINDOW_BYTES);
+    }
+  });
+});
+
+describe("gemm with other subgroup tiles", () => {
+  // Two groups of 4 owned indices per lane, lanes owning n and m, and B read from uniform windows: odd shapes cut
+  // through both groups, K = 13 ends inside a block of 4, and K = 600 takes two windows of 300 (three of 200 with
+  // two groups).
+  const base = { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, cols: 2, uniformB: false } as const;
+  const epilogueTol = { atol: f32Tol(30).atol + 1e-6, rtol: 1e-5 };
+  const configs: TileConfig[] = [
+    { ...base, laneOwns: "n" },
+    { ...base, laneOwns: "m" },
+    { ...base, laneOwns: "n", cols: 1, uniformB: true },
+    { ...base, laneOwns: "n", uniformB: true },
+  ];
+  it.skipIf(fixedSubgroupSize(device) !== 8).each(configs.map((tiles) => ({ tiles, key: tileKey(tiles) })))(
+    "$key matches the reference on odd shapes, K tails and windows",
+    async ({ tiles }) => {
+      await check({ M: 33, N: 71, K: 13 }, tiles, f32Tol(13));
+      await check({ M: 37, N: 40, K: 20, transposeB: true, bias: true }, tiles, f32Tol(20));
+      await check({ M: 6, N: 9, K: 7, transposeA: true, transposeB: true }, tiles, f32Tol(7));
+      await check({ batch: 2, M: 20, N: 12, K: 8, shareB: true, transposeA: true }, tiles, f32Tol(8));
+      await check(
+        { M: 19, N: 24, K: 30, bias: true, residual: true, activation: "gelu", alpha: 0.7 },
+        tiles,
+        epilogueTol,
+      );
+      await check(
+        { M: 21, N: 70, K: 600, transposeB: true, bias: true, residual: true, alpha: 0.5 },
+        tiles,
+        f32Tol(600),
+      );
+    },
+  );
+  it.skipIf(fixedSubgroupSize(device) !== 8)(
+    "windows of B serve gated products and batches with their own B",
+    async () => {
+      const tiles = configs[2];
+      await check({ M: 37, N: 26, K: 20, transposeB: true, bias: true, alpha: 0.7, gated: true }, tiles, gatedTol(20));
+      // Over one window's K: the product, then GEGLU.
+      await check({ M: 9, N: 66, K: 520, transposeB: true, bias: true, gated: true }, tiles, gatedTol(520));
+      // Each batch item has its own B: read from storage.
+      await check({ batch: 3, M: 9, N: 12, K: 8, transposeB: true }, tiles, f32Tol(8));
+    },
+  );
+  it.skipIf(fixedSubgroupSize(device) !== 8 || !device.features.shaderF16)("packs f16 B into f32 windows", async () => {
+    const tol = { atol: 1e-3, rtol: 2 ** -10 };
+    await check({ M: 19, N: 20, K: 16, transposeB: true, bias: true, dtype: "f16" }, configs[2], tol);
+    await check({ M: 12, N: 8, K: 9, transposeA: true, dtype: "f16" }, configs[2], tol);
+  });
+});
+
+describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tiles in f16", (strategy) => {
+  it.skipIf(!device.features.shaderF16)("stores and reads f16 (f32 accumulation)", async () => {
+    // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
+    const tol = { atol: 1e-3, rtol: 2 ** -10 };
+    await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
+    await check({ M: 6, N: 9, K: 7, dtype: "f16", transposeA: true, transposeB: true }, strategy, tol);
+    // Packed f16 vector reads (vec2<u32>) along K for both operands: the Linear layout, and Aᵀ along M.
+    await check({ M: 10, N: 12, K: 16, dtype: "f16", transposeB: true }, strategy, tol);
+    await check({ M: 12, N: 8, K: 9, dtype: "f16", transposeA: true }, strategy, tol);
   });
 });
 

@@ -8,6 +8,9 @@
  * load each element once per subgroup and share it with `subgroupBroadcast`: the lanes of a subgroup own
  * 4 consecutive indices each along one output dimension, and every lane loads a few rows of the other
  * operand, which are then broadcast to all lanes. Barriers (coroutine switches on llvmpipe) are avoided.
+ * Uniform-buffer loads are gathered without branches (about a third of the instructions of a storage load), but
+ * a uniform binding holds only 64 KiB: with `uniformB` the owned operand B is packed into windows of that size
+ * (the workgroup's columns × a range of K) and each window is one dispatch over all rows.
  *
  * GPUs get the classic workgroup-memory tiling, or subgroup-matrix tiles (tensor cores) where the adapter has
  * them for the operands' dtype.
@@ -50,8 +53,15 @@ export interface SubgroupTiles {
   subgroups: number;
   /** Broadcast rows per subgroup (a multiple of `lanes` and of 4); each lane keeps rows × 4 accumulators. */
   rows: number;
-  /** The output dimension whose indices lanes own (4 consecutive each); the other one is broadcast. */
+  /** The output dimension whose indices lanes own (4 · cols consecutive each); the other one is broadcast. */
   laneOwns: "m" | "n";
+  /** Groups of 4 owned indices per lane (1 or 2): each lane keeps rows × 4 · cols accumulators. */
+  cols: number;
+  /**
+   * B is packed into windows of uniformWindow(tiles) (the workgroup's owned columns × a range of K) and read
+   * through a uniform binding, one dispatch per window. Needs laneOwns "n".
+   */
+  uniformB: boolean;
 }
 
 /** Workgroup-memory tiles (GPUs, and any adapter without a fixed subgroup size). */
@@ -79,6 +89,38 @@ export type TileConfig = SubgroupTiles | WorkgroupTiles | MatrixTiles;
 
 /** Subgroup sizes the broadcast tiles are written for (lavapipe has 8; 16 with LP_NATIVE_VECTOR_WIDTH=512). */
 const BROADCAST_LANES = [4, 8, 16];
+/**
+ * Bytes of one window of packed B (uniformB tiles): 64 KiB, WebGPU's default maxUniformBufferBindingSize, which
+ * every adapter supports.
+ */
+export const UNIFORM_WINDOW_BYTES = 65536;
+
+/**
+ * The window of B that one dispatch of uniformB tiles reads: all n columns the lanes of a workgroup own, and k
+ * steps (a multiple of 4), n · k floats within UNIFORM_WINDOW_BYTES; packed row-major, n rows of k values. K steps
+ * are split evenly over the fewest windows (K = 640 as 2 × 320, not 512 + 128: every dispatch a full one).
+ */
+export function uniformWindow(t: SubgroupTiles, K: number): { n: number; k: number } {
+  const n = t.lanes * 4 * t.cols;
+  const most = Math.floor(UNIFORM_WINDOW_BYTES / 4 / n / 4) * 4;
+  return { n, k: Math.min(most, Math.ceil(K / Math.ceil(K / most) / 4) * 4) };
+}
+
+/** Most dispatches (windows of B) one GEMM may take with uniformB tiles. */
+const MAX_WINDOWS = 1024;
+
+/**
+ * Whether windows of B pay for their dispatches: at least two workgroups of rows in each (one per lavapipe
+ * thread), and at most MAX_WINDOWS of them (a 1×1 convolution over 512² pixels would take 8192 windows of 32).
+ */
+export function windowsPay(t: SubgroupTiles, inp: Pick<TileInputs, "M" | "N" | "K">): boolean {
+  const window = uniformWindow(t, inp.K);
+  const windows = Math.ceil(inp.N / window.n) * Math.ceil(inp.K / window.k);
+  return inp.M >= 2 * t.rows * t.subgroups && windows <= MAX_WINDOWS;
+}
+
+/** Owned groups of 4 per lane that the broadcast tiles are written for. */
+const SUBGROUP_COLS = [1, 2];
 
 export function chooseTiles(inp: TileInputs): TileConfig {
   const matrix = inp.matrix && !inp.isCpu ? chooseMatrixTiles({ ...inp, ...inp.matrix }) : null;
@@ -90,7 +132,8 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     const laneOwns = !inp.transposeA ? "n" : inp.transposeB ? "m" : "n";
     const rows = broadcastRows(lanes, broadcastExtent(inp));
     const subgroups = subgroupsFor(inp, lanes, rows);
-    return { kind: "subgroup", lanes, subgroups, rows, laneOwns };
+    const tiles: SubgroupTiles = { kind: "subgroup", lanes, subgroups, rows, laneOwns, cols: 1, uniformB: false };
+    return { ...tiles, uniformB: laneOwns === "n" && windowsPay(tiles, inp) };
   }
   const big: WorkgroupTiles = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 };
   const fitsBig = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= workgroupStorageBytes(big);
@@ -124,6 +167,8 @@ export function tileCandidates(inp: TileInputs): TileConfig[] {
       out.push({ ...chosen, rows, subgroups: subgroupsFor(inp, chosen.lanes, rows) });
     }
     if (chosen.subgroups > 2) out.push({ ...chosen, subgroups: Math.ceil(chosen.subgroups / 2) });
+    if (chosen.uniformB) out.push({ ...chosen, uniformB: false });
+    out.push({ ...chosen, cols: 2 });
     return out;
   }
   const plain: WorkgroupTiles[] = [
@@ -172,7 +217,10 @@ export function isTileConfig(v: unknown): v is TileConfig {
       BROADCAST_LANES.includes(t.lanes as number) &&
       (t.rows as number) % (t.lanes as number) === 0 &&
       (t.rows as number) % 4 === 0 &&
-      (t.laneOwns === "m" || t.laneOwns === "n")
+      (t.laneOwns === "m" || t.laneOwns === "n") &&
+      SUBGROUP_COLS.includes(t.cols as number) &&
+      typeof t.uniformB === "boolean" &&
+      !(t.uniformB && t.laneOwns !== "n")
     );
   }
   return (
@@ -191,7 +239,7 @@ export function isTileConfig(v: unknown): v is TileConfig {
 export function tileKey(t: TileConfig): string {
   if (t.kind === "matrix") return matrixTileKey(t);
   return t.kind === "subgroup"
-    ? `sg${t.lanes}x${t.subgroups}r${t.rows}${t.laneOwns}`
+    ? `sg${t.lanes}x${t.subgroups}r${t.rows}${t.laneOwns}c${t.cols}${t.uniformB ? "u" : ""}`
     : `wg${t.tileM}x${t.tileN}x${t.tileK}t${t.threadM}x${t.threadN}${t.vecLoads ? "v" : ""}${t.doubleBuffer ? "d" : ""}`;
 }
 
@@ -219,6 +267,6 @@ export function workgroupTile(t: TileConfig): { m: number; n: number } {
   if (t.kind === "matrix") return matrixTile(t);
   if (t.kind === "workgroup") return { m: t.tileM, n: t.tileN };
   const broadcast = t.subgroups * t.rows;
-  const owned = t.lanes * 4;
+  const owned = t.lanes * 4 * t.cols;
   return t.laneOwns === "n" ? { m: broadcast, n: owned } : { m: owned, n: broadcast };
 }

@@ -23,6 +23,7 @@ import {
   type SubgroupTiles,
   stagedRowVec4s,
   type TileConfig,
+  UNIFORM_WINDOW_BYTES,
   type WorkgroupTiles,
   workgroupSize,
   workgroupTile,
@@ -65,8 +66,9 @@ export function gemmVectorReads(
   if (tiles.kind === "workgroup" && tiles.vecLoads) return { vecA: alignedA, vecB: alignedB };
   if (tiles.kind !== "subgroup") return { vecA: false, vecB: false };
   // The broadcast operand is only read as vectors along k; the owned one along k or along its own index.
+  // A uniform window of B is read as vectors of its own (packed) layout.
   return tiles.laneOwns === "n"
-    ? { vecA: alignedA && !transposeA, vecB: alignedB }
+    ? { vecA: alignedA && !transposeA, vecB: alignedB && !tiles.uniformB }
     : { vecA: alignedA, vecB: alignedB && transposeB };
 }
 
@@ -179,6 +181,7 @@ export const GEMM: KernelDecl<GemmKernelSpec> = {
     bRow: "u32",
     bBatch: "u32",
     bOff: "u32",
+    nOff: "u32",
     ...EPILOGUE_PARAMS,
     tileRows: "u32",
     alpha: "f32",
@@ -187,7 +190,9 @@ export const GEMM: KernelDecl<GemmKernelSpec> = {
     const vecC = (t: DType) => (s.vecC ? `vec4<${t}>` : t);
     return [
       operandBinding("A", s.a, s.vecA),
-      operandBinding("B", s.b, s.vecB),
+      s.tiles.kind === "subgroup" && s.tiles.uniformB
+        ? { name: "B", type: "vec4<f32>", uniform: UNIFORM_WINDOW_BYTES / 16 }
+        : operandBinding("B", s.b, s.vecB),
       { name: "C", type: vecC(s.c), access: "read_write" },
       ...(s.bias ? [{ name: "Bias", type: s.bias.axis === "n" ? vecC(s.bias.dtype) : s.bias.dtype }] : []),
       ...(s.residual ? [{ name: "R", type: vecC(s.residual) }] : []),
@@ -200,7 +205,7 @@ export const GEMM: KernelDecl<GemmKernelSpec> = {
   directives: (s) => (s.tiles.kind === "matrix" ? matrixDirectives(s.tiles) : []),
   module: (s) => `
 ${operandReaders("A", s.a, s.vecA)}
-${operandReaders("B", s.b, s.vecB)}
+${s.tiles.kind === "subgroup" && s.tiles.uniformB ? "" : operandReaders("B", s.b, s.vecB)}
 ${s.gated ? GATED_COLUMN_WGSL : ""}
 ${gemmEpilogue(s)}
 ${
@@ -291,9 +296,14 @@ function subgroupModule(s: GemmKernelSpec, t: SubgroupTiles): string {
       : `return vec4f(${[0, 1, 2, 3].map((j) => guarded(`k + ${j}u`, (kk) => `${r.xName}_at(${r.xAt("bi", "x", kk)})`, "0.0")).join(", ")});`;
   const yVec4 = (y: string, k: string) => `${r.yName}4((${r.yAt("bi", y, k)}) >> 2u)`;
   let yblock: string;
-  if (r.yVec && r.yAlongK) {
-    yblock = `let r0 = ${yVec4("y[0]", "k")}; let r1 = ${yVec4("y[1]", "k")};
-  let r2 = ${yVec4("y[2]", "k")}; let r3 = ${yVec4("y[3]", "k")};
+  if (t.uniformB) {
+    // y are columns of the window, whose rows hold its p.bRow steps (packed with zeros past N and K).
+    const row = (j: number) => `let r${j} = B[(y[${j}] * p.bRow + k) >> 2u];`;
+    yblock = `${[0, 1, 2, 3].map(row).join(" ")}
+  return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));`;
+  } else if (r.yVec && r.yAlongK) {
+    const row = (j: number) => `let r${j} = ${yVec4(`y[${j}]`, "k")};`;
+    yblock = `${[0, 1, 2, 3].map(row).join(" ")}
   return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));`;
   } else if (r.yVec) {
     // The owned indices are 4 consecutive ones starting 4-aligned: one vector per step.
@@ -313,32 +323,51 @@ fn yblock(bi: u32, y: vec4u, k: u32) -> mat4x4f {
 }`;
 }
 
+/**
+ * Each lane owns cols groups of 4 consecutive indices y; row `row` of the subgroup's broadcast rows is loaded by
+ * lane row % lanes. Accumulator row · cols + g holds (row, group g).
+ */
 function subgroupMain(s: GemmKernelSpec, t: SubgroupTiles): string {
   const r = roles(s, t);
   const loadsPerLane = t.rows / t.lanes;
-  const acc = accumulatorsWgsl(t.rows);
-  const xRows = Array.from(
-    { length: loadsPerLane },
-    (_, i) => `  let xr${i} = min(x0 + lane + ${i * t.lanes}u, xLast);`,
-  ).join("\n");
+  const acc = accumulatorsWgsl(t.rows * t.cols);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const xRows = range(loadsPerLane)
+    .map((i) => `  let xr${i} = min(x0 + lane + ${i * t.lanes}u, xLast);`)
+    .join("\n");
+  // Vector reads along y need a 4-aligned start: a lane past the end reads the last aligned group.
+  const yCols = range(t.cols)
+    .map((g) =>
+      t.uniformB
+        ? `  let yc${g} = vec4u(y0 - p.nOff + ${4 * g}u) + vec4u(0u, 1u, 2u, 3u);`
+        : r.yVec && !r.yAlongK
+          ? `  let yv${g} = min(y0 + ${4 * g}u, yLast & ~3u); let yc${g} = vec4u(yv${g}, yv${g} + 1u, yv${g} + 2u, yv${g} + 3u);`
+          : `  let yc${g} = min(vec4u(y0 + ${4 * g}u, y0 + ${4 * g + 1}u, y0 + ${4 * g + 2}u, y0 + ${4 * g + 3}u), vec4u(yLast));`,
+    )
+    .join("\n");
   const step: string[] = [];
-  for (let i = 0; i < loadsPerLane; i++) step.push(`let xa${i} = x4(bi, xr${i}, k);`);
-  step.push("let yb = yblock(bi, yc, k);");
-  for (let row = 0; row < t.rows; row++) {
-    const sum = acc.name(row);
+  for (const i of range(loadsPerLane)) step.push(`let xa${i} = x4(bi, xr${i}, k);`);
+  for (const g of range(t.cols)) step.push(`let yb${g} = yblock(bi, yc${g}, k);`);
+  for (const row of range(t.rows)) {
     step.push(`{ let a = subgroupBroadcast(xa${Math.floor(row / t.lanes)}, ${row % t.lanes}u);`);
-    step.push(
-      `  ${sum} = fma(vec4f(a.x), yb[0], fma(vec4f(a.y), yb[1], fma(vec4f(a.z), yb[2], fma(vec4f(a.w), yb[3], ${sum})))); }`,
-    );
+    for (const g of range(t.cols)) {
+      const sum = acc.name(row * t.cols + g);
+      const chain = [3, 2, 1, 0].reduce((inner, c) => `fma(vec4f(a.${"xyzw"[c]}), yb${g}[${c}], ${inner})`, sum);
+      step.push(`  ${sum} = ${chain};`);
+    }
+    step.push("}");
   }
-  // The epilogue loops up to a uniform (= rows) so that the compiler cannot unroll it: its memory
-  // accesses, a per-lane loop each on llvmpipe, would otherwise be compiled once per row (seconds).
+  // The epilogue loops up to a uniform (= rows · cols) so that the compiler cannot unroll it: its memory
+  // accesses, a per-lane loop each on llvmpipe, would otherwise be compiled once per accumulator (seconds).
   const finish =
     t.laneOwns === "n"
-      ? "  for (var row = 0u; row < p.tileRows; row++) { finish4(bi, x0 + row, y0, acc[row]); }"
-      : `  for (var q = 0u; q < p.tileRows; q += 4u) {
-    for (var j = 0u; j < 4u; j++) {
-      finish4(bi, y0 + j, x0 + q, vec4f(acc[q][j], acc[q + 1u][j], acc[q + 2u][j], acc[q + 3u][j]));
+      ? `  for (var q = 0u; q < p.tileRows; q++) { finish4(bi, x0 + q / ${t.cols}u, y0 + (q % ${t.cols}u) * 4u, acc[q]); }`
+      : `  for (var q = 0u; q < p.tileRows; q += ${4 * t.cols}u) {
+    for (var j = 0u; j < ${4 * t.cols}u; j++) {
+      let g = j / 4u;
+      let c = j % 4u;
+      let x = q / ${t.cols}u;
+      finish4(bi, y0 + j, x0 + x, vec4f(acc[q + g][c], acc[q + ${t.cols}u + g][c], acc[q + ${2 * t.cols}u + g][c], acc[q + ${3 * t.cols}u + g][c]));
     }
   }`;
   return `
@@ -347,16 +376,11 @@ function subgroupMain(s: GemmKernelSpec, t: SubgroupTiles): string {
   let tile = item % perBatch;
   let sg = lid / ${t.lanes}u;
   let x0 = (tile / p.tilesY) * ${t.subgroups * t.rows}u + sg * ${t.rows}u;
-  let y0 = (tile % p.tilesY) * ${t.lanes * 4}u + lane * 4u;
+  let y0 = p.nOff + (tile % p.tilesY) * ${t.lanes * 4 * t.cols}u + lane * ${4 * t.cols}u;
   let xLast = ${r.xExtent} - 1u;
   let yLast = ${r.yExtent} - 1u;
 ${xRows}
-${
-  // Vector reads along y need a 4-aligned start: a lane past the end reads the last aligned group.
-  r.yVec && !r.yAlongK
-    ? "  let yv = min(y0, yLast & ~3u); let yc = vec4u(yv, yv + 1u, yv + 2u, yv + 3u);"
-    : "  let yc = min(vec4u(y0, y0 + 1u, y0 + 2u, y0 + 3u), vec4u(yLast));"
-}
+${yCols}
 ${acc.declare}
   for (var k = 0u; k < p.K; k += 4u) {
 ${step.map((l) => `    ${l}`).join("\n")}
