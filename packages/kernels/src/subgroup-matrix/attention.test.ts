@@ -13,7 +13,7 @@ import {
   attentionStorageBytes,
   chooseAttentionMatrixTiles,
 } from "./attention-plan.ts";
-import { declaredWorkgroupBytes, expectParses, expectSyntaxError } from "./wgsl-testing.ts";
+import { assertParses, assertSyntaxError, declaredWorkgroupBytes } from "./wgsl-testing.ts";
 
 const device = await useDevice();
 
@@ -168,12 +168,12 @@ describe("subgroup-matrix attention WGSL", () => {
         nativeSpec(40, { shape: { M: 8, N: 8, K: 8 }, paddedD: 40, keyBlock: 16, subgroups: 4 }),
         { ...nativeSpec(64, { shape: { M: 8, N: 8, K: 8 }, component: "f32", paddedD: 64 }), dtype: "f32" as const },
       ];
-      for (const s of specs) await expectParses(device, kernelWgsl(MATRIX_ATTENTION, s), JSON.stringify(s));
+      for (const s of specs) await assertParses(device, kernelWgsl(MATRIX_ATTENTION, s), JSON.stringify(s));
       const broken = kernelWgsl(MATRIX_ATTENTION, nativeSpec(40)).replace(
         "col_major>(&KV, 896u",
         "col_major>(&KV 896u",
       );
-      await expectSyntaxError(device, broken);
+      await assertSyntaxError(device, broken);
     },
   );
 });

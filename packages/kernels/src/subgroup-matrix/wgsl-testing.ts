@@ -4,7 +4,6 @@
  * gets exactly one error, the missing extension, and a syntax error is reported in its place.
  */
 import type { Device } from "@ldm/tensor";
-import { expect } from "vitest";
 
 /** The error messages Dawn's WGSL front end gives for a module on this device. */
 async function compileErrors(d: Device, code: string): Promise<string[]> {
@@ -18,18 +17,20 @@ async function compileErrors(d: Device, code: string): Promise<string[]> {
 const NOT_ALLOWED =
   /^\d+:\d+ extension 'chromium_experimental_subgroup_matrix' is not allowed in the current environment$/;
 
-/** Only the missing feature is reported: the module parses. */
-export async function expectParses(d: Device, code: string, label: string): Promise<void> {
+/** Throws unless only the missing feature is reported: the module parses. */
+export async function assertParses(d: Device, code: string, label: string): Promise<void> {
   const errors = await compileErrors(d, code);
-  expect(errors, label).toHaveLength(1);
-  expect(errors[0]).toMatch(NOT_ALLOWED);
+  if (errors.length !== 1 || !NOT_ALLOWED.test(errors[0])) {
+    throw new Error(`${label}: expected only the missing-extension error, got:\n${errors.join("\n")}`);
+  }
 }
 
-/** Errors other than the missing feature: the control that shows a syntax error would be caught. */
-export async function expectSyntaxError(d: Device, code: string): Promise<void> {
+/** Throws unless errors other than the missing feature are reported: the control for a planted syntax error. */
+export async function assertSyntaxError(d: Device, code: string): Promise<void> {
   const errors = await compileErrors(d, code);
-  expect(errors.length).toBeGreaterThan(0);
-  expect(errors.join("\n")).not.toMatch(NOT_ALLOWED);
+  if (errors.length === 0 || NOT_ALLOWED.test(errors.join("\n"))) {
+    throw new Error(`expected a syntax error, got: ${errors.join("\n") || "none"}`);
+  }
 }
 
 /** Bytes of the f16 and f32 workgroup arrays a module declares (what the planners budget). */

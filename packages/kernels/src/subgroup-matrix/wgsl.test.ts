@@ -4,7 +4,7 @@ import { kernelWgsl } from "../common/kernel.ts";
 import { GEMM, type GemmKernelSpec } from "../matmul/wgsl.ts";
 import { type MatrixTiles, matrixStorageBytes } from "../subgroup-matrix/plan.ts";
 import { MATRIX_CONV } from "./conv.ts";
-import { declaredWorkgroupBytes, expectParses, expectSyntaxError } from "./wgsl-testing.ts";
+import { assertParses, assertSyntaxError, declaredWorkgroupBytes } from "./wgsl-testing.ts";
 
 const device = await useDevice();
 
@@ -102,9 +102,9 @@ describe("subgroup-matrix GEMM WGSL", () => {
         vecC: true,
       } as const;
       const modules = [...variants.map((s) => kernelWgsl(GEMM, s)), kernelWgsl(MATRIX_CONV, conv)];
-      for (const code of modules) await expectParses(device, code, code.slice(0, 400));
+      for (const code of modules) await assertParses(device, code, code.slice(0, 400));
       // A missing comma: a syntax error, reported instead of the feature (a resolver error would not be).
-      await expectSyntaxError(
+      await assertSyntaxError(
         device,
         kernelWgsl(GEMM, spec()).replace("(&Cs, sgBase, acc_1_1", "(&Cs, sgBase acc_1_1"),
       );
