@@ -7,20 +7,11 @@
  * threads (every thread but the main one, from /proc/self/task/<tid>/schedstat), median of the rounds.
  * Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+
+import { readFileSync } from "node:fs";
 import { type AttentionTiling, adapterTraits, attention, attentionTiling } from "@ldm/kernels";
 import { Device, Tensor } from "@ldm/tensor";
-
-function workerCpuNs(): number {
-  let total = 0;
-  for (const tid of readdirSync("/proc/self/task")) {
-    if (Number(tid) === process.pid) continue;
-    // A thread that ended since the listing has no file left: it counts as 0.
-    const file = `/proc/self/task/${tid}/schedstat`;
-    if (existsSync(file)) total += Number(readFileSync(file, "utf8").split(" ")[0]);
-  }
-  return total;
-}
+import { workerCpuNs } from "./common.ts";
 
 const device = await Device.create({ disableF16: true });
 const shapes = (process.argv[2] ?? "4096x4096x8x40,1024x1024x8x80,256x256x8x160,4096x77x8x40,4096x4096x1x512x1").split(

@@ -6,19 +6,11 @@
  * shared machine does not disturb, and the GPU time; medians over the rounds. Benchmarks are not tests: nothing
  * here asserts a time. Linux only.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+
+import { readFileSync } from "node:fs";
 import { deviceTiles, gemm, isTileConfig, type TileConfig, tileKey } from "@ldm/kernels";
 import { Device, Tensor } from "@ldm/tensor";
-
-function workerCpuNs(): number {
-  let total = 0;
-  for (const tid of readdirSync("/proc/self/task")) {
-    if (Number(tid) === process.pid) continue;
-    const file = `/proc/self/task/${tid}/schedstat`;
-    if (existsSync(file)) total += Number(readFileSync(file, "utf8").split(" ")[0]);
-  }
-  return total;
-}
+import { workerCpuNs } from "./common.ts";
 
 /** sg<lanes>x<subgroups>r<rows><m|n>: the subgroup tiles of tiles.ts's tileKey. */
 function parseTiles(key: string): TileConfig {
