@@ -83,29 +83,26 @@ function attentionSetup(nq: number, nk: number, heads: number, d: number, dtype:
   };
 }
 
-function attentionRow(name: string, nq: number, nk: number, heads: number, d: number) {
-  registerBench({
-    name,
-    dtype: "f32",
-    flops: 4 * heads * nq * nk * d,
-    ours: attentionSetup(nq, nk, heads, d, "f32", false),
-    peer: (tf) => attentionPeer(tf, nq, nk, heads, d),
-    peerNote:
-      "tfjs: per head matMul(q, k, false, true)·scale, softmax, matMul(·, v), concat (all heads' scores at once exceed tfjs's 128 MiB binding).",
-  });
-}
-
 /**
- * f16 attention as the adapter runs it (on subgroup matrices where it has them for f16) against the present
- * fused kernel in the same run (the baseline; the same kernel on adapters without matrices).
+ * f32 rows time the fused kernel against tfjs; f16 rows time attention as the adapter runs it (on subgroup
+ * matrices where it has them for f16) against the present fused kernel in the same run (the baseline; the same
+ * kernel on adapters without matrices).
  */
-function attentionF16Row(name: string, nq: number, nk: number, heads: number, d: number) {
+function attentionRow(name: string, nq: number, nk: number, heads: number, d: number, dtype: "f32" | "f16" = "f32") {
+  const versus =
+    dtype === "f32"
+      ? {
+          peer: (tf: Tfjs) => attentionPeer(tf, nq, nk, heads, d),
+          peerNote:
+            "tfjs: per head matMul(q, k, false, true)·scale, softmax, matMul(·, v), concat (all heads' scores at once exceed tfjs's 128 MiB binding).",
+        }
+      : { baseline: { name: "present attention kernel", ours: attentionSetup(nq, nk, heads, d, dtype, true) } };
   registerBench({
     name,
-    dtype: "f16",
+    dtype,
     flops: 4 * heads * nq * nk * d,
-    ours: attentionSetup(nq, nk, heads, d, "f16", false),
-    baseline: { name: "present attention kernel", ours: attentionSetup(nq, nk, heads, d, "f16", true) },
+    ours: attentionSetup(nq, nk, heads, d, dtype, false),
+    ...versus,
   });
 }
 
@@ -131,11 +128,11 @@ defineRows((quick) => {
  */
 export function registerAttentionF16Rows(quick: boolean): void {
   if (quick) {
-    attentionF16Row("self-attention 256 tokens × 2 heads × 40", 256, 256, 2, 40);
+    attentionRow("self-attention 256 tokens × 2 heads × 40", 256, 256, 2, 40, "f16");
     return;
   }
-  attentionF16Row("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40);
-  attentionF16Row("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40);
-  attentionF16Row("self-attention 1024 tokens × 8 heads × 80", 1024, 1024, 8, 80);
-  attentionF16Row("self-attention 256 tokens × 8 heads × 160", 256, 256, 8, 160);
+  attentionRow("self-attention 4096 tokens × 8 heads × 40", 4096, 4096, 8, 40, "f16");
+  attentionRow("cross-attention 4096×77, 8 heads × 40", 4096, 77, 8, 40, "f16");
+  attentionRow("self-attention 1024 tokens × 8 heads × 80", 1024, 1024, 8, 80, "f16");
+  attentionRow("self-attention 256 tokens × 8 heads × 160", 256, 256, 8, 160, "f16");
 }
