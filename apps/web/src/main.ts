@@ -43,6 +43,7 @@ const ui = {
   loraList: element("lora-list"),
   classInputs: element("class-inputs"),
   classLabel: element<HTMLSelectElement>("class-label"),
+  uncondClass: element<HTMLSelectElement>("uncond-class"),
   layoutInputs: element("layout-inputs"),
   layout: element<HTMLTextAreaElement>("layout"),
   upscaleInputs: element("upscale-inputs"),
@@ -224,14 +225,24 @@ function showInputs(inputs: ModelInputs): void {
   ui.layoutInputs.hidden = prompted !== "layout";
   ui.classInputs.hidden = classes === undefined;
   if (classes !== undefined) {
-    // cin256-v2's last class is "no class", guidance's unconditional half; a table without one has none.
+    // cin256-v2's last class is "no class", guidance's unconditional half by default; a table without one
+    // (cin-ldm-vq-f8) is guided only against a class chosen here, as ldm generate's --uncond-class.
     const noClass = inputs.guidanceFamily === "class" ? classes - 1 : undefined;
-    const chosen = ui.classLabel.value;
-    ui.classLabel.replaceChildren(
-      ...Array.from({ length: classes }, (_, i) => new Option(i === noClass ? `${i}: no class` : String(i), String(i))),
+    const classOptions = () =>
+      Array.from({ length: classes }, (_, i) => new Option(i === noClass ? `${i}: no class` : String(i), String(i)));
+    const chosen = [ui.classLabel.value, ui.uncondClass.value];
+    ui.classLabel.replaceChildren(...classOptions());
+    ui.uncondClass.replaceChildren(
+      new Option(
+        noClass === undefined ? 'none (no "no class": choose one to guide)' : `default: ${noClass}: no class`,
+        "",
+      ),
+      ...classOptions(),
     );
-    // Kept when the same model's inputs are shown again (once it has loaded); else the first class.
-    if (Number(chosen) < classes) ui.classLabel.value = chosen;
+    // Kept when the same model's inputs are shown again (once it has loaded); else the first option.
+    [ui.classLabel, ui.uncondClass].forEach((select, i) => {
+      if (chosen[i] !== "" && Number(chosen[i]) < classes) select.value = chosen[i];
+    });
   }
   ui.segmentationInputs.hidden = segmentationClasses === undefined;
   ui.segmentationInfo.textContent =
@@ -239,7 +250,8 @@ function showInputs(inputs: ModelInputs): void {
       ? ""
       : `This model has ${segmentationClasses} classes (0 to ${segmentationClasses - 1}).`;
   ui.upscaleInputs.hidden = !upscale;
-  ui.guidanceField.hidden = !inputs.guidable;
+  // A class model without a "no class" is guided against a chosen unconditional class.
+  ui.guidanceField.hidden = !inputs.guidable && classes === undefined;
   // The output size follows the low-resolution image or the segmentation map.
   ui.widthField.hidden = ui.heightField.hidden = upscale || segmentationClasses !== undefined;
   ui.initInputs.hidden = upscale;
@@ -284,10 +296,13 @@ function readOptions(inputs: ModelInputs): LdmGenerateOptions {
     ...(ui.promptInputs.hidden ? {} : { prompt: ui.prompt.value, negativePrompt: ui.negative.value }),
     ...(inputs.prompted === "layout" ? { layout: parseLayoutField() } : {}),
     ...(inputs.classes === undefined ? {} : { classLabel: Number(ui.classLabel.value) }),
+    ...(inputs.classes === undefined || ui.uncondClass.value === ""
+      ? {}
+      : { uncondClassLabel: Number(ui.uncondClass.value) }),
     ...(inputs.segmentationClasses === undefined ? {} : { segmentation }),
     sampler: ui.sampler.value as SamplerName,
     steps: ui.steps.valueAsNumber,
-    guidanceScale: inputs.guidable ? ui.guidance.valueAsNumber : undefined,
+    guidanceScale: ui.guidanceField.hidden ? undefined : ui.guidance.valueAsNumber,
     seed: parseSeed(ui.seed.value),
     width: sized ? optionalNumber(ui.width) : undefined,
     height: sized ? optionalNumber(ui.height) : undefined,

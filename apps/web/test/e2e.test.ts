@@ -273,10 +273,29 @@ describe("the paper's model families from the file picker", () => {
       fill: async (page) => {
         const options = await page.$$eval("#class-label option", (o) => o.map((x) => x.textContent));
         expect(options).toEqual([...Array.from({ length: 10 }, (_, i) => String(i)), "10: no class"]);
+        const uncond = await page.$$eval("#uncond-class option", (o) => o.map((x) => x.textContent));
+        expect(uncond).toEqual(["default: 10: no class", ...options]);
+        expect(await page.inputValue("#guidance")).toBe("3");
         await page.selectOption("#class-label", "4");
-        await page.fill("#guidance", "3");
       },
       node: (pipe, common) => pipe.generate({ ...common, classLabel: 4, guidanceScale: 3 }),
+    },
+    {
+      // cin-ldm-vq-f8's layout: no "no class", so unguided by default and guided only against a chosen class.
+      model: "tiny-cin-f8",
+      kind: /^class-conditional \(1000 classes\)$/,
+      shows: ["class-inputs"],
+      fill: async (page) => {
+        expect(await page.inputValue("#guidance")).toBe("1");
+        expect(await page.inputValue("#uncond-class")).toBe("");
+        await page.selectOption("#class-label", "5");
+        await page.fill("#guidance", "3");
+        await page.click("#generate");
+        expect(await settled(page, PAGE_TIMEOUT_MS)).toBe("error");
+        expect((await pageError(page)).text).toMatch(/1000 classes and no "no class"/);
+        await page.selectOption("#uncond-class", "7");
+      },
+      node: (pipe, common) => pipe.generate({ ...common, classLabel: 5, uncondClassLabel: 7, guidanceScale: 3 }),
     },
     {
       model: "tiny-txt2img",
@@ -371,7 +390,7 @@ describe("the paper's model families from the file picker", () => {
   ];
 
   it(
-    "shows each family's inputs and generates the library's image: unconditional, class, KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation, CLIP text with a LoRA, big inpainting",
+    "shows each family's inputs and generates the library's image: unconditional, class (with and without a 'no class'), KL-f8 scale_by_std, BERT text, layout, super-resolution, segmentation, CLIP text with a LoRA, big inpainting",
     async () => {
       const device = await Device.create();
       const page = await demo.open(WEBGPU, `${CACHED_PROFILE}-families`);

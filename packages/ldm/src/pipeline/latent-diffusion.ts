@@ -1047,12 +1047,14 @@ export class LatentDiffusion {
       ...(guide ? Array(job.batchSize).fill(uncond) : []),
       ...Array(job.batchSize).fill(cond),
     ];
-    const takes = (what: string, given: unknown) => {
+    const takes = (what: string, given: unknown, option?: keyof LdmGenerateOptions) => {
       if (given !== undefined)
-        throw new PipelineOptionError(`this model is ${describeCondStage(config)}: it takes no ${what}`);
+        throw new PipelineOptionError(`this model is ${describeCondStage(config)}: it takes no ${what}`, option);
     };
-    if (config.cond_stage?.target !== "ClassEmbedder") takes("class label", options.classLabel);
-    if (config.cond_stage?.target !== "ClassEmbedder") takes("unconditional class", options.uncondClassLabel);
+    if (config.cond_stage?.target !== "ClassEmbedder") takes("class label", options.classLabel, "classLabel");
+    if (config.cond_stage?.target !== "ClassEmbedder") {
+      takes("unconditional class", options.uncondClassLabel, "uncondClassLabel");
+    }
     if (config.cond_stage?.target !== "SpatialRescaler") takes("segmentation map", options.segmentation);
     if (config.cond_stage?.target !== "Identity") takes("low-resolution image", options.lowRes);
     if (this.prompted !== "layout") takes("layout", options.layout);
@@ -1104,24 +1106,26 @@ export class LatentDiffusion {
       });
       return { context, embeddings: [...new Set(used.flatMap(([, tokens]) => tokens.embeddings))] };
     }
-    takes("prompt", options.prompt);
-    if (options.negativePrompt) takes("negative prompt", options.negativePrompt);
+    takes("prompt", options.prompt, "prompt");
+    if (options.negativePrompt) takes("negative prompt", options.negativePrompt, "negativePrompt");
     const stage = this.networks.cond;
     if (config.cond_stage?.target === "ClassEmbedder" && stage instanceof ClassEmbedder) {
       const classes = config.cond_stage.n_classes;
-      const label = checkClass("class", options.classLabel, classes);
+      const label = checkClass("class", options.classLabel, classes, "classLabel");
       if (!guide && options.uncondClassLabel !== undefined) {
         throw new PipelineOptionError(
           `unconditional class ${options.uncondClassLabel}: it is guidance's, and guidance scale 1 runs no unconditional pass; set a guidance scale`,
+          "uncondClassLabel",
         );
       }
       const unconditional = options.uncondClassLabel ?? config.cond_stage.unconditional_class;
       if (guide && unconditional === undefined) {
         throw new PipelineOptionError(
           `this model's ClassEmbedder has ${classes} classes and no "no class" (its config sets no n_classes): guidance needs an unconditional class (uncondClassLabel), or use guidance scale 1`,
+          "uncondClassLabel",
         );
       }
-      const uncond = guide ? checkClass("unconditional class", unconditional, classes) : label;
+      const uncond = guide ? checkClass("unconditional class", unconditional, classes, "uncondClassLabel") : label;
       const ids = Tensor.from(this.device, Int32Array.from(rows(label, uncond)), [rows(0, 0).length], "i32");
       try {
         return { context: stage.forward(ids) };
@@ -1335,11 +1339,19 @@ function concatChannels(parts: Float32Array[], channels: number[], shape: readon
 }
 
 /** A class label checked against the ClassEmbedder's table. */
-function checkClass(what: string, label: number | undefined, classes: number): number {
+function checkClass(
+  what: string,
+  label: number | undefined,
+  classes: number,
+  option: "classLabel" | "uncondClassLabel",
+): number {
   if (label === undefined)
-    throw new PipelineOptionError(`this is a class-conditional model: give a ${what} (0 to ${classes - 1})`);
+    throw new PipelineOptionError(`this is a class-conditional model: give a ${what} (0 to ${classes - 1})`, option);
   if (!Number.isInteger(label) || label < 0 || label >= classes) {
-    throw new PipelineOptionError(`${what} ${label} is out of range: this model has classes 0 to ${classes - 1}`);
+    throw new PipelineOptionError(
+      `${what} ${label} is out of range: this model has classes 0 to ${classes - 1}`,
+      option,
+    );
   }
   return label;
 }

@@ -30,9 +30,23 @@ export interface RequestLimits {
 }
 
 /**
+ * Our fields for the paper's class-conditional models (A1111 has none), named as upstream's batch keys and the
+ * dumps name them; the other models take neither.
+ */
+const FAMILY_FIELDS: Record<string, FieldSchema> = {
+  class_label: nullable("integer", { minimum: 0, description: "class-conditional models: the class to generate" }),
+  uncond_class_label: nullable("integer", {
+    minimum: 0,
+    description:
+      "class-conditional models: the class of guidance's unconditional half (default: the config's 'no class', cin256-v2's 1000; cin-ldm-vq-f8 has none, so guiding it needs one); with cfg_scale other than 1",
+  }),
+};
+
+/**
  * The fields of StableDiffusionProcessing (and its txt2img / img2img subclasses plus the API's additions) with
  * A1111's defaults. width and height default to null here instead of 512: the loaded model's trained size (or
- * the init image's) is what a request without them gets.
+ * the init image's) is what a request without them gets; cfg_scale to null instead of 7.0, which only CLIP
+ * text-to-image models get: the paper's other models sample with their own guidance by default.
  */
 function processingFields(limits: RequestLimits): Record<string, FieldSchema> {
   return {
@@ -49,7 +63,10 @@ function processingFields(limits: RequestLimits): Record<string, FieldSchema> {
     batch_size: nullable("integer", { minimum: 1, maximum: limits.maxBatch }, 1),
     n_iter: nullable("integer", { minimum: 1, maximum: limits.maxIterations }, 1),
     steps: nullable("integer", { minimum: 1, maximum: limits.maxSteps }, 50),
-    cfg_scale: nullable("number", {}, 7.0),
+    cfg_scale: nullable("number", {
+      description:
+        "default 7.0 for CLIP text-to-image models, else the model's own: 5.0 for the paper's BERT text model, 3.0 for cin256-v2, 1 (unguided) for the others",
+    }),
     width: nullable("integer", { minimum: 8, multipleOf: 8 }),
     height: nullable("integer", { minimum: 8, multipleOf: 8 }),
     restore_faces: nullable("boolean"),
@@ -77,6 +94,7 @@ function processingFields(limits: RequestLimits): Record<string, FieldSchema> {
     alwayson_scripts: nullable("object", {}, {}),
     force_task_id: nullable("string"),
     infotext: nullable("string"),
+    ...FAMILY_FIELDS,
   };
 }
 
@@ -151,6 +169,8 @@ export type ProcessingRequest = Record<string, unknown> & {
   height: number | null;
   eta: number | null;
   denoising_strength: number | null;
+  class_label: number | null;
+  uncond_class_label: number | null;
   override_settings: Record<string, unknown> | null;
   send_images: boolean | null;
   init_images?: string[] | null;

@@ -4,7 +4,7 @@
  */
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import type { StableDiffusion } from "../pipeline/stable-diffusion.ts";
+import type { LatentDiffusion } from "../pipeline/latent-diffusion.ts";
 
 export interface Checkpoint {
   /** A1111's title: the file (or folder, or hub repository) name, what sd_model_checkpoint holds. */
@@ -19,7 +19,7 @@ export interface Checkpoint {
 }
 
 /** Loads a checkpoint onto a fresh device; the server disposes the previous pipeline first. */
-export type PipelineLoader = (checkpoint: Checkpoint) => Promise<StableDiffusion>;
+export type PipelineLoader = (checkpoint: Checkpoint) => Promise<LatentDiffusion>;
 
 /** A checkpoint entry for a file or folder; `title` defaults to its name. */
 export function checkpointAt(path: string, options: { title?: string; config?: string } = {}): Checkpoint {
@@ -73,7 +73,7 @@ export function findCheckpoint(checkpoints: readonly Checkpoint[], name: string)
 
 /** The loaded pipeline and the checkpoint it came from; loads happen only inside queued jobs. */
 export class ModelHost {
-  private current?: { checkpoint: Checkpoint; pipe: StableDiffusion };
+  private current?: { checkpoint: Checkpoint; pipe: LatentDiffusion };
 
   constructor(private readonly loader: PipelineLoader) {}
 
@@ -82,12 +82,12 @@ export class ModelHost {
   }
 
   /** The loaded pipeline, if any. */
-  get pipe(): StableDiffusion | undefined {
+  get pipe(): LatentDiffusion | undefined {
     return this.current?.pipe;
   }
 
   /** The pipeline of `checkpoint`, loading it (after freeing the loaded one) when another is loaded. */
-  async use(checkpoint: Checkpoint): Promise<StableDiffusion> {
+  async use(checkpoint: Checkpoint): Promise<LatentDiffusion> {
     if (this.current?.checkpoint.filename === checkpoint.filename) return this.current.pipe;
     this.dispose();
     const pipe = await this.loader(checkpoint);

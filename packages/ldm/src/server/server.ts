@@ -11,9 +11,10 @@ import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { type DecodedImage, decodePng, encodePng, type RgbaImage } from "../image/png.ts";
 import type { TextualInversion } from "../pipeline/embeddings.ts";
+import { PipelineOptionError } from "../pipeline/errors.ts";
 import { formatInfotext, INFOTEXT_KEYWORD, parseInfotext } from "../pipeline/infotext.ts";
+import type { GenerationResult, LatentDiffusion, LdmGenerateOptions, Progress } from "../pipeline/latent-diffusion.ts";
 import { PARAMETERS_KEYWORD, parametersText, parseParameters } from "../pipeline/parameters.ts";
-import type { GenerateOptions, GenerationResult, Progress, StableDiffusion } from "../pipeline/stable-diffusion.ts";
 import {
   a1111Samplers,
   img2imgSchema,
@@ -79,6 +80,17 @@ class ApiError extends Error {
 }
 
 const fieldError = (field: string, message: string) => new ApiError(422, `${field}: ${message}`, field);
+
+/** The request field of each library option whose errors name it. */
+const OPTION_FIELDS: Partial<Record<keyof LdmGenerateOptions, string>> = {
+  prompt: "prompt",
+  negativePrompt: "negative_prompt",
+  classLabel: "class_label",
+  uncondClassLabel: "uncond_class_label",
+};
+
+/** A1111's cfg_scale default, which CLIP text-to-image models get when a request has none. */
+const A1111_CFG_SCALE = 7;
 
 /** A1111's shared.state, as /progress reports it. */
 class JobState {
@@ -233,7 +245,12 @@ export async function serve(options: ServeOptions): Promise<LdmServer> {
         state.end();
       }
     }, abort);
-    const parameters: Record<string, unknown> = { ...body, width: record.width, height: record.height };
+    const parameters: Record<string, unknown> = {
+      ...body,
+      width: record.width,
+      height: record.height,
+      cfg_scale: record.cfgScale,
+    };
     if (kind === "img2img" && !body.include_init_images) Object.assign(parameters, { init_images: null, mask: null });
     return {
       images: body.send_images === false ? [] : images.map((png) => Buffer.from(png).toString("base64")),
@@ -315,7 +332,8 @@ async function lorasOf(loras: LoraLibrary, prompt: string) {
 /** What a request asks for, checked before it waits in the queue. */
 interface JobPlan {
   kind: "txt2img" | "img2img";
-  options: Omit<GenerateOptions, "seed" | "signal" | "onProgress" | "preview">;
+  /** guidanceScale absent: the model's default (A1111's for CLIP models), known once it is loaded. */
+  options: Omit<LdmGenerateOptions, "seed" | "signal" | "onProgress" | "preview"> & { prompt: string };
   /** The first batch's seed; batch n runs from seed + n · batch size, as A1111 numbers its seeds. */
   seed: number;
   iterations: number;
@@ -394,7 +412,9 @@ function planJob(kind: "txt2img" | "img2img", body: ProcessingRequest, limits: R
       prompt: body.prompt ?? "",
       negativePrompt: body.negative_prompt ?? "",
       steps: body.steps ?? 50,
-      guidanceScale: body.cfg_scale ?? 7,
+      ...(body.cfg_scale !== null ? { guidanceScale: body.cfg_scale } : {}),
+      ...(body.class_label !== null ? { classLabel: body.class_label } : {}),
+      ...(body.uncond_class_label !== null ? { uncondClassLabel: body.uncond_class_label } : {}),
       ...resolved,
       ...(body.eta !== null ? { eta: body.eta } : {}),
       width,
@@ -453,7 +473,7 @@ function maskImage(image: RgbaImage, invert: boolean): RgbaImage {
 }
 
 /** A1111's /embeddings: the loaded model's embeddings by trigger word, and those of another width it skipped. */
-function embeddingsOf(pipe: StableDiffusion | undefined) {
+function embeddingsOf(pipe: LatentDiffusion | undefined) {
   const entries = (list: readonly TextualInversion[]) =>
     Object.fromEntries(
       list.map((e) => [
@@ -465,19 +485,28 @@ function embeddingsOf(pipe: StableDiffusion | undefined) {
 }
 
 /** Runs a planned job's batches on the loaded pipeline, keeping /progress current; an interrupt ends it early. */
-async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal, state: JobState, preview?: number) {
+async function runJob(pipe: LatentDiffusion, plan: JobPlan, signal: AbortSignal, state: JobState, preview?: number) {
   const pngs: Uint8Array[] = [];
   const seeds: string[] = [];
   const infotexts: string[] = [];
   let width = plan.options.width ?? plan.initImage?.width ?? pipe.defaultSize;
   let height = plan.options.height ?? plan.initImage?.height ?? pipe.defaultSize;
   const batchSize = plan.options.batchSize ?? 1;
+  const guidanceScale =
+    plan.options.guidanceScale ?? (pipe.prompted === "clip" ? A1111_CFG_SCALE : pipe.defaultGuidanceScale);
+  // A model without a text encoder takes no prompt: A1111's default "" is none, any other the pipeline refuses.
+  const { prompt, negativePrompt } = plan.options;
+  const text = pipe.textPrompted
+    ? { prompt, negativePrompt }
+    : { prompt: prompt || undefined, negativePrompt: negativePrompt || undefined };
   for (let n = 0; n < plan.iterations && !state.interrupted; n++) {
     state.jobNo = n;
     const seed = plan.seed + n * batchSize;
     let last: Progress | undefined;
-    const options: GenerateOptions = {
+    const options: LdmGenerateOptions = {
       ...plan.options,
+      ...text,
+      guidanceScale,
       width,
       height,
       seed,
@@ -497,10 +526,13 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
         ? pipe.inpaint({ ...options, initImage, mask, strength })
         : initImage
           ? pipe.img2img({ ...options, initImage, strength })
-          : pipe.txt2img(options));
+          : pipe.generate(options));
     } catch (e) {
       if (!(signal.reason instanceof InterruptedError)) {
-        if (e instanceof RangeError) throw new ApiError(422, e.message);
+        if (e instanceof RangeError) {
+          const field = e instanceof PipelineOptionError && e.option ? OPTION_FIELDS[e.option] : undefined;
+          throw field ? fieldError(field, e.message) : new ApiError(422, e.message);
+        }
         throw e;
       }
       // A1111 answers an interrupted job with the images of the last step's x̂₀.
@@ -543,7 +575,7 @@ async function runJob(pipe: StableDiffusion, plan: JobPlan, signal: AbortSignal,
     sampler: plan.options.sampler ?? "euler",
     schedule: plan.options.schedule,
     steps: plan.options.steps ?? 50,
-    cfgScale: plan.options.guidanceScale ?? 7,
+    cfgScale: guidanceScale,
     width,
     height,
     batchSize,

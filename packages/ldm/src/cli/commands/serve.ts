@@ -9,7 +9,7 @@ import {
   addModelOptions,
   integerFlag,
   loadEmbeddingFlags,
-  loadPipeline,
+  loadLatentDiffusion,
   type ModelFlags,
   modelPath,
 } from "./pipeline-flags.ts";
@@ -71,7 +71,7 @@ export function registerServe(program: Command): void {
     const server = await serve({
       checkpoints,
       loader: async (c) => {
-        const pipe = await loadPipeline({
+        const pipe = await loadLatentDiffusion({
           model: c === first && hub ? flags.model : c.filename,
           config: c.config ?? undefined,
           vocab: c === first ? flags.vocab : undefined,
