@@ -1,7 +1,9 @@
 /**
  * First stages saved alone (models/first_stage_models/*: VQModel and AutoencoderKL at the top of their YAML, keys
  * without a prefix, their training loss's tensors beside them): tiny-vq-f4 and tiny-kl-f8 from the ORIGINAL
- * modules (reference/make_ldm_family_extra_dumps.py) through ldm info, validate and ldm vae encode / decode.
+ * modules (reference/make_ldm_family_extra_dumps.py) through ldm info, validate and ldm vae encode / decode; and
+ * ldm vae on LatentDiffusion checkpoints (their first_stage_model.*), scaled as upstream's
+ * get_first_stage_encoding / decode_first_stage, against the loss and sample dumps of the original code.
  */
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,7 +14,7 @@ import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { afterAll, describe, expect, it } from "vitest";
 import { pixelsToRgba } from "../src/image/pixels.ts";
 import { decodePng, encodePng } from "../src/image/png.ts";
-import { Dump } from "../src/validate/dump.ts";
+import { Dump, type HostTensor } from "../src/validate/dump.ts";
 import { validate } from "../src/validate/index.ts";
 import { maxRelativeError } from "./helpers/compare.ts";
 import { DUMPS } from "./helpers/dump-pipelines.ts";
@@ -227,24 +229,47 @@ describe("ldm vae: each bad input is one line", () => {
       /^ldm: --out .*latent\.pt: the latent is written as safetensors/,
     ],
     [
-      "a LatentDiffusion's checkpoint and YAML",
-      async () => [
-        "decode",
-        path("c4.safetensors"),
-        "--model",
-        file("tiny-celebahq.safetensors"),
-        "--out",
-        path("x.png"),
-      ],
-      /^ldm: .*tiny-celebahq\.yaml: model\.target is not a first stage alone/,
-    ],
-    [
       "a first stage without its YAML",
       async () => {
         copyFileSync(file("tiny-vq-f4.safetensors"), path("alone.safetensors"));
         return ["decode", path("c4.safetensors"), "--model", path("alone.safetensors"), "--out", path("x.png")];
       },
-      /^ldm: .*alone\.safetensors: a first stage alone needs its own YAML/,
+      /^ldm: .*alone\.safetensors: no YAML given or beside it, and the weights do not say what model this is \(.*\): give the first stage's own YAML/,
+    ],
+    [
+      "--scaled for a first stage saved alone",
+      async () => ["encode", path("32.png"), ...vq, "--scaled", "--out", path("s.safetensors")],
+      /^ldm: this first stage \(VQModel\) was saved alone: it has no scale_factor/,
+    ],
+    [
+      "a scaled latent decoded without --scaled",
+      async () => {
+        const data = new Float32Array(3 * 8 * 8);
+        const latent = { latent: { dtype: "F32" as const, shape: [1, 3, 8, 8], data } };
+        await writeSafetensors(path("scaled.safetensors"), latent, { scale_factor: "0.5" });
+        return [
+          "decode",
+          path("scaled.safetensors"),
+          "--model",
+          file("tiny-celebahq.safetensors"),
+          "--out",
+          path("x.png"),
+        ];
+      },
+      /^ldm: latent file .*scaled\.safetensors is scaled by 0\.5 \(ldm vae encode --scaled\): decode it with --scaled/,
+    ],
+    [
+      "a latent scaled by another model's factor",
+      async () => [
+        "decode",
+        path("scaled.safetensors"),
+        "--model",
+        file("tiny-celebahq.safetensors"),
+        "--scaled",
+        "--out",
+        path("x.png"),
+      ],
+      /^ldm: latent file .*scaled\.safetensors is scaled by 0\.5, this model's scale_factor is 1:/,
     ],
   ];
   it.each(cases)("%s", async (_, args, message) => {
@@ -253,5 +278,120 @@ describe("ldm vae: each bad input is one line", () => {
     const lines = err.trim().split("\n");
     expect(lines.filter((l) => l.startsWith("ldm: "))).toHaveLength(1);
     expect(lines.pop()).toMatch(message);
+  });
+});
+
+/**
+ * A LatentDiffusion's own first stage (first_stage_model.*, built from its config): unscaled by default, the
+ * first stage's own latent; --scaled as upstream's LatentDiffusion: encode = get_first_stage_encoding(
+ * encode_first_stage(x)) (KL: a posterior sample after torch.manual_seed, what the loss dumps' x_start is), decode =
+ * decode_first_stage(z) (what a sample dump's image is of its z_0).
+ */
+describe("ldm vae on a LatentDiffusion's checkpoint", () => {
+  /** The loss dump's 8-bit image as a PNG; returns its path. */
+  async function lossImage(dump: Dump, png: string): Promise<string> {
+    const x = await dump.floats("loss", "in", "x");
+    writeFileSync(png, encodePng(pixelsToRgba(x.data, x.shape)[0]));
+    return png;
+  }
+
+  it.each([
+    // KL with scale_by_std: the checkpoint's scale_factor buffer, not the YAML's default 1.0; VQ: that default.
+    ["tiny-churches", ["--sample", "--seed"], true],
+    ["tiny-celebahq", [], false],
+  ] as const)("%s: encode --scaled gives upstream's x_start", async (name, sample, stored) => {
+    const dump = await Dump.open(file(`${name}.loss.safetensors`));
+    try {
+      const png = await lossImage(dump, join(work, `${name}-loss.png`));
+      const latent = join(work, `${name}-scaled.safetensors`);
+      const seed = sample.length ? [...sample, dump.metadata.seed] : [];
+      const encode = (out: string, ...flags: string[]) =>
+        runCli("vae", "encode", png, "--model", file(`${name}.safetensors`), ...seed, ...flags, "--out", out);
+      const run = await encode(latent, "--scaled");
+      expect(run.code, run.err).toBe(0);
+      const scale = stored ? (await readTensor(file(`${name}.safetensors`), "scale_factor")).data[0] : 1;
+      const said = /the LatentDiffusion's scale_factor (\S+)/.exec(run.err)?.[1];
+      expect(Number(said)).toBe(scale);
+      const [ours, theirs] = await Promise.all([readTensor(latent, "latent"), dump.floats("loss", "in", "x_start")]);
+      expect(ours.shape).toEqual(theirs.shape);
+      expect(ours.metadata.scale_factor).toBe(said);
+      const error = maxRelativeError(ours.data, theirs.data);
+      console.log(`${name} scaled latent: ${error.toExponential(2)} of max|ref|`);
+      expect(error).toBeLessThan(1e-4);
+
+      // Unscaled (the default): the same first stage's own latent.
+      const plain = join(work, `${name}-plain.safetensors`);
+      const unscaled = await encode(plain);
+      expect(unscaled.code, unscaled.err).toBe(0);
+      const raw = await readTensor(plain, "latent");
+      expect(raw.metadata).not.toHaveProperty("scale_factor");
+      expect(
+        maxRelativeError(
+          raw.data.map((v) => v * Number(ours.metadata.scale_factor)),
+          ours.data,
+        ),
+      ).toBeLessThan(1e-6);
+    } finally {
+      await dump.close();
+    }
+  });
+
+  /** ldm vae decode of `z` on `name`'s checkpoint: each image within one 8-bit level of `x`; returns stderr. */
+  async function expectDecodes(name: string, z: HostTensor, x: HostTensor, flags: string[]): Promise<string> {
+    const latent = join(work, `${name}-decode.safetensors`);
+    await writeSafetensors(latent, { latent: { dtype: "F32", shape: z.shape, data: z.data } });
+    const out = join(work, `${name}-decode.png`);
+    const run = await runCli("vae", "decode", latent, "--model", file(`${name}.safetensors`), ...flags, "--out", out);
+    expect(run.code, run.err).toBe(0);
+    pixelsToRgba(x.data, x.shape).forEach((expected, i) => {
+      const written = decodePng(readFileSync(out.replace(/\.png$/, `-${i}.png`)), "decoded");
+      const off = Math.max(...written.data.map((v, p) => Math.abs(v - expected.data[p])));
+      console.log(`${name} ${flags.join(" ")} image ${i}: max ${off} level(s) off`);
+      expect(off).toBeLessThanOrEqual(1);
+    });
+    return run.err;
+  }
+
+  // KL with the stored scale of scale_by_std; KL with the YAML's scale_factor 0.18215 (Stable Diffusion 1.x).
+  it.each(["tiny-churches", "tiny-sd1"])(
+    "%s: decode --scaled of a sample's z_0 gives upstream's decode_first_stage image",
+    async (name) => {
+      const dump = await Dump.open(file(`${name}.sample-ddim.safetensors`));
+      try {
+        const [z0, image] = await Promise.all([
+          dump.floats("sample", "out", "z_0"),
+          dump.floats("sample", "out", "image"),
+        ]);
+        await expectDecodes(name, z0, image, ["--scaled"]);
+      } finally {
+        await dump.close();
+      }
+    },
+  );
+
+  it("ldm info says the latent scale --scaled applies and where it comes from", async () => {
+    const churches = await runCli("info", file("tiny-churches.safetensors"));
+    expect(churches.code, churches.err).toBe(0);
+    expect(churches.out).toMatch(
+      /^latent scale: 0\.70709\d* \(the checkpoint's scale_factor buffer \(scale_by_std\)\)$/m,
+    );
+    const sd1 = await runCli("info", file("tiny-sd1.safetensors"), "--json");
+    expect(sd1.code, sd1.err).toBe(0);
+    expect(JSON.parse(sd1.out).latentScale).toEqual({ value: 0.18215, from: "the config's scale_factor" });
+    const alone = await runCli("info", file("tiny-vq-f4.safetensors"));
+    expect(alone.out).not.toMatch(/latent scale/);
+  });
+
+  it("tiny-celebahq: decode without --scaled is the VQ first stage's own decode (quantized first)", async () => {
+    const dump = await Dump.open(file("tiny-celebahq.dump.safetensors"));
+    try {
+      const [z, x] = await Promise.all([dump.floats("vae.decode", "in", "z"), dump.floats("vae.decode", "out", "x")]);
+      const err = await expectDecodes("tiny-celebahq", z, x, []);
+      expect(err).toMatch(
+        /first stage: VQModelInterface, latent 3 channels, factor 4, the LatentDiffusion's scale_factor 1$/m,
+      );
+    } finally {
+      await dump.close();
+    }
   });
 });

@@ -24,6 +24,7 @@ import {
 import { type Checkpoint, CheckpointError, openCheckpoint } from "@ldm/weights/node";
 import type { Command } from "commander";
 import { Document, visit } from "yaml";
+import { storedScaleFactor } from "../../models/load.ts";
 import { companionFiles } from "../../pipeline/model-files.ts";
 import { UserError } from "../errors.ts";
 
@@ -89,7 +90,7 @@ export function registerInfo(program: Command): void {
           await checkpoint.close();
           checkpoint = await open(true);
         }
-        const report = await asUserError(async () => describe(checkpoint, ema, yaml || undefined));
+        const report = await asUserError(() => describe(checkpoint, ema, yaml || undefined));
         const check = flags.check ? await asUserError(() => findNonFinite(checkpoint.files)) : undefined;
         console.log(flags.json ? JSON.stringify({ ...report, check }, null, 2) : format(report));
         if (check) reportCheck(check, flags.json === true);
@@ -183,7 +184,21 @@ function firstStageName(target: string, vae: VaeConfig): string {
   return vae.n_embed === undefined ? target : `${target} (${vae.n_embed} codes of ${vae.embed_dim})`;
 }
 
-function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: string; origin: string }) {
+/**
+ * What a LatentDiffusion's latents are scaled by (what `ldm vae --scaled` applies): the config's scale_factor, or
+ * with scale_by_std the checkpoint's buffer; null where that buffer is missing.
+ */
+async function latentScale(checkpoint: Checkpoint, config: LdmConfig) {
+  if (!config.scale_by_std) return { value: config.scale_factor, from: "the config's scale_factor" };
+  const from = "the checkpoint's scale_factor buffer (scale_by_std)";
+  try {
+    return { value: await storedScaleFactor(checkpoint.files[0], checkpoint.path), from };
+  } catch {
+    return { value: null, from: `${from}: missing` };
+  }
+}
+
+async function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: string; origin: string }) {
   // A first stage's own YAML (models/first_stage_models): the file holds that first stage alone.
   const alone = yaml && firstStageConfigFromYaml(yaml.text, yaml.origin);
   let detection: { config: LdmConfig; assumptions: string[] } | undefined;
@@ -216,6 +231,7 @@ function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: strin
     firstStage,
     condStage: config && describeCondStage(config),
     conditioningKey: config && (conditioningKey(config) ?? "none (unconditional)"),
+    latentScale: config && (await latentScale(checkpoint, config)),
     configFrom: yaml ? yaml.origin : "detected from the weights",
     config: alone || config,
     assumptions: detection?.assumptions ?? [],
@@ -227,7 +243,7 @@ function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: strin
   };
 }
 
-function format(r: ReturnType<typeof describe>): string {
+function format(r: Awaited<ReturnType<typeof describe>>): string {
   const lines = [`checkpoint: ${r.path} (${r.layout === "diffusers" ? "diffusers folder" : "single file"})`];
   if (r.pytorch)
     lines.push(
@@ -238,6 +254,7 @@ function format(r: ReturnType<typeof describe>): string {
   if (r.family) lines.push(`family: ${r.family}`);
   if (r.firstStage) lines.push(`first stage: ${r.firstStage}`);
   if (r.condStage) lines.push(`cond stage: ${r.condStage}, conditioning key ${r.conditioningKey}`);
+  if (r.latentScale) lines.push(`latent scale: ${r.latentScale.value ?? "unknown"} (${r.latentScale.from})`);
   if (r.problem) lines.push(`model: not detected: ${r.problem}`);
   lines.push("components:");
   const width = Math.max(...r.components.map((c) => c.name.length));
