@@ -146,6 +146,13 @@ describe("LatentDiffusion from the library and the CLI", () => {
       );
       expect(bad.code).toBe(1);
       expect(bad.err).toMatch(/class 12 is out of range/);
+      const info = await runCli("info", model);
+      expect(info.code, info.err).toBe(0);
+      expect(info.out).toMatch(/^first stage: VQModelInterface \(64 codes of 3\)$/m);
+      expect(info.out).toMatch(/^cond stage: ClassEmbedder-conditioned, conditioning key crossattn$/m);
+      expect(info.out).toMatch(/^classes: 11 \(0 to 10; 10 is "no class", guidance's unconditional class by default/m);
+      const f8 = await runCli("info", join(DUMPS, "tiny-cin-f8.safetensors"), "--json");
+      expect(JSON.parse(f8.out).classes).toEqual({ count: 1000, unconditional: null });
     } finally {
       rmSync(out, { recursive: true, force: true });
     }

@@ -198,6 +198,13 @@ async function latentScale(checkpoint: Checkpoint, config: LdmConfig) {
   }
 }
 
+/** A ClassEmbedder's classes and guidance's default unconditional class ("no class"; null: it has none). */
+function classesOf(config: LdmConfig) {
+  const stage = config.cond_stage;
+  if (stage?.target !== "ClassEmbedder") return undefined;
+  return { count: stage.n_classes, unconditional: stage.unconditional_class ?? null };
+}
+
 async function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text: string; origin: string }) {
   // A first stage's own YAML (models/first_stage_models): the file holds that first stage alone.
   const alone = yaml && firstStageConfigFromYaml(yaml.text, yaml.origin);
@@ -232,6 +239,7 @@ async function describe(checkpoint: Checkpoint, emaUsed: boolean, yaml?: { text:
     condStage: config && describeCondStage(config),
     conditioningKey: config && (conditioningKey(config) ?? "none (unconditional)"),
     latentScale: config && (await latentScale(checkpoint, config)),
+    classes: config && classesOf(config),
     configFrom: yaml ? yaml.origin : "detected from the weights",
     config: alone || config,
     assumptions: detection?.assumptions ?? [],
@@ -255,6 +263,14 @@ function format(r: Awaited<ReturnType<typeof describe>>): string {
   if (r.firstStage) lines.push(`first stage: ${r.firstStage}`);
   if (r.condStage) lines.push(`cond stage: ${r.condStage}, conditioning key ${r.conditioningKey}`);
   if (r.latentScale) lines.push(`latent scale: ${r.latentScale.value ?? "unknown"} (${r.latentScale.from})`);
+  if (r.classes) {
+    const { count, unconditional } = r.classes;
+    lines.push(
+      unconditional === null
+        ? `classes: ${count} (0 to ${count - 1}, none "no class": unguided by default; guiding needs --uncond-class)`
+        : `classes: ${count} (0 to ${count - 1}; ${unconditional} is "no class", guidance's unconditional class by default: --uncond-class picks another)`,
+    );
+  }
   if (r.problem) lines.push(`model: not detected: ${r.problem}`);
   lines.push("components:");
   const width = Math.max(...r.components.map((c) => c.name.length));
