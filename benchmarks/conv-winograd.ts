@@ -6,16 +6,22 @@
  * /proc/self/task/<tid>/schedstat), median of 3 rounds. Winograd's figure is "effective": the direct count over
  * its own time. `--profile`: instead, the Winograd call's GPU time per kernel (weight transform, input transform,
  * the batched GEMMs, output transform; Device.profileGpu, each dispatch in a pass of its own) and its dispatch
- * count. Linux only. Benchmarks are not tests: nothing here asserts a time.
+ * count. `--layouts`: Winograd's batched GEMMs channel-major (U · V, the B of each position read from storage)
+ * against the default (tile-major, the weights read through uniform windows, where that applies), interleaved as
+ * direct and Winograd are otherwise. Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 import { readFileSync } from "node:fs";
-import { conv2d } from "@ldm/kernels";
+import { conv2d, deviceTiles } from "@ldm/kernels";
 import { Device, Tensor } from "@ldm/tensor";
 import { workerCpuNs } from "./common.ts";
+
+/** conv2d's internals (algorithm, tiles), which the package does not export by name. */
+type Conv2dInternals = NonNullable<Parameters<typeof conv2d>[3]>;
 
 const device = await Device.create({ disableF16: true });
 const args = process.argv.slice(2);
 const profileOnly = args.includes("--profile");
+const layouts = args.includes("--layouts");
 const shapes = (
   args.find((a) => !a.startsWith("--")) ??
   "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"
@@ -51,25 +57,43 @@ for (const s of shapes) {
     w.dispose();
     continue;
   }
-  const res: Record<string, number[]> = { direct: [], winograd: [] };
-  const wall: Record<string, number[]> = { direct: [], winograd: [] };
-  for (const algorithm of ["direct", "winograd"] as const) {
-    conv2d(x, w, { padding: 1 }, { algorithm }).dispose();
+  // The channel-major GEMMs' own tiles (their rows are output channels), without windows: the GEMMs as they
+  // were before the tile-major layout.
+  const channelMajor = deviceTiles(device, {
+    M: cout,
+    N: B * (S / 4) ** 2,
+    K: cin,
+    transposeA: false,
+    transposeB: false,
+  });
+  const variants: Record<string, Conv2dInternals> = layouts
+    ? {
+        "channel-major": {
+          algorithm: "winograd",
+          gemmTiles: channelMajor.kind === "subgroup" ? { ...channelMajor, uniformB: false } : channelMajor,
+        },
+        "tile-major": { algorithm: "winograd" },
+      }
+    : { direct: { algorithm: "direct" }, winograd: { algorithm: "winograd" } };
+  const names = Object.keys(variants);
+  const res: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+  const wall: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+  for (const name of names) {
+    conv2d(x, w, { padding: 1 }, variants[name]).dispose();
     await device.sync();
   }
   for (let r = 0; r < 3; r++) {
-    for (const algorithm of ["direct", "winograd"] as const) {
+    for (const name of names) {
       const c0 = workerCpuNs();
       const t0 = performance.now();
-      const ms = await device.timeGpu(() => conv2d(x, w, { padding: 1 }, { algorithm }).dispose());
-      res[algorithm].push(flops / (workerCpuNs() - c0));
-      wall[algorithm].push(ms ?? performance.now() - t0);
+      const ms = await device.timeGpu(() => conv2d(x, w, { padding: 1 }, variants[name]).dispose());
+      res[name].push(flops / (workerCpuNs() - c0));
+      wall[name].push(ms ?? performance.now() - t0);
     }
   }
   const med = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)];
-  console.log(
-    `conv 3×3 ${cin}→${cout} @ ${S}² ×${B}: direct ${med(res.direct).toFixed(1)} GFLOP/CPU-s (gpu ${med(wall.direct).toFixed(0)} ms), winograd ${med(res.winograd).toFixed(1)} effective GFLOP/CPU-s (gpu ${med(wall.winograd).toFixed(0)} ms); load ${load()}`,
-  );
+  const rates = names.map((n) => `${n} ${med(res[n]).toFixed(1)} GFLOP/CPU-s (gpu ${med(wall[n]).toFixed(0)} ms)`);
+  console.log(`conv 3×3 ${cin}→${cout} @ ${S}² ×${B}: ${rates.join(", ")}; load ${load()}`);
   x.dispose();
   w.dispose();
 }

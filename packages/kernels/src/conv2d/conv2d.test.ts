@@ -324,6 +324,12 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
   // magnitude ~1.5 (45 terms), 7× the direct kernel's; the tolerance is 4× f32Tol's.
   const winoTol = (terms: number) => ({ atol: 8e-6 * Math.sqrt(terms + 1), rtol: 1e-5 });
   const winograd: Conv2dInternals = { algorithm: "winograd" };
+  // Tiles that read B through uniform windows make the GEMMs tile-major at sizes a test can afford.
+  const lanes8 = fixedSubgroupSize(device) === 8;
+  const tileMajor: Conv2dInternals = {
+    ...winograd,
+    gemmTiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n", cols: 1, uniformB: true },
+  };
 
   it("matches the reference on odd shapes, with the epilogue, scalar and vector stores", async () => {
     const epilogue = { bias: true, residual: true, activation: "silu" as const };
@@ -385,6 +391,39 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     );
   });
 
+  it.skipIf(!lanes8)("runs the GEMMs tile-major, the weights in uniform windows, on odd shapes and bands", async () => {
+    const epilogue = { bias: true, residual: true, activation: "silu" as const };
+    // 37 output channels: two windows of 32 columns, the second mostly padding; batch 2 together; partial tiles.
+    await check({ x: [2, 5, 13, 11], w: [37, 5, 3, 3], padding: 1, ...epilogue }, winoTol(45), tileMajor);
+    // 600 input channels: two windows of 300 steps, the second accumulating through M.
+    await check({ x: [1, 600, 6, 8], w: [20, 600, 3, 3], padding: 1, bias: true }, winoTol(5400), tileMajor);
+    // Bands of two tile rows, channel ranges of x and of the output over 4096-byte bindings, images one by one.
+    const limits = { maxBindingBytes: 4096, offsetAlignment: 256 };
+    await check({ x: [2, 2, 20, 24], w: [2, 2, 3, 3], padding: 1, ...epilogue }, winoTol(18), {
+      ...tileMajor,
+      bindingLimits: limits,
+    });
+  });
+
+  it.skipIf(!lanes8)("gives channel-major's bits tile-major, a dispatch per position and window", async () => {
+    const x = Tensor.from(device, randomArray(2 * 19 * 12 * 9, 41), [2, 19, 12, 9]);
+    const w = Tensor.from(device, randomArray(37 * 19 * 9, 42), [37, 19, 3, 3]);
+    const bias = Tensor.from(device, randomArray(37, 43), [37]);
+    const residual = Tensor.from(device, randomArray(2 * 37 * 12 * 9, 44), [2, 37, 12, 9]);
+    const options = { padding: 1, bias, residual };
+    const dispatches = vi.spyOn(device, "dispatch");
+    const windowed = conv2d(x, w, options, tileMajor);
+    // Weight transform, input transform, U packed into windows, 36 positions × 2 windows of 32 output channels,
+    // output transform.
+    expect(dispatches).toHaveBeenCalledTimes(4 + 36 * 2);
+    dispatches.mockRestore();
+    // 18 tiles are too few for two workgroups of rows: the heuristic keeps these GEMMs channel-major.
+    const channelMajor = conv2d(x, w, options, winograd);
+    const [a, b] = await Promise.all([windowed, channelMajor].map((t) => t.toFloat32()));
+    expect(a).toEqual(b);
+    for (const t of [x, w, bias, residual, windowed, channelMajor]) t.dispose();
+  });
+
   it("refuses a forced Winograd path for other kernels and strides", () => {
     const x = Tensor.zeros(device, [1, 2, 8, 8]);
     expect(() => conv2d(x, Tensor.zeros(device, [2, 2, 3, 3]), { stride: 2 }, winograd)).toThrow(
@@ -404,6 +443,8 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     upsample?: boolean;
     dtype?: "f32" | "f16";
     limits?: { maxBindingBytes: number; offsetAlignment: number };
+    /** The GEMMs tile-major (the input transform writes V tiles × channels). */
+    tileMajor?: boolean;
   }
 
   /**
@@ -438,7 +479,7 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
         }
       : undefined;
     const input = { groupNorm: groupNormOpts, upsample2x: c.upsample };
-    const internals: Conv2dInternals = { algorithm: "winograd", bindingLimits: c.limits };
+    const internals: Conv2dInternals = { ...(c.tileMajor ? tileMajor : winograd), bindingLimits: c.limits };
     const fused = conv2d(xs, w, { padding: c.padding, bias, input }, internals);
     const normed = groupNormOpts ? groupNorm(xs, groupNormOpts.gamma, groupNormOpts.beta, groupNormOpts) : xs;
     const prepared = c.upsample ? upsampleNearest2x(normed) : normed;
@@ -468,6 +509,21 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     await checkInput({ x: [1, 96, 5, 6], cout: 16, padding: 1, groups: 32, silu: true, upsample: true });
     // Norm without SiLU.
     await checkInput({ x: [1, 4, 8, 8], cout: 16, padding: 1, groups: 4 });
+  });
+
+  it.skipIf(!lanes8)("applies them while writing V tile-major", async () => {
+    await checkInput({ x: [2, 6, 7, 9], cout: 16, padding: 1, groups: 2, silu: true, shift: true, tileMajor: true });
+    await checkInput({
+      x: [1, 96, 5, 6],
+      cout: 16,
+      padding: 1,
+      groups: 32,
+      silu: true,
+      upsample: true,
+      tileMajor: true,
+    });
+    const limits = { maxBindingBytes: 4096, offsetAlignment: 256 };
+    await checkInput({ x: [2, 4, 10, 12], cout: 2, padding: 1, groups: 2, upsample: true, limits, tileMajor: true });
   });
 
   it("maps x a channel range at a time when x is split over bindings", async () => {

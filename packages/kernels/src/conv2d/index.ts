@@ -67,6 +67,7 @@ export interface Conv2dInternals {
   tiles?: ConvTiles;
   /** Reduction slices (reductionSlices decides otherwise). */
   slices?: number;
+  /** Tiles of the GEMMs (a 1×1 convolution's, Winograd's batched ones) instead of the heuristic's. */
   gemmTiles?: TileConfig;
   bindingLimits?: BindingLimits;
   /** Subgroup-matrix tiles (e.g. emulated ones) instead of convMatrixTiles' choice. */
@@ -142,7 +143,19 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
     const coefficients = norm ? groupNormCoefficients(x, norm.gamma, norm.beta, norm) : undefined;
     try {
       const mapped = { coefficients, silu: norm?.silu, upsample: input.upsample2x };
-      conv2dWinograd(device, { x, w, out, bias, residual, activation, padTop, padLeft, limits, input: mapped });
+      conv2dWinograd(device, {
+        x,
+        w,
+        out,
+        bias,
+        residual,
+        activation,
+        padTop,
+        padLeft,
+        limits,
+        input: mapped,
+        gemmTiles: internals.gemmTiles,
+      });
     } finally {
       coefficients?.dispose();
     }

@@ -7,12 +7,16 @@
  *   M[ξ] (Cout × tiles) = U[ξ] (Cout × Cin) · V[ξ] (Cin × tiles),  U[ξ] = (G g Gᵀ)[ξ],  V[ξ] = (Bᵀ d B)[ξ],
  *
  * so a 4×4 block costs 36 multiply-adds per channel pair instead of 144: the same GEMM kernel does a quarter of
- * the direct convolution's arithmetic. Three small kernels surround it: the weight transform (once per call:
- * weights are not cached, so the path is taken only where enough tiles share them), the input transform (x →
- * V, 2.25× the input's size) and the output transform (M → out, with the convolution's bias, activation and
- * residual epilogue). Tiles are processed in bands of whole tile rows so V and M stay within BAND_BYTES;
- * x, the output and the residual are bound a channel range at a time when they exceed one storage binding, and
- * output channels are taken in groups whose transformed weights fit one (1280 × 2560 × 36 f32 do not).
+ * the direct convolution's arithmetic. Where a band has enough tiles, the GEMMs run transposed ("tile-major"),
+ * Mᵀ[ξ] (tiles × Cout) = Vᵀ[ξ] · Uᵀ[ξ]: the weights U are then the GEMM's B, which CPU adapters read through
+ * uniform windows (matmul/tiles.ts; a third of a storage load's instructions on llvmpipe), a window set per
+ * position; V and M are then laid out tiles × channels. Three small kernels surround the GEMMs: the weight
+ * transform (once per call: weights are not cached, so the path is taken only where enough tiles share them),
+ * the input transform (x → V, 2.25× the input's size) and the output transform (M → out, with the convolution's
+ * bias, activation and residual epilogue). Tiles are processed in bands of whole tile rows so V and M stay
+ * within BAND_BYTES; x, the output and the residual are bound a channel range at a time when they exceed one
+ * storage binding, and output channels are taken in groups whose transformed weights fit one (1280 × 2560 × 36
+ * f32 do not).
  *
  * Numerics: the transforms scale values by up to ~100 (Bᵀ's rows sum to 10 in absolute value) and back, so f32
  * rounding error is larger than the direct kernel's — tested against the float64 reference with its own
@@ -23,7 +27,8 @@ import { type KernelDecl, runKernel } from "../common/kernel.ts";
 import { type BindingLimits, bindingOf, bindingSlice, largest } from "../common/pieces.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "../matmul/activation.ts";
-import { gemm } from "../matmul/index.ts";
+import { deviceTiles, gemm } from "../matmul/index.ts";
+import type { TileConfig } from "../matmul/tiles.ts";
 import type { ConvOperands } from "./plan.ts";
 import { convEpilogue, FINISH_PARAMS, outputBindings } from "./wgsl.ts";
 
@@ -146,8 +151,42 @@ export interface WinogradInput {
   upsample?: boolean;
 }
 
+/**
+ * Params of a transform's item: channel c of the bound range (the kernel's count of them, from c0 of V's or M's
+ * `width` channels) and tile `column` of the band (`tiles` per image, `images` images side by side).
+ */
+const ITEM_PARAMS = {
+  tiles: "u32",
+  images: "u32",
+  tilesW: "u32",
+  row0: "u32",
+  c0: "u32",
+  width: "u32",
+  positionStride: "u32",
+} as const;
+
+/**
+ * The item's channel c (of `count`), image, tile origin (y0, x0) in output pixels, and its index `at` in V or M
+ * (position ξ at ξ · positionStride + at): channel-major [width, columns] with tiles along the lanes, or tile-major
+ * [columns, width] with channels along them, so that neighbouring lanes write or read neighbouring elements.
+ */
+function tileItem(tileMajor: boolean, count: string): string[] {
+  return [
+    "  let columns = p.images * p.tiles;",
+    tileMajor ? `  let column = item / ${count};` : "  let column = item % columns;",
+    tileMajor ? `  let c = item % ${count};` : "  let c = item / columns;",
+    "  let t = column % p.tiles;",
+    "  let image = column / p.tiles;",
+    `  let y0 = (p.row0 + t / p.tilesW) * ${M}u;`,
+    `  let x0 = (t % p.tilesW) * ${M}u;`,
+    tileMajor ? "  let at = column * p.width + p.c0 + c;" : "  let at = (p.c0 + c) * columns + column;",
+  ];
+}
+
 interface InputSpec {
   x: DType;
+  /** V[ξ] is columns × Cin (the tile-major GEMM's A), else Cin × columns. */
+  tileMajor: boolean;
   /** "affine" / "affine-silu": the normalisation of WinogradInput, none without coefficients. */
   map: "none" | "affine" | "affine-silu";
   /**
@@ -184,28 +223,23 @@ function patchLoads(spec: InputSpec): string[] {
 }
 
 /**
- * V[ξ, ci, t] = (Bᵀ d B)[ξ] for the 6×6 patch d of input channel ci under tile t of the band (zeros outside
- * the image), d read through WinogradInput's map: an item per (channel of the bound range, tile of the band of
- * each of `images` images, whose tiles follow each other along t).
- * H and W are x's (half the convolution's input with upsampling).
+ * V[ξ, ci, t] (or V[ξ, t, ci], tile-major) = (Bᵀ d B)[ξ] for the 6×6 patch d of input channel ci under tile t of
+ * the band (zeros outside the image), d read through WinogradInput's map: an item per (channel of the bound
+ * range, tile of the band of each of `images` images, whose tiles follow each other along t).
+ * H and W are x's (half the convolution's input with upsampling); V's width is Cin.
  */
 const WINOGRAD_INPUT: KernelDecl<InputSpec> = {
   name: "winograd-input",
   params: {
-    tiles: "u32",
-    images: "u32",
-    tilesW: "u32",
-    row0: "u32",
+    ...ITEM_PARAMS,
+    channels: "u32",
     H: "u32",
     W: "u32",
     padTop: "i32",
     padLeft: "i32",
     xOff: "u32",
     xImage: "u32",
-    ci0: "u32",
-    positionStride: "u32",
     coef0: "u32",
-    cin: "u32",
   },
   bindings: (s) => [
     { name: "X", type: s.x },
@@ -227,20 +261,15 @@ fn xin(plane: u32, ih: i32, iw: i32, k: vec3f) -> f32 {
 }`,
   main: (s) =>
     [
-      "  let columns = p.images * p.tiles;",
-      "  let column = item % columns;",
-      "  let ci = item / columns;",
-      "  let t = column % p.tiles;",
-      "  let image = column / p.tiles;",
-      `  let ih0 = i32((p.row0 + t / p.tilesW) * ${M}u) - p.padTop;`,
-      `  let iw0 = i32((t % p.tilesW) * ${M}u) - p.padLeft;`,
-      "  let plane = p.xOff + image * p.xImage + ci * p.H * p.W;",
+      ...tileItem(s.tileMajor, "p.channels"),
+      "  let ih0 = i32(y0) - p.padTop;",
+      "  let iw0 = i32(x0) - p.padLeft;",
+      "  let plane = p.xOff + image * p.xImage + c * p.H * p.W;",
       s.map === "none"
         ? "  let k = vec3f(0.0);"
-        : "  let kAt = (p.coef0 + image * p.cin + ci) * 3u;\n  let k = vec3f(Coef[kAt], Coef[kAt + 1u], Coef[kAt + 2u]);",
+        : "  let kAt = (p.coef0 + image * p.width + c) * 3u;\n  let k = vec3f(Coef[kAt], Coef[kAt + 1u], Coef[kAt + 2u]);",
       ...patchLoads(s).map((l) => `  ${l}`),
       ...sandwich(BT, (i, j) => `d${i}_${j}`, BT, "v", "s").map((l) => `  ${l}`),
-      "  let at = (p.ci0 + ci) * columns + column;",
       ...Array.from(
         { length: POSITIONS },
         (_, xi) => `  V[${xi}u * p.positionStride + at] = v${Math.floor(xi / ALPHA)}_${xi % ALPHA};`,
@@ -250,6 +279,8 @@ fn xin(plane: u32, ih: i32, iw: i32, k: vec3f) -> f32 {
 
 interface OutputSpec {
   out: DType;
+  /** M[ξ] is columns × Cout (the tile-major GEMM's output), else Cout × columns. */
+  tileMajor: boolean;
   bias: DType | null;
   residual: DType | null;
   activation: Activation;
@@ -257,34 +288,19 @@ interface OutputSpec {
 }
 
 /**
- * out = Aᵀ M[·, co, t] A for output channel co (of the bound range) and tile t of the band, through the
- * convolution's epilogue (bias, activation, residual): an item per (channel, tile of each of `images` images),
- * four rows of four pixels.
+ * out = Aᵀ M[·, co, t] A (or M[·, t, co], tile-major) for output channel co (of the bound range, `cout` of them)
+ * and tile t of the band, through the convolution's epilogue (bias, activation, residual): an item per (channel,
+ * tile of each of `images` images), four rows of four pixels. M's width is the channel group's.
  */
 const WINOGRAD_OUTPUT: KernelDecl<OutputSpec> = {
   name: "winograd-output",
-  params: {
-    tiles: "u32",
-    images: "u32",
-    tilesW: "u32",
-    row0: "u32",
-    co0: "u32",
-    positionStride: "u32",
-    ...FINISH_PARAMS,
-  },
+  params: { ...ITEM_PARAMS, ...FINISH_PARAMS },
   bindings: (s) => [{ name: "Mt", type: "f32" }, ...outputBindings(s)],
   workgroupSize: 64,
   module: (s) => convEpilogue(s),
-  main: () =>
+  main: (s) =>
     [
-      "  let columns = p.images * p.tiles;",
-      "  let column = item % columns;",
-      "  let co = item / columns;",
-      "  let image = column / p.tiles;",
-      "  let t = column % p.tiles;",
-      `  let oh0 = (p.row0 + t / p.tilesW) * ${M}u;`,
-      `  let ow0 = (t % p.tilesW) * ${M}u;`,
-      "  let at = (p.co0 + co) * columns + column;",
+      ...tileItem(s.tileMajor, "p.cout"),
       ...Array.from(
         { length: POSITIONS },
         (_, xi) => `  let m${Math.floor(xi / ALPHA)}_${xi % ALPHA} = Mt[${xi}u * p.positionStride + at];`,
@@ -293,7 +309,7 @@ const WINOGRAD_OUTPUT: KernelDecl<OutputSpec> = {
       ...Array.from(
         { length: M },
         (_, r) =>
-          `  finish4(image, co, oh0 + ${r}u, ow0, oh0 + ${r}u < p.Ho, 0u, vec4f(${[0, 1, 2, 3].map((c) => `y${r}_${c}`).join(", ")}));`,
+          `  finish4(image, c, y0 + ${r}u, x0, y0 + ${r}u < p.Ho, 0u, vec4f(${[0, 1, 2, 3].map((c) => `y${r}_${c}`).join(", ")}));`,
       ),
     ].join("\n"),
 };
@@ -303,6 +319,8 @@ export interface WinogradCall extends ConvOperands {
   padLeft: number;
   limits: BindingLimits;
   input: WinogradInput;
+  /** Tiles of the batched GEMMs instead of the heuristic's; uniformB ones make them tile-major. */
+  gemmTiles?: TileConfig;
 }
 
 /** Tile rows per band: V and M of a band each within BAND_BYTES (and one binding); 0 if one row is too much. */
@@ -389,12 +407,12 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
     bandRows(cin, cout, batch * tilesW, tilesH, limits) === tilesH;
   const images = together ? batch : 1;
   const coefficients = input.coefficients;
-  const inputSpec: InputSpec = {
+  const inputSpec: Omit<InputSpec, "tileMajor"> = {
     x: x.dtype,
     map: coefficients ? (input.silu ? "affine-silu" : "affine") : "none",
     upsample: input.upsample ? [call.padTop % 2, call.padLeft % 2] : null,
   };
-  const spec: OutputSpec = {
+  const spec: Omit<OutputSpec, "tileMajor"> = {
     out: out.dtype,
     bias: bias?.dtype ?? null,
     residual: residual?.dtype ?? null,
@@ -427,86 +445,110 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
       for (let row0 = 0; row0 < tilesH; row0 += rowsPerBand) {
         const tiles = Math.min(rowsPerBand, tilesH - row0) * tilesW;
         const columns = images * tiles;
-        const V = Tensor.empty(device, [POSITIONS, cin, columns], "f32");
-        const product = Tensor.empty(device, [POSITIONS, u1 - u0, columns], "f32");
+        const width = u1 - u0;
+        const gemmTiles =
+          call.gemmTiles ??
+          deviceTiles(device, {
+            M: columns,
+            N: width,
+            K: cin,
+            transposeA: false,
+            transposeB: true,
+            windowSets: POSITIONS,
+          });
+        // Tile-major where its tiles read the weights through windows. Elsewhere (fewer tiles than two workgroups
+        // of rows, or too many windows) channel-major, whose broadcast rows are output channels and whose lanes
+        // own tiles: the same loads without the windows' dispatches.
+        const tileMajor = gemmTiles.kind === "subgroup" && gemmTiles.uniformB;
+        const V = Tensor.empty(device, [POSITIONS, ...(tileMajor ? [columns, cin] : [cin, columns])], "f32");
+        const product = Tensor.empty(device, [POSITIONS, ...(tileMajor ? [columns, width] : [width, columns])], "f32");
+        const item = { tiles, images, tilesW, row0 };
         try {
           // Together, x fits one binding, so one range holds every channel (of every image).
           for (const [c0, c1] of ranges(cin, xStep)) {
             const [xs, xOff] = slice(x, (b * cin + c0) * H * W, ((images - 1) * cin + c1 - c0) * H * W, limits);
-            runKernel(device, WINOGRAD_INPUT, inputSpec, {
-              count: (c1 - c0) * columns,
-              params: {
-                tiles,
-                images,
-                tilesW,
-                row0,
-                H,
-                W,
-                padTop: call.padTop,
-                padLeft: call.padLeft,
-                xOff,
-                xImage: cin * H * W,
-                ci0: c0,
-                positionStride: cin * columns,
-                coef0: b * cin + c0,
-                cin,
+            runKernel(
+              device,
+              WINOGRAD_INPUT,
+              { ...inputSpec, tileMajor },
+              {
+                count: (c1 - c0) * columns,
+                params: {
+                  ...item,
+                  c0,
+                  width: cin,
+                  positionStride: cin * columns,
+                  channels: c1 - c0,
+                  H,
+                  W,
+                  padTop: call.padTop,
+                  padLeft: call.padLeft,
+                  xOff,
+                  xImage: cin * H * W,
+                  coef0: b * cin + c0,
+                },
+                buffers: { X: xs, V: V.slice(), ...(coefficients ? { Coef: coefficients.slice() } : {}) },
               },
-              buffers: { X: xs, V: V.slice(), ...(coefficients ? { Coef: coefficients.slice() } : {}) },
-            });
+            );
           }
+          // M[ξ] = U[ξ] · V[ξ], or Mᵀ[ξ] = Vᵀ[ξ] · U[ξ]ᵀ with U [width, cin] read transposed.
+          const operands = tileMajor ? { a: V, b: U, M: columns, N: width } : { a: U, b: V, M: width, N: columns };
           gemm({
             op: "conv2d",
-            a: U,
-            b: V,
+            ...operands,
             out: product,
             batch: POSITIONS,
-            M: u1 - u0,
-            N: columns,
             K: cin,
             transposeA: false,
-            transposeB: false,
-            aBatchStride: (u1 - u0) * cin,
-            bBatchStride: cin * columns,
+            transposeB: tileMajor,
+            aBatchStride: operands.M * cin,
+            bBatchStride: operands.N * cin,
             activation: "none",
             alpha: 1,
             bindingLimits: limits,
+            tiles: call.gemmTiles,
+            // Channel-major, B is V: packing it would be a second pass over the largest tensor.
+            windowsPerItem: tileMajor,
           });
           // Together, the output fits one binding, so one range holds every channel (of every image).
-          for (const [r0, r1] of ranges(u1 - u0, outStep)) {
+          for (const [r0, r1] of ranges(width, outStep)) {
             const [c0, c1] = [u0 + r0, u0 + r1];
             const first = (b * cout + c0) * Ho * Wo;
             const length = ((images - 1) * cout + c1 - c0) * Ho * Wo;
             const [cs, cOff] = slice(out, first, length, limits);
             const [rs, rOff] = residual ? slice(residual, first, length, limits) : [null, 0];
-            runKernel(device, WINOGRAD_OUTPUT, spec, {
-              count: (c1 - c0) * columns,
-              params: {
-                tiles,
-                images,
-                tilesW,
-                row0,
-                co0: c0 - u0,
-                positionStride: (u1 - u0) * columns,
-                cout: c1 - c0,
-                Ho,
-                Wo,
-                blocksPerRow: 0,
-                cBatch: cout * Ho * Wo,
-                cOff,
-                rOff,
-                biasOff: c0,
-                accumulate: 0,
-                finalize: 1,
-                slices: 1,
-                sliceStride: 0,
+            runKernel(
+              device,
+              WINOGRAD_OUTPUT,
+              { ...spec, tileMajor },
+              {
+                count: (c1 - c0) * columns,
+                params: {
+                  ...item,
+                  c0: r0,
+                  width,
+                  positionStride: width * columns,
+                  cout: c1 - c0,
+                  Ho,
+                  Wo,
+                  blocksPerRow: 0,
+                  cBatch: cout * Ho * Wo,
+                  cOff,
+                  rOff,
+                  biasOff: c0,
+                  accumulate: 0,
+                  finalize: 1,
+                  slices: 1,
+                  sliceStride: 0,
+                },
+                buffers: {
+                  Mt: product.slice(),
+                  C: cs,
+                  ...(bias ? { Bias: bias.slice() } : {}),
+                  ...(rs ? { R: rs } : {}),
+                },
               },
-              buffers: {
-                Mt: product.slice(),
-                C: cs,
-                ...(bias ? { Bias: bias.slice() } : {}),
-                ...(rs ? { R: rs } : {}),
-              },
-            });
+            );
           }
         } finally {
           V.dispose();

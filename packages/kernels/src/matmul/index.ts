@@ -192,6 +192,12 @@ export interface GemmCall extends Omit<GemmGeometry, "bytes"> {
   tiles?: TileConfig;
   /** Overrides the device's binding limits (tests exercise splitting on small tensors). */
   bindingLimits?: BindingLimits;
+  /**
+   * Where the tiles read B through uniform windows and every batch item has a B of its own: pack each item's B
+   * into windows of its own, one dispatch per item and window (Winograd's 36 positions, few items of many rows).
+   * Otherwise such a B is read from storage.
+   */
+  windowsPerItem?: boolean;
 }
 
 /** The device's subgroup size when it has subgroups of one fixed size (the broadcast tiles need it), else null. */
@@ -205,6 +211,8 @@ export function fixedSubgroupSize(device: Device): number | null {
 type TileProblem = Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB"> & {
   a?: Pick<Tensor, "dtype">;
   b?: Pick<Tensor, "dtype">;
+  /** TileInputs.windowSets. */
+  windowSets?: number;
 };
 
 /** GPUAdapterInfo.subgroupMaxSize where the adapter reports it. */
@@ -223,6 +231,7 @@ function tileInputs(device: Device, call: TileProblem): TileInputs {
     K: call.K,
     transposeA: call.transposeA,
     transposeB: call.transposeB,
+    windowSets: call.windowSets,
     matrix:
       device.subgroupMatrixConfigs.length && call.a && call.b
         ? {
@@ -243,7 +252,7 @@ export function deviceTiles(device: Device, call: TileProblem): TileConfig {
  * The autotuned tiles of the call's shape class when autotuning is on and the class is tuned; otherwise
  * null (and the class waits for `tunePending`, which times candidates on zero inputs of this shape).
  */
-function tunedTiles(call: GemmCall): TileConfig | null {
+function tunedTiles(call: GemmCall & TileProblem): TileConfig | null {
   const device = call.out.device;
   const tuner = autotunerOf(device);
   if (!tuner) return null;
@@ -313,10 +322,13 @@ export function gemm(call: GemmCall): void {
     bindingLimits(device, call.bindingLimits),
   );
   if (pieces.length === 0) return;
-  const chosen = call.tiles ?? tunedTiles(call) ?? deviceTiles(device, call);
-  // Windows of B are one dispatch per window over all rows: only for a B shared by the batch, in one piece.
+  const ownB = batch > 1 && call.bBatchStride !== 0;
+  const windowSets = ownB ? batch : 1;
+  const problem = { ...call, windowSets };
+  const chosen = call.tiles ?? tunedTiles(problem) ?? deviceTiles(device, problem);
+  // Windows of B are one dispatch per window over all rows (and per item, for items with their own B), in one piece.
   const windowed =
-    chosen.kind === "subgroup" && chosen.uniformB && pieces.length === 1 && (batch === 1 || call.bBatchStride === 0);
+    chosen.kind === "subgroup" && chosen.uniformB && pieces.length === 1 && (!ownB || call.windowsPerItem === true);
   const tiles = chosen.kind === "subgroup" && chosen.uniformB && !windowed ? { ...chosen, uniformB: false } : chosen;
   const window = tiles.kind === "subgroup" && tiles.uniformB ? uniformWindow(tiles, K) : null;
   if (gated && (pieces.some((piece) => !piece.finalize) || (window && K > window.k))) {
@@ -343,12 +355,13 @@ export function gemm(call: GemmCall): void {
   );
   const tile = workgroupTile(tiles);
   const laneOwnsM = tiles.kind === "subgroup" && tiles.laneOwns === "m";
-  const packed = window ? packB(call, window) : null;
+  const packed = window ? packB(call, window, windowSets) : null;
 
   for (const piece of pieces) {
     const rows = piece.m1 - piece.m0;
     const batches = piece.b1 - piece.b0;
     const tilesM = Math.ceil(rows / tile.m);
+    const cBatch = M * (gated ? N / 2 : N);
     const buffers: Record<string, BufferSlice> = {
       A: bindingSlice(a, piece.a),
       B: bindingSlice(b, piece.b),
@@ -356,11 +369,13 @@ export function gemm(call: GemmCall): void {
     };
     if (bias) buffers.Bias = { buffer: bias.tensor.buffer, offset: 0, size: bias.tensor.buffer.size };
     if (residual && piece.residual) buffers.R = bindingSlice(residual, piece.residual);
-    // One part per window of B (columns n0.., steps k0..k1), or the whole piece.
+    // One part per window of B (columns n0.., steps k0..k1; of batch item `set` where each has its own), or the
+    // whole piece.
     const parts =
       packed && window
-        ? windowParts(N, piece.k1 - piece.k0, window)
-        : [{ n0: 0, k0: 0, k1: piece.k1 - piece.k0, w: 0 }];
+        ? windowParts(N, piece.k1 - piece.k0, window, windowSets)
+        : [{ n0: 0, k0: 0, k1: piece.k1 - piece.k0, w: 0, set: 0 }];
+    const items = packed && ownB ? 1 : batches;
     for (const part of parts) {
       const depth = part.k1 - part.k0;
       const spec: GemmKernelSpec = {
@@ -383,9 +398,9 @@ export function gemm(call: GemmCall): void {
       const [tilesX, tilesY] = laneOwnsM ? [tilesN, tilesM] : [tilesM, tilesN];
       if (packed) buffers.B = packed.slice(part.w * UNIFORM_WINDOW_BYTES, UNIFORM_WINDOW_BYTES);
       runKernel(device, GEMM, spec, {
-        count: batches * tilesX * tilesY,
+        count: items * tilesX * tilesY,
         params: {
-          batch: batches,
+          batch: items,
           M: rows,
           N,
           K: depth,
@@ -393,15 +408,15 @@ export function gemm(call: GemmCall): void {
           tilesY,
           aRow: transposeA ? M : K,
           aBatch: call.aBatchStride,
-          aOff: piece.a.elementOffset + part.k0 * (transposeA ? M : 1),
+          aOff: piece.a.elementOffset + part.set * call.aBatchStride + part.k0 * (transposeA ? M : 1),
           // A window's rows are its k steps.
           bRow: window ? window.k : transposeB ? K : N,
           bBatch: call.bBatchStride,
           bOff: piece.b.elementOffset,
           nOff: part.n0,
-          cBatch: M * (gated ? N / 2 : N),
-          cOff: piece.c.elementOffset,
-          rOff: piece.residual?.elementOffset ?? 0,
+          cBatch,
+          cOff: piece.c.elementOffset + part.set * cBatch,
+          rOff: (piece.residual?.elementOffset ?? 0) + part.set * cBatch,
           biasOff: bias?.axis === "m" ? piece.m0 : 0,
           accumulate: piece.accumulate || part.k0 > 0 ? 1 : 0,
           finalize: piece.finalize && part.k1 === piece.k1 - piece.k0 ? 1 : 0,
@@ -416,20 +431,26 @@ export function gemm(call: GemmCall): void {
   packed?.dispose();
 }
 
-/** The windows of B over N columns and `depth` steps, in packB's order (w = nWin · kWins + kWin). */
-function windowParts(N: number, depth: number, window: { n: number; k: number }) {
+/**
+ * The windows of B over N columns and `depth` steps, `sets` times (one set per batch item with its own B), in
+ * packB's order (w = set · perSet + nWin · kWins + kWin).
+ */
+function windowParts(N: number, depth: number, window: { n: number; k: number }, sets: number) {
   const kWins = Math.ceil(depth / window.k);
-  return Array.from({ length: Math.ceil(N / window.n) * kWins }, (_, w) => {
+  const perSet = Math.ceil(N / window.n) * kWins;
+  return Array.from({ length: perSet * sets }, (_, w) => {
     const k0 = (w % kWins) * window.k;
-    return { n0: Math.floor(w / kWins) * window.n, k0, k1: Math.min(depth, k0 + window.k), w };
+    const n0 = Math.floor((w % perSet) / kWins) * window.n;
+    return { n0, k0, k1: Math.min(depth, k0 + window.k), w, set: Math.floor(w / perSet) };
   });
 }
 
-/** B packed into uniform windows (pack.ts), from the one piece's binding of B. */
-function packB(call: GemmCall, window: { n: number; k: number }): Tensor {
+/** B packed into uniform windows (pack.ts), from the one piece's binding of B: `sets` items' B one after another. */
+function packB(call: GemmCall, window: { n: number; k: number }, sets: number): Tensor {
   const { b, N, K, transposeB, gated = false } = call;
   const device = call.out.device;
-  const windows = Math.ceil(N / window.n) * Math.ceil(K / window.k);
+  const perSet = Math.ceil(N / window.n) * Math.ceil(K / window.k);
+  const windows = perSet * sets;
   const packed = Tensor.empty(device, [windows * (UNIFORM_WINDOW_BYTES / 4)], "f32");
   runKernel(
     device,
@@ -437,7 +458,15 @@ function packB(call: GemmCall, window: { n: number; k: number }): Tensor {
     { b: b.dtype, transposeB, gated, n: window.n, k: window.k },
     {
       count: windows * window.n * window.k,
-      params: { N, K, kWins: Math.ceil(K / window.k), bOff: 0, bRow: transposeB ? K : N },
+      params: {
+        N,
+        K,
+        kWins: Math.ceil(K / window.k),
+        perSet,
+        bOff: 0,
+        bRow: transposeB ? K : N,
+        bBatch: call.bBatchStride,
+      },
       buffers: { B: b.slice(), P: packed.slice() },
     },
   );

@@ -62,6 +62,10 @@ describe("chooseTiles", () => {
       uniformB: false,
     });
     expect(chooseTiles({ ...lavapipeLike, M: 128, N: 512 * 512, K: 256 })).toMatchObject({ uniformB: false });
+    // Winograd's 36 positions, a window set each: 128 channels at 512² (bands of 3584 tiles), not 1280 × 1280.
+    const sets = { ...lavapipeLike, transposeB: true, windowSets: 36 };
+    expect(chooseTiles({ ...sets, M: 3584, N: 128, K: 128 })).toMatchObject({ uniformB: true });
+    expect(chooseTiles({ ...sets, M: 3584, N: 1280, K: 1280 })).toMatchObject({ uniformB: false });
     // Lanes owning m (both operands transposed) read B from storage.
     const tt = chooseTiles({ ...lavapipeLike, M: 4096, N: 4096, K: 64, transposeA: true, transposeB: true });
     expect(tt).toMatchObject({ laneOwns: "m", uniformB: false });
@@ -331,6 +335,8 @@ interface Case {
   gated?: boolean;
   /** Splits the product as if these were the device's binding limits. */
   limits?: BindingLimits;
+  /** GemmCall.windowsPerItem. */
+  windowsPerItem?: boolean;
 }
 
 async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: number }, seed = 1) {
@@ -366,6 +372,7 @@ async function check(c: Case, strategy: Strategy, tol: { atol: number; rtol?: nu
     alpha: c.alpha ?? 1,
     gated: c.gated,
     bindingLimits: c.limits,
+    windowsPerItem: c.windowsPerItem,
   };
   gemm({ ...call, tiles: tilesFor(strategy, call) });
   const got = await out.toFloat32();
@@ -521,8 +528,19 @@ describe("gemm with other subgroup tiles", () => {
       await check({ M: 37, N: 26, K: 20, transposeB: true, bias: true, alpha: 0.7, gated: true }, tiles, gatedTol(20));
       // Over one window's K: the product, then GEGLU.
       await check({ M: 9, N: 66, K: 520, transposeB: true, bias: true, gated: true }, tiles, gatedTol(520));
-      // Each batch item has its own B: read from storage.
+      // Each batch item has its own B: read from storage, or packed into a window set per item.
       await check({ batch: 3, M: 9, N: 12, K: 8, transposeB: true }, tiles, f32Tol(8));
+      await check(
+        { batch: 3, M: 37, N: 40, K: 21, transposeB: true, bias: true, windowsPerItem: true },
+        tiles,
+        f32Tol(21),
+      );
+      // Two windows of K per item, the second accumulating through C, with the residual of each item.
+      await check(
+        { batch: 2, M: 21, N: 70, K: 600, residual: true, alpha: 0.5, windowsPerItem: true },
+        tiles,
+        f32Tol(600),
+      );
     },
   );
   it.skipIf(fixedSubgroupSize(device) !== 8 || !device.features.shaderF16)("packs f16 B into f32 windows", async () => {

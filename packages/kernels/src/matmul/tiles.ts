@@ -42,6 +42,11 @@ export interface TileInputs {
   K: number;
   transposeA: boolean;
   transposeB: boolean;
+  /**
+   * Sets of windows of B (uniformB): the batch items whose B is packed apart, one dispatch per item and window
+   * (GemmCall.windowsPerItem). Default 1: one B for the whole batch.
+   */
+  windowSets?: number;
 }
 
 /** Subgroup-broadcast register tiles (CPU adapters). */
@@ -111,11 +116,12 @@ const MAX_WINDOWS = 1024;
 
 /**
  * Whether windows of B pay for their dispatches: at least two workgroups of rows in each (one per lavapipe
- * thread), and at most MAX_WINDOWS of them (a 1×1 convolution over 512² pixels would take 8192 windows of 32).
+ * thread), and at most MAX_WINDOWS of them over all window sets (a 1×1 convolution over 512² pixels would take
+ * 8192 windows of 32).
  */
-export function windowsPay(t: SubgroupTiles, inp: Pick<TileInputs, "M" | "N" | "K">): boolean {
+export function windowsPay(t: SubgroupTiles, inp: Pick<TileInputs, "M" | "N" | "K" | "windowSets">): boolean {
   const window = uniformWindow(t, inp.K);
-  const windows = Math.ceil(inp.N / window.n) * Math.ceil(inp.K / window.k);
+  const windows = Math.ceil(inp.N / window.n) * Math.ceil(inp.K / window.k) * (inp.windowSets ?? 1);
   return inp.M >= 2 * t.rows * t.subgroups && windows <= MAX_WINDOWS;
 }
 
