@@ -2,14 +2,15 @@
  * Attention tilings side by side, interleaved in one process:
  * `cd benchmarks && node --import tsx attention-ab.ts [NqxNkxHxd[xB],…] [variant;variant…]` (default: SD 1.5's
  * UNet shapes at 64×64 latent, batch 2, and the VAE's mid-block head). A variant is `default` (the adapter's
- * own tiling) or a JSON object merged onto it, e.g. `{"rowsPerInvocation":4}`. Per call: GPU ms (timestamps)
+ * own tiling), `fused` (the fused kernel's tiling, fusedTiling) or a JSON object merged onto the default, or with a
+leading `fused` onto the fused one, e.g. `{"rowsPerInvocation":4}`, `fused{"rowsPerInvocation":2}`. Per call: GPU ms (timestamps)
  * and, what a shared machine cannot disturb, FLOPs (4·B·H·Nq·Nk·d) per second of CPU time of lavapipe's
  * threads (every thread but the main one, from /proc/self/task/<tid>/schedstat), median of the rounds.
  * Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 
 import { readFileSync } from "node:fs";
-import { type AttentionTiling, adapterTraits, attention, attentionTiling } from "@ldm/kernels";
+import { type AttentionTiling, adapterTraits, attention, attentionTiling, fusedTiling } from "@ldm/kernels";
 import { Device, Tensor } from "@ldm/tensor";
 import { workerCpuNs } from "./common.ts";
 
@@ -33,9 +34,12 @@ for (const s of shapes) {
   const v = fill(nk, (i) => Math.sin(i * 1.3));
   const flops = 4 * batch * heads * nq * nk * d;
   const base = attentionTiling(adapterTraits(device), d, nq, nk, { heads, causal: false });
-  const tilings: AttentionTiling[] = variants.map((t) =>
-    t === "default" ? base : ({ ...base, ...JSON.parse(t) } as AttentionTiling),
-  );
+  const fused = fusedTiling(adapterTraits(device), d, nq);
+  const tilings: AttentionTiling[] = variants.map((t) => {
+    if (t === "default") return base;
+    if (t.startsWith("fused")) return { ...fused, ...JSON.parse(t.slice(5) || "{}") } as AttentionTiling;
+    return { ...base, ...JSON.parse(t) } as AttentionTiling;
+  });
   const cpu: number[][] = tilings.map(() => []);
   const gpu: number[][] = tilings.map(() => []);
   const load0 = load();

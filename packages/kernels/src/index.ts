@@ -1,5 +1,5 @@
 export { type AttentionOptions, adapterTraits, attention } from "./attention/index.ts";
-export { type AdapterTraits, type AttentionTiling, attentionTiling } from "./attention/tiling.ts";
+export { type AdapterTraits, type AttentionTiling, attentionTiling, fusedTiling } from "./attention/tiling.ts";
 export { bf16ToFloat, cast, type FloatDType, packBf16 } from "./cast/index.ts";
 export { foldGrid, LINEAR_WORKGROUP_ID } from "./common/grid.ts";
 export { assertBindable, assertDType, wgslEnables, wgslType } from "./common/wgsl.ts";

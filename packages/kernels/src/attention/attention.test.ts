@@ -5,7 +5,16 @@ import { roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
 import { adapterTraits, attention } from "./index.ts";
 import { attentionRef } from "./reference.ts";
-import { type AttentionTiling, attentionTiling, type FusedTiling, queryBlockRows } from "./tiling.ts";
+import {
+  type AttentionTiling,
+  attentionTiling,
+  type FusedTiling,
+  fusedTiling,
+  queryBlockRows,
+  WINDOW_FLOATS,
+  type WindowTiling,
+  windowKeys,
+} from "./tiling.ts";
 
 const device = await useDevice();
 
@@ -13,9 +22,49 @@ const lavapipe = { isCpu: true, subgroupSize: 8 };
 const gpu = { isCpu: false, subgroupSize: 32 };
 
 describe("attentionTiling", () => {
-  it("on a CPU adapter with subgroups: shared loads, rows per lane by head width, q chunks for wide heads", () => {
-    const twoHeads = { heads: 2, causal: false };
+  it("on a CPU adapter: non-causal heads of width 4·n up to 160 read K and V through uniform windows", () => {
     expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
+      kind: "window",
+      subgroupSize: 8,
+      rowsPerInvocation: 4,
+      keyBlock: 2,
+      windowKeys: 373,
+      workgroupSize: 64,
+    });
+    expect(attentionTiling(lavapipe, 80, 1024, 1024)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 160, 256, 256)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
+    expect(attentionTiling(lavapipe, 40, 4096, 77)).toMatchObject({ kind: "window", windowKeys: 77 });
+    expect(attentionTiling(lavapipe, 40, 3, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 3 });
+    expect(attentionTiling({ isCpu: true, subgroupSize: null }, 40, 9, 9)).toMatchObject({ kind: "lanes" });
+    // The fused kernel where windows do not apply: causal masks, widths not a multiple of 4, wide heads.
+    expect(attentionTiling(lavapipe, 64, 77, 77, { heads: 8, causal: true })).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(lavapipe, 42, 64, 64)).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(lavapipe, 192, 64, 64, { heads: 2, causal: false })).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(gpu, 40, 4096, 4096)).toMatchObject({ kind: "lanes" });
+  });
+
+  it("windows: Nk split evenly over the fewest windows of at most 16384 floats", () => {
+    expect(windowKeys(40, 4096)).toBe(373);
+    expect(windowKeys(40, 409)).toBe(409);
+    expect(windowKeys(40, 410)).toBe(205);
+    expect(windowKeys(80, 1024)).toBe(171);
+    expect(windowKeys(160, 256)).toBe(86);
+    expect(windowKeys(40, 77)).toBe(77);
+    expect(windowKeys(160, 1)).toBe(1);
+    for (const [d, nk] of [
+      [40, 4096],
+      [80, 1024],
+      [160, 4096],
+      [4, 100000],
+    ]) {
+      const keys = windowKeys(d, nk);
+      expect(keys * d).toBeLessThanOrEqual(WINDOW_FLOATS);
+      expect(Math.ceil(nk / keys)).toBe(Math.ceil(nk / Math.floor(WINDOW_FLOATS / d)));
+    }
+  });
+
+  it("fused kernel on a CPU adapter with subgroups: shared loads, rows per lane by head width, q chunks for wide heads", () => {
+    expect(fusedTiling(lavapipe, 40, 4096)).toEqual({
       kind: "subgroup",
       subgroupSize: 8,
       rowsPerInvocation: 4,
@@ -24,14 +73,14 @@ describe("attentionTiling", () => {
       qChunk: 40,
       workgroupSize: 64,
     });
-    expect(attentionTiling(lavapipe, 16, 4096, 4096)).toMatchObject({ rowsPerInvocation: 4 });
-    expect(attentionTiling(lavapipe, 80, 1024, 1024)).toMatchObject({ rowsPerInvocation: 2 });
-    expect(attentionTiling(lavapipe, 64, 77, 77)).toMatchObject({ rowsPerInvocation: 2 });
-    expect(attentionTiling(lavapipe, 160, 256, 256)).toMatchObject({ rowsPerInvocation: 1 });
-    expect(attentionTiling(lavapipe, 40, 3, 3)).toMatchObject({ rowsPerInvocation: 3 });
-    expect(attentionTiling(lavapipe, 64, 1, 77)).toMatchObject({ rowsPerInvocation: 1 });
-    expect(attentionTiling(lavapipe, 160, 1024, 77)).toMatchObject({ rowsPerInvocation: 1, dChunk: 160, qChunk: 160 });
-    expect(attentionTiling(lavapipe, 512, 4096, 4096, twoHeads)).toMatchObject({
+    expect(fusedTiling(lavapipe, 16, 4096)).toMatchObject({ rowsPerInvocation: 4 });
+    expect(fusedTiling(lavapipe, 80, 1024)).toMatchObject({ rowsPerInvocation: 2 });
+    expect(fusedTiling(lavapipe, 64, 77)).toMatchObject({ rowsPerInvocation: 2 });
+    expect(fusedTiling(lavapipe, 160, 256)).toMatchObject({ rowsPerInvocation: 1 });
+    expect(fusedTiling(lavapipe, 40, 3)).toMatchObject({ rowsPerInvocation: 3 });
+    expect(fusedTiling(lavapipe, 64, 1)).toMatchObject({ rowsPerInvocation: 1 });
+    expect(fusedTiling(lavapipe, 160, 1024)).toMatchObject({ rowsPerInvocation: 1, dChunk: 160, qChunk: 160 });
+    expect(attentionTiling(lavapipe, 512, 4096, 4096, { heads: 2, causal: false })).toMatchObject({
       kind: "subgroup",
       rowsPerInvocation: 1,
       dChunk: 128,
@@ -44,7 +93,7 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 512, 4096, 4096)).toEqual({ kind: "blocked", queryBlock: 512 });
     expect(attentionTiling(lavapipe, 256, 300, 300)).toEqual({ kind: "blocked", queryBlock: 300 });
     expect(attentionTiling({ isCpu: true, subgroupSize: null }, 512, 9, 9)).toMatchObject({ kind: "blocked" });
-    expect(attentionTiling(lavapipe, 160, 4096, 4096)).toMatchObject({ kind: "subgroup" });
+    expect(attentionTiling(lavapipe, 160, 4096, 4096)).toMatchObject({ kind: "window" });
     expect(attentionTiling(lavapipe, 512, 4096, 4096, { heads: 1, causal: true })).toMatchObject({ kind: "subgroup" });
     expect(attentionTiling(lavapipe, 257, 64, 64)).toMatchObject({ kind: "subgroup" });
     expect(attentionTiling(gpu, 512, 4096, 4096)).toMatchObject({ kind: "lanes" });
@@ -63,7 +112,7 @@ describe("attentionTiling", () => {
     expect(attentionTiling(gpu, 160, 4096, 4096)).toMatchObject({ dChunk: 40 });
     expect(attentionTiling(gpu, 512, 4096, 4096)).toMatchObject({ dChunk: 64 });
     expect(attentionTiling(gpu, 70, 9, 9)).toMatchObject({ dChunk: 35 });
-    expect(attentionTiling({ isCpu: true, subgroupSize: null }, 40, 9, 9)).toMatchObject({ kind: "lanes" });
+    expect(fusedTiling({ isCpu: true, subgroupSize: null }, 40, 9)).toMatchObject({ kind: "lanes" });
   });
 });
 
@@ -78,7 +127,7 @@ interface Case {
   scale?: number;
   dtype?: "f32" | "f16";
   /** Tilings run besides the adapter's own choice (subgroup ones only where the device has subgroups). */
-  tilings?: (AttentionTiling | { subgroup: Partial<FusedTiling> })[];
+  tilings?: (AttentionTiling | { subgroup: Partial<FusedTiling> } | { window: Partial<WindowTiling> })[];
 }
 
 const lanes = (t: Partial<FusedTiling>): FusedTiling => ({
@@ -92,10 +141,20 @@ const lanes = (t: Partial<FusedTiling>): FusedTiling => ({
   ...t,
 });
 
+const windowTiling: WindowTiling = {
+  kind: "window",
+  subgroupSize: 8,
+  rowsPerInvocation: 1,
+  keyBlock: 2,
+  windowKeys: 4,
+  workgroupSize: 64,
+};
+
 /** The tilings of a case that this device can run. */
 function tilingsFor(c: Case): AttentionTiling[] {
   const sg = adapterTraits(device).subgroupSize;
-  return (c.tilings ?? []).flatMap((t) => {
+  return (c.tilings ?? []).flatMap((t): AttentionTiling[] => {
+    if ("window" in t) return sg === null ? [] : [{ ...windowTiling, subgroupSize: sg, ...t.window }];
     if (!("subgroup" in t)) return [t];
     return sg === null ? [] : [{ ...lanes({}), kind: "subgroup" as const, subgroupSize: sg, ...t.subgroup }];
   });
@@ -115,9 +174,20 @@ const cases: Case[] = [
     tilings: [
       lanes({ rowsPerInvocation: 3, dChunk: 8, keyBlock: 5, qChunk: 16 }),
       { subgroup: { rowsPerInvocation: 2, dChunk: 8, keyBlock: 3, qChunk: 8 } },
+      // Three windows of 5, 5 and 3 keys (the softmax state carried across them), ragged row groups.
+      { window: { rowsPerInvocation: 3, keyBlock: 2, windowKeys: 5 } },
+      { window: { rowsPerInvocation: 2, keyBlock: 3, windowKeys: 4 } },
     ],
   },
-  { name: "cross-attention onto 77 tokens (SD1 head width 40)", batch: 2, nq: 33, nk: 77, heads: 3, d: 40 },
+  {
+    name: "cross-attention onto 77 tokens (SD1 head width 40)",
+    batch: 2,
+    nq: 33,
+    nk: 77,
+    heads: 3,
+    d: 40,
+    tilings: [{ window: { rowsPerInvocation: 4, windowKeys: 30 } }],
+  },
   {
     name: "CLIP causal self-attention (d 64)",
     batch: 1,
@@ -179,7 +249,19 @@ const cases: Case[] = [
     tilings: [lanes({ dChunk: 5, qChunk: 5 })],
   },
   { name: "single query, single key, explicit scale", batch: 1, nq: 1, nk: 1, heads: 1, d: 8, scale: 0.7 },
-  { name: "f16 storage", batch: 2, nq: 19, nk: 77, heads: 2, d: 24, dtype: "f16" },
+  {
+    name: "f16 storage",
+    batch: 2,
+    nq: 19,
+    nk: 77,
+    heads: 2,
+    d: 24,
+    dtype: "f16",
+    tilings: [
+      { window: { rowsPerInvocation: 2, windowKeys: 20 } },
+      { subgroup: { rowsPerInvocation: 2, dChunk: 24, qChunk: 24 } },
+    ],
+  },
 ];
 
 describe("attention", () => {
@@ -244,6 +326,12 @@ describe("attention", () => {
     );
     const oddSubgroup: FusedTiling = { ...lanes({ dChunk: 4, qChunk: 4 }), kind: "subgroup", subgroupSize: 5 };
     expect(() => attention(q, k, k, { heads: 2, tiling: oddSubgroup })).toThrow(/needs subgroups of exactly 5 lanes/);
+    expect(() => attention(q, k, k, { heads: 2, causal: true, tiling: windowTiling })).toThrow(
+      /needs no causal mask, a head width that is a multiple of 4 .*got d = 4, causal/,
+    );
+    expect(() => attention(q, k, k, { heads: 1, tiling: { ...windowTiling, windowKeys: 4000 } })).toThrow(
+      /windows of at most 16384 floats \(got d = 8\)/,
+    );
     const blocked: AttentionTiling = { kind: "blocked", queryBlock: 2 };
     expect(() => attention(q, k, k, { heads: 2, tiling: blocked })).toThrow(/needs one head .*got 2 heads/);
     expect(() => attention(q, k, k, { heads: 1, causal: true, tiling: blocked })).toThrow(/got 1 heads, causal/);

@@ -12,6 +12,10 @@
  * Wide single heads on CPU adapters take another path ("blocked" tiling): per block of query rows, scores by
  * matmul, a row softmax and the output by matmul, which lavapipe runs an order of magnitude faster than the
  * fused kernel at d = 512. Only that block's scores exist at a time.
+ *
+ * Other non-causal heads on CPU adapters (width a multiple of 4, up to 160: all of SD's) read K and V through
+ * uniform windows ("window" tiling, window.ts): lavapipe loads uniform buffers without the per-lane bounds-check
+ * branches of its storage loads.
  */
 import { type Device, DTYPE_BYTES, type DType, Tensor } from "@ldm/tensor";
 import { runKernel } from "../common/kernel.ts";
@@ -26,8 +30,11 @@ import {
   attentionTiling,
   type BlockedTiling,
   type FusedTiling,
+  WINDOW_FLOATS,
+  type WindowTiling,
 } from "./tiling.ts";
 import { ATTENTION } from "./wgsl.ts";
+import { ATTENTION_WINDOW, PACK_KV } from "./window.ts";
 
 export interface AttentionOptions {
   heads: number;
@@ -103,6 +110,10 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
     blockedAttention(q, k, v, out, scale, tiling, { heads, causal });
     return out;
   }
+  if (tiling.kind === "window") {
+    windowedAttention(q, k, v, out, scale, tiling, { heads, causal });
+    return out;
+  }
   checkTiling(tiling, d, device);
   // The lanes kernel loads vec4s when the head width allows; its indices are then in vec4 units.
   const unit = tiling.kind === "lanes" && d % 4 === 0 ? 4 : 1;
@@ -164,6 +175,109 @@ function blockedAttention(
   }
 }
 
+/**
+ * Per (batch item, head): K and V packed into windows (PACK_KV), then one dispatch per window over all query
+ * rows, the softmax state carried in `state` (one head's rows: heads run one after another).
+ */
+function windowedAttention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  out: Tensor,
+  scale: number,
+  tiling: WindowTiling,
+  { heads, causal }: { heads: number; causal: boolean },
+): void {
+  const [batch, nq, width] = q.shape;
+  const nk = k.shape[1];
+  const d = width / heads;
+  const device = q.device;
+  checkWindowTiling(tiling, d, causal, device);
+  const windows = Math.ceil(nk / tiling.windowKeys);
+  const windowBytes = WINDOW_FLOATS * 4;
+  const spec = { dtype: q.dtype, d, ...tiling };
+  const workgroups = Math.ceil(nq / (tiling.rowsPerInvocation * tiling.workgroupSize));
+  device.tidy(() => {
+    const packedK = Tensor.empty(device, [windows * WINDOW_FLOATS], "f32");
+    const packedV = Tensor.empty(device, [windows * WINDOW_FLOATS], "f32");
+    assertBindable("attention", { "k packed into windows": packedK });
+    // A single window keeps no state, but its binding still needs a buffer.
+    const state = Tensor.empty(device, [windows > 1 ? nq * (d + 4) : 4], "f32");
+    for (let b = 0; b < batch; b++) {
+      for (let h = 0; h < heads; h++) {
+        runKernel(
+          device,
+          PACK_KV,
+          { dtype: q.dtype, d },
+          {
+            count: nk * d,
+            params: {
+              nk,
+              batch: b,
+              head: h,
+              windowKeys: tiling.windowKeys,
+              windowFloats: WINDOW_FLOATS,
+              rowStride: width,
+            },
+            buffers: { k: k.slice(), v: v.slice(), pk: packedK.slice(), pv: packedV.slice() },
+          },
+        );
+        for (let w = 0; w < windows; w++) {
+          runKernel(device, ATTENTION_WINDOW, spec, {
+            count: workgroups,
+            params: {
+              heads,
+              nq,
+              rowStride: width / 4,
+              batch: b,
+              head: h,
+              keys: Math.min(tiling.windowKeys, nk - w * tiling.windowKeys),
+              firstWindow: w === 0 ? 1 : 0,
+              lastWindow: w === windows - 1 ? 1 : 0,
+              scale,
+            },
+            buffers: {
+              q: q.slice(),
+              kw: packedK.slice(w * windowBytes, windowBytes),
+              vw: packedV.slice(w * windowBytes, windowBytes),
+              state: state.slice(),
+              out: out.slice(),
+            },
+          });
+        }
+      }
+    }
+  });
+}
+
+function checkWindowTiling(t: WindowTiling, d: number, causal: boolean, device: Device): void {
+  const positive = [t.rowsPerInvocation, t.keyBlock, t.windowKeys, t.workgroupSize].every(
+    (x) => Number.isInteger(x) && x >= 1,
+  );
+  const fits =
+    positive &&
+    !causal &&
+    d % 4 === 0 &&
+    t.windowKeys * d <= WINDOW_FLOATS &&
+    t.workgroupSize <= device.limits.maxComputeInvocationsPerWorkgroup;
+  if (!fits) {
+    throw new Error(
+      `attention: tiling ${JSON.stringify(t)} needs no causal mask, a head width that is a multiple of 4 and windows of at most ${WINDOW_FLOATS} floats (got d = ${d}${causal ? ", causal" : ""})`,
+    );
+  }
+  checkSubgroups(t, device);
+}
+
+/** Tiles that share loads over a subgroup need the device's own fixed subgroup size, filling the workgroup. */
+function checkSubgroups(t: { subgroupSize: number; workgroupSize: number }, device: Device): void {
+  const traits = adapterTraits(device);
+  if (traits.subgroupSize !== t.subgroupSize || t.workgroupSize % t.subgroupSize) {
+    throw new Error(
+      `attention: tiling ${JSON.stringify(t)} needs subgroups of exactly ${t.subgroupSize} lanes filling the workgroup; this device has ${traits.subgroupSize ?? "no fixed subgroup size"}`,
+    );
+  }
+}
+
 function checkTiling(t: FusedTiling, d: number, device: Device): void {
   const unit = t.kind === "lanes" && d % 4 === 0 ? 4 : 1;
   const fits =
@@ -175,12 +289,5 @@ function checkTiling(t: FusedTiling, d: number, device: Device): void {
     t.workgroupSize >= 1 &&
     t.workgroupSize <= device.limits.maxComputeInvocationsPerWorkgroup;
   if (!fits) throw new Error(`attention: tiling ${JSON.stringify(t)} does not fit head width d = ${d}`);
-  if (t.kind === "subgroup") {
-    const traits = adapterTraits(device);
-    if (traits.subgroupSize !== t.subgroupSize || t.workgroupSize % t.subgroupSize) {
-      throw new Error(
-        `attention: tiling ${JSON.stringify(t)} needs subgroups of exactly ${t.subgroupSize} lanes filling the workgroup; this device has ${traits.subgroupSize ?? "no fixed subgroup size"}`,
-      );
-    }
-  }
+  if (t.kind === "subgroup") checkSubgroups(t, device);
 }

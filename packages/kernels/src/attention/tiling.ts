@@ -9,6 +9,8 @@
  * hardware, so there each invocation takes one row and vectorised loads.
  */
 
+import { UNIFORM_WINDOW_BYTES } from "../matmul/tiles.ts";
+
 export interface AdapterTraits {
   isCpu: boolean;
   /** The subgroup size when the device has subgroups and the adapter reports one fixed size, else null. */
@@ -48,7 +50,27 @@ export interface BlockedTiling {
   queryBlock: number;
 }
 
-export type AttentionTiling = FusedTiling | BlockedTiling;
+/**
+ * CPU adapters with subgroups: K and V of one (batch item, head) are packed as f32 into windows of `windowKeys`
+ * keys, each read through a 64 KiB uniform binding (K and V one each), and every window is one dispatch over all
+ * of the head's query rows. The lanes of a subgroup gather a key block's vec4s (one each) and hand them to all
+ * lanes with subgroupBroadcast. The online softmax state of each row (max, sum, accumulator) is carried from
+ * window to window in an f32 buffer. Heads whose width is a multiple of 4, without a causal mask.
+ */
+export interface WindowTiling {
+  kind: "window";
+  /** The adapter's subgroup size. */
+  subgroupSize: number;
+  /** Query rows per invocation: every loaded key and value serves this many rows. */
+  rowsPerInvocation: number;
+  /** Keys scored per online-softmax step. */
+  keyBlock: number;
+  /** Keys per window (dispatch); at most WINDOW_FLOATS / d. */
+  windowKeys: number;
+  workgroupSize: number;
+}
+
+export type AttentionTiling = FusedTiling | BlockedTiling | WindowTiling;
 
 /** What else decides between the fused kernel and blocked GEMMs. */
 export interface AttentionShape {
@@ -110,6 +132,18 @@ export function queryBlockRows(nq: number, nk: number): number {
   return Math.min(rows, Math.max(nq, 1));
 }
 
+/** Floats in one window of packed K or V: WebGPU's default maxUniformBufferBindingSize, which every adapter has. */
+export const WINDOW_FLOATS = UNIFORM_WINDOW_BYTES / 4;
+
+/**
+ * Keys per window: Nk split evenly over the fewest windows of at most WINDOW_FLOATS / d keys (4096 keys of
+ * d = 40 as 11 windows of 373 and one of 366, not 10 of 409 and one of 6).
+ */
+export function windowKeys(d: number, nk: number): number {
+  const most = Math.floor(WINDOW_FLOATS / d);
+  return Math.ceil(nk / Math.ceil(nk / most));
+}
+
 export function attentionTiling(
   adapter: AdapterTraits,
   d: number,
@@ -117,11 +151,31 @@ export function attentionTiling(
   nk: number,
   shape: AttentionShape = { heads: 1, causal: false },
 ): AttentionTiling {
-  const sg = adapter.subgroupSize;
   // f16 rows of odd width would not start on the 4-byte boundaries the block copies need.
   if (adapter.isCpu && d >= CPU_BLOCKED_MIN_D && d % 2 === 0 && shape.heads === 1 && !shape.causal) {
     return { kind: "blocked", queryBlock: queryBlockRows(nq, nk) };
   }
+  if (adapter.isCpu && adapter.subgroupSize !== null && !shape.causal && d % 4 === 0 && d <= CPU_RESIDENT_D) {
+    return {
+      kind: "window",
+      subgroupSize: adapter.subgroupSize,
+      rowsPerInvocation: cpuRows(d, nq),
+      keyBlock: 2,
+      windowKeys: windowKeys(d, nk),
+      workgroupSize: 64,
+    };
+  }
+  return fusedTiling(adapter, d, nq);
+}
+
+/** Query rows per CPU lane: as many as CPU_ROW_BUDGET values of q allow, at most 4 and at most Nq. */
+function cpuRows(d: number, nq: number): number {
+  return Math.max(1, Math.min(Math.floor(CPU_ROW_BUDGET / d), 4, nq));
+}
+
+/** The fused kernel's tiles: where windows and blocked GEMMs do not apply (and to compare them against). */
+export function fusedTiling(adapter: AdapterTraits, d: number, nq: number): FusedTiling {
+  const sg = adapter.subgroupSize;
   if (!adapter.isCpu || sg === null) {
     const unit = d % 4 === 0 ? 4 : 1;
     return {
@@ -134,12 +188,11 @@ export function attentionTiling(
       workgroupSize: 64,
     };
   }
-  const rows = Math.max(1, Math.min(Math.floor(CPU_ROW_BUDGET / d), 4, nq));
   const qChunk = d <= CPU_RESIDENT_D ? d : columnChunk(d, sg, CPU_Q_CHUNK);
   return {
     kind: "subgroup",
     subgroupSize: sg,
-    rowsPerInvocation: rows,
+    rowsPerInvocation: cpuRows(d, nq),
     dChunk: columnChunk(d, 1, CPU_MAX_COLUMNS),
     keyBlock: qChunk === d ? 2 : 8,
     qChunk: d % qChunk === 0 ? qChunk : d,

@@ -18,12 +18,12 @@ export interface AttentionWgsl extends FusedTiling {
 }
 
 /** Masked scores: far below any real logit, yet finite so `s - max` cannot overflow to -inf. */
-const MASKED = "-1.0e30";
+export const MASKED = "-1.0e30";
 
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+export const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /** One line per combination of the indices (row-major over the ranges). */
-function lines(f: (...i: number[]) => string, ...dims: number[][]): string {
+export function lines(f: (...i: number[]) => string, ...dims: number[][]): string {
   const out: string[] = [];
   const walk = (prefix: number[], rest: number[][]) => {
     if (rest.length === 0) out.push(f(...prefix));
@@ -88,7 +88,7 @@ function visible(g: AttentionWgsl, r: number, kk: number): string {
 }
 
 /** Online-softmax update of one block: block max, rescale factor, probabilities p{r}_{kk}, running sum. */
-function softmaxUpdate(R: number[], KB: number[]): string {
+export function softmaxUpdate(R: number[], KB: number[]): string {
   return lines((r) => {
     const max = KB.reduce((acc, kk) => `max(${acc}, s${r}_${kk})`, `m${r}`);
     return `    let blockMax${r} = ${max};

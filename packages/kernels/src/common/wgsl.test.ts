@@ -6,6 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { attentionTiling } from "../attention/tiling.ts";
 import { ATTENTION, type AttentionWgsl } from "../attention/wgsl.ts";
+import { ATTENTION_WINDOW } from "../attention/window.ts";
 import { CONV2D, type ConvTiles } from "../conv2d/wgsl.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { GEMM } from "../matmul/wgsl.ts";
@@ -65,9 +66,17 @@ describe("generated WGSL has no short-circuit &&", () => {
     { isCpu: false, subgroupSize: 32 },
   ])("causal attention, isCpu $isCpu", (adapter) => {
     const tiling = attentionTiling(adapter, 40, 77, 77, { heads: 2, causal: true });
-    if (tiling.kind === "blocked") throw new Error("causal attention is never blocked");
+    if (tiling.kind === "blocked" || tiling.kind === "window") throw new Error("causal attention is fused");
     const spec: AttentionWgsl = { dtype: "f32", d: 40, causal: true, ...tiling };
     const code = kernelWgsl(ATTENTION, spec);
+    expect(code).toContain("key0");
+    expect(code).not.toContain("&&");
+  });
+
+  it("attention through uniform windows", () => {
+    const tiling = attentionTiling({ isCpu: true, subgroupSize: 8 }, 40, 4096, 4096);
+    if (tiling.kind !== "window") throw new Error(`expected window tiling, got ${tiling.kind}`);
+    const code = kernelWgsl(ATTENTION_WINDOW, { dtype: "f16", d: 40, ...tiling });
     expect(code).toContain("key0");
     expect(code).not.toContain("&&");
   });
