@@ -105,6 +105,73 @@ export interface Dispatch {
   workgroups: readonly [number, number?, number?];
 }
 
+/** What Device.record captured of one dispatch or copy, before its bind group is made. */
+type CapturedCommand =
+  | {
+      kind: "dispatch";
+      pipeline: GPUComputePipeline;
+      uniforms: Uint8Array | null;
+      buffers: { buffer: GPUBuffer; offset: number; size?: number }[];
+      workgroups: [number, number, number];
+    }
+  | { kind: "copy"; src: GPUBuffer; srcOffset: number; dst: GPUBuffer; dstOffset: number; size: number };
+
+interface Capture {
+  commands: CapturedCommand[];
+  /** Buffers device.write filled while recording. */
+  written: Set<GPUBuffer>;
+}
+
+type ReplayCommand =
+  | { kind: "dispatch"; pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number] }
+  | Extract<CapturedCommand, { kind: "copy" }>;
+
+/**
+ * The dispatches and copies of one recorded call (Device.record), replayed by `run()` without the JavaScript
+ * that made them: the same pipelines, buffers and uniforms, so the same bits. It holds the buffers the call's
+ * intermediates lived in (taken out of the pool until dispose()) and its own copy of the uniforms. The tensors
+ * the call used from outside (weights, inputs) and its results must stay alive while it is replayed: run() checks
+ * that each still holds its buffer. Write new input values into the input tensors (device.write) before a run().
+ */
+export class Recording {
+  private disposed = false;
+
+  /** @internal (Device.record makes recordings) */
+  constructor(
+    private readonly pool: BufferPool,
+    /** Records the commands again. */
+    private readonly replay: () => void,
+    /** Dispatches replayed per run. */
+    readonly dispatches: number,
+    /** Buffers of tensors from outside the call, with their pool acquisition numbers when recorded. */
+    private readonly outside: ReadonlyMap<GPUBuffer, number>,
+    /** The intermediates' buffers, taken out of the pool. */
+    private readonly held: readonly GPUBuffer[],
+    private readonly uniformBuffer: GPUBuffer | null,
+  ) {}
+
+  /** Records the recorded commands again (submitted in the usual batches; await a read or sync for them). */
+  run(): void {
+    if (this.disposed) throw new Error("Recording.run: the recording was disposed");
+    for (const [buffer, acquisition] of this.outside) {
+      if (this.pool.isFree(buffer) || this.pool.acquisition(buffer) !== acquisition) {
+        throw new Error(
+          "Recording.run: a tensor the recorded call used besides its intermediates (an input, a weight, a result) was disposed since; keep them alive while replaying",
+        );
+      }
+    }
+    this.replay();
+  }
+
+  /** Gives the intermediates' buffers back to the pool. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const buffer of this.held) this.pool.release(buffer);
+    this.uniformBuffer?.destroy();
+  }
+}
+
 export class DeviceLostError extends Error {}
 export class GpuOutOfMemoryError extends Error {}
 /** A buffer larger than the adapter allows in one piece (maxBufferSize): a limit, not a lack of free memory. */
@@ -175,6 +242,7 @@ export class Device {
   private lostMessage: string | null = null;
   private readonly lostPromise: Promise<never>;
   private readonly scopes: Set<TrackedDisposable>[] = [];
+  private capture: Capture | null = null;
   private destroyed = false;
 
   private constructor(
@@ -378,6 +446,17 @@ export class Device {
       );
     }
     if (x === 0 || y === 0 || z === 0) return;
+    if (this.capture) {
+      this.capture.commands.push({
+        kind: "dispatch",
+        pipeline: d.pipeline,
+        uniforms: d.uniforms ? d.uniforms.slice() : null,
+        buffers: d.buffers.map((b) =>
+          "buffer" in b ? { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } : { buffer: b, offset: 0 },
+        ),
+        workgroups: [x, y, z],
+      });
+    }
     const entries: GPUBindGroupEntry[] = [];
     let key = `${this.objectId(d.pipeline)}`;
     if (d.uniforms) {
@@ -402,14 +481,110 @@ export class Device {
       bindGroup = this.gpuDevice.createBindGroup({ layout: d.pipeline.getBindGroupLayout(0), entries });
       this.bindGroups.set(key, bindGroup);
     }
-    const pass = this.profiler ? this.timedPass(this.profiler, d.pipeline.label) : this.openPass();
-    pass.setPipeline(d.pipeline);
+    this.encodeDispatch(d.pipeline, bindGroup, x, y, z);
+  }
+
+  private encodeDispatch(pipeline: GPUComputePipeline, bindGroup: GPUBindGroup, x: number, y: number, z: number): void {
+    const pass = this.profiler ? this.timedPass(this.profiler, pipeline.label) : this.openPass();
+    pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
     if (this.profiler) this.closePass();
     this.dispatchesInBatch++;
     // timeGpu's recording stays one submit: gaps between submits would count host time as GPU time.
     if (this.dispatchesInBatch >= DISPATCHES_PER_SUBMIT && !this.passTimestamps) this.flush();
+  }
+
+  /**
+   * Runs `fn` (synchronous, as in tidy) and returns its result with a Recording of the dispatches and copies it
+   * made, which replays them without running `fn` again: for a call repeated with new input values in the same
+   * tensors (a sampling run's UNet calls), where the host's recording would otherwise be redone every time.
+   * `recording` is null, with the reason in `notReplayable`, when a replay could not reproduce the call: it wrote
+   * host data (device.write) or bound a buffer that is not the pool's, or it read a tensor made before it and freed
+   * it. The intermediates' buffers are the recording's until it is disposed.
+   */
+  record<T>(fn: () => T): { result: T; recording: Recording | null; notReplayable?: string } {
+    this.assertUsable();
+    if (this.capture) throw new Error("Device.record: already recording (recordings do not nest)");
+    const capture: Capture = { commands: [], written: new Set() };
+    const started = this.pool.acquisitions;
+    const endWatch = this.pool.watch();
+    this.capture = capture;
+    let result: T;
+    let releasedOlder: Set<GPUBuffer>;
+    try {
+      result = fn();
+    } finally {
+      this.capture = null;
+      releasedOlder = endWatch();
+    }
+    const refuse = (why: string) => ({ result, recording: null, notReplayable: why });
+    if (capture.written.size) return refuse("it writes host data (device.write), which a replay would not repeat");
+    const bound = new Set<GPUBuffer>();
+    for (const c of capture.commands) {
+      if (c.kind === "copy") bound.add(c.src).add(c.dst);
+      else for (const b of c.buffers) bound.add(b.buffer);
+    }
+    const outside = new Map<GPUBuffer, number>();
+    const held: GPUBuffer[] = [];
+    for (const buffer of bound) {
+      const acquisition = this.pool.acquisition(buffer);
+      if (acquisition === undefined) return refuse("it binds a buffer that is not the pool's");
+      if (releasedOlder.has(buffer)) return refuse("it reads a tensor made before it and frees it");
+      if (!this.pool.isFree(buffer)) outside.set(buffer, acquisition);
+      else if (acquisition > started) held.push(buffer);
+      else return refuse("it binds a buffer that was free (a disposed tensor's)");
+    }
+    for (const buffer of held) this.pool.claim(buffer);
+    // The uniforms of every dispatch in a buffer of the recording's own, bound at their offsets.
+    const align = this.limits.minUniformBufferOffsetAlignment;
+    const offsets: number[] = [];
+    let uniformBytes = 0;
+    for (const c of capture.commands) {
+      if (c.kind !== "dispatch" || !c.uniforms) continue;
+      offsets.push(uniformBytes);
+      uniformBytes += Math.ceil(c.uniforms.byteLength / align) * align;
+    }
+    let uniformBuffer: GPUBuffer | null = null;
+    if (uniformBytes > 0) {
+      const staging = new Uint8Array(uniformBytes);
+      let i = 0;
+      for (const c of capture.commands) if (c.kind === "dispatch" && c.uniforms) staging.set(c.uniforms, offsets[i++]);
+      uniformBuffer = this.gpuDevice.createBuffer({
+        size: uniformBytes,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        label: "ldm recorded uniforms",
+      });
+      this.gpuDevice.queue.writeBuffer(uniformBuffer, 0, staging);
+    }
+    let next = 0;
+    const commands = capture.commands.map((c): ReplayCommand => {
+      if (c.kind === "copy") return c;
+      const entries: GPUBindGroupEntry[] = c.buffers.map((b, i) => ({
+        binding: i + 1,
+        resource: { buffer: b.buffer, offset: b.offset, size: b.size },
+      }));
+      if (c.uniforms && uniformBuffer) {
+        const resource = { buffer: uniformBuffer, offset: offsets[next++], size: c.uniforms.byteLength };
+        entries.unshift({ binding: 0, resource });
+      }
+      const bindGroup = this.gpuDevice.createBindGroup({ layout: c.pipeline.getBindGroupLayout(0), entries });
+      return { kind: "dispatch", pipeline: c.pipeline, bindGroup, workgroups: c.workgroups };
+    });
+    const dispatches = commands.filter((c) => c.kind === "dispatch").length;
+    const replay = () => this.replay(commands);
+    return { result, recording: new Recording(this.pool, replay, dispatches, outside, held, uniformBuffer) };
+  }
+
+  /** Records a recording's commands as dispatch and copy would. */
+  private replay(commands: readonly ReplayCommand[]): void {
+    this.assertUsable();
+    if (this.capture)
+      throw new Error("Device: a recording cannot be replayed while recording (recordings do not nest)");
+    for (const c of commands) {
+      if (c.kind === "copy") this.copy(c.src, c.srcOffset, c.dst, c.dstOffset, c.size);
+      else this.encodeDispatch(c.pipeline, c.bindGroup, c.workgroups[0], c.workgroups[1], c.workgroups[2]);
+    }
   }
 
   /** A pass of its own for one profiled dispatch, with timestamps at its start and end. */
@@ -435,6 +610,7 @@ export class Device {
     if (srcOffset % 4 || dstOffset % 4 || size % 4) {
       throw new Error(`copy: offsets (${srcOffset}, ${dstOffset}) and size ${size} must be multiples of 4 bytes`);
     }
+    this.capture?.commands.push({ kind: "copy", src, srcOffset, dst, dstOffset, size });
     this.closePass();
     if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
     this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
@@ -460,6 +636,7 @@ export class Device {
   /** Writes host data into a buffer, after everything recorded before it (the buffer may be a reused one). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     this.assertUsable();
+    this.capture?.written.add(buffer);
     // queue.writeBuffer runs ahead of unsubmitted commands: submit them first so a recycled
     // buffer is not overwritten before earlier recorded reads of it.
     this.flush();

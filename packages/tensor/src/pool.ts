@@ -36,8 +36,14 @@ export type BufferFactory = (bytes: number) => GPUBuffer;
  */
 export class BufferPool {
   private readonly free = new Map<number, GPUBuffer[]>();
+  private readonly freeSet = new WeakSet<GPUBuffer>();
   /** Creation order of the pool's buffers. */
   private readonly order = new WeakMap<GPUBuffer, number>();
+  /** The number of the acquisition that handed each buffer out last (acquisitions are counted from 1). */
+  private readonly acquiredAt = new WeakMap<GPUBuffer, number>();
+  private acquisitionCount = 0;
+  /** While a watch is open: buffers acquired before it began and released since (see watch()). */
+  private watched: { since: number; releasedOlder: Set<GPUBuffer> } | null = null;
   private created = 0;
   private live = 0;
   private pooled = 0;
@@ -62,6 +68,7 @@ export class BufferPool {
       buffer = list[first];
       list[first] = list[list.length - 1];
       list.pop();
+      this.freeSet.delete(buffer);
       this.pooled -= size;
       this.reuses++;
     } else {
@@ -69,10 +76,60 @@ export class BufferPool {
       this.order.set(buffer, this.created++);
       this.allocations++;
     }
-    this.live += size;
+    this.handOut(buffer);
+    return buffer;
+  }
+
+  private handOut(buffer: GPUBuffer): void {
+    this.acquiredAt.set(buffer, ++this.acquisitionCount);
+    this.live += buffer.size;
     this.peakLive = Math.max(this.peakLive, this.live);
     this.peakTotal = Math.max(this.peakTotal, this.live + this.pooled);
-    return buffer;
+  }
+
+  /** Acquisitions so far: a later acquisition of any buffer gets a higher number (acquisition()). */
+  get acquisitions(): number {
+    return this.acquisitionCount;
+  }
+
+  /**
+   * The number of the acquisition that handed `buffer` out last (undefined for a buffer that is not the pool's): it
+   * changes whenever the buffer is released and handed out again, so an unchanged number means the same holder.
+   */
+  acquisition(buffer: GPUBuffer): number | undefined {
+    return this.acquiredAt.get(buffer);
+  }
+
+  /** Whether `buffer` sits free in the pool. */
+  isFree(buffer: GPUBuffer): boolean {
+    return this.freeSet.has(buffer);
+  }
+
+  /** Takes one particular free buffer out of the pool, as acquire() would hand it out. */
+  claim(buffer: GPUBuffer): void {
+    const list = this.free.get(buffer.size);
+    const at = list?.indexOf(buffer) ?? -1;
+    if (!list || at < 0) throw new Error(`BufferPool.claim: the ${buffer.size}-byte buffer is not free in the pool`);
+    list[at] = list[list.length - 1];
+    list.pop();
+    this.freeSet.delete(buffer);
+    this.pooled -= buffer.size;
+    this.reuses++;
+    this.handOut(buffer);
+  }
+
+  /**
+   * Starts noting the buffers that are released while acquired before now (tensors that existed before and are
+   * freed since); the returned function ends the watch and returns them.
+   */
+  watch(): () => Set<GPUBuffer> {
+    if (this.watched) throw new Error("BufferPool.watch: a watch is already open");
+    const watched = { since: this.acquisitionCount, releasedOlder: new Set<GPUBuffer>() };
+    this.watched = watched;
+    return () => {
+      if (this.watched === watched) this.watched = null;
+      return watched.releasedOlder;
+    };
   }
 
   private rank(buffer: GPUBuffer): number {
@@ -81,6 +138,9 @@ export class BufferPool {
 
   release(buffer: GPUBuffer): void {
     const size = buffer.size;
+    if (this.watched && (this.acquiredAt.get(buffer) ?? 0) <= this.watched.since) {
+      this.watched.releasedOlder.add(buffer);
+    }
     this.live -= size;
     this.pooled += size;
     let list = this.free.get(size);
@@ -89,11 +149,18 @@ export class BufferPool {
       this.free.set(size, list);
     }
     list.push(buffer);
+    this.freeSet.add(buffer);
   }
 
   /** Destroys every free buffer. GPU work still queued keeps its buffers alive until it finishes. */
   trim(): void {
-    for (const list of this.free.values()) for (const b of list) b.destroy();
+    for (const list of this.free.values()) {
+      for (const b of list) {
+        b.destroy();
+        this.freeSet.delete(b);
+        this.acquiredAt.delete(b);
+      }
+    }
     this.free.clear();
     this.pooled = 0;
   }

@@ -1,5 +1,5 @@
 import { concat, slice } from "@ldm/kernels";
-import { type Device, Tensor } from "@ldm/tensor";
+import { type Device, type Recording, Tensor } from "@ldm/tensor";
 import type { LdmConfig } from "@ldm/weights";
 import {
   countNonFinite,
@@ -36,29 +36,18 @@ export function unetDenoiser(
   parts = 1,
   projected?: ContextParts,
 ): DiffusionModel {
+  const { size, partShape, forward } = unetCall(unet, context, cConcat, latentShape, parts, projected);
   const device = unet.vb.device;
-  const batch = latentShape[0];
-  if (!Number.isInteger(parts) || parts < 1 || batch % parts) {
-    throw new RangeError(`unetDenoiser: a batch of ${batch} does not split into ${parts} equal UNet calls`);
-  }
-  const size = batch / parts;
-  const partShape = [size, ...latentShape.slice(1)];
-  const rows = (t: Tensor, p: number) => (parts === 1 ? t : slice(t, 0, p * size, (p + 1) * size));
-  if (projected && (projected.source !== context || projected.parts.length !== parts)) {
-    throw new RangeError(`unetDenoiser: the projected context is not this context in ${parts} part(s)`);
-  }
   return async (x, t) => {
     const partLength = x.length / parts;
     const prediction = new Float32Array(x.length);
     for (let p = 0; p < parts; p++) {
       const out = device.tidy(() =>
-        unet.forward({
-          x: Tensor.from(device, x.subarray(p * partLength, (p + 1) * partLength), partShape),
-          timesteps: Tensor.from(device, new Float32Array(size).fill(t), [size]),
-          context: projected ? projected.parts[p].context : context && rows(context, p),
-          projected: projected?.parts[p],
-          cConcat: cConcat && rows(cConcat, p),
-        }),
+        forward(
+          p,
+          Tensor.from(device, x.subarray(p * partLength, (p + 1) * partLength), partShape),
+          Tensor.from(device, new Float32Array(size).fill(t), [size]),
+        ),
       );
       try {
         const values = await out.toFloat32();
@@ -70,6 +59,106 @@ export function unetDenoiser(
     }
     return prediction;
   };
+}
+
+/** unetDenoiser's model and the resources it holds until dispose(). */
+export interface ReplayingDenoiser {
+  model: DiffusionModel;
+  /** Frees the recorded call's tensors and buffers; the model must not be called after. */
+  dispose(): void;
+}
+
+/**
+ * unetDenoiser in one part whose calls from the second on replay the second's dispatches (Device.record) instead
+ * of running the modules' JavaScript again: the new latents and timesteps go into the recorded call's input
+ * tensors, and the same kernels run on the same buffers with the same uniforms, so every call's output has the
+ * bits unetDenoiser's would. The first call runs as usual (it may compile kernels and fill caches, which a
+ * recording must not do: see Device.record); if the second cannot be recorded, every call runs as usual. The
+ * recorded call's intermediates keep their buffers until dispose().
+ */
+export function replayingUNetDenoiser(
+  unet: UNetModel,
+  context: Tensor | undefined,
+  cConcat: Tensor | undefined,
+  latentShape: readonly number[],
+  projected?: ContextParts,
+): ReplayingDenoiser {
+  const { partShape, forward } = unetCall(unet, context, cConcat, latentShape, 1, projected);
+  const device = unet.vb.device;
+  const batch = latentShape[0];
+  const size = latentShape.reduce((a, b) => a * b, 1);
+  let calls = 0;
+  /** The recorded call: its inputs, which later calls refill, its output, and its commands. */
+  let replay: { x: Tensor; t: Tensor; out: Tensor; recording: Recording } | null = null;
+  let disposed = false;
+  const model: DiffusionModel = async (x, t) => {
+    if (disposed) throw new Error("replayingUNetDenoiser: called after dispose()");
+    if (x.length !== size) {
+      throw new RangeError(
+        `replayingUNetDenoiser: ${x.length} latent values for the shape [${latentShape.join(", ")}]`,
+      );
+    }
+    const times = new Float32Array(batch).fill(t);
+    if (replay) {
+      device.write(replay.x.buffer, 0, x);
+      device.write(replay.t.buffer, 0, times);
+      replay.recording.run();
+      return replay.out.toFloat32();
+    }
+    const inputs = { x: Tensor.from(device, x, partShape), t: Tensor.from(device, times, [batch]) };
+    let recorded: Recording | null = null;
+    try {
+      const run = () => device.tidy(() => forward(0, inputs.x, inputs.t));
+      const call = calls++ === 1 ? device.record(run) : { result: run(), recording: null };
+      recorded = call.recording;
+      if (recorded) replay = { ...inputs, out: call.result, recording: recorded };
+      try {
+        return await call.result.toFloat32();
+      } finally {
+        if (!recorded) call.result.dispose();
+      }
+    } finally {
+      if (!recorded) for (const tensor of [inputs.x, inputs.t]) tensor.dispose();
+    }
+  };
+  const dispose = () => {
+    disposed = true;
+    if (!replay) return;
+    replay.recording.dispose();
+    for (const tensor of [replay.x, replay.t, replay.out]) tensor.dispose();
+    replay = null;
+  };
+  return { model, dispose };
+}
+
+/** The checks and the forward every UNet call of a sampling run shares (unetDenoiser's part `p`). */
+function unetCall(
+  unet: UNetModel,
+  context: Tensor | undefined,
+  cConcat: Tensor | undefined,
+  latentShape: readonly number[],
+  parts: number,
+  projected: ContextParts | undefined,
+) {
+  const batch = latentShape[0];
+  if (!Number.isInteger(parts) || parts < 1 || batch % parts) {
+    throw new RangeError(`unetDenoiser: a batch of ${batch} does not split into ${parts} equal UNet calls`);
+  }
+  const size = batch / parts;
+  const partShape = [size, ...latentShape.slice(1)];
+  const rows = (t: Tensor, p: number) => (parts === 1 ? t : slice(t, 0, p * size, (p + 1) * size));
+  if (projected && (projected.source !== context || projected.parts.length !== parts)) {
+    throw new RangeError(`unetDenoiser: the projected context is not this context in ${parts} part(s)`);
+  }
+  const forward = (p: number, x: Tensor, timesteps: Tensor) =>
+    unet.forward({
+      x,
+      timesteps,
+      context: projected ? projected.parts[p].context : context && rows(context, p),
+      projected: projected?.parts[p],
+      cConcat: cConcat && rows(cConcat, p),
+    });
+  return { size, partShape, forward };
 }
 
 /** A context's rows for each of `parts` UNet calls, each projected for the UNet's cross-attention. */
@@ -307,6 +396,7 @@ export async function sampleConditioned(
   const device = unet.vb.device;
   let cConcat: Tensor | undefined;
   let projected: ContextParts | undefined;
+  let replaying: ReplayingDenoiser | undefined;
   try {
     if (context) assertFinite(request.contextStage ?? "text encoder", await context.toFloat32());
     const both =
@@ -318,9 +408,12 @@ export async function sampleConditioned(
     }
     const parts = guide && request.sequentialCfg ? 2 : 1;
     if (context && !request.splitInput) projected = projectContextParts(unet, context, parts);
+    // One UNet call per model evaluation: its dispatches are recorded once and replayed. Sequential CFG's two
+    // calls are not: two recordings would each hold their intermediates, which the halves otherwise share.
+    if (parts === 1 && !request.splitInput) replaying = replayingUNetDenoiser(unet, context, cConcat, shape, projected);
     const network = request.splitInput
       ? splitInputDenoiser(unet, context, both, shape, request.splitInput)
-      : unetDenoiser(unet, context, cConcat, shape, parts, projected);
+      : (replaying?.model ?? unetDenoiser(unet, context, cConcat, shape, parts, projected));
     return await sample(guide ? guided(network, guidanceScale) : network, request.xT, {
       sampler: request.sampler,
       sigmaSchedule: request.schedule,
@@ -335,6 +428,7 @@ export async function sampleConditioned(
       signal: request.signal,
     });
   } finally {
+    replaying?.dispose();
     cConcat?.dispose();
     projected?.dispose();
   }

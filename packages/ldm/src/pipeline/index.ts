@@ -6,6 +6,8 @@ export {
   type LatentRequest,
   NonFiniteError,
   projectContextParts,
+  type ReplayingDenoiser,
+  replayingUNetDenoiser,
   sampleConditioned,
   sampleFromTokens,
   type TokenEncoder,
