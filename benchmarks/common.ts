@@ -1,7 +1,7 @@
 /** Small helpers the benchmark scripts share. */
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import type { Device, Tensor } from "@ldm/tensor";
+import { type Device, Tensor } from "@ldm/tensor";
 import { InvalidArgumentError } from "commander";
 
 export function median(xs: readonly number[]): number {
@@ -76,4 +76,43 @@ export function pseudoRandom(count: number, seed: number): Float32Array {
     out[i] = ((state >>> 0) / 2 ** 32) * 2 - 1;
   }
   return out;
+}
+
+/**
+ * Variants of one computation of `flops` FLOPs, taking turns for `rounds` rounds: per variant the medians of FLOPs per
+ * second of CPU time of lavapipe's threads (workerCpuNs; what a shared machine does not disturb) and per second of
+ * GPU time (timestamps, else wall time), in GFLOP.
+ */
+export async function interleavedRates(
+  variants: readonly { device: Device; run: () => void }[],
+  flops: number,
+  rounds: number,
+): Promise<{ cpu: number; gpu: number }[]> {
+  const cpu = variants.map(() => [] as number[]);
+  const gpu = variants.map(() => [] as number[]);
+  for (let round = 0; round < rounds; round++) {
+    for (const [i, v] of variants.entries()) {
+      const c0 = workerCpuNs();
+      const t0 = performance.now();
+      const ms = await v.device.timeGpu(v.run);
+      cpu[i].push(flops / (workerCpuNs() - c0));
+      gpu[i].push(flops / 1e6 / (ms ?? performance.now() - t0));
+    }
+  }
+  return variants.map((_, i) => ({ cpu: median(cpu[i]), gpu: median(gpu[i]) }));
+}
+
+/** x [B, Cin, S, S] and a 3×3 weight [Cout, Cin, 3, 3] of smooth deterministic values, for convolution benchmarks. */
+export function convOperands(device: Device, B: number, cin: number, cout: number, S: number): [Tensor, Tensor] {
+  const x = Tensor.from(
+    device,
+    Float32Array.from({ length: B * cin * S * S }, (_, i) => Math.sin(i)),
+    [B, cin, S, S],
+  );
+  const w = Tensor.from(
+    device,
+    Float32Array.from({ length: cout * cin * 9 }, (_, i) => Math.cos(i) * 0.05),
+    [cout, cin, 3, 3],
+  );
+  return [x, w];
 }

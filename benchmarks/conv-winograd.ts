@@ -12,8 +12,8 @@
  */
 import { readFileSync } from "node:fs";
 import { conv2d, deviceTiles } from "@ldm/kernels";
-import { Device, Tensor } from "@ldm/tensor";
-import { workerCpuNs } from "./common.ts";
+import { Device } from "@ldm/tensor";
+import { convOperands, workerCpuNs } from "./common.ts";
 
 /** conv2d's internals (algorithm, tiles), which the package does not export by name. */
 type Conv2dInternals = NonNullable<Parameters<typeof conv2d>[3]>;
@@ -32,16 +32,7 @@ for (const s of shapes) {
   const B = Number(batchText ?? 1);
   const [cin, cout] = ch.split("x").map(Number);
   const S = Number(side);
-  const x = Tensor.from(
-    device,
-    Float32Array.from({ length: B * cin * S * S }, (_, i) => Math.sin(i)),
-    [B, cin, S, S],
-  );
-  const w = Tensor.from(
-    device,
-    Float32Array.from({ length: cout * cin * 9 }, (_, i) => Math.cos(i) * 0.05),
-    [cout, cin, 3, 3],
-  );
+  const [x, w] = convOperands(device, B, cin, cout, S);
   const flops = 2 * B * cout * cin * 9 * S * S;
   const load = () => readFileSync("/proc/loadavg", "utf8").split(" ")[0];
   if (profileOnly) {

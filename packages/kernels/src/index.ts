@@ -51,6 +51,7 @@ export {
   type MatmulOptions,
   matmul,
 } from "./matmul/index.ts";
+export { packCacheStats, setPackCacheBudget } from "./matmul/pack.ts";
 export type { GemmGeometry } from "./matmul/plan.ts";
 export { isTileConfig, stagingVariants, type TileConfig, tileKey, type WorkgroupTiles } from "./matmul/tiles.ts";
 export { nearestScale, resizeNearest } from "./resize/index.ts";

@@ -101,6 +101,8 @@ export interface Dispatch {
   pipeline: GPUComputePipeline;
   /** Storage buffers at bindings 1..n (binding 0 is the uniform block when `uniforms` is given). */
   buffers: readonly (GPUBuffer | BufferSlice)[];
+  /** Which of `buffers` the kernel may write (their contentsVersion changes); absent: none. */
+  writes?: readonly boolean[];
   uniforms?: Uint8Array;
   workgroups: readonly [number, number?, number?];
 }
@@ -112,6 +114,8 @@ type CapturedCommand =
       pipeline: GPUComputePipeline;
       uniforms: Uint8Array | null;
       buffers: { buffer: GPUBuffer; offset: number; size?: number }[];
+      /** The buffers it may write (Dispatch.writes). */
+      written: GPUBuffer[];
       workgroups: [number, number, number];
     }
   | { kind: "copy"; src: GPUBuffer; srcOffset: number; dst: GPUBuffer; dstOffset: number; size: number };
@@ -123,7 +127,13 @@ interface Capture {
 }
 
 type ReplayCommand =
-  | { kind: "dispatch"; pipeline: GPUComputePipeline; bindGroup: GPUBindGroup; workgroups: [number, number, number] }
+  | {
+      kind: "dispatch";
+      pipeline: GPUComputePipeline;
+      bindGroup: GPUBindGroup;
+      written: GPUBuffer[];
+      workgroups: [number, number, number];
+    }
   | Extract<CapturedCommand, { kind: "copy" }>;
 
 /**
@@ -244,6 +254,9 @@ export class Device {
   private readonly scopes: Set<TrackedDisposable>[] = [];
   private capture: Capture | null = null;
   private destroyed = false;
+  /** contentsVersion's numbers: the count of changes when a buffer last changed. */
+  private readonly versions = new WeakMap<GPUBuffer, number>();
+  private changes = 0;
 
   private constructor(
     readonly gpu: GPU,
@@ -256,7 +269,10 @@ export class Device {
     /** The subgroup-matrix shapes usable on this device (empty without the feature). */
     readonly subgroupMatrixConfigs: readonly SubgroupMatrixConfig[],
   ) {
-    this.pool = new BufferPool((bytes) => this.createStorageBuffer(bytes));
+    this.pool = new BufferPool(
+      (bytes) => this.createStorageBuffer(bytes),
+      (buffer) => this.changed(buffer),
+    );
     this.uniformRing = gpuDevice.createBuffer({
       size: UNIFORM_RING_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -409,6 +425,20 @@ export class Device {
     return id;
   }
 
+  /**
+   * A number that changes whenever the contents of `buffer` may change through this device: a host write, a copy
+   * into it, a dispatch that binds it writable, or its return to the pool (whoever acquires it next may fill it).
+   * Data derived from a buffer (the GEMM's packed weights) is still valid while this number is what it was when
+   * the data was made.
+   */
+  contentsVersion(buffer: GPUBuffer): number {
+    return this.versions.get(buffer) ?? 0;
+  }
+
+  private changed(buffer: GPUBuffer): void {
+    this.versions.set(buffer, ++this.changes);
+  }
+
   // ---- recording ---------------------------------------------------------------------
 
   private openPass(): GPUComputePassEncoder {
@@ -454,6 +484,7 @@ export class Device {
         buffers: d.buffers.map((b) =>
           "buffer" in b ? { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } : { buffer: b, offset: 0 },
         ),
+        written: d.buffers.flatMap((b, i) => (d.writes?.[i] ? ["buffer" in b ? b.buffer : b] : [])),
         workgroups: [x, y, z],
       });
     }
@@ -471,6 +502,7 @@ export class Device {
     }
     d.buffers.forEach((b, i) => {
       const slice = "buffer" in b ? b : { buffer: b };
+      if (d.writes?.[i]) this.changed(slice.buffer);
       const offset = slice.offset ?? 0;
       entries.push({ binding: i + 1, resource: { buffer: slice.buffer, offset, size: slice.size } });
       key += `|${this.objectId(slice.buffer)}:${offset}:${slice.size ?? ""}`;
@@ -569,7 +601,7 @@ export class Device {
         entries.unshift({ binding: 0, resource });
       }
       const bindGroup = this.gpuDevice.createBindGroup({ layout: c.pipeline.getBindGroupLayout(0), entries });
-      return { kind: "dispatch", pipeline: c.pipeline, bindGroup, workgroups: c.workgroups };
+      return { kind: "dispatch", pipeline: c.pipeline, bindGroup, written: c.written, workgroups: c.workgroups };
     });
     const dispatches = commands.filter((c) => c.kind === "dispatch").length;
     const replay = () => this.replay(commands);
@@ -583,7 +615,10 @@ export class Device {
       throw new Error("Device: a recording cannot be replayed while recording (recordings do not nest)");
     for (const c of commands) {
       if (c.kind === "copy") this.copy(c.src, c.srcOffset, c.dst, c.dstOffset, c.size);
-      else this.encodeDispatch(c.pipeline, c.bindGroup, c.workgroups[0], c.workgroups[1], c.workgroups[2]);
+      else {
+        this.encodeDispatch(c.pipeline, c.bindGroup, c.workgroups[0], c.workgroups[1], c.workgroups[2]);
+        for (const buffer of c.written) this.changed(buffer);
+      }
     }
   }
 
@@ -614,6 +649,7 @@ export class Device {
     this.closePass();
     if (!this.encoder) this.encoder = this.gpuDevice.createCommandEncoder();
     this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+    this.changed(dst);
   }
 
   /** Submits everything recorded so far. */
@@ -640,6 +676,7 @@ export class Device {
     // queue.writeBuffer runs ahead of unsubmitted commands: submit them first so a recycled
     // buffer is not overwritten before earlier recorded reads of it.
     this.flush();
+    this.changed(buffer);
     const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     const aligned = bytes.byteLength & ~3;
     if (aligned > 0) this.gpuDevice.queue.writeBuffer(buffer, offset, bytes, 0, aligned);

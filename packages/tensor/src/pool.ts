@@ -52,7 +52,11 @@ export class BufferPool {
   private allocations = 0;
   private reuses = 0;
 
-  constructor(private readonly create: BufferFactory) {}
+  /** `released` hears of every buffer returned to the pool (its contents are no one's any more). */
+  constructor(
+    private readonly create: BufferFactory,
+    private readonly released: (buffer: GPUBuffer) => void = () => {},
+  ) {}
 
   /**
    * A buffer of at least `bytes`. `exact` skips the size classes (rounding to 256 bytes only): for
@@ -137,6 +141,7 @@ export class BufferPool {
   }
 
   release(buffer: GPUBuffer): void {
+    this.released(buffer);
     const size = buffer.size;
     if (this.watched && (this.acquiredAt.get(buffer) ?? 0) <= this.watched.since) {
       this.watched.releasedOlder.add(buffer);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { f16BitsToF32, f32ToF16Bits, Tensor, Uniforms } from "../src/index.ts";
+import { f16BitsToF32, f32ToF16Bits, type Recording, Tensor, Uniforms } from "../src/index.ts";
 import { useDevice } from "../src/testing.ts";
 
 const device = await useDevice();
@@ -126,6 +126,7 @@ describe("recording", () => {
     device.dispatch({
       pipeline,
       buffers: [t.buffer],
+      writes: [true],
       uniforms: new Uniforms().u32(n).f32(delta).bytes(),
       workgroups: [workgroups],
     });
@@ -174,6 +175,40 @@ describe("recording", () => {
     expect((await copyDst.read())[0]).toBe(2);
     b.dispose();
     copyDst.dispose();
+  });
+
+  it("changes a buffer's contentsVersion on every way its contents can change, and only then", async () => {
+    const pipeline = device.pipeline("test-add", addOne);
+    const t = Tensor.zeros(device, [64]);
+    const other = Tensor.zeros(device, [64]);
+    const buffer = t.buffer;
+    const version = () => device.contentsVersion(buffer);
+    const seen = [version()];
+    const changes = (what: () => void) => {
+      what();
+      expect(seen).not.toContain(version());
+      seen.push(version());
+    };
+    changes(() => device.write(t.buffer, 0, new Float32Array(64)));
+    changes(() => add(pipeline, t, 64, 1, 1));
+    changes(() => device.copy(other.buffer, 0, t.buffer, 0, 256));
+    let recording: Recording | null = null;
+    changes(() => {
+      recording = device.record(() => add(pipeline, t, 64, 1, 1)).recording;
+    });
+    expect(recording).not.toBeNull();
+    changes(() => recording?.run());
+    await device.sync();
+    (recording as Recording | null)?.dispose();
+    // Read-only bindings, copies out of it and uploads into another buffer leave it as it was.
+    const none = new Uniforms().u32(0).f32(0).bytes();
+    device.dispatch({ pipeline, buffers: [t.buffer], writes: [false], uniforms: none, workgroups: [1] });
+    device.copy(t.buffer, 0, other.buffer, 0, 256);
+    device.write(other.buffer, 0, new Float32Array(64));
+    expect(version()).toBe(seen.at(-1));
+    // Back in the pool: whoever acquires it next may fill it.
+    changes(() => t.dispose());
+    other.dispose();
   });
 
   it("times GPU work with timestamp queries where available", async () => {

@@ -105,6 +105,8 @@ export function kernelKey<C>(kernel: KernelDecl<C>, config: C): string {
 interface Layout {
   params: [string, ParamType][];
   bindings: string[];
+  /** Per binding: read_write (the dispatch may change the buffer). */
+  writes: boolean[];
   itemsPerWorkgroup: number;
   f16: boolean;
 }
@@ -126,6 +128,7 @@ function layoutOf<C>(kernel: KernelDecl<C>, c: C): Layout {
   return {
     params: [["count", "u32"], ...params],
     bindings: bindings.map((b) => b.name),
+    writes: bindings.map((b) => b.access === "read_write"),
     itemsPerWorkgroup: items,
     f16: enables.includes("f16") || bindings.some((b) => /\bf16\b/.test(b.type)),
   };
@@ -236,6 +239,7 @@ export function runKernel<C>(device: Device, kernel: KernelDecl<C>, config: C, r
   device.dispatch({
     pipeline,
     buffers,
+    writes: layout.writes,
     uniforms,
     workgroups: foldGrid(Math.ceil(count / layout.itemsPerWorkgroup), device.limits.maxComputeWorkgroupsPerDimension),
   });

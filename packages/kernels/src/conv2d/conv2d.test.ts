@@ -72,11 +72,16 @@ async function check(c: Case, tol: { atol: number; rtol?: number }, internals: C
 
 describe("chooseConvTiles", () => {
   it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
-    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320, wo: 64 };
+    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320, wo: 64, ho: 64, batch: 2 };
     expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16, groups: 2 });
     expect(chooseConvTiles({ ...cpu, wo: 3 })).toMatchObject({ groups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 2 });
+    // Small images: few enough subgroups per workgroup for lavapipe's threads to share the work. 128 channels at
+    // 4×4 × 2 images are 8 channel tiles × one tile of 8 pixel blocks; SD's 1280 at 8×8, 80 × 2.
+    expect(chooseConvTiles({ ...cpu, cout: 128, wo: 4, ho: 4 })).toMatchObject({ subgroups: 1, groups: 1 });
+    expect(chooseConvTiles({ ...cpu, cout: 1280, wo: 8, ho: 8 })).toMatchObject({ subgroups: 8, groups: 2 });
+    expect(chooseConvTiles({ ...cpu, cout: 512, wo: 8, ho: 8 })).toMatchObject({ subgroups: 4 });
     expect(chooseConvTiles({ ...cpu, isCpu: false })).toMatchObject({ kind: "plain", rows: 8 });
     expect(chooseConvTiles({ ...cpu, isCpu: false, cout: 4 })).toMatchObject({ kind: "plain", rows: 4 });
     expect(chooseConvTiles({ ...cpu, subgroupSize: null })).toMatchObject({ kind: "plain", rows: 4 });
@@ -85,7 +90,7 @@ describe("chooseConvTiles", () => {
 
 describe("convTileCandidates", () => {
   it("starts with the heuristic's choice, offers runnable configs, and all of them match the reference", async () => {
-    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 20, wo: 9 };
+    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 20, wo: 9, ho: 5, batch: 1 };
     const candidates = [...convTileCandidates(cpu), ...convTileCandidates({ ...cpu, isCpu: false })];
     expect(candidates[0]).toEqual(chooseConvTiles(cpu));
     expect(candidates.every(isConvTiles)).toBe(true);
@@ -191,6 +196,9 @@ describe("conv2d with the device's kernel", () => {
       { atol: f32Tol(54).atol + 1e-6, rtol: 1e-5 },
     );
     await check({ x: [2, 5, 4, 8], w: [6, 5, 1, 1], bias: true, residual: true, activation: "gelu" }, f32Tol(5));
+    // A subgroup's pixel blocks span images (4 per 4×4 image, and stride 2 from 7×7): each lane's own batch item.
+    await check({ x: [3, 4, 4, 4], w: [9, 4, 3, 3], padding: 1, bias: true, residual: true }, f32Tol(36));
+    await check({ x: [3, 2, 7, 7], w: [5, 2, 3, 3], stride: 2, padding: 1, residual: true }, f32Tol(18));
   });
 
   it.skipIf(!device.features.shaderF16)("stores and reads f16", async () => {

@@ -293,6 +293,8 @@ function direct(device: Device, call: DirectCall): void {
     maxInvocations: device.limits.maxComputeInvocationsPerWorkgroup,
     cout: g.cout,
     wo: g.Wo,
+    ho: g.Ho,
+    batch: g.batch,
   };
   const tiles = internals.tiles ?? tunedTiles(call, tileInputs) ?? chooseConvTiles(tileInputs);
   const window = { kh: g.kh, kw: g.kw, strideH: g.strideH, strideW: g.strideW, padTop: g.padTop, padLeft: g.padLeft };
@@ -380,9 +382,9 @@ function dispatchConv(
   const batches = piece.b1 - piece.b0;
   const channels = piece.co1 - piece.co0;
   const tilesX = Math.ceil(channels / wg.channels);
-  const tilesY = Math.ceil((g.Ho * blocksPerRow) / wg.blocks);
+  const tilesY = Math.ceil((batches * g.Ho * blocksPerRow) / wg.blocks);
   runKernel(device, CONV2D, spec, {
-    count: slicing.slices * batches * tilesX * tilesY,
+    count: slicing.slices * tilesX * tilesY,
     params: {
       ...slicing,
       batch: batches,

@@ -12,6 +12,7 @@ import type { KernelBinding, KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { accumulatorsWgsl, EPILOGUE_PARAMS, epilogueWgsl } from "../matmul/epilogue.ts";
+import { spreadSubgroups } from "../matmul/tiles.ts";
 import { operandBinding, operandReaders } from "../matmul/wgsl.ts";
 
 /** `rows` output channels × `groups` blocks of 4 consecutive pixels per invocation. */
@@ -26,6 +27,9 @@ export interface ConvTileInputs {
   cout: number;
   /** Output width: a lane's pixels stay within one output row. */
   wo: number;
+  /** Output rows and batch items: the pixel blocks that lanes take (over all images) are batch · ho · wo / block. */
+  ho: number;
+  batch: number;
 }
 
 export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
@@ -36,7 +40,10 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
     const rows = Math.max(16, lanes);
     const groups = Math.min(2, Math.ceil(inp.wo / 4));
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
-    const subgroups = Math.min(maxSubgroups, Math.max(1, Math.ceil(inp.cout / rows)));
+    // Subgroups stack along the channels; few enough for lavapipe's threads to share the work (matmul/tiles.ts).
+    const channelTiles = Math.ceil(inp.cout / rows);
+    const pixelTiles = Math.ceil((inp.batch * inp.ho * Math.ceil(inp.wo / (4 * groups))) / lanes);
+    const subgroups = spreadSubgroups(Math.min(maxSubgroups, channelTiles), channelTiles * pixelTiles);
     return { kind: "subgroup", lanes, subgroups, rows, groups };
   }
   // GPUs take 8 output channels per invocation (what autotuning SD 1.5's UNet on an H200 chose for 18 of its
@@ -149,8 +156,8 @@ export function outputBindings(s: Finishing): KernelBinding[] {
 }
 
 /**
- * The direct convolution: a workgroup per item, which is one reduction slice × batch item × tile of output
- * channels and pixel blocks; a slice sums its own input channels.
+ * The direct convolution: a workgroup per item, which is one reduction slice × tile of output channels and pixel
+ * blocks (those of all batch items, in order); a slice sums its own input channels.
  */
 export const CONV2D: KernelDecl<ConvKernelSpec> = {
   name: "conv2d",
@@ -205,15 +212,17 @@ fn xin(row: u32, iw: i32, rowOk: bool) -> f32 {
         ? Array.from({ length: s.kh }, (_, dy) => `    {\n${tapRow(s, `${dy}u`, acc.name)}\n    }`).join("\n")
         : `    for (var dy = 0u; dy < ${s.kh}u; dy++) {\n${tapRow(s, "dy", acc.name)}\n    }`;
     return `
-  let perBatch = p.tilesX * p.tilesY;
-  let slice = item / (p.batch * perBatch);
-  let bi = (item / perBatch) % p.batch;
-  let tile = item % perBatch;
+  let perSlice = p.tilesX * p.tilesY;
+  let slice = item / perSlice;
+  let tile = item % perSlice;
   let co0 = (tile / p.tilesY) * ${wg.channels}u + (lid / ${wg.blocks}u) * ${rows}u;
+  // Pixel blocks run over every batch item's output rows, so the lanes of a small image's tile are not idle.
   let blk = (tile % p.tilesY) * ${wg.blocks}u + ${shared ? "lane" : `lid % ${wg.blocks}u`};
   let blocks = p.Ho * p.blocksPerRow;
-  let valid = blk < blocks;
-  let b = min(blk, blocks - 1u);
+  let valid = blk < p.batch * blocks;
+  let bb = min(blk, p.batch * blocks - 1u);
+  let bi = bb / blocks;
+  let b = bb % blocks;
   let oh = b / p.blocksPerRow;
   let ow0 = (b % p.blocksPerRow) * ${4 * G}u;
   let ihBase = i32(oh * ${s.strideH}u) - ${s.padTop};

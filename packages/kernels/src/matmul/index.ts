@@ -9,13 +9,13 @@
  * to the column halves of the product (see wgsl.ts), so the product itself is never stored.
  */
 import { type BufferSlice, type Device, DTYPE_BYTES, type DType, formatShape, shapesEqual, Tensor } from "@ldm/tensor";
-import { runKernel } from "../common/kernel.ts";
+import { kernelKey, runKernel } from "../common/kernel.ts";
 import { type BindingLimits, bindingLimits, bindingSlice } from "../common/pieces.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
 import { geglu } from "../elementwise/index.ts";
 import { type Activation, assertActivation } from "./activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "./autotune.ts";
-import { PACK_B } from "./pack.ts";
+import { cachedPack, PACK_B } from "./pack.ts";
 import { type GemmGeometry, planGemm } from "./plan.ts";
 import {
   chooseTiles,
@@ -209,6 +209,7 @@ export function fixedSubgroupSize(device: Device): number | null {
 
 /** A GEMM's shape; with the operands' dtypes, subgroup-matrix tiles are considered too. */
 type TileProblem = Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB"> & {
+  batch?: number;
   a?: Pick<Tensor, "dtype">;
   b?: Pick<Tensor, "dtype">;
   /** TileInputs.windowSets. */
@@ -232,6 +233,7 @@ function tileInputs(device: Device, call: TileProblem): TileInputs {
     transposeA: call.transposeA,
     transposeB: call.transposeB,
     windowSets: call.windowSets,
+    batch: call.batch,
     matrix:
       device.subgroupMatrixConfigs.length && call.a && call.b
         ? {
@@ -355,7 +357,8 @@ export function gemm(call: GemmCall): void {
   );
   const tile = workgroupTile(tiles);
   const laneOwnsM = tiles.kind === "subgroup" && tiles.laneOwns === "m";
-  const packed = window ? packB(call, window, windowSets) : null;
+  const windows = window ? windowsOfB(call, window, windowSets) : null;
+  const packed = windows?.packed ?? null;
 
   for (const piece of pieces) {
     const rows = piece.m1 - piece.m0;
@@ -428,7 +431,7 @@ export function gemm(call: GemmCall): void {
       });
     }
   }
-  packed?.dispose();
+  if (windows?.owned) windows.packed.dispose();
 }
 
 /**
@@ -445,30 +448,29 @@ function windowParts(N: number, depth: number, window: { n: number; k: number },
   });
 }
 
-/** B packed into uniform windows (pack.ts), from the one piece's binding of B: `sets` items' B one after another. */
-function packB(call: GemmCall, window: { n: number; k: number }, sets: number): Tensor {
+/**
+ * B packed into uniform windows (pack.ts) from all of b (the one piece's binding of B), `sets` items' B one after
+ * another, or the pack cache's copy; `owned`: the caller disposes it.
+ */
+function windowsOfB(
+  call: GemmCall,
+  window: { n: number; k: number },
+  sets: number,
+): { packed: Tensor; owned: boolean } {
   const { b, N, K, transposeB, gated = false } = call;
   const device = call.out.device;
-  const perSet = Math.ceil(N / window.n) * Math.ceil(K / window.k);
-  const windows = perSet * sets;
-  const packed = Tensor.empty(device, [windows * (UNIFORM_WINDOW_BYTES / 4)], "f32");
-  runKernel(
-    device,
-    PACK_B,
-    { b: b.dtype, transposeB, gated, n: window.n, k: window.k },
-    {
-      count: windows * window.n * window.k,
-      params: {
-        N,
-        K,
-        kWins: Math.ceil(K / window.k),
-        perSet,
-        bOff: 0,
-        bRow: transposeB ? K : N,
-        bBatch: call.bBatchStride,
-      },
+  const vec = transposeB && K % 4 === 0 && call.bBatchStride % 4 === 0;
+  const spec = { b: b.dtype, transposeB, gated, n: window.n, k: window.k, vec };
+  const bBatch = call.bBatchStride;
+  return cachedPack(b, `${kernelKey(PACK_B, spec)}:${N}x${K}x${sets}:${bBatch}`, () => {
+    const perSet = Math.ceil(N / window.n) * Math.ceil(K / window.k);
+    const windows = perSet * sets;
+    const packed = Tensor.empty(device, [windows * (UNIFORM_WINDOW_BYTES / 4)], "f32", { exactSize: true });
+    runKernel(device, PACK_B, spec, {
+      count: (windows * window.n * window.k) / 4,
+      params: { N, K, kWins: Math.ceil(K / window.k), perSet, bOff: 0, bRow: transposeB ? K : N, bBatch },
       buffers: { B: b.slice(), P: packed.slice() },
-    },
-  );
-  return packed;
+    });
+    return packed;
+  });
 }

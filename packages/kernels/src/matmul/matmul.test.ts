@@ -4,14 +4,17 @@ import { describe, expect, it } from "vitest";
 import { kernelKey, kernelWgsl } from "../common/kernel.ts";
 import type { BindingLimits } from "../common/pieces.ts";
 import { gegluRef } from "../elementwise/reference.ts";
-import { assertClose, randomArray } from "../testing.ts";
+import { assertClose, EMULATED_MATRIX_TILES, randomArray } from "../testing.ts";
 import type { Activation } from "./activation.ts";
 import { deviceTiles, fixedSubgroupSize, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
+import { packCacheStats, setPackCacheBudget } from "./pack.ts";
 import { planGemm } from "./plan.ts";
 import { matmulRef } from "./reference.ts";
 import {
+  CPU_WORKGROUPS,
   chooseTiles,
   isTileConfig,
+  spreadSubgroups,
   type TileConfig,
   tileCandidates,
   tileKey,
@@ -72,14 +75,34 @@ describe("chooseTiles", () => {
   });
 
   it("shrinks the workgroup for few rows, and broadcasts B's rows when only A is transposed away from K", () => {
-    expect(chooseTiles({ ...lavapipeLike, M: 40, N: 320, K: 320 })).toMatchObject({ subgroups: 2, rows: 24 });
+    expect(chooseTiles({ ...lavapipeLike, M: 40, N: 1024, K: 320 })).toMatchObject({ subgroups: 2, rows: 24 });
     // 5 × 16 rows pad M = 77 less than 4 × 24.
-    expect(chooseTiles({ ...lavapipeLike, M: 77, N: 320, K: 768 })).toMatchObject({ subgroups: 5, rows: 16 });
+    expect(chooseTiles({ ...lavapipeLike, M: 77, N: 512, K: 768 })).toMatchObject({ subgroups: 5, rows: 16 });
     expect(chooseTiles({ ...lavapipeLike, subgroupSize: 16, M: 4096, N: 320, K: 320 })).toMatchObject({ rows: 32 });
     expect(chooseTiles({ ...lavapipeLike, M: 1, N: 3, K: 7 })).toMatchObject({ subgroups: 1 });
     expect(chooseTiles({ ...lavapipeLike, M: 64, N: 64, K: 64, transposeA: true, transposeB: true })).toMatchObject({
       laneOwns: "m",
     });
+  });
+
+  it("spreads a dispatch over at least CPU_WORKGROUPS workgroups where it has the subgroup tiles", () => {
+    const windowed = { ...lavapipeLike, N: 1280, K: 1280, transposeB: true };
+    // Each window of B is a dispatch over all rows: 22 row tiles at M = 512, 86 at 2048, 342 at 8192.
+    expect(chooseTiles({ ...windowed, M: 512 })).toMatchObject({ uniformB: true, rows: 24, subgroups: 1 });
+    expect(chooseTiles({ ...windowed, M: 2048 })).toMatchObject({ uniformB: true, subgroups: 5 });
+    expect(chooseTiles({ ...windowed, M: 8192 })).toMatchObject({ uniformB: true, subgroups: 8 });
+    // Without windows a dispatch has every column tile too: 8 row × 4 column tiles.
+    const small = chooseTiles({ ...lavapipeLike, M: 128, N: 128, K: 128, transposeB: true });
+    expect(small).toMatchObject({ uniformB: false, rows: 16, subgroups: 2 });
+    for (const [most, tiles, want] of [
+      [8, 15, 1],
+      [8, 32, 2],
+      [8, 1000, 8],
+      [3, 1000, 3],
+    ]) {
+      expect(spreadSubgroups(most, tiles)).toBe(want);
+    }
+    expect(CPU_WORKGROUPS).toBe(16);
   });
 
   it("uses workgroup-memory tiles on GPUs and where the subgroup size is not fixed", () => {
@@ -550,16 +573,73 @@ describe("gemm with other subgroup tiles", () => {
   });
 });
 
-describe.each(["device", "subgroup-m", "workgroup"] as const)("gemm with %s tiles in f16", (strategy) => {
-  it.skipIf(!device.features.shaderF16)("stores and reads f16 (f32 accumulation)", async () => {
-    // Inputs are f16-rounded for the reference too; the f16 output rounds to 2^-11 relative.
-    const tol = { atol: 1e-3, rtol: 2 ** -10 };
-    await check({ M: 33, N: 20, K: 24, dtype: "f16", bias: true, residual: true, activation: "silu" }, strategy, tol);
-    await check({ M: 6, N: 9, K: 7, dtype: "f16", transposeA: true, transposeB: true }, strategy, tol);
-    // Packed f16 vector reads (vec2<u32>) along K for both operands: the Linear layout, and Aᵀ along M.
-    await check({ M: 10, N: 12, K: 16, dtype: "f16", transposeB: true }, strategy, tol);
-    await check({ M: 12, N: 8, K: 9, dtype: "f16", transposeA: true }, strategy, tol);
-  });
+describe("the pack cache", () => {
+  const tiles: TileConfig = {
+    kind: "subgroup",
+    lanes: 8,
+    subgroups: 2,
+    rows: 16,
+    laneOwns: "n",
+    cols: 1,
+    uniformB: true,
+  };
+  it.skipIf(fixedSubgroupSize(device) !== 8)(
+    "reuses B's windows, same bits, until B is written, rewritten by a kernel or freed",
+    async () => {
+      // Three windows of columns × two of K.
+      const [M, N, K] = [21, 70, 600];
+      const a = Tensor.from(device, randomArray(M * K, 1), [M, K]);
+      const bHost = randomArray(N * K, 2);
+      let b = Tensor.from(device, bHost, [N, K]);
+      const run = async () => {
+        const out = Tensor.empty(device, [M, N]);
+        const call = { op: "t", a, b, out, batch: 1, M, N, K, transposeA: false, transposeB: true };
+        gemm({ ...call, aBatchStride: 0, bBatchStride: 0, activation: "none", alpha: 1, tiles });
+        const got = await out.toFloat32();
+        out.dispose();
+        return got;
+      };
+      const want = async () => {
+        const params = { batch: 1, M, N, K, transposeA: false, transposeB: true, aBatchStride: 0, bBatchStride: 0 };
+        return matmulRef(await a.toFloat32(), await b.toFloat32(), params);
+      };
+      const uncached = await run();
+      assertClose(uncached, await want(), f32Tol(K), "uncached");
+      setPackCacheBudget(device, 1 << 24);
+      try {
+        expect(await run()).toEqual(uncached);
+        const kept = packCacheStats(device);
+        expect(kept.entries).toBe(1);
+        expect(kept.bytes).toBe(6 * UNIFORM_WINDOW_BYTES);
+        expect(await run()).toEqual(uncached);
+        expect(packCacheStats(device)).toEqual(kept);
+        // A host write (a LoRA merge), then a kernel writing B (B as another GEMM's output).
+        device.write(b.buffer, 0, randomArray(N * K, 3));
+        assertClose(await run(), await want(), f32Tol(K), "after a write");
+        const ones = Tensor.from(device, new Float32Array(N).fill(1), [N, 1]);
+        const row = Tensor.from(device, randomArray(K, 4), [1, K]);
+        const rewrite = { op: "t", a: ones, b: row, out: b, batch: 1, M: N, N: K, K: 1, transposeA: false };
+        gemm({ ...rewrite, transposeB: false, aBatchStride: 0, bBatchStride: 0, activation: "none", alpha: 1 });
+        assertClose(await run(), await want(), f32Tol(K), "after a kernel wrote B");
+        // Freed: its entry is stale and gives way to the next B (in the same buffer or not), here at a budget of one.
+        setPackCacheBudget(device, kept.bytes);
+        b.dispose();
+        b = Tensor.from(device, bHost, [N, K]);
+        expect(await run()).toEqual(uncached);
+        expect(packCacheStats(device)).toEqual({ ...kept, budget: kept.bytes });
+        for (const t of [ones, row]) t.dispose();
+        // Over the budget: packed for the call, not kept.
+        setPackCacheBudget(device, UNIFORM_WINDOW_BYTES);
+        expect(packCacheStats(device)).toMatchObject({ entries: 0, bytes: 0 });
+        expect(await run()).toEqual(uncached);
+        expect(packCacheStats(device).entries).toBe(0);
+      } finally {
+        setPackCacheBudget(device, 0);
+        for (const t of [a, b]) t.dispose();
+      }
+      expect(() => setPackCacheBudget(device, -1)).toThrow(/budget must be a finite number of bytes/);
+    },
+  );
 });
 
 describe.each(["device", "subgroup-m", "workgroup", "workgroup-staged"] as const)(
@@ -621,18 +701,7 @@ describe.each(["device", "subgroup-m", "workgroup", "workgroup-8x8", "workgroup-
  * below is one pipeline (each compiles for tens of seconds on a busy lavapipe); benchmarks/gpu.ts checks the
  * native kernels against the reference on a real GPU.
  */
-const MATRIX_F32: TileConfig = {
-  kind: "matrix",
-  shape: { M: 8, N: 8, K: 8 },
-  component: "f32",
-  lanes: 4,
-  subgroupsM: 2,
-  subgroupsN: 1,
-  matsM: 1,
-  matsN: 2,
-  tileK: 16,
-  emulate: true,
-};
+const MATRIX_F32: TileConfig = { ...EMULATED_MATRIX_TILES, component: "f32" };
 
 describe("gemm with emulated subgroup-matrix tiles", () => {
   it("matches the reference on odd shapes, batches, transposes, the epilogue and GEGLU", async () => {

@@ -47,6 +47,8 @@ export interface TileInputs {
    * (GemmCall.windowsPerItem). Default 1: one B for the whole batch.
    */
   windowSets?: number;
+  /** Batch items of one dispatch (default 1): they multiply its workgroups. */
+  batch?: number;
 }
 
 /** Subgroup-broadcast register tiles (CPU adapters). */
@@ -128,6 +130,23 @@ export function windowsPay(t: SubgroupTiles, inp: Pick<TileInputs, "M" | "N" | "
 /** Owned groups of 4 per lane that the broadcast tiles are written for. */
 const SUBGROUP_COLS = [1, 2];
 
+/**
+ * Workgroups a CPU adapter's dispatch is spread over where it has that many subgroup tiles. lavapipe hands each
+ * workgroup whole to one of its threads (as many as cores) and the subgroups of a broadcast tile share nothing, so
+ * fewer subgroups per workgroup cost nothing and keep every thread busy to the end: a window of B over 512 rows
+ * was 3 workgroups of 8 subgroups, one thread idle for a third of the time (benchmarks/RESULTS.md, "Small GEMMs
+ * and convolutions"). The 3×3 convolution's subgroup tiles (conv2d/wgsl.ts) follow the same rule.
+ */
+export const CPU_WORKGROUPS = 16;
+
+/**
+ * Subgroups per workgroup of a dispatch with `tiles` subgroup tiles: at most `most`, and few enough for
+ * CPU_WORKGROUPS workgroups where there are tiles for them.
+ */
+export function spreadSubgroups(most: number, tiles: number): number {
+  return Math.min(most, Math.max(1, Math.floor(tiles / CPU_WORKGROUPS)));
+}
+
 export function chooseTiles(inp: TileInputs): TileConfig {
   const matrix = inp.matrix && !inp.isCpu ? chooseMatrixTiles({ ...inp, ...inp.matrix }) : null;
   if (matrix) return matrix;
@@ -139,7 +158,13 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     const rows = broadcastRows(lanes, broadcastExtent(inp));
     const subgroups = subgroupsFor(inp, lanes, rows);
     const tiles: SubgroupTiles = { kind: "subgroup", lanes, subgroups, rows, laneOwns, cols: 1, uniformB: false };
-    return { ...tiles, uniformB: laneOwns === "n" && windowsPay(tiles, inp) };
+    const uniformB = laneOwns === "n" && windowsPay(tiles, inp);
+    // A dispatch covers every row tile of its batch items (of one item, with a window set per item) and, with
+    // windows of B, one column of workgroups (one window).
+    const items = uniformB && (inp.windowSets ?? 1) > 1 ? 1 : (inp.batch ?? 1);
+    const rowTiles = Math.ceil(broadcastExtent(inp) / rows) * items;
+    const ownedTiles = uniformB ? 1 : Math.ceil(ownedExtent(inp) / (lanes * 4));
+    return { ...tiles, uniformB, subgroups: spreadSubgroups(subgroups, rowTiles * ownedTiles) };
   }
   const big: WorkgroupTiles = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 };
   const fitsBig = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= workgroupStorageBytes(big);
@@ -203,6 +228,11 @@ export function stagingVariants(t: WorkgroupTiles): WorkgroupTiles[] {
 /** The extent of the broadcast dimension: M, unless lanes own M (both operands transposed). */
 function broadcastExtent(inp: TileInputs): number {
   return inp.transposeA && inp.transposeB ? inp.N : inp.M;
+}
+
+/** The extent of the dimension whose indices lanes own: N, unless lanes own M. */
+function ownedExtent(inp: TileInputs): number {
+  return inp.transposeA && inp.transposeB ? inp.M : inp.N;
 }
 
 /** As many subgroups as the broadcast extent fills (M = 77 takes 5 × 16 rows, not 8), at most 8. */

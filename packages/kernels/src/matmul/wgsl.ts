@@ -295,16 +295,16 @@ function subgroupModule(s: GemmKernelSpec, t: SubgroupTiles): string {
       ? `return ${r.xName}4((${r.xAt("bi", "x", "k")}) >> 2u);`
       : `return vec4f(${[0, 1, 2, 3].map((j) => guarded(`k + ${j}u`, (kk) => `${r.xName}_at(${r.xAt("bi", "x", kk)})`, "0.0")).join(", ")});`;
   const yVec4 = (y: string, k: string) => `${r.yName}4((${r.yAt("bi", y, k)}) >> 2u)`;
+  // Four rows along k (one per owned index), transposed into the block's columns.
+  const transposed = (row: (j: number) => string) =>
+    `${[0, 1, 2, 3].map((j) => `let r${j} = ${row(j)};`).join(" ")}
+  return mat4x4f(${[0, 1, 2, 3].map((c) => `vec4f(r0[${c}], r1[${c}], r2[${c}], r3[${c}])`).join(", ")});`;
   let yblock: string;
   if (t.uniformB) {
     // y are columns of the window, whose rows hold its p.bRow steps (packed with zeros past N and K).
-    const row = (j: number) => `let r${j} = B[(y[${j}] * p.bRow + k) >> 2u];`;
-    yblock = `${[0, 1, 2, 3].map(row).join(" ")}
-  return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));`;
+    yblock = transposed((j) => `B[(y[${j}] * p.bRow + k) >> 2u]`);
   } else if (r.yVec && r.yAlongK) {
-    const row = (j: number) => `let r${j} = ${yVec4(`y[${j}]`, "k")};`;
-    yblock = `${[0, 1, 2, 3].map(row).join(" ")}
-  return mat4x4f(vec4f(r0[0], r1[0], r2[0], r3[0]), vec4f(r0[1], r1[1], r2[1], r3[1]), vec4f(r0[2], r1[2], r2[2], r3[2]), vec4f(r0[3], r1[3], r2[3], r3[3]));`;
+    yblock = transposed((j) => yVec4(`y[${j}]`, "k"));
   } else if (r.yVec) {
     // The owned indices are 4 consecutive ones starting 4-aligned: one vector per step.
     const col = (c: number) => guarded(`k + ${c}u`, (kk) => yVec4("y[0]", kk), "vec4f(0.0)");
