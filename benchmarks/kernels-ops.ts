@@ -71,7 +71,7 @@ function attentionPeer(tf: Tfjs, nq: number, nk: number, heads: number, d: numbe
   return { run, dispose: () => tf.dispose([q, k, v, ...qs, ...ks, ...vs]) };
 }
 
-/** q, k, v of one batch item in `dtype`; `present` forces the fused kernel's tiling (no subgroup matrices). */
+/** q, k, v of one batch item in `dtype`; `present` forces attentionTiling's choice (no subgroup matrices). */
 function attentionSetup(nq: number, nk: number, heads: number, d: number, dtype: DType, present: boolean) {
   const width = heads * d;
   return (device: Device) => {

@@ -26,7 +26,7 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
       kind: "window",
       subgroupSize: 8,
-      rowsPerInvocation: 4,
+      rowsPerInvocation: 2,
       keyBlock: 2,
       windowKeys: 373,
       workgroupSize: 64,
@@ -34,7 +34,8 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 80, 1024, 1024)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
     expect(attentionTiling(lavapipe, 160, 256, 256)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
     expect(attentionTiling(lavapipe, 40, 4096, 77)).toMatchObject({ kind: "window", windowKeys: 77 });
-    expect(attentionTiling(lavapipe, 40, 3, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 3 });
+    expect(attentionTiling(lavapipe, 16, 3, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 40, 1, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
     expect(attentionTiling({ isCpu: true, subgroupSize: null }, 40, 9, 9)).toMatchObject({ kind: "lanes" });
     // The fused kernel where windows do not apply: causal masks, widths not a multiple of 4, wide heads.
     expect(attentionTiling(lavapipe, 64, 77, 77, { heads: 8, causal: true })).toMatchObject({ kind: "subgroup" });
