@@ -6,7 +6,7 @@
 leading `fused` onto the fused one, e.g. `{"rowsPerInvocation":4}`, `fused{"rowsPerInvocation":2}`. Per call: GPU ms (timestamps)
  * and, what a shared machine cannot disturb, FLOPs (4·B·H·Nq·Nk·d) per second of CPU time of lavapipe's
  * threads (every thread but the main one, from /proc/self/task/<tid>/schedstat), median of the rounds.
- * Linux only. Benchmarks are not tests: nothing here asserts a time.
+ * DTYPE=f16 runs f16 tensors (f32 by default). Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 
 import { readFileSync } from "node:fs";
@@ -14,7 +14,8 @@ import { type AttentionTiling, adapterTraits, attention, attentionTiling, fusedT
 import { Device, Tensor } from "@ldm/tensor";
 import { workerCpuNs } from "./common.ts";
 
-const device = await Device.create({ disableF16: true });
+const dtype = process.env.DTYPE === "f16" ? "f16" : "f32";
+const device = await Device.create({ disableF16: dtype === "f32" });
 const shapes = (process.argv[2] ?? "4096x4096x8x40,1024x1024x8x80,256x256x8x160,4096x77x8x40,4096x4096x1x512x1").split(
   ",",
 );
@@ -28,6 +29,7 @@ for (const s of shapes) {
       device,
       Float32Array.from({ length: batch * n * heads * d }, (_, i) => f(i)),
       [batch, n, heads * d],
+      dtype,
     );
   const q = fill(nq, (i) => Math.sin(i));
   const k = fill(nk, (i) => Math.cos(i * 0.7));
@@ -60,7 +62,7 @@ for (const s of shapes) {
     }
   }
   const med = (a: number[]) => [...a].sort((p, r) => p - r)[Math.floor(a.length / 2)];
-  console.log(`attention ${batch}×${nq}×${nk}, ${heads} heads × ${d} (load ${load0} → ${load()}):`);
+  console.log(`attention ${batch}×${nq}×${nk}, ${heads} heads × ${d}, ${dtype} (load ${load0} → ${load()}):`);
   for (const [i, name] of variants.entries()) {
     const rates = cpu[i].map((x) => x.toFixed(2)).join(", ");
     console.log(`  ${name}: ${med(cpu[i]).toFixed(2)} GFLOP/CPU-s [${rates}], gpu ${med(gpu[i]).toFixed(0)} ms`);
