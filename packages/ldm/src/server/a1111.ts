@@ -29,6 +29,13 @@ export interface RequestLimits {
   maxIterations: number;
 }
 
+export const DEFAULT_LIMITS: RequestLimits = {
+  maxPixels: 2048 * 2048,
+  maxSteps: 150,
+  maxBatch: 8,
+  maxIterations: 16,
+};
+
 /**
  * Our fields for the paper's class-conditional models (A1111 has none), named as upstream's batch keys and the
  * dumps name them; the other models take neither.

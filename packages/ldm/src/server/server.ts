@@ -17,6 +17,7 @@ import type { GenerationResult, LatentDiffusion, LdmGenerateOptions, Progress } 
 import { PARAMETERS_KEYWORD, parametersText, parseParameters } from "../pipeline/parameters.ts";
 import {
   a1111Samplers,
+  DEFAULT_LIMITS,
   img2imgSchema,
   infoJson,
   type JobRecord,
@@ -52,13 +53,6 @@ export interface ServeOptions {
   /** Where prompts' `<lora:name:…>` tags are looked up, and what /loras lists (none: no LoRAs). */
   loraDir?: string;
 }
-
-export const DEFAULT_LIMITS: RequestLimits = {
-  maxPixels: 2048 * 2048,
-  maxSteps: 150,
-  maxBatch: 8,
-  maxIterations: 16,
-};
 
 export interface LdmServer {
   app: FastifyInstance;

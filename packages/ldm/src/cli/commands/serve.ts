@@ -2,8 +2,8 @@ import { existsSync } from "node:fs";
 import type { Command } from "commander";
 import { isHubName } from "../../pipeline/hub-model.ts";
 import { BUILTIN_MODEL } from "../../pipeline/model-files.ts";
+import { DEFAULT_LIMITS } from "../../server/a1111.ts";
 import { type Checkpoint, checkpointAt, scanModelsFolder } from "../../server/models.ts";
-import { DEFAULT_LIMITS, serve } from "../../server/server.ts";
 import { UserError } from "../errors.ts";
 import {
   addModelOptions,
@@ -68,6 +68,8 @@ export function registerServe(program: Command): void {
         if (!checkpoints.some((k) => k.filename === c.filename)) checkpoints.push(c);
       }
     }
+    // Fastify and its plugins load here, not with every other command of the CLI.
+    const { serve } = await import("../../server/server.ts");
     const server = await serve({
       checkpoints,
       loader: async (c) => {
