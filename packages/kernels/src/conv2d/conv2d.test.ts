@@ -19,7 +19,7 @@ import {
   isConvTiles,
   reductionSlices,
 } from "./wgsl.ts";
-import { WINOGRAD_F4, winogradApplies } from "./winograd.ts";
+import { tileMajorTiles, WINOGRAD_F4, winogradApplies } from "./winograd.ts";
 
 const device = await useDevice();
 
@@ -411,6 +411,33 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
       ...tileMajor,
       bindingLimits: limits,
     });
+  });
+
+  it("takes tile-major GEMMs where the heuristic's tiles read windows, with 64 output channels a window", () => {
+    const heuristic = { kind: "subgroup", lanes: 8, subgroups: 8, rows: 24, laneOwns: "n", cols: 1 } as const;
+    // 128 channels at 512²: bands of 28 tile rows.
+    const band = { M: 3584, N: 128, K: 128, windowSets: 36 };
+    expect(tileMajorTiles({ ...heuristic, uniformB: true }, band)).toEqual({
+      ...heuristic,
+      subgroups: 4,
+      rows: 16,
+      cols: 2,
+      uniformB: true,
+    });
+    expect(tileMajorTiles({ ...heuristic, uniformB: false }, band)).toBeNull();
+    // 36 × 20 × 5 windows of 64 columns × 256 steps are over the limit.
+    expect(tileMajorTiles({ ...heuristic, uniformB: true }, { ...band, N: 1280, K: 1280 })).toBeNull();
+    expect(tileMajorTiles({ ...heuristic, lanes: 16, rows: 32, uniformB: true }, band)).toMatchObject({ rows: 16 });
+    const workgroup = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 } as const;
+    expect(tileMajorTiles(workgroup, band)).toBeNull();
+  });
+
+  it.skipIf(!lanes8)("runs tile-major by the heuristic on an image of 400 tiles", async () => {
+    const dispatches = vi.spyOn(device, "dispatch");
+    await check({ x: [1, 3, 80, 80], w: [5, 3, 3, 3], padding: 1, bias: true }, winoTol(27), winograd);
+    // Weight transform, input transform, U packed, 36 positions × one window, output transform.
+    expect(dispatches).toHaveBeenCalledTimes(4 + 36);
+    dispatches.mockRestore();
   });
 
   it.skipIf(!lanes8)("gives channel-major's bits tile-major, a dispatch per position and window", async () => {
