@@ -14,6 +14,7 @@ import {
   WINDOW_FLOATS,
   type WindowTiling,
   windowKeys,
+  windowMinQueries,
 } from "./tiling.ts";
 
 const device = await useDevice();
@@ -22,7 +23,7 @@ const lavapipe = { isCpu: true, subgroupSize: 8 };
 const gpu = { isCpu: false, subgroupSize: 32 };
 
 describe("attentionTiling", () => {
-  it("on a CPU adapter: non-causal heads of width 4·n up to 160 read K and V through uniform windows", () => {
+  it("on a CPU adapter: non-causal heads of width 4·n up to 160 with enough rows read K and V through uniform windows", () => {
     expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
       kind: "window",
       subgroupSize: 8,
@@ -34,8 +35,17 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 80, 1024, 1024)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
     expect(attentionTiling(lavapipe, 160, 256, 256)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
     expect(attentionTiling(lavapipe, 40, 4096, 77)).toMatchObject({ kind: "window", windowKeys: 77 });
-    expect(attentionTiling(lavapipe, 16, 3, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
-    expect(attentionTiling(lavapipe, 40, 1, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
+    expect(attentionTiling(lavapipe, 80, 128, 77)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 160, 128, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
+    // Too few rows per head to pay for a dispatch per window and head: the fused kernel, one dispatch.
+    expect(attentionTiling(lavapipe, 80, 127, 77)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 160, 64, 64)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 1 });
+    // Heads narrow enough for 4 fused rows per lane take windows only at SD's 4096 rows.
+    expect(attentionTiling(lavapipe, 40, 4095, 77)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 4 });
+    expect(attentionTiling(lavapipe, 32, 64, 77)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 4 });
+    expect(attentionTiling(lavapipe, 16, 3, 3)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 3 });
+    expect(windowMinQueries(40)).toBe(4096);
+    expect(windowMinQueries(44)).toBe(128);
     expect(attentionTiling({ isCpu: true, subgroupSize: null }, 40, 9, 9)).toMatchObject({ kind: "lanes" });
     // The fused kernel where windows do not apply: causal masks, widths not a multiple of 4, wide heads.
     expect(attentionTiling(lavapipe, 64, 77, 77, { heads: 8, causal: true })).toMatchObject({ kind: "subgroup" });

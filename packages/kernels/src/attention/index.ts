@@ -13,9 +13,9 @@
  * matmul, a row softmax and the output by matmul, which lavapipe runs an order of magnitude faster than the
  * fused kernel at d = 512. Only that block's scores exist at a time.
  *
- * Other non-causal heads on CPU adapters (width a multiple of 4, up to 160: all of SD's) read K and V through
- * uniform windows ("window" tiling, window.ts): lavapipe loads uniform buffers without the per-lane bounds-check
- * branches of its storage loads.
+ * Other non-causal heads on CPU adapters (width a multiple of 4, up to 160: all of SD's) with enough query rows
+ * (tiling.ts, windowMinQueries) read K and V through uniform windows ("window" tiling, window.ts): lavapipe loads
+ * uniform buffers without the per-lane bounds-check branches of its storage loads.
  */
 import { type Device, DTYPE_BYTES, type DType, Tensor } from "@ldm/tensor";
 import { runKernel } from "../common/kernel.ts";

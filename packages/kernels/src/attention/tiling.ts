@@ -139,6 +139,18 @@ export function queryBlockRows(nq: number, nk: number): number {
  */
 const WINDOW_MAX_ROWS = 2;
 
+/**
+ * Query rows from which windows beat the fused kernel. Windows cost a pack dispatch and one dispatch per window
+ * for every (batch item, head), so they need many rows per head to pay. Where the fused kernel keeps 4 rows per
+ * lane (d ≤ 40), its loads are amortised as well as the windows' and only the largest heads gain (interleaved, CPU
+ * time: 4096×77 at d = 40 1.07–1.2× with windows, 4096² 1.0×, 1024×77 0.83×, 256×77 0.64×, 512² at d = 32 0.83×); with
+ * fewer rows per lane (d = 80, 160) windows win from 128 rows (128×77 at d = 160 1.7×, 1024² at d = 80 1.8×)
+ * and tie at 64. The built-in model's heads (d = 32, 16–64 rows) ran 16 dispatches per call as windows, 1 fused.
+ */
+export function windowMinQueries(d: number): number {
+  return cpuRows(d, Number.POSITIVE_INFINITY, 4) >= 4 ? 4096 : 128;
+}
+
 /** Floats in one window of packed K or V: WebGPU's default maxUniformBufferBindingSize, which every adapter has. */
 export const WINDOW_FLOATS = UNIFORM_WINDOW_BYTES / 4;
 
@@ -162,7 +174,8 @@ export function attentionTiling(
   if (adapter.isCpu && d >= CPU_BLOCKED_MIN_D && d % 2 === 0 && shape.heads === 1 && !shape.causal) {
     return { kind: "blocked", queryBlock: queryBlockRows(nq, nk) };
   }
-  if (adapter.isCpu && adapter.subgroupSize !== null && !shape.causal && d % 4 === 0 && d <= CPU_RESIDENT_D) {
+  const windowed = d % 4 === 0 && d <= CPU_RESIDENT_D && nq >= windowMinQueries(d);
+  if (adapter.isCpu && adapter.subgroupSize !== null && !shape.causal && windowed) {
     return {
       kind: "window",
       subgroupSize: adapter.subgroupSize,
