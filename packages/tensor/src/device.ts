@@ -215,11 +215,14 @@ const DISPATCHES_PER_SUBMIT = 16;
  * 17 µs a call on lavapipe (idle machine) and 40–70 µs on the H200's host; the cache is cleared when full.
  */
 const MAX_CACHED_BIND_GROUPS = 4096;
+const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x04 /* COPY_SRC */ | 0x08 /* COPY_DST */;
 /**
- * Every tensor buffer can also be bound as a uniform window: on CPU adapters a GEMM reads its packed B through one
- * (llvmpipe gathers uniform-buffer loads without the per-lane branches of storage loads; matmul/tiles.ts).
+ * On CPU adapters every tensor buffer can also be bound as a uniform window: GEMMs, Winograd and attention read
+ * packed operands through them there (llvmpipe gathers uniform-buffer loads without the per-lane branches of
+ * storage loads; matmul/tiles.ts). No GPU path binds a tensor as a uniform, so GPUs do not get the usage, which
+ * drivers may serve with a stricter memory placement.
  */
-const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x04 /* COPY_SRC */ | 0x08 /* COPY_DST */ | 0x40; /* UNIFORM */
+const CPU_STORAGE_USAGE = STORAGE_USAGE | 0x40; /* UNIFORM */
 
 type TrackedDisposable = { dispose(): void; readonly disposed: boolean };
 
@@ -374,7 +377,8 @@ export class Device {
       );
     }
     this.gpuDevice.pushErrorScope("out-of-memory");
-    const buffer = this.gpuDevice.createBuffer({ size: bytes, usage: STORAGE_USAGE });
+    const usage = this.info.isCpu ? CPU_STORAGE_USAGE : STORAGE_USAGE;
+    const buffer = this.gpuDevice.createBuffer({ size: bytes, usage });
     this.check(
       this.gpuDevice.popErrorScope().then((e) => {
         if (e) this.errors.push(new GpuOutOfMemoryError(`out of GPU memory allocating ${bytes} bytes: ${e.message}`));

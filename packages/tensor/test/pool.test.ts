@@ -109,3 +109,13 @@ describe("tidy", () => {
     expect(s.peakLiveBytes - s.liveBytes).toBe(256 * 256 * 4);
   });
 });
+
+describe("tensor buffers", () => {
+  it("can be bound as uniforms on CPU adapters only (their kernels read packed windows through them)", () => {
+    const t = Tensor.empty(device, [4]);
+    const uniform = (t.buffer.usage & GPUBufferUsage.UNIFORM) !== 0;
+    expect(uniform).toBe(device.info.isCpu);
+    expect(t.buffer.usage & GPUBufferUsage.STORAGE).toBe(GPUBufferUsage.STORAGE);
+    t.dispose();
+  });
+});
