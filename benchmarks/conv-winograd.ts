@@ -8,11 +8,13 @@
  * the batched GEMMs, output transform; Device.profileGpu, each dispatch in a pass of its own) and its dispatch
  * count. `--layouts`: Winograd's batched GEMMs channel-major (U · V, the B of each position read from storage)
  * against the default (tile-major, the weights read through uniform windows, where that applies), interleaved as
- * direct and Winograd are otherwise. Linux only. Benchmarks are not tests: nothing here asserts a time.
+ * direct and Winograd are otherwise. `--transform`: also Winograd with the weights transformed in every call (a
+ * second device whose transformed-weight cache is off, setWinogradCacheBudget 0); "winograd" keeps them across calls
+ * as conv2d does by default. Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 import { readFileSync } from "node:fs";
-import { conv2d, deviceTiles } from "@ldm/kernels";
-import { Device } from "@ldm/tensor";
+import { conv2d, deviceTiles, setWinogradCacheBudget } from "@ldm/kernels";
+import { Device, type Tensor } from "@ldm/tensor";
 import { convOperands, workerCpuNs } from "./common.ts";
 
 /** conv2d's internals (algorithm, tiles), which the package does not export by name. */
@@ -22,6 +24,8 @@ const device = await Device.create({ disableF16: true });
 const args = process.argv.slice(2);
 const profileOnly = args.includes("--profile");
 const layouts = args.includes("--layouts");
+const uncached = args.includes("--transform") ? await Device.create({ disableF16: true }) : null;
+if (uncached) setWinogradCacheBudget(uncached, 0);
 const shapes = (
   args.find((a) => !a.startsWith("--")) ??
   "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"
@@ -33,6 +37,7 @@ for (const s of shapes) {
   const [cin, cout] = ch.split("x").map(Number);
   const S = Number(side);
   const [x, w] = convOperands(device, B, cin, cout, S);
+  const [ux, uw] = uncached ? convOperands(uncached, B, cin, cout, S) : [];
   const flops = 2 * B * cout * cin * 9 * S * S;
   const load = () => readFileSync("/proc/loadavg", "utf8").split(" ")[0];
   if (profileOnly) {
@@ -66,18 +71,24 @@ for (const s of shapes) {
         "tile-major": { algorithm: "winograd" },
       }
     : { direct: { algorithm: "direct" }, winograd: { algorithm: "winograd" } };
+  if (uncached) variants["winograd transforming"] = { algorithm: "winograd" };
   const names = Object.keys(variants);
+  /** The variant's device and operands: the cache-less device's for "winograd transforming". */
+  const on = (name: string): [Device, Tensor, Tensor] =>
+    name === "winograd transforming" && uncached && ux && uw ? [uncached, ux, uw] : [device, x, w];
   const res: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
   const wall: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
   for (const name of names) {
-    conv2d(x, w, { padding: 1 }, variants[name]).dispose();
-    await device.sync();
+    const [dev, vx, vw] = on(name);
+    conv2d(vx, vw, { padding: 1 }, variants[name]).dispose();
+    await dev.sync();
   }
   for (let r = 0; r < 3; r++) {
     for (const name of names) {
+      const [dev, vx, vw] = on(name);
       const c0 = workerCpuNs();
       const t0 = performance.now();
-      const ms = await device.timeGpu(() => conv2d(x, w, { padding: 1 }, variants[name]).dispose());
+      const ms = await dev.timeGpu(() => conv2d(vx, vw, { padding: 1 }, variants[name]).dispose());
       res[name].push(flops / (workerCpuNs() - c0));
       wall[name].push(ms ?? performance.now() - t0);
     }
@@ -85,8 +96,8 @@ for (const s of shapes) {
   const med = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)];
   const rates = names.map((n) => `${n} ${med(res[n]).toFixed(1)} GFLOP/CPU-s (gpu ${med(wall[n]).toFixed(0)} ms)`);
   console.log(`conv 3×3 ${cin}→${cout} @ ${S}² ×${B}: ${rates.join(", ")}; load ${load()}`);
-  x.dispose();
-  w.dispose();
+  for (const t of [x, w, ux, uw]) t?.dispose();
 }
 device.destroy();
+uncached?.destroy();
 process.exit(0);

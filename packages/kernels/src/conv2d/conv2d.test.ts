@@ -19,7 +19,15 @@ import {
   isConvTiles,
   reductionSlices,
 } from "./wgsl.ts";
-import { tileMajorTiles, WINOGRAD_F4, winogradApplies } from "./winograd.ts";
+import {
+  setWinogradCacheBudget,
+  tileMajorTiles,
+  WINOGRAD_CACHE_BYTES,
+  WINOGRAD_F4,
+  winogradApplies,
+  winogradCacheStats,
+  winogradWeightsKept,
+} from "./winograd.ts";
 
 const device = await useDevice();
 
@@ -338,6 +346,15 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     ...winograd,
     gemmTiles: { kind: "subgroup", lanes: 8, subgroups: 2, rows: 16, laneOwns: "n", cols: 1, uniformB: true },
   };
+  const storageTiles = {
+    kind: "subgroup",
+    lanes: 8,
+    subgroups: 2,
+    rows: 8,
+    laneOwns: "n",
+    cols: 2,
+    uniformB: false,
+  } as const;
 
   it("matches the reference on odd shapes, with the epilogue, scalar and vector stores", async () => {
     const epilogue = { bias: true, residual: true, activation: "silu" as const };
@@ -432,6 +449,112 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     expect(tileMajorTiles(workgroup, band)).toBeNull();
   });
 
+  it("takes tile-major GEMMs from storage where a band has fewer tiles than a channel-major subgroup's columns", () => {
+    // 8×8 at batch 2: 8 tiles, broadcast as 8 rows, where channel-major lanes would own 32 tile columns.
+    const heuristic = { kind: "subgroup", lanes: 8, subgroups: 2, rows: 8, laneOwns: "n", cols: 1 } as const;
+    const band = { M: 8, N: 128, K: 128, windowSets: 36 };
+    const storage = { ...heuristic, uniformB: false };
+    expect(tileMajorTiles(storage, band)).toEqual(storage);
+    expect(tileMajorTiles(storage, { ...band, M: 31 })).toEqual(storage);
+    expect(tileMajorTiles(storage, { ...band, M: 32 })).toBeNull();
+    expect(tileMajorTiles({ ...storage, lanes: 16, rows: 16 }, { ...band, M: 32 })).toMatchObject({ lanes: 16 });
+    expect(tileMajorTiles({ ...storage, laneOwns: "m" }, band)).toBeNull();
+  });
+
+  it.skipIf(!lanes8)("runs tile-major GEMMs from storage on odd shapes, with storage tiles of 8 rows", async () => {
+    const epilogue = { bias: true, residual: true, activation: "silu" as const };
+    // 2 images of 2 × 2 partial tiles (8 columns) and 37 output channels: two groups of owned columns, one partial.
+    await check({ x: [2, 5, 7, 6], w: [37, 5, 3, 3], padding: 1, ...epilogue }, winoTol(45), winograd);
+    await check({ x: [1, 9, 5, 8], w: [20, 9, 3, 3], padding: 1, bias: true }, winoTol(81), {
+      ...winograd,
+      gemmTiles: storageTiles,
+    });
+  });
+
+  it("keeps the transformed weights across calls while w is unchanged, with the bits of transforming them", async () => {
+    const limits = { maxBindingBytes: 128 << 20, offsetAlignment: 256 };
+    const shape = [2, 5, 8, 8];
+    const x = Tensor.from(device, randomArray(2 * 5 * 8 * 8, 51), shape);
+    const w = Tensor.from(device, randomArray(20 * 5 * 9, 52, 0.5), [20, 5, 3, 3]);
+    const run = () => conv2d(x, w, { padding: 1 }, winograd);
+    const outputs: Tensor[] = [];
+    const dispatches = vi.spyOn(device, "dispatch");
+    const count = (f: () => Tensor) => {
+      const before = dispatches.mock.calls.length;
+      outputs.push(f());
+      return dispatches.mock.calls.length - before;
+    };
+    try {
+      setWinogradCacheBudget(device, 0);
+      expect(winogradWeightsKept(w, limits)).toBe(false);
+      const transformed = count(run);
+      expect(winogradCacheStats(device)).toMatchObject({ entries: 0, bytes: 0 });
+      setWinogradCacheBudget(device, WINOGRAD_CACHE_BYTES);
+      expect(winogradWeightsKept(w, limits)).toBe(true);
+      // The first call transforms and keeps them (36 positions × 20 × 5 f32), the second skips the transform.
+      expect(count(run)).toBe(transformed);
+      expect(winogradCacheStats(device)).toMatchObject({ entries: 1, bytes: 36 * 20 * 5 * 4 });
+      expect(count(run)).toBe(transformed - 1);
+      const [fresh, first, kept] = await Promise.all(outputs.map((t) => t.toFloat32()));
+      expect(first).toEqual(fresh);
+      expect(kept).toEqual(fresh);
+      // New values in w make the entry stale: transformed again, and the output is the new weights'.
+      const w2 = randomArray(20 * 5 * 9, 53, 0.5);
+      device.write(w.buffer, 0, w2);
+      expect(count(run)).toBe(transformed);
+      const want = conv2dRef(randomArray(2 * 5 * 8 * 8, 51), [2, 5, 8, 8], w2, [20, 5, 3, 3], { padding: 1 });
+      assertClose(await outputs[3].toFloat32(), want, winoTol(45));
+      // A disposed weight's entry is dropped at the next miss.
+      const other = () => Tensor.from(device, randomArray(20 * 5 * 9, 54, 0.5), [20, 5, 3, 3]);
+      const [w3, w4] = [other(), other()];
+      conv2d(x, w3, { padding: 1 }, winograd).dispose();
+      expect(winogradCacheStats(device).entries).toBe(2);
+      w3.dispose();
+      conv2d(x, w4, { padding: 1 }, winograd).dispose();
+      expect(winogradCacheStats(device)).toMatchObject({ entries: 2, bytes: 2 * 36 * 20 * 5 * 4 });
+      w4.dispose();
+      // Too small a budget keeps nothing.
+      setWinogradCacheBudget(device, 36 * 20 * 5 * 4 - 4);
+      expect(winogradCacheStats(device).entries).toBe(0);
+      expect(winogradWeightsKept(w, limits)).toBe(false);
+    } finally {
+      dispatches.mockRestore();
+      setWinogradCacheBudget(device, WINOGRAD_CACHE_BYTES);
+      for (const t of [x, w, ...outputs]) t.dispose();
+    }
+  });
+
+  it.skipIf(!device.info.isCpu)("is chosen at 8×8 while the transformed weights are kept, at 4×4 not", async () => {
+    const labels = (x: [number, number, number, number]) => {
+      const dispatches = vi.spyOn(device, "dispatch");
+      const xt = Tensor.from(
+        device,
+        randomArray(
+          x.reduce((p, q) => p * q),
+          61,
+        ),
+        x,
+      );
+      const w = Tensor.from(device, randomArray(16 * x[1] * 9, 62, 0.5), [16, x[1], 3, 3]);
+      conv2d(xt, w, { padding: 1 }).dispose();
+      const names = dispatches.mock.calls.map(([d]) => d.pipeline.label.split(":")[0]);
+      dispatches.mockRestore();
+      xt.dispose();
+      w.dispose();
+      return names;
+    };
+    expect(labels([2, 3, 8, 8])).toContain("winograd-input");
+    expect(labels([2, 3, 4, 4])).toEqual(["conv2d"]);
+    setWinogradCacheBudget(device, 0);
+    try {
+      expect(labels([2, 3, 8, 8])).toEqual(["conv2d"]);
+    } finally {
+      setWinogradCacheBudget(device, WINOGRAD_CACHE_BYTES);
+    }
+    // The path's output at 8×8 by the heuristic (the same bits as forcing it: tested above).
+    await check({ x: [2, 3, 8, 8], w: [16, 3, 3, 3], padding: 1, bias: true }, winoTol(27));
+  });
+
   it.skipIf(!lanes8)("runs tile-major by the heuristic on an image of 400 tiles", async () => {
     const dispatches = vi.spyOn(device, "dispatch");
     await check({ x: [1, 3, 80, 80], w: [5, 3, 3, 3], padding: 1, bias: true }, winoTol(27), winograd);
@@ -452,11 +575,14 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     // output transform.
     expect(dispatches).toHaveBeenCalledTimes(4 + 36 * 2);
     dispatches.mockRestore();
-    // 18 tiles are too few for two workgroups of rows: the heuristic keeps these GEMMs channel-major.
-    const channelMajor = conv2d(x, w, options, winograd);
-    const [a, b] = await Promise.all([windowed, channelMajor].map((t) => t.toFloat32()));
+    // Tiles from storage make them channel-major.
+    const channelMajor = conv2d(x, w, options, { ...winograd, gemmTiles: { ...storageTiles, cols: 1 } });
+    // 18 tiles, fewer than a channel-major subgroup's 32 columns: the heuristic's are tile-major from storage.
+    const heuristic = conv2d(x, w, options, winograd);
+    const [a, b, c] = await Promise.all([windowed, channelMajor, heuristic].map((t) => t.toFloat32()));
     expect(a).toEqual(b);
-    for (const t of [x, w, bias, residual, windowed, channelMajor]) t.dispose();
+    expect(c).toEqual(b);
+    for (const t of [x, w, bias, residual, windowed, channelMajor, heuristic]) t.dispose();
   });
 
   it("refuses a forced Winograd path for other kernels and strides", () => {
@@ -573,7 +699,10 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
   });
 
   it("is chosen for 3×3 stride-1 convolutions with enough tiles and channels on CPU adapters only", () => {
-    const g = { isCpu: true, kh: 3, kw: 3, strideH: 1, strideW: 1, cin: 128, cout: 128, H: 64, W: 64, Ho: 64, Wo: 64 };
+    const g = {
+      ...{ isCpu: true, kh: 3, kw: 3, strideH: 1, strideW: 1, cin: 128, cout: 128, H: 64, W: 64, Ho: 64, Wo: 64 },
+      weightsKept: false,
+    };
     const limits = { maxBindingBytes: 128 << 20, offsetAlignment: 256 };
     expect(winogradApplies({ ...g, limits })).toBe(true);
     expect(winogradApplies({ ...g, limits, isCpu: false })).toBe(false);
@@ -583,6 +712,10 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     expect(winogradApplies({ ...g, limits, Ho: 16, Wo: 16 })).toBe(true);
     // 4 tiles per image share the weight transform (the choice is per image, so batches do not change it).
     expect(winogradApplies({ ...g, limits, Ho: 8, Wo: 8 })).toBe(false);
+    // Kept transformed weights: no transform in the call, so 4 tiles per image (8×8) pay, 1 (4×4) does not.
+    expect(winogradApplies({ ...g, limits, Ho: 8, Wo: 8, weightsKept: true })).toBe(true);
+    expect(winogradApplies({ ...g, limits, Ho: 5, Wo: 8, weightsKept: true })).toBe(true);
+    expect(winogradApplies({ ...g, limits, Ho: 4, Wo: 4, weightsKept: true })).toBe(false);
     // One plane over a binding: the direct path's planner splits it (or names it).
     expect(winogradApplies({ ...g, limits: { ...limits, maxBindingBytes: 64 * 64 * 4 } })).toBe(false);
   });

@@ -33,7 +33,7 @@ import {
   reductionSlices,
   rowVectorizable,
 } from "./wgsl.ts";
-import { conv2dWinograd, winogradApplies } from "./winograd.ts";
+import { conv2dWinograd, winogradApplies, winogradWeightsKept } from "./winograd.ts";
 
 export interface Conv2dOptions {
   /** [Cout]. */
@@ -129,7 +129,10 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
   const winograd =
     !pointwise &&
     (internals.algorithm === undefined
-      ? winogradApplies({ isCpu: device.info.isCpu, kh, kw, strideH, strideW, cin, cout, H, W, Ho, Wo, limits })
+      ? winogradApplies({
+          ...{ isCpu: device.info.isCpu, kh, kw, strideH, strideW, cin, cout, H, W, Ho, Wo, limits },
+          weightsKept: device.info.isCpu && winogradWeightsKept(w, limits),
+        })
       : internals.algorithm === "winograd");
   if (winograd) {
     if (kh !== 3 || kw !== 3 || strideH !== 1 || strideW !== 1) {

@@ -7,12 +7,13 @@
  *   M[ξ] (Cout × tiles) = U[ξ] (Cout × Cin) · V[ξ] (Cin × tiles),  U[ξ] = (G g Gᵀ)[ξ],  V[ξ] = (Bᵀ d B)[ξ],
  *
  * so a 4×4 block costs 36 multiply-adds per channel pair instead of 144: the same GEMM kernel does a quarter of
- * the direct convolution's arithmetic. Where a band has enough tiles, the GEMMs run transposed ("tile-major"),
- * Mᵀ[ξ] (tiles × Cout) = Vᵀ[ξ] · Uᵀ[ξ]: the weights U are then the GEMM's B, which CPU adapters read through
- * uniform windows (matmul/tiles.ts; a third of a storage load's instructions on llvmpipe), a window set per
- * position; V and M are then laid out tiles × channels. Three small kernels surround the GEMMs: the weight
- * transform (once per call: weights are not cached, so the path is taken only where enough tiles share them),
- * the input transform (x → V, 2.25× the input's size) and the output transform (M → out, with the convolution's
+ * the direct convolution's arithmetic. Where a band has enough tiles (or very few: tileMajorTiles), the GEMMs run
+ * transposed ("tile-major"), Mᵀ[ξ] (tiles × Cout) = Vᵀ[ξ] · Uᵀ[ξ]: the weights U are then the GEMM's B, which CPU
+ * adapters read through uniform windows (matmul/tiles.ts; a third of a storage load's instructions on llvmpipe), a
+ * window set per position; V and M are then laid out tiles × channels. Three small kernels surround the GEMMs: the
+ * weight transform (its output kept across calls within a budget, setWinogradCacheBudget; where it runs in every
+ * call, the path is taken only where enough tiles share it), the input transform (x → V, 2.25× the input's size)
+ * and the output transform (M → out, with the convolution's
  * bias, activation and residual epilogue). Tiles are processed in bands of whole tile rows so V and M stay
  * within BAND_BYTES; x, the output and the residual are bound a channel range at a time when they exceed one
  * storage binding, and output channels are taken in groups whose transformed weights fit one (1280 × 2560 × 36
@@ -23,6 +24,7 @@
  * tolerance (conv2d.test.ts). Used on CPU adapters (conv2d's `winogradApplies`), where it was measured.
  */
 import { type BufferSlice, type Device, DTYPE_BYTES, type DType, Tensor } from "@ldm/tensor";
+import { type DerivedCache, derivedCache } from "../common/derived.ts";
 import { type KernelDecl, runKernel } from "../common/kernel.ts";
 import { type BindingLimits, bindingOf, bindingSlice, largest } from "../common/pieces.ts";
 import { wgslAll } from "../common/wgsl.ts";
@@ -72,6 +74,17 @@ const BAND_BYTES = 64 * 2 ** 20;
  * per batch, so a batch and its items one at a time (sequential CFG) take the same path and give the same bits.
  */
 const MIN_TILES = 16;
+/**
+ * Fewest tiles per image where the transformed weights are kept across calls (no weight transform in the call):
+ * lavapipe, CPU time, batch 2, 128→128 and 256→128 at 8×8 (4 tiles) 1.4–1.9× less than the direct kernel, at 4×4
+ * (1 tile) 1.7–2.6× more (benchmarks/RESULTS.md, "Small convolutions").
+ */
+const MIN_TILES_KEPT = 4;
+/**
+ * Bytes of transformed weights kept per device by default (setWinogradCacheBudget): a 128→128 convolution's are
+ * 2.4 MB, the built-in model's UNet 39 MiB (23 convolutions); SD 1.5's first few at 320 channels (15 MB each) fill it.
+ */
+export const WINOGRAD_CACHE_BYTES = 64 * 2 ** 20;
 /** Fewest output channels: below, the GEMM's 16–24-row tiles mostly compute padding (e.g. RGB conv_out). */
 const MIN_COUT = 16;
 
@@ -330,12 +343,16 @@ export interface WinogradCall extends ConvOperands {
  * and 2 groups of 4 owned columns per lane: every window's dispatch reads the band's V[ξ] whole, and 64 output
  * channels a window halve those reads against the heuristic's 32. Lavapipe, interleaved, CPU time: 128 → 128 @
  * 512² and 256 → 256 @ 256² 10–16% faster than 8 × 24 rows × 1 group in three runs, 512 → 512 @ 128² within ±6%.
+ * Also tile-major, with the heuristic's storage-B tiles, where the band has fewer tiles (problem.M) than the lanes
+ * of a channel-major subgroup own (4 each): there most of those lanes would compute padding (8×8 at batch 2 is 8
+ * tiles, a quarter of 32), while tile-major they own output channels and the few tiles are broadcast rows.
  */
 export function tileMajorTiles(
   heuristic: TileConfig,
   problem: { M: number; N: number; K: number; windowSets: number },
 ): SubgroupTiles | null {
-  if (heuristic.kind !== "subgroup" || !heuristic.uniformB) return null;
+  if (heuristic.kind !== "subgroup") return null;
+  if (!heuristic.uniformB) return problem.M < heuristic.lanes * 4 && heuristic.laneOwns === "n" ? heuristic : null;
   const rows = Math.ceil(16 / heuristic.lanes) * heuristic.lanes;
   const tiles: SubgroupTiles = { ...heuristic, subgroups: 4, rows, cols: 2, laneOwns: "n", uniformB: true };
   return windowsPay(tiles, problem) ? tiles : null;
@@ -362,19 +379,60 @@ export function winogradApplies(g: {
   Ho: number;
   Wo: number;
   limits: BindingLimits;
+  /** The transformed weights are kept across calls (winogradWeightsKept): the call skips the weight transform. */
+  weightsKept: boolean;
 }): boolean {
   if (!g.isCpu || g.kh !== 3 || g.kw !== 3 || g.strideH !== 1 || g.strideW !== 1 || g.cout < MIN_COUT) return false;
   const tilesH = Math.ceil(g.Ho / M);
   const tilesW = Math.ceil(g.Wo / M);
   // Planes are bound whole (a channel range at a time); a larger one is left to the direct path's planner.
   const planeFits = channelsPerBinding(1, Math.max(g.H * g.W, g.Ho * g.Wo), 4, g.limits) === 1;
-  return planeFits && tilesH * tilesW >= MIN_TILES && bandRows(g.cin, g.cout, tilesW, tilesH, g.limits) > 0;
+  const minTiles = g.weightsKept ? MIN_TILES_KEPT : MIN_TILES;
+  return planeFits && tilesH * tilesW >= minTiles && bandRows(g.cin, g.cout, tilesW, tilesH, g.limits) > 0;
 }
 
 /** Channels per binding of a [channels, plane] range, whole planes, starting anywhere (0: not even one). */
 function channelsPerBinding(channels: number, plane: number, bytes: number, limits: BindingLimits): number {
   const fits = (c: number) => c * plane * bytes + limits.offsetAlignment + 16 <= limits.maxBindingBytes;
   return fits(1) ? largest(channels, fits) : 0;
+}
+
+/** The device's kept transformed weights (common/derived.ts). */
+function weightCache(device: Device): DerivedCache {
+  return derivedCache(device, "winograd-weights", WINOGRAD_CACHE_BYTES);
+}
+
+/**
+ * Keeps up to `bytes` of transformed weights U across calls on `device` (default WINOGRAD_CACHE_BYTES; 0 transforms
+ * the weights in every call and frees what was kept). Kept weights let the path take smaller images (MIN_TILES_KEPT).
+ */
+export function setWinogradCacheBudget(device: Device, bytes: number): void {
+  weightCache(device).setBudget("setWinogradCacheBudget", bytes);
+}
+
+/** What the transformed-weight cache of `device` holds: entries, their bytes and the budget. */
+export function winogradCacheStats(device: Device): { entries: number; bytes: number; budget: number } {
+  return weightCache(device).stats();
+}
+
+/** Output channels whose transformed weights U fit one binding: all of them below SD's widest layers. */
+function weightStep(cin: number, cout: number, limits: BindingLimits): number {
+  return largest(cout, (c) => POSITIONS * c * cin * 4 <= limits.maxBindingBytes);
+}
+
+/** The cache key of w's transformed weights. */
+function weightKey(w: Tensor): string {
+  return `${w.dtype}:${w.shape.join("x")}`;
+}
+
+/**
+ * Whether the Winograd path would use kept transformed weights of w (held and valid, or room to keep them): only
+ * where they are one tensor (one group of output channels).
+ */
+export function winogradWeightsKept(w: Tensor, limits: BindingLimits): boolean {
+  const [cout, cin] = w.shape;
+  if (weightStep(cin, cout, limits) !== cout) return false;
+  return weightCache(w.device).keeps(w, weightKey(w), POSITIONS * cout * cin * 4);
 }
 
 /**
@@ -411,8 +469,7 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
   if (xStep === 0 || outStep === 0) {
     throw new Error(`conv2d: the Winograd path binds whole planes; one of x ${x} or the output does not fit a binding`);
   }
-  // Output channels whose transformed weights fit one binding (all of them below SD's widest layers).
-  const uStep = largest(cout, (c) => POSITIONS * c * cin * 4 <= limits.maxBindingBytes);
+  const uStep = weightStep(cin, cout, limits);
   // All images in one pass of each kernel (GEMMs over their tiles side by side: fewer dispatches, fuller tiles)
   // where x, the output and U each fit one binding and V and M of all images one band; else image by image.
   // A GEMM's sums run along k alone, so both give the same bits.
@@ -437,17 +494,9 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
     activation,
     vecOut: Wo % 4 === 0,
   };
-  for (const [u0, u1] of ranges(cout, uStep)) {
+  /** U[ξ, co, ci] for output channels [u0, u1). */
+  const transformed = (u0: number, u1: number): Tensor => {
     const U = Tensor.empty(device, [POSITIONS, u1 - u0, cin], "f32");
-    try {
-      convolveChannels(U, u0, u1);
-    } finally {
-      U.dispose();
-    }
-  }
-
-  /** Output channels [u0, u1), whose transformed weights U is. */
-  function convolveChannels(U: Tensor, u0: number, u1: number): void {
     const [ws, wOff] = slice(w, u0 * cin * 9, (u1 - u0) * cin * 9, limits);
     runKernel(
       device,
@@ -459,6 +508,23 @@ export function conv2dWinograd(device: Device, call: WinogradCall): void {
         buffers: { Wt: ws, U: U.slice() },
       },
     );
+    return U;
+  };
+  for (const [u0, u1] of ranges(cout, uStep)) {
+    // One group of output channels: U is all of w's, kept across calls where the cache has room.
+    const { value: U, owned } =
+      uStep === cout
+        ? weightCache(device).get(w, weightKey(w), () => transformed(u0, u1))
+        : { value: transformed(u0, u1), owned: true };
+    try {
+      convolveChannels(U, u0, u1);
+    } finally {
+      if (owned) U.dispose();
+    }
+  }
+
+  /** Output channels [u0, u1), whose transformed weights U is. */
+  function convolveChannels(U: Tensor, u0: number, u1: number): void {
     for (let b = 0; b < batch; b += images) {
       for (let row0 = 0; row0 < tilesH; row0 += rowsPerBand) {
         const tiles = Math.min(rowsPerBand, tilesH - row0) * tilesW;

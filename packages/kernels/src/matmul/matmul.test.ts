@@ -80,6 +80,11 @@ describe("chooseTiles", () => {
     expect(chooseTiles({ ...lavapipeLike, M: 77, N: 512, K: 768 })).toMatchObject({ subgroups: 5, rows: 16 });
     expect(chooseTiles({ ...lavapipeLike, subgroupSize: 16, M: 4096, N: 320, K: 320 })).toMatchObject({ rows: 32 });
     expect(chooseTiles({ ...lavapipeLike, M: 1, N: 3, K: 7 })).toMatchObject({ subgroups: 1 });
+    // At most 8 rows take 8 (16 would be half padding), 9 take 16.
+    expect(chooseTiles({ ...lavapipeLike, M: 2, N: 256, K: 128, transposeB: true })).toMatchObject({ rows: 8 });
+    expect(chooseTiles({ ...lavapipeLike, M: 8, N: 128, K: 128 })).toMatchObject({ rows: 8 });
+    expect(chooseTiles({ ...lavapipeLike, M: 9, N: 128, K: 128 })).toMatchObject({ rows: 16 });
+    expect(chooseTiles({ ...lavapipeLike, subgroupSize: 16, M: 2, N: 128, K: 128 })).toMatchObject({ rows: 16 });
     expect(chooseTiles({ ...lavapipeLike, M: 64, N: 64, K: 64, transposeA: true, transposeB: true })).toMatchObject({
       laneOwns: "m",
     });
@@ -524,6 +529,7 @@ describe("gemm with other subgroup tiles", () => {
     { ...base, laneOwns: "m" },
     { ...base, laneOwns: "n", cols: 1, uniformB: true },
     { ...base, laneOwns: "n", uniformB: true },
+    { ...base, laneOwns: "n", rows: 8, cols: 1 },
   ];
   it.skipIf(fixedSubgroupSize(device) !== 8).each(configs.map((tiles) => ({ tiles, key: tileKey(tiles) })))(
     "$key matches the reference on odd shapes, K tails and windows",

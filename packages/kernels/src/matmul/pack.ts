@@ -6,6 +6,7 @@
  * walks: a gated product's interleave value and gate columns (wgsl.ts), so the window holds them side by side.
  */
 import type { Device, DType, Tensor } from "@ldm/tensor";
+import { type DerivedCache, derivedCache } from "../common/derived.ts";
 import type { KernelDecl } from "../common/kernel.ts";
 import { UNIFORM_WINDOW_BYTES } from "./tiles.ts";
 import { operandBinding, operandReaders } from "./wgsl.ts";
@@ -56,56 +57,24 @@ export const PACK_B: KernelDecl<PackSpec> = {
   },
 };
 
-/** A device's packed windows kept across calls (see setPackCacheBudget). */
-interface PackCache {
-  budget: number;
-  bytes: number;
-  /** By B's buffer: what was packed from it (the geometry's key), at which contentsVersion. */
-  entries: Map<GPUBuffer, { key: string; version: number; packed: Tensor }>;
+/** A device's packed windows kept across calls (common/derived.ts), off until setPackCacheBudget. */
+function cacheOf(device: Device): DerivedCache {
+  return derivedCache(device, "gemm-pack", 0);
 }
 
-const caches = new WeakMap<Device, PackCache>();
-
 /**
- * Keeps the packed windows of a GEMM's B (pack.ts's PACK_B output) across calls, for up to `bytes` of GPU memory
- * on `device`; 0 (the default) packs B anew on every call, and frees what the cache held. B is a weight in the
- * Linear and GEGLU layers, the same on every call, so its pack pass (a pass over B and one dispatch) is done once.
- * An entry is used only while its buffer's `contentsVersion` is unchanged: a LoRA merge writing the weight, a
- * kernel writing it, or its tensor's disposal makes it stale, and it is packed again (or dropped) on its next use.
- * Entries are kept first come, first kept, up to the budget (stale ones are dropped to make room): a model's layers
- * run in the same order every call, which would evict every entry before its reuse if the oldest made room.
+ * Keeps the packed windows of a GEMM's B (PACK_B's output) across calls, for up to `bytes` of GPU memory on
+ * `device`; 0 (the default) packs B anew on every call, and frees what the cache held. B is a weight in the Linear
+ * and GEGLU layers, the same on every call, so its pack pass is done once (common/derived.ts says when an entry is
+ * used and which are kept).
  */
 export function setPackCacheBudget(device: Device, bytes: number): void {
-  if (!(bytes >= 0) || !Number.isFinite(bytes)) {
-    throw new Error(`setPackCacheBudget: the budget must be a finite number of bytes ≥ 0, got ${bytes}`);
-  }
-  const cache = cacheOf(device);
-  cache.budget = bytes;
-  for (const [buffer, entry] of cache.entries) {
-    if (cache.bytes <= bytes) break;
-    drop(cache, buffer, entry.packed);
-  }
+  cacheOf(device).setBudget("setPackCacheBudget", bytes);
 }
 
 /** What the pack cache of `device` holds: entries, their bytes and the budget. */
 export function packCacheStats(device: Device): { entries: number; bytes: number; budget: number } {
-  const cache = cacheOf(device);
-  return { entries: cache.entries.size, bytes: cache.bytes, budget: cache.budget };
-}
-
-function cacheOf(device: Device): PackCache {
-  let cache = caches.get(device);
-  if (!cache) {
-    cache = { budget: 0, bytes: 0, entries: new Map() };
-    caches.set(device, cache);
-  }
-  return cache;
-}
-
-function drop(cache: PackCache, buffer: GPUBuffer, packed: Tensor): void {
-  cache.entries.delete(buffer);
-  cache.bytes -= packed.byteLength;
-  packed.dispose();
+  return cacheOf(device).stats();
 }
 
 /**
@@ -113,22 +82,6 @@ function drop(cache: PackCache, buffer: GPUBuffer, packed: Tensor): void {
  * `pack()`'s, kept when the budget has room. `owned`: the caller disposes it after use.
  */
 export function cachedPack(b: Tensor, key: string, pack: () => Tensor): { packed: Tensor; owned: boolean } {
-  const device = b.device;
-  const cache = caches.get(device);
-  if (!cache || cache.budget === 0) return { packed: pack(), owned: true };
-  const buffer = b.buffer;
-  const version = device.contentsVersion(buffer);
-  const hit = cache.entries.get(buffer);
-  if (hit && hit.key === key && hit.version === version) return { packed: hit.packed, owned: false };
-  if (hit) drop(cache, buffer, hit.packed);
-  const packed = pack();
-  if (cache.bytes + packed.byteLength > cache.budget) {
-    for (const [stale, entry] of cache.entries) {
-      if (device.contentsVersion(stale) !== entry.version) drop(cache, stale, entry.packed);
-    }
-  }
-  if (cache.bytes + packed.byteLength > cache.budget) return { packed, owned: true };
-  cache.entries.set(buffer, { key, version, packed: packed.keep() });
-  cache.bytes += packed.byteLength;
-  return { packed, owned: false };
+  const { value, owned } = cacheOf(b.device).get(b, key, pack);
+  return { packed: value, owned };
 }

@@ -175,10 +175,14 @@ export function chooseTiles(inp: TileInputs): TileConfig {
  * Broadcast rows per subgroup: 24 (rounded up to a multiple of the lanes), or 16 where 24 pads the
  * broadcast extent over 10% more (M = 77 takes 5 × 16 rows, not 4 × 24). With register accumulators
  * (matmul/epilogue.ts) 24–32 rows × 4 columns ran 10–30% less CPU time than 16 on lavapipe (1024³,
- * 4096×320×320, 4096×1280×320, 4096×640×768ᵀ, interleaved runs); 8 rows were 15–20% worse than 16.
+ * 4096×320×320, 4096×1280×320, 4096×640×768ᵀ, interleaved runs); 8 rows were 15–20% worse than 16. An extent of
+ * at most 8 takes 8 rows (rounded up likewise): 16 would be half padding (a Winograd GEMM over the 8 tiles of an
+ * 8×8 image pair, the timestep embedding's 2 rows).
  */
 export function broadcastRows(lanes: number, extent: number): number {
   const roundUp = (n: number) => Math.ceil(n / lanes) * lanes;
+  const least = roundUp(8);
+  if (extent <= least) return least;
   const wide = roundUp(24);
   const narrow = roundUp(16);
   const padded = (rows: number) => Math.ceil(extent / rows) * rows;
