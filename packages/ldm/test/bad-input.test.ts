@@ -24,7 +24,7 @@ import type { TensorToWrite } from "@ldm/weights";
 import { openSafetensors, writeSafetensors } from "@ldm/weights/node";
 import { encode } from "fast-png";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { DawnLineFilter } from "../src/cli/dawn-stderr.ts";
+import { DawnLineFilter } from "../src/cli/dawn-stderr.js";
 import { estimateMemory, parameterCount } from "../src/pipeline/memory.ts";
 import { PipelineOptionError, StableDiffusion } from "../src/pipeline/stable-diffusion.ts";
 import { runCli } from "./helpers/run-cli.ts";

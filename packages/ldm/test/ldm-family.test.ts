@@ -441,10 +441,8 @@ describe("super-resolution and semantic synthesis from the library and the CLI",
         expect(failed.err).toMatch(message);
         expect(failed.err.trim().split("\n").pop()).toMatch(/^ldm: /);
       }
-      const help = (name: string) =>
-        buildProgram()
-          .commands.find((c) => c.name() === name)
-          ?.helpInformation();
+      const program = await buildProgram();
+      const help = (name: string) => program.commands.find((c) => c.name() === name)?.helpInformation();
       expect(help("upscale")).toMatch(/--steps <n> +DDIM steps \(default 100[\s\S]*--tile <cells>[\s\S]*--no-tiles/);
       expect(help("generate")).toMatch(/--segmentation <png> +semantic synthesis models:[\s\S]*index PNG/);
     } finally {

@@ -1,18 +1,24 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { packageFile } from "../package-files.ts";
-import { registerBench } from "./commands/bench.ts";
-import { registerConvert } from "./commands/convert.ts";
-import { registerDevice } from "./commands/device.ts";
-import { registerGenerate } from "./commands/generate.ts";
-import { registerInfo } from "./commands/info.ts";
-import { registerLoss } from "./commands/loss.ts";
-import { registerServe } from "./commands/serve.ts";
-import { registerTokenize } from "./commands/tokenize.ts";
-import { registerUpscale } from "./commands/upscale.ts";
-import { registerVae } from "./commands/vae.ts";
-import { registerValidate } from "./commands/validate.ts";
 import { UserError } from "./errors.ts";
+
+type Register = (program: Command) => void;
+
+/** The commands in the order `ldm --help` lists them, each with the module that registers it. */
+const COMMANDS: readonly (readonly [string, () => Promise<Register>])[] = [
+  ["device", async () => (await import("./commands/device.ts")).registerDevice],
+  ["info", async () => (await import("./commands/info.ts")).registerInfo],
+  ["convert", async () => (await import("./commands/convert.ts")).registerConvert],
+  ["tokenize", async () => (await import("./commands/tokenize.ts")).registerTokenize],
+  ["validate", async () => (await import("./commands/validate.ts")).registerValidate],
+  ["generate", async () => (await import("./commands/generate.ts")).registerGenerate],
+  ["upscale", async () => (await import("./commands/upscale.ts")).registerUpscale],
+  ["serve", async () => (await import("./commands/serve.ts")).registerServe],
+  ["loss", async () => (await import("./commands/loss.ts")).registerLoss],
+  ["vae", async () => (await import("./commands/vae.ts")).registerVae],
+  ["bench", async () => (await import("./commands/bench.ts")).registerBench],
+];
 
 /** @ldm/ldm's version: its package.json is two folders up from src/cli/ and from the published dist/cli/ alike. */
 function packageVersion(): string {
@@ -20,31 +26,30 @@ function packageVersion(): string {
   return (JSON.parse(readFileSync(manifest, "utf8")) as { version: string }).version;
 }
 
-export function buildProgram(): Command {
+/**
+ * The program with every command, or with only the command `argv` runs where it names one: a command's module
+ * (and what it imports) loads only when the command is registered, so `ldm generate` loads neither the server
+ * nor the checkpoint converter. The program's own options take no values, so the first argument that is not an
+ * option names the command; any other name (help, a typo) gets every command, for the list and the suggestions.
+ */
+export async function buildProgram(argv: readonly string[] = []): Promise<Command> {
   const program = new Command("ldm")
     .description("Latent diffusion (Stable Diffusion v1/v2) on WebGPU")
     .version(packageVersion(), "-V, --version", "print the version of @ldm/ldm")
     .option("--verbose", "print stack traces and extra detail")
     .exitOverride()
     .configureOutput({ outputError: (s, write) => write(s) });
-  registerDevice(program);
-  registerInfo(program);
-  registerConvert(program);
-  registerTokenize(program);
-  registerValidate(program);
-  registerGenerate(program);
-  registerUpscale(program);
-  registerServe(program);
-  registerLoss(program);
-  registerVae(program);
-  registerBench(program);
+  const named = argv.slice(2).find((a) => !a.startsWith("-"));
+  const run = COMMANDS.filter(([name]) => name === named);
+  const registers = await Promise.all((run.length ? run : COMMANDS).map(([, load]) => load()));
+  for (const register of registers) register(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return program;
 }
 
 /** Runs the CLI; returns the exit code (0 ok, 1 user or runtime error, 2 bad usage). */
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram(argv);
   try {
     await program.parseAsync(argv);
     return 0;

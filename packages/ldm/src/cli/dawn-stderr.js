@@ -1,8 +1,12 @@
+// @ts-check
 /**
  * Dawn writes its own warnings straight to the process's stderr from native code (on lavapipe, two lines about
  * maxDynamic*BuffersPerPipelineLayout each time an adapter is made), where nothing in JavaScript can catch
  * them; an error would print as three lines. So the CLI runs itself as a child whose stderr passes through
  * here, without Dawn's lines unless --verbose.
+ *
+ * Plain JavaScript that imports only Node: the repository's bin/ldm.mjs runs it before it registers tsx, so the
+ * launching process, which only relays the child's stderr, loads neither tsx nor the CLI.
  */
 import { spawn } from "node:child_process";
 
@@ -15,8 +19,11 @@ const GPU_COMMANDS = new Set(["generate", "validate", "loss", "bench", "device",
 /**
  * In the launching process (not --verbose): runs the CLI again as a child with Dawn's lines dropped from its
  * stderr and resolves to its exit code. In the child, or with --verbose: undefined, and the caller runs main.
+ *
+ * @param {readonly string[]} argv
+ * @returns {Promise<number | undefined>}
  */
-export async function runWithoutDawnWarnings(argv: readonly string[]): Promise<number | undefined> {
+export async function runWithoutDawnWarnings(argv) {
   if (process.env[CHILD_ENV] === "1") {
     // The terminal the parent writes to is the child's terminal: let progress bars draw as on a TTY.
     if (process.env.LDM_STDERR_TTY === "1") {
@@ -40,8 +47,9 @@ export async function runWithoutDawnWarnings(argv: readonly string[]): Promise<n
   const forward = () => child.kill("SIGTERM");
   process.on("SIGTERM", forward);
   const filter = new DawnLineFilter((text) => process.stderr.write(text));
-  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => filter.push(chunk));
-  const code = await new Promise<number>((resolve, reject) => {
+  child.stderr?.setEncoding("utf8").on("data", (/** @type {string} */ chunk) => filter.push(chunk));
+  /** @type {number} */
+  const code = await new Promise((resolve, reject) => {
     child.on("error", reject);
     child.on("close", (exitCode, signal) => resolve(exitCode ?? (signal ? 128 + signalNumber(signal) : 1)));
   });
@@ -56,11 +64,16 @@ export async function runWithoutDawnWarnings(argv: readonly string[]): Promise<n
  * without a newline): only a partial line that may still become a Dawn line is held back.
  */
 export class DawnLineFilter {
-  private held = "";
+  /** @param {(text: string) => unknown} write */
+  constructor(write) {
+    /** @private @readonly */
+    this.write = write;
+    /** @private */
+    this.held = "";
+  }
 
-  constructor(private readonly write: (text: string) => unknown) {}
-
-  push(chunk: string): void {
+  /** @param {string} chunk */
+  push(chunk) {
     const text = this.held + chunk;
     const lines = text.split("\n");
     const partial = lines.pop() ?? "";
@@ -72,12 +85,15 @@ export class DawnLineFilter {
     if (out) this.write(out);
   }
 
-  end(): void {
+  end() {
     if (this.held && !DAWN_LINE.test(this.held)) this.write(this.held);
     this.held = "";
   }
 }
 
-function signalNumber(signal: NodeJS.Signals): number {
-  return { SIGINT: 2, SIGKILL: 9, SIGTERM: 15, SIGSEGV: 11, SIGABRT: 6 }[signal as string] ?? 1;
+/** @param {NodeJS.Signals} signal */
+function signalNumber(signal) {
+  /** @type {Record<string, number>} */
+  const numbers = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15, SIGSEGV: 11, SIGABRT: 6 };
+  return numbers[signal] ?? 1;
 }
