@@ -1,6 +1,7 @@
 /** Small helpers the benchmark scripts share. */
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { isTileConfig, type TileConfig } from "@ldm/kernels";
 import { type Device, Tensor } from "@ldm/tensor";
 import { InvalidArgumentError } from "commander";
 
@@ -115,4 +116,15 @@ export function convOperands(device: Device, B: number, cin: number, cout: numbe
     [cout, cin, 3, 3],
   );
   return [x, w];
+}
+
+/** A GEMM tile from tiles.ts's tileKey form for subgroup tiles (sg<lanes>x<subgroups>r<rows><m|n>c<cols>[u]). */
+export function parseGemmTiles(key: string): TileConfig {
+  const m = /^sg(\d+)x(\d+)r(\d+)([mn])c(\d+)(u?)$/.exec(key);
+  if (!m) throw new Error(`--tiles ${key} is not a subgroup tile key like sg8x4r24nc1u`);
+  const [lanes, subgroups, rows, cols] = [1, 2, 3, 5].map((i) => Number(m[i]));
+  const laneOwns = m[4] as "m" | "n";
+  const tiles = { kind: "subgroup" as const, lanes, subgroups, rows, laneOwns, cols, uniformB: m[6] === "u" };
+  if (!isTileConfig(tiles)) throw new Error(`--tiles ${key} is not a config the GEMM kernels can run`);
+  return tiles;
 }

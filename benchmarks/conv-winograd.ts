@@ -3,19 +3,21 @@
  * `cd benchmarks && node --import tsx conv-winograd.ts [CinxCout@S[xB],…]` (default: the VAE's and UNet's
  * classes). Per call: GPU ms (timestamps) and, what a shared machine cannot disturb, the FLOPs of the direct
  * convolution per second of CPU time of lavapipe's threads (every thread but the main one, from
- * /proc/self/task/<tid>/schedstat), median of 3 rounds. Winograd's figure is "effective": the direct count over
- * its own time. `--profile`: instead, the Winograd call's GPU time per kernel (weight transform, input transform,
- * the batched GEMMs, output transform; Device.profileGpu, each dispatch in a pass of its own) and its dispatch
- * count. `--layouts`: Winograd's batched GEMMs channel-major (U · V, the B of each position read from storage)
+ * /proc/self/task/<tid>/schedstat), median of 3 rounds (`--rounds n`). Winograd's figure is "effective": the
+ * direct count over its own time. `--profile`: instead, the Winograd call's GPU time per kernel (weight transform,
+ * input transform, the batched GEMMs, output transform; Device.profileGpu, each dispatch in a pass of its own) and
+ * its dispatch count. `--layouts`: Winograd's batched GEMMs channel-major (U · V, the B of each position read from storage)
  * against the default (tile-major, the weights read through uniform windows, where that applies), interleaved as
  * direct and Winograd are otherwise. `--transform`: also Winograd with the weights transformed in every call (a
  * second device whose transformed-weight cache is off, setWinogradCacheBudget 0); "winograd" keeps them across calls
- * as conv2d does by default. Linux only. Benchmarks are not tests: nothing here asserts a time.
+ * as conv2d does by default. `--tiles key,…` (tiles.ts's tileKey form): Winograd with its batched GEMMs on these
+ * tiles as further variants (uniformB ones tile-major, others channel-major), e.g. the heuristic's tiles of
+ * another version. Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 import { readFileSync } from "node:fs";
 import { conv2d, deviceTiles, setWinogradCacheBudget } from "@ldm/kernels";
 import { Device, type Tensor } from "@ldm/tensor";
-import { convOperands, workerCpuNs } from "./common.ts";
+import { convOperands, parseGemmTiles, workerCpuNs } from "./common.ts";
 
 /** conv2d's internals (algorithm, tiles), which the package does not export by name. */
 type Conv2dInternals = NonNullable<Parameters<typeof conv2d>[3]>;
@@ -26,6 +28,16 @@ const profileOnly = args.includes("--profile");
 const layouts = args.includes("--layouts");
 const uncached = args.includes("--transform") ? await Device.create({ disableF16: true }) : null;
 if (uncached) setWinogradCacheBudget(uncached, 0);
+const roundsAt = args.indexOf("--rounds");
+const rounds = roundsAt < 0 ? 3 : Number(args.splice(roundsAt, 2)[1]);
+const tilesAt = args.indexOf("--tiles");
+const forced =
+  tilesAt < 0
+    ? []
+    : args
+        .splice(tilesAt, 2)[1]
+        .split(",")
+        .map((key) => ({ key, tiles: parseGemmTiles(key) }));
 const shapes = (
   args.find((a) => !a.startsWith("--")) ??
   "128x128@128,256x256@64,512x512@32,320x320@64x2,640x640@32x2,1280x1280@16x2,1280x1280@8x2"
@@ -62,15 +74,18 @@ for (const s of shapes) {
     transposeA: false,
     transposeB: false,
   });
-  const variants: Record<string, Conv2dInternals> = layouts
-    ? {
-        "channel-major": {
-          algorithm: "winograd",
-          gemmTiles: channelMajor.kind === "subgroup" ? { ...channelMajor, uniformB: false } : channelMajor,
-        },
-        "tile-major": { algorithm: "winograd" },
-      }
-    : { direct: { algorithm: "direct" }, winograd: { algorithm: "winograd" } };
+  const variants: Record<string, Conv2dInternals> = {
+    ...(layouts
+      ? {
+          "channel-major": {
+            algorithm: "winograd",
+            gemmTiles: channelMajor.kind === "subgroup" ? { ...channelMajor, uniformB: false } : channelMajor,
+          },
+          "tile-major": { algorithm: "winograd" },
+        }
+      : { direct: { algorithm: "direct" }, winograd: { algorithm: "winograd" } }),
+    ...Object.fromEntries(forced.map(({ key, tiles }) => [key, { algorithm: "winograd", gemmTiles: tiles }])),
+  };
   if (uncached) variants["winograd transforming"] = { algorithm: "winograd" };
   const names = Object.keys(variants);
   /** The variant's device and operands: the cache-less device's for "winograd transforming". */
@@ -83,7 +98,7 @@ for (const s of shapes) {
     conv2d(vx, vw, { padding: 1 }, variants[name]).dispose();
     await dev.sync();
   }
-  for (let r = 0; r < 3; r++) {
+  for (let r = 0; r < rounds; r++) {
     for (const name of names) {
       const [dev, vx, vw] = on(name);
       const c0 = workerCpuNs();

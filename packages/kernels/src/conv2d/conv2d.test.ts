@@ -81,7 +81,8 @@ async function check(c: Case, tol: { atol: number; rtol?: number }, internals: C
 describe("chooseConvTiles", () => {
   it("shares weights across a subgroup on CPU adapters, reads them per invocation elsewhere", () => {
     const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 320, wo: 64, ho: 64, batch: 2 };
-    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 8, rows: 16, groups: 2 });
+    // 20 channel tiles of 16: 4 workgroups of 5 subgroups (8 would cover 24).
+    expect(chooseConvTiles(cpu)).toEqual({ kind: "subgroup", lanes: 8, subgroups: 5, rows: 16, groups: 2 });
     expect(chooseConvTiles({ ...cpu, wo: 3 })).toMatchObject({ groups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 3 })).toMatchObject({ subgroups: 1 });
     expect(chooseConvTiles({ ...cpu, cout: 20 })).toMatchObject({ subgroups: 2 });

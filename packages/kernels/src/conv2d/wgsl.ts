@@ -12,7 +12,7 @@ import type { KernelBinding, KernelDecl } from "../common/kernel.ts";
 import { wgslAll } from "../common/wgsl.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { accumulatorsWgsl, EPILOGUE_PARAMS, epilogueWgsl } from "../matmul/epilogue.ts";
-import { spreadSubgroups } from "../matmul/tiles.ts";
+import { evenSubgroups, spreadSubgroups } from "../matmul/tiles.ts";
 import { operandBinding, operandReaders } from "../matmul/wgsl.ts";
 
 /** `rows` output channels × `groups` blocks of 4 consecutive pixels per invocation. */
@@ -40,10 +40,12 @@ export function chooseConvTiles(inp: ConvTileInputs): ConvTiles {
     const rows = Math.max(16, lanes);
     const groups = Math.min(2, Math.ceil(inp.wo / 4));
     const maxSubgroups = Math.max(1, Math.min(8, Math.floor(inp.maxInvocations / lanes)));
-    // Subgroups stack along the channels; few enough for lavapipe's threads to share the work (matmul/tiles.ts).
+    // Subgroups stack along the channels; few enough for lavapipe's threads to share the work, and dividing the
+    // channel tiles evenly (matmul/tiles.ts).
     const channelTiles = Math.ceil(inp.cout / rows);
     const pixelTiles = Math.ceil((inp.batch * inp.ho * Math.ceil(inp.wo / (4 * groups))) / lanes);
-    const subgroups = spreadSubgroups(Math.min(maxSubgroups, channelTiles), channelTiles * pixelTiles);
+    const spread = spreadSubgroups(Math.min(maxSubgroups, channelTiles), channelTiles * pixelTiles);
+    const subgroups = evenSubgroups(spread, channelTiles);
     return { kind: "subgroup", lanes, subgroups, rows, groups };
   }
   // GPUs take 8 output channels per invocation (what autotuning SD 1.5's UNet on an H200 chose for 18 of its

@@ -13,6 +13,7 @@ import { matmulRef } from "./reference.ts";
 import {
   CPU_WORKGROUPS,
   chooseTiles,
+  evenSubgroups,
   isTileConfig,
   spreadSubgroups,
   type TileConfig,
@@ -44,7 +45,8 @@ describe("chooseTiles", () => {
     expect(t).toEqual({
       kind: "subgroup",
       lanes: 8,
-      subgroups: 8,
+      // 171 tiles of 24 rows: 57 workgroups of 3 subgroups.
+      subgroups: 3,
       rows: 24,
       laneOwns: "n",
       cols: 1,
@@ -94,8 +96,10 @@ describe("chooseTiles", () => {
     const windowed = { ...lavapipeLike, N: 1280, K: 1280, transposeB: true };
     // Each window of B is a dispatch over all rows: 22 row tiles at M = 512, 86 at 2048, 342 at 8192.
     expect(chooseTiles({ ...windowed, M: 512 })).toMatchObject({ uniformB: true, rows: 24, subgroups: 1 });
-    expect(chooseTiles({ ...windowed, M: 2048 })).toMatchObject({ uniformB: true, subgroups: 5 });
-    expect(chooseTiles({ ...windowed, M: 8192 })).toMatchObject({ uniformB: true, subgroups: 8 });
+    // 86 row tiles: 43 workgroups of 2 cover 86 tiles, where the spread's 5 would cover 90.
+    expect(chooseTiles({ ...windowed, M: 2048 })).toMatchObject({ uniformB: true, subgroups: 2 });
+    // 342 row tiles: 57 workgroups of 6, where 8 would cover 344.
+    expect(chooseTiles({ ...windowed, M: 8192 })).toMatchObject({ uniformB: true, subgroups: 6 });
     // Without windows a dispatch has every column tile too: 8 row × 4 column tiles.
     const small = chooseTiles({ ...lavapipeLike, M: 128, N: 128, K: 128, transposeB: true });
     expect(small).toMatchObject({ uniformB: false, rows: 16, subgroups: 2 });
@@ -108,6 +112,33 @@ describe("chooseTiles", () => {
       expect(spreadSubgroups(most, tiles)).toBe(want);
     }
     expect(CPU_WORKGROUPS).toBe(16);
+  });
+
+  it("takes the most subgroups per workgroup that divide the row tiles evenly", () => {
+    for (const [most, tiles, want] of [
+      [8, 27, 3], // 640 output channels of 24 rows: 648 rows, not 8 subgroups' 768
+      [8, 11, 1], // 256 rows: 264, not 384
+      [8, 22, 2], // 512 rows: 528, not 576
+      [8, 54, 6], // 1280 rows: 1296, not 1344
+      [8, 64, 8],
+      [8, 7, 7],
+      [5, 86, 2],
+      [1, 86, 1],
+      [8, 1, 1],
+    ]) {
+      expect(evenSubgroups(most, tiles)).toBe(want);
+    }
+    // Winograd's channel-major GEMMs: 640 output channels over 36 positions of 128 tiles (SD 1.5 at 32², batch 2).
+    const channelMajor = { ...lavapipeLike, M: 640, N: 128, K: 640, batch: 36 };
+    expect(chooseTiles(channelMajor)).toMatchObject({ rows: 24, subgroups: 3 });
+    expect(chooseTiles({ ...lavapipeLike, M: 200, N: 256, K: 19 })).toMatchObject({ rows: 24, subgroups: 3 });
+    // Only the last subgroup tile reaches past M.
+    for (const M of [77, 128, 256, 320, 512, 640, 1280, 2048, 2560, 8192]) {
+      const t = chooseTiles({ ...lavapipeLike, M, N: 4096, K: 64 });
+      if (t.kind !== "subgroup") throw new Error("subgroup tiles expected");
+      const wg = t.rows * t.subgroups;
+      expect(Math.ceil(M / wg) * wg - M).toBeLessThan(t.rows);
+    }
   });
 
   it("uses workgroup-memory tiles on GPUs and where the subgroup size is not fixed", () => {
@@ -448,6 +479,8 @@ describe("gemm with the device's tiles", () => {
     await check({ M: 1, N: 3, K: 7 }, "device", f32Tol(7));
     await check({ M: 130, N: 36, K: 1 }, "device", f32Tol(1));
     await check({ M: 2, N: 1, K: 300, transposeB: true }, "device", f32Tol(300));
+    // Workgroups of 3 subgroups on lavapipe (9 row tiles of 24 split evenly), the last tile reaching past M.
+    await check({ M: 200, N: 256, K: 19 }, "device", f32Tol(19));
   });
 
   it("batches, sharing either operand", async () => {

@@ -147,6 +147,18 @@ export function spreadSubgroups(most: number, tiles: number): number {
   return Math.min(most, Math.max(1, Math.floor(tiles / CPU_WORKGROUPS)));
 }
 
+/**
+ * Subgroups per workgroup for `tiles` subgroup tiles along the broadcast dimension (of each batch item): the most,
+ * at most `most`, that divide them evenly. Workgroups cover whole multiples of their subgroups, and the last one's
+ * subgroups past M compute clamped rows like any other, so 8 subgroups of 24 rows took 640 output channels
+ * (27 tiles) as 768 rows, where 3 take them as 648; the subgroups of a broadcast tile share nothing, so fewer per
+ * workgroup cost no CPU time (benchmarks/RESULTS.md, "Small GEMMs and convolutions" and "SD 1.5's UNet shapes").
+ */
+export function evenSubgroups(most: number, tiles: number): number {
+  for (let s = Math.min(most, tiles); s > 1; s--) if (tiles % s === 0) return s;
+  return 1;
+}
+
 export function chooseTiles(inp: TileInputs): TileConfig {
   const matrix = inp.matrix && !inp.isCpu ? chooseMatrixTiles({ ...inp, ...inp.matrix }) : null;
   if (matrix) return matrix;
@@ -164,7 +176,8 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     const items = uniformB && (inp.windowSets ?? 1) > 1 ? 1 : (inp.batch ?? 1);
     const rowTiles = Math.ceil(broadcastExtent(inp) / rows) * items;
     const ownedTiles = uniformB ? 1 : Math.ceil(ownedExtent(inp) / (lanes * 4));
-    return { ...tiles, uniformB, subgroups: spreadSubgroups(subgroups, rowTiles * ownedTiles) };
+    const spread = spreadSubgroups(subgroups, rowTiles * ownedTiles);
+    return { ...tiles, uniformB, subgroups: evenSubgroups(spread, Math.ceil(broadcastExtent(inp) / rows)) };
   }
   const big: WorkgroupTiles = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 };
   const fitsBig = inp.maxInvocations >= 256 && inp.maxWorkgroupStorageBytes >= workgroupStorageBytes(big);
