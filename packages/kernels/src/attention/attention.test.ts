@@ -82,8 +82,9 @@ describe("attentionTiling", () => {
       dChunk: 40,
       keyBlock: 2,
       qChunk: 40,
-      workgroupSize: 64,
+      workgroupSize: 8,
     });
+    expect(fusedTiling({ isCpu: true, subgroupSize: 16 }, 40, 77)).toMatchObject({ workgroupSize: 16 });
     expect(fusedTiling(lavapipe, 16, 4096)).toMatchObject({ rowsPerInvocation: 4 });
     expect(fusedTiling(lavapipe, 80, 1024)).toMatchObject({ rowsPerInvocation: 2 });
     expect(fusedTiling(lavapipe, 64, 77)).toMatchObject({ rowsPerInvocation: 2 });

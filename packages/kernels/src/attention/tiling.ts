@@ -193,6 +193,16 @@ function cpuRows(d: number, nq: number, most: number): number {
   return Math.max(1, Math.min(Math.floor(CPU_ROW_BUDGET / d), most, nq));
 }
 
+/**
+ * Subgroups per workgroup of the fused kernel on CPU adapters: one. llvmpipe hands whole workgroups to its threads,
+ * and small heads have few invocations (the built-in model's 16 queries × 4 heads × batch 2 at 4 rows per lane: 32),
+ * which 64-lane workgroups left on one core. GPU time per call, one subgroup against eight (40 calls timed together,
+ * quiet machine): 16×77 × 4 heads × 32 0.92 → 0.15 ms, 64×64 0.80 → 0.39, 64×77 0.84 → 0.25, 16×16 0.37 → 0.12;
+ * larger heads the same within noise (1024×77 × 8 × 40 9.8 / 10.1 ms, 512² × 4 × 32 7.6 / 6.5, 64×77 × 8 × 160
+ * 7.2 / 6.6).
+ */
+const CPU_FUSED_WORKGROUP_SUBGROUPS = 1;
+
 /** The fused kernel's tiles: where windows and blocked GEMMs do not apply (and to compare them against). */
 export function fusedTiling(adapter: AdapterTraits, d: number, nq: number): FusedTiling {
   const sg = adapter.subgroupSize;
@@ -216,6 +226,6 @@ export function fusedTiling(adapter: AdapterTraits, d: number, nq: number): Fuse
     dChunk: columnChunk(d, 1, CPU_MAX_COLUMNS),
     keyBlock: qChunk === d ? 2 : 8,
     qChunk: d % qChunk === 0 ? qChunk : d,
-    workgroupSize: 64,
+    workgroupSize: CPU_FUSED_WORKGROUP_SUBGROUPS * sg,
   };
 }
