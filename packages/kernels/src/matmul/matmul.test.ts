@@ -58,9 +58,23 @@ describe("chooseTiles", () => {
     expect(chooseTiles({ ...lavapipeLike, M: 8192, N: 320, K: 320, transposeB: true })).toMatchObject({
       uniformB: true,
     });
-    // GEGLU at SD's 16² level: 320 × 3 windows.
-    expect(chooseTiles({ ...lavapipeLike, M: 512, N: 10240, K: 1280, transposeB: true })).toMatchObject({
+    // 20 × 2 and 20 × 3 windows take them, 22 × 3 not; SD's GEGLU at 16² would take 320 × 3 and its 1280-wide
+    // linears 40 × 3: from storage.
+    expect(chooseTiles({ ...lavapipeLike, M: 2048, N: 640, K: 640, transposeB: true })).toMatchObject({
       uniformB: true,
+    });
+    expect(chooseTiles({ ...lavapipeLike, M: 2048, N: 640, K: 1536, transposeB: true })).toMatchObject({
+      uniformB: true,
+    });
+    expect(chooseTiles({ ...lavapipeLike, M: 2048, N: 704, K: 1536, transposeB: true })).toMatchObject({
+      uniformB: false,
+    });
+    expect(chooseTiles({ ...lavapipeLike, M: 512, N: 10240, K: 1280, transposeB: true })).toMatchObject({
+      uniformB: false,
+    });
+    expect(chooseTiles({ ...lavapipeLike, M: 512, N: 1280, K: 1280, transposeB: true })).toMatchObject({
+      uniformB: false,
+      subgroups: 2,
     });
     // Fewer rows than two workgroups, or a 1×1 convolution over 512² pixels (8192 windows).
     expect(chooseTiles({ ...lavapipeLike, M: 154, N: 320, K: 768, transposeB: true })).toMatchObject({
@@ -93,7 +107,7 @@ describe("chooseTiles", () => {
   });
 
   it("spreads a dispatch over at least CPU_WORKGROUPS workgroups where it has the subgroup tiles", () => {
-    const windowed = { ...lavapipeLike, N: 1280, K: 1280, transposeB: true };
+    const windowed = { ...lavapipeLike, N: 640, K: 640, transposeB: true };
     // Each window of B is a dispatch over all rows: 22 row tiles at M = 512, 86 at 2048, 342 at 8192.
     expect(chooseTiles({ ...windowed, M: 512 })).toMatchObject({ uniformB: true, rows: 24, subgroups: 1 });
     // 86 row tiles: 43 workgroups of 2 cover 86 tiles, where the spread's 5 would cover 90.

@@ -122,10 +122,22 @@ const MAX_WINDOWS = 1024;
  * 8192 windows of 32).
  */
 export function windowsPay(t: SubgroupTiles, inp: Pick<TileInputs, "M" | "N" | "K" | "windowSets">): boolean {
-  const window = uniformWindow(t, inp.K);
-  const windows = Math.ceil(inp.N / window.n) * Math.ceil(inp.K / window.k) * (inp.windowSets ?? 1);
-  return inp.M >= 2 * t.rows * t.subgroups && windows <= MAX_WINDOWS;
+  return inp.M >= 2 * t.rows * t.subgroups && windowsPerSet(t, inp) * (inp.windowSets ?? 1) <= MAX_WINDOWS;
 }
+
+/** Windows (dispatches) one B of the GEMM takes with uniformB tiles. */
+export function windowsPerSet(t: SubgroupTiles, inp: Pick<TileInputs, "N" | "K">): number {
+  const window = uniformWindow(t, inp.K);
+  return Math.ceil(inp.N / window.n) * Math.ceil(inp.K / window.k);
+}
+
+/**
+ * Most windows per B that the GEMM planner takes: beyond it B from storage ran faster on a quiet machine (FLOPs per
+ * second of GPU time, windows / storage, interleaved: SD's linears 512×1280×1280ᵀ in 120 windows 40.2 / 47.7,
+ * 512×1280×5120ᵀ in 400 22.1 / 35.5, GEGLU 512×10240×1280 in 960 33.2 / 46.3 and 2048×5120×640 in 320 31.0 / 42.8;
+ * ties at 40 and 10 windows: 2048×640×640ᵀ 30.1 / 30.8, 8192×320×320ᵀ 31.2 / 30.7–32.7).
+ */
+const GEMM_MAX_WINDOWS_PER_SET = 64;
 
 /** Owned groups of 4 per lane that the broadcast tiles are written for. */
 const SUBGROUP_COLS = [1, 2];
@@ -170,7 +182,8 @@ export function chooseTiles(inp: TileInputs): TileConfig {
     const rows = broadcastRows(lanes, broadcastExtent(inp));
     const subgroups = subgroupsFor(inp, lanes, rows);
     const tiles: SubgroupTiles = { kind: "subgroup", lanes, subgroups, rows, laneOwns, cols: 1, uniformB: false };
-    const uniformB = laneOwns === "n" && windowsPay(tiles, inp);
+    const uniformB =
+      laneOwns === "n" && windowsPay(tiles, inp) && windowsPerSet(tiles, inp) <= GEMM_MAX_WINDOWS_PER_SET;
     // A dispatch covers every row tile of its batch items (of one item, with a window set per item) and, with
     // windows of B, one column of workgroups (one window).
     const items = uniformB && (inp.windowSets ?? 1) > 1 ? 1 : (inp.batch ?? 1);
