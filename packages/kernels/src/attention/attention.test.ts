@@ -27,7 +27,7 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 40, 4096, 4096)).toEqual({
       kind: "window",
       subgroupSize: 8,
-      rowsPerInvocation: 2,
+      rowsPerInvocation: 4,
       keyBlock: 2,
       windowKeys: 373,
       workgroupSize: 64,

@@ -133,11 +133,13 @@ export function queryBlockRows(nq: number, nk: number): number {
 }
 
 /**
- * Query rows per lane with windows. Their loads are cheaper than the fused kernel's, so rows amortise less: for
- * d = 40, 2 rows ran as fast as 4 (15.8 / 13.8 against 14.3 / 14.1 GFLOP/CPU-s, two interleaved runs) and
- * compiled in about a quarter of the time; for d = 80, 2 rows beat 1 (11.4–11.7 against 9.7).
+ * Most query rows per lane, fused kernel and windows alike (within CPU_ROW_BUDGET). Windows had 2 from runs on a
+ * loaded machine (d = 40: 2 rows as fast as 4); on a quiet one 4 rows ran SD's 4096-token self-attention in 903 /
+ * 956 ms of GPU time against 1111 / 1045 (26.6 / 27.2 against 21.1 / 22.4 GFLOP/CPU-s, interleaved) and tied on its
+ * cross-attention (4096×77: 19.0 / 17.9), compiling in about a second either way. Eight rows compiled for 19 s and
+ * ran slower (fused: 19.9 against 21.4).
  */
-const WINDOW_MAX_ROWS = 2;
+const CPU_MAX_ROWS = 4;
 
 /**
  * Query rows from which windows beat the fused kernel. Windows cost a pack dispatch and one dispatch per window
@@ -146,9 +148,11 @@ const WINDOW_MAX_ROWS = 2;
  * time: 4096×77 at d = 40 1.07–1.2× with windows, 4096² 1.0×, 1024×77 0.83×, 256×77 0.64×, 512² at d = 32 0.83×); with
  * fewer rows per lane (d = 80, 160) windows win from 128 rows (128×77 at d = 160 1.7×, 1024² at d = 80 1.8×)
  * and tie at 64. The built-in model's heads (d = 32, 16–64 rows) ran 16 dispatches per call as windows, 1 fused.
+ * (Those windows had 2 rows per lane; with 4, GPU ms windows / fused: 1024×77 at d = 40 12 / 12, 1024² 90 / 85,
+ * 512² at d = 32 12 / 9.)
  */
 export function windowMinQueries(d: number): number {
-  return cpuRows(d, Number.POSITIVE_INFINITY, 4) >= 4 ? 4096 : 128;
+  return cpuRows(d, Number.POSITIVE_INFINITY, CPU_MAX_ROWS) >= CPU_MAX_ROWS ? 4096 : 128;
 }
 
 /** Floats in one window of packed K or V: WebGPU's default maxUniformBufferBindingSize, which every adapter has. */
@@ -179,7 +183,7 @@ export function attentionTiling(
     return {
       kind: "window",
       subgroupSize: adapter.subgroupSize,
-      rowsPerInvocation: cpuRows(d, nq, WINDOW_MAX_ROWS),
+      rowsPerInvocation: cpuRows(d, nq, CPU_MAX_ROWS),
       keyBlock: 2,
       windowKeys: windowKeys(d, nk),
       workgroupSize: 64,
@@ -222,7 +226,7 @@ export function fusedTiling(adapter: AdapterTraits, d: number, nq: number): Fuse
   return {
     kind: "subgroup",
     subgroupSize: sg,
-    rowsPerInvocation: cpuRows(d, nq, 4),
+    rowsPerInvocation: cpuRows(d, nq, CPU_MAX_ROWS),
     dChunk: columnChunk(d, 1, CPU_MAX_COLUMNS),
     keyBlock: qChunk === d ? 2 : 8,
     qChunk: d % qChunk === 0 ? qChunk : d,
