@@ -7,7 +7,8 @@
  * direct count over its own time. `--profile`: instead, the Winograd call's GPU time per kernel (weight transform,
  * input transform, the batched GEMMs, output transform; Device.profileGpu, each dispatch in a pass of its own) and
  * its dispatch count. `--layouts`: Winograd's batched GEMMs channel-major (U · V, the B of each position read from storage)
- * against the default (tile-major, the weights read through uniform windows, where that applies), interleaved as
+ * against tile-major with the weights read through uniform windows (windowedTileMajorTiles, forced; the heuristic
+ * takes it only for very few tiles, from storage), interleaved as
  * direct and Winograd are otherwise. `--transform`: also Winograd with the weights transformed in every call (a
  * second device whose transformed-weight cache is off, setWinogradCacheBudget 0); "winograd" keeps them across calls
  * as conv2d does by default. `--tiles key,…` (tiles.ts's tileKey form): Winograd with its batched GEMMs on these
@@ -15,7 +16,7 @@
  * another version. Linux only. Benchmarks are not tests: nothing here asserts a time.
  */
 import { readFileSync } from "node:fs";
-import { conv2d, deviceTiles, setWinogradCacheBudget } from "@ldm/kernels";
+import { conv2d, deviceTiles, setWinogradCacheBudget, windowedTileMajorTiles } from "@ldm/kernels";
 import { Device, type Tensor } from "@ldm/tensor";
 import { convOperands, parseGemmTiles, workerCpuNs } from "./common.ts";
 
@@ -74,6 +75,14 @@ for (const s of shapes) {
     transposeA: false,
     transposeB: false,
   });
+  // Tile-major GEMMs reading U through windows, as windowedTileMajorTiles makes them for the whole image's tiles.
+  const tileProblem = { M: B * (S / 4) ** 2, N: cout, K: cin, windowSets: 36 };
+  const tileMajor = windowedTileMajorTiles(
+    deviceTiles(device, { ...tileProblem, transposeA: false, transposeB: true }),
+    tileProblem,
+  );
+  if (layouts && !tileMajor)
+    console.log(`conv ${cin}→${cout} @ ${S}² ×${B}: no windowed tile-major tiles (heuristic's)`);
   const variants: Record<string, Conv2dInternals> = {
     ...(layouts
       ? {
@@ -81,7 +90,7 @@ for (const s of shapes) {
             algorithm: "winograd",
             gemmTiles: channelMajor.kind === "subgroup" ? { ...channelMajor, uniformB: false } : channelMajor,
           },
-          "tile-major": { algorithm: "winograd" },
+          "tile-major": { algorithm: "winograd", gemmTiles: tileMajor ?? undefined },
         }
       : { direct: { algorithm: "direct" }, winograd: { algorithm: "winograd" } }),
     ...Object.fromEntries(forced.map(({ key, tiles }) => [key, { algorithm: "winograd", gemmTiles: tiles }])),

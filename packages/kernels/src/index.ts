@@ -5,7 +5,12 @@ export { foldGrid, LINEAR_WORKGROUP_ID } from "./common/grid.ts";
 export { assertBindable, assertDType, wgslEnables, wgslType } from "./common/wgsl.ts";
 export { type Conv2dOptions, type ConvInput, conv2d } from "./conv2d/index.ts";
 export { conv1x1FromTokens, conv1x1ToTokens } from "./conv2d/tokens.ts";
-export { setWinogradCacheBudget, WINOGRAD_CACHE_BYTES, winogradCacheStats } from "./conv2d/winograd.ts";
+export {
+  setWinogradCacheBudget,
+  WINOGRAD_CACHE_BYTES,
+  windowedTileMajorTiles,
+  winogradCacheStats,
+} from "./conv2d/winograd.ts";
 export {
   add,
   affine,

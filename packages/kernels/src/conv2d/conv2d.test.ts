@@ -24,6 +24,7 @@ import {
   tileMajorTiles,
   WINOGRAD_CACHE_BYTES,
   WINOGRAD_F4,
+  windowedTileMajorTiles,
   winogradApplies,
   winogradCacheStats,
   winogradWeightsKept,
@@ -431,23 +432,27 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     });
   });
 
-  it("takes tile-major GEMMs where the heuristic's tiles read windows, with 64 output channels a window", () => {
+  it("keeps the GEMMs channel-major where the heuristic's tiles read windows; forced tile-major takes 64 channels a window", () => {
     const heuristic = { kind: "subgroup", lanes: 8, subgroups: 8, rows: 24, laneOwns: "n", cols: 1 } as const;
     // 128 channels at 512²: bands of 28 tile rows.
     const band = { M: 3584, N: 128, K: 128, windowSets: 36 };
-    expect(tileMajorTiles({ ...heuristic, uniformB: true }, band)).toEqual({
+    expect(tileMajorTiles({ ...heuristic, uniformB: true }, band)).toBeNull();
+    expect(windowedTileMajorTiles({ ...heuristic, uniformB: true }, band)).toEqual({
       ...heuristic,
       subgroups: 4,
       rows: 16,
       cols: 2,
       uniformB: true,
     });
-    expect(tileMajorTiles({ ...heuristic, uniformB: false }, band)).toBeNull();
+    expect(windowedTileMajorTiles({ ...heuristic, uniformB: false }, band)).toBeNull();
     // 36 × 20 × 5 windows of 64 columns × 256 steps are over the limit.
-    expect(tileMajorTiles({ ...heuristic, uniformB: true }, { ...band, N: 1280, K: 1280 })).toBeNull();
-    expect(tileMajorTiles({ ...heuristic, lanes: 16, rows: 32, uniformB: true }, band)).toMatchObject({ rows: 16 });
+    expect(windowedTileMajorTiles({ ...heuristic, uniformB: true }, { ...band, N: 1280, K: 1280 })).toBeNull();
+    expect(windowedTileMajorTiles({ ...heuristic, lanes: 16, rows: 32, uniformB: true }, band)).toMatchObject({
+      rows: 16,
+    });
     const workgroup = { kind: "workgroup", tileM: 64, tileN: 64, tileK: 16, threadM: 4, threadN: 4 } as const;
     expect(tileMajorTiles(workgroup, band)).toBeNull();
+    expect(windowedTileMajorTiles(workgroup, band)).toBeNull();
   });
 
   it("takes tile-major GEMMs from storage where a band has fewer tiles than a channel-major subgroup's columns", () => {
@@ -556,12 +561,24 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     await check({ x: [2, 3, 8, 8], w: [16, 3, 3, 3], padding: 1, bias: true }, winoTol(27));
   });
 
-  it.skipIf(!lanes8)("runs tile-major by the heuristic on an image of 400 tiles", async () => {
-    const dispatches = vi.spyOn(device, "dispatch");
+  it.skipIf(!lanes8)("runs the GEMMs channel-major by the heuristic on an image of 400 tiles", async () => {
     await check({ x: [1, 3, 80, 80], w: [5, 3, 3, 3], padding: 1, bias: true }, winoTol(27), winograd);
-    // Weight transform, input transform, U packed, 36 positions × one window, output transform.
-    expect(dispatches).toHaveBeenCalledTimes(4 + 36);
+    // The same bits as channel-major forced, in fewer dispatches than tile-major through windows (36 and more).
+    const x = Tensor.from(device, randomArray(3 * 80 * 80, 51), [1, 3, 80, 80]);
+    const w = Tensor.from(device, randomArray(5 * 3 * 9, 52), [5, 3, 3, 3]);
+    const dispatches = vi.spyOn(device, "dispatch");
+    const heuristic = conv2d(x, w, { padding: 1 }, winograd);
+    const heuristicDispatches = dispatches.mock.calls.length;
+    dispatches.mockClear();
+    const windowed = conv2d(x, w, { padding: 1 }, tileMajor);
+    const windowedDispatches = dispatches.mock.calls.length;
     dispatches.mockRestore();
+    const channelMajor = conv2d(x, w, { padding: 1 }, { ...winograd, gemmTiles: { ...storageTiles, cols: 1 } });
+    expect(heuristicDispatches).toBeLessThan(36);
+    expect(windowedDispatches).toBeGreaterThanOrEqual(36);
+    const [a, b] = await Promise.all([heuristic, channelMajor].map((t) => t.toFloat32()));
+    expect(a).toEqual(b);
+    for (const t of [x, w, heuristic, windowed, channelMajor]) t.dispose();
   });
 
   it.skipIf(!lanes8)("gives channel-major's bits tile-major, a dispatch per position and window", async () => {

@@ -7,10 +7,10 @@
  *   M[ξ] (Cout × tiles) = U[ξ] (Cout × Cin) · V[ξ] (Cin × tiles),  U[ξ] = (G g Gᵀ)[ξ],  V[ξ] = (Bᵀ d B)[ξ],
  *
  * so a 4×4 block costs 36 multiply-adds per channel pair instead of 144: the same GEMM kernel does a quarter of
- * the direct convolution's arithmetic. Where a band has enough tiles (or very few: tileMajorTiles), the GEMMs run
- * transposed ("tile-major"), Mᵀ[ξ] (tiles × Cout) = Vᵀ[ξ] · Uᵀ[ξ]: the weights U are then the GEMM's B, which CPU
- * adapters read through uniform windows (matmul/tiles.ts; a third of a storage load's instructions on llvmpipe), a
- * window set per position; V and M are then laid out tiles × channels. Three small kernels surround the GEMMs: the
+ * the direct convolution's arithmetic. Where a band has very few tiles (tileMajorTiles), or where forced
+ * (windowedTileMajorTiles), the GEMMs run transposed ("tile-major"), Mᵀ[ξ] (tiles × Cout) = Vᵀ[ξ] · Uᵀ[ξ]: the
+ * weights U are then the GEMM's B, which CPU adapters can read through uniform windows (matmul/tiles.ts), a window
+ * set per position; V and M are then laid out tiles × channels. Three small kernels surround the GEMMs: the
  * weight transform (its output kept across calls within a budget, setWinogradCacheBudget; where it runs in every
  * call, the path is taken only where enough tiles share it), the input transform (x → V, 2.25× the input's size)
  * and the output transform (M → out, with the convolution's
@@ -338,21 +338,34 @@ export interface WinogradCall extends ConvOperands {
 
 /**
  * The tile-major GEMMs' tiles, or null where the GEMMs stay channel-major (U · V, whose broadcast rows are output
- * channels and whose lanes own tiles: the same loads without the windows' dispatches). Tile-major where the GEMM
- * heuristic's tiles (`heuristic`, for the tile-major problem) read B through windows, with 4 subgroups × 16 rows
- * and 2 groups of 4 owned columns per lane: every window's dispatch reads the band's V[ξ] whole, and 64 output
- * channels a window halve those reads against the heuristic's 32. Lavapipe, interleaved, CPU time: 128 → 128 @
- * 512² and 256 → 256 @ 256² 10–16% faster than 8 × 24 rows × 1 group in three runs, 512 → 512 @ 128² within ±6%.
- * Also tile-major, with the heuristic's storage-B tiles, where the band has fewer tiles (problem.M) than the lanes
- * of a channel-major subgroup own (4 each): there most of those lanes would compute padding (8×8 at batch 2 is 8
- * tiles, a quarter of 32), while tile-major they own output channels and the few tiles are broadcast rows.
+ * channels and whose lanes own tiles). Tile-major, with the heuristic's storage-B tiles, where the band has fewer
+ * tiles (problem.M) than the lanes of a channel-major subgroup own (4 each): there most of those lanes would compute
+ * padding (8×8 at batch 2 is 8 tiles, a quarter of 32), while tile-major they own output channels and the few tiles
+ * are broadcast rows. Not where the heuristic's tiles read windows (windowedTileMajorTiles): on a quiet machine
+ * channel-major ran as fast or faster on SD's shapes (benchmarks/RESULTS.md, "Winograd channel-major again").
  */
 export function tileMajorTiles(
   heuristic: TileConfig,
   problem: { M: number; N: number; K: number; windowSets: number },
 ): SubgroupTiles | null {
-  if (heuristic.kind !== "subgroup") return null;
-  if (!heuristic.uniformB) return problem.M < heuristic.lanes * 4 && heuristic.laneOwns === "n" ? heuristic : null;
+  if (heuristic.kind !== "subgroup" || heuristic.uniformB) return null;
+  return problem.M < heuristic.lanes * 4 && heuristic.laneOwns === "n" ? heuristic : null;
+}
+
+/**
+ * Tile-major GEMMs reading U through windows, for benchmarks and tests to force (`gemmTiles`), or null where the
+ * heuristic's tiles (`heuristic`, for the tile-major problem) would not read windows or they do not pay: 4
+ * subgroups × 16 rows and 2 groups of 4 owned columns per lane, so every window's dispatch reads the band's V[ξ]
+ * whole and 64 output channels a window halve those reads against the heuristic's 32. They ran 10–16% faster
+ * than channel-major on a loaded machine, but on a quiet one slower on most of SD's shapes (GPU time, interleaved:
+ * 320 → 320 @ 64² ×2 122 against 93 ms, 512 → 256 @ 256² 1307 against 1175) and faster only on 256 → 256 @ 128²
+ * (177 against 227).
+ */
+export function windowedTileMajorTiles(
+  heuristic: TileConfig,
+  problem: { M: number; N: number; K: number; windowSets: number },
+): SubgroupTiles | null {
+  if (heuristic.kind !== "subgroup" || !heuristic.uniformB) return null;
   const rows = Math.ceil(16 / heuristic.lanes) * heuristic.lanes;
   const tiles: SubgroupTiles = { ...heuristic, subgroups: 4, rows, cols: 2, laneOwns: "n", uniformB: true };
   return windowsPay(tiles, problem) ? tiles : null;
