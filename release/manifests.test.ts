@@ -92,10 +92,14 @@ describe("package manifests", () => {
         expect(pkg.publishConfig?.imports).toEqual(pkg.imports && toDist(pkg.imports));
       });
 
-      it("keeps only TypeScript (and notes) in src/: the build compiles .ts and copies nothing else", () => {
+      it("keeps only what the build compiles (TypeScript, JavaScript with allowJs) and notes in src/: it copies nothing else", () => {
         const src = join(root, "packages", dir, "src");
+        const build = readJson<{ compilerOptions?: { allowJs?: boolean } }>(
+          join(root, "packages", dir, "tsconfig.build.json"),
+        );
+        const compiled = build.compilerOptions?.allowJs ? /\.(ts|js|md)$/ : /\.(ts|md)$/;
         const others = readdirSync(src, { recursive: true, withFileTypes: true })
-          .filter((e) => e.isFile() && !/\.(ts|md)$/.test(e.name))
+          .filter((e) => e.isFile() && !compiled.test(e.name))
           .map((e) => join(e.parentPath, e.name).slice(root.length + 1));
         expect(
           others,
