@@ -51,18 +51,20 @@ export function requirePythonPeer(what: string): void {
   process.exit(1);
 }
 
-/** Median wall-clock ms of `record` (GPU work recorded, then awaited), after one warm-up call. */
+/** Wall-clock ms of one call of `record`: its GPU work recorded, then awaited. */
+export async function wallMs(device: Device, record: () => Tensor): Promise<number> {
+  const start = performance.now();
+  const out = record();
+  await device.sync();
+  out.dispose();
+  return performance.now() - start;
+}
+
+/** Median wall-clock ms (wallMs) of `record`, after one warm-up call. */
 export async function medianMs(device: Device, repeats: number, record: () => Tensor): Promise<number> {
-  const once = async () => {
-    const start = performance.now();
-    const out = record();
-    await device.sync();
-    out.dispose();
-    return performance.now() - start;
-  };
-  await once();
+  await wallMs(device, record);
   const times: number[] = [];
-  for (let r = 0; r < repeats; r++) times.push(await once());
+  for (let r = 0; r < repeats; r++) times.push(await wallMs(device, record));
   return median(times);
 }
 

@@ -1,9 +1,14 @@
 """Times the SD 1.5 networks on PyTorch, as the peer of benchmarks/e2e.ts (CPU) and benchmarks/gpu.ts (CUDA):
 the UNet forward at batch 2 (classifier-free guidance) on an S×S latent, the VAE decode of one S×S
-latent, and the CLIP text encoder on batch 2 (77 tokens). Each under torch.no_grad after one warm-up
-call; the median of --repeats wall-clock runs (after a CUDA synchronize). Prints one JSON object.
+latent, and the CLIP text encoder on batch 2 (77 tokens), each under torch.no_grad. By default: one warm-up
+call, then the median of --repeats wall-clock runs (after a CUDA synchronize); prints one JSON object.
 
-Usage: /usr/bin/python3 reference/bench_torch.py CHECKPOINT.safetensors CONFIG.yaml [--latent S] [--threads N]
+--serve times one call at a time on request, so that e2e.ts can take turns with its own calls: after loading
+it prints {"peer", "latent", "load_ms"}, then reads commands from stdin, one a line (unet, vae_decode or clip:
+one call of that part, answered by {"part", "ms"}; quit or the end of stdin stops it; any other command exits
+with status 2). Warm-up calls are the caller's to make.
+
+Usage: /usr/bin/python3 reference/bench_torch.py CHECKPOINT.safetensors CONFIG.yaml [--latent S] [--threads N] [--serve]
        python3 reference/bench_torch.py --random [--device cuda] [--no-tf32] [--half] [--sdpa]
 The random-weight SD 1.5 checkpoint comes from `/usr/bin/python3 reference/full_size.py`; --random builds
 the same architecture with PyTorch's default initialisation instead (no file: what a GPU machine without
@@ -56,19 +61,41 @@ def sdpa_forward(self, x, context=None):
     return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
-def median_ms(fn, repeats, device, half=False):
-    def timed():
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) * 1000
+def timed_ms(fn, device):
+    """Wall-clock ms of one call of fn (after a CUDA synchronize)."""
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000
 
+
+@contextlib.contextmanager
+def inference(device, half):
     # Autocast runs the normalisations and softmax in float32 on float16 weights, as diffusers' fp16 runs do.
     precision = torch.autocast(device.type, dtype=torch.float16) if half else contextlib.nullcontext()
     with torch.no_grad(), precision:
-        timed()  # warm-up: first-call allocations (and CUDA's kernel selection)
-        return statistics.median(timed() for _ in range(repeats))
+        yield
+
+
+def median_ms(fn, repeats, device, half=False):
+    with inference(device, half):
+        timed_ms(fn, device)  # warm-up: first-call allocations (and CUDA's kernel selection)
+        return statistics.median(timed_ms(fn, device) for _ in range(repeats))
+
+
+def serve(parts, device, half):
+    """Answers one timed call per command line of stdin (see the module docstring)."""
+    with inference(device, half):
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "quit":
+                return
+            if command not in parts:
+                print(f"bench_torch.py --serve: unknown command {command!r}; commands: {', '.join(parts)}, quit",
+                      file=sys.stderr)
+                sys.exit(2)
+            print(json.dumps({"part": command, "ms": timed_ms(parts[command], device)}), flush=True)
 
 
 def main():
@@ -86,6 +113,8 @@ def main():
     parser.add_argument("--latent", type=int, default=64, help="latent side S (64 = a 512×512 image)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve", action="store_true",
+                        help="time one call per command read from stdin instead of medians (benchmarks/e2e.ts)")
     args = parser.parse_args()
     if args.random == bool(args.checkpoint or args.config):
         sys.exit("give either CHECKPOINT CONFIG or --random")
@@ -137,16 +166,19 @@ def main():
     if args.half:
         x, context, z = x.half(), context.half(), z.half()
 
-    result = {
-        "peer": f"torch {torch.__version__} {where}",
-        "latent": s,
-        "load_ms": load_ms,
+    parts = {
         # The crossattn UNet call of apply_model; upsample_to_skip (as ours) lets latents that do not halve evenly run.
-        "unet_ms": median_ms(lambda: unet(x, timesteps, context=context, upsample_to_skip=True), args.repeats, device, args.half),
-        "vae_decode_ms": median_ms(lambda: model.first_stage_model.decode(z), args.repeats, device, args.half),
-        "clip_ms": median_ms(lambda: model.cond_stage_model(ids), args.repeats, device, args.half),
+        "unet": lambda: unet(x, timesteps, context=context, upsample_to_skip=True),
+        "vae_decode": lambda: model.first_stage_model.decode(z),
+        "clip": lambda: model.cond_stage_model(ids),
     }
-    print(json.dumps(result))
+    loaded = {"peer": f"torch {torch.__version__} {where}", "latent": s, "load_ms": load_ms}
+    if args.serve:
+        print(json.dumps(loaded), flush=True)
+        serve(parts, device, args.half)
+        return
+    timings = {f"{name}_ms": median_ms(fn, args.repeats, device, args.half) for name, fn in parts.items()}
+    print(json.dumps({**loaded, **timings}))
 
 
 if __name__ == "__main__":
