@@ -738,7 +738,7 @@ export class Device {
 
   private async raceLost<T>(p: Promise<T>): Promise<T> {
     const race = Promise.race([p, this.lostPromise]);
-    return this.runtime === "node" ? awaitDawn(race) : race;
+    return this.runtime === "node" ? awaitDawn(race, this.info.isCpu) : race;
   }
 
   private throwPendingErrors(): void {

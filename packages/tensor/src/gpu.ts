@@ -89,8 +89,23 @@ const nodeClearTimeout = globalThis.clearTimeout;
 /** Handles of setImmediate calls deferred to the timer queue. */
 const deferred = new WeakSet<object>();
 let waiting = 0;
+/** Waits in progress that poll every tick (no backoff): any one of them keeps the polls at a tick. */
+let eagerWaiting = 0;
+/** When the current run of overlapping waits began. */
+let waitStart = 0;
 let savedSetImmediate: Immediate | null = null;
 let clearImmediateWrapped = false;
+
+/** The longest gap between polls of a backing-off wait, and the share of the time waited so far that one gap may be. */
+const POLL_BACKOFF = { maxMs: 8, share: 1 / 20 };
+
+/**
+ * The gap before the next poll of a wait that backs off, `elapsedMs` into it: at most a twentieth of the time
+ * waited so far (so a wait ends at most ~5% later than its work), capped at 8 ms (125 polls a second).
+ */
+export function pollDelayMs(elapsedMs: number): number {
+  return Math.min(POLL_BACKOFF.maxMs, Math.max(0, elapsedMs) * POLL_BACKOFF.share);
+}
 
 /**
  * Awaits `promise` with Dawn's polling slowed from a busy loop to one poll per timer tick (about 1 ms).
@@ -102,8 +117,12 @@ let clearImmediateWrapped = false;
  * "Built-in model"). Other code's setImmediate
  * callbacks in that window run up to a tick later. clearImmediate stays wrapped from the first wait on, so a
  * deferred handle can be cleared later too (Node's own clearImmediate would corrupt its lists given a timer).
+ *
+ * `backoff` (a CPU adapter's waits): the polls then thin out as the wait grows (pollDelayMs), since on a CPU
+ * adapter every poll wakes the main thread on a core the kernels run on, a long wait (a UNet call on lavapipe:
+ * 25–40 s) polls tens of thousands of times, and a few milliseconds of latency are nothing beside it.
  */
-export async function awaitDawn<T>(promise: Promise<T>): Promise<T> {
+export async function awaitDawn<T>(promise: Promise<T>, backoff = false): Promise<T> {
   const g = globalThis as unknown as ImmediateGlobals;
   if (!clearImmediateWrapped) {
     const original = g.clearImmediate;
@@ -113,10 +132,13 @@ export async function awaitDawn<T>(promise: Promise<T>): Promise<T> {
         : original(handle);
     clearImmediateWrapped = true;
   }
+  if (!backoff) eagerWaiting++;
   if (waiting++ === 0) {
+    waitStart = performance.now();
     savedSetImmediate = g.setImmediate;
     g.setImmediate = (callback, ...args) => {
-      const handle = nodeSetTimeout(callback, 0, ...args);
+      const delay = eagerWaiting > 0 ? 0 : pollDelayMs(performance.now() - waitStart);
+      const handle = nodeSetTimeout(callback, delay, ...args);
       deferred.add(handle);
       return handle;
     };
@@ -124,6 +146,7 @@ export async function awaitDawn<T>(promise: Promise<T>): Promise<T> {
   try {
     return await promise;
   } finally {
+    if (!backoff) eagerWaiting--;
     if (--waiting === 0 && savedSetImmediate) {
       g.setImmediate = savedSetImmediate;
       savedSetImmediate = null;

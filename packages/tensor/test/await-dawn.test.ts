@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from "vitest";
-import { awaitDawn } from "../src/gpu.ts";
+import { awaitDawn, pollDelayMs } from "../src/gpu.ts";
 
 describe("awaitDawn", () => {
   it("defers setImmediate to the timer queue while it waits, and restores it after", async () => {
@@ -76,6 +76,40 @@ describe("awaitDawn", () => {
       vi.useRealTimers();
       realClearTimeout(guard);
     }
+  });
+
+  it("thins a backing-off wait's polls as it grows: a twentieth of the time waited, at most 8 ms", () => {
+    expect(pollDelayMs(0)).toBe(0);
+    expect(pollDelayMs(40)).toBe(2);
+    expect(pollDelayMs(160)).toBe(8);
+    expect(pollDelayMs(60_000)).toBe(8);
+    expect(pollDelayMs(-1)).toBe(0);
+  });
+
+  /** Polls as dawn.node does (re-arming setImmediate until the work is done) through a 600 ms wait. */
+  async function pollsDuring(waits: boolean[]): Promise<number> {
+    let done = false;
+    let polls = 0;
+    const work = new Promise<void>((resolve) => setTimeout(resolve, 600)).then(() => {
+      done = true;
+    });
+    const waited = waits.map((backoff) => awaitDawn(work, backoff));
+    const poll = () => {
+      polls++;
+      if (!done) setImmediate(poll);
+    };
+    setImmediate(poll);
+    await Promise.all(waited);
+    return polls;
+  }
+
+  it("polls a backing-off wait far less often, unless an eager wait overlaps it", async () => {
+    const eager = await pollsDuring([false]);
+    const backoff = await pollsDuring([true]);
+    const mixed = await pollsDuring([true, false]);
+    // A tick is about 1 ms: ~500 polls; backing off, gaps reach 1 ms at 20 ms and 8 ms at 160 ms: ~120.
+    expect(backoff * 2).toBeLessThan(eager);
+    expect(mixed * 2).toBeGreaterThan(eager);
   });
 
   it("resolves to the awaited value", async () => {
