@@ -160,7 +160,11 @@ async function timePaired(
     };
     const times = {} as Record<Part, PairedTimes>;
     for (const part of PARTS) {
-      times[part] = await paired(repeats, () => wallMs(device, calls[part]), () => peer.time(part));
+      times[part] = await paired(
+        repeats,
+        () => wallMs(device, calls[part]),
+        () => peer.time(part),
+      );
     }
     for (const t of [x, timesteps, context, z, ids]) t.dispose();
     return { times, peakBytes: device.memory().peakLiveBytes, adapter: device.describe() };
