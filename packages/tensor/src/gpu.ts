@@ -97,11 +97,12 @@ let savedSetImmediate: Immediate | null = null;
 let clearImmediateWrapped = false;
 
 /** The longest gap between polls of a backing-off wait, and the share of the time waited so far that one gap may be. */
-const POLL_BACKOFF = { maxMs: 8, share: 1 / 20 };
+const POLL_BACKOFF = { maxMs: 8, share: 1 / 50 };
 
 /**
- * The gap before the next poll of a wait that backs off, `elapsedMs` into it: at most a twentieth of the time
- * waited so far (so a wait ends at most ~5% later than its work), capped at 8 ms (125 polls a second).
+ * The gap before the next poll of a wait that backs off, `elapsedMs` into it: a fiftieth of the time waited so far
+ * (so a wait ends at most 2% later than its work: a sampling step's readback, ~100 ms on the built-in model, at
+ * most 2 ms), capped at 8 ms (125 polls a second).
  */
 export function pollDelayMs(elapsedMs: number): number {
   return Math.min(POLL_BACKOFF.maxMs, Math.max(0, elapsedMs) * POLL_BACKOFF.share);

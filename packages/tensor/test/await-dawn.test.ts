@@ -78,19 +78,19 @@ describe("awaitDawn", () => {
     }
   });
 
-  it("thins a backing-off wait's polls as it grows: a twentieth of the time waited, at most 8 ms", () => {
+  it("thins a backing-off wait's polls as it grows: a fiftieth of the time waited, at most 8 ms", () => {
     expect(pollDelayMs(0)).toBe(0);
-    expect(pollDelayMs(40)).toBe(2);
-    expect(pollDelayMs(160)).toBe(8);
+    expect(pollDelayMs(100)).toBe(2);
+    expect(pollDelayMs(400)).toBe(8);
     expect(pollDelayMs(60_000)).toBe(8);
     expect(pollDelayMs(-1)).toBe(0);
   });
 
-  /** Polls as dawn.node does (re-arming setImmediate until the work is done) through a 600 ms wait. */
+  /** Polls as dawn.node does (re-arming setImmediate until the work is done) through a 1 s wait. */
   async function pollsDuring(waits: boolean[]): Promise<number> {
     let done = false;
     let polls = 0;
-    const work = new Promise<void>((resolve) => setTimeout(resolve, 600)).then(() => {
+    const work = new Promise<void>((resolve) => setTimeout(resolve, 1000)).then(() => {
       done = true;
     });
     const waited = waits.map((backoff) => awaitDawn(work, backoff));
@@ -107,7 +107,7 @@ describe("awaitDawn", () => {
     const eager = await pollsDuring([false]);
     const backoff = await pollsDuring([true]);
     const mixed = await pollsDuring([true, false]);
-    // A tick is about 1 ms: ~500 polls; backing off, gaps reach 1 ms at 20 ms and 8 ms at 160 ms: ~120.
+    // A tick is about 1 ms: ~850 polls; backing off, gaps reach 1 ms at 50 ms and 8 ms at 400 ms: ~230.
     expect(backoff * 2).toBeLessThan(eager);
     expect(mixed * 2).toBeGreaterThan(eager);
   });
