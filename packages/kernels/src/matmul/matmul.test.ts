@@ -55,25 +55,20 @@ describe("chooseTiles", () => {
   });
 
   it("reads B from uniform windows where they pay", () => {
-    expect(chooseTiles({ ...lavapipeLike, M: 8192, N: 320, K: 320, transposeB: true })).toMatchObject({
-      uniformB: true,
-    });
-    // 20 × 2 and 20 × 3 windows take them, 22 × 3 not; SD's GEGLU at 16² would take 320 × 3 and its 1280-wide
-    // linears 40 × 3: from storage.
-    expect(chooseTiles({ ...lavapipeLike, M: 2048, N: 640, K: 640, transposeB: true })).toMatchObject({
-      uniformB: true,
-    });
-    expect(chooseTiles({ ...lavapipeLike, M: 2048, N: 640, K: 1536, transposeB: true })).toMatchObject({
-      uniformB: true,
-    });
-    expect(chooseTiles({ ...lavapipeLike, M: 2048, N: 704, K: 1536, transposeB: true })).toMatchObject({
-      uniformB: false,
-    });
-    expect(chooseTiles({ ...lavapipeLike, M: 512, N: 10240, K: 1280, transposeB: true })).toMatchObject({
-      uniformB: false,
-    });
+    // [M, N, K] of a Linear (B transposed) and whether it reads B from windows: 20 × 2 and 20 × 3 windows take
+    // them, 22 × 3 not; SD's GEGLU at 16² would take 320 × 3 and its 1280-wide linears 40 × 3: from storage.
+    const linears: [number, number, number, boolean][] = [
+      [8192, 320, 320, true],
+      [2048, 640, 640, true],
+      [2048, 640, 1536, true],
+      [2048, 704, 1536, false],
+      [512, 10240, 1280, false],
+      [512, 1280, 1280, false],
+    ];
+    for (const [M, N, K, uniformB] of linears) {
+      expect(chooseTiles({ ...lavapipeLike, M, N, K, transposeB: true }), `${M}×${N}×${K}`).toMatchObject({ uniformB });
+    }
     expect(chooseTiles({ ...lavapipeLike, M: 512, N: 1280, K: 1280, transposeB: true })).toMatchObject({
-      uniformB: false,
       subgroups: 2,
     });
     // Fewer rows than two workgroups, or a 1×1 convolution over 512² pixels (8192 windows).
