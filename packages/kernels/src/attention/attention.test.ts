@@ -325,6 +325,29 @@ describe("attention", () => {
     assertClose(pick(got), pick(ref), { atol: 1e-5 }, "attention N=4096");
   });
 
+  it.skipIf(adapterTraits(device).subgroupSize === null)(
+    "windows: one pipeline serves every window size of a head width (the size is a dispatch parameter)",
+    async () => {
+      const dims = { batch: 1, nq: 6, nk: 11, heads: 1, d: 8 };
+      const q = randomArray(6 * 8, 91, 3);
+      const kv = randomArray(11 * 8, 92);
+      const tq = Tensor.from(device, q, [1, 6, 8]);
+      const tkv = Tensor.from(device, kv, [1, 11, 8]);
+      const ref = attentionRef(q, kv, kv, dims, {});
+      const tiling = { ...windowTiling, subgroupSize: adapterTraits(device).subgroupSize ?? 0, rowsPerInvocation: 3 };
+      const first = attention(tq, tkv, tkv, { heads: 1, tiling: { ...tiling, windowKeys: 5 } });
+      assertClose(await first.toFloat32(), ref, { atol: 1e-5 }, "windows of 5 keys");
+      const pipelines = device.pipelineCount;
+      for (const windowKeys of [3, 11]) {
+        const out = attention(tq, tkv, tkv, { heads: 1, tiling: { ...tiling, windowKeys } });
+        assertClose(await out.toFloat32(), ref, { atol: 1e-5 }, `windows of ${windowKeys} keys`);
+        out.dispose();
+      }
+      expect(device.pipelineCount).toBe(pipelines);
+      for (const t of [first, tq, tkv]) t.dispose();
+    },
+  );
+
   it("rejects inconsistent shapes, dtypes and head counts, naming them", () => {
     const q = Tensor.zeros(device, [1, 4, 8]);
     const k = Tensor.zeros(device, [1, 5, 8]);

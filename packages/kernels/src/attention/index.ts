@@ -195,7 +195,8 @@ function windowedAttention(
   checkWindowTiling(tiling, d, causal, device);
   const windows = Math.ceil(nk / tiling.windowKeys);
   const windowBytes = WINDOW_FLOATS * 4;
-  const spec = { dtype: q.dtype, d, ...tiling };
+  const { windowKeys, ...kernelTiling } = tiling;
+  const spec = { dtype: q.dtype, d, ...kernelTiling };
   const workgroups = Math.ceil(nq / (tiling.rowsPerInvocation * tiling.workgroupSize));
   device.tidy(() => {
     const packedK = Tensor.empty(device, [windows * WINDOW_FLOATS], "f32");

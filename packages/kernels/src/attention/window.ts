@@ -43,7 +43,9 @@ export const PACK_KV: KernelDecl<PackKvSpec> = {
   pv[dst] = f32(v[src]);`,
 };
 
-export interface WindowAttentionSpec extends WindowTiling {
+/** A window's kernel: everything of WindowTiling but `windowKeys`, which only the dispatches read (as `keys`), so
+ * one pipeline serves every window size of a head width. */
+export interface WindowAttentionSpec extends Omit<WindowTiling, "windowKeys"> {
   /** Storage dtype of q and out (the windows are f32). */
   dtype: DType;
   d: number;
