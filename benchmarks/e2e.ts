@@ -1,5 +1,5 @@
 /**
- * End-to-end benchmark: `pnpm bench:e2e <checkpoint.safetensors> [config.yaml] [--latent S] [--repeats N] [--threads N] [--no-f16] [--out file]`.
+ * End-to-end benchmark: `pnpm bench:e2e <checkpoint.safetensors> [config.yaml] [--latent S] [--repeats N] [--threads N] [--no-f16] [--cpu-lanes N] [--out file]`.
  *
  * Loads a single-file checkpoint (made for SD 1.5) through @ldm/ldm's loadModel and times, in f32 and (where the adapter has
  * shader-f16) f16: the UNet forward at batch 2 (classifier-free guidance) on an S×S latent, the VAE decode
@@ -130,8 +130,9 @@ async function timePaired(
   dtype: ParamDType,
   latent: number,
   repeats: number,
+  cpuLanes: number | undefined,
 ): Promise<{ times: Record<Part, PairedTimes>; peakBytes: number; adapter: string }> {
-  const device = await Device.create();
+  const device = await Device.create({ cpuLanes });
   const model = await loadModel(checkpoint, { device, dtype, config });
   try {
     const { unet, vae, clip, config: modelConfig } = model;
@@ -181,14 +182,20 @@ const program = new Command()
   .option("--repeats <n>", "timed rounds (one peer call, one of ours) after the warm-ups", positiveInt, 2)
   .option("--threads <n>", "torch CPU threads for the peer", positiveInt, 2)
   .option("--no-f16", "skip the f16 rows")
+  .option(
+    "--cpu-lanes <n>",
+    "lavapipe's subgroup size (DeviceOptions.cpuLanes: 4, 8 or 16; its default is 8)",
+    positiveInt,
+  )
   .option("--out <file>", "results file the rows merge into", join(here, "results.json"));
 program.parse();
 const [checkpointArg, configArg] = program.args;
-const { latent, repeats, threads, f16, out } = program.opts<{
+const { latent, repeats, threads, f16, cpuLanes, out } = program.opts<{
   latent: number;
   repeats: number;
   threads: number;
   f16: boolean;
+  cpuLanes?: number;
   out: string;
 }>();
 // `pnpm bench:e2e` runs from benchmarks/: paths are relative to where pnpm was started.
@@ -222,15 +229,15 @@ let peerFailure: PeerError | undefined;
 try {
   const loaded = await peer.next<{ peer: string; load_ms: number }>();
   console.log(`peer: ${loaded.peer}, load ${(loaded.load_ms / 1000).toFixed(1)} s`);
-  const probe = await Device.create();
+  const probe = await Device.create({ cpuLanes });
   const dtypes: ParamDType[] = f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
   probe.destroy();
   for (const dtype of dtypes) {
-    const ours = await timePaired(peer, checkpoint, config, dtype, latent, repeats);
+    const ours = await timePaired(peer, checkpoint, config, dtype, latent, repeats, cpuLanes);
     adapter = ours.adapter;
     for (const part of PARTS) {
       const { ours: oursMs, peer: peerMs } = ours.times[part];
-      const name = `${partNames[part]} (${dtype})`;
+      const name = `${partNames[part]} (${dtype}${cpuLanes ? `, ${cpuLanes} lanes` : ""})`;
       const ratios = peerMs.map((ms, round) => `${(ms / oursMs[round]).toFixed(2)}×`);
       console.log(`${name}: torch / ours by round ${ratios.join(" ")}`);
       rows.push(

@@ -1,4 +1,11 @@
-import { acquireGpu, awaitDawn, GPU_FEATURE_TOGGLES, NO_ADAPTER_HELP } from "./gpu.ts";
+import {
+  acquireGpu,
+  awaitDawn,
+  CPU_LANES_VARIABLE,
+  cpuLanesWidth,
+  GPU_FEATURE_TOGGLES,
+  NO_ADAPTER_HELP,
+} from "./gpu.ts";
 import { BufferPool, type PoolStats } from "./pool.ts";
 
 export interface DeviceOptions {
@@ -19,6 +26,14 @@ export interface DeviceOptions {
   disableSubgroupMatrix?: boolean;
   /** Use this GPU instead of acquiring one (a browser page passing navigator.gpu, a test double). */
   gpu?: GPU;
+  /**
+   * Node only, lavapipe only (other adapters ignore it): SIMD lanes per subgroup, 4, 8 or 16, set through
+   * LP_NATIVE_VECTOR_WIDTH before Dawn loads the driver; lavapipe's own default is 8. On AVX2 cores 16 lanes ran
+   * SD 1.5's UNet 12–15% faster, but its kernels compile about three times as long the first time (Mesa keeps
+   * them in its shader cache after that): benchmarks/RESULTS.md. The width is process-wide, so it cannot change
+   * while another Device is open.
+   */
+  cpuLanes?: number;
 }
 
 export interface DeviceFeatures {
@@ -291,9 +306,16 @@ export class Device {
     };
   }
 
+  /** Devices created and not yet destroyed in this process (lavapipe's width may change only when there are none). */
+  private static open = 0;
+
   static async create(options: DeviceOptions = {}): Promise<Device> {
     let gpu: GPU;
     let runtime: "browser" | "node";
+    const lanes = options.cpuLanes;
+    if (lanes !== undefined && !options.gpu && typeof process !== "undefined" && process.env) {
+      process.env[CPU_LANES_VARIABLE] = cpuLanesWidth(lanes, process.env[CPU_LANES_VARIABLE], Device.open);
+    }
     if (options.gpu) {
       gpu = options.gpu;
       runtime = typeof process !== "undefined" && process.versions?.node ? "node" : "browser";
@@ -345,6 +367,14 @@ export class Device {
     const usable = configs
       .map(({ componentType, resultComponentType, M, N, K }) => ({ componentType, resultComponentType, M, N, K }))
       .filter((c) => features.shaderF16 || (c.componentType !== "f16" && c.resultComponentType !== "f16"));
+    const subgroup = ai as { subgroupMinSize?: number; subgroupMaxSize?: number };
+    if (lanes !== undefined && /llvmpipe/.test(text) && subgroup.subgroupMaxSize !== lanes) {
+      gpuDevice.destroy();
+      throw new Error(
+        `cpuLanes: asked lavapipe for ${lanes}-lane subgroups, it gave ${subgroup.subgroupMinSize}–${subgroup.subgroupMaxSize} (${CPU_LANES_VARIABLE}=${process.env[CPU_LANES_VARIABLE]})`,
+      );
+    }
+    Device.open++;
     return new Device(gpu, adapter, gpuDevice, runtime, info, limits, features, usable);
   }
 
@@ -903,6 +933,7 @@ export class Device {
     this.uniformRing.destroy();
     this.gpuDevice.destroy();
     this.destroyed = true;
+    Device.open--;
   }
 }
 

@@ -57,6 +57,29 @@ export function dawnCreateFlags(flags: readonly string[], toggles: readonly stri
   return merged;
 }
 
+/** lavapipe's SIMD widths, in lanes per subgroup: it takes its width from LP_NATIVE_VECTOR_WIDTH, 32 bits a lane. */
+export const CPU_LANES = [4, 8, 16] as const;
+export const CPU_LANES_VARIABLE = "LP_NATIVE_VECTOR_WIDTH";
+
+/**
+ * The LP_NATIVE_VECTOR_WIDTH that gives lavapipe `lanes`-wide subgroups, given the value now in the environment
+ * and the devices this process has open. lavapipe reads the variable into one process-wide width each time a
+ * device is made, and every open device compiles its later kernels at that width while our kernels keep the
+ * subgroup size their device reported: so the width may change only while no device is open.
+ */
+export function cpuLanesWidth(lanes: number, current: string | undefined, openDevices: number): string {
+  if (!(CPU_LANES as readonly number[]).includes(lanes)) {
+    throw new Error(`cpuLanes: ${lanes} is not one of lavapipe's SIMD widths (${CPU_LANES.join(", ")} lanes)`);
+  }
+  const width = String(32 * lanes);
+  if (current !== undefined && current !== width && openDevices > 0) {
+    throw new Error(
+      `cpuLanes: ${lanes} lanes need ${CPU_LANES_VARIABLE}=${width}, but ${openDevices} open device(s) of this process run with ${current}; lavapipe's width is process-wide, so destroy them first`,
+    );
+  }
+  return width;
+}
+
 export async function acquireGpu(
   dawnFlags: string[] = [],
   toggles: readonly string[] = GPU_FEATURE_TOGGLES,

@@ -2,7 +2,15 @@
 /// <reference types="@webgpu/types" preserve="true" />
 export * from "./device.ts";
 export * from "./dtype.ts";
-export { acquireGpu, dawnCreateFlags, GPU_FEATURE_TOGGLES, NO_ADAPTER_HELP } from "./gpu.ts";
+export {
+  acquireGpu,
+  CPU_LANES,
+  CPU_LANES_VARIABLE,
+  cpuLanesWidth,
+  dawnCreateFlags,
+  GPU_FEATURE_TOGGLES,
+  NO_ADAPTER_HELP,
+} from "./gpu.ts";
 export * from "./pool.ts";
 export { selfTest } from "./selftest.ts";
 export * from "./shape.ts";
