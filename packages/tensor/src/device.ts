@@ -384,9 +384,15 @@ export class Device {
 
   describe(): string {
     const i = this.info;
+    const { subgroupMinSize: min, subgroupMaxSize: max } = this.adapter.info as {
+      subgroupMinSize?: number;
+      subgroupMaxSize?: number;
+    };
+    // The subgroup size decides CPU adapters' kernel tiles (lavapipe: DeviceOptions.cpuLanes).
+    const lanes = min === undefined ? "" : min === max ? ` (${min} lanes)` : ` (${min}–${max} lanes)`;
     const f = Object.entries(this.features)
       .filter(([, v]) => v)
-      .map(([k]) => k)
+      .map(([k]) => (k === "subgroups" ? `subgroups${lanes}` : k))
       .join(", ");
     const matrices = this.subgroupMatrixConfigs
       .map((c) => `${c.componentType}→${c.resultComponentType} ${c.M}×${c.N}×${c.K}`)

@@ -33,6 +33,8 @@ export interface FirstStageLoadOptions {
   config?: string;
   /** The device to run on; one is created (and destroyed by dispose()) when absent. */
   device?: Device;
+  /** lavapipe's subgroup size for the device created when `device` is absent (DeviceOptions.cpuLanes). */
+  cpuLanes?: number;
   /** "auto": the adapter's defaultDtype (f16 on GPUs with shader-f16, f32 on CPU adapters); default f32. */
   dtype?: ParamDType | "auto";
 }
@@ -80,7 +82,8 @@ export class FirstStage {
     const { config } = companionFiles(path, { config: options.config });
     const alone = config ? firstStageConfigFromYaml(readConfigFile(config), config) : undefined;
     const requested = options.dtype ?? "f32";
-    const device = options.device ?? (await Device.create({ disableF16: requested === "f32" }));
+    const device =
+      options.device ?? (await Device.create({ disableF16: requested === "f32", cpuLanes: options.cpuLanes }));
     try {
       const dtype =
         requested === "auto"

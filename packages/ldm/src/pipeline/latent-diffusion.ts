@@ -65,6 +65,8 @@ import { checkSplitInput, NOTEBOOK_SPLIT_INPUT, type SplitInput } from "./split-
 export interface LoadOptions {
   /** The device to run on; one is created (and destroyed by dispose()) when absent. */
   device?: Device;
+  /** lavapipe's subgroup size for the device created when `device` is absent (DeviceOptions.cpuLanes). */
+  cpuLanes?: number;
   /**
    * Parameter and activation dtype; f16 needs shader-f16. "auto": the adapter's `defaultDtype` (f16 on GPUs with
    * shader-f16, else f32). Default f32.
@@ -352,7 +354,8 @@ export class LatentDiffusion {
       "#node-files"
     );
     const files = companionFiles(path, { config: options.config, vocab: options.vocab });
-    const device = options.device ?? (await Device.create({ disableF16: requested === "f32" }));
+    const device =
+      options.device ?? (await Device.create({ disableF16: requested === "f32", cpuLanes: options.cpuLanes }));
     const dtype =
       requested === "auto"
         ? defaultDtype({ isCpu: device.info.isCpu, shaderF16: device.features.shaderF16 })

@@ -1,5 +1,6 @@
 import { Device, GPU_FEATURE_TOGGLES, selfTest } from "@ldm/tensor";
 import type { Command } from "commander";
+import { cpuLanesOf, cpuLanesOption } from "./pipeline-flags.ts";
 
 export function registerDevice(program: Command): void {
   program
@@ -10,8 +11,13 @@ export function registerDevice(program: Command): void {
       "--no-feature-toggles",
       `leave Dawn's defaults instead of enabling ${GPU_FEATURE_TOGGLES.join(", ")} (shader-f16 on NVIDIA, subgroup matrices)`,
     )
-    .action(async (opts: { f16: boolean; featureToggles: boolean }) => {
-      const device = await Device.create({ disableF16: !opts.f16, featureToggles: opts.featureToggles });
+    .addOption(cpuLanesOption())
+    .action(async (opts: { f16: boolean; featureToggles: boolean; cpuLanes?: string }) => {
+      const device = await Device.create({
+        disableF16: !opts.f16,
+        featureToggles: opts.featureToggles,
+        cpuLanes: cpuLanesOf(opts),
+      });
       try {
         console.log(`adapter: ${device.describe()}`);
         const r = await selfTest(device);

@@ -78,6 +78,7 @@ export function registerServe(program: Command): void {
           config: c.config ?? undefined,
           vocab: c === first ? flags.vocab : undefined,
           f16: flags.f16,
+          cpuLanes: flags.cpuLanes,
         });
         try {
           await loadEmbeddingFlags(pipe, { embeddingsDir: flags.embeddingsDir });

@@ -13,12 +13,21 @@ import { writePngFile } from "../../image/node.ts";
 import { FirstStage } from "../../pipeline/first-stage.ts";
 import { UserError } from "../errors.ts";
 import { outputPaths, prepareOutput } from "../output.ts";
-import { asUserError, modelPath, readImageFlag, seedFlag, userErrorOf } from "./pipeline-flags.ts";
+import {
+  asUserError,
+  cpuLanesOf,
+  cpuLanesOption,
+  modelPath,
+  readImageFlag,
+  seedFlag,
+  userErrorOf,
+} from "./pipeline-flags.ts";
 
 interface VaeFlags {
   model: string;
   config?: string;
   f16?: boolean;
+  cpuLanes?: string;
   scaled?: boolean;
   out: string;
 }
@@ -45,7 +54,8 @@ function addFirstStageOptions(command: Command, scaled: string): Command {
     )
     .option("--scaled", scaled)
     .option("--f16", "run in half precision (needs shader-f16; the default on GPUs that have it)")
-    .option("--no-f16", "run in single precision (the default on CPU adapters such as lavapipe)");
+    .option("--no-f16", "run in single precision (the default on CPU adapters such as lavapipe)")
+    .addOption(cpuLanesOption());
 }
 
 async function loadStage(flags: VaeFlags): Promise<FirstStage> {
@@ -55,6 +65,7 @@ async function loadStage(flags: VaeFlags): Promise<FirstStage> {
     const stage = await FirstStage.load(model, {
       config: flags.config,
       dtype: flags.f16 === undefined ? "auto" : flags.f16 ? "f16" : "f32",
+      cpuLanes: cpuLanesOf(flags),
     });
     const scale = stage.scaleFactor === undefined ? "" : `, the LatentDiffusion's scale_factor ${stage.scaleFactor}`;
     console.error(
