@@ -99,17 +99,37 @@ describe("chooseConvTiles", () => {
 });
 
 describe("convTileCandidates", () => {
-  it("starts with the heuristic's choice, offers runnable configs, and all of them match the reference", async () => {
-    const cpu = { isCpu: true, subgroupSize: 8, maxInvocations: 1024, cout: 20, wo: 9, ho: 5, batch: 1 };
-    const candidates = [...convTileCandidates(cpu), ...convTileCandidates({ ...cpu, isCpu: false })];
+  const lanes = fixedSubgroupSize(device);
+  const cpu = { isCpu: true, subgroupSize: lanes ?? 8, maxInvocations: 1024, cout: 20, wo: 9, ho: 5, batch: 1 };
+  const candidates = [...convTileCandidates(cpu), ...convTileCandidates({ ...cpu, isCpu: false })];
+
+  it("starts with the heuristic's choice and offers configs the kernel accepts", () => {
     expect(candidates[0]).toEqual(chooseConvTiles(cpu));
     expect(candidates.every(isConvTiles)).toBe(true);
     expect(convTileCandidates({ ...cpu, wo: 3 }).every((t) => t.groups === 1)).toBe(true);
     expect(isConvTiles({ kind: "subgroup", lanes: 8, subgroups: 1, rows: 12, groups: 1 })).toBe(false);
-    if (fixedSubgroupSize(device) !== 8) return;
+  });
+
+  // The CPU candidates are written for this device's subgroup width; the direct kernel is forced (Winograd, which
+  // ignores conv tiles, takes this small image once its transformed weights are kept).
+  it.skipIf(lanes === null)("every candidate, CPU and GPU, matches the reference", async () => {
     for (const tiles of new Map(candidates.map((c) => [JSON.stringify(c), c])).values()) {
-      await check({ x: [1, 3, 5, 9], w: [20, 3, 3, 3], padding: 1, bias: true }, f32Tol(27), { tiles });
+      await check({ x: [1, 3, 5, 9], w: [20, 3, 3, 3], padding: 1, bias: true }, f32Tol(27), {
+        algorithm: "direct",
+        tiles,
+      });
     }
+  });
+
+  it.skipIf(lanes === null)("refuses broadcast tiles of another subgroup width, naming both", async () => {
+    const other = lanes === 8 ? 16 : 8;
+    const tiles = { ...chooseConvTiles(cpu), lanes: other };
+    const internals = { algorithm: "direct" as const, tiles };
+    await expect(check({ x: [1, 3, 5, 9], w: [20, 3, 3, 3], padding: 1 }, f32Tol(27), internals)).rejects.toThrow(
+      new RegExp(
+        `conv2d: tiles .* are written for ${other}-lane subgroups, but this device's subgroups have ${lanes} lanes`,
+      ),
+    );
   });
 });
 

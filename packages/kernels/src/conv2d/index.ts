@@ -14,7 +14,7 @@ import { type GroupNormOptions, groupNorm, groupNormCoefficients } from "../grou
 import { upsampleNearest2x } from "../layout/index.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
-import { fixedSubgroupSize, gemm } from "../matmul/index.ts";
+import { assertTilesFitDevice, fixedSubgroupSize, gemm, tilesFitDevice } from "../matmul/index.ts";
 import type { TileConfig } from "../matmul/tiles.ts";
 import { convMatrixTiles, convOnMatrices } from "../subgroup-matrix/conv.ts";
 import type { MatrixTiles } from "../subgroup-matrix/plan.ts";
@@ -235,7 +235,7 @@ function tunedTiles(call: DirectCall, inputs: ConvTileInputs): ConvTiles | null 
   return tuner.choice({
     key: `conv2d:${window}:${dtypes}:${size}`,
     candidates: convTileCandidates(inputs),
-    valid: isConvTiles,
+    valid: (v): v is ConvTiles => isConvTiles(v) && tilesFitDevice(v, device),
     measure: async (tiles) => {
       const x = Tensor.zeros(device, call.x.shape, call.x.dtype);
       const w = Tensor.zeros(device, call.w.shape, call.w.dtype);
@@ -300,6 +300,7 @@ function direct(device: Device, call: DirectCall): void {
     batch: g.batch,
   };
   const tiles = internals.tiles ?? tunedTiles(call, tileInputs) ?? chooseConvTiles(tileInputs);
+  assertTilesFitDevice("conv2d", tiles, device);
   const window = { kh: g.kh, kw: g.kw, strideH: g.strideH, strideW: g.strideW, padTop: g.padTop, padLeft: g.padLeft };
   const operands = {
     tiles,

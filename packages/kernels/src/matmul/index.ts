@@ -207,6 +207,23 @@ export function fixedSubgroupSize(device: Device): number | null {
   return device.features.subgroups && fixed ? (info.subgroupMinSize ?? null) : null;
 }
 
+/**
+ * Whether `tiles` can run on `device`: broadcast tiles ("subgroup" kind, GEMM or convolution) are written for one
+ * subgroup width, and on another their lane indices miss lanes or name absent ones (wrong numbers, no error).
+ */
+export function tilesFitDevice(tiles: { kind: string; lanes?: number }, device: Device): boolean {
+  return tiles.kind !== "subgroup" || tiles.lanes === fixedSubgroupSize(device);
+}
+
+/** Refuses tiles that do not fit the device (tilesFitDevice), e.g. ones given by hand for another width. */
+export function assertTilesFitDevice(op: string, tiles: { kind: string; lanes?: number }, device: Device): void {
+  if (tilesFitDevice(tiles, device)) return;
+  const lanes = fixedSubgroupSize(device);
+  throw new Error(
+    `${op}: tiles ${JSON.stringify(tiles)} are written for ${tiles.lanes}-lane subgroups, but this device's subgroups ${lanes === null ? "have no fixed size" : `have ${lanes} lanes`}`,
+  );
+}
+
 /** A GEMM's shape; with the operands' dtypes, subgroup-matrix tiles are considered too. */
 type TileProblem = Pick<GemmCall, "M" | "N" | "K" | "transposeA" | "transposeB"> & {
   batch?: number;
@@ -265,7 +282,8 @@ function tunedTiles(call: GemmCall & TileProblem): TileConfig | null {
   return tuner.choice({
     key: `gemm:${layout}:${dtypes}:${size}`,
     candidates: tileCandidates(tileInputs(device, call)),
-    valid: isTileConfig,
+    // An entry tuned at another subgroup width (lavapipe's cpuLanes) is re-tuned, never run.
+    valid: (v): v is TileConfig => isTileConfig(v) && tilesFitDevice(v, device),
     measure: async (tiles) => {
       const a = Tensor.zeros(device, [batch, ...(transposeA ? [K, M] : [M, K])], call.a.dtype);
       const b = Tensor.zeros(device, [batch, ...(transposeB ? [N, K] : [K, N])], call.b.dtype);
@@ -328,6 +346,7 @@ export function gemm(call: GemmCall): void {
   const windowSets = ownB ? batch : 1;
   const problem = { ...call, windowSets };
   const chosen = call.tiles ?? tunedTiles(problem) ?? deviceTiles(device, problem);
+  assertTilesFitDevice(op, chosen, device);
   // Windows of B are one dispatch per window over all rows (and per item, for items with their own B), in one piece.
   const windowed =
     chosen.kind === "subgroup" && chosen.uniformB && pieces.length === 1 && (!ownB || call.windowsPerItem === true);

@@ -6,6 +6,7 @@ import type { BindingLimits } from "../common/pieces.ts";
 import { gegluRef } from "../elementwise/reference.ts";
 import { assertClose, EMULATED_MATRIX_TILES, randomArray } from "../testing.ts";
 import type { Activation } from "./activation.ts";
+import { disableAutotune, enableAutotune, MemoryTuneStore } from "./autotune.ts";
 import { deviceTiles, fixedSubgroupSize, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
 import { packCacheStats, setPackCacheBudget } from "./pack.ts";
 import { planGemm } from "./plan.ts";
@@ -515,10 +516,60 @@ describe("gemm with every autotune candidate", () => {
     const shape = { M: 37, N: 40, K: 20 };
     const problem = { ...shape, transposeA: false, transposeB: false };
     const gpu = { ...lavapipeLike, isCpu: false, subgroupSize: null, ...problem };
-    const candidates = [...tileCandidates({ ...lavapipeLike, ...problem }), ...tileCandidates(gpu)];
+    // The CPU candidates at this device's subgroup width (none without a fixed one): each width has its own.
+    const lanes = fixedSubgroupSize(device);
+    const cpu = lanes === null ? [] : tileCandidates({ ...lavapipeLike, subgroupSize: lanes, ...problem });
+    const candidates = [...cpu, ...tileCandidates(gpu)];
     const unique = new Map(candidates.map((c) => [JSON.stringify(c), c]));
     for (const tiles of unique.values()) await check({ ...shape, bias: true }, tiles, f32Tol(shape.K));
   });
+});
+
+describe("tiles of another subgroup width", () => {
+  const lanes = fixedSubgroupSize(device);
+  const other = lanes === 8 ? 16 : 8;
+
+  it.skipIf(lanes === null)("are refused by gemm, naming both widths, instead of computing wrong numbers", () => {
+    const [M, N, K] = [21, 12, 9];
+    const a = Tensor.zeros(device, [1, M, K]);
+    const b = Tensor.zeros(device, [1, K, N]);
+    const out = Tensor.empty(device, [1, M, N]);
+    const call = { op: "matmul", a, b, out, batch: 1, M, N, K, transposeA: false, transposeB: false };
+    const tiles = { ...deviceTiles(device, call), lanes: other } as TileConfig;
+    expect(() =>
+      gemm({ ...call, aBatchStride: M * K, bBatchStride: K * N, activation: "none", alpha: 1, tiles }),
+    ).toThrow(
+      new RegExp(
+        `matmul: tiles .* are written for ${other}-lane subgroups, but this device's subgroups have ${lanes} lanes`,
+      ),
+    );
+    for (const t of [a, b, out]) t.dispose();
+  });
+
+  it.skipIf(lanes === null)(
+    "in the autotune cache (tuned at lavapipe's other cpuLanes) are re-tuned, not run",
+    async () => {
+      const store = new MemoryTuneStore();
+      const tuner = enableAutotune(device, { store, samples: 1 });
+      try {
+        const [M, N, K] = [21, 12, 9];
+        const a = randomArray(M * K, 7);
+        const b = randomArray(K * N, 8);
+        const ta = Tensor.from(device, a, [M, K]);
+        const tb = Tensor.from(device, b, [K, N]);
+        const key = "gemm:NN:f32f32f32:b0m4n4k3";
+        const tiles = deviceTiles(device, { M, N, K, transposeA: false, transposeB: false });
+        store.set(key, JSON.stringify({ ...tiles, lanes: other }));
+        const out = matmul(ta, tb);
+        expect(tuner.waiting).toEqual([key]);
+        const want = matmulRef(a, b, { batch: 1, M, N, K, transposeA: false, transposeB: false });
+        assertClose(await out.toFloat32(), want, f32Tol(K), "the heuristic's tiles");
+        for (const t of [ta, tb, out]) t.dispose();
+      } finally {
+        disableAutotune(device);
+      }
+    },
+  );
 });
 
 describe.each([
