@@ -5,7 +5,13 @@ import {
   cpuLanesWidth,
   GPU_FEATURE_TOGGLES,
   NO_ADAPTER_HELP,
+  SHADER_CACHE_VARIABLE,
+  shaderCacheDir,
 } from "./gpu.ts";
+
+/** MESA_SHADER_CACHE_DIR as the process started, before cpuLanes pointed it at a width's own folder. */
+const userShaderCache = typeof process !== "undefined" ? process.env?.[SHADER_CACHE_VARIABLE] : undefined;
+
 import { BufferPool, type PoolStats } from "./pool.ts";
 
 export interface DeviceOptions {
@@ -30,8 +36,8 @@ export interface DeviceOptions {
    * Node only, lavapipe only (other adapters ignore it): SIMD lanes per subgroup, 4, 8 or 16, set through
    * LP_NATIVE_VECTOR_WIDTH before Dawn loads the driver; lavapipe's own default is 8. On AVX2 cores 16 lanes ran
    * SD 1.5's UNet 12–15% faster, but its kernels compile about three times as long the first time (Mesa keeps
-   * them in its shader cache after that): benchmarks/RESULTS.md. The width is process-wide, so it cannot change
-   * while another Device is open.
+   * them in its shader cache after that: for a width other than 8 in a folder of its own, shaderCacheDir):
+   * benchmarks/RESULTS.md. The width is process-wide, so it cannot change while another Device is open.
    */
   cpuLanes?: number;
 }
@@ -315,6 +321,9 @@ export class Device {
     const lanes = options.cpuLanes;
     if (lanes !== undefined && !options.gpu && typeof process !== "undefined" && process.env) {
       process.env[CPU_LANES_VARIABLE] = cpuLanesWidth(lanes, process.env[CPU_LANES_VARIABLE], Device.open);
+      const cache = shaderCacheDir(lanes, userShaderCache, process.env);
+      if (cache === undefined) delete process.env[SHADER_CACHE_VARIABLE];
+      else process.env[SHADER_CACHE_VARIABLE] = cache;
     }
     if (options.gpu) {
       gpu = options.gpu;

@@ -60,6 +60,26 @@ export function dawnCreateFlags(flags: readonly string[], toggles: readonly stri
 /** lavapipe's SIMD widths, in lanes per subgroup: it takes its width from LP_NATIVE_VECTOR_WIDTH, 32 bits a lane. */
 export const CPU_LANES = [4, 8, 16] as const;
 export const CPU_LANES_VARIABLE = "LP_NATIVE_VECTOR_WIDTH";
+/** lavapipe's width without LP_NATIVE_VECTOR_WIDTH (Mesa caps its default at 256 bits, AVX-512 cores too). */
+export const LAVAPIPE_DEFAULT_LANES = 8;
+export const SHADER_CACHE_VARIABLE = "MESA_SHADER_CACHE_DIR";
+
+/**
+ * Where Mesa should keep the shaders of a `lanes`-wide lavapipe: the user's cache (`userDir`, MESA_SHADER_CACHE_DIR
+ * as the process started; undefined: Mesa's default) at lavapipe's default width, a folder of the width's own
+ * otherwise. llvmpipe's disk-cache key leaves the vector width out (lp_disk_cache_create hashes the CPU's features
+ * and the perf flags), and a cache that runs of both widths had shared served a 16-lane run convolutions with wrong
+ * numbers, which the same run computed right from an empty cache (benchmarks/RESULTS.md): each width keeps its own.
+ */
+export function shaderCacheDir(
+  lanes: number,
+  userDir: string | undefined,
+  env: { XDG_CACHE_HOME?: string; HOME?: string },
+): string | undefined {
+  if (lanes === LAVAPIPE_DEFAULT_LANES) return userDir;
+  const base = userDir ?? env.XDG_CACHE_HOME ?? `${env.HOME ?? "."}/.cache`;
+  return `${base}/mesa-shader-cache-${lanes}-lanes`;
+}
 
 /**
  * The LP_NATIVE_VECTOR_WIDTH that gives lavapipe `lanes`-wide subgroups, given the value now in the environment

@@ -9,7 +9,10 @@ export {
   cpuLanesWidth,
   dawnCreateFlags,
   GPU_FEATURE_TOGGLES,
+  LAVAPIPE_DEFAULT_LANES,
   NO_ADAPTER_HELP,
+  SHADER_CACHE_VARIABLE,
+  shaderCacheDir,
 } from "./gpu.ts";
 export * from "./pool.ts";
 export { selfTest } from "./selftest.ts";

@@ -1,13 +1,25 @@
 import { afterAll, describe, expect, it } from "vitest";
-import { CPU_LANES_VARIABLE, cpuLanesWidth, Device, Tensor } from "../src/index.ts";
+import {
+  CPU_LANES_VARIABLE,
+  cpuLanesWidth,
+  Device,
+  SHADER_CACHE_VARIABLE,
+  shaderCacheDir,
+  Tensor,
+} from "../src/index.ts";
 
 const probe = await Device.create();
 const lavapipe = /llvmpipe/.test(probe.describe());
 probe.destroy();
-const before = process.env[CPU_LANES_VARIABLE];
+const before = { width: process.env[CPU_LANES_VARIABLE], cache: process.env[SHADER_CACHE_VARIABLE] };
 afterAll(() => {
-  if (before === undefined) delete process.env[CPU_LANES_VARIABLE];
-  else process.env[CPU_LANES_VARIABLE] = before;
+  for (const [name, value] of [
+    [CPU_LANES_VARIABLE, before.width],
+    [SHADER_CACHE_VARIABLE, before.cache],
+  ] as const) {
+    if (value === undefined) delete process.env[name];
+    else process.env[name] = value;
+  }
 });
 
 // Per invocation: the subgroup size the kernel ran at and the sum of its subgroup's lane indices (0 + … + n−1).
@@ -45,9 +57,19 @@ describe("cpuLanes", () => {
     );
   });
 
+  it("keeps each width's shaders apart: Mesa's cache (or the user's) at 8 lanes, a folder per other width", () => {
+    const env = { HOME: "/home/u" };
+    expect(shaderCacheDir(8, undefined, env)).toBeUndefined();
+    expect(shaderCacheDir(8, "/c", env)).toBe("/c");
+    expect(shaderCacheDir(16, undefined, env)).toBe("/home/u/.cache/mesa-shader-cache-16-lanes");
+    expect(shaderCacheDir(16, undefined, { ...env, XDG_CACHE_HOME: "/x" })).toBe("/x/mesa-shader-cache-16-lanes");
+    expect(shaderCacheDir(4, "/c", env)).toBe("/c/mesa-shader-cache-4-lanes");
+  });
+
   it.skipIf(!lavapipe)("gives lavapipe's kernels 16-lane subgroups, and 8 again once no device is open", async () => {
     const wide = await Device.create({ cpuLanes: 16 });
     expect(await kernelLanes(wide)).toEqual([[16, 120]]);
+    expect(process.env[SHADER_CACHE_VARIABLE]).toMatch(/mesa-shader-cache-16-lanes$/);
     await expect(Device.create({ cpuLanes: 8 })).rejects.toThrow(/process-wide, so destroy them first/);
     // The refused request changed nothing: the open device still compiles at its width.
     const again = await Device.create({ cpuLanes: 16 });
@@ -56,6 +78,7 @@ describe("cpuLanes", () => {
     wide.destroy();
     const narrow = await Device.create({ cpuLanes: 8 });
     expect(await kernelLanes(narrow)).toEqual([[8, 28]]);
+    expect(process.env[SHADER_CACHE_VARIABLE]).toBe(before.cache);
     narrow.destroy();
   });
 });
