@@ -8,11 +8,10 @@ import {
   SHADER_CACHE_VARIABLE,
   shaderCacheDir,
 } from "./gpu.ts";
+import { BufferPool, type PoolStats } from "./pool.ts";
 
 /** MESA_SHADER_CACHE_DIR as the process started, before cpuLanes pointed it at a width's own folder. */
 const userShaderCache = typeof process !== "undefined" ? process.env?.[SHADER_CACHE_VARIABLE] : undefined;
-
-import { BufferPool, type PoolStats } from "./pool.ts";
 
 export interface DeviceOptions {
   /** Node only: toggles passed to Dawn's create(), e.g. "enable-dawn-features=...". */
@@ -35,7 +34,7 @@ export interface DeviceOptions {
   /**
    * Node only, lavapipe only (other adapters ignore it): SIMD lanes per subgroup, 4, 8 or 16, set through
    * LP_NATIVE_VECTOR_WIDTH before Dawn loads the driver; lavapipe's own default is 8. On AVX2 cores 16 lanes ran
-   * SD 1.5's UNet 12–15% faster, but its kernels compile about three times as long the first time (Mesa keeps
+   * SD 1.5's UNet step in 24.1 s against 30.3 s, but its kernels compile about three times as long the first time (Mesa keeps
    * them in its shader cache after that: for a width other than 8 in a folder of its own, shaderCacheDir):
    * benchmarks/RESULTS.md. The width is process-wide, so it cannot change while another Device is open.
    */

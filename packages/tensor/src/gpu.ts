@@ -71,14 +71,16 @@ export const SHADER_CACHE_VARIABLE = "MESA_SHADER_CACHE_DIR";
  * and the perf flags), and a cache that runs of both widths had shared served a 16-lane run convolutions with wrong
  * numbers, which the same run computed right from an empty cache (benchmarks/RESULTS.md): each width keeps its own.
  */
-export function shaderCacheDir(
-  lanes: number,
-  userDir: string | undefined,
-  env: { XDG_CACHE_HOME?: string; HOME?: string },
-): string | undefined {
+export function shaderCacheDir(lanes: number, userDir: string | undefined, env: CacheEnv): string | undefined {
   if (lanes === LAVAPIPE_DEFAULT_LANES) return userDir;
-  const base = userDir ?? env.XDG_CACHE_HOME ?? `${env.HOME ?? "."}/.cache`;
-  return `${base}/mesa-shader-cache-${lanes}-lanes`;
+  return `${userDir ?? userCacheHome(env)}/mesa-shader-cache-${lanes}-lanes`;
+}
+
+export type CacheEnv = Record<string, string | undefined>;
+
+/** The user's cache folder: $XDG_CACHE_HOME, else ~/.cache (Windows: %USERPROFILE%/.cache). */
+export function userCacheHome(env: CacheEnv): string {
+  return env.XDG_CACHE_HOME || `${env.HOME || env.USERPROFILE || "."}/.cache`;
 }
 
 /**

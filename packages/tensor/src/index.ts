@@ -13,6 +13,7 @@ export {
   NO_ADAPTER_HELP,
   SHADER_CACHE_VARIABLE,
   shaderCacheDir,
+  userCacheHome,
 } from "./gpu.ts";
 export * from "./pool.ts";
 export { selfTest } from "./selftest.ts";

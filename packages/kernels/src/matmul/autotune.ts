@@ -12,7 +12,7 @@
  * `enableAutotune` (or `LDM_AUTOTUNE=1` through `autotuneFromEnv`) nothing changes: tests stay
  * deterministic.
  */
-import type { Device } from "@ldm/tensor";
+import { type Device, userCacheHome } from "@ldm/tensor";
 
 /** Where tuned choices live: class key → the chosen config as JSON text. */
 export interface TuneStore {
@@ -102,10 +102,7 @@ export function adapterSlug(info: { vendor: string; architecture: string; device
 
 /** The default cache file of an adapter: $LDM_AUTOTUNE_CACHE or $XDG_CACHE_HOME/ldm-ts or ~/.cache/ldm-ts. */
 export function defaultCachePath(env: Record<string, string | undefined>, slug: string): string {
-  const dir =
-    env.LDM_AUTOTUNE_CACHE ||
-    (env.XDG_CACHE_HOME ? `${env.XDG_CACHE_HOME}/ldm-ts` : `${env.HOME || env.USERPROFILE || "."}/.cache/ldm-ts`);
-  return `${dir}/autotune-${slug}.json`;
+  return `${env.LDM_AUTOTUNE_CACHE || `${userCacheHome(env)}/ldm-ts`}/autotune-${slug}.json`;
 }
 
 /** A shape class met without a tuned choice: its candidates and how to time one of them. */
