@@ -24,7 +24,8 @@ import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { loadModel } from "@ldm/ldm/node";
-import { Device, type ParamDType, Tensor } from "@ldm/tensor";
+import { adapterTraits } from "@ldm/kernels";
+import { Device, LAVAPIPE_DEFAULT_LANES, type ParamDType, Tensor } from "@ldm/tensor";
 import { isTextToImage } from "@ldm/weights";
 import { Command } from "commander";
 import { median, positiveInt, pseudoRandom, requirePythonPeer, wallMs } from "./common.ts";
@@ -184,7 +185,7 @@ const program = new Command()
   .option("--no-f16", "skip the f16 rows")
   .option(
     "--cpu-lanes <n>",
-    "lavapipe's subgroup size (DeviceOptions.cpuLanes: 4, 8 or 16; its default is 8)",
+    "lavapipe's subgroup size (DeviceOptions.cpuLanes: 4, 8 or 16; default 16 on x86-64 cores with AVX2)",
     positiveInt,
   )
   .option("--out <file>", "results file the rows merge into", join(here, "results.json"));
@@ -231,13 +232,16 @@ try {
   console.log(`peer: ${loaded.peer}, load ${(loaded.load_ms / 1000).toFixed(1)} s`);
   const probe = await Device.create({ cpuLanes });
   const dtypes: ParamDType[] = f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
+  // Rows at lavapipe's own width keep their plain names; others (16 by default on AVX2 cores) say their width.
+  const { isCpu, subgroupSize: lanes } = adapterTraits(probe);
+  const width = isCpu && lanes !== null && lanes !== LAVAPIPE_DEFAULT_LANES ? `, ${lanes} lanes` : "";
   probe.destroy();
   for (const dtype of dtypes) {
     const ours = await timePaired(peer, checkpoint, config, dtype, latent, repeats, cpuLanes);
     adapter = ours.adapter;
     for (const part of PARTS) {
       const { ours: oursMs, peer: peerMs } = ours.times[part];
-      const name = `${partNames[part]} (${dtype}${cpuLanes ? `, ${cpuLanes} lanes` : ""})`;
+      const name = `${partNames[part]} (${dtype}${width})`;
       const ratios = peerMs.map((ms, round) => `${(ms / oursMs[round]).toFixed(2)}×`);
       console.log(`${name}: torch / ours by round ${ratios.join(" ")}`);
       rows.push(
