@@ -23,8 +23,8 @@ import { basename, dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { loadModel } from "@ldm/ldm/node";
 import { adapterTraits } from "@ldm/kernels";
+import { loadModel } from "@ldm/ldm/node";
 import { Device, LAVAPIPE_DEFAULT_LANES, type ParamDType, Tensor } from "@ldm/tensor";
 import { isTextToImage } from "@ldm/weights";
 import { Command } from "commander";
@@ -185,7 +185,7 @@ const program = new Command()
   .option("--no-f16", "skip the f16 rows")
   .option(
     "--cpu-lanes <n>",
-    "lavapipe's subgroup size (DeviceOptions.cpuLanes: 4, 8 or 16; default 16 on x86-64 cores with AVX2)",
+    "lavapipe's subgroup size (DeviceOptions.cpuLanes: 4, 8 or 16; its default is 8)",
     positiveInt,
   )
   .option("--out <file>", "results file the rows merge into", join(here, "results.json"));
@@ -232,7 +232,7 @@ try {
   console.log(`peer: ${loaded.peer}, load ${(loaded.load_ms / 1000).toFixed(1)} s`);
   const probe = await Device.create({ cpuLanes });
   const dtypes: ParamDType[] = f16 && probe.features.shaderF16 ? ["f32", "f16"] : ["f32"];
-  // Rows at lavapipe's own width keep their plain names; others (16 by default on AVX2 cores) say their width.
+  // Rows at lavapipe's own width keep their plain names; others (--cpu-lanes, LP_NATIVE_VECTOR_WIDTH) say theirs.
   const { isCpu, subgroupSize: lanes } = adapterTraits(probe);
   const width = isCpu && lanes !== null && lanes !== LAVAPIPE_DEFAULT_LANES ? `, ${lanes} lanes` : "";
   probe.destroy();

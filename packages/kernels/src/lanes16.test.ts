@@ -1,8 +1,8 @@
 /**
- * The kernels at 16-lane subgroups: the width a Device takes by default on x86-64 cores with AVX2
- * (defaultCpuLanes). The rest of the suite runs at lavapipe's own 8 lanes (vitest.config.ts says why); here each
- * kernel family runs the tiles that 16 lanes choose, against its CPU reference, with the tolerances of its own
- * test file. lavapipe only: other adapters ignore cpuLanes.
+ * The kernels at 16-lane subgroups (DeviceOptions.cpuLanes, `--cpu-lanes 16`). The rest of the suite runs at
+ * lavapipe's own 8 lanes, and at 16 every kernel compiles 2–3 times as long (packages/kernels and nn from an empty
+ * shader cache: 612 s against 258 s), so here each kernel family runs the tiles that 16 lanes choose, against its
+ * CPU reference, with the tolerances of its own test file. lavapipe only: other adapters ignore cpuLanes.
  */
 import { Device, Tensor } from "@ldm/tensor";
 import { useDevice } from "@ldm/tensor/testing";

@@ -3,10 +3,8 @@ import {
   awaitDawn,
   CPU_LANES_VARIABLE,
   cpuLanesWidth,
-  defaultCpuLanes,
   GPU_FEATURE_TOGGLES,
   NO_ADAPTER_HELP,
-  readCpuInfo,
   SHADER_CACHE_VARIABLE,
   shaderCacheDir,
 } from "./gpu.ts";
@@ -14,8 +12,6 @@ import { BufferPool, type PoolStats } from "./pool.ts";
 
 /** MESA_SHADER_CACHE_DIR as the process started, before cpuLanes pointed it at a width's own folder. */
 const userShaderCache = typeof process !== "undefined" ? process.env?.[SHADER_CACHE_VARIABLE] : undefined;
-/** LP_NATIVE_VECTOR_WIDTH as the process started: a width the user chose, which the default leaves alone. */
-const userCpuLanesWidth = typeof process !== "undefined" ? process.env?.[CPU_LANES_VARIABLE] : undefined;
 
 export interface DeviceOptions {
   /** Node only: toggles passed to Dawn's create(), e.g. "enable-dawn-features=...". */
@@ -37,12 +33,10 @@ export interface DeviceOptions {
   gpu?: GPU;
   /**
    * Node only, lavapipe only (other adapters ignore it): SIMD lanes per subgroup, 4, 8 or 16, set through
-   * LP_NATIVE_VECTOR_WIDTH before Dawn loads the driver. Default: 16 on x86-64 cores with AVX2 (defaultCpuLanes),
-   * lavapipe's own 8 elsewhere, and the width of the devices already open, or the LP_NATIVE_VECTOR_WIDTH the process
-   * started with, where there is one. On AVX2 cores 16 lanes ran SD 1.5's UNet step in 24.1 s against 30.3 s, but
-   * kernels compile 2–3 times as long the first time (Mesa keeps them in its shader cache after that: for a width
-   * other than 8 in a folder of its own, shaderCacheDir): benchmarks/RESULTS.md. The width is process-wide, so it
-   * cannot change while another Device is open.
+   * LP_NATIVE_VECTOR_WIDTH before Dawn loads the driver; lavapipe's own default is 8. On AVX2 cores 16 lanes ran
+   * SD 1.5's UNet call 1.07× as fast (interleaved runs: 20.5–21.3 s against 21.8–22.2 s), but every kernel compiles
+   * 2–3 times as long the first time (Mesa keeps them in its shader cache after that: for a width other than 8 in a
+   * folder of its own, shaderCacheDir): benchmarks/RESULTS.md. The width is process-wide, so it cannot change while another Device is open.
    */
   cpuLanes?: number;
 }
@@ -323,13 +317,8 @@ export class Device {
   static async create(options: DeviceOptions = {}): Promise<Device> {
     let gpu: GPU;
     let runtime: "browser" | "node";
-    const node = !options.gpu && typeof process !== "undefined" && process.env !== undefined;
-    const lanes =
-      options.cpuLanes ??
-      (node && Device.open === 0 && userCpuLanesWidth === undefined
-        ? defaultCpuLanes(process.arch, await readCpuInfo())
-        : undefined);
-    if (lanes !== undefined && node) {
+    const lanes = options.cpuLanes;
+    if (lanes !== undefined && !options.gpu && typeof process !== "undefined" && process.env) {
       process.env[CPU_LANES_VARIABLE] = cpuLanesWidth(lanes, process.env[CPU_LANES_VARIABLE], Device.open);
       const cache = shaderCacheDir(lanes, userShaderCache, process.env);
       if (cache === undefined) delete process.env[SHADER_CACHE_VARIABLE];

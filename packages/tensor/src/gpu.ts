@@ -65,31 +65,6 @@ export const LAVAPIPE_DEFAULT_LANES = 8;
 export const SHADER_CACHE_VARIABLE = "MESA_SHADER_CACHE_DIR";
 
 /**
- * The subgroup width a lavapipe device gets when neither DeviceOptions.cpuLanes nor LP_NATIVE_VECTOR_WIDTH says:
- * 16 lanes on x86-64 cores with AVX2, where SD 1.5's UNet step ran 1.24× as fast as at lavapipe's own 8 (24.1
- * against 30.3 s, the VAE decode 1.15×; benchmarks/RESULTS.md); elsewhere (undefined) lavapipe's own width: on
- * aarch64 (4 lanes) and on cores without AVX2, 16 lanes were never measured. `cpuInfo` is /proc/cpuinfo.
- */
-export function defaultCpuLanes(arch: string, cpuInfo: string | undefined): number | undefined {
-  return arch === "x64" && cpuInfo !== undefined && /^flags\s*:.*\bavx2\b/m.test(cpuInfo) ? 16 : undefined;
-}
-
-/** /proc/cpuinfo where there is one (Linux), for defaultCpuLanes. */
-export async function readCpuInfo(): Promise<string | undefined> {
-  if (!isNode() || process.platform !== "linux") return undefined;
-  // Hidden from bundlers, as the webgpu import below.
-  const specifier = "node:fs/promises";
-  try {
-    const fs: { readFile: (path: string, encoding: "utf8") => Promise<string> } = await import(
-      /* @vite-ignore */ specifier
-    );
-    return await fs.readFile("/proc/cpuinfo", "utf8");
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * Where Mesa should keep the shaders of a `lanes`-wide lavapipe: the user's cache (`userDir`, MESA_SHADER_CACHE_DIR
  * as the process started; undefined: Mesa's default) at lavapipe's default width, a folder of the width's own
  * otherwise. llvmpipe's disk-cache key leaves the vector width out (lp_disk_cache_create hashes the CPU's features

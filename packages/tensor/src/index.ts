@@ -8,7 +8,6 @@ export {
   CPU_LANES_VARIABLE,
   cpuLanesWidth,
   dawnCreateFlags,
-  defaultCpuLanes,
   GPU_FEATURE_TOGGLES,
   LAVAPIPE_DEFAULT_LANES,
   NO_ADAPTER_HELP,

@@ -3,7 +3,6 @@ import {
   CPU_LANES_VARIABLE,
   cpuLanesWidth,
   Device,
-  defaultCpuLanes,
   SHADER_CACHE_VARIABLE,
   shaderCacheDir,
   Tensor,
@@ -56,17 +55,6 @@ describe("cpuLanes", () => {
     expect(() => cpuLanesWidth(8, "512", 1)).toThrow(
       /8 lanes need LP_NATIVE_VECTOR_WIDTH=256, but 1 open device\(s\) of this process run with 512/,
     );
-  });
-
-  it("defaults to 16 lanes on x86-64 cores with AVX2, to lavapipe's own width elsewhere", () => {
-    const cpu = (flags: string) =>
-      `processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: ${flags}\nbugs\t\t: sysret_ss_attrs\n`;
-    expect(defaultCpuLanes("x64", cpu("fpu sse2 avx avx2 fma bmi2"))).toBe(16);
-    expect(defaultCpuLanes("x64", cpu("fpu sse2 avx avx2 avx512f avx512bw"))).toBe(16);
-    expect(defaultCpuLanes("x64", cpu("fpu sse2 avx fma"))).toBeUndefined();
-    expect(defaultCpuLanes("x64", cpu("fpu sse2 avx512_vnni avx2x"))).toBeUndefined();
-    expect(defaultCpuLanes("x64", undefined)).toBeUndefined();
-    expect(defaultCpuLanes("arm64", "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n")).toBeUndefined();
   });
 
   it("keeps each width's shaders apart: Mesa's cache (or the user's) at 8 lanes, a folder per other width", () => {

@@ -6,12 +6,11 @@ const BIN = fileURLToPath(new URL("../../bin/ldm.mjs", import.meta.url));
 /**
  * Runs the `ldm` CLI as its own process, for what only a process shows (its exit code and every byte on
  * stderr, native libraries' included) and for cases that could hang: past `timeoutMs` the process is killed
- * and the result says so (`timedOut`), so a hang fails its test instead of stalling the run. An `env` entry
- * of undefined removes the variable.
+ * and the result says so (`timedOut`), so a hang fails its test instead of stalling the run.
  */
 export function spawnCli(
   args: string[],
-  options: { timeoutMs: number; env?: Record<string, string | undefined> },
+  options: { timeoutMs: number; env?: Record<string, string> },
 ): Promise<{ code: number | null; out: string; err: string; timedOut: boolean }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
