@@ -12,6 +12,7 @@ import {
   fusedTiling,
   queryBlockRows,
   WINDOW_FLOATS,
+  WINDOW_MIN_MACS,
   type WindowTiling,
   windowKeys,
   windowMinQueries,
@@ -35,8 +36,14 @@ describe("attentionTiling", () => {
     expect(attentionTiling(lavapipe, 80, 1024, 1024)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
     expect(attentionTiling(lavapipe, 160, 256, 256)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
     expect(attentionTiling(lavapipe, 40, 4096, 77)).toMatchObject({ kind: "window", windowKeys: 77 });
-    expect(attentionTiling(lavapipe, 80, 128, 77)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
-    expect(attentionTiling(lavapipe, 160, 128, 3)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
+    const sd = { heads: 8, causal: false };
+    expect(attentionTiling(lavapipe, 80, 128, 77, sd)).toMatchObject({ kind: "window", rowsPerInvocation: 2 });
+    expect(attentionTiling(lavapipe, 160, 128, 40, sd)).toMatchObject({ kind: "window", rowsPerInvocation: 1 });
+    // Too little work for a window kernel's longer compile to pay (fewer than WINDOW_MIN_MACS multiply-adds per batch
+    // item): the built-in model's VAE head, 256 tokens of one head of 64, and few keys.
+    expect(attentionTiling(lavapipe, 64, 256, 256)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 2 });
+    expect(256 * 256 * 64).toBeLessThan(WINDOW_MIN_MACS);
+    expect(attentionTiling(lavapipe, 160, 128, 3, sd)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 1 });
     // Too few rows per head to pay for a dispatch per window and head: the fused kernel, one dispatch.
     expect(attentionTiling(lavapipe, 80, 127, 77)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 2 });
     expect(attentionTiling(lavapipe, 160, 64, 64)).toMatchObject({ kind: "subgroup", rowsPerInvocation: 1 });

@@ -155,6 +155,15 @@ export function windowMinQueries(d: number): number {
   return cpuRows(d, Number.POSITIVE_INFINITY, CPU_MAX_ROWS) >= CPU_MAX_ROWS ? 4096 : 128;
 }
 
+/**
+ * Multiply-adds per batch item (heads · Nq · Nk · d) below which the fused kernel runs where windows would be
+ * faster: a window kernel compiles the first time for longer than the fused one, and at such sizes saves under a
+ * millisecond a call. The built-in model's VAE head (one head of 256 tokens × 64: 4.2 M) compiled cold in 6.0 s as
+ * windows against 2.4 s fused (8 lanes) and ran in 1.5 against 1.7 ms (benchmarks/RESULTS.md); SD-sized heads keep
+ * windows down to 8 heads of 128 queries × 77 keys × 80 (6.3 M).
+ */
+export const WINDOW_MIN_MACS = 5_000_000;
+
 /** Floats in one window of packed K or V: WebGPU's default maxUniformBufferBindingSize, which every adapter has. */
 export const WINDOW_FLOATS = UNIFORM_WINDOW_BYTES / 4;
 
@@ -178,7 +187,8 @@ export function attentionTiling(
   if (adapter.isCpu && d >= CPU_BLOCKED_MIN_D && d % 2 === 0 && shape.heads === 1 && !shape.causal) {
     return { kind: "blocked", queryBlock: queryBlockRows(nq, nk) };
   }
-  const windowed = d % 4 === 0 && d <= CPU_RESIDENT_D && nq >= windowMinQueries(d);
+  const windowed =
+    d % 4 === 0 && d <= CPU_RESIDENT_D && nq >= windowMinQueries(d) && shape.heads * nq * nk * d >= WINDOW_MIN_MACS;
   if (adapter.isCpu && adapter.subgroupSize !== null && !shape.causal && windowed) {
     return {
       kind: "window",
