@@ -99,6 +99,7 @@ describe.skipIf(!lavapipe)("kernels on 16-lane subgroups", () => {
       [1, 4096, 77, 1, 40, "window"],
       [2, 33, 77, 3, 40, "subgroup"],
     ] as const) {
+      const dims = { batch, nq, nk, heads, d };
       const q = tensor([batch, nq, heads * d], 8);
       const k = tensor([batch, nk, heads * d], 9);
       const v = tensor([batch, nk, heads * d], 10);
@@ -106,19 +107,8 @@ describe.skipIf(!lavapipe)("kernels on 16-lane subgroups", () => {
       expect(tiling).toMatchObject({ kind, rowsPerInvocation: 4 });
       const out = attention(q, k, v, { heads, tiling });
       const rows = [0, 1, 17, nq - 1];
-      const want = attentionRef(
-        await q.toFloat32(),
-        await k.toFloat32(),
-        await v.toFloat32(),
-        {
-          batch,
-          nq,
-          nk,
-          heads,
-          d,
-        },
-        { rows },
-      );
+      const [qv, kv, vv] = [await q.toFloat32(), await k.toFloat32(), await v.toFloat32()];
+      const want = attentionRef(qv, kv, vv, dims, { rows });
       const got = await out.toFloat32();
       const width = heads * d;
       const pick = (a: ArrayLike<number>) =>

@@ -36,7 +36,8 @@ export interface DeviceOptions {
    * LP_NATIVE_VECTOR_WIDTH before Dawn loads the driver; lavapipe's own default is 8. On AVX2 cores 16 lanes ran
    * SD 1.5's UNet call 1.07× as fast (interleaved runs: 20.5–21.3 s against 21.8–22.2 s), but every kernel compiles
    * 2–3 times as long the first time (Mesa keeps them in its shader cache after that: for a width other than 8 in a
-   * folder of its own, shaderCacheDir): benchmarks/RESULTS.md. The width is process-wide, so it cannot change while another Device is open.
+   * folder of its own, shaderCacheDir): benchmarks/RESULTS.md. The width is process-wide, so it cannot change while
+   * another Device is open.
    */
   cpuLanes?: number;
 }
