@@ -16,17 +16,13 @@ import { groupNorm } from "./groupnorm/index.ts";
 import { groupNormRef } from "./groupnorm/reference.ts";
 import { fixedSubgroupSize, matmul } from "./matmul/index.ts";
 import { matmulRef } from "./matmul/reference.ts";
-import { assertClose, randomArray } from "./testing.ts";
+import { assertClose, f32Tol, randomArray, winogradTol } from "./testing.ts";
 
 const probe = await Device.create();
 const lavapipe = probe.info.isCpu && /llvmpipe/.test(probe.describe());
 probe.destroy();
 const device = await useDevice(lavapipe ? { cpuLanes: 16 } : {});
 
-// As in matmul.test.ts and conv2d.test.ts: the product's f32 rounding grows with the square root of its terms.
-const f32Tol = (terms: number) => ({ atol: 2e-6 * Math.sqrt(terms + 1) + 1e-6, rtol: 1e-5 });
-// conv2d.test.ts's: Winograd's transforms round as well.
-const winogradTol = (terms: number) => ({ atol: 8e-6 * Math.sqrt(terms + 1), rtol: 1e-5 });
 const tensor = (shape: number[], seed: number, scale = 1) =>
   Tensor.from(
     device,

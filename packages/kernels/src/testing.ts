@@ -53,6 +53,15 @@ export function conv2dOutputShape(
   return [B, Cout, Math.floor((H + pt + pb - kh) / stride) + 1, Math.floor((W + pl + pr - kw) / stride) + 1];
 }
 
+/** f32 sums of `terms` products, ordered differently from a float64 reference: error grows like √terms·ulp·|terms|. */
+export const f32Tol = (terms: number) => ({ atol: 2e-6 * Math.sqrt(terms + 1) + 1e-6, rtol: 1e-5 });
+
+/**
+ * Winograd F(4×4, 3×3) convolutions: its transforms scale values by up to ~100 and back, measured max errors ~1.6e-6
+ * on outputs of magnitude ~1.5 (45 terms), 7× the direct kernel's; the tolerance is 4× f32Tol's.
+ */
+export const winogradTol = (terms: number) => ({ atol: 8e-6 * Math.sqrt(terms + 1), rtol: 1e-5 });
+
 /** Deterministic uniform [-scale, scale) values from a 32-bit xorshift seed. */
 export function randomArray(n: number, seed = 1, scale = 1): Float32Array {
   const out = new Float32Array(n);

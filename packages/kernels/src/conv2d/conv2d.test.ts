@@ -7,7 +7,7 @@ import { groupNorm } from "../groupnorm/index.ts";
 import { upsampleNearest2x } from "../layout/index.ts";
 import type { Activation } from "../matmul/activation.ts";
 import { fixedSubgroupSize } from "../matmul/index.ts";
-import { assertClose, randomArray } from "../testing.ts";
+import { assertClose, f32Tol, randomArray, winogradTol } from "../testing.ts";
 import { type Conv2dInternals, type Conv2dOptions, conv2d } from "./index.ts";
 import { planConv } from "./plan.ts";
 import { conv2dRef } from "./reference.ts";
@@ -31,9 +31,6 @@ import {
 } from "./winograd.ts";
 
 const device = await useDevice();
-
-/** f32 sums of `terms` products, ordered differently from the float64 reference. */
-const f32Tol = (terms: number) => ({ atol: 2e-6 * Math.sqrt(terms + 1) + 1e-6, rtol: 1e-5 });
 
 interface Case {
   x: [number, number, number, number];
@@ -358,9 +355,6 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     for (const [i, v] of y.entries()) expect(v).toBeCloseTo(want[i], 12);
   });
 
-  // F(4×4, 3×3) scales values by up to ~100 in its transforms and back: measured max errors ~1.6e-6 on outputs of
-  // magnitude ~1.5 (45 terms), 7× the direct kernel's; the tolerance is 4× f32Tol's.
-  const winoTol = (terms: number) => ({ atol: 8e-6 * Math.sqrt(terms + 1), rtol: 1e-5 });
   const winograd: Conv2dInternals = { algorithm: "winograd" };
   // Tiles that read B through uniform windows make the GEMMs tile-major at sizes a test can afford.
   const lanes8 = fixedSubgroupSize(device) === 8;
@@ -381,11 +375,11 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
   it("matches the reference on odd shapes, with the epilogue, scalar and vector stores", async () => {
     const epilogue = { bias: true, residual: true, activation: "silu" as const };
     // Wo = 11: partial tiles at the right and bottom edges, scalar stores; batch 2.
-    await check({ x: [2, 5, 13, 11], w: [17, 5, 3, 3], padding: 1, ...epilogue }, winoTol(45), winograd);
+    await check({ x: [2, 5, 13, 11], w: [17, 5, 3, 3], padding: 1, ...epilogue }, winogradTol(45), winograd);
     // Asymmetric padding (Ho = 7, Wo = 10): tiles start off the image at the left only.
-    await check({ x: [1, 3, 9, 10], w: [6, 3, 3, 3], padding: [0, 1, 2, 0], ...epilogue }, winoTol(27), winograd);
+    await check({ x: [1, 3, 9, 10], w: [6, 3, 3, 3], padding: [0, 1, 2, 0], ...epilogue }, winogradTol(27), winograd);
     // Wo = 12: vector stores and residual reads.
-    await check({ x: [1, 6, 9, 12], w: [16, 6, 3, 3], padding: 1, ...epilogue }, winoTol(54), winograd);
+    await check({ x: [1, 6, 9, 12], w: [16, 6, 3, 3], padding: 1, ...epilogue }, winogradTol(54), winograd);
   });
 
   it("splits input and output channels over bindings, tiles into bands, weights into channel groups", async () => {
@@ -394,11 +388,11 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     const limits = { maxBindingBytes: 4096, offsetAlignment: 256 };
     await check(
       { x: [2, 2, 20, 24], w: [2, 2, 3, 3], padding: 1, bias: true, residual: true, activation: "silu" },
-      winoTol(18),
+      winogradTol(18),
       { ...winograd, bindingLimits: limits },
     );
     // 16 output channels × 2 inputs × 36 positions of f32 are 4608 bytes: weights transformed 14 channels at a time.
-    await check({ x: [1, 2, 4, 4], w: [16, 2, 3, 3], padding: 1, bias: true }, winoTol(18), {
+    await check({ x: [1, 2, 4, 4], w: [16, 2, 3, 3], padding: 1, bias: true }, winogradTol(18), {
       ...winograd,
       bindingLimits: limits,
     });
@@ -426,7 +420,7 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     const direct = conv2d(x, w, options, { algorithm: "direct" });
     const [a, b, d] = await Promise.all([together, apart, direct].map((t) => t.toFloat32()));
     expect(a).toEqual(b);
-    assertClose(a, d, winoTol(18));
+    assertClose(a, d, winogradTol(18));
     for (const t of [x, w, bias, residual, together, apart, direct]) t.dispose();
   });
 
@@ -441,12 +435,12 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
   it.skipIf(!lanes8)("runs the GEMMs tile-major, the weights in uniform windows, on odd shapes and bands", async () => {
     const epilogue = { bias: true, residual: true, activation: "silu" as const };
     // 37 output channels: two windows of 32 columns, the second mostly padding; batch 2 together; partial tiles.
-    await check({ x: [2, 5, 13, 11], w: [37, 5, 3, 3], padding: 1, ...epilogue }, winoTol(45), tileMajor);
+    await check({ x: [2, 5, 13, 11], w: [37, 5, 3, 3], padding: 1, ...epilogue }, winogradTol(45), tileMajor);
     // 600 input channels: two windows of 300 steps, the second accumulating through M.
-    await check({ x: [1, 600, 6, 8], w: [20, 600, 3, 3], padding: 1, bias: true }, winoTol(5400), tileMajor);
+    await check({ x: [1, 600, 6, 8], w: [20, 600, 3, 3], padding: 1, bias: true }, winogradTol(5400), tileMajor);
     // Bands of two tile rows, channel ranges of x and of the output over 4096-byte bindings, images one by one.
     const limits = { maxBindingBytes: 4096, offsetAlignment: 256 };
-    await check({ x: [2, 2, 20, 24], w: [2, 2, 3, 3], padding: 1, ...epilogue }, winoTol(18), {
+    await check({ x: [2, 2, 20, 24], w: [2, 2, 3, 3], padding: 1, ...epilogue }, winogradTol(18), {
       ...tileMajor,
       bindingLimits: limits,
     });
@@ -490,8 +484,8 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
   it.skipIf(!lanes8)("runs tile-major GEMMs from storage on odd shapes, with storage tiles of 8 rows", async () => {
     const epilogue = { bias: true, residual: true, activation: "silu" as const };
     // 2 images of 2 × 2 partial tiles (8 columns) and 37 output channels: two groups of owned columns, one partial.
-    await check({ x: [2, 5, 7, 6], w: [37, 5, 3, 3], padding: 1, ...epilogue }, winoTol(45), winograd);
-    await check({ x: [1, 9, 5, 8], w: [20, 9, 3, 3], padding: 1, bias: true }, winoTol(81), {
+    await check({ x: [2, 5, 7, 6], w: [37, 5, 3, 3], padding: 1, ...epilogue }, winogradTol(45), winograd);
+    await check({ x: [1, 9, 5, 8], w: [20, 9, 3, 3], padding: 1, bias: true }, winogradTol(81), {
       ...winograd,
       gemmTiles: storageTiles,
     });
@@ -529,7 +523,7 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
       device.write(w.buffer, 0, w2);
       expect(count(run)).toBe(transformed);
       const want = conv2dRef(randomArray(2 * 5 * 8 * 8, 51), [2, 5, 8, 8], w2, [20, 5, 3, 3], { padding: 1 });
-      assertClose(await outputs[3].toFloat32(), want, winoTol(45));
+      assertClose(await outputs[3].toFloat32(), want, winogradTol(45));
       // A disposed weight's entry is dropped at the next miss.
       const other = () => Tensor.from(device, randomArray(20 * 5 * 9, 54, 0.5), [20, 5, 3, 3]);
       const [w3, w4] = [other(), other()];
@@ -578,11 +572,11 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
       setWinogradCacheBudget(device, WINOGRAD_CACHE_BYTES);
     }
     // The path's output at 8×8 by the heuristic (the same bits as forcing it: tested above).
-    await check({ x: [2, 3, 8, 8], w: [16, 3, 3, 3], padding: 1, bias: true }, winoTol(27));
+    await check({ x: [2, 3, 8, 8], w: [16, 3, 3, 3], padding: 1, bias: true }, winogradTol(27));
   });
 
   it.skipIf(!lanes8)("runs the GEMMs channel-major by the heuristic on an image of 400 tiles", async () => {
-    await check({ x: [1, 3, 80, 80], w: [5, 3, 3, 3], padding: 1, bias: true }, winoTol(27), winograd);
+    await check({ x: [1, 3, 80, 80], w: [5, 3, 3, 3], padding: 1, bias: true }, winogradTol(27), winograd);
     // The same bits as channel-major forced, in fewer dispatches than tile-major through windows (36 and more).
     const x = Tensor.from(device, randomArray(3 * 80 * 80, 51), [1, 3, 80, 80]);
     const w = Tensor.from(device, randomArray(5 * 3 * 9, 52), [5, 3, 3, 3]);
@@ -693,7 +687,7 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
     const sameInput =
       dtype === "f16" ? { atol: 2 ** -9, rtol: 2 ** -10 } : { atol: 4e-7 * Math.sqrt(terms), rtol: 1e-6 };
     assertClose(got, want, sameInput, `${JSON.stringify(c)} against the unfused path`);
-    assertClose(got, viaDirect, dtype === "f16" ? { atol: 4e-3, rtol: 2e-3 } : winoTol(terms), JSON.stringify(c));
+    assertClose(got, viaDirect, dtype === "f16" ? { atol: 4e-3, rtol: 2e-3 } : winogradTol(terms), JSON.stringify(c));
     const extra = groupNormOpts ? [groupNormOpts.gamma, groupNormOpts.beta, groupNormOpts.shift] : [];
     for (const r of [x, xs, w, bias, fused, normed, prepared, unfused, direct, ...extra]) r?.dispose();
   }

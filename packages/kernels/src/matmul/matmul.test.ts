@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { kernelKey, kernelWgsl } from "../common/kernel.ts";
 import type { BindingLimits } from "../common/pieces.ts";
 import { gegluRef } from "../elementwise/reference.ts";
-import { assertClose, EMULATED_MATRIX_TILES, randomArray } from "../testing.ts";
+import { assertClose, EMULATED_MATRIX_TILES, f32Tol, randomArray } from "../testing.ts";
 import type { Activation } from "./activation.ts";
 import { disableAutotune, enableAutotune, MemoryTuneStore } from "./autotune.ts";
 import { deviceTiles, fixedSubgroupSize, type GemmCall, gemm, linear, linearGeglu, matmul } from "./index.ts";
@@ -27,9 +27,6 @@ import {
 import { GEMM, type GemmKernelSpec, gemmVectorReads } from "./wgsl.ts";
 
 const device = await useDevice();
-
-/** f32 sums of K products in a different order than the float64 reference: error grows like √K·ulp·|terms|. */
-const f32Tol = (K: number) => ({ atol: 2e-6 * Math.sqrt(K + 1) + 1e-6, rtol: 1e-5 });
 
 const lavapipeLike = {
   isCpu: true,
