@@ -8,13 +8,15 @@
  * 2. unet: SD 1.5's UNet forward at batch 2 (classifier-free guidance) on a 64×64 latent (a 512×512 image), f32
  *    and, where the adapter has shader-f16, f16: random weights made here (benchmarks/random-weights.ts), so no
  *    checkpoint is needed. Wall clock to a device.sync() after one warm-up call (which compiles the pipelines),
- *    median of --repeats; peak GPU bytes = device.memory().peakLiveBytes (weights plus activations), one fresh
+ *    median of --repeats; peak GPU bytes = device.memory().peakTotalBytes (what the buffer pool holds: weights,
+ *    live activations and free buffers kept for reuse, as torch's max_memory_reserved), one fresh
  *    Device per dtype. Its peer, in the same run: reference/bench_torch.py --random on PyTorch CUDA (the
  *    interpreter of --torch, `python3` by default: the one with CUDA on a lent GPU machine): float32 (TF32
  *    convolutions, PyTorch's default) for the f32 row, float16 under autocast with scaled_dot_product_attention
  *    for the f16 row.
  * 3. e2e: txt2img at 512² with 50 DDIM steps and guidance 7.5, text encoder to pixels (SD 1.5, random weights,
- *    the adapter's default dtype: f16 on GPUs with shader-f16), after a 2-step warm-up; peak GPU bytes of the run.
+ *    the adapter's default dtype: f16 on GPUs with shader-f16), after a 2-step warm-up; peak GPU bytes of the run
+ *    (held by the pool, as for the UNet; the table also gives the bytes live at most).
  * 4. Only with `--only tiles`: GEMM workgroup tiles timed against each other at the UNet's GEMM shapes
  *    (gemm-tiles.ts), printed, not stored.
  *
@@ -134,7 +136,7 @@ async function timeUnet(
     first.dispose();
     const times: { wall: number; record: number }[] = [];
     for (let r = 0; r < repeats; r++) times.push(await once());
-    const peakBytes = device.memory().peakLiveBytes;
+    const peakBytes = device.memory().peakTotalBytes;
     const gpuMs = await device.timeGpu(() => unet.forward({ x, timesteps, context }).dispose());
     const kernels = profile ? await device.profileGpu(() => unet.forward({ x, timesteps, context }).dispose()) : null;
     for (const t of [x, timesteps, context]) t.dispose();
@@ -155,15 +157,15 @@ async function timeUnet(
 
 /**
  * One text-to-image run from the prompt to pixels (CLIP, the sampling loop with guidance, the VAE decode) on
- * random weights, after a 2-step warm-up run that compiles the pipelines; peak = the pool's peak live bytes
- * over the timed run (weights included). --quick shrinks the UNet as unetConfig does.
+ * random weights, after a 2-step warm-up run that compiles the pipelines; peak = the bytes the pool held at most
+ * over the timed run (weights included), and of them the bytes live at most. --quick shrinks the UNet as unetConfig does.
  */
 async function timeEndToEnd(
   dtype: ParamDType,
   quick: boolean,
   side: number,
   steps: number,
-): Promise<{ ms: number; peakBytes: number; device: string }> {
+): Promise<{ ms: number; peakBytes: number; peakLiveBytes: number; device: string }> {
   const device = await Device.create({ disableF16: dtype !== "f16" });
   try {
     const config = unetConfig(quick);
@@ -195,9 +197,9 @@ async function timeEndToEnd(
     const start = performance.now();
     await run(steps);
     const ms = performance.now() - start;
-    const peakBytes = device.memory().peakLiveBytes;
+    const { peakTotalBytes: peakBytes, peakLiveBytes } = device.memory();
     dispose();
-    return { ms, peakBytes, device: deviceName(device) };
+    return { ms, peakBytes, peakLiveBytes, device: deviceName(device) };
   } finally {
     device.destroy();
   }
@@ -252,6 +254,8 @@ const program = new Command()
   .option("--quick", "small sizes: checks that the script runs (e.g. on lavapipe), not a measurement")
   .option("--repeats <n>", "timed UNet calls after the warm-up, median reported", positiveInt, 3)
   .option("--latent <S>", "UNet latent side (default 64, a 512×512 image; 8 with --quick)", positiveInt)
+  .option("--steps <n>", "e2e: DDIM steps of the timed run (default 50; 2 with --quick)", positiveInt)
+  .option("--e2e-f16", "e2e: f16 wherever the adapter has shader-f16, CPU adapters too (to measure f16 memory there)")
   .option("--autotune", "time the UNet with autotuned GEMM/conv tiles (tuned in the warm-up, in memory)")
   .option("--profile", "after timing, print the GPU time per kernel of one UNet call (needs timestamp-query)")
   .option("--no-peer", "no peers: kernels without tfjs, the UNet without PyTorch")
@@ -263,6 +267,8 @@ const opts = program.opts<{
   quick?: boolean;
   repeats: number;
   latent?: number;
+  steps?: number;
+  e2eF16?: boolean;
   autotune?: boolean;
   profile?: boolean;
   peer: boolean;
@@ -360,9 +366,11 @@ if (opts.only.includes("tiles")) {
 
 if (opts.only.includes("e2e")) {
   const latent = quick ? 8 : 64;
-  const steps = quick ? 2 : 50;
+  const steps = opts.steps ?? (quick ? 2 : 50);
   const probe = await Device.create();
-  const dtype = defaultDtype({ isCpu: probe.info.isCpu, shaderF16: probe.features.shaderF16 });
+  const f16 = probe.features.shaderF16;
+  if (opts.e2eF16 && !f16) throw new Error("--e2e-f16: this adapter has no shader-f16");
+  const dtype = opts.e2eF16 ? "f16" : defaultDtype({ isCpu: probe.info.isCpu, shaderF16: f16 });
   adapter ||= probe.describe();
   probe.destroy();
   const result = await timeEndToEnd(dtype, quick, latent * 8, steps);
@@ -372,8 +380,9 @@ if (opts.only.includes("e2e")) {
     peakBytes: result.peakBytes,
   });
   rows.push({ ...row, device: result.device });
-  console.log(`\n| end to end | ms | peak GPU MiB |\n|---|---|---|`);
-  console.log(`| ${row.name} | ${row.ours_ms} | ${(result.peakBytes / 2 ** 20).toFixed(0)} |`);
+  const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(0);
+  console.log(`\n| end to end | ms | peak GPU MiB held | of it live at most |\n|---|---|---|---|`);
+  console.log(`| ${row.name} | ${row.ours_ms} | ${mib(result.peakBytes)} | ${mib(result.peakLiveBytes)} |`);
 }
 
 writeResults(out, rows, adapter, DEVICE_ROW_KEYS);

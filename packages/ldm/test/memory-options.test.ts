@@ -213,3 +213,64 @@ describe("VAE tiling", () => {
     expect(small.images[0].data.length).toBe(whole.images[0].data.length);
   });
 });
+
+describe("VAE decoder memory", () => {
+  it("reclaims free buffers as it goes: the pool holds at most what was held before or what is live, same pixels", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const { decoder } = pipe.networks.vae;
+    const z = Float32Array.from({ length: 4 * 16 * 16 }, (_, i) => Math.sin(i * 0.3) * 2);
+    const input = Tensor.from(device, z, [1, 4, 16, 16]);
+    const first = decoder.forward(input);
+    const reference = await first.toFloat32();
+    first.dispose();
+    // An empty pool, as on a first decode, then what a sampling run leaves in it: free buffers of sizes the
+    // decode does not ask for (3.3 MB, 4.7 MB, …).
+    device.pool.trim();
+    const leftovers = [3.3e6, 4.7e6, 6.1e6, 7.9e6].map((bytes) => Tensor.empty(device, [bytes / 4]));
+    for (const t of leftovers) t.dispose();
+    device.pool.resetPeak();
+    const held = device.memory().totalBytes;
+    const image = decoder.forward(input);
+    const { peakTotalBytes, peakLiveBytes } = device.memory();
+    expect(peakTotalBytes).toBeLessThanOrEqual(Math.max(held, peakLiveBytes));
+    expect(await image.toFloat32()).toEqual(reference);
+    for (const t of [input, image]) t.dispose();
+  });
+
+  it("a ResnetBlock given its input frees it before conv2 where it has a shortcut: lower peak, same output", async () => {
+    // tiny-sd2's decoder widens 32 → 64 channels at its last level (ch_mult [2, 1, 1, 1]), as SD's narrows 256 → 128.
+    const pipe = await pipeline("tiny-sd2");
+    const block = pipe.networks.vae.decoder.up.flatMap((level) => level.block).find((b) => b.nin_shortcut);
+    if (!block) throw new Error("tiny-sd2's decoder has no block that changes its channel count");
+    const channels = block.conv1.weight.shape[1];
+    const run = async (consumeInput: boolean) => {
+      const x = Tensor.from(
+        device,
+        Float32Array.from({ length: channels * 24 * 24 }, (_, i) => Math.cos(i * 0.1)),
+        [1, channels, 24, 24],
+      );
+      await device.sync();
+      device.pool.resetPeak();
+      const out = block.forward(x, { consumeInput });
+      const peak = device.memory().peakLiveBytes;
+      const disposed = x.disposed;
+      x.dispose();
+      const values = await out.toFloat32();
+      out.dispose();
+      return { peak, disposed, values };
+    };
+    const kept = await run(false);
+    const consumed = await run(true);
+    expect(kept.disposed).toBe(false);
+    expect(consumed.disposed).toBe(true);
+    expect(consumed.values).toEqual(kept.values);
+    expect(consumed.peak).toBeLessThan(kept.peak);
+  });
+
+  it("txt2img gives the pool's free buffers back when it is done: the device holds what is live", async () => {
+    const pipe = await pipeline("tiny-sd1");
+    const result = await pipe.txt2img({ prompt: "a red apple", seed: 3, width: 64, height: 64, steps: 2 });
+    expect(result.images).toHaveLength(1);
+    expect(device.memory().pooledBytes).toBe(0);
+  });
+});

@@ -296,6 +296,7 @@ export class Device {
     this.pool = new BufferPool(
       (bytes) => this.createStorageBuffer(bytes),
       (buffer) => this.changed(buffer),
+      () => this.flush(),
     );
     this.uniformRing = gpuDevice.createBuffer({
       size: UNIFORM_RING_BYTES,
@@ -934,6 +935,15 @@ export class Device {
       else if (!t.disposed) t.dispose();
     }
     return result;
+  }
+
+  /**
+   * Runs `fn` (synchronous, as in tidy) with the buffer pool reclaiming (BufferPool.reclaiming): a tensor whose
+   * size class has no free buffer takes the memory of free buffers of other sizes instead of adding to it. For
+   * one pass over large tensors, such as a VAE decode, so that the device holds about what is live at once.
+   */
+  reclaiming<T>(fn: () => T): T {
+    return this.pool.reclaiming(fn);
   }
 
   memory(): PoolStats {

@@ -24,6 +24,8 @@ export interface PoolStats {
   peakTotalBytes: number;
   allocations: number;
   reuses: number;
+  /** Free buffers destroyed: to make room for others (reclaiming()) or by trim(). */
+  destroyed: number;
 }
 
 export type BufferFactory = (bytes: number) => GPUBuffer;
@@ -51,12 +53,35 @@ export class BufferPool {
   private peakTotal = 0;
   private allocations = 0;
   private reuses = 0;
+  private destroyedCount = 0;
+  private reclaimDepth = 0;
 
-  /** `released` hears of every buffer returned to the pool (its contents are no one's any more). */
+  /**
+   * `released` hears of every buffer returned to the pool (its contents are no one's any more); `beforeDestroy`
+   * runs before free buffers are destroyed (the device submits the work it has recorded, which may use them).
+   */
   constructor(
     private readonly create: BufferFactory,
     private readonly released: (buffer: GPUBuffer) => void = () => {},
+    private readonly beforeDestroy: () => void = () => {},
   ) {}
+
+  /**
+   * Runs `fn` with the pool reclaiming: a buffer of a size class with none free is made from the memory of free
+   * buffers of other classes, destroyed largest first until as many bytes are back, instead of on top of them.
+   * For one pass over large tensors (a VAE decode at 512²: its levels' buffers, and those a sampling run left,
+   * would otherwise all sit in the pool at once). Work that repeats wants the classes it keeps: a UNet called
+   * step after step would destroy and recreate hundreds of buffers per call. Nothing is destroyed while a
+   * watch is open: a recording keeps the buffers it bound.
+   */
+  reclaiming<T>(fn: () => T): T {
+    this.reclaimDepth++;
+    try {
+      return fn();
+    } finally {
+      this.reclaimDepth--;
+    }
+  }
 
   /**
    * A buffer of at least `bytes`. `exact` skips the size classes (rounding to 256 bytes only): for
@@ -76,6 +101,7 @@ export class BufferPool {
       this.pooled -= size;
       this.reuses++;
     } else {
+      if (this.reclaimDepth > 0 && !this.watched) this.destroyFree(size);
       buffer = this.create(size);
       this.order.set(buffer, this.created++);
       this.allocations++;
@@ -157,17 +183,34 @@ export class BufferPool {
     this.freeSet.add(buffer);
   }
 
-  /** Destroys every free buffer. GPU work still queued keeps its buffers alive until it finishes. */
+  /**
+   * Destroys every free buffer (after beforeDestroy: the device first submits the work it recorded). GPU work
+   * still queued keeps its buffers alive until it finishes.
+   */
   trim(): void {
-    for (const list of this.free.values()) {
-      for (const b of list) {
+    this.destroyFree(Number.POSITIVE_INFINITY);
+  }
+
+  /** Destroys free buffers, largest first, until at least `bytes` of them are gone or none is left. */
+  private destroyFree(bytes: number): void {
+    if (this.pooled === 0) return;
+    this.beforeDestroy();
+    const sizes = [...this.free.keys()].sort((a, b) => b - a);
+    let freed = 0;
+    for (const size of sizes) {
+      const list = this.free.get(size) ?? [];
+      while (list.length && freed < bytes) {
+        const b = list.pop() as GPUBuffer;
         b.destroy();
         this.freeSet.delete(b);
         this.acquiredAt.delete(b);
+        this.pooled -= size;
+        this.destroyedCount++;
+        freed += size;
       }
+      if (!list.length) this.free.delete(size);
+      if (freed >= bytes) return;
     }
-    this.free.clear();
-    this.pooled = 0;
   }
 
   resetPeak(): void {
@@ -184,6 +227,7 @@ export class BufferPool {
       peakTotalBytes: this.peakTotal,
       allocations: this.allocations,
       reuses: this.reuses,
+      destroyed: this.destroyedCount,
     };
   }
 }

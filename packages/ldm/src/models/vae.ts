@@ -14,11 +14,17 @@ function normalize(vb: VarBuilder, channels: number): GroupNorm {
   return new GroupNorm(vb, { groups: 32, channels, eps: 1e-6 });
 }
 
+/**
+ * A step of chain(): `owned` says whether its input is an intermediate of the chain's, which the step may free as
+ * soon as it has read it (chain frees it after the step otherwise).
+ */
+type Step = (h: Tensor, owned: boolean) => Tensor;
+
 /** Runs `steps` in turn, freeing each intermediate as soon as the next step has consumed it. */
-function chain(x: Tensor, steps: readonly ((h: Tensor) => Tensor)[]): Tensor {
+function chain(x: Tensor, steps: readonly Step[]): Tensor {
   let h = x;
   for (const step of steps) {
-    const next = step(h);
+    const next = step(h, h !== x);
     if (h !== x) h.dispose();
     h = next;
   }
@@ -41,11 +47,14 @@ export class ResnetBlock {
     if (inChannels !== outChannels) this.nin_shortcut = conv1x1(vb.pp("nin_shortcut"), inChannels, outChannels);
   }
 
-  forward(x: Tensor): Tensor {
+  /** `consumeInput`: x is the caller's to drop, so it is freed once its last reader has run. */
+  forward(x: Tensor, options: { consumeInput?: boolean } = {}): Tensor {
     return x.device.tidy(() => {
       // norm → SiLU → conv, the norm and SiLU read by the convolution (Conv2d's `input`).
       const h = this.conv1.forward(x, { input: { norm: this.norm1, silu: true } });
       const shortcut = this.nin_shortcut ? this.nin_shortcut.forward(x) : x;
+      // Before conv2's tensors exist: at the decoder's last level x is the 256-channel map at 512², twice h's size.
+      if (options.consumeInput && shortcut !== x) x.dispose();
       return this.conv2.forward(h, { input: { norm: this.norm2, silu: true }, residual: shortcut });
     });
   }
@@ -128,10 +137,10 @@ interface Level {
   attn: AttnBlock[];
 }
 
-function levelSteps(level: Level): ((h: Tensor) => Tensor)[] {
+function levelSteps(level: Level): Step[] {
   return level.block.flatMap((block, i) => {
     const attn = level.attn[i];
-    const run = (h: Tensor) => block.forward(h);
+    const run: Step = (h, owned) => block.forward(h, { consumeInput: owned });
     return attn ? [run, (h: Tensor) => attn.forward(h)] : [run];
   });
 }
@@ -169,16 +178,19 @@ export class Encoder {
     this.conv_out = conv3x3(vb.pp("conv_out"), blockIn, cfg.double_z ? 2 * cfg.z_channels : cfg.z_channels);
   }
 
+  /** One pass over image-sized maps: its buffers are reclaimed as it goes (Device.reclaiming). */
   forward(x: Tensor): Tensor {
-    return chain(x, [
-      (h) => this.conv_in.forward(h),
-      ...this.down.flatMap((level) => {
-        const down = level.downsample;
-        return down ? [...levelSteps(level), (h: Tensor) => down.forward(h)] : levelSteps(level);
-      }),
-      (h) => this.mid.forward(h),
-      (h) => this.conv_out.forward(this.norm_out.forward(h, { silu: true })),
-    ]);
+    return x.device.reclaiming(() =>
+      chain(x, [
+        (h) => this.conv_in.forward(h),
+        ...this.down.flatMap((level) => {
+          const down = level.downsample;
+          return down ? [...levelSteps(level), (h: Tensor) => down.forward(h)] : levelSteps(level);
+        }),
+        (h) => this.mid.forward(h),
+        (h) => this.conv_out.forward(this.norm_out.forward(h, { silu: true })),
+      ]),
+    );
   }
 }
 
@@ -216,16 +228,22 @@ export class Decoder {
     this.conv_out = conv3x3(vb.pp("conv_out"), blockIn, cfg.out_ch);
   }
 
+  /**
+   * One pass over image-sized maps: its buffers are reclaimed as it goes (Device.reclaiming), so a 512² decode
+   * holds about what is live at once, not every level's buffers and those the sampling run left in the pool.
+   */
   forward(z: Tensor): Tensor {
     const levels = [...this.up].reverse();
-    return chain(z, [
-      (h) => this.conv_in.forward(h),
-      (h) => this.mid.forward(h),
-      ...levels.flatMap((level) => {
-        const up = level.upsample;
-        return up ? [...levelSteps(level), (h: Tensor) => up.forward(h)] : levelSteps(level);
-      }),
-      (h) => this.conv_out.forward(this.norm_out.forward(h, { silu: true })),
-    ]);
+    return z.device.reclaiming(() =>
+      chain(z, [
+        (h) => this.conv_in.forward(h),
+        (h) => this.mid.forward(h),
+        ...levels.flatMap((level) => {
+          const up = level.upsample;
+          return up ? [...levelSteps(level), (h: Tensor) => up.forward(h)] : levelSteps(level);
+        }),
+        (h) => this.conv_out.forward(this.norm_out.forward(h, { silu: true })),
+      ]),
+    );
   }
 }

@@ -1251,6 +1251,10 @@ export class LatentDiffusion {
     }
     const decodeStart = performance.now();
     const images = await this.decode(latents, job.latentShape, options.vaeTiling);
+    // The pool's free buffers back to the GPU, as A1111 empties torch's cache after a job: the decode leaves its
+    // large maps' buffers free, and the next run's UNet calls would make their own beside them (SD 1.5 at 512²
+    // in f16: a device held ~94 MiB more from the second run on; benchmarks/RESULTS.md).
+    this.device.pool.trim();
     const done = performance.now();
     const parameters = images.map(
       (_, batchIndex): GenerationParameters => ({
