@@ -30,6 +30,7 @@ export {
   type GroupStrategy,
   groupNorm,
   groupNormCoefficients,
+  groupNormInPlace,
   groupStrategy,
 } from "./groupnorm/index.ts";
 export { type LayerNormOptions, layerNorm } from "./layernorm/index.ts";

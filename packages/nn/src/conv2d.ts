@@ -24,6 +24,8 @@ export interface ConvPrelude {
   silu?: boolean;
   shift?: Tensor;
   upsample2x?: boolean;
+  /** x may be overwritten (conv2d's ConvInput.inPlace). */
+  inPlace?: boolean;
 }
 
 /** torch.nn.Conv2d on NCHW, weight [out, in, k, k] and a bias. */
@@ -50,7 +52,7 @@ export class Conv2d {
   ): Tensor {
     const p = this.cfg.padding ?? 0;
     const { padding = [p, p, p, p], input = {}, ...fused } = epilogue;
-    const { norm, silu, shift, upsample2x } = input;
+    const { norm, silu, shift, upsample2x, inPlace } = input;
     if (!norm && (silu || shift)) throw new Error("Conv2d.forward: input.silu and input.shift need input.norm");
     const groupNorm = norm && {
       gamma: norm.weight,
@@ -61,7 +63,13 @@ export class Conv2d {
       shift,
     };
     const stride = this.cfg.stride ?? 1;
-    return conv2d(x, this.weight, { bias: this.bias, stride, padding, input: { groupNorm, upsample2x }, ...fused });
+    return conv2d(x, this.weight, {
+      bias: this.bias,
+      stride,
+      padding,
+      input: { groupNorm, upsample2x, inPlace },
+      ...fused,
+    });
   }
 
   /** A 1×1 convolution's output as tokens: `rearrange(forward(x), "b c h w -> b (h w) c")` in one kernel. */

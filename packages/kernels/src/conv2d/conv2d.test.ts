@@ -688,6 +688,19 @@ describe("conv2d by Winograd F(4×4, 3×3)", () => {
       dtype === "f16" ? { atol: 2 ** -9, rtol: 2 ** -10 } : { atol: 4e-7 * Math.sqrt(terms), rtol: 1e-6 };
     assertClose(got, want, sameInput, `${JSON.stringify(c)} against the unfused path`);
     assertClose(got, viaDirect, dtype === "f16" ? { atol: 4e-3, rtol: 2e-3 } : winogradTol(terms), JSON.stringify(c));
+    if (groupNormOpts) {
+      // The direct path normalising over x itself (input.inPlace): the same bits, and x left normalised.
+      const overwritten = affine(x, 1.7, 3);
+      const inPlace = conv2d(
+        overwritten,
+        w,
+        { padding: c.padding, bias, input: { ...input, inPlace: true } },
+        { algorithm: "direct" },
+      );
+      expect(await inPlace.toFloat32()).toEqual(viaDirect);
+      expect(await overwritten.toFloat32()).toEqual(await normed.toFloat32());
+      for (const r of [overwritten, inPlace]) r.dispose();
+    }
     const extra = groupNormOpts ? [groupNormOpts.gamma, groupNormOpts.beta, groupNormOpts.shift] : [];
     for (const r of [x, xs, w, bias, fused, normed, prepared, unfused, direct, ...extra]) r?.dispose();
   }

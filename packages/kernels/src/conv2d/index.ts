@@ -10,7 +10,7 @@ import { type BufferSlice, type Device, DTYPE_BYTES, type DType, formatShape, sh
 import { runKernel } from "../common/kernel.ts";
 import { type BindingLimits, bindingLimits, bindingSlice } from "../common/pieces.ts";
 import { assertBindable, assertDType, wgslEnables } from "../common/wgsl.ts";
-import { type GroupNormOptions, groupNorm, groupNormCoefficients } from "../groupnorm/index.ts";
+import { type GroupNormOptions, groupNorm, groupNormCoefficients, groupNormInPlace } from "../groupnorm/index.ts";
 import { upsampleNearest2x } from "../layout/index.ts";
 import { type Activation, assertActivation } from "../matmul/activation.ts";
 import { autotunerOf, sizeClass, timeCall } from "../matmul/autotune.ts";
@@ -58,6 +58,11 @@ export interface Conv2dOptions {
 export interface ConvInput {
   groupNorm?: GroupNormOptions & { gamma: Tensor; beta: Tensor };
   upsample2x?: boolean;
+  /**
+   * x is the caller's to overwrite: the paths that store the normalised input write it over x
+   * (groupNormInPlace) instead of beside it, so x holds no meaningful values after the call.
+   */
+  inPlace?: boolean;
 }
 
 /** Strategy overrides for tests. */
@@ -208,7 +213,9 @@ export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}, intern
 /** x through `input` as a tensor of its own (x itself when there is nothing to apply). */
 function preparedInput(x: Tensor, input: ConvInput): Tensor {
   const norm = input.groupNorm;
-  const normed = norm ? groupNorm(x, norm.gamma, norm.beta, norm) : x;
+  let normed = x;
+  if (norm && input.inPlace) groupNormInPlace(x, norm.gamma, norm.beta, norm);
+  else if (norm) normed = groupNorm(x, norm.gamma, norm.beta, norm);
   if (!input.upsample2x) return normed;
   const up = upsampleNearest2x(normed);
   if (normed !== x) normed.dispose();

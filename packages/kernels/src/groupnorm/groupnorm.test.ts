@@ -3,7 +3,7 @@ import { useDevice } from "@ldm/tensor/testing";
 import { describe, expect, it } from "vitest";
 import { elementCount, roundF16 } from "../test-values.ts";
 import { assertClose, randomArray } from "../testing.ts";
-import { type GroupStrategy, groupNorm, groupNormCoefficients, groupStrategy } from "./index.ts";
+import { type GroupStrategy, groupNorm, groupNormCoefficients, groupNormInPlace, groupStrategy } from "./index.ts";
 import { groupNormRef } from "./reference.ts";
 
 const device = await useDevice();
@@ -76,7 +76,11 @@ describe.each(strategies)("groupNorm, %s", (_, strategy) => {
         const ref = groupNormRef(x, c.shape, gamma, beta, c.groups, c.eps, c.silu, shift);
         // mean 300 with std 0.05·…: inputs carry 300·2^-24 ≈ 2e-5 absolute rounding, ~1e-4 of the std.
         const tol = dtype === "f16" ? F16_TOL : c.mean ? { atol: 2e-4, rtol: 2e-4 } : F32_TOL;
-        assertClose(await out.toFloat32(), ref, tol, "groupNorm");
+        const values = await out.toFloat32();
+        assertClose(values, ref, tol, "groupNorm");
+        // Over x itself: the same bits (each group is read whole before any of it is written).
+        groupNormInPlace(tx, tg, tb, { groups: c.groups, eps: c.eps, silu: c.silu, shift: ts, strategy });
+        expect(await tx.toFloat32()).toEqual(values);
         for (const t of [tx, tg, tb, out, ...(ts ? [ts] : [])]) t.dispose();
       },
     );

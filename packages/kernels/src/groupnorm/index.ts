@@ -44,7 +44,16 @@ export function groupStrategy(isCpu: boolean): GroupStrategy {
 const FLOATS: readonly DType[] = ["f32", "f16"];
 
 export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, options: GroupNormOptions): Tensor {
-  return runGroupNorm("groupNorm", x, gamma, beta, options, false);
+  return runGroupNorm("groupNorm", x, gamma, beta, options, "out");
+}
+
+/**
+ * groupNorm written over x itself (the same bits groupNorm returns): for a caller done with x, so the
+ * normalised map is not stored beside it (a VAE decoder's 512² maps). Each group is read whole for its
+ * statistics before any of it is written, by the invocations that then write it.
+ */
+export function groupNormInPlace(x: Tensor, gamma: Tensor, beta: Tensor, options: GroupNormOptions): void {
+  runGroupNorm("groupNormInPlace", x, gamma, beta, options, "inPlace");
 }
 
 /**
@@ -59,7 +68,7 @@ export function groupNormCoefficients(
   beta: Tensor,
   options: Omit<GroupNormOptions, "silu">,
 ): Tensor {
-  return runGroupNorm("groupNormCoefficients", x, gamma, beta, { ...options, silu: false }, true);
+  return runGroupNorm("groupNormCoefficients", x, gamma, beta, { ...options, silu: false }, "coefficients");
 }
 
 function runGroupNorm(
@@ -68,8 +77,9 @@ function runGroupNorm(
   gamma: Tensor,
   beta: Tensor,
   options: GroupNormOptions,
-  coefficients: boolean,
+  target: GroupNormTarget,
 ): Tensor {
+  const coefficients = target === "coefficients";
   const { groups, eps, silu = false, shift } = options;
   const strategy = options.strategy ?? groupStrategy(x.device.info.isCpu);
   const { threadsPerGroup, workgroupSize } = strategy;
@@ -99,7 +109,12 @@ function runGroupNorm(
     }
   }
   const device = x.device;
-  const out = coefficients ? Tensor.empty(device, [batch, channels, 3], "f32") : Tensor.empty(device, x.shape, x.dtype);
+  const out =
+    target === "inPlace"
+      ? x
+      : coefficients
+        ? Tensor.empty(device, [batch, channels, 3], "f32")
+        : Tensor.empty(device, x.shape, x.dtype);
   const spatial = shapeSize(x.shape.slice(2));
   const channelsPerGroup = channels / groups;
   const groupElements = channelsPerGroup * spatial;
@@ -112,7 +127,7 @@ function runGroupNorm(
     [totalGroups, groupElements],
     [
       { name: "x", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] },
-      ...(coefficients
+      ...(target !== "out"
         ? []
         : [{ name: "out", strides: [groupElements, 1], offset: 0, bytesPerElement: DTYPE_BYTES[x.dtype] }]),
     ],
@@ -131,10 +146,11 @@ function runGroupNorm(
     shiftType: shift?.dtype ?? "none",
     threadsPerGroup,
     workgroupSize,
-    coefficients,
+    target,
   };
   for (const piece of pieces) {
-    const [xb, ob = { byteOffset: 0, byteSize: out.buffer.size, baseElement: 0 }] = piece.bindings;
+    const [xb, ob = target === "inPlace" ? xb : { byteOffset: 0, byteSize: out.buffer.size, baseElement: 0 }] =
+      piece.bindings;
     runKernel(device, GROUP_NORM, config, {
       count: (piece.end - piece.start) / groupElements,
       params: {
@@ -151,7 +167,7 @@ function runGroupNorm(
         x: { buffer: x.buffer, offset: xb.byteOffset, size: xb.byteSize },
         gamma: gamma.slice(),
         beta: beta.slice(),
-        out: { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize },
+        ...(target === "inPlace" ? {} : { out: { buffer: out.buffer, offset: ob.byteOffset, size: ob.byteSize } }),
         ...(shift ? { shift: shift.slice() } : {}),
       },
     });
@@ -169,9 +185,14 @@ interface GroupNormConfig {
   shiftType: DType | "none";
   threadsPerGroup: number;
   workgroupSize: number;
-  /** Write each channel's (centre, scale, offset) to `out` [B, C, 3] f32 instead of normalising. */
-  coefficients: boolean;
+  target: GroupNormTarget;
 }
+
+/**
+ * Where the result goes: a new tensor `out`; x itself ("inPlace": x bound read_write, no `out`); or each
+ * channel's (centre, scale, offset) into `out` [B, C, 3] f32 instead of normalising ("coefficients").
+ */
+type GroupNormTarget = "out" | "inPlace" | "coefficients";
 
 /** WGSL that sums one f32 per invocation over the workgroup (tree reduction in workgroup memory). */
 function workgroupSumWgsl(size: number): string {
@@ -205,10 +226,12 @@ const GROUP_NORM: KernelDecl<GroupNormConfig> = {
   bindings: (g) => {
     const stored = g.width === 4 ? `vec4<${g.dtype}>` : g.dtype;
     return [
-      { name: "x", type: stored },
+      { name: "x", type: stored, ...(g.target === "inPlace" ? { access: "read_write" as const } : {}) },
       { name: "gamma", type: g.gammaType },
       { name: "beta", type: g.betaType },
-      { name: "out", type: g.coefficients ? "f32" : stored, access: "read_write" },
+      ...(g.target === "inPlace"
+        ? []
+        : [{ name: "out", type: g.target === "coefficients" ? "f32" : stored, access: "read_write" as const }]),
       ...(g.shiftType !== "none" ? [{ name: "shift", type: g.shiftType }] : []),
     ];
   },
@@ -265,7 +288,7 @@ const GROUP_NORM: KernelDecl<GroupNormConfig> = {
     let offset = f32(beta[firstChannel + c]);
     let centre = mean${shifted ? " - f32(shift[shiftBase + c])" : ""};
     ${
-      g.coefficients
+      g.target === "coefficients"
         ? `if (lane == 0u) {
       let at = ((p.first + local) * p.cpg + c) * 3u;
       out[at] = centre;
@@ -276,7 +299,7 @@ const GROUP_NORM: KernelDecl<GroupNormConfig> = {
     for (var i = lane; i < p.spatial; i += ${T}u) {
       var y = (${V}(x[xBase + row + i]) - centre) * scale + offset;
       ${activation}
-      out[outBase + row + i] = ${stored}(y);
+      ${g.target === "inPlace" ? "x[xBase" : "out[outBase"} + row + i] = ${stored}(y);
     }`
     }
   }`;

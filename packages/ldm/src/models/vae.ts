@@ -47,14 +47,19 @@ export class ResnetBlock {
     if (inChannels !== outChannels) this.nin_shortcut = conv1x1(vb.pp("nin_shortcut"), inChannels, outChannels);
   }
 
-  /** `consumeInput`: x is the caller's to drop, so it is freed once its last reader has run. */
+  /**
+   * `consumeInput`: x is the caller's to drop. Where the block has a shortcut convolution, x then has no reader
+   * after conv1: the shortcut runs first, conv1 may normalise x over itself (Conv2d's `input.inPlace`), and x is
+   * freed before conv2's tensors exist. At the decoder's last level x is the 256-channel map at 512², twice h's
+   * size: the decode's peak drops from x, its normalised copy and h to x and h.
+   */
   forward(x: Tensor, options: { consumeInput?: boolean } = {}): Tensor {
     return x.device.tidy(() => {
-      // norm → SiLU → conv, the norm and SiLU read by the convolution (Conv2d's `input`).
-      const h = this.conv1.forward(x, { input: { norm: this.norm1, silu: true } });
+      const owned = options.consumeInput === true && this.nin_shortcut !== undefined;
       const shortcut = this.nin_shortcut ? this.nin_shortcut.forward(x) : x;
-      // Before conv2's tensors exist: at the decoder's last level x is the 256-channel map at 512², twice h's size.
-      if (options.consumeInput && shortcut !== x) x.dispose();
+      // norm → SiLU → conv, the norm and SiLU read by the convolution (Conv2d's `input`).
+      const h = this.conv1.forward(x, { input: { norm: this.norm1, silu: true, inPlace: owned } });
+      if (owned) x.dispose();
       return this.conv2.forward(h, { input: { norm: this.norm2, silu: true }, residual: shortcut });
     });
   }
