@@ -57,7 +57,15 @@ import {
 } from "./inputs.ts";
 import { lossSimple } from "./loss.ts";
 import { maskedImageConcat, pasteRepainted } from "./masked-image.ts";
-import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
+import {
+  estimateMemory,
+  gib,
+  MAX_BATCH,
+  MAX_PROMPTS,
+  MAX_SIDE,
+  parameterCount,
+  releasesPoolAfterRun,
+} from "./memory.ts";
 import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
 import { type GenerationParameters, loraParameters } from "./parameters.ts";
 import { checkSplitInput, NOTEBOOK_SPLIT_INPUT, type SplitInput } from "./split-input.ts";
@@ -1251,10 +1259,7 @@ export class LatentDiffusion {
     }
     const decodeStart = performance.now();
     const images = await this.decode(latents, job.latentShape, options.vaeTiling);
-    // The pool's free buffers back to the GPU, as A1111 empties torch's cache after a job: the decode leaves its
-    // large maps' buffers free, and the next run's UNet calls would make their own beside them (SD 1.5 at 512²
-    // in f16: a device held ~94 MiB more from the second run on; benchmarks/RESULTS.md).
-    this.device.pool.trim();
+    if (releasesPoolAfterRun(this.device.info)) this.device.pool.trim();
     const done = performance.now();
     const parameters = images.map(
       (_, batchIndex): GenerationParameters => ({
