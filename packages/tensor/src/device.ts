@@ -40,6 +40,14 @@ export interface DeviceOptions {
    * another Device is open.
    */
   cpuLanes?: number;
+  /**
+   * Give free buffers back (BufferPool.releasesMemory): one-pass work such as a VAE decode takes the memory of
+   * free buffers instead of adding to it, and a pipeline run ends by destroying the pool's free buffers, as
+   * A1111 empties torch's cache after a job. Default: on GPUs, where it took SD 1.5's 512² f16 run from 2953 to
+   * 2322 MiB held; off on CPU adapters, where the memory is the process's own and making the buffers again cost
+   * lavapipe ~3 s of a 256² run (benchmarks/RESULTS.md).
+   */
+  releaseMemory?: boolean;
 }
 
 export interface DeviceFeatures {
@@ -385,7 +393,9 @@ export class Device {
       );
     }
     Device.open++;
-    return new Device(gpu, adapter, gpuDevice, runtime, info, limits, features, usable);
+    const device = new Device(gpu, adapter, gpuDevice, runtime, info, limits, features, usable);
+    device.pool.releasesMemory = options.releaseMemory ?? !info.isCpu;
+    return device;
   }
 
   get lost(): boolean {
@@ -938,9 +948,10 @@ export class Device {
   }
 
   /**
-   * Runs `fn` (synchronous, as in tidy) with the buffer pool reclaiming (BufferPool.reclaiming): a tensor whose
-   * size class has no free buffer takes the memory of free buffers of other sizes instead of adding to it. For
-   * one pass over large tensors, such as a VAE decode, so that the device holds about what is live at once.
+   * Runs `fn` (synchronous, as in tidy) with the buffer pool reclaiming (BufferPool.reclaiming) where it releases
+   * memory (DeviceOptions.releaseMemory): a tensor whose size class has no free buffer takes the memory of free
+   * buffers of other sizes instead of adding to it. For one pass over large tensors, such as a VAE decode, so
+   * that the device holds about what is live at once.
    */
   reclaiming<T>(fn: () => T): T {
     return this.pool.reclaiming(fn);

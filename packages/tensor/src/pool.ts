@@ -55,6 +55,11 @@ export class BufferPool {
   private reuses = 0;
   private destroyedCount = 0;
   private reclaimDepth = 0;
+  /**
+   * Whether the pool gives memory back: reclaiming() acts only when it does, and pipelines trim() the pool after
+   * a run only then (the Device sets it from DeviceOptions.releaseMemory).
+   */
+  releasesMemory = true;
 
   /**
    * `released` hears of every buffer returned to the pool (its contents are no one's any more); `beforeDestroy`
@@ -72,9 +77,10 @@ export class BufferPool {
    * For one pass over large tensors (a VAE decode at 512²: its levels' buffers, and those a sampling run left,
    * would otherwise all sit in the pool at once). Work that repeats wants the classes it keeps: a UNet called
    * step after step would destroy and recreate hundreds of buffers per call. Nothing is destroyed while a
-   * watch is open: a recording keeps the buffers it bound.
+   * watch is open: a recording keeps the buffers it bound. A pool that does not release memory runs `fn` as is.
    */
   reclaiming<T>(fn: () => T): T {
+    if (!this.releasesMemory) return fn();
     this.reclaimDepth++;
     try {
       return fn();

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
 import { BufferPool, bucketSize, Tensor } from "../src/index.ts";
 import { useDevice } from "../src/testing.ts";
 
@@ -106,6 +106,15 @@ describe("BufferPool.reclaiming (fake buffers)", () => {
     expect(pool.stats()).toMatchObject({ peakTotalBytes: 3 * (65536 << 5), peakLiveBytes: 3 * (65536 << 5) });
   });
 
+  it("destroys nothing in a pool that does not release memory", () => {
+    const { pool, destroyed } = fakePool();
+    pool.releasesMemory = false;
+    pool.release(pool.acquire(1 << 20));
+    pool.reclaiming(() => pool.acquire(3 << 20));
+    expect(destroyed).toEqual([]);
+    expect(pool.stats().totalBytes).toBe(4 << 20);
+  });
+
   it("destroys nothing while a watch (a recording) is open", () => {
     const { pool, destroyed } = fakePool();
     pool.release(pool.acquire(1 << 20));
@@ -118,7 +127,16 @@ describe("BufferPool.reclaiming (fake buffers)", () => {
 });
 
 describe("Device.reclaiming", () => {
+  it("releases memory by default on GPUs only (DeviceOptions.releaseMemory)", () => {
+    expect(device.pool.releasesMemory).toBe(!device.info.isCpu);
+  });
+
   it("computes the same values while it destroys the free buffers queued work still reads", async () => {
+    const releases = device.pool.releasesMemory;
+    device.pool.releasesMemory = true;
+    onTestFinished(() => {
+      device.pool.releasesMemory = releases;
+    });
     device.pool.trim();
     // The one free buffer: a's, read by a copy recorded and not yet submitted.
     const a = Tensor.from(device, [1, 2, 3, 4], [4]);

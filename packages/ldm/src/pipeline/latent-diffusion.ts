@@ -57,15 +57,7 @@ import {
 } from "./inputs.ts";
 import { lossSimple } from "./loss.ts";
 import { maskedImageConcat, pasteRepainted } from "./masked-image.ts";
-import {
-  estimateMemory,
-  gib,
-  MAX_BATCH,
-  MAX_PROMPTS,
-  MAX_SIDE,
-  parameterCount,
-  releasesPoolAfterRun,
-} from "./memory.ts";
+import { estimateMemory, gib, MAX_BATCH, MAX_PROMPTS, MAX_SIDE, parameterCount } from "./memory.ts";
 import { type ModelInputs, modelInputs, type Prompted } from "./model-inputs.ts";
 import { type GenerationParameters, loraParameters } from "./parameters.ts";
 import { checkSplitInput, NOTEBOOK_SPLIT_INPUT, type SplitInput } from "./split-input.ts";
@@ -1259,7 +1251,9 @@ export class LatentDiffusion {
     }
     const decodeStart = performance.now();
     const images = await this.decode(latents, job.latentShape, options.vaeTiling);
-    if (releasesPoolAfterRun(this.device.info)) this.device.pool.trim();
+    // The pool's free buffers back, as A1111 empties torch's cache after a job (DeviceOptions.releaseMemory): the
+    // decode leaves its large maps' buffers free, and the next run's UNet calls would make their own beside them.
+    if (this.device.pool.releasesMemory) this.device.pool.trim();
     const done = performance.now();
     const parameters = images.map(
       (_, batchIndex): GenerationParameters => ({

@@ -72,14 +72,3 @@ export const MAX_BATCH = 64;
 export const MAX_PROMPTS = 1024;
 
 export const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(bytes < 2 ** 30 ? 2 : 1)} GiB`;
-
-/**
- * Whether a run gives the buffer pool's free buffers back when it ends (BufferPool.trim), as A1111 empties
- * torch's cache after a job: the decode leaves its large maps' buffers free, and the next run's UNet calls would
- * make their own beside them (SD 1.5 at 512² in f16: the device held 94 MiB more from the second run on). On a
- * CPU adapter that memory is the process's, the estimate above already bounds it, and making the buffers again
- * cost a 256² run 3 s more on lavapipe (benchmarks/RESULTS.md): there they are kept.
- */
-export function releasesPoolAfterRun(adapter: { isCpu: boolean }): boolean {
-  return !adapter.isCpu;
-}
