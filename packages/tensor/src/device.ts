@@ -43,9 +43,9 @@ export interface DeviceOptions {
   /**
    * Give free buffers back (BufferPool.releasesMemory): one-pass work such as a VAE decode takes the memory of
    * free buffers instead of adding to it, and a pipeline run ends by destroying the pool's free buffers, as
-   * A1111 empties torch's cache after a job. Default: on GPUs, where it took SD 1.5's 512² f16 run from 2953 to
-   * 2322 MiB held; off on CPU adapters, where the memory is the process's own and making the buffers again cost
-   * lavapipe ~3 s of a 256² run (benchmarks/RESULTS.md).
+   * A1111 empties torch's cache after a job. Default: on GPUs, where free buffers were 535 of the 2953 MiB that
+   * SD 1.5's 512² f16 run held, and with it the pool holds what is live; off on CPU adapters, where the memory is
+   * the process's own and making the buffers again cost lavapipe ~3 s of a 256² run (benchmarks/RESULTS.md).
    */
   releaseMemory?: boolean;
 }
